@@ -1,0 +1,57 @@
+"""nearopt: Hessian spectra and learning dynamics of teacher-student networks near the optimum.
+
+Quick tour::
+
+    import nearopt as no
+    net = no.sample_teacher(n_inputs=10, n_hidden=20, activation="erf", seed=0)
+    X = no.sample_inputs(4000, net.n_inputs, seed=0)
+    spec = no.batch_spectrum(net, X)          # all P eigenvalues + rank decision
+    H = no.gauss_newton(net, X)               # (P, P) = Hessian at the optimum
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .activations import (  # noqa: E402
+    Activation,
+    CustomActivation,
+    Erf,
+    Polynomial,
+    ReLU,
+    Tanh,
+    available_activations,
+    get_activation,
+    monomial,
+    register_activation,
+)
+from .errors import NearoptError  # noqa: E402
+from .hessian.empirical import functional_hessian, gauss_newton, jacobian, jacobian_r_factor, loss_hessian  # noqa: E402
+from .model import TwoLayerNet, sample_inputs, sample_teacher  # noqa: E402
+from .spectrum import RankDecision, Spectrum, batch_spectrum, decide_rank  # noqa: E402
+
+__all__ = [
+    "Activation",
+    "CustomActivation",
+    "Erf",
+    "NearoptError",
+    "Polynomial",
+    "RankDecision",
+    "ReLU",
+    "Spectrum",
+    "Tanh",
+    "TwoLayerNet",
+    "available_activations",
+    "batch_spectrum",
+    "decide_rank",
+    "functional_hessian",
+    "gauss_newton",
+    "get_activation",
+    "jacobian",
+    "jacobian_r_factor",
+    "loss_hessian",
+    "monomial",
+    "register_activation",
+    "sample_inputs",
+    "sample_teacher",
+]

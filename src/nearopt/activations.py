@@ -1,0 +1,281 @@
+"""Activation functions ``g`` and a registry that names them.
+
+An :class:`Activation` evaluates ``g`` and ``g'`` elementwise on torch tensors
+(and, through torch, on NumPy arrays). Polynomial activations expose their
+coefficients so that Gaussian expectations and rank predictions can use exact
+formulas; every other activation is treated generically (quadrature, autodiff).
+
+Names understood by :func:`get_activation` (``name[:argument]``):
+
+==================  ===========================================
+``linear``          ``g(z) = z``
+``quadratic``       ``g(z) = z**2``
+``cubic``           ``g(z) = z**3``
+``monomial:p``      ``g(z) = z**p`` (integer ``p >= 1``)
+``polynomial:c0,c1,...``  ``g(z) = sum_k c_k z**k``
+``erf``             ``g(z) = erf(z / sqrt(2))`` (teacher-student convention)
+``erf:unit``        ``g(z) = erf(z)``
+``tanh``            ``g(z) = tanh(z)``
+``relu``            ``g(z) = max(z, 0)``
+==================  ===========================================
+
+Users add their own with :func:`register_activation`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import NearoptError
+
+TorchFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Activation:
+    """Elementwise activation ``g`` with derivative ``g'``.
+
+    Subclasses implement :meth:`__call__`; :meth:`derivative` defaults to
+    autograd of :meth:`__call__`, so a torch-differentiable ``g`` is enough.
+    """
+
+    #: canonical spec string; ``get_activation(act.name)`` rebuilds ``act``
+    name: str = "activation"
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:
+        """``g'(z)`` elementwise (autograd unless a subclass knows better)."""
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self(zz).sum(), zz)
+        return grad
+
+    # NumPy views, used by quadrature and by plotting code.
+    def numpy(self, z: np.ndarray) -> np.ndarray:
+        """``g(z)`` for a NumPy array (float64)."""
+        return self(torch.as_tensor(np.asarray(z, dtype=np.float64))).numpy()
+
+    def numpy_derivative(self, z: np.ndarray) -> np.ndarray:
+        """``g'(z)`` for a NumPy array (float64)."""
+        return self.derivative(torch.as_tensor(np.asarray(z, dtype=np.float64))).numpy()
+
+    @property
+    def polynomial_coefficients(self) -> np.ndarray | None:
+        """Coefficients ``c_0..c_p`` if ``g`` is a polynomial, else ``None``."""
+        return None
+
+    @property
+    def is_polynomial(self) -> bool:
+        return self.polynomial_coefficients is not None
+
+    @property
+    def is_smooth(self) -> bool:
+        """Whether ``g`` is infinitely differentiable (Gauss–Hermite converges fast)."""
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Activation {self.name}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Activation) and type(other) is type(self) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.name))
+
+
+class Polynomial(Activation):
+    """``g(z) = sum_k c_k z**k`` with real coefficients ``c = (c_0, ..., c_p)``."""
+
+    def __init__(self, coefficients, name: str | None = None):
+        c = np.trim_zeros(np.asarray(coefficients, dtype=np.float64).ravel(), "b")
+        if c.size == 0 or not np.all(np.isfinite(c)):
+            raise NearoptError("polynomial activation needs at least one finite nonzero coefficient")
+        self._c = c
+        self.name = name or "polynomial:" + ",".join(f"{x:g}" for x in c)
+
+    @property
+    def polynomial_coefficients(self) -> np.ndarray:
+        return self._c.copy()
+
+    @property
+    def degree(self) -> int:
+        return self._c.size - 1
+
+    def __call__(self, z):
+        out = torch.zeros_like(z)
+        for ck in self._c[::-1]:  # Horner
+            out = out * z + float(ck)
+        return out
+
+    def derivative(self, z):
+        dc = self._c[1:] * np.arange(1, self._c.size)
+        out = torch.zeros_like(z)
+        for ck in dc[::-1]:
+            out = out * z + float(ck)
+        return out
+
+
+def monomial(p: int) -> Polynomial:
+    """``g(z) = z**p``; named ``linear``/``quadratic``/``cubic`` for ``p = 1, 2, 3``."""
+    if isinstance(p, bool) or int(p) != p or p < 1:
+        raise NearoptError(f"monomial degree must be an integer >= 1, got {p!r}")
+    p = int(p)
+    c = np.zeros(p + 1)
+    c[p] = 1.0
+    return Polynomial(c, name={1: "linear", 2: "quadratic", 3: "cubic"}.get(p, f"monomial:{p}"))
+
+
+class Erf(Activation):
+    """``g(z) = erf(z / scale)``; ``scale = sqrt(2)`` (default) or ``1`` (``erf:unit``)."""
+
+    def __init__(self, unit: bool = False):
+        self.unit = unit
+        self.scale = 1.0 if unit else math.sqrt(2.0)
+        self.name = "erf:unit" if unit else "erf"
+
+    def __call__(self, z):
+        return torch.erf(z / self.scale)
+
+    def derivative(self, z):
+        return (2.0 / (math.sqrt(math.pi) * self.scale)) * torch.exp(-((z / self.scale) ** 2))
+
+
+class Tanh(Activation):
+    """``g(z) = tanh(z)``."""
+
+    name = "tanh"
+
+    def __call__(self, z):
+        return torch.tanh(z)
+
+    def derivative(self, z):
+        return 1.0 - torch.tanh(z) ** 2
+
+
+class ReLU(Activation):
+    """``g(z) = max(z, 0)``; ``g'(0)`` is taken as 0."""
+
+    name = "relu"
+
+    def __call__(self, z):
+        return torch.clamp(z, min=0.0)
+
+    def derivative(self, z):
+        return (z > 0).to(z.dtype)
+
+    @property
+    def is_smooth(self) -> bool:
+        return False
+
+
+class CustomActivation(Activation):
+    """A user activation from a torch function (and optionally its derivative).
+
+    ``fn`` must map a float64 tensor to a tensor of the same shape; if
+    ``derivative`` is omitted, ``fn`` must be differentiable by autograd.
+    """
+
+    def __init__(self, name: str, fn: TorchFn, derivative: TorchFn | None = None, smooth: bool = True):
+        self.name = name
+        self._fn = fn
+        self._deriv = derivative
+        self._smooth = smooth
+
+    def __call__(self, z):
+        return self._fn(z)
+
+    def derivative(self, z):
+        return self._deriv(z) if self._deriv is not None else super().derivative(z)
+
+    @property
+    def is_smooth(self) -> bool:
+        return self._smooth
+
+
+def _parse_coefficients(arg: str) -> list[float]:
+    try:
+        return [float(x) for x in arg.split(",")]
+    except ValueError:
+        raise NearoptError(f"polynomial coefficients must be comma-separated numbers, got {arg!r}") from None
+
+
+def _parse_degree(arg: str) -> int:
+    try:
+        return int(arg)
+    except ValueError:
+        raise NearoptError(f"monomial degree must be an integer, got {arg!r}") from None
+
+
+def _no_arg(factory: Callable[[], Activation]) -> Callable[[str | None], Activation]:
+    def make(arg: str | None) -> Activation:
+        if arg is not None:
+            raise NearoptError(f"activation takes no argument, got {arg!r}")
+        return factory()
+
+    return make
+
+
+def _needs_arg(what: str, parse: Callable[[str], object], build: Callable) -> Callable[[str | None], Activation]:
+    def make(arg: str | None) -> Activation:
+        if arg is None:
+            raise NearoptError(f"this activation needs {what} after a colon")
+        return build(parse(arg))
+
+    return make
+
+
+def _erf(arg: str | None) -> Activation:
+    if arg not in (None, "unit", "sqrt2"):
+        raise NearoptError(f"erf takes ':unit' for erf(z) or nothing for erf(z/sqrt(2)), got {arg!r}")
+    return Erf(unit=arg == "unit")
+
+
+_REGISTRY: dict[str, Callable[[str | None], Activation]] = {
+    "linear": _no_arg(lambda: monomial(1)),
+    "quadratic": _no_arg(lambda: monomial(2)),
+    "cubic": _no_arg(lambda: monomial(3)),
+    "monomial": _needs_arg("a degree, e.g. monomial:4", _parse_degree, monomial),
+    "polynomial": _needs_arg("coefficients c0,c1,..., e.g. polynomial:0,1,1", _parse_coefficients, Polynomial),
+    "erf": _erf,
+    "tanh": _no_arg(Tanh),
+    "relu": _no_arg(ReLU),
+}
+
+
+def register_activation(name: str, factory: Callable[[str | None], Activation] | Activation, *, overwrite: bool = False) -> None:
+    """Make ``name`` (and ``name:arg``) resolvable by :func:`get_activation`.
+
+    ``factory`` is either an :class:`Activation` instance or a callable taking the
+    text after the colon (``None`` if absent) and returning an Activation.
+    """
+    if not name or ":" in name:
+        raise NearoptError(f"invalid activation name {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise NearoptError(f"activation {name!r} is already registered (pass overwrite=True)")
+    if isinstance(factory, Activation):
+        _REGISTRY[name] = _no_arg(lambda inst=factory: inst)
+    else:
+        _REGISTRY[name] = factory
+
+
+def available_activations() -> list[str]:
+    """Registered activation names."""
+    return sorted(_REGISTRY)
+
+
+def get_activation(spec: str | Activation) -> Activation:
+    """Resolve ``spec`` (e.g. ``"erf"``, ``"monomial:4"``) to an :class:`Activation`."""
+    if isinstance(spec, Activation):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise NearoptError(f"activation must be a name, got {spec!r}")
+    name, _, arg = spec.strip().partition(":")
+    factory = _REGISTRY.get(name.lower())
+    if factory is None:
+        raise NearoptError(f"unknown activation {name!r}; choose from {', '.join(available_activations())}")
+    return factory(arg if arg else None)

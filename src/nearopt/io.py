@@ -1,0 +1,135 @@
+"""Atomic file writing and validated loading of teacher weights and inputs.
+
+Every writer goes through a temporary file in the target directory followed by
+``os.replace``, so a reader never sees a half-written file and an interrupted
+run never destroys an earlier complete one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import NearoptError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place on success.
+
+    The temporary file keeps ``path``'s suffix so that libraries choosing a
+    format by extension (matplotlib, ``np.savez``) behave as for ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def to_json(data: Any, indent: int | None = 2) -> str:
+    """Serialise ``data`` (NumPy arrays and scalars allowed) to JSON text."""
+    return json.dumps(data, indent=indent, default=_json_default, allow_nan=True)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically."""
+    return write_text(path, to_json(data) + "\n")
+
+
+def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Write arrays to an ``.npz`` file atomically."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise NearoptError(f"output file must end in .npz: {path}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return path
+
+
+def _check_finite(name: str, array: np.ndarray, source: str) -> None:
+    if not np.all(np.isfinite(array)):
+        raise NearoptError(f"{source}: {name} contains NaN or infinite values")
+
+
+def load_weights(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Load and validate teacher weights from an ``.npz`` file.
+
+    Returns ``(W1, W2)`` as float64 arrays of shapes ``(N_h, N_i)`` and ``(1, N_h)``.
+    ``W2`` may be stored with shape ``(N_h,)`` or ``(1, N_h)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NearoptError(f"teacher file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+    except Exception as exc:  # zipfile / pickle / format errors all mean "not a valid npz"
+        raise NearoptError(f"cannot read teacher file {path}: not a valid .npz ({exc.__class__.__name__})") from None
+    missing = [k for k in ("W1", "W2") if k not in arrays]
+    if missing:
+        raise NearoptError(f"teacher file {path} lacks array(s) {', '.join(missing)} (has: {', '.join(arrays) or 'none'})")
+    W1, W2 = arrays["W1"], arrays["W2"]
+    for name, arr in (("W1", W1), ("W2", W2)):
+        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise NearoptError(f"teacher file {path}: {name} must be a real numeric array, got dtype {arr.dtype}")
+    if W1.ndim != 2 or min(W1.shape) < 1:
+        raise NearoptError(f"teacher file {path}: W1 must have shape (N_h, N_i) with N_h, N_i >= 1, got {W1.shape}")
+    n_h = W1.shape[0]
+    if W2.shape not in ((n_h,), (1, n_h)):
+        raise NearoptError(f"teacher file {path}: W2 must have shape (1, {n_h}) or ({n_h},) to match W1 {W1.shape}, got {W2.shape}")
+    W1 = W1.astype(np.float64)
+    W2 = W2.astype(np.float64).reshape(1, n_h)
+    _check_finite("W1", W1, str(path))
+    _check_finite("W2", W2, str(path))
+    return W1, W2
+
+
+def load_inputs(path: str | os.PathLike, n_inputs: int | None = None) -> np.ndarray:
+    """Load and validate an ``(N, N_i)`` input array from a ``.npy`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NearoptError(f"inputs file not found: {path}")
+    try:
+        X = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise NearoptError(f"cannot read inputs file {path}: not a valid .npy ({exc.__class__.__name__})") from None
+    if not isinstance(X, np.ndarray) or not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
+        raise NearoptError(f"inputs file {path} must hold a real numeric array")
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise NearoptError(f"inputs file {path} must hold an (N, N_i) array with N, N_i >= 1, got shape {X.shape}")
+    if n_inputs is not None and X.shape[1] != n_inputs:
+        raise NearoptError(f"inputs file {path} has width {X.shape[1]} but the network has N_i = {n_inputs}")
+    X = X.astype(np.float64)
+    _check_finite("inputs", X, str(path))
+    return X
