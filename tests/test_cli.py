@@ -39,7 +39,7 @@ def test_teacher_then_spectrum_round_trip(tmp_path, capsys):
     for key in ["activation", "N_i", "N_h", "P", "samples", "method", "dtype", "rank", "rank_tolerance", "eigenvalues"]:
         assert key in res
     assert (res["activation"], res["N_i"], res["N_h"], res["P"], res["samples"]) == ("erf", 6, 4, 28, 500)
-    assert res["dtype"] == "float64" and res["method"] == "gauss-newton"
+    assert res["dtype"] == "float64" and res["method"] == "jacobian-svd"
     eig = np.array(res["eigenvalues"])
     assert eig.size == 28 and np.all(np.diff(eig) >= 0)
     net = no.TwoLayerNet.load(path, "erf")

@@ -149,7 +149,9 @@ def test_autodiff_and_gauss_newton_spectra_agree():
     net = no.sample_teacher(4, 6, "erf", seed=13)
     X = no.sample_inputs(800, 4, seed=14)
     a = no.batch_spectrum(net, X, method="autodiff")
-    b = no.batch_spectrum(net, X, method="gauss-newton")
+    b = no.batch_spectrum(net, X, method="jacobian-svd")
+    c = no.batch_spectrum(net, X, method="gauss-newton")
+    assert c.rank.rank == net.n_params and np.allclose(c.eigenvalues, b.eigenvalues, rtol=1e-8, atol=1e-13)
     assert a.rank.rank == b.rank.rank == net.n_params
     assert np.allclose(a.eigenvalues, b.eigenvalues, rtol=1e-8, atol=1e-13)
 
@@ -207,3 +209,13 @@ def test_decide_rank_reports_gap_and_flags_unclear():
     assert not fuzzy.clear
     full = no.decide_rank(np.array([2.0, 1.0]), 2)
     assert full.rank == 2 and np.isinf(full.gap)
+
+
+def test_rank_from_eigenvalues_when_no_svd_is_affordable(monkeypatch):
+    from nearopt import spectrum as spectrum_mod
+
+    monkeypatch.setattr(spectrum_mod, "SVD_MAX_PARAMS", 10)
+    net = no.sample_teacher(6, 8, "linear", seed=0)
+    spec = no.batch_spectrum(net, no.sample_inputs(400, 6, seed=1))
+    assert spec.method == "gauss-newton" and spec.extra["rank_source"] == "hessian eigenvalues"
+    assert spec.rank.rank == 6 and spec.rank.clear

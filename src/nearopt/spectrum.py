@@ -171,38 +171,74 @@ class Spectrum:
         return d
 
 
-BATCH_METHODS = ("gauss-newton", "autodiff")
+BATCH_METHODS = ("auto", "jacobian-svd", "gauss-newton", "autodiff")
+
+#: above this P, ``auto`` and the rank decision avoid the O(N P^2)-with-QR route
+SVD_MAX_PARAMS = 4000
+
+
+def _rank_from_eigenvalues(eig: np.ndarray, rtol: float | None) -> RankDecision:
+    """Rank from eigenvalues of ``H`` when no square root is affordable.
+
+    ``eigvalsh`` resolves eigenvalues only to ~``P eps lambda_max``, i.e. singular
+    values to ``sqrt(P eps) s_max``: the default tolerance says so honestly.
+    """
+    P = eig.size
+    s = np.sqrt(np.clip(eig, 0.0, None))
+    return decide_rank(s, P, rtol=rtol if rtol is not None else np.sqrt(default_rtol((P, P))))
 
 
 def batch_spectrum(
     net: TwoLayerNet,
     X,
     *,
-    method: str = "gauss-newton",
+    method: str = "auto",
     chunk_size: int | None = None,
     device="cpu",
     rtol: float | None = None,
 ) -> Spectrum:
     """Spectrum of the batch Hessian at the optimum (student = ``net``).
 
-    ``method="gauss-newton"`` takes the eigenvalues as ``s**2 / N`` from the
-    singular values ``s`` of ``J`` (via a chunked QR; best accuracy for the small
-    eigenvalues); ``"autodiff"`` takes ``eigvalsh`` of the autodiff Hessian.
-    The rank is decided from the singular values of ``J`` either way.
+    Methods
+    -------
+    ``jacobian-svd``
+        eigenvalues ``s**2 / N`` from the singular values ``s`` of ``J`` (chunked
+        QR, then SVD of ``R``): best accuracy for the small eigenvalues.
+    ``gauss-newton``
+        ``eigvalsh(J^T J / N)``: fastest for large ``P``, on GPU too.
+    ``autodiff``
+        ``eigvalsh`` of the ``torch.func`` Hessian of the loss.
+    ``auto``
+        ``jacobian-svd`` up to ``P = SVD_MAX_PARAMS``, else ``gauss-newton``.
+
+    The rank is decided from the singular values of ``J`` when ``P <=
+    SVD_MAX_PARAMS`` (or the method computed them), else from the eigenvalues
+    with a correspondingly wider tolerance; ``extra["rank_source"]`` says which.
     """
     if method not in BATCH_METHODS:
         raise NearoptError(f"unknown batch method {method!r}; choose from {', '.join(BATCH_METHODS)}")
     t0 = time.perf_counter()
     N, P = int(np.shape(X)[0]), net.n_params
-    R = empirical.jacobian_r_factor(net, X, chunk_size=chunk_size, device=device)
-    s = np.linalg.svd(R, compute_uv=False) / np.sqrt(N)
-    decision = decide_rank(s, P, rtol=rtol, shape=(N, P))
-    if method == "gauss-newton":
+    if method == "auto":
+        method = "jacobian-svd" if P <= SVD_MAX_PARAMS else "gauss-newton"
+    dev = empirical.resolve_device(device)
+    decision = None
+    if method == "jacobian-svd" or P <= SVD_MAX_PARAMS:
+        R = torch.as_tensor(empirical.jacobian_r_factor(net, X, chunk_size=chunk_size, device=dev), device=dev)
+        s = torch.linalg.svdvals(R).cpu().numpy() / np.sqrt(N)
+        decision = decide_rank(s, P, rtol=rtol, shape=(N, P))
+    if method == "jacobian-svd":
         eig = np.zeros(P)
         eig[P - s.size :] = np.sort(s**2)
     else:
-        H = empirical.loss_hessian(net, X, chunk_size=chunk_size, device=device)
-        eig = np.asarray(torch.linalg.eigvalsh(torch.as_tensor(H)).numpy())
+        if method == "gauss-newton":
+            H = empirical.gauss_newton_tensor(net, X, chunk_size=chunk_size, device=dev)
+        else:
+            H = torch.as_tensor(empirical.loss_hessian(net, X, chunk_size=chunk_size, device=dev), device=dev)
+        eig = torch.linalg.eigvalsh(H).cpu().numpy()
+    source = "jacobian singular values"
+    if decision is None:
+        decision, source = _rank_from_eigenvalues(eig, rtol), "hessian eigenvalues"
     return Spectrum(
         eigenvalues=eig,
         rank=decision,
@@ -212,4 +248,5 @@ def batch_spectrum(
         n_hidden=net.n_hidden,
         samples=N,
         seconds=time.perf_counter() - t0,
+        extra={"rank_source": source, "device": str(dev)},
     )

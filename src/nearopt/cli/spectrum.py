@@ -25,8 +25,9 @@ def register(sub) -> None:
     p.add_argument(
         "--method",
         default="auto",
-        help="batch: gauss-newton (default; eigenvalues from singular values of J) or autodiff "
-        "(eigvalsh of the torch.func Hessian); population: auto (default, cheapest exact route), "
+        help="batch: auto (default: jacobian-svd up to P=4000, else gauss-newton), jacobian-svd "
+        "(eigenvalues from singular values of J; most accurate), gauss-newton (eigvalsh of J^T J/N; "
+        "fastest, GPU) or autodiff (eigvalsh of the torch.func Hessian); population: auto (default, cheapest exact route), "
         "dense, structured (exact, never forms the P x P matrix) or lanczos (extreme eigenvalues only)",
     )
     p.add_argument("--rtol", type=positive_float, default=None, help="relative tolerance of the rank decision on singular values (default max(N,P)*eps)")
@@ -47,10 +48,9 @@ def compute(args) -> Spectrum:
         if method not in POPULATION_METHODS:
             raise NearoptError(f"--method {method} is not a population method; choose from {', '.join(POPULATION_METHODS)}")
         return population_spectrum(net, method=method, rtol=args.rtol)
-    method = "gauss-newton" if args.method == "auto" else args.method
-    if method not in BATCH_METHODS:
-        raise NearoptError(f"--method {method} is not a batch method; choose from auto, {', '.join(BATCH_METHODS)} (or use --population)")
-    return batch_spectrum(net, X, method=method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol)
+    if args.method not in BATCH_METHODS:
+        raise NearoptError(f"--method {args.method} is not a batch method; choose from {', '.join(BATCH_METHODS)} (or use --population)")
+    return batch_spectrum(net, X, method=args.method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol)
 
 
 def summary(spec: Spectrum) -> str:

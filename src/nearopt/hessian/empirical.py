@@ -97,20 +97,22 @@ def iter_jacobian_chunks(net: TwoLayerNet, X, *, chunk_size: int | None = None, 
         yield _jacobian_block(net, Xc, W1, v)
 
 
-def gauss_newton(net: TwoLayerNet, X, *, chunk_size: int | None = None, dtype=torch.float64, device="cpu") -> np.ndarray:
-    """Gauss–Newton matrix ``J^T J / N`` at ``net``'s parameters, shape ``(P, P)``.
-
-    At the optimum (student = teacher) this *is* the Hessian of the loss.
-    """
-    P = net.n_params
+def gauss_newton_tensor(net: TwoLayerNet, X, *, chunk_size: int | None = None, dtype=torch.float64, device="cpu") -> torch.Tensor:
+    """:func:`gauss_newton` as a tensor left on ``device`` (for GPU eigensolvers)."""
     G = None
     n = 0
     for Jc in iter_jacobian_chunks(net, X, chunk_size=chunk_size, dtype=dtype, device=device):
         G = Jc.T @ Jc if G is None else G.addmm_(Jc.T, Jc)
         n += Jc.shape[0]
-    G /= n
-    assert G.shape == (P, P)
-    return G.cpu().numpy()
+    return G.div_(n)
+
+
+def gauss_newton(net: TwoLayerNet, X, *, chunk_size: int | None = None, dtype=torch.float64, device="cpu") -> np.ndarray:
+    """Gauss–Newton matrix ``J^T J / N`` at ``net``'s parameters, shape ``(P, P)``.
+
+    At the optimum (student = teacher) this *is* the Hessian of the loss.
+    """
+    return gauss_newton_tensor(net, X, chunk_size=chunk_size, dtype=dtype, device=device).cpu().numpy()
 
 
 def jacobian_r_factor(net: TwoLayerNet, X, *, chunk_size: int | None = None, dtype=torch.float64, device="cpu") -> np.ndarray:
@@ -119,6 +121,9 @@ def jacobian_r_factor(net: TwoLayerNet, X, *, chunk_size: int | None = None, dty
     ``R`` has the singular values of ``J``; ``R^T R / N`` is the Gauss–Newton matrix.
     """
     R = None
+    # Chunks of at least P rows keep the cost near 2 N P^2 (each QR is of (chunk + P) x P).
+    if chunk_size is None:
+        chunk_size = max(net.n_params, _chunk_size(np.shape(X)[0], 2 * net.n_params, None))
     for Jc in iter_jacobian_chunks(net, X, chunk_size=chunk_size, dtype=dtype, device=device):
         stacked = Jc if R is None else torch.cat([R, Jc], dim=0)
         R = torch.linalg.qr(stacked, mode="r").R
