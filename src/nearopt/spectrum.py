@@ -180,12 +180,13 @@ SVD_MAX_PARAMS = 4000
 def _rank_from_eigenvalues(eig: np.ndarray, rtol: float | None) -> RankDecision:
     """Rank from eigenvalues of ``H`` when no square root is affordable.
 
-    ``eigvalsh`` resolves eigenvalues only to ~``P eps lambda_max``, i.e. singular
-    values to ``sqrt(P eps) s_max``: the default tolerance says so honestly.
+    ``eigvalsh`` resolves eigenvalues only to ~``P eps lambda_max``, so the
+    default threshold is ``100 P eps lambda_max`` on eigenvalues, i.e.
+    ``10 sqrt(P eps) s_max`` on singular values: wide, and honest about it.
     """
     P = eig.size
     s = np.sqrt(np.clip(eig, 0.0, None))
-    return decide_rank(s, P, rtol=rtol if rtol is not None else np.sqrt(default_rtol((P, P))))
+    return decide_rank(s, P, rtol=rtol if rtol is not None else 10.0 * np.sqrt(default_rtol((P, P))))
 
 
 def batch_spectrum(
