@@ -29,8 +29,17 @@ from .errors import NearoptError  # noqa: E402
 from .hessian.empirical import functional_hessian, gauss_newton, jacobian, jacobian_r_factor, loss_hessian  # noqa: E402
 from .model import TwoLayerNet, sample_inputs, sample_teacher  # noqa: E402
 from .spectrum import RankDecision, Spectrum, batch_spectrum, decide_rank  # noqa: E402
+from .rank import RankMeasurement, SweepRow, measure_rank, rank_sweep, rank_vs_samples  # noqa: E402
+from .theory.rank import RankPrediction, predict_rank  # noqa: E402
 
 __all__ = [
+    "RankMeasurement",
+    "RankPrediction",
+    "SweepRow",
+    "measure_rank",
+    "predict_rank",
+    "rank_sweep",
+    "rank_vs_samples",
     "Activation",
     "CustomActivation",
     "Erf",

@@ -1,0 +1,165 @@
+"""``nearopt rank``: measured vs predicted rank over a sweep of sizes, or vs the sample size."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from .. import io
+from ..activations import available_activations, get_activation
+from ..errors import NearoptError
+from ..model import sample_teacher
+from ..rank import DEFAULT_OVERSAMPLE, MIN_GAP, SweepRow, rank_sweep, rank_vs_samples
+from ..theory.rank import saturation_hidden
+from .common import emit_json, nonneg_int, positive_float, positive_int
+
+COMMAND = "rank"
+ORDER = 30
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: ``"5"``, ``"2,4,8"``, ``"1:12"`` (inclusive) or ``"1:12:2"``, combinable with commas."""
+    values: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if ":" in part:
+                bits = [int(b) for b in part.split(":")]
+                if len(bits) not in (2, 3) or (len(bits) == 3 and bits[2] < 1) or bits[1] < bits[0]:
+                    raise ValueError
+                values.extend(range(bits[0], bits[1] + 1, bits[2] if len(bits) == 3 else 1))
+            else:
+                values.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected integers like 5, 2,4,8 or 1:12[:step], got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be integers >= 1, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        COMMAND,
+        help="measured vs predicted Hessian rank over a sweep of N_i, N_h (or of the sample size N)",
+        description="Rank of the Hessian at the optimum (the effective number of parameters), measured from "
+        "the singular values of the batch Jacobian J/sqrt(N) in float64 and compared with the theory "
+        "(exact value or bound). Sweeps N_i and N_h with several random teachers per cell; with "
+        "--samples-sweep it shows the rank as a function of N for one size instead.",
+    )
+    p.add_argument(
+        "--activation",
+        "-a",
+        required=True,
+        help=f"activation: {', '.join(available_activations())} (monomial:P, polynomial:c0,c1,..., erf:unit for erf(z))",
+    )
+    p.add_argument("--ni", type=int_list, required=True, help="input widths N_i: 5, 2,4,8 or 1:12[:step]")
+    p.add_argument("--nh", type=int_list, required=True, help="hidden widths N_h: 5, 2,4,8 or 1:12[:step]")
+    p.add_argument("--teachers", type=positive_int, default=3, help="random teachers per (N_i, N_h) cell (default 3); teacher t has seed SEED+t")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the first teacher (default 0)")
+    p.add_argument("--sigma1", type=positive_float, default=None, help="std of W1 entries (default 1/sqrt(N_i))")
+    p.add_argument("--sigma2", type=positive_float, default=None, help="std of W2 entries (default 1/sqrt(N_h))")
+    g = p.add_argument_group("inputs")
+    g.add_argument("--samples", "-n", type=positive_int, default=None, help="batch size N for every cell (default max(OVERSAMPLE*P, 200) per cell)")
+    g.add_argument("--oversample", type=positive_float, default=DEFAULT_OVERSAMPLE, help=f"default N as a multiple of P (default {DEFAULT_OVERSAMPLE})")
+    g.add_argument("--data-seed", type=nonneg_int, default=0, help="seed of the inputs (default 0)")
+    g.add_argument(
+        "--samples-sweep",
+        type=int_list,
+        default=None,
+        metavar="N1,N2,...",
+        help="rank as a function of N for one (N_i, N_h): nested batches of these sizes",
+    )
+    g.add_argument("--population", action="store_true", help="population Hessian (N -> infinity) via nearopt.hessian.population, if installed")
+    p.add_argument("--rtol", type=positive_float, default=None, help="relative tolerance on singular values (default max(N,P)*eps)")
+    p.add_argument("--min-gap", type=positive_float, default=MIN_GAP, help=f"smallest last-kept/first-dropped ratio counted as a clear cut (default {MIN_GAP:g})")
+    p.add_argument("--chunk-size", type=positive_int, default=None, help="inputs per chunk of the Jacobian QR (default: by memory)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON (add --values for the singular values)")
+    p.add_argument("--values", action="store_true", help="with --json/--out: include every teacher's singular values")
+    p.add_argument("--out", metavar="FILE.json", help="also write the JSON rows to this file (atomically)")
+    p.set_defaults(func=run)
+
+
+def compute(args) -> list[SweepRow]:
+    act = get_activation(args.activation)
+    if args.samples_sweep is None:
+        if args.population and args.samples is not None:
+            raise NearoptError("choose one of --samples / --population")
+        return rank_sweep(
+            act,
+            args.ni,
+            args.nh,
+            teachers=args.teachers,
+            seed=args.seed,
+            samples=args.samples,
+            oversample=args.oversample,
+            data_seed=args.data_seed,
+            rtol=args.rtol,
+            sigma1=args.sigma1,
+            sigma2=args.sigma2,
+            population=args.population,
+            chunk_size=args.chunk_size,
+            device=args.device,
+            min_gap=args.min_gap,
+        )
+    if len(args.ni) != 1 or len(args.nh) != 1:
+        raise NearoptError("--samples-sweep needs a single --ni and a single --nh")
+    if args.population or args.samples is not None:
+        raise NearoptError("--samples-sweep sets N itself; drop --samples/--population")
+    per_teacher = []
+    for t in range(args.teachers):
+        net = sample_teacher(args.ni[0], args.nh[0], act, seed=args.seed + t, sigma1=args.sigma1, sigma2=args.sigma2)
+        ms = rank_vs_samples(net, args.samples_sweep, data_seed=args.data_seed, rtol=args.rtol, chunk_size=args.chunk_size, device=args.device, min_gap=args.min_gap)
+        for m in ms:
+            m.teacher_seed = args.seed + t
+        per_teacher.append(ms)
+    return [SweepRow([ms[k] for ms in per_teacher]) for k in range(len(args.samples_sweep))]
+
+
+def _fmt_gap(x: float) -> str:
+    return "inf" if not np.isfinite(x) else f"{x:.2g}"
+
+
+def table(rows: list[SweepRow]) -> str:
+    """The human-readable table (one line per row, then saturation, warnings and a verdict)."""
+    first = rows[0].first
+    route = "population Hessian" if first.route == "population" else "singular values of J/sqrt(N), float64"
+    head = f"{'N_i':>4} {'N_h':>4} {'P':>6} {'N':>7} {'rank':>9} {'predicted':>16} {'gap':>8} {'margin':>8} {'clear':>5}  ok"
+    lines = [f"activation {first.activation}   ({route}; {len(rows[0].measurements)} teacher(s) per row)", head, "-" * len(head)]
+    for r in rows:
+        lo, hi = min(r.ranks), max(r.ranks)
+        rank = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        n = "pop" if r.first.n_samples is None else str(r.first.n_samples)
+        lines.append(
+            f"{r.first.n_inputs:>4} {r.first.n_hidden:>4} {r.first.n_params:>6} {n:>7} {rank:>9} {r.prediction.label():>16} "
+            f"{_fmt_gap(r.min_gap):>8} {r.min_margin:>8.2g} {'yes' if r.all_clear else 'NO':>5}  {'ok' if r.agrees else 'MISMATCH'}"
+        )
+    lines.append("gap = last kept / first dropped singular value (inf: nothing dropped); margin = distance from the tolerance; clear: margin >= 10 and gap >= --min-gap")
+    for n_i in dict.fromkeys(r.first.n_inputs for r in rows):
+        sat = saturation_hidden(first.activation, n_i, max_hidden=200)
+        if sat is not None:
+            lines.append(f"prediction saturates at N_h = {sat} for N_i = {n_i} (more hidden units add no directions)")
+    warnings = [f"N_i={r.first.n_inputs} N_h={r.first.n_hidden} N={r.first.n_samples or 'pop'}: {w}" for r in rows for w in r.warnings]
+    if warnings:
+        lines.append("warnings:")
+        lines.extend(f"  {w}" for w in warnings)
+    bad = sum(not r.agrees for r in rows)
+    unclear = sum(not r.all_clear for r in rows)
+    lines.append(
+        f"{len(rows) - bad} of {len(rows)} rows agree with the prediction; "
+        + ("all rank decisions clear" if not unclear else f"{unclear} row(s) WITHOUT a clear gap (rank uncertain)")
+    )
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    rows = compute(args)
+    data = [r.to_dict(values=args.values) for r in rows]
+    if args.json:
+        emit_json(data, args.out)
+        return 0
+    if args.out:
+        io.write_json(args.out, data)
+    print(table(rows))
+    return 0

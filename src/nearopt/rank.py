@@ -1,0 +1,406 @@
+"""Measured rank of the Hessian at the optimum, and sweeps over sizes.
+
+The rank is decided from the singular values of ``J / sqrt(N)`` (``J`` the
+``N × P`` per-sample Jacobian, obtained as the R factor of a chunked QR in
+float64), never from ``eigvalsh(H)``. Each :class:`RankMeasurement` carries the
+:class:`~nearopt.spectrum.RankDecision` (tolerance, the singular values either
+side of it, their ratio ``gap`` and the ``margin`` to the tolerance), the
+prediction of :mod:`nearopt.theory.rank`, and a list of ``warnings``: when
+``N < P`` (the sample size may cap the rank), when the decision has no clear
+gap, when a larger gap lies among the kept values than at the cut, and when
+the measurement disagrees with an exact prediction.
+
+Typical use::
+
+    import nearopt as no
+    m = no.measure_rank(no.sample_teacher(6, 8, "quadratic", seed=0))
+    m.rank, m.prediction.rank, m.decision.gap, m.warnings
+    rows = no.rank_sweep("cubic", n_inputs=[4], n_hidden=range(1, 9), teachers=3)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .activations import Activation, get_activation
+from .errors import NearoptError, require_positive_int
+from .hessian import empirical
+from .model import TwoLayerNet, sample_inputs, sample_teacher
+from .spectrum import RankDecision, decide_rank
+from .theory.rank import RankPrediction, predict_rank
+
+#: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
+DEFAULT_OVERSAMPLE = 4
+#: ... and at least this many samples
+MIN_DEFAULT_SAMPLES = 200
+
+ROUTES = ("batch", "population")
+
+#: a cut with a gap below this many (six decades) is not trusted even when both
+#: sides sit far from the tolerance: erf/tanh spectra that decay smoothly into
+#: float64 round-off were seen cut with gaps up to 3e5, while exact zero modes of
+#: polynomial and ReLU networks showed gaps >= 1.6e8 (docs/rank.md)
+MIN_GAP = 1e6
+
+
+def default_samples(n_params: int, oversample: float = DEFAULT_OVERSAMPLE) -> int:
+    """``N = max(oversample · P, 200)``: enough that ``N`` does not cap the rank.
+
+    With ``N ≥ 4P`` the smallest nonzero singular value of ``J/√N`` sits near the
+    population value (Marchenko–Pastur factor ``1 − √(P/N) ≥ 0.5``).
+    """
+    if not (np.isfinite(oversample) and oversample > 0):
+        raise NearoptError(f"oversample factor must be positive, got {oversample}")
+    return int(max(np.ceil(oversample * n_params), MIN_DEFAULT_SAMPLES))
+
+
+@dataclass
+class RankMeasurement:
+    """Numerical rank of one network's Hessian at the optimum.
+
+    ``singular_values`` are those of ``J/√N`` (batch) or ``sqrt`` of the
+    population eigenvalues, descending, shape ``(min(N, P),)``; the Hessian's
+    eigenvalues are their squares (the other ``P − len`` are exact zeros).
+    """
+
+    activation: str
+    n_inputs: int
+    n_hidden: int
+    n_samples: int | None  # None: population
+    decision: RankDecision
+    singular_values: np.ndarray
+    prediction: RankPrediction
+    route: str = "batch"
+    teacher_seed: int | None = None
+    data_seed: int | None = None
+    seconds: float = float("nan")
+    warnings: list[str] = field(default_factory=list)
+    min_gap: float = MIN_GAP
+
+    @property
+    def clear(self) -> bool:
+        """A trusted decision: clear margin to the tolerance *and* a gap ``≥ min_gap`` (or nothing dropped)."""
+        return bool(self.decision.clear and self.decision.gap >= self.min_gap)
+
+    @property
+    def rank(self) -> int:
+        return self.decision.rank
+
+    @property
+    def n_params(self) -> int:
+        return self.decision.size
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        """Nonzero-candidate eigenvalues ``s²`` of ``H``, descending, ``(min(N, P),)``."""
+        return self.singular_values**2
+
+    @property
+    def smallest_nonzero_eigenvalue(self) -> float:
+        return float(self.singular_values[self.rank - 1] ** 2) if self.rank else float("nan")
+
+    @property
+    def agrees(self) -> bool:
+        """Whether the measured rank is what the prediction says (``≤`` for a bound)."""
+        return self.prediction.admits(self.rank)
+
+    @property
+    def largest_internal_gap(self) -> tuple[int, float]:
+        """``(k, s_k / s_{k+1})`` for the largest ratio among the kept values (``(0, 1)`` if none)."""
+        kept = self.singular_values[: self.rank]
+        if kept.size < 2:
+            return 0, 1.0
+        ratios = kept[:-1] / kept[1:]
+        k = int(np.argmax(ratios))
+        return k + 1, float(ratios[k])
+
+    def to_dict(self, values: bool = True) -> dict[str, Any]:
+        d = {
+            "activation": self.activation,
+            "N_i": self.n_inputs,
+            "N_h": self.n_hidden,
+            "P": self.n_params,
+            "samples": self.n_samples,
+            "route": self.route,
+            "teacher_seed": self.teacher_seed,
+            "data_seed": self.data_seed,
+            "rank": self.rank,
+            "predicted": self.prediction.to_dict(),
+            "agrees": self.agrees,
+            "clear": self.clear,
+            "min_gap": self.min_gap,
+            "decision": self.decision.to_dict(),
+            "smallest_nonzero_eigenvalue": self.smallest_nonzero_eigenvalue,
+            "largest_eigenvalue": float(self.singular_values[0] ** 2) if self.singular_values.size else float("nan"),
+            "seconds": self.seconds,
+            "warnings": list(self.warnings),
+        }
+        if values:
+            d["singular_values"] = self.singular_values
+        return d
+
+
+def _warnings(decision: RankDecision, s: np.ndarray, pred: RankPrediction, n_samples: int | None, measured: "RankMeasurement") -> list[str]:
+    out = []
+    P = decision.size
+    if n_samples is not None and n_samples < P:
+        binding = n_samples <= pred.population_rank
+        out.append(
+            f"N = {n_samples} < P = {P}: the batch rank is capped at N"
+            + (f", below the population rank {pred.population_rank}; the measured rank says nothing about it" if binding else "")
+        )
+    if not decision.clear:
+        out.append(
+            f"no clear gap at the tolerance {decision.tolerance:.3g}: last kept {decision.last_kept:.3g}, "
+            f"first dropped {decision.first_dropped:.3g} (margin {decision.margin:.3g} < 10); rank {decision.rank} is uncertain"
+        )
+    if decision.clear and decision.gap < measured.min_gap:
+        out.append(
+            f"the gap at the cut is only {decision.gap:.3g} (< {measured.min_gap:.3g}): a smooth decay of the kept values into "
+            "float64 round-off looks like this; the dropped directions may be real but unresolvable, rank "
+            f"{decision.rank} is uncertain"
+        )
+    k, ratio = measured.largest_internal_gap
+    if np.isfinite(decision.gap) and ratio > decision.gap:
+        out.append(f"a larger gap ({ratio:.3g}) lies inside the kept values at rank {k} than at the cut ({decision.gap:.3g})")
+    if not pred.admits(decision.rank):
+        rel = "≤" if pred.kind == "bound" else "="
+        out.append(f"measured rank {decision.rank} disagrees with the prediction ({rel} {pred.rank}, {pred.kind})")
+    return out
+
+
+def _finish(m: RankMeasurement) -> RankMeasurement:
+    m.warnings = _warnings(m.decision, m.singular_values, m.prediction, m.n_samples, m)
+    return m
+
+
+def measure_rank(
+    net: TwoLayerNet,
+    X: np.ndarray | None = None,
+    *,
+    n_samples: int | None = None,
+    oversample: float = DEFAULT_OVERSAMPLE,
+    data_seed: int = 0,
+    rtol: float | None = None,
+    chunk_size: int | None = None,
+    device="cpu",
+    teacher_seed: int | None = None,
+    min_gap: float = MIN_GAP,
+) -> RankMeasurement:
+    """Rank of the batch Hessian ``JᵀJ/N`` at the optimum, from the singular values of ``J``.
+
+    Parameters
+    ----------
+    net : TwoLayerNet
+        The teacher (= student).
+    X : ndarray, shape (N, N_i), optional
+        Inputs; default ``n_samples`` Gaussian inputs drawn with ``data_seed``.
+    n_samples : int, optional
+        Default :func:`default_samples` ``(P, oversample)``.
+    rtol : float, optional
+        Relative tolerance on singular values (default ``max(N, P)·eps``).
+    min_gap : float
+        Smallest ratio last-kept / first-dropped that counts as a clear cut
+        (:data:`MIN_GAP`); see :attr:`RankMeasurement.clear`.
+
+    Returns
+    -------
+    RankMeasurement
+        ``singular_values`` of ``J/√N``, shape ``(min(N, P),)``, descending.
+    """
+    t0 = time.perf_counter()
+    if X is None:
+        N = require_positive_int(n_samples, "number of samples") if n_samples is not None else default_samples(net.n_params, oversample)
+        X = sample_inputs(N, net.n_inputs, seed=data_seed)
+    elif n_samples is not None:
+        raise NearoptError("give either inputs X or n_samples, not both")
+    N = int(np.shape(X)[0])
+    R = empirical.jacobian_r_factor(net, X, chunk_size=chunk_size, device=device)
+    s = np.linalg.svd(R, compute_uv=False) / np.sqrt(N)  # descending
+    decision = decide_rank(s, net.n_params, rtol=rtol, shape=(N, net.n_params))
+    pred = predict_rank(net.activation, net.n_inputs, net.n_hidden, n_samples=N)
+    extra = [] if net.activation.is_smooth else _coverage_warnings(net, np.asarray(X, dtype=np.float64))
+    m = RankMeasurement(
+        net.activation.name, net.n_inputs, net.n_hidden, N, decision, s, pred, "batch", teacher_seed, data_seed, time.perf_counter() - t0, min_gap=min_gap
+    )
+    m = _finish(m)
+    m.warnings[:0] = extra
+    return m
+
+
+def _coverage_warnings(net: TwoLayerNet, X: np.ndarray) -> list[str]:
+    """Kinked activations (ReLU): warn when too few samples resolve the units' half-spaces.
+
+    The batch rank of a ReLU net reaches ``P − N_h`` only if every unit is active
+    on enough samples and every pair of units is separated (``sign(w_a·x) ≠
+    sign(w_b·x)``) on enough samples; nearly parallel ``w_a, w_b`` leave a thin
+    wedge that a finite batch may miss. "Enough" is taken as ``2 N_i`` (heuristic).
+    """
+    S = (X @ net.W1.T > 0).astype(np.float64)  # (N, N_h)
+    need = 2 * net.n_inputs
+    out = []
+    active = np.minimum(S.sum(0), X.shape[0] - S.sum(0))
+    if active.min() < need:
+        out.append(f"unit {int(active.argmin())} is on one side of its kink for all but {int(active.min())} samples (< 2 N_i = {need}): the batch rank may fall below the population rank")
+    if net.n_hidden > 1:
+        sep = S.T @ (1 - S) + (1 - S).T @ S  # (N_h, N_h) samples separating units a and b
+        np.fill_diagonal(sep, np.inf)
+        a, b = np.unravel_index(np.argmin(sep), sep.shape)
+        if sep[a, b] < need:
+            out.append(f"only {int(sep[a, b])} samples separate the half-spaces of units {a} and {b} (< 2 N_i = {need}; nearly parallel weights): the batch rank may fall below the population rank")
+    return out
+
+
+def measure_population_rank(net: TwoLayerNet, *, method: str = "auto", rtol: float | None = None, teacher_seed: int | None = None) -> RankMeasurement:
+    """Rank of the population Hessian via :func:`nearopt.hessian.population.population_spectrum`.
+
+    The decision is the one the population route made (its own square root
+    and tolerance); ``singular_values`` are ``sqrt`` of its eigenvalues.
+    """
+    try:
+        from .hessian.population import population_spectrum
+    except ImportError:
+        raise NearoptError("the population route (nearopt.hessian.population) is not available in this installation") from None
+    t0 = time.perf_counter()
+    spec = population_spectrum(net, method=method, rtol=rtol)
+    eig = np.sort(np.clip(np.asarray(spec.eigenvalues, dtype=np.float64), 0.0, None))[::-1]
+    pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
+    m = RankMeasurement(
+        net.activation.name, net.n_inputs, net.n_hidden, None, spec.rank, np.sqrt(eig), pred, "population", teacher_seed, None, time.perf_counter() - t0
+    )
+    return _finish(m)
+
+
+def rank_vs_samples(
+    net: TwoLayerNet, samples: Iterable[int], *, data_seed: int = 0, rtol: float | None = None, chunk_size: int | None = None, device="cpu", min_gap: float = MIN_GAP
+) -> list[RankMeasurement]:
+    """Measured rank for each batch size ``N`` in ``samples`` (nested batches: the first ``N`` rows of one draw)."""
+    sizes = [require_positive_int(n, "number of samples") for n in samples]
+    if not sizes:
+        raise NearoptError("give at least one sample size")
+    X = sample_inputs(max(sizes), net.n_inputs, seed=data_seed)
+    return [measure_rank(net, X[:n], rtol=rtol, chunk_size=chunk_size, device=device, data_seed=data_seed, min_gap=min_gap) for n in sizes]
+
+
+@dataclass
+class SweepRow:
+    """All teachers of one ``(N_i, N_h)`` cell of a sweep."""
+
+    measurements: list[RankMeasurement]
+
+    @property
+    def first(self) -> RankMeasurement:
+        return self.measurements[0]
+
+    @property
+    def ranks(self) -> list[int]:
+        return [m.rank for m in self.measurements]
+
+    @property
+    def prediction(self) -> RankPrediction:
+        return self.first.prediction
+
+    @property
+    def min_gap(self) -> float:
+        return min(m.decision.gap for m in self.measurements)
+
+    @property
+    def min_margin(self) -> float:
+        return min(m.decision.margin for m in self.measurements)
+
+    @property
+    def all_clear(self) -> bool:
+        return all(m.clear for m in self.measurements)
+
+    @property
+    def agrees(self) -> bool:
+        return all(m.agrees for m in self.measurements)
+
+    @property
+    def warnings(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for m in self.measurements:
+            for w in m.warnings:
+                seen.setdefault(f"teacher {m.teacher_seed}: {w}" if len(self.measurements) > 1 else w)
+        return list(seen)
+
+    def to_dict(self, values: bool = False) -> dict[str, Any]:
+        m = self.first
+        return {
+            "activation": m.activation,
+            "N_i": m.n_inputs,
+            "N_h": m.n_hidden,
+            "P": m.n_params,
+            "samples": m.n_samples,
+            "route": m.route,
+            "rank_min": min(self.ranks),
+            "rank_max": max(self.ranks),
+            "ranks": self.ranks,
+            "predicted": self.prediction.to_dict(),
+            "agrees": self.agrees,
+            "min_gap": self.min_gap,
+            "min_margin": self.min_margin,
+            "all_clear": self.all_clear,
+            "warnings": self.warnings,
+            "teachers": [x.to_dict(values=values) for x in self.measurements],
+        }
+
+
+def rank_sweep(
+    activation: str | Activation,
+    n_inputs: Sequence[int] | int,
+    n_hidden: Sequence[int] | int,
+    *,
+    teachers: int = 3,
+    seed: int = 0,
+    samples: int | None = None,
+    oversample: float = DEFAULT_OVERSAMPLE,
+    data_seed: int = 0,
+    rtol: float | None = None,
+    sigma1: float | None = None,
+    sigma2: float | None = None,
+    population: bool = False,
+    chunk_size: int | None = None,
+    device="cpu",
+    min_gap: float = MIN_GAP,
+) -> list[SweepRow]:
+    """Measured vs predicted rank over a grid of ``(N_i, N_h)``, ``teachers`` per cell.
+
+    Teacher ``t`` of every cell uses seed ``seed + t``; inputs use ``data_seed``.
+    ``samples`` fixes ``N`` for every cell (default :func:`default_samples` per
+    cell). ``population=True`` uses the population route instead of a batch.
+    """
+    act = get_activation(activation)
+    n_is = [n_inputs] if np.isscalar(n_inputs) else list(n_inputs)
+    n_hs = [n_hidden] if np.isscalar(n_hidden) else list(n_hidden)
+    if not n_is or not n_hs:
+        raise NearoptError("give at least one N_i and one N_h")
+    teachers = require_positive_int(teachers, "number of teachers")
+    rows = []
+    for n_i in n_is:
+        for n_h in n_hs:
+            ms = []
+            for t in range(teachers):
+                net = sample_teacher(n_i, n_h, act, seed=seed + t, sigma1=sigma1, sigma2=sigma2)
+                if population:
+                    ms.append(measure_population_rank(net, rtol=rtol, teacher_seed=seed + t))
+                else:
+                    ms.append(
+                        measure_rank(
+                            net,
+                            n_samples=samples,
+                            oversample=oversample,
+                            data_seed=data_seed,
+                            rtol=rtol,
+                            chunk_size=chunk_size,
+                            device=device,
+                            teacher_seed=seed + t,
+                            min_gap=min_gap,
+                        )
+                    )
+            rows.append(SweepRow(ms))
+    return rows
