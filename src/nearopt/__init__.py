@@ -27,12 +27,25 @@ from .activations import (  # noqa: E402
 )
 from .errors import NearoptError  # noqa: E402
 from .hessian.empirical import functional_hessian, gauss_newton, jacobian, jacobian_r_factor, loss_hessian  # noqa: E402
+from .gaussian import gaussian_expectations, pair_moments  # noqa: E402
+from .hessian.operators import BatchHessianOperator, PopulationHessianOperator, extreme_eigenvalues, spectral_density  # noqa: E402
+from .hessian.population import population_hessian, population_spectrum  # noqa: E402
+from .hessian.structured import structured_spectrum  # noqa: E402
 from .model import TwoLayerNet, sample_inputs, sample_teacher  # noqa: E402
 from .spectrum import RankDecision, Spectrum, batch_spectrum, decide_rank  # noqa: E402
 from .rank import RankMeasurement, SweepRow, measure_rank, rank_sweep, rank_vs_samples  # noqa: E402
 from .theory.rank import RankPrediction, predict_rank  # noqa: E402
 
 __all__ = [
+    "BatchHessianOperator",
+    "PopulationHessianOperator",
+    "extreme_eigenvalues",
+    "gaussian_expectations",
+    "pair_moments",
+    "population_hessian",
+    "population_spectrum",
+    "spectral_density",
+    "structured_spectrum",
     "RankMeasurement",
     "RankPrediction",
     "SweepRow",

@@ -1,0 +1,360 @@
+"""Expectations over two-dimensional Gaussians for population Hessians.
+
+Every block of the population Hessian ``H = E_x[J J^T]`` of ``f(x) = W2 g(W1 x)``
+involves a pair of hidden units ``a, c`` only through ``z = (u, v) = (w_a.x, w_c.x)``,
+a centred Gaussian with covariance ``C = [[w_a.w_a, w_a.w_c], [w_a.w_c, w_c.w_c]]``
+(see ``theory.md`` §2). By Stein's lemma ``E[phi(Ax) x] = A^T E[grad phi]`` and
+``E[phi(Ax) x x^T] = E[phi] I + A^T E[hess phi] A`` with ``A = [w_a; w_c]``, so a pair
+is described by the *Stein form* (:class:`PairMoments`)::
+
+    E[g(u) g(v)]           = gg
+    E[g'(u) g(v) x]        = b[0] w_a + b[1] w_c             # b = E[grad(g'(u) g(v))]
+    E[g'(u) g'(v) x x^T]   = dd I + [w_a w_c] K [w_a w_c]^T   # K = E[hess(g'(u) g'(v))]
+
+which needs no ``C^{-1}`` and stays valid when ``w_a`` and ``w_c`` are parallel
+(``a = c`` included). Closed forms (:func:`closed_form_moments`) cover polynomials
+(Mehler's formula, exact), ``erf(z/s)`` for any scale (arcsine kernel and its
+derivatives) and ReLU (arc-cosine kernels; the deltas of ``g''`` are integrated
+exactly). Any other activation goes through tensor Gauss–Hermite quadrature
+(:func:`quadrature_moments`) whose order is doubled until two successive orders
+agree to ``tol`` (default ``1e-12``), so the result is checked, not assumed.
+
+:func:`gaussian_expectations` is the general engine: ``E[phi]``, ``E[phi z]`` and
+``E[phi z z^T]`` for any ``phi(u, v)`` and any PSD ``C``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from numpy.polynomial import hermite_e
+from scipy import special
+
+from .activations import Activation, Erf, Polynomial, ReLU, get_activation
+from .errors import NearoptError
+
+#: Gauss–Hermite orders tried in turn (per dimension) until two successive ones agree
+GH_ORDERS = (32, 64, 128, 256, 512, 1024)
+#: default agreement required between successive quadrature orders (absolute, on O(1) moments)
+QUADRATURE_TOL = 1e-12
+#: parallel pairs: ``1 - rho**2`` below this uses the one-dimensional formulas
+COLLINEAR_TOL = 1e-12
+#: quadrature nodes evaluated at once (memory: a few arrays of this many float64)
+_QUAD_BLOCK = 2_000_000
+
+
+@dataclass(frozen=True)
+class GaussianExpectation:
+    """``E[phi(z)]``, ``E[phi(z) z]`` ``(2,)``, ``E[phi(z) z z^T]`` ``(2, 2)`` for ``z ~ N(0, C)``."""
+
+    mean: float
+    first: np.ndarray
+    second: np.ndarray
+    order: int
+    error: float  # max change between the last two quadrature orders
+
+
+@dataclass(frozen=True)
+class PairMoments:
+    """Stein-form moments of unit pairs (see module docstring).
+
+    Arrays share a leading shape ``S`` (``(N_h, N_h)`` from :func:`pair_moments`):
+    ``gg`` ``S``, ``b`` ``S + (2,)``, ``dd`` ``S``, ``K`` ``S + (2, 2)``. ``method`` is
+    ``"closed-form"`` or ``"quadrature"``; ``order``/``error`` describe the quadrature.
+    """
+
+    gg: np.ndarray
+    b: np.ndarray
+    dd: np.ndarray
+    K: np.ndarray
+    method: str
+    order: int | None = None
+    error: float = 0.0
+
+    def raw(self, c11, c12, c22) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Moments in ``z``-coordinates for the covariances ``(c11, c12, c22)`` they were made for.
+
+        Returns ``E[g(u)g(v)]``, ``E[g'(u)g(v) z]`` ``S+(2,)``, ``E[g'(u)g'(v)]`` and
+        ``E[g'(u)g'(v) z z^T]`` ``S+(2,2)`` (``E[phi z] = C b``, ``E[phi z z^T] = C K C + E[phi] C``).
+        """
+        C = _cov(c11, c12, c22)
+        first = np.einsum("...ij,...j->...i", C, self.b)
+        second = C @ self.K @ C + self.dd[..., None, None] * C
+        return self.gg, first, self.dd, second
+
+
+def _cov(c11, c12, c22) -> np.ndarray:
+    c11, c12, c22 = np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in (c11, c12, c22)))
+    return np.stack([np.stack([c11, c12], -1), np.stack([c12, c22], -1)], -2)
+
+
+@functools.lru_cache(maxsize=None)
+def gauss_hermite(order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights ``(order,)`` for ``E[f(y)]``, ``y ~ N(0, 1)`` (probabilists' Hermite)."""
+    x, w = special.roots_hermitenorm(order)  # stable at high orders, unlike hermegauss
+    return x, w / math.sqrt(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------- general engine
+def gaussian_expectations(phi: Callable[[np.ndarray, np.ndarray], np.ndarray], C, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> GaussianExpectation:
+    """``E[phi]``, ``E[phi z]``, ``E[phi z z^T]`` for ``z = (u, v) ~ N(0, C)`` by Gauss–Hermite.
+
+    Parameters
+    ----------
+    phi : callable
+        ``phi(u, v)`` on float64 arrays of equal shape, elementwise.
+    C : array_like, shape (2, 2)
+        Symmetric positive semi-definite covariance (singular allowed).
+    order : int, optional
+        Fixed nodes per dimension. Default: the first of :data:`GH_ORDERS` whose
+        result agrees with the next order to ``tol`` (relative to the largest
+        moment, at least 1); raises :class:`NearoptError` if none does.
+    """
+    C = np.asarray(C, dtype=np.float64)
+    if C.shape != (2, 2) or not np.allclose(C, C.T) or not np.all(np.isfinite(C)):
+        raise NearoptError(f"C must be a finite symmetric 2x2 matrix, got {C!r}")
+    lam, V = np.linalg.eigh(C)
+    if lam[0] < -1e-12 * max(lam[1], 1.0):
+        raise NearoptError(f"C must be positive semi-definite, eigenvalues {lam}")
+    F = V * np.sqrt(np.clip(lam, 0.0, None))  # z = F y, y ~ N(0, I)
+
+    def at(n: int) -> tuple[np.ndarray, int]:
+        x, w = gauss_hermite(n)
+        y1, y2 = np.meshgrid(x, x, indexing="ij")
+        wt = np.outer(w, w)
+        z = np.einsum("ij,jab->iab", F, np.stack([y1, y2]))
+        p = np.asarray(phi(z[0], z[1]), dtype=np.float64) * wt
+        first = np.array([(p * z[0]).sum(), (p * z[1]).sum()])
+        second = np.array([[(p * z[0] ** 2).sum(), (p * z[0] * z[1]).sum()], [0.0, (p * z[1] ** 2).sum()]])
+        second[1, 0] = second[0, 1]
+        return np.concatenate([[p.sum()], first, second.ravel()]), n
+
+    flat, n, err = _converge(at, order, tol)
+    return GaussianExpectation(float(flat[0]), flat[1:3], flat[3:].reshape(2, 2), n, err)
+
+
+def _converge(at: Callable[[int], tuple[np.ndarray, int]], order: int | None, tol: float):
+    """Evaluate ``at(n)`` for successive orders until two agree (or once for a fixed order)."""
+    if order is not None:
+        if isinstance(order, bool) or int(order) != order or order < 1:
+            raise NearoptError(f"quadrature order must be a positive integer, got {order!r}")
+        return at(int(order))[0], int(order), float("nan")
+    prev = None
+    for n in GH_ORDERS:
+        cur, _ = at(n)
+        if prev is not None:
+            err = float(np.max(np.abs(cur - prev)))
+            if err <= tol * max(1.0, float(np.max(np.abs(cur)))):
+                return cur, n, err
+        prev = cur
+    raise NearoptError(
+        f"Gauss–Hermite quadrature did not converge to {tol:g} by order {GH_ORDERS[-1]} (last change {err:.3g}); "
+        "the activation may be non-smooth: pass an explicit order or register a closed form"
+    )
+
+
+# --------------------------------------------------------------------------- closed forms
+@functools.lru_cache(maxsize=None)
+def _power_to_hermite(n: int) -> np.ndarray:
+    """``(n, n)`` matrix taking power-basis coefficients to probabilists' Hermite ones."""
+    T = np.zeros((n, n))
+    for k in range(n):
+        h = hermite_e.poly2herme(np.eye(n)[k])
+        T[k, : h.size] = h
+    return T
+
+
+def _polynomial_moments(act: Polynomial, c11, c12, c22) -> PairMoments:
+    """Mehler: ``E[p(u) q(v)] = sum_k k! alpha_k beta_k rho^k`` with Hermite coefficients of ``p(s1 t)``, ``q(s2 t)``."""
+    c = act.polynomial_coefficients
+    derivs = [c]
+    for _ in range(3):
+        d = derivs[-1]
+        derivs.append(d[1:] * np.arange(1, d.size) if d.size > 1 else np.zeros(1))
+    s1, s2 = np.sqrt(c11), np.sqrt(c22)
+    denom = s1 * s2
+    rho = np.divide(c12, denom, out=np.zeros_like(denom), where=denom > 0)
+
+    def herm(coef: np.ndarray, s: np.ndarray) -> np.ndarray:
+        # Hermite coefficients of t -> coef(s t), shape S + (p+1,)
+        scaled = coef * s[..., None] ** np.arange(coef.size)
+        return scaled @ _power_to_hermite(coef.size)
+
+    def E(i: int, j: int) -> np.ndarray:
+        alpha, beta = herm(derivs[i], s1), herm(derivs[j], s2)
+        k = min(alpha.shape[-1], beta.shape[-1])
+        fact = np.array([math.factorial(m) for m in range(k)], dtype=np.float64)
+        return np.sum(alpha[..., :k] * beta[..., :k] * fact * rho[..., None] ** np.arange(k), axis=-1)
+
+    b = np.stack([E(2, 0), E(1, 1)], -1)
+    K12 = E(2, 2)
+    K = np.stack([np.stack([E(3, 1), K12], -1), np.stack([K12, E(1, 3)], -1)], -2)
+    return PairMoments(E(0, 0), b, E(1, 1), K, "closed-form")
+
+
+def _erf_moments(act: Erf, c11, c12, c22) -> PairMoments:
+    """``g = erf(a z)``: arcsine kernel; ``g'`` is Gaussian so ``g'g'``-moments are Gaussian integrals."""
+    a2 = 1.0 / act.scale**2
+    d1, d2 = 1.0 + 2 * a2 * c11, 1.0 + 2 * a2 * c22
+    detC = np.clip(c11 * c22 - c12**2, 0.0, None)
+    detD = d1 * d2 - 4 * a2**2 * c12**2  # det(I + 2 a^2 C) = d1 d2 (1 - rho^2)
+    rho = 2 * a2 * c12 / np.sqrt(d1 * d2)
+    gg = (2 / np.pi) * np.arcsin(np.clip(rho, -1.0, 1.0))
+    dd = (4 * a2 / np.pi) / np.sqrt(detD)  # (2a/sqrt(pi))^2 det(I + 2a^2 C)^(-1/2)
+    b0 = -(4 * a2 / np.pi) * rho / (d1 * np.sqrt(detD / (d1 * d2)))  # 2 d gg / d C11
+    # E[g'(u) g'(v) p(u, v)] = dd E_{N(0, C')}[p],  C' = C (I + 2 a^2 C)^(-1)
+    cp11, cp12, cp22 = (c11 + 2 * a2 * detC) / detD, c12 / detD, (c22 + 2 * a2 * detC) / detD
+    K11 = dd * (4 * a2**2 * cp11 - 2 * a2)  # g''' = (4 a^4 z^2 - 2 a^2) g'
+    K22 = dd * (4 * a2**2 * cp22 - 2 * a2)
+    K12 = dd * 4 * a2**2 * cp12  # g'' = -2 a^2 z g'
+    K = np.stack([np.stack([K11, K12], -1), np.stack([K12, K22], -1)], -2)
+    return PairMoments(gg, np.stack([b0, dd], -1), dd, K, "closed-form")
+
+
+def _relu_moments(act: ReLU, c11, c12, c22) -> PairMoments:
+    """Arc-cosine kernels; ``g'' = delta`` and ``g''' = delta'`` integrated exactly."""
+    s1, s2 = np.sqrt(c11), np.sqrt(c22)
+    denom = s1 * s2
+    live = denom > 0
+    cos = np.clip(np.divide(c12, denom, out=np.ones_like(denom), where=live), -1.0, 1.0)
+    theta = np.arccos(cos)
+    sin = np.sin(theta)
+    gg = denom / (2 * np.pi) * (sin + (np.pi - theta) * cos)
+    step = np.where(live, (np.pi - theta) / (2 * np.pi), 0.0)
+    b0 = np.divide(s2 * sin, 2 * np.pi * s1, out=np.zeros_like(s1), where=live)  # E[delta(u) relu(v)]
+    # For parallel units the delta terms cancel exactly (E[step(u) x x^T] = I/2): K = 0 there.
+    ok = live & (1.0 - cos**2 > COLLINEAR_TOL)
+    sqrt_det = np.where(ok, denom * sin, 1.0)
+    K12 = np.where(ok, 1.0 / (2 * np.pi * sqrt_det), 0.0)  # E[delta(u) delta(v)]
+    K11 = np.where(ok, -c12 / (2 * np.pi * np.where(ok, c11, 1.0) * sqrt_det), 0.0)  # E[delta'(u) step(v)]
+    K22 = np.where(ok, -c12 / (2 * np.pi * np.where(ok, c22, 1.0) * sqrt_det), 0.0)
+    K = np.stack([np.stack([K11, K12], -1), np.stack([K12, K22], -1)], -2)
+    return PairMoments(gg, np.stack([b0, step], -1), step, K, "closed-form")
+
+
+def closed_form_moments(activation: str | Activation, c11, c12, c22) -> PairMoments | None:
+    """Exact Stein-form moments for covariances ``(c11, c12, c22)`` (broadcast arrays), or ``None``.
+
+    Covers :class:`~nearopt.activations.Polynomial` (incl. linear, quadratic, cubic),
+    :class:`~nearopt.activations.Erf` (both scales) and :class:`~nearopt.activations.ReLU`.
+    """
+    act = get_activation(activation)
+    c11, c12, c22 = np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in (c11, c12, c22)))
+    if isinstance(act, Polynomial):
+        return _polynomial_moments(act, c11, c12, c22)
+    if type(act) is Erf:
+        return _erf_moments(act, c11, c12, c22)
+    if type(act) is ReLU:
+        return _relu_moments(act, c11, c12, c22)
+    return None
+
+
+# --------------------------------------------------------------------------- quadrature
+def _quad_block(act: Activation, c11, c12, c22, n: int) -> np.ndarray:
+    """Flat moments ``(m, 10)`` = gg, b(2), dd, K(4), b_reverse... for ``m`` pairs at order ``n``.
+
+    Columns: gg, b0, b1, dd, K00, K01, K10, K11, br0, br1 where ``br`` is ``b`` of the
+    reversed pair ``(c, a)``. Non-collinear pairs use ``z = L y`` (Cholesky);
+    collinear ones (incl. ``a = c``) the one-dimensional formulas.
+    """
+    x, w = gauss_hermite(n)
+    xt, wt = torch.as_tensor(x), torch.as_tensor(w)
+    W2 = wt[:, None] * wt[None, :]
+    l11 = np.sqrt(c11)
+    l21 = np.divide(c12, l11, out=np.zeros_like(l11), where=l11 > 0)
+    l22sq = np.clip(c22 - l21**2, 0.0, None)
+    flat = np.zeros((c11.size, 10))
+    coll = l22sq <= COLLINEAR_TOL * np.maximum(c22, 1e-300)
+    idx2 = np.flatnonzero(~coll)
+    step = max(1, _QUAD_BLOCK // (n * n))
+    for start in range(0, idx2.size, step):
+        sel = idx2[start : start + step]
+        L11, L21, L22 = (torch.as_tensor(t[sel])[:, None, None] for t in (l11, l21, np.sqrt(l22sq)))
+        y1, y2 = xt[None, :, None], xt[None, None, :]
+        u, v = L11 * y1, L21 * y1 + L22 * y2
+        gu, du, gv, dv = act(u), act.derivative(u), act(v), act.derivative(v)
+
+        def E(F):
+            return (F * W2).sum((1, 2)).numpy()
+
+        p1, p1r, p2 = du * gv, gu * dv, du * dv
+        e2 = E(p2)
+        m1 = (E(p1 * y1), E(p1 * y2))
+        m1r = (E(p1r * y1), E(p1r * y2))
+        s11, s12, s22 = E(p2 * y1 * y1) - e2, E(p2 * y1 * y2), E(p2 * y2 * y2) - e2
+        a11, a21, a22 = l11[sel], l21[sel], np.sqrt(l22sq[sel])
+        Li = np.zeros((sel.size, 2, 2))  # L^{-T}
+        Li[:, 0, 0], Li[:, 0, 1], Li[:, 1, 1] = 1 / a11, -a21 / (a11 * a22), 1 / a22
+        K = Li @ _cov(s11, s12, s22) @ Li.transpose(0, 2, 1)
+        b = np.einsum("mij,mj->mi", Li, np.stack(m1, -1))
+        br = np.einsum("mij,mj->mi", Li, np.stack(m1r, -1))[:, ::-1]
+        flat[sel] = np.column_stack([E(gu * gv), b, e2, K.reshape(-1, 4), br])
+    idx1 = np.flatnonzero(coll)
+    if idx1.size:
+        s = l11[idx1]
+        ratio = np.divide(l21[idx1], s, out=np.zeros_like(s), where=s > 0)  # v = ratio * u
+        u = torch.as_tensor(s)[:, None] * xt[None, :]
+        vv = torch.as_tensor(ratio)[:, None] * u
+        gu, du, gv, dv = act(u), act.derivative(u), act(vv), act.derivative(vv)
+
+        def E1(F):
+            return (F * wt).sum(1).numpy()
+
+        p2 = du * dv
+        e2 = E1(p2)
+        sp = np.where(s > 0, s, 1.0)
+        # in the direction w_a: E[phi x] = (E[phi y]/s) w_a, E[phi x x^T] = E[phi] I + (E[phi y^2]-E[phi])/s^2 w_a w_a^T
+        b0 = np.where(s > 0, E1(du * gv * xt) / sp, 0.0)
+        br1 = np.where(s > 0, E1(gu * dv * xt) / sp, 0.0)  # reversed pair (w_c, w_a): on w_a, the 2nd slot
+        k00 = np.where(s > 0, (E1(p2 * xt * xt) - e2) / sp**2, 0.0)
+        flat[idx1] = np.column_stack([E1(gu * gv), b0, 0 * b0, e2, k00, 0 * k00, 0 * k00, 0 * k00, 0 * br1, br1])
+    return flat
+
+
+def quadrature_moments(activation: str | Activation, c11, c12, c22, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> tuple[PairMoments, PairMoments]:
+    """Stein-form moments by tensor Gauss–Hermite for pairs ``(a, c)`` and the reversed ``(c, a)``.
+
+    ``c11, c12, c22`` broadcast to a shape ``S``; returns the moments of ``(a, c)``
+    and of ``(c, a)`` (covariance with ``c11`` and ``c22`` swapped). The order is
+    checked as in :func:`gaussian_expectations` unless given.
+    """
+    act = get_activation(activation)
+    c11, c12, c22 = (np.asarray(c, dtype=np.float64).ravel() for c in np.broadcast_arrays(c11, c12, c22))
+    shape = np.broadcast_shapes(np.shape(c11), np.shape(c12), np.shape(c22))
+    flat, n, err = _converge(lambda m: (_quad_block(act, c11, c12, c22, m), m), order, tol)
+    flat = flat.reshape(shape + (10,)) if shape else flat[0]
+    K = flat[..., 4:8].reshape(flat.shape[:-1] + (2, 2))
+    fwd = PairMoments(flat[..., 0], flat[..., 1:3], flat[..., 3], K, "quadrature", n, err)
+    rev = PairMoments(flat[..., 0], flat[..., 8:10], flat[..., 3], K[..., ::-1, ::-1], "quadrature", n, err)
+    return fwd, rev
+
+
+def pair_moments(activation: str | Activation, gram: np.ndarray, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> PairMoments:
+    """Moments of all ordered pairs of hidden units from the Gram matrix ``W1 W1^T`` ``(N_h, N_h)``.
+
+    Closed form when the activation has one, else Gauss–Hermite on the upper
+    triangle (the reversed pair comes from the same nodes). Arrays are
+    ``(N_h, N_h)`` (``b``: ``(N_h, N_h, 2)``, ``K``: ``(N_h, N_h, 2, 2)``).
+    """
+    act = get_activation(activation)
+    G = np.asarray(gram, dtype=np.float64)
+    d = np.diag(G)
+    c11, c12, c22 = d[:, None] * np.ones_like(G), G, d[None, :] * np.ones_like(G)
+    exact = closed_form_moments(act, c11, c12, c22)
+    if exact is not None:
+        return exact
+    n_h = G.shape[0]
+    iu, ju = np.triu_indices(n_h)
+    fwd, rev = quadrature_moments(act, d[iu], G[iu, ju], d[ju], order=order, tol=tol)
+    gg, dd = np.zeros((n_h, n_h)), np.zeros((n_h, n_h))
+    b, K = np.zeros((n_h, n_h, 2)), np.zeros((n_h, n_h, 2, 2))
+    for m, (i, j) in ((fwd, (iu, ju)), (rev, (ju, iu))):
+        gg[i, j], dd[i, j], b[i, j], K[i, j] = m.gg, m.dd, m.b, m.K
+    # diagonal: both fwd and rev were written; fwd is the canonical one
+    gg[iu, ju], dd[iu, ju], b[iu, ju], K[iu, ju] = fwd.gg, fwd.dd, fwd.b, fwd.K
+    return PairMoments(gg, b, dd, K, "quadrature", fwd.order, fwd.error)

@@ -1,0 +1,113 @@
+"""Two-dimensional Gaussian expectations (issue 3): closed forms vs quadrature vs Monte Carlo."""
+
+import numpy as np
+import pytest
+
+from nearopt import gaussian as G
+from nearopt.activations import get_activation
+from nearopt.errors import NearoptError
+
+SMOOTH_CLOSED = ["linear", "quadratic", "cubic", "monomial:4", "polynomial:0.5,1,-0.3,0.2", "erf", "erf:unit"]
+
+
+def _pairs(seed=0, n_h=4, n_i=3, scale=1.3):
+    """Covariances of all unit pairs of a random first layer (diagonal = collinear pairs included)."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((n_h, n_i)) / np.sqrt(n_i) * scale
+    C = W @ W.T
+    d = np.diag(C)
+    i, j = np.triu_indices(n_h)
+    return W, C, (i, j), (d[i], C[i, j], d[j])
+
+
+def _sub(m, i, j):
+    return G.PairMoments(m.gg[i, j], m.b[i, j], m.dd[i, j], m.K[i, j], m.method)
+
+
+@pytest.mark.parametrize("act", SMOOTH_CLOSED)
+def test_closed_form_matches_quadrature(act):
+    _, C, (i, j), (c11, c12, c22) = _pairs()
+    exact = G.pair_moments(act, C)
+    assert exact.method == "closed-form"
+    fwd, rev = G.quadrature_moments(act, c11, c12, c22)
+    assert fwd.error <= G.QUADRATURE_TOL * 1e3
+    for e, q, cov in ((_sub(exact, i, j), fwd, (c11, c12, c22)), (_sub(exact, j, i), rev, (c22, c12, c11))):
+        for a, b in zip(e.raw(*cov), q.raw(*cov)):
+            scale = max(1.0, np.abs(a).max())
+            assert np.abs(a - b).max() <= 1e-11 * scale
+
+
+def _mc_moments(W, act, a, c, n=400_000, seed=1):
+    """Monte-Carlo estimates (mean, standard error) of the three x-space expectations of pair (a, c)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, W.shape[1]))
+    Z = X @ W[[a, c]].T
+    g, dg = act.numpy(Z), act.numpy_derivative(Z)
+    samples = [
+        (g[:, 0] * g[:, 1])[:, None],
+        (dg[:, 0] * g[:, 1])[:, None] * X,
+        ((dg[:, 0] * dg[:, 1])[:, None, None] * X[:, :, None] * X[:, None, :]).reshape(n, -1),
+    ]
+    return [(s.mean(0), s.std(0) / np.sqrt(n)) for s in samples]
+
+
+@pytest.mark.parametrize("act", SMOOTH_CLOSED + ["relu"])
+def test_closed_form_matches_monte_carlo(act):
+    W, C, _, _ = _pairs(scale=1.0)
+    g = get_activation(act)
+    m = G.pair_moments(g, C)
+    for a, c in [(0, 1), (2, 3), (1, 1)]:
+        A = W[[a, c]]
+        pred = [
+            np.array([m.gg[a, c]]),
+            A.T @ m.b[a, c],
+            (m.dd[a, c] * np.eye(W.shape[1]) + A.T @ m.K[a, c] @ A).ravel(),
+        ]
+        for p, (mean, se) in zip(pred, _mc_moments(W, g, a, c)):
+            assert np.all(np.abs(p - mean) <= 5 * se + 1e-12), (a, c, p, mean, se)
+
+
+def test_relu_quadrature_converges_to_closed_form():
+    """ReLU is not smooth: Gauss–Hermite converges only algebraically, but towards the arc-cosine forms."""
+    _, C, (i, j), cov = _pairs()
+    exact = _sub(G.pair_moments("relu", C), i, j).raw(*cov)
+    errs = []
+    for order in (50, 400):
+        q, _ = G.quadrature_moments("relu", *cov, order=order)
+        errs.append(max(np.abs(a - b).max() for a, b in zip(exact, q.raw(*cov))))
+    assert errs[1] < errs[0] / 2 and errs[1] < 2e-2
+
+
+def test_tanh_quadrature_is_checked_and_matches_monte_carlo():
+    W, C, _, _ = _pairs(scale=1.0)
+    m = G.pair_moments("tanh", C)
+    assert m.method == "quadrature" and m.order in G.GH_ORDERS and m.error <= G.QUADRATURE_TOL * max(1.0, np.abs(m.K).max())
+    mean, se = _mc_moments(W, get_activation("tanh"), 0, 2)[1]
+    assert np.all(np.abs(W[[0, 2]].T @ m.b[0, 2] - mean) <= 5 * se)
+
+
+def test_gaussian_expectations_wick_and_arcsine():
+    C = np.array([[1.3, 0.4], [0.4, 0.7]])
+    r = G.gaussian_expectations(lambda u, v: u**2 * v**2, C)
+    assert r.mean == pytest.approx(C[0, 0] * C[1, 1] + 2 * C[0, 1] ** 2, rel=1e-13)
+    assert np.allclose(r.first, 0.0, atol=1e-13)
+    from scipy.special import erf
+
+    r = G.gaussian_expectations(lambda u, v: erf(u / np.sqrt(2)) * erf(v / np.sqrt(2)), C)
+    expect = 2 / np.pi * np.arcsin(C[0, 1] / np.sqrt((1 + C[0, 0]) * (1 + C[1, 1])))
+    assert abs(r.mean - expect) < 1e-13 and r.error < 1e-12
+    # singular covariance (u = 2 v): E[u v] = 2 Var v
+    S = np.array([[4.0, 2.0], [2.0, 1.0]])
+    r = G.gaussian_expectations(lambda u, v: np.ones_like(u), S)
+    assert np.allclose(r.second, S, atol=1e-13)
+
+
+def test_gaussian_expectations_errors():
+    with pytest.raises(NearoptError):
+        G.gaussian_expectations(lambda u, v: u, np.array([[1.0, 2.0], [2.0, 1.0]]))  # indefinite
+    with pytest.raises(NearoptError):
+        G.gaussian_expectations(lambda u, v: u, np.ones(3))
+    with pytest.raises(NearoptError, match="did not converge"):
+        G.gaussian_expectations(lambda u, v: np.sign(u - 0.3) * np.abs(v) ** 0.5, np.eye(2))
+    with pytest.raises(NearoptError):
+        G.gaussian_expectations(lambda u, v: u, np.eye(2), order=0)
