@@ -125,7 +125,13 @@ class Spectrum:
 
     @property
     def n_params(self) -> int:
-        return self.eigenvalues.size
+        """``P = N_h (N_i + 1)`` (``eigenvalues`` may hold fewer: see ``partial``)."""
+        return self.n_hidden * (self.n_inputs + 1)
+
+    @property
+    def partial(self) -> bool:
+        """True when only some eigenvalues are known (Lanczos routes)."""
+        return self.eigenvalues.size < self.n_params
 
     @property
     def nonzero(self) -> np.ndarray:

@@ -30,6 +30,7 @@ def register(sub) -> None:
         "fastest, GPU) or autodiff (eigvalsh of the torch.func Hessian); population: auto (default, cheapest exact route), "
         "dense, structured (exact, never forms the P x P matrix) or lanczos (extreme eigenvalues only)",
     )
+    p.add_argument("--k", type=positive_int, default=20, help="population --method lanczos: how many of the largest eigenvalues to compute (default 20)")
     p.add_argument("--rtol", type=positive_float, default=None, help="relative tolerance of the rank decision on singular values (default max(N,P)*eps)")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="inputs per chunk when accumulating the batch Hessian (default: by memory)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto (batch Hessians)")
@@ -47,7 +48,7 @@ def compute(args) -> Spectrum:
         method = args.method
         if method not in POPULATION_METHODS:
             raise NearoptError(f"--method {method} is not a population method; choose from {', '.join(POPULATION_METHODS)}")
-        return population_spectrum(net, method=method, rtol=args.rtol)
+        return population_spectrum(net, method=method, rtol=args.rtol, k=args.k)
     if args.method not in BATCH_METHODS:
         raise NearoptError(f"--method {args.method} is not a batch method; choose from {', '.join(BATCH_METHODS)} (or use --population)")
     return batch_spectrum(net, X, method=args.method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol)
@@ -55,6 +56,16 @@ def compute(args) -> Spectrum:
 
 def summary(spec: Spectrum) -> str:
     r = spec.rank
+    if spec.partial:
+        head = [f"activation     {spec.activation}", f"sizes          N_i={spec.n_inputs}  N_h={spec.n_hidden}  P={spec.n_params}  samples=population"]
+        return "\n".join(
+            head
+            + [
+                f"method         {spec.method}  ({spec.dtype}, {spec.seconds:.3g} s)",
+                f"computed       the {spec.eigenvalues.size} largest eigenvalues only (rank not determined)",
+                f"range          {spec.eigenvalues[0]:.6g} .. {spec.largest:.6g}",
+            ]
+        )
     lines = [
         f"activation     {spec.activation}",
         f"sizes          N_i={spec.n_inputs}  N_h={spec.n_hidden}  P={spec.n_params}  samples={'population' if spec.samples is None else spec.samples}",
