@@ -90,6 +90,9 @@ class Experiment:
     cells: Callable[[dict[str, Any]], list[dict[str, Any]]]
     run_cell: Callable[[dict[str, Any]], dict[str, Any]]
     finalize: Callable[[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], Path], ExperimentResult]
+    # Part of every cell's cache key: bump it when code that ``run_cell`` calls
+    # (outside its own module) changes its results, so cached cells are recomputed.
+    version: str = "1"
 
     def config(self, size: str = "quick", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``quick``/``full`` configuration with ``overrides`` applied (keys must exist)."""

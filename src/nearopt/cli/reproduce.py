@@ -1,0 +1,129 @@
+"""``nearopt reproduce``: run every experiment of the study and write the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import Any
+
+from ..errors import NearoptError
+from .common import emit_json, positive_int
+
+COMMAND = "reproduce"
+ORDER = 5
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON if it parses (``3``, ``0.5``, ``[1,2]``, ``true``, ``null``), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def split_setting(text: str) -> tuple[str, Any]:
+    """``key=value`` -> ``(key, parsed value)``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise NearoptError(f"--set expects key=value, got {text!r}")
+    return key.strip(), parse_value(value.strip())
+
+
+def parse_overrides(settings: list[str]) -> dict[str, dict[str, Any]]:
+    """``["rank.teachers=3", ...]`` -> ``{"rank": {"teachers": 3}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for text in settings:
+        target, value = split_setting(text)
+        name, dot, key = target.partition(".")
+        if not dot or not name or not key:
+            raise NearoptError(f"--set expects EXPERIMENT.key=value, got {text!r}")
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Options shared with ``nearopt experiment``: size, output, backend, cache."""
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="size", action="store_const", const="quick", help="small configurations, minutes on 2 cores (default)")
+    size.add_argument("--full", dest="size", action="store_const", const="full", help="publication-size configurations")
+    p.set_defaults(size="quick")
+    p.add_argument("--out", default="results", metavar="DIR", help="output folder: DIR/<experiment>/ data and figures, DIR/cache/ finished cells (default results)")
+    p.add_argument("--jobs", "-j", type=positive_int, default=None, metavar="N", help="local worker processes (default: all cores; 1 runs in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run the cells on the Dask distributed scheduler at ADDRESS (e.g. tcp://10.0.0.5:8786)")
+    p.add_argument("--no-cache", action="store_true", help="neither reuse nor store finished cells")
+    p.add_argument("--fresh", action="store_true", help="recompute every cell (still storing the new results in the cache)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the run's record (checks, timings, provenance) as JSON instead of the table")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        COMMAND,
+        help="regenerate every figure and number of the study, with a report of theory vs numerics",
+        description="Run the study's experiments (cells in parallel, cached under OUT/cache so a rerun or an "
+        "interrupted run resumes), then write OUT/report.html (self-contained), OUT/report.md and "
+        "OUT/results.json. Exit status 0 if every check passes, 1 if one fails, 2 for bad input.",
+    )
+    add_run_args(p)
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments (see `nearopt experiment --list`)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME.key=value", help="override one setting of one experiment (value as JSON, e.g. rank.teachers=3); repeatable")
+    p.set_defaults(func=run)
+
+
+def command_line(args: argparse.Namespace, head: list[str]) -> str:
+    """The run as a shell command (for provenance), from the parsed options."""
+    parts = ["nearopt", *head, f"--{args.size}", "--out", args.out]
+    for flag in ("jobs", "scheduler"):
+        if getattr(args, flag) is not None:
+            parts += [f"--{flag}", str(getattr(args, flag))]
+    parts += [f"--{f.replace('_', '-')}" for f in ("no_cache", "fresh") if getattr(args, f)]
+    for s in args.set:
+        parts += ["--set", s]
+    return shlex.join(parts)
+
+
+def finish(study, args, report_path) -> int:
+    """Print the summary (or JSON) and return the exit status."""
+    from ..pipeline import summary_table
+
+    if args.json:
+        emit_json({"passed": study.passed, "report": str(report_path), "provenance": study.provenance, "experiments": [r.to_dict(args.out) for r in study.runs]}, None)
+    else:
+        print(summary_table(study.runs))
+        for r in study.runs:
+            if r.error:
+                print(f"{r.name}: error: {r.error}")
+            for c in r.checks:
+                if not c.passed:
+                    print(f"{r.name}: FAILED {c.name}: measured {c.measured}, expected {c.expected} ({c.tolerance})")
+        print(f"report: {report_path}")
+    return 0 if study.passed else 1
+
+
+def interrupted(out: str) -> int:
+    print(f"nearopt: interrupted; finished cells are kept in {out}/cache, run the same command again to resume", file=sys.stderr)
+    return 130
+
+
+def run(args) -> int:
+    from ..pipeline import reproduce
+
+    overrides = parse_overrides(args.set)
+    try:
+        study = reproduce(
+            args.only,
+            args.size,
+            overrides,
+            args.out,
+            jobs=args.jobs,
+            scheduler=args.scheduler,
+            cache=not args.no_cache,
+            fresh=args.fresh,
+            quiet=args.quiet or args.json,
+            command=command_line(args, ["reproduce"] + (["--only", *args.only] if args.only else [])),
+        )
+    except KeyboardInterrupt:
+        return interrupted(args.out)
+    return finish(study, args, study.paths["html"])

@@ -1,0 +1,288 @@
+"""The parallel, cached, resumable runner behind ``nearopt reproduce`` and ``nearopt experiment``.
+
+Flow for a list of experiments (each with its configuration):
+
+1. every experiment lists its cells; each cell gets a cache key
+   (:func:`nearopt.pipeline.cache.cell_key`); identical cells run once;
+2. cells already in ``OUT/cache`` are reused, all others are submitted at once
+   to a backend (local processes, this process, or a Dask cluster), so small
+   experiments never leave workers idle;
+3. the driver stores each cell the moment it finishes, and finalizes an
+   experiment (data, figures, checks into ``OUT/<name>/``) as soon as its last
+   cell is in;
+4. each experiment's record goes to ``OUT/<name>/result.json``.
+
+Stopping the run (Ctrl-C, a killed worker or driver) loses only the cells that
+were running; the same command resumes from the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .. import io
+from ..errors import NearoptError
+from ..experiments.base import Experiment, ExperimentResult
+from .backends import make_backend
+from .cache import CellCache, cell_key, jsonable
+from .provenance import find_seeds, utc_now
+
+SELFTEST = "selftest"
+
+
+# -- choosing experiments and configurations ------------------------------------
+
+
+def get(name: str) -> Experiment:
+    """The registered experiment ``name``; ``selftest`` is loaded on demand."""
+    from ..experiments import base
+
+    if name == SELFTEST:
+        from . import selftest  # noqa: F401 - registers itself
+
+    if name not in base._REGISTRY:
+        return base.get_experiment(name)  # loads every module; clear error if still unknown
+    return base._REGISTRY[name]
+
+
+def study_experiments() -> list[Experiment]:
+    """Every experiment of the study (the registry without the pipeline's ``selftest``)."""
+    from ..experiments import all_experiments
+
+    return [e for e in all_experiments() if e.name != SELFTEST]
+
+
+def _compatible(default: Any, value: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and (isinstance(default, float) or isinstance(value, int))
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def make_config(exp: Experiment, size: str = "quick", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``exp``'s ``size`` configuration with ``overrides`` (existing keys, matching types)."""
+    overrides = overrides or {}
+    base = exp.config(size)
+    for key, value in overrides.items():
+        if key in base and not _compatible(base[key], value):
+            raise NearoptError(
+                f"{exp.name}.{key} = {value!r} has the wrong type; the {size} default is {base[key]!r} ({type(base[key]).__name__})"
+            )
+    return exp.config(size, overrides)
+
+
+# -- one experiment's run ------------------------------------------------------
+
+
+@dataclass
+class ExperimentRun:
+    """What running one experiment through the pipeline gave."""
+
+    experiment: Experiment
+    size: str
+    config: dict[str, Any]
+    out_dir: Path
+    cells: list[dict[str, Any]]
+    keys: list[str]
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # cache entries by key
+    reused: set[str] = field(default_factory=set)  # keys taken from the cache
+    failures: dict[str, str] = field(default_factory=dict)  # key -> traceback text
+    result: ExperimentResult | None = None
+    error: str | None = None
+    started: str = ""
+    finished: str = ""
+    wall_seconds: float = 0.0
+    finalize_seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+    @property
+    def unique_keys(self) -> list[str]:
+        return list(dict.fromkeys(self.keys))
+
+    @property
+    def complete(self) -> bool:
+        return all(k in self.entries or k in self.failures for k in self.unique_keys)
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.result is not None and self.result.passed
+
+    @property
+    def checks(self) -> list[Any]:
+        return self.result.checks if self.result is not None else []
+
+    def files(self, kind: str) -> list[Path]:
+        """Absolute paths of the result's ``figures`` or ``data``."""
+        if self.result is None:
+            return []
+        return [p if Path(p).is_absolute() else self.out_dir / p for p in map(Path, getattr(self.result, kind))]
+
+    def timings(self) -> dict[str, Any]:
+        computed = [k for k in self.unique_keys if k in self.entries and k not in self.reused]
+        return {
+            "cells": len(self.unique_keys),
+            "computed": len(computed),
+            "cached": len(self.reused),
+            "failed": len(self.failures),
+            "compute_seconds": sum(self.entries[k]["seconds"] for k in computed),
+            "cached_seconds": sum(self.entries[k]["seconds"] for k in self.reused),
+            "finalize_seconds": self.finalize_seconds,
+            "wall_seconds": self.wall_seconds,
+        }
+
+    def to_dict(self, root: str | Path | None = None) -> dict[str, Any]:
+        """JSON-able record; file paths relative to ``root`` (default: the experiment's folder)."""
+        root = Path(root) if root is not None else self.out_dir
+
+        def rel(paths: list[Path]) -> list[str]:
+            return [os.path.relpath(p, root) for p in paths]
+
+        res = self.result
+        return jsonable(
+            {
+                "name": self.name,
+                "description": self.experiment.description,
+                "size": self.size,
+                "passed": self.passed,
+                "error": self.error,
+                "checks": [c.to_dict() for c in self.checks],
+                "summary": res.summary if res else "",
+                "figures": rel(self.files("figures")),
+                "data": rel(self.files("data")),
+                "config": self.config,
+                "reported_config": res.config if res else {},
+                "seeds": find_seeds(self.config),
+                "version": self.experiment.version,
+                "started": self.started,
+                "finished": self.finished,
+                "timings": self.timings(),
+                "cells": [
+                    {
+                        "index": i,
+                        "key": k,
+                        "cached": k in self.reused,
+                        "seconds": self.entries[k]["seconds"] if k in self.entries else None,
+                        "worker": self.entries[k].get("worker", "") if k in self.entries else None,
+                    }
+                    for i, k in enumerate(self.keys)
+                ],
+            }
+        )
+
+
+def _error_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "unknown error"
+
+
+def _finalize(run: ExperimentRun, t_start: float) -> None:
+    """Finalize ``run`` (or record why it cannot be) and write its ``result.json``."""
+    if run.failures:
+        first = next(iter(run.failures.values()))
+        run.error = f"{len(run.failures)} of {len(run.unique_keys)} cells failed; first: {_error_line(first)}"
+        print(f"nearopt: {run.name}: a cell failed:\n{first}", file=sys.stderr)
+    else:
+        results = [run.entries[k]["result"] for k in run.keys]
+        t0 = time.perf_counter()
+        try:
+            res = run.experiment.finalize(run.config, run.cells, results, run.out_dir)
+            if not isinstance(res, ExperimentResult):
+                raise TypeError(f"finalize returned {type(res).__name__}, not ExperimentResult")
+            run.result = res
+        except Exception:  # a bug in one experiment must not cost the others their report
+            text = traceback.format_exc()
+            run.error = f"finalize failed: {_error_line(text)}"
+            print(f"nearopt: {run.name}: finalize failed:\n{text}", file=sys.stderr)
+        run.finalize_seconds = time.perf_counter() - t0
+    run.wall_seconds = time.perf_counter() - t_start
+    run.finished = utc_now()
+    io.write_json(run.out_dir / "result.json", run.to_dict())
+
+
+def _describe(exc: BaseException) -> str:
+    from concurrent.futures.process import BrokenProcessPool
+
+    if isinstance(exc, BrokenProcessPool):
+        return "a worker process died (killed or out of memory); rerun to resume from the finished cells\n"
+    return "".join(traceback.format_exception(exc))
+
+
+def run_experiments(
+    plans: list[tuple[Experiment, dict[str, Any]]],
+    out: str | Path = "results",
+    *,
+    size: str = "quick",
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    cache: bool = True,
+    fresh: bool = False,
+    quiet: bool = False,
+) -> list[ExperimentRun]:
+    """Run ``(experiment, config)`` pairs through the cache and a backend; see the module docstring.
+
+    ``jobs``: local worker processes (default: all cores; 1 runs in this
+    process); ``scheduler``: a Dask scheduler address instead; ``cache=False``
+    neither reads nor writes ``OUT/cache``; ``fresh=True`` recomputes every
+    cell but still stores it. Returns one :class:`ExperimentRun` per plan, in
+    order. ``KeyboardInterrupt`` propagates after running cells are stopped.
+    """
+    out = Path(out)
+    store = CellCache(out / "cache", enabled=cache, read=not fresh)
+    backend = make_backend(jobs, scheduler)
+    runs: list[ExperimentRun] = []
+    tasks = []
+    for exp, config in plans:
+        cells = exp.cells(config)
+        keys = [cell_key(exp, c) for c in cells]
+        run = ExperimentRun(exp, size, config, out / exp.name, cells, keys, started=utc_now())
+        for key, cell in dict(zip(keys, cells)).items():
+            entry = store.get(exp.name, key, cell)
+            if entry is not None:
+                run.entries[key] = entry
+                run.reused.add(key)
+            else:
+                tasks.append(((len(runs), key), exp.run_cell, cell))
+        runs.append(run)
+
+    t_start = time.perf_counter()
+    total = sum(len(r.unique_keys) for r in runs)
+    bar = tqdm(total=total, initial=total - len(tasks), desc="cells", unit="cell", file=sys.stderr, disable=True if quiet else None, dynamic_ncols=True)
+    try:
+        for run in runs:
+            if run.complete:
+                _finalize(run, t_start)
+        cells_by_task = {tid: cell for tid, _, cell in tasks}
+        for (i, key), outcome in backend.run(tasks):
+            run = runs[i]
+            if isinstance(outcome, BaseException):
+                run.failures[key] = _describe(outcome)
+            else:
+                run.entries[key] = store.put(run.name, key, cells_by_task[(i, key)], outcome["result"], outcome["seconds"], f"{outcome['host']}:{outcome['pid']}")
+            bar.set_postfix_str(run.name, refresh=False)
+            bar.update()
+            if run.complete:
+                _finalize(run, t_start)
+    finally:
+        bar.close()
+    return runs
+
+
+def run_experiment(exp: Experiment, config: dict[str, Any], out: str | Path = "results", **options: Any) -> ExperimentRun:
+    """:func:`run_experiments` for one experiment (same options)."""
+    return run_experiments([(exp, config)], out, **options)[0]
