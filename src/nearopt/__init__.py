@@ -33,6 +33,13 @@ from .hessian.population import population_hessian, population_spectrum  # noqa:
 from .hessian.structured import structured_spectrum  # noqa: E402
 from .model import TwoLayerNet, sample_inputs, sample_teacher  # noqa: E402
 from .spectrum import RankDecision, Spectrum, batch_spectrum, decide_rank  # noqa: E402
+from .theory.distributions import ChiSquareMPConvolution, MarchenkoPastur, output_norm_law, wishart_law  # noqa: E402
+from .theory.linear import (  # noqa: E402
+    linear_batch_spectrum,
+    linear_population_spectrum,
+    pooled_linear_eigenvalues,
+    simulate_linear_spectrum,
+)
 from .rank import RankMeasurement, SweepRow, measure_rank, rank_sweep, rank_vs_samples  # noqa: E402
 from .theory.rank import RankPrediction, predict_rank  # noqa: E402
 
@@ -54,6 +61,14 @@ __all__ = [
     "rank_sweep",
     "rank_vs_samples",
     "Activation",
+    "ChiSquareMPConvolution",
+    "MarchenkoPastur",
+    "linear_batch_spectrum",
+    "linear_population_spectrum",
+    "output_norm_law",
+    "pooled_linear_eigenvalues",
+    "simulate_linear_spectrum",
+    "wishart_law",
     "CustomActivation",
     "Erf",
     "NearoptError",
