@@ -25,6 +25,7 @@ from .activations import (  # noqa: E402
     monomial,
     register_activation,
 )
+from .dynamics import DynamicsResult, make_objective, predict_mean_loss, run_dynamics  # noqa: E402
 from .errors import NearoptError  # noqa: E402
 from .hessian.empirical import functional_hessian, gauss_newton, jacobian, jacobian_r_factor, loss_hessian  # noqa: E402
 from .gaussian import gaussian_expectations, pair_moments  # noqa: E402
@@ -70,6 +71,7 @@ __all__ = [
     "simulate_linear_spectrum",
     "wishart_law",
     "CustomActivation",
+    "DynamicsResult",
     "Erf",
     "NearoptError",
     "Polynomial",
@@ -87,8 +89,11 @@ __all__ = [
     "jacobian",
     "jacobian_r_factor",
     "loss_hessian",
+    "make_objective",
     "monomial",
+    "predict_mean_loss",
     "register_activation",
+    "run_dynamics",
     "sample_inputs",
     "sample_teacher",
 ]

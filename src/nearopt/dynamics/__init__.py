@@ -1,0 +1,64 @@
+"""Learning dynamics near the optimum: training from ``theta* + delta_0`` against theory.md §5.
+
+Quick tour::
+
+    import nearopt as no
+    net = no.sample_teacher(4, 3, "linear", seed=0)
+    X = no.sample_inputs(2000, 4, seed=0)
+    res = no.run_dynamics(net, X, sigma0=1e-6, draws=8)   # GD, lr = 1/lambda_max
+    res.draw_error()            # max relative error of each draw against its prediction
+    res.late_time()             # fitted late-time slope vs -2 lr lambda_min
+"""
+
+from .objective import POPULATION_CLOSED_FORMS, Objective, batch_eigensystem, forward_batched, make_objective, population_rank
+from .predict import (
+    check_step_size,
+    fit_log_slope,
+    late_time_rate,
+    linear_edge_asymptote,
+    linear_edge_loss,
+    marchenko_pastur_density,
+    mode_decay,
+    predict_draw_loss,
+    predict_mean_loss,
+)
+from .train import (
+    DynamicsResult,
+    Trajectory,
+    auto_horizon,
+    auto_lr,
+    float_floor,
+    run_dynamics,
+    sample_displacements,
+    time_grid,
+    train_flow,
+    train_gd,
+)
+
+__all__ = [
+    "POPULATION_CLOSED_FORMS",
+    "DynamicsResult",
+    "Objective",
+    "Trajectory",
+    "auto_horizon",
+    "auto_lr",
+    "batch_eigensystem",
+    "check_step_size",
+    "fit_log_slope",
+    "float_floor",
+    "forward_batched",
+    "late_time_rate",
+    "linear_edge_asymptote",
+    "linear_edge_loss",
+    "make_objective",
+    "marchenko_pastur_density",
+    "mode_decay",
+    "population_rank",
+    "predict_draw_loss",
+    "predict_mean_loss",
+    "run_dynamics",
+    "sample_displacements",
+    "time_grid",
+    "train_flow",
+    "train_gd",
+]

@@ -1,0 +1,477 @@
+"""Training a student from ``theta* + delta_0`` and comparing with the quadratic prediction.
+
+The state is the displacement ``delta = theta - theta*`` itself (never ``theta``):
+``theta* + delta`` is formed only to evaluate the loss, so rounding of ``theta*``
+does not accumulate into the trajectory.
+
+* :func:`train_gd`: full-batch gradient descent on a stack of ``K`` draws at once
+  (one autograd pass for all of them: the losses are independent);
+* :func:`train_flow`: gradient flow ``d delta/dt = -lr grad L`` by a stiff implicit
+  integrator (``scipy.integrate.solve_ivp``, BDF by default) with the exact Hessian
+  as its Jacobian, in the coordinates ``y = U^T delta`` of the Hessian's eigenbasis at
+  ``theta*``: there each mode decays on its own, so the solver's per-component error
+  control keeps every mode to relative accuracy ``rtol`` even when the loss spans 20
+  decades and the condition number is ``1e7``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import integrate
+from tqdm.auto import tqdm
+
+from ..errors import NearoptError, require_positive_int
+from ..model import TwoLayerNet
+from ..spectrum import Spectrum
+from .objective import Objective, make_objective
+from .predict import check_step_size, fit_log_slope, late_time_rate, predict_draw_loss, predict_mean_loss
+
+EPS = float(np.finfo(np.float64).eps)
+#: largest number of GD steps :func:`run_dynamics` accepts before pointing to ``flow=True``
+MAX_GD_STEPS = 2_000_000
+#: a stretch is "late time" when the slowest nonzero mode carries this share of the predicted loss
+LATE_SHARE = 0.99
+#: measured points closer than this factor to the float floor are excluded from comparisons
+FLOOR_MARGIN = 1e4
+
+
+def time_grid(t_max: float, points: int = 60, integer: bool = True) -> np.ndarray:
+    """``0``, then ``points`` log-spaced times up to ``t_max`` and ``points // 4`` linear ones over
+    ``[t_max / 2, t_max]``; shape ``(T,)``, ascending (unique integers for GD)."""
+    if not (np.isfinite(t_max) and t_max >= 1):
+        raise NearoptError(f"the time horizon must be >= 1, got {t_max}")
+    points = require_positive_int(points, "number of time points")
+    # log-spaced, plus a linear stretch over the last half for the late-time slope fit
+    t = np.concatenate([np.logspace(0.0, math.log10(t_max), points), np.linspace(t_max / 2, t_max, max(points // 4, 3))])
+    t = np.unique(t)
+    if integer:
+        t = np.unique(np.round(t))
+    return np.concatenate([[0.0], t])
+
+
+def sample_displacements(
+    n_params: int,
+    draws: int,
+    sigma0: float,
+    seed: int = 0,
+    layer_scales: tuple[float, float] | None = None,
+    n_first_layer: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``K`` draws of ``delta_0 ~ N(0, diag(sigma**2))``, shape ``(K, P)``, and ``sigma`` ``(P,)``.
+
+    Isotropic (``sigma = sigma0``) by default; ``layer_scales = (a1, a2)`` gives
+    ``sigma0 * a1`` on the ``n_first_layer`` entries of ``W1`` and ``sigma0 * a2`` on ``W2``.
+    """
+    draws = require_positive_int(draws, "number of draws")
+    if not (np.isfinite(sigma0) and sigma0 > 0):
+        raise NearoptError(f"sigma0 must be a finite number > 0, got {sigma0}")
+    sigma = np.full(n_params, float(sigma0))
+    if layer_scales is not None:
+        a1, a2 = (float(a) for a in layer_scales)
+        if not (a1 > 0 and a2 > 0 and np.isfinite(a1) and np.isfinite(a2)):
+            raise NearoptError(f"layer scales must be finite and > 0, got {layer_scales}")
+        if n_first_layer is None:
+            raise NearoptError("layer scales need the size of the first layer")
+        sigma[:n_first_layer] *= a1
+        sigma[n_first_layer:] *= a2
+    rng = np.random.default_rng([int(seed), 0xD0])
+    return rng.standard_normal((draws, n_params)) * sigma, sigma
+
+
+@dataclass
+class Trajectory:
+    """What a training run recorded at ``times`` ``(T,)`` for ``K`` draws.
+
+    ``loss`` ``(K, T)``; ``distance`` ``(K, T)`` = ``||theta_t - theta*||``;
+    ``modes`` ``(K, T, P)`` = ``U^T delta_t`` in the Hessian eigenbasis at ``theta*``.
+    """
+
+    times: np.ndarray
+    loss: np.ndarray
+    distance: np.ndarray
+    modes: np.ndarray
+    diverged: bool = False
+
+
+def _record(obj: Objective, delta: torch.Tensor, U: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        return obj.loss_at(delta).numpy(), torch.linalg.vector_norm(delta, dim=-1).numpy(), (delta @ U).numpy()
+
+
+def train_gd(obj: Objective, delta0: np.ndarray, lr: float, times: np.ndarray, U: np.ndarray, progress: bool = False) -> Trajectory:
+    """Full-batch GD ``delta <- delta - lr grad L(theta* + delta)`` for draws ``delta0`` ``(K, P)``.
+
+    ``times`` are integer step counts ``(T,)`` (ascending). Stops early, marking
+    ``diverged``, if the loss becomes non-finite or exceeds ``1e6`` times its start.
+    """
+    steps = np.asarray(times, dtype=np.int64)
+    if np.any(np.diff(steps) < 0) or steps[0] < 0:
+        raise NearoptError("GD record times must be ascending non-negative step counts")
+    d = torch.as_tensor(np.asarray(delta0, dtype=np.float64)).clone()
+    Ut = torch.as_tensor(U)
+    K, T = d.shape[0], steps.size
+    loss, dist, modes = np.full((K, T), np.nan), np.full((K, T), np.nan), np.full((K, T, d.shape[1]), np.nan)
+    t, limit = 0, None
+    bar = tqdm(total=int(steps[-1]), disable=not progress, desc="GD", unit="step")
+    for i, target in enumerate(steps):
+        while t < target:
+            d -= lr * obj.gradient_at(d)
+            t += 1
+            bar.update(1)
+        loss[:, i], dist[:, i], modes[:, i] = _record(obj, d, Ut)
+        limit = 1e6 * loss[:, 0].max() if limit is None else limit
+        if not np.all(np.isfinite(loss[:, i])) or loss[:, i].max() > limit:
+            bar.close()
+            return Trajectory(steps.astype(float), loss, dist, modes, diverged=True)
+    bar.close()
+    return Trajectory(steps.astype(float), loss, dist, modes)
+
+
+def flow_atol(obj: Objective) -> float:
+    """Default absolute tolerance of the flow integrator: ``100 eps max|theta*|``."""
+    return 100.0 * EPS * float(obj.theta_star.abs().max())
+
+
+def train_flow(
+    obj: Objective,
+    delta0: np.ndarray,
+    lr: float,
+    times: np.ndarray,
+    U: np.ndarray,
+    *,
+    method: str = "BDF",
+    rtol: float = 1e-9,
+    atol: float | None = None,
+    progress: bool = False,
+) -> Trajectory:
+    """Gradient flow ``d delta/dt = -lr grad L`` for each draw of ``delta0`` ``(K, P)``.
+
+    Integrated by ``solve_ivp(method=...)`` (``BDF``, ``Radau`` or ``LSODA``) in the
+    eigen-coordinates ``y = U^T delta`` with the exact Jacobian ``-lr U^T H U``.
+    ``atol`` defaults to :func:`flow_atol`: asking for more than the rounding noise
+    of the gradient allows makes the implicit solver's Newton iterations fail and its
+    steps collapse. Modes below ``atol`` are uncontrolled but carry a loss under
+    ``1/2 tr(H) atol**2`` (added to the floor by :func:`run_dynamics`).
+    """
+    if method not in ("BDF", "Radau", "LSODA"):
+        raise NearoptError(f"unknown stiff integrator {method!r}; choose BDF, Radau or LSODA")
+    Ut = torch.as_tensor(U)
+    t_eval = np.asarray(times, dtype=np.float64)
+    atol = flow_atol(obj) if atol is None else atol
+
+    def rhs(_t, y):
+        delta = Ut @ torch.as_tensor(y)
+        return -lr * (Ut.T @ obj.gradient_at(delta)).numpy()
+
+    def jac(_t, y):
+        delta = Ut @ torch.as_tensor(y)
+        return -lr * (Ut.T @ obj.hessian_at(delta) @ Ut).numpy()
+
+    K, P, T = delta0.shape[0], delta0.shape[1], t_eval.size
+    loss, dist, modes = np.full((K, T), np.nan), np.full((K, T), np.nan), np.full((K, T, P), np.nan)
+    for k in tqdm(range(K), disable=not progress, desc="flow", unit="draw"):
+        y0 = U.T @ delta0[k]
+        sol = integrate.solve_ivp(rhs, (0.0, t_eval[-1]), y0, method=method, t_eval=t_eval, jac=jac, rtol=rtol, atol=atol)
+        if not sol.success:
+            raise NearoptError(f"gradient-flow integration failed for draw {k}: {sol.message}")
+        Y = torch.as_tensor(sol.y.T)  # (T, P)
+        loss[k], dist[k], modes[k] = _record(obj, Y @ Ut.T, Ut)
+    return Trajectory(t_eval, loss, dist, modes)
+
+
+@dataclass
+class DynamicsResult:
+    """Measured and predicted training curves near the optimum (see :func:`run_dynamics`).
+
+    Arrays: ``times`` ``(T,)``; ``loss``, ``predicted_draw``, ``distance`` ``(K, T)``;
+    ``predicted_mean`` ``(T,)`` (``<L_t>`` over ``delta_0``); ``mode_power`` ``(T, P)`` =
+    mean over draws of ``c_k(t)**2 / c_k``-variance (1 at ``t = 0`` in expectation);
+    ``eigenvalues`` ``(P,)`` ascending. ``valid`` ``(T,)`` marks times whose predicted loss
+    lies at least ``FLOOR_MARGIN`` above the floating-point floor ``floor``.
+    """
+
+    spectrum: Spectrum
+    flow: bool
+    lr: float
+    sigma0: float
+    times: np.ndarray
+    loss: np.ndarray
+    distance: np.ndarray
+    predicted_draw: np.ndarray
+    predicted_mean: np.ndarray
+    mode_power: np.ndarray
+    floor: float
+    diverged: bool
+    objective_kind: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        return self.spectrum.eigenvalues
+
+    @property
+    def mean_loss(self) -> np.ndarray:
+        """Measured ``<L_t>`` over the draws, shape ``(T,)``."""
+        return self.loss.mean(0)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return (self.predicted_draw.mean(0) > FLOOR_MARGIN * self.floor) & np.all(np.isfinite(self.loss), axis=0)
+
+    def draw_error(self) -> float:
+        """``max_{k,t} |L_k(t) / L^pred_k(t) - 1|`` over valid times: each draw against its own prediction."""
+        v = self.valid
+        return float(np.max(np.abs(self.loss[:, v] / self.predicted_draw[:, v] - 1.0))) if v.any() else float("nan")
+
+    def mean_error(self) -> float:
+        """``max_t |<L_t>_meas / <L_t>_pred - 1|`` against the ensemble formula (has sampling noise)."""
+        v = self.valid
+        return float(np.max(np.abs(self.mean_loss[v] / self.predicted_mean[v] - 1.0))) if v.any() else float("nan")
+
+    def ensemble_deviation(self) -> float:
+        """``max_t |<L>_meas / <L^pred_draw> - 1|``: mean of the draws against the mean of their own predictions.
+
+        Free of sampling noise in ``delta_0``; only nonlinearity (and the float floor) moves it.
+        This is the breakdown metric.
+        """
+        v = self.valid
+        pred = self.predicted_draw.mean(0)
+        return float(np.max(np.abs(self.mean_loss[v] / pred[v] - 1.0))) if v.any() else float("nan")
+
+    def zero_mode_drift(self) -> float:
+        """``max |c_k(T) - c_k(0)| / ||delta_0||`` over draws and zero modes (0 if there are none).
+
+        In the quadratic picture zero modes never move; nonlinearity moves them by
+        ``O(sigma0)`` relative.
+        """
+        n_zero = self.eigenvalues.size - self.spectrum.rank.rank
+        if n_zero == 0:
+            return 0.0
+        modes = self.info["modes"]
+        last = np.where(np.all(np.isfinite(modes[..., 0]), axis=0))[0][-1]
+        move = np.abs(modes[:, last, :n_zero] - modes[:, 0, :n_zero]).max(1)
+        return float(np.max(move / np.linalg.norm(modes[:, 0], axis=1)))
+
+    def slowest_remaining(self) -> int:
+        """Index (ascending order) of the nonzero mode with the largest power at the last valid time."""
+        n_zero = self.eigenvalues.size - self.spectrum.rank.rank
+        v = np.where(self.valid)[0]
+        last = v[-1] if v.size else -1
+        power = self.mode_power[last, n_zero:] * self.eigenvalues[n_zero:]
+        return int(n_zero + np.argmax(power))
+
+    def late_time(self) -> dict[str, Any]:
+        """Fitted late-time slope of ``log <L_t>`` against the theory rates.
+
+        The window is the valid times where the slowest nonzero mode carries at
+        least ``LATE_SHARE`` of the predicted loss (from these draws). Returns the
+        window, the fitted slopes of the measured and the predicted curves, the
+        rates of :func:`late_time_rate` and relative errors (measured slope vs
+        ``-2 lr lambda_min`` and vs the exact GD rate).
+        """
+        lam_min = self.spectrum.smallest_nonzero
+        rates = late_time_rate(lam_min, self.lr, self.flow)
+        k_min = self.eigenvalues.size - self.spectrum.rank.rank
+        pred_slow = predict_draw_loss(self.eigenvalues[k_min : k_min + 1], self.info["c0"][:, k_min : k_min + 1], self.lr, self.times, self.flow).mean(0)
+        pred = self.predicted_draw.mean(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = pred_slow / pred
+        window = self.valid & (share >= LATE_SHARE) & (self.times > 0)
+        out: dict[str, Any] = {
+            "lambda_min_nonzero": lam_min,
+            "rate_continuous": rates["continuous"],
+            "rate_exact": rates["exact"],
+            "window": [float(self.times[window].min()), float(self.times[window].max())] if window.sum() >= 2 else None,
+            "window_points": int(window.sum()),
+        }
+        slope = fit_log_slope(self.times[window], self.mean_loss[window]) if window.sum() >= 3 else float("nan")
+        out["slope_measured"] = slope
+        out["slope_predicted_curve"] = fit_log_slope(self.times[window], pred[window]) if window.sum() >= 3 else float("nan")
+        out["rel_error_vs_continuous"] = abs(slope / -rates["continuous"] - 1.0) if math.isfinite(slope) else float("nan")
+        out["rel_error_vs_exact"] = abs(slope / -rates["exact"] - 1.0) if math.isfinite(slope) else float("nan")
+        out["reached"] = bool(math.isfinite(slope))
+        return out
+
+    def to_dict(self, arrays: bool = True) -> dict[str, Any]:
+        spec = self.spectrum
+        d: dict[str, Any] = {
+            "activation": spec.activation,
+            "N_i": spec.n_inputs,
+            "N_h": spec.n_hidden,
+            "P": spec.n_params,
+            "samples": spec.samples,
+            "objective": self.objective_kind,
+            "integrator": ("flow:" + self.info.get("method", "BDF")) if self.flow else "gd",
+            "lr": self.lr,
+            "sigma0": self.sigma0,
+            "draws": int(self.loss.shape[0]),
+            "rank": spec.rank.rank,
+            "lambda_max": spec.largest,
+            "lambda_min_nonzero": spec.smallest_nonzero,
+            "condition_number": spec.condition_number,
+            "stable_lr_bound": 2.0 / spec.largest,
+            "float_floor": self.floor,
+            "diverged": self.diverged,
+            "max_rel_error_per_draw": self.draw_error(),
+            "max_rel_error_mean": self.mean_error(),
+            "ensemble_deviation": self.ensemble_deviation(),
+            "zero_mode_drift": self.zero_mode_drift(),
+            "slowest_remaining_mode": self.slowest_remaining(),
+            "slowest_nonzero_mode": int(self.eigenvalues.size - spec.rank.rank),
+            "late_time": self.late_time(),
+        }
+        if arrays:
+            d.update(
+                times=self.times,
+                loss_mean=self.mean_loss,
+                predicted_mean=self.predicted_mean,
+                predicted_draw_mean=self.predicted_draw.mean(0),
+                loss=self.loss,
+                distance_mean=self.distance.mean(0),
+                valid=self.valid,
+                eigenvalues=self.eigenvalues,
+                mode_power=self.mode_power,
+            )
+        return d
+
+
+def auto_lr(lambda_max: float) -> float:
+    """Default step ``1/lambda_max``: stable with a factor 2 margin, every mode decays monotonically."""
+    return 1.0 / lambda_max
+
+
+def auto_horizon(spec: Spectrum, mode_variance: np.ndarray, lr: float, flow: bool = False, floor: float = 0.0, decay: float = 12.0) -> float:
+    """Time horizon that reaches the late-time regime, if the float floor allows.
+
+    At least ``decay / (2 lr lambda_min)`` (the slowest mode's loss down by
+    ``e**-decay``); extended, in steps of that unit, until the slowest nonzero mode
+    carries ``LATE_SHARE`` of the predicted ``<L_t>``, unless ``<L_t>`` would first
+    fall below ``FLOOR_MARGIN * floor``.
+    """
+    lam = spec.eigenvalues
+    k = lam.size - spec.rank.rank
+    unit = 1.0 / (2.0 * lr * spec.smallest_nonzero)
+    t = decay * unit
+    for _ in range(40):
+        total = predict_mean_loss(lam, mode_variance, lr, np.array([t]), flow)[0]
+        slow = predict_mean_loss(lam[k : k + 1], mode_variance[k : k + 1], lr, np.array([t]), flow)[0]
+        if total < FLOOR_MARGIN * floor:
+            return t
+        if slow >= LATE_SHARE * total:
+            return 1.5 * t  # room for a fitting window inside the regime
+        t += 2.0 * unit
+    return t
+
+
+def run_dynamics(
+    net: TwoLayerNet,
+    X=None,
+    *,
+    sigma0: float = 1e-3,
+    lr: float | str = "auto",
+    steps: float | str = "auto",
+    draws: int = 8,
+    flow: bool = False,
+    seed: int = 0,
+    points: int = 60,
+    layer_scales: tuple[float, float] | None = None,
+    method: str = "BDF",
+    rtol: float = 1e-9,
+    objective: Objective | None = None,
+    eigensystem: tuple[Spectrum, np.ndarray] | None = None,
+    progress: bool = False,
+) -> DynamicsResult:
+    """Train students from ``theta* + delta_0`` and predict the curves from the Hessian at ``theta*``.
+
+    Parameters
+    ----------
+    net : TwoLayerNet
+        The teacher (the optimum).
+    X : array, shape (N, N_i), optional
+        Inputs of the batch loss; ``None`` for the population loss (closed form for
+        linear/quadratic, a fixed large sample otherwise; see :func:`make_objective`).
+    sigma0 : float
+        Scale of ``delta_0 ~ N(0, sigma0**2 I)`` (times ``layer_scales`` per layer).
+    lr : float or "auto"
+        Step size ``eta`` (``auto``: ``1/lambda_max``). GD requires ``eta < 2/lambda_max``.
+    steps : float or "auto"
+        Horizon (GD steps, or flow time in the same units); ``auto``: see
+        :func:`auto_horizon` (reaches the late-time regime where the float floor allows).
+    draws : int
+        Number ``K`` of independent ``delta_0``.
+    flow : bool
+        Gradient flow by a stiff integrator instead of GD.
+    """
+    obj = objective if objective is not None else make_objective(net, X)
+    spec, U = eigensystem if eigensystem is not None else obj.spectrum()
+    lam = spec.eigenvalues
+    lr = auto_lr(spec.largest) if lr == "auto" else float(lr)
+    if flow:
+        if not (np.isfinite(lr) and lr > 0):
+            raise NearoptError(f"step size (time unit) must be a finite number > 0, got {lr}")
+    else:
+        check_step_size(lr, spec.largest)
+    delta0, sigma = sample_displacements(obj.n_params, draws, sigma0, seed, layer_scales, net.W1.size)
+    mode_var = (U**2 * sigma[:, None] ** 2).sum(0)  # u_k^T Sigma u_k
+    floor = float_floor(obj, spec)
+    if flow:
+        floor = max(floor, 0.5 * float(lam.sum()) * flow_atol(obj) ** 2)
+    if steps == "auto":
+        if spec.rank.rank == 0:
+            raise NearoptError("the Hessian is zero: nothing decays, give --steps explicitly")
+        horizon = auto_horizon(spec, mode_var, lr, flow, floor)
+    else:
+        horizon = float(steps)
+    if not flow and horizon > MAX_GD_STEPS:
+        raise NearoptError(
+            f"{horizon:.3g} GD steps needed (condition number {spec.condition_number:.3g}); "
+            f"use gradient flow (--flow) or fewer --steps (at most {MAX_GD_STEPS})"
+        )
+    times = time_grid(horizon, points, integer=not flow)
+    traj = (
+        train_flow(obj, delta0, lr, times, U, method=method, rtol=rtol, progress=progress)
+        if flow
+        else train_gd(obj, delta0, lr, times, U, progress=progress)
+    )
+    c0 = delta0 @ U  # (K, P)
+    return DynamicsResult(
+        spectrum=spec,
+        flow=flow,
+        lr=lr,
+        sigma0=float(sigma0),
+        times=traj.times,
+        loss=traj.loss,
+        distance=traj.distance,
+        predicted_draw=predict_draw_loss(lam, c0, lr, traj.times, flow),
+        predicted_mean=predict_mean_loss(lam, mode_var, lr, traj.times, flow),
+        mode_power=(traj.modes**2).mean(0) / mode_var[None, :],
+        floor=floor,
+        diverged=traj.diverged,
+        objective_kind=obj.kind,
+        info={"c0": c0, "modes": traj.modes, "method": method, "rtol": rtol, "seed": seed, "layer_scales": layer_scales},
+    )
+
+
+def float_floor(obj: Objective, spec: Spectrum) -> float:
+    """Loss below which float64 rounding dominates: ``1/2 (P eps)**2 E[f*(x)**2] max(1, kappa)``.
+
+    Residuals carry a rounding error ``~ P eps |f|``; the condition number ``kappa``
+    accounts for gradient rounding amplified in the slowest modes.
+    """
+    kappa = spec.condition_number if math.isfinite(spec.condition_number) else 1.0
+    return 0.5 * (obj.n_params * EPS) ** 2 * _output_power(obj) * max(1.0, kappa)
+
+
+def _output_power(obj: Objective) -> float:
+    """``E[f*(x)**2]`` of the teacher on the objective's inputs (population: a 4096-input sample)."""
+    net = obj.teacher
+    if obj.X is not None:
+        return float(np.mean(net.forward(obj.X.numpy()) ** 2))
+    from ..model import sample_inputs
+
+    return float(np.mean(net.forward(sample_inputs(4096, net.n_inputs, seed=0)) ** 2))
