@@ -261,10 +261,7 @@ def measure_population_rank(net: TwoLayerNet, *, method: str = "auto", rtol: flo
     The decision is the one the population route made (its own square root
     and tolerance); ``singular_values`` are ``sqrt`` of its eigenvalues.
     """
-    try:
-        from .hessian.population import population_spectrum
-    except ImportError:
-        raise NearoptError("the population route (nearopt.hessian.population) is not available in this installation") from None
+    from .hessian.population import population_spectrum  # deferred: population imports the rank helpers' dependencies
     t0 = time.perf_counter()
     spec = population_spectrum(net, method=method, rtol=rtol)
     eig = np.sort(np.clip(np.asarray(spec.eigenvalues, dtype=np.float64), 0.0, None))[::-1]

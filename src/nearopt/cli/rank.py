@@ -70,7 +70,7 @@ def register(sub) -> None:
         metavar="N1,N2,...",
         help="rank as a function of N for one (N_i, N_h): nested batches of these sizes",
     )
-    g.add_argument("--population", action="store_true", help="population Hessian (N -> infinity) via nearopt.hessian.population, if installed")
+    g.add_argument("--population", action="store_true", help="exact population Hessian (N -> infinity) instead of a batch")
     p.add_argument("--rtol", type=positive_float, default=None, help="relative tolerance on singular values (default max(N,P)*eps)")
     p.add_argument("--min-gap", type=positive_float, default=MIN_GAP, help=f"smallest last-kept/first-dropped ratio counted as a clear cut (default {MIN_GAP:g})")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="inputs per chunk of the Jacobian QR (default: by memory)")
