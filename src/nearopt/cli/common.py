@@ -68,13 +68,13 @@ def add_network_args(p: argparse.ArgumentParser, activation_default: str | None 
     p.add_argument("--teacher", metavar="FILE.npz", help="teacher weights (W1 (N_h,N_i), W2 (1,N_h)) instead of --ni/--nh")
 
 
-def add_data_args(p: argparse.ArgumentParser, population: bool = True) -> None:
+def add_data_args(p: argparse.ArgumentParser, population: bool = True, population_help: str = "exact population Hessian (N -> infinity)") -> None:
     g = p.add_argument_group("inputs")
     g.add_argument("--samples", "-n", type=positive_int, help="number N of Gaussian inputs x ~ N(0, I)")
     g.add_argument("--data-seed", type=nonneg_int, default=0, help="seed of the inputs (default 0)")
     g.add_argument("--inputs", metavar="X.npy", help="use these (N, N_i) inputs instead of --samples")
     if population:
-        g.add_argument("--population", action="store_true", help="exact population Hessian (N -> infinity)")
+        g.add_argument("--population", action="store_true", help=population_help)
 
 
 def network_from_args(args: argparse.Namespace) -> TwoLayerNet:

@@ -26,7 +26,7 @@ def register(sub) -> None:
         "and predicted <L_t> and the late-time slope against -2 eta lambda_min^+.",
     )
     add_network_args(p)
-    add_data_args(p)
+    add_data_args(p, population_help="train on the population loss (N -> infinity): closed form for linear/quadratic, a fixed 100000-input Gaussian sample otherwise")
     p.add_argument("--sigma0", type=positive_float, default=1e-3, help="scale of the initial displacement delta_0 (default 1e-3)")
     p.add_argument("--layer-scales", type=positive_float, nargs=2, metavar=("A1", "A2"), default=None,
                    help="multiply sigma0 by A1 on W1 and A2 on W2 (default: isotropic)")
