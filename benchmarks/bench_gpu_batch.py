@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 import nearopt as no
@@ -20,10 +19,10 @@ from nearopt import io
 from nearopt.hessian import empirical
 
 
-def _timed(fn):
+def _timed(fn, *args):
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    out = fn()
+    out = fn(*args)
     torch.cuda.synchronize()
     return out, time.perf_counter() - t0
 
@@ -49,7 +48,7 @@ def main() -> None:
 
     A = torch.randn(P, P, dtype=torch.float64, device=dev)
     A = A + A.T
-    _, t_eig = _timed(lambda: torch.linalg.eigvalsh(A))
+    _, t_eig = _timed(torch.linalg.eigvalsh, A)
     del A
     torch.cuda.empty_cache()
 

@@ -81,7 +81,7 @@ def test_relu_quadrature_converges_to_closed_form():
 def test_tanh_quadrature_is_checked_and_matches_monte_carlo():
     W, C, _, _ = _pairs(scale=1.0)
     m = G.pair_moments("tanh", C)
-    assert m.method == "quadrature" and m.order in G.GH_ORDERS and m.error <= G.QUADRATURE_TOL * max(1.0, np.abs(m.K).max())
+    assert m.method == "quadrature" and m.order in G.QUADRATURE_ORDERS and m.error <= G.QUADRATURE_TOL * max(1.0, np.abs(m.K).max())
     mean, se = _mc_moments(W, get_activation("tanh"), 0, 2)[1]
     assert np.all(np.abs(W[[0, 2]].T @ m.b[0, 2] - mean) <= 5 * se)
 
@@ -111,3 +111,85 @@ def test_gaussian_expectations_errors():
         G.gaussian_expectations(lambda u, v: np.sign(u - 0.3) * np.abs(v) ** 0.5, np.eye(2))
     with pytest.raises(NearoptError):
         G.gaussian_expectations(lambda u, v: u, np.eye(2), order=0)
+
+
+def test_normal_rule_moments():
+    """The trapezoidal rule with the Gaussian weight integrates moments and smooth functions to ~eps."""
+    from scipy.special import factorial2
+
+    for n, kmax in ((129, 4), (513, 8)):  # the tail beyond L = 9 (n = 129) still holds ~1e-10 of E[y^16]
+        x, w = G.normal_rule(n)
+        for k in range(0, kmax + 1):
+            assert (w * x ** (2 * k)).sum() == pytest.approx(factorial2(2 * k - 1) if k else 1.0, rel=1e-13)
+    tanh2 = [(w * np.tanh(1.3 * x) ** 2).sum() for x, w in map(G.normal_rule, (129, 1025))]
+    assert abs(tanh2[0] - tanh2[1]) < 2e-16
+    assert all(abs(G.normal_rule(n)[1].sum() - 1) < 2e-15 for n in G.QUADRATURE_ORDERS[3:])  # L >= 8.7: tail < 1e-17
+
+
+@pytest.mark.parametrize("one_minus_rho2", [1e-4, 1e-8, 1e-11, 1e-14, 0.0])
+def test_quadrature_nearly_parallel_units(one_minus_rho2):
+    """Nearly parallel units: the derivative (Stein) route keeps full accuracy (erf against its closed form)."""
+    c11, c22 = 1.2, 0.8
+    c12 = np.sqrt((1 - one_minus_rho2) * c11 * c22)
+    fwd, rev = G.quadrature_moments("erf", c11, c12, c22)
+    exact = G.closed_form_moments("erf", c11, c12, c22)
+    exact_rev = G.closed_form_moments("erf", c22, c12, c11)
+    for e, q, cov in ((exact, fwd, (c11, c12, c22)), (exact_rev, rev, (c22, c12, c11))):
+        for a, b in zip(e.raw(*cov), q.raw(*cov)):
+            assert np.abs(a - b).max() <= 1e-12
+
+
+def test_tanh_small_input_dimension_converges():
+    """N_i = 2, N_h = 30: many nearly parallel pairs (this used to fail to converge)."""
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((30, 2)) / np.sqrt(2)
+    m = G.pair_moments("tanh", W @ W.T)
+    assert m.error <= G.QUADRATURE_TOL * max(1.0, np.abs(m.K).max())
+    # the same activation through the generic autograd derivatives gives the same moments
+    import torch
+
+    from nearopt.activations import CustomActivation
+
+    generic = G.pair_moments(CustomActivation("my-tanh", torch.tanh), W @ W.T)
+    for a, b in ((m.gg, generic.gg), (m.b, generic.b), (m.dd, generic.dd), (m.K, generic.K)):
+        assert np.abs(a - b).max() <= 1e-12
+
+
+def test_activation_derivatives_match_autograd():
+    import torch
+
+    from nearopt.activations import Activation, CustomActivation
+
+    z = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    acts = [get_activation(n) for n in ("tanh", "erf", "erf:unit", "cubic", "linear", "polynomial:1,-2,0.5,0.25")]
+    acts.append(CustomActivation("softplus", torch.nn.functional.softplus))
+    acts.append(CustomActivation("two-z", lambda t: 2 * t, lambda t: 2 + 0 * t))
+    for act in acts:
+        fast, generic = act.derivatives(z, 3), Activation.derivatives(act, z, 3)
+        assert len(fast) == 4
+        for a, b in zip(fast, generic):
+            assert torch.allclose(a, b, rtol=1e-13, atol=1e-14), act.name
+    sp = acts[-2].derivatives(z, 3)
+    s = torch.sigmoid(z)
+    assert torch.allclose(sp[2], s * (1 - s), rtol=1e-13) and torch.allclose(sp[3], s * (1 - s) * (1 - 2 * s), rtol=1e-12)
+
+
+def test_kinked_activation_marked_smooth_is_refused():
+    """A kink hidden behind smooth=True would make the derivative route converge to a wrong value."""
+    import torch
+
+    from nearopt.activations import CustomActivation
+
+    _, C, _, _ = _pairs()
+    leaky = CustomActivation("leaky", lambda z: torch.where(z > 0, z, 0.9 * z))  # smooth=True by default: wrong
+    with pytest.raises(NearoptError, match="marked smooth"):
+        G.pair_moments(leaky, C)
+    cubic_kink = CustomActivation("z|z|", lambda z: z * z.abs())  # C^1: the jump is in g''
+    with pytest.raises(NearoptError, match="marked smooth"):
+        G.pair_moments(cubic_kink, C)
+    honest = CustomActivation("leaky", lambda z: torch.where(z > 0, z, 0.9 * z), smooth=False)
+    q = G.pair_moments(honest, C, order=400)  # the g, g' route: converges (algebraically) to the right value
+    relu_part = G.pair_moments("relu", C)
+    # leaky(z) = 0.9 z + 0.1 relu(z): E[g(u) g(v)] = 0.81 c12 + 0.09 E[z relu] * 2 + 0.01 E[relu relu]
+    expect = 0.81 * C + 0.09 * C + 0.01 * relu_part.gg  # E[u relu(v)] = c12 / 2
+    assert np.abs(q.gg - expect).max() < 1e-3

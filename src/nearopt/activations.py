@@ -55,6 +55,26 @@ class Activation:
             (grad,) = torch.autograd.grad(self(zz).sum(), zz)
         return grad
 
+    def derivatives(self, z: torch.Tensor, order: int = 3) -> list[torch.Tensor]:
+        """``[g(z), g'(z), ..., g^(order)(z)]`` elementwise (nested autograd unless a subclass knows better).
+
+        Used by the population quadrature of smooth activations (Stein's lemma turns
+        ``x``-moments into expectations of derivatives), so ``g`` must be
+        differentiable ``order`` times by autograd if a subclass does not override this.
+        """
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(True)
+            out = [self(zz), self.derivative(zz)]
+            if out[0].requires_grad and not out[1].requires_grad:  # g' came from a detached autograd call
+                (out[1],) = torch.autograd.grad(out[0].sum(), zz, create_graph=True)
+            for k in range(2, order + 1):
+                if not out[-1].requires_grad:  # constant in z (e.g. a user's derivative of a linear g)
+                    out.append(torch.zeros_like(zz))
+                    continue
+                (d,) = torch.autograd.grad(out[-1].sum(), zz, create_graph=k < order, allow_unused=True, materialize_grads=True)
+                out.append(d)
+        return [d.detach() for d in out[: order + 1]]
+
     # NumPy views, used by quadrature and by plotting code.
     def numpy(self, z: np.ndarray) -> np.ndarray:
         """``g(z)`` for a NumPy array (float64)."""
@@ -75,7 +95,7 @@ class Activation:
 
     @property
     def is_smooth(self) -> bool:
-        """Whether ``g`` is infinitely differentiable (Gauss–Hermite converges fast)."""
+        """Whether ``g`` is infinitely differentiable (population quadrature then uses its derivatives)."""
         return True
 
     def __repr__(self) -> str:
@@ -113,10 +133,16 @@ class Polynomial(Activation):
         return out
 
     def derivative(self, z):
-        dc = self._c[1:] * np.arange(1, self._c.size)
-        out = torch.zeros_like(z)
-        for ck in dc[::-1]:
-            out = out * z + float(ck)
+        return self.derivatives(z, 1)[1]
+
+    def derivatives(self, z, order=3):
+        out, c = [], self._c
+        for _ in range(order + 1):
+            val = torch.zeros_like(z)
+            for ck in c[::-1]:  # Horner
+                val = val * z + float(ck)
+            out.append(val)
+            c = c[1:] * np.arange(1, c.size) if c.size > 1 else np.zeros(1)
         return out
 
 
@@ -144,6 +170,13 @@ class Erf(Activation):
     def derivative(self, z):
         return (2.0 / (math.sqrt(math.pi) * self.scale)) * torch.exp(-((z / self.scale) ** 2))
 
+    def derivatives(self, z, order=3):
+        if order > 3:
+            return super().derivatives(z, order)
+        a2 = 1.0 / self.scale**2
+        d1 = self.derivative(z)  # g'' = -2 a^2 z g',  g^(3) = (4 a^4 z^2 - 2 a^2) g'
+        return [self(z), d1, -2 * a2 * z * d1, (4 * a2 * a2 * z * z - 2 * a2) * d1][: order + 1]
+
 
 class Tanh(Activation):
     """``g(z) = tanh(z)``."""
@@ -155,6 +188,13 @@ class Tanh(Activation):
 
     def derivative(self, z):
         return 1.0 - torch.tanh(z) ** 2
+
+    def derivatives(self, z, order=3):
+        if order > 3:
+            return super().derivatives(z, order)
+        t = torch.tanh(z)
+        s = 1.0 - t * t  # every derivative is a polynomial in t: one tanh for all four
+        return [t, s, -2.0 * t * s, -2.0 * s * (1.0 - 3.0 * t * t)][: order + 1]
 
 
 class ReLU(Activation):

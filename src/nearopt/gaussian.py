@@ -15,9 +15,21 @@ which needs no ``C^{-1}`` and stays valid when ``w_a`` and ``w_c`` are parallel
 (``a = c`` included). Closed forms (:func:`closed_form_moments`) cover polynomials
 (Mehler's formula, exact), ``erf(z/s)`` for any scale (arcsine kernel and its
 derivatives) and ReLU (arc-cosine kernels; the deltas of ``g''`` are integrated
-exactly). Any other activation goes through tensor Gauss–Hermite quadrature
-(:func:`quadrature_moments`) whose order is doubled until two successive orders
-agree to ``tol`` (default ``1e-12``), so the result is checked, not assumed.
+exactly). Any other activation goes through a tensor quadrature
+(:func:`quadrature_moments`) whose number of nodes grows, pair by pair, until two
+successive levels agree to ``tol`` (default ``1e-12``), so the result is checked,
+not assumed. For smooth activations the quadrature integrates products of
+derivatives, ``E[g^(k)(u) g^(l)(v)]`` (Stein's lemma in ``z``), which stays exact
+to rounding for parallel and nearly parallel units; non-smooth ones (``smooth=False``)
+use ``y``-moments of ``g`` and ``g'`` only.
+
+The rule (:func:`normal_rule`) is the trapezoidal rule on ``[-L, L]`` with the
+Gaussian weight, not Gauss–Hermite: for integrands analytic only in a strip
+(``tanh`` has poles at ``±i pi/2``) it converges geometrically in the number of
+nodes, while Gauss–Hermite spends most of its nodes far out in the tails (its
+largest node grows like ``sqrt(4n)``) and needs about four times as many nodes per
+dimension for ``1e-12``. ``L`` grows with the level so that a truncated tail shows
+up as a difference between levels and is caught by the same check.
 
 :func:`gaussian_expectations` is the general engine: ``E[phi]``, ``E[phi z]`` and
 ``E[phi z z^T]`` for any ``phi(u, v)`` and any PSD ``C``.
@@ -33,13 +45,13 @@ from typing import Callable
 import numpy as np
 import torch
 from numpy.polynomial import hermite_e
-from scipy import special
 
 from .activations import Activation, Erf, Polynomial, ReLU, get_activation
 from .errors import NearoptError
 
-#: Gauss–Hermite orders tried in turn (per dimension) until two successive ones agree
-GH_ORDERS = (32, 64, 128, 256, 512, 1024)
+#: nodes per dimension tried in turn until two successive levels agree (ratio ~1.5: the
+#: confirming level, which dominates the cost in two dimensions, is not much finer than needed)
+QUADRATURE_ORDERS = (33, 49, 73, 109, 163, 245, 367, 551, 825, 1237)
 #: default agreement required between successive quadrature orders (absolute, on O(1) moments)
 QUADRATURE_TOL = 1e-12
 #: parallel pairs: ``1 - rho**2`` below this uses the one-dimensional formulas
@@ -93,16 +105,23 @@ def _cov(c11, c12, c22) -> np.ndarray:
     return np.stack([np.stack([c11, c12], -1), np.stack([c12, c22], -1)], -2)
 
 
-@functools.lru_cache(maxsize=None)
-def gauss_hermite(order: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights ``(order,)`` for ``E[f(y)]``, ``y ~ N(0, 1)`` (probabilists' Hermite)."""
-    x, w = special.roots_hermitenorm(order)  # stable at high orders, unlike hermegauss
-    return x, w / math.sqrt(2.0 * math.pi)
+def normal_rule(order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights ``(order,)`` for ``E[f(y)]``, ``y ~ N(0, 1)``: trapezoid on ``[-L, L]``.
+
+    ``L = 7 + log2(order / 33)`` (7 at 33 nodes, 12 at 1056): finer levels also reach
+    further into the tail, so a truncated tail shows up as a change between levels.
+    An odd ``order`` puts a node at 0.
+    """
+    half = 7.0 + max(0.0, math.log2(order / 33.0))
+    h = 2.0 * half / (order - 1)  # not x[1] - x[0]: that difference loses ~log2(L / h) bits
+    x = h * (np.arange(order) - (order - 1) / 2)
+    w = h * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return x, w
 
 
 # --------------------------------------------------------------------------- general engine
 def gaussian_expectations(phi: Callable[[np.ndarray, np.ndarray], np.ndarray], C, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> GaussianExpectation:
-    """``E[phi]``, ``E[phi z]``, ``E[phi z z^T]`` for ``z = (u, v) ~ N(0, C)`` by Gauss–Hermite.
+    """``E[phi]``, ``E[phi z]``, ``E[phi z z^T]`` for ``z = (u, v) ~ N(0, C)`` by tensor quadrature.
 
     Parameters
     ----------
@@ -111,7 +130,7 @@ def gaussian_expectations(phi: Callable[[np.ndarray, np.ndarray], np.ndarray], C
     C : array_like, shape (2, 2)
         Symmetric positive semi-definite covariance (singular allowed).
     order : int, optional
-        Fixed nodes per dimension. Default: the first of :data:`GH_ORDERS` whose
+        Fixed nodes per dimension. Default: the first of :data:`QUADRATURE_ORDERS` whose
         result agrees with the next order to ``tol`` (relative to the largest
         moment, at least 1); raises :class:`NearoptError` if none does.
     """
@@ -124,7 +143,7 @@ def gaussian_expectations(phi: Callable[[np.ndarray, np.ndarray], np.ndarray], C
     F = V * np.sqrt(np.clip(lam, 0.0, None))  # z = F y, y ~ N(0, I)
 
     def at(n: int) -> tuple[np.ndarray, int]:
-        x, w = gauss_hermite(n)
+        x, w = normal_rule(n)
         y1, y2 = np.meshgrid(x, x, indexing="ij")
         wt = np.outer(w, w)
         z = np.einsum("ij,jab->iab", F, np.stack([y1, y2]))
@@ -141,19 +160,27 @@ def gaussian_expectations(phi: Callable[[np.ndarray, np.ndarray], np.ndarray], C
 def _converge(at: Callable[[int], tuple[np.ndarray, int]], order: int | None, tol: float):
     """Evaluate ``at(n)`` for successive orders until two agree (or once for a fixed order)."""
     if order is not None:
-        if isinstance(order, bool) or int(order) != order or order < 1:
-            raise NearoptError(f"quadrature order must be a positive integer, got {order!r}")
-        return at(int(order))[0], int(order), float("nan")
+        return at(_check_order(order))[0], int(order), float("nan")
     prev = None
-    for n in GH_ORDERS:
+    for n in QUADRATURE_ORDERS:
         cur, _ = at(n)
         if prev is not None:
             err = float(np.max(np.abs(cur - prev)))
             if err <= tol * max(1.0, float(np.max(np.abs(cur)))):
                 return cur, n, err
         prev = cur
-    raise NearoptError(
-        f"Gauss–Hermite quadrature did not converge to {tol:g} by order {GH_ORDERS[-1]} (last change {err:.3g}); "
+    raise _not_converged(tol, err)
+
+
+def _check_order(order) -> int:
+    if isinstance(order, bool) or int(order) != order or order < 2:
+        raise NearoptError(f"quadrature order must be an integer >= 2, got {order!r}")
+    return int(order)
+
+
+def _not_converged(tol: float, err: float) -> NearoptError:
+    return NearoptError(
+        f"quadrature did not converge to {tol:g} by {QUADRATURE_ORDERS[-1]} nodes per dimension (last change {err:.3g}); "
         "the activation may be non-smooth: pass an explicit order or register a closed form"
     )
 
@@ -256,78 +283,194 @@ def closed_form_moments(activation: str | Activation, c11, c12, c22) -> PairMome
 
 # --------------------------------------------------------------------------- quadrature
 def _quad_block(act: Activation, c11, c12, c22, n: int) -> np.ndarray:
-    """Flat moments ``(m, 10)`` = gg, b(2), dd, K(4), b_reverse... for ``m`` pairs at order ``n``.
+    """Flat moments ``(m, 10)`` for ``m`` pairs with ``n`` nodes per dimension.
 
     Columns: gg, b0, b1, dd, K00, K01, K10, K11, br0, br1 where ``br`` is ``b`` of the
-    reversed pair ``(c, a)``. Non-collinear pairs use ``z = L y`` (Cholesky);
-    collinear ones (incl. ``a = c``) the one-dimensional formulas.
+    reversed pair ``(c, a)``. Pairs are parametrised by the Cholesky factor,
+    ``u = l11 y1``, ``v = l21 y1 + l22 y2``; collinear ones (``l22 = 0``, ``a = c``
+    included) need only the one-dimensional rule. Smooth activations go through
+    :func:`_stein_pairs`, others through :func:`_quad_pairs_2d` /
+    :func:`_quad_pairs_collinear`.
     """
-    x, w = gauss_hermite(n)
-    xt, wt = torch.as_tensor(x), torch.as_tensor(w)
-    W2 = wt[:, None] * wt[None, :]
+    x, w = normal_rule(n)
     l11 = np.sqrt(c11)
     l21 = np.divide(c12, l11, out=np.zeros_like(l11), where=l11 > 0)
     l22sq = np.clip(c22 - l21**2, 0.0, None)
     flat = np.zeros((c11.size, 10))
     coll = l22sq <= COLLINEAR_TOL * np.maximum(c22, 1e-300)
-    idx2 = np.flatnonzero(~coll)
+    two = np.flatnonzero(~coll)
     step = max(1, _QUAD_BLOCK // (n * n))
-    for start in range(0, idx2.size, step):
-        sel = idx2[start : start + step]
-        L11, L21, L22 = (torch.as_tensor(t[sel])[:, None, None] for t in (l11, l21, np.sqrt(l22sq)))
-        y1, y2 = xt[None, :, None], xt[None, None, :]
-        u, v = L11 * y1, L21 * y1 + L22 * y2
-        gu, du, gv, dv = act(u), act.derivative(u), act(v), act.derivative(v)
-
-        def E(F):
-            return (F * W2).sum((1, 2)).numpy()
-
-        p1, p1r, p2 = du * gv, gu * dv, du * dv
-        e2 = E(p2)
-        m1 = (E(p1 * y1), E(p1 * y2))
-        m1r = (E(p1r * y1), E(p1r * y2))
-        s11, s12, s22 = E(p2 * y1 * y1) - e2, E(p2 * y1 * y2), E(p2 * y2 * y2) - e2
+    for start in range(0, two.size, step):
+        sel = two[start : start + step]
         a11, a21, a22 = l11[sel], l21[sel], np.sqrt(l22sq[sel])
-        Li = np.zeros((sel.size, 2, 2))  # L^{-T}
-        Li[:, 0, 0], Li[:, 0, 1], Li[:, 1, 1] = 1 / a11, -a21 / (a11 * a22), 1 / a22
-        K = Li @ _cov(s11, s12, s22) @ Li.transpose(0, 2, 1)
-        b = np.einsum("mij,mj->mi", Li, np.stack(m1, -1))
-        br = np.einsum("mij,mj->mi", Li, np.stack(m1r, -1))[:, ::-1]
-        flat[sel] = np.column_stack([E(gu * gv), b, e2, K.reshape(-1, 4), br])
-    idx1 = np.flatnonzero(coll)
-    if idx1.size:
-        s = l11[idx1]
-        ratio = np.divide(l21[idx1], s, out=np.zeros_like(s), where=s > 0)  # v = ratio * u
-        u = torch.as_tensor(s)[:, None] * xt[None, :]
-        vv = torch.as_tensor(ratio)[:, None] * u
-        gu, du, gv, dv = act(u), act.derivative(u), act(vv), act.derivative(vv)
-
-        def E1(F):
-            return (F * wt).sum(1).numpy()
-
-        p2 = du * dv
-        e2 = E1(p2)
-        sp = np.where(s > 0, s, 1.0)
-        # in the direction w_a: E[phi x] = (E[phi y]/s) w_a, E[phi x x^T] = E[phi] I + (E[phi y^2]-E[phi])/s^2 w_a w_a^T
-        b0 = np.where(s > 0, E1(du * gv * xt) / sp, 0.0)
-        br1 = np.where(s > 0, E1(gu * dv * xt) / sp, 0.0)  # reversed pair (w_c, w_a): on w_a, the 2nd slot
-        k00 = np.where(s > 0, (E1(p2 * xt * xt) - e2) / sp**2, 0.0)
-        flat[idx1] = np.column_stack([E1(gu * gv), b0, 0 * b0, e2, k00, 0 * k00, 0 * k00, 0 * k00, 0 * br1, br1])
+        flat[sel] = _stein_pairs(act, a11, a21, a22, x, w) if act.is_smooth else _quad_pairs_2d(act, a11, a21, a22, x, w)
+    one = np.flatnonzero(coll)
+    if one.size:
+        flat[one] = _stein_pairs(act, l11[one], l21[one], None, x, w) if act.is_smooth else _quad_pairs_collinear(act, l11[one], l21[one], x, w)
     return flat
 
 
-def quadrature_moments(activation: str | Activation, c11, c12, c22, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> tuple[PairMoments, PairMoments]:
-    """Stein-form moments by tensor Gauss–Hermite for pairs ``(a, c)`` and the reversed ``(c, a)``.
+def _stein_pairs(act: Activation, a11, a21, a22, x, w) -> np.ndarray:
+    """Flat moments ``(m, 10)`` of a smooth ``g`` from expectations of its derivatives.
 
-    ``c11, c12, c22`` broadcast to a shape ``S``; returns the moments of ``(a, c)``
-    and of ``(c, a)`` (covariance with ``c11`` and ``c22`` swapped). The order is
-    checked as in :func:`gaussian_expectations` unless given.
+    Stein's lemma in ``z``-space gives the Stein form directly: ``b = (E[g''(u) g(v)],
+    E[g'(u) g'(v)])``, ``K = [[E[g^(3)(u) g'(v)], E[g''(u) g''(v)]], [., E[g'(u) g^(3)(v)]]]``.
+    Every moment is ``E[f(u) h(v)]``: no ``y``-weights to cancel and no ``L^{-1}`` to
+    amplify rounding, so nearly parallel units are as accurate as any others
+    (a moment-based route loses ``eps / (1 - rho**2)``). ``u`` depends on ``y1`` only,
+    so the ``y2``-sums are matrix products of ``g^(k)(v)`` ``(m, n, n)`` with ``w``;
+    ``a22=None`` marks collinear pairs (``v = a21 y1``, one dimension).
+    """
+    xt, wt = torch.as_tensor(x), torch.as_tensor(w)
+    A11, A21 = (torch.as_tensor(t)[:, None] for t in (a11, a21))
+    fu = act.derivatives(A11 * xt, 3)  # 4 x (m, n)
+    if a22 is None:
+        R = torch.stack(act.derivatives(A21 * xt, 3), -1)  # (m, n, 4): v on the same node
+    else:
+        A22 = torch.as_tensor(a22)[:, None, None]
+        v = (A21 * xt)[:, :, None] + A22 * xt  # (m, n, n): [pair, y1, y2]
+        R = torch.stack([h @ wt for h in act.derivatives(v, 3)], -1)  # (m, n, 4): sum_j w_j g^(k)(v_ij)
+
+    def E(k: int, l: int) -> np.ndarray:  # E[g^(k)(u) g^(l)(v)]
+        return (wt * fu[k] * R[..., l]).sum(-1).numpy()
+
+    dd, k12 = E(1, 1), E(2, 2)
+    return np.column_stack([E(0, 0), E(2, 0), dd, dd, E(3, 1), k12, k12, E(1, 3), E(0, 2), dd])
+
+
+def _quad_pairs_2d(act: Activation, a11, a21, a22, x, w) -> np.ndarray:
+    """Flat moments ``(m, 10)`` of non-collinear pairs ``u = a11 y1``, ``v = a21 y1 + a22 y2``, any ``g``.
+
+    Uses only ``g`` and ``g'`` (so it converges, algebraically, for kinks):
+    ``y``-moments of ``g'(u) g(v)`` and ``g'(u) g'(v)`` mapped to the Stein form with
+    ``L^{-T}``, which costs ``eps / (1 - rho**2)`` for nearly parallel units. ``u``
+    depends on ``y1`` only, so the ``y2``-sums are matrix products of ``g(v)``,
+    ``g'(v)`` ``(m, n, n)`` with ``w * y2**k``.
+    """
+    xt, wt = torch.as_tensor(x), torch.as_tensor(w)
+    A11, A21, A22 = (torch.as_tensor(t)[:, None] for t in (a11, a21, a22))
+    u = A11 * xt  # (m, n)
+    v = (A21 * xt)[:, :, None] + A22[:, :, None] * xt  # (m, n, n): [pair, y1, y2]
+    gu, du = act(u), act.derivative(u)
+    Rg = act(v) @ torch.stack([wt, wt * xt], -1)  # (m, n, 2): sum_j w_j y2_j^k g(v_ij)
+    Rd = act.derivative(v) @ torch.stack([wt, wt * xt, wt * xt * xt], -1)  # (m, n, 3)
+    w1, wy, wyy = wt, wt * xt, wt * xt * xt
+
+    def E(weight, f, R):  # sum_i weight_i f_i R_i
+        return (weight * f * R).sum(-1).numpy()
+
+    gg = E(w1, gu, Rg[..., 0])
+    m1 = np.stack([E(wy, du, Rg[..., 0]), E(w1, du, Rg[..., 1])], -1)  # E[g'(u) g(v) y]
+    m1r = np.stack([E(wy, gu, Rd[..., 0]), E(w1, gu, Rd[..., 1])], -1)  # E[g(u) g'(v) y]
+    e2 = E(w1, du, Rd[..., 0])
+    s11, s12, s22 = E(wyy, du, Rd[..., 0]) - e2, E(wy, du, Rd[..., 1]), E(w1, du, Rd[..., 2]) - e2
+    Li = np.zeros((a11.size, 2, 2))  # L^{-T}: moments in y -> Stein form in z
+    Li[:, 0, 0], Li[:, 0, 1], Li[:, 1, 1] = 1 / a11, -a21 / (a11 * a22), 1 / a22
+    K = Li @ _cov(s11, s12, s22) @ Li.transpose(0, 2, 1)
+    b = np.einsum("mij,mj->mi", Li, m1)
+    br = np.einsum("mij,mj->mi", Li, m1r)[:, ::-1]
+    return np.column_stack([gg, b, e2, K.reshape(-1, 4), br])
+
+
+def _quad_pairs_collinear(act: Activation, s, a21, x, w) -> np.ndarray:
+    """Flat moments ``(m, 10)`` of collinear pairs ``u = s y``, ``v = (a21 / s) u`` (1-D rule, any ``g``)."""
+    xt, wt = torch.as_tensor(x), torch.as_tensor(w)
+    ratio = np.divide(a21, s, out=np.zeros_like(s), where=s > 0)
+    u = torch.as_tensor(s)[:, None] * xt[None, :]
+    vv = torch.as_tensor(ratio)[:, None] * u
+    gu, du, gv, dv = act(u), act.derivative(u), act(vv), act.derivative(vv)
+
+    def E1(F):
+        return (F * wt).sum(1).numpy()
+
+    p2 = du * dv
+    e2 = E1(p2)
+    sp = np.where(s > 0, s, 1.0)
+    # in the direction w_a: E[phi x] = (E[phi y]/s) w_a, E[phi x x^T] = E[phi] I + (E[phi y^2]-E[phi])/s^2 w_a w_a^T
+    b0 = np.where(s > 0, E1(du * gv * xt) / sp, 0.0)
+    br1 = np.where(s > 0, E1(gu * dv * xt) / sp, 0.0)  # reversed pair (w_c, w_a): on w_a, the 2nd slot
+    k00 = np.where(s > 0, (E1(p2 * xt * xt) - e2) / sp**2, 0.0)
+    zero = np.zeros_like(b0)
+    return np.column_stack([E1(gu * gv), b0, zero, e2, k00, zero, zero, zero, zero, br1])
+
+
+#: Stein's identity must hold to this (relative) for an activation marked smooth
+SMOOTHNESS_TOL = 1e-9
+
+
+def check_smooth(activation: str | Activation, variances) -> None:
+    """Raise if ``g`` is marked smooth but its autograd derivatives miss a kink or jump.
+
+    The derivative route (:func:`_stein_pairs`) trusts ``g'', g^(3)``; a kink makes
+    autograd return a derivative without its delta, and the quadrature would then
+    converge to a wrong value. Stein's identity ``E[h(s y) y] = s E[h'(s y)]`` for
+    ``h = g, g', g''`` at every scale ``s = sqrt(variance)`` catches that.
     """
     act = get_activation(activation)
-    c11, c12, c22 = (np.asarray(c, dtype=np.float64).ravel() for c in np.broadcast_arrays(c11, c12, c22))
+    s = np.sqrt(np.unique(np.asarray(variances, dtype=np.float64)))
+    x, w = normal_rule(QUADRATURE_ORDERS[-1])
+    xt, wt = torch.as_tensor(x), torch.as_tensor(w)
+    d = act.derivatives(torch.as_tensor(s)[:, None] * xt, 3)
+    for k in range(3):
+        lhs = (wt * xt * d[k]).sum(-1).numpy()
+        rhs = s * (wt * d[k + 1]).sum(-1).numpy()
+        scale = np.maximum(1.0, (wt * (xt * d[k]).abs()).sum(-1).numpy())
+        bad = np.abs(lhs - rhs) > SMOOTHNESS_TOL * scale
+        if bad.any():
+            i = int(np.argmax(np.abs(lhs - rhs) / scale))
+            raise NearoptError(
+                f"activation {act.name!r} is marked smooth, but Stein's identity between its derivatives of order {k} and "
+                f"{k + 1} fails by {abs(lhs[i] - rhs[i]):.2g} at scale {s[i]:.3g}: it has a kink or jump; register it with "
+                "smooth=False (quadrature then uses g and g' only) or give it a closed form"
+            )
+
+
+def _converge_pairs(evaluate: Callable[[np.ndarray, int], np.ndarray], m: int, order: int | None, tol: float) -> tuple[np.ndarray, int, float]:
+    """Per-pair refinement: ``evaluate(idx, n)`` ``(len(idx), k)`` until each pair's two last levels agree.
+
+    A pair is done once its change is ``<= tol * max(1, max|moment|)``; only the pairs
+    still open are evaluated at the next level (the diagonal pairs, one-dimensional,
+    often need more nodes than the rest). Returns the moments, the largest level
+    used and the largest accepted change.
+    """
+    if order is not None:
+        n = _check_order(order)
+        return evaluate(np.arange(m), n), n, float("nan")
+    open_ = np.arange(m)
+    prev = evaluate(open_, QUADRATURE_ORDERS[0])
+    out, used, worst = np.zeros_like(prev), QUADRATURE_ORDERS[0], 0.0
+    err = np.zeros(m)
+    for n in QUADRATURE_ORDERS[1:]:
+        if not open_.size:
+            break
+        cur = evaluate(open_, n)
+        err = np.abs(cur - prev).max(1)
+        ok = err <= tol * np.maximum(1.0, np.abs(cur).max(1))
+        out[open_[ok]] = cur[ok]
+        if ok.any():
+            used, worst = n, max(worst, float(err[ok].max()))
+        open_, prev = open_[~ok], cur[~ok]
+    if open_.size:
+        raise _not_converged(tol, float(err.max()))
+    return out, used, worst
+
+
+def quadrature_moments(activation: str | Activation, c11, c12, c22, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> tuple[PairMoments, PairMoments]:
+    """Stein-form moments by tensor quadrature for pairs ``(a, c)`` and the reversed ``(c, a)``.
+
+    ``c11, c12, c22`` broadcast to a shape ``S``; returns the moments of ``(a, c)``
+    and of ``(c, a)`` (covariance with ``c11`` and ``c22`` swapped). Each pair is
+    refined until two successive levels agree (:func:`_converge_pairs`) unless an
+    ``order`` (nodes per dimension) is given; ``order`` on the result is the largest
+    level any pair needed, ``error`` the largest accepted change.
+    """
+    act = get_activation(activation)
     shape = np.broadcast_shapes(np.shape(c11), np.shape(c12), np.shape(c22))
-    flat, n, err = _converge(lambda m: (_quad_block(act, c11, c12, c22, m), m), order, tol)
-    flat = flat.reshape(shape + (10,)) if shape else flat[0]
+    c11, c12, c22 = (np.asarray(c, dtype=np.float64).ravel() for c in np.broadcast_arrays(c11, c12, c22))
+    if act.is_smooth:
+        check_smooth(act, np.concatenate([c11, c22]))
+    flat, n, err = _converge_pairs(lambda idx, m: _quad_block(act, c11[idx], c12[idx], c22[idx], m), c11.size, order, tol)
+    flat = flat.reshape(shape + (10,))
     K = flat[..., 4:8].reshape(flat.shape[:-1] + (2, 2))
     fwd = PairMoments(flat[..., 0], flat[..., 1:3], flat[..., 3], K, "quadrature", n, err)
     rev = PairMoments(flat[..., 0], flat[..., 8:10], flat[..., 3], K[..., ::-1, ::-1], "quadrature", n, err)
@@ -337,7 +480,7 @@ def quadrature_moments(activation: str | Activation, c11, c12, c22, *, order: in
 def pair_moments(activation: str | Activation, gram: np.ndarray, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> PairMoments:
     """Moments of all ordered pairs of hidden units from the Gram matrix ``W1 W1^T`` ``(N_h, N_h)``.
 
-    Closed form when the activation has one, else Gauss–Hermite on the upper
+    Closed form when the activation has one, else quadrature on the upper
     triangle (the reversed pair comes from the same nodes). Arrays are
     ``(N_h, N_h)`` (``b``: ``(N_h, N_h, 2)``, ``K``: ``(N_h, N_h, 2, 2)``).
     """
