@@ -175,3 +175,26 @@ def test_experiments_quick(tmp_path):
         res = run_serial(exp, exp.config("quick"), tmp_path / name)
         assert res.passed, [c for c in res.checks if not c.passed]
         assert all(p.exists() and p.with_suffix(".pdf").exists() for p in res.figures)
+
+
+def test_flow_integrator_accuracy_and_stall_guard():
+    """The stepping driver matches exp(-lambda t); a rhs with noise above atol stalls and is stopped, not run forever."""
+    from nearopt.dynamics.train import MAX_FLOW_JACOBIANS, _integrate
+
+    lam = np.array([1.0, 1e-3, 1e-6])
+    t = np.concatenate([[0.0], np.logspace(-2, 6, 30)])
+    jac = lambda s, y: -np.diag(lam)  # noqa: E731
+    Y, stop = _integrate(lambda s, y: -lam * y, jac, np.ones(3), t, "BDF", 1e-9, 1e-14)
+    assert stop is None and np.max(np.abs(Y - np.exp(-np.outer(t, lam)))) < 1e-7
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def counting_jac(s, y):
+        calls.append(s)
+        return jac(s, y)
+
+    Y, stop = _integrate(lambda s, y: -lam * y + 1e-9 * rng.standard_normal(3), counting_jac, np.ones(3), t, "BDF", 1e-12, 1e-16)
+    assert stop is not None and 0 < stop < t[-1]
+    assert len(calls) == MAX_FLOW_JACOBIANS + 1
+    after = t > stop
+    assert np.all(np.isnan(Y[after])) and np.all(np.isfinite(Y[~after]))

@@ -78,7 +78,7 @@ def table(res) -> str:
     idx = np.unique(np.linspace(0, res.times.size - 1, min(12, res.times.size)).round().astype(int))
     pd = res.predicted_draw.mean(0)
     for i in idx:
-        flag = "" if res.valid[i] else "  (below float floor)"
+        flag = "" if res.valid[i] else "  (below float floor)" if np.isfinite(res.mean_loss[i]) else "  (a draw stalled before this time)"
         lines.append(f"{res.times[i]:12.6g} {res.mean_loss[i]:14.6e} {res.predicted_mean[i]:14.6e} {pd[i]:14.6e}{flag}")
     lines.append(f"max rel. error per draw vs its quadratic prediction: {d['max_rel_error_per_draw']:.3g}; "
                  f"<L> vs ensemble formula: {d['max_rel_error_mean']:.3g} (sampling noise ~ sqrt(2/K))")
@@ -88,6 +88,9 @@ def table(res) -> str:
                      f"exact {'flow' if res.flow else 'GD'} rate {-lt['rate_exact']:.6g} (rel. err {lt['rel_error_vs_exact']:.2e})")
     else:
         lines.append("late-time regime not reached before the horizon or the float floor; try more --steps (or --flow)")
+    if d["stalled_draws"]:
+        at = ", ".join(f"draw {x['draw']} at t={x['time']:.4g}" for x in d["stalled_draws"])
+        lines.append(f"integrator stalled near the rounding level ({at}); later points of those draws are left out")
     if res.diverged:
         lines.append("training DIVERGED: the quadratic picture does not apply (sigma0 too large?)")
     return "\n".join(lines)

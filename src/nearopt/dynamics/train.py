@@ -38,6 +38,10 @@ MAX_GD_STEPS = 2_000_000
 LATE_SHARE = 0.99
 #: measured points closer than this factor to the float floor are excluded from comparisons
 FLOOR_MARGIN = 1e4
+#: flow: a draw whose integrator needs more Jacobians than this has stalled (a healthy draw needs 1-5)
+MAX_FLOW_JACOBIANS = 40
+#: flow: ... or more steps than this
+MAX_FLOW_STEPS = 200_000
 
 
 def time_grid(t_max: float, points: int = 60, integer: bool = True) -> np.ndarray:
@@ -96,6 +100,8 @@ class Trajectory:
     distance: np.ndarray
     modes: np.ndarray
     diverged: bool = False
+    #: flow only: ``(draw, time)`` where the integrator stalled; later points of that draw are ``nan``
+    stalled: list[tuple[int, float]] = field(default_factory=list)
 
 
 def _record(obj: Objective, delta: torch.Tensor, U: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -174,14 +180,50 @@ def train_flow(
 
     K, P, T = delta0.shape[0], delta0.shape[1], t_eval.size
     loss, dist, modes = np.full((K, T), np.nan), np.full((K, T), np.nan), np.full((K, T, P), np.nan)
+    stalled = []
     for k in tqdm(range(K), disable=not progress, desc="flow", unit="draw"):
-        y0 = U.T @ delta0[k]
-        sol = integrate.solve_ivp(rhs, (0.0, t_eval[-1]), y0, method=method, t_eval=t_eval, jac=jac, rtol=rtol, atol=atol)
-        if not sol.success:
-            raise NearoptError(f"gradient-flow integration failed for draw {k}: {sol.message}")
-        Y = torch.as_tensor(sol.y.T)  # (T, P)
-        loss[k], dist[k], modes[k] = _record(obj, Y @ Ut.T, Ut)
-    return Trajectory(t_eval, loss, dist, modes)
+        Y, stop = _integrate(rhs, jac, U.T @ delta0[k], t_eval, method, rtol, atol)
+        if stop is not None:
+            stalled.append((k, stop))
+        done = np.all(np.isfinite(Y), axis=1)
+        loss[k, done], dist[k, done], modes[k, done] = _record(obj, torch.as_tensor(Y[done]) @ Ut.T, Ut)
+    return Trajectory(t_eval, loss, dist, modes, stalled=stalled)
+
+
+def _integrate(rhs, jac, y0: np.ndarray, t_eval: np.ndarray, method: str, rtol: float, atol: float) -> tuple[np.ndarray, float | None]:
+    """States ``(T, P)`` at ``t_eval`` (ascending, from 0) by stepping ``scipy.integrate``'s solver.
+
+    What ``solve_ivp`` does, plus a stall guard: near the rounding level of the
+    gradient the implicit solver's Newton iterations can keep failing, its steps
+    shrink and every step recomputes the Jacobian, so the run crawls without ever
+    failing. Past :data:`MAX_FLOW_JACOBIANS` Jacobians or :data:`MAX_FLOW_STEPS`
+    steps the draw stops; its remaining points are ``nan`` and the stop time is
+    returned (``None`` if it reached the end).
+    """
+    calls = [0]
+
+    def counted_jac(t, y):
+        calls[0] += 1
+        return jac(t, y)
+
+    solver_cls = {"BDF": integrate.BDF, "Radau": integrate.Radau, "LSODA": integrate.LSODA}[method]
+    solver = solver_cls(rhs, 0.0, y0, t_eval[-1], rtol=rtol, atol=atol, jac=counted_jac)
+    Y = np.full((t_eval.size, y0.size), np.nan)
+    i = int(np.searchsorted(t_eval, 0.0, side="right"))
+    Y[:i] = y0
+    steps = 0
+    while i < t_eval.size:
+        if calls[0] > MAX_FLOW_JACOBIANS or steps > MAX_FLOW_STEPS:
+            return Y, float(solver.t)
+        msg = solver.step()
+        steps += 1
+        if solver.status == "failed":
+            raise NearoptError(f"gradient-flow integration failed at t = {solver.t:.6g}: {msg}")
+        j = int(np.searchsorted(t_eval, solver.t, side="right"))
+        if j > i:
+            Y[i:j] = solver.dense_output()(t_eval[i:j]).T
+            i = j
+    return Y, None
 
 
 @dataclass
@@ -317,6 +359,7 @@ class DynamicsResult:
             "stable_lr_bound": 2.0 / spec.largest,
             "float_floor": self.floor,
             "diverged": self.diverged,
+            "stalled_draws": [{"draw": k, "time": t} for k, t in self.info.get("stalled", [])],
             "max_rel_error_per_draw": self.draw_error(),
             "max_rel_error_mean": self.mean_error(),
             "ensemble_deviation": self.ensemble_deviation(),
@@ -453,7 +496,7 @@ def run_dynamics(
         floor=floor,
         diverged=traj.diverged,
         objective_kind=obj.kind,
-        info={"c0": c0, "modes": traj.modes, "method": method, "rtol": rtol, "seed": seed, "layer_scales": layer_scales},
+        info={"c0": c0, "modes": traj.modes, "method": method, "rtol": rtol, "seed": seed, "layer_scales": layer_scales, "stalled": traj.stalled},
     )
 
 
