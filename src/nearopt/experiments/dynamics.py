@@ -211,6 +211,13 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
             checks.append(check_below(f"{name}: zero modes frozen (max |Δc_k| / |δ0|)", r["zero_mode_drift"], 1e-2))
         lines.append(f"| {name} | {r['condition_number']:.3g} | {r['max_rel_error_per_draw']:.2e} | {r['max_rel_error_mean']:.2f} | {_fmt(lt['slope_measured'], '.5g')} | {-lt['rate_continuous']:.5g} | {-lt['rate_exact']:.5g} | {_fmt(lt[ref], '.2e')} |")
     checks.append(check_below("soft edge: |fitted exponent of MP-curve + 1.5|", abs(edge["edge_exponent_mp"] + 1.5), 0.1, detail=f"exponent {edge['edge_exponent_mp']:.4f}"))
+    stalls = [
+        f"{r['activation']} {r['N_i']}x{r['N_h']}: {len(r['stalled_draws'])} of {r['draws']} draws stalled near the rounding level "
+        f"(first at t = {min(x['time'] for x in r['stalled_draws']):.4g} of {r['times'][-1]:.4g}); their later points are left out"
+        for r in trains if r.get("stalled_draws")
+    ]
+    if stalls:
+        lines.append("\n" + "; ".join(stalls) + ".")
     summary = (
         "Training from θ* + δ0 follows the quadratic prediction: for the linear student each draw's loss matches "
         "½Σλ_k(1−ηλ_k)^{2t}c_k(0)² to the relative error shown until the float floor; ⟨L⟩ against the ensemble formula "
