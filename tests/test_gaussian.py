@@ -193,3 +193,21 @@ def test_kinked_activation_marked_smooth_is_refused():
     # leaky(z) = 0.9 z + 0.1 relu(z): E[g(u) g(v)] = 0.81 c12 + 0.09 E[z relu] * 2 + 0.01 E[relu relu]
     expect = 0.81 * C + 0.09 * C + 0.01 * relu_part.gg  # E[u relu(v)] = c12 / 2
     assert np.abs(q.gg - expect).max() < 1e-3
+
+
+def test_non_smooth_quadrature_needs_an_explicit_order():
+    import torch
+
+    from nearopt.activations import CustomActivation
+
+    _, C, _, _ = _pairs()
+    leaky = CustomActivation("leaky", lambda z: torch.where(z > 0, z, 0.9 * z), smooth=False)
+    with pytest.raises(NearoptError, match="not smooth"):
+        G.pair_moments(leaky, C)
+
+
+def test_wide_preactivations_converge():
+    """Unit variances ~130 (tanh features of width ~0.1 in y) need the finest levels; still checked to 1e-12."""
+    c = np.array([[133.4, 40.0], [40.0, 95.3]])
+    fwd, _ = G.quadrature_moments("tanh", c[0, 0], c[0, 1], c[1, 1])
+    assert fwd.order > 1237 and fwd.error <= G.QUADRATURE_TOL * max(1.0, np.abs(fwd.K).max())

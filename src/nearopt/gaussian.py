@@ -51,7 +51,8 @@ from .errors import NearoptError
 
 #: nodes per dimension tried in turn until two successive levels agree (ratio ~1.5: the
 #: confirming level, which dominates the cost in two dimensions, is not much finer than needed)
-QUADRATURE_ORDERS = (33, 49, 73, 109, 163, 245, 367, 551, 825, 1237)
+#: (tanh needs ~163 at unit variance and ~1855 at variance ~130: features shrink like 1/std)
+QUADRATURE_ORDERS = (33, 49, 73, 109, 163, 245, 367, 551, 825, 1237, 1855, 2783)
 #: default agreement required between successive quadrature orders (absolute, on O(1) moments)
 QUADRATURE_TOL = 1e-12
 #: parallel pairs: ``1 - rho**2`` below this uses the one-dimensional formulas
@@ -108,7 +109,7 @@ def _cov(c11, c12, c22) -> np.ndarray:
 def normal_rule(order: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes and weights ``(order,)`` for ``E[f(y)]``, ``y ~ N(0, 1)``: trapezoid on ``[-L, L]``.
 
-    ``L = 7 + log2(order / 33)`` (7 at 33 nodes, 12 at 1056): finer levels also reach
+    ``L = 7 + log2(order / 33)`` (7 at 33 nodes, 13.4 at 2783): finer levels also reach
     further into the tail, so a truncated tail shows up as a change between levels.
     An odd ``order`` puts a node at 0.
     """
@@ -181,7 +182,7 @@ def _check_order(order) -> int:
 def _not_converged(tol: float, err: float) -> NearoptError:
     return NearoptError(
         f"quadrature did not converge to {tol:g} by {QUADRATURE_ORDERS[-1]} nodes per dimension (last change {err:.3g}); "
-        "the activation may be non-smooth: pass an explicit order or register a closed form"
+        "the activation may be non-smooth, or the pre-activations very wide (std >> 10): pass an explicit order or register a closed form"
     )
 
 
@@ -469,6 +470,11 @@ def quadrature_moments(activation: str | Activation, c11, c12, c22, *, order: in
     c11, c12, c22 = (np.asarray(c, dtype=np.float64).ravel() for c in np.broadcast_arrays(c11, c12, c22))
     if act.is_smooth:
         check_smooth(act, np.concatenate([c11, c22]))
+    elif order is None:  # a kink converges only algebraically: refining to 1e-12 would run for hours
+        raise NearoptError(
+            f"activation {act.name!r} is not smooth: its quadrature converges only algebraically; "
+            "pass an explicit order (e.g. 400 nodes: error ~1e-3) or register a closed form"
+        )
     flat, n, err = _converge_pairs(lambda idx, m: _quad_block(act, c11[idx], c12[idx], c22[idx], m), c11.size, order, tol)
     flat = flat.reshape(shape + (10,))
     K = flat[..., 4:8].reshape(flat.shape[:-1] + (2, 2))
