@@ -421,8 +421,8 @@ def check_smooth(activation: str | Activation, variances) -> None:
             i = int(np.argmax(np.abs(lhs - rhs) / scale))
             raise NearoptError(
                 f"activation {act.name!r} is marked smooth, but Stein's identity between its derivatives of order {k} and "
-                f"{k + 1} fails by {abs(lhs[i] - rhs[i]):.2g} at scale {s[i]:.3g}: it has a kink or jump; register it with "
-                "smooth=False (quadrature then uses g and g' only) or give it a closed form"
+                f"{k + 1} fails by {abs(lhs[i] - rhs[i]):.2g} at pre-activation std {s[i]:.3g}: it has a kink or jump (register it "
+                "with smooth=False: quadrature then uses g and g' only, or give it a closed form), or that std is too wide for the quadrature"
             )
 
 
