@@ -127,23 +127,30 @@ class Polynomial(Activation):
         return self._c.size - 1
 
     def __call__(self, z):
-        out = torch.zeros_like(z)
-        for ck in self._c[::-1]:  # Horner
-            out = out * z + float(ck)
-        return out
+        return _horner(self._c, z)
 
     def derivative(self, z):
-        return self.derivatives(z, 1)[1]
+        return _horner(_differentiate(self._c), z)
 
     def derivatives(self, z, order=3):
         out, c = [], self._c
         for _ in range(order + 1):
-            val = torch.zeros_like(z)
-            for ck in c[::-1]:  # Horner
-                val = val * z + float(ck)
-            out.append(val)
-            c = c[1:] * np.arange(1, c.size) if c.size > 1 else np.zeros(1)
+            out.append(_horner(c, z))
+            c = _differentiate(c)
         return out
+
+
+def _horner(c: np.ndarray, z: torch.Tensor) -> torch.Tensor:
+    """``sum_k c_k z**k`` elementwise (Horner)."""
+    out = torch.zeros_like(z)
+    for ck in c[::-1]:
+        out = out * z + float(ck)
+    return out
+
+
+def _differentiate(c: np.ndarray) -> np.ndarray:
+    """Coefficients of the derivative of ``sum_k c_k z**k``."""
+    return c[1:] * np.arange(1, c.size) if c.size > 1 else np.zeros(1)
 
 
 def monomial(p: int) -> Polynomial:
