@@ -1,6 +1,6 @@
 """The ``nearopt`` command line: a thin layer over the Python API.
 
-Each subcommand lives in its own module of this package and exposes
+Each subcommand lives in its own module ``cmd_<name>.py`` of this package and exposes
 ``COMMAND`` (its name), ``ORDER`` (position in ``--help``) and
 ``register(subparsers)``, which adds a parser whose ``func`` default takes the
 parsed arguments and returns an exit status. Modules are discovered
@@ -31,7 +31,7 @@ class Parser(argparse.ArgumentParser):
 def _command_modules():
     mods = []
     for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name == "common":
+        if not info.name.startswith("cmd_"):
             continue
         mod = importlib.import_module(f"{__name__}.{info.name}")
         if hasattr(mod, "register"):

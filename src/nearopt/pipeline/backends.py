@@ -17,6 +17,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterator
 
+import torch
+
+try:  # Dask is an optional extra: only --scheduler needs it
+    import distributed
+except ImportError:  # pragma: no cover - depends on the installation
+    distributed = None
+
 from ..errors import NearoptError
 
 Task = tuple[Any, Callable[[dict[str, Any]], dict[str, Any]], dict[str, Any]]
@@ -33,8 +40,6 @@ def limit_threads(threads: int) -> None:
     global _limited_to
     if _limited_to == threads:
         return
-    import torch
-
     torch.set_num_threads(threads)
     _limited_to = threads
 
@@ -132,24 +137,20 @@ class DaskBackend:
         self.description = f"Dask scheduler {address}"
 
     def _client(self):
-        from dask.distributed import Client
-
         try:
-            return Client(self.address, timeout=self.timeout, set_as_default=False)
+            return distributed.Client(self.address, timeout=self.timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise NearoptError(f"cannot connect to the Dask scheduler at {self.address}: {exc}") from None
 
     def run(self, tasks: list[Task]) -> Iterator[tuple[Any, Any]]:
         if not tasks:
             return
-        from dask.distributed import as_completed as dask_as_completed
-
         client = self._client()
         futures = {}
         try:
             for tid, fn, cell in tasks:
                 futures[client.submit(run_task, fn, cell, 1, pure=False)] = tid
-            for fut in dask_as_completed(list(futures), loop=client.loop):
+            for fut in distributed.as_completed(list(futures), loop=client.loop):
                 if fut.status == "error":
                     yield futures[fut], fut.exception()
                 elif fut.status == "cancelled":

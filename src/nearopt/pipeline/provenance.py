@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import __version__
 
 PACKAGES = ("numpy", "scipy", "torch", "matplotlib", "dask", "distributed")
@@ -55,11 +57,9 @@ def device_info() -> dict[str, Any]:
     """CPU count and, if torch sees one, the CUDA device (experiments default to CPU)."""
     info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cuda": None}
     try:
-        import torch
-
         if torch.cuda.is_available():
             info["cuda"] = torch.cuda.get_device_name(0)
-    except ImportError:  # torch is a dependency, but provenance must never fail
+    except RuntimeError:  # a broken CUDA setup must not stop the report
         pass
     return info
 

@@ -22,6 +22,7 @@ import os
 import sys
 import time
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ from tqdm import tqdm
 
 from .. import io
 from ..errors import NearoptError
+from ..experiments import all_experiments, base
 from ..experiments.base import Experiment, ExperimentResult
+from . import selftest  # noqa: F401 - registers the pipeline's self-test experiment
 from .backends import make_backend
 from .cache import CellCache, cell_key, jsonable
 from .provenance import find_seeds, utc_now
@@ -43,11 +46,6 @@ SELFTEST = "selftest"
 
 def get(name: str) -> Experiment:
     """The registered experiment ``name``; ``selftest`` is loaded on demand."""
-    from ..experiments import base
-
-    if name == SELFTEST:
-        from . import selftest  # noqa: F401 - registers itself
-
     if name not in base._REGISTRY:
         return base.get_experiment(name)  # loads every module; clear error if still unknown
     return base._REGISTRY[name]
@@ -55,8 +53,6 @@ def get(name: str) -> Experiment:
 
 def study_experiments() -> list[Experiment]:
     """Every experiment of the study (the registry without the pipeline's ``selftest``)."""
-    from ..experiments import all_experiments
-
     return [e for e in all_experiments() if e.name != SELFTEST]
 
 
@@ -216,8 +212,6 @@ def _finalize(run: ExperimentRun, t_start: float) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    from concurrent.futures.process import BrokenProcessPool
-
     if isinstance(exc, BrokenProcessPool):
         return "a worker process died (killed or out of memory); rerun to resume from the finished cells\n"
     return "".join(traceback.format_exception(exc))

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import NearoptError
+from ..pipeline import get, reproduce, study_experiments
 from .common import positive_int
-from .reproduce import add_run_args, command_line, finish, interrupted, split_setting
+from .cmd_reproduce import add_run_args, command_line, finish, interrupted, split_setting
 
 COMMAND = "experiment"
 ORDER = 6
@@ -29,8 +30,6 @@ def register(sub) -> None:
 
 
 def list_experiments() -> int:
-    from ..pipeline import get, study_experiments
-
     exps = study_experiments() + [get("selftest")]
     width = max(len(e.name) for e in exps)
     for e in exps:
@@ -40,8 +39,6 @@ def list_experiments() -> int:
 
 
 def run(args) -> int:
-    from ..pipeline import get, reproduce
-
     if args.list:
         if args.name:
             raise NearoptError("give either --list or an experiment NAME, not both")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from .. import io
 from ..errors import NearoptError
+from ..hessian.population import population_spectrum
 from ..spectrum import BATCH_METHODS, Spectrum, batch_spectrum
 from .common import add_data_args, add_network_args, emit_json, inputs_from_args, network_from_args, positive_float, positive_int
 
@@ -43,8 +45,6 @@ def compute(args) -> Spectrum:
     net = network_from_args(args)
     X = inputs_from_args(args, net)
     if X is None:
-        from ..hessian.population import population_spectrum
-
         method = args.method
         if method not in POPULATION_METHODS:
             raise NearoptError(f"--method {method} is not a population method; choose from {', '.join(POPULATION_METHODS)}")
@@ -85,8 +85,6 @@ def run(args) -> int:
         if args.json:
             emit_json(spec.to_dict(), args.out)
         else:
-            from .. import io
-
             io.write_json(args.out, spec.to_dict())
             print(summary(spec))
     else:

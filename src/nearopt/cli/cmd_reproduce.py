@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from ..errors import NearoptError
+from ..pipeline import reproduce, summary_table
 from .common import emit_json, positive_int
 
 COMMAND = "reproduce"
@@ -86,8 +87,6 @@ def command_line(args: argparse.Namespace, head: list[str]) -> str:
 
 def finish(study, args, report_path) -> int:
     """Print the summary (or JSON) and return the exit status."""
-    from ..pipeline import summary_table
-
     if args.json:
         emit_json({"passed": study.passed, "report": str(report_path), "provenance": study.provenance, "experiments": [r.to_dict(args.out) for r in study.runs]}, None)
     else:
@@ -108,8 +107,6 @@ def interrupted(out: str) -> int:
 
 
 def run(args) -> int:
-    from ..pipeline import reproduce
-
     overrides = parse_overrides(args.set)
     try:
         study = reproduce(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import io
 from ..dynamics import make_objective, run_dynamics
 from ..errors import NearoptError
 from .common import add_data_args, add_network_args, emit_json, inputs_from_args, network_from_args, nonneg_int, positive_float, positive_int
@@ -104,8 +105,6 @@ def run(args) -> int:
         emit_json(res.to_dict(), args.out)
     else:
         if args.out:
-            from .. import io
-
             io.write_json(args.out, res.to_dict())
         print(table(res))
     return 0
