@@ -23,22 +23,65 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest existing ancestor."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def check_output_path(path: str | os.PathLike, *, directory: bool = False, suffix: str | None = None) -> Path:
+    """Check, before any computation, that ``path`` can be written; return it as a ``Path``.
+
+    A file target must not be a folder; a folder target (``directory=True``)
+    must not be a file; the closest existing ancestor must be a writable folder
+    (so the missing parents can be created), not a file. ``suffix`` (``".npz"``)
+    is required of file names when given. Raises :class:`NearoptError` with one
+    line naming the problem. Nothing is created.
+    """
+    path = Path(path)
+    if str(path) == "" or path.name in ("", ".", "..") and not directory:
+        raise NearoptError(f"output path {str(path)!r} is not a file name")
+    if suffix is not None and path.suffix != suffix:
+        raise NearoptError(f"output file must end in {suffix}: {path}")
+    if path.exists():
+        if directory and not path.is_dir():
+            raise NearoptError(f"output folder {path} is a file")
+        if not directory and path.is_dir():
+            raise NearoptError(f"output file {path} is a folder")
+    parent = path if directory else path.parent
+    existing = _nearest_existing(parent.resolve() if not parent.is_absolute() else parent)
+    if not existing.is_dir():
+        raise NearoptError(f"cannot write {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NearoptError(f"cannot write {path}: folder {existing} is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place on success.
 
     The temporary file keeps ``path``'s suffix so that libraries choosing a
     format by extension (matplotlib, ``np.savez``) behave as for ``path``.
+    Failures of the file system (no permission, a folder in the way, disk
+    full) become one-line :class:`NearoptError`; the previous file is kept.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+        os.close(fd)
+    except OSError as exc:
+        raise NearoptError(f"cannot write {path}: {exc.strerror or exc}") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
+    except OSError as exc:
+        raise NearoptError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

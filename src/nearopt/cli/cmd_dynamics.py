@@ -6,8 +6,20 @@ import numpy as np
 
 from .. import io
 from ..dynamics import make_objective, run_dynamics
-from ..errors import NearoptError
-from .common import add_data_args, add_network_args, emit_json, inputs_from_args, network_from_args, nonneg_int, positive_float, positive_int
+from ..errors import NearoptError, require_finite
+from .common import (
+    add_data_args,
+    add_network_args,
+    check_network_finite,
+    emit_json,
+    inputs_from_args,
+    network_from_args,
+    nonneg_int,
+    numerics,
+    positive_float,
+    positive_int,
+    require_dense_memory,
+)
 
 COMMAND = "dynamics"
 ORDER = 40
@@ -48,7 +60,20 @@ def register(sub) -> None:
 
 def compute(args):
     net = network_from_args(args)
+    # the quadratic prediction diagonalises the P x P Hessian
+    require_dense_memory(net.n_params, "the Hessian eigendecomposition of the prediction", ["smaller --ni/--nh"])
     X = inputs_from_args(args, net)
+    check_network_finite(net, X)
+    cause = f"activation {net.activation.name}, N_i={net.n_inputs}, N_h={net.n_hidden}, {'population' if X is None else f'N={X.shape[0]}'}"
+    with numerics("the dynamics", cause):
+        res = _run(args, net, X)
+    d = res.to_dict(arrays=False)
+    require_finite([d["lambda_max"], d["lr"]], "Hessian eigenvalues and step size of the dynamics", cause)
+    require_finite(res.predicted_mean, "predicted loss curve", cause)
+    return res
+
+
+def _run(args, net, X):
     obj = make_objective(net, X)
     return run_dynamics(
         net,

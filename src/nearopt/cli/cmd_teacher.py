@@ -18,7 +18,7 @@ def register(sub) -> None:
     )
     add_teacher_size_args(p, required=True)
     p.add_argument("--out", "-o", required=True, metavar="FILE.npz", help="output file (must end in .npz)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, out_suffix=".npz")
 
 
 def run(args) -> int:

@@ -1,16 +1,24 @@
-"""Options shared by several commands: the network and its inputs."""
+"""Options shared by several commands: the network and its inputs, and checks made before computing."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from typing import Iterator
 
 import numpy as np
+import torch
 
 from .. import io
 from ..activations import available_activations, get_activation
-from ..errors import NearoptError, require_positive_int
+from ..errors import NearoptError, require_finite, require_positive_int
 from ..model import TwoLayerNet, sample_inputs, sample_teacher
+from ..resources import dense_bytes, require_memory
+
+#: copies of a P x P float64 matrix a dense batch route holds at once (matrix,
+#: factor or eigensolver workspace); a deliberate over- rather than under-estimate
+DENSE_COPIES = 3
 
 
 def positive_int(text: str) -> int:
@@ -99,8 +107,56 @@ def inputs_from_args(args: argparse.Namespace, net: TwoLayerNet) -> np.ndarray |
     if args.inputs:
         return io.load_inputs(args.inputs, net.n_inputs)
     if args.samples is not None:
-        return sample_inputs(require_positive_int(args.samples, "--samples"), net.n_inputs, seed=args.data_seed)
+        n = require_positive_int(args.samples, "--samples")
+        require_memory(dense_bytes((n, net.n_inputs)), f"{n} inputs of width {net.n_inputs} (--samples)", "fewer --samples")
+        return sample_inputs(n, net.n_inputs, seed=args.data_seed)
     return None
+
+
+def require_dense_memory(n_params: int, what: str, alternatives: list[str], device: str = "cpu", copies: float = DENSE_COPIES) -> None:
+    """Refuse (one line) before a dense ``P x P`` float64 route that cannot fit: see :func:`nearopt.resources.require_memory`."""
+    dev = "cpu" if device in (None, "auto") else device
+    require_memory(dense_bytes(n_params, np.float64, copies), f"{what} (P = {n_params}, {copies:g} dense P x P float64)", alternatives, device=dev)
+
+
+#: population checks evaluate g, g' out to this many standard deviations of the pre-activations
+POPULATION_SIGMAS = 10.0
+
+
+def check_network_finite(net: TwoLayerNet, X: np.ndarray | None) -> None:
+    """Refuse inputs on which the activation or its derivative overflow float64 (before any Hessian is built).
+
+    Every batch Hessian is assembled from ``g(W1 x)`` and ``g'(W1 x)``; if either
+    is NaN or infinite the spectrum is meaningless, so say which input caused it.
+    For the population (``X is None``) the pre-activations are Gaussian with
+    variance ``|w_i|^2``; ``g`` and ``g'`` are checked out to
+    :data:`POPULATION_SIGMAS` standard deviations, where the expectations'
+    quadrature reaches.
+    """
+    W1 = torch.as_tensor(net.W1, dtype=torch.float64)
+    if X is None:
+        sd = float(W1.square().sum(1).max().sqrt())
+        z = torch.linspace(-POPULATION_SIGMAS, POPULATION_SIGMAS, 201, dtype=torch.float64) * sd
+        what = f"Gaussian pre-activations (std up to {sd:.3g}, checked to {POPULATION_SIGMAS:g} std)"
+    else:
+        z = torch.as_tensor(X, dtype=torch.float64) @ W1.T  # (N, N_h)
+        what = "the inputs"
+    zmax = float(z.abs().max()) if z.numel() else 0.0
+    cause = f"activation {net.activation.name} on {what}, |W1 x| up to {zmax:.3g}; use smaller inputs or weights, or another activation"
+    require_finite(z, "pre-activations W1 x", "the inputs or weights are too large for float64")
+    with torch.no_grad():
+        require_finite(net.activation(z), "activation g(W1 x)", cause)
+        require_finite(net.activation.derivative(z), "derivative g'(W1 x)", cause)
+
+
+@contextlib.contextmanager
+def numerics(what: str, cause: str) -> Iterator[None]:
+    """Turn failures of the linear algebra on non-finite or degenerate numbers into one-line errors naming ``cause``."""
+    try:
+        yield
+    except (np.linalg.LinAlgError, torch.linalg.LinAlgError, FloatingPointError, ZeroDivisionError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NearoptError(f"{what} failed ({msg}); input: {cause}") from None
 
 
 def emit_json(data, out: str | None) -> None:
