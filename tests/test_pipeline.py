@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from nearopt.cli import main
+from nearopt.experiments import base as experiments_base
+from nearopt.experiments.base import Experiment, ExperimentResult
 from nearopt.pipeline import CellCache, cell_key, get, reproduce
 from nearopt.pipeline.report import markdown_html
 
@@ -55,6 +57,7 @@ def test_cell_key_is_stable_and_changes_with_everything_that_matters():
     assert cell_key(SELFTEST, dict(cell, shift=1e-12)) != key
     assert cell_key(dataclasses.replace(SELFTEST, version="2"), cell) != key
     assert cell_key(dataclasses.replace(SELFTEST, name="other"), cell) != key
+    assert cell_key(SELFTEST, cell, threads=1) != cell_key(SELFTEST, cell, threads=2)  # round-off depends on threads
 
 
 def test_cache_round_trip_ignores_corrupt_and_foreign_entries(tmp_path):
@@ -131,12 +134,30 @@ def test_failing_check_gives_exit_status_1_and_a_failing_report(tmp_path, capsys
     assert "some checks fail" in html and 'class="fail-row"' in html
 
 
-def test_a_failing_cell_is_reported_and_finished_cells_are_kept(tmp_path, capsys):
-    # standard_normal(-1) raises; the other cells still run and are cached.
-    code, out, err = cli(capsys, "reproduce", "--only", "selftest", "--out", str(tmp_path), "-j", "1", "-q", "--set", "selftest.sizes=[10,-1]", "--set", "selftest.seeds=2")
+def _half_failing_cell(cell):
+    if cell["x"] < 0:
+        raise ValueError(f"negative x = {cell['x']}")
+    return {"x": cell["x"]}
+
+
+HALF_FAILING = Experiment(
+        name="test-half-failing",
+        description="two of four cells raise",
+        quick={"xs": [1.0, -1.0], "seeds": 2},
+        full={"xs": [1.0, -1.0], "seeds": 2},
+        cells=lambda c: [{"x": x, "seed": s} for x in c["xs"] for s in range(c["seeds"])],
+        run_cell=_half_failing_cell,
+        finalize=lambda config, cells, results, out_dir: ExperimentResult("test-half-failing", []),
+)
+
+
+def test_a_failing_cell_is_reported_and_finished_cells_are_kept(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(experiments_base._REGISTRY, HALF_FAILING.name, HALF_FAILING)  # registered for this test only
+    # cells with x < 0 raise; the other cells still run and are cached.
+    code, out, err = cli(capsys, "reproduce", "--only", HALF_FAILING.name, "--out", str(tmp_path), "-j", "1", "-q")
     assert code == 1
     assert "2 of 4 cells failed" in out and "ValueError" in err
-    assert len(list((tmp_path / "cache" / "selftest").glob("*.json"))) == 2
+    assert len(list((tmp_path / "cache" / HALF_FAILING.name).glob("*.json"))) == 2
 
 
 @pytest.mark.parametrize(
@@ -213,15 +234,15 @@ def test_interrupted_local_run_resumes_without_redoing_finished_cells(tmp_path):
     pool_workers = {json.loads(p.read_text())["worker"] for p in cache.glob("[!.]*.json")}
     assert pool_workers and not any(w.endswith(f":{proc.pid}") for w in pool_workers)  # ran in worker processes
 
-    # kill -9 of a run in one process (cells are keyed alike whatever the backend).
-    proc = subprocess.Popen(argv + ["--jobs", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # kill -9 of the run and its workers (same --jobs: same threads per cell, same keys).
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     _wait_for(lambda: len(cached()) >= len(stops[0][0]) + 3, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     stops.append((cached(), logs()))
     assert stops[0][0] < stops[1][0] and len(stops[1][0]) < 12
 
-    done = subprocess.run(argv + ["--jobs", "1"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(cached()) == 12
 
@@ -251,6 +272,5 @@ def test_same_sweep_runs_on_a_dask_cluster_given_by_address(tmp_path):
     assert all(not e["worker"].endswith(f":{os.getpid()}") for e in entries)  # ran on the workers
     serial = reproduce(["selftest"], overrides=small(), out=tmp_path / "serial", jobs=1, quiet=True)
     assert {c.name: c.measured for c in study.runs[0].checks} == {c.name: c.measured for c in serial.runs[0].checks}
-    assert sorted(p.name for p in (tmp_path / "dask" / "cache" / "selftest").iterdir()) == sorted(
-        p.name for p in (tmp_path / "serial" / "cache" / "selftest").iterdir()
-    )
+    cells = SELFTEST.cells(SELFTEST.config("quick", SMALL))  # Dask workers run one thread per cell
+    assert sorted(p.stem for p in (tmp_path / "dask" / "cache" / "selftest").iterdir()) == sorted(cell_key(SELFTEST, c, threads=1) for c in cells)

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import NearoptError
 from ..pipeline import get, reproduce, study_experiments
 from .common import positive_int
-from .cmd_reproduce import add_run_args, command_line, finish, interrupted, split_setting
+from .cmd_reproduce import add_run_args, command_line, finish, interrupted, run_options, split_setting
 
 COMMAND = "experiment"
 ORDER = 6
@@ -58,17 +58,13 @@ def run(args) -> int:
             args.size,
             {exp.name: overrides} if overrides else None,
             args.out,
-            jobs=args.jobs,
-            scheduler=args.scheduler,
-            cache=not args.no_cache,
-            fresh=args.fresh,
-            quiet=args.quiet or args.json,
             command=command_line(args, ["experiment", exp.name]),
             report_root=out_dir,
             title=f"nearopt experiment {exp.name}",
+            **run_options(args),
         )
-    except KeyboardInterrupt:
-        return interrupted(args.out)
+    except KeyboardInterrupt as exc:
+        return interrupted(args.out, exc)
     if not args.json:
         for c in study.runs[0].checks:
             print(f"{'pass' if c.passed else 'FAIL'}  {c.name}: measured {c.measured}, expected {c.expected} ({c.tolerance})")

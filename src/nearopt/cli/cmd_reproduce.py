@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import NearoptError
 from ..pipeline import reproduce, summary_table
-from .common import emit_json, positive_int
+from .common import emit_json, nonneg_float, positive_float, positive_int
 
 COMMAND = "reproduce"
 ORDER = 5
@@ -52,11 +52,36 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(size="quick")
     p.add_argument("--out", default="results", metavar="DIR", help="output folder: DIR/<experiment>/ data and figures, DIR/cache/ finished cells (default results)")
     p.add_argument("--jobs", "-j", type=positive_int, default=None, metavar="N", help="local worker processes (default: all cores; 1 runs in this process)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="run the cells on the Dask distributed scheduler at ADDRESS (e.g. tcp://10.0.0.5:8786)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run the cells on the Dask distributed scheduler at ADDRESS (e.g. tcp://10.0.0.5:8786; needs nearopt[dask])")
+    p.add_argument("--scheduler-timeout", type=positive_float, default=30.0, metavar="S", help="--scheduler: seconds to wait for the scheduler to answer (default 30)")
+    p.add_argument("--worker-wait", type=_seconds_or_forever, default=60.0, metavar="S",
+                   help="--scheduler: stop after S seconds with no worker connected (default 60); 'forever' keeps waiting")
+    p.add_argument("--lock-wait", type=nonneg_float, default=0.0, metavar="S",
+                   help="if another run is writing to --out, wait up to S seconds for it (default 0: stop at once)")
     p.add_argument("--no-cache", action="store_true", help="neither reuse nor store finished cells")
     p.add_argument("--fresh", action="store_true", help="recompute every cell (still storing the new results in the cache)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's record (checks, timings, provenance) as JSON instead of the table")
+    p.set_defaults(out_is_dir=True)
+
+
+def _seconds_or_forever(text: str) -> float | None:
+    """argparse type of ``--worker-wait``: seconds > 0, or ``forever`` (``None``)."""
+    return None if text.strip().lower() in ("forever", "inf") else positive_float(text)
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`nearopt.pipeline.reproduce` common to ``reproduce`` and ``experiment``."""
+    return {
+        "jobs": args.jobs,
+        "scheduler": args.scheduler,
+        "cache": not args.no_cache,
+        "fresh": args.fresh,
+        "quiet": args.quiet or args.json,
+        "scheduler_timeout": args.scheduler_timeout,
+        "worker_wait": args.worker_wait,
+        "lock_wait": args.lock_wait,
+    }
 
 
 def register(sub) -> None:
@@ -101,8 +126,9 @@ def finish(study, args, report_path) -> int:
     return 0 if study.passed else 1
 
 
-def interrupted(out: str) -> int:
-    print(f"nearopt: interrupted; finished cells are kept in {out}/cache, run the same command again to resume", file=sys.stderr)
+def interrupted(out: str, exc: BaseException | None = None) -> int:
+    why = "terminated" if type(exc).__name__ == "Terminated" else "interrupted"
+    print(f"nearopt: {why}; workers stopped, finished cells are kept in {out}/cache, run the same command again to resume", file=sys.stderr)
     return 130
 
 
@@ -114,13 +140,9 @@ def run(args) -> int:
             args.size,
             overrides,
             args.out,
-            jobs=args.jobs,
-            scheduler=args.scheduler,
-            cache=not args.no_cache,
-            fresh=args.fresh,
-            quiet=args.quiet or args.json,
             command=command_line(args, ["reproduce"] + (["--only", *args.only] if args.only else [])),
+            **run_options(args),
         )
-    except KeyboardInterrupt:
-        return interrupted(args.out)
+    except KeyboardInterrupt as exc:
+        return interrupted(args.out, exc)
     return finish(study, args, study.paths["html"])

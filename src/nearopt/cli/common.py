@@ -54,6 +54,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (np.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def add_teacher_size_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     g = p.add_argument_group("random teacher")
     g.add_argument("--ni", type=positive_int, required=required, help="input width N_i")

@@ -12,8 +12,12 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import re
+import signal
 import socket
+import threading
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterator
 
@@ -27,6 +31,11 @@ except ImportError:  # pragma: no cover - depends on the installation
 from ..errors import NearoptError
 
 Task = tuple[Any, Callable[[dict[str, Any]], dict[str, Any]], dict[str, Any]]
+
+#: how often a worker checks that its driver is still alive
+PARENT_POLL_SECONDS = 1.0
+#: how often the Dask driver looks at its futures
+POLL_SECONDS = 0.05
 
 # Thread pools of the numerical libraries read these when they load, so they
 # must be in a worker's environment before it starts.
@@ -76,10 +85,29 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _watch_parent(parent: int) -> None:
+    """Worker initializer: ignore Ctrl-C (the driver stops the pool) and exit if the driver dies.
+
+    A driver killed with SIGKILL runs no cleanup, and spawned workers would
+    otherwise keep computing cells nobody will read, forever.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nearopt-parent-watch", daemon=True).start()
+
+
 class SerialBackend:
     """Run cells one after another in this process (``--jobs 1``; easiest to debug)."""
 
     description = "this process"
+
+    def __init__(self) -> None:
+        self.threads = torch.get_num_threads()  # what the cells run with here (part of their cache key)
 
     def run(self, tasks: list[Task]) -> Iterator[tuple[Any, Any]]:
         for tid, fn, cell in tasks:
@@ -91,7 +119,12 @@ class SerialBackend:
 
 
 class LocalBackend:
-    """A pool of ``jobs`` spawned worker processes, each with ``cores // jobs`` threads."""
+    """A pool of ``jobs`` spawned worker processes, each with ``cores // jobs`` threads.
+
+    When the run stops early (Ctrl-C, SIGTERM turned into an exception by the
+    CLI, an error) the running workers are terminated at once; a worker whose
+    driver died exits by itself (:func:`_watch_parent`).
+    """
 
     def __init__(self, jobs: int):
         if jobs < 1:
@@ -104,7 +137,7 @@ class LocalBackend:
         if not tasks:
             return
         ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-        pool = ProcessPoolExecutor(min(self.jobs, len(tasks)), mp_context=ctx)
+        pool = ProcessPoolExecutor(min(self.jobs, len(tasks)), mp_context=ctx, initializer=_watch_parent, initargs=(os.getpid(),))
         finished = False
         try:
             # Workers start during submit and keep the environment they started with.
@@ -123,52 +156,124 @@ class LocalBackend:
             pool.shutdown(wait=finished, cancel_futures=True)
 
 
+_ADDRESS = re.compile(r"(?:(tcp|tls|ucx|ws|wss)://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+
+
+def check_address(address: str) -> str:
+    """Validate a Dask scheduler address (``tcp://host:port``, ``host:port``, ``tls://...``) without connecting."""
+    m = _ADDRESS.fullmatch(address.strip()) if isinstance(address, str) else None
+    if m is None or not 0 < int(m.group(3)) < 65536:
+        raise NearoptError(f"malformed Dask scheduler address {address!r}; expected tcp://HOST:PORT, e.g. tcp://10.0.0.5:8786")
+    return address.strip()
+
+
 class DaskBackend:
     """Submit cells to the Dask distributed scheduler at ``address`` (``tcp://host:port``).
 
-    The workers need ``nearopt`` importable (same version) to unpickle the
+    The workers need ``nearopt`` importable (same source) to unpickle the
     experiments' ``run_cell`` functions. Each task caps torch at one thread,
     as Dask runs one task per worker thread.
+
+    Failures of the cluster end the run with one :class:`NearoptError` line
+    (finished cells are already stored by the driver): a malformed address
+    (checked before connecting), a scheduler that does not answer within
+    ``timeout`` seconds or goes away mid-run, and no workers for
+    ``worker_wait`` seconds (``None``: keep waiting, saying so once).
     """
 
-    def __init__(self, address: str, timeout: float = 30.0):
-        self.address = address
+    threads = 1
+
+    def __init__(self, address: str, timeout: float = 30.0, worker_wait: float | None = 60.0, poll: float = 1.0):
+        if distributed is None:
+            raise NearoptError("--scheduler needs Dask's distributed package: pip install 'nearopt[dask]' (or 'dask[distributed]')")
+        self.address = check_address(address)
         self.timeout = timeout
-        self.description = f"Dask scheduler {address}"
+        self.worker_wait = worker_wait
+        self.poll = poll
+        self.description = f"Dask scheduler {self.address}"
 
     def _client(self):
         try:
             return distributed.Client(self.address, timeout=self.timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise NearoptError(f"cannot connect to the Dask scheduler at {self.address}: {exc}") from None
+            text = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise NearoptError(f"cannot connect to the Dask scheduler at {self.address} within {self.timeout:g} s: {text}") from None
+
+    def _lost(self, done: int, total: int, why: str) -> NearoptError:
+        return NearoptError(f"lost the Dask scheduler at {self.address} ({why}) after {done} of {total} cells; finished cells are kept, rerun to resume")
+
+    def _workers(self, client) -> int:
+        return len(client.nthreads())
 
     def run(self, tasks: list[Task]) -> Iterator[tuple[Any, Any]]:
         if not tasks:
             return
         client = self._client()
-        futures = {}
+        futures: dict[Any, Any] = {}
+        done = 0
         try:
-            for tid, fn, cell in tasks:
-                futures[client.submit(run_task, fn, cell, 1, pure=False)] = tid
-            for fut in distributed.as_completed(list(futures), loop=client.loop):
-                if fut.status == "error":
-                    yield futures[fut], fut.exception()
-                elif fut.status == "cancelled":
-                    yield futures[fut], RuntimeError("the Dask scheduler cancelled this cell (worker lost?)")
-                else:
-                    yield futures[fut], fut.result()
+            try:
+                for tid, fn, cell in tasks:
+                    futures[client.submit(run_task, fn, cell, 1, pure=False)] = tid
+            except Exception as exc:  # noqa: BLE001 - any failure of the cluster machinery is a lost scheduler
+                raise self._lost(0, len(tasks), type(exc).__name__) from None
+            pending = set(futures)
+            no_workers_since: float | None = None
+            last_check = time.monotonic()
+            warned = False
+            while pending:
+                # The client's own thread updates the futures; polling them keeps every wait bounded.
+                finished = [f for f in pending if f.done()]
+                for fut in finished:
+                    pending.discard(fut)
+                    done += 1
+                    if fut.status == "error":
+                        outcome: Any = fut.exception()
+                    elif fut.status == "finished":
+                        outcome = fut.result()
+                    else:  # cancelled or lost: the scheduler went away or dropped the task
+                        raise self._lost(done - 1, len(tasks), f"task {fut.status}")
+                    yield futures[fut], outcome
+                if finished or not pending:
+                    continue
+                time.sleep(POLL_SECONDS)
+                if time.monotonic() - last_check < self.poll:
+                    continue
+                last_check = time.monotonic()
+                if client.status not in ("running", "connecting"):
+                    raise self._lost(done, len(tasks), f"client {client.status}")
+                try:
+                    workers = self._workers(client)
+                except Exception as exc:  # noqa: BLE001 - any failure of the cluster machinery is a lost scheduler
+                    raise self._lost(done, len(tasks), type(exc).__name__) from None
+                if workers:
+                    no_workers_since = None
+                    continue
+                now = time.monotonic()
+                no_workers_since = no_workers_since or now
+                waited = now - no_workers_since
+                if self.worker_wait is not None and waited >= self.worker_wait:
+                    raise NearoptError(
+                        f"no Dask workers connected to {self.address} for {waited:.0f} s ({done} of {len(tasks)} cells done); "
+                        f"start workers with `dask worker {self.address}`, or wait longer with --worker-wait"
+                    )
+                if self.worker_wait is None and not warned and waited >= 60.0:
+                    warnings.warn(f"no Dask workers connected to {self.address} for 60 s; still waiting (Ctrl-C stops, finished cells are kept)", stacklevel=2)
+                    warned = True
         finally:
-            pending = [f for f in futures if not f.done()]
-            if pending:
-                client.cancel(pending)
-            client.close()
+            with contextlib.suppress(Exception):
+                pending_futures = [f for f in futures if not f.done()]
+                if pending_futures:
+                    client.cancel(pending_futures)
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
 
 
-def make_backend(jobs: int | None = None, scheduler: str | None = None):
+def make_backend(jobs: int | None = None, scheduler: str | None = None, *, scheduler_timeout: float = 30.0, worker_wait: float | None = 60.0):
     """``DaskBackend`` if ``scheduler`` is given, else ``SerialBackend`` for ``jobs == 1``, else ``LocalBackend``."""
     if scheduler:
         if jobs is not None:
             raise NearoptError("--jobs applies to local processes; with --scheduler the cluster's workers run the cells")
-        return DaskBackend(scheduler)
+        return DaskBackend(scheduler, timeout=scheduler_timeout, worker_wait=worker_wait)
     jobs = default_jobs() if jobs is None else jobs
     return SerialBackend() if jobs == 1 else LocalBackend(jobs)

@@ -18,6 +18,7 @@ were running; the same command resumes from the cache.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ from ..experiments import all_experiments, base
 from ..experiments.base import Experiment, ExperimentResult
 from . import selftest  # noqa: F401 - registers the pipeline's self-test experiment
 from .backends import make_backend
+from .lock import output_lock
 from .cache import CellCache, cell_key, jsonable
 from .provenance import find_seeds, utc_now
 
@@ -68,8 +70,67 @@ def _compatible(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+#: most cells one experiment may expand to (estimated before expanding)
+MAX_CELLS = 200_000
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_range(name: str, default: Any, value: Any) -> None:
+    """Range rules read off the default: counts and sizes (int default >= 1) stay >= 1, seeds (int 0) >= 0,
+    positive float settings stay > 0, every number is finite; lists and nested settings element by element."""
+    if isinstance(value, bool) or value is None or default is None:
+        return
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise NearoptError(f"{name} = {value!r} must be a finite number")
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            return
+        if _is_int(default) and default >= 1 and value < 1:
+            raise NearoptError(f"{name} = {value!r} must be >= 1 (a count or size; default {default})")
+        if _is_int(default) and default == 0 and value < 0:
+            raise NearoptError(f"{name} = {value!r} must be >= 0 (default {default})")
+        if isinstance(default, float) and default > 0 and value <= 0:
+            raise NearoptError(f"{name} = {value!r} must be > 0 (default {default})")
+    elif isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)) and default:
+        for i, item in enumerate(value):
+            _check_range(f"{name}[{i}]", default[min(i, len(default) - 1)] if not isinstance(default[0], (list, tuple, dict)) else default[0], item)
+    elif isinstance(value, dict) and isinstance(default, dict):
+        for key, item in value.items():
+            if key in default:
+                _check_range(f"{name}.{key}", default[key], item)
+
+
+def _cells(exp: Experiment, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """``exp.cells(config)``, with settings that break it reported as one line."""
+    try:
+        return exp.cells(config)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise NearoptError(f"{exp.name}: cannot list its cells with these settings: {type(exc).__name__}: {exc}") from None
+
+
+def estimated_cells(exp: Experiment, size: str, overrides: dict[str, Any]) -> float:
+    """Cells that ``overrides`` would give, estimated without expanding a large sweep.
+
+    Integer settings raised above their default (``seeds=10**8``) are held at
+    the default; the effect of each is measured by doubling it, and the count
+    is extrapolated linearly in each (the sweeps are products of such counts).
+    """
+    base = exp.config(size)
+    big = {k: v for k, v in overrides.items() if _is_int(v) and _is_int(base.get(k)) and base[k] >= 1 and v > 2 * base[k]}
+    reduced = {**overrides, **{k: base[k] for k in big}}
+    n0 = len(_cells(exp, exp.config(size, reduced)))
+    estimate = float(n0)
+    for k, v in big.items():
+        n2 = len(_cells(exp, exp.config(size, {**reduced, k: 2 * base[k]})))
+        estimate *= 1.0 + (n2 / max(n0, 1) - 1.0) * (v / base[k] - 1.0)
+    return estimate
+
+
 def make_config(exp: Experiment, size: str = "quick", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``exp``'s ``size`` configuration with ``overrides`` (existing keys, matching types)."""
+    """``exp``'s ``size`` configuration with ``overrides`` (existing keys, matching types, ranges; bounded cell count)."""
     overrides = overrides or {}
     base = exp.config(size)
     for key, value in overrides.items():
@@ -77,7 +138,13 @@ def make_config(exp: Experiment, size: str = "quick", overrides: dict[str, Any] 
             raise NearoptError(
                 f"{exp.name}.{key} = {value!r} has the wrong type; the {size} default is {base[key]!r} ({type(base[key]).__name__})"
             )
-    return exp.config(size, overrides)
+        _check_range(f"{exp.name}.{key}", base.get(key), value)
+    config = exp.config(size, overrides)
+    if overrides:
+        n = estimated_cells(exp, size, overrides)
+        if n > MAX_CELLS:
+            raise NearoptError(f"{exp.name}: these settings give about {n:.3g} cells, more than {MAX_CELLS}; reduce {', '.join(sorted(overrides))}")
+    return config
 
 
 # -- one experiment's run ------------------------------------------------------
@@ -227,23 +294,34 @@ def run_experiments(
     cache: bool = True,
     fresh: bool = False,
     quiet: bool = False,
+    scheduler_timeout: float = 30.0,
+    worker_wait: float | None = 60.0,
+    lock_wait: float = 0.0,
 ) -> list[ExperimentRun]:
     """Run ``(experiment, config)`` pairs through the cache and a backend; see the module docstring.
 
     ``jobs``: local worker processes (default: all cores; 1 runs in this
-    process); ``scheduler``: a Dask scheduler address instead; ``cache=False``
-    neither reads nor writes ``OUT/cache``; ``fresh=True`` recomputes every
-    cell but still stores it. Returns one :class:`ExperimentRun` per plan, in
-    order. ``KeyboardInterrupt`` propagates after running cells are stopped.
+    process); ``scheduler``: a Dask scheduler address instead (connect within
+    ``scheduler_timeout`` s; stop after ``worker_wait`` s without workers,
+    ``None``: keep waiting); ``cache=False`` neither reads nor writes
+    ``OUT/cache``; ``fresh=True`` recomputes every cell but still stores it;
+    ``lock_wait``: seconds to wait for another run holding ``OUT``'s lock.
+    Returns one :class:`ExperimentRun` per plan, in order.
+    ``KeyboardInterrupt`` propagates after running cells are stopped.
     """
     out = Path(out)
+    backend = make_backend(jobs, scheduler, scheduler_timeout=scheduler_timeout, worker_wait=worker_wait)
+    with output_lock(out, lock_wait):
+        return _run_locked(plans, out, backend, size=size, cache=cache, fresh=fresh, quiet=quiet)
+
+
+def _run_locked(plans: list[tuple[Experiment, dict[str, Any]]], out: Path, backend: Any, *, size: str, cache: bool, fresh: bool, quiet: bool) -> list[ExperimentRun]:
     store = CellCache(out / "cache", enabled=cache, read=not fresh)
-    backend = make_backend(jobs, scheduler)
     runs: list[ExperimentRun] = []
     tasks = []
     for exp, config in plans:
-        cells = exp.cells(config)
-        keys = [cell_key(exp, c) for c in cells]
+        cells = _cells(exp, config)
+        keys = [cell_key(exp, c, backend.threads) for c in cells]
         run = ExperimentRun(exp, size, config, out / exp.name, cells, keys, started=utc_now())
         for key, cell in dict(zip(keys, cells)).items():
             entry = store.get(exp.name, key, cell)

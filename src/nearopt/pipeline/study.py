@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import NearoptError
 from ..experiments.base import Experiment
 from .backends import default_jobs
+from .lock import output_lock
 from .provenance import provenance, utc_now
 from .report import write_report
 from .runner import ExperimentRun, get, make_config, run_experiments, study_experiments
@@ -58,17 +59,28 @@ def reproduce(
     command: str | None = None,
     report_root: str | Path | None = None,
     title: str = "nearopt reproduction report",
+    scheduler_timeout: float = 30.0,
+    worker_wait: float | None = 60.0,
+    lock_wait: float = 0.0,
 ) -> StudyRun:
     """Run experiments through the cached runner and write ``results.json``, ``report.md``, ``report.html``.
 
     Outputs go to ``out/<experiment>/``, the cell cache to ``out/cache/``, the
-    report to ``report_root`` (default ``out``). See
+    report to ``report_root`` (default ``out``). ``out`` is locked for the
+    whole call (:func:`nearopt.pipeline.lock.output_lock`). See
     :func:`nearopt.pipeline.runner.run_experiments` for the other options.
     """
     plans = plan(names, size, overrides)
+    with output_lock(out, lock_wait, command):
+        return _reproduce(plans, size, out, jobs=jobs, scheduler=scheduler, cache=cache, fresh=fresh, quiet=quiet, command=command,
+                          report_root=report_root, title=title, scheduler_timeout=scheduler_timeout, worker_wait=worker_wait)
+
+
+def _reproduce(plans, size, out, *, jobs, scheduler, cache, fresh, quiet, command, report_root, title, scheduler_timeout, worker_wait) -> StudyRun:
     started = utc_now()
     t0 = time.perf_counter()
-    runs = run_experiments(plans, out, size=size, jobs=jobs, scheduler=scheduler, cache=cache, fresh=fresh, quiet=quiet)
+    runs = run_experiments(plans, out, size=size, jobs=jobs, scheduler=scheduler, cache=cache, fresh=fresh, quiet=quiet,
+                           scheduler_timeout=scheduler_timeout, worker_wait=worker_wait)
     prov = provenance(
         size=size,
         command=command,
