@@ -16,7 +16,7 @@ import torch
 
 import nearopt as no
 from nearopt import io
-from nearopt.hessian import empirical
+from nearopt import curvature as empirical
 
 
 def _timed(fn, *args):

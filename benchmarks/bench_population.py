@@ -26,7 +26,7 @@ import torch
 
 import nearopt as no
 from nearopt import io
-from nearopt.hessian.population import population_spectrum
+from nearopt.curvature import population_spectrum
 from nearopt.model import forward_torch
 
 

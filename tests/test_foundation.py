@@ -6,7 +6,8 @@ import torch
 
 import nearopt as no
 from nearopt.errors import NearoptError
-from nearopt.hessian import empirical
+from nearopt import curvature as empirical
+from nearopt.curvature import batch as batch_mod
 
 
 ACTS = ["linear", "quadratic", "cubic", "monomial:4", "polynomial:0.5,1,-0.3", "erf", "erf:unit", "tanh", "relu"]
@@ -138,7 +139,7 @@ def test_linear_rank_is_min_ni_n(n_samples):
 
 @pytest.mark.parametrize("nh,expected", [(1, 5), (2, 9), (4, 14), (5, 15), (8, 15)])
 def test_quadratic_rank_matches_theory(nh, expected):
-    # theory.md section 4: N_h N_i - N_h(N_h-1)/2 for N_h <= N_i, saturating at N_i(N_i+1)/2
+    # docs/theory.md §4.1: N_h N_i - N_h(N_h-1)/2 for N_h <= N_i, saturating at N_i(N_i+1)/2
     net = no.sample_teacher(5, nh, "quadratic", seed=nh)
     spec = no.batch_spectrum(net, no.sample_inputs(2000, 5, seed=2))
     assert spec.rank.rank == expected
@@ -212,9 +213,7 @@ def test_decide_rank_reports_gap_and_flags_unclear():
 
 
 def test_rank_from_eigenvalues_when_no_svd_is_affordable(monkeypatch):
-    from nearopt import spectrum as spectrum_mod
-
-    monkeypatch.setattr(spectrum_mod, "SVD_MAX_PARAMS", 10)
+    monkeypatch.setattr(batch_mod, "SVD_MAX_PARAMS", 10)
     net = no.sample_teacher(6, 8, "linear", seed=0)
     spec = no.batch_spectrum(net, no.sample_inputs(400, 6, seed=1))
     assert spec.method == "gauss-newton" and spec.extra["rank_source"] == "hessian eigenvalues"

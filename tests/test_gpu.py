@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import nearopt as no
-from nearopt.hessian.operators import BatchHessianOperator, PopulationHessianOperator
-from nearopt.hessian.population import population_hessian
+from nearopt.curvature import BatchGaussNewton, PopulationHessian, population_hessian
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -37,5 +36,5 @@ def test_hvp_operators_on_gpu():
     net = no.sample_teacher(7, 4, "erf", seed=4)
     X = no.sample_inputs(500, 7, seed=5)
     V = np.random.default_rng(0).standard_normal((net.n_params, 3))
-    assert np.allclose(PopulationHessianOperator(net, device="cuda") @ V, population_hessian(net) @ V, rtol=1e-10, atol=1e-13)
-    assert np.allclose(BatchHessianOperator(net, X, device="cuda") @ V, no.gauss_newton(net, X) @ V, rtol=1e-10, atol=1e-13)
+    assert np.allclose(PopulationHessian(net, device="cuda") @ V, population_hessian(net) @ V, rtol=1e-10, atol=1e-13)
+    assert np.allclose(BatchGaussNewton(net, X, device="cuda") @ V, no.gauss_newton(net, X) @ V, rtol=1e-10, atol=1e-13)

@@ -61,13 +61,13 @@ def test_population_is_large_batch_limit():
     np.testing.assert_allclose(batch.nonzero, pop.nonzero, rtol=0.03)
 
 
-def test_population_matches_structured_population_spectrum_if_available():
-    population = pytest.importorskip("nearopt.hessian.population")
-    fn = getattr(population, "population_spectrum", None)
-    if fn is None:
-        pytest.skip("population_spectrum not available yet")
+@pytest.mark.parametrize("method", ["dense", "structured", "factor"])
+def test_population_curvature_matches_linear_closed_form(method):
     net = no.sample_teacher(6, 4, "linear", seed=1)
-    np.testing.assert_allclose(np.sort(np.asarray(fn(net).eigenvalues)), linear_population_spectrum(net).eigenvalues, atol=1e-10)
+    closed = linear_population_spectrum(net)
+    spec = no.PopulationHessian(net).spectrum(method)
+    np.testing.assert_allclose(spec.eigenvalues, closed.eigenvalues, rtol=1e-12, atol=1e-13)
+    assert spec.rank.rank == closed.rank.rank == net.n_inputs
 
 
 def test_lower_edge_and_q_greater_than_one():

@@ -8,7 +8,10 @@ import pytest
 import nearopt as no
 from nearopt.cli import main
 from nearopt.errors import NearoptError
-from nearopt.hessian import empirical, operators, population, structured
+from nearopt import curvature as population
+from nearopt import curvature as empirical
+from nearopt import curvature as structured
+from nearopt import spectra as operators
 
 ACTS = ["linear", "quadratic", "cubic", "erf", "erf:unit", "tanh", "relu"]
 
@@ -78,12 +81,12 @@ def test_operators_match_dense_matrices():
     net = no.sample_teacher(7, 3, "tanh", seed=6)
     P = net.n_params
     H = population.population_hessian(net)
-    op = no.PopulationHessianOperator(net)
+    op = no.PopulationHessian(net)
     assert op.shape == (P, P) and op.dtype == np.float64
     assert np.abs(op.matmat(np.eye(P)) - H).max() <= 1e-13 * np.abs(H).max()
     X = no.sample_inputs(300, 7, seed=0)
     Hb = empirical.gauss_newton(net, X)
-    ob = no.BatchHessianOperator(net, X)
+    ob = no.BatchGaussNewton(net, X)
     x = np.random.default_rng(0).standard_normal(P)
     assert np.allclose(ob.matvec(x), Hb @ x, rtol=1e-12, atol=1e-13)
     assert np.allclose(operators.extreme_eigenvalues(op, k=3), np.linalg.eigvalsh(H)[-3:], rtol=1e-9)
@@ -94,7 +97,7 @@ def test_operators_match_dense_matrices():
 def test_spectral_density_is_seeded_and_exact_on_moments():
     net = no.sample_teacher(8, 3, "erf", seed=7)
     H = population.population_hessian(net)
-    op = no.PopulationHessianOperator(net)
+    op = no.PopulationHessian(net)
     a = operators.spectral_density(op, n_vectors=4, steps=30, seed=1)
     b = operators.spectral_density(op, n_vectors=4, steps=30, seed=1)
     assert np.array_equal(a["density"], b["density"])

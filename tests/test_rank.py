@@ -8,8 +8,8 @@ import pytest
 import nearopt as no
 from nearopt.cli import main
 from nearopt.io import to_json
-from nearopt.rank import default_samples, measure_rank, rank_sweep, rank_vs_samples
-from nearopt.theory.rank import (
+from nearopt.measurement import default_samples, measure_rank, rank_sweep, rank_vs_samples
+from nearopt.theory.rank_prediction import (
     generic_polynomial_rank,
     linear_plus_quadratic_rank,
     monomial_rank,

@@ -6,6 +6,8 @@ Quick tour::
     net = no.sample_teacher(n_inputs=10, n_hidden=20, activation="erf", seed=0)
     X = no.sample_inputs(4000, net.n_inputs, seed=0)
     spec = no.batch_spectrum(net, X)          # all P eigenvalues + rank decision
+    H = no.PopulationHessian(net)             # exact N -> infinity curvature, a scipy LinearOperator
+    pop = H.spectrum("structured")            # all P eigenvalues, never forming the P x P matrix
     H = no.gauss_newton(net, X)               # (P, P) = Hessian at the optimum
 """
 
@@ -17,6 +19,7 @@ from .activations import (  # noqa: E402
     Activation,
     CustomActivation,
     Erf,
+    PairMoments,
     Polynomial,
     ReLU,
     Tanh,
@@ -25,15 +28,28 @@ from .activations import (  # noqa: E402
     monomial,
     register_activation,
 )
+from .curvature import (  # noqa: E402
+    BatchGaussNewton,
+    BatchHessian,
+    Curvature,
+    PopulationHessian,
+    batch_spectrum,
+    functional_hessian,
+    gauss_newton,
+    jacobian,
+    jacobian_r_factor,
+    loss_hessian,
+    population_hessian,
+    population_spectrum,
+    structured_spectrum,
+)
 from .dynamics import DynamicsResult, make_objective, predict_mean_loss, run_dynamics  # noqa: E402
 from .errors import NearoptError  # noqa: E402
-from .hessian.empirical import functional_hessian, gauss_newton, jacobian, jacobian_r_factor, loss_hessian  # noqa: E402
-from .gaussian import gaussian_expectations, pair_moments  # noqa: E402
-from .hessian.operators import BatchHessianOperator, PopulationHessianOperator, extreme_eigenvalues, spectral_density  # noqa: E402
-from .hessian.population import population_hessian, population_spectrum  # noqa: E402
-from .hessian.structured import structured_spectrum  # noqa: E402
+from .expectations import gaussian_expectations, pair_moments  # noqa: E402
+from .measurement import RankMeasurement, SweepRow, measure_rank, rank_sweep, rank_vs_samples  # noqa: E402
 from .model import TwoLayerNet, sample_inputs, sample_teacher  # noqa: E402
-from .spectrum import RankDecision, Spectrum, batch_spectrum, decide_rank  # noqa: E402
+from .problem import GaussianInputs, Problem  # noqa: E402
+from .spectra import RankDecision, Spectrum, decide_rank, extreme_eigenvalues, rank_from_eigenvalues, spectral_density  # noqa: E402
 from .theory.distributions import ChiSquareMPConvolution, MarchenkoPastur, output_norm_law, wishart_law  # noqa: E402
 from .theory.linear import (  # noqa: E402
     linear_batch_spectrum,
@@ -41,59 +57,64 @@ from .theory.linear import (  # noqa: E402
     pooled_linear_eigenvalues,
     simulate_linear_spectrum,
 )
-from .rank import RankMeasurement, SweepRow, measure_rank, rank_sweep, rank_vs_samples  # noqa: E402
-from .theory.rank import RankPrediction, predict_rank  # noqa: E402
+from .theory.rank_prediction import RankPrediction, predict_rank  # noqa: E402
 
 __all__ = [
-    "BatchHessianOperator",
-    "PopulationHessianOperator",
-    "extreme_eigenvalues",
-    "gaussian_expectations",
-    "pair_moments",
-    "population_hessian",
-    "population_spectrum",
-    "spectral_density",
-    "structured_spectrum",
-    "RankMeasurement",
-    "RankPrediction",
-    "SweepRow",
-    "measure_rank",
-    "predict_rank",
-    "rank_sweep",
-    "rank_vs_samples",
     "Activation",
+    "BatchGaussNewton",
+    "BatchHessian",
     "ChiSquareMPConvolution",
-    "MarchenkoPastur",
-    "linear_batch_spectrum",
-    "linear_population_spectrum",
-    "output_norm_law",
-    "pooled_linear_eigenvalues",
-    "simulate_linear_spectrum",
-    "wishart_law",
+    "Curvature",
     "CustomActivation",
     "DynamicsResult",
     "Erf",
+    "GaussianInputs",
+    "MarchenkoPastur",
     "NearoptError",
+    "PairMoments",
     "Polynomial",
+    "PopulationHessian",
+    "Problem",
     "RankDecision",
+    "RankMeasurement",
+    "RankPrediction",
     "ReLU",
     "Spectrum",
+    "SweepRow",
     "Tanh",
     "TwoLayerNet",
     "available_activations",
     "batch_spectrum",
     "decide_rank",
+    "extreme_eigenvalues",
     "functional_hessian",
     "gauss_newton",
+    "gaussian_expectations",
     "get_activation",
     "jacobian",
     "jacobian_r_factor",
+    "linear_batch_spectrum",
+    "linear_population_spectrum",
     "loss_hessian",
     "make_objective",
+    "measure_rank",
     "monomial",
+    "output_norm_law",
+    "pair_moments",
+    "pooled_linear_eigenvalues",
+    "population_hessian",
+    "population_spectrum",
     "predict_mean_loss",
+    "predict_rank",
+    "rank_from_eigenvalues",
+    "rank_sweep",
+    "rank_vs_samples",
     "register_activation",
     "run_dynamics",
     "sample_inputs",
     "sample_teacher",
+    "simulate_linear_spectrum",
+    "spectral_density",
+    "structured_spectrum",
+    "wishart_law",
 ]

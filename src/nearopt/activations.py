@@ -24,15 +24,57 @@ Users add their own with :func:`register_activation`.
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
+from numpy.polynomial import hermite_e
 
 from .errors import NearoptError
 
 TorchFn = Callable[[torch.Tensor], torch.Tensor]
+
+#: parallel pairs: ``1 - rho**2`` below this counts as collinear (ReLU's delta terms, quadrature's 1-D route)
+COLLINEAR_TOL = 1e-12
+
+
+@dataclass(frozen=True)
+class PairMoments:
+    """Stein-form moments of unit pairs (see module docstring).
+
+    Arrays share a leading shape ``S`` (``(N_h, N_h)`` from :func:`pair_moments`):
+    ``gg`` ``S``, ``b`` ``S + (2,)``, ``dd`` ``S``, ``K`` ``S + (2, 2)``. ``method`` is
+    ``"closed-form"`` or ``"quadrature"``; ``order``/``error`` describe the quadrature.
+    """
+
+    gg: np.ndarray
+    b: np.ndarray
+    dd: np.ndarray
+    K: np.ndarray
+    method: str
+    order: int | None = None
+    error: float = 0.0
+
+    def raw(self, c11, c12, c22) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Moments in ``z``-coordinates for the covariances ``(c11, c12, c22)`` they were made for.
+
+        Returns ``E[g(u)g(v)]``, ``E[g'(u)g(v) z]`` ``S+(2,)``, ``E[g'(u)g'(v)]`` and
+        ``E[g'(u)g'(v) z z^T]`` ``S+(2,2)`` (``E[phi z] = C b``, ``E[phi z z^T] = C K C + E[phi] C``).
+        """
+        C = pair_covariance(c11, c12, c22)
+        first = np.einsum("...ij,...j->...i", C, self.b)
+        second = C @ self.K @ C + self.dd[..., None, None] * C
+        return self.gg, first, self.dd, second
+
+
+def pair_covariance(c11, c12, c22) -> np.ndarray:
+    """``[[c11, c12], [c12, c22]]`` stacked over the broadcast shape ``S``: ``S + (2, 2)``."""
+    c11, c12, c22 = np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in (c11, c12, c22)))
+    return np.stack([np.stack([c11, c12], -1), np.stack([c12, c22], -1)], -2)
+
 
 
 class Activation:
@@ -98,6 +140,16 @@ class Activation:
         """Whether ``g`` is infinitely differentiable (population quadrature then uses its derivatives)."""
         return True
 
+    def closed_form_moments(self, c11, c12, c22) -> "PairMoments | None":
+        """Exact Stein-form pair moments (:class:`PairMoments`) for covariances ``(c11, c12, c22)``.
+
+        The arrays broadcast to a common shape ``S``. ``None`` means no closed form is
+        known, and :mod:`nearopt.expectations` integrates by checked quadrature instead.
+        A subclass with a known Gaussian integral overrides this one method, so a new
+        closed form touches one place (the activation itself).
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"<Activation {self.name}>"
 
@@ -140,6 +192,35 @@ class Polynomial(Activation):
         return out
 
 
+    def closed_form_moments(self, c11, c12, c22) -> PairMoments:
+        """Mehler: ``E[p(u) q(v)] = sum_k k! alpha_k beta_k rho^k`` with Hermite coefficients of ``p(s1 t)``, ``q(s2 t)``."""
+        c11, c12, c22 = _broadcast(c11, c12, c22)
+        c = self._c
+        derivs = [c]
+        for _ in range(3):
+            d = derivs[-1]
+            derivs.append(d[1:] * np.arange(1, d.size) if d.size > 1 else np.zeros(1))
+        s1, s2 = np.sqrt(c11), np.sqrt(c22)
+        denom = s1 * s2
+        rho = np.divide(c12, denom, out=np.zeros_like(denom), where=denom > 0)
+
+        def herm(coef: np.ndarray, s: np.ndarray) -> np.ndarray:
+            # Hermite coefficients of t -> coef(s t), shape S + (p+1,)
+            scaled = coef * s[..., None] ** np.arange(coef.size)
+            return scaled @ _power_to_hermite(coef.size)
+
+        def E(i: int, j: int) -> np.ndarray:
+            alpha, beta = herm(derivs[i], s1), herm(derivs[j], s2)
+            k = min(alpha.shape[-1], beta.shape[-1])
+            fact = np.array([math.factorial(m) for m in range(k)], dtype=np.float64)
+            return np.sum(alpha[..., :k] * beta[..., :k] * fact * rho[..., None] ** np.arange(k), axis=-1)
+
+        b = np.stack([E(2, 0), E(1, 1)], -1)
+        K12 = E(2, 2)
+        K = np.stack([np.stack([E(3, 1), K12], -1), np.stack([K12, E(1, 3)], -1)], -2)
+        return PairMoments(E(0, 0), b, E(1, 1), K, "closed-form")
+
+
 def _horner(c: np.ndarray, z: torch.Tensor) -> torch.Tensor:
     """``sum_k c_k z**k`` elementwise (Horner)."""
     out = torch.zeros_like(z)
@@ -151,6 +232,21 @@ def _horner(c: np.ndarray, z: torch.Tensor) -> torch.Tensor:
 def _differentiate(c: np.ndarray) -> np.ndarray:
     """Coefficients of the derivative of ``sum_k c_k z**k``."""
     return c[1:] * np.arange(1, c.size) if c.size > 1 else np.zeros(1)
+
+
+def _broadcast(c11, c12, c22) -> list[np.ndarray]:
+    """Covariance entries as float64 arrays of one broadcast shape."""
+    return np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in (c11, c12, c22)))
+
+
+@functools.lru_cache(maxsize=None)
+def _power_to_hermite(n: int) -> np.ndarray:
+    """``(n, n)`` matrix taking power-basis coefficients to probabilists' Hermite ones."""
+    T = np.zeros((n, n))
+    for k in range(n):
+        h = hermite_e.poly2herme(np.eye(n)[k])
+        T[k, : h.size] = h
+    return T
 
 
 def monomial(p: int) -> Polynomial:
@@ -183,6 +279,26 @@ class Erf(Activation):
         a2 = 1.0 / self.scale**2
         d1 = self.derivative(z)  # g'' = -2 a^2 z g',  g^(3) = (4 a^4 z^2 - 2 a^2) g'
         return [self(z), d1, -2 * a2 * z * d1, (4 * a2 * a2 * z * z - 2 * a2) * d1][: order + 1]
+
+
+    def closed_form_moments(self, c11, c12, c22) -> PairMoments:
+        """``g = erf(a z)``: arcsine kernel; ``g'`` is Gaussian so ``g'g'``-moments are Gaussian integrals."""
+        c11, c12, c22 = _broadcast(c11, c12, c22)
+        a2 = 1.0 / self.scale**2
+        d1, d2 = 1.0 + 2 * a2 * c11, 1.0 + 2 * a2 * c22
+        detC = np.clip(c11 * c22 - c12**2, 0.0, None)
+        detD = d1 * d2 - 4 * a2**2 * c12**2  # det(I + 2 a^2 C) = d1 d2 (1 - rho^2)
+        rho = 2 * a2 * c12 / np.sqrt(d1 * d2)
+        gg = (2 / np.pi) * np.arcsin(np.clip(rho, -1.0, 1.0))
+        dd = (4 * a2 / np.pi) / np.sqrt(detD)  # (2a/sqrt(pi))^2 det(I + 2a^2 C)^(-1/2)
+        b0 = -(4 * a2 / np.pi) * rho / (d1 * np.sqrt(detD / (d1 * d2)))  # 2 d gg / d C11
+        # E[g'(u) g'(v) p(u, v)] = dd E_{N(0, C')}[p],  C' = C (I + 2 a^2 C)^(-1)
+        cp11, cp12, cp22 = (c11 + 2 * a2 * detC) / detD, c12 / detD, (c22 + 2 * a2 * detC) / detD
+        K11 = dd * (4 * a2**2 * cp11 - 2 * a2)  # g''' = (4 a^4 z^2 - 2 a^2) g'
+        K22 = dd * (4 * a2**2 * cp22 - 2 * a2)
+        K12 = dd * 4 * a2**2 * cp12  # g'' = -2 a^2 z g'
+        K = np.stack([np.stack([K11, K12], -1), np.stack([K12, K22], -1)], -2)
+        return PairMoments(gg, np.stack([b0, dd], -1), dd, K, "closed-form")
 
 
 class Tanh(Activation):
@@ -218,6 +334,28 @@ class ReLU(Activation):
     @property
     def is_smooth(self) -> bool:
         return False
+
+
+    def closed_form_moments(self, c11, c12, c22) -> PairMoments:
+        """Arc-cosine kernels; ``g'' = delta`` and ``g''' = delta'`` integrated exactly."""
+        c11, c12, c22 = _broadcast(c11, c12, c22)
+        s1, s2 = np.sqrt(c11), np.sqrt(c22)
+        denom = s1 * s2
+        live = denom > 0
+        cos = np.clip(np.divide(c12, denom, out=np.ones_like(denom), where=live), -1.0, 1.0)
+        theta = np.arccos(cos)
+        sin = np.sin(theta)
+        gg = denom / (2 * np.pi) * (sin + (np.pi - theta) * cos)
+        step = np.where(live, (np.pi - theta) / (2 * np.pi), 0.0)
+        b0 = np.divide(s2 * sin, 2 * np.pi * s1, out=np.zeros_like(s1), where=live)  # E[delta(u) relu(v)]
+        # For parallel units the delta terms cancel exactly (E[step(u) x x^T] = I/2): K = 0 there.
+        ok = live & (1.0 - cos**2 > COLLINEAR_TOL)
+        sqrt_det = np.where(ok, denom * sin, 1.0)
+        K12 = np.where(ok, 1.0 / (2 * np.pi * sqrt_det), 0.0)  # E[delta(u) delta(v)]
+        K11 = np.where(ok, -c12 / (2 * np.pi * np.where(ok, c11, 1.0) * sqrt_det), 0.0)  # E[delta'(u) step(v)]
+        K22 = np.where(ok, -c12 / (2 * np.pi * np.where(ok, c22, 1.0) * sqrt_det), 0.0)
+        K = np.stack([np.stack([K11, K12], -1), np.stack([K12, K22], -1)], -2)
+        return PairMoments(gg, np.stack([b0, step], -1), step, K, "closed-form")
 
 
 class CustomActivation(Activation):

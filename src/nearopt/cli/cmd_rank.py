@@ -8,19 +8,28 @@ import numpy as np
 
 from .. import io
 from ..activations import available_activations, get_activation
-from ..errors import NearoptError
+from ..errors import NearoptError, require_finite
 from ..model import sample_teacher
-from ..rank import DEFAULT_OVERSAMPLE, MIN_GAP, SweepRow, rank_sweep, rank_vs_samples
-from ..theory.rank import saturation_hidden
-from .common import emit_json, nonneg_int, positive_float, positive_int
+from ..measurement import DEFAULT_OVERSAMPLE, MIN_GAP, SweepRow, rank_sweep, rank_vs_samples
+from ..theory.rank_prediction import saturation_hidden
+from ..resources import dense_bytes, require_memory
+from .common import emit_json, nonneg_int, numerics, positive_float, positive_int
 
 COMMAND = "rank"
 ORDER = 30
 
 
+#: most values one size list may expand to (a sweep of this many sizes already takes days)
+MAX_SWEEP_VALUES = 10_000
+
+
 def int_list(text: str) -> list[int]:
-    """argparse type: ``"5"``, ``"2,4,8"``, ``"1:12"`` (inclusive) or ``"1:12:2"``, combinable with commas."""
-    values: list[int] = []
+    """argparse type: ``"5"``, ``"2,4,8"``, ``"1:12"`` (inclusive) or ``"1:12:2"``, combinable with commas.
+
+    Ranges are counted (``len(range(...))``, O(1)) before any is expanded, so
+    ``1:100000000`` is refused at once instead of filling the memory.
+    """
+    parts: list[range] = []
     for part in text.split(","):
         part = part.strip()
         try:
@@ -28,14 +37,17 @@ def int_list(text: str) -> list[int]:
                 bits = [int(b) for b in part.split(":")]
                 if len(bits) not in (2, 3) or (len(bits) == 3 and bits[2] < 1) or bits[1] < bits[0]:
                     raise ValueError
-                values.extend(range(bits[0], bits[1] + 1, bits[2] if len(bits) == 3 else 1))
+                parts.append(range(bits[0], bits[1] + 1, bits[2] if len(bits) == 3 else 1))
             else:
-                values.append(int(part))
+                parts.append(range(int(part), int(part) + 1))
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected integers like 5, 2,4,8 or 1:12[:step], got {text!r}") from None
-    if not values or min(values) < 1:
+    count = sum(len(r) for r in parts)
+    if count > MAX_SWEEP_VALUES:
+        raise argparse.ArgumentTypeError(f"{text!r} expands to {count} values; at most {MAX_SWEEP_VALUES} per list")
+    if not count or min(r[0] for r in parts) < 1:
         raise argparse.ArgumentTypeError(f"sizes must be integers >= 1, got {text!r}")
-    return list(dict.fromkeys(values))
+    return list(dict.fromkeys(v for r in parts for v in r))
 
 
 def register(sub) -> None:
@@ -74,15 +86,34 @@ def register(sub) -> None:
     p.add_argument("--rtol", type=positive_float, default=None, help="relative tolerance on singular values (default max(N,P)*eps)")
     p.add_argument("--min-gap", type=positive_float, default=MIN_GAP, help=f"smallest last-kept/first-dropped ratio counted as a clear cut (default {MIN_GAP:g})")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="inputs per chunk of the Jacobian QR (default: by memory)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print the rows as JSON (add --values for the singular values)")
     p.add_argument("--values", action="store_true", help="with --json/--out: include every teacher's singular values")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON rows to this file (atomically)")
     p.set_defaults(func=run)
 
 
+def _check_memory(args) -> None:
+    """Refuse a sweep whose largest cell cannot fit: its inputs (N x N_i) and the P x P factor of J (nothing allocated)."""
+    n_i, n_h = max(args.ni), max(args.nh)
+    P = n_h * (n_i + 1)
+    if args.population:
+        return  # the population routes check their own dense matrices
+    if args.samples_sweep is not None:
+        n = max(args.samples_sweep)
+    elif args.samples is not None:
+        n = args.samples
+    else:
+        n = max(int(np.ceil(args.oversample * P)), 200)
+    require_memory(dense_bytes((n, n_i)) + dense_bytes(P, np.float64, 2), f"the largest cell (N_i={n_i}, N_h={n_h}, P={P}, N={n}: inputs and the P x P factor of J)",
+                   ["smaller --ni/--nh", "fewer --samples or a smaller --oversample"], device="cpu" if args.device == "auto" else args.device)
+    if args.teachers * len(args.ni) * len(args.nh) > MAX_SWEEP_VALUES * 10:
+        raise NearoptError(f"{args.teachers} teachers x {len(args.ni)} x {len(args.nh)} sizes is more than {MAX_SWEEP_VALUES * 10} cells; narrow the sweep")
+
+
 def compute(args) -> list[SweepRow]:
     act = get_activation(args.activation)
+    _check_memory(args)
     if args.samples_sweep is None:
         if args.population and args.samples is not None:
             raise NearoptError("choose one of --samples / --population")
@@ -154,7 +185,10 @@ def table(rows: list[SweepRow]) -> str:
 
 
 def run(args) -> int:
-    rows = compute(args)
+    cause = f"activation {args.activation}, N_i in {args.ni[0]}..{args.ni[-1]}, N_h in {args.nh[0]}..{args.nh[-1]}"
+    with numerics("the rank sweep", cause):
+        rows = compute(args)
+    require_finite(np.concatenate([m.singular_values for r in rows for m in r.measurements]), "singular values of the rank sweep", cause)
     data = [r.to_dict(values=args.values) for r in rows]
     if args.json:
         emit_json(data, args.out)

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import io
-from ..errors import NearoptError
-from ..hessian.population import population_spectrum
-from ..spectrum import BATCH_METHODS, Spectrum, batch_spectrum
-from .common import add_data_args, add_network_args, emit_json, inputs_from_args, network_from_args, positive_float, positive_int
+from ..errors import NearoptError, require_finite
+from ..curvature import BATCH_METHODS, batch_spectrum, population_spectrum
+from ..spectra.spectrum import Spectrum
+from .common import (
+    add_data_args,
+    add_network_args,
+    check_network_finite,
+    emit_json,
+    inputs_from_args,
+    network_from_args,
+    numerics,
+    positive_float,
+    positive_int,
+    require_dense_memory,
+)
 
 COMMAND = "spectrum"
 ORDER = 20
@@ -35,23 +48,52 @@ def register(sub) -> None:
     p.add_argument("--k", type=positive_int, default=20, help="population --method lanczos: how many of the largest eigenvalues to compute (default 20)")
     p.add_argument("--rtol", type=positive_float, default=None, help="relative tolerance of the rank decision on singular values (default max(N,P)*eps)")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="inputs per chunk when accumulating the batch Hessian (default: by memory)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto (batch Hessians)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (batch Hessians)")
     p.add_argument("--json", action="store_true", help="print the full result (all eigenvalues) as JSON")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON result to this file (atomically)")
     p.set_defaults(func=run)
 
 
+#: routes that fit when a dense batch route does not
+BATCH_ALTERNATIVES = ["--population --method structured (exact, no P x P matrix)", "--population --method lanczos (largest eigenvalues only)", "smaller --ni/--nh"]
+
+
+def _check_memory(args, P: int, population: bool) -> None:
+    """Refuse a dense route whose P x P matrices cannot fit (nothing is allocated to find out)."""
+    if population:
+        if args.method == "dense":
+            require_dense_memory(P, "population --method dense", ["--method structured", "--method lanczos"])
+        return
+    # jacobian-svd holds the P x P factor R and its SVD workspace; the eigvalsh routes a matrix, a copy and workspace
+    copies = 2.0 if args.method == "jacobian-svd" else 3.0
+    require_dense_memory(P, f"batch --method {args.method}", BATCH_ALTERNATIVES, device=args.device, copies=copies)
+
+
 def compute(args) -> Spectrum:
     net = network_from_args(args)
-    X = inputs_from_args(args, net)
-    if X is None:
-        method = args.method
-        if method not in POPULATION_METHODS:
-            raise NearoptError(f"--method {method} is not a population method; choose from {', '.join(POPULATION_METHODS)}")
-        return population_spectrum(net, method=method, rtol=args.rtol, k=args.k)
-    if args.method not in BATCH_METHODS:
+    population = bool(getattr(args, "population", False))
+    if population and args.method not in POPULATION_METHODS:
+        raise NearoptError(f"--method {args.method} is not a population method; choose from {', '.join(POPULATION_METHODS)}")
+    if not population and args.method not in BATCH_METHODS:
         raise NearoptError(f"--method {args.method} is not a batch method; choose from {', '.join(BATCH_METHODS)} (or use --population)")
-    return batch_spectrum(net, X, method=args.method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol)
+    _check_memory(args, net.n_params, population)
+    X = inputs_from_args(args, net)
+    check_network_finite(net, X)
+    cause = f"activation {net.activation.name}, N_i={net.n_inputs}, N_h={net.n_hidden}, {'population' if X is None else f'N={X.shape[0]}'}"
+    with numerics("the Hessian spectrum", cause):
+        if X is None:
+            spec = population_spectrum(net, method=args.method, rtol=args.rtol, k=args.k)
+        else:
+            spec = batch_spectrum(net, X, method=args.method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol)
+    require_finite(spec.eigenvalues, "Hessian eigenvalues", cause)
+    if spec.eigenvalues.size and not np.any(spec.eigenvalues > 0):
+        raise NearoptError(f"the Hessian is zero to float64 precision ({cause}); weights this small underflow, use larger --sigma1/--sigma2")
+    return spec
+
+
+def _g(x: float) -> str:
+    """A summary number; ``-`` where the quantity is undefined (no nonzero eigenvalue)."""
+    return f"{x:.6g}" if np.isfinite(x) else "-"
 
 
 def summary(spec: Spectrum) -> str:
@@ -72,21 +114,21 @@ def summary(spec: Spectrum) -> str:
         f"method         {spec.method}  ({spec.dtype}, {spec.seconds:.3g} s)",
         f"rank           {r.rank} of {spec.n_params}  (tolerance {r.eigenvalue_tolerance:.3g} on eigenvalues; "
         f"gap {r.gap:.3g}, margin {r.margin:.3g}{'' if r.clear else '  -- NO CLEAR GAP, rank is uncertain'})",
-        f"smallest >0    {spec.smallest_nonzero:.6g}",
+        f"smallest >0    {_g(spec.smallest_nonzero)}",
         f"largest        {spec.largest:.6g}",
-        f"condition      {spec.condition_number:.6g}  (largest / smallest nonzero)",
+        f"condition      {_g(spec.condition_number)}  (largest / smallest nonzero)",
     ]
     return "\n".join(lines)
 
 
 def run(args) -> int:
     spec = compute(args)
-    if args.json or args.out:
-        if args.json:
-            emit_json(spec.to_dict(), args.out)
-        else:
-            io.write_json(args.out, spec.to_dict())
-            print(summary(spec))
-    else:
-        print(summary(spec))
+    with numerics("the spectrum's summary", f"activation {spec.activation}, P={spec.n_params}"):
+        data, text = spec.to_dict(), summary(spec)
+    if args.json:
+        emit_json(data, args.out)
+        return 0
+    if args.out:
+        io.write_json(args.out, data)
+    print(text)
     return 0

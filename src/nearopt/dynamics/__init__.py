@@ -1,4 +1,4 @@
-"""Learning dynamics near the optimum: training from ``theta* + delta_0`` against theory.md §5.
+"""Learning dynamics near the optimum: training from ``theta* + delta_0`` against docs/theory.md §5.
 
 Quick tour::
 
@@ -10,7 +10,7 @@ Quick tour::
     res.late_time()             # fitted late-time slope vs -2 lr lambda_min
 """
 
-from .objective import POPULATION_CLOSED_FORMS, Objective, batch_eigensystem, forward_batched, make_objective, population_rank
+from .objective import POPULATION_CLOSED_FORMS, ClosedFormHessian, Objective, forward_batched, make_objective
 from .predict import (
     check_step_size,
     fit_log_slope,
@@ -42,7 +42,7 @@ __all__ = [
     "Trajectory",
     "auto_horizon",
     "auto_lr",
-    "batch_eigensystem",
+    "ClosedFormHessian",
     "check_step_size",
     "fit_log_slope",
     "float_floor",
@@ -53,7 +53,6 @@ __all__ = [
     "make_objective",
     "marchenko_pastur_density",
     "mode_decay",
-    "population_rank",
     "predict_draw_loss",
     "predict_mean_loss",
     "run_dynamics",

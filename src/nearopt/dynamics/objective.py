@@ -18,25 +18,22 @@ so several initial perturbations are trained together.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import func
 
+from ..curvature.base import Curvature
+from ..curvature.batch import BatchGaussNewton
 from ..errors import NearoptError
 from ..model import TwoLayerNet, sample_inputs
-from ..hessian.empirical import jacobian_r_factor
-from ..spectrum import RankDecision, Spectrum, decide_rank
+from ..spectra.spectrum import Spectrum
 
 #: activations whose population loss has an exact closed form here
 POPULATION_CLOSED_FORMS = ("linear", "quadratic")
 #: default size of the fixed sample standing in for the population otherwise
 POPULATION_SAMPLES = 100_000
-#: eigenvalue tolerance factor for Hessians formed by autodiff (no square root available):
-#: eigenvalues below ``POPULATION_RANK_RTOL * P * eps * lambda_max`` count as zero
-POPULATION_RANK_RTOL = 1e3
 
 
 def split_parameters(theta: torch.Tensor, n_hidden: int, n_inputs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,71 +147,45 @@ class Objective:
         return 0.5 * (H + H.T)
 
     def spectrum(self) -> tuple[Spectrum, np.ndarray]:
-        """Eigen-decomposition of the Hessian at ``theta*``.
+        """Eigen-decomposition of the Hessian at ``theta*``: :meth:`Curvature.eigh` of :meth:`curvature`.
 
         Returns ``(spec, U)``: ``spec.eigenvalues`` ascending ``(P,)`` with a rank
         decision, and ``U`` ``(P, P)`` whose columns are the matching eigenvectors.
         For a batch the eigenvectors diagonalise ``J^T J / N`` (the exact Hessian at
         the optimum) and the rank comes from the singular values of ``J``.
         """
-        net, P = self.teacher, self.n_params
-        if self.X is not None:
-            return batch_eigensystem(net, self.X.numpy())
-        H = self.hessian_at(torch.zeros(P, dtype=torch.float64)).numpy()
-        lam, U = np.linalg.eigh(0.5 * (H + H.T))
-        lam = np.clip(lam, 0.0, None)
-        rank = population_rank(lam)
-        spec = Spectrum(
-            eigenvalues=lam,
-            rank=rank,
-            method="population-closed-form-autodiff",
-            activation=net.activation.name,
-            n_inputs=net.n_inputs,
-            n_hidden=net.n_hidden,
-            samples=None,
-            extra={"input_excess_kurtosis": self.kurtosis},
-        )
+        spec, U = self.curvature().eigh()
+        if self.X is None:
+            spec.eigenvalues = np.clip(spec.eigenvalues, 0.0, None)
+            spec.extra["input_excess_kurtosis"] = self.kurtosis
         return spec, U
 
+    def curvature(self) -> Curvature:
+        """The Hessian at ``theta*`` as a curvature operator: Gauss–Newton on the batch, autodiff of a closed form."""
+        if self.X is not None:
+            return BatchGaussNewton(self.teacher, self.X.numpy())
+        return ClosedFormHessian(self)
 
-def batch_eigensystem(net: TwoLayerNet, X: np.ndarray) -> tuple[Spectrum, np.ndarray]:
-    """Eigenvalues and eigenvectors of ``J^T J / N`` from the SVD of the TSQR factor ``R`` of ``J``.
 
-    ``J = Q R = Q (W S V^T)``, so ``H = V (S**2 / N) V^T``: the eigenvectors come
-    with the singular values, without forming ``H`` (whose condition number is
-    the square of ``J``'s). Returns ``(spec, U)`` as :meth:`Objective.spectrum`.
+class ClosedFormHessian(Curvature):
+    """Hessian of a closed-form population loss at ``theta*``, by ``torch.func.hessian`` (``(P, P)``, dense).
+
+    No square root is formed, so its rank follows the eigenvalue rule
+    (:func:`~nearopt.spectra.rank_rule.rank_from_eigenvalues`).
     """
-    t0 = time.perf_counter()
-    N, P = X.shape[0], net.n_params
-    R = jacobian_r_factor(net, X)
-    _, s, Vt = np.linalg.svd(R, full_matrices=True)  # s descending (k,), Vt (P, P)
-    s = s / np.sqrt(N)
-    eig = np.zeros(P)
-    eig[P - s.size :] = s[::-1] ** 2
-    U = np.ascontiguousarray(Vt[::-1].T)  # columns ascending with eig; null-space vectors first
-    spec = Spectrum(
-        eigenvalues=eig,
-        rank=decide_rank(s, P, shape=(N, P)),
-        method="gauss-newton-svd",
-        activation=net.activation.name,
-        n_inputs=net.n_inputs,
-        n_hidden=net.n_hidden,
-        samples=N,
-        seconds=time.perf_counter() - t0,
-    )
-    return spec, U
 
+    kind = "closed-form-hessian"
 
-def population_rank(eigenvalues: np.ndarray) -> RankDecision:
-    """Rank of a PSD Hessian known only through ``eigvalsh`` (ascending ``(P,)``).
+    def __init__(self, objective: Objective):
+        super().__init__(objective.teacher)
+        self.objective = objective
 
-    Uses the square roots as singular values with tolerance
-    ``sqrt(POPULATION_RANK_RTOL * P * eps)`` relative, i.e. eigenvalues below
-    ``POPULATION_RANK_RTOL * P * eps * lambda_max`` count as zero.
-    """
-    P = eigenvalues.size
-    s = np.sqrt(np.clip(eigenvalues, 0.0, None))
-    return decide_rank(s, P, rtol=float(np.sqrt(POPULATION_RANK_RTOL * P * np.finfo(np.float64).eps)))
+    def to_dense(self) -> np.ndarray:
+        H = self.objective.hessian_at(torch.zeros(self.n_params, dtype=torch.float64)).numpy()
+        return 0.5 * (H + H.T)
+
+    def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.to_dense(), device=V.device) @ V
 
 
 def make_objective(

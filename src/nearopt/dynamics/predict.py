@@ -1,4 +1,4 @@
-"""Quadratic-regime predictions for training near the optimum (theory.md §5).
+"""Quadratic-regime predictions for training near the optimum (docs/theory.md §5).
 
 Around ``theta*`` the loss is ``L = 1/2 delta^T H delta``. In the eigenbasis
 ``H = U diag(lambda) U^T`` each mode ``c_k = u_k^T delta`` decays on its own:
@@ -106,7 +106,7 @@ def marchenko_pastur_density(m: np.ndarray, q: float) -> np.ndarray:
 
 
 def linear_edge_loss(times: np.ndarray, *, n_inputs: int, n_hidden: int, s: float, sigma1: float, sigma0: float, lr: float, flow: bool = True) -> np.ndarray:
-    """Large-size ``<L_t>`` of a linear network from the ``s + MP`` law of theory.md §3, shape ``(T,)``.
+    """Large-size ``<L_t>`` of a linear network from the ``s + MP`` law of docs/theory.md §3.2, shape ``(T,)``.
 
     The ``N_i`` nonzero eigenvalues are ``lambda = s + sigma1**2 N_h m`` with
     ``m ~ MP_q``, ``q = N_i / N_h`` (plus ``N_i (1 - 1/q)`` eigenvalues equal to ``s``
@@ -134,7 +134,7 @@ def linear_edge_asymptote(times: np.ndarray, *, n_inputs: int, n_hidden: int, s:
 
     Near ``lambda_- = s + sigma1**2 N_h m_-`` the density is ``c (lambda - lambda_-)**(1/2)``, so
     ``<L_t> ~ sigma0**2/2 N_i c lambda_- Gamma(3/2) (2 lr t)**(-3/2) exp(-2 lr lambda_- t)``:
-    the ``t**-(alpha+1)``, ``alpha = 1/2`` law of theory.md §5.
+    the ``t**-(alpha+1)``, ``alpha = 1/2`` law of docs/theory.md §5.4.
     """
     q = n_inputs / n_hidden
     if q >= 1:

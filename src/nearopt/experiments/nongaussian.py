@@ -32,7 +32,8 @@ import numpy as np
 from scipy import stats
 
 from .. import io
-from ..dynamics import batch_eigensystem, make_objective, predict_draw_loss, run_dynamics, sample_displacements
+from ..curvature.batch import BatchGaussNewton
+from ..dynamics import make_objective, predict_draw_loss, run_dynamics, sample_displacements
 from ..model import sample_inputs, sample_teacher
 from ..plotting import new_figure, save_figure
 from .base import Check, Experiment, ExperimentResult, register
@@ -56,7 +57,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     specs = {"gaussian": gauss_spec}
     if act == "quadratic" and math.isfinite(kappa):
         specs["kurtosis"] = make_objective(net, kurtosis=kappa).spectrum()[0]
-    batch_specs = [batch_eigensystem(net, sample_inputs(cell["samples"], net.n_inputs, seed=1000 + s, distribution=dist, df=cell["df"]))[0]
+    batch_specs = [BatchGaussNewton(net, sample_inputs(cell["samples"], net.n_inputs, seed=1000 + s, distribution=dist, df=cell["df"])).spectrum("factor")
                    for s in range(cell["data_seeds"])]
     full = np.array([b.eigenvalues for b in batch_specs])  # (seeds, P)
     errors, pred = {}, {}

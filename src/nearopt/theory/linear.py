@@ -1,4 +1,4 @@
-"""Exact Hessian spectrum of linear networks at the optimum (theory.md §3).
+"""Exact Hessian spectrum of linear networks at the optimum (docs/theory.md §3.1).
 
 For ``g(z) = z`` the per-sample Jacobian is ``J(x) = B x`` with ``B`` of shape
 ``(P, N_i)``: rows ``a*N_i:(a+1)*N_i`` (weights ``w_a``) are ``v_a I``, the last
@@ -25,7 +25,8 @@ from scipy import linalg, stats
 
 from ..errors import NearoptError, require_positive_int
 from ..model import TwoLayerNet, sample_inputs, sample_teacher
-from ..spectrum import Spectrum, decide_rank
+from ..spectra.rank_rule import decide_rank
+from ..spectra.spectrum import Spectrum
 from .distributions import _scale
 
 

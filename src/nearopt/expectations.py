@@ -3,7 +3,7 @@
 Every block of the population Hessian ``H = E_x[J J^T]`` of ``f(x) = W2 g(W1 x)``
 involves a pair of hidden units ``a, c`` only through ``z = (u, v) = (w_a.x, w_c.x)``,
 a centred Gaussian with covariance ``C = [[w_a.w_a, w_a.w_c], [w_a.w_c, w_c.w_c]]``
-(see ``theory.md`` §2). By Stein's lemma ``E[phi(Ax) x] = A^T E[grad phi]`` and
+(see ``docs/theory.md`` §2.2). By Stein's lemma ``E[phi(Ax) x] = A^T E[grad phi]`` and
 ``E[phi(Ax) x x^T] = E[phi] I + A^T E[hess phi] A`` with ``A = [w_a; w_c]``, so a pair
 is described by the *Stein form* (:class:`PairMoments`)::
 
@@ -12,7 +12,8 @@ is described by the *Stein form* (:class:`PairMoments`)::
     E[g'(u) g'(v) x x^T]   = dd I + [w_a w_c] K [w_a w_c]^T   # K = E[hess(g'(u) g'(v))]
 
 which needs no ``C^{-1}`` and stays valid when ``w_a`` and ``w_c`` are parallel
-(``a = c`` included). Closed forms (:func:`closed_form_moments`) cover polynomials
+(``a = c`` included). Closed forms (each activation's ``closed_form_moments``, kept in
+:mod:`nearopt.activations` beside the function they describe) cover polynomials
 (Mehler's formula, exact), ``erf(z/s)`` for any scale (arcsine kernel and its
 derivatives) and ReLU (arc-cosine kernels; the deltas of ``g''`` are integrated
 exactly). Any other activation goes through a tensor quadrature
@@ -37,16 +38,14 @@ up as a difference between levels and is caught by the same check.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
-from numpy.polynomial import hermite_e
 
-from .activations import Activation, Erf, Polynomial, ReLU, get_activation
+from .activations import COLLINEAR_TOL, Activation, PairMoments, get_activation, pair_covariance
 from .errors import NearoptError
 
 #: nodes per dimension tried in turn until two successive levels agree (ratio ~1.5: the
@@ -55,8 +54,6 @@ from .errors import NearoptError
 QUADRATURE_ORDERS = (33, 49, 73, 109, 163, 245, 367, 551, 825, 1237, 1855, 2783)
 #: default agreement required between successive quadrature orders (absolute, on O(1) moments)
 QUADRATURE_TOL = 1e-12
-#: parallel pairs: ``1 - rho**2`` below this uses the one-dimensional formulas
-COLLINEAR_TOL = 1e-12
 #: quadrature nodes evaluated at once (memory: a few arrays of this many float64)
 _QUAD_BLOCK = 2_000_000
 
@@ -70,40 +67,6 @@ class GaussianExpectation:
     second: np.ndarray
     order: int
     error: float  # max change between the last two quadrature orders
-
-
-@dataclass(frozen=True)
-class PairMoments:
-    """Stein-form moments of unit pairs (see module docstring).
-
-    Arrays share a leading shape ``S`` (``(N_h, N_h)`` from :func:`pair_moments`):
-    ``gg`` ``S``, ``b`` ``S + (2,)``, ``dd`` ``S``, ``K`` ``S + (2, 2)``. ``method`` is
-    ``"closed-form"`` or ``"quadrature"``; ``order``/``error`` describe the quadrature.
-    """
-
-    gg: np.ndarray
-    b: np.ndarray
-    dd: np.ndarray
-    K: np.ndarray
-    method: str
-    order: int | None = None
-    error: float = 0.0
-
-    def raw(self, c11, c12, c22) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Moments in ``z``-coordinates for the covariances ``(c11, c12, c22)`` they were made for.
-
-        Returns ``E[g(u)g(v)]``, ``E[g'(u)g(v) z]`` ``S+(2,)``, ``E[g'(u)g'(v)]`` and
-        ``E[g'(u)g'(v) z z^T]`` ``S+(2,2)`` (``E[phi z] = C b``, ``E[phi z z^T] = C K C + E[phi] C``).
-        """
-        C = _cov(c11, c12, c22)
-        first = np.einsum("...ij,...j->...i", C, self.b)
-        second = C @ self.K @ C + self.dd[..., None, None] * C
-        return self.gg, first, self.dd, second
-
-
-def _cov(c11, c12, c22) -> np.ndarray:
-    c11, c12, c22 = np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in (c11, c12, c22)))
-    return np.stack([np.stack([c11, c12], -1), np.stack([c12, c22], -1)], -2)
 
 
 def normal_rule(order: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,102 +133,6 @@ def _not_converged(tol: float, err: float) -> NearoptError:
         f"quadrature did not converge to {tol:g} by {QUADRATURE_ORDERS[-1]} nodes per dimension (last change {err:.3g}); "
         "the activation may be non-smooth, or the pre-activations very wide (std >> 10): pass an explicit order or register a closed form"
     )
-
-
-# --------------------------------------------------------------------------- closed forms
-@functools.lru_cache(maxsize=None)
-def _power_to_hermite(n: int) -> np.ndarray:
-    """``(n, n)`` matrix taking power-basis coefficients to probabilists' Hermite ones."""
-    T = np.zeros((n, n))
-    for k in range(n):
-        h = hermite_e.poly2herme(np.eye(n)[k])
-        T[k, : h.size] = h
-    return T
-
-
-def _polynomial_moments(act: Polynomial, c11, c12, c22) -> PairMoments:
-    """Mehler: ``E[p(u) q(v)] = sum_k k! alpha_k beta_k rho^k`` with Hermite coefficients of ``p(s1 t)``, ``q(s2 t)``."""
-    c = act.polynomial_coefficients
-    derivs = [c]
-    for _ in range(3):
-        d = derivs[-1]
-        derivs.append(d[1:] * np.arange(1, d.size) if d.size > 1 else np.zeros(1))
-    s1, s2 = np.sqrt(c11), np.sqrt(c22)
-    denom = s1 * s2
-    rho = np.divide(c12, denom, out=np.zeros_like(denom), where=denom > 0)
-
-    def herm(coef: np.ndarray, s: np.ndarray) -> np.ndarray:
-        # Hermite coefficients of t -> coef(s t), shape S + (p+1,)
-        scaled = coef * s[..., None] ** np.arange(coef.size)
-        return scaled @ _power_to_hermite(coef.size)
-
-    def E(i: int, j: int) -> np.ndarray:
-        alpha, beta = herm(derivs[i], s1), herm(derivs[j], s2)
-        k = min(alpha.shape[-1], beta.shape[-1])
-        fact = np.array([math.factorial(m) for m in range(k)], dtype=np.float64)
-        return np.sum(alpha[..., :k] * beta[..., :k] * fact * rho[..., None] ** np.arange(k), axis=-1)
-
-    b = np.stack([E(2, 0), E(1, 1)], -1)
-    K12 = E(2, 2)
-    K = np.stack([np.stack([E(3, 1), K12], -1), np.stack([K12, E(1, 3)], -1)], -2)
-    return PairMoments(E(0, 0), b, E(1, 1), K, "closed-form")
-
-
-def _erf_moments(act: Erf, c11, c12, c22) -> PairMoments:
-    """``g = erf(a z)``: arcsine kernel; ``g'`` is Gaussian so ``g'g'``-moments are Gaussian integrals."""
-    a2 = 1.0 / act.scale**2
-    d1, d2 = 1.0 + 2 * a2 * c11, 1.0 + 2 * a2 * c22
-    detC = np.clip(c11 * c22 - c12**2, 0.0, None)
-    detD = d1 * d2 - 4 * a2**2 * c12**2  # det(I + 2 a^2 C) = d1 d2 (1 - rho^2)
-    rho = 2 * a2 * c12 / np.sqrt(d1 * d2)
-    gg = (2 / np.pi) * np.arcsin(np.clip(rho, -1.0, 1.0))
-    dd = (4 * a2 / np.pi) / np.sqrt(detD)  # (2a/sqrt(pi))^2 det(I + 2a^2 C)^(-1/2)
-    b0 = -(4 * a2 / np.pi) * rho / (d1 * np.sqrt(detD / (d1 * d2)))  # 2 d gg / d C11
-    # E[g'(u) g'(v) p(u, v)] = dd E_{N(0, C')}[p],  C' = C (I + 2 a^2 C)^(-1)
-    cp11, cp12, cp22 = (c11 + 2 * a2 * detC) / detD, c12 / detD, (c22 + 2 * a2 * detC) / detD
-    K11 = dd * (4 * a2**2 * cp11 - 2 * a2)  # g''' = (4 a^4 z^2 - 2 a^2) g'
-    K22 = dd * (4 * a2**2 * cp22 - 2 * a2)
-    K12 = dd * 4 * a2**2 * cp12  # g'' = -2 a^2 z g'
-    K = np.stack([np.stack([K11, K12], -1), np.stack([K12, K22], -1)], -2)
-    return PairMoments(gg, np.stack([b0, dd], -1), dd, K, "closed-form")
-
-
-def _relu_moments(act: ReLU, c11, c12, c22) -> PairMoments:
-    """Arc-cosine kernels; ``g'' = delta`` and ``g''' = delta'`` integrated exactly."""
-    s1, s2 = np.sqrt(c11), np.sqrt(c22)
-    denom = s1 * s2
-    live = denom > 0
-    cos = np.clip(np.divide(c12, denom, out=np.ones_like(denom), where=live), -1.0, 1.0)
-    theta = np.arccos(cos)
-    sin = np.sin(theta)
-    gg = denom / (2 * np.pi) * (sin + (np.pi - theta) * cos)
-    step = np.where(live, (np.pi - theta) / (2 * np.pi), 0.0)
-    b0 = np.divide(s2 * sin, 2 * np.pi * s1, out=np.zeros_like(s1), where=live)  # E[delta(u) relu(v)]
-    # For parallel units the delta terms cancel exactly (E[step(u) x x^T] = I/2): K = 0 there.
-    ok = live & (1.0 - cos**2 > COLLINEAR_TOL)
-    sqrt_det = np.where(ok, denom * sin, 1.0)
-    K12 = np.where(ok, 1.0 / (2 * np.pi * sqrt_det), 0.0)  # E[delta(u) delta(v)]
-    K11 = np.where(ok, -c12 / (2 * np.pi * np.where(ok, c11, 1.0) * sqrt_det), 0.0)  # E[delta'(u) step(v)]
-    K22 = np.where(ok, -c12 / (2 * np.pi * np.where(ok, c22, 1.0) * sqrt_det), 0.0)
-    K = np.stack([np.stack([K11, K12], -1), np.stack([K12, K22], -1)], -2)
-    return PairMoments(gg, np.stack([b0, step], -1), step, K, "closed-form")
-
-
-def closed_form_moments(activation: str | Activation, c11, c12, c22) -> PairMoments | None:
-    """Exact Stein-form moments for covariances ``(c11, c12, c22)`` (broadcast arrays), or ``None``.
-
-    Covers :class:`~nearopt.activations.Polynomial` (incl. linear, quadratic, cubic),
-    :class:`~nearopt.activations.Erf` (both scales) and :class:`~nearopt.activations.ReLU`.
-    """
-    act = get_activation(activation)
-    c11, c12, c22 = np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in (c11, c12, c22)))
-    if isinstance(act, Polynomial):
-        return _polynomial_moments(act, c11, c12, c22)
-    if type(act) is Erf:
-        return _erf_moments(act, c11, c12, c22)
-    if type(act) is ReLU:
-        return _relu_moments(act, c11, c12, c22)
-    return None
 
 
 # --------------------------------------------------------------------------- quadrature
@@ -353,7 +220,7 @@ def _quad_pairs_2d(act: Activation, a11, a21, a22, x, w) -> np.ndarray:
     s11, s12, s22 = E(wyy, du, Rd[..., 0]) - e2, E(wy, du, Rd[..., 1]), E(w1, du, Rd[..., 2]) - e2
     Li = np.zeros((a11.size, 2, 2))  # L^{-T}: moments in y -> Stein form in z
     Li[:, 0, 0], Li[:, 0, 1], Li[:, 1, 1] = 1 / a11, -a21 / (a11 * a22), 1 / a22
-    K = Li @ _cov(s11, s12, s22) @ Li.transpose(0, 2, 1)
+    K = Li @ pair_covariance(s11, s12, s22) @ Li.transpose(0, 2, 1)
     b = np.einsum("mij,mj->mi", Li, m1)
     br = np.einsum("mij,mj->mi", Li, m1r)[:, ::-1]
     return np.column_stack([gg, b, e2, K.reshape(-1, 4), br])
@@ -480,7 +347,7 @@ def pair_moments(activation: str | Activation, gram: np.ndarray, *, order: int |
     G = np.asarray(gram, dtype=np.float64)
     d = np.diag(G)
     c11, c12, c22 = d[:, None] * np.ones_like(G), G, d[None, :] * np.ones_like(G)
-    exact = closed_form_moments(act, c11, c12, c22)
+    exact = act.closed_form_moments(c11, c12, c22)
     if exact is not None:
         return exact
     n_h = G.shape[0]

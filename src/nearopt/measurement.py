@@ -3,9 +3,9 @@
 The rank is decided from the singular values of ``J / sqrt(N)`` (``J`` the
 ``N × P`` per-sample Jacobian, obtained as the R factor of a chunked QR in
 float64), never from ``eigvalsh(H)``. Each :class:`RankMeasurement` carries the
-:class:`~nearopt.spectrum.RankDecision` (tolerance, the singular values either
+:class:`~nearopt.spectra.rank_rule.RankDecision` (tolerance, the singular values either
 side of it, their ratio ``gap`` and the ``margin`` to the tolerance), the
-prediction of :mod:`nearopt.theory.rank`, and a list of ``warnings``: when
+prediction of :mod:`nearopt.theory.rank_prediction`, and a list of ``warnings``: when
 ``N < P`` (the sample size may cap the rank), when the decision has no clear
 gap, when a larger gap lies among the kept values than at the cut, and when
 the measurement disagrees with an exact prediction.
@@ -28,10 +28,10 @@ import numpy as np
 
 from .activations import Activation, get_activation
 from .errors import NearoptError, require_positive_int
-from .hessian import empirical
+from .curvature import jacobian_r_factor, population_spectrum
 from .model import TwoLayerNet, sample_inputs, sample_teacher
-from .spectrum import RankDecision, decide_rank
-from .theory.rank import RankPrediction, predict_rank
+from .spectra.rank_rule import RankDecision, decide_rank
+from .theory.rank_prediction import RankPrediction, predict_rank
 
 #: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
 DEFAULT_OVERSAMPLE = 4
@@ -219,7 +219,7 @@ def measure_rank(
     elif n_samples is not None:
         raise NearoptError("give either inputs X or n_samples, not both")
     N = int(np.shape(X)[0])
-    R = empirical.jacobian_r_factor(net, X, chunk_size=chunk_size, device=device)
+    R = jacobian_r_factor(net, X, chunk_size=chunk_size, device=device)
     s = np.linalg.svd(R, compute_uv=False) / np.sqrt(N)  # descending
     decision = decide_rank(s, net.n_params, rtol=rtol, shape=(N, net.n_params))
     pred = predict_rank(net.activation, net.n_inputs, net.n_hidden, n_samples=N)
@@ -256,12 +256,11 @@ def _coverage_warnings(net: TwoLayerNet, X: np.ndarray) -> list[str]:
 
 
 def measure_population_rank(net: TwoLayerNet, *, method: str = "auto", rtol: float | None = None, teacher_seed: int | None = None) -> RankMeasurement:
-    """Rank of the population Hessian via :func:`nearopt.hessian.population.population_spectrum`.
+    """Rank of the population Hessian via :func:`nearopt.curvature.population.population_spectrum`.
 
     The decision is the one the population route made (its own square root
     and tolerance); ``singular_values`` are ``sqrt`` of its eigenvalues.
     """
-    from .hessian.population import population_spectrum  # deferred: population imports the rank helpers' dependencies
     t0 = time.perf_counter()
     spec = population_spectrum(net, method=method, rtol=rtol)
     eig = np.sort(np.clip(np.asarray(spec.eigenvalues, dtype=np.float64), 0.0, None))[::-1]

@@ -5,7 +5,7 @@ Per case (activation, size, GD or gradient flow): train ``K`` students from
 ``1/2 sum_k lambda_k decay_k(t)**2 c_k(0)**2`` (each draw) and ``<L_t>`` (ensemble)
 from the batch Hessian at ``theta*``; fit the late-time slope of ``log <L_t>``. One
 more cell checks the soft-edge law ``<L_t> ~ t**-3/2 exp(-2 eta lambda_- t)`` of a
-large linear network (theory.md §5) from its exact spectrum against the MP integral.
+large linear network (docs/theory.md §5.4) from its exact spectrum against the MP integral.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _edge_cell(cell: dict[str, Any]) -> dict[str, Any]:
     ni, nh = cell["n_inputs"], cell["n_hidden"]
     net = sample_teacher(ni, nh, "linear", seed=cell["seed"])
     s = float(np.sum(net.W2**2))
-    lam = s + np.linalg.eigvalsh(net.W1.T @ net.W1)  # nonzero population spectrum (theory.md §3)
+    lam = s + np.linalg.eigvalsh(net.W1.T @ net.W1)  # nonzero population spectrum (docs/theory.md §3.1)
     sigma1, lr = 1.0 / math.sqrt(ni), 1.0 / float(lam.max())
     lam_lo = s + sigma1**2 * nh * (1 - math.sqrt(ni / nh)) ** 2
     # up to 2 eta lambda_- t = t_units: far enough for the asymptote, short of underflow

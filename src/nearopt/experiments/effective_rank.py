@@ -1,4 +1,4 @@
-"""Experiment ``rank``: the Hessian rank as the effective number of parameters (theory.md §4).
+"""Experiment ``rank``: the Hessian rank as the effective number of parameters (docs/theory.md §4).
 
 Cells are ``(activation, N_i, N_h, teacher seed)``; each measures the rank from
 the singular values of ``J/√N`` (``N = oversample · P``, float64) and compares
@@ -29,8 +29,8 @@ from .. import io
 from ..activations import get_activation
 from ..model import sample_teacher
 from ..plotting import new_figure, save_figure
-from ..rank import measure_rank
-from ..theory.rank import DEFECTIVE_CASES, predict_rank, saturation_hidden
+from ..measurement import measure_rank
+from ..theory.rank_prediction import DEFECTIVE_CASES, predict_rank, saturation_hidden
 from .base import Check, Experiment, ExperimentResult, register
 
 QUICK = {

@@ -1,4 +1,4 @@
-"""Predicted rank of the Hessian at the optimum (theory.md §4).
+"""Predicted rank of the Hessian at the optimum (docs/theory.md §4).
 
 At ``theta = theta*`` the population Hessian is ``E[J Jᵀ]``, so its rank is the
 dimension of the tangent space of ``theta ↦ f_theta``: the number of
@@ -151,7 +151,7 @@ def polynomial_rank_bound(support, n_inputs: int, n_hidden: int) -> int:
 
     The rank of a stack of row blocks is at most the sum of the block ranks, and
     block ``k`` alone is the ``z^k`` network (so this is never looser than
-    theory.md's ``min(N_h(N_i+1), Σ C(N_i+k−1, k))``).
+    the ``min(N_h(N_i+1), Σ C(N_i+k−1, k))``).
     """
     p_total = n_hidden * (n_inputs + 1)
     blocks = sum(1 if k == 0 else monomial_rank(k, n_inputs, n_hidden) for k in support)

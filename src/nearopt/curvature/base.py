@@ -1,0 +1,257 @@
+"""The curvature abstraction: one base class, each curvature a short subclass.
+
+A :class:`Curvature` is a symmetric ``(P, P)`` float64 matrix ``H`` of a
+:class:`~nearopt.problem.Problem`, exposed as a SciPy
+:class:`~scipy.sparse.linalg.LinearOperator` (so ``eigsh``, ``lobpcg``, ``cg``
+and SLQ take it directly) with a torch product for CPU and GPU. A subclass
+supplies only
+
+* :meth:`Curvature.torch_matmat` -- ``H V`` for ``V`` of shape ``(P, k)`` (torch, float64);
+
+and, where it knows better than ``P`` products with the identity,
+
+* :meth:`Curvature.to_dense` -- the matrix itself;
+* :meth:`Curvature.factor` -- a square root ``S`` ``(m, P)`` with ``S^T S = H``
+  (``J / sqrt(N)`` for a batch, the Jacobian factor of a linear network, ...);
+* extra routes in :attr:`Curvature.routes` (the population structured route).
+
+:meth:`Curvature.spectrum` routes to them and returns one
+:class:`~nearopt.spectra.spectrum.Spectrum`, ranked by the one rank rule
+(:mod:`nearopt.spectra.rank_rule`): singular values of the factor when there is
+one, the eigenvalue rule otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import scipy.linalg
+import torch
+from scipy.sparse.linalg import LinearOperator
+
+from ..errors import NearoptError, require_positive_int
+from ..problem import Problem, as_problem
+from ..resources import require_memory
+from ..spectra.lanczos import extreme_eigenvalues, spectral_density
+from ..spectra.rank_rule import RankDecision, decide_rank, eigenvalue_rtol, rank_from_eigenvalues
+from ..spectra.spectrum import Spectrum
+
+#: eigenvalues the ``lanczos`` route computes by default
+LANCZOS_K = 20
+#: columns of the identity pushed through :meth:`Curvature.torch_matmat` at once by the generic ``to_dense``
+DENSE_BLOCK = 256
+
+
+def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
+    """``"auto"`` picks CUDA when available; otherwise the named device (``cpu``, ``cuda``, ``cuda:1``)."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise NearoptError(f"unknown device {device!r}; use cpu, cuda or auto") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise NearoptError(f"device {device!r} is not supported; use cpu, cuda or auto")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NearoptError("device 'cuda' requested but no CUDA GPU is available")
+    return dev
+
+
+class Curvature(LinearOperator):
+    """A curvature matrix ``H`` ``(P, P)`` of a problem, as a symmetric float64 LinearOperator.
+
+    Parameters
+    ----------
+    problem : Problem or TwoLayerNet
+        What is analysed (a bare network means student = teacher).
+    device : str or torch.device
+        Where :meth:`torch_matmat` runs (``cpu``, ``cuda``, ``auto``).
+    """
+
+    #: short name used in :class:`Spectrum` ``method`` fields
+    kind = "curvature"
+
+    def __init__(self, problem: Problem | Any, *, device: str | torch.device = "cpu"):
+        self.problem = as_problem(problem)
+        self.device = resolve_device(device)
+        P = self.problem.n_params
+        super().__init__(dtype=np.float64, shape=(P, P))
+
+    # ------------------------------------------------------------------ what subclasses supply
+    def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """``H V`` for ``V`` ``(P, k)`` float64 on :attr:`device`; returns ``(P, k)``."""
+        raise NotImplementedError
+
+    def factor(self) -> np.ndarray | None:
+        """A square root ``S`` ``(m, P)`` with ``S^T S = H``, or ``None`` when none is cheap."""
+        return None
+
+    def factor_shape(self, S: np.ndarray) -> tuple[int, int]:
+        """Shape that sets the default rank tolerance of :meth:`factor` (NumPy's ``max(shape) eps``).
+
+        ``S.shape`` unless the factor compresses a taller matrix (a batch's ``R``
+        stands for ``J`` ``(N, P)``, whose rounding grows with ``N``).
+        """
+        return (int(S.shape[0]), int(S.shape[1]))
+
+    def to_dense(self) -> np.ndarray:
+        """``H`` as a dense ``(P, P)`` float64 array (generic: ``H`` times identity blocks)."""
+        P = self.n_params
+        require_memory(8 * P * P, f"a dense {P} x {P} curvature matrix", "the lanczos or structured route")
+        out = np.empty((P, P))
+        for start in range(0, P, DENSE_BLOCK):
+            stop = min(P, start + DENSE_BLOCK)
+            E = torch.zeros(P, stop - start, dtype=torch.float64, device=self.device)
+            E[torch.arange(start, stop), torch.arange(stop - start)] = 1.0
+            out[:, start:stop] = self.torch_matmat(E).cpu().numpy()
+        return 0.5 * (out + out.T)
+
+    # ------------------------------------------------------------------ SciPy LinearOperator
+    @property
+    def n_params(self) -> int:
+        """``P``: the number of trained parameters (the side of ``H``)."""
+        return int(self.shape[0])
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        T = torch.as_tensor(np.asarray(X, dtype=np.float64), device=self.device)
+        return self.torch_matmat(T).cpu().numpy()
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matmat(np.asarray(x).reshape(-1, 1)).ravel()
+
+    def _rmatvec(self, x: np.ndarray) -> np.ndarray:  # symmetric
+        return self._matvec(x)
+
+    def _adjoint(self) -> "Curvature":
+        return self
+
+    # ------------------------------------------------------------------ spectra
+    @property
+    def routes(self) -> dict[str, Callable[..., Spectrum]]:
+        """Spectrum routes this curvature offers, by name (``auto`` is resolved by :meth:`choose_route`)."""
+        routes: dict[str, Callable[..., Spectrum]] = {"dense": self._dense_spectrum, "lanczos": self._lanczos_spectrum}
+        if type(self).factor is not Curvature.factor:
+            routes["factor"] = self._factor_spectrum
+        return routes
+
+    def choose_route(self) -> str:
+        """The route ``auto`` takes: the factor when there is one, else dense."""
+        return "factor" if "factor" in self.routes else "dense"
+
+    def spectrum(self, method: str = "auto", *, rtol: float | None = None, k: int = LANCZOS_K) -> Spectrum:
+        """Eigenvalues of ``H`` and the rank decision, by route ``method``.
+
+        ``dense``: ``eigvalsh`` of :meth:`to_dense`, ranked by the eigenvalue rule;
+        ``factor``: squared singular values of :meth:`factor`, ranked by the
+        singular-value rule; ``lanczos``: the ``k`` largest eigenvalues only
+        (``Spectrum.partial``; no rank); subclasses add routes (``structured``).
+        """
+        routes = self.routes
+        if method == "auto":
+            method = self.choose_route()
+        if method not in routes:
+            raise NearoptError(f"unknown method {method!r} for {self.kind}; choose from auto, {', '.join(routes)}")
+        t0 = time.perf_counter()
+        spec = routes[method](rtol=rtol, k=k)
+        spec.seconds = time.perf_counter() - t0
+        return spec
+
+    def eigh(self, *, rtol: float | None = None) -> tuple[Spectrum, np.ndarray]:
+        """All eigenpairs: ``(spectrum, U)`` with ``U`` ``(P, P)`` whose columns match the ascending eigenvalues.
+
+        From the SVD of :meth:`factor` when there is one (``S = W s V^T`` gives
+        ``H = V s^2 V^T`` without squaring the condition number; null-space
+        vectors come first), else ``eigh`` of :meth:`to_dense`. Ranked by the one rule.
+        """
+        t0 = time.perf_counter()
+        S = self.factor()
+        P = self.n_params
+        if S is not None:
+            _, s, Vt = np.linalg.svd(S, full_matrices=True)  # s descending (m,), Vt (P, P)
+            eig = np.zeros(P)
+            eig[P - s.size :] = s[::-1] ** 2
+            U = np.ascontiguousarray(Vt[::-1].T)
+            spec = self.make_spectrum(eig, decide_rank(s, P, rtol=rtol, shape=self.factor_shape(S)), "factor", extra={"rank_source": "singular values of the square root"})
+        else:
+            eig, U = scipy.linalg.eigh(self.to_dense())
+            spec = self.make_spectrum(eig, rank_from_eigenvalues(eig, rtol=rtol), "dense", extra={"rank_source": "eigenvalues of the dense matrix"})
+        spec.seconds = time.perf_counter() - t0
+        return spec, U
+
+    def density(self, **kwargs: Any) -> dict[str, np.ndarray]:
+        """Spectral density by stochastic Lanczos quadrature (:func:`nearopt.spectra.lanczos.spectral_density`)."""
+        return spectral_density(self, **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        """Fields every :class:`Spectrum` of this curvature carries (sizes, activation, samples)."""
+        net = self.problem.point
+        return {"activation": net.activation.name, "n_inputs": net.n_inputs, "n_hidden": net.n_hidden, "samples": None}
+
+    def make_spectrum(self, eigenvalues: np.ndarray, decision: RankDecision, method: str, **fields: Any) -> Spectrum:
+        """A :class:`Spectrum` of this curvature (ascending ``eigenvalues``)."""
+        extra = fields.pop("extra", {})
+        base = self.describe()
+        base.update(fields)
+        return Spectrum(
+            eigenvalues=np.asarray(eigenvalues, dtype=np.float64),
+            rank=decision,
+            method=method,
+            params=self.n_params,
+            extra={"device": str(self.device), "trained": self.problem.trained, **extra},
+            **base,
+        )
+
+    def _dense_spectrum(self, rtol: float | None, k: int) -> Spectrum:
+        H = self.to_dense()
+        eig = scipy.linalg.eigvalsh(H)
+        decision = rank_from_eigenvalues(eig, rtol=rtol)
+        return self.make_spectrum(eig, decision, "dense", extra={"rank_source": "eigenvalues of the dense matrix"})
+
+    def _factor_spectrum(self, rtol: float | None, k: int) -> Spectrum:
+        S = self.factor()
+        assert S is not None
+        s = scipy.linalg.svdvals(S)
+        P = self.n_params
+        eig = np.zeros(P)
+        eig[P - s.size :] = np.sort(s**2)
+        decision = decide_rank(s, P, rtol=rtol, shape=self.factor_shape(S))
+        return self.make_spectrum(eig, decision, "factor", extra={"rank_source": "singular values of the square root"})
+
+    def _lanczos_spectrum(self, rtol: float | None, k: int) -> Spectrum:
+        P = self.n_params
+        k = int(min(require_positive_int(k, "k"), P - 1))
+        if k < 1:
+            raise NearoptError("the lanczos route needs P >= 2; use the dense method")
+        eig = extreme_eigenvalues(self, k=k, which="LA")
+        # Only the k largest are known: the decision concerns these k values, not H.
+        decision = decide_rank(np.sqrt(np.clip(eig, 0.0, None)), k, rtol=rtol if rtol is not None else eigenvalue_rtol(k))
+        extra = {
+            "rank_source": "not determined: only the largest eigenvalues are known",
+            "P": P,
+            "eigenvalues_held": f"largest {k} of {P} (ascending)",
+            "rank": None,
+            "rank_tolerance": None,
+            "rank_decision": None,
+            "smallest_nonzero": None,
+            "condition_number": None,
+        }
+        return self.make_spectrum(eig, decision, "lanczos", extra=extra)
+
+
+def restrict(problem: Problem, V: torch.Tensor) -> torch.Tensor:
+    """Embed ``V`` ``(P_trained, k)`` into all parameters ``(P_all, k)`` (zeros on fixed blocks)."""
+    if problem.trained == "both":
+        return V
+    idx = torch.as_tensor(problem.trained_indices, device=V.device)
+    full = torch.zeros(problem.point.n_params, V.shape[1], dtype=V.dtype, device=V.device)
+    full[idx] = V
+    return full
+
+
+def select(problem: Problem, HV: torch.Tensor) -> torch.Tensor:
+    """Rows of the trained parameters from ``(P_all, k)`` products."""
+    if problem.trained == "both":
+        return HV
+    return HV[torch.as_tensor(problem.trained_indices, device=HV.device)]

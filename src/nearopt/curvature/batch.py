@@ -1,0 +1,383 @@
+"""Curvature of the batch loss: :class:`BatchGaussNewton` and :class:`BatchHessian`.
+
+For a batch ``X`` of ``N`` inputs the loss is
+``L(theta) = 1/(2N) sum_n (f_theta(x_n) - f_theta*(x_n))**2``. Two independent
+routes are provided and held against each other in the tests:
+
+* :func:`loss_hessian` -- the exact Hessian of ``L`` by autodiff
+  (``torch.func.hessian``), valid at any student ``theta``;
+* :func:`gauss_newton` -- ``J^T J / N`` from the explicit per-sample Jacobian
+  (:func:`jacobian`), equal to the Hessian at ``theta = theta*``.
+
+Both accumulate over chunks of inputs, so memory is ``O(P**2 + chunk * P)``.
+:func:`jacobian_r_factor` gives the triangular factor ``R`` of ``J = Q R``
+(TSQR over chunks): the singular values of ``J``, hence the eigenvalues and the
+rank of ``H``, without squaring the condition number.
+
+The curvature classes wrap these as :class:`~nearopt.curvature.base.Curvature`
+operators of a :class:`~nearopt.problem.Problem` (student at any point, any
+trained blocks); :func:`batch_spectrum` is the spectrum of the batch Hessian at a
+network, with the method names of ``nearopt spectrum``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import func
+
+from ..errors import NearoptError
+from ..model import TwoLayerNet, forward_torch
+from ..problem import Problem, as_problem
+from ..resources import require_memory
+from ..spectra.rank_rule import decide_rank, rank_from_eigenvalues
+from ..spectra.spectrum import Spectrum
+from .base import Curvature, resolve_device, restrict, select
+
+#: bytes of intermediate memory a chunk may use (tunable by ``chunk_size``)
+CHUNK_BUDGET_BYTES = 2**28
+#: smaller chunks for forward-over-reverse autodiff: they stay in cache and run faster
+AUTODIFF_BUDGET_BYTES = 2**25
+
+
+def _chunk_size(n_samples: int, per_sample_floats: int, chunk_size: int | None, budget: int = CHUNK_BUDGET_BYTES) -> int:
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise NearoptError(f"chunk size must be >= 1, got {chunk_size}")
+        return min(chunk_size, n_samples)
+    return int(max(1, min(n_samples, budget // (8 * max(per_sample_floats, 1)))))
+
+
+def _chunks(X: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, X.shape[0], size):
+        yield X[start : start + size]
+
+
+def _as_tensor(X: np.ndarray | torch.Tensor, net: TwoLayerNet, dtype, device) -> torch.Tensor:
+    X = torch.as_tensor(X, dtype=dtype, device=device)
+    if X.ndim != 2 or X.shape[1] != net.n_inputs:
+        raise NearoptError(f"inputs must have shape (N, {net.n_inputs}), got {tuple(X.shape)}")
+    if X.shape[0] < 1:
+        raise NearoptError("need at least one input sample")
+    return X
+
+
+def _jacobian_block(net: TwoLayerNet, X: torch.Tensor, W1: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Rows ``grad_theta f(x_n)`` for a chunk ``X`` ``(n, N_i)``; returns ``(n, P)``.
+
+    ``df/dW1[a, :] = v_a g'(w_a . x) x`` and ``df/dv_a = g(w_a . x)``.
+    """
+    Z = X @ W1.T  # (n, N_h)
+    dW1 = (net.activation.derivative(Z) * v)[:, :, None] * X[:, None, :]  # (n, N_h, N_i)
+    return torch.cat([dW1.reshape(X.shape[0], -1), net.activation(Z)], dim=1)
+
+
+def _weights(net: TwoLayerNet, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    W1 = torch.as_tensor(net.W1, dtype=dtype, device=device)
+    v = torch.as_tensor(net.W2.ravel(), dtype=dtype, device=device)
+    return W1, v
+
+
+def jacobian(net: TwoLayerNet, X, *, dtype=torch.float64, device="cpu") -> torch.Tensor:
+    """Per-sample Jacobian ``J[n] = grad_theta f_theta(x_n)``, shape ``(N, P)``."""
+    dev = resolve_device(device)
+    Xt = _as_tensor(X, net, dtype, dev)
+    return _jacobian_block(net, Xt, *_weights(net, dtype, dev))
+
+
+def iter_jacobian_chunks(net: TwoLayerNet, X, *, chunk_size: int | None = None, dtype=torch.float64, device="cpu") -> Iterator[torch.Tensor]:
+    """Yield the Jacobian ``(n_chunk, P)`` chunk by chunk (rows of :func:`jacobian`)."""
+    dev = resolve_device(device)
+    Xt = _as_tensor(X, net, dtype, dev)
+    W1, v = _weights(net, dtype, dev)
+    size = _chunk_size(Xt.shape[0], 2 * net.n_params, chunk_size)
+    for Xc in _chunks(Xt, size):
+        yield _jacobian_block(net, Xc, W1, v)
+
+
+def gauss_newton_tensor(net: TwoLayerNet, X, *, chunk_size: int | None = None, dtype=torch.float64, device="cpu") -> torch.Tensor:
+    """:func:`gauss_newton` as a tensor left on ``device`` (for GPU eigensolvers)."""
+    P = net.n_params
+    require_memory(8 * P * P, f"the {P} x {P} Gauss-Newton matrix", "the jacobian-svd method (P <= N) or the matrix-free operator")
+    G = None
+    n = 0
+    for Jc in iter_jacobian_chunks(net, X, chunk_size=chunk_size, dtype=dtype, device=device):
+        G = Jc.T @ Jc if G is None else G.addmm_(Jc.T, Jc)
+        n += Jc.shape[0]
+    return G.div_(n)
+
+
+def gauss_newton(net: TwoLayerNet, X, *, chunk_size: int | None = None, dtype=torch.float64, device="cpu") -> np.ndarray:
+    """Gauss–Newton matrix ``J^T J / N`` at ``net``'s parameters, shape ``(P, P)``.
+
+    At the optimum (student = teacher) this *is* the Hessian of the loss.
+    """
+    return gauss_newton_tensor(net, X, chunk_size=chunk_size, dtype=dtype, device=device).cpu().numpy()
+
+
+def jacobian_r_factor(net: TwoLayerNet, X, *, chunk_size: int | None = None, dtype=torch.float64, device="cpu") -> np.ndarray:
+    """Upper-triangular ``R`` with ``J = Q R`` (TSQR over chunks), shape ``(min(N, P), P)``.
+
+    ``R`` has the singular values of ``J``; ``R^T R / N`` is the Gauss–Newton matrix.
+    """
+    R = None
+    # Chunks of at least P rows keep the cost near 2 N P^2 (each QR is of (chunk + P) x P).
+    if chunk_size is None:
+        chunk_size = max(net.n_params, _chunk_size(np.shape(X)[0], 2 * net.n_params, None))
+    for Jc in iter_jacobian_chunks(net, X, chunk_size=chunk_size, dtype=dtype, device=device):
+        stacked = Jc if R is None else torch.cat([R, Jc], dim=0)
+        R = torch.linalg.qr(stacked, mode="r").R
+    return R.cpu().numpy()
+
+
+def loss_hessian(
+    teacher: TwoLayerNet,
+    X,
+    *,
+    student: TwoLayerNet | np.ndarray | None = None,
+    chunk_size: int | None = None,
+    dtype=torch.float64,
+    device="cpu",
+) -> np.ndarray:
+    """Exact Hessian of ``L = 1/(2N) sum (f_student - f_teacher)**2`` by autodiff, ``(P, P)``.
+
+    ``student`` is a network (any width ``K``: ``P = K (N_i + 1)``) or a parameter
+    vector of the teacher's architecture; default: the teacher itself (the
+    optimum). Uses ``torch.func.hessian`` (forward-over-reverse) on chunks of
+    inputs and sums the chunks.
+    """
+    dev = resolve_device(device)
+    Xt = _as_tensor(X, teacher, dtype, dev)
+    if student is None:
+        student = teacher
+    elif not isinstance(student, TwoLayerNet):
+        student = teacher.with_parameters(student)
+    if student.n_inputs != teacher.n_inputs:
+        raise NearoptError(f"student has N_i = {student.n_inputs}, teacher has N_i = {teacher.n_inputs}")
+    P = student.n_params
+    require_memory(8 * P * P, f"the {P} x {P} autodiff Hessian", "the gauss-newton factor (jacobian-svd) at the optimum, or the matrix-free operator")
+    theta = torch.as_tensor(student.parameters(), dtype=dtype, device=dev)
+    theta_t = torch.as_tensor(teacher.parameters(), dtype=dtype, device=dev)
+    act, N = student.activation, Xt.shape[0]
+    n_h, n_ht = student.n_hidden, teacher.n_hidden
+
+    def chunk_loss(th: torch.Tensor, Xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
+        return 0.5 * ((forward_torch(th, Xc, act, n_h) - yc) ** 2).sum() / N
+
+    hess = func.hessian(chunk_loss)
+    # forward-over-reverse pushes P tangents through the chunk: ~P*n*N_h floats each.
+    size = _chunk_size(N, 4 * P * (n_h + student.n_inputs), chunk_size, AUTODIFF_BUDGET_BYTES)
+    H = torch.zeros(P, P, dtype=dtype, device=dev)
+    with torch.no_grad():
+        for Xc in _chunks(Xt, size):
+            yc = forward_torch(theta_t, Xc, teacher.activation, n_ht)
+            H += hess(theta, Xc, yc)
+    return H.cpu().numpy()
+
+
+def functional_hessian(teacher: TwoLayerNet, X, student: TwoLayerNet | np.ndarray, **kwargs) -> np.ndarray:
+    """``(1/N) sum r_n grad^2 f(x_n)``: exact Hessian minus Gauss–Newton, ``(P, P)``.
+
+    Zero at the optimum; nonzero as soon as the residuals ``r_n`` are.
+    """
+    s = student if isinstance(student, TwoLayerNet) else teacher.with_parameters(student)
+    return loss_hessian(teacher, X, student=s, **kwargs) - gauss_newton(s, X, **kwargs)
+
+
+def batch_hvp(net: TwoLayerNet, X, *, device="cpu"):
+    """Torch function ``V (P,) or (P, k) -> J^T J V / N`` for inputs ``X`` ``(N, N_i)`` (float64, no ``J`` formed).
+
+    Memory ``O(N (N_i + N_h k))`` for ``k`` vectors at once; cost ``O(N N_h N_i k)``.
+    """
+    dev = resolve_device(device)
+    Xt = _as_tensor(X, net, torch.float64, dev)
+    W, v = _weights(net, torch.float64, dev)
+    Z = Xt @ W.T
+    gZ, dZ = net.activation(Z), net.activation.derivative(Z) * v  # (N, N_h)
+    N, m = Xt.shape[0], net.W1.size
+
+    def hvp(V: torch.Tensor) -> torch.Tensor:
+        vec = V.ndim == 1
+        Vk = V[:, None] if vec else V
+        dW, dv = Vk[:m].T.reshape(-1, net.n_hidden, net.n_inputs), Vk[m:].T
+        r = (dZ * torch.einsum("ni,kai->kna", Xt, dW)).sum(2) + dv @ gZ.T  # (k, N) = (J V)^T
+        out_W = torch.einsum("kn,na,ni->kai", r, dZ, Xt) / N
+        out = torch.cat([out_W.reshape(out_W.shape[0], -1), r @ gZ / N], dim=1).T
+        return out[:, 0] if vec else out
+
+    return hvp
+
+
+#: above this ``P`` the batch routes avoid the ``O(N P^2)`` QR of ``J`` (rank from eigenvalues instead)
+SVD_MAX_PARAMS = 4000
+
+
+class BatchGaussNewton(Curvature):
+    """Gauss–Newton matrix of the batch loss at the student, ``G = J^T J / N`` ``(P, P)``.
+
+    ``J[n] = grad_theta f_theta(x_n)`` for inputs ``X`` ``(N, N_i)``. At the
+    optimum (student = teacher) ``G`` is the Hessian. Square root
+    (:meth:`factor`): ``R / sqrt(N)``, ``R`` the triangular factor of ``J = Q R``
+    (chunked TSQR), restricted to the trained columns. Product: ``J^T (J V) / N``
+    without forming ``J`` (cost ``O(N N_h N_i)`` per vector).
+    """
+
+    kind = "batch-gauss-newton"
+
+    def __init__(self, problem: Problem | TwoLayerNet, X, *, chunk_size: int | None = None, device="cpu"):
+        super().__init__(problem, device=device)
+        self.X = _as_tensor(X, self.problem.point, torch.float64, self.device)
+        self.chunk_size = chunk_size
+        self._hvp = batch_hvp(self.problem.point, self.X, device=self.device)
+
+    @property
+    def samples(self) -> int:
+        """``N``."""
+        return int(self.X.shape[0])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "samples": self.samples}
+
+    def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return select(self.problem, self._hvp(restrict(self.problem, V)))
+
+    def factor_shape(self, S: np.ndarray) -> tuple[int, int]:
+        return (self.samples, int(S.shape[1]))
+
+    def factor(self) -> np.ndarray:
+        """``R[:, trained] / sqrt(N)``, shape ``(min(N, P_all), P)``: ``S^T S = G``."""
+        R = jacobian_r_factor(self.problem.point, self.X, chunk_size=self.chunk_size, device=self.device)
+        return R[:, self.problem.trained_indices] / np.sqrt(self.samples)
+
+    def to_dense(self) -> np.ndarray:
+        G = gauss_newton_tensor(self.problem.point, self.X, chunk_size=self.chunk_size, device=self.device)
+        idx = torch.as_tensor(self.problem.trained_indices, device=G.device)
+        return G[idx][:, idx].cpu().numpy()
+
+
+class BatchHessian(Curvature):
+    """Exact Hessian of the batch loss ``L = 1/(2N) sum (f_student - f_teacher)^2`` at the student.
+
+    ``H = G + (1/N) sum_n r_n grad^2 f(x_n)`` with residuals ``r_n``: the
+    Gauss–Newton matrix plus the functional term, which vanishes at the teacher.
+    Dense by ``torch.func.hessian`` (:func:`loss_hessian`); products by
+    forward-over-reverse autodiff (``jvp`` of ``grad``). At the teacher the
+    square root of :class:`BatchGaussNewton` is a square root of ``H`` too, and
+    :meth:`factor` returns it (it decides the rank); elsewhere ``H`` may be
+    indefinite and has none.
+    """
+
+    kind = "batch-hessian"
+
+    def __init__(self, problem: Problem | TwoLayerNet, X, *, chunk_size: int | None = None, device="cpu"):
+        super().__init__(problem, device=device)
+        self.X = _as_tensor(X, self.problem.point, torch.float64, self.device)
+        self.chunk_size = chunk_size
+        pr = self.problem
+        st, te = pr.point, pr.teacher
+        self._theta = torch.as_tensor(st.parameters(), dtype=torch.float64, device=self.device)
+        y = forward_torch(torch.as_tensor(te.parameters(), dtype=torch.float64, device=self.device), self.X, te.activation, te.n_hidden)
+        N = self.samples
+
+        def loss(th: torch.Tensor) -> torch.Tensor:
+            return 0.5 * ((forward_torch(th, self.X, st.activation, st.n_hidden) - y) ** 2).sum() / N
+
+        grad = func.grad(loss)
+        self._hvp1 = lambda v: func.jvp(grad, (self._theta,), (v,))[1]
+
+    @property
+    def samples(self) -> int:
+        return int(self.X.shape[0])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "samples": self.samples}
+
+    def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
+        full = restrict(self.problem, V)
+        out = torch.stack([self._hvp1(full[:, j]) for j in range(full.shape[1])], dim=1)
+        return select(self.problem, out)
+
+    def factor(self) -> np.ndarray | None:  # type: ignore[override]
+        if not self.problem.at_teacher:
+            return None
+        return BatchGaussNewton(self.problem, self.X, chunk_size=self.chunk_size, device=self.device).factor()
+
+    def factor_shape(self, S: np.ndarray) -> tuple[int, int]:
+        return (self.samples, int(S.shape[1]))
+
+    @property
+    def routes(self):
+        routes = super().routes
+        if not self.problem.at_teacher:
+            routes.pop("factor", None)
+        return routes
+
+    def choose_route(self) -> str:
+        return "dense"
+
+    def to_dense(self) -> np.ndarray:
+        pr = self.problem
+        H = loss_hessian(pr.teacher, self.X, student=pr.point, chunk_size=self.chunk_size, device=self.device)
+        idx = pr.trained_indices
+        return H[np.ix_(idx, idx)]
+
+
+BATCH_METHODS = ("auto", "jacobian-svd", "gauss-newton", "autodiff")
+
+
+def batch_spectrum(
+    net: TwoLayerNet | Problem,
+    X,
+    *,
+    method: str = "auto",
+    chunk_size: int | None = None,
+    device="cpu",
+    rtol: float | None = None,
+) -> Spectrum:
+    """Spectrum of the batch Hessian at the optimum (or at ``problem``'s student).
+
+    Methods
+    -------
+    ``jacobian-svd``
+        eigenvalues ``s**2 / N`` from the singular values ``s`` of ``J`` (chunked
+        QR, then SVD of ``R``): best accuracy for the small eigenvalues
+        (:class:`BatchGaussNewton` ``factor`` route).
+    ``gauss-newton``
+        ``eigvalsh(J^T J / N)``: fastest for large ``P``, on GPU too.
+    ``autodiff``
+        ``eigvalsh`` of the ``torch.func`` Hessian of the loss (:class:`BatchHessian`).
+    ``auto``
+        ``jacobian-svd`` up to ``P = SVD_MAX_PARAMS``, else ``gauss-newton``.
+
+    The rank follows the one rank rule: singular values of ``J / sqrt(N)`` when
+    ``P <= SVD_MAX_PARAMS`` (or the method computed them) and the point is the
+    teacher, else the eigenvalue rule; ``extra["rank_source"]`` says which.
+    """
+    if method not in BATCH_METHODS:
+        raise NearoptError(f"unknown batch method {method!r}; choose from {', '.join(BATCH_METHODS)}")
+    t0 = time.perf_counter()
+    problem = as_problem(net)
+    P = problem.n_params
+    if method == "auto":
+        method = "jacobian-svd" if P <= SVD_MAX_PARAMS else "gauss-newton"
+    gn = BatchGaussNewton(problem, X, chunk_size=chunk_size, device=device)
+    if method == "jacobian-svd":
+        spec = gn.spectrum("factor", rtol=rtol)
+    else:
+        curv = gn if method == "gauss-newton" else BatchHessian(problem, X, chunk_size=chunk_size, device=device)
+        H = torch.as_tensor(curv.to_dense(), device=gn.device)
+        eig = torch.linalg.eigvalsh(H).cpu().numpy()
+        if P <= SVD_MAX_PARAMS and problem.at_teacher:
+            S = gn.factor()
+            decision, source = decide_rank(np.linalg.svd(S, compute_uv=False), P, rtol=rtol, shape=gn.factor_shape(S)), "jacobian singular values"
+        else:
+            decision, source = rank_from_eigenvalues(eig, rtol=rtol), "hessian eigenvalues"
+        spec = gn.make_spectrum(eig, decision, method, extra={"rank_source": source})
+    if method == "jacobian-svd":
+        spec.extra["rank_source"] = "jacobian singular values"
+    spec.method = method
+    spec.seconds = time.perf_counter() - t0
+    return spec

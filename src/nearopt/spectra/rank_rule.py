@@ -1,0 +1,173 @@
+"""The one rank rule of nearopt (``docs/theory.md`` §4).
+
+A curvature matrix ``H = S^T S`` is ranked from the singular values ``s`` of a
+square root ``S`` whenever one is available (``J/sqrt(N)`` for a batch, the
+structured or Cholesky factor otherwise): forming ``H`` squares the condition
+number, so thresholding ``eigvalsh(H)`` at ``eps`` would call real directions
+zero. The tolerance is NumPy's ``matrix_rank`` convention,
+``max(shape) * eps * s_max`` (:func:`default_rtol`).
+
+When only eigenvalues are known (a dense ``eigvalsh``), :func:`rank_from_eigenvalues`
+applies the same rule to ``sqrt(lambda)`` with the tolerance their accuracy allows:
+``eigvalsh`` of a matrix of side ``n`` resolves eigenvalues to about
+``n eps lambda_max``; with a factor 100 of safety that is ``10 sqrt(n eps)``
+relative on ``sqrt(lambda)`` (:func:`eigenvalue_rtol`).
+
+Every decision is a :class:`RankDecision`: the rank, its tolerance, the
+singular values either side of the cut, their ratio (``gap``) and the ``margin``
+(how many times the nearer of the two lies from the tolerance). A decision with
+``margin < CLEAR_MARGIN`` is not ``clear``: do not trust that rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import NearoptError
+
+#: a rank decision is "clear" when the kept and the dropped singular values both
+#: sit at least this factor away from the tolerance
+CLEAR_MARGIN = 10.0
+#: safety factor on eigenvalue accuracy (``n eps lambda_max``) in :func:`eigenvalue_rtol`
+EIGENVALUE_SAFETY = 100.0
+
+
+@dataclass(frozen=True)
+class RankDecision:
+    """Numerical rank of ``H = S^T S`` from the singular values ``s`` of ``S``.
+
+    ``tolerance`` applies to singular values (``sqrt`` of eigenvalue scale);
+    ``last_kept``/``first_dropped`` are the singular values either side of it
+    (``nan`` when there is none), ``gap = last_kept / first_dropped`` and
+    ``margin`` is how far (as a factor) the nearer of the two lies from the
+    tolerance. ``clear`` is ``margin >= CLEAR_MARGIN``.
+    """
+
+    rank: int
+    size: int
+    tolerance: float
+    last_kept: float
+    first_dropped: float
+    gap: float
+    margin: float
+    clear: bool
+
+    @property
+    def eigenvalue_tolerance(self) -> float:
+        """The tolerance on the eigenvalue scale (``tolerance**2``)."""
+        return self.tolerance**2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "size": self.size,
+            "tolerance_singular_value": self.tolerance,
+            "tolerance_eigenvalue": self.eigenvalue_tolerance,
+            "last_kept_singular_value": self.last_kept,
+            "first_dropped_singular_value": self.first_dropped,
+            "gap": self.gap,
+            "margin": self.margin,
+            "clear": self.clear,
+        }
+
+
+def default_rtol(shape: tuple[int, int], dtype: Any = np.float64) -> float:
+    """NumPy's ``matrix_rank`` convention for a square root of ``shape``: ``max(shape) * eps``."""
+    return max(shape) * float(np.finfo(dtype).eps)
+
+
+def eigenvalue_rtol(resolved_size: int) -> float:
+    """Relative tolerance on ``sqrt(lambda)`` for eigenvalues from ``eigvalsh`` of side ``resolved_size``.
+
+    ``sqrt(EIGENVALUE_SAFETY * n * eps)`` = ``10 sqrt(n eps)``: eigenvalues below
+    ``100 n eps lambda_max`` count as zero.
+    """
+    return float(np.sqrt(EIGENVALUE_SAFETY * default_rtol((resolved_size, resolved_size))))
+
+
+def _check_tolerance(rtol: float, atol: float) -> None:
+    if not (np.isfinite(rtol) and rtol > 0):
+        raise NearoptError(f"rtol must be positive and finite, got {rtol!r}")
+    if not (np.isfinite(atol) and atol >= 0):
+        raise NearoptError(f"atol must be non-negative and finite, got {atol!r}")
+
+
+def decide_rank(
+    singular_values: np.ndarray,
+    size: int,
+    *,
+    rtol: float | None = None,
+    atol: float = 0.0,
+    shape: tuple[int, int] | None = None,
+) -> RankDecision:
+    """Rank from singular values of a square root, tolerance ``max(atol, rtol * s_max)``.
+
+    Parameters
+    ----------
+    singular_values : ndarray, shape (k,)
+        Singular values of a square root ``S`` of ``H`` (any order, ``k <= size``).
+    size : int
+        The dimension ``P`` of ``H``; values missing from ``singular_values``
+        (``k < size``) are exact zeros.
+    rtol : float, optional
+        Relative tolerance; default :func:`default_rtol` of ``shape`` (or ``(k, size)``).
+    atol : float
+        Absolute tolerance on singular values.
+    shape : (int, int), optional
+        Shape of ``S`` (for the default ``rtol``).
+    """
+    s = np.asarray(singular_values)
+    if np.iscomplexobj(s) or s.dtype == object:
+        raise NearoptError("singular values must be real numbers")
+    s = np.sort(np.abs(s.astype(np.float64).ravel()))[::-1]
+    if not np.all(np.isfinite(s)):
+        raise NearoptError("singular values contain NaN or infinite values: the curvature is not finite")
+    if s.size > size:
+        raise NearoptError(f"{s.size} singular values for a matrix of size {size}")
+    if rtol is None:
+        rtol = default_rtol(shape or (max(s.size, 1), size))
+    _check_tolerance(rtol, atol)
+    s_max = s[0] if s.size else 0.0
+    tol = max(atol, rtol * s_max)
+    rank = int(np.count_nonzero(s > tol))
+    last = float(s[rank - 1]) if rank > 0 else float("nan")
+    first = float(s[rank]) if rank < s.size else (0.0 if rank < size else float("nan"))
+    gap = last / first if 0 < rank < size and first > 0 else float("inf")
+    margins = []
+    if rank > 0 and tol > 0:
+        margins.append(last / tol)
+    if rank < size and first > 0:
+        margins.append(tol / first)
+    margin = min(margins) if margins else float("inf")
+    return RankDecision(rank, size, tol, last, first, gap, margin, margin >= CLEAR_MARGIN)
+
+
+def rank_from_eigenvalues(
+    eigenvalues: np.ndarray,
+    counts: np.ndarray | None = None,
+    *,
+    resolved_size: int | None = None,
+    rtol: float | None = None,
+) -> RankDecision:
+    """The rank rule applied to ``sqrt(lambda)`` when no square root was formed.
+
+    Parameters
+    ----------
+    eigenvalues : ndarray, shape (m,)
+        Eigenvalues of ``H`` (negative round-off is clipped to zero).
+    counts : ndarray of int, shape (m,), optional
+        Multiplicities (structured spectra); default all ones.
+    resolved_size : int, optional
+        Side of the largest dense matrix whose ``eigvalsh`` produced them
+        (default the total count): sets :func:`eigenvalue_rtol`.
+    rtol : float, optional
+        Overrides the default relative tolerance on ``sqrt(lambda)``.
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    counts = np.ones(lam.size, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+    s = np.repeat(np.sqrt(np.clip(lam, 0.0, None)), counts)
+    n = int(resolved_size) if resolved_size is not None else max(s.size, 1)
+    return decide_rank(s, s.size, rtol=eigenvalue_rtol(n) if rtol is None else rtol)
