@@ -1,4 +1,4 @@
-"""Marchenko–Pastur, the law of s, and the χ² ⊛ MP convolution (theory.md §3)."""
+"""Marchenko–Pastur, the law of s, and the χ² ⊛ MP convolution (docs/theory.md §3.2)."""
 
 import numpy as np
 import pytest

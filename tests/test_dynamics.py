@@ -1,4 +1,4 @@
-"""Training near the optimum against the quadratic prediction (theory.md §5)."""
+"""Training near the optimum against the quadratic prediction (docs/theory.md §5)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_population_closed_forms_match_large_batch():
 def test_quadratic_population_rank_and_kurtosis():
     net = no.sample_teacher(3, 2, "quadratic", seed=0)
     spec, _ = make_objective(net).spectrum()
-    assert spec.rank.rank == 3 * 2 - 1  # N_h N_i - N_h(N_h-1)/2 (theory.md §4)
+    assert spec.rank.rank == 3 * 2 - 1  # N_h N_i - N_h(N_h-1)/2 (docs/theory.md §4.1)
     # Rademacher inputs (excess kurtosis -2): closed form vs a large batch
     X = no.sample_inputs(100_000, 3, seed=4, distribution="rademacher")
     delta = torch.as_tensor(np.random.default_rng(2).standard_normal(net.n_params) * 0.1)

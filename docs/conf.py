@@ -1,0 +1,117 @@
+"""Sphinx configuration of the nearopt documentation (built by ``scripts/docs``).
+
+The API reference is generated at build time from the package itself
+(autosummary, recursive over ``nearopt``), so moving or renaming modules needs no
+edit here; ``api/`` holds only generated pages. The guides and the theory are
+Markdown (MyST). The gallery runs ``examples/plot_*.py`` and embeds their figures.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from pathlib import Path
+
+import nearopt
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+
+# `python -m nearopt` support runs the CLI when nearopt.__main__ is imported; the
+# recursive autosummary walk imports every submodule, so give it a placeholder that
+# autosummary recognises as a mock (and skips) instead of running the CLI.
+_main = types.ModuleType("nearopt.__main__")
+_main.__sphinx_mock__ = True  # type: ignore[attr-defined]
+sys.modules.setdefault("nearopt.__main__", _main)
+
+project = "nearopt"
+author = "nearopt developers"
+copyright = "2026, nearopt developers"
+release = nearopt.__version__
+version = ".".join(release.split(".")[:2])
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "myst_parser",
+    "sphinx_gallery.gen_gallery",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "_generated", "_output", "Thumbs.db", ".DS_Store", "auto_examples/*.ipynb", "auto_examples/*.py", "auto_examples/*.zip"]
+
+# -- API reference --------------------------------------------------------------
+autosummary_generate = True
+autosummary_imported_members = False  # each object once, on the page of the module that defines it
+# ignore-module-all: a package's __all__ re-exports names defined elsewhere; documenting
+# them there too would make every short cross-reference ambiguous
+autodoc_default_options = {"members": True, "show-inheritance": True, "member-order": "bysource", "ignore-module-all": True}
+autodoc_typehints = "description"
+autodoc_typehints_format = "short"
+autoclass_content = "class"
+napoleon_numpy_docstring = True
+napoleon_google_docstring = False
+napoleon_use_rtype = False
+# `from __future__ import annotations` strings such as "np.ndarray" or "Objective | None"
+# cannot all be resolved by the Python domain; unresolved ones stay plain text
+nitpicky = False
+
+
+
+def _write_toplevel_table() -> None:
+    """``_generated/toplevel.rst``: every name of ``nearopt.__all__``, linked to where it is defined."""
+    lines = [".. autosummary::", ""]
+    plain = []
+    for name in sorted(nearopt.__all__, key=str.lower):
+        obj = getattr(nearopt, name)
+        module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+        if module and qualname and module.startswith("nearopt") and qualname == getattr(obj, "__name__", None):
+            lines.append(f"   ~{module}.{qualname}")
+        else:  # an instance or alias: named, not linked
+            plain.append(f"``nearopt.{name}``")
+    text = "\n".join(lines) + "\n"
+    if plain:
+        text += "\nAlso: " + ", ".join(plain) + ".\n"
+    out = DOCS / "_generated" / "toplevel.rst"
+    out.parent.mkdir(exist_ok=True)
+    if not out.exists() or out.read_text() != text:  # unchanged file: no needless rebuild
+        out.write_text(text)
+
+
+_write_toplevel_table()
+
+# -- Markdown (guides and theory) ------------------------------------------------
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
+myst_heading_anchors = 3
+
+# -- gallery --------------------------------------------------------------------
+# scripts/docs points NEAROPT_EXAMPLES_OUT at the build tree, so building the docs
+# writes nothing into examples/
+os.environ.setdefault("NEAROPT_EXAMPLES_OUT", str(DOCS / "_build" / "examples-output"))
+sphinx_gallery_conf = {
+    "examples_dirs": str(ROOT / "examples"),
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"/plot_",
+    "download_all_examples": False,
+    "remove_config_comments": True,
+    "abort_on_example_error": True,
+    "plot_gallery": "True",
+    "within_subsection_order": "FileNameSortKey",
+}
+
+# -- HTML -----------------------------------------------------------------------
+html_theme = "alabaster"
+html_title = f"nearopt {release}"
+html_theme_options = {
+    "description": "Hessian spectra and learning dynamics of teacher-student networks near the optimum",
+    "fixed_sidebar": True,
+    "page_width": "1100px",
+    "sidebar_width": "240px",
+}
+html_static_path: list[str] = []
