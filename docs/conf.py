@@ -8,10 +8,13 @@ Markdown (MyST). The gallery runs ``examples/plot_*.py`` and embeds their figure
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import types
 from pathlib import Path
+
+from sphinx.util import logging
 
 import nearopt
 
@@ -58,8 +61,10 @@ autoclass_content = "class"
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = False
-# `from __future__ import annotations` strings such as "np.ndarray" or "Objective | None"
-# cannot all be resolved by the Python domain; unresolved ones stay plain text
+# Not nitpicky: annotation and napoleon type strings ("np.ndarray", "optional", "shape (N,)")
+# cannot all resolve without network access to other projects' inventories and stay plain
+# text. References into the package itself are checked instead (_resolve_reference below):
+# `nearopt.X` must resolve, so a renamed or moved module breaks the build.
 nitpicky = False
 
 
@@ -115,3 +120,57 @@ html_theme_options = {
     "sidebar_width": "240px",
 }
 html_static_path: list[str] = []
+
+
+# -- references into the package ------------------------------------------------
+_log = logging.getLogger("nearopt.docs")
+
+
+def _canonical_name(target: str) -> str | None:
+    """Where ``target`` (``nearopt.a.b.X``, possibly a re-export) is defined, or None if it does not exist."""
+    parts = target.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return None
+        if isinstance(obj, types.ModuleType):
+            return obj.__name__
+        module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+        if module and qualname and not isinstance(obj, (int, float, str, tuple, dict, list)):
+            return f"{module}.{qualname}"
+        return target  # a constant: documented (if at all) where it is looked up
+    return None
+
+
+def _resolve_reference(app, env, node, contnode):
+    """Resolve what the Python domain could not: ``nearopt.X`` through re-exports, and short
+    names used outside their module when exactly one package object has that name; warn
+    (an error under -W) when a reference spelled ``nearopt.…`` leads nowhere."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].removesuffix("()")
+    domain = env.get_domain("py")
+    if target.startswith("nearopt."):
+        canonical = _canonical_name(target)
+        candidates = [canonical] if canonical and canonical != target else []
+    else:
+        tail = "." + target
+        found = [name for name in domain.objects if name.startswith("nearopt.") and name.endswith(tail)]
+        candidates = found if len(found) == 1 else []
+    for name in candidates:
+        ref = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], name, node, contnode)
+        if ref is not None:
+            return ref
+    if target.startswith("nearopt."):
+        _log.warning("reference to %s does not resolve (renamed or moved?)", target, location=node, type="ref", subtype="nearopt")
+    return None
+
+
+def setup(app):
+    app.connect("missing-reference", _resolve_reference)
