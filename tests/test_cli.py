@@ -106,7 +106,7 @@ BAD = [
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, needle):
     _bad_files(tmp_path)
     argv = [a.replace("{d}", str(tmp_path)) for a in argv]
-    code, out, err = cli_exit(capsys, *argv)
+    code, _, err = cli_exit(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -119,6 +119,7 @@ def test_real_process_exit_status_and_no_traceback(tmp_path):
         [sys.executable, "-m", "nearopt", "spectrum", "-a", "erf", "--teacher", str(tmp_path / "nope.npz"), "--samples", "3"],
         capture_output=True,
         text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"nearopt spectrum: error: teacher file not found: {tmp_path / 'nope.npz'}"

@@ -185,7 +185,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, argv, message
 
 def test_experiment_command_lists_and_runs_one_experiment(tmp_path, capsys):
     code, out, _ = cli(capsys, "experiment", "--list")
-    assert code == 0 and re.search(r"^selftest\s+Pipeline self-test.*cells quick/full: 48/320", out, re.M)
+    assert code == 0 and re.search(r"^selftest\s+Pipeline self-test.*cells quick/full: 48/320", out, re.MULTILINE)
     code, out, _ = cli(capsys, "experiment", "selftest", "--set", "seeds=3", "--jobs", "1", "--out", str(tmp_path), "--json")
     assert code == 0
     data = json.loads(out)
@@ -219,9 +219,9 @@ def test_interrupted_local_run_resumes_without_redoing_finished_cells(tmp_path):
     cache = out / "cache" / "selftest"
     sets = ["--set", "selftest.sizes=[100,1000]", "--set", "selftest.seeds=6", "--set", "selftest.sleep=0.3", "--set", f'selftest.log_dir="{log}"']
     argv = [sys.executable, "-m", "nearopt", "reproduce", "--only", "selftest", "--out", str(out), "--jobs", "2", "-q", *sets]
-    cached = lambda: {p.stem for p in cache.glob("[!.]*.json")} if cache.is_dir() else set()  # noqa: E731
+    cached = lambda: {p.stem for p in cache.glob("[!.]*.json")} if cache.is_dir() else set()
 
-    logs = lambda: set(log.glob("*.ran"))  # noqa: E731
+    logs = lambda: set(log.glob("*.ran"))
     stops = []  # (cells cached, executions logged) at each stop
 
     # Ctrl-C in a terminal signals the whole process group: driver and workers.
@@ -242,7 +242,7 @@ def test_interrupted_local_run_resumes_without_redoing_finished_cells(tmp_path):
     stops.append((cached(), logs()))
     assert stops[0][0] < stops[1][0] and len(stops[1][0]) < 12
 
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert len(cached()) == 12
 

@@ -23,8 +23,8 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -34,12 +34,12 @@ from .errors import NearoptError, ResourceError
 try:  # psutil is optional; /proc/meminfo is the fallback
     import psutil
 except ImportError:  # pragma: no cover - depends on the installation
-    psutil = None
+    psutil = None  # type: ignore[assignment]
 
 __all__ = [
+    "WARN_FRACTION",
     "MemoryPressureWarning",
     "ResourceError",
-    "WARN_FRACTION",
     "available_memory",
     "check_device",
     "dense_bytes",
@@ -87,7 +87,7 @@ def _meminfo_available(path: Path = Path("/proc/meminfo")) -> int | None:
         text = path.read_text()
     except OSError:
         return None
-    fields = dict(re.findall(r"^(\w+):\s+(\d+)\s*kB", text, flags=re.M))
+    fields = dict(re.findall(r"^(\w+):\s+(\d+)\s*kB", text, flags=re.MULTILINE))
     kb = fields.get("MemAvailable") or fields.get("MemFree")
     return int(kb) * 1024 if kb is not None else None
 
@@ -153,7 +153,7 @@ def dense_bytes(n: int | Iterable[int], dtype=np.float64, copies: float = 1.0) -
     shape = (int(n), int(n)) if isinstance(n, (int, np.integer)) else tuple(int(s) for s in n)
     if any(s < 0 for s in shape):
         raise NearoptError(f"array shape must be non-negative, got {shape}")
-    return int(math.ceil(math.prod(shape) * itemsize * copies))
+    return math.ceil(math.prod(shape) * itemsize * copies)
 
 
 def require_memory(nbytes: int, what: str, alternatives: str | Iterable[str] = (), *, device: str | torch.device = "cpu") -> int:

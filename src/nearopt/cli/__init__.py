@@ -33,7 +33,7 @@ from ..resources import check_device
 class Parser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are one line and exit status 2."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -65,11 +65,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that ``finally`` blocks stop worker processes."""
 
 
-def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001 - warnings API
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     text = " ".join(str(message).split())
     print(f"nearopt: warning: {text}", file=file or sys.stderr)
 

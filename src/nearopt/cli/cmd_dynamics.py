@@ -7,6 +7,7 @@ import numpy as np
 from .. import io
 from ..dynamics import make_objective, run_dynamics
 from ..errors import NearoptError, require_finite
+from ..resources import dense_bytes, require_memory
 from .common import (
     add_data_args,
     add_network_args,
@@ -62,6 +63,8 @@ def compute(args):
     net = network_from_args(args)
     # the quadratic prediction diagonalises the P x P Hessian
     require_dense_memory(net.n_params, "the Hessian eigendecomposition of the prediction", ["smaller --ni/--nh"])
+    # K trajectories of P parameters (state, gradient, displacement, prediction) and K x points loss records
+    require_memory(dense_bytes((args.draws, 4 * net.n_params + 2 * args.points)), f"{args.draws} draws (--draws)", "fewer --draws")
     X = inputs_from_args(args, net)
     check_network_finite(net, X)
     cause = f"activation {net.activation.name}, N_i={net.n_inputs}, N_h={net.n_hidden}, {'population' if X is None else f'N={X.shape[0]}'}"
@@ -96,8 +99,10 @@ def table(res) -> str:
     d = res.to_dict(arrays=False)
     lt = d["late_time"]
     lines = [
-        f"{d['activation']}  N_i={d['N_i']} N_h={d['N_h']} P={d['P']}  {d['objective']} (N={d['samples'] or 'inf'})  {d['integrator']}  "
-        f"eta={d['lr']:.6g} (< 2/lambda_max = {d['stable_lr_bound']:.6g})  sigma0={d['sigma0']:g}  draws={d['draws']}",
+        (
+            f"{d['activation']}  N_i={d['N_i']} N_h={d['N_h']} P={d['P']}  {d['objective']} (N={d['samples'] or 'inf'})  {d['integrator']}  "
+            f"eta={d['lr']:.6g} (< 2/lambda_max = {d['stable_lr_bound']:.6g})  sigma0={d['sigma0']:g}  draws={d['draws']}"
+        ),
         f"rank {d['rank']}  lambda_max {d['lambda_max']:.6g}  lambda_min+ {d['lambda_min_nonzero']:.6g}  condition {d['condition_number']:.3g}  float floor {d['float_floor']:.2g}",
         f"{'t':>12} {'measured <L>':>14} {'predicted <L>':>14} {'same draws':>14}",
     ]

@@ -6,8 +6,15 @@ from pathlib import Path
 
 from ..errors import NearoptError
 from ..pipeline import get, reproduce, study_experiments
+from .cmd_reproduce import (
+    add_run_args,
+    command_line,
+    finish,
+    interrupted,
+    run_options,
+    split_setting,
+)
 from .common import positive_int
-from .cmd_reproduce import add_run_args, command_line, finish, interrupted, run_options, split_setting
 
 COMMAND = "experiment"
 ORDER = 6

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import io
-from ..errors import NearoptError, require_finite
 from ..curvature import BATCH_METHODS, batch_spectrum, population_spectrum
+from ..errors import NearoptError, require_finite
 from ..spectra.spectrum import Spectrum
 from .common import (
     add_data_args,
@@ -112,8 +112,10 @@ def summary(spec: Spectrum) -> str:
         f"activation     {spec.activation}",
         f"sizes          N_i={spec.n_inputs}  N_h={spec.n_hidden}  P={spec.n_params}  samples={'population' if spec.samples is None else spec.samples}",
         f"method         {spec.method}  ({spec.dtype}, {spec.seconds:.3g} s)",
-        f"rank           {r.rank} of {spec.n_params}  (tolerance {r.eigenvalue_tolerance:.3g} on eigenvalues; "
-        f"gap {r.gap:.3g}, margin {r.margin:.3g}{'' if r.clear else '  -- NO CLEAR GAP, rank is uncertain'})",
+        (
+            f"rank           {r.rank} of {spec.n_params}  (tolerance {r.eigenvalue_tolerance:.3g} on eigenvalues; "
+            f"gap {r.gap:.3g}, margin {r.margin:.3g}{'' if r.clear else '  -- NO CLEAR GAP, rank is uncertain'})"
+        ),
         f"smallest >0    {_g(spec.smallest_nonzero)}",
         f"largest        {spec.largest:.6g}",
         f"condition      {_g(spec.condition_number)}  (largest / smallest nonzero)",

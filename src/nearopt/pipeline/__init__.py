@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from .cache import CellCache, cell_key
 from .report import render_html, render_markdown, summary_table, write_report
-from .runner import ExperimentRun, get, make_config, run_experiment, run_experiments, study_experiments
+from .runner import (
+    ExperimentRun,
+    get,
+    make_config,
+    run_experiment,
+    run_experiments,
+    study_experiments,
+)
 from .study import StudyRun, plan, reproduce
 
 __all__ = [

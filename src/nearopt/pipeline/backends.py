@@ -18,15 +18,16 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
 try:  # Dask is an optional extra: only --scheduler needs it
     import distributed
 except ImportError:  # pragma: no cover - depends on the installation
-    distributed = None
+    distributed = None  # type: ignore[assignment]
 
 from ..errors import NearoptError
 
@@ -113,7 +114,7 @@ class SerialBackend:
         for tid, fn, cell in tasks:
             try:
                 outcome: Any = run_task(fn, cell)
-            except Exception as exc:  # a failing cell is reported, the others still run
+            except Exception as exc:  # noqa: BLE001 - a failing cell is reported, the others still run
                 outcome = exc
             yield tid, outcome
 
@@ -157,10 +158,13 @@ class LocalBackend:
 
 
 _ADDRESS = re.compile(r"(?:(tcp|tls|ucx|ws|wss)://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+_INPROC = re.compile(r"inproc://[A-Za-z0-9_.:-]+(?:/\d+)+")  # a scheduler in this process (LocalCluster(processes=False))
 
 
 def check_address(address: str) -> str:
-    """Validate a Dask scheduler address (``tcp://host:port``, ``host:port``, ``tls://...``) without connecting."""
+    """Validate a Dask scheduler address (``tcp://host:port``, ``host:port``, ``tls://...``, ``inproc://...``) without connecting."""
+    if isinstance(address, str) and _INPROC.fullmatch(address.strip()):
+        return address.strip()
     m = _ADDRESS.fullmatch(address.strip()) if isinstance(address, str) else None
     if m is None or not 0 < int(m.group(3)) < 65536:
         raise NearoptError(f"malformed Dask scheduler address {address!r}; expected tcp://HOST:PORT, e.g. tcp://10.0.0.5:8786")

@@ -31,7 +31,7 @@ import hashlib
 import json
 import math
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ def source_hash(root: str | Path = PACKAGE_ROOT) -> str:
     return _source_hash(str(Path(root).resolve()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _source_hash(root: str) -> str:
     h = hashlib.sha256()
     base = Path(root)
@@ -71,7 +71,7 @@ def _source_hash(root: str) -> str:
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def numeric_versions() -> dict[str, str | None]:
     """Versions of the libraries whose kernels set the round-off of every cell."""
     out: dict[str, str | None] = {}
@@ -104,7 +104,7 @@ def entry_problem(entry: Any, experiment: str, key: str, cell: dict[str, Any]) -
     """Why a parsed cache entry cannot be trusted for ``cell``, or ``None`` if it can."""
     if not isinstance(entry, dict):
         return "not a JSON object"
-    fields = {"key": str, "experiment": str, "cell": dict, "result": dict, "digest": str, "seconds": (int, float), "worker": str, "finished": str}
+    fields: dict[str, type | tuple[type, ...]] = {"key": str, "experiment": str, "cell": dict, "result": dict, "digest": str, "seconds": (int, float), "worker": str, "finished": str}
     for name, kind in fields.items():
         if name not in entry:
             return f"no {name!r} field"
@@ -165,7 +165,7 @@ class CellCache:
             "digest": result_digest(result),
             "seconds": float(seconds),
             "worker": worker,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         if self.enabled:
             io.write_json(self.path(experiment, key), entry)

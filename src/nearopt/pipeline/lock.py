@@ -20,8 +20,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import NearoptError
 from .provenance import utc_now
@@ -29,7 +30,7 @@ from .provenance import utc_now
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on POSIX
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".nearopt.lock"
 POLL_SECONDS = 0.2

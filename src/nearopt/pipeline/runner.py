@@ -36,8 +36,8 @@ from ..experiments import all_experiments, base
 from ..experiments.base import Experiment, ExperimentResult
 from . import selftest  # noqa: F401 - registers the pipeline's self-test experiment
 from .backends import make_backend
-from .lock import output_lock
 from .cache import CellCache, cell_key, jsonable
+from .lock import output_lock
 from .provenance import find_seeds, utc_now
 
 SELFTEST = "selftest"
@@ -268,7 +268,7 @@ def _finalize(run: ExperimentRun, t_start: float) -> None:
             if not isinstance(res, ExperimentResult):
                 raise TypeError(f"finalize returned {type(res).__name__}, not ExperimentResult")
             run.result = res
-        except Exception:  # a bug in one experiment must not cost the others their report
+        except Exception:  # noqa: BLE001 - a bug in one experiment must not cost the others their report
             text = traceback.format_exc()
             run.error = f"finalize failed: {_error_line(text)}"
             print(f"nearopt: {run.name}: finalize failed:\n{text}", file=sys.stderr)

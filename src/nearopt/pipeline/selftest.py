@@ -24,7 +24,13 @@ import numpy as np
 from scipy import stats
 
 from .. import io
-from ..experiments.base import Experiment, ExperimentResult, check_below, check_close, register
+from ..experiments.base import (
+    Experiment,
+    ExperimentResult,
+    check_below,
+    check_close,
+    register,
+)
 from ..plotting import new_figure, save_figure
 
 QUICK = {"sizes": [100, 1000, 10000], "seeds": 16, "seed": 0, "shift": 0.0, "sleep": 0.0, "log_dir": None}
