@@ -20,6 +20,7 @@ import numpy as np
 from scipy import integrate, special
 
 from ..errors import NearoptError
+from ..theory.distributions import MarchenkoPastur
 
 
 def check_step_size(lr: float, lambda_max: float) -> None:
@@ -90,21 +91,6 @@ def fit_log_slope(times: np.ndarray, loss: np.ndarray) -> float:
 # --- spectral edges of linear networks -------------------------------------------------
 
 
-def marchenko_pastur_density(m: np.ndarray, q: float) -> np.ndarray:
-    """Continuous part of ``MP_q`` (ratio ``q = N_i / N_h``, unit scale) at ``m`` ``(...)``.
-
-    ``rho(m) = sqrt((m+ - m)(m - m-)) / (2 pi q m)`` on ``[m-, m+]``, ``m+- = (1 +- sqrt q)**2``;
-    for ``q > 1`` an atom of mass ``1 - 1/q`` at 0 is not included.
-    """
-    lo, hi = (1 - math.sqrt(q)) ** 2, (1 + math.sqrt(q)) ** 2
-    m = np.asarray(m, dtype=np.float64)
-    inside = (m > lo) & (m < hi)
-    out = np.zeros_like(m)
-    mm = m[inside]
-    out[inside] = np.sqrt((hi - mm) * (mm - lo)) / (2 * math.pi * q * mm)
-    return out
-
-
 def linear_edge_loss(times: np.ndarray, *, n_inputs: int, n_hidden: int, s: float, sigma1: float, sigma0: float, lr: float, flow: bool = True) -> np.ndarray:
     """Large-size ``<L_t>`` of a linear network from the ``s + MP`` law of docs/theory.md §3.2, shape ``(T,)``.
 
@@ -114,13 +100,14 @@ def linear_edge_loss(times: np.ndarray, *, n_inputs: int, n_hidden: int, s: floa
     """
     q = n_inputs / n_hidden
     scale = sigma1**2 * n_hidden
-    lo, hi = (1 - math.sqrt(q)) ** 2, (1 + math.sqrt(q)) ** 2
+    mp = MarchenkoPastur(q)  # pdf: the continuous part only (mass min(1, 1/q))
+    lo, hi = mp.bulk_edges
     out = np.empty(len(times))
     for i, t in enumerate(np.asarray(times, dtype=np.float64)):
 
         def integrand(m):
             lam = s + scale * m
-            return lam * mode_decay(np.array([lam]), lr, np.array([t]), flow)[0, 0] ** 2 * marchenko_pastur_density(np.array([m]), q)[0]
+            return lam * mode_decay(np.array([lam]), lr, np.array([t]), flow)[0, 0] ** 2 * float(mp.pdf(m))
 
         val, _ = integrate.quad(integrand, lo, hi, limit=200, epsabs=0.0, epsrel=1e-10)
         if q > 1:
@@ -140,7 +127,7 @@ def linear_edge_asymptote(times: np.ndarray, *, n_inputs: int, n_hidden: int, s:
     if q >= 1:
         raise NearoptError(f"the soft-edge law needs N_i < N_h (q < 1), got q = {q:g}")
     scale = sigma1**2 * n_hidden
-    lo, hi = (1 - math.sqrt(q)) ** 2, (1 + math.sqrt(q)) ** 2
+    lo, hi = MarchenkoPastur(q).bulk_edges
     # rho_m(m) ~ sqrt(hi - lo) sqrt(m - lo) / (2 pi q lo); lambda = s + scale m
     c = math.sqrt(hi - lo) / (2 * math.pi * q * lo) / scale**1.5
     lam_lo = s + scale * lo

@@ -26,7 +26,7 @@ from scipy import integrate
 from tqdm.auto import tqdm
 
 from ..errors import NearoptError, require_positive_int
-from ..model import TwoLayerNet
+from ..model import TwoLayerNet, sample_inputs
 from ..spectra.spectrum import Spectrum
 from .objective import Objective, make_objective
 from .predict import check_step_size, fit_log_slope, late_time_rate, predict_draw_loss, predict_mean_loss
@@ -516,6 +516,4 @@ def _output_power(obj: Objective) -> float:
     net = obj.teacher
     if obj.X is not None:
         return float(np.mean(net.forward(obj.X.numpy()) ** 2))
-    from ..model import sample_inputs
-
     return float(np.mean(net.forward(sample_inputs(4096, net.n_inputs, seed=0)) ** 2))

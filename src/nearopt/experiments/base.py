@@ -19,7 +19,9 @@ single keys. The parallel, cached, resumable runner lives in
 
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -115,9 +117,26 @@ def register(exp: Experiment) -> Experiment:
     return exp
 
 
-def get_experiment(name: str) -> Experiment:
-    from . import load_all
+_loaded = False
 
+
+def load_all() -> None:
+    """Import every experiment module of this package once (each registers itself).
+
+    Modules are found on disk (``pkgutil``) and imported by name, so this base
+    module needs no static import of the experiments built on it.
+    """
+    global _loaded
+    if _loaded:
+        return
+    package = __name__.rpartition(".")[0]
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
+    _loaded = True
+
+
+def get_experiment(name: str) -> Experiment:
     load_all()
     if name not in _REGISTRY:
         raise NearoptError(f"unknown experiment {name!r}; choose from {', '.join(sorted(_REGISTRY)) or 'none'}")
@@ -125,8 +144,6 @@ def get_experiment(name: str) -> Experiment:
 
 
 def all_experiments() -> list[Experiment]:
-    from . import load_all
-
     load_all()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 

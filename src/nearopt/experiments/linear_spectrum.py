@@ -33,7 +33,8 @@ from .. import io
 from ..errors import NearoptError
 from ..model import sample_teacher
 from ..plotting import new_figure, save_figure
-from ..theory.distributions import ChiSquareMPConvolution, TabulatedCDF, wishart_law
+from ..stats import bootstrap_sup_noise, ks_distance, permutation_sup_test, quantile_grid, teacher_ecdf
+from ..theory.distributions import ChiSquareMPConvolution, MarchenkoPastur, TabulatedCDF, wishart_law
 from ..theory.linear import (
     linear_batch_trace_moments,
     linear_population_hessian,
@@ -47,11 +48,8 @@ from .base import Check, Experiment, ExperimentResult, check_below, check_equal,
 NAME = "linear-spectrum"
 #: dense P x P population Hessians are diagonalised for this many teachers per chunk when P is small
 DENSE_MAX_PARAMS = 1500
-BOOTSTRAP = 300
-PERMUTATIONS = 1000
 #: two-sample comparisons fail below this permutation p-value (~12 comparisons: ~6% family-wise)
 P_THRESHOLD = 0.005
-GRID = 2048
 
 
 def _sim_seed(seed: int, *parts: int) -> int:
@@ -89,7 +87,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     sim, _ = simulate_linear_spectrum(ni, nh, count, _sim_seed(seed, ni, nh, N or 0, start), samples=N)
     out = {"eigenvalues": eig.tolist(), "s": s.tolist(), "ranks": ranks.tolist(), "simulated": sim.tolist()}
     if N is None and ni * nh + nh <= DENSE_MAX_PARAMS:
-        # the closed form against eigvalsh of the dense P x P Hessian (theory.md §2 blocks)
+        # the closed form against eigvalsh of the dense P x P Hessian (docs/theory.md §2.1 blocks)
         net = sample_teacher(ni, nh, "linear", seed=seed + start)
         dense = np.linalg.eigvalsh(linear_population_hessian(net))
         closed = linear_population_spectrum(net).eigenvalues
@@ -98,63 +96,6 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         moments = [linear_batch_trace_moments(sample_teacher(ni, nh, "linear", seed=seed + start + i), N) for i in range(count)]
         out["expected_trace_sq"] = [m[1] for m in moments]
     return out
-
-
-# ---------------------------------------------------------------- statistics
-def ks_distance(x_sorted: np.ndarray, cdf, cdf_left=None) -> float:
-    """One-sample KS distance ``sup |F_n - F|`` of sorted data against a vectorised cdf.
-
-    Ties are handled exactly: at each distinct value ``u`` both the right limits
-    (``F_n(u)`` vs ``F(u)``) and the left limits (``F_n(u-)`` vs ``cdf_left(u)``,
-    default ``cdf``, i.e. a continuous model) are compared, so a model with atoms
-    at the data's tied values (the atom part given ``s``) is not penalised for them.
-    """
-    u, counts = np.unique(x_sorted, return_counts=True)
-    right = np.cumsum(counts) / x_sorted.size
-    left = right - counts / x_sorted.size
-    F = cdf(u)
-    F_left = F if cdf_left is None else cdf_left(u)
-    return float(max(np.max(np.abs(right - F)), np.max(np.abs(F_left - left))))
-
-
-def _teacher_ecdf(E: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """``C[t, g]`` = fraction of teacher ``t``'s eigenvalues ``<= grid[g]``; shape ``(T, G)``."""
-    return np.stack([np.searchsorted(row, grid, side="right") for row in np.sort(E, axis=1)]) / E.shape[1]
-
-
-def _grid(E: np.ndarray) -> np.ndarray:
-    return np.unique(np.quantile(E, np.linspace(0, 1, GRID)))
-
-
-def bootstrap_noise(E: np.ndarray, model_rows: np.ndarray | None, grid: np.ndarray, seed: int) -> float:
-    """95 % quantile of ``sup_grid |D* - D|`` over a teacher bootstrap, ``D = F_n - F_model``.
-
-    ``model_rows`` ``(T, G)``: per-teacher model cdf (conditional law) or ``None``
-    for a fixed model (then only ``F_n`` is resampled).
-    """
-    C = _teacher_ecdf(E, grid)
-    D = C - (0.0 if model_rows is None else model_rows)
-    T = E.shape[0]
-    rng = np.random.default_rng([seed, 0xB0])
-    Wt = rng.multinomial(T, np.full(T, 1.0 / T), size=BOOTSTRAP) / T  # (B, T) resampling weights
-    sups = np.max(np.abs(Wt @ D - D.mean(axis=0)), axis=1)
-    return float(np.quantile(sups, 0.95))
-
-
-def permutation_test(E1: np.ndarray, E2: np.ndarray, seed: int) -> tuple[float, float]:
-    """Two-sample distance ``sup |F1 - F2|`` and its teacher-permutation p-value."""
-    grid = _grid(np.concatenate([E1.ravel(), E2.ravel()]))
-    C = np.vstack([_teacher_ecdf(E1, grid), _teacher_ecdf(E2, grid)])
-    n1 = E1.shape[0]
-    stat = float(np.max(np.abs(C[:n1].mean(0) - C[n1:].mean(0))))
-    rng = np.random.default_rng([seed, 0xBE])
-    W = np.empty((PERMUTATIONS, C.shape[0]))
-    for b in range(PERMUTATIONS):
-        perm = rng.permutation(C.shape[0])
-        W[b, perm[:n1]] = 1.0 / n1
-        W[b, perm[n1:]] = -1.0 / (C.shape[0] - n1)
-    null = np.max(np.abs(W @ C), axis=1)
-    return stat, float((1 + np.sum(null >= stat)) / (1 + PERMUTATIONS))
 
 
 def conditional_cdf(ni: int, nh: int, s: np.ndarray):
@@ -209,7 +150,7 @@ def _analyse_size(ni: int, nh: int, P: dict[str, np.ndarray], seed: int) -> dict
     span = x[-1] - x[0]
     table = TabulatedCDF(law.cdf, max(law.a, x[0] - 0.05 * span), x[-1] + 0.05 * span)
     _, mp, _ = conditional_cdf(ni, nh, s[:1])
-    grid = _grid(E)
+    grid = quantile_grid(E)
     cond_rows = mp.cdf(grid[None, :] - s[:, None])  # (T, G)
     res: dict[str, Any] = {"N_i": ni, "N_h": nh, "q": ni / nh, "teachers": T, "pooled": int(x.size)}
     res["ks_by_teachers"] = []
@@ -219,16 +160,16 @@ def _analyse_size(ni: int, nh: int, P: dict[str, np.ndarray], seed: int) -> dict
         res["ks_by_teachers"].append({
             "teachers": Tk,
             "ks": ks_distance(xk, table),
-            "ks_noise95": bootstrap_noise(E[:Tk], None, grid, seed),
+            "ks_noise95": bootstrap_sup_noise(E[:Tk], None, grid, seed),
             "ks_given_s": ks_distance(xk, ck, lambda u, ck=ck: ck(u, side="left")),
-            "ks_given_s_noise95": bootstrap_noise(E[:Tk], cond_rows[:Tk], grid, seed),
+            "ks_given_s_noise95": bootstrap_sup_noise(E[:Tk], cond_rows[:Tk], grid, seed),
             "given_s_table_max_error": ck_err,
         })
     res.update({k: v for k, v in res["ks_by_teachers"][-1].items() if k != "teachers"})
     res["cdf_table_max_error"] = table.max_error
     res["ranks"] = sorted(set(int(r) for r in P["ranks"]))
-    res["sim_distance"], res["sim_pvalue"] = permutation_test(E, sim, seed)
-    res["sim_min_distance"], res["sim_min_pvalue"] = permutation_test(E[:, :1], sim[:, :1], seed)
+    res["sim_distance"], res["sim_pvalue"] = permutation_sup_test(E, sim, seed)
+    res["sim_min_distance"], res["sim_min_pvalue"] = permutation_sup_test(E[:, :1], sim[:, :1], seed)
     res["dense_max_rel_error"] = float(P["dense_max_rel_error"].max()) if P["dense_max_rel_error"].size else None
     # lower edge: smallest nonzero eigenvalue minus s, in units of sigma1^2 N_h
     gap = (E[:, 0] - s) / mp.scale
@@ -257,7 +198,7 @@ def _analyse_batch(ni: int, nh: int, N: int, P: dict[str, np.ndarray], seed: int
     law = ChiSquareMPConvolution(ni, nh)
     x = np.sort(E.ravel())
     table = TabulatedCDF(law.cdf, law.a, x[-1] * 1.05 + 1.0)
-    dist, pval = permutation_test(E, sim, seed)
+    dist, pval = permutation_sup_test(E, sim, seed)
     sq = np.sum(E**2, axis=1)
     exp_sq = P["expected_trace_sq"]
     se = float(np.std(sq - exp_sq, ddof=1) / np.sqrt(E.shape[0]))
@@ -266,7 +207,7 @@ def _analyse_batch(ni: int, nh: int, N: int, P: dict[str, np.ndarray], seed: int
         "teachers": E.shape[0],
         "ranks": sorted(set(int(r) for r in P["ranks"])),
         "ks_population_law": ks_distance(x, table),
-        "ks_population_law_noise95": bootstrap_noise(E, None, _grid(E), seed),
+        "ks_population_law_noise95": bootstrap_sup_noise(E, None, quantile_grid(E), seed),
         "sim_distance": dist,
         "sim_pvalue": pval,
         "trace_sq_mean": float(sq.mean()),
@@ -333,7 +274,7 @@ def _fig_edge(sizes, analysis, out: Path) -> list[Path]:
         ax.errorbar(ni / nh, A["edge_mean"], yerr=A["edge_sd"], fmt="o", ms=4, color=f"C{k}", capsize=2, label=_label(ni, nh))
     qs = [ni / nh for ni, nh in sizes]
     q = np.geomspace(min(qs) / 4, max(qs) * 2, 400)
-    ax.plot(q, np.where(q < 1, (1 - np.sqrt(q)) ** 2, 0.0), color="k", lw=1.0, label=r"$(1-\sqrt{q})^2$ for $q<1$, $0$ for $q\geq 1$")
+    ax.plot(q, [MarchenkoPastur(r).bulk_edges[0] if r < 1 else 0.0 for r in q], color="k", lw=1.0, label=r"$(1-\sqrt{q})^2$ for $q<1$, $0$ for $q\geq 1$")
     ax.set(xscale="log", xlabel=r"$q = N_i/N_h$", ylabel=r"$(\lambda^+_{\min} - s)/(\sigma_1^2 N_h)$")
     ax.legend(fontsize=6)
     return save_figure(fig, out / "linear_spectrum_lower_edge")
@@ -423,7 +364,7 @@ def finalize(config: dict[str, Any], cells_: list[dict], results: list[dict], ou
         lines.append(f"| {A['N_i']} | {A['N_h']} | {A['teachers']} | {A['ks']:.4f} ({A['ks_noise95']:.4f}) | {A['ks_given_s']:.4f} ({A['ks_given_s_noise95']:.4f}) | {A['sim_pvalue']:.2f} |")
     summary = (
         "Pooled nonzero Hessian eigenvalues of random linear teachers against the χ² ⊛ Marchenko–Pastur law "
-        "(theory.md §3); rank = N_i for every teacher. KS distances with 95% teacher-bootstrap noise:\n\n" + "\n".join(lines)
+        "(docs/theory.md §3); rank = N_i for every teacher. KS distances with 95% teacher-bootstrap noise:\n\n" + "\n".join(lines)
     )
     return ExperimentResult(NAME, checks, figures=figures, data=data, summary=summary, config=dict(config))
 
@@ -431,7 +372,7 @@ def finalize(config: dict[str, Any], cells_: list[dict], results: list[dict], ou
 register(
     Experiment(
         name=NAME,
-        description="Linear networks: rank N_i and the pooled chi-square * Marchenko-Pastur spectrum (theory.md §3)",
+        description="Linear networks: rank N_i and the pooled chi-square * Marchenko-Pastur spectrum (docs/theory.md §3)",
         quick={
             "sizes": [[10, 20], [40, 80], [160, 320], [30, 10], [120, 40], [480, 160]],
             "teachers": 200,

@@ -1,4 +1,4 @@
-"""Laws of the linear-network Hessian spectrum (theory.md §3), ``scipy.stats`` style.
+"""Laws of the linear-network Hessian spectrum (docs/theory.md §3.2), ``scipy.stats`` style.
 
 * :data:`mp_bulk` -- the continuous part of the Marchenko–Pastur law ``MP_q``,
   normalised to mass 1: an ``rv_continuous`` with shape ``ratio = q`` (use
@@ -32,9 +32,10 @@ import numpy as np
 from scipy import stats
 from scipy.integrate import quad_vec
 from scipy.optimize import elementwise
+from scipy.special import comb
 from scipy.stats import rv_continuous
 
-from ..errors import NearoptError
+from ..errors import NearoptError, require_positive_int
 
 
 def _edges(q):
@@ -149,6 +150,12 @@ class MarchenkoPastur:
         """``1 - atom_mass = min(1, 1/ratio)``."""
         return 1.0 - self.atom_mass
 
+    @property
+    def bulk_edges(self) -> tuple[float, float]:
+        """``scale * ((1 - sqrt q)^2, (1 + sqrt q)^2)``: the edges of the continuous part."""
+        lo, hi = _edges(self.ratio)
+        return float(self.scale * lo), float(self.scale * hi)
+
     def support(self) -> tuple[float, float]:
         """``(lower, upper)``: the bulk edges, with ``lower = 0`` when there is an atom."""
         lo, hi = self.bulk.support()
@@ -194,8 +201,6 @@ class MarchenkoPastur:
 
         ``E[m**k] = sum_{j=0}^{k-1} q**j / (j + 1) * C(k, j) C(k - 1, j)``.
         """
-        from scipy.special import comb
-
         k = int(order)
         if k < 0:
             raise NearoptError(f"moment order must be >= 0, got {order}")
@@ -210,22 +215,16 @@ def output_norm_law(n_hidden: int, sigma2: float | None = None):
 
     ``sigma2`` defaults to ``1/sqrt(N_h)`` (as in :func:`nearopt.sample_teacher`).
     """
-    n_hidden = _positive_int(n_hidden, "N_h")
+    n_hidden = require_positive_int(n_hidden, "N_h")
     s2 = _scale(sigma2, n_hidden, "sigma2")
     return stats.chi2(df=n_hidden, scale=s2**2)
 
 
 def wishart_law(n_inputs: int, n_hidden: int, sigma1: float | None = None) -> MarchenkoPastur:
     """Asymptotic eigenvalue law of ``W1^T W1`` (``N_i x N_i``): ``sigma1**2 N_h MP_{N_i/N_h}``."""
-    n_inputs, n_hidden = _positive_int(n_inputs, "N_i"), _positive_int(n_hidden, "N_h")
+    n_inputs, n_hidden = require_positive_int(n_inputs, "N_i"), require_positive_int(n_hidden, "N_h")
     s1 = _scale(sigma1, n_inputs, "sigma1")
     return MarchenkoPastur(n_inputs / n_hidden, s1**2 * n_hidden)
-
-
-def _positive_int(value, name: str) -> int:
-    from ..errors import require_positive_int
-
-    return require_positive_int(value, name)
 
 
 def _scale(sigma, n: int, name: str) -> float:
@@ -270,8 +269,8 @@ class ChiSquareMPConvolution(rv_continuous):
     """
 
     def __init__(self, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None, epsrel: float = 1e-10, **kwargs):
-        self.n_inputs = _positive_int(n_inputs, "N_i")
-        self.n_hidden = _positive_int(n_hidden, "N_h")
+        self.n_inputs = require_positive_int(n_inputs, "N_i")
+        self.n_hidden = require_positive_int(n_hidden, "N_h")
         self.sigma1 = _scale(sigma1, self.n_inputs, "sigma1")
         self.sigma2 = _scale(sigma2, self.n_hidden, "sigma2")
         self.epsrel = float(epsrel)
@@ -367,7 +366,7 @@ class TabulatedCDF:
 
         if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
             raise NearoptError(f"need a finite range lo < hi, got ({lo}, {hi})")
-        n = _positive_int(n, "number of grid points")
+        n = require_positive_int(n, "number of grid points")
         grid = np.linspace(lo, hi, n)
         values = np.maximum.accumulate(cdf(grid))  # removes rounding-level wobble only
         self.lo, self.hi = float(lo), float(hi)

@@ -27,7 +27,7 @@ from ..errors import NearoptError, require_positive_int
 from ..model import TwoLayerNet, sample_inputs, sample_teacher
 from ..spectra.rank_rule import decide_rank
 from ..spectra.spectrum import Spectrum
-from .distributions import _scale
+from .distributions import _scale, wishart_law
 
 
 def _require_linear(net: TwoLayerNet) -> None:
@@ -147,9 +147,8 @@ def linear_batch_trace_moments(net: TwoLayerNet, samples: int) -> tuple[float, f
 
 def smallest_nonzero_edge(n_inputs: int, n_hidden: int, s, sigma1: float | None = None):
     """Predicted smallest nonzero eigenvalue ``s + sigma1^2 N_h (1 - sqrt q)^2`` (``q < 1``), ``s`` (``q >= 1``)."""
-    n_inputs, n_hidden = require_positive_int(n_inputs, "N_i"), require_positive_int(n_hidden, "N_h")
-    q = n_inputs / n_hidden
-    edge = _scale(sigma1, n_inputs, "sigma1") ** 2 * n_hidden * (1.0 - np.sqrt(q)) ** 2 if q < 1 else 0.0
+    mp = wishart_law(n_inputs, n_hidden, sigma1)  # spec(W1^T W1) -> sigma1^2 N_h MP_q
+    edge = mp.bulk_edges[0] if mp.atom_mass == 0 else 0.0
     return np.asarray(s, dtype=np.float64) + edge
 
 
