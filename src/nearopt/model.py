@@ -148,17 +148,37 @@ def sample_teacher(
     return TwoLayerNet(W1, W2, get_activation(activation))
 
 
-def sample_inputs(n_samples: int, n_inputs: int, seed: int | None = 0, distribution: str = "gaussian", df: float = 5.0) -> np.ndarray:
+def sample_inputs(
+    n_samples: int,
+    n_inputs: int,
+    seed: int | None = 0,
+    distribution: str = "gaussian",
+    df: float = 5.0,
+    *,
+    factor: np.ndarray | None = None,
+) -> np.ndarray:
     """``(N, N_i)`` i.i.d. inputs with zero mean and unit variance per coordinate.
 
     ``distribution``: ``gaussian`` (default, ``N(0, 1)``), ``uniform`` (on
     ``[-sqrt 3, sqrt 3]``), ``rademacher`` (``+-1``) or ``student-t`` (``df`` degrees
     of freedom, rescaled to unit variance; needs ``df > 2``).
+
+    ``factor`` ``L`` ``(N_i, N_i)`` (Gaussian only): correlated inputs ``x = L z``,
+    ``z ~ N(0, I)``, i.e. ``x ~ N(0, L L^T)``; rows ``X = Z L^T`` from the same
+    draws ``Z`` as without it, so ``factor = I`` gives the same inputs. See
+    :meth:`nearopt.problem.GaussianInputs.sample` for a validated covariance.
     """
     n_samples = require_positive_int(n_samples, "number of samples")
     n_inputs = require_positive_int(n_inputs, "N_i")
     rng = _rng(seed, _INPUT_STREAM)
     shape = (n_samples, n_inputs)
+    if factor is not None:
+        L = np.asarray(factor, dtype=np.float64)
+        if distribution != "gaussian":
+            raise NearoptError(f"a covariance factor needs Gaussian inputs, got distribution {distribution!r}")
+        if L.shape != (n_inputs, n_inputs) or not np.all(np.isfinite(L)):
+            raise NearoptError(f"the covariance factor must be a finite ({n_inputs}, {n_inputs}) array, got shape {L.shape}")
+        return rng.standard_normal(shape) @ L.T
     if distribution == "gaussian":
         return rng.standard_normal(shape)
     if distribution == "uniform":

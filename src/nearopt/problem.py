@@ -20,34 +20,281 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 
 from .errors import NearoptError, require_positive_int
-from .model import TwoLayerNet
+from .model import TwoLayerNet, sample_inputs
 
 #: which parameter blocks train: both layers, the first layer only (committee machine), the second only
 TRAINED_BLOCKS = ("both", "first", "second")
 
 
+#: asymmetry ``max|S - S^T|`` allowed in a covariance, relative to ``max|S|`` (rounding of ``X^T X / N`` passes)
+SYMMETRY_RTOL = 1e-10
+#: eigenvalues down to ``-PSD_RTOL * max eigenvalue`` are rounding (set to 0); lower ones make a covariance invalid
+PSD_RTOL = 1e-10
+
+
 @dataclass(frozen=True)
+class Eigenspace:
+    """One eigenspace of a covariance: ``Sigma u = value u`` for ``u`` in it.
+
+    ``basis`` ``(N_i, multiplicity)`` orthonormal, or ``None`` for the *bulk*: the
+    orthogonal complement of every explicit eigenvector (never formed).
+    """
+
+    value: float
+    basis: np.ndarray | None
+    multiplicity: int
+
+
 class GaussianInputs:
-    """Isotropic Gaussian inputs ``x ~ N(0, I_{N_i})``."""
+    """Gaussian inputs ``x ~ N(0, Sigma)``; ``Sigma = I_{N_i}`` unless a covariance is given.
 
-    n_inputs: int
-    name: str = "gaussian"
+    ``GaussianInputs(N_i)`` is the isotropic law of the paper.
+    ``GaussianInputs(covariance=S)`` takes any symmetric positive semi-definite
+    ``S`` ``(N_i, N_i)``; :meth:`spiked` builds ``I + sum_k theta_k u_k u_k^T``
+    without forming it; :meth:`from_data` is the Gaussian-equivalent law of a batch
+    (``Sigma = X^T X / N``); :meth:`load` reads an ``.npy``.
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "n_inputs", require_positive_int(self.n_inputs, "N_i"))
+    Internally ``Sigma = bulk (I - Q Q^T) + Q diag(values) Q^T`` with ``Q``
+    ``(N_i, m)`` orthonormal: ``m = 0`` for the identity, ``m = k`` for a spiked
+    law, ``m = N_i`` for a general matrix (from ``eigh``). Products with
+    ``Sigma`` and ``Sigma^{1/2}`` (:meth:`matmul`) use this form, in ``O(N_i m)``
+    per row.
 
+    Validation (one :class:`~nearopt.errors.NearoptError` each): finite; square
+    (2-D); ``N_i x N_i`` when ``n_inputs`` is given too; symmetric within
+    ``SYMMETRY_RTOL``; positive semi-definite within ``PSD_RTOL`` (eigenvalues in
+    ``[-PSD_RTOL lambda_max, 0)`` are rounding and count as 0); not zero.
+    """
+
+    def __init__(self, n_inputs: int | None = None, covariance=None, *, name: str | None = None):
+        if covariance is None:
+            if n_inputs is None:
+                raise NearoptError("GaussianInputs needs n_inputs or a covariance")
+            n = require_positive_int(n_inputs, "N_i")
+            self._init(n, 1.0, np.zeros(0), np.zeros((n, 0)), None, name or "gaussian")
+            return
+        S = _validate_covariance(covariance, n_inputs)
+        n = S.shape[0]
+        if np.array_equal(S, np.eye(n)):  # exactly the identity: the isotropic law, exact routes kept
+            self._init(n, 1.0, np.zeros(0), np.zeros((n, 0)), None, name or "gaussian")
+            return
+        lam, Q = scipy.linalg.eigh(S)
+        lam = np.where(lam < 0, 0.0, lam)  # rounding-level negatives (validated above)
+        self._init(n, 0.0, lam, Q, S, name or "gaussian-covariance")
+
+    def _init(self, n: int, bulk: float, values: np.ndarray, vectors: np.ndarray, dense: np.ndarray | None, name: str) -> None:
+        self._n = n
+        self._bulk = float(bulk)
+        self._values = np.asarray(values, dtype=np.float64)
+        self._vectors = np.asarray(vectors, dtype=np.float64)
+        self._dense = dense
+        self.name = name
+        for arr in (self._values, self._vectors):
+            arr.setflags(write=False)
+        if dense is not None:
+            dense.setflags(write=False)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def spiked(cls, n_inputs: int, strengths, directions=None, *, seed: int | None = 0) -> "GaussianInputs":
+        """Spiked covariance ``Sigma = I + sum_k theta_k u_k u_k^T`` (``u_k`` unit vectors).
+
+        ``strengths`` ``(k,)``: the ``theta_k`` (``> -1`` keeps variance along
+        ``u_k``; ``-1`` removes it). ``directions`` ``(k, N_i)`` (normalised here;
+        need not be orthogonal), default ``k`` random orthonormal directions drawn
+        with ``seed``. Eigen-structure: ``1`` on the complement of the spikes
+        (exactly, never formed), and ``k`` eigenvalues from a ``k x k`` problem.
+        """
+        n = require_positive_int(n_inputs, "N_i")
+        theta = np.atleast_1d(np.asarray(strengths, dtype=np.float64))
+        if theta.ndim != 1 or theta.size < 1 or not np.all(np.isfinite(theta)):
+            raise NearoptError(f"spike strengths must be a non-empty 1-D array of finite numbers, got {strengths!r}")
+        k = theta.size
+        if directions is None:
+            if k > n:
+                raise NearoptError(f"{k} random orthogonal spikes do not fit in N_i = {n} dimensions")
+            rng = np.random.default_rng([0 if seed is None else int(seed), 0x5C])
+            U = np.linalg.qr(rng.standard_normal((n, k)))[0].T
+        else:
+            U = np.asarray(directions, dtype=np.float64).reshape(-1, n) if np.size(directions) % n == 0 else None
+            if U is None or U.shape[0] != k:
+                raise NearoptError(f"spike directions must have shape ({k}, {n}), got {np.shape(directions)}")
+            if not np.all(np.isfinite(U)):
+                raise NearoptError("spike directions contain NaN or infinite values")
+            norms = np.linalg.norm(U, axis=1)
+            if np.any(norms == 0):
+                raise NearoptError("a spike direction is the zero vector")
+            U = U / norms[:, None]
+        # I + U^T diag(theta) U = I + Q (s Z^T diag(theta) Z s) Q^T with U^T = Q s Z^T (thin SVD)
+        Q, s, Zt = scipy.linalg.svd(U.T, full_matrices=False)
+        keep = s > max(U.shape) * np.finfo(np.float64).eps * s[0]
+        Q, B = Q[:, keep], (s[keep, None] * Zt[keep]) @ (theta[:, None] * (Zt[keep].T * s[keep]))
+        mu, Y = scipy.linalg.eigh(0.5 * (B + B.T))
+        values = 1.0 + mu
+        top = max(1.0, float(values.max()))
+        if values.min() < -PSD_RTOL * top:
+            raise NearoptError(f"the spiked covariance is not positive semi-definite (smallest eigenvalue {values.min():.3g}); strengths must keep 1 + theta >= 0")
+        law = cls.__new__(cls)
+        law._init(n, 1.0, np.where(values < 0, 0.0, values), Q @ Y, None, "gaussian-spiked")
+        return law
+
+    @classmethod
+    def from_data(cls, X) -> "GaussianInputs":
+        """The Gaussian-equivalent law of a batch ``X`` ``(N, N_i)``: ``Sigma = X^T X / N`` (second moment).
+
+        For a linear network the batch Hessian on ``X`` equals the population
+        Hessian under this law (``docs/inputs.md``).
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or min(X.shape) < 1:
+            raise NearoptError(f"inputs must have shape (N, N_i), got {X.shape}")
+        if not np.all(np.isfinite(X)):
+            raise NearoptError("inputs contain NaN or infinite values")
+        S = X.T @ X / X.shape[0]
+        return cls(covariance=0.5 * (S + S.T), name="gaussian-equivalent")
+
+    @classmethod
+    def load(cls, path, n_inputs: int | None = None) -> "GaussianInputs":
+        """Read a covariance ``(N_i, N_i)`` from an ``.npy`` file (validated as in the constructor)."""
+        path = Path(path)
+        if not path.is_file():
+            raise NearoptError(f"covariance file not found: {path}")
+        try:
+            S = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise NearoptError(f"cannot read covariance file {path}: not a valid .npy ({exc.__class__.__name__})") from None
+        if not isinstance(S, np.ndarray) or not np.issubdtype(S.dtype, np.number) or np.iscomplexobj(S):
+            raise NearoptError(f"covariance file {path} must hold a real numeric array")
+        try:
+            return cls(n_inputs, covariance=S)
+        except NearoptError as exc:
+            raise NearoptError(f"covariance file {path}: {exc}") from None
+
+    # ------------------------------------------------------------------ the law
     @property
-    def covariance(self) -> np.ndarray:
-        """``E[x x^T]``, shape ``(N_i, N_i)``."""
-        return np.eye(self.n_inputs)
+    def n_inputs(self) -> int:
+        """``N_i``."""
+        return self._n
 
     @property
     def isotropic(self) -> bool:
-        return True
+        """Whether ``Sigma = I`` exactly."""
+        return self._values.size == 0 and self._bulk == 1.0
+
+    @cached_property
+    def covariance(self) -> np.ndarray:
+        """``Sigma = E[x x^T]``, shape ``(N_i, N_i)`` (formed on first use for the identity and spiked laws)."""
+        if self._dense is not None:
+            return self._dense
+        S = self.matmul(np.eye(self._n))
+        S = 0.5 * (S + S.T)
+        S.setflags(write=False)
+        return S
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        """All ``N_i`` eigenvalues of ``Sigma``, ascending (negative rounding set to 0)."""
+        bulk = np.full(self._n - self._values.size, self._bulk)
+        return np.sort(np.concatenate([self._values, bulk]))
+
+    @property
+    def rank(self) -> int:
+        """Number of eigenvalues above ``PSD_RTOL`` times the largest."""
+        lam = self.eigenvalues
+        return int(np.count_nonzero(lam > PSD_RTOL * lam[-1]))
+
+    def matmul(self, X: np.ndarray, power: float = 1.0) -> np.ndarray:
+        """``X Sigma^power`` for ``X`` ``(..., N_i)`` (``Sigma`` symmetric: rows ``Sigma^power x``).
+
+        ``power`` 1 (the covariance), 1/2 (the symmetric square root ``L``, ``L L^T = Sigma``),
+        or any ``p >= 0``. ``O(N_i m)`` per row in the structured form.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if power == 1.0 and self._dense is not None:
+            return X @ self._dense
+        if self._values.size == 0:
+            return X * self._bulk**power
+        Q = self._vectors
+        b = self._bulk**power if self._bulk > 0 or power > 0 else 0.0
+        return b * X + ((X @ Q) * (self._values**power - b)) @ Q.T
+
+    def sqrt_factor(self) -> np.ndarray:
+        """``L = Sigma^{1/2}`` ``(N_i, N_i)``, symmetric, ``L L^T = Sigma`` (the identity when isotropic)."""
+        return np.eye(self._n) if self.isotropic else self.matmul(np.eye(self._n), 0.5)
+
+    def eigenspaces(self, rtol: float | None = None) -> list[Eigenspace]:
+        """The eigenspaces of ``Sigma`` (for the structured population route).
+
+        Explicit eigenvalues within ``rtol * lambda_max`` of a group's smallest
+        share one eigenspace (value: their mean; default ``rtol = 32 N_i eps``,
+        the rounding of ``eigh``), so an identity-plus-spikes matrix read from a
+        file is recognised. The bulk (``basis=None``) has multiplicity ``N_i - m``.
+        """
+        lam = self._values
+        out: list[Eigenspace] = []
+        if self._n > lam.size:
+            out.append(Eigenspace(self._bulk, None, self._n - lam.size))
+        if lam.size:
+            top = max(float(np.max(lam)), self._bulk)
+            tol = (32 * self._n * np.finfo(np.float64).eps if rtol is None else float(rtol)) * top
+            order = np.argsort(lam, kind="stable")
+            start = 0
+            for i in range(1, lam.size + 1):
+                if i == lam.size or lam[order[i]] - lam[order[start]] > tol:
+                    idx = order[start:i]
+                    out.append(Eigenspace(float(np.mean(lam[idx])), self._vectors[:, idx], idx.size))
+                    start = i
+        return out
+
+    def sample(self, n_samples: int, seed: int | None = 0) -> np.ndarray:
+        """``(N, N_i)`` rows ``x ~ N(0, Sigma)``, seeded (:func:`nearopt.model.sample_inputs` with ``factor = Sigma^{1/2}``)."""
+        if self.isotropic:
+            return sample_inputs(n_samples, self._n, seed)
+        return sample_inputs(n_samples, self._n, seed, factor=self.sqrt_factor())
+
+    def describe(self) -> dict:
+        """Short JSON-able description (for :class:`~nearopt.spectra.spectrum.Spectrum` extras)."""
+        lam = self.eigenvalues
+        return {"law": self.name, "isotropic": self.isotropic, "covariance_trace": float(lam.sum()),
+                "covariance_eigenvalue_range": [float(lam[0]), float(lam[-1])], "covariance_rank": self.rank}
+
+    def __repr__(self) -> str:
+        if self.isotropic:
+            return f"GaussianInputs({self._n})"
+        lam = self.eigenvalues
+        return f"GaussianInputs(N_i={self._n}, {self.name}, eigenvalues {lam[0]:.3g}..{lam[-1]:.3g})"
+
+
+def _validate_covariance(S, n_inputs: int | None) -> np.ndarray:
+    """Checked, symmetrised float64 copy of a covariance ``S`` ``(N_i, N_i)`` (see :class:`GaussianInputs`)."""
+    try:
+        S = np.array(S, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise NearoptError("the covariance must be a real numeric (N_i, N_i) array") from None
+    if not np.all(np.isfinite(S)):
+        raise NearoptError("the covariance contains NaN or infinite values")
+    if S.ndim != 2 or S.shape[0] != S.shape[1] or S.shape[0] < 1:
+        raise NearoptError(f"the covariance must be a square (N_i, N_i) matrix, got shape {S.shape}")
+    if n_inputs is not None and S.shape[0] != require_positive_int(n_inputs, "N_i"):
+        raise NearoptError(f"the covariance is {S.shape[0]} x {S.shape[0]}, but N_i = {n_inputs}")
+    scale = float(np.max(np.abs(S)))
+    if scale == 0.0:
+        raise NearoptError("the covariance is zero: every input would be 0")
+    asym = float(np.max(np.abs(S - S.T)))
+    if asym > SYMMETRY_RTOL * scale:
+        raise NearoptError(f"the covariance is not symmetric: max |S - S^T| = {asym:.3g} (> {SYMMETRY_RTOL:g} x max |S|)")
+    S = 0.5 * (S + S.T)
+    lam = scipy.linalg.eigvalsh(S)
+    if lam[0] < -PSD_RTOL * max(lam[-1], 0.0) or lam[-1] <= 0:
+        raise NearoptError(f"the covariance is not positive semi-definite: smallest eigenvalue {lam[0]:.3g} (largest {lam[-1]:.3g}, tolerance {PSD_RTOL:g} relative)")
+    return S
 
 
 InputLaw = GaussianInputs
@@ -134,6 +381,33 @@ class Problem:
         if "teacher" in changes and "student" not in changes and self.point is self.teacher:
             changes["student"] = None
         return dataclasses.replace(self, **changes)
+
+
+def whiten(problem: "Problem") -> tuple["Problem", np.ndarray]:
+    """The same problem in whitened coordinates, and the map back.
+
+    With ``x = L z``, ``z ~ N(0, I)``, ``L = Sigma^{1/2}`` ``(N_i, N_i)`` symmetric, every
+    network sees ``W1 x = (W1 L) z``: returns ``(Problem(teacher W1* L, student W1 L,
+    isotropic inputs, same trained blocks), L)``. The Jacobians obey ``J = T J~``
+    with ``T = blockdiag(I_{N_h} (x) L, I_{N_h})``, so every curvature under
+    ``Sigma`` is ``T H~ T^T`` with ``H~`` the isotropic one of the whitened problem
+    (at any student point: the loss is the same function of ``W1 L``).
+    ``T^T = T`` since ``L`` is symmetric; on a ``W1`` block (row-major ``(N_h, N_i)``)
+    it acts as ``dW1 -> dW1 L``.
+    """
+    law = problem.inputs
+    assert law is not None
+    if law.isotropic:
+        return problem, np.eye(problem.n_inputs)
+    L = law.sqrt_factor()
+    t, s = problem.teacher, problem.point
+
+    def turn(net: TwoLayerNet) -> TwoLayerNet:
+        return TwoLayerNet(net.W1 @ L, net.W2, net.activation)
+
+    teacher = turn(t)
+    student = teacher if s is t else turn(s)
+    return Problem(teacher, student, GaussianInputs(problem.n_inputs), problem.trained), L
 
 
 def as_problem(problem_or_net: "Problem | TwoLayerNet") -> Problem:

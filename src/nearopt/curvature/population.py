@@ -1,11 +1,17 @@
 """The exact population Hessian ``H = E_x[J J^T]`` (``N -> infinity``): :class:`PopulationHessian`.
 
-Inputs are ``x ~ N(0, I_{N_i})``. Every block is assembled from the pairwise
-Gaussian moments of :mod:`nearopt.expectations` (``docs/theory.md`` §2.2)::
+Inputs are ``x ~ N(0, Sigma)`` (the problem's :class:`~nearopt.problem.GaussianInputs`;
+``Sigma = I`` by default). Every block is assembled from the pairwise Gaussian
+moments of :mod:`nearopt.expectations` (``docs/theory.md`` §2.2) for the Gram
+matrix ``W1 Sigma W1^T``, with ``s_a = Sigma w_a`` (``docs/inputs.md``)::
 
     H[v_a, v_c] = gg[a,c]
-    H[w_a, v_c] = v_a (b[a,c,0] w_a + b[a,c,1] w_c)
-    H[w_a, w_c] = v_a v_c (dd[a,c] I + [w_a w_c] K[a,c] [w_a w_c]^T)
+    H[w_a, v_c] = v_a (b[a,c,0] s_a + b[a,c,1] s_c)
+    H[w_a, w_c] = v_a v_c (dd[a,c] Sigma + [s_a s_c] K[a,c] [s_a s_c]^T)
+
+This is ``T H~ T^T`` with ``H~`` the isotropic Hessian of the whitened network
+``W1 L`` (``L = Sigma^{1/2}``, ``T = blockdiag(I (x) L, I)``, :func:`nearopt.problem.whiten`);
+the matrix-free product goes through ``T`` (:class:`CovarianceTransform`).
 
 Parameter order as :meth:`nearopt.model.TwoLayerNet.parameters` (``W1`` row-major,
 then ``W2``). Routes to the spectrum (:meth:`PopulationHessian.spectrum`):
@@ -30,6 +36,19 @@ layer ``W1 V = U S`` (inputs in ``R^r``): the pairwise moments depend only on
 Cost ``O(N_h^2 N_i + (N_h (r + 1))^3)``; memory ``O(N_h N_i + (N_h (r+1))^2)``.
 With only the first layer trained the ``v`` rows and columns of the reduced
 block drop out; with only the second, ``H = E[g g^T]`` (``N_h x N_h``).
+
+Under a covariance (:func:`covariance_structured_spectrum`, ``docs/inputs.md``):
+for each eigenspace ``E_j`` of ``Sigma`` (value ``lambda_j``, dimension ``m_j``), the
+directions ``e_a (x) u`` with ``u`` in ``E_j`` and orthogonal to the projected rows
+``P_j w_a`` are invariant, and ``H`` acts on them as ``lambda_j M``. The reduced
+space ``R = sum_j span(P_j W1^T)`` (dimension ``r' <= sum_j min(N_h, m_j)``) is
+``Sigma``-invariant and holds the rows of ``W1``; there ``H`` is the Hessian of
+``W1 Q`` with covariance ``Q^T Sigma Q``. Hence::
+
+    spec(H) = spec(H_reduced)  ∪_j  lambda_j spec(M) × (m_j - r_j)
+
+For a spiked ``Sigma = I + sum_k theta_k u_k u_k^T`` the bulk (value 1) leaves
+``N_i - k - N_h`` directions outside ``R``: the same saving as for ``I``.
 """
 
 from __future__ import annotations
@@ -49,7 +68,7 @@ from ..activations import Activation
 from ..errors import NearoptError
 from ..expectations import PairMoments, pair_moments
 from ..model import TwoLayerNet
-from ..problem import Problem
+from ..problem import GaussianInputs, Problem, as_problem, whiten
 from ..resources import require_memory
 from ..spectra.rank_rule import rank_from_eigenvalues
 from ..spectra.spectrum import Spectrum
@@ -60,33 +79,44 @@ POPULATION_METHODS = ("auto", "dense", "structured", "factor", "lanczos")
 MAX_DENSE = 12_000
 
 
-def net_moments(net: TwoLayerNet) -> PairMoments:
-    """Pairwise Gaussian moments of ``net``'s hidden units (arrays ``(N_h, N_h, ...)``)."""
-    return pair_moments(net.activation, net.W1 @ net.W1.T)
+def net_moments(net: TwoLayerNet, inputs: GaussianInputs | None = None) -> PairMoments:
+    """Pairwise Gaussian moments of ``net``'s hidden units (arrays ``(N_h, N_h, ...)``).
+
+    Pre-activations ``W1 x`` with ``x ~ N(0, Sigma)`` have Gram matrix ``W1 Sigma W1^T``
+    (``Sigma = I`` when ``inputs`` is ``None`` or isotropic).
+    """
+    if inputs is None or inputs.isotropic:
+        return pair_moments(net.activation, net.W1 @ net.W1.T)
+    gram = inputs.matmul(net.W1) @ net.W1.T
+    return pair_moments(net.activation, 0.5 * (gram + gram.T))
 
 
-def assemble(moments: PairMoments, W: np.ndarray, v: np.ndarray) -> np.ndarray:
+def assemble(moments: PairMoments, W: np.ndarray, v: np.ndarray, covariance: np.ndarray | None = None) -> np.ndarray:
     """Population Hessian ``(N_h (d+1), N_h (d+1))`` for first-layer weights ``W`` ``(N_h, d)``.
 
-    ``moments`` must belong to the Gram matrix ``W W^T`` (any rotation of the
-    rows' space gives the same moments: this is how the structured route reuses them).
+    ``covariance`` ``Sigma`` ``(d, d)`` of the inputs (default ``I``). ``moments``
+    must belong to the Gram matrix ``W Sigma W^T`` (any rotation of the rows'
+    space gives the same moments: this is how the structured route reuses them).
     """
     n_h, d = W.shape
     vv = np.outer(v, v)
+    # the Stein directions are s_a = Sigma w_a (rows of A), the identity becomes Sigma
+    A = W if covariance is None else W @ covariance
+    eye = np.eye(d) if covariance is None else covariance
 
     def k(x):  # (a, c) -> broadcast over (a, i, c, j)
         return (vv * x)[:, None, :, None]
 
-    Wa_i, Wa_j = W[:, :, None, None], W[:, None, None, :]
-    Wc_i, Wc_j = W.T[None, :, :, None], W[None, None, :, :]
+    Wa_i, Wa_j = A[:, :, None, None], A[:, None, None, :]
+    Wc_i, Wc_j = A.T[None, :, :, None], A[None, None, :, :]
     K = moments.K
     Hww = k(K[..., 0, 0]) * Wa_i * Wa_j
     Hww += k(K[..., 0, 1]) * Wa_i * Wc_j
     Hww += k(K[..., 1, 0]) * Wc_i * Wa_j
     Hww += k(K[..., 1, 1]) * Wc_i * Wc_j
-    Hww += k(moments.dd) * np.eye(d)[None, :, None, :]
-    # H[w_a i, v_c] = v_a (b0[a,c] W[a,i] + b1[a,c] W[c,i])
-    Hwv = v[:, None, None] * (moments.b[:, None, :, 0] * W[:, :, None] + moments.b[:, None, :, 1] * W.T[None, :, :])
+    Hww += k(moments.dd) * eye[None, :, None, :]
+    # H[w_a i, v_c] = v_a (b0[a,c] s_a[i] + b1[a,c] s_c[i])
+    Hwv = v[:, None, None] * (moments.b[:, None, :, 0] * A[:, :, None] + moments.b[:, None, :, 1] * A.T[None, :, :])
     m = n_h * d
     H = np.empty((m + n_h, m + n_h))
     H[:m, :m] = Hww.reshape(m, m)
@@ -96,14 +126,16 @@ def assemble(moments: PairMoments, W: np.ndarray, v: np.ndarray) -> np.ndarray:
     return H
 
 
-def population_hessian(net: TwoLayerNet) -> np.ndarray:
-    """Dense population Hessian at the optimum, shape ``(P, P)``, float64.
+def population_hessian(net: TwoLayerNet, inputs: GaussianInputs | None = None) -> np.ndarray:
+    """Dense population Hessian at the optimum, shape ``(P, P)``, float64, for ``x ~ N(0, Sigma)``.
 
-    Memory ``8 P^2`` bytes; use :func:`population_spectrum` (structured) or
-    :class:`PopulationHessian` (matrix-free) for large ``P``.
+    ``inputs`` default ``N(0, I)``. Memory ``8 P^2`` bytes; use
+    :func:`population_spectrum` (structured) or :class:`PopulationHessian`
+    (matrix-free) for large ``P``.
     """
     require_memory(8 * net.n_params**2, f"the dense {net.n_params} x {net.n_params} population Hessian", "the structured or lanczos method")
-    return assemble(net_moments(net), net.W1, net.W2.ravel())
+    cov = None if inputs is None or inputs.isotropic else inputs.covariance
+    return assemble(net_moments(net, inputs), net.W1, net.W2.ravel(), cov)
 
 
 @dataclass(frozen=True)
@@ -122,6 +154,8 @@ class StructuredSpectrum:
     complement: np.ndarray
     row_rank: int
     complement_multiplicity: int
+    #: under a covariance: the eigenvalues ``lambda_j`` scaling ``complement`` and their multiplicities ``m_j - r_j``
+    complement_scales: tuple[tuple[float, int], ...] = ()
 
     @property
     def n_params(self) -> int:
@@ -167,6 +201,74 @@ def structured_spectrum(net: TwoLayerNet, trained: str = "both", moments: PairMo
     counts = np.concatenate([np.ones(reduced.size, dtype=np.int64), np.full(complement.size, mult, dtype=np.int64)])
     order = np.argsort(values, kind="stable")
     return StructuredSpectrum(values[order], counts[order], reduced, complement, r, mult)
+
+
+def _merge(blocks: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalue arrays with one multiplicity each -> ascending ``values``, ``counts``."""
+    blocks = [(b, m) for b, m in blocks if b.size and m > 0]
+    if not blocks:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    values = np.concatenate([b for b, _ in blocks])
+    counts = np.concatenate([np.full(b.size, m, dtype=np.int64) for b, m in blocks])
+    order = np.argsort(values, kind="stable")
+    return values[order], counts[order]
+
+
+def covariance_reduction(W1: np.ndarray, inputs: GaussianInputs) -> tuple[np.ndarray, list[tuple[float, int]]]:
+    """The ``Sigma``-invariant space ``R`` holding the rows of ``W1`` ``(N_h, N_i)``, and what is left.
+
+    Returns ``Q`` ``(N_i, r')`` orthonormal with ``R = span(Q) = sum_j span(P_j W1^T)``
+    (``P_j`` the projector on eigenspace ``j`` of ``Sigma``), and the list
+    ``[(lambda_j, m_j - r_j)]`` of eigenvalues and dimensions of ``E_j ∩ R^⊥``.
+    The rank of each projected block is decided against ``max(N_h, N_i) eps ||W1||_2``.
+    """
+    n_h, n_i = W1.shape
+    norm = float(scipy.linalg.norm(W1, 2))
+    tol = max(n_h, n_i) * np.finfo(np.float64).eps * norm
+    spaces = inputs.eigenspaces()
+    explicit = [e.basis for e in spaces if e.basis is not None]
+    Q_all = np.hstack(explicit) if explicit else np.zeros((n_i, 0))
+    bases, rest = [], []
+    for e in spaces:
+        if e.basis is None:  # the bulk: complement of every explicit eigenvector
+            A = W1 - (W1 @ Q_all) @ Q_all.T
+            _, sv, Vt = scipy.linalg.svd(A, full_matrices=False)
+            r = int(np.count_nonzero(sv > tol))
+            bases.append(Vt[:r].T)
+        else:
+            _, sv, Vt = scipy.linalg.svd(W1 @ e.basis, full_matrices=False)
+            r = int(np.count_nonzero(sv > tol))
+            bases.append(e.basis @ Vt[:r].T)
+        rest.append((e.value, e.multiplicity - r))
+    Q = np.hstack(bases) if bases else np.zeros((n_i, 0))
+    return Q, rest
+
+
+def covariance_structured_spectrum(net: TwoLayerNet, inputs: GaussianInputs, trained: str = "both", moments: PairMoments | None = None) -> StructuredSpectrum:
+    """Exact population spectrum under ``x ~ N(0, Sigma)`` as blocks with multiplicities (module docstring).
+
+    Cost: an SVD per eigenspace of ``Sigma`` (``O(N_h^2 N_i)`` for the bulk), the
+    reduced ``N_h (r'+1)`` dense block and one ``N_h x N_h`` complement block
+    ``M = (v v^T) ∘ dd``, whose eigenvalues are scaled by each ``lambda_j``.
+    """
+    moments = net_moments(net, inputs) if moments is None else moments
+    v = net.W2.ravel()
+    n_h = net.n_hidden
+    if trained == "second":
+        reduced = scipy.linalg.eigvalsh(moments.gg)
+        values, counts = _merge([(reduced, 1)])
+        return StructuredSpectrum(values, counts, reduced, np.zeros(0), 0, 0, ())
+    Q, rest = covariance_reduction(net.W1, inputs)
+    S_red = Q.T @ inputs.matmul(Q.T).T  # Q^T Sigma Q (r', r'): diagonal up to the eigenvalue grouping
+    H_red = assemble(moments, net.W1 @ Q, v, 0.5 * (S_red + S_red.T))
+    if trained == "first":
+        H_red = H_red[: n_h * Q.shape[1], : n_h * Q.shape[1]]
+    reduced = scipy.linalg.eigvalsh(H_red) if H_red.size else np.zeros(0)
+    rest = [(lam, m) for lam, m in rest if m > 0]
+    mu = scipy.linalg.eigvalsh(np.outer(v, v) * moments.dd) if rest else np.zeros(0)
+    values, counts = _merge([(reduced, 1)] + [(lam * mu, m) for lam, m in rest])
+    mult = sum(m for _, m in rest)
+    return StructuredSpectrum(values, counts, reduced, mu, Q.shape[1], mult, tuple((float(lam), int(m)) for lam, m in rest))
 
 
 TorchHVP = Callable[[torch.Tensor], torch.Tensor]
@@ -218,6 +320,36 @@ def population_hvp(net: TwoLayerNet, *, device: torch.device, moments: PairMomen
 
     return hvp
 
+class CovarianceTransform:
+    """``T = blockdiag(I_{N_h} (x) L, I_{N_h})`` on parameter vectors, ``L = Sigma^{1/2}`` (symmetric, so ``T^T = T``).
+
+    ``J = T J~`` maps the whitened problem (:func:`nearopt.problem.whiten`) back:
+    a curvature under ``Sigma`` is ``T H~ T^T``. On the ``W1`` block (row-major
+    ``(N_h, N_i)``) ``T`` acts as ``dW1 -> dW1 L``; it is the identity on ``W2``.
+    Works on the trained blocks of ``problem`` (``(P, k)`` torch tensors) and
+    costs ``O(N_h N_i^2 k)`` per product.
+    """
+
+    def __init__(self, problem: Problem, L: np.ndarray, device: torch.device):
+        self.n_hidden, self.n_inputs = problem.point.n_hidden, problem.n_inputs
+        self.has_w1 = problem.trained in ("both", "first")
+        self.L = torch.as_tensor(np.ascontiguousarray(L), dtype=torch.float64, device=device)
+
+    def __call__(self, V: torch.Tensor) -> torch.Tensor:
+        """``T V`` (``= T^T V``) for ``V`` ``(P, k)``."""
+        if not self.has_w1:
+            return V
+        m = self.n_hidden * self.n_inputs
+        dW = V[:m].T.reshape(-1, self.n_hidden, self.n_inputs) @ self.L
+        return torch.cat([dW.reshape(dW.shape[0], m).T, V[m:]], dim=0)
+
+    def conjugate(self, H: np.ndarray) -> np.ndarray:
+        """``T H T^T`` for a dense ``(P, P)`` ``H`` (numpy)."""
+        Ht = torch.as_tensor(H, dtype=torch.float64, device=self.L.device)
+        out = self(self(Ht).T)
+        return 0.5 * (out + out.T).cpu().numpy()
+
+
 def _is_linear(act: Activation) -> bool:
     c = act.polynomial_coefficients
     return c is not None and c.size == 2 and c[0] == 0.0 and c[1] == 1.0
@@ -229,7 +361,10 @@ class PopulationHessian(Curvature):
     Blocks from the pairwise Gaussian moments of the hidden units (module
     docstring); products matrix-free in ``O(N_h^2 N_i)``; the exact spectrum by
     the ``structured`` route without forming the matrix. Needs the student at
-    the teacher (the residual term vanishes there) and isotropic inputs.
+    the teacher (the residual term vanishes there). Inputs ``x ~ N(0, Sigma)``
+    from the problem's law: products go through ``T`` (:class:`CovarianceTransform`,
+    ``O(N_h N_i^2)`` more per vector), the structured route through the
+    eigenspaces of ``Sigma`` (:func:`covariance_structured_spectrum`).
     """
 
     kind = "population-hessian"
@@ -239,39 +374,53 @@ class PopulationHessian(Curvature):
         pr = self.problem
         if not pr.at_teacher:
             raise NearoptError("the population Hessian is implemented at the teacher (student = teacher); use the batch route at other points")
-        if not pr.inputs.isotropic:
-            raise NearoptError("the population Hessian is implemented for isotropic Gaussian inputs")
 
     @property
     def net(self) -> TwoLayerNet:
         return self.problem.point
 
+    @property
+    def inputs(self) -> GaussianInputs:
+        """The input law ``N(0, Sigma)``."""
+        assert self.problem.inputs is not None
+        return self.problem.inputs
+
     @cached_property
     def moments(self) -> PairMoments:
-        """Pairwise moments of the hidden units (computed once)."""
-        return net_moments(self.net)
+        """Pairwise moments of the hidden units for the Gram ``W1 Sigma W1^T`` (computed once)."""
+        return net_moments(self.net, self.inputs)
 
     @cached_property
     def _hvp(self) -> TorchHVP:
-        return population_hvp(self.net, device=self.device, moments=self.moments)
+        if self.inputs.isotropic:
+            hvp = population_hvp(self.net, device=self.device, moments=self.moments)
+            return lambda V: select(self.problem, hvp(restrict(self.problem, V)))
+        # H = T H~ T^T: the isotropic product of the whitened network W1 L (same Gram, same moments)
+        white, L = whiten(self.problem)
+        T = CovarianceTransform(self.problem, L, self.device)
+        hvp = population_hvp(white.point, device=self.device, moments=self.moments)
+        return lambda V: T(select(white, hvp(restrict(white, T(V)))))
 
     def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return select(self.problem, self._hvp(restrict(self.problem, V)))
+        return self._hvp(V)
 
     def to_dense(self) -> np.ndarray:
         P = self.net.n_params
         require_memory(8 * P * P, f"the dense {P} x {P} population Hessian", "the structured or lanczos method")
-        H = assemble(self.moments, self.net.W1, self.net.W2.ravel())
+        cov = None if self.inputs.isotropic else self.inputs.covariance
+        H = assemble(self.moments, self.net.W1, self.net.W2.ravel(), cov)
         idx = self.problem.trained_indices
         return H if self.problem.trained == "both" else H[np.ix_(idx, idx)]
 
     def factor(self) -> np.ndarray | None:  # type: ignore[override]
-        """Linear networks: ``B^T[:, trained]`` ``(N_i, P)`` with ``J(x) = B x`` (``docs/theory.md`` §3.1); else ``None``."""
+        """Linear networks: ``(B L)^T[:, trained]`` ``(N_i, P)`` with ``J(x) = B x`` and ``L = Sigma^{1/2}``
+        (``docs/theory.md`` §3.1: ``H = B Sigma B^T``); else ``None``."""
         if not _is_linear(self.net.activation):
             return None
         v = self.net.W2.ravel()
         B = np.vstack([np.kron(v[:, None], np.eye(self.net.n_inputs)), self.net.W1])
-        return B.T[:, self.problem.trained_indices]
+        S = B.T if self.inputs.isotropic else self.inputs.matmul(B, 0.5).T
+        return S[:, self.problem.trained_indices]
 
     @property
     def routes(self) -> dict[str, Callable[..., Spectrum]]:
@@ -283,16 +432,21 @@ class PopulationHessian(Curvature):
 
     def choose_route(self) -> str:
         """``dense`` when ``W1`` has full column rank (nothing to reduce), else ``structured``;
-        ``lanczos`` is never chosen (not exact): too large a reduced block raises instead."""
+        ``lanczos`` is never chosen (not exact): too large a reduced block raises instead.
+        Under a covariance the reduced dimension is at most ``sum_j min(N_h, m_j)`` over
+        the eigenspaces of ``Sigma``."""
         net = self.net
-        r = min(net.n_hidden, net.n_inputs)
+        if self.inputs.isotropic:
+            r = min(net.n_hidden, net.n_inputs)
+        else:
+            r = min(net.n_inputs, sum(min(net.n_hidden, e.multiplicity) for e in self.inputs.eigenspaces()))
         size = net.n_hidden * (r + 1)
         if size > MAX_DENSE:
             raise NearoptError(
                 f"the exact population spectrum needs a dense block of side {size} (> {MAX_DENSE}); "
                 "use --method lanczos for the extreme eigenvalues, or a smaller N_h"
             )
-        return "dense" if net.n_inputs <= net.n_hidden else "structured"
+        return "dense" if r >= net.n_inputs else "structured"
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "samples": None}
@@ -301,16 +455,31 @@ class PopulationHessian(Curvature):
         spec = super().make_spectrum(eigenvalues, decision, method, **fields)
         spec.extra.setdefault("rank_source", "eigenvalues of the exact dense blocks")
         spec.extra["expectations"] = self.moments.method
+        if not self.inputs.isotropic:
+            spec.extra["inputs"] = self.inputs.describe()
         return spec
 
     def _structured_spectrum(self, rtol: float | None, k: int) -> Spectrum:
-        res = structured_spectrum(self.net, self.problem.trained, self.moments)
+        if self.inputs.isotropic:
+            res = structured_spectrum(self.net, self.problem.trained, self.moments)
+        else:
+            res = covariance_structured_spectrum(self.net, self.inputs, self.problem.trained, self.moments)
         decision = rank_from_eigenvalues(res.values, res.counts, resolved_size=res.block_size, rtol=rtol)
         extra = {"reduced_rank_W1": res.row_rank, "complement_multiplicity": res.complement_multiplicity, "reduced_size": res.block_size}
+        if res.complement_scales:
+            extra["complement_scales"] = [list(c) for c in res.complement_scales]
         return self.make_spectrum(res.expand(), decision, "structured", multiplicities=(res.values, res.counts), extra=extra)
 
 
-def population_spectrum(net: TwoLayerNet | Problem, method: str = "auto", rtol: float | None = None, *, k: int = LANCZOS_K, device="cpu") -> Spectrum:
+def population_spectrum(
+    net: TwoLayerNet | Problem,
+    method: str = "auto",
+    rtol: float | None = None,
+    *,
+    k: int = LANCZOS_K,
+    device="cpu",
+    inputs: GaussianInputs | None = None,
+) -> Spectrum:
     """Spectrum of the population Hessian at the optimum (:meth:`PopulationHessian.spectrum`).
 
     Parameters
@@ -323,6 +492,8 @@ def population_spectrum(net: TwoLayerNet | Problem, method: str = "auto", rtol: 
         :func:`~nearopt.spectra.rank_rule.eigenvalue_rtol` of the largest dense block).
     k : int
         Eigenvalues computed by ``lanczos`` (the largest ``k``).
+    inputs : GaussianInputs, optional
+        The input law ``N(0, Sigma)`` (replaces the problem's; default: the problem's, ``N(0, I)`` for a network).
 
     Returns
     -------
@@ -332,6 +503,8 @@ def population_spectrum(net: TwoLayerNet | Problem, method: str = "auto", rtol: 
     """
     if method not in POPULATION_METHODS:
         raise NearoptError(f"unknown population method {method!r}; choose from {', '.join(POPULATION_METHODS)}")
+    if inputs is not None:
+        net = as_problem(net).replace(inputs=inputs)
     curv = PopulationHessian(net, device=device)
     if method == "dense" and curv.n_params > 2 * MAX_DENSE:
         raise NearoptError(f"dense population Hessian with P = {curv.n_params} needs {8 * curv.n_params**2 / 1e9:.1f} GB; use --method structured")
