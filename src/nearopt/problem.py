@@ -318,8 +318,10 @@ class Problem:
     """
 
     teacher: TwoLayerNet
-    student: TwoLayerNet | None = None
-    inputs: InputLaw | None = None
+    # ``None`` is replaced in ``__post_init__`` (student -> the teacher, inputs -> N(0, I)),
+    # so after construction both are always set: typed as such for the code downstream.
+    student: TwoLayerNet = None  # type: ignore[assignment]
+    inputs: InputLaw = None  # type: ignore[assignment]
     trained: str = "both"
 
     def __post_init__(self) -> None:
