@@ -281,11 +281,11 @@ def test_cli_population_with_input_cov(tmp_path, capsys):
 def test_cli_bad_input_cov_is_one_line(tmp_path, capsys):
     path = tmp_path / "S.npy"
     np.save(path, np.diag([1.0, -1.0, 1.0]))
-    assert main(["spectrum", "--ni", "3", "--nh", "2", "--population", "--input-cov", str(path)]) == 2
+    assert main(["spectrum", "--ni", "3", "--nh", "2", "-a", "erf", "--population", "--input-cov", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "positive semi-definite" in err and len(err.splitlines()) == 1
     np.save(path, np.eye(4))
-    assert main(["spectrum", "--ni", "3", "--nh", "2", "--population", "--input-cov", str(path)]) == 2
+    assert main(["spectrum", "--ni", "3", "--nh", "2", "-a", "erf", "--population", "--input-cov", str(path)]) == 2
     assert "N_i = 3" in capsys.readouterr().err
 
 

@@ -8,11 +8,14 @@ from .. import io
 from ..curvature import BATCH_METHODS, batch_spectrum, population_spectrum
 from ..errors import NearoptError, require_finite
 from ..spectra.spectrum import Spectrum
+from ..model import TwoLayerNet
 from .common import (
     add_data_args,
+    add_input_cov_arg,
     add_network_args,
     check_network_finite,
     emit_json,
+    input_law_from_args,
     inputs_from_args,
     network_from_args,
     numerics,
@@ -37,6 +40,7 @@ def register(sub) -> None:
     )
     add_network_args(p)
     add_data_args(p)
+    add_input_cov_arg(p)
     p.add_argument(
         "--method",
         default="auto",
@@ -78,11 +82,13 @@ def compute(args) -> Spectrum:
         raise NearoptError(f"--method {args.method} is not a batch method; choose from {', '.join(BATCH_METHODS)} (or use --population)")
     _check_memory(args, net.n_params, population)
     X = inputs_from_args(args, net)
-    check_network_finite(net, X)
+    law = input_law_from_args(args, net.n_inputs) if X is None else None
+    # under N(0, Sigma) the pre-activations have variances w^T Sigma w: check the whitened network W1 Sigma^{1/2}
+    check_network_finite(net if law is None else TwoLayerNet(law.matmul(net.W1, 0.5), net.W2, net.activation), X)
     cause = f"activation {net.activation.name}, N_i={net.n_inputs}, N_h={net.n_hidden}, {'population' if X is None else f'N={X.shape[0]}'}"
     with numerics("the Hessian spectrum", cause):
         if X is None:
-            spec = population_spectrum(net, method=args.method, rtol=args.rtol, k=args.k)
+            spec = population_spectrum(net, method=args.method, rtol=args.rtol, k=args.k, inputs=law)
         else:
             spec = batch_spectrum(net, X, method=args.method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol)
     require_finite(spec.eigenvalues, "Hessian eigenvalues", cause)

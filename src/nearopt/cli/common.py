@@ -13,7 +13,10 @@ import torch
 from .. import io
 from ..activations import available_activations, get_activation
 from ..errors import NearoptError, require_finite, require_positive_int
+from ..datasets import DATASETS, dataset_names
+from ..datasets import load_inputs as load_dataset
 from ..model import TwoLayerNet, sample_inputs, sample_teacher
+from ..problem import GaussianInputs
 from ..resources import dense_bytes, require_memory
 
 #: copies of a P x P float64 matrix a dense batch route holds at once (matrix,
@@ -91,9 +94,34 @@ def add_data_args(p: argparse.ArgumentParser, population: bool = True, populatio
     g = p.add_argument_group("inputs")
     g.add_argument("--samples", "-n", type=positive_int, help="number N of Gaussian inputs x ~ N(0, I)")
     g.add_argument("--data-seed", type=nonneg_int, default=0, help="seed of the inputs (default 0)")
-    g.add_argument("--inputs", metavar="X.npy", help="use these (N, N_i) inputs instead of --samples")
+    g.add_argument(
+        "--inputs",
+        metavar="X.npy|NAME",
+        help="use these (N, N_i) inputs instead of --samples, or a bundled data set by name "
+        f"({', '.join(dataset_names())}; standardised and projected on its N_i leading principal components; needs the data extra)",
+    )
     if population:
         g.add_argument("--population", action="store_true", help=population_help)
+
+
+def add_input_cov_arg(p: argparse.ArgumentParser) -> None:
+    """``--input-cov S.npy``: Gaussian inputs ``x ~ N(0, S)`` (for --population, or drawn by --samples)."""
+    p.add_argument(
+        "--input-cov",
+        metavar="S.npy",
+        help="inputs x ~ N(0, S) for this (N_i, N_i) symmetric positive semi-definite covariance: with --population the "
+        "exact population Hessian under S, with --samples N a batch drawn from N(0, S)",
+    )
+
+
+def input_law_from_args(args: argparse.Namespace, n_inputs: int) -> GaussianInputs | None:
+    """The ``--input-cov`` law (validated: square, ``N_i x N_i``, symmetric, PSD, finite), or ``None``."""
+    path = getattr(args, "input_cov", None)
+    if not path:
+        return None
+    if args.inputs:
+        raise NearoptError("--input-cov describes Gaussian inputs: use it with --samples or --population, not --inputs")
+    return GaussianInputs.load(path, n_inputs)
 
 
 def network_from_args(args: argparse.Namespace) -> TwoLayerNet:
@@ -115,12 +143,15 @@ def inputs_from_args(args: argparse.Namespace, net: TwoLayerNet) -> np.ndarray |
     if not chosen:
         opts = "--samples N, --inputs X.npy or --population" if hasattr(args, "population") else "--samples N or --inputs X.npy"
         raise NearoptError(f"say which inputs to use: {opts}")
+    law = input_law_from_args(args, net.n_inputs)
     if args.inputs:
+        if args.inputs in DATASETS:
+            return load_dataset(args.inputs, n_inputs=net.n_inputs)
         return io.load_inputs(args.inputs, net.n_inputs)
     if args.samples is not None:
         n = require_positive_int(args.samples, "--samples")
         require_memory(dense_bytes((n, net.n_inputs)), f"{n} inputs of width {net.n_inputs} (--samples)", "fewer --samples")
-        return sample_inputs(n, net.n_inputs, seed=args.data_seed)
+        return sample_inputs(n, net.n_inputs, seed=args.data_seed) if law is None else law.sample(n, seed=args.data_seed)
     return None
 
 
