@@ -150,6 +150,16 @@ class Activation:
         """
         return None
 
+    def closed_form_fourth_moment(self, c11, c12, c22) -> "np.ndarray | None":
+        """Exact ``E[g^(4)(u) g(v)]`` for ``(u, v) ~ N(0, [[c11, c12], [c12, c22]])`` (shape ``S``), or ``None``.
+
+        The one moment the residual term of the population Hessian away from a
+        global minimum needs beyond :meth:`closed_form_moments` (Price's theorem:
+        ``4 d^2 E[g(u) g(v)] / d c11^2``); ``None`` means checked quadrature
+        (:mod:`nearopt.curvature.landscape`).
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"<Activation {self.name}>"
 
@@ -220,6 +230,25 @@ class Polynomial(Activation):
         K = np.stack([np.stack([E(3, 1), K12], -1), np.stack([K12, E(1, 3)], -1)], -2)
         return PairMoments(E(0, 0), b, E(1, 1), K, "closed-form")
 
+    def closed_form_fourth_moment(self, c11, c12, c22) -> np.ndarray:
+        """Mehler's formula for ``E[g^(4)(u) g(v)]`` (zero below degree 4)."""
+        d4 = self._c
+        for _ in range(4):
+            d4 = _differentiate(d4)
+        return _mehler(d4, self._c, *_broadcast(c11, c12, c22))
+
+
+def _mehler(p: np.ndarray, q: np.ndarray, c11, c12, c22) -> np.ndarray:
+    """``E[p(u) q(v)]`` for power-basis coefficients ``p``, ``q`` (Mehler: ``sum_k k! alpha_k beta_k rho^k``)."""
+    s1, s2 = np.sqrt(c11), np.sqrt(c22)
+    denom = s1 * s2
+    rho = np.divide(c12, denom, out=np.zeros_like(denom), where=denom > 0)
+    alpha = (p * s1[..., None] ** np.arange(p.size)) @ _power_to_hermite(p.size)
+    beta = (q * s2[..., None] ** np.arange(q.size)) @ _power_to_hermite(q.size)
+    k = min(p.size, q.size)
+    fact = np.array([math.factorial(m) for m in range(k)], dtype=np.float64)
+    return np.sum(alpha[..., :k] * beta[..., :k] * fact * rho[..., None] ** np.arange(k), axis=-1)
+
 
 def _horner(c: np.ndarray, z: torch.Tensor) -> torch.Tensor:
     """``sum_k c_k z**k`` elementwise (Horner)."""
@@ -236,7 +265,7 @@ def _differentiate(c: np.ndarray) -> np.ndarray:
 
 def _broadcast(c11, c12, c22) -> list[np.ndarray]:
     """Covariance entries as float64 arrays of one broadcast shape."""
-    return np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in (c11, c12, c22)))
+    return list(np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in (c11, c12, c22))))
 
 
 @functools.lru_cache(maxsize=None)
@@ -300,6 +329,20 @@ class Erf(Activation):
         K = np.stack([np.stack([K11, K12], -1), np.stack([K12, K22], -1)], -2)
         return PairMoments(gg, np.stack([b0, dd], -1), dd, K, "closed-form")
 
+    def closed_form_fourth_moment(self, c11, c12, c22) -> np.ndarray:
+        """``4 d^2/dc11^2`` of ``(2/pi) arcsin(rho)``, ``rho = k c12 / sqrt(d1 d2)``, ``k = 2 a^2``, ``d = 1 + k c``.
+
+        ``d rho/d c11 = -k rho / (2 d1)`` and ``d^2 rho / d c11^2 = 3 k^2 rho / (4 d1^2)`` give
+        ``(2/pi) k^2 rho / d1^2 (rho^2 (1 - rho^2)^(-3/2) + 3 (1 - rho^2)^(-1/2))``;
+        ``|rho| < 1`` always (``d1 d2 > k^2 c12^2``), collinear units included.
+        """
+        c11, c12, c22 = _broadcast(c11, c12, c22)
+        k = 2.0 / self.scale**2
+        d1, d2 = 1.0 + k * c11, 1.0 + k * c22
+        rho = k * c12 / np.sqrt(d1 * d2)
+        om = 1.0 - rho**2
+        return (2 / np.pi) * k**2 * rho / d1**2 * (rho**2 / om**1.5 + 3.0 / np.sqrt(om))
+
 
 class Tanh(Activation):
     """``g(z) = tanh(z)``."""
@@ -356,6 +399,24 @@ class ReLU(Activation):
         K22 = np.where(ok, -c12 / (2 * np.pi * np.where(ok, c22, 1.0) * sqrt_det), 0.0)
         K = np.stack([np.stack([K11, K12], -1), np.stack([K12, K22], -1)], -2)
         return PairMoments(gg, np.stack([b0, step], -1), step, K, "closed-form")
+
+    def closed_form_fourth_moment(self, c11, c12, c22) -> np.ndarray:
+        """``E[delta^(3)(u) relu(v)]``: the ``w_a w_a^T`` coefficient of ``E[delta(u) relu(v) x x^T]``.
+
+        Conditioning on ``u = 0``: ``E[delta(u) relu(v) x x^T] = (sigma P + q q^T / sigma) / (2 pi s1)``
+        with ``P = I - w_a w_a^T / c11``, ``q = w_c - (c12 / c11) w_a``, ``sigma^2 = c22 - c12^2 / c11``;
+        its ``w_a w_a^T`` coefficient is ``(2 c12^2 - c11 c22) / (2 pi c11^(5/2) sigma)``. Collinear
+        pairs (``sigma = 0``) and zero rows give 0: ``relu(v) = 0`` on the hyperplane ``u = 0``.
+        """
+        c11, c12, c22 = _broadcast(c11, c12, c22)
+        s1, s2 = np.sqrt(c11), np.sqrt(c22)
+        denom = s1 * s2
+        live = denom > 0
+        cos = np.clip(np.divide(c12, denom, out=np.ones_like(denom), where=live), -1.0, 1.0)
+        ok = live & (1.0 - cos**2 > COLLINEAR_TOL)
+        sigma = np.where(ok, s2 * np.sqrt(np.clip(1.0 - cos**2, 0.0, None)), 1.0)
+        c11s = np.where(ok, c11, 1.0)
+        return np.where(ok, (2 * c12**2 - c11 * c22) / (2 * np.pi * c11s**2.5 * sigma), 0.0)
 
 
 class CustomActivation(Activation):
@@ -443,7 +504,8 @@ def register_activation(name: str, factory: Callable[[str | None], Activation] |
     if name in _REGISTRY and not overwrite:
         raise NearoptError(f"activation {name!r} is already registered (pass overwrite=True)")
     if isinstance(factory, Activation):
-        _REGISTRY[name] = _no_arg(lambda inst=factory: inst)
+        instance: Activation = factory
+        _REGISTRY[name] = _no_arg(lambda: instance)
     else:
         _REGISTRY[name] = factory
 

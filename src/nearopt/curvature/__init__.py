@@ -16,6 +16,15 @@ from .batch import (
     jacobian_r_factor,
     loss_hessian,
 )
+from .landscape import (
+    LANDSCAPE_METHODS,
+    LandscapeMoments,
+    PopulationLossHessian,
+    landscape_moments,
+    population_gradient,
+    population_loss,
+    population_loss_hessian,
+)
 from .population import (
     MAX_DENSE,
     POPULATION_METHODS,
@@ -39,6 +48,13 @@ __all__ = [
     "BatchGaussNewton",
     "BatchHessian",
     "Curvature",
+    "LANDSCAPE_METHODS",
+    "LandscapeMoments",
+    "PopulationLossHessian",
+    "landscape_moments",
+    "population_gradient",
+    "population_loss",
+    "population_loss_hessian",
     "PopulationHessian",
     "StructuredSpectrum",
     "assemble",

@@ -1,0 +1,361 @@
+"""The exact population loss, gradient and Hessian at *any* student point.
+
+A student of width ``K`` (``W1`` rows ``w_a``, outgoing weights ``v_a``) learns a
+teacher of width ``M`` (rows ``t_m``, outgoing ``u_m``), same ``N_i`` and activation,
+inputs ``x ~ N(0, I)``. Stack every unit in ``Omega = [W1_s; W1_t]`` ``(K + M, N_i)``
+(rows ``omega_j``) with signed outgoing weights ``beta = [v; -u]`` ``(K + M,)``, so
+that the residual is ``r(x) = f_s(x) - f_t(x) = sum_j beta_j g(omega_j . x)``. Then
+(``docs/students.md`` §1)::
+
+    L            = 1/2 beta^T Phi beta,          Phi[i, j] = E[g(omega_i.x) g(omega_j.x)]
+    dL/dv_a      = sum_j beta_j Phi[a, j]
+    dL/dw_a      = v_a rho_a,                    rho_a = E[r g'(w_a.x) x] = s0_a w_a + sum_j beta_j b1[a,j] omega_j
+    H            = G + R                         (Gauss-Newton + residual term)
+    G            = E[J J^T]                      (``population.assemble`` on the student's own pairs)
+    R[w_a, v_a]  = rho_a
+    R[w_a, w_a]  = v_a E[r g''(w_a.x) x x^T]
+                 = v_a (s0_a I + q_a w_a w_a^T + w_a t_a^T + t_a w_a^T + Omega^T diag(beta * K01[a]) Omega)
+
+with the Stein-form pair moments of :mod:`nearopt.expectations` on the Gram matrix
+``Omega Omega^T``: ``s0_a = sum_j beta_j b0[a,j]`` (``b0 = E[g''(u) g(v)]``),
+``t_a = sum_j beta_j K00[a,j] omega_j`` (``K00 = E[g'''(u) g'(v)]``), ``K01 = E[g''(u) g''(v)]``
+and one moment more, ``q_a = sum_j beta_j E[g''''(w_a.x) g(omega_j.x)]``
+(:meth:`~nearopt.activations.Activation.closed_form_fourth_moment`: polynomials, erf,
+ReLU; checked quadrature for any other smooth activation). The Stein form needs no
+inverse covariance, so duplicated and sign-flipped units (``rho = +-1``) are exact.
+
+Routes to the spectrum of :class:`PopulationLossHessian`: ``dense``; ``structured``
+(the row space of ``Omega`` has rank ``r <= K + M``; on its complement, once per
+complement dimension, ``H`` acts as ``M[a, c] = v_a v_c dd[a, c] + delta_ac v_a s0_a``,
+so ``spec(H) = spec(H_reduced) ∪ spec(M) x (N_i - r)``); ``lanczos``. ``trained``
+restricts every route (``first``: drop the ``v`` rows; ``second``: ``H = Phi_ss``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from ..activations import COLLINEAR_TOL, Activation, PairMoments
+from ..errors import NearoptError
+from ..expectations import QUADRATURE_TOL, _converge_pairs, check_smooth, normal_rule, pair_moments
+from ..model import TwoLayerNet
+from ..problem import Problem, as_problem
+from ..resources import require_memory
+from ..spectra.rank_rule import eigenvalue_rtol, rank_from_eigenvalues
+from ..spectra.spectrum import Spectrum
+from .base import Curvature, restrict, select
+from .population import MAX_DENSE, StructuredSpectrum, assemble, population_hvp
+
+LANDSCAPE_METHODS = ("auto", "dense", "structured", "lanczos")
+
+
+def _slice(m: PairMoments, rows: slice, cols: slice) -> PairMoments:
+    return PairMoments(m.gg[rows, cols], m.b[rows, cols], m.dd[rows, cols], m.K[rows, cols], m.method, m.order, m.error)
+
+
+def fourth_moments(activation: Activation, c11, c12, c22, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> np.ndarray:
+    """``E[g''''(u) g(v)]`` for ``(u, v) ~ N(0, [[c11, c12], [c12, c22]])``, broadcast shape ``S``.
+
+    The activation's closed form when it has one; otherwise tensor quadrature
+    (Cholesky ``u = l11 y1``, ``v = l21 y1 + l22 y2``; collinear pairs on the 1-D
+    rule) refined pair by pair until two levels agree to ``tol`` -- smooth
+    activations only (``g''''`` by autograd, checked by Stein's identity).
+    """
+    exact = activation.closed_form_fourth_moment(c11, c12, c22)
+    if exact is not None:
+        return np.asarray(exact, dtype=np.float64)
+    if not activation.is_smooth:
+        raise NearoptError(
+            f"activation {activation.name!r} has a kink and no closed form for E[g''''(u) g(v)]: the residual term of the "
+            "population Hessian off a global minimum is not available (use residual=False for the Gauss-Newton part, or the batch route)"
+        )
+    shape = np.broadcast_shapes(np.shape(c11), np.shape(c12), np.shape(c22))
+    c11, c12, c22 = (np.asarray(c, dtype=np.float64).ravel() for c in np.broadcast_arrays(c11, c12, c22))
+    check_smooth(activation, np.concatenate([c11, c22]))
+    l11 = np.sqrt(c11)
+    l21 = np.divide(c12, l11, out=np.zeros_like(l11), where=l11 > 0)
+    l22 = np.sqrt(np.clip(c22 - l21**2, 0.0, None))
+    coll = l22**2 <= COLLINEAR_TOL * np.maximum(c22, 1e-300)
+
+    def evaluate(idx: np.ndarray, n: int) -> np.ndarray:
+        x, w = normal_rule(n)
+        xt, wt = torch.as_tensor(x), torch.as_tensor(w)
+        a11, a21, a22 = (torch.as_tensor(t[idx])[:, None] for t in (l11, l21, l22))
+        g4 = activation.derivatives(a11 * xt, 4)[4]  # (m, n): u on the y1 nodes
+        v = (a21 * xt)[:, :, None] + a22[:, :, None] * xt  # (m, n, n): [pair, y1, y2]
+        gv2 = activation(v) @ wt  # (m, n): sum_j w_j g(v_ij)
+        gv1 = activation(a21 * xt)  # collinear: v on the same node
+        inner = torch.where(torch.as_tensor(coll[idx])[:, None], gv1, gv2)
+        return (wt * g4 * inner).sum(-1).numpy()[:, None]
+
+    flat, _, _ = _converge_pairs(evaluate, c11.size, order, tol)
+    return flat[:, 0].reshape(shape)
+
+
+@dataclass(frozen=True)
+class LandscapeMoments:
+    """Everything the loss, gradient and Hessian need at one student point.
+
+    ``student`` (``K x K`` pairs) feeds the Gauss-Newton part; ``cross`` (``K x (K+M)``
+    pairs of a student unit with every unit of ``Omega``) the gradient and the
+    residual; ``phi`` ``(K+M, K+M)`` is ``E[g g]`` over all units; ``fourth``
+    ``(K, K+M)`` ``E[g''''(w_a.x) g(omega_j.x)]`` (``None`` without the residual);
+    ``beta`` ``(K+M,)``, ``Omega`` ``(K+M, N_i)``.
+    """
+
+    student: PairMoments
+    cross: PairMoments
+    phi: np.ndarray
+    fourth: np.ndarray | None
+    beta: np.ndarray
+    Omega: np.ndarray
+
+    @property
+    def method(self) -> str:
+        return self.student.method
+
+
+def landscape_moments(problem: Problem | TwoLayerNet, *, residual: bool = True, order: int | None = None, tol: float = QUADRATURE_TOL) -> LandscapeMoments:
+    """Pair moments over the Gram matrix of ``Omega = [W1_student; W1_teacher]`` (module docstring)."""
+    pr = as_problem(problem)
+    s, t = pr.point, pr.teacher
+    if not pr.inputs.isotropic:
+        raise NearoptError("the exact population landscape is implemented for isotropic Gaussian inputs")
+    K = s.n_hidden
+    Omega = np.vstack([s.W1, t.W1])
+    beta = np.concatenate([s.W2.ravel(), -t.W2.ravel()])
+    G = Omega @ Omega.T
+    G = 0.5 * (G + G.T)
+    mom = pair_moments(s.activation, G, order=order, tol=tol)
+    d = np.diag(G)
+    fourth = fourth_moments(s.activation, d[:K, None], G[:K], d[None, :], order=order, tol=tol) if residual else None
+    return LandscapeMoments(_slice(mom, slice(0, K), slice(0, K)), _slice(mom, slice(0, K), slice(None)), mom.gg, fourth, beta, Omega)
+
+
+def _residual_terms(mo: LandscapeMoments, Omega: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-unit residual coefficients in coordinates where ``Omega`` has ``d`` columns (full or reduced)."""
+    beta = mo.beta
+    b0, b1 = mo.cross.b[..., 0], mo.cross.b[..., 1]
+    s0 = b0 @ beta  # (K,): E[r g''(w_a.x)]
+    rho = s0[:, None] * W + (b1 * beta) @ Omega  # (K, d): E[r g'(w_a.x) x]
+    out = {"s0": s0, "rho": rho}
+    if mo.fourth is not None:
+        out["q"] = mo.fourth @ beta  # (K,)
+        out["t"] = (mo.cross.K[..., 0, 0] * beta) @ Omega  # (K, d)
+        out["c"] = mo.cross.K[..., 0, 1] * beta  # (K, K+M): Omega^T diag(c_a) Omega
+    return out
+
+
+def population_loss(problem: Problem | TwoLayerNet, moments: LandscapeMoments | None = None) -> float:
+    """``L = 1/2 E[(f_student(x) - f_teacher(x))^2]``, ``x ~ N(0, I)`` (``1/2 beta^T Phi beta``).
+
+    Exact up to rounding of the ``O(1)`` pair terms: an absolute error of a few
+    ``eps * sum |beta_i beta_j Phi_ij|`` (the loss is 0 at a global minimum only to that level).
+    """
+    mo = landscape_moments(problem, residual=False) if moments is None else moments
+    return float(0.5 * mo.beta @ mo.phi @ mo.beta)
+
+
+def population_gradient(problem: Problem | TwoLayerNet, moments: LandscapeMoments | None = None) -> np.ndarray:
+    """``grad L`` over the trained parameters, shape ``(P,)`` (order of :attr:`Problem.trained_indices`)."""
+    pr = as_problem(problem)
+    mo = landscape_moments(pr, residual=False) if moments is None else moments
+    v = pr.point.W2.ravel()
+    K = v.size
+    gv = mo.phi[:K] @ mo.beta
+    gW = v[:, None] * _residual_terms(mo, mo.Omega, pr.point.W1)["rho"]
+    return np.concatenate([gW.ravel(), gv])[pr.trained_indices]
+
+
+def assemble_landscape(mo: LandscapeMoments, W: np.ndarray, Omega: np.ndarray, v: np.ndarray, residual: bool = True) -> np.ndarray:
+    """Dense population Hessian ``(K (d+1), K (d+1))`` with first layer ``W`` ``(K, d)`` and all units ``Omega`` ``(K+M, d)``.
+
+    ``W`` and ``Omega`` may be expressed in any orthonormal basis of a space holding
+    every row (the moments depend only on ``Omega Omega^T``): ``d = N_i`` gives the
+    full matrix, ``d = r`` the reduced block of the structured route.
+    """
+    H = assemble(mo.student, W, v)
+    if not residual:
+        return H
+    if mo.fourth is None:
+        raise NearoptError("these moments were computed without the residual term")
+    K, d = W.shape
+    rt = _residual_terms(mo, Omega, W)
+    Rww = rt["s0"][:, None, None] * np.eye(d)
+    Rww += rt["q"][:, None, None] * W[:, :, None] * W[:, None, :]
+    Rww += W[:, :, None] * rt["t"][:, None, :] + rt["t"][:, :, None] * W[:, None, :]
+    Rww += np.einsum("aj,ji,jk->aik", rt["c"], Omega, Omega)
+    Rww *= v[:, None, None]
+    m = K * d
+    for a in range(K):
+        H[a * d : (a + 1) * d, a * d : (a + 1) * d] += Rww[a]
+        H[a * d : (a + 1) * d, m + a] += rt["rho"][a]
+        H[m + a, a * d : (a + 1) * d] += rt["rho"][a]
+    return H
+
+
+def structured_landscape(problem: Problem, mo: LandscapeMoments, residual: bool = True) -> StructuredSpectrum:
+    """Exact spectrum as blocks with multiplicities (module docstring), restricted to ``problem.trained``."""
+    s = problem.point
+    v = s.W2.ravel()
+    K = s.n_hidden
+    if problem.trained == "second":
+        return StructuredSpectrum(scipy.linalg.eigvalsh(mo.phi[:K, :K]), np.ones(K, dtype=np.int64), scipy.linalg.eigvalsh(mo.phi[:K, :K]), np.zeros(0), 0, 0)
+    _, S, Vt = scipy.linalg.svd(mo.Omega, full_matrices=False)
+    tol = max(mo.Omega.shape) * np.finfo(np.float64).eps * (S[0] if S.size else 0.0)
+    r = int(np.count_nonzero(S > tol))
+    basis = Vt[:r].T  # (N_i, r)
+    Om_r = mo.Omega @ basis
+    H_red = assemble_landscape(mo, Om_r[:K], Om_r, v, residual)
+    if problem.trained == "first":
+        H_red = H_red[: K * r, : K * r]
+    reduced = scipy.linalg.eigvalsh(H_red) if H_red.size else np.zeros(0)
+    mult = s.n_inputs - r
+    if mult > 0:
+        Mc = np.outer(v, v) * mo.student.dd
+        if residual:
+            Mc += np.diag(v * (mo.cross.b[..., 0] @ mo.beta))
+        complement = scipy.linalg.eigvalsh(Mc)
+    else:
+        complement = np.zeros(0)
+    values = np.concatenate([reduced, complement])
+    counts = np.concatenate([np.ones(reduced.size, dtype=np.int64), np.full(complement.size, mult, dtype=np.int64)])
+    order = np.argsort(values, kind="stable")
+    return StructuredSpectrum(values[order], counts[order], reduced, complement, r, mult)
+
+
+class PopulationLossHessian(Curvature):
+    """Exact Hessian ``(P, P)`` of the population loss at any student point (any width ``K``).
+
+    ``H = E[J J^T] + E[r grad^2 f]`` (module docstring). At the teacher it equals
+    :class:`~nearopt.curvature.population.PopulationHessian`; off a global minimum it
+    may be indefinite: spectra then carry ``extra["negative"]`` (the index, counted
+    with the rank tolerance) and the rank counts positive eigenvalues only.
+
+    Parameters
+    ----------
+    problem : Problem
+        Teacher, student (the point), trained blocks.
+    residual : bool
+        Include the residual (functional) term (default). ``False`` gives the
+        population Gauss-Newton matrix at the point.
+    """
+
+    kind = "population-loss-hessian"
+
+    def __init__(self, problem: Problem | TwoLayerNet, *, residual: bool = True, device="cpu", order: int | None = None):
+        super().__init__(problem, device=device)
+        self.residual = bool(residual)
+        self._order = order
+
+    @cached_property
+    def moments(self) -> LandscapeMoments:
+        return landscape_moments(self.problem, residual=self.residual, order=self._order)
+
+    @property
+    def loss(self) -> float:
+        """Population loss at the point."""
+        return population_loss(self.problem, self.moments)
+
+    @property
+    def gradient(self) -> np.ndarray:
+        """Population gradient over the trained parameters ``(P,)``."""
+        return population_gradient(self.problem, self.moments)
+
+    def to_dense(self) -> np.ndarray:
+        s = self.problem.point
+        P = s.n_params
+        require_memory(8 * P * P, f"the dense {P} x {P} population Hessian", "the structured or lanczos method")
+        H = assemble_landscape(self.moments, s.W1, self.moments.Omega, s.W2.ravel(), self.residual)
+        H = 0.5 * (H + H.T)
+        idx = self.problem.trained_indices
+        return H if self.problem.trained == "both" else H[np.ix_(idx, idx)]
+
+    @cached_property
+    def _hvp(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        s = self.problem.point
+        dev = self.device
+        gn = population_hvp(s, device=dev, moments=self.moments.student)
+        if not self.residual:
+            return gn
+
+        def t(x):
+            return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64, device=dev)
+
+        rt = {k: t(x) for k, x in _residual_terms(self.moments, self.moments.Omega, s.W1).items()}
+        W, v, Om = t(s.W1), t(s.W2.ravel()), t(self.moments.Omega)
+        K, n = s.n_hidden, s.n_inputs
+
+        def hvp(V: torch.Tensor) -> torch.Tensor:
+            vec = V.ndim == 1
+            Vk = V[:, None] if vec else V
+            out = gn(Vk)
+            dW, dv = Vk[: K * n].T.reshape(-1, K, n), Vk[K * n :].T  # (k, K, n), (k, K)
+            wd = torch.einsum("ai,kai->ka", W, dW)  # w_a . dW_a
+            td = torch.einsum("ai,kai->ka", rt["t"], dW)  # t_a . dW_a
+            od = torch.einsum("ji,kai->kaj", Om, dW)  # omega_j . dW_a
+            rW = rt["s0"][None, :, None] * dW + (rt["q"] * wd + td)[..., None] * W + wd[..., None] * rt["t"]
+            rW = rW + torch.einsum("aj,kaj,ji->kai", rt["c"], od, Om)
+            rW = v[None, :, None] * rW + dv[..., None] * rt["rho"]
+            rv = torch.einsum("ai,kai->ka", rt["rho"], dW)
+            res = torch.cat([rW.reshape(rW.shape[0], -1), rv], dim=1).T
+            out = out + res
+            return out[:, 0] if vec else out
+
+        return hvp
+
+    def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return select(self.problem, self._hvp(restrict(self.problem, V)))
+
+    @property
+    def routes(self) -> dict[str, Callable[..., Spectrum]]:
+        routes = super().routes
+        routes["structured"] = self._structured_spectrum
+        return routes
+
+    def choose_route(self) -> str:
+        """``structured`` unless the reduced block is larger than :data:`MAX_DENSE` (then an error: use lanczos)."""
+        s = self.problem.point
+        r = min(s.n_inputs, s.n_hidden + self.problem.teacher.n_hidden)
+        if s.n_hidden * (r + 1) > MAX_DENSE:
+            raise NearoptError(f"the exact spectrum needs a dense block of side {s.n_hidden * (r + 1)} (> {MAX_DENSE}); use --method lanczos")
+        return "structured"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "samples": None}
+
+    def make_spectrum(self, eigenvalues, decision, method, **fields):
+        spec = super().make_spectrum(eigenvalues, decision, method, **fields)
+        spec.extra.setdefault("rank_source", "eigenvalues of the exact dense blocks")
+        spec.extra["expectations"] = self.moments.method
+        spec.extra["residual_term"] = self.residual
+        spec.extra["teacher_width"] = self.problem.teacher.n_hidden
+        spec.extra["loss"] = self.loss
+        spec.extra["gradient_norm"] = float(np.linalg.norm(self.gradient))
+        if method != "lanczos":
+            lam = np.asarray(eigenvalues)
+            tol = decision.tolerance**2
+            spec.extra["negative"] = int(np.count_nonzero(lam < -tol))
+            spec.extra["zero"] = int(np.count_nonzero(np.abs(lam) <= tol))
+        return spec
+
+    def _dense_spectrum(self, rtol: float | None, k: int) -> Spectrum:
+        eig = scipy.linalg.eigvalsh(self.to_dense())
+        return self.make_spectrum(eig, rank_from_eigenvalues(eig, rtol=rtol), "dense", extra={"rank_source": "eigenvalues of the dense matrix"})
+
+    def _structured_spectrum(self, rtol: float | None, k: int) -> Spectrum:
+        res = structured_landscape(self.problem, self.moments, self.residual)
+        decision = rank_from_eigenvalues(res.values, res.counts, resolved_size=res.block_size, rtol=rtol if rtol is not None else eigenvalue_rtol(max(res.block_size, 1)))
+        extra = {"reduced_rank_Omega": res.row_rank, "complement_multiplicity": res.complement_multiplicity, "reduced_size": res.block_size}
+        return self.make_spectrum(res.expand(), decision, "structured", multiplicities=(res.values, res.counts), extra=extra)
+
+
+def population_loss_hessian(problem: Problem | TwoLayerNet, *, residual: bool = True) -> np.ndarray:
+    """Dense exact population Hessian ``(P, P)`` at the problem's student point (trained blocks only)."""
+    return PopulationLossHessian(problem, residual=residual).to_dense()
