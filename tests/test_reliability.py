@@ -541,10 +541,14 @@ def test_pid_lock_fallback_without_flock(tmp_path, monkeypatch):
 
 
 def test_source_hash_changes_with_any_module(tmp_path):
-    copy = tmp_path / "nearopt"
+    copy, other = tmp_path / "nearopt", tmp_path / "elsewhere" / "nearopt"
     shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(copy, other)
     before = source_hash(copy)
-    assert before == source_hash(SRC)  # same files, same hash, wherever they are
+    assert before == source_hash(other)  # same files, same hash, wherever they are
+    (other / "notes.txt").write_text("not Python")
+    cache._source_hash.cache_clear()
+    assert source_hash(other) == before  # only .py files count
     deep = copy / "theory" / "__init__.py"  # a module no experiment file names
     cache._source_hash.cache_clear()
     deep.write_text(deep.read_text() + "\n# edited\n")
