@@ -39,6 +39,8 @@ TorchFn = Callable[[torch.Tensor], torch.Tensor]
 
 #: parallel pairs: ``1 - rho**2`` below this counts as collinear (ReLU's delta terms, quadrature's 1-D route)
 COLLINEAR_TOL = 1e-12
+#: ReLU closed form: a cosine within this of +-1 is rounding of an exactly parallel pair (a few ulps)
+COLLINEAR_SNAP = 8 * np.finfo(np.float64).eps
 
 
 @dataclass(frozen=True)
@@ -386,8 +388,11 @@ class ReLU(Activation):
         denom = s1 * s2
         live = denom > 0
         cos = np.clip(np.divide(c12, denom, out=np.ones_like(denom), where=live), -1.0, 1.0)
+        # parallel units whose cosine is off +-1 by rounding: arccos would turn a few ulps into
+        # sin(theta) ~ 1e-8 (b0, gg); snap them to theta = 0 or pi exactly
+        cos = np.where(1.0 - np.abs(cos) <= COLLINEAR_SNAP, np.sign(cos), cos)
         theta = np.arccos(cos)
-        sin = np.sin(theta)
+        sin = np.sqrt(np.clip(1.0 - cos * cos, 0.0, None))  # exactly 0 at theta = pi, unlike np.sin
         gg = denom / (2 * np.pi) * (sin + (np.pi - theta) * cos)
         step = np.where(live, (np.pi - theta) / (2 * np.pi), 0.0)
         b0 = np.divide(s2 * sin, 2 * np.pi * s1, out=np.zeros_like(s1), where=live)  # E[delta(u) relu(v)]
