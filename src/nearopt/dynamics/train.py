@@ -508,7 +508,8 @@ def float_floor(obj: Objective, spec: Spectrum) -> float:
     accounts for gradient rounding amplified in the slowest modes.
     """
     kappa = spec.condition_number if math.isfinite(spec.condition_number) else 1.0
-    return 0.5 * (obj.n_params * EPS) ** 2 * _output_power(obj) * max(1.0, kappa)
+    # objectives that cannot subtract before squaring (the exact population loss) state their own floor
+    return max(0.5 * (obj.n_params * EPS) ** 2 * _output_power(obj) * max(1.0, kappa), getattr(obj, "loss_floor", 0.0))
 
 
 def _output_power(obj: Objective) -> float:
