@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 import nearopt as no
 from nearopt.cli import main
 from nearopt.curvature.batch import BatchGaussNewton, batch_spectrum
+from nearopt.curvature.population import CovarianceTransform, PopulationHessian, population_hessian, population_spectrum
 from nearopt.datasets import load_inputs
-from nearopt.curvature.population import CovarianceTransform, PopulationHessian, covariance_structured_spectrum, population_hessian, population_spectrum
 from nearopt.errors import NearoptError
 from nearopt.problem import GaussianInputs, Problem, whiten
 

@@ -103,7 +103,7 @@ class GaussianInputs:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def spiked(cls, n_inputs: int, strengths, directions=None, *, seed: int | None = 0) -> "GaussianInputs":
+    def spiked(cls, n_inputs: int, strengths, directions=None, *, seed: int | None = 0) -> GaussianInputs:
         """Spiked covariance ``Sigma = I + sum_k theta_k u_k u_k^T`` (``u_k`` unit vectors).
 
         ``strengths`` ``(k,)``: the ``theta_k`` (``> -1`` keeps variance along
@@ -123,9 +123,9 @@ class GaussianInputs:
             rng = np.random.default_rng([0 if seed is None else int(seed), 0x5C])
             U = np.linalg.qr(rng.standard_normal((n, k)))[0].T
         else:
-            U = np.asarray(directions, dtype=np.float64).reshape(-1, n) if np.size(directions) % n == 0 else None
-            if U is None or U.shape[0] != k:
+            if np.size(directions) != k * n:
                 raise NearoptError(f"spike directions must have shape ({k}, {n}), got {np.shape(directions)}")
+            U = np.asarray(directions, dtype=np.float64).reshape(k, n)
             if not np.all(np.isfinite(U)):
                 raise NearoptError("spike directions contain NaN or infinite values")
             norms = np.linalg.norm(U, axis=1)
@@ -146,7 +146,7 @@ class GaussianInputs:
         return law
 
     @classmethod
-    def from_data(cls, X) -> "GaussianInputs":
+    def from_data(cls, X) -> GaussianInputs:
         """The Gaussian-equivalent law of a batch ``X`` ``(N, N_i)``: ``Sigma = X^T X / N`` (second moment).
 
         For a linear network the batch Hessian on ``X`` equals the population
@@ -161,7 +161,7 @@ class GaussianInputs:
         return cls(covariance=0.5 * (S + S.T), name="gaussian-equivalent")
 
     @classmethod
-    def load(cls, path, n_inputs: int | None = None) -> "GaussianInputs":
+    def load(cls, path, n_inputs: int | None = None) -> GaussianInputs:
         """Read a covariance ``(N_i, N_i)`` from an ``.npy`` file (validated as in the constructor)."""
         path = Path(path)
         if not path.is_file():
@@ -378,14 +378,14 @@ class Problem:
         """``P``: the number of trained parameters."""
         return int(self.trained_indices.size)
 
-    def replace(self, **changes) -> "Problem":
+    def replace(self, **changes) -> Problem:
         """A copy with some fields changed (``dataclasses.replace``; validated again)."""
         if "teacher" in changes and "student" not in changes and self.point is self.teacher:
             changes["student"] = None
         return dataclasses.replace(self, **changes)
 
 
-def whiten(problem: "Problem") -> tuple["Problem", np.ndarray]:
+def whiten(problem: Problem) -> tuple[Problem, np.ndarray]:
     """The same problem in whitened coordinates, and the map back.
 
     With ``x = L z``, ``z ~ N(0, I)``, ``L = Sigma^{1/2}`` ``(N_i, N_i)`` symmetric, every
@@ -412,7 +412,7 @@ def whiten(problem: "Problem") -> tuple["Problem", np.ndarray]:
     return Problem(teacher, student, GaussianInputs(problem.n_inputs), problem.trained), L
 
 
-def as_problem(problem_or_net: "Problem | TwoLayerNet") -> Problem:
+def as_problem(problem_or_net: Problem | TwoLayerNet) -> Problem:
     """``Problem(net)`` for a bare network (student = teacher), a problem unchanged."""
     if isinstance(problem_or_net, Problem):
         return problem_or_net

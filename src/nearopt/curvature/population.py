@@ -465,7 +465,7 @@ class PopulationHessian(Curvature):
         else:
             res = covariance_structured_spectrum(self.net, self.inputs, self.problem.trained, self.moments)
         decision = rank_from_eigenvalues(res.values, res.counts, resolved_size=res.block_size, rtol=rtol)
-        extra = {"reduced_rank_W1": res.row_rank, "complement_multiplicity": res.complement_multiplicity, "reduced_size": res.block_size}
+        extra: dict[str, Any] = {"reduced_rank_W1": res.row_rank, "complement_multiplicity": res.complement_multiplicity, "reduced_size": res.block_size}
         if res.complement_scales:
             extra["complement_scales"] = [list(c) for c in res.complement_scales]
         return self.make_spectrum(res.expand(), decision, "structured", multiplicities=(res.values, res.counts), extra=extra)
