@@ -24,7 +24,10 @@ from nearopt.curvature.landscape import (
     population_loss,
 )
 from nearopt.curvature.population import PopulationHessian
+from nearopt.dynamics.landscape_objective import exact_population_objective
+from nearopt.dynamics.train import float_floor, run_dynamics
 from nearopt.errors import NearoptError
+from nearopt.manifold import add_dead_units, split_unit
 from nearopt.expectations import gaussian_expectations
 from nearopt.model import TwoLayerNet
 from nearopt.problem import Problem
@@ -242,3 +245,20 @@ def test_errors_and_gauss_newton_option():
     S = no.sample_teacher(3, 3, "erf", seed=1)
     gn = PopulationLossHessian(Problem(T, student=S), residual=False).to_dense()
     assert np.linalg.eigvalsh(gn).min() > -1e-14  # Gauss-Newton is PSD even off the optimum
+
+
+def test_exact_population_objective_dynamics_near_a_manifold_point():
+    """GD on the exact population loss from a wide manifold point: gradient = landscape gradient; small sigma0 follows the spectral prediction."""
+    T = no.sample_teacher(3, 2, "erf", seed=2)
+    S = add_dead_units(split_unit(T, 0, [0.3, 0.7]), 1, seed=1)
+    obj = exact_population_objective(S, T)
+    th = torch.as_tensor(S.parameters() + 1e-2 * np.random.default_rng(0).standard_normal(S.n_params))
+    g = obj.gradient(th[None].repeat(2, 1))
+    assert g.shape == (2, S.n_params)
+    assert np.allclose(g[0].numpy(), population_gradient(Problem(T, student=S.with_parameters(th.numpy()))), atol=1e-15)
+    assert float(obj.loss(torch.as_tensor(S.parameters()))) < 1e-15
+    eig = obj.spectrum()
+    assert float_floor(obj, eig[0]) >= obj.loss_floor > 0
+    small = run_dynamics(S, objective=obj, eigensystem=eig, sigma0=1e-4, steps=150, draws=2, points=10)
+    big = run_dynamics(S, objective=obj, eigensystem=eig, sigma0=1e-1, steps=150, draws=2, points=10)
+    assert small.ensemble_deviation() < 1e-2 < big.ensemble_deviation()
