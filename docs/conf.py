@@ -89,7 +89,24 @@ def _write_toplevel_table() -> None:
         out.write_text(text)
 
 
+#: the guides' order in the sidebar; any other docs/*.md guide follows alphabetically
+GUIDE_ORDER = ["population", "linear", "rank", "dynamics", "reproduce"]
+
+
+def _write_guides_toctree() -> None:
+    """``_generated/guides.md``: a toctree of every Markdown guide in docs/ (index and theory
+    have places of their own), so a new guide is in the site without an edit here."""
+    found = {p.stem for p in DOCS.glob("*.md")} - {"index", "theory"}
+    ordered = [g for g in GUIDE_ORDER if g in found] + sorted(found - set(GUIDE_ORDER))
+    text = "```{toctree}\n:maxdepth: 1\n:caption: Guides\n\n" + "\n".join(ordered) + "\n```\n"
+    out = DOCS / "_generated" / "guides.md"
+    out.parent.mkdir(exist_ok=True)
+    if not out.exists() or out.read_text() != text:
+        out.write_text(text)
+
+
 _write_toplevel_table()
+_write_guides_toctree()
 
 # -- Markdown (guides and theory) ------------------------------------------------
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
