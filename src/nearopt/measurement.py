@@ -371,8 +371,8 @@ def rank_sweep(
     cell). ``population=True`` uses the population route instead of a batch.
     """
     act = get_activation(activation)
-    n_is = [n_inputs] if np.isscalar(n_inputs) else list(n_inputs)
-    n_hs = [n_hidden] if np.isscalar(n_hidden) else list(n_hidden)
+    n_is = [int(n_inputs)] if isinstance(n_inputs, (int, np.integer)) else [int(n) for n in n_inputs]
+    n_hs = [int(n_hidden)] if isinstance(n_hidden, (int, np.integer)) else [int(n) for n in n_hidden]
     if not n_is or not n_hs:
         raise NearoptError("give at least one N_i and one N_h")
     teachers = require_positive_int(teachers, "number of teachers")

@@ -92,7 +92,7 @@ class TwoLayerNet:
         return TwoLayerNet(theta[:n1].reshape(self.W1.shape), theta[n1:].reshape(1, -1), self.activation)
 
     def with_activation(self, activation: str | Activation) -> "TwoLayerNet":
-        return TwoLayerNet(self.W1, self.W2, activation)
+        return TwoLayerNet(self.W1, self.W2, get_activation(activation))
 
     # evaluation --------------------------------------------------------
     def forward(self, X: np.ndarray) -> np.ndarray:
@@ -109,7 +109,7 @@ class TwoLayerNet:
     def load(cls, path, activation: str | Activation) -> "TwoLayerNet":
         """Read weights written by :meth:`save` (or any ``.npz`` with ``W1``, ``W2``)."""
         W1, W2 = io.load_weights(path)
-        return cls(W1, W2, activation)
+        return cls(W1, W2, get_activation(activation))
 
 
 def forward_torch(theta: torch.Tensor, X: torch.Tensor, activation: Activation, n_hidden: int) -> torch.Tensor:

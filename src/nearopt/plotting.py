@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 import matplotlib
 
 matplotlib.use("Agg")  # no screen on servers and CI
@@ -11,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 
-STYLE = {
+STYLE: dict[str, Any] = {
     "figure.figsize": (5.0, 3.6),
     "figure.dpi": 110,
     "savefig.dpi": 150,
@@ -28,7 +30,7 @@ STYLE = {
 
 def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
     """``plt.subplots`` under the package style; returns ``(fig, axes)``."""
-    with plt.rc_context(STYLE):
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]  # matplotlib types rc keys as a Literal
         fig, axes = plt.subplots(nrows, ncols, constrained_layout=True, **kwargs)
     return fig, axes
 
@@ -37,7 +39,7 @@ def save_figure(fig, stem: str | Path) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf`` atomically, close ``fig``, return both paths."""
     stem = Path(stem)
     paths = []
-    with plt.rc_context(STYLE):
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]
         for ext in ("png", "pdf"):
             path = stem.with_suffix(f".{ext}")
             with atomic_path(path) as tmp:

@@ -102,11 +102,12 @@ def gauss_newton_tensor(net: TwoLayerNet, X, *, chunk_size: int | None = None, d
     """:func:`gauss_newton` as a tensor left on ``device`` (for GPU eigensolvers)."""
     P = net.n_params
     require_memory(8 * P * P, f"the {P} x {P} Gauss-Newton matrix", "the jacobian-svd method (P <= N) or the matrix-free operator")
-    G = None
+    G: torch.Tensor | None = None
     n = 0
     for Jc in iter_jacobian_chunks(net, X, chunk_size=chunk_size, dtype=dtype, device=device):
         G = Jc.T @ Jc if G is None else G.addmm_(Jc.T, Jc)
         n += Jc.shape[0]
+    assert G is not None  # _as_tensor refuses an empty batch
     return G.div_(n)
 
 
@@ -123,13 +124,14 @@ def jacobian_r_factor(net: TwoLayerNet, X, *, chunk_size: int | None = None, dty
 
     ``R`` has the singular values of ``J``; ``R^T R / N`` is the Gauss–Newton matrix.
     """
-    R = None
+    R: torch.Tensor | None = None
     # Chunks of at least P rows keep the cost near 2 N P^2 (each QR is of (chunk + P) x P).
     if chunk_size is None:
         chunk_size = max(net.n_params, _chunk_size(np.shape(X)[0], 2 * net.n_params, None))
     for Jc in iter_jacobian_chunks(net, X, chunk_size=chunk_size, dtype=dtype, device=device):
         stacked = Jc if R is None else torch.cat([R, Jc], dim=0)
         R = torch.linalg.qr(stacked, mode="r").R
+    assert R is not None  # _as_tensor refuses an empty batch
     return R.cpu().numpy()
 
 
@@ -300,7 +302,7 @@ class BatchHessian(Curvature):
         out = torch.stack([self._hvp1(full[:, j]) for j in range(full.shape[1])], dim=1)
         return select(self.problem, out)
 
-    def factor(self) -> np.ndarray | None:  # type: ignore[override]
+    def factor(self) -> np.ndarray | None:
         if not self.problem.at_teacher:
             return None
         return BatchGaussNewton(self.problem, self.X, chunk_size=self.chunk_size, device=self.device).factor()

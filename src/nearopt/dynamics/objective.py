@@ -18,7 +18,8 @@ so several initial perturbations are trained together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,6 +70,8 @@ class Objective:
     kind: str
     X: torch.Tensor | None = None
     kurtosis: float = 0.0
+    #: teacher outputs on ``X`` (set in ``__post_init__``)
+    _y: Any = field(init=False, default=None, repr=False)
 
     def __post_init__(self):
         # teacher outputs on the batch, computed once: every loss call needs them

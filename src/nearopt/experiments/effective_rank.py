@@ -186,6 +186,7 @@ def _pretty(name: str) -> str:
     if not act.is_polynomial:
         return name
     c = act.polynomial_coefficients
+    assert c is not None  # is_polynomial
     ks = np.flatnonzero(c)
     terms = ["1" if k == 0 else "z" if k == 1 else "z" + str(k).translate(_SUPERSCRIPTS) for k in ks]
     coef = ["" if abs(c[k]) == 1 or k == 0 else f"{c[k]:g}" for k in ks]
@@ -343,7 +344,9 @@ def finalize(config: dict[str, Any], cells_: list[dict[str, Any]], results: list
 
 
 def _degree(r: dict[str, Any]) -> int:
-    return get_activation(r["activation"]).degree
+    c = get_activation(r["activation"]).polynomial_coefficients
+    assert c is not None, "degree of a non-polynomial activation"
+    return int(c.size - 1)
 
 
 def _binom(r: dict[str, Any]) -> int:

@@ -23,6 +23,7 @@ and finite batches ``N`` against the population law and the exact finite-``N`` l
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,7 @@ def _analyse_size(ni: int, nh: int, P: dict[str, np.ndarray], seed: int) -> dict
             "teachers": Tk,
             "ks": ks_distance(xk, table),
             "ks_noise95": bootstrap_sup_noise(E[:Tk], None, grid, seed),
-            "ks_given_s": ks_distance(xk, ck, lambda u, ck=ck: ck(u, side="left")),
+            "ks_given_s": ks_distance(xk, ck, functools.partial(ck, side="left")),
             "ks_given_s_noise95": bootstrap_sup_noise(E[:Tk], cond_rows[:Tk], grid, seed),
             "given_s_table_max_error": ck_err,
         })
@@ -301,7 +302,7 @@ def _fig_batch(ni, nh, batch_pooled, pop_pooled, out: Path) -> list[Path]:
 def finalize(config: dict[str, Any], cells_: list[dict], results: list[dict], out_dir: Path) -> ExperimentResult:
     out_dir = Path(out_dir)
     seed = int(config["seed"])
-    sizes = [tuple(z) for z in config["sizes"]]
+    sizes = [(int(z[0]), int(z[1])) for z in config["sizes"]]
     pooled = {sz: _pool(cells_, results, "population", lambda c, sz=sz: (c["n_inputs"], c["n_hidden"]) == sz) for sz in sizes}
     analysis = {sz: _analyse_size(*sz, pooled[sz], seed) for sz in sizes}
     for sz in sizes:
