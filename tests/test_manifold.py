@@ -1,11 +1,14 @@
 """Global-minimum manifold of overparameterized students (nearopt.manifold)."""
 
+import json
+
 import numpy as np
 import pytest
 import scipy.linalg
 from hypothesis import given, settings, strategies as st
 
 import nearopt as no
+from nearopt.cli import main
 from nearopt.curvature.landscape import PopulationLossHessian, population_loss
 from nearopt.errors import NearoptError
 from nearopt.manifold import (
@@ -150,3 +153,20 @@ def test_loss_is_quartic_along_flat_off_manifold_directions():
     assert abs(direction @ H @ direction) < 1e-13 * np.abs(H).max() * direction @ direction
     losses = [population_loss(Problem(T, student=S.with_parameters(S.parameters() + e * direction))) for e in (1e-2, 2e-2)]
     assert losses[1] / losses[0] == pytest.approx(16.0, rel=0.05)
+
+
+def test_cli_student_points(tmp_path, capsys):
+    """nearopt spectrum at manifold points / students of another width / fixed layers; one-line errors."""
+    s = tmp_path / "s.npz"
+    assert main(["spectrum", "-a", "erf", "--ni", "4", "--nh", "2", "--population", "--split", "0:0.5,0.5", "--dead", "1", "--save-student", str(s)]) == 0
+    capsys.readouterr()
+    assert main(["spectrum", "-a", "erf", "--ni", "4", "--nh", "2", "--population", "--student", str(s), "--train", "W1", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["P"] == 16 and d["rank"] == 8 and d["trained"] == "first" and abs(d["loss"]) < 1e-15 and d["gradient_norm"] < 1e-14
+    assert main(["spectrum", "-a", "erf", "--ni", "4", "--nh", "2", "--samples", "500", "--student-width", "3", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["P"] == 15 and d["loss"] > 0 and d["gradient_norm"] > 0
+    assert main(["spectrum", "-a", "erf", "--ni", "5", "--nh", "2", "--population", "--student", str(s)]) == 2
+    assert "N_i = 4" in capsys.readouterr().err
+    assert main(["spectrum", "-a", "erf", "--ni", "4", "--nh", "2", "--population", "--split", "0:0.5,0.4"]) == 2
+    assert "sum to 1" in capsys.readouterr().err

@@ -121,7 +121,7 @@ def split_unit(net: TwoLayerNet, unit: int, ratios) -> TwoLayerNet:
     unit = _unit(net, unit)
     r = np.asarray(ratios, dtype=np.float64).ravel()
     if r.size < 1 or not np.all(np.isfinite(r)) or abs(r.sum() - 1.0) > 1e-12 * max(1.0, np.abs(r).sum()):
-        raise NearoptError(f"split ratios must be finite and sum to 1, got {list(r)} (sum {r.sum():.17g})")
+        raise NearoptError(f"split ratios must be finite and sum to 1, got {[float(x) for x in r]} (sum {r.sum():.17g})")
     W1, v = net.W1.copy(), net.W2.ravel().copy()
     v_unit = v[unit]
     v[unit] = r[0] * v_unit

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .. import io
 from ..curvature import BATCH_METHODS, batch_spectrum, population_spectrum
+from ..curvature.batch import BatchHessian
+from ..curvature.landscape import PopulationLossHessian
+from ..manifold import add_dead_units, split_unit
+from ..problem import Problem
 from ..errors import NearoptError, require_finite
 from ..spectra.spectrum import Spectrum
-from ..model import TwoLayerNet
+from ..model import TwoLayerNet, forward_torch
 from .common import (
     add_data_args,
     add_input_cov_arg,
@@ -55,7 +60,77 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (batch Hessians)")
     p.add_argument("--json", action="store_true", help="print the full result (all eigenvalues) as JSON")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON result to this file (atomically)")
+    add_student_args(p)
     p.set_defaults(func=run)
+
+
+#: --trained / --train values -> Problem.trained
+TRAINED_ALIASES = {"both": "both", "all": "both", "first": "first", "W1": "first", "second": "second", "W2": "second"}
+
+
+def add_student_args(p) -> None:
+    """The student point (any width, any weights, or a point of the global-minimum manifold) and the trained layers."""
+    g = p.add_argument_group("student (default: the teacher itself)")
+    g.add_argument("--student", metavar="S.npz", help="student weights: W1 (K, N_i), W2 (1, K) or (K,); any width K, the teacher's N_i")
+    g.add_argument("--student-width", type=positive_int, metavar="K", help="a random student of width K (W1 ~ N(0, 1/N_i), W2 ~ N(0, 1/K), --student-seed)")
+    g.add_argument("--student-seed", type=int, default=1, help="seed of --student-width (default 1)")
+    g.add_argument("--split", action="append", default=[], metavar="UNIT:r1,r2,...",
+                   help="global-minimum manifold: split teacher unit UNIT into copies with outgoing ratios r (summing to 1); repeatable")
+    g.add_argument("--dead", type=int, default=0, metavar="N", help="global-minimum manifold: add N units with zero outgoing weight (random incoming)")
+    g.add_argument("--save-student", metavar="S.npz", help="write the student point used (W1, W2) to this .npz")
+    g.add_argument("--trained", "--train", dest="trained", default="both", choices=sorted(TRAINED_ALIASES),
+                   help="which layers train: both/all (default), first/W1 (committee machine: second layer fixed), second/W2")
+
+
+def student_from_args(args, teacher: TwoLayerNet) -> TwoLayerNet | None:
+    """The student point from --student / --student-width / --split / --dead (``None``: the teacher)."""
+    given = [o for o, on in (("--student", bool(args.student)), ("--student-width", args.student_width is not None), ("--split/--dead", bool(args.split) or args.dead)) if on]
+    if len(given) > 1:
+        raise NearoptError(f"choose one of {' / '.join(given)}")
+    if args.student:
+        W1, W2 = io.load_weights(args.student)  # validated: W1 (K, N_i), W2 (1, K) or (K,)
+        if W1.shape[1] != teacher.n_inputs:
+            raise NearoptError(f"student {args.student} has N_i = {W1.shape[1]} (W1 {W1.shape}); the teacher has N_i = {teacher.n_inputs}")
+        return TwoLayerNet(W1, W2, teacher.activation)
+    if args.student_width is not None:
+        K = args.student_width
+        rng = np.random.default_rng([args.student_seed, 0x57])
+        return TwoLayerNet(rng.standard_normal((K, teacher.n_inputs)) / np.sqrt(teacher.n_inputs), rng.standard_normal((1, K)) / np.sqrt(K), teacher.activation)
+    if not (args.split or args.dead):
+        return None
+    S = teacher
+    for spec in args.split:
+        unit, _, ratios = spec.partition(":")
+        try:
+            unit_index, values = int(unit), [float(r) for r in ratios.split(",")]
+        except ValueError:
+            raise NearoptError(f"--split takes UNIT:r1,r2,... (e.g. 0:0.5,0.5), got {spec!r}") from None
+        S = split_unit(S, unit_index, values)
+    if args.dead < 0:
+        raise NearoptError(f"--dead must be >= 0, got {args.dead}")
+    return add_dead_units(S, args.dead, seed=args.student_seed) if args.dead else S
+
+
+def _point_spectrum(args, net: TwoLayerNet, student: TwoLayerNet | None, X, law) -> Spectrum:
+    """Spectrum of the exact loss Hessian at a student point (or with some layers fixed), population or batch."""
+    trained = TRAINED_ALIASES[args.trained]
+    problem = Problem(net, student=student, trained=trained)
+    if X is None:
+        if law is not None:
+            raise NearoptError("a student point or --trained with --input-cov is not implemented: the exact landscape assumes x ~ N(0, I)")
+        method = args.method
+        if method not in ("auto", "dense", "structured", "lanczos"):
+            raise NearoptError(f"--method {method} is not available at a student point; choose auto, dense, structured or lanczos")
+        return PopulationLossHessian(problem).spectrum(method, rtol=args.rtol, k=args.k)
+    curv = BatchHessian(problem, X, chunk_size=args.chunk_size, device=args.device)
+    spec = curv.spectrum("auto" if args.method in ("auto", "jacobian-svd", "gauss-newton", "autodiff") else args.method, rtol=args.rtol, k=args.k)
+    st = problem.point
+    theta = torch.tensor(st.parameters(), dtype=torch.float64, requires_grad=True)
+    y = torch.as_tensor(net.forward(X))
+    loss = 0.5 * ((forward_torch(theta, torch.as_tensor(X), st.activation, st.n_hidden) - y) ** 2).mean()
+    (grad,) = torch.autograd.grad(loss, theta)
+    spec.extra.update(loss=float(loss.detach()), gradient_norm=float(grad[torch.as_tensor(problem.trained_indices)].norm()))
+    return spec
 
 
 #: routes that fit when a dense batch route does not
@@ -75,6 +150,7 @@ def _check_memory(args, P: int, population: bool) -> None:
 
 def compute(args) -> Spectrum:
     net = network_from_args(args)
+    student = student_from_args(args, net)
     population = bool(getattr(args, "population", False))
     if population and args.method not in POPULATION_METHODS:
         raise NearoptError(f"--method {args.method} is not a population method; choose from {', '.join(POPULATION_METHODS)}")
@@ -87,7 +163,11 @@ def compute(args) -> Spectrum:
     check_network_finite(net if law is None else TwoLayerNet(law.matmul(net.W1, 0.5), net.W2, net.activation), X)
     cause = f"activation {net.activation.name}, N_i={net.n_inputs}, N_h={net.n_hidden}, {'population' if X is None else f'N={X.shape[0]}'}"
     with numerics("the Hessian spectrum", cause):
-        if X is None:
+        if student is not None or TRAINED_ALIASES[args.trained] != "both":
+            if args.save_student:
+                (student or net).save(args.save_student)
+            spec = _point_spectrum(args, net, student, X, law)
+        elif X is None:
             spec = population_spectrum(net, method=args.method, rtol=args.rtol, k=args.k, inputs=law)
         else:
             spec = batch_spectrum(net, X, method=args.method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol)
