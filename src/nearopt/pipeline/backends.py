@@ -10,13 +10,16 @@ asking for the next, so nothing finished is lost when the run stops.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import multiprocessing
 import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,12 +27,31 @@ from typing import Any
 
 import torch
 
-try:  # Dask is an optional extra: only --scheduler needs it
-    import distributed
-except ImportError:  # pragma: no cover - depends on the installation
-    distributed = None  # type: ignore[assignment]
-
 from ..errors import NearoptError
+
+
+def _lazy_module(name: str) -> types.ModuleType | None:
+    """``name`` loaded on first attribute access (``importlib.util.LazyLoader``), or ``None`` if not installed.
+
+    Dask is an optional extra that only ``--scheduler`` needs, and importing it
+    costs seconds that every ``nearopt`` command would otherwise pay at start.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # pragma: no cover - a broken installation
+        return None
+    if spec is None or spec.loader is None:
+        return None
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+distributed = _lazy_module("distributed")
 
 Task = tuple[Any, Callable[[dict[str, Any]], dict[str, Any]], dict[str, Any]]
 
@@ -114,7 +136,7 @@ class SerialBackend:
         for tid, fn, cell in tasks:
             try:
                 outcome: Any = run_task(fn, cell)
-            except Exception as exc:  # noqa: BLE001 - a failing cell is reported, the others still run
+            except Exception as exc:
                 outcome = exc
             yield tid, outcome
 
@@ -219,7 +241,7 @@ class DaskBackend:
             try:
                 for tid, fn, cell in tasks:
                     futures[client.submit(run_task, fn, cell, 1, pure=False)] = tid
-            except Exception as exc:  # noqa: BLE001 - any failure of the cluster machinery is a lost scheduler
+            except Exception as exc:
                 raise self._lost(0, len(tasks), type(exc).__name__) from None
             pending = set(futures)
             no_workers_since: float | None = None
@@ -248,7 +270,7 @@ class DaskBackend:
                     raise self._lost(done, len(tasks), f"client {client.status}")
                 try:
                     workers = self._workers(client)
-                except Exception as exc:  # noqa: BLE001 - any failure of the cluster machinery is a lost scheduler
+                except Exception as exc:
                     raise self._lost(done, len(tasks), type(exc).__name__) from None
                 if workers:
                     no_workers_since = None
