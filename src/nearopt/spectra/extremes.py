@@ -1,0 +1,420 @@
+"""Both ends of a symmetric PSD spectrum at scale: the ``k`` largest and the ``k`` smallest nonzero eigenvalues.
+
+Operator-generic: every function takes a symmetric :class:`scipy.sparse.linalg.LinearOperator`
+(every :class:`~nearopt.curvature.base.Curvature` is one) and, for the smallest end,
+an optional preconditioner ``M ≈ H^{-1}`` (a LinearOperator; the population Hessian
+builds one from its per-unit blocks, ``docs/scale.md``).
+
+* :func:`largest_eigenpairs` -- ARPACK (``eigsh``, ``which="LA"``): the top of a
+  Hessian spectrum is well separated and Lanczos needs a few dozen products.
+* :func:`smallest_eigenpairs` -- LOBPCG (``scipy.sparse.linalg.lobpcg``) with the
+  preconditioner, the null space deflated: known null vectors are constraints
+  (``Y``), a known null-space dimension enlarges the block, and otherwise zero
+  eigenvalues found on the way are detected (``|theta| <= null_rtol * lambda_max``)
+  and deflated in further rounds. ARPACK's ``which="SA"`` on the same operator
+  needs orders of magnitude more products at the bottom of an ill-conditioned
+  spectrum (``benchmarks/bench_extremes.py`` measures it).
+
+Accuracy is stated, not assumed: for each Ritz pair ``(theta_i, x_i)`` the relative
+residual ``rho_i = ||H x_i - theta_i x_i|| / |theta_i|`` is computed with one extra
+block product after convergence; ``rho_i <= tol`` is the stopping rule and the
+eigenvalue's relative error is at most about ``rho_i^2 theta_i / gap_i``
+(Rayleigh quotient bound; ``gap_i`` to the rest of the spectrum, estimated by the
+distance to the last Ritz value of the block), reported as ``error_bound``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import scipy.linalg
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh, lobpcg
+
+from ..errors import NearoptError, require_positive_int
+
+#: default relative residual ``||H x - theta x|| / theta`` a Ritz pair must reach
+DEFAULT_TOL = 1e-6
+#: default threshold on ``|theta| / lambda_max`` below which a Ritz value counts as a zero mode
+DEFAULT_NULL_RTOL = 1e-9
+#: extra block vectors LOBPCG carries beyond those asked for (convergence of the last wanted one)
+GUARD = 4
+#: largest LOBPCG block (memory ``~ 9 P block`` float64)
+MAX_BLOCK = 2000
+
+
+@dataclass
+class Eigenpairs:
+    """Extreme eigenpairs of a symmetric operator with their accuracy.
+
+    ``values`` ``(k,)`` ascending; ``vectors`` ``(P, k)`` (columns match ``values``)
+    or ``None``; ``residuals`` ``(k,)`` relative residuals ``||H x - theta x|| / |theta|``;
+    ``error_bound`` ``(k,)`` estimated relative eigenvalue errors; ``null_dim`` the
+    dimension of the null space deflated (smallest end) and ``null_source`` where it
+    came from (``"given"``, ``"vectors"``, ``"detected"``, ``"none"``);
+    ``null_vectors`` ``(P, null_dim)`` when they were computed or given and asked for.
+    """
+
+    values: np.ndarray
+    which: str
+    residuals: np.ndarray
+    error_bound: np.ndarray
+    tol: float
+    converged: bool
+    method: str
+    products: int
+    iterations: int
+    seconds: float
+    vectors: np.ndarray | None = None
+    null_dim: int = 0
+    null_source: str = "none"
+    null_threshold: float = float("nan")
+    null_vectors: np.ndarray | None = None
+    largest_null: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tolerance_reached(self) -> float:
+        """``max rho_i``: the largest relative residual of the returned pairs."""
+        return float(self.residuals.max()) if self.residuals.size else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON fields (no vectors)."""
+        return {
+            "which": self.which,
+            "eigenvalues": self.values,
+            "relative_residuals": self.residuals,
+            "error_bound": self.error_bound,
+            "tolerance": self.tol,
+            "tolerance_reached": self.tolerance_reached,
+            "converged": self.converged,
+            "eigensolver": self.method,
+            "products": self.products,
+            "iterations": self.iterations,
+            "null_dim": self.null_dim,
+            "null_source": self.null_source,
+            "null_threshold": self.null_threshold,
+            "largest_null_eigenvalue": self.largest_null,
+            **self.extra,
+        }
+
+
+class CountingOperator(LinearOperator):
+    """``op`` that counts the vectors it multiplies and reports progress on stderr.
+
+    ``progress``: ``None`` (silent), ``True`` (a line to stderr at most every
+    ``every`` seconds) or a callable ``(products, seconds) -> None``.
+    """
+
+    def __init__(self, op: LinearOperator, progress: bool | Callable[[int, float], None] | None = None, every: float = 10.0, label: str = ""):
+        super().__init__(dtype=np.float64, shape=op.shape)
+        self.op, self.products, self.every, self.label = op, 0, every, label
+        self.t0 = self.last = time.perf_counter()
+        self.progress = progress
+
+    def _report(self) -> None:
+        now = time.perf_counter()
+        if self.progress is None or self.progress is False or now - self.last < self.every:
+            return
+        self.last = now
+        if callable(self.progress):
+            self.progress(self.products, now - self.t0)
+        else:
+            print(f"  {self.label}{self.products} products, {now - self.t0:.0f} s", file=sys.stderr, flush=True)
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        self.products += X.shape[1]
+        out = np.asarray(self.op.matmat(X), dtype=np.float64)
+        self._report()
+        return out
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matmat(np.asarray(x).reshape(-1, 1)).ravel()
+
+    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matvec(x)
+
+    def _adjoint(self) -> "CountingOperator":
+        return self
+
+
+class TorchOperator(LinearOperator):
+    """A symmetric LinearOperator ``(P, P)`` from a torch function ``(P, k) -> (P, k)`` (float64, on ``device``).
+
+    How a preconditioner written in torch (CPU or GPU) reaches SciPy's LOBPCG.
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], P: int, device: Any = "cpu"):
+        super().__init__(dtype=np.float64, shape=(P, P))
+        self.fn, self.device = fn, device
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        T = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float64).reshape(self.shape[0], -1), device=self.device)
+        return self.fn(T).cpu().numpy()
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matmat(np.asarray(x).reshape(-1, 1)).ravel()
+
+    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matvec(x)
+
+    def _adjoint(self) -> "TorchOperator":
+        return self
+
+
+def _check_k(op: LinearOperator, k: int) -> int:
+    k = require_positive_int(k, "k")
+    if op.shape[0] != op.shape[1]:
+        raise NearoptError(f"the operator must be square, got shape {op.shape}")
+    if k >= op.shape[0]:
+        raise NearoptError(f"k = {k} must be smaller than the operator size {op.shape[0]} (use a dense route)")
+    return k
+
+
+def _residuals(op: LinearOperator, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Absolute residual norms ``||H x_i - theta_i x_i||`` for unit columns ``X`` ``(P, m)``."""
+    return np.linalg.norm(op.matmat(X) - X * theta, axis=0)
+
+
+def _error_bound(theta: np.ndarray, res: np.ndarray, edge: float) -> np.ndarray:
+    """``||r||^2 / (gap |theta|)`` with the gap to ``edge`` (the farthest Ritz value of the block)."""
+    gap = np.maximum(np.abs(edge - theta), np.finfo(np.float64).tiny)
+    return res**2 / gap / np.maximum(np.abs(theta), np.finfo(np.float64).tiny)
+
+
+def largest_eigenpairs(
+    op: LinearOperator,
+    k: int = 20,
+    *,
+    tol: float = DEFAULT_TOL,
+    seed: int = 0,
+    return_vectors: bool = False,
+    maxiter: int | None = None,
+    progress: bool | Callable[[int, float], None] | None = None,
+) -> Eigenpairs:
+    """The ``k`` largest eigenvalues (ascending) by ARPACK ``eigsh(which="LA")``, residuals checked.
+
+    ARPACK's own ``tol`` is set to ``tol**2`` (it bounds the Ritz value error);
+    afterwards one block product gives the relative residuals. Cost: a few
+    dozen products for a separated top (``docs/scale.md``).
+    """
+    k = _check_k(op, k)
+    t0 = time.perf_counter()
+    cop = CountingOperator(op, progress, label="largest: ")
+    v0 = np.random.default_rng(seed).standard_normal(op.shape[0])
+    ncv = min(op.shape[0], max(2 * k + 1, k + 20))
+    theta, X = eigsh(cop, k=k, which="LA", tol=tol**2, v0=v0, ncv=ncv, maxiter=maxiter)
+    order = np.argsort(theta)
+    theta, X = theta[order], X[:, order]
+    iterations = cop.products
+    res = _residuals(cop, X, theta)
+    rel = res / np.maximum(np.abs(theta), np.finfo(np.float64).tiny)
+    bound = _error_bound(theta, res, theta[0] if k > 1 else 0.0)
+    return Eigenpairs(
+        values=theta,
+        which="largest",
+        residuals=rel,
+        error_bound=bound,
+        tol=tol,
+        converged=bool(np.all(rel <= tol)),
+        method="arpack-LA",
+        products=cop.products,
+        iterations=iterations,
+        seconds=time.perf_counter() - t0,
+        vectors=X if return_vectors else None,
+    )
+
+
+def _orthonormal(Y: np.ndarray, P: int) -> np.ndarray:
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if Y.shape[0] != P:
+        raise NearoptError(f"null vectors have {Y.shape[0]} rows, expected P = {P}")
+    if not np.all(np.isfinite(Y)):
+        raise NearoptError("null vectors contain non-finite entries")
+    Q, R = np.linalg.qr(Y)
+    d = np.abs(np.diag(R))
+    keep = d > 1e-10 * (d.max() if d.size else 1.0)
+    return Q[:, keep]
+
+
+def _lobpcg_round(A: LinearOperator, X: np.ndarray, M: LinearOperator | None, Y: np.ndarray | None, tol_abs: float, maxiter: int) -> tuple[np.ndarray, np.ndarray, int]:
+    with warnings.catch_warnings():
+        # non-convergence is judged from the residuals below, not from SciPy's warning
+        warnings.simplefilter("ignore", UserWarning)
+        theta, V, hist = lobpcg(A, X, M=M, Y=Y if Y is not None and Y.shape[1] else None, tol=tol_abs, maxiter=maxiter, largest=False, retLambdaHistory=True)
+    order = np.argsort(theta)
+    return np.asarray(theta)[order], np.asarray(V)[:, order], max(len(hist) - 1, 0)
+
+
+def _dense_bottom(op: LinearOperator, Y: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``m`` smallest eigenpairs of ``op`` on the complement of ``Y`` by a dense ``eigh`` (small ``P``)."""
+    P = op.shape[0]
+    Q = scipy.linalg.null_space(Y.T) if Y.shape[1] else np.eye(P)
+    Hq = Q.T @ op.matmat(Q)
+    theta, S = scipy.linalg.eigh(0.5 * (Hq + Hq.T), subset_by_index=[0, m - 1])
+    X = Q @ S
+    return theta, X, _residuals(op, X, theta)
+
+
+def smallest_eigenpairs(
+    op: LinearOperator,
+    k: int = 20,
+    *,
+    null_dim: int | None = None,
+    null_vectors: np.ndarray | None = None,
+    preconditioner: LinearOperator | None = None,
+    tol: float = DEFAULT_TOL,
+    null_rtol: float = DEFAULT_NULL_RTOL,
+    lambda_max: float | None = None,
+    maxiter: int = 400,
+    guard: int = GUARD,
+    seed: int = 0,
+    return_vectors: bool = False,
+    progress: bool | Callable[[int, float], None] | None = None,
+) -> Eigenpairs:
+    """The ``k`` smallest nonzero eigenvalues (ascending) of a symmetric PSD operator by preconditioned LOBPCG.
+
+    Parameters
+    ----------
+    op : LinearOperator ``(P, P)``
+    k : int
+        How many nonzero eigenvalues.
+    null_dim : int, optional
+        Known dimension of the null space (e.g. ``P - predict_rank(...).rank``, or
+        the zero-eigenvalue count of the structured route). Zero modes beyond
+        ``null_vectors`` are then found inside an enlarged block. ``None``: detect.
+    null_vectors : array ``(P, n0)``, optional
+        Known null vectors (ReLU's rescaling modes, ...): deflated exactly as
+        LOBPCG constraints.
+    preconditioner : LinearOperator, optional
+        ``M ≈ H^{-1}`` (SPD). Without one, LOBPCG is plain (slow at an ill-conditioned bottom).
+    tol : float
+        Relative residual ``||H x - theta x|| / theta`` each returned pair must reach.
+    null_rtol : float
+        A Ritz value ``|theta| <= null_rtol * lambda_max`` is a zero mode.
+    lambda_max : float, optional
+        ``||H||`` if known (else a short ARPACK run estimates it; it scales the null threshold).
+    maxiter : int
+        LOBPCG iterations in all rounds together.
+
+    Returns
+    -------
+    Eigenpairs
+        ``which="smallest"``; ``null_dim``/``null_source`` say what was deflated;
+        ``null_vectors`` (when ``return_vectors``) an orthonormal basis of it.
+    """
+    k = _check_k(op, k)
+    P = op.shape[0]
+    t0 = time.perf_counter()
+    cop = CountingOperator(op, progress, label="smallest: ")
+    if lambda_max is None:
+        lambda_max = float(eigsh(cop, k=1, which="LA", tol=1e-3, v0=np.random.default_rng(seed + 1).standard_normal(P), return_eigenvectors=False)[0])
+    if not (np.isfinite(lambda_max) and lambda_max > 0):
+        raise NearoptError(f"the operator's largest eigenvalue is {lambda_max:g}; the smallest nonzero eigenvalues need a nonzero PSD operator")
+    threshold = null_rtol * lambda_max
+    Y = _orthonormal(null_vectors, P) if null_vectors is not None else np.zeros((P, 0))
+    source = "vectors" if Y.shape[1] else "none"
+    if null_dim is not None:
+        null_dim = int(null_dim)
+        if null_dim < 0 or null_dim >= P:
+            raise NearoptError(f"null_dim must lie in [0, P) = [0, {P}), got {null_dim}")
+        source = "given"
+    unknown = max((null_dim or 0) - Y.shape[1], 0)
+    rng = np.random.default_rng(seed)
+    iterations, rounds, left = 0, 0, maxiter
+    M = preconditioner
+    X_prev = np.zeros((P, 0))
+    while True:
+        m = min(k + unknown + guard, P - Y.shape[1] - 1)
+        if m > MAX_BLOCK:
+            raise NearoptError(
+                f"the smallest-eigenvalue block would hold {m} vectors (k={k}, {unknown} undeflated zero modes); "
+                "pass the null vectors (null_vectors=) or a smaller k"
+            )
+        if 5 * (m + Y.shape[1]) > P:  # LOBPCG needs P >> block: small operators go dense (exact)
+            theta, X, res = _dense_bottom(cop, Y, m)
+            rounds += 1
+        else:
+            # first to an absolute tolerance relative to ||H||, then (restarting from the
+            # Ritz vectors) to one relative to the wanted eigenvalues themselves
+            X0 = np.hstack([X_prev, rng.standard_normal((P, m - X_prev.shape[1]))])
+            theta, X, it = _lobpcg_round(cop, X0, M, Y, tol * lambda_max, left)
+            iterations, left, rounds = iterations + it, left - it, rounds + 1
+            for _ in range(4):
+                res = _residuals(cop, X, theta)
+                zero = theta <= threshold
+                wanted = zero | ((np.cumsum(~zero) <= k) & ~zero)
+                ok = np.where(zero, res <= tol * lambda_max, res <= tol * np.abs(theta))
+                if ok[wanted].all() or left <= 0:
+                    break
+                target = 0.5 * tol * max(float(np.abs(theta[wanted & ~zero]).min()) if (wanted & ~zero).any() else threshold, threshold)
+                theta, X, it = _lobpcg_round(cop, X, M, Y, target, left)
+                iterations, left = iterations + it, left - it
+        zero = theta <= threshold
+        n_zero = int(zero.sum())
+        if int((~zero).sum()) < k and null_dim is None and left > 0 and m < P - Y.shape[1] - 1:
+            # the block was (nearly) full of zero modes: enlarge it (warm start) and look further;
+            # detected modes are not deflated as constraints, being accurate only to the tolerance
+            unknown += max(n_zero, k)
+            X_prev = X
+            continue
+        break
+    sel = np.flatnonzero(~zero)[:k]
+    if sel.size < k:
+        raise NearoptError(
+            f"found only {sel.size} nonzero eigenvalues in the block (null threshold {threshold:.3g}); "
+            "raise maxiter, or pass null_dim / null_vectors"
+        )
+    if n_zero:
+        Y = _orthonormal(np.hstack([Y, X[:, zero]]), P)
+        if source in ("none", "vectors"):
+            source = "detected" if source == "none" else "vectors+detected"
+    if source == "none":
+        source = "detected"  # looked for zero modes among the smallest and found none
+    theta_k, X_k, res_k = theta[sel], X[:, sel], res[sel]
+    rel = res_k / np.abs(theta_k)
+    extra = {"lambda_max": lambda_max, "block": int(m), "rounds": rounds, "zero_modes_in_block": n_zero}
+    if null_dim is not None and Y.shape[1] != null_dim:
+        extra["null_dim_found"] = int(Y.shape[1])  # the given dimension disagrees with what the block showed
+    return Eigenpairs(
+        values=theta_k,
+        which="smallest",
+        residuals=rel,
+        error_bound=_error_bound(theta_k, res_k, theta[-1]),
+        tol=tol,
+        converged=bool(np.all(rel <= tol)),
+        method="lobpcg" + ("+preconditioner" if M is not None else ""),
+        products=cop.products,
+        iterations=iterations,
+        seconds=time.perf_counter() - t0,
+        vectors=X_k if return_vectors else None,
+        null_dim=int(null_dim) if null_dim is not None else int(Y.shape[1]),
+        null_source=source,
+        null_threshold=threshold,
+        null_vectors=Y if return_vectors else None,
+        largest_null=float(theta[zero].max()) if n_zero else float("nan"),
+        extra=extra,
+    )
+
+
+def eigenpairs(op: LinearOperator, k: int = 20, which: str = "largest", **kwargs: Any) -> Eigenpairs:
+    """:func:`largest_eigenpairs` or :func:`smallest_eigenpairs` by ``which``."""
+    if which == "largest":
+        return largest_eigenpairs(op, k, **kwargs)
+    if which == "smallest":
+        return smallest_eigenpairs(op, k, **kwargs)
+    raise NearoptError(f"which must be 'largest' or 'smallest', got {which!r}")
+
+
+def dense_extremes(H: np.ndarray, k: int, which: str, null_dim: int = 0) -> np.ndarray:
+    """Reference: the same ``k`` values from a dense ``eigvalsh`` (ascending), skipping ``null_dim`` zero modes."""
+    eig = scipy.linalg.eigvalsh(H)
+    return eig[-k:] if which == "largest" else eig[null_dim : null_dim + k]
