@@ -34,7 +34,8 @@ from scipy.sparse.linalg import LinearOperator
 from ..errors import NearoptError, require_positive_int
 from ..problem import Problem, as_problem
 from ..resources import require_memory
-from ..spectra.lanczos import extreme_eigenvalues, spectral_density
+from ..spectra.density import SpectralDensity, slq, spectral_density
+from ..spectra.extremes import Eigenpairs, largest_eigenpairs, smallest_eigenpairs
 from ..spectra.rank_rule import RankDecision, decide_rank, eigenvalue_rtol, rank_from_eigenvalues
 from ..spectra.spectrum import Spectrum
 
@@ -84,6 +85,20 @@ class Curvature(LinearOperator):
         """``H V`` for ``V`` ``(P, k)`` float64 on :attr:`device`; returns ``(P, k)``."""
         raise NotImplementedError
 
+    def preconditioner(self, shift: float = 0.0) -> LinearOperator | None:
+        """An SPD ``T ≈ (H + shift I)^{-1}`` for LOBPCG (the ``smallest`` route), or ``None``.
+
+        Subclasses that know their block structure supply one (e.g. a
+        :class:`~nearopt.spectra.extremes.TorchOperator` around a torch solve);
+        without one the ``smallest`` route runs plain LOBPCG (slow at an
+        ill-conditioned bottom: ``docs/scale.md``).
+        """
+        return None
+
+    def null_vectors(self) -> np.ndarray | None:
+        """Known null vectors ``(P, n0)`` of ``H`` (symmetries, e.g. ReLU's rescaling), or ``None``."""
+        return None
+
     def factor(self) -> np.ndarray | None:
         """A square root ``S`` ``(m, P)`` with ``S^T S = H``, or ``None`` when none is cheap."""
         return None
@@ -131,7 +146,12 @@ class Curvature(LinearOperator):
     @property
     def routes(self) -> dict[str, Callable[..., Spectrum]]:
         """Spectrum routes this curvature offers, by name (``auto`` is resolved by :meth:`choose_route`)."""
-        routes: dict[str, Callable[..., Spectrum]] = {"dense": self._dense_spectrum, "lanczos": self._lanczos_spectrum}
+        routes: dict[str, Callable[..., Spectrum]] = {
+            "dense": self._dense_spectrum,
+            "lanczos": self._lanczos_spectrum,
+            "smallest": self._smallest_spectrum,
+            "slq": self._slq_spectrum,
+        }
         if type(self).factor is not Curvature.factor:
             routes["factor"] = self._factor_spectrum
         return routes
@@ -140,13 +160,20 @@ class Curvature(LinearOperator):
         """The route ``auto`` takes: the factor when there is one, else dense."""
         return "factor" if "factor" in self.routes else "dense"
 
-    def spectrum(self, method: str = "auto", *, rtol: float | None = None, k: int = LANCZOS_K) -> Spectrum:
+    def spectrum(self, method: str = "auto", *, rtol: float | None = None, k: int = LANCZOS_K, **options: Any) -> Spectrum:
         """Eigenvalues of ``H`` and the rank decision, by route ``method``.
 
         ``dense``: ``eigvalsh`` of :meth:`to_dense`, ranked by the eigenvalue rule;
         ``factor``: squared singular values of :meth:`factor`, ranked by the
         singular-value rule; ``lanczos``: the ``k`` largest eigenvalues only
-        (``Spectrum.partial``; no rank); subclasses add routes (``structured``).
+        (``Spectrum.partial``; no rank), or with ``which="smallest"`` the ``k``
+        smallest nonzero ones (same as ``smallest``: preconditioned LOBPCG with the
+        null space deflated; options ``null_dim``, ``null_vectors``, ``tol``,
+        ``maxiter``, ``progress``); ``slq``: the density by stochastic Lanczos
+        quadrature (options ``n_probes``, ``steps``, ``seed``, ``grid``, ``sigma``;
+        the density, its error band and the quadratures in ``extra``, the extreme
+        Ritz values as ``eigenvalues``); subclasses add routes (``structured``).
+        ``options`` go to the route; a route that takes none refuses them.
         """
         routes = self.routes
         if method == "auto":
@@ -154,7 +181,12 @@ class Curvature(LinearOperator):
         if method not in routes:
             raise NearoptError(f"unknown method {method!r} for {self.kind}; choose from auto, {', '.join(routes)}")
         t0 = time.perf_counter()
-        spec = routes[method](rtol=rtol, k=k)
+        try:
+            spec = routes[method](rtol=rtol, k=k, **options)
+        except TypeError as exc:
+            if options and "unexpected keyword" in str(exc):
+                raise NearoptError(f"method {method!r} takes no options {', '.join(options)}") from exc
+            raise
         spec.seconds = time.perf_counter() - t0
         return spec
 
@@ -181,8 +213,26 @@ class Curvature(LinearOperator):
         return spec, U
 
     def density(self, **kwargs: Any) -> dict[str, np.ndarray]:
-        """Spectral density by stochastic Lanczos quadrature (:func:`nearopt.spectra.lanczos.spectral_density`)."""
+        """Smoothed spectral density by SLQ as a dict (:func:`nearopt.spectra.density.spectral_density`)."""
         return spectral_density(self, **kwargs)
+
+    def slq(self, **kwargs: Any) -> SpectralDensity:
+        """Stochastic Lanczos quadrature with error bars (:func:`nearopt.spectra.density.slq`)."""
+        return slq(self, **kwargs)
+
+    def eigenpairs(self, k: int = LANCZOS_K, which: str = "largest", **kwargs: Any) -> Eigenpairs:
+        """The ``k`` largest, or ``k`` smallest nonzero, eigenpairs with their accuracy
+        (:mod:`nearopt.spectra.extremes`); the smallest end uses :meth:`preconditioner`
+        and :meth:`null_vectors` unless given."""
+        if which == "largest":
+            return largest_eigenpairs(self, k, **kwargs)
+        if which != "smallest":
+            raise NearoptError(f"which must be 'largest' or 'smallest', got {which!r}")
+        if "preconditioner" not in kwargs:
+            kwargs["preconditioner"] = self.preconditioner()
+        if "null_vectors" not in kwargs and kwargs.get("null_dim") is None:
+            kwargs["null_vectors"] = self.null_vectors()
+        return smallest_eigenpairs(self, k, **kwargs)
 
     def describe(self) -> dict[str, Any]:
         """Fields every :class:`Spectrum` of this curvature carries (sizes, activation, samples)."""
@@ -219,12 +269,22 @@ class Curvature(LinearOperator):
         decision = decide_rank(s, P, rtol=rtol, shape=self.factor_shape(S))
         return self.make_spectrum(eig, decision, "factor", extra={"rank_source": "singular values of the square root"})
 
-    def _lanczos_spectrum(self, rtol: float | None, k: int) -> Spectrum:
+    def _partial_k(self, k: int) -> int:
         P = self.n_params
         k = int(min(require_positive_int(k, "k"), P - 1))
         if k < 1:
             raise NearoptError("the lanczos route needs P >= 2; use the dense method")
-        eig = extreme_eigenvalues(self, k=k, which="LA")
+        return k
+
+    def _lanczos_spectrum(self, rtol: float | None, k: int, which: str = "largest", **options: Any) -> Spectrum:
+        if which == "smallest":
+            return self._smallest_spectrum(rtol, k, **options)
+        if which != "largest":
+            raise NearoptError(f"which must be 'largest' or 'smallest', got {which!r}")
+        P, k = self.n_params, self._partial_k(k)
+        options.setdefault("tol", 1e-8)
+        res = self.eigenpairs(k, "largest", **options)
+        eig = res.values
         # Only the k largest are known: the decision concerns these k values, not H.
         decision = decide_rank(np.sqrt(np.clip(eig, 0.0, None)), k, rtol=rtol if rtol is not None else eigenvalue_rtol(k))
         extra = {
@@ -236,9 +296,46 @@ class Curvature(LinearOperator):
             "rank_decision": None,
             "smallest_nonzero": None,
             "condition_number": None,
+            **{key: val for key, val in res.to_dict().items() if key not in ("eigenvalues", "null_dim", "null_source", "null_threshold", "largest_null_eigenvalue")},
         }
         return self.make_spectrum(eig, decision, "lanczos", extra=extra)
 
+    def _smallest_spectrum(self, rtol: float | None, k: int, **options: Any) -> Spectrum:
+        P, k = self.n_params, self._partial_k(k)
+        res = self.eigenpairs(k, "smallest", **options)
+        eig = res.values
+        decision = decide_rank(np.sqrt(np.clip(eig, 0.0, None)), k, rtol=rtol if rtol is not None else eigenvalue_rtol(k))
+        rank = P - res.null_dim
+        extra = {
+            "rank_source": f"P minus the null-space dimension ({res.null_source})",
+            "P": P,
+            "eigenvalues_held": f"smallest {k} nonzero of {P} (ascending)",
+            "rank": rank,
+            "rank_tolerance": None,
+            "rank_decision": None,
+            "smallest_nonzero": float(eig[0]),
+            "largest": None,
+            "condition_number": None,
+            **{key: val for key, val in res.to_dict().items() if key != "eigenvalues"},
+        }
+        return self.make_spectrum(eig, decision, "lanczos", extra=extra)
+
+    def _slq_spectrum(self, rtol: float | None, k: int, grid: np.ndarray | None = None, sigma: float | None = None, **options: Any) -> Spectrum:
+        res = self.slq(**options)
+        lo, hi = res.support
+        decision = decide_rank(np.sqrt(np.clip([lo, hi], 0.0, None)), 2, rtol=rtol if rtol is not None else eigenvalue_rtol(2))
+        extra = {
+            "rank_source": "not determined: a density estimate",
+            "P": self.n_params,
+            "eigenvalues_held": "lowest and highest Ritz value over the SLQ probes",
+            "rank": None,
+            "rank_tolerance": None,
+            "rank_decision": None,
+            "smallest_nonzero": None,
+            "condition_number": None,
+            "density": res.to_dict(grid, sigma),
+        }
+        return self.make_spectrum(np.array([lo, hi]), decision, "slq", extra=extra)
 
 def restrict(problem: Problem, V: torch.Tensor) -> torch.Tensor:
     """Embed ``V`` ``(P_trained, k)`` into all parameters ``(P_all, k)`` (zeros on fixed blocks)."""

@@ -1,4 +1,4 @@
-"""Operator-generic eigenvalue algorithms: ARPACK extremes and stochastic Lanczos quadrature.
+"""Operator-generic Lanczos machinery: ARPACK extremes, Lanczos tridiagonals and their Gauss quadratures.
 
 They take any symmetric :class:`scipy.sparse.linalg.LinearOperator` (every
 :class:`~nearopt.curvature.base.Curvature` is one), as curvlinops keeps its
@@ -7,11 +7,14 @@ algorithms apart from the operators they run on.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import scipy.linalg
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from ..errors import NearoptError, require_positive_int
+from ..resources import require_memory
 
 
 def extreme_eigenvalues(op: LinearOperator, k: int = 6, which: str = "LA", *, tol: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -54,42 +57,77 @@ def lanczos_tridiagonal(op: LinearOperator, q: np.ndarray, steps: int) -> tuple[
     return alpha, beta
 
 
-def spectral_density(
+def lanczos_tridiagonals(
     op: LinearOperator,
+    Q0: np.ndarray,
+    steps: int,
     *,
-    n_vectors: int = 10,
-    steps: int = 80,
-    seed: int = 0,
-    grid: np.ndarray | None = None,
-    sigma: float | None = None,
-) -> dict[str, np.ndarray]:
-    """Spectral density of a symmetric operator by stochastic Lanczos quadrature (SLQ).
+    reorth: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``m`` independent Lanczos runs at once, one per column of ``Q0`` ``(P, m)``: one block product per step.
 
-    Each of ``n_vectors`` seeded Rademacher probes ``q`` gives a Gauss quadrature
-    ``(nodes theta_j, weights tau_j^2)`` of ``q^T f(H) q / P`` from ``steps``
-    Lanczos steps; averaging gives ``rho(lambda) ≈ (1/n) sum tau_j^2 delta(lambda - theta_j)``,
-    smoothed by a Gaussian of width ``sigma`` (default 1% of the spectral range).
-
-    Returns ``{"grid", "density", "nodes", "weights"}``: ``density`` on ``grid``
-    integrates to ~1; ``nodes``/``weights`` ``(n_vectors, <=steps)`` (padded with NaN/0)
-    give exact quadratures of polynomial moments up to degree ``2 steps - 1``.
+    Returns ``alpha`` ``(m, steps)``, ``beta`` ``(m, steps - 1)`` and ``length``
+    ``(m,)`` (a run that reaches an invariant subspace stops early: its
+    tridiagonal is ``alpha[i, :length[i]]``, ``beta[i, :length[i] - 1]``). Float64
+    throughout. ``reorth=True`` reorthogonalises each new vector against its own
+    run's basis twice (memory ``8 steps P m`` bytes); ``False`` keeps three
+    vectors per run: orthogonality then decays, but the Gauss quadrature stays
+    that of a nearby matrix (Greenbaum 1989), which is what SLQ needs.
+    ``progress(step, steps)`` is called after each step.
     """
-    n_vectors = require_positive_int(n_vectors, "number of probe vectors")
-    steps = min(require_positive_int(steps, "Lanczos steps"), op.shape[0])
-    rng = np.random.default_rng(seed)
-    nodes = np.full((n_vectors, steps), np.nan)
-    weights = np.zeros((n_vectors, steps))
-    for i in range(n_vectors):
-        q = rng.choice([-1.0, 1.0], size=op.shape[0]) / np.sqrt(op.shape[0])
-        alpha, beta = lanczos_tridiagonal(op, q, steps)
-        theta, S = scipy.linalg.eigh_tridiagonal(alpha, beta)
-        nodes[i, : theta.size], weights[i, : theta.size] = theta, S[0] ** 2
-    lo, hi = np.nanmin(nodes), np.nanmax(nodes)
-    width = sigma if sigma is not None else 0.01 * max(hi - lo, abs(hi), 1e-300)
-    if grid is None:
-        grid = np.linspace(lo - 5 * width, hi + 5 * width, 1000)
-    grid = np.asarray(grid, dtype=np.float64)
-    ok = weights > 0
-    kern = np.exp(-0.5 * ((grid[:, None] - nodes[ok][None, :]) / width) ** 2) / (width * np.sqrt(2 * np.pi))
-    density = kern @ weights[ok] / n_vectors
-    return {"grid": grid, "density": density, "nodes": nodes, "weights": weights}
+    Q0 = np.asarray(Q0, dtype=np.float64)
+    P, m = Q0.shape
+    steps = min(require_positive_int(steps, "Lanczos steps"), P)
+    if reorth:
+        require_memory(8 * steps * P * m, f"a Lanczos basis of {steps} x {m} vectors of length {P}", "reorth=False")
+    alpha, beta = np.zeros((m, steps)), np.zeros((m, max(steps - 1, 0)))
+    length = np.full(m, steps)
+    q = Q0 / np.linalg.norm(Q0, axis=0)
+    q_prev, b_prev = np.zeros_like(q), np.zeros(m)
+    basis = np.empty((steps, P, m)) if reorth else None
+    active = np.ones(m, dtype=bool)
+    for j in range(steps):
+        if basis is not None:
+            basis[j] = q
+        w = np.asarray(op.matmat(q), dtype=np.float64)
+        a = np.einsum("pm,pm->m", q, w)
+        alpha[:, j] = np.where(active, a, 0.0)
+        w -= q * a + q_prev * b_prev
+        if basis is not None:
+            for _ in range(2):  # twice is enough (Kahan-Parlett)
+                c = np.einsum("jpm,pm->jm", basis[: j + 1], w)
+                w -= np.einsum("jpm,jm->pm", basis[: j + 1], c)
+        if progress is not None:
+            progress(j + 1, steps)
+        if j + 1 == steps:
+            break
+        b = np.linalg.norm(w, axis=0)
+        scale = np.abs(alpha[:, : j + 1]).max(axis=1)
+        stop = active & (b <= 1e-12 * np.maximum(scale, 1e-300))  # invariant subspace: this probe's spectrum is exhausted
+        length[stop] = j + 1
+        active &= ~stop
+        b = np.where(active, b, 0.0)
+        beta[:, j] = b
+        q_prev, b_prev = q, b
+        q = np.divide(w, b, out=np.zeros_like(w), where=active[None, :])
+        if not active.any():
+            break
+    return alpha, beta, length
+
+
+def gauss_quadrature(alpha: np.ndarray, beta: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights ``(m, steps)`` of each run's Gauss quadrature (NaN / 0 beyond its length).
+
+    Run ``i``: ``theta, S = eigh_tridiagonal(alpha_i, beta_i)``, weights ``S[0]^2`` (sum to 1):
+    ``sum_j w_j theta_j^k = q^T H^k q`` exactly for ``k <= 2 length - 1``.
+    """
+    m, steps = alpha.shape
+    nodes, weights = np.full((m, steps), np.nan), np.zeros((m, steps))
+    for i in range(m):
+        n = int(length[i])
+        theta, S = scipy.linalg.eigh_tridiagonal(alpha[i, :n], beta[i, : n - 1])
+        nodes[i, :n], weights[i, :n] = theta, S[0] ** 2
+    return nodes, weights
+
+
