@@ -169,10 +169,14 @@ def test_suite_passes_at_min_versions(wheel, tmp_path):
     # the whole suite but the tests of this environment itself (browser, GPU, packaging, examples'
     # figures) and one test that uses numpy>=2's np.trapezoid in the test code, not in nearopt
     ignore = [f"--ignore=tests/{f}" for f in ("test_report_browser.py", "test_gpu.py", "test_packaging.py", "test_examples.py")]
-    # a copy of the tests and their pytest settings, without src/: `import nearopt` is the installed wheel
+    # a copy of the tests and their pytest settings; src/ comes along as files only (a test hashes
+    # the sources) and is on no import path: `import nearopt` is the installed wheel, checked below
     tree = tmp_path / "tree"
     shutil.copytree(ROOT / "tests", tree / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy2(ROOT / "pyproject.toml", tree / "pyproject.toml")
+    where = _run([py, "-c", "import nearopt; print(nearopt.__file__)"], cwd=tree / "tests", env=env).stdout.strip()
+    assert Path(where).resolve().is_relative_to(venv.resolve()), where
     proc = subprocess.run(
         [py, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", "-m", "not minversions", "-k", "not spectral_density_is_seeded", *ignore, "tests"],
         cwd=tree, env=env, capture_output=True, text=True, timeout=1800, check=False,
