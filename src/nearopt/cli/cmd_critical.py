@@ -1,0 +1,76 @@
+"""``nearopt critical``: converge to a critical point of the exact population loss and classify it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import io
+from ..critical import committee_start, committee_teacher, find_critical_point
+from ..errors import NearoptError
+from ..problem import Problem
+from .cmd_spectrum import TRAINED_ALIASES, add_student_args, student_from_args
+from .common import add_network_args, emit_json, network_from_args, nonneg_float, positive_float, positive_int
+
+COMMAND = "critical"
+ORDER = 25
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        COMMAND,
+        help="converge to a critical point of the population loss and classify it (index, zero modes)",
+        description="From a student point (default: a random student), descend on the exact population loss "
+        "(x ~ N(0, I)), polish with Newton on the gradient to a gradient norm near machine precision, and "
+        "classify the point by the exact Hessian spectrum: global minimum, spurious local minimum, "
+        "degenerate critical point, saddle, local maximum. Prints JSON.",
+    )
+    add_network_args(p, activation_default="relu")
+    p.add_argument("--committee", type=positive_int, metavar="K",
+                   help="teacher: the orthonormal committee machine sum_i g(x_i), W1 = I (K, N_i), W2 = 1 (N_i = --ni, default K); "
+                   "the student's second layer is fixed to ones and --trained defaults to first")
+    add_student_args(p)
+    p.set_defaults(trained=None)
+    g = p.add_argument_group("search")
+    g.add_argument("--descent", choices=("gd", "trust", "newton"), default="gd",
+                   help="gd: gradient descent then Newton (default); trust: SciPy trust-exact then Newton; newton: Newton only (finds saddles too)")
+    g.add_argument("--lr", type=positive_float, help="gradient-descent step (default 1/lambda_max of the Hessian at the start)")
+    g.add_argument("--max-steps", type=positive_int, default=20000, help="most descent steps (default 20000)")
+    g.add_argument("--descent-gtol", type=positive_float, default=1e-6, help="gradient norm that ends the descent (default 1e-6)")
+    g.add_argument("--gtol", type=nonneg_float, help="gradient norm counted as zero (default 1e3 (K+M) eps E[f_t^2]^1/2 max(1, |theta|))")
+    p.add_argument("--save-point", metavar="P.npz", help="write the critical point (W1, W2, teacher, eigenvalues, classification) to this .npz")
+    p.add_argument("--out", metavar="FILE.json", help="also write the JSON here")
+    p.set_defaults(func=run)
+
+
+def problem_from_args(args) -> Problem:
+    """Teacher (random, file or committee), student and trained blocks."""
+    if args.committee is not None:
+        if args.teacher or args.nh is not None:
+            raise NearoptError("--committee builds the teacher: do not give --teacher or --nh")
+        teacher = committee_teacher(args.committee, args.ni, args.activation)
+    else:
+        teacher = network_from_args(args)
+    trained = TRAINED_ALIASES[args.trained] if args.trained is not None else ("first" if args.committee is not None else "both")
+    if args.committee is not None and not (args.student or args.split or args.dead):
+        start = committee_start(teacher, args.student_width, seed=args.student_seed)
+        return start.replace(trained=trained)
+    student = student_from_args(args, teacher)
+    if student is None:
+        raise NearoptError("give a start: --student S.npz, --student-width K (random student) or --split/--dead (a manifold point)")
+    return Problem(teacher, student=student, trained=trained)
+
+
+def run(args) -> int:
+    if args.save_point:
+        io.check_output_path(args.save_point, suffix=".npz")
+    problem = problem_from_args(args)
+    if args.save_student:
+        problem.point.save(args.save_student)
+    cp = find_critical_point(problem, descent=args.descent, lr=args.lr, max_steps=args.max_steps, descent_gtol=args.descent_gtol, gtol=args.gtol)
+    if args.save_point:
+        cp.save(args.save_point)
+    out = cp.to_dict()
+    out["eigenvalues"] = np.asarray(cp.eigenvalues).tolist()
+    emit_json(out, args.out)
+    return 0
+

@@ -1,0 +1,422 @@
+"""Critical points of the exact population loss, and their classification by the Hessian spectrum.
+
+From a start ``theta_0`` (a student of any width, any trained blocks) we
+
+1. *descend* on the exact population loss ``L`` (:mod:`nearopt.curvature.landscape`):
+   plain gradient descent ``theta <- theta - eta grad L`` (``descent="gd"``; the step
+   halves whenever the loss would rise), or SciPy's trust region with the exact
+   Hessian (``descent="trust"``, ``scipy.optimize.minimize(method="trust-exact")``);
+2. *polish* with a safeguarded Newton iteration on the gradient,
+   ``s = -(H^2 + mu I)^+ H g`` (eigenvalues above the rank tolerance; ``mu`` adapted
+   Levenberg-Marquardt style, ``mu = 0`` is Newton's ``-H^+ g``), accepted only when
+   ``||g||`` falls. The step is a descent direction for ``1/2 ||g||^2`` (derivative
+   ``-g^T H (H^2 + mu)^+ H g <= 0``) whatever the signs of ``lambda``, so the polish
+   converges to saddles as well as minima -- quadratically where ``H`` is nonsingular
+   -- down to a gradient norm at the rounding level of the pair terms;
+3. *classify* by the spectrum of the exact Hessian ``H`` (trained blocks): the one
+   rank rule (:func:`~nearopt.spectra.rank_rule.rank_from_eigenvalues`, applied to
+   ``|lambda|``) fixes the tolerance ``tau``; ``index = #{lambda < -tau}``, zero modes
+   ``#{|lambda| <= tau}``. Classes (``loss_relative = L / E[f_t^2]``):
+
+   ============================  ==============================================================
+   ``global minimum``            ``loss_relative <= 1e-12`` (:data:`GLOBAL_RTOL`)
+   ``spurious local minimum``    index 0, no zero mode, loss above the global level
+   ``degenerate critical point`` index 0 with zero modes, loss above the global level
+                                 (the second-order test is inconclusive)
+   ``saddle``                    index ``>= 1`` and some ``lambda > tau``
+   ``local maximum``             every eigenvalue ``< -tau``
+   ``not converged``             ``||g|| >`` the tolerance
+   ============================  ==============================================================
+
+The gradient is a sum of ``O(K + M)`` pair terms of size ``~ E[f_t^2]^(1/2) ||theta||``, so
+its rounding floor is ``~ (K + M) eps`` times that; :func:`gradient_tolerance` asks for
+``1e3`` times the floor (``~1e-12`` for the committee machines of ``docs/students.md`` §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+
+from . import io
+from .curvature.landscape import PopulationLossHessian, landscape_moments, population_gradient, population_loss
+from .errors import NearoptError, require_positive_int
+from .model import TwoLayerNet
+from .problem import Problem, as_problem
+from .spectra.rank_rule import rank_from_eigenvalues
+
+EPS = float(np.finfo(np.float64).eps)
+#: a critical point is a global minimum when ``L <= GLOBAL_RTOL * E[f_t^2]``
+GLOBAL_RTOL = 1e-12
+#: gradient tolerance in units of its rounding floor (:func:`gradient_tolerance`)
+FLOOR_FACTOR = 1e3
+CLASSES = ("global minimum", "spurious local minimum", "degenerate critical point", "saddle", "local maximum", "not converged")
+
+
+# ----------------------------------------------------------------------------- helpers
+def teacher_power(teacher: TwoLayerNet) -> float:
+    """``E[f_t(x)^2]``, ``x ~ N(0, I)``: the loss of the zero network, times 2."""
+    zero = TwoLayerNet(teacher.W1[:1], np.zeros((1, 1)), teacher.activation)
+    return 2.0 * population_loss(Problem(teacher, student=zero))
+
+
+def gradient_tolerance(problem: Problem) -> float:
+    """``FLOOR_FACTOR (K + M) eps E[f_t^2]^(1/2) max(1, ||theta||)``: a gradient norm this small is 'zero'."""
+    pr = as_problem(problem)
+    scale = np.sqrt(teacher_power(pr.teacher)) * max(1.0, float(np.linalg.norm(pr.point.parameters())))
+    return FLOOR_FACTOR * (pr.point.n_hidden + pr.teacher.n_hidden) * EPS * scale
+
+
+def trained_parameters(problem: Problem) -> np.ndarray:
+    """The trained entries ``(P,)`` of the student's parameters (order of :attr:`Problem.trained_indices`)."""
+    return problem.point.parameters()[problem.trained_indices]
+
+
+def at_parameters(problem: Problem, theta: np.ndarray) -> Problem:
+    """The problem with the trained entries of the student replaced by ``theta`` ``(P,)``."""
+    full = problem.point.parameters().copy()
+    full[problem.trained_indices] = np.asarray(theta, dtype=np.float64).ravel()
+    return problem.replace(student=problem.point.with_parameters(full))
+
+
+def loss_and_gradient(problem: Problem) -> tuple[float, np.ndarray]:
+    """Exact ``(L, grad L)`` at the problem's point (one set of pair moments)."""
+    mo = landscape_moments(problem, residual=False)
+    return population_loss(problem, mo), population_gradient(problem, mo)
+
+
+def exact_hessian(problem: Problem) -> np.ndarray:
+    """Dense exact Hessian ``(P, P)`` over the trained parameters (residual term included)."""
+    return PopulationLossHessian(problem).to_dense()
+
+
+# ----------------------------------------------------------------------------- descent
+@dataclass
+class Descent:
+    """Outcome of the descent phase: end point, steps taken, loss and gradient-norm history."""
+
+    problem: Problem
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    gradient_norms: list[float] = field(default_factory=list)
+    method: str = "gd"
+
+
+def gradient_descent(problem: Problem, *, lr: float | None = None, max_steps: int = 20000, gtol: float = 1e-6, record_every: int = 50) -> Descent:
+    """Gradient descent on the exact population loss until ``||g|| <= gtol`` or ``max_steps``.
+
+    ``lr`` defaults to ``1 / lambda_max`` of the exact Hessian at the start (computed
+    once); a step that would raise the loss is retried at half the rate (kept halved).
+    """
+    pr = as_problem(problem)
+    max_steps = require_positive_int(max_steps, "max_steps")
+    if lr is None:
+        lam = scipy.linalg.eigvalsh(exact_hessian(pr))
+        lr = 1.0 / max(float(lam[-1]), 1e-12)
+    if not np.isfinite(lr) or lr <= 0:
+        raise NearoptError(f"lr must be positive and finite, got {lr}")
+    theta = trained_parameters(pr)
+    loss, g = loss_and_gradient(pr)
+    out = Descent(pr, 0, [loss], [float(np.linalg.norm(g))], "gd")
+    step = 0
+    while step < max_steps and np.linalg.norm(g) > gtol:
+        trial = at_parameters(pr, theta - lr * g)
+        t_loss, t_g = loss_and_gradient(trial)
+        if not np.isfinite(t_loss) or t_loss > loss:
+            lr *= 0.5
+            if lr < 1e-12:
+                break
+            continue
+        theta, pr, loss, g = theta - lr * g, trial, t_loss, t_g
+        step += 1
+        if step % record_every == 0:
+            out.losses.append(loss)
+            out.gradient_norms.append(float(np.linalg.norm(g)))
+    out.problem, out.steps = pr, step
+    out.losses.append(loss)
+    out.gradient_norms.append(float(np.linalg.norm(g)))
+    return out
+
+
+def trust_region(problem: Problem, *, max_steps: int = 500, gtol: float = 1e-10) -> Descent:
+    """``scipy.optimize.minimize(method="trust-exact")`` on the exact loss, gradient and Hessian."""
+    pr = as_problem(problem)
+
+    def fun(th):
+        return loss_and_gradient(at_parameters(pr, th))
+
+    res = scipy.optimize.minimize(fun, trained_parameters(pr), jac=True, hess=lambda th: exact_hessian(at_parameters(pr, th)),
+                                  method="trust-exact", options={"maxiter": int(max_steps), "gtol": float(gtol)})
+    end = at_parameters(pr, res.x)
+    loss, g = loss_and_gradient(end)
+    return Descent(end, int(res.nit), [float(res.fun)], [float(np.linalg.norm(g))], "trust-exact")
+
+
+# ----------------------------------------------------------------------------- Newton polish
+def newton_polish(problem: Problem, *, gtol: float | None = None, max_iter: int = 100) -> tuple[Problem, list[float]]:
+    """Safeguarded Newton on the gradient (module docstring), damped Levenberg-Marquardt style.
+
+    The step is ``s = -(H^2 + mu I)^+ H g`` over the eigenvalues of ``H`` above the rank
+    tolerance: ``mu -> 0`` is the Newton step ``-H^+ g``; ``mu`` grows (x10) when a step
+    does not lower ``||g||`` and shrinks (/10) when it does, so near-singular Hessians
+    (non-isolated critical points) still make progress. Goes on past ``gtol`` (default
+    :func:`gradient_tolerance`) towards the rounding floor ``gtol / FLOOR_FACTOR`` and
+    stops there, after ``max_iter`` accepted steps, or when ``mu`` exceeds ``1e8 lambda_max^2``.
+    Returns the end point and the history of ``||g||``.
+    """
+    pr = as_problem(problem)
+    gtol = gradient_tolerance(pr) if gtol is None else float(gtol)
+    theta = trained_parameters(pr)
+    _, g = loss_and_gradient(pr)
+    hist = [float(np.linalg.norm(g))]
+    mu = 0.0
+    for _ in range(int(max_iter)):
+        if hist[-1] <= gtol / FLOOR_FACTOR:
+            break
+        lam, U = scipy.linalg.eigh(exact_hessian(pr))
+        tau = rank_from_eigenvalues(np.abs(lam)).eigenvalue_tolerance
+        keep = np.abs(lam) > tau
+        lam_k, U_k = lam[keep], U[:, keep]
+        top = float(np.max(np.abs(lam))) if lam.size else 1.0
+        c = U_k.T @ g
+        accepted = False
+        while mu <= 1e8 * top**2:
+            s = -(U_k @ (c * lam_k / (lam_k**2 + mu)))
+            trial = at_parameters(pr, theta + s)
+            _, t_g = loss_and_gradient(trial)
+            if np.all(np.isfinite(t_g)) and np.linalg.norm(t_g) < hist[-1]:
+                theta, pr, g, accepted = theta + s, trial, t_g, True
+                mu = mu / 10.0 if mu > 1e-16 * top**2 else 0.0
+                break
+            mu = max(10.0 * mu, 1e-8 * top**2)
+        if not accepted:
+            break
+        hist.append(float(np.linalg.norm(g)))
+    return pr, hist
+
+
+# ----------------------------------------------------------------------------- classification
+@dataclass
+class CriticalPoint:
+    """A (candidate) critical point of the population loss and its spectral classification.
+
+    ``eigenvalues`` ``(P,)``: the exact Hessian over the trained parameters, ascending;
+    ``tolerance``: the rank rule's eigenvalue tolerance ``tau``; ``index``, ``zero_modes``,
+    ``positive`` count ``lambda < -tau``, ``|lambda| <= tau``, ``lambda > tau``.
+    """
+
+    problem: Problem
+    loss: float
+    loss_relative: float
+    gradient_norm: float
+    gradient_tolerance: float
+    eigenvalues: np.ndarray
+    tolerance: float
+    index: int
+    zero_modes: int
+    positive: int
+    classification: str
+    descent_steps: int = 0
+    newton_history: list[float] = field(default_factory=list)
+    descent: str = "none"
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.gradient_norm <= self.gradient_tolerance)
+
+    @property
+    def student(self) -> TwoLayerNet:
+        return self.problem.point
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (the CLI output of ``nearopt critical``)."""
+        lam = self.eigenvalues
+        return {
+            "classification": self.classification,
+            "loss": self.loss,
+            "loss_relative": self.loss_relative,
+            "gradient_norm": self.gradient_norm,
+            "gradient_tolerance": self.gradient_tolerance,
+            "converged": self.converged,
+            "index": self.index,
+            "zero_modes": self.zero_modes,
+            "positive": self.positive,
+            "P": int(lam.size),
+            "eigenvalue_tolerance": self.tolerance,
+            "lambda_min": float(lam[0]) if lam.size else float("nan"),
+            "lambda_max": float(lam[-1]) if lam.size else float("nan"),
+            "smallest_positive": float(lam[lam > self.tolerance].min()) if np.any(lam > self.tolerance) else float("nan"),
+            "K": self.student.n_hidden,
+            "M": self.problem.teacher.n_hidden,
+            "N_i": self.problem.n_inputs,
+            "activation": self.student.activation.name,
+            "trained": self.problem.trained,
+            "descent": self.descent,
+            "descent_steps": self.descent_steps,
+            "newton_iterations": max(len(self.newton_history) - 1, 0),
+            "newton_gradient_norms": list(self.newton_history),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the point atomically to ``.npz``: ``W1`` ``(K, N_i)``, ``W2`` ``(1, K)`` (a student file for
+        ``nearopt spectrum --student``), the teacher (``teacher_W1``, ``teacher_W2``), ``eigenvalues`` and the scalars."""
+        s, t = self.student, self.problem.teacher
+        return io.write_npz(path, W1=s.W1, W2=s.W2, teacher_W1=t.W1, teacher_W2=t.W2, eigenvalues=self.eigenvalues,
+                            loss=np.float64(self.loss), gradient_norm=np.float64(self.gradient_norm), index=np.int64(self.index),
+                            zero_modes=np.int64(self.zero_modes), classification=np.str_(self.classification),
+                            activation=np.str_(s.activation.name), trained=np.str_(self.problem.trained))
+
+
+def classify(problem: Problem | TwoLayerNet, *, gtol: float | None = None) -> CriticalPoint:
+    """Spectrum, index, zero modes and class of the problem's point (module docstring)."""
+    pr = as_problem(problem)
+    loss, g = loss_and_gradient(pr)
+    gnorm = float(np.linalg.norm(g))
+    gtol = gradient_tolerance(pr) if gtol is None else float(gtol)
+    lam = scipy.linalg.eigvalsh(exact_hessian(pr))
+    tau = rank_from_eigenvalues(np.abs(lam)).eigenvalue_tolerance
+    neg, zero = int(np.count_nonzero(lam < -tau)), int(np.count_nonzero(np.abs(lam) <= tau))
+    pos = lam.size - neg - zero
+    rel = loss / teacher_power(pr.teacher)
+    if gnorm > gtol:
+        cls = "not converged"
+    elif rel <= GLOBAL_RTOL:
+        cls = "global minimum"
+    elif neg == 0:
+        cls = "spurious local minimum" if zero == 0 else "degenerate critical point"
+    elif pos == 0 and zero == 0:
+        cls = "local maximum"
+    else:
+        cls = "saddle"
+    return CriticalPoint(pr, float(loss), float(rel), gnorm, gtol, lam, float(tau), neg, zero, pos, cls)
+
+
+def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str = "gd", lr: float | None = None, max_steps: int = 20000,
+                        descent_gtol: float = 1e-6, gtol: float | None = None, newton_iter: int = 100) -> CriticalPoint:
+    """Converge from the problem's point to a critical point and classify it.
+
+    ``descent``: ``"gd"`` (:func:`gradient_descent`, then Newton), ``"trust"``
+    (:func:`trust_region`, then Newton) or ``"newton"`` (Newton only: converges to the
+    nearest critical point of any index).
+    """
+    pr = as_problem(problem)
+    if descent not in ("gd", "trust", "newton"):
+        raise NearoptError(f"descent must be 'gd', 'trust' or 'newton', got {descent!r}")
+    if descent == "gd":
+        d = gradient_descent(pr, lr=lr, max_steps=max_steps, gtol=descent_gtol)
+    elif descent == "trust":
+        d = trust_region(pr, max_steps=max_steps, gtol=descent_gtol)
+    else:
+        d = Descent(pr, 0, method="newton")
+    end, hist = newton_polish(d.problem, gtol=gtol, max_iter=newton_iter)
+    cp = classify(end, gtol=gtol)
+    cp.descent_steps, cp.newton_history, cp.descent = d.steps, hist, d.method
+    return cp
+
+
+# ----------------------------------------------------------------------------- committee machines
+def committee_teacher(k: int, d: int | None = None, activation: str = "relu") -> TwoLayerNet:
+    """The orthonormal committee teacher ``f_t(x) = sum_i g(e_i . x)``: ``W1 = I`` ``(k, d)`` rows, ``W2 = 1``."""
+    k = require_positive_int(k, "k")
+    d = k if d is None else require_positive_int(d, "d")
+    if d < k:
+        raise NearoptError(f"an orthonormal teacher needs d >= k, got k={k}, d={d}")
+    return TwoLayerNet(np.eye(k, d), np.ones((1, k)), activation)
+
+
+def committee_start(teacher: TwoLayerNet, k: int | None = None, seed: int = 0, scale: float | None = None) -> Problem:
+    """A committee-machine student (second layer fixed to ones, ``trained="first"``) with
+    ``W1 ~ N(0, scale^2)`` entries (default ``scale = 1/sqrt(N_i)``), seeded."""
+    k = teacher.n_hidden if k is None else require_positive_int(k, "k")
+    d = teacher.n_inputs
+    rng = np.random.default_rng(seed)
+    W = rng.normal(scale=1.0 / np.sqrt(d) if scale is None else float(scale), size=(k, d))
+    return Problem(teacher, student=TwoLayerNet(W, np.ones((1, k)), teacher.activation), trained="first")
+
+
+def distinct_points(points: list[CriticalPoint], rtol: float = 1e-7) -> list[tuple[CriticalPoint, int]]:
+    """Group critical points equal up to the loss' symmetries (permutations of units, and of
+    the input coordinates for orthonormal teachers): same loss and same Hessian spectrum to
+    ``rtol``. Returns ``(representative, count)`` pairs, by increasing loss."""
+    groups: list[list[Any]] = []
+    for cp in sorted(points, key=lambda c: c.loss):
+        for grp in groups:
+            ref = grp[0]
+            scale = max(abs(ref.loss), teacher_power(ref.problem.teacher) * GLOBAL_RTOL)
+            if abs(cp.loss - ref.loss) <= rtol * scale and cp.eigenvalues.shape == ref.eigenvalues.shape and np.allclose(
+                cp.eigenvalues, ref.eigenvalues, rtol=1e-5, atol=1e-6 * max(1.0, abs(ref.eigenvalues[-1]))
+            ):
+                grp[1] += 1
+                break
+        else:
+            groups.append([cp, 1])
+    return [(g[0], g[1]) for g in groups]
+
+
+def symmetry_multiplicities(k: int) -> dict[str, int]:
+    """Dimensions of the ``S_k`` isotypic pieces of ``M(k, k) = R^k (x) R^k`` at ``W = V = I`` (k >= 4).
+
+    ``R^k = 1 + s`` (trivial + standard), ``s (x) s = 1 + s + [k-2, 2] + [k-2, 1, 1]``, so the
+    committee Hessian (first layer, ``k = d``) has at most 7 distinct eigenvalues: 2 simple
+    (trivial), 3 of multiplicity ``k - 1`` (standard), one of ``k(k-3)/2`` and one of
+    ``(k-1)(k-2)/2``.
+    """
+    if k < 4:
+        raise NearoptError("the 7-eigenvalue pattern needs k >= 4")
+    return {"trivial": 1, "standard": k - 1, "[k-2,2]": k * (k - 3) // 2, "[k-2,1,1]": (k - 1) * (k - 2) // 2}
+
+
+def _committee_operator(k: int):
+    """``X -> HX`` for the ReLU committee Hessian at ``W = V = I`` (``k = d``; see :func:`relu_committee_global_spectrum`)."""
+    c = 1.0 / (2.0 * np.pi)
+    one = np.ones(k)
+
+    def op(X: np.ndarray) -> np.ndarray:
+        T = X.T.copy()
+        np.fill_diagonal(T, np.trace(X) - np.diag(X))
+        return X / 4.0 + np.outer(one, one @ X) / 4.0 + c * T
+
+    return op
+
+
+def _block(k: int, basis: list[np.ndarray]) -> np.ndarray:
+    """Eigenvalues of the operator restricted to the invariant span of ``basis`` (exact least squares)."""
+    op = _committee_operator(k)
+    B = np.stack([b.ravel() for b in basis], axis=1)
+    A = np.linalg.lstsq(B, np.stack([op(b).ravel() for b in basis], axis=1), rcond=None)[0]
+    return np.sort(np.linalg.eigvals(A).real)
+
+
+def relu_committee_global_spectrum(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct eigenvalues ``(7,)`` and multiplicities of the ReLU committee Hessian at ``W = V = I`` (``k = d >= 4``).
+
+    At the global minimum ``H = E[J J^T]``, ``J_(i,a) = 1{x_i > 0} x_a``, so
+    ``H[(i,a),(j,b)] = delta_ij delta_ab / 2 + (1 - delta_ij)(delta_ab / 4 + (delta_ai delta_bj + delta_aj delta_bi) / (2 pi))``
+    (``E[x_a x_b 1{x_i>0} 1{x_j>0}]``). As an operator on ``X`` ``(k, k)``:
+    ``HX = X/4 + 1 1^T X / 4 + T(X) / (2 pi)`` with ``T(X)_ii = sum_{j != i} X_jj``,
+    ``T(X)_ij = X_ji``. It commutes with ``X -> P X P^T``, so (:func:`symmetry_multiplicities`)
+    ``1/4 - 1/(2 pi)`` on antisymmetric ``X`` with zero row sums (``[k-2,1,1]``),
+    ``1/4 + 1/(2 pi)`` on symmetric zero-diagonal ``X`` with zero row sums (``[k-2,2]``), and
+    the eigenvalues of a 2 x 2 block (trivial: ``X = a I + b (J - I)``) and a 3 x 3 block,
+    each ``k - 1`` times (standard: ``diag(z)``, ``z 1^T - diag(z)``, ``1 z^T - diag(z)``, ``1.z = 0``).
+    """
+    k = require_positive_int(k, "k")
+    mult = symmetry_multiplicities(k)
+    one = np.ones(k)
+    z = np.zeros(k)
+    z[0], z[1] = 1.0, -1.0
+    c = 1.0 / (2.0 * np.pi)
+    triv = _block(k, [np.eye(k), np.ones((k, k)) - np.eye(k)])
+    std = _block(k, [np.diag(z), np.outer(z, one) - np.diag(z), np.outer(one, z) - np.diag(z)])
+    values = np.concatenate([triv, std, [0.25 + c, 0.25 - c]])
+    counts = np.array([1, 1] + [mult["standard"]] * 3 + [mult["[k-2,2]"], mult["[k-2,1,1]"]])
+    o = np.argsort(values)
+    values, counts = values[o], counts[o]
+    # the standard block contains 1/4 - 1/(2 pi) once: merge coincident values (k(k-1)/2 in all: every antisymmetric X)
+    keep = np.concatenate([[True], np.diff(values) > 1e-12])
+    return values[keep], np.add.reduceat(counts, np.flatnonzero(keep))
