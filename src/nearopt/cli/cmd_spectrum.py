@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
 import numpy as np
 import torch
 
@@ -9,6 +12,10 @@ from .. import io
 from ..curvature import BATCH_METHODS, batch_spectrum, population_spectrum
 from ..curvature.batch import BatchHessian
 from ..curvature.landscape import PopulationLossHessian
+from ..curvature.population import PopulationHessian, population_hvp
+from ..activations import ReLU
+from ..spectra.extremes import TorchOperator
+from ..theory.rank_prediction import predict_rank
 from ..manifold import add_dead_units, split_unit
 from ..problem import Problem
 from ..errors import NearoptError, require_finite
@@ -32,7 +39,7 @@ from .common import (
 COMMAND = "spectrum"
 ORDER = 20
 
-POPULATION_METHODS = ("auto", "dense", "structured", "lanczos")
+POPULATION_METHODS = ("auto", "dense", "structured", "lanczos", "slq")
 
 
 def register(sub) -> None:
@@ -52,9 +59,22 @@ def register(sub) -> None:
         help="batch: auto (default: jacobian-svd up to P=4000, else gauss-newton), jacobian-svd "
         "(eigenvalues from singular values of J; most accurate), gauss-newton (eigvalsh of J^T J/N; "
         "fastest, GPU) or autodiff (eigvalsh of the torch.func Hessian); population: auto (default, cheapest exact route), "
-        "dense, structured (exact, never forms the P x P matrix) or lanczos (extreme eigenvalues only)",
+        "dense, structured (exact, never forms the P x P matrix), lanczos (the --k largest or smallest nonzero "
+        "eigenvalues, matrix-free, to a stated tolerance) or slq (the density by stochastic Lanczos quadrature, with an error band)",
     )
-    p.add_argument("--k", type=positive_int, default=20, help="population --method lanczos: how many of the largest eigenvalues to compute (default 20)")
+    p.add_argument("--k", type=positive_int, default=20, help="population --method lanczos: how many eigenvalues at the --which end (default 20)")
+    it = p.add_argument_group("matrix-free population routes (--method lanczos / slq; docs/scale.md)")
+    it.add_argument("--which", choices=("largest", "smallest"), default="largest",
+                    help="--method lanczos: the k largest (ARPACK) or the k smallest NONZERO eigenvalues (preconditioned LOBPCG, null space deflated)")
+    it.add_argument("--tol", type=positive_float, default=1e-6, help="relative residual ||Hx - lambda x|| / lambda each eigenpair must reach (default 1e-6)")
+    it.add_argument("--null-dim", type=int, default=None, metavar="N0",
+                    help="--which smallest: dimension of the null space (default: P - predict_rank when the prediction is exact, else detected)")
+    it.add_argument("--maxiter", type=positive_int, default=400, help="--which smallest: LOBPCG iterations at most (default 400)")
+    it.add_argument("--probes", type=positive_int, default=10, help="--method slq: random probe vectors (default 10)")
+    it.add_argument("--steps", type=positive_int, default=80, help="--method slq: Lanczos steps per probe (default 80)")
+    it.add_argument("--sigma", type=positive_float, default=None, help="--method slq: Gaussian smoothing width (default 1%% of the spectral range)")
+    it.add_argument("--probe-seed", type=int, default=0, help="--method slq / lanczos: seed of the probe and start vectors (default 0)")
+    it.add_argument("--quiet", action="store_true", help="no progress lines on stderr for long matrix-free runs")
     p.add_argument("--rtol", type=positive_float, default=None, help="relative tolerance of the rank decision on singular values (default max(N,P)*eps)")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="inputs per chunk when accumulating the batch Hessian (default: by memory)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (batch Hessians)")
@@ -167,6 +187,8 @@ def compute(args) -> Spectrum:
             if args.save_student:
                 (student or net).save(args.save_student)
             spec = _point_spectrum(args, net, student, X, law)
+        elif X is None and args.method in ("lanczos", "slq"):
+            spec = _population_matrix_free(args, net, law)
         elif X is None:
             spec = population_spectrum(net, method=args.method, rtol=args.rtol, k=args.k, inputs=law)
         else:
@@ -175,6 +197,60 @@ def compute(args) -> Spectrum:
     if spec.eigenvalues.size and not np.any(spec.eigenvalues > 0):
         raise NearoptError(f"the Hessian is zero to float64 precision ({cause}); weights this small underflow, use larger --sigma1/--sigma2")
     return spec
+
+
+def _progress(args, label: str):
+    """A progress reporter for long runs: one stderr line at most every 10 s (none with --quiet)."""
+    if args.quiet:
+        return None
+    t0, last = time.perf_counter(), [time.perf_counter()]
+
+    def report(done: int, total: int | float | None = None) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= 10.0:
+            last[0] = now
+            of = f"/{total}" if isinstance(total, int) else ""
+            print(f"  {label}: {done}{of} {'steps' if of else 'products'}, {now - t0:.0f} s", file=sys.stderr, flush=True)
+
+    return report
+
+
+def rescaling_modes(net: TwoLayerNet) -> np.ndarray:
+    """ReLU's exact zero modes ``(P, N_h)``: ``(w_a, -v_a)`` on unit ``a`` (positive rescaling ``w -> c w, v -> v / c``)."""
+    n_h, n_i = net.n_hidden, net.n_inputs
+    Z = np.zeros((net.n_params, n_h))
+    for a in range(n_h):
+        Z[a * n_i : (a + 1) * n_i, a] = net.W1[a]
+        Z[n_h * n_i + a, a] = -net.W2.ravel()[a]
+    return Z
+
+
+def _population_matrix_free(args, net: TwoLayerNet, law) -> Spectrum:
+    """``--population --method lanczos|slq`` at the teacher: the matrix-free operator."""
+    curv = PopulationHessian(Problem(net) if law is None else Problem(net, inputs=law))
+    if args.method == "slq":
+        return curv.spectrum("slq", rtol=args.rtol, n_probes=args.probes, steps=args.steps, seed=args.probe_seed, sigma=args.sigma, progress=_progress(args, "slq"))
+    progress = _progress(args, f"{args.which} {args.k}")
+    if args.which == "largest":
+        return curv.spectrum("lanczos", rtol=args.rtol, k=args.k, which="largest", tol=args.tol, seed=args.probe_seed, progress=progress)
+    P = curv.n_params
+    null_dim, null_vectors = args.null_dim, None
+    if null_dim is not None and not 0 <= null_dim < P:
+        raise NearoptError(f"--null-dim must lie in [0, P) = [0, {P}), got {null_dim}")
+    if isinstance(net.activation, ReLU) and null_dim is None:
+        null_vectors = rescaling_modes(net)  # exact: deflated as constraints
+    elif null_dim is None:
+        pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
+        if pred.kind == "exact":
+            null_dim = P - pred.rank
+    pre = curv.preconditioner()
+    if pre is None and curv.inputs.isotropic:
+        # the structured preconditioner of the isotropic population operator (population_hvp)
+        pre = TorchOperator(population_hvp(net, device=curv.device, moments=curv.moments).precondition, P, curv.device)
+    return curv.spectrum(
+        "smallest", rtol=args.rtol, k=args.k, null_dim=null_dim, null_vectors=null_vectors, preconditioner=pre,
+        tol=args.tol, maxiter=args.maxiter, seed=args.probe_seed, progress=progress,
+    )
 
 
 def _g(x: float) -> str:
@@ -186,14 +262,19 @@ def summary(spec: Spectrum) -> str:
     r = spec.rank
     if spec.partial:
         head = [f"activation     {spec.activation}", f"sizes          N_i={spec.n_inputs}  N_h={spec.n_hidden}  P={spec.n_params}  samples=population"]
-        return "\n".join(
-            head
-            + [
-                f"method         {spec.method}  ({spec.dtype}, {spec.seconds:.3g} s)",
-                f"computed       the {spec.eigenvalues.size} largest eigenvalues only (rank not determined)",
-                f"range          {spec.eigenvalues[0]:.6g} .. {spec.largest:.6g}",
-            ]
-        )
+        x = spec.extra
+        lines = head + [
+            f"method         {spec.method}  ({spec.dtype}, {spec.seconds:.3g} s)",
+            f"computed       {x.get('eigenvalues_held', f'the {spec.eigenvalues.size} largest eigenvalues')} (rank not determined)"
+            if x.get("rank") is None else f"computed       {x['eigenvalues_held']}; rank {x['rank']} (null space {x['null_dim']}, {x['null_source']})",
+            f"range          {spec.eigenvalues[0]:.6g} .. {spec.eigenvalues[-1]:.6g}",
+        ]
+        if "tolerance_reached" in x:
+            lines.append(f"accuracy       relative residual {x['tolerance_reached']:.2g} (asked {x['tolerance']:.2g}; {x['products']} products)")
+        if "density" in x:
+            d = x["density"]
+            lines.append(f"density        {d['probes']} probes x {d['steps']} steps ({d['products']} products); --json for grid, density and its error band")
+        return "\n".join(lines)
     lines = [
         f"activation     {spec.activation}",
         f"sizes          N_i={spec.n_inputs}  N_h={spec.n_hidden}  P={spec.n_params}  samples={'population' if spec.samples is None else spec.samples}",

@@ -328,6 +328,13 @@ def smallest_eigenpairs(
             raise NearoptError(f"null_dim must lie in [0, P) = [0, {P}), got {null_dim}")
         source = "given"
     unknown = max((null_dim or 0) - Y.shape[1], 0)
+    def zero_modes(theta: np.ndarray) -> np.ndarray:
+        """Which Ritz values are zero modes: the ``unknown`` smallest when ``null_dim`` is given
+        (tiny nonzero eigenvalues stay nonzero), else those under the threshold."""
+        if null_dim is not None:
+            return np.arange(theta.size) < unknown
+        return theta <= threshold
+
     rng = np.random.default_rng(seed)
     iterations, rounds, left = 0, 0, maxiter
     M = preconditioner
@@ -350,7 +357,7 @@ def smallest_eigenpairs(
             iterations, left, rounds = iterations + it, left - it, rounds + 1
             for _ in range(4):
                 res = _residuals(cop, X, theta)
-                zero = theta <= threshold
+                zero = zero_modes(theta)
                 wanted = zero | ((np.cumsum(~zero) <= k) & ~zero)
                 ok = np.where(zero, res <= tol * lambda_max, res <= tol * np.abs(theta))
                 if ok[wanted].all() or left <= 0:
@@ -358,7 +365,7 @@ def smallest_eigenpairs(
                 target = 0.5 * tol * max(float(np.abs(theta[wanted & ~zero]).min()) if (wanted & ~zero).any() else threshold, threshold)
                 theta, X, it = _lobpcg_round(cop, X, M, Y, target, left)
                 iterations, left = iterations + it, left - it
-        zero = theta <= threshold
+        zero = zero_modes(theta)
         n_zero = int(zero.sum())
         if int((~zero).sum()) < k and null_dim is None and left > 0 and m < P - Y.shape[1] - 1:
             # the block was (nearly) full of zero modes: enlarge it (warm start) and look further;

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 import scipy.linalg
-from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
 
 from ..errors import NearoptError, require_positive_int
 from ..resources import require_memory
@@ -76,6 +76,7 @@ def lanczos_tridiagonals(
     that of a nearby matrix (Greenbaum 1989), which is what SLQ needs.
     ``progress(step, steps)`` is called after each step.
     """
+    op = aslinearoperator(op)
     Q0 = np.asarray(Q0, dtype=np.float64)
     P, m = Q0.shape
     steps = min(require_positive_int(steps, "Lanczos steps"), P)

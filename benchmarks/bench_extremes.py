@@ -1,0 +1,250 @@
+"""Benchmark: both ends and the density of the population Hessian at random-matrix scale (issue 16).
+
+For erf teachers ``N_i = N_h = n`` (``P = n (n + 1)``), in one run:
+
+1. **Moderate sizes** (``--sizes``, default 30 50): the exact spectrum (dense
+   ``eigvalsh``) against
+
+   * nearopt ``smallest`` (LOBPCG + the structured preconditioner) and ``largest`` (ARPACK LA);
+   * the baselines a researcher would otherwise use for the bottom: ARPACK ``which="SA"``
+     and plain LOBPCG (no preconditioner), each with the same time budget;
+   * PyHessian-style power iteration (top eigenvalue; PyHessian's default 1e-3 relative
+     change stopping rule) for the top;
+   * SLQ density: KS distance of its CDF to the exact spectrum.
+
+   Relative errors against the dense spectrum, products, seconds and ratios.
+2. **Large case** (``--large``, default 1000: ``P ≈ 1e6``) in a child process (its
+   peak RSS is its own): ``k`` largest, ``k`` smallest nonzero and an SLQ density;
+   the preconditioner-free baselines run under ``--budget`` seconds and report the
+   residual they reached.
+
+    PYTHONPATH=src python benchmarks/bench_extremes.py [--sizes 30 50] [--large 1000] [--k 10] [--budget 120] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import scipy.linalg
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh, lobpcg
+
+import nearopt as no
+from nearopt import io
+from nearopt.curvature.population import PopulationHessian, population_hvp
+from nearopt.spectra.density import slq
+from nearopt.spectra.extremes import TorchOperator, largest_eigenpairs, smallest_eigenpairs
+
+
+class OutOfTime(Exception):
+    pass
+
+
+class Budgeted(LinearOperator):
+    """``op`` that counts products and raises :class:`OutOfTime` past ``budget`` seconds."""
+
+    def __init__(self, op, budget: float):
+        super().__init__(dtype=np.float64, shape=op.shape)
+        self.op, self.budget, self.t0, self.products = op, budget, time.perf_counter(), 0
+
+    def _matmat(self, X):
+        if time.perf_counter() - self.t0 > self.budget:
+            raise OutOfTime
+        self.products += X.shape[1]
+        return self.op.matmat(X)
+
+    def _matvec(self, x):
+        return self._matmat(np.asarray(x).reshape(-1, 1)).ravel()
+
+    def _rmatvec(self, x):
+        return self._matvec(x)
+
+    def _adjoint(self):
+        return self
+
+
+def preconditioner(op: PopulationHessian) -> TorchOperator:
+    """The structured population preconditioner (``population_hvp(...).precondition``)."""
+    return TorchOperator(population_hvp(op.net, device=op.device, moments=op.moments).precondition, op.n_params, op.device)
+
+
+def relerr(values, exact) -> float:
+    return float(np.max(np.abs(np.asarray(values) - exact) / np.abs(exact)))
+
+
+def rel_residual(op, X, theta) -> float:
+    R = op.matmat(X) - X * theta
+    return float(np.max(np.linalg.norm(R, axis=0) / np.abs(theta)))
+
+
+def arpack_sa(op, k: int, budget: float, seed: int = 0) -> dict:
+    b = Budgeted(op, budget)
+    t0 = time.perf_counter()
+    try:
+        theta, X = eigsh(b, k=k, which="SA", tol=1e-12, v0=np.random.default_rng(seed).standard_normal(op.shape[0]))
+        order = np.argsort(theta)
+        return {"values": theta[order], "seconds": time.perf_counter() - t0, "products": b.products, "finished": True, "residual": rel_residual(op, X[:, order], theta[order])}
+    except OutOfTime:
+        return {"values": None, "seconds": time.perf_counter() - t0, "products": b.products, "finished": False, "residual": float("nan")}
+
+
+def plain_lobpcg(op, k: int, budget: float, seed: int = 0, maxiter: int = 100000) -> dict:
+    """Plain LOBPCG in rounds of 20 iterations until the relative residual is 1e-6 or the budget ends."""
+    b = Budgeted(op, budget)
+    X = np.random.default_rng(seed).standard_normal((op.shape[0], k + 4))
+    t0 = time.perf_counter()
+    theta, res, rounds = None, float("inf"), 0
+    try:
+        while res > 1e-6 and rounds * 20 < maxiter:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                theta, X = lobpcg(b, X, tol=1e-14, maxiter=20, largest=False)
+            order = np.argsort(theta)
+            theta, X = theta[order], X[:, order]
+            res = rel_residual(op, X[:, :k], theta[:k])
+            rounds += 1
+    except OutOfTime:
+        pass
+    return {"values": None if theta is None else theta[:k], "seconds": time.perf_counter() - t0, "products": b.products, "finished": bool(res <= 1e-6), "residual": res}
+
+
+def power_iteration(op, budget: float, seed: int = 0, tol: float = 1e-3) -> dict:
+    """PyHessian's top-eigenvalue loop: normalise, multiply, stop when the Rayleigh quotient changes < tol relative."""
+    b = Budgeted(op, budget)
+    v = np.random.default_rng(seed).standard_normal(op.shape[0])
+    v /= np.linalg.norm(v)
+    t0, lam = time.perf_counter(), None
+    try:
+        for _ in range(100):
+            w = b.matvec(v)
+            new = float(v @ w)
+            v = w / np.linalg.norm(w)
+            if lam is not None and abs(new - lam) / (abs(lam) + 1e-6) < tol:
+                lam = new
+                break
+            lam = new
+    except OutOfTime:
+        pass
+    return {"value": lam, "seconds": time.perf_counter() - t0, "products": b.products}
+
+
+def moderate(n: int, k: int, budget: float) -> dict:
+    net = no.sample_teacher(n, n, "erf", seed=0)
+    op = PopulationHessian(net)
+    op.moments
+    t0 = time.perf_counter()
+    exact = scipy.linalg.eigvalsh(op.to_dense())
+    t_dense = time.perf_counter() - t0
+    lo, hi = exact[:k], exact[-k:]
+    small = smallest_eigenpairs(op, k, preconditioner=preconditioner(op), null_dim=0)
+    large = largest_eigenpairs(op, k)
+    sa = arpack_sa(op, k, budget)
+    pl = plain_lobpcg(op, k, budget)
+    pw = power_iteration(op, budget)
+    dens = slq(op, n_probes=10, steps=80, seed=0)
+    row = {
+        "n": n,
+        "P": op.n_params,
+        "condition": float(exact[-1] / exact[0]),
+        "dense_seconds": t_dense,
+        "smallest": {"seconds": small.seconds, "products": small.products, "relerr": relerr(small.values, lo), "residual": small.tolerance_reached},
+        "largest": {"seconds": large.seconds, "products": large.products, "relerr": relerr(large.values, hi), "residual": large.tolerance_reached},
+        "arpack_SA": {**{key: val for key, val in sa.items() if key != "values"}, "relerr": relerr(sa["values"], lo) if sa["values"] is not None else None},
+        "plain_lobpcg": {**{key: val for key, val in pl.items() if key != "values"}, "relerr": relerr(pl["values"], lo) if pl["values"] is not None else None},
+        "power_iteration": {**pw, "relerr": abs(pw["value"] - exact[-1]) / exact[-1] if pw["value"] is not None else None},
+        "slq": {"seconds": dens.seconds, "products": dens.products, "ks": dens.ks_distance(exact), "probes": dens.n_probes, "steps": dens.steps},
+    }
+    return row
+
+
+def large_case(n: int, k: int, budget: float, probes: int, steps: int) -> dict:
+    net = no.sample_teacher(n, n, "erf", seed=0)
+    op = PopulationHessian(net)
+    t0 = time.perf_counter()
+    op.moments
+    out = {"n": n, "P": op.n_params, "moments_seconds": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    op.matmat(np.random.default_rng(0).standard_normal((op.n_params, 1)))
+    out["product_seconds"] = time.perf_counter() - t0
+    large = largest_eigenpairs(op, k, progress=True)
+    out["largest"] = {"seconds": large.seconds, "products": large.products, "residual": large.tolerance_reached, "values": large.values.tolist()}
+    small = smallest_eigenpairs(op, k, preconditioner=preconditioner(op), null_dim=0, lambda_max=float(large.values[-1]), progress=True)
+    out["smallest"] = {"seconds": small.seconds, "products": small.products, "residual": small.tolerance_reached, "error_bound": float(small.error_bound.max()), "values": small.values.tolist(), "converged": small.converged}
+    dens = slq(op, n_probes=probes, steps=steps, seed=0, reorth=False)
+    out["slq"] = {"seconds": dens.seconds, "products": dens.products, "probes": probes, "steps": steps, "moment1": dens.moments(1)[0][1].item(), "moment1_err": dens.moments(1)[1][1].item()}
+    pl = plain_lobpcg(op, k, budget)
+    out["plain_lobpcg"] = {key: val for key, val in pl.items() if key != "values"}
+    sa = arpack_sa(op, k, budget)
+    out["arpack_SA"] = {key: val for key, val in sa.items() if key != "values"}
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="*", default=[30, 50], help="moderate sizes n (N_i = N_h = n) checked against dense eigvalsh")
+    p.add_argument("--large", type=int, default=1000, help="large case n (0: skip)")
+    p.add_argument("--k", type=int, default=10, help="eigenvalues at each end")
+    p.add_argument("--large-k", type=int, default=5, help="eigenvalues at each end in the large case")
+    p.add_argument("--budget", type=float, default=120.0, help="seconds each preconditioner-free baseline may run")
+    p.add_argument("--probes", type=int, default=4, help="SLQ probes in the large case")
+    p.add_argument("--steps", type=int, default=40, help="SLQ Lanczos steps in the large case")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 is faster on a machine shared with other jobs)")
+    p.add_argument("--out", help="write the numbers as JSON here")
+    p.add_argument("--large-only", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.large_only:  # child process
+        print(json.dumps(large_case(args.large, args.large_k, args.budget, args.probes, args.steps)))
+        return
+    record = {"device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads", "moderate": [], "large": None}
+    print(record["device"], flush=True)
+    for n in args.sizes:
+        row = moderate(n, args.k, args.budget)
+        record["moderate"].append(row)
+        s, sa, pl = row["smallest"], row["arpack_SA"], row["plain_lobpcg"]
+        print(
+            f"n={n} P={row['P']} cond={row['condition']:.2e}  dense {row['dense_seconds']:.2f}s | smallest {s['seconds']:.2f}s "
+            f"({s['products']} products, relerr {s['relerr']:.1e}) | ARPACK SA {'%.2fs' % sa['seconds'] if sa['finished'] else 'unfinished in %.0fs' % sa['seconds']} "
+            f"({sa['products']} products{', relerr %.1e' % sa['relerr'] if sa['relerr'] is not None else ''}) | plain LOBPCG "
+            f"{'%.2fs' % pl['seconds'] if pl['finished'] else 'unfinished in %.0fs' % pl['seconds']} ({pl['products']} products, residual {pl['residual']:.1e}"
+            f"{', relerr %.1e' % pl['relerr'] if pl['relerr'] is not None else ''})",
+            flush=True,
+        )
+        lg, pw, d = row["largest"], row["power_iteration"], row["slq"]
+        print(
+            f"      largest {lg['seconds']:.2f}s ({lg['products']} products, relerr {lg['relerr']:.1e}) | power iteration (top 1) {pw['seconds']:.2f}s "
+            f"({pw['products']} products, relerr {pw['relerr']:.1e}) | SLQ {d['probes']}x{d['steps']} {d['seconds']:.2f}s, KS {d['ks']:.3f}",
+            flush=True,
+        )
+        print(f"      ratios: dense/smallest {row['dense_seconds'] / s['seconds']:.1f}x, ARPACK-SA/smallest {sa['seconds'] / s['seconds']:.1f}x{'' if sa['finished'] else ' (lower bound)'}, "
+              f"plain-LOBPCG/smallest {pl['seconds'] / s['seconds']:.1f}x{'' if pl['finished'] else ' (lower bound)'}", flush=True)
+    if args.large:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH")])))
+        cmd = [sys.executable, __file__, "--large-only", "--large", str(args.large), "--large-k", str(args.large_k), "--budget", str(args.budget), "--probes", str(args.probes), "--steps", str(args.steps)] + (["--threads", str(args.threads)] if args.threads else [])
+        child = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        big = json.loads(child.stdout.strip().splitlines()[-1])
+        record["large"] = big
+        print(f"large n={big['n']} P={big['P']}: one product {big['product_seconds']:.2f}s, moments {big['moments_seconds']:.2f}s, peak RSS {big['peak_rss_gb']:.2f} GB")
+        print(f"  largest {args.large_k}: {big['largest']['seconds']:.0f}s, {big['largest']['products']} products, residual {big['largest']['residual']:.1e}")
+        print(f"  smallest {args.large_k}: {big['smallest']['seconds']:.0f}s, {big['smallest']['products']} products, residual {big['smallest']['residual']:.1e}, values {big['smallest']['values']}")
+        print(f"  SLQ {big['slq']['probes']}x{big['slq']['steps']}: {big['slq']['seconds']:.0f}s")
+        for name in ("plain_lobpcg", "arpack_SA"):
+            b = big[name]
+            print(f"  {name}: {'finished' if b['finished'] else 'unfinished'} after {b['seconds']:.0f}s, {b['products']} products, residual {b['residual']:.1e}")
+    if args.out:
+        io.write_json(args.out, record)
+
+
+if __name__ == "__main__":
+    main()
