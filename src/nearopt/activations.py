@@ -7,17 +7,15 @@ formulas; every other activation is treated generically (quadrature, autodiff).
 
 Names understood by :func:`get_activation` (``name[:argument]``):
 
-==================  ===========================================
-``linear``          ``g(z) = z``
-``quadratic``       ``g(z) = z**2``
-``cubic``           ``g(z) = z**3``
-``monomial:p``      ``g(z) = z**p`` (integer ``p >= 1``)
-``polynomial:c0,c1,...``  ``g(z) = sum_k c_k z**k``
-``erf``             ``g(z) = erf(z / sqrt(2))`` (teacher-student convention)
-``erf:unit``        ``g(z) = erf(z)``
-``tanh``            ``g(z) = tanh(z)``
-``relu``            ``g(z) = max(z, 0)``
-==================  ===========================================
+* ``linear``: ``g(z) = z``
+* ``quadratic``: ``g(z) = z**2``
+* ``cubic``: ``g(z) = z**3``
+* ``monomial:p``: ``g(z) = z**p`` (integer ``p >= 1``)
+* ``polynomial:c0,c1,...``: ``g(z) = sum_k c_k z**k``
+* ``erf``: ``g(z) = erf(z / sqrt(2))`` (teacher-student convention)
+* ``erf:unit``: ``g(z) = erf(z)``
+* ``tanh``: ``g(z) = tanh(z)``
+* ``relu``: ``g(z) = max(z, 0)``
 
 Users add their own with :func:`register_activation`.
 """

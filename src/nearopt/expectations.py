@@ -336,6 +336,15 @@ def quadrature_moments(activation: str | Activation, c11, c12, c22, *, order: in
     return fwd, rev
 
 
+def _require_finite_moments(m: PairMoments, act: Activation) -> None:
+    """Moments that overflow float64 (``monomial:1000``, huge weights) are one clear error, not a NaN spectrum."""
+    if not all(np.all(np.isfinite(x)) for x in (m.gg, m.b, m.dd, m.K)):
+        raise NearoptError(
+            f"the Gaussian moments of {act.name!r} overflow float64 at these pre-activation variances "
+            "(too high a degree or too large weights); rescale the weights or lower the degree"
+        )
+
+
 def pair_moments(activation: str | Activation, gram: np.ndarray, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> PairMoments:
     """Moments of all ordered pairs of hidden units from the Gram matrix ``W1 W1^T`` ``(N_h, N_h)``.
 
@@ -347,8 +356,13 @@ def pair_moments(activation: str | Activation, gram: np.ndarray, *, order: int |
     G = np.asarray(gram, dtype=np.float64)
     d = np.diag(G)
     c11, c12, c22 = d[:, None] * np.ones_like(G), G, d[None, :] * np.ones_like(G)
-    exact = act.closed_form_moments(c11, c12, c22)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported as one error below
+            exact = act.closed_form_moments(c11, c12, c22)
+    except OverflowError as exc:  # e.g. k! of a degree-1000 polynomial does not fit a float
+        raise NearoptError(f"the Gaussian moments of {act.name!r} overflow float64 (too high a degree)") from exc
     if exact is not None:
+        _require_finite_moments(exact, act)
         return exact
     n_h = G.shape[0]
     iu, ju = np.triu_indices(n_h)

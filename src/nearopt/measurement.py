@@ -144,6 +144,11 @@ class RankMeasurement:
         return d
 
 
+def _value(x: float) -> str:
+    """A singular value for a message: ``none`` where there is none (nothing kept or nothing dropped)."""
+    return f"{x:.3g}" if np.isfinite(x) else "none"
+
+
 def _warnings(decision: RankDecision, s: np.ndarray, pred: RankPrediction, n_samples: int | None, measured: "RankMeasurement") -> list[str]:
     out = []
     P = decision.size
@@ -155,8 +160,8 @@ def _warnings(decision: RankDecision, s: np.ndarray, pred: RankPrediction, n_sam
         )
     if not decision.clear:
         out.append(
-            f"no clear gap at the tolerance {decision.tolerance:.3g}: last kept {decision.last_kept:.3g}, "
-            f"first dropped {decision.first_dropped:.3g} (margin {decision.margin:.3g} < 10); rank {decision.rank} is uncertain"
+            f"no clear gap at the tolerance {decision.tolerance:.3g}: last kept {_value(decision.last_kept)}, "
+            f"first dropped {_value(decision.first_dropped)} (margin {decision.margin:.3g} < 10); rank {decision.rank} is uncertain"
         )
     if decision.clear and decision.gap < measured.min_gap:
         out.append(

@@ -33,7 +33,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from ..errors import NearoptError, require_positive_int
 from ..problem import Problem, as_problem
-from ..resources import require_memory
+from ..resources import check_device, require_memory
 from ..spectra.density import SpectralDensity, slq, spectral_density
 from ..spectra.extremes import Eigenpairs, largest_eigenpairs, smallest_eigenpairs
 from ..spectra.rank_rule import RankDecision, decide_rank, eigenvalue_rtol, rank_from_eigenvalues
@@ -47,17 +47,10 @@ DENSE_BLOCK = 256
 
 def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
     """``"auto"`` picks CUDA when available; otherwise the named device (``cpu``, ``cuda``, ``cuda:1``)."""
-    if device is None or device == "auto":
+    name = check_device(device)  # one clear error for tpu, a missing GPU, a bad index
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise NearoptError(f"unknown device {device!r}; use cpu, cuda or auto") from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise NearoptError(f"device {device!r} is not supported; use cpu, cuda or auto")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NearoptError("device 'cuda' requested but no CUDA GPU is available")
-    return dev
+    return torch.device(name)
 
 
 class Curvature(LinearOperator):

@@ -57,7 +57,16 @@ def _chunks(X: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 
 
 def _as_tensor(X: np.ndarray | torch.Tensor, net: TwoLayerNet, dtype, device) -> torch.Tensor:
-    X = torch.as_tensor(X, dtype=dtype, device=device)
+    if X is None:
+        raise NearoptError("inputs X are required (an array of shape (N, N_i))")
+    if isinstance(X, torch.Tensor) and X.is_complex() or np.iscomplexobj(X) and not isinstance(X, torch.Tensor):
+        raise NearoptError("inputs must be real numbers, got a complex array")
+    try:
+        X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise NearoptError(f"inputs must be a real (N, {net.n_inputs}) array: {exc}") from exc
+    if not bool(torch.isfinite(X).all()):
+        raise NearoptError("inputs contain NaN or infinite values")
     if X.ndim != 2 or X.shape[1] != net.n_inputs:
         raise NearoptError(f"inputs must have shape (N, {net.n_inputs}), got {tuple(X.shape)}")
     if X.shape[0] < 1:

@@ -16,12 +16,12 @@ the matrix-free product goes through ``T`` (:class:`CovarianceTransform`).
 Parameter order as :meth:`nearopt.model.TwoLayerNet.parameters` (``W1`` row-major,
 then ``W2``). Routes to the spectrum (:meth:`PopulationHessian.spectrum`):
 
-``dense``       ``eigvalsh`` of the ``P x P`` matrix (:func:`population_hessian`);
-``structured``  exact, via the row space of ``W1`` (:func:`structured_spectrum`):
-                never forms the ``P x P`` matrix;
-``factor``      linear networks only: singular values of the Jacobian factor ``B^T``;
-``lanczos``     the ``k`` largest eigenvalues of the matrix-free product (eigsh);
-``auto``        the cheapest exact route (``structured`` unless it saves nothing).
+* ``dense``: ``eigvalsh`` of the ``P x P`` matrix (:func:`population_hessian`);
+* ``structured``: exact, via the row space of ``W1`` (:func:`structured_spectrum`);
+  never forms the ``P x P`` matrix;
+* ``factor``: linear networks only, singular values of the Jacobian factor ``B^T``;
+* ``lanczos``: the ``k`` largest eigenvalues of the matrix-free product (eigsh);
+* ``auto``: the cheapest exact route (``structured`` unless it saves nothing).
 
 Structured route (``docs/theory.md`` §2.5). Write ``W1 = U S V^T`` (thin SVD,
 numerical rank ``r``). The directions ``e_a ⊗ u`` (``u`` orthogonal to the rows of

@@ -2,7 +2,7 @@
 
 Cells are ``(activation, N_i, N_h, teacher seed)``; each measures the rank from
 the singular values of ``J/√N`` (``N = oversample · P``, float64) and compares
-it with :func:`nearopt.theory.rank.predict_rank`. Groups of cells:
+it with :func:`nearopt.theory.rank_prediction.predict_rank`. Groups of cells:
 
 * ``sweep``: rank vs ``N_h`` for ``z²``, ``z³`` (saturation) and ReLU;
 * ``defective``: the Alexander–Hirschowitz cases of ``z^p``;

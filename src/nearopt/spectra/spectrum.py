@@ -67,7 +67,10 @@ class Spectrum:
     @property
     def condition_number(self) -> float:
         """``lambda_max / lambda_min^+`` over the nonzero eigenvalues."""
-        return self.largest / self.smallest_nonzero if self.rank.rank else float("nan")
+        small = self.smallest_nonzero
+        if not self.rank.rank or not small > 0:  # no rank, or the smallest kept value underflowed to 0
+            return float("nan") if not self.rank.rank else float("inf")
+        return self.largest / small
 
     def to_dict(self) -> dict[str, Any]:
         d = {

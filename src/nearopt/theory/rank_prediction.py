@@ -6,22 +6,17 @@ function-space directions the network can move in (the *effective number of
 parameters*). :func:`predict_rank` returns that number for every activation
 family the theory covers, and says whether it is exact or a bound:
 
-==========================  ==========================================  =======
-activation                  rank of the population Hessian              kind
-==========================  ==========================================  =======
-linear                      ``N_i``                                     exact
-``z²``                      ``N_h N_i − N_h(N_h−1)/2``, ``N_h ≤ N_i``;  exact
-                            ``N_i(N_i+1)/2`` for ``N_h ≥ N_i``
-``z^p``, ``p ≥ 3``          ``min(N_h N_i, C(N_i+p−1, p))``, minus one  exact
-                            in the Alexander–Hirschowitz cases
-``c1 z + c2 z²``            ``N_h(N_i+1) − N_h(N_h−1)/2``, ``N_h ≤ N_i``  exact
-                            (derived below); ``N_i + N_i(N_i+1)/2`` above
-other polynomials           exact generic rank by modular arithmetic    exact
-                            when small enough, else the upper bound     bound
-ReLU                        ``P − N_h`` (``N_i ≥ 2``)                     exact
-erf, tanh                   ``P`` (observed, not a theorem)              observed
-other activations           ``P``                                        bound
-==========================  ==========================================  =======
+* linear: ``N_i`` (exact);
+* ``z²``: ``N_h N_i − N_h(N_h−1)/2`` for ``N_h ≤ N_i``, ``N_i(N_i+1)/2`` for ``N_h ≥ N_i`` (exact);
+* ``z^p``, ``p ≥ 3``: ``min(N_h N_i, C(N_i+p−1, p))``, minus one in the Alexander–Hirschowitz
+  cases (exact);
+* ``c1 z + c2 z²``: ``N_h(N_i+1) − N_h(N_h−1)/2`` for ``N_h ≤ N_i`` (derived below),
+  ``N_i + N_i(N_i+1)/2`` above (exact);
+* other polynomials: the exact generic rank by modular arithmetic when small enough (exact),
+  else the upper bound (bound);
+* ReLU: ``P − N_h`` for ``N_i ≥ 2`` (exact);
+* erf, tanh: ``P`` (observed, not a theorem);
+* other activations: ``P`` (bound).
 
 Polynomial activations, exactly. Write ``f`` in the scaled monomial basis
 ``{(k!/α!) x^α}``: its coordinate at ``α`` (``|α| = k``) is
