@@ -25,7 +25,9 @@ distances, set against the Gaussian control, show where the equivalence holds.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from .. import io
 from ..curvature.batch import BatchGaussNewton
 from ..curvature.population import PopulationHessian
 from ..datasets import load_inputs, raw_features, standardise
+from ..errors import NearoptError
 from ..model import sample_teacher
 from ..plotting import new_figure, save_figure
 from ..problem import GaussianInputs, Problem
@@ -50,8 +53,15 @@ CONTROL_TOP_RTOL = 0.2
 LINEAR_RTOL = 1e-10
 
 
-def _features(dataset: str) -> int:
-    return int(standardise(raw_features(dataset)).shape[1])
+def _features(dataset: str) -> float:
+    """Usable features of ``dataset``; unbounded when scikit-learn is missing, so that planning and
+    ``nearopt experiment --list`` work without the ``data`` extra (running a cell then says what to install)."""
+    try:
+        return int(standardise(raw_features(dataset)).shape[1])
+    except NearoptError:
+        if importlib.util.find_spec("sklearn") is None:
+            return math.inf
+        raise
 
 
 def cells(config: dict[str, Any]) -> list[dict[str, Any]]:
