@@ -11,6 +11,13 @@ whose prediction lies above the float floor (a diverged run counts as ``D = inf`
 Using the same draws removes the sampling noise in ``delta_0``: ``D`` measures
 nonlinearity only. ``sigma0*`` is where ``D`` first exceeds 10 %, interpolated
 linearly in ``(log sigma0, log D)`` between the bracketing grid points.
+
+The runs above train on the batch loss of ``N`` samples. For the activations in
+``population_for`` the same students also train (gradient flow) on the *exact*
+population loss (:class:`~nearopt.dynamics.landscape_objective.ExactPopulationObjective`:
+pair moments, no sample), compared with the quadratic prediction from the exact
+population Hessian at the teacher: the breakdown of the true population dynamics,
+on the grid ``population_sigma0``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 
 from .. import io
 from ..dynamics import run_dynamics
+from ..dynamics.landscape_objective import exact_population_objective
 from ..errors import NearoptError
 from ..model import sample_inputs, sample_teacher
 from ..plotting import new_figure, save_figure
@@ -38,14 +46,20 @@ def cells(config: dict[str, Any]) -> list[dict[str, Any]]:
         {"activation": a, "sigma0": float(s), "flow": a in config["flow_for"], "n_inputs": config["n_inputs"], "n_hidden": config["n_hidden"],
          "samples": config["samples"], "draws": config["draws"], "seed": config["seed"], "points": config["points"]}
         for a in config["activations"] for s in sig
+    ] + [
+        {"activation": a, "sigma0": float(s), "flow": True, "n_inputs": config["n_inputs"], "n_hidden": config["n_hidden"],
+         "samples": None, "draws": config["draws"], "seed": config["seed"], "points": config["points"], "objective": "population-exact"}
+        for a in config.get("population_for", []) for s in config.get("population_sigma0", [])
     ]
 
 
 def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     net = sample_teacher(cell["n_inputs"], cell["n_hidden"], cell["activation"], seed=cell["seed"])
-    X = sample_inputs(cell["samples"], cell["n_inputs"], seed=cell["seed"])
+    exact = cell.get("objective") == "population-exact"
+    X = None if exact else sample_inputs(cell["samples"], cell["n_inputs"], seed=cell["seed"])
     try:
-        res = run_dynamics(net, X, sigma0=cell["sigma0"], draws=cell["draws"], flow=cell["flow"], seed=cell["seed"], points=cell["points"])
+        res = run_dynamics(net, X, sigma0=cell["sigma0"], draws=cell["draws"], flow=cell["flow"], seed=cell["seed"], points=cell["points"],
+                           objective=exact_population_objective(net) if exact else None)
     except NearoptError as exc:  # e.g. the stiff integrator gives up far from the optimum
         return {"deviation": float("inf"), "failed": str(exc)}
     dev = float("inf") if res.diverged else res.ensemble_deviation()
@@ -79,8 +93,11 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     out_dir = Path(out_dir)
     table, checks = [], []
     fig, (ax, ax2) = new_figure(1, 2, figsize=(9.0, 3.6))
-    for act in config["activations"]:
-        rows = [(c, r) for c, r in zip(cell_list, results) if c["activation"] == act]
+    variants = [(a, "batch") for a in config["activations"]] + [(a, "population-exact") for a in config.get("population_for", []) if config.get("population_sigma0")]
+    for act, objective in variants:
+        rows = [(c, r) for c, r in zip(cell_list, results) if c["activation"] == act and c.get("objective", "batch") == objective]
+        if objective != "batch":
+            act = f"{act} (exact population)"
         sig = np.array([c["sigma0"] for c, _ in rows])
         dev = np.array([r["deviation"] for _, r in rows], dtype=float)
         star = crossing(sig, dev)
@@ -127,9 +144,11 @@ register(
         name="breakdown",
         description="sweep sigma0 over decades: where does the quadratic (Hessian) prediction of training stop holding?",
         quick={"activations": ["linear", "quadratic", "erf"], "flow_for": ["erf"], "n_inputs": 4, "n_hidden": 3, "samples": 500,
-               "sigma0_min": 1e-4, "sigma0_max": 1.0, "n_sigma0": 5, "draws": 4, "seed": 0, "points": 25},
+               "sigma0_min": 1e-4, "sigma0_max": 1.0, "n_sigma0": 5, "draws": 4, "seed": 0, "points": 25,
+               "population_for": ["erf"], "population_sigma0": [1e-4, 1e-2, 1.0]},
         full={"activations": ["linear", "quadratic", "erf"], "flow_for": ["erf"], "n_inputs": 6, "n_hidden": 4, "samples": 2000,
-              "sigma0_min": 1e-5, "sigma0_max": 1.0, "n_sigma0": 16, "draws": 16, "seed": 0, "points": 40},
+              "sigma0_min": 1e-5, "sigma0_max": 1.0, "n_sigma0": 16, "draws": 16, "seed": 0, "points": 40,
+              "population_for": ["erf"], "population_sigma0": [1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]},
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
