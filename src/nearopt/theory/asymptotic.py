@@ -1,0 +1,408 @@
+"""Asymptotic law of the pooled population Hessian spectrum of odd non-linear networks (docs/asymptotic.md).
+
+Setting: ``f(x) = W2 g(W1 x)`` at its optimum, ``x ~ N(0, I)``, a random teacher with
+``W1 ~ N(0, sigma1**2)`` (default ``1/N_i``) and ``W2 ~ N(0, sigma2**2)`` (default
+``1/N_h``), ``g`` **odd** (``erf``, ``tanh``, odd polynomials). Write ``c_a = |w_a|**2``
+(law ``sigma1**2 chi2_{N_i}``, concentrated at 1), ``u = w_a.x``, ``z = u / sqrt(c_a)``.
+
+The ``P = N_h (N_i + 1)`` eigenvalues split into four families (derivation in
+``docs/asymptotic.md``; every constant below is a 1-D Gaussian expectation):
+
+====================  =========  ===============================================
+family                count      eigenvalue law (``t ~ chi2_1``, i.e. ``v_a**2/sigma2**2``)
+====================  =========  ===============================================
+bulk                  ``P - N_i - 2 N_h``  ``sigma2**2 delta(c) t``, ``delta = Var g'(u)``
+radial (``w_a -> s w_a``)  ``N_h``  ``sigma2**2 delta_rad(c) t``
+readout (``W2``)      ``N_h``    ``nu(c) + sigma2**2 e(c) t``
+linear                ``N_i``    ``mu1**2 (s + m)``: the linear-network law, ``mu1 = E g'(u)``
+====================  =========  ===============================================
+
+with, for ``f1 = g(u) - E[g(u) z] z`` and ``f2 = g'(u) z - E[g'(u) z**2] z`` (the
+non-linear parts of the readout feature ``g(u_a)`` and of the radial feature
+``v_a g'(u_a) z``), ``nu = E f1**2``, ``e = E[f1 f2]**2 / nu`` and
+``delta_rad = E f2**2 - e`` (the two eigenvalues of the 2 x 2 Gram of one unit).
+
+Why: the block ``H[w_a, w_c] = v_a v_c E[g'(u_a) g'(u_c) x x^T]``. Pair correlations
+``rho = w_a.w_c`` are ``O(N_i**-1/2)``; for odd ``g`` the Hermite expansion gives
+``E[g'(u_a) g'(u_c)] = b_a b_c + O(rho**2)`` and ``E[g''(u_a) g''(u_c)] = O(rho)``, so
+``H = (diag(v) (b b^T + diag(delta)) diag(v)) ⊗ I + (rank O(N_h + N_i)) + R`` with
+``|R|_F**2 / P = O(1/N)`` of the bulk scale squared. ``b b^T ⊗ I`` carries the linear
+family; the rank ``O(N)`` part is the radial, readout and linear families; the
+rest is the bulk. As ``N_i, N_h -> inf`` at fixed ratio the three small families have
+vanishing mass (``O(1/N)``) and ``N_h lambda`` of a pooled eigenvalue converges in law to
+``delta(1) chi2_1`` (:attr:`AsymptoticLaw.scaled_limit`) -- the same for every ratio.
+The object keeps the exact finite-size masses, the exact law of ``c`` and the
+families' laws: this is what makes it accurate at moderate sizes (measured in
+``docs/asymptotic.md``). Not included: the ``O(N**-1/2)`` relative spreading of each
+``delta v_a**2`` cluster by ``R`` (semicircle-like), the source of the remaining error.
+
+Even (or non-odd) activations are refused: there ``E[g'']`` makes the swap term
+``E[g''(u_a) g''(u_c)] w_c w_a^T`` of order one (quadratic networks even have a
+finite fraction of zero modes) and ``E[g'(u_a) g'(u_c)]`` gains a Marchenko–Pastur
+term ``E[g'']**2 rho``; the method here does not give those laws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import special, stats
+from scipy.interpolate import PchipInterpolator
+
+from ..activations import Activation, get_activation
+from ..errors import NearoptError, require_positive_int
+from .distributions import ChiSquareMPConvolution, TabulatedCDF
+
+#: Gauss–Hermite nodes of the 1-D expectations (erf/tanh converge to ~1e-13 well below this)
+HERMITE_ORDER = 200
+#: Gauss nodes of the law of c = |w_a|^2 = sigma1^2 chi2_{N_i} (generalised Gauss–Laguerre: exact moments)
+C_NODES = 48
+#: |g(z) + g(-z)| above this (relative to max |g|) on the quadrature nodes: not odd
+ODD_TOL = 1e-10
+#: grid points of the tabulated linear family (and of the ppf table)
+TABLE_POINTS = 3001
+#: safeguarded Newton/bisection steps of ppf after the table bracket (measured |cdf(ppf(p)) - p| < 1e-6)
+PPF_STEPS = 12
+
+_Z, _W = special.roots_hermitenorm(HERMITE_ORDER)
+_W = _W / _W.sum()
+
+
+@dataclass(frozen=True)
+class UnitConstants:
+    """One-unit Gaussian constants at variances ``c`` (arrays of the shape of ``c``).
+
+    ``mu1 = E g'(u)``; ``delta = Var g'(u)`` (bulk); ``nu = E f1**2`` (readout);
+    ``cross = E f1 f2``; ``radial_total = E f2**2``; ``readout_slope = cross**2/nu``;
+    ``radial = radial_total - readout_slope`` (module docstring for ``f1``, ``f2``);
+    ``readout_linear = E g(u) z`` and ``radial_linear = E g'(u) z**2``: the linear parts
+    of the readout and radial features (they set the scales of the linear family).
+    """
+
+    variance: np.ndarray
+    mu1: np.ndarray
+    delta: np.ndarray
+    nu: np.ndarray
+    cross: np.ndarray
+    radial_total: np.ndarray
+    readout_linear: np.ndarray
+    radial_linear: np.ndarray
+
+    @property
+    def readout_slope(self) -> np.ndarray:
+        return np.divide(self.cross**2, self.nu, out=np.zeros_like(self.nu), where=self.nu > 0)
+
+    @property
+    def radial(self) -> np.ndarray:
+        """``E f2**2 - e``; exactly 0 for homogeneous polynomials (``f2`` ∝ ``f1``): cancellation
+        below ``1e-10 E f2**2`` is rounding and is set to 0 (a genuine atom)."""
+        r = self.radial_total - self.readout_slope
+        return np.where(r > 1e-10 * self.radial_total, r, 0.0)
+
+
+def _g_and_gprime(act: Activation, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    g, gp = act.derivatives(torch.from_numpy(np.ascontiguousarray(u, dtype=np.float64)), order=1)[:2]
+    return g.detach().numpy().astype(np.float64), gp.detach().numpy().astype(np.float64)
+
+
+def require_odd(activation: str | Activation) -> Activation:
+    """The activation, or a :class:`NearoptError` if it is not odd (the derivation needs ``g(-z) = -g(z)``)."""
+    act = get_activation(activation)
+    z = np.concatenate([_Z, 3.0 * _Z])
+    g_pos, _ = _g_and_gprime(act, z)
+    g_neg, _ = _g_and_gprime(act, -z)
+    scale = max(1.0, float(np.max(np.abs(g_pos))))
+    if not np.all(np.isfinite(g_pos)) or np.max(np.abs(g_pos + g_neg)) > ODD_TOL * scale:
+        raise NearoptError(
+            f"asymptotic_law is derived for odd activations (erf, tanh, odd polynomials); {act.name!r} is not odd: "
+            "its even part makes the swap term of order one (docs/asymptotic.md)"
+        )
+    return act
+
+
+def unit_constants(activation: str | Activation, variance) -> UnitConstants:
+    """:class:`UnitConstants` at each variance ``c > 0`` (Gauss–Hermite, :data:`HERMITE_ORDER` nodes)."""
+    act = get_activation(activation)
+    c = np.atleast_1d(np.asarray(variance, dtype=np.float64))
+    if not np.all(np.isfinite(c) & (c > 0)):
+        raise NearoptError("unit variances must be finite and > 0")
+    z = _Z[None, :]
+    g, gp = _g_and_gprime(act, np.sqrt(c)[:, None] * z)
+
+    def E(f):
+        return f @ _W
+
+    mu1 = E(gp)
+    second = E(gp**2)
+    delta = second - mu1**2
+    delta = np.where(delta > 1e-12 * second, delta, 0.0)  # g' constant (linear g): exact 0, not rounding
+    kappa = E(g * z)
+    f1 = g - kappa[:, None] * z
+    nu = E(f1**2)
+    nu = np.where(nu > 1e-12 * E(g**2), nu, 0.0)  # g linear: f1 = 0 exactly, the rest is rounding
+    phi = gp * z
+    mu_rad = E(phi * z)
+    f2 = phi - mu_rad[:, None] * z
+    rad = E(f2**2)
+    rad = np.where(rad > 1e-12 * E(phi**2), rad, 0.0)  # g linear: f2 = 0 exactly
+    return UnitConstants(c, mu1, delta, nu, E(f1 * f2), rad, kappa, mu_rad)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family of eigenvalues ``lambda = a_k + b_k t`` (``t ~ chi2_1``) at node ``k`` of ``c`` (weight ``w_k``).
+
+    ``weight`` is its share of the ``P`` eigenvalues; ``a``, ``b``, ``w`` ``(C_NODES,)``,
+    ``sum(w) = 1``. Nodes with ``b_k = 0`` are point masses at ``a_k``.
+    """
+
+    name: str
+    weight: float
+    a: np.ndarray
+    b: np.ndarray
+    w: np.ndarray
+
+    @property
+    def _cont(self) -> np.ndarray:
+        return self.b > 1e-14 * np.maximum(np.abs(self.a), 1e-300)
+
+    def cdf(self, x: np.ndarray, left: bool = False) -> np.ndarray:
+        """Family cdf at ``x`` (any shape); ``left=True`` gives ``P(lambda < x)``."""
+        x = np.asarray(x, dtype=np.float64)
+        out = np.zeros(x.shape)
+        cont = self._cont
+        for ak, bk, wk in zip(self.a[cont], self.b[cont], self.w[cont]):
+            y = np.clip((x - ak) / bk, 0.0, None)
+            out += wk * special.erf(np.sqrt(0.5 * y))  # chi2_1 cdf
+        for ak, wk in zip(self.a[~cont], self.w[~cont]):
+            out += wk * ((x > ak) if left else (x >= ak))
+        return out
+
+    def pdf(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        out = np.zeros(x.shape)
+        cont = self._cont
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for ak, bk, wk in zip(self.a[cont], self.b[cont], self.w[cont]):
+                y = (x - ak) / bk
+                yp = np.where(y > 0, y, 1.0)
+                out += wk * np.where(y > 0, np.exp(-0.5 * yp) / np.sqrt(2.0 * np.pi * yp), 0.0) / bk
+        return out
+
+    def moments(self) -> tuple[float, float]:
+        """``(E lambda, E lambda**2)``: ``E t = 1``, ``E t**2 = 3``."""
+        a, b, w = self.a, self.b, self.w
+        return float(w @ (a + b)), float(w @ (a**2 + 2 * a * b + 3 * b**2))
+
+    def atoms(self) -> list[tuple[float, float]]:
+        """``(location, mass within the family)`` of the point-mass nodes, merged by location."""
+        locs = self.a[~self._cont]
+        u, inv = np.unique(locs, return_inverse=True)
+        mass = np.bincount(inv, self.w[~self._cont], minlength=u.size)
+        return [(float(x), float(m)) for x, m in zip(u, mass)]
+
+
+class AsymptoticLaw:
+    """Law of one pooled population-Hessian eigenvalue of a random odd teacher at its optimum.
+
+    A mixture of four families (module docstring): ``bulk``, ``radial``, ``readout``
+    (each an average over the exact law of ``c = |w_a|^2`` of ``a(c) + b(c) chi2_1``)
+    and ``linear`` (``mu1**2`` times the linear-network law
+    :class:`~nearopt.theory.distributions.ChiSquareMPConvolution` with its MP part
+    rescaled to ``E d_a``, tabulated).
+    ``scipy.stats``-style: ``pdf`` (density of the continuous part; it integrates to
+    ``1 - sum of atom masses``), ``cdf``, ``sf``, ``ppf`` (left-continuous inverse),
+    ``rvs``, ``mean``, ``var``, ``std``, ``support``, ``atoms``. Vectorised: ``cdf``
+    at ``1e5`` points takes well under a second.
+
+    Attributes
+    ----------
+    n_inputs, n_hidden, n_params : int
+    activation : Activation
+    families : list[Family]  (the linear family is listed with empty nodes)
+    constants : UnitConstants at the ``c`` nodes
+    scaled_limit : frozen ``scipy.stats.chi2``
+        The ``N -> inf`` law of ``lambda / sigma2**2`` (``= N_h lambda`` by default):
+        ``delta(c0) chi2_1`` with ``c0 = sigma1**2 N_i``.
+    """
+
+    def __init__(self, activation, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None):
+        self.n_inputs = require_positive_int(n_inputs, "N_i")
+        self.n_hidden = require_positive_int(n_hidden, "N_h")
+        self.activation = require_odd(activation)
+        self.sigma1 = _scale(sigma1, self.n_inputs, "sigma1")
+        self.sigma2 = _scale(sigma2, self.n_hidden, "sigma2")
+        ni, nh = self.n_inputs, self.n_hidden
+        self.n_params = nh * ni + nh
+        n_bulk = self.n_params - ni - 2 * nh
+        if n_bulk < 0:
+            raise NearoptError(f"the family decomposition needs N_h N_i >= N_i + N_h (got N_i={ni}, N_h={nh})")
+        s2 = self.sigma2**2
+        # c = 2 sigma1^2 y, y ~ Gamma(N_i/2): Gauss nodes of the weight y^(N_i/2 - 1) e^-y
+        y, wc = special.roots_genlaguerre(C_NODES, 0.5 * ni - 1.0)
+        c, wc = 2.0 * self.sigma1**2 * y, wc / wc.sum()
+        self.c_nodes, self.c_weights = c, wc
+        k = unit_constants(self.activation, c)
+        self.constants = k
+        zeros = np.zeros_like(c)
+        P = self.n_params
+        self.families = [
+            Family("bulk", n_bulk / P, zeros, s2 * k.delta, wc),
+            Family("radial", nh / P, zeros, s2 * k.radial, wc),
+            Family("readout", nh / P, k.nu, s2 * k.readout_slope, wc),
+        ]
+        # linear family: spec(s~ I + sum_a d_a w^_a w^_a^T), s~ = sum_a v_a^2 mu1_a^2 and
+        # d_a = v_a^2 (mu_rad^2 - mu1^2) + kappa^2 (docs/asymptotic.md §4), with d_a replaced
+        # by its mean: a * (chi2 part) + MP part of the right scale
+        self.mu1_sq = float(wc @ k.mu1**2)
+        d_mean = float(s2 * (wc @ (k.radial_linear**2 - k.mu1**2)) + wc @ k.readout_linear**2)
+        self.linear_weight = ni / P
+        sigma1_lin = np.sqrt(d_mean / (self.mu1_sq * ni)) if self.mu1_sq > 0 and d_mean > 0 else self.sigma1
+        self.linear_law = ChiSquareMPConvolution(ni, nh, sigma1_lin, self.sigma2)
+        delta0 = float(unit_constants(self.activation, self.sigma1**2 * ni).delta[0])
+        self.scaled_limit = stats.chi2(1, scale=delta0) if delta0 > 0 else stats.uniform(0.0, 0.0)
+        self._tabulate_linear()
+        self._ppf_table = None
+
+    def __repr__(self) -> str:
+        return f"AsymptoticLaw({self.activation.name!r}, n_inputs={self.n_inputs}, n_hidden={self.n_hidden})"
+
+    # ------------------------------------------------------------ linear family
+    def _tabulate_linear(self) -> None:
+        """Tables of ``mu1**2 (s + m)``: its exact cdf/pdf cost ~0.1-1 s per call (quad_vec)."""
+        if self.mu1_sq <= 0:
+            self._lin = None
+            return
+        law = self.linear_law
+        lo = float(law.a)
+        hi = float(law.mean() + 14.0 * law.std())
+        self._lin_range = (lo * self.mu1_sq, hi * self.mu1_sq)
+        self._lin_cdf = TabulatedCDF(law.cdf, lo, hi, n=TABLE_POINTS)
+        grid = np.linspace(lo, hi, TABLE_POINTS)
+        self._lin_pdf = PchipInterpolator(grid, np.clip(law.pdf(grid), 0.0, None), extrapolate=False)
+        self._lin = law
+
+    def _linear_cdf(self, x: np.ndarray) -> np.ndarray:
+        if self._lin is None:
+            return (x >= 0).astype(np.float64)
+        return self._lin_cdf(x / self.mu1_sq)
+
+    def _linear_pdf(self, x: np.ndarray) -> np.ndarray:
+        if self._lin is None:
+            return np.zeros(np.shape(x))
+        y = np.nan_to_num(self._lin_pdf(np.asarray(x, dtype=np.float64) / self.mu1_sq), nan=0.0)
+        return y / self.mu1_sq
+
+    # ------------------------------------------------------------ scipy-style API
+    def atoms(self) -> list[tuple[float, float]]:
+        """``(location, mass)`` of the point masses of the whole law (e.g. zero modes of ``z**3``)."""
+        out: dict[float, float] = {}
+        for fam in self.families:
+            for loc, m in fam.atoms():
+                out[loc] = out.get(loc, 0.0) + fam.weight * m
+        if self._lin is None:
+            out[0.0] = out.get(0.0, 0.0) + self.linear_weight
+        return sorted(out.items())
+
+    def pdf(self, x):
+        """Density of the continuous part (integrates to ``1 -`` the atom masses)."""
+        x = np.asarray(x, dtype=np.float64)
+        out = sum(f.weight * f.pdf(x) for f in self.families)
+        return out + self.linear_weight * self._linear_pdf(x)
+
+    def cdf(self, x):
+        """``P(lambda <= x)`` (atoms included)."""
+        x = np.asarray(x, dtype=np.float64)
+        out = sum(f.weight * f.cdf(x) for f in self.families) + self.linear_weight * self._linear_cdf(x)
+        return np.clip(out, 0.0, 1.0)
+
+    def cdf_left(self, x):
+        """``P(lambda < x)`` (differs from :meth:`cdf` at atoms only)."""
+        x = np.asarray(x, dtype=np.float64)
+        lin = self._linear_cdf(x) if self._lin is not None else (x > 0).astype(np.float64)
+        return np.clip(sum(f.weight * f.cdf(x, left=True) for f in self.families) + self.linear_weight * lin, 0.0, 1.0)
+
+    def sf(self, x):
+        return 1.0 - self.cdf(x)
+
+    def support(self) -> tuple[float, float]:
+        return 0.0, np.inf
+
+    def mean(self) -> float:
+        m1 = sum(f.weight * f.moments()[0] for f in self.families)
+        return float(m1 + self.linear_weight * self.mu1_sq * self.linear_law.mean())
+
+    def _second(self) -> float:
+        m2 = sum(f.weight * f.moments()[1] for f in self.families)
+        lin = self.linear_law
+        return float(m2 + self.linear_weight * self.mu1_sq**2 * (lin.var() + lin.mean() ** 2))
+
+    def var(self) -> float:
+        return self._second() - self.mean() ** 2
+
+    def std(self) -> float:
+        return float(np.sqrt(self.var()))
+
+    def _table(self):
+        """Monotone table ``(F, lambda)`` on a log grid covering all families, for :meth:`ppf`."""
+        if self._ppf_table is None:
+            scales = [f.b[f.b > 0].min() for f in self.families if np.any(f.b > 0)]
+            lo = 1e-14 * (min(scales) if scales else 1.0)
+            hi = max(self._lin_range[1] if self._lin is not None else 0.0, max((np.max(f.a + 60 * f.b) for f in self.families)))
+            grid = np.concatenate([[0.0], np.geomspace(lo, hi, 8 * TABLE_POINTS)])
+            self._ppf_table = (np.maximum.accumulate(self.cdf(grid)), grid)
+        return self._ppf_table
+
+    def ppf(self, p):
+        """Left-continuous inverse of :meth:`cdf`: table bracket, then safeguarded Newton steps."""
+        p = np.asarray(p, dtype=np.float64)
+        if np.any(~np.isfinite(p) | (p < 0) | (p > 1)):
+            raise NearoptError("probabilities must lie in [0, 1]")
+        F, grid = self._table()
+        idx = np.clip(np.searchsorted(F, p, side="left"), 1, grid.size - 1)
+        lo, hi = grid[idx - 1], grid[idx]
+        x = np.where(F[idx] > F[idx - 1], lo + (hi - lo) * np.clip((p - F[idx - 1]) / np.where(F[idx] > F[idx - 1], F[idx] - F[idx - 1], 1.0), 0, 1), hi)
+        for _ in range(PPF_STEPS):
+            f = self.cdf(x) - p
+            d = self.pdf(x)
+            lo = np.where(f < 0, x, lo)
+            hi = np.where(f >= 0, x, hi)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = x - f / d
+            x = np.where(np.isfinite(step) & (step > lo) & (step < hi), step, 0.5 * (lo + hi))
+        x = np.where(p <= F[0], 0.0, x)
+        return np.where(p >= 1.0, np.inf, x)
+
+    def rvs(self, size=None, random_state=None) -> np.ndarray:
+        """Independent draws from the mixture (families, ``c`` nodes and ``chi2_1`` sampled exactly)."""
+        rng = random_state if hasattr(random_state, "choice") else np.random.default_rng(random_state)
+        n = int(np.prod(size)) if size is not None else 1
+        weights = np.array([f.weight for f in self.families] + [self.linear_weight])
+        which = rng.choice(weights.size, size=n, p=weights / weights.sum())
+        out = np.empty(n)
+        for j, fam in enumerate(self.families):
+            sel = which == j
+            node = rng.choice(fam.a.size, size=sel.sum(), p=fam.w)
+            out[sel] = fam.a[node] + fam.b[node] * rng.chisquare(1, size=sel.sum())
+        sel = which == len(self.families)
+        out[sel] = self.mu1_sq * np.asarray(self.linear_law.rvs(size=int(sel.sum()), random_state=rng)) if self._lin is not None else 0.0
+        return out.reshape(size) if size is not None else float(out[0])
+
+
+def _scale(sigma, n: int, name: str) -> float:
+    s = 1.0 / np.sqrt(n) if sigma is None else float(sigma)
+    if not (np.isfinite(s) and s > 0):
+        raise NearoptError(f"{name} must be a finite number > 0, got {sigma}")
+    return s
+
+
+def asymptotic_law(activation, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None) -> AsymptoticLaw:
+    """The law of a pooled population-Hessian eigenvalue at the optimum (:class:`AsymptoticLaw`).
+
+    ``activation`` must be odd (``erf``, ``erf:unit``, ``tanh``, ``linear``, ``cubic``,
+    odd polynomials); others raise :class:`NearoptError`. ``sigma1``/``sigma2``: teacher
+    weight standard deviations (defaults ``1/sqrt(N_i)``, ``1/sqrt(N_h)``).
+    """
+    return AsymptoticLaw(activation, n_inputs, n_hidden, sigma1, sigma2)
