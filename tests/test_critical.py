@@ -16,7 +16,9 @@ from nearopt.critical import (
     committee_start,
     committee_teacher,
     distinct_points,
+    eigenvalue_clusters,
     find_critical_point,
+    isotropy_multiplicities,
     loss_and_gradient,
     newton_polish,
     relu_committee_global_spectrum,
@@ -53,6 +55,8 @@ def test_spurious_minimum_k6_found_and_strict():
     assert cp.loss == pytest.approx(SPURIOUS_LOSS_K6, rel=1e-6)
     assert cp.gradient_norm < 1e-14 and cp.converged
     assert cp.index == 0 and cp.zero_modes == 0 and cp.eigenvalues[0] > 1e-3
+    # its isotropy Delta(S_5 x S_1) forces 12 distinct eigenvalues with multiplicities 1 x5, 4 x5, 5, 6
+    assert sorted(eigenvalue_clusters(cp.eigenvalues)[1].tolist()) == isotropy_multiplicities(6) == [1] * 5 + [4] * 5 + [5, 6]
     # the same point with permuted units (a symmetry of the loss) is the same critical point up to symmetry
     perm = np.random.default_rng(0).permutation(6)
     other = classify(cp.problem.replace(student=TwoLayerNet(cp.student.W1[perm], np.ones((1, 6)), "relu")))

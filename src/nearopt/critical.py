@@ -371,6 +371,29 @@ def symmetry_multiplicities(k: int) -> dict[str, int]:
     return {"trivial": 1, "standard": k - 1, "[k-2,2]": k * (k - 3) // 2, "[k-2,1,1]": (k - 1) * (k - 2) // 2}
 
 
+def isotropy_multiplicities(k: int) -> list[int]:
+    """Eigenvalue multiplicities forced at a committee critical point with isotropy ``Delta(S_{k-1} x S_1)`` (k >= 5).
+
+    Restricted to ``S_{k-1}``, ``R^k = 2 (1) + s'`` (``s'`` standard, dimension ``k - 2``), so
+    ``M(k, k) = R^k (x) R^k = 5 (1) + 5 s' + [k-3, 2] + [k-3, 1, 1]``: at most 12 distinct
+    eigenvalues, 5 simple, 5 of multiplicity ``k - 2``, one of ``(k-1)(k-4)/2`` and one of
+    ``(k-2)(k-3)/2`` (sorted ascending here). The spurious minima of Safran & Shamir
+    have this isotropy (one unit off the teacher, the others permuted among themselves).
+    """
+    if k < 5:
+        raise NearoptError("the Delta(S_{k-1} x S_1) pattern needs k >= 5")
+    return sorted([1] * 5 + [k - 2] * 5 + [(k - 1) * (k - 4) // 2, (k - 2) * (k - 3) // 2])
+
+
+def eigenvalue_clusters(eigenvalues: np.ndarray, rtol: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a sorted spectrum (gaps ``> rtol max|lambda|`` separate them) and their counts."""
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
+    if lam.size == 0:
+        return lam, np.zeros(0, dtype=np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(lam) > rtol * max(float(np.max(np.abs(lam))), 1e-300)) + 1])
+    return lam[starts], np.diff(np.concatenate([starts, [lam.size]]))
+
+
 def _committee_operator(k: int):
     """``X -> HX`` for the ReLU committee Hessian at ``W = V = I`` (``k = d``; see :func:`relu_committee_global_spectrum`)."""
     c = 1.0 / (2.0 * np.pi)

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from .. import io
-from ..critical import classify, committee_start, committee_teacher, find_critical_point, relu_committee_global_spectrum, symmetry_multiplicities
+from ..critical import (classify, committee_start, committee_teacher, eigenvalue_clusters, find_critical_point, isotropy_multiplicities,
+                        relu_committee_global_spectrum, symmetry_multiplicities)
 from ..plotting import new_figure, save_figure
 from ..problem import Problem
 from .base import Check, Experiment, ExperimentResult, register
@@ -91,8 +92,11 @@ def _distinct(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 g["seeds"].append(r["seed"])
                 break
         else:
+            k = int(round(np.sqrt(lam.size)))
+            counts = sorted(eigenvalue_clusters(lam)[1].tolist())
             groups.append({"classification": r["classification"], "loss": r["loss"], "index": r["index"], "zero_modes": r["zero_modes"],
-                           "lambda_min": r["lambda_min"], "lambda_max": float(lam[-1]), "eigenvalues": lam, "count": 1, "seeds": [r["seed"]], "W1": r["W1"]})
+                           "lambda_min": r["lambda_min"], "lambda_max": float(lam[-1]), "eigenvalues": lam, "count": 1, "seeds": [r["seed"]], "W1": r["W1"],
+                           "multiplicities": counts, "isotropy_S(k-1)xS1": bool(k >= 5 and counts == isotropy_multiplicities(k))})
     return groups
 
 
@@ -135,6 +139,11 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     if small:
         n = sum(t["spurious"] for t in small)
         checks.append(Check("k = d <= 5: no spurious minimum from random starts (none reported for k < 6)", 0, n, "exact", n == 0))
+    if six is not None:
+        sp6 = [g for g in six["distinct"] if g["classification"] == "spurious local minimum"]
+        ok = bool(sp6) and all(g["isotropy_S(k-1)xS1"] for g in sp6)
+        checks.append(Check("k = 6 spurious minima: Hessian multiplicities = the Delta(S_5 x S_1) isotropy pattern (1 x5, 4 x5, 5, 6)", isotropy_multiplicities(6),
+                            [g["multiplicities"] for g in sp6], "exact", ok))
     sp = [g for t in table for g in t["distinct"] if g["classification"] == "spurious local minimum"]
     strict = all(g["zero_modes"] == 0 and g["index"] == 0 and g["lambda_min"] > 0 for g in sp)
     checks.append(Check("spurious minima are strict (Hessian positive definite: no zero mode, lambda_min > 0)", "all", strict, "all", strict,
@@ -172,9 +181,10 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     ax.legend(fontsize=6)
     figures = [save_figure(fig, out_dir / "committee")[0]]
     data = [io.write_json(out_dir / "committee.json", {"definition": __doc__, "global": glob, "starts": table})]
-    lines = ["| k = d | random starts | → spurious | distinct spurious minima: loss (λ_min) |", "|---|---|---|---|"]
+    lines = ["| k = d | random starts | → spurious | distinct spurious minima: loss (λ_min, S_{k-1} isotropy pattern) ×count |", "|---|---|---|---|"]
     for t in table:
-        d = ", ".join(f"{g['loss']:.5g} ({g['lambda_min']:.2g}) ×{g['count']}" for g in t["distinct"] if g["classification"] == "spurious local minimum") or "none"
+        d = ", ".join(f"{g['loss']:.5g} ({g['lambda_min']:.2g}, {'yes' if g['isotropy_S(k-1)xS1'] else 'no'}) ×{g['count']}"
+                      for g in t["distinct"] if g["classification"] == "spurious local minimum") or "none"
         lines.append(f"| {t['k']} | {t['starts']} | {t['spurious']} | {d} |")
     summary = (
         "ReLU soft committee machines (second layer fixed to ones, orthonormal teacher, k = d): random starts, gradient descent on the "
