@@ -44,6 +44,7 @@ import scipy.linalg
 import scipy.optimize
 
 from . import io
+from .activations import Activation, get_activation
 from .curvature.landscape import PopulationLossHessian, landscape_moments, population_gradient, population_loss
 from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet
@@ -267,9 +268,9 @@ class CriticalPoint:
         ``nearopt spectrum --student``), the teacher (``teacher_W1``, ``teacher_W2``), ``eigenvalues`` and the scalars."""
         s, t = self.student, self.problem.teacher
         return io.write_npz(path, W1=s.W1, W2=s.W2, teacher_W1=t.W1, teacher_W2=t.W2, eigenvalues=self.eigenvalues,
-                            loss=np.float64(self.loss), gradient_norm=np.float64(self.gradient_norm), index=np.int64(self.index),
-                            zero_modes=np.int64(self.zero_modes), classification=np.str_(self.classification),
-                            activation=np.str_(s.activation.name), trained=np.str_(self.problem.trained))
+                            loss=np.asarray(self.loss), gradient_norm=np.asarray(self.gradient_norm), index=np.asarray(self.index),
+                            zero_modes=np.asarray(self.zero_modes), classification=np.asarray(self.classification),
+                            activation=np.asarray(s.activation.name), trained=np.asarray(self.problem.trained))
 
 
 def classify(problem: Problem | TwoLayerNet, *, gtol: float | None = None) -> CriticalPoint:
@@ -320,13 +321,13 @@ def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str = "gd", 
 
 
 # ----------------------------------------------------------------------------- committee machines
-def committee_teacher(k: int, d: int | None = None, activation: str = "relu") -> TwoLayerNet:
+def committee_teacher(k: int, d: int | None = None, activation: str | Activation = "relu") -> TwoLayerNet:
     """The orthonormal committee teacher ``f_t(x) = sum_i g(e_i . x)``: ``W1 = I`` ``(k, d)`` rows, ``W2 = 1``."""
     k = require_positive_int(k, "k")
     d = k if d is None else require_positive_int(d, "d")
     if d < k:
         raise NearoptError(f"an orthonormal teacher needs d >= k, got k={k}, d={d}")
-    return TwoLayerNet(np.eye(k, d), np.ones((1, k)), activation)
+    return TwoLayerNet(np.eye(k, d), np.ones((1, k)), get_activation(activation))
 
 
 def committee_start(teacher: TwoLayerNet, k: int | None = None, seed: int = 0, scale: float | None = None) -> Problem:

@@ -27,8 +27,16 @@ from typing import Any
 import numpy as np
 
 from .. import io
-from ..critical import (classify, committee_start, committee_teacher, eigenvalue_clusters, find_critical_point, isotropy_multiplicities,
-                        relu_committee_global_spectrum, symmetry_multiplicities)
+from ..critical import (
+    classify,
+    committee_start,
+    committee_teacher,
+    eigenvalue_clusters,
+    find_critical_point,
+    isotropy_multiplicities,
+    relu_committee_global_spectrum,
+    symmetry_multiplicities,
+)
 from ..plotting import new_figure, save_figure
 from ..problem import Problem
 from .base import Check, Experiment, ExperimentResult, register
@@ -173,9 +181,9 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     for v in g6["predicted_values"]:
         ax.axhline(v, color="k", lw=0.4, ls=":")
     if six is not None:
-        sp6 = [g for g in six["distinct"] if g["classification"] == "spurious local minimum"]
-        if sp6:
-            ax.semilogy(np.arange(len(sp6[0]["eigenvalues"])), np.asarray(sp6[0]["eigenvalues"]), "x", ms=3, label="spurious min (k=6)")
+        first6 = [g for g in six["distinct"] if g["classification"] == "spurious local minimum"]
+        if first6:
+            ax.semilogy(np.arange(len(first6[0]["eigenvalues"])), np.asarray(first6[0]["eigenvalues"]), "x", ms=3, label="spurious min (k=6)")
     ax.set_xlabel("eigenvalue index")
     ax.set_ylabel(r"$\lambda$ (dotted: closed form at W = I)")
     ax.legend(fontsize=6)
@@ -183,9 +191,9 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     data = [io.write_json(out_dir / "committee.json", {"definition": __doc__, "global": glob, "starts": table})]
     lines = ["| k = d | random starts | → spurious | distinct spurious minima: loss (λ_min, S_{k-1} isotropy pattern) ×count |", "|---|---|---|---|"]
     for t in table:
-        d = ", ".join(f"{g['loss']:.5g} ({g['lambda_min']:.2g}, {'yes' if g['isotropy_S(k-1)xS1'] else 'no'}) ×{g['count']}"
-                      for g in t["distinct"] if g["classification"] == "spurious local minimum") or "none"
-        lines.append(f"| {t['k']} | {t['starts']} | {t['spurious']} | {d} |")
+        found = ", ".join(f"{g['loss']:.5g} ({g['lambda_min']:.2g}, {'yes' if g['isotropy_S(k-1)xS1'] else 'no'}) ×{g['count']}"
+                          for g in t["distinct"] if g["classification"] == "spurious local minimum") or "none"
+        lines.append(f"| {t['k']} | {t['starts']} | {t['spurious']} | {found} |")
     summary = (
         "ReLU soft committee machines (second layer fixed to ones, orthonormal teacher, k = d): random starts, gradient descent on the "
         "exact population loss, damped Newton to ||∇L|| ~ 1e-16, classification by the exact Hessian. Global minimum spectrum "
