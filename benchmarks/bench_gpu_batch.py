@@ -15,8 +15,8 @@ import time
 import torch
 
 import nearopt as no
-from nearopt import io
 from nearopt import curvature as empirical
+from nearopt import io
 
 
 def _timed(fn, *args):

@@ -119,7 +119,7 @@ def test_convolution_pdf_is_derivative_of_cdf_and_matches_direct_quad():
     # direct convolution integral over mu, independent of the theta substitution
     lo, hi = law.mp.bulk.support()
     direct = [
-        law.chi2_weight * law.chi2.pdf(xi) + integrate.quad(lambda m: law.chi2.pdf(xi - m) * law.mp.pdf(m), lo, min(hi, xi), limit=200)[0]
+        law.chi2_weight * law.chi2.pdf(xi) + integrate.quad(lambda m, xi=xi: law.chi2.pdf(xi - m) * law.mp.pdf(m), lo, min(hi, xi), limit=200)[0]
         for xi in x
     ]
     np.testing.assert_allclose(law.pdf(x), direct, rtol=1e-7)

@@ -147,7 +147,7 @@ def test_seeds_and_layer_scales():
 
 
 def test_linear_edge_law():
-    kw = dict(n_inputs=50, n_hidden=200, s=1.0, sigma1=1 / math.sqrt(50), sigma0=1.0, lr=0.1)
+    kw = {"n_inputs": 50, "n_hidden": 200, "s": 1.0, "sigma1": 1 / math.sqrt(50), "sigma0": 1.0, "lr": 0.1}
     lam_lo = 1.0 + 4 * 0.25
     t = np.array([20.0, 300.0])  # 2 eta lambda_- t stays below float underflow
     ratio = linear_edge_loss(t, **kw) / linear_edge_asymptote(t, **kw)
@@ -186,7 +186,7 @@ def test_flow_integrator_accuracy_and_stall_guard():
 
     lam = np.array([1.0, 1e-3, 1e-6])
     t = np.concatenate([[0.0], np.logspace(-2, 6, 30)])
-    jac = lambda s, y: -np.diag(lam)  # noqa: E731
+    jac = lambda s, y: -np.diag(lam)
     Y, stop = _integrate(lambda s, y: -lam * y, jac, np.ones(3), t, "BDF", 1e-9, 1e-14)
     assert stop is None and np.max(np.abs(Y - np.exp(-np.outer(t, lam)))) < 1e-7
     rng = np.random.default_rng(0)

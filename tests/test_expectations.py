@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import nearopt as no
-
 from nearopt import expectations as G
 from nearopt.activations import get_activation
 from nearopt.errors import NearoptError

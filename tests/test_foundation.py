@@ -5,10 +5,9 @@ import pytest
 import torch
 
 import nearopt as no
-from nearopt.errors import NearoptError
 from nearopt import curvature as empirical
 from nearopt.curvature import batch as batch_mod
-
+from nearopt.errors import NearoptError
 
 ACTS = ["linear", "quadratic", "cubic", "monomial:4", "polynomial:0.5,1,-0.3", "erf", "erf:unit", "tanh", "relu"]
 

@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.polynomial.hermite_e import hermegauss
 
 import nearopt as no
@@ -27,8 +28,8 @@ from nearopt.curvature.population import PopulationHessian
 from nearopt.dynamics.landscape_objective import exact_population_objective
 from nearopt.dynamics.train import float_floor, run_dynamics
 from nearopt.errors import NearoptError
-from nearopt.manifold import add_dead_units, split_unit
 from nearopt.expectations import gaussian_expectations
+from nearopt.manifold import add_dead_units, split_unit
 from nearopt.model import TwoLayerNet
 from nearopt.problem import Problem
 
@@ -37,10 +38,10 @@ from nearopt.problem import Problem
 def _kernel(act: str, nodes: int = 240):
     """Torch ``E[g(u) g(v)]`` from the covariance entries (pairs) and ``E[g(u)^2]`` (diagonal)."""
     if act == "erf":  # g = erf(z / sqrt 2)
-        F = lambda c11, c12, c22: (2 / math.pi) * torch.asin(c12 / torch.sqrt((1 + c11) * (1 + c22)))  # noqa: E731
+        F = lambda c11, c12, c22: (2 / math.pi) * torch.asin(c12 / torch.sqrt((1 + c11) * (1 + c22)))
         return F, lambda c: F(c, c, c)
     if act == "cubic":
-        F = lambda c11, c12, c22: 9 * c11 * c22 * c12 + 6 * c12**3  # noqa: E731
+        F = lambda c11, c12, c22: 9 * c11 * c22 * c12 + 6 * c12**3
         return F, lambda c: F(c, c, c)
     if act == "relu":
 

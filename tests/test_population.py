@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 import nearopt as no
-from nearopt.cli import main
-from nearopt.errors import NearoptError
-from nearopt import curvature as population
 from nearopt import curvature as empirical
+from nearopt import curvature as population
 from nearopt import curvature as structured
 from nearopt import spectra as operators
+from nearopt.cli import main
+from nearopt.errors import NearoptError
 
 ACTS = ["linear", "quadratic", "cubic", "erf", "erf:unit", "tanh", "relu"]
 

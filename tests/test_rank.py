@@ -18,7 +18,6 @@ from nearopt.theory.rank_prediction import (
     saturation_hidden,
 )
 
-
 # -- theory ---------------------------------------------------------------------
 
 

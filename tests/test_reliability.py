@@ -419,7 +419,7 @@ def test_scheduler_lost_mid_run_is_one_line_and_keeps_finished_cells(tmp_path, i
         try:
             reproduce(["selftest"], overrides={"selftest": {"sizes": [100], "seeds": 30, "sleep": 0.2}}, out=out, scheduler=cluster.scheduler_address,
                       quiet=True, scheduler_timeout=2)
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        except BaseException as exc:
             caught["exc"] = exc
 
     thread = threading.Thread(target=run)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .activations import (  # noqa: E402
+from .activations import (
     Activation,
     CustomActivation,
     Erf,
@@ -28,7 +28,7 @@ from .activations import (  # noqa: E402
     monomial,
     register_activation,
 )
-from .curvature import (  # noqa: E402
+from .curvature import (
     BatchGaussNewton,
     BatchHessian,
     Curvature,
@@ -43,21 +43,21 @@ from .curvature import (  # noqa: E402
     population_spectrum,
     structured_spectrum,
 )
-from .dynamics import DynamicsResult, make_objective, predict_mean_loss, run_dynamics  # noqa: E402
-from .errors import NearoptError  # noqa: E402
-from .expectations import gaussian_expectations, pair_moments  # noqa: E402
-from .measurement import RankMeasurement, SweepRow, measure_rank, rank_sweep, rank_vs_samples  # noqa: E402
-from .model import TwoLayerNet, sample_inputs, sample_teacher  # noqa: E402
-from .problem import GaussianInputs, Problem  # noqa: E402
-from .spectra import RankDecision, Spectrum, decide_rank, extreme_eigenvalues, rank_from_eigenvalues, spectral_density  # noqa: E402
-from .theory.distributions import ChiSquareMPConvolution, MarchenkoPastur, output_norm_law, wishart_law  # noqa: E402
-from .theory.linear import (  # noqa: E402
+from .dynamics import DynamicsResult, make_objective, predict_mean_loss, run_dynamics
+from .errors import NearoptError
+from .expectations import gaussian_expectations, pair_moments
+from .measurement import RankMeasurement, SweepRow, measure_rank, rank_sweep, rank_vs_samples
+from .model import TwoLayerNet, sample_inputs, sample_teacher
+from .problem import GaussianInputs, Problem
+from .spectra import RankDecision, Spectrum, decide_rank, extreme_eigenvalues, rank_from_eigenvalues, spectral_density
+from .theory.distributions import ChiSquareMPConvolution, MarchenkoPastur, output_norm_law, wishart_law
+from .theory.linear import (
     linear_batch_spectrum,
     linear_population_spectrum,
     pooled_linear_eigenvalues,
     simulate_linear_spectrum,
 )
-from .theory.rank_prediction import RankPrediction, predict_rank  # noqa: E402
+from .theory.rank_prediction import RankPrediction, predict_rank
 
 __all__ = [
     "Activation",

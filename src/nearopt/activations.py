@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -140,7 +140,7 @@ class Activation:
         """Whether ``g`` is infinitely differentiable (population quadrature then uses its derivatives)."""
         return True
 
-    def closed_form_moments(self, c11, c12, c22) -> "PairMoments | None":
+    def closed_form_moments(self, c11, c12, c22) -> PairMoments | None:
         """Exact Stein-form pair moments (:class:`PairMoments`) for covariances ``(c11, c12, c22)``.
 
         The arrays broadcast to a common shape ``S``. ``None`` means no closed form is
@@ -150,7 +150,7 @@ class Activation:
         """
         return None
 
-    def closed_form_fourth_moment(self, c11, c12, c22) -> "np.ndarray | None":
+    def closed_form_fourth_moment(self, c11, c12, c22) -> np.ndarray | None:
         """Exact ``E[g^(4)(u) g(v)]`` for ``(u, v) ~ N(0, [[c11, c12], [c12, c22]])`` (shape ``S``), or ``None``.
 
         The one moment the residual term of the population Hessian away from a
@@ -268,7 +268,7 @@ def _broadcast(c11, c12, c22) -> list[np.ndarray]:
     return list(np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in (c11, c12, c22))))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _power_to_hermite(n: int) -> np.ndarray:
     """``(n, n)`` matrix taking power-basis coefficients to probabilists' Hermite ones."""
     T = np.zeros((n, n))

@@ -39,8 +39,8 @@ up as a difference between levels and is caught by the same check.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -185,8 +185,8 @@ def _stein_pairs(act: Activation, a11, a21, a22, x, w) -> np.ndarray:
         v = (A21 * xt)[:, :, None] + A22 * xt  # (m, n, n): [pair, y1, y2]
         R = torch.stack([h @ wt for h in act.derivatives(v, 3)], -1)  # (m, n, 4): sum_j w_j g^(k)(v_ij)
 
-    def E(k: int, l: int) -> np.ndarray:  # E[g^(k)(u) g^(l)(v)]
-        return (wt * fu[k] * R[..., l]).sum(-1).numpy()
+    def E(k: int, j: int) -> np.ndarray:  # E[g^(k)(u) g^(j)(v)]
+        return (wt * fu[k] * R[..., j]).sum(-1).numpy()
 
     dd, k12 = E(1, 1), E(2, 2)
     return np.column_stack([E(0, 0), E(2, 0), dd, dd, E(3, 1), k12, k12, E(1, 3), E(0, 2), dd])

@@ -141,7 +141,7 @@ def load_weights(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
-    except Exception as exc:  # noqa: BLE001 - zipfile / pickle / format errors all mean "not a valid npz"
+    except Exception as exc:
         raise NearoptError(f"cannot read teacher file {path}: not a valid .npz ({exc.__class__.__name__})") from None
     missing = [k for k in ("W1", "W2") if k not in arrays]
     if missing:
@@ -169,7 +169,7 @@ def load_inputs(path: str | os.PathLike, n_inputs: int | None = None) -> np.ndar
         raise NearoptError(f"inputs file not found: {path}")
     try:
         X = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - any format error means "not a valid .npy"
+    except Exception as exc:
         raise NearoptError(f"cannot read inputs file {path}: not a valid .npy ({exc.__class__.__name__})") from None
     if not isinstance(X, np.ndarray) or not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
         raise NearoptError(f"inputs file {path} must hold a real numeric array")

@@ -53,8 +53,8 @@ import scipy.linalg
 import torch
 
 from .activations import Activation, ReLU
-from .errors import NearoptError, require_positive_int
 from .curvature.landscape import PopulationLossHessian, population_loss
+from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet
 from .problem import Problem
 from .spectra.rank_rule import rank_from_eigenvalues

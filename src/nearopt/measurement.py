@@ -21,14 +21,15 @@ Typical use::
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .activations import Activation, get_activation
-from .errors import NearoptError, require_positive_int
 from .curvature import jacobian_r_factor, population_spectrum
+from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet, sample_inputs, sample_teacher
 from .spectra.rank_rule import RankDecision, decide_rank
 from .theory.rank_prediction import RankPrediction, predict_rank
@@ -149,7 +150,7 @@ def _value(x: float) -> str:
     return f"{x:.3g}" if np.isfinite(x) else "none"
 
 
-def _warnings(decision: RankDecision, s: np.ndarray, pred: RankPrediction, n_samples: int | None, measured: "RankMeasurement") -> list[str]:
+def _warnings(decision: RankDecision, s: np.ndarray, pred: RankPrediction, n_samples: int | None, measured: RankMeasurement) -> list[str]:
     out = []
     P = decision.size
     if n_samples is not None and n_samples < P:

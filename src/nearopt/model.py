@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import io
 from .activations import Activation, get_activation
 from .errors import NearoptError, require_positive_int
-from . import io
 
 INPUT_DISTRIBUTIONS = ("gaussian", "uniform", "rademacher", "student-t")
 
@@ -83,7 +83,7 @@ class TwoLayerNet:
         """``theta`` of shape ``(P,)`` (see module docstring for the order)."""
         return np.concatenate([self.W1.ravel(), self.W2.ravel()])
 
-    def with_parameters(self, theta: np.ndarray) -> "TwoLayerNet":
+    def with_parameters(self, theta: np.ndarray) -> TwoLayerNet:
         """The same architecture with parameters ``theta`` of shape ``(P,)``."""
         theta = np.asarray(theta, dtype=np.float64).ravel()
         if theta.size != self.n_params:
@@ -91,7 +91,7 @@ class TwoLayerNet:
         n1 = self.W1.size
         return TwoLayerNet(theta[:n1].reshape(self.W1.shape), theta[n1:].reshape(1, -1), self.activation)
 
-    def with_activation(self, activation: str | Activation) -> "TwoLayerNet":
+    def with_activation(self, activation: str | Activation) -> TwoLayerNet:
         return TwoLayerNet(self.W1, self.W2, get_activation(activation))
 
     # evaluation --------------------------------------------------------
@@ -106,7 +106,7 @@ class TwoLayerNet:
         io.write_npz(path, W1=self.W1, W2=self.W2)
 
     @classmethod
-    def load(cls, path, activation: str | Activation) -> "TwoLayerNet":
+    def load(cls, path, activation: str | Activation) -> TwoLayerNet:
         """Read weights written by :meth:`save` (or any ``.npz`` with ``W1``, ``W2``)."""
         W1, W2 = io.load_weights(path)
         return cls(W1, W2, get_activation(activation))

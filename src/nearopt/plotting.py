@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # no screen on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from .io import atomic_path  # noqa: E402
+from .io import atomic_path
 
 STYLE: dict[str, Any] = {
     "figure.figsize": (5.0, 3.6),

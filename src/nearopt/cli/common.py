@@ -12,9 +12,9 @@ import torch
 
 from .. import io
 from ..activations import available_activations, get_activation
-from ..errors import NearoptError, require_finite, require_positive_int
 from ..datasets import DATASETS, dataset_names
 from ..datasets import load_inputs as load_dataset
+from ..errors import NearoptError, require_finite, require_positive_int
 from ..model import TwoLayerNet, sample_inputs, sample_teacher
 from ..problem import GaussianInputs
 from ..resources import dense_bytes, require_memory

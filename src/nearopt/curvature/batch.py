@@ -23,7 +23,8 @@ network, with the method names of ``nearopt spectrum``.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -33,9 +33,10 @@ restricts every route (``first``: drop the ``v`` rows; ``second``: ``H = Phi_ss`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import scipy.linalg

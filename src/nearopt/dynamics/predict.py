@@ -105,7 +105,7 @@ def linear_edge_loss(times: np.ndarray, *, n_inputs: int, n_hidden: int, s: floa
     out = np.empty(len(times))
     for i, t in enumerate(np.asarray(times, dtype=np.float64)):
 
-        def integrand(m):
+        def integrand(m, t=t):  # bind this time: quad calls it within the iteration
             lam = s + scale * m
             return lam * mode_decay(np.array([lam]), lr, np.array([t]), flow)[0, 0] ** 2 * float(mp.pdf(m))
 

@@ -23,9 +23,10 @@ import importlib
 import math
 import pkgutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import NearoptError
 

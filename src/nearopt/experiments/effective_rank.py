@@ -27,9 +27,9 @@ import numpy as np
 
 from .. import io
 from ..activations import get_activation
+from ..measurement import measure_rank
 from ..model import sample_teacher
 from ..plotting import new_figure, save_figure
-from ..measurement import measure_rank
 from ..theory.rank_prediction import DEFECTIVE_CASES, predict_rank, saturation_hidden
 from .base import Check, Experiment, ExperimentResult, register
 
@@ -294,7 +294,7 @@ def finalize(config: dict[str, Any], cells_: list[dict[str, Any]], results: list
     rows = _rows(results)
     data = [io.write_text(out_dir / "rank_table.csv", _csv(rows)), io.write_json(out_dir / "rank_table.json", rows)]
     data.append(io.write_json(out_dir / "rank_cells.json", results))
-    by = lambda g: [r for r in rows if r["group"] == g]  # noqa: E731
+    by = lambda g: [r for r in rows if r["group"] == g]
     trusted = [r for r in rows if r["group"] != "limit"]
     exact = [r for r in trusted if r["kind"] == "exact"]
     checks = [

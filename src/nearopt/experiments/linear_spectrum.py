@@ -34,7 +34,7 @@ from .. import io
 from ..errors import NearoptError
 from ..model import sample_teacher
 from ..plotting import new_figure, save_figure
-from ..stats import bootstrap_sup_noise, ks_distance, permutation_sup_test, quantile_grid, teacher_ecdf
+from ..stats import bootstrap_sup_noise, ks_distance, permutation_sup_test, quantile_grid
 from ..theory.distributions import ChiSquareMPConvolution, MarchenkoPastur, TabulatedCDF, wishart_law
 from ..theory.linear import (
     linear_batch_trace_moments,
@@ -168,13 +168,13 @@ def _analyse_size(ni: int, nh: int, P: dict[str, np.ndarray], seed: int) -> dict
         })
     res.update({k: v for k, v in res["ks_by_teachers"][-1].items() if k != "teachers"})
     res["cdf_table_max_error"] = table.max_error
-    res["ranks"] = sorted(set(int(r) for r in P["ranks"]))
+    res["ranks"] = sorted({int(r) for r in P["ranks"]})
     res["sim_distance"], res["sim_pvalue"] = permutation_sup_test(E, sim, seed)
     res["sim_min_distance"], res["sim_min_pvalue"] = permutation_sup_test(E[:, :1], sim[:, :1], seed)
     res["dense_max_rel_error"] = float(P["dense_max_rel_error"].max()) if P["dense_max_rel_error"].size else None
     # lower edge: smallest nonzero eigenvalue minus s, in units of sigma1^2 N_h
     gap = (E[:, 0] - s) / mp.scale
-    res["edge_predicted"] = float((smallest_nonzero_edge(ni, nh, 0.0) / mp.scale))
+    res["edge_predicted"] = float(smallest_nonzero_edge(ni, nh, 0.0) / mp.scale)
     res["edge_mean"], res["edge_sd"] = float(gap.mean()), float(gap.std(ddof=1))
     res["edge_max_abs_residual"] = float(np.max(np.abs(E[:, 0] - smallest_nonzero_edge(ni, nh, s))))
     return res
@@ -206,7 +206,7 @@ def _analyse_batch(ni: int, nh: int, N: int, P: dict[str, np.ndarray], seed: int
     return {
         "samples": N,
         "teachers": E.shape[0],
-        "ranks": sorted(set(int(r) for r in P["ranks"])),
+        "ranks": sorted({int(r) for r in P["ranks"]}),
         "ks_population_law": ks_distance(x, table),
         "ks_population_law_noise95": bootstrap_sup_noise(E, None, quantile_grid(E), seed),
         "sim_distance": dist,
@@ -344,7 +344,7 @@ def finalize(config: dict[str, Any], cells_: list[dict], results: list[dict], ou
         z = abs(b["trace_sq_mean"] - b["trace_sq_expected"]) / b["trace_sq_stderr"]
         checks.append(check_below(f"E tr H^2 vs (1+1/N) tr A^2 + (tr A)^2/N ({tag}), in standard errors", z, 4.0))
 
-    rows = [{k: v for k, v in analysis[sz].items()} for sz in sizes]
+    rows = [dict(analysis[sz].items()) for sz in sizes]
     data = [io.write_json(out_dir / "linear_spectrum.json", {"config": config, "sizes": rows, "batch": batch, "checks": [c.to_dict() for c in checks]})]
     csv = ["N_i,N_h,q,teachers,ks,ks_noise95,ks_given_s,ks_given_s_noise95,sim_pvalue,edge_mean,edge_predicted"]
     for A in rows:

@@ -59,7 +59,7 @@ def _edge_cell(cell: dict[str, Any]) -> dict[str, Any]:
     lam_lo = s + sigma1**2 * nh * (1 - math.sqrt(ni / nh)) ** 2
     # up to 2 eta lambda_- t = t_units: far enough for the asymptote, short of underflow
     times = np.logspace(0, math.log10(cell["t_units"] / (2 * lr * lam_lo)), cell["points"])
-    kw = dict(n_inputs=ni, n_hidden=nh, s=s, sigma1=sigma1, sigma0=1.0, lr=lr)
+    kw = {"n_inputs": ni, "n_hidden": nh, "s": s, "sigma1": sigma1, "sigma0": 1.0, "lr": lr}
     exact = predict_mean_loss(lam, 1.0, lr, times, flow=True)
     mp = linear_edge_loss(times, flow=True, **kw)
     asym = linear_edge_asymptote(times, **kw)

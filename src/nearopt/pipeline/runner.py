@@ -268,7 +268,7 @@ def _finalize(run: ExperimentRun, t_start: float) -> None:
             if not isinstance(res, ExperimentResult):
                 raise TypeError(f"finalize returned {type(res).__name__}, not ExperimentResult")
             run.result = res
-        except Exception:  # noqa: BLE001 - a bug in one experiment must not cost the others their report
+        except Exception:
             text = traceback.format_exc()
             run.error = f"finalize failed: {_error_line(text)}"
             print(f"nearopt: {run.name}: finalize failed:\n{text}", file=sys.stderr)

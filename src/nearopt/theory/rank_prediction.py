@@ -226,7 +226,7 @@ def generic_polynomial_rank(support, n_inputs: int, n_hidden: int, *, seed: int 
     maximum is a lower bound on the generic rank and equals it with probability
     ``≥ 1 − trials·(r·deg/q)`` (see the module docstring).
     """
-    support = tuple(sorted(set(int(k) for k in support)))
+    support = tuple(sorted({int(k) for k in support}))
     if not support or min(support) < 0:
         raise NearoptError(f"polynomial support must be non-empty degrees >= 0, got {support}")
     n_i, n_h = require_positive_int(n_inputs, "N_i"), require_positive_int(n_hidden, "N_h")
