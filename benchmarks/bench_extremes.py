@@ -36,7 +36,7 @@ import warnings
 import numpy as np
 import scipy.linalg
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh, lobpcg
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh, lobpcg
 
 import nearopt as no
 from nearopt import io
@@ -93,7 +93,7 @@ def arpack_sa(op, k: int, budget: float, seed: int = 0) -> dict:
         theta, X = eigsh(b, k=k, which="SA", tol=1e-12, v0=np.random.default_rng(seed).standard_normal(op.shape[0]))
         order = np.argsort(theta)
         return {"values": theta[order], "seconds": time.perf_counter() - t0, "products": b.products, "finished": True, "residual": rel_residual(op, X[:, order], theta[order])}
-    except OutOfTime:
+    except (OutOfTime, ArpackNoConvergence):  # out of time, or ARPACK's own iteration limit (10 P)
         return {"values": None, "seconds": time.perf_counter() - t0, "products": b.products, "finished": False, "residual": float("nan")}
 
 
