@@ -140,7 +140,7 @@ def power_iteration(op, budget: float, seed: int = 0, tol: float = 1e-3) -> dict
 def moderate(n: int, k: int, budget: float) -> dict:
     net = no.sample_teacher(n, n, "erf", seed=0)
     op = PopulationHessian(net)
-    op.moments
+    _ = op.moments  # computed once, outside the timings
     t0 = time.perf_counter()
     exact = scipy.linalg.eigvalsh(op.to_dense())
     t_dense = time.perf_counter() - t0
@@ -170,7 +170,7 @@ def large_case(n: int, k: int, budget: float, probes: int, steps: int) -> dict:
     net = no.sample_teacher(n, n, "erf", seed=0)
     op = PopulationHessian(net)
     t0 = time.perf_counter()
-    op.moments
+    _ = op.moments
     out = {"n": n, "P": op.n_params, "moments_seconds": time.perf_counter() - t0}
     t0 = time.perf_counter()
     op.matmat(np.random.default_rng(0).standard_normal((op.n_params, 1)))
@@ -213,12 +213,16 @@ def main() -> None:
         row = moderate(n, args.k, args.budget)
         record["moderate"].append(row)
         s, sa, pl = row["smallest"], row["arpack_SA"], row["plain_lobpcg"]
+
+        def status(b: dict) -> str:
+            return f"{b['seconds']:.2f}s" if b["finished"] else f"unfinished in {b['seconds']:.0f}s"
+
+        sa_err = f", relerr {sa['relerr']:.1e}" if sa["relerr"] is not None else ""
+        pl_err = f", relerr {pl['relerr']:.1e}" if pl["relerr"] is not None else ""
         print(
             f"n={n} P={row['P']} cond={row['condition']:.2e}  dense {row['dense_seconds']:.2f}s | smallest {s['seconds']:.2f}s "
-            f"({s['products']} products, relerr {s['relerr']:.1e}) | ARPACK SA {'%.2fs' % sa['seconds'] if sa['finished'] else 'unfinished in %.0fs' % sa['seconds']} "
-            f"({sa['products']} products{', relerr %.1e' % sa['relerr'] if sa['relerr'] is not None else ''}) | plain LOBPCG "
-            f"{'%.2fs' % pl['seconds'] if pl['finished'] else 'unfinished in %.0fs' % pl['seconds']} ({pl['products']} products, residual {pl['residual']:.1e}"
-            f"{', relerr %.1e' % pl['relerr'] if pl['relerr'] is not None else ''})",
+            f"({s['products']} products, relerr {s['relerr']:.1e}) | ARPACK SA {status(sa)} ({sa['products']} products{sa_err}) | "
+            f"plain LOBPCG {status(pl)} ({pl['products']} products, residual {pl['residual']:.1e}{pl_err})",
             flush=True,
         )
         lg, pw, d = row["largest"], row["power_iteration"], row["slq"]

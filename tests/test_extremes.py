@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nearopt as no
 from nearopt.cli import main

@@ -9,18 +9,18 @@ import numpy as np
 import torch
 
 from .. import io
+from ..activations import ReLU
 from ..curvature import BATCH_METHODS, batch_spectrum, population_spectrum
 from ..curvature.batch import BatchHessian
 from ..curvature.landscape import PopulationLossHessian
 from ..curvature.population import PopulationHessian, population_hvp
-from ..activations import ReLU
-from ..spectra.extremes import TorchOperator
-from ..theory.rank_prediction import predict_rank
-from ..manifold import add_dead_units, split_unit
-from ..problem import Problem
 from ..errors import NearoptError, require_finite
-from ..spectra.spectrum import Spectrum
+from ..manifold import add_dead_units, split_unit
 from ..model import TwoLayerNet, forward_torch
+from ..problem import Problem
+from ..spectra.extremes import TorchOperator
+from ..spectra.spectrum import Spectrum
+from ..theory.rank_prediction import predict_rank
 from .common import (
     add_data_args,
     add_input_cov_arg,

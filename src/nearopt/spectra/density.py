@@ -18,8 +18,9 @@ to a nearby matrix; Greenbaum 1989).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from scipy.sparse.linalg import LinearOperator

@@ -28,8 +28,9 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -140,7 +141,7 @@ class CountingOperator(LinearOperator):
     def _rmatvec(self, x: np.ndarray) -> np.ndarray:
         return self._matvec(x)
 
-    def _adjoint(self) -> "CountingOperator":
+    def _adjoint(self) -> CountingOperator:
         return self
 
 
@@ -164,7 +165,7 @@ class TorchOperator(LinearOperator):
     def _rmatvec(self, x: np.ndarray) -> np.ndarray:
         return self._matvec(x)
 
-    def _adjoint(self) -> "TorchOperator":
+    def _adjoint(self) -> TorchOperator:
         return self
 
 

@@ -7,7 +7,7 @@ algorithms apart from the operators they run on.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg
