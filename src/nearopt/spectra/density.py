@@ -87,7 +87,7 @@ class SpectralDensity:
         lo, hi = self.support
         return 0.01 * max(hi - lo, abs(hi), 1e-300)
 
-    def density(self, grid: np.ndarray | None = None, sigma: float | None = None) -> dict[str, np.ndarray]:
+    def density(self, grid: np.ndarray | None = None, sigma: float | None = None) -> dict[str, Any]:
         """Gaussian-smoothed density ``{"grid", "density", "density_err", "sigma"}``.
 
         Width ``sigma`` (default 1% of the node range); default grid: 1000 points over
