@@ -120,7 +120,7 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     if path.suffix != ".npz":
         raise NearoptError(f"output file must end in .npz: {path}")
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **kwds as allow_pickle
     return path
 
 

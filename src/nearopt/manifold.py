@@ -163,7 +163,7 @@ def rescale_units(net: TwoLayerNet, units, factors) -> TwoLayerNet:
 
 def teacher_power(teacher: TwoLayerNet) -> float:
     """``E[f_teacher(x)^2]``, ``x ~ N(0, I)`` (exact pair moments)."""
-    return 2.0 * population_loss(Problem(teacher, student=_net(teacher.W1[:1], [0.0], teacher.activation)))
+    return 2.0 * population_loss(Problem(teacher, student=_net(teacher.W1[:1], np.zeros(1), teacher.activation)))
 
 
 def on_manifold(teacher: TwoLayerNet, student: TwoLayerNet, rtol: float = MANIFOLD_RTOL) -> tuple[bool, float]:

@@ -34,7 +34,7 @@ from .errors import NearoptError, ResourceError
 try:  # psutil is optional; /proc/meminfo is the fallback
     import psutil
 except ImportError:  # pragma: no cover - depends on the installation
-    psutil = None  # type: ignore[assignment]
+    psutil = None
 
 __all__ = [
     "WARN_FRACTION",

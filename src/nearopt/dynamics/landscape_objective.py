@@ -22,7 +22,7 @@ not ``eps^2`` as the closed forms that subtract before squaring.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,6 +47,8 @@ class ExactPopulationObjective(Objective):
     """
 
     target: TwoLayerNet | None = None
+    #: ``E[f_target(x)^2]`` (set in ``__post_init__``): scales the loss's rounding floor
+    _power: float = field(init=False, default=0.0, repr=False)
 
     def __post_init__(self):
         if self.X is not None:

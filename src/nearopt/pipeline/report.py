@@ -75,7 +75,7 @@ def markdown_html(text: str) -> str:
         if _is_table(lines):
             blocks.append(_table(lines))
         elif lines and all(items):
-            blocks.append("<ul>" + "".join(f"<li>{_inline(m.group(1))}</li>" for m in items) + "</ul>")
+            blocks.append("<ul>" + "".join(f"<li>{_inline(m.group(1))}</li>" for m in items if m) + "</ul>")
         elif block.strip():
             blocks.append(f"<p>{_inline(' '.join(ln.strip() for ln in lines))}</p>")
     return "\n".join(blocks)
