@@ -223,9 +223,9 @@ class AsymptoticLaw:
     activation : Activation
     families : list[Family]  (the linear family is listed with empty nodes)
     constants : UnitConstants at the ``c`` nodes
-    scaled_limit : frozen ``scipy.stats.chi2``
+    scaled_limit : frozen ``scipy.stats.chi2`` or None
         The ``N -> inf`` law of ``lambda / sigma2**2`` (``= N_h lambda`` by default):
-        ``delta(c0) chi2_1`` with ``c0 = sigma1**2 N_i``.
+        ``delta(c0) chi2_1`` with ``c0 = sigma1**2 N_i`` (``None`` when ``delta = 0``, i.e. ``g`` linear).
     """
 
     def __init__(self, activation, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None):
@@ -262,7 +262,7 @@ class AsymptoticLaw:
         sigma1_lin = np.sqrt(d_mean / (self.mu1_sq * ni)) if self.mu1_sq > 0 and d_mean > 0 else self.sigma1
         self.linear_law = ChiSquareMPConvolution(ni, nh, sigma1_lin, self.sigma2)
         delta0 = float(unit_constants(self.activation, self.sigma1**2 * ni).delta[0])
-        self.scaled_limit = stats.chi2(1, scale=delta0) if delta0 > 0 else stats.uniform(0.0, 0.0)
+        self.scaled_limit = stats.chi2(1, scale=delta0) if delta0 > 0 else None  # None: g linear, no bulk
         self._tabulate_linear()
         self._ppf_table = None
 
@@ -350,7 +350,7 @@ class AsymptoticLaw:
         if self._ppf_table is None:
             scales = [f.b[f.b > 0].min() for f in self.families if np.any(f.b > 0)]
             lo = 1e-14 * (min(scales) if scales else 1.0)
-            hi = max(self._lin_range[1] if self._lin is not None else 0.0, max((np.max(f.a + 60 * f.b) for f in self.families)))
+            hi = max(self._lin_range[1] if self._lin is not None else 0.0, max(np.max(f.a + 60 * f.b) for f in self.families))
             grid = np.concatenate([[0.0], np.geomspace(lo, hi, 8 * TABLE_POINTS)])
             self._ppf_table = (np.maximum.accumulate(self.cdf(grid)), grid)
         return self._ppf_table
