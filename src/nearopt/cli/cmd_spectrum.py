@@ -13,12 +13,11 @@ from ..activations import ReLU
 from ..curvature import BATCH_METHODS, batch_spectrum, population_spectrum
 from ..curvature.batch import BatchHessian
 from ..curvature.landscape import PopulationLossHessian
-from ..curvature.population import PopulationHessian, population_hvp
+from ..curvature.population import PopulationHessian, rescaling_modes
 from ..errors import NearoptError, require_finite
 from ..manifold import add_dead_units, split_unit
 from ..model import TwoLayerNet, forward_torch
 from ..problem import Problem
-from ..spectra.extremes import TorchOperator
 from ..spectra.spectrum import Spectrum
 from ..theory.rank_prediction import predict_rank
 from .common import (
@@ -134,7 +133,7 @@ def student_from_args(args, teacher: TwoLayerNet) -> TwoLayerNet | None:
 def _point_spectrum(args, net: TwoLayerNet, student: TwoLayerNet | None, X, law) -> Spectrum:
     """Spectrum of the exact loss Hessian at a student point (or with some layers fixed), population or batch."""
     trained = TRAINED_ALIASES[args.trained]
-    problem = Problem(net, student=student, trained=trained)
+    problem = Problem(net, student=student if student is not None else net, trained=trained)
     if X is None:
         if law is not None:
             raise NearoptError("a student point or --trained with --input-cov is not implemented: the exact landscape assumes x ~ N(0, I)")
@@ -215,16 +214,6 @@ def _progress(args, label: str):
     return report
 
 
-def rescaling_modes(net: TwoLayerNet) -> np.ndarray:
-    """ReLU's exact zero modes ``(P, N_h)``: ``(w_a, -v_a)`` on unit ``a`` (positive rescaling ``w -> c w, v -> v / c``)."""
-    n_h, n_i = net.n_hidden, net.n_inputs
-    Z = np.zeros((net.n_params, n_h))
-    for a in range(n_h):
-        Z[a * n_i : (a + 1) * n_i, a] = net.W1[a]
-        Z[n_h * n_i + a, a] = -net.W2.ravel()[a]
-    return Z
-
-
 def _population_matrix_free(args, net: TwoLayerNet, law) -> Spectrum:
     """``--population --method lanczos|slq`` at the teacher: the matrix-free operator."""
     curv = PopulationHessian(Problem(net) if law is None else Problem(net, inputs=law))
@@ -243,12 +232,8 @@ def _population_matrix_free(args, net: TwoLayerNet, law) -> Spectrum:
         pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
         if pred.kind == "exact":
             null_dim = P - pred.rank
-    pre = curv.preconditioner()
-    if pre is None and curv.inputs.isotropic:
-        # the structured preconditioner of the isotropic population operator (population_hvp)
-        pre = TorchOperator(population_hvp(net, device=curv.device, moments=curv.moments).precondition, P, curv.device)
     return curv.spectrum(
-        "smallest", rtol=args.rtol, k=args.k, null_dim=null_dim, null_vectors=null_vectors, preconditioner=pre,
+        "smallest", rtol=args.rtol, k=args.k, null_dim=null_dim, null_vectors=null_vectors,
         tol=args.tol, maxiter=args.maxiter, seed=args.probe_seed, progress=progress,
     )
 

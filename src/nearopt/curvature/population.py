@@ -53,23 +53,23 @@ For a spiked ``Sigma = I + sum_k theta_k u_k u_k^T`` the bulk (value 1) leaves
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import scipy.linalg
-
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Callable
-
 import torch
+from scipy.sparse.linalg import LinearOperator
 
-from ..activations import Activation
+from ..activations import Activation, ReLU
 from ..errors import NearoptError
 from ..expectations import PairMoments, pair_moments
 from ..model import TwoLayerNet
 from ..problem import GaussianInputs, Problem, as_problem, whiten
 from ..resources import require_memory
+from ..spectra.extremes import TorchOperator
 from ..spectra.rank_rule import rank_from_eigenvalues
 from ..spectra.spectrum import Spectrum
 from .base import LANCZOS_K, Curvature, restrict, select
@@ -460,6 +460,16 @@ def _is_linear(act: Activation) -> bool:
     return c is not None and c.size == 2 and c[0] == 0.0 and c[1] == 1.0
 
 
+def rescaling_modes(net: TwoLayerNet) -> np.ndarray:
+    """ReLU's exact zero modes ``(P, N_h)``: ``(w_a, -v_a)`` on unit ``a`` (positive rescaling ``w -> c w, v -> v / c``)."""
+    n_h, n_i = net.n_hidden, net.n_inputs
+    Z = np.zeros((net.n_params, n_h))
+    for a in range(n_h):
+        Z[a * n_i : (a + 1) * n_i, a] = net.W1[a]
+        Z[n_h * n_i + a, a] = -net.W2.ravel()[a]
+    return Z
+
+
 class PopulationHessian(Curvature):
     """The population Hessian ``H = E_x[J^T J]`` ``(P, P)`` at the optimum, ``x ~ N(0, I)``.
 
@@ -496,9 +506,13 @@ class PopulationHessian(Curvature):
         return net_moments(self.net, self.inputs)
 
     @cached_property
+    def _isotropic_hvp(self) -> TorchHVP:
+        return population_hvp(self.net, device=self.device, moments=self.moments)
+
+    @cached_property
     def _hvp(self) -> TorchHVP:
         if self.inputs.isotropic:
-            hvp = population_hvp(self.net, device=self.device, moments=self.moments)
+            hvp = self._isotropic_hvp
             return lambda V: select(self.problem, hvp(restrict(self.problem, V)))
         # H = T H~ T^T: the isotropic product of the whitened network W1 L (same Gram, same moments)
         white, L = whiten(self.problem)
@@ -509,6 +523,23 @@ class PopulationHessian(Curvature):
     def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self._hvp(V)
 
+    def preconditioner(self, shift: float = 0.0) -> LinearOperator | None:
+        """``(B_2 + A A^T - shift)^{-1}`` from the block structure (``docs/scale.md``), for the smallest end.
+
+        Built for isotropic inputs with both layers trained (``None`` otherwise: LOBPCG
+        then runs unpreconditioned).
+        """
+        if not self.inputs.isotropic or self.problem.trained != "both":
+            return None
+        pre = self._isotropic_hvp.precondition  # type: ignore[attr-defined]
+        return TorchOperator(lambda R: pre(R, shift), self.n_params, self.device)
+
+    def null_vectors(self) -> np.ndarray | None:
+        """ReLU with both layers trained: the exact zero modes of positive rescaling (:func:`rescaling_modes`)."""
+        if isinstance(self.net.activation, ReLU) and self.problem.trained == "both":
+            return rescaling_modes(self.net)
+        return None
+
     def to_dense(self) -> np.ndarray:
         P = self.net.n_params
         require_memory(8 * P * P, f"the dense {P} x {P} population Hessian", "the structured or lanczos method")
@@ -517,7 +548,7 @@ class PopulationHessian(Curvature):
         idx = self.problem.trained_indices
         return H if self.problem.trained == "both" else H[np.ix_(idx, idx)]
 
-    def factor(self) -> np.ndarray | None:  # type: ignore[override]
+    def factor(self) -> np.ndarray | None:
         """Linear networks: ``(B L)^T[:, trained]`` ``(N_i, P)`` with ``J(x) = B x`` and ``L = Sigma^{1/2}``
         (``docs/theory.md`` §3.1: ``H = B Sigma B^T``); else ``None``."""
         if not _is_linear(self.net.activation):
