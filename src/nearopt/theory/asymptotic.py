@@ -364,14 +364,22 @@ class AsymptoticLaw:
         idx = np.clip(np.searchsorted(F, p, side="left"), 1, grid.size - 1)
         lo, hi = grid[idx - 1], grid[idx]
         x = np.where(F[idx] > F[idx - 1], lo + (hi - lo) * np.clip((p - F[idx - 1]) / np.where(F[idx] > F[idx - 1], F[idx] - F[idx - 1], 1.0), 0, 1), hi)
-        for _ in range(PPF_STEPS):
-            f = self.cdf(x) - p
-            d = self.pdf(x)
-            lo = np.where(f < 0, x, lo)
-            hi = np.where(f >= 0, x, hi)
+        x, lo, hi = np.ravel(x).copy(), np.ravel(lo).copy(), np.ravel(hi).copy()
+        pa = np.ravel(p)
+        act = np.arange(x.size)
+        for _ in range(PPF_STEPS):  # only points not yet converged (|F(x) - p| > 1e-13) are iterated
+            f = self.cdf(x[act]) - pa[act]
+            keep = np.abs(f) > 1e-13
+            act, f = act[keep], f[keep]
+            if act.size == 0:
+                break
+            xa = x[act]
+            lo[act] = np.where(f < 0, xa, lo[act])
+            hi[act] = np.where(f >= 0, xa, hi[act])
             with np.errstate(divide="ignore", invalid="ignore"):
-                step = x - f / d
-            x = np.where(np.isfinite(step) & (step > lo) & (step < hi), step, 0.5 * (lo + hi))
+                step = xa - f / self.pdf(xa)
+            x[act] = np.where(np.isfinite(step) & (step > lo[act]) & (step < hi[act]), step, 0.5 * (lo[act] + hi[act]))
+        x = x.reshape(np.shape(p))
         x = np.where(p <= F[0], 0.0, x)
         return np.where(p >= 1.0, np.inf, x)
 
