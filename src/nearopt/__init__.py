@@ -50,6 +50,7 @@ from .measurement import RankMeasurement, SweepRow, measure_rank, rank_sweep, ra
 from .model import TwoLayerNet, sample_inputs, sample_teacher
 from .problem import GaussianInputs, Problem
 from .spectra import RankDecision, Spectrum, decide_rank, extreme_eigenvalues, rank_from_eigenvalues, spectral_density
+from .theory.asymptotic import AsymptoticLaw, asymptotic_law
 from .theory.distributions import ChiSquareMPConvolution, MarchenkoPastur, output_norm_law, wishart_law
 from .theory.linear import (
     linear_batch_spectrum,
@@ -60,6 +61,8 @@ from .theory.linear import (
 from .theory.rank_prediction import RankPrediction, predict_rank
 
 __all__ = [
+    "AsymptoticLaw",
+    "asymptotic_law",
     "Activation",
     "BatchGaussNewton",
     "BatchHessian",

@@ -18,15 +18,13 @@ From a start ``theta_0`` (a student of any width, any trained blocks) we
    ``|lambda|``) fixes the tolerance ``tau``; ``index = #{lambda < -tau}``, zero modes
    ``#{|lambda| <= tau}``. Classes (``loss_relative = L / E[f_t^2]``):
 
-   ============================  ==============================================================
-   ``global minimum``            ``loss_relative <= 1e-12`` (:data:`GLOBAL_RTOL`)
-   ``spurious local minimum``    index 0, no zero mode, loss above the global level
-   ``degenerate critical point`` index 0 with zero modes, loss above the global level
-                                 (the second-order test is inconclusive)
-   ``saddle``                    index ``>= 1`` and some ``lambda > tau``
-   ``local maximum``             every eigenvalue ``< -tau``
-   ``not converged``             ``||g|| >`` the tolerance
-   ============================  ==============================================================
+   * ``global minimum``: ``loss_relative <= 1e-12`` (:data:`GLOBAL_RTOL`);
+   * ``spurious local minimum``: index 0, no zero mode, loss above the global level;
+   * ``degenerate critical point``: index 0 with zero modes, loss above the global level
+     (the second-order test is inconclusive);
+   * ``saddle``: index ``>= 1`` and some ``lambda > tau``;
+   * ``local maximum``: every eigenvalue ``< -tau``;
+   * ``not converged``: ``||g|| >`` the tolerance.
 
 The gradient is a sum of ``O(K + M)`` pair terms of size ``~ E[f_t^2]^(1/2) ||theta||``, so
 its rounding floor is ``~ (K + M) eps`` times that; :func:`gradient_tolerance` asks for

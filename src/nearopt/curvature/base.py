@@ -24,7 +24,8 @@ one, the eigenvalue rule otherwise.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -132,7 +133,7 @@ class Curvature(LinearOperator):
     def _rmatvec(self, x: np.ndarray) -> np.ndarray:  # symmetric
         return self._matvec(x)
 
-    def _adjoint(self) -> "Curvature":
+    def _adjoint(self) -> Curvature:
         return self
 
     # ------------------------------------------------------------------ spectra

@@ -139,7 +139,7 @@ def _analyse(act: str, q: float, ni: int, nh: int, parts: list[dict], seed: int)
         "ks": ks, "ks_noise95": _bootstrap(V, C, law, ks, seed),
         "ks_limit": ks_lim,
         "mean_pooled": float(mean_pooled.mean()), "mean_stderr": float(mean_pooled.std(ddof=1) / np.sqrt(len(V))), "mean_law": law.mean(),
-        "delta": float(law.scaled_limit.kwds.get("scale", 0.0)),
+        "delta": float(law.scaled_limit.kwds.get("scale", 0.0)) if law.scaled_limit is not None else 0.0,
     }
 
 

@@ -8,14 +8,12 @@ Setting: ``f(x) = W2 g(W1 x)`` at its optimum, ``x ~ N(0, I)``, a random teacher
 The ``P = N_h (N_i + 1)`` eigenvalues split into four families (derivation in
 ``docs/asymptotic.md``; every constant below is a 1-D Gaussian expectation):
 
-====================  =========  ===============================================
-family                count      eigenvalue law (``t ~ chi2_1``, i.e. ``v_a**2/sigma2**2``)
-====================  =========  ===============================================
-bulk                  ``P - N_i - 2 N_h``  ``sigma2**2 delta(c) t``, ``delta = Var g'(u)``
-radial (``w_a -> s w_a``)  ``N_h``  ``sigma2**2 delta_rad(c) t``
-readout (``W2``)      ``N_h``    ``nu(c) + sigma2**2 e(c) t``
-linear                ``N_i``    ``mu1**2 (s + m)``: the linear-network law, ``mu1 = E g'(u)``
-====================  =========  ===============================================
+Families of eigenvalues, with their counts and laws (``t ~ chi2_1``, i.e. ``v_a**2/sigma2**2``):
+
+* bulk, ``P - N_i - 2 N_h`` eigenvalues: ``sigma2**2 delta(c) t``, ``delta = Var g'(u)``;
+* radial (``w_a -> s w_a``), ``N_h``: ``sigma2**2 delta_rad(c) t``;
+* readout (``W2``), ``N_h``: ``nu(c) + sigma2**2 e(c) t``;
+* linear, ``N_i``: ``mu1**2 (s + m)``, the linear-network law, ``mu1 = E g'(u)``.
 
 with, for ``f1 = g(u) - E[g(u) z] z`` and ``f2 = g'(u) z - E[g'(u) z**2] z`` (the
 non-linear parts of the readout feature ``g(u_a)`` and of the radial feature
@@ -57,13 +55,13 @@ from .distributions import ChiSquareMPConvolution, TabulatedCDF
 
 #: Gauss–Hermite nodes of the 1-D expectations (erf/tanh converge to ~1e-13 well below this)
 HERMITE_ORDER = 200
-#: Gauss nodes of the law of c = |w_a|^2 = sigma1^2 chi2_{N_i} (generalised Gauss–Laguerre: exact moments)
+#: Gauss nodes of the law of ``c = |w_a|^2 = sigma1^2 chi2_{N_i}`` (generalised Gauss–Laguerre: exact moments)
 C_NODES = 48
-#: |g(z) + g(-z)| above this (relative to max |g|) on the quadrature nodes: not odd
+#: ``|g(z) + g(-z)|`` above this (relative to ``max |g|``) on the quadrature nodes: not odd
 ODD_TOL = 1e-10
 #: grid points of the tabulated linear family (and of the ppf table)
 TABLE_POINTS = 3001
-#: safeguarded Newton/bisection steps of ppf after the table bracket (measured |cdf(ppf(p)) - p| < 1e-6)
+#: safeguarded Newton/bisection steps of ppf after the table bracket (measured ``|cdf(ppf(p)) - p| < 1e-6``)
 PPF_STEPS = 12
 
 _Z, _W = special.roots_hermitenorm(HERMITE_ORDER)
@@ -383,7 +381,7 @@ class AsymptoticLaw:
         x = np.where(p <= F[0], 0.0, x)
         return np.where(p >= 1.0, np.inf, x)
 
-    def rvs(self, size=None, random_state=None) -> np.ndarray:
+    def rvs(self, size=None, random_state=None) -> np.ndarray | float:
         """Independent draws from the mixture (families, ``c`` nodes and ``chi2_1`` sampled exactly)."""
         rng = random_state if hasattr(random_state, "choice") else np.random.default_rng(random_state)
         n = int(np.prod(size)) if size is not None else 1
