@@ -166,8 +166,7 @@ def test_suite_passes_at_min_versions(wheel, tmp_path):
     for name, pin in _pins().items():
         if name in versions:
             assert Version(versions[name]) == Version(next(iter(pin.specifier)).version), (name, versions[name])
-    # the whole suite but the tests of this environment itself (browser, GPU, packaging, examples'
-    # figures) and one test that uses numpy>=2's np.trapezoid in the test code, not in nearopt
+    # the whole suite but the tests of this environment itself (browser, GPU, packaging, examples' figures)
     ignore = [f"--ignore=tests/{f}" for f in ("test_report_browser.py", "test_gpu.py", "test_packaging.py", "test_examples.py")]
     # a copy of the tests and their pytest settings; src/ comes along as files only (a test hashes
     # the sources) and is on no import path: `import nearopt` is the installed wheel, checked below
@@ -175,10 +174,11 @@ def test_suite_passes_at_min_versions(wheel, tmp_path):
     shutil.copytree(ROOT / "tests", tree / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy2(ROOT / "pyproject.toml", tree / "pyproject.toml")
+    shutil.copytree(ROOT / "docs", tree / "docs", ignore=shutil.ignore_patterns("_build", "api", "_generated"))  # tests/test_docs.py reads it
     where = _run([py, "-c", "import nearopt; print(nearopt.__file__)"], cwd=tree / "tests", env=env).stdout.strip()
     assert Path(where).resolve().is_relative_to(venv.resolve()), where
     proc = subprocess.run(
-        [py, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", "-m", "not minversions", "-k", "not spectral_density_is_seeded", *ignore, "tests"],
+        [py, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", "-m", "not minversions", *ignore, "tests"],
         cwd=tree, env=env, capture_output=True, text=True, timeout=1800, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import integrate
 
 import nearopt as no
 from nearopt import curvature as empirical
@@ -101,7 +102,7 @@ def test_spectral_density_is_seeded_and_exact_on_moments():
     a = operators.spectral_density(op, n_vectors=4, steps=30, seed=1)
     b = operators.spectral_density(op, n_vectors=4, steps=30, seed=1)
     assert np.array_equal(a["density"], b["density"])
-    assert np.trapezoid(a["density"], a["grid"]) == pytest.approx(1.0, abs=1e-3)
+    assert integrate.trapezoid(a["density"], a["grid"]) == pytest.approx(1.0, abs=1e-3)
     # the quadrature of each probe is exact for low moments: sum tau^2 theta = q^T H q
     rng = np.random.default_rng(1)
     q = rng.choice([-1.0, 1.0], size=net.n_params) / np.sqrt(net.n_params)

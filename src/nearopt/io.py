@@ -162,17 +162,27 @@ def load_weights(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return W1, W2
 
 
-def load_inputs(path: str | os.PathLike, n_inputs: int | None = None) -> np.ndarray:
-    """Load and validate an ``(N, N_i)`` input array from a ``.npy`` file."""
+def load_real_array(path: str | os.PathLike, what: str) -> np.ndarray:
+    """A real numeric array from a ``.npy`` file (no pickles); one clear error otherwise.
+
+    ``what`` names the file in messages (``"inputs"``, ``"covariance"``).
+    """
     path = Path(path)
     if not path.is_file():
-        raise NearoptError(f"inputs file not found: {path}")
+        raise NearoptError(f"{what} file not found: {path}")
     try:
         X = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise NearoptError(f"cannot read inputs file {path}: not a valid .npy ({exc.__class__.__name__})") from None
+        raise NearoptError(f"cannot read {what} file {path}: not a valid .npy ({exc.__class__.__name__})") from None
     if not isinstance(X, np.ndarray) or not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
-        raise NearoptError(f"inputs file {path} must hold a real numeric array")
+        raise NearoptError(f"{what} file {path} must hold a real numeric array")
+    return X
+
+
+def load_inputs(path: str | os.PathLike, n_inputs: int | None = None) -> np.ndarray:
+    """Load and validate an ``(N, N_i)`` input array from a ``.npy`` file."""
+    path = Path(path)
+    X = load_real_array(path, "inputs")
     if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
         raise NearoptError(f"inputs file {path} must hold an (N, N_i) array with N, N_i >= 1, got shape {X.shape}")
     if n_inputs is not None and X.shape[1] != n_inputs:

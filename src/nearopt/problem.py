@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 
+from . import io
 from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet, sample_inputs
 
@@ -164,14 +165,7 @@ class GaussianInputs:
     def load(cls, path, n_inputs: int | None = None) -> GaussianInputs:
         """Read a covariance ``(N_i, N_i)`` from an ``.npy`` file (validated as in the constructor)."""
         path = Path(path)
-        if not path.is_file():
-            raise NearoptError(f"covariance file not found: {path}")
-        try:
-            S = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise NearoptError(f"cannot read covariance file {path}: not a valid .npy ({exc.__class__.__name__})") from None
-        if not isinstance(S, np.ndarray) or not np.issubdtype(S.dtype, np.number) or np.iscomplexobj(S):
-            raise NearoptError(f"covariance file {path} must hold a real numeric array")
+        S = io.load_real_array(path, "covariance")
         try:
             return cls(n_inputs, covariance=S)
         except NearoptError as exc:

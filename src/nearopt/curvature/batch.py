@@ -227,7 +227,28 @@ def batch_hvp(net: TwoLayerNet, X, *, device="cpu"):
 SVD_MAX_PARAMS = 4000
 
 
-class BatchGaussNewton(Curvature):
+class _BatchCurvature(Curvature):
+    """What every curvature of a batch shares: the inputs ``X`` ``(N, N_i)``, ``N`` in results,
+    and the rank tolerance of a factor that stands for ``J`` ``(N, P)``."""
+
+    def __init__(self, problem: Problem | TwoLayerNet, X, *, chunk_size: int | None = None, device="cpu"):
+        super().__init__(problem, device=device)
+        self.X = _as_tensor(X, self.problem.point, torch.float64, self.device)
+        self.chunk_size = chunk_size
+
+    @property
+    def samples(self) -> int:
+        """``N``."""
+        return int(self.X.shape[0])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "samples": self.samples}
+
+    def factor_shape(self, S: np.ndarray) -> tuple[int, int]:
+        return (self.samples, int(S.shape[1]))
+
+
+class BatchGaussNewton(_BatchCurvature):
     """Gauss–Newton matrix of the batch loss at the student, ``G = J^T J / N`` ``(P, P)``.
 
     ``J[n] = grad_theta f_theta(x_n)`` for inputs ``X`` ``(N, N_i)``. At the
@@ -240,24 +261,11 @@ class BatchGaussNewton(Curvature):
     kind = "batch-gauss-newton"
 
     def __init__(self, problem: Problem | TwoLayerNet, X, *, chunk_size: int | None = None, device="cpu"):
-        super().__init__(problem, device=device)
-        self.X = _as_tensor(X, self.problem.point, torch.float64, self.device)
-        self.chunk_size = chunk_size
+        super().__init__(problem, X, chunk_size=chunk_size, device=device)
         self._hvp = batch_hvp(self.problem.point, self.X, device=self.device)
-
-    @property
-    def samples(self) -> int:
-        """``N``."""
-        return int(self.X.shape[0])
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "samples": self.samples}
 
     def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
         return select(self.problem, self._hvp(restrict(self.problem, V)))
-
-    def factor_shape(self, S: np.ndarray) -> tuple[int, int]:
-        return (self.samples, int(S.shape[1]))
 
     def factor(self) -> np.ndarray:
         """``R[:, trained] / sqrt(N)``, shape ``(min(N, P_all), P)``: ``S^T S = G``."""
@@ -270,7 +278,7 @@ class BatchGaussNewton(Curvature):
         return G[idx][:, idx].cpu().numpy()
 
 
-class BatchHessian(Curvature):
+class BatchHessian(_BatchCurvature):
     """Exact Hessian of the batch loss ``L = 1/(2N) sum (f_student - f_teacher)^2`` at the student.
 
     ``H = G + (1/N) sum_n r_n grad^2 f(x_n)`` with residuals ``r_n``: the
@@ -285,9 +293,7 @@ class BatchHessian(Curvature):
     kind = "batch-hessian"
 
     def __init__(self, problem: Problem | TwoLayerNet, X, *, chunk_size: int | None = None, device="cpu"):
-        super().__init__(problem, device=device)
-        self.X = _as_tensor(X, self.problem.point, torch.float64, self.device)
-        self.chunk_size = chunk_size
+        super().__init__(problem, X, chunk_size=chunk_size, device=device)
         pr = self.problem
         st, te = pr.point, pr.teacher
         self._theta = torch.as_tensor(st.parameters(), dtype=torch.float64, device=self.device)
@@ -300,13 +306,6 @@ class BatchHessian(Curvature):
         grad = func.grad(loss)
         self._hvp1 = lambda v: func.jvp(grad, (self._theta,), (v,))[1]
 
-    @property
-    def samples(self) -> int:
-        return int(self.X.shape[0])
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "samples": self.samples}
-
     def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
         full = restrict(self.problem, V)
         out = torch.stack([self._hvp1(full[:, j]) for j in range(full.shape[1])], dim=1)
@@ -316,9 +315,6 @@ class BatchHessian(Curvature):
         if not self.problem.at_teacher:
             return None
         return BatchGaussNewton(self.problem, self.X, chunk_size=self.chunk_size, device=self.device).factor()
-
-    def factor_shape(self, S: np.ndarray) -> tuple[int, int]:
-        return (self.samples, int(S.shape[1]))
 
     @property
     def routes(self):

@@ -36,7 +36,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -50,8 +49,8 @@ from ..problem import Problem, as_problem
 from ..resources import require_memory
 from ..spectra.rank_rule import eigenvalue_rtol, rank_from_eigenvalues
 from ..spectra.spectrum import Spectrum
-from .base import Curvature, restrict, select
-from .population import MAX_DENSE, StructuredSpectrum, assemble, population_hvp
+from .base import restrict, select
+from .population import MAX_DENSE, ExpectationCurvature, StructuredSpectrum, assemble, population_hvp
 
 LANDSCAPE_METHODS = ("auto", "dense", "structured", "lanczos")
 
@@ -231,7 +230,7 @@ def structured_landscape(problem: Problem, mo: LandscapeMoments, residual: bool 
     return StructuredSpectrum(values[order], counts[order], reduced, complement, r, mult)
 
 
-class PopulationLossHessian(Curvature):
+class PopulationLossHessian(ExpectationCurvature):
     """Exact Hessian ``(P, P)`` of the population loss at any student point (any width ``K``).
 
     ``H = E[J J^T] + E[r grad^2 f]`` (module docstring). At the teacher it equals
@@ -328,13 +327,8 @@ class PopulationLossHessian(Curvature):
             raise NearoptError(f"the exact spectrum needs a dense block of side {s.n_hidden * (r + 1)} (> {MAX_DENSE}); use --method lanczos")
         return "structured"
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "samples": None}
-
     def make_spectrum(self, eigenvalues, decision, method, **fields):
         spec = super().make_spectrum(eigenvalues, decision, method, **fields)
-        spec.extra.setdefault("rank_source", "eigenvalues of the exact dense blocks")
-        spec.extra["expectations"] = self.moments.method
         spec.extra["residual_term"] = self.residual
         spec.extra["teacher_width"] = self.problem.teacher.n_hidden
         spec.extra["loss"] = self.loss

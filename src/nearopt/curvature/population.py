@@ -470,7 +470,29 @@ def rescaling_modes(net: TwoLayerNet) -> np.ndarray:
     return Z
 
 
-class PopulationHessian(Curvature):
+class ExpectationCurvature(Curvature):
+    """Base of the population curvatures (``N -> infinity``): results carry ``samples = None`` and
+    which Gaussian expectations (closed form or checked quadrature) built the blocks.
+
+    Subclasses provide :attr:`moments` (pair moments with a ``method`` field).
+    """
+
+    @property
+    def moments(self) -> Any:
+        """The pair moments the blocks are built from (each subclass computes its own, once)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "samples": None}
+
+    def make_spectrum(self, eigenvalues, decision, method, **fields):
+        spec = super().make_spectrum(eigenvalues, decision, method, **fields)
+        spec.extra.setdefault("rank_source", "eigenvalues of the exact dense blocks")
+        spec.extra["expectations"] = self.moments.method
+        return spec
+
+
+class PopulationHessian(ExpectationCurvature):
     """The population Hessian ``H = E_x[J^T J]`` ``(P, P)`` at the optimum, ``x ~ N(0, I)``.
 
     Blocks from the pairwise Gaussian moments of the hidden units (module
@@ -584,13 +606,8 @@ class PopulationHessian(Curvature):
             )
         return "dense" if r >= net.n_inputs else "structured"
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "samples": None}
-
     def make_spectrum(self, eigenvalues, decision, method, **fields):
         spec = super().make_spectrum(eigenvalues, decision, method, **fields)
-        spec.extra.setdefault("rank_source", "eigenvalues of the exact dense blocks")
-        spec.extra["expectations"] = self.moments.method
         if not self.inputs.isotropic:
             spec.extra["inputs"] = self.inputs.describe()
         return spec
