@@ -227,7 +227,7 @@ def batch_hvp(net: TwoLayerNet, X, *, device="cpu"):
 SVD_MAX_PARAMS = 4000
 
 
-class _BatchCurvature(Curvature):
+class BatchCurvature(Curvature):
     """What every curvature of a batch shares: the inputs ``X`` ``(N, N_i)``, ``N`` in results,
     and the rank tolerance of a factor that stands for ``J`` ``(N, P)``."""
 
@@ -248,7 +248,7 @@ class _BatchCurvature(Curvature):
         return (self.samples, int(S.shape[1]))
 
 
-class BatchGaussNewton(_BatchCurvature):
+class BatchGaussNewton(BatchCurvature):
     """Gauss–Newton matrix of the batch loss at the student, ``G = J^T J / N`` ``(P, P)``.
 
     ``J[n] = grad_theta f_theta(x_n)`` for inputs ``X`` ``(N, N_i)``. At the
@@ -278,7 +278,7 @@ class BatchGaussNewton(_BatchCurvature):
         return G[idx][:, idx].cpu().numpy()
 
 
-class BatchHessian(_BatchCurvature):
+class BatchHessian(BatchCurvature):
     """Exact Hessian of the batch loss ``L = 1/(2N) sum (f_student - f_teacher)^2`` at the student.
 
     ``H = G + (1/N) sum_n r_n grad^2 f(x_n)`` with residuals ``r_n``: the
