@@ -193,13 +193,10 @@ class Curvature(LinearOperator):
         """
         t0 = time.perf_counter()
         S = self.factor()
-        P = self.n_params
         if S is not None:
             _, s, Vt = np.linalg.svd(S, full_matrices=True)  # s descending (m,), Vt (P, P)
-            eig = np.zeros(P)
-            eig[P - s.size :] = s[::-1] ** 2
             U = np.ascontiguousarray(Vt[::-1].T)
-            spec = self.make_spectrum(eig, decide_rank(s, P, rtol=rtol, shape=self.factor_shape(S)), "factor", extra={"rank_source": "singular values of the square root"})
+            spec = self._spectrum_from_singular_values(s, S, rtol)
         else:
             eig, U = scipy.linalg.eigh(self.to_dense())
             spec = self.make_spectrum(eig, rank_from_eigenvalues(eig, rtol=rtol), "dense", extra={"rank_source": "eigenvalues of the dense matrix"})
@@ -256,7 +253,10 @@ class Curvature(LinearOperator):
     def _factor_spectrum(self, rtol: float | None, k: int) -> Spectrum:
         S = self.factor()
         assert S is not None
-        s = scipy.linalg.svdvals(S)
+        return self._spectrum_from_singular_values(scipy.linalg.svdvals(S), S, rtol)
+
+    def _spectrum_from_singular_values(self, s: np.ndarray, S: np.ndarray, rtol: float | None = None) -> Spectrum:
+        """All ``P`` eigenvalues ``s^2`` of ``H = S^T S`` (zero-padded, ascending), ranked by the singular-value rule."""
         P = self.n_params
         eig = np.zeros(P)
         eig[P - s.size :] = np.sort(s**2)

@@ -34,7 +34,7 @@ from ..errors import NearoptError
 from ..model import TwoLayerNet, forward_torch
 from ..problem import Problem, as_problem
 from ..resources import require_memory
-from ..spectra.rank_rule import decide_rank, rank_from_eigenvalues
+from ..spectra.rank_rule import rank_from_eigenvalues
 from ..spectra.spectrum import Spectrum
 from .base import Curvature, resolve_device, restrict, select
 
@@ -374,18 +374,16 @@ def batch_spectrum(
     gn = BatchGaussNewton(problem, X, chunk_size=chunk_size, device=device)
     if method == "jacobian-svd":
         spec = gn.spectrum("factor", rtol=rtol)
+        spec.extra["rank_source"] = "jacobian singular values"
     else:
         curv = gn if method == "gauss-newton" else BatchHessian(problem, X, chunk_size=chunk_size, device=device)
         H = torch.as_tensor(curv.to_dense(), device=gn.device)
         eig = torch.linalg.eigvalsh(H).cpu().numpy()
-        if P <= SVD_MAX_PARAMS and problem.at_teacher:
-            S = gn.factor()
-            decision, source = decide_rank(np.linalg.svd(S, compute_uv=False), P, rtol=rtol, shape=gn.factor_shape(S)), "jacobian singular values"
+        if P <= SVD_MAX_PARAMS and problem.at_teacher:  # the one rule: singular values of J / sqrt(N)
+            decision, source = gn.spectrum("factor", rtol=rtol).rank, "jacobian singular values"
         else:
             decision, source = rank_from_eigenvalues(eig, rtol=rtol), "hessian eigenvalues"
         spec = gn.make_spectrum(eig, decision, method, extra={"rank_source": source})
-    if method == "jacobian-svd":
-        spec.extra["rank_source"] = "jacobian singular values"
     spec.method = method
     spec.seconds = time.perf_counter() - t0
     return spec

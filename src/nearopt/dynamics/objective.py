@@ -19,6 +19,7 @@ so several initial perturbations are trained together.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -183,12 +184,17 @@ class ClosedFormHessian(Curvature):
         super().__init__(objective.teacher)
         self.objective = objective
 
-    def to_dense(self) -> np.ndarray:
+    @cached_property
+    def _dense(self) -> np.ndarray:
+        # one torch.func.hessian per operator: products reuse it instead of differentiating again
         H = self.objective.hessian_at(torch.zeros(self.n_params, dtype=torch.float64)).numpy()
         return 0.5 * (H + H.T)
 
+    def to_dense(self) -> np.ndarray:
+        return self._dense.copy()
+
     def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.to_dense(), device=V.device) @ V
+        return torch.as_tensor(self._dense, device=V.device) @ V
 
 
 def make_objective(
