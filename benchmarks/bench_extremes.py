@@ -5,7 +5,9 @@ For erf teachers ``N_i = N_h = n`` (``P = n (n + 1)``), in one run:
 1. **Moderate sizes** (``--sizes``, default 30 50): the exact spectrum (dense
    ``eigvalsh``) against
 
-   * nearopt ``smallest`` (LOBPCG + the structured preconditioner) and ``largest`` (ARPACK LA);
+   * nearopt ``smallest`` (the locking LOBPCG of ``nearopt.spectra.lobpcg`` + the structured
+     preconditioner) against SciPy's ``lobpcg`` with the same preconditioner (the solver
+     nearopt used before), and ``largest`` (ARPACK LA);
    * the baselines a researcher would otherwise use for the bottom: ARPACK ``which="SA"``
      and plain LOBPCG (no preconditioner), each with the same time budget;
    * PyHessian-style power iteration (top eigenvalue; PyHessian's default 1e-3 relative
@@ -14,11 +16,12 @@ For erf teachers ``N_i = N_h = n`` (``P = n (n + 1)``), in one run:
 
    Relative errors against the dense spectrum, products, seconds and ratios.
 2. **Large case** (``--large``, default 1000: ``P ≈ 1e6``) in a child process (its
-   peak RSS is its own): ``k`` largest, ``k`` smallest nonzero and an SLQ density;
-   the preconditioner-free baselines run under ``--budget`` seconds and report the
-   residual they reached.
+   peak RSS is its own): the issue-16 task, ``k`` largest, ``k`` smallest nonzero and
+   an SLQ density, timed together against ``--target`` seconds; with ``--baselines``
+   the preconditioner-free baselines and SciPy's preconditioned LOBPCG then run under
+   ``--budget`` seconds each and report the residual they reached.
 
-    PYTHONPATH=src python benchmarks/bench_extremes.py [--sizes 30 50] [--large 1000] [--k 10] [--budget 120] [--out FILE.json]
+    PYTHONPATH=src python benchmarks/bench_extremes.py [--sizes 30 50] [--large 1000] [--large-k 20] [--baselines] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -146,6 +149,7 @@ def moderate(n: int, k: int, budget: float) -> dict:
     t_dense = time.perf_counter() - t0
     lo, hi = exact[:k], exact[-k:]
     small = smallest_eigenpairs(op, k, preconditioner=preconditioner(op), null_dim=0)
+    old = smallest_eigenpairs(op, k, preconditioner=preconditioner(op), null_dim=0, solver="scipy")
     large = largest_eigenpairs(op, k)
     sa = arpack_sa(op, k, budget)
     pl = plain_lobpcg(op, k, budget)
@@ -156,7 +160,8 @@ def moderate(n: int, k: int, budget: float) -> dict:
         "P": op.n_params,
         "condition": float(exact[-1] / exact[0]),
         "dense_seconds": t_dense,
-        "smallest": {"seconds": small.seconds, "products": small.products, "relerr": relerr(small.values, lo), "residual": small.tolerance_reached},
+        "smallest": {"seconds": small.seconds, "products": small.products, "relerr": relerr(small.values, lo), "residual": small.tolerance_reached, "block": small.extra["block"]},
+        "scipy_lobpcg": {"seconds": old.seconds, "products": old.products, "relerr": relerr(old.values, lo), "residual": old.tolerance_reached},
         "largest": {"seconds": large.seconds, "products": large.products, "relerr": relerr(large.values, hi), "residual": large.tolerance_reached},
         "arpack_SA": {**{key: val for key, val in sa.items() if key != "values"}, "relerr": relerr(sa["values"], lo) if sa["values"] is not None else None},
         "plain_lobpcg": {**{key: val for key, val in pl.items() if key != "values"}, "relerr": relerr(pl["values"], lo) if pl["values"] is not None else None},
@@ -166,7 +171,8 @@ def moderate(n: int, k: int, budget: float) -> dict:
     return row
 
 
-def large_case(n: int, k: int, budget: float, probes: int, steps: int) -> dict:
+def large_case(n: int, k: int, budget: float, probes: int, steps: int, baselines: bool, maxiter: int | None) -> dict:
+    t_task = time.perf_counter()
     net = no.sample_teacher(n, n, "erf", seed=0)
     op = PopulationHessian(net)
     t0 = time.perf_counter()
@@ -177,16 +183,36 @@ def large_case(n: int, k: int, budget: float, probes: int, steps: int) -> dict:
     out["product_seconds"] = time.perf_counter() - t0
     large = largest_eigenpairs(op, k, progress=True)
     out["largest"] = {"seconds": large.seconds, "products": large.products, "residual": large.tolerance_reached, "values": large.values.tolist()}
-    small = smallest_eigenpairs(op, k, preconditioner=preconditioner(op), null_dim=0, lambda_max=float(large.values[-1]), progress=True)
-    out["smallest"] = {"seconds": small.seconds, "products": small.products, "residual": small.tolerance_reached, "error_bound": float(small.error_bound.max()), "values": small.values.tolist(), "converged": small.converged}
+    small = smallest_eigenpairs(op, k, preconditioner=preconditioner(op), null_dim=0, lambda_max=float(large.values[-1]), maxiter=maxiter, progress=True)
+    out["smallest"] = {
+        "seconds": small.seconds, "products": small.products, "iterations": small.iterations, "residual": small.tolerance_reached,
+        "error_bound": float(small.error_bound.max()), "values": small.values.tolist(), "converged": small.converged, "block": small.extra["block"],
+        "at_rounding_floor": small.extra["at_rounding_floor"],
+    }
     dens = slq(op, n_probes=probes, steps=steps, seed=0, reorth=False)
     out["slq"] = {"seconds": dens.seconds, "products": dens.products, "probes": probes, "steps": steps, "moment1": dens.moments(1)[0][1].item(), "moment1_err": dens.moments(1)[1][1].item()}
-    pl = plain_lobpcg(op, k, budget)
-    out["plain_lobpcg"] = {key: val for key, val in pl.items() if key != "values"}
-    sa = arpack_sa(op, k, budget)
-    out["arpack_SA"] = {key: val for key, val in sa.items() if key != "values"}
+    out["task_seconds"] = time.perf_counter() - t_task
+    out["task_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    if baselines:
+        old = _budgeted_scipy_lobpcg(op, k, budget)
+        out["scipy_lobpcg_preconditioned"] = old
+        pl = plain_lobpcg(op, k, budget)
+        out["plain_lobpcg"] = {key: val for key, val in pl.items() if key != "values"}
+        sa = arpack_sa(op, k, budget)
+        out["arpack_SA"] = {key: val for key, val in sa.items() if key != "values"}
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return out
+
+
+def _budgeted_scipy_lobpcg(op, k: int, budget: float) -> dict:
+    """SciPy's preconditioned LOBPCG (nearopt's earlier solver) under ``budget`` seconds."""
+    b = Budgeted(op, budget)
+    t0 = time.perf_counter()
+    try:
+        res = smallest_eigenpairs(b, k, preconditioner=preconditioner(op), null_dim=0, solver="scipy", lambda_max=1.0)
+        return {"seconds": time.perf_counter() - t0, "products": b.products, "finished": bool(res.converged), "residual": res.tolerance_reached}
+    except OutOfTime:
+        return {"seconds": time.perf_counter() - t0, "products": b.products, "finished": False, "residual": float("nan")}
 
 
 def main() -> None:
@@ -194,7 +220,10 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="*", default=[30, 50], help="moderate sizes n (N_i = N_h = n) checked against dense eigvalsh")
     p.add_argument("--large", type=int, default=1000, help="large case n (0: skip)")
     p.add_argument("--k", type=int, default=10, help="eigenvalues at each end")
-    p.add_argument("--large-k", type=int, default=5, help="eigenvalues at each end in the large case")
+    p.add_argument("--large-k", type=int, default=20, help="eigenvalues at each end in the large case")
+    p.add_argument("--baselines", action="store_true", help="large case: also run the baselines (each under --budget seconds)")
+    p.add_argument("--maxiter", type=int, default=None, help="large case: LOBPCG iterations at most")
+    p.add_argument("--target", type=float, default=600.0, help="large case: seconds the task (both ends + SLQ) should take")
     p.add_argument("--budget", type=float, default=120.0, help="seconds each preconditioner-free baseline may run")
     p.add_argument("--probes", type=int, default=4, help="SLQ probes in the large case")
     p.add_argument("--steps", type=int, default=40, help="SLQ Lanczos steps in the large case")
@@ -205,7 +234,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.large_only:  # child process
-        print(json.dumps(large_case(args.large, args.large_k, args.budget, args.probes, args.steps)))
+        print(json.dumps(large_case(args.large, args.large_k, args.budget, args.probes, args.steps, args.baselines, args.maxiter)))
         return
     record = {"device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads", "moderate": [], "large": None}
     print(record["device"], flush=True)
@@ -231,19 +260,30 @@ def main() -> None:
             f"({pw['products']} products, relerr {pw['relerr']:.1e}) | SLQ {d['probes']}x{d['steps']} {d['seconds']:.2f}s, KS {d['ks']:.3f}",
             flush=True,
         )
+        old = row["scipy_lobpcg"]
+        print(f"      smallest: locking LOBPCG (block {s['block']}) {s['products']} products vs SciPy lobpcg {old['products']} ({old['seconds']:.2f}s, relerr {old['relerr']:.1e}): "
+              f"{old['seconds'] / s['seconds']:.1f}x the time", flush=True)
         print(f"      ratios: dense/smallest {row['dense_seconds'] / s['seconds']:.1f}x, ARPACK-SA/smallest {sa['seconds'] / s['seconds']:.1f}x{'' if sa['finished'] else ' (lower bound)'}, "
               f"plain-LOBPCG/smallest {pl['seconds'] / s['seconds']:.1f}x{'' if pl['finished'] else ' (lower bound)'}", flush=True)
     if args.large:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH")])))
-        cmd = [sys.executable, __file__, "--large-only", "--large", str(args.large), "--large-k", str(args.large_k), "--budget", str(args.budget), "--probes", str(args.probes), "--steps", str(args.steps)] + (["--threads", str(args.threads)] if args.threads else [])
-        child = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        cmd = [sys.executable, __file__, "--large-only", "--large", str(args.large), "--large-k", str(args.large_k), "--budget", str(args.budget), "--probes", str(args.probes), "--steps", str(args.steps)]
+        cmd += (["--threads", str(args.threads)] if args.threads else []) + (["--baselines"] if args.baselines else []) + (["--maxiter", str(args.maxiter)] if args.maxiter else [])
+        child = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=env)  # progress lines pass through on stderr
         big = json.loads(child.stdout.strip().splitlines()[-1])
         record["large"] = big
         print(f"large n={big['n']} P={big['P']}: one product {big['product_seconds']:.2f}s, moments {big['moments_seconds']:.2f}s, peak RSS {big['peak_rss_gb']:.2f} GB")
         print(f"  largest {args.large_k}: {big['largest']['seconds']:.0f}s, {big['largest']['products']} products, residual {big['largest']['residual']:.1e}")
         print(f"  smallest {args.large_k}: {big['smallest']['seconds']:.0f}s, {big['smallest']['products']} products, residual {big['smallest']['residual']:.1e}, values {big['smallest']['values']}")
+        sm = big["smallest"]
+        print(f"    ({sm['iterations']} iterations, block {sm['block']}, converged {sm['converged']}, {sm['at_rounding_floor']} at the rounding floor, error bound {sm['error_bound']:.1e})")
         print(f"  SLQ {big['slq']['probes']}x{big['slq']['steps']}: {big['slq']['seconds']:.0f}s")
-        for name in ("plain_lobpcg", "arpack_SA"):
+        verdict = "met" if big["task_seconds"] <= args.target and big["task_peak_rss_gb"] <= 4.0 else "NOT met"
+        print(f"  task (both ends + SLQ): {big['task_seconds']:.0f}s, peak RSS {big['task_peak_rss_gb']:.2f} GB; target {args.target:.0f}s / 4 GB: {verdict} "
+              f"({big['task_seconds'] / args.target:.2f}x the target time)")
+        for name in ("scipy_lobpcg_preconditioned", "plain_lobpcg", "arpack_SA"):
+            if name not in big:
+                continue
             b = big[name]
             print(f"  {name}: {'finished' if b['finished'] else 'unfinished'} after {b['seconds']:.0f}s, {b['products']} products, residual {b['residual']:.1e}")
     if args.out:

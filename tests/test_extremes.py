@@ -199,3 +199,22 @@ def test_routes_and_cli(capsys):
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["method"] == "slq" and {"grid", "density", "density_lower", "density_upper"} <= set(out["density"])
     assert main(["spectrum", "-a", "erf", "--ni", "4", "--nh", "3", "--population", "--method", "lanczos", "--which", "smallest", "--null-dim", "99"]) == 2
+
+
+def test_auto_takes_the_cheaper_route_for_k_extremes(capsys):
+    """Only k eigenvalues wanted: auto weighs the exact block against the matrix-free route."""
+    small = PopulationHessian(no.sample_teacher(6, 4, "erf", seed=0))
+    large = PopulationHessian(no.sample_teacher(60, 60, "erf", seed=0))  # exact block of side 3660
+    assert small.choose_route(5, "largest") == small.choose_route() == "structured"  # N_h < N_i: the reduced block
+    costs = large.route_costs(20, "largest")
+    assert costs["lanczos"] < costs["exact"] and large.choose_route(20, "largest") == "lanczos"
+    assert large.choose_route() == "dense"  # the whole spectrum: always an exact route
+    spec = small.spectrum("auto", k=3, which="largest", tol=1e-8)  # exact route: lanczos options dropped
+    assert spec.method == "structured" and spec.eigenvalues.size == small.n_params
+    code = main(["spectrum", "-a", "erf", "--ni", "30", "--nh", "30", "--population", "--which", "largest", "--k", "3", "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    exact = np.sort(scipy.linalg.eigvalsh(PopulationHessian(no.sample_teacher(30, 30, "erf", seed=0)).to_dense()))[-3:]
+    assert code == 0 and out["route_choice"]["chosen"] == "lanczos" and np.allclose(out["eigenvalues"], exact, rtol=1e-10)
+    code = main(["spectrum", "-a", "erf", "--ni", "5", "--nh", "3", "--population", "--which", "smallest", "--k", "2", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["route_choice"]["chosen"] == "structured" and len(out["eigenvalues"]) == 18

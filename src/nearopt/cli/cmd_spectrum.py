@@ -63,12 +63,18 @@ def register(sub) -> None:
     )
     p.add_argument("--k", type=positive_int, default=20, help="population --method lanczos: how many eigenvalues at the --which end (default 20)")
     it = p.add_argument_group("matrix-free population routes (--method lanczos / slq; docs/scale.md)")
-    it.add_argument("--which", choices=("largest", "smallest"), default="largest",
-                    help="--method lanczos: the k largest (ARPACK) or the k smallest NONZERO eigenvalues (preconditioned LOBPCG, null space deflated)")
+    it.add_argument("--which", choices=("largest", "smallest"), default=None,
+                    help="--method lanczos: the k largest (ARPACK; the default) or the k smallest NONZERO eigenvalues (preconditioned "
+                    "LOBPCG, null space deflated); with --method auto: only those k are wanted, and auto takes the exact or the "
+                    "matrix-free route by estimated cost")
     it.add_argument("--tol", type=positive_float, default=1e-6, help="relative residual ||Hx - lambda x|| / lambda each eigenpair must reach (default 1e-6)")
     it.add_argument("--null-dim", type=int, default=None, metavar="N0",
-                    help="--which smallest: dimension of the null space (default: P - predict_rank when the prediction is exact, else detected)")
-    it.add_argument("--maxiter", type=positive_int, default=400, help="--which smallest: LOBPCG iterations at most (default 400)")
+                    help="--which smallest: dimension of the null space (default: P - predict_rank when the prediction is exact "
+                    "or observed, the rescaling modes for ReLU, else detected)")
+    it.add_argument("--maxiter", type=positive_int, default=None,
+                    help="--which smallest: LOBPCG iterations at most (default 3000 with a known null space, else 400)")
+    it.add_argument("--block", type=positive_int, default=None,
+                    help="--which smallest: LOBPCG block size (default k + 4 within a 3 GiB budget for the blocks)")
     it.add_argument("--probes", type=positive_int, default=10, help="--method slq: random probe vectors (default 10)")
     it.add_argument("--steps", type=positive_int, default=80, help="--method slq: Lanczos steps per probe (default 80)")
     it.add_argument("--sigma", type=positive_float, default=None, help="--method slq: Gaussian smoothing width (default 1%% of the spectral range)")
@@ -188,6 +194,8 @@ def compute(args) -> Spectrum:
             spec = _point_spectrum(args, net, student, X, law)
         elif X is None and args.method in ("lanczos", "slq"):
             spec = _population_matrix_free(args, net, law)
+        elif X is None and args.method == "auto" and args.which is not None:
+            spec = _population_extremes(args, net, law)
         elif X is None:
             spec = population_spectrum(net, method=args.method, rtol=args.rtol, k=args.k, inputs=law)
         else:
@@ -214,27 +222,45 @@ def _progress(args, label: str):
     return report
 
 
+def _population_extremes(args, net: TwoLayerNet, law) -> Spectrum:
+    """``--population --method auto --which W --k K``: the exact route or the matrix-free one, whichever
+    :meth:`PopulationHessian.choose_route` estimates cheaper for those ``k`` eigenvalues."""
+    curv = PopulationHessian(Problem(net) if law is None else Problem(net, inputs=law))
+    route = curv.choose_route(args.k, args.which)
+    if route == "lanczos":
+        spec = _population_matrix_free(args, net, law)
+    else:
+        spec = population_spectrum(net, method=route, rtol=args.rtol, k=args.k, inputs=law)
+    spec.extra["route_choice"] = {"asked": f"{args.which} {args.k}", "chosen": route,
+                                "estimated_seconds": {key: (val if np.isfinite(val) else None) for key, val in curv.route_costs(args.k, args.which).items()}}
+    return spec
+
+
 def _population_matrix_free(args, net: TwoLayerNet, law) -> Spectrum:
     """``--population --method lanczos|slq`` at the teacher: the matrix-free operator."""
     curv = PopulationHessian(Problem(net) if law is None else Problem(net, inputs=law))
     if args.method == "slq":
         return curv.spectrum("slq", rtol=args.rtol, n_probes=args.probes, steps=args.steps, seed=args.probe_seed, sigma=args.sigma, progress=_progress(args, "slq"))
-    progress = _progress(args, f"{args.which} {args.k}")
-    if args.which == "largest":
+    which = args.which or "largest"
+    progress = _progress(args, f"{which} {args.k}")
+    if which == "largest":
         return curv.spectrum("lanczos", rtol=args.rtol, k=args.k, which="largest", tol=args.tol, seed=args.probe_seed, progress=progress)
     P = curv.n_params
     null_dim, null_vectors = args.null_dim, None
     if null_dim is not None and not 0 <= null_dim < P:
         raise NearoptError(f"--null-dim must lie in [0, P) = [0, {P}), got {null_dim}")
     if isinstance(net.activation, ReLU) and null_dim is None:
-        null_vectors = rescaling_modes(net)  # exact: deflated as constraints
+        null_vectors = rescaling_modes(net)  # exact: deflated as constraints, and all of the null space
+        null_dim = null_vectors.shape[1]
     elif null_dim is None:
+        # an observed full rank (erf, tanh) counts: their tiny eigenvalues sit far below any
+        # zero threshold (erf n = 1000: 1e-12 of lambda_max), so detection would misread them
         pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
-        if pred.kind == "exact":
+        if pred.kind in ("exact", "observed"):
             null_dim = P - pred.rank
     return curv.spectrum(
         "smallest", rtol=args.rtol, k=args.k, null_dim=null_dim, null_vectors=null_vectors,
-        tol=args.tol, maxiter=args.maxiter, seed=args.probe_seed, progress=progress,
+        tol=args.tol, maxiter=args.maxiter, block=args.block, seed=args.probe_seed, progress=progress,
     )
 
 

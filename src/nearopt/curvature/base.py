@@ -40,6 +40,8 @@ from ..spectra.extremes import Eigenpairs, largest_eigenpairs, smallest_eigenpai
 from ..spectra.rank_rule import RankDecision, decide_rank, eigenvalue_rtol, rank_from_eigenvalues
 from ..spectra.spectrum import Spectrum
 
+#: options of the extreme-eigenvalue routes, dropped when ``auto`` picks an exact route instead
+EXTREME_OPTIONS = ("which", "tol", "maxiter", "null_dim", "null_vectors", "block", "seed", "progress", "preconditioner", "lambda_max", "guard", "solver", "return_vectors")
 #: eigenvalues the ``lanczos`` route computes by default
 LANCZOS_K = 20
 #: columns of the identity pushed through :meth:`Curvature.torch_matmat` at once by the generic ``to_dense``
@@ -150,8 +152,10 @@ class Curvature(LinearOperator):
             routes["factor"] = self._factor_spectrum
         return routes
 
-    def choose_route(self) -> str:
-        """The route ``auto`` takes: the factor when there is one, else dense."""
+    def choose_route(self, k: int | None = None, which: str | None = None) -> str:
+        """The route ``auto`` takes: the factor when there is one, else dense. ``k``/``which``
+        say that only the ``k`` eigenvalues at one end were asked for (subclasses with a cost
+        model then pick the matrix-free route when it is cheaper)."""
         return "factor" if "factor" in self.routes else "dense"
 
     def spectrum(self, method: str = "auto", *, rtol: float | None = None, k: int = LANCZOS_K, **options: Any) -> Spectrum:
@@ -167,11 +171,16 @@ class Curvature(LinearOperator):
         quadrature (options ``n_probes``, ``steps``, ``seed``, ``grid``, ``sigma``;
         the density, its error band and the quadratures in ``extra``, the extreme
         Ritz values as ``eigenvalues``); subclasses add routes (``structured``).
-        ``options`` go to the route; a route that takes none refuses them.
+        ``options`` go to the route; a route that takes none refuses them. With
+        ``method="auto"`` and ``which`` given, :meth:`choose_route` weighs the exact
+        routes against the matrix-free one for those ``k`` eigenvalues.
         """
         routes = self.routes
         if method == "auto":
-            method = self.choose_route()
+            which = options.get("which")
+            method = self.choose_route(k, which) if which is not None else self.choose_route()
+            if method not in ("lanczos", "smallest"):  # an exact route answers every end at once
+                options = {key: val for key, val in options.items() if key not in EXTREME_OPTIONS}
         if method not in routes:
             raise NearoptError(f"unknown method {method!r} for {self.kind}; choose from auto, {', '.join(routes)}")
         t0 = time.perf_counter()

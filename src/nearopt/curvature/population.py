@@ -77,6 +77,11 @@ from .base import LANCZOS_K, Curvature, restrict, select
 POPULATION_METHODS = ("auto", "dense", "structured", "factor", "lanczos")
 #: largest matrix side ``auto`` diagonalises densely (float64: ~1.2 GB at 12000)
 MAX_DENSE = 12_000
+#: cost model of ``auto`` for ``k`` extreme eigenvalues (seconds; measured on 2 CPU cores,
+#: benchmarks/bench_extremes.py): ``eigh`` of side ``n`` ~ ``EIGH_S n^3``; one matrix-free
+#: product ~ ``PRODUCT_S N_h^2 N_i + CALL_S``; ARPACK needs ~``3 (2k + 20)`` products for the
+#: top, LOBPCG ~``70 k`` for the bottom
+EIGH_S, PRODUCT_S, CALL_S = 1.5e-10, 6.5e-11, 3e-4
 
 
 def net_moments(net: TwoLayerNet, inputs: GaussianInputs | None = None) -> PairMoments:
@@ -588,23 +593,44 @@ class PopulationHessian(ExpectationCurvature):
         routes["structured"] = self._structured_spectrum
         return routes
 
-    def choose_route(self) -> str:
-        """``dense`` when ``W1`` has full column rank (nothing to reduce), else ``structured``;
-        ``lanczos`` is never chosen (not exact): too large a reduced block raises instead.
-        Under a covariance the reduced dimension is at most ``sum_j min(N_h, m_j)`` over
-        the eigenspaces of ``Sigma``."""
+    def exact_size(self) -> int:
+        """Side of the block the exact route diagonalises: ``N_h (r + 1)``, ``r = min(N_h, N_i)``, or
+        under a covariance ``r ≤ sum_j min(N_h, m_j)`` over the eigenspaces of ``Sigma``."""
         net = self.net
         if self.inputs.isotropic:
             r = min(net.n_hidden, net.n_inputs)
         else:
             r = min(net.n_inputs, sum(min(net.n_hidden, e.multiplicity) for e in self.inputs.eigenspaces()))
-        size = net.n_hidden * (r + 1)
+        return net.n_hidden * (r + 1)
+
+    def route_costs(self, k: int, which: str) -> dict[str, float]:
+        """Estimated seconds of the exact route and of the matrix-free one for ``k`` eigenvalues at ``which``
+        (the cost model above; ``inf`` for an exact block beyond ``MAX_DENSE``)."""
+        size, net = self.exact_size(), self.net
+        exact = EIGH_S * float(size) ** 3 if size <= MAX_DENSE else float("inf")
+        products = 3 * (2 * k + 20) if which == "largest" else 70 * k
+        return {"exact": exact, "lanczos": products * (PRODUCT_S * net.n_hidden**2 * net.n_inputs + CALL_S)}
+
+    def choose_route(self, k: int | None = None, which: str | None = None) -> str:
+        """``dense`` when ``W1`` has full column rank (nothing to reduce), else ``structured``.
+
+        For the whole spectrum ``lanczos`` is never chosen (not exact): too large a reduced
+        block raises instead. When only ``k`` eigenvalues at one end (``which``) are asked
+        for, ``lanczos`` is chosen where :meth:`route_costs` finds it cheaper: both answer
+        them to a stated tolerance.
+        """
+        net = self.net
+        size = self.exact_size()
+        if which is not None and k is not None and k < self.n_params:
+            costs = self.route_costs(k, which)
+            if costs["lanczos"] < costs["exact"]:
+                return "lanczos"
         if size > MAX_DENSE:
             raise NearoptError(
                 f"the exact population spectrum needs a dense block of side {size} (> {MAX_DENSE}); "
                 "use --method lanczos for the extreme eigenvalues, or a smaller N_h"
             )
-        return "dense" if r >= net.n_inputs else "structured"
+        return "dense" if size >= net.n_hidden * (net.n_inputs + 1) else "structured"
 
     def make_spectrum(self, eigenvalues, decision, method, **fields):
         spec = super().make_spectrum(eigenvalues, decision, method, **fields)

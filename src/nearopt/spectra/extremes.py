@@ -38,6 +38,9 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh, lobpcg
 
 from ..errors import NearoptError, require_positive_int
+from ..resources import available_memory
+from .lobpcg import GUARD as LOCKING_GUARD
+from .lobpcg import lobpcg_smallest
 
 #: default relative residual ``||H x - theta x|| / theta`` a Ritz pair must reach
 DEFAULT_TOL = 1e-6
@@ -47,6 +50,8 @@ DEFAULT_NULL_RTOL = 1e-9
 GUARD = 4
 #: largest LOBPCG block (memory ``~ 9 P block`` float64)
 MAX_BLOCK = 2000
+#: memory the locking LOBPCG's blocks may take (bytes), at most half what is available
+LOCKING_MEMORY = 3 << 30
 
 
 @dataclass
@@ -265,6 +270,72 @@ def _dense_bottom(op: LinearOperator, Y: np.ndarray, m: int) -> tuple[np.ndarray
     return theta, X, _residuals(op, X, theta)
 
 
+def _torch_side(op: LinearOperator, M: LinearOperator | None) -> tuple[Callable, Callable | None, Any]:
+    """``(matmat, precondition, device)`` as torch functions: a curvature's own ``torch_matmat`` and a
+    :class:`TorchOperator`'s function run on their device; any other operator goes through NumPy."""
+    device = getattr(op, "device", "cpu")
+    if callable(getattr(op, "torch_matmat", None)):
+        matmat = op.torch_matmat
+    else:
+        def matmat(V):
+            return torch.as_tensor(np.asarray(op.matmat(V.cpu().numpy()), dtype=np.float64), device=V.device)
+    if M is None:
+        return matmat, None, device
+    if isinstance(M, TorchOperator):
+        return matmat, M.fn, device
+
+    def precondition(V):
+        return torch.as_tensor(np.asarray(M.matmat(V.cpu().numpy()), dtype=np.float64), device=V.device)
+
+    return matmat, precondition, device
+
+
+def locking_block(P: int, k: int, n_fixed: int = 0, budget: int | None = None) -> int:
+    """Block size for :func:`~nearopt.spectra.lobpcg.lobpcg_smallest`: ``k + GUARD`` when the blocks
+    (``≈ (7 m + 2 k + n_fixed) P`` floats) fit ``budget`` (default: ``LOCKING_MEMORY`` or half the
+    available memory), else the largest ``m ≥ 2`` that fits."""
+    budget = budget if budget is not None else min(LOCKING_MEMORY, available_memory() // 2)
+    fit = (budget // (8 * P) - 2 * k - n_fixed) // 7
+    if fit < 2:
+        raise NearoptError(
+            f"the smallest-eigenvalue blocks for P = {P}, k = {k} need about {8 * P * (14 + 2 * k + n_fixed) / 2**30:.1f} GiB; "
+            "ask for a smaller k or free memory"
+        )
+    return int(min(k + LOCKING_GUARD, fit))
+
+
+def _smallest_locking(op, k, cop, Y, M, *, tol, lambda_max, threshold, maxiter, block, seed, return_vectors, progress, source, t0) -> Eigenpairs:
+    """:func:`smallest_eigenpairs` with the null space known: the locking LOBPCG in torch."""
+    matmat, precondition, device = _torch_side(op, M)
+    P = op.shape[0]
+    m = block if block is not None else locking_block(P, k, Y.shape[1])
+    Yt = torch.as_tensor(Y, device=device) if Y.shape[1] else None
+    res = lobpcg_smallest(
+        matmat, P, k, lambda_max=lambda_max, precondition=precondition, constraints=Yt,
+        tol=tol, block=m, maxiter=maxiter, seed=seed, device=device, progress=progress,
+    )
+    theta = res.values
+    rel = res.residuals / np.maximum(np.abs(theta), np.finfo(np.float64).tiny)
+    return Eigenpairs(
+        values=theta,
+        which="smallest",
+        residuals=rel,
+        error_bound=res.bounds,
+        tol=tol,
+        converged=res.converged,
+        method="lobpcg-locking" + ("+preconditioner" if M is not None else ""),
+        products=cop.products + res.products,
+        iterations=res.iterations,
+        seconds=time.perf_counter() - t0,
+        vectors=res.vectors.cpu().numpy() if return_vectors else None,
+        null_dim=int(Y.shape[1]),
+        null_source=source,
+        null_threshold=threshold,
+        null_vectors=Y if return_vectors else None,
+        extra={"lambda_max": lambda_max, "block": int(m), "at_rounding_floor": int(res.at_floor.sum()), "device": str(device)},
+    )
+
+
 def smallest_eigenpairs(
     op: LinearOperator,
     k: int = 20,
@@ -275,13 +346,23 @@ def smallest_eigenpairs(
     tol: float = DEFAULT_TOL,
     null_rtol: float = DEFAULT_NULL_RTOL,
     lambda_max: float | None = None,
-    maxiter: int = 400,
+    maxiter: int | None = None,
     guard: int = GUARD,
+    block: int | None = None,
+    solver: str = "auto",
     seed: int = 0,
     return_vectors: bool = False,
     progress: bool | Callable[[int, float], None] | None = None,
 ) -> Eigenpairs:
     """The ``k`` smallest nonzero eigenvalues (ascending) of a symmetric PSD operator by preconditioned LOBPCG.
+
+    Two solvers. When the null space is known (``null_dim`` given and equal to the
+    number of ``null_vectors``, or ``0``), the **locking** LOBPCG of
+    :mod:`nearopt.spectra.lobpcg` runs in torch on the operator's device with a block of
+    ``block`` vectors (default :func:`locking_block`: ``k + 4`` within a memory budget),
+    locking pairs as they converge. Otherwise (zero modes to find by number or by
+    threshold) SciPy's ``lobpcg`` runs with a block of ``k + n0 + guard``, enlarged
+    when it fills with zero modes. ``solver``: ``"auto"``, ``"locking"`` or ``"scipy"``.
 
     Parameters
     ----------
@@ -303,8 +384,8 @@ def smallest_eigenpairs(
         A Ritz value ``|theta| <= null_rtol * lambda_max`` is a zero mode.
     lambda_max : float, optional
         ``||H||`` if known (else a short ARPACK run estimates it; it scales the null threshold).
-    maxiter : int
-        LOBPCG iterations in all rounds together.
+    maxiter : int, optional
+        LOBPCG iterations in all rounds together (default 400 for SciPy's, 3000 for the locking solver).
 
     Returns
     -------
@@ -327,8 +408,20 @@ def smallest_eigenpairs(
         null_dim = int(null_dim)
         if null_dim < 0 or null_dim >= P:
             raise NearoptError(f"null_dim must lie in [0, P) = [0, {P}), got {null_dim}")
-        source = "given"
+        source = "vectors" if Y.shape[1] and null_dim == Y.shape[1] else "given"
     unknown = max((null_dim or 0) - Y.shape[1], 0)
+    if solver not in ("auto", "locking", "scipy"):
+        raise NearoptError(f"solver must be 'auto', 'locking' or 'scipy', got {solver!r}")
+    known = null_dim is not None and null_dim == Y.shape[1]
+    if solver == "locking" and not known:
+        raise NearoptError("the locking solver needs the whole null space: pass null_dim (= the number of null_vectors, or 0)")
+    if solver != "scipy" and known and 5 * (k + guard + Y.shape[1]) <= P:
+        return _smallest_locking(
+            op, k, cop, Y, preconditioner, tol=tol, lambda_max=lambda_max, threshold=threshold,
+            maxiter=3000 if maxiter is None else maxiter, block=block, seed=seed,
+            return_vectors=return_vectors, progress=progress, source=source, t0=t0,
+        )
+    maxiter = 400 if maxiter is None else maxiter
     def zero_modes(theta: np.ndarray) -> np.ndarray:
         """Which Ritz values are zero modes: the ``unknown`` smallest when ``null_dim`` is given
         (tiny nonzero eigenvalues stay nonzero), else those under the threshold."""

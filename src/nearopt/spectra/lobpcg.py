@@ -1,0 +1,357 @@
+"""Preconditioned LOBPCG with hard locking, in torch: the smallest eigenpairs of a symmetric PSD operator.
+
+The bottom of a population Hessian spectrum is tiny and crowded (erf at
+``N_i = N_h = 1000``: ``2·10⁻¹²`` against ``λ_max = 1.6``), so the smallest end needs a
+preconditioner and a block method (``docs/scale.md``). This is Knyazev's LOBPCG
+(SIAM J. Sci. Comput. 23, 2001) with the robustness measures of Hetmaniuk &
+Lehoucq (J. Comput. Phys. 218, 2006) and Duersch et al. (SIAM J. Sci. Comput. 40,
+2018): each Rayleigh–Ritz runs on an explicitly orthonormal basis ``[X, W, P]``
+(``W`` and ``P`` projected off the locked vectors and ``X``, then made orthonormal
+by SVQB, dropping directions that have become dependent), so the projected problem
+is a standard ``eigh``.
+
+Why not SciPy's or torch's ``lobpcg``: both iterate until *every* block vector
+converges (the guard vectors at the top of the block converge last) and keep no
+locked set, so ``k`` eigenpairs need a block of ``k`` and more; SciPy's moves each
+block to the host; torch's has no constraints. Here
+
+* a pair is **locked** as soon as it and every pair below it are accurate: it gets no
+  more search directions and its column is refilled with a fresh random vector, but it
+  stays in the Rayleigh–Ritz basis (soft locking), so its small error never floors the
+  pairs above it. The block can be smaller than ``k`` (memory ``≈ (2 k + 7 m) P`` floats);
+* a pair is accurate when its relative residual is ``≤ tol`` (with a margin), or, where
+  that lies below the product's rounding floor, when the Rayleigh-quotient bound
+  ``‖r_i‖² / ((θ_edge − θ_i) θ_i)`` (gap to the block's top Ritz value) is ``≤ tol²``;
+  the returned pairs come from a last Rayleigh–Ritz on the locked vectors with explicit
+  products, since the block's ``H X`` is carried implicitly;
+* the null space must be known and comes in as constraints (every other Ritz value is a
+  wanted eigenvalue, however tiny: erf's reach ``10⁻¹²`` of ``λ_max``, below any zero threshold);
+* a pair whose residual has stopped falling at the rounding floor of the product
+  (``‖r‖ ≤ floor_rtol λ_max``) is locked and flagged ``at_floor`` instead of looping.
+
+Everything runs on the device of the operator (CPU or CUDA), float64.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import NearoptError
+
+TorchMatmat = Callable[[torch.Tensor], torch.Tensor]
+
+#: a residual ``‖r‖ ≤ FLOOR_RTOL λ_max`` that stopped falling counts as the product's rounding floor
+FLOOR_RTOL = 1e-14
+#: iterations without a 2x fall of a residual before it counts as stagnant
+STAGNATION = 6
+#: search directions whose Gram eigenvalue falls below this (after projection) are dropped: keeping
+#: them would multiply the rounding carried in ``H P`` by up to ``P_DROP^-1/2``
+P_DROP = 1e-8
+#: locking asks this fraction of ``tol`` of the carried residual (the explicit one, checked at the end, may differ)
+LOCK_MARGIN = 0.5
+#: columns per operator call (bounds the product's own temporaries)
+CHUNK = 4
+#: block vectors beyond those still wanted (the convergence of the last wanted one)
+GUARD = 4
+
+
+@dataclass
+class LockedPairs:
+    """What :func:`lobpcg_smallest` found.
+
+    ``values`` ``(k,)`` ascending nonzero Ritz values, ``vectors`` ``(P, k)``;
+    ``residuals`` ``(k,)`` absolute ``‖H x − θ x‖`` (explicit products);
+    ``bounds`` ``(k,)`` relative eigenvalue error bounds ``‖r‖² / (gap θ)``;
+    ``at_floor`` ``(k,)`` pairs accepted on their eigenvalue bound (``≤ tol²``) because the
+    residual could not reach ``tol θ`` above the product's rounding floor;
+    """
+
+    values: np.ndarray
+    vectors: torch.Tensor
+    residuals: np.ndarray
+    bounds: np.ndarray
+    at_floor: np.ndarray
+    iterations: int
+    products: int
+    converged: bool
+    edge: float
+
+
+class _Counter:
+    """Counts the vectors multiplied; reports ``(products, seconds)`` at most every ``every`` s."""
+
+    def __init__(self, matmat: TorchMatmat, progress, every: float = 10.0):
+        self.matmat, self.progress, self.every = matmat, progress, every
+        self.products, self.t0 = 0, time.perf_counter()
+        self.last = self.t0
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        out = _chunked(self.matmat, X)
+        self.products += X.shape[1]
+        now = time.perf_counter()
+        if self.progress and now - self.last >= self.every:
+            self.last = now
+            if callable(self.progress):
+                self.progress(self.products, now - self.t0)
+            else:
+                print(f"  smallest: {self.products} products, {now - self.t0:.0f} s", file=sys.stderr, flush=True)
+        return out
+
+
+def _chunked(fn: TorchMatmat, X: torch.Tensor) -> torch.Tensor:
+    """``fn`` applied to ``CHUNK`` columns of ``X`` ``(n, m)`` at a time (bounds ``fn``'s temporaries)."""
+    out = torch.empty_like(X)
+    for s in range(0, X.shape[1], CHUNK):
+        out[:, s : s + CHUNK] = fn(X[:, s : s + CHUNK].contiguous())
+    return out
+
+
+def _project(V: torch.Tensor, *bases: torch.Tensor) -> torch.Tensor:
+    """``V`` minus its components in the orthonormal ``bases`` (in place, twice for accuracy)."""
+    for _ in range(2):
+        for Q in bases:
+            if Q.shape[1] and V.shape[1]:
+                V.addmm_(Q, Q.T @ V, alpha=-1.0)
+    return V
+
+
+def _svqb(V: torch.Tensor, drop: float = 1e-12) -> torch.Tensor:
+    """``T`` ``(n, r)`` with ``V T`` orthonormal (SVQB, Stathopoulos & Wu 2002), directions whose
+    Gram eigenvalue falls below ``drop`` (relative, after scaling the columns) left out."""
+    if V.shape[1] == 0:
+        return V.new_zeros((0, 0))
+    d = torch.sqrt(torch.clamp((V * V).sum(0), min=torch.finfo(V.dtype).tiny))
+    G = (V.T @ V) / d[:, None] / d[None, :]
+    s, U = torch.linalg.eigh(0.5 * (G + G.T))
+    keep = s > drop * max(float(s.max()), 0.0)
+    return (U[:, keep] / torch.sqrt(s[keep])) / d[:, None]
+
+
+def _orthonormal(V: torch.Tensor, *bases: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of ``V`` off the ``bases`` (two rounds of projection + SVQB)."""
+    for _ in range(2):
+        V = _project(V, *bases)
+        V = V @ _svqb(V)
+    return V
+
+
+def _bound(theta: float, res: float, edge: float) -> float:
+    """Relative eigenvalue error bound ``‖r‖² / ((θ_edge − θ) θ)`` (Rayleigh-quotient bound)."""
+    tiny = torch.finfo(torch.float64).tiny
+    return res * res / max(edge - theta, tiny) / max(abs(theta), tiny)
+
+
+@dataclass
+class _State:
+    """The iteration's blocks: locked ``L``/``HL`` ``(n, l)`` (no search directions of their own) with
+    Ritz values ``theta_l``, active ``X``/``HX`` ``(n, m)`` with ``theta_x``, search directions
+    ``P``/``HP`` ``(n, p)``."""
+
+    L: torch.Tensor
+    HL: torch.Tensor
+    theta_l: torch.Tensor
+    edges: list  # for each locked pair, the block's top Ritz value when it was locked (its gap estimate)
+    X: torch.Tensor
+    HX: torch.Tensor
+    theta_x: torch.Tensor
+    P: torch.Tensor
+    HP: torch.Tensor
+
+
+def lobpcg_smallest(
+    matmat: TorchMatmat,
+    n: int,
+    k: int,
+    *,
+    lambda_max: float,
+    precondition: TorchMatmat | None = None,
+    constraints: torch.Tensor | None = None,
+    tol: float = 1e-6,
+    block: int = 8,
+    guard: int = GUARD,
+    maxiter: int = 500,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool | Callable[[int, float], None] | None = None,
+) -> LockedPairs:
+    """The ``k`` smallest nonzero eigenpairs of a symmetric PSD ``H`` (``matmat``: ``(n, m) -> (n, m)``).
+
+    Parameters
+    ----------
+    lambda_max : ``‖H‖`` (scales the rounding floor).
+    precondition : ``T ≈ H⁻¹`` (SPD) as a torch function ``(n, m) -> (n, m)``, or ``None``.
+    constraints : ``(n, c)`` orthonormal basis of the null space (all of it), kept out of the search.
+    tol : relative residual ``‖H x − θ x‖ / θ`` each returned pair must reach (its eigenvalue
+        is then accurate to about ``tol² θ / gap``, reported in ``bounds``).
+    block : largest active block ``m``: memory ``≈ (7 m + 2 l) n`` floats, ``l ≤ k`` the pairs locked.
+    guard : active vectors beyond those still wanted.
+    maxiter : iterations in all; past it the best pairs found are returned with ``converged=False``.
+    """
+    if block < 1 or k < 1 or guard < 0:
+        raise NearoptError("lobpcg_smallest needs k >= 1, block >= 1 and guard >= 0")
+    dev = torch.device(device)
+    H = _Counter(matmat, progress)
+    Y = constraints.to(dev) if constraints is not None else torch.zeros((n, 0), dtype=torch.float64, device=dev)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    floor = FLOOR_RTOL * lambda_max
+    empty = torch.zeros((n, 0), dtype=torch.float64, device=dev)
+    no_theta = torch.zeros(0, dtype=torch.float64, device=dev)
+
+    def fresh(m: int, *against: torch.Tensor) -> torch.Tensor:
+        return _orthonormal(torch.randn((n, m), generator=gen, dtype=torch.float64).to(dev), *against)
+
+    def wanted(st: _State) -> int:
+        """Active vectors still needed: the pairs not yet locked, plus the guard."""
+        left = k - st.L.shape[1]
+        return max(1, min(block, left + guard, n - Y.shape[1] - st.L.shape[1] - 1))
+
+    X = fresh(min(block, k + guard, n - Y.shape[1] - 1), Y)
+    HX = H(X)
+    th, C = torch.linalg.eigh(0.5 * (X.T @ HX + HX.T @ X))
+    st = _State(empty, empty, no_theta, [], X @ C, HX @ C, th, empty, empty)
+    history: list[torch.Tensor] = []  # residual norms per active column, one entry per iteration
+    iterations = 0
+    while True:
+        R = st.HX - st.X * st.theta_x
+        rn = torch.linalg.norm(R, dim=0)
+        edge = float(st.theta_x[-1])
+        n_lock = _lockable(st, rn, edge, tol, floor, history)
+        if n_lock:
+            st = _lock(st, n_lock)
+            R, rn = R[:, n_lock:], rn[n_lock:]
+            history = [h[n_lock:] for h in history]
+        if st.L.shape[1] >= k or iterations >= maxiter:
+            break
+        need = wanted(st) - st.X.shape[1]
+        if need > 0:  # refill the active block: fresh vectors enter at its top, the others keep their P
+            Xn = fresh(need, Y, st.L, st.X)
+            HXn = H(Xn)
+            th = torch.cat([st.theta_x, (Xn * HXn).sum(0)])
+            st = _State(st.L, st.HL, st.theta_l, st.edges, torch.cat([st.X, Xn], 1), torch.cat([st.HX, HXn], 1), th, st.P, st.HP)
+            continue
+        history.append(rn.clone())
+        W = _chunked(precondition, R) if precondition is not None else R
+        del R  # (memory: the block is P x m)
+        iterations += 1
+        st = _step(H, Y, st, W)
+    return _result(H, st, k, tol, iterations)
+
+
+def _lockable(st: _State, rn: torch.Tensor, edge: float, tol: float, floor: float, history: list[torch.Tensor]) -> int:
+    """How many of the lowest active pairs are accurate enough to lock (each one below it too).
+
+    A pair needs ``‖r‖ ≤ tol θ`` (judged on the vector, not only the eigenvalue: once locked
+    it gets no search directions of its own, so this is its final accuracy), or an eigenvalue bound ``≤ tol²`` (what
+    that residual would give with a gap of ``θ``: the way out when ``tol θ`` lies below the
+    product's rounding floor), or a residual at that floor that stopped falling.
+    """
+    theta = st.theta_x
+    n_lock = 0
+    old = history[-STAGNATION] if len(history) >= STAGNATION else None
+    for i in range(theta.numel() - 1):
+        th_i, r_i = float(theta[i]), float(rn[i])
+        ok = r_i <= LOCK_MARGIN * tol * th_i or _bound(th_i, r_i, edge) <= (LOCK_MARGIN * tol) ** 2
+        stagnant = old is not None and i < old.numel() and r_i <= floor and float(old[i]) < 2.0 * r_i
+        if not (ok or stagnant):
+            break
+        n_lock += 1
+    return n_lock
+
+
+def _lock(st: _State, n_lock: int) -> _State:
+    """Move the ``n_lock`` lowest active pairs to the locked set ``L``."""
+    L = torch.cat([st.L, st.X[:, :n_lock]], 1)
+    HL = torch.cat([st.HL, st.HX[:, :n_lock]], 1)
+    theta_l = torch.cat([st.theta_l, st.theta_x[:n_lock]])
+    edges = st.edges + [float(st.theta_x[-1])] * n_lock
+    keep = slice(n_lock, None)
+    P, HP = (st.P[:, keep], st.HP[:, keep]) if st.P.shape[1] else (st.P, st.HP)
+    return _State(L, HL, theta_l, edges, st.X[:, keep].clone(), st.HX[:, keep].clone(), st.theta_x[keep], P, HP)
+
+
+def _step(H: _Counter, Y: torch.Tensor, st: _State, W: torch.Tensor) -> _State:
+    """One LOBPCG iteration: Rayleigh–Ritz on the orthonormal ``[L, X, W, P]`` (soft locking: the
+    locked pairs stay in the basis, so their errors never floor the active ones), all orthogonal
+    to the constraints ``Y``; ``W`` the preconditioned residuals of the active block only."""
+    L, HL, X, HX = st.L, st.HL, st.X, st.HX
+    G = X.T @ X
+    if float(torch.linalg.matrix_norm(G - torch.eye(G.shape[0], dtype=G.dtype, device=G.device))) > 1e-10:
+        T = _svqb(X)  # X drifted from orthonormal: restore it (H X follows by the same map)
+        X, HX = X @ T, HX @ T
+    W = _orthonormal(W, Y, L, X)
+    HW = H(W)
+    P, HP = st.P, st.HP
+    if P.shape[1]:
+        _project(P, Y)  # (P is built from vectors orthogonal to Y: this only removes rounding)
+        for _ in range(2):  # in place: no temporaries of the block's size
+            cl, cx, cw = L.T @ P, X.T @ P, W.T @ P
+            P.addmm_(L, cl, alpha=-1.0).addmm_(X, cx, alpha=-1.0).addmm_(W, cw, alpha=-1.0)
+            HP.addmm_(HL, cl, alpha=-1.0).addmm_(HX, cx, alpha=-1.0).addmm_(HW, cw, alpha=-1.0)
+        T = _svqb(P, drop=P_DROP)  # (a near-dependent direction would amplify the rounding in HP)
+        P, HP = P @ T, HP @ T
+    S, HS = (L, X, W, P), (HL, HX, HW, HP)
+    A = torch.cat([torch.cat([Si.T @ HSj for HSj in HS], 1) for Si in S], 0)
+    theta, C = torch.linalg.eigh(0.5 * (A + A.T))
+    nl, nx = L.shape[1], X.shape[1]
+    theta, C = theta[: nl + nx], C[:, : nl + nx]
+    P, HP = _update(S, HS, C, nl + nx)
+    return _State(L, HL, theta[:nl], st.edges, X, HX, theta[nl:], P, HP)
+
+
+def _update(S, HS, C, n_keep: int, rows: int = 1 << 16):
+    """``[L X] ← S C``, ``[HL HX] ← HS C``, ``P ← [W P] C_wp`` (its ``X`` columns; and ``HP``), in place,
+    ``S = [L X W P]``.
+
+    Row by row-chunk, so no second copy of the blocks is ever held (memory ``≈ (2 l + 6 m) n``
+    floats); the new ``P``/``HP`` go into ``W``/``HW``'s storage when the shapes allow.
+    Returns ``(P, HP)``.
+    """
+    L, X, W, _ = S
+    HL, HX, HW, _ = HS
+    nl, nx, nw = L.shape[1], X.shape[1], W.shape[1]
+    Pn = W if nw == nx else torch.empty_like(X)
+    HPn = HW if nw == nx else torch.empty_like(X)
+    for s in range(0, X.shape[0], rows):
+        r = slice(s, s + rows)
+        Sr = torch.cat([B[r] for B in S], 1)
+        HSr = torch.cat([B[r] for B in HS], 1)
+        p_part, hp_part = Sr[:, nl + nx :] @ C[nl + nx :, nl:], HSr[:, nl + nx :] @ C[nl + nx :, nl:]
+        new, hnew = Sr[:, : nl + nx] @ C[: nl + nx], HSr[:, : nl + nx] @ C[: nl + nx]
+        L[r], HL[r] = new[:, :nl] + Sr[:, nl + nx :] @ C[nl + nx :, :nl], hnew[:, :nl] + HSr[:, nl + nx :] @ C[nl + nx :, :nl]
+        X[r], HX[r] = new[:, nl:] + p_part, hnew[:, nl:] + hp_part
+        Pn[r], HPn[r] = p_part, hp_part
+    return Pn, HPn
+
+
+def _result(H: _Counter, st: _State, k: int, tol: float, iterations: int) -> LockedPairs:
+    """The lowest ``k`` pairs of ``[L, X]``, refined by a last Rayleigh–Ritz on their span with
+    explicit products (the iteration's ``H L ≈ L θ_l`` is not used for what is returned)."""
+    edge_now = float(st.theta_x[-1]) if st.theta_x.numel() else float(st.theta_l[-1])
+    edges = np.array((st.edges + [edge_now] * k)[:k])
+    V = st.L if k <= st.L.shape[1] else torch.cat([st.L, st.X], 1)
+    Vk = V[:, :k]
+    st.X = st.HX = st.P = st.HP = st.HL = None  # type: ignore[assignment]  (memory for the last products)
+    HV = H(Vk)
+    theta, C = torch.linalg.eigh(0.5 * (Vk.T @ HV + HV.T @ Vk))
+    Vk, HV = Vk @ C, HV @ C
+    res = torch.linalg.norm(HV.sub_(Vk * theta), dim=0).cpu().numpy()
+    vals = theta.cpu().numpy()
+    bounds = np.array([_bound(float(t), float(r), float(e)) for t, r, e in zip(vals, res, edges)])
+    ok = (res <= tol * np.abs(vals)) | (bounds <= tol * tol)
+    return LockedPairs(
+        values=vals,
+        vectors=Vk,
+        residuals=res,
+        bounds=bounds,
+        at_floor=ok & (res > tol * np.abs(vals)),
+        iterations=iterations,
+        products=H.products,
+        converged=bool(vals.size >= k and np.all(ok)),
+        edge=edge_now,
+    )

@@ -1,0 +1,114 @@
+"""The locking LOBPCG (nearopt.spectra.lobpcg) against exact spectra, and its integration in smallest_eigenpairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nearopt as no
+from nearopt.curvature.population import PopulationHessian, rescaling_modes
+from nearopt.errors import NearoptError
+from nearopt.spectra.extremes import locking_block, smallest_eigenpairs
+from nearopt.spectra.lobpcg import lobpcg_smallest
+
+
+def _operator(eigs: np.ndarray, seed: int):
+    """``H = Q diag(eigs) Q^T`` as a torch matmat, with ``Q`` a random orthogonal matrix; and a
+    rough preconditioner (the inverse of ``H`` with each eigenvalue off by a random factor in [1/3, 3])."""
+    rng = np.random.default_rng(seed)
+    Q = torch.as_tensor(scipy.linalg.qr(rng.standard_normal((eigs.size, eigs.size)))[0])
+    d = torch.as_tensor(eigs)
+    fuzz = torch.as_tensor(np.exp(rng.uniform(-np.log(3), np.log(3), eigs.size)))
+    inv = torch.where(d > 0, 1.0 / torch.clamp(d, min=1e-300) * fuzz, torch.ones_like(d))
+
+    def matmat(V):
+        return Q @ (d[:, None] * (Q.T @ V))
+
+    def precondition(V):
+        return Q @ (inv[:, None] * (Q.T @ V))
+
+    return Q, matmat, precondition
+
+
+def test_locks_through_a_small_block_to_the_exact_bottom():
+    """k = 12 eigenvalues spread over 4 decades, through a block of 5: locking and refilling.
+
+    (The products of this dense operator carry errors ``~ eps ||H||``, so relative accuracy
+    ``1e-10`` needs eigenvalues above ``~1e-5 ||H||``.)"""
+    eigs = np.sort(np.concatenate([np.geomspace(1e-4, 1e-2, 40), np.random.default_rng(0).uniform(0.1, 1.0, 360)]))
+    Q, matmat, pre = _operator(eigs, 1)
+    res = lobpcg_smallest(matmat, eigs.size, 12, lambda_max=1.0, precondition=pre, block=5, tol=1e-8, seed=3)
+    assert res.converged and res.values.shape == (12,)
+    assert np.abs(res.values / eigs[:12] - 1).max() <= 1e-10
+    X = res.vectors
+    assert torch.allclose(X.T @ X, torch.eye(12, dtype=torch.float64), atol=1e-8)
+    assert np.all(res.residuals <= 1e-8 * res.values * (1 + 1e-6)) | np.all(res.bounds <= 1e-16)
+    assert res.products > 0 and res.iterations > 0
+
+
+def test_constraints_deflate_a_known_null_space():
+    eigs = np.concatenate([np.zeros(7), np.geomspace(1e-4, 1.0, 293)])
+    Q, matmat, pre = _operator(eigs, 2)
+    res = lobpcg_smallest(matmat, eigs.size, 5, lambda_max=1.0, precondition=pre, constraints=Q[:, :7].contiguous(), block=9)
+    assert res.converged and np.abs(res.values / eigs[7:12] - 1).max() <= 1e-9
+    assert float(torch.abs(Q[:, :7].T @ res.vectors).max()) <= 1e-10  # stays off the null space
+
+
+def test_out_of_iterations_is_reported_not_hidden():
+    eigs = np.geomspace(1e-8, 1.0, 300)
+    _, matmat, _ = _operator(eigs, 5)
+    res = lobpcg_smallest(matmat, eigs.size, 6, lambda_max=1.0, block=4, maxiter=2)  # no preconditioner
+    # a block of 4 cannot hold 6 pairs: what it has comes back, marked unconverged
+    assert not res.converged and res.values.shape == (4,) and res.iterations == 2
+    assert np.all(res.values >= eigs[:4] * (1 - 1e-12))  # Ritz values bound the eigenvalues from above
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 8), block=st.integers(2, 12), decades=st.floats(1.0, 4.0))
+def test_finds_the_bottom_of_random_spectra(seed, k, block, decades):
+    rng = np.random.default_rng(seed)
+    eigs = np.sort(10 ** rng.uniform(-decades, 0.0, 150))  # above eps ||H|| by 1e-4 at least
+    _, matmat, pre = _operator(eigs, seed)
+    res = lobpcg_smallest(matmat, eigs.size, k, lambda_max=float(eigs[-1]), precondition=pre, block=block, tol=1e-7, seed=seed)
+    assert res.converged
+    # clustered pairs may come out accurate to the eigenvalue bound tol^2 (relative), not better
+    assert np.abs(res.values / eigs[:k] - 1).max() <= 1e-8
+
+
+@pytest.mark.parametrize("act,n_i,n_h", [("erf", 16, 12), ("tanh", 10, 14)])
+def test_population_bottom_matches_dense(act, n_i, n_h):
+    net = no.sample_teacher(n_i, n_h, act, seed=0)
+    op = PopulationHessian(net)
+    exact = scipy.linalg.eigvalsh(op.to_dense())
+    res = smallest_eigenpairs(op, 12, preconditioner=op.preconditioner(), null_dim=0, block=6)
+    assert res.method == "lobpcg-locking+preconditioner" and res.extra["block"] == 6
+    assert res.converged and np.abs(res.values / exact[:12] - 1).max() <= 1e-8
+
+
+def test_relu_with_its_rescaling_modes_as_constraints():
+    net = no.sample_teacher(12, 8, "relu", seed=1)
+    op = PopulationHessian(net)
+    exact = scipy.linalg.eigvalsh(op.to_dense())
+    Z = rescaling_modes(net)
+    res = smallest_eigenpairs(op, 5, preconditioner=op.preconditioner(), null_vectors=Z, null_dim=Z.shape[1])
+    assert res.method.startswith("lobpcg-locking") and res.null_dim == 8 and res.null_source == "vectors"
+    assert np.abs(res.values / exact[8:13] - 1).max() <= 1e-8
+
+
+def test_solver_choice_and_memory_budget():
+    op = PopulationHessian(no.sample_teacher(16, 12, "erf", seed=0))
+    with pytest.raises(NearoptError, match="locking solver needs the whole null space"):
+        smallest_eigenpairs(op, 3, solver="locking")
+    with pytest.raises(NearoptError, match="solver must be"):
+        smallest_eigenpairs(op, 3, null_dim=0, solver="arnoldi")
+    scipy_res = smallest_eigenpairs(op, 3, preconditioner=op.preconditioner(), null_dim=0, solver="scipy")
+    assert scipy_res.method.startswith("lobpcg+")
+    P = 4_000_000
+    assert locking_block(P, 20, budget=3 << 30) == 8  # (7 m + 2 k) P floats within 3 GiB
+    assert locking_block(1000, 20, budget=3 << 30) == 24
+    with pytest.raises(NearoptError, match="need about"):
+        locking_block(P, 20, budget=1 << 30)
