@@ -323,7 +323,7 @@ class BatchHessian(BatchCurvature):
             routes.pop("factor", None)
         return routes
 
-    def choose_route(self) -> str:
+    def choose_route(self, k: int | None = None, which: str | None = None) -> str:
         return "dense"
 
     def to_dense(self) -> np.ndarray:

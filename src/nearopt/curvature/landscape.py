@@ -319,7 +319,7 @@ class PopulationLossHessian(ExpectationCurvature):
         routes["structured"] = self._structured_spectrum
         return routes
 
-    def choose_route(self) -> str:
+    def choose_route(self, k: int | None = None, which: str | None = None) -> str:
         """``structured`` unless the reduced block is larger than :data:`MAX_DENSE` (then an error: use lanczos)."""
         s = self.problem.point
         r = min(s.n_inputs, s.n_hidden + self.problem.teacher.n_hidden)

@@ -336,7 +336,7 @@ def _result(H: _Counter, st: _State, k: int, tol: float, iterations: int) -> Loc
     edges = np.array((st.edges + [edge_now] * k)[:k])
     V = st.L if k <= st.L.shape[1] else torch.cat([st.L, st.X], 1)
     Vk = V[:, :k]
-    st.X = st.HX = st.P = st.HP = st.HL = None  # type: ignore[assignment]  (memory for the last products)
+    st.X = st.HX = st.P = st.HP = st.HL = st.L.new_zeros((st.L.shape[0], 0))  # drop the blocks: memory for the last products
     HV = H(Vk)
     theta, C = torch.linalg.eigh(0.5 * (Vk.T @ HV + HV.T @ Vk))
     Vk, HV = Vk @ C, HV @ C
