@@ -68,8 +68,11 @@ def test_out_of_iterations_is_reported_not_hidden():
 
 
 @settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 10_000), k=st.integers(1, 8), block=st.integers(2, 12), decades=st.floats(1.0, 4.0))
-def test_finds_the_bottom_of_random_spectra(seed, k, block, decades):
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 8), extra=st.integers(1, 6), decades=st.floats(1.0, 4.0))
+def test_finds_the_bottom_of_random_spectra(seed, k, extra, decades):
+    """Any spread of eigenvalues, a block of k + 1 ... k + 6 (a block with no guard vector converges at the
+    pace of the gap to the next eigenvalue, hopeless in a dense cluster)."""
+    block = k + extra
     rng = np.random.default_rng(seed)
     eigs = np.sort(10 ** rng.uniform(-decades, 0.0, 150))  # above eps ||H|| by 1e-4 at least
     _, matmat, pre = _operator(eigs, seed)
