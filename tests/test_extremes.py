@@ -211,9 +211,9 @@ def test_auto_takes_the_cheaper_route_for_k_extremes(capsys):
     assert large.choose_route() == "dense"  # the whole spectrum: always an exact route
     spec = small.spectrum("auto", k=3, which="largest", tol=1e-8)  # exact route: lanczos options dropped
     assert spec.method == "structured" and spec.eigenvalues.size == small.n_params
-    code = main(["spectrum", "-a", "erf", "--ni", "30", "--nh", "30", "--population", "--which", "largest", "--k", "3", "--json", "--quiet"])
+    code = main(["spectrum", "-a", "erf", "--ni", "40", "--nh", "40", "--population", "--which", "largest", "--k", "3", "--json", "--quiet"])
     out = json.loads(capsys.readouterr().out)
-    exact = np.sort(scipy.linalg.eigvalsh(PopulationHessian(no.sample_teacher(30, 30, "erf", seed=0)).to_dense()))[-3:]
+    exact = np.sort(scipy.linalg.eigvalsh(PopulationHessian(no.sample_teacher(40, 40, "erf", seed=0)).to_dense()))[-3:]
     assert code == 0 and out["route_choice"]["chosen"] == "lanczos" and np.allclose(out["eigenvalues"], exact, rtol=1e-10)
     code = main(["spectrum", "-a", "erf", "--ni", "5", "--nh", "3", "--population", "--which", "smallest", "--k", "2", "--json"])
     out = json.loads(capsys.readouterr().out)

@@ -38,3 +38,13 @@ def test_hvp_operators_on_gpu():
     V = np.random.default_rng(0).standard_normal((net.n_params, 3))
     assert np.allclose(PopulationHessian(net, device="cuda") @ V, population_hessian(net) @ V, rtol=1e-10, atol=1e-13)
     assert np.allclose(BatchGaussNewton(net, X, device="cuda") @ V, no.gauss_newton(net, X) @ V, rtol=1e-10, atol=1e-13)
+
+
+def test_smallest_eigenpairs_run_on_the_gpu():
+    """The locking LOBPCG keeps its blocks on the operator's device and agrees with the CPU run."""
+    net = no.sample_teacher(16, 12, "erf", seed=0)
+    cpu = PopulationHessian(net).eigenpairs(6, "smallest", null_dim=0)
+    gpu_op = PopulationHessian(net, device="cuda")
+    gpu = gpu_op.eigenpairs(6, "smallest", null_dim=0)
+    assert gpu.method == "lobpcg-locking+preconditioner" and gpu.extra["device"].startswith("cuda")
+    assert gpu.converged and np.allclose(gpu.values, cpu.values, rtol=1e-9)

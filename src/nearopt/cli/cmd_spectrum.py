@@ -82,7 +82,7 @@ def register(sub) -> None:
     it.add_argument("--quiet", action="store_true", help="no progress lines on stderr for long matrix-free runs")
     p.add_argument("--rtol", type=positive_float, default=None, help="relative tolerance of the rank decision on singular values (default max(N,P)*eps)")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="inputs per chunk when accumulating the batch Hessian (default: by memory)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (batch Hessians)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (batch Hessians, and the matrix-free population routes)")
     p.add_argument("--json", action="store_true", help="print the full result (all eigenvalues) as JSON")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON result to this file (atomically)")
     add_student_args(p)
@@ -225,7 +225,7 @@ def _progress(args, label: str):
 def _population_extremes(args, net: TwoLayerNet, law) -> Spectrum:
     """``--population --method auto --which W --k K``: the exact route or the matrix-free one, whichever
     :meth:`PopulationHessian.choose_route` estimates cheaper for those ``k`` eigenvalues."""
-    curv = PopulationHessian(Problem(net) if law is None else Problem(net, inputs=law))
+    curv = PopulationHessian(Problem(net) if law is None else Problem(net, inputs=law), device=args.device)
     route = curv.choose_route(args.k, args.which)
     if route == "lanczos":
         spec = _population_matrix_free(args, net, law)
@@ -238,7 +238,7 @@ def _population_extremes(args, net: TwoLayerNet, law) -> Spectrum:
 
 def _population_matrix_free(args, net: TwoLayerNet, law) -> Spectrum:
     """``--population --method lanczos|slq`` at the teacher: the matrix-free operator."""
-    curv = PopulationHessian(Problem(net) if law is None else Problem(net, inputs=law))
+    curv = PopulationHessian(Problem(net) if law is None else Problem(net, inputs=law), device=args.device)
     if args.method == "slq":
         return curv.spectrum("slq", rtol=args.rtol, n_probes=args.probes, steps=args.steps, seed=args.probe_seed, sigma=args.sigma, progress=_progress(args, "slq"))
     which = args.which or "largest"

@@ -51,7 +51,7 @@ GUARD = 4
 #: largest LOBPCG block (memory ``~ 9 P block`` float64)
 MAX_BLOCK = 2000
 #: memory the locking LOBPCG's blocks may take (bytes), at most half what is available
-LOCKING_MEMORY = 3 << 30
+LOCKING_MEMORY = 5 << 29
 
 
 @dataclass

@@ -20,8 +20,9 @@ block to the host; torch's has no constraints. Here
   stays in the Rayleigh–Ritz basis (soft locking), so its small error never floors the
   pairs above it. The block can be smaller than ``k`` (memory ``≈ (2 k + 7 m) P`` floats);
 * a pair is accurate when its relative residual is ``≤ tol`` (with a margin), or, where
-  that lies below the product's rounding floor, when the Rayleigh-quotient bound
-  ``‖r_i‖² / ((θ_edge − θ_i) θ_i)`` (gap to the block's top Ritz value) is ``≤ tol²``;
+  that lies below the product's rounding, when its backward error ``‖r‖ ≤ ε λ_max`` is that
+  of a dense ``eigh`` or the Rayleigh-quotient bound ``‖r_i‖² / ((θ_edge − θ_i) θ_i)`` (gap to
+  the block's top Ritz value) is ``≤ tol²``;
   the returned pairs come from a last Rayleigh–Ritz on the locked vectors with explicit
   products, since the block's ``H X`` is carried implicitly;
 * the null space must be known and comes in as constraints (every other Ritz value is a
@@ -47,9 +48,11 @@ from ..errors import NearoptError
 TorchMatmat = Callable[[torch.Tensor], torch.Tensor]
 
 #: a residual ``‖r‖ ≤ FLOOR_RTOL λ_max`` that stopped falling counts as the product's rounding floor
-FLOOR_RTOL = 1e-14
+FLOOR_RTOL = 1e-15
+#: float64 machine epsilon: ``‖r‖ ≤ EPS λ_max`` is the backward error of a dense eigensolver
+EPS = float(torch.finfo(torch.float64).eps)
 #: iterations without a 2x fall of a residual before it counts as stagnant
-STAGNATION = 6
+STAGNATION = 10
 #: search directions whose Gram eigenvalue falls below this (after projection) are dropped: keeping
 #: them would multiply the rounding carried in ``H P`` by up to ``P_DROP^-1/2``
 P_DROP = 1e-8
@@ -68,8 +71,9 @@ class LockedPairs:
     ``values`` ``(k,)`` ascending nonzero Ritz values, ``vectors`` ``(P, k)``;
     ``residuals`` ``(k,)`` absolute ``‖H x − θ x‖`` (explicit products);
     ``bounds`` ``(k,)`` relative eigenvalue error bounds ``‖r‖² / (gap θ)``;
-    ``at_floor`` ``(k,)`` pairs accepted on their eigenvalue bound (``≤ tol²``) because the
-    residual could not reach ``tol θ`` above the product's rounding floor;
+    ``at_floor`` ``(k,)`` pairs accepted on their backward error (``‖r‖ ≤ ε λ_max``, the
+    accuracy of a dense ``eigh``) or their eigenvalue bound (``≤ tol²``), because ``tol θ``
+    lies below the product's rounding; their ``bounds`` say how accurate their eigenvalues are;
     """
 
     values: np.ndarray
@@ -134,8 +138,13 @@ def _svqb(V: torch.Tensor, drop: float = 1e-12) -> torch.Tensor:
 
 
 def _orthonormal(V: torch.Tensor, *bases: torch.Tensor) -> torch.Tensor:
-    """An orthonormal basis of ``V`` off the ``bases`` (two rounds of projection + SVQB)."""
-    for _ in range(2):
+    """An orthonormal basis of ``V`` off the ``bases``: projection (two passes) and SVQB, once more
+    when the projection removed nearly all of a column (then rounding is no longer negligible)."""
+    before = torch.linalg.norm(V, dim=0)
+    V = _project(V, *bases)
+    lost = bool((torch.linalg.norm(V, dim=0) < 1e-2 * before).any())
+    V = V @ _svqb(V)
+    if lost:
         V = _project(V, *bases)
         V = V @ _svqb(V)
     return V
@@ -200,6 +209,7 @@ def lobpcg_smallest(
     Y = constraints.to(dev) if constraints is not None else torch.zeros((n, 0), dtype=torch.float64, device=dev)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     floor = FLOOR_RTOL * lambda_max
+    backward = EPS * lambda_max
     empty = torch.zeros((n, 0), dtype=torch.float64, device=dev)
     no_theta = torch.zeros(0, dtype=torch.float64, device=dev)
 
@@ -221,7 +231,7 @@ def lobpcg_smallest(
         R = st.HX - st.X * st.theta_x
         rn = torch.linalg.norm(R, dim=0)
         edge = float(st.theta_x[-1])
-        n_lock = _lockable(st, rn, edge, tol, floor, history)
+        n_lock = _lockable(st, rn, edge, tol, floor, history, backward)
         if n_lock:
             st = _lock(st, n_lock)
             R, rn = R[:, n_lock:], rn[n_lock:]
@@ -240,23 +250,24 @@ def lobpcg_smallest(
         del R  # (memory: the block is P x m)
         iterations += 1
         st = _step(H, Y, st, W)
-    return _result(H, st, k, tol, iterations)
+    return _result(H, st, k, tol, iterations, backward)
 
 
-def _lockable(st: _State, rn: torch.Tensor, edge: float, tol: float, floor: float, history: list[torch.Tensor]) -> int:
+def _lockable(st: _State, rn: torch.Tensor, edge: float, tol: float, floor: float, history: list[torch.Tensor], backward: float) -> int:
     """How many of the lowest active pairs are accurate enough to lock (each one below it too).
 
     A pair needs ``‖r‖ ≤ tol θ`` (judged on the vector, not only the eigenvalue: once locked
-    it gets no search directions of its own, so this is its final accuracy), or an eigenvalue bound ``≤ tol²`` (what
-    that residual would give with a gap of ``θ``: the way out when ``tol θ`` lies below the
-    product's rounding floor), or a residual at that floor that stopped falling.
+    it gets no search directions of its own, so this is its final accuracy); or a backward
+    error ``‖r‖ ≤ ε λ_max`` (an exact eigenpair of ``H + E`` with ``‖E‖ ≤ ε ‖H‖``, what a dense
+    ``eigh`` guarantees: the way out when ``tol θ`` lies below the product's rounding);
+    or an eigenvalue bound ``≤ tol²``; or a residual at the floor that stopped falling.
     """
     theta = st.theta_x
     n_lock = 0
     old = history[-STAGNATION] if len(history) >= STAGNATION else None
     for i in range(theta.numel() - 1):
         th_i, r_i = float(theta[i]), float(rn[i])
-        ok = r_i <= LOCK_MARGIN * tol * th_i or _bound(th_i, r_i, edge) <= (LOCK_MARGIN * tol) ** 2
+        ok = r_i <= LOCK_MARGIN * tol * th_i or r_i <= backward or _bound(th_i, r_i, edge) <= (LOCK_MARGIN * tol) ** 2
         stagnant = old is not None and i < old.numel() and r_i <= floor and float(old[i]) < 2.0 * r_i
         if not (ok or stagnant):
             break
@@ -329,7 +340,7 @@ def _update(S, HS, C, n_keep: int, rows: int = 1 << 16):
     return Pn, HPn
 
 
-def _result(H: _Counter, st: _State, k: int, tol: float, iterations: int) -> LockedPairs:
+def _result(H: _Counter, st: _State, k: int, tol: float, iterations: int, backward: float) -> LockedPairs:
     """The lowest ``k`` pairs of ``[L, X]``, refined by a last Rayleigh–Ritz on their span with
     explicit products (the iteration's ``H L ≈ L θ_l`` is not used for what is returned)."""
     edge_now = float(st.theta_x[-1]) if st.theta_x.numel() else float(st.theta_l[-1])
@@ -343,7 +354,7 @@ def _result(H: _Counter, st: _State, k: int, tol: float, iterations: int) -> Loc
     res = torch.linalg.norm(HV.sub_(Vk * theta), dim=0).cpu().numpy()
     vals = theta.cpu().numpy()
     bounds = np.array([_bound(float(t), float(r), float(e)) for t, r, e in zip(vals, res, edges)])
-    ok = (res <= tol * np.abs(vals)) | (bounds <= tol * tol)
+    ok = (res <= tol * np.abs(vals)) | (bounds <= tol * tol) | (res <= 2 * backward)
     return LockedPairs(
         values=vals,
         vectors=Vk,
