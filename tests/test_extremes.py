@@ -38,8 +38,11 @@ def test_population_product_and_preconditioner(act, n_i, n_h, seed):
     x = np.random.default_rng(seed).standard_normal(net.n_params)
     assert np.allclose(hvp(torch.as_tensor(x)).numpy(), H @ x, rtol=1e-12, atol=1e-14)  # (P,) vectors too
     T = hvp.precondition(E).numpy()
-    assert np.abs(T - T.T).max() <= 1e-10 * np.abs(T).max()
-    assert np.linalg.eigvalsh(0.5 * (T + T.T))[0] > 0
+    # SPD up to rounding: a near-linear unit (tiny w, erf) makes T ~ H^-1 with cond ~ 1e11, and then
+    # its rounding shows at ~1e-7 of ||T|| (hypothesis found erf n_i=2, n_h=1, seed=33)
+    assert np.abs(T - T.T).max() <= 1e-6 * np.abs(T).max()
+    eig = np.linalg.eigvalsh(0.5 * (T + T.T))
+    assert eig[0] > -1e-6 * eig[-1]
 
 
 def test_preconditioner_is_the_structured_inverse():

@@ -252,16 +252,20 @@ def _population_matrix_free(args, net: TwoLayerNet, law) -> Spectrum:
     if isinstance(net.activation, ReLU) and null_dim is None:
         null_vectors = rescaling_modes(net)  # exact: deflated as constraints, and all of the null space
         null_dim = null_vectors.shape[1]
-    elif null_dim is None:
+    source = None
+    if null_dim is None and null_vectors is None:
         # an observed full rank (erf, tanh) counts: their tiny eigenvalues sit far below any
         # zero threshold (erf n = 1000: 1e-12 of lambda_max), so detection would misread them
         pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
         if pred.kind in ("exact", "observed"):
-            null_dim = P - pred.rank
-    return curv.spectrum(
+            null_dim, source = P - pred.rank, f"predict_rank ({pred.kind})"
+    spec = curv.spectrum(
         "smallest", rtol=args.rtol, k=args.k, null_dim=null_dim, null_vectors=null_vectors,
         tol=args.tol, maxiter=args.maxiter, block=args.block, seed=args.probe_seed, progress=progress,
     )
+    if source is not None:
+        spec.extra["null_source"] = source
+    return spec
 
 
 def _g(x: float) -> str:
