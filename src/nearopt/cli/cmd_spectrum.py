@@ -225,10 +225,10 @@ def _progress(args, label: str):
 def _population_extremes(args, net: TwoLayerNet, law) -> Spectrum:
     """``--population --method auto --which W --k K``: the exact route or the matrix-free one, whichever
     :meth:`PopulationHessian.choose_route` estimates cheaper for those ``k`` eigenvalues."""
-    curv = PopulationHessian(Problem(net) if law is None else Problem(net, inputs=law), device=args.device)
+    curv = _population_curvature(args, net, law)
     route = curv.choose_route(args.k, args.which)
     if route == "lanczos":
-        spec = _population_matrix_free(args, net, law)
+        spec = _population_matrix_free(args, net, law, curv)
     else:
         spec = population_spectrum(net, method=route, rtol=args.rtol, k=args.k, inputs=law)
     spec.extra["route_choice"] = {"asked": f"{args.which} {args.k}", "chosen": route,
@@ -236,9 +236,14 @@ def _population_extremes(args, net: TwoLayerNet, law) -> Spectrum:
     return spec
 
 
-def _population_matrix_free(args, net: TwoLayerNet, law) -> Spectrum:
+def _population_curvature(args, net: TwoLayerNet, law) -> PopulationHessian:
+    """The population Hessian at the teacher, on ``--device``."""
+    return PopulationHessian(Problem(net) if law is None else Problem(net, inputs=law), device=args.device)
+
+
+def _population_matrix_free(args, net: TwoLayerNet, law, curv: PopulationHessian | None = None) -> Spectrum:
     """``--population --method lanczos|slq`` at the teacher: the matrix-free operator."""
-    curv = PopulationHessian(Problem(net) if law is None else Problem(net, inputs=law), device=args.device)
+    curv = curv if curv is not None else _population_curvature(args, net, law)
     if args.method == "slq":
         return curv.spectrum("slq", rtol=args.rtol, n_probes=args.probes, steps=args.steps, seed=args.probe_seed, sigma=args.sigma, progress=_progress(args, "slq"))
     which = args.which or "largest"

@@ -177,8 +177,7 @@ class Curvature(LinearOperator):
         """
         routes = self.routes
         if method == "auto":
-            which = options.get("which")
-            method = self.choose_route(k, which) if which is not None else self.choose_route()
+            method = self.choose_route(k, options.get("which"))
             if method not in ("lanczos", "smallest"):  # an exact route answers every end at once
                 options = {key: val for key, val in options.items() if key not in EXTREME_OPTIONS}
         if method not in routes:

@@ -25,7 +25,6 @@ distance to the last Ritz value of the block), reported as ``error_bound``.
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh, lobpcg
 from ..errors import NearoptError, require_positive_int
 from ..resources import available_memory
 from .lobpcg import GUARD as LOCKING_GUARD
-from .lobpcg import lobpcg_smallest
+from .lobpcg import ProductMeter, lobpcg_smallest
 
 #: default relative residual ``||H x - theta x|| / theta`` a Ritz pair must reach
 DEFAULT_TOL = 1e-6
@@ -111,7 +110,8 @@ class Eigenpairs:
 
 
 class CountingOperator(LinearOperator):
-    """``op`` that counts the vectors it multiplies and reports progress on stderr.
+    """``op`` that counts the vectors it multiplies and reports progress on stderr
+    (a :class:`~nearopt.spectra.lobpcg.ProductMeter`).
 
     ``progress``: ``None`` (silent), ``True`` (a line to stderr at most every
     ``every`` seconds) or a callable ``(products, seconds) -> None``.
@@ -119,25 +119,16 @@ class CountingOperator(LinearOperator):
 
     def __init__(self, op: LinearOperator, progress: bool | Callable[[int, float], None] | None = None, every: float = 10.0, label: str = ""):
         super().__init__(dtype=np.float64, shape=op.shape)
-        self.op, self.products, self.every, self.label = op, 0, every, label
-        self.t0 = self.last = time.perf_counter()
-        self.progress = progress
+        self.op, self.meter = op, ProductMeter(progress, label, every)
 
-    def _report(self) -> None:
-        now = time.perf_counter()
-        if self.progress is None or self.progress is False or now - self.last < self.every:
-            return
-        self.last = now
-        if callable(self.progress):
-            self.progress(self.products, now - self.t0)
-        else:
-            print(f"  {self.label}{self.products} products, {now - self.t0:.0f} s", file=sys.stderr, flush=True)
+    @property
+    def products(self) -> int:
+        return self.meter.products
 
     def _matmat(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
-        self.products += X.shape[1]
         out = np.asarray(self.op.matmat(X), dtype=np.float64)
-        self._report()
+        self.meter.add(X.shape[1])
         return out
 
     def _matvec(self, x: np.ndarray) -> np.ndarray:
@@ -270,24 +261,23 @@ def _dense_bottom(op: LinearOperator, Y: np.ndarray, m: int) -> tuple[np.ndarray
     return theta, X, _residuals(op, X, theta)
 
 
+def _through_numpy(lin: LinearOperator) -> Callable:
+    """``lin`` (a NumPy LinearOperator) as a torch function ``(P, m) -> (P, m)`` on the input's device."""
+
+    def fn(V):
+        return torch.as_tensor(np.asarray(lin.matmat(V.cpu().numpy()), dtype=np.float64), device=V.device)
+
+    return fn
+
+
 def _torch_side(op: LinearOperator, M: LinearOperator | None) -> tuple[Callable, Callable | None, Any]:
     """``(matmat, precondition, device)`` as torch functions: a curvature's own ``torch_matmat`` and a
     :class:`TorchOperator`'s function run on their device; any other operator goes through NumPy."""
     device = getattr(op, "device", "cpu")
-    if callable(getattr(op, "torch_matmat", None)):
-        matmat = op.torch_matmat
-    else:
-        def matmat(V):
-            return torch.as_tensor(np.asarray(op.matmat(V.cpu().numpy()), dtype=np.float64), device=V.device)
+    matmat = op.torch_matmat if callable(getattr(op, "torch_matmat", None)) else _through_numpy(op)
     if M is None:
         return matmat, None, device
-    if isinstance(M, TorchOperator):
-        return matmat, M.fn, device
-
-    def precondition(V):
-        return torch.as_tensor(np.asarray(M.matmat(V.cpu().numpy()), dtype=np.float64), device=V.device)
-
-    return matmat, precondition, device
+    return matmat, M.fn if isinstance(M, TorchOperator) else _through_numpy(M), device
 
 
 def locking_block(P: int, k: int, n_fixed: int = 0, budget: int | None = None) -> int:

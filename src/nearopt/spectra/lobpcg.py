@@ -87,24 +87,44 @@ class LockedPairs:
     edge: float
 
 
-class _Counter:
-    """Counts the vectors multiplied; reports ``(products, seconds)`` at most every ``every`` s."""
+class ProductMeter:
+    """Counts the vectors an operator multiplies and reports progress.
 
-    def __init__(self, matmat: TorchMatmat, progress, every: float = 10.0):
-        self.matmat, self.progress, self.every = matmat, progress, every
+    ``progress``: ``None``/``False`` (silent), ``True`` (a line ``"  {label}{products} products,
+    {seconds} s"`` to stderr at most every ``every`` seconds) or a callable ``(products, seconds)``.
+    """
+
+    def __init__(self, progress: bool | Callable[[int, float], None] | None = None, label: str = "", every: float = 10.0):
+        self.progress, self.label, self.every = progress, label, every
         self.products, self.t0 = 0, time.perf_counter()
         self.last = self.t0
 
+    def add(self, n: int) -> None:
+        """Count ``n`` more vectors; report if one is due."""
+        self.products += n
+        now = time.perf_counter()
+        if not self.progress or now - self.last < self.every:
+            return
+        self.last = now
+        if callable(self.progress):
+            self.progress(self.products, now - self.t0)
+        else:
+            print(f"  {self.label}{self.products} products, {now - self.t0:.0f} s", file=sys.stderr, flush=True)
+
+
+class _Counter:
+    """A torch ``matmat`` applied ``CHUNK`` columns at a time, its products counted by a :class:`ProductMeter`."""
+
+    def __init__(self, matmat: TorchMatmat, progress):
+        self.matmat, self.meter = matmat, ProductMeter(progress, "smallest: ")
+
+    @property
+    def products(self) -> int:
+        return self.meter.products
+
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         out = _chunked(self.matmat, X)
-        self.products += X.shape[1]
-        now = time.perf_counter()
-        if self.progress and now - self.last >= self.every:
-            self.last = now
-            if callable(self.progress):
-                self.progress(self.products, now - self.t0)
-            else:
-                print(f"  smallest: {self.products} products, {now - self.t0:.0f} s", file=sys.stderr, flush=True)
+        self.meter.add(X.shape[1])
         return out
 
 
