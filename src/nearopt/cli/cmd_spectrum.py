@@ -74,7 +74,7 @@ def register(sub) -> None:
     it.add_argument("--maxiter", type=positive_int, default=None,
                     help="--which smallest: LOBPCG iterations at most (default 3000 with a known null space, else 400)")
     it.add_argument("--block", type=positive_int, default=None,
-                    help="--which smallest: LOBPCG block size (default k + 4 within a 3 GiB budget for the blocks)")
+                    help="--which smallest: LOBPCG block size (default k + 4 within a 2.5 GiB budget for the blocks)")
     it.add_argument("--probes", type=positive_int, default=10, help="--method slq: random probe vectors (default 10)")
     it.add_argument("--steps", type=positive_int, default=80, help="--method slq: Lanczos steps per probe (default 80)")
     it.add_argument("--sigma", type=positive_float, default=None, help="--method slq: Gaussian smoothing width (default 1%% of the spectral range)")
