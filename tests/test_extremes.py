@@ -16,8 +16,9 @@ from nearopt.cli.cmd_spectrum import rescaling_modes
 from nearopt.curvature.population import PopulationHessian, population_hessian, population_hvp
 from nearopt.errors import NearoptError
 from nearopt.spectra.density import slq, spectral_density
-from nearopt.spectra.extremes import TorchOperator, largest_eigenpairs, smallest_eigenpairs
+from nearopt.spectra.extremes import largest_eigenpairs, smallest_eigenpairs
 from nearopt.spectra.lanczos import gauss_quadrature, lanczos_tridiagonals
+from nearopt.spectra.torch_ops import TorchOperator
 
 CPU = torch.device("cpu")
 

@@ -6,6 +6,7 @@ import torch
 
 import nearopt as no
 from nearopt.curvature import BatchGaussNewton, PopulationHessian, population_hessian
+from nearopt.spectra import slq
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -48,3 +49,15 @@ def test_smallest_eigenpairs_run_on_the_gpu():
     gpu = gpu_op.eigenpairs(6, "smallest", null_dim=0)
     assert gpu.method == "lobpcg-locking+preconditioner" and gpu.extra["device"].startswith("cuda")
     assert gpu.converged and np.allclose(gpu.values, cpu.values, rtol=1e-9)
+
+
+def test_top_end_and_slq_stay_on_the_gpu():
+    """On a GPU, ``auto`` takes the torch thick-restart Lanczos (ARPACK would move every vector
+    to the host), and SLQ's recurrence runs there too; both agree with the CPU runs."""
+    net = no.sample_teacher(16, 12, "erf", seed=0)
+    cpu_op, gpu_op = PopulationHessian(net), PopulationHessian(net, device="cuda")
+    cpu, gpu = cpu_op.eigenpairs(8, "largest"), gpu_op.eigenpairs(8, "largest")
+    assert gpu.method == "lanczos-thick-restart" and cpu.method == "arpack-LA"
+    assert gpu.converged and np.allclose(gpu.values, cpu.values, rtol=1e-12)
+    d_cpu, d_gpu = slq(cpu_op, n_probes=4, steps=20), slq(gpu_op, n_probes=4, steps=20)
+    assert np.allclose(d_gpu.moments(3)[0], d_cpu.moments(3)[0], rtol=1e-9)

@@ -85,7 +85,7 @@ class Curvature(LinearOperator):
         """An SPD ``T ≈ (H + shift I)^{-1}`` for LOBPCG (the ``smallest`` route), or ``None``.
 
         Subclasses that know their block structure supply one (e.g. a
-        :class:`~nearopt.spectra.extremes.TorchOperator` around a torch solve);
+        :class:`~nearopt.spectra.torch_ops.TorchOperator` around a torch solve);
         without one the ``smallest`` route runs plain LOBPCG (slow at an
         ill-conditioned bottom: ``docs/scale.md``).
         """

@@ -60,7 +60,8 @@ def _chunks(X: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 def _as_tensor(X: np.ndarray | torch.Tensor, net: TwoLayerNet, dtype, device) -> torch.Tensor:
     if X is None:
         raise NearoptError("inputs X are required (an array of shape (N, N_i))")
-    if isinstance(X, torch.Tensor) and X.is_complex() or np.iscomplexobj(X) and not isinstance(X, torch.Tensor):
+    # a tensor is asked itself: NumPy would copy a GPU tensor to look at its dtype (and fails to)
+    if X.is_complex() if isinstance(X, torch.Tensor) else np.iscomplexobj(X):
         raise NearoptError("inputs must be real numbers, got a complex array")
     try:
         X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X, dtype=dtype, device=device)

@@ -69,9 +69,9 @@ from ..expectations import PairMoments, pair_moments
 from ..model import TwoLayerNet
 from ..problem import GaussianInputs, Problem, as_problem, whiten
 from ..resources import require_memory
-from ..spectra.extremes import TorchOperator
 from ..spectra.rank_rule import rank_from_eigenvalues
 from ..spectra.spectrum import Spectrum
+from ..spectra.torch_ops import TorchOperator
 from .base import LANCZOS_K, Curvature, restrict, select
 
 POPULATION_METHODS = ("auto", "dense", "structured", "factor", "lanczos")

@@ -37,9 +37,11 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh, lobpcg
 
 from ..errors import NearoptError, require_positive_int
-from ..resources import available_memory
+from ..resources import available_device_memory, available_memory
+from .lanczos import thick_restart_lanczos
 from .lobpcg import GUARD as LOCKING_GUARD
-from .lobpcg import ProductMeter, lobpcg_smallest
+from .lobpcg import lobpcg_smallest
+from .torch_ops import ProductMeter, chunked, torch_side
 
 #: default relative residual ``||H x - theta x|| / theta`` a Ritz pair must reach
 DEFAULT_TOL = 1e-6
@@ -111,7 +113,7 @@ class Eigenpairs:
 
 class CountingOperator(LinearOperator):
     """``op`` that counts the vectors it multiplies and reports progress on stderr
-    (a :class:`~nearopt.spectra.lobpcg.ProductMeter`).
+    (a :class:`~nearopt.spectra.torch_ops.ProductMeter`).
 
     ``progress``: ``None`` (silent), ``True`` (a line to stderr at most every
     ``every`` seconds) or a callable ``(products, seconds) -> None``.
@@ -138,30 +140,6 @@ class CountingOperator(LinearOperator):
         return self._matvec(x)
 
     def _adjoint(self) -> CountingOperator:
-        return self
-
-
-class TorchOperator(LinearOperator):
-    """A symmetric LinearOperator ``(P, P)`` from a torch function ``(P, k) -> (P, k)`` (float64, on ``device``).
-
-    How a preconditioner written in torch (CPU or GPU) reaches SciPy's LOBPCG.
-    """
-
-    def __init__(self, fn: Callable[[Any], Any], P: int, device: Any = "cpu"):
-        super().__init__(dtype=np.float64, shape=(P, P))
-        self.fn, self.device = fn, device
-
-    def _matmat(self, X: np.ndarray) -> np.ndarray:
-        T = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float64).reshape(self.shape[0], -1), device=self.device)
-        return self.fn(T).cpu().numpy()
-
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        return self._matmat(np.asarray(x).reshape(-1, 1)).ravel()
-
-    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
-        return self._matvec(x)
-
-    def _adjoint(self) -> TorchOperator:
         return self
 
 
@@ -193,24 +171,40 @@ def largest_eigenpairs(
     seed: int = 0,
     return_vectors: bool = False,
     maxiter: int | None = None,
+    solver: str = "auto",
     progress: bool | Callable[[int, float], None] | None = None,
 ) -> Eigenpairs:
-    """The ``k`` largest eigenvalues (ascending) by ARPACK ``eigsh(which="LA")``, residuals checked.
+    """The ``k`` largest eigenvalues (ascending), residuals checked.
 
-    ARPACK's own ``tol`` is set to ``tol**2`` (it bounds the Ritz value error);
-    afterwards one block product gives the relative residuals. Cost: a few
-    dozen products for a separated top (``docs/scale.md``).
+    ``solver``: ``"arpack"`` (SciPy's ``eigsh(which="LA")``, ARPACK's own ``tol`` set
+    to ``tol**2``: it bounds the Ritz value error), ``"lanczos"`` (the torch
+    thick-restart Lanczos of :func:`~nearopt.spectra.lanczos.thick_restart_lanczos`,
+    same Krylov spaces and stopping rule, basis on the operator's device) or ``"auto"``:
+    the torch one for an operator on a GPU (ARPACK would move every vector to the
+    host), ARPACK otherwise. Afterwards one block product gives the relative residuals.
+    Cost: a few dozen products for a separated top (``docs/scale.md``).
     """
     k = _check_k(op, k)
+    if solver not in ("auto", "arpack", "lanczos"):
+        raise NearoptError(f"solver must be 'auto', 'arpack' or 'lanczos', got {solver!r}")
     t0 = time.perf_counter()
-    cop = CountingOperator(op, progress, label="largest: ")
-    v0 = np.random.default_rng(seed).standard_normal(op.shape[0])
     ncv = min(op.shape[0], max(2 * k + 1, k + 20))
-    theta, X = eigsh(cop, k=k, which="LA", tol=tol**2, v0=v0, ncv=ncv, maxiter=maxiter)
-    order = np.argsort(theta)
-    theta, X = theta[order], X[:, order]
-    iterations = cop.products
-    res = _residuals(cop, X, theta)
+    matmat, device = torch_side(op)
+    if solver == "lanczos" or (solver == "auto" and device.type == "cuda" and ncv < op.shape[0]):
+        found = thick_restart_lanczos(matmat, op.shape[0], k, ncv=ncv, tol=tol**2, maxiter=1000 if maxiter is None else maxiter, seed=seed, device=device, progress=progress)
+        theta, Xt, products, iterations, method = found.values, found.vectors, found.products, found.restarts, "lanczos-thick-restart"
+        res = torch.linalg.norm(chunked(matmat, Xt) - Xt * torch.as_tensor(theta, device=device), dim=0).cpu().numpy()
+        products += k
+        X = Xt.cpu().numpy() if return_vectors else None
+    else:
+        cop = CountingOperator(op, progress, label="largest: ")
+        v0 = np.random.default_rng(seed).standard_normal(op.shape[0])
+        theta, X = eigsh(cop, k=k, which="LA", tol=tol**2, v0=v0, ncv=ncv, maxiter=maxiter)
+        order = np.argsort(theta)
+        theta, X = theta[order], X[:, order]
+        iterations = cop.products
+        res = _residuals(cop, X, theta)
+        products, method = cop.products, "arpack-LA"
     rel = res / np.maximum(np.abs(theta), np.finfo(np.float64).tiny)
     bound = _error_bound(theta, res, theta[0] if k > 1 else 0.0)
     return Eigenpairs(
@@ -220,11 +214,12 @@ def largest_eigenpairs(
         error_bound=bound,
         tol=tol,
         converged=bool(np.all(rel <= tol)),
-        method="arpack-LA",
-        products=cop.products,
+        method=method,
+        products=products,
         iterations=iterations,
         seconds=time.perf_counter() - t0,
         vectors=X if return_vectors else None,
+        extra={"device": str(device)},
     )
 
 
@@ -261,30 +256,16 @@ def _dense_bottom(op: LinearOperator, Y: np.ndarray, m: int) -> tuple[np.ndarray
     return theta, X, _residuals(op, X, theta)
 
 
-def _through_numpy(lin: LinearOperator) -> Callable:
-    """``lin`` (a NumPy LinearOperator) as a torch function ``(P, m) -> (P, m)`` on the input's device."""
-
-    def fn(V):
-        return torch.as_tensor(np.asarray(lin.matmat(V.cpu().numpy()), dtype=np.float64), device=V.device)
-
-    return fn
-
-
-def _torch_side(op: LinearOperator, M: LinearOperator | None) -> tuple[Callable, Callable | None, Any]:
-    """``(matmat, precondition, device)`` as torch functions: a curvature's own ``torch_matmat`` and a
-    :class:`TorchOperator`'s function run on their device; any other operator goes through NumPy."""
-    device = getattr(op, "device", "cpu")
-    matmat = op.torch_matmat if callable(getattr(op, "torch_matmat", None)) else _through_numpy(op)
-    if M is None:
-        return matmat, None, device
-    return matmat, M.fn if isinstance(M, TorchOperator) else _through_numpy(M), device
-
-
-def locking_block(P: int, k: int, n_fixed: int = 0, budget: int | None = None) -> int:
+def locking_block(P: int, k: int, n_fixed: int = 0, budget: int | None = None, device: Any = "cpu") -> int:
     """Block size for :func:`~nearopt.spectra.lobpcg.lobpcg_smallest`: ``k + GUARD`` when the blocks
-    (``≈ (7 m + 2 k + n_fixed) P`` floats) fit ``budget`` (default: ``LOCKING_MEMORY`` or half the
-    available memory), else the largest ``m ≥ 2`` that fits."""
-    budget = budget if budget is not None else min(LOCKING_MEMORY, available_memory() // 2)
+    (``≈ (7 m + 2 k + n_fixed) P`` floats) fit ``budget``, else the largest ``m ≥ 2`` that fits.
+
+    Default budget: on the host ``LOCKING_MEMORY`` or half the available memory, whichever is
+    smaller (the cap keeps ``P = 4·10⁶`` under 4 GB in all); on a GPU half its free memory
+    (a larger block costs no more products per pair and saves iterations)."""
+    if budget is None:
+        on_gpu = torch.device(device).type == "cuda"
+        budget = available_device_memory(device) // 2 if on_gpu else min(LOCKING_MEMORY, available_memory() // 2)
     fit = (budget // (8 * P) - 2 * k - n_fixed) // 7
     if fit < 2:
         raise NearoptError(
@@ -296,9 +277,10 @@ def locking_block(P: int, k: int, n_fixed: int = 0, budget: int | None = None) -
 
 def _smallest_locking(op, k, cop, Y, M, *, tol, lambda_max, threshold, maxiter, block, seed, return_vectors, progress, source, t0) -> Eigenpairs:
     """:func:`smallest_eigenpairs` with the null space known: the locking LOBPCG in torch."""
-    matmat, precondition, device = _torch_side(op, M)
+    matmat, device = torch_side(op)
+    precondition = torch_side(M)[0] if M is not None else None
     P = op.shape[0]
-    m = block if block is not None else locking_block(P, k, Y.shape[1])
+    m = block if block is not None else locking_block(P, k, Y.shape[1], device=device)
     Yt = torch.as_tensor(Y, device=device) if Y.shape[1] else None
     res = lobpcg_smallest(
         matmat, P, k, lambda_max=lambda_max, precondition=precondition, constraints=Yt,

@@ -1,0 +1,122 @@
+"""Operators on the torch side: what the torch eigensolvers (locking LOBPCG, thick-restart and SLQ
+Lanczos) multiply by, and how a NumPy operator or a torch function crosses over.
+
+A :class:`~nearopt.curvature.base.Curvature` that has a ``torch_matmat`` (the population
+Hessian, on CPU or CUDA) is used as it is, so the solver's blocks never leave its device; any
+other SciPy ``LinearOperator`` goes through NumPy (a host round trip per product).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator
+
+#: a torch operator: ``(n, m) -> (n, m)`` float64 on one device
+TorchMatmat = Callable[[torch.Tensor], torch.Tensor]
+#: columns per operator call on the host (bounds the product's own temporaries: ~0.6 GB at ``P = 4·10⁶``)
+CHUNK = 4
+#: columns per operator call on a GPU (wider products use it better; ``benchmarks/bench_extremes.py`` times 1, 4 and 32)
+GPU_CHUNK = 32
+
+
+class ProductMeter:
+    """Counts the vectors an operator multiplies and reports progress.
+
+    ``progress``: ``None``/``False`` (silent), ``True`` (a line ``"  {label}{products} products,
+    {seconds} s"`` to stderr at most every ``every`` seconds) or a callable ``(products, seconds)``.
+    """
+
+    def __init__(self, progress: bool | Callable[[int, float], None] | None = None, label: str = "", every: float = 10.0):
+        self.progress, self.label, self.every = progress, label, every
+        self.products, self.t0 = 0, time.perf_counter()
+        self.last = self.t0
+
+    def add(self, n: int) -> None:
+        """Count ``n`` more vectors; report if one is due."""
+        self.products += n
+        now = time.perf_counter()
+        if not self.progress or now - self.last < self.every:
+            return
+        self.last = now
+        if callable(self.progress):
+            self.progress(self.products, now - self.t0)
+        else:
+            print(f"  {self.label}{self.products} products, {now - self.t0:.0f} s", file=sys.stderr, flush=True)
+
+
+class Counter:
+    """A torch ``matmat`` applied ``CHUNK`` columns at a time, its products counted by a :class:`ProductMeter`."""
+
+    def __init__(self, matmat: TorchMatmat, progress: bool | Callable[[int, float], None] | None = None, label: str = ""):
+        self.matmat, self.meter = matmat, ProductMeter(progress, label)
+
+    @property
+    def products(self) -> int:
+        return self.meter.products
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        out = chunked(self.matmat, X)
+        self.meter.add(X.shape[1])
+        return out
+
+
+def chunked(fn: TorchMatmat, X: torch.Tensor) -> torch.Tensor:
+    """``fn`` applied to ``X`` ``(n, m)`` a few columns at a time (:data:`CHUNK` on the host,
+    :data:`GPU_CHUNK` on a GPU): bounds ``fn``'s temporaries."""
+    step = GPU_CHUNK if X.device.type == "cuda" else CHUNK
+    if X.shape[1] <= step:
+        return fn(X.contiguous())
+    out = torch.empty_like(X)
+    for s in range(0, X.shape[1], step):
+        out[:, s : s + step] = fn(X[:, s : s + step].contiguous())
+    return out
+
+
+class TorchOperator(LinearOperator):
+    """A symmetric LinearOperator ``(P, P)`` from a torch function ``(P, k) -> (P, k)`` (float64, on ``device``).
+
+    How a preconditioner written in torch (CPU or GPU) reaches SciPy's LOBPCG.
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], P: int, device: Any = "cpu"):
+        super().__init__(dtype=np.float64, shape=(P, P))
+        self.fn, self.device = fn, device
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        T = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float64).reshape(self.shape[0], -1), device=self.device)
+        return self.fn(T).cpu().numpy()
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matmat(np.asarray(x).reshape(-1, 1)).ravel()
+
+    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matvec(x)
+
+    def _adjoint(self) -> TorchOperator:
+        return self
+
+
+def through_numpy(lin: LinearOperator) -> Callable:
+    """``lin`` (a NumPy LinearOperator) as a torch function ``(P, m) -> (P, m)`` on the input's device."""
+
+    def fn(V):
+        return torch.as_tensor(np.asarray(lin.matmat(V.cpu().numpy()), dtype=np.float64), device=V.device)
+
+    return fn
+
+
+def torch_side(op: LinearOperator) -> tuple[TorchMatmat, torch.device]:
+    """``(matmat, device)``: a curvature's own ``torch_matmat`` and a :class:`TorchOperator`'s function
+    run on their device; any other operator goes through NumPy (on the host)."""
+    device = torch.device(getattr(op, "device", None) or "cpu")
+    if isinstance(op, TorchOperator):
+        return op.fn, device
+    if callable(getattr(op, "torch_matmat", None)):
+        return op.torch_matmat, device
+    return through_numpy(op), device
