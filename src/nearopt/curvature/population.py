@@ -20,7 +20,8 @@ then ``W2``). Routes to the spectrum (:meth:`PopulationHessian.spectrum`):
 * ``structured``: exact, via the row space of ``W1`` (:func:`structured_spectrum`);
   never forms the ``P x P`` matrix;
 * ``factor``: linear networks only, singular values of the Jacobian factor ``B^T``;
-* ``lanczos``: the ``k`` largest eigenvalues of the matrix-free product (eigsh);
+* ``lanczos``: the ``k`` largest (ARPACK; on a GPU a thick-restart Lanczos in torch) or smallest
+  nonzero (locking LOBPCG) eigenvalues of the matrix-free product;
 * ``auto``: the cheapest exact route (``structured`` unless it saves nothing).
 
 Structured route (``docs/theory.md`` §2.5). Write ``W1 = U S V^T`` (thin SVD,
