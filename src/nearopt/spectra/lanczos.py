@@ -17,7 +17,7 @@ from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
 
 from ..errors import NearoptError, require_positive_int
 from ..resources import require_memory
-from .torch_ops import Counter, TorchMatmat, torch_side
+from .torch_ops import Counter, TorchMatmat, row_chunk, torch_side
 
 #: float64 machine epsilon
 EPS = float(torch.finfo(torch.float64).eps)
@@ -180,7 +180,7 @@ def thick_restart_lanczos(
     while True:
         for j in range(start, ncv):
             _extend(H, V, T, j, gen)
-        theta, S = torch.linalg.eigh(T[:ncv, :ncv])
+        theta, S = torch.linalg.eigh(T[:ncv, :ncv])  # (T lives on the host)
         est = (T[ncv, ncv - 1] * S[ncv - 1]).abs()
         top = slice(ncv - k, ncv)
         floor = 4 * EPS * float(theta.abs().max())
@@ -224,9 +224,9 @@ def _extend(H: Counter, V: torch.Tensor, T: torch.Tensor, j: int, gen: torch.Gen
     T[j + 1, j] = T[j, j + 1] = b
 
 
-def _rotate(V: torch.Tensor, S: torch.Tensor, ncv: int, rows: int = 1 << 16) -> None:
+def _rotate(V: torch.Tensor, S: torch.Tensor, ncv: int) -> None:
     """``V[:, :r] ← V[:, :ncv] S`` in place, ``S`` ``(ncv, r)``, by row chunks (no second basis in memory)."""
-    r = S.shape[1]
+    r, rows = S.shape[1], row_chunk(V.device)
     for s in range(0, V.shape[0], rows):
         V[s : s + rows, :r] = V[s : s + rows, :ncv] @ S
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ..errors import NearoptError
-from .torch_ops import Counter, TorchMatmat, chunked
+from .torch_ops import Counter, TorchMatmat, chunked, row_chunk, small_eigh
 
 #: a residual ``‖r‖ ≤ FLOOR_RTOL λ_max`` that stopped falling counts as the product's rounding floor
 FLOOR_RTOL = 1e-15
@@ -101,7 +101,7 @@ def _svqb(V: torch.Tensor, drop: float = 1e-12) -> torch.Tensor:
         return V.new_zeros((0, 0))
     d = torch.sqrt(torch.clamp((V * V).sum(0), min=torch.finfo(V.dtype).tiny))
     G = (V.T @ V) / d[:, None] / d[None, :]
-    s, U = torch.linalg.eigh(0.5 * (G + G.T))
+    s, U = small_eigh(0.5 * (G + G.T))
     keep = s > drop * max(float(s.max()), 0.0)
     return (U[:, keep] / torch.sqrt(s[keep])) / d[:, None]
 
@@ -192,7 +192,7 @@ def lobpcg_smallest(
 
     X = fresh(min(block, k + guard, n - Y.shape[1] - 1), Y)
     HX = H(X)
-    th, C = torch.linalg.eigh(0.5 * (X.T @ HX + HX.T @ X))
+    th, C = small_eigh(0.5 * (X.T @ HX + HX.T @ X))
     st = _State(empty, empty, no_theta, [], X @ C, HX @ C, th, empty, empty)
     history: list[torch.Tensor] = []  # residual norms per active column, one entry per iteration
     iterations = 0
@@ -231,13 +231,13 @@ def _lockable(st: _State, rn: torch.Tensor, edge: float, tol: float, floor: floa
     ``eigh`` guarantees: the way out when ``tol θ`` lies below the product's rounding);
     or an eigenvalue bound ``≤ tol²``; or a residual at the floor that stopped falling.
     """
-    theta = st.theta_x
+    theta, res = st.theta_x.tolist(), rn.tolist()  # (one device sync, not one per pair)
     n_lock = 0
-    old = history[-STAGNATION] if len(history) >= STAGNATION else None
-    for i in range(theta.numel() - 1):
-        th_i, r_i = float(theta[i]), float(rn[i])
+    old = history[-STAGNATION].tolist() if len(history) >= STAGNATION else None
+    for i in range(len(theta) - 1):
+        th_i, r_i = theta[i], res[i]
         ok = r_i <= LOCK_MARGIN * tol * th_i or r_i <= backward or _bound(th_i, r_i, edge) <= (LOCK_MARGIN * tol) ** 2
-        stagnant = old is not None and i < old.numel() and r_i <= floor and float(old[i]) < 2.0 * r_i
+        stagnant = old is not None and i < len(old) and r_i <= floor and old[i] < 2.0 * r_i
         if not (ok or stagnant):
             break
         n_lock += 1
@@ -277,14 +277,14 @@ def _step(H: Counter, Y: torch.Tensor, st: _State, W: torch.Tensor) -> _State:
         P, HP = P @ T, HP @ T
     S, HS = (L, X, W, P), (HL, HX, HW, HP)
     A = torch.cat([torch.cat([Si.T @ HSj for HSj in HS], 1) for Si in S], 0)
-    theta, C = torch.linalg.eigh(0.5 * (A + A.T))
+    theta, C = small_eigh(0.5 * (A + A.T))
     nl, nx = L.shape[1], X.shape[1]
     theta, C = theta[: nl + nx], C[:, : nl + nx]
     P, HP = _update(S, HS, C, nl + nx)
     return _State(L, HL, theta[:nl], st.edges, X, HX, theta[nl:], P, HP)
 
 
-def _update(S, HS, C, n_keep: int, rows: int = 1 << 16):
+def _update(S, HS, C, n_keep: int):
     """``[L X] ← S C``, ``[HL HX] ← HS C``, ``P ← [W P] C_wp`` (its ``X`` columns; and ``HP``), in place,
     ``S = [L X W P]``.
 
@@ -297,6 +297,7 @@ def _update(S, HS, C, n_keep: int, rows: int = 1 << 16):
     nl, nx, nw = L.shape[1], X.shape[1], W.shape[1]
     Pn = W if nw == nx else torch.empty_like(X)
     HPn = HW if nw == nx else torch.empty_like(X)
+    rows = row_chunk(X.device)
     for s in range(0, X.shape[0], rows):
         r = slice(s, s + rows)
         Sr = torch.cat([B[r] for B in S], 1)
@@ -318,7 +319,7 @@ def _result(H: Counter, st: _State, k: int, tol: float, iterations: int, floor: 
     Vk = V[:, :k]
     st.X = st.HX = st.P = st.HP = st.HL = st.L.new_zeros((st.L.shape[0], 0))  # drop the blocks: memory for the last products
     HV = H(Vk)
-    theta, C = torch.linalg.eigh(0.5 * (Vk.T @ HV + HV.T @ Vk))
+    theta, C = small_eigh(0.5 * (Vk.T @ HV + HV.T @ Vk))
     Vk, HV = Vk @ C, HV @ C
     res = torch.linalg.norm(HV.sub_(Vk * theta), dim=0).cpu().numpy()
     vals = theta.cpu().numpy()

@@ -21,6 +21,9 @@ from scipy.sparse.linalg import LinearOperator
 TorchMatmat = Callable[[torch.Tensor], torch.Tensor]
 #: columns per operator call on the host (bounds the product's own temporaries: ~0.6 GB at ``P = 4·10⁶``)
 CHUNK = 4
+#: rows per chunk of an in-place update of a tall block (``V ← V C``): host, GPU. The host's keeps
+#: the temporaries small; a GPU has the memory, and each chunk costs kernel launches
+ROW_CHUNK, GPU_ROW_CHUNK = 1 << 16, 1 << 21
 #: columns per operator call on a GPU (wider products use it better; ``benchmarks/bench_extremes.py`` times 1, 4 and 32)
 GPU_CHUNK = 32
 
@@ -120,3 +123,18 @@ def torch_side(op: LinearOperator) -> tuple[TorchMatmat, torch.device]:
     if callable(getattr(op, "torch_matmat", None)):
         return op.torch_matmat, device
     return through_numpy(op), device
+
+
+def row_chunk(device: torch.device) -> int:
+    """Rows per chunk of an in-place block update on ``device`` (:data:`ROW_CHUNK`, :data:`GPU_ROW_CHUNK`)."""
+    return GPU_ROW_CHUNK if device.type == "cuda" else ROW_CHUNK
+
+
+def small_eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` of a small symmetric ``M`` (a Rayleigh–Ritz or Gram matrix), on the host:
+    for a matrix of tens of rows a GPU solver costs more in launches and syncs than the work.
+    The results go back to ``M``'s device."""
+    if M.device.type == "cpu":
+        return torch.linalg.eigh(M)
+    w, U = torch.linalg.eigh(M.cpu())
+    return w.to(M.device), U.to(M.device)
