@@ -222,3 +222,16 @@ def test_auto_takes_the_cheaper_route_for_k_extremes(capsys):
     code = main(["spectrum", "-a", "erf", "--ni", "5", "--nh", "3", "--population", "--which", "smallest", "--k", "2", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["route_choice"]["chosen"] == "structured" and len(out["eigenvalues"]) == 18
+
+
+def test_bottom_lives_on_the_weakest_unit():
+    """The structure that makes the smallest end hard (docs/scale.md): at erf ``n = 40`` the ``N_i``
+    smallest eigenvectors each carry > 90 % of their weight on one row of ``W1``, the incoming
+    weights of the unit with the smallest ``|v_a|``, and the next eigenvalue lies off that row."""
+    n = 40
+    net = no.sample_teacher(n, n, "erf", seed=0)
+    lam, U = np.linalg.eigh(PopulationHessian(net).to_dense())
+    weakest = int(np.argmin(np.abs(net.W2.ravel())))
+    on_row = (U[weakest * n : (weakest + 1) * n] ** 2).sum(0)
+    assert on_row[:n].min() > 0.9 and on_row[n] < 0.1
+    assert lam[n] > 10 * lam[n - 1]  # the next unit's eigenvalues lie an order of magnitude higher
