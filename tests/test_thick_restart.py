@@ -28,17 +28,19 @@ def _dense(eigs: np.ndarray, seed: int) -> np.ndarray:
 @given(
     n=st.integers(30, 120),
     k=st.integers(1, 8),
-    spare=st.integers(1, 12),
+    extra=st.integers(0, 10),
     seed=st.integers(0, 10**6),
     spread=st.sampled_from(["uniform", "clustered", "signed"]),
 )
-def test_top_of_random_spectra(n, k, spare, seed, spread):
-    """Any symmetric spectrum (clusters, negative values) with a basis barely larger than ``k``:
-    many restarts, and the top ``k`` to the rounding of a dense ``eigh``."""
+def test_top_of_random_spectra(n, k, extra, seed, spread):
+    """Any symmetric spectrum (clusters, negative values) with a small basis (ARPACK's smallest
+    advised ``2k + 1`` and up): many restarts, and the top ``k`` to the rounding of a dense ``eigh``.
+    (A basis of ``k + 2`` on a cluster with relative gaps ``5·10⁻⁶`` needs thousands of restarts:
+    the method's limit, as for ARPACK.)"""
     rng = np.random.default_rng(seed)
     eigs = {"uniform": rng.uniform(0, 1, n), "clustered": 1 + 1e-3 * rng.standard_normal(n), "signed": rng.standard_normal(n)}[spread]
     H = torch.as_tensor(_dense(eigs, seed + 1))
-    ncv = min(n, k + spare + 1)
+    ncv = min(n, 2 * k + 1 + extra)
     res = thick_restart_lanczos(lambda V: H @ V, n, k, ncv=ncv, tol=1e-12, seed=seed)
     exact = np.sort(eigs)[-k:]
     scale = np.abs(eigs).max()
