@@ -41,7 +41,7 @@ from ..resources import available_device_memory, available_memory
 from .lanczos import thick_restart_lanczos
 from .lobpcg import GUARD as LOCKING_GUARD
 from .lobpcg import lobpcg_smallest
-from .torch_ops import ProductMeter, chunked, torch_side
+from .torch_ops import CHUNK, ProductMeter, chunked, torch_side
 
 #: default relative residual ``||H x - theta x|| / theta`` a Ritz pair must reach
 DEFAULT_TOL = 1e-6
@@ -153,8 +153,13 @@ def _check_k(op: LinearOperator, k: int) -> int:
 
 
 def _residuals(op: LinearOperator, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
-    """Absolute residual norms ``||H x_i - theta_i x_i||`` for unit columns ``X`` ``(P, m)``."""
-    return np.linalg.norm(op.matmat(X) - X * theta, axis=0)
+    """Absolute residual norms ``||H x_i - theta_i x_i||`` for unit columns ``X`` ``(P, m)``,
+    ``CHUNK`` columns at a time (a whole block's product and its copies would hold GBs at ``P ~ 10⁶``)."""
+    out = np.empty(X.shape[1])
+    for s in range(0, X.shape[1], CHUNK):
+        c = slice(s, s + CHUNK)
+        out[c] = np.linalg.norm(op.matmat(X[:, c]) - X[:, c] * theta[c], axis=0)
+    return out
 
 
 def _error_bound(theta: np.ndarray, res: np.ndarray, edge: float) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""Operator-generic Lanczos machinery: ARPACK extremes, Lanczos tridiagonals and their Gauss quadratures.
+"""Operator-generic Lanczos machinery: ARPACK extremes, a thick-restart Lanczos in torch (the top
+end on a GPU), Lanczos tridiagonals and their Gauss quadratures (SLQ).
 
 They take any symmetric :class:`scipy.sparse.linalg.LinearOperator` (every
 :class:`~nearopt.curvature.base.Curvature` is one), as curvlinops keeps its
-algorithms apart from the operators they run on.
+algorithms apart from the operators they run on; the torch ones run on the operator's
+device (:mod:`nearopt.spectra.torch_ops`).
 """
 
 from __future__ import annotations
