@@ -39,21 +39,21 @@ import warnings
 import numpy as np
 import scipy.linalg
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh, lobpcg
+from scipy.sparse.linalg import ArpackNoConvergence, eigsh, lobpcg
 
 import nearopt as no
 from nearopt import io
 from nearopt.curvature.population import PopulationHessian, population_hvp
 from nearopt.spectra.density import slq
 from nearopt.spectra.extremes import largest_eigenpairs, smallest_eigenpairs
-from nearopt.spectra.torch_ops import TorchOperator
+from nearopt.spectra.torch_ops import SymmetricOperator, TorchOperator
 
 
 class OutOfTime(Exception):
     pass
 
 
-class Budgeted(LinearOperator):
+class Budgeted(SymmetricOperator):
     """``op`` that counts products and raises :class:`OutOfTime` past ``budget`` seconds."""
 
     def __init__(self, op, budget: float):
@@ -65,15 +65,6 @@ class Budgeted(LinearOperator):
             raise OutOfTime
         self.products += X.shape[1]
         return self.op.matmat(X)
-
-    def _matvec(self, x):
-        return self._matmat(np.asarray(x).reshape(-1, 1)).ravel()
-
-    def _rmatvec(self, x):
-        return self._matvec(x)
-
-    def _adjoint(self):
-        return self
 
 
 def preconditioner(op: PopulationHessian) -> TorchOperator:

@@ -39,6 +39,7 @@ from ..spectra.density import SpectralDensity, slq, spectral_density
 from ..spectra.extremes import Eigenpairs, largest_eigenpairs, smallest_eigenpairs
 from ..spectra.rank_rule import RankDecision, decide_rank, eigenvalue_rtol, rank_from_eigenvalues
 from ..spectra.spectrum import Spectrum
+from ..spectra.torch_ops import SymmetricOperator
 
 #: options of the extreme-eigenvalue routes, dropped when ``auto`` picks an exact route instead
 EXTREME_OPTIONS = ("which", "tol", "maxiter", "null_dim", "null_vectors", "block", "seed", "progress", "preconditioner", "lambda_max", "guard", "solver", "return_vectors")
@@ -56,7 +57,7 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
     return torch.device(name)
 
 
-class Curvature(LinearOperator):
+class Curvature(SymmetricOperator):
     """A curvature matrix ``H`` ``(P, P)`` of a problem, as a symmetric float64 LinearOperator.
 
     Parameters
@@ -128,15 +129,6 @@ class Curvature(LinearOperator):
     def _matmat(self, X: np.ndarray) -> np.ndarray:
         T = torch.as_tensor(np.asarray(X, dtype=np.float64), device=self.device)
         return self.torch_matmat(T).cpu().numpy()
-
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        return self._matmat(np.asarray(x).reshape(-1, 1)).ravel()
-
-    def _rmatvec(self, x: np.ndarray) -> np.ndarray:  # symmetric
-        return self._matvec(x)
-
-    def _adjoint(self) -> Curvature:
-        return self
 
     # ------------------------------------------------------------------ spectra
     @property

@@ -41,7 +41,7 @@ from ..resources import available_device_memory, available_memory
 from .lanczos import thick_restart_lanczos
 from .lobpcg import GUARD as LOCKING_GUARD
 from .lobpcg import lobpcg_smallest
-from .torch_ops import CHUNK, ProductMeter, chunked, torch_side
+from .torch_ops import CHUNK, ProductMeter, SymmetricOperator, chunked, torch_side
 
 #: default relative residual ``||H x - theta x|| / theta`` a Ritz pair must reach
 DEFAULT_TOL = 1e-6
@@ -111,7 +111,7 @@ class Eigenpairs:
         }
 
 
-class CountingOperator(LinearOperator):
+class CountingOperator(SymmetricOperator):
     """``op`` that counts the vectors it multiplies and reports progress on stderr
     (a :class:`~nearopt.spectra.torch_ops.ProductMeter`).
 
@@ -132,15 +132,6 @@ class CountingOperator(LinearOperator):
         out = np.asarray(self.op.matmat(X), dtype=np.float64)
         self.meter.add(X.shape[1])
         return out
-
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        return self._matmat(np.asarray(x).reshape(-1, 1)).ravel()
-
-    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
-        return self._matvec(x)
-
-    def _adjoint(self) -> CountingOperator:
-        return self
 
 
 def _check_k(op: LinearOperator, k: int) -> int:

@@ -82,7 +82,21 @@ def chunked(fn: TorchMatmat, X: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class TorchOperator(LinearOperator):
+class SymmetricOperator(LinearOperator):
+    """A symmetric float64 SciPy ``LinearOperator``: a subclass supplies only ``_matmat``
+    (``(P, m) -> (P, m)``); vectors, the transpose and the adjoint follow from it."""
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matmat(np.asarray(x).reshape(-1, 1)).ravel()
+
+    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matvec(x)
+
+    def _adjoint(self) -> SymmetricOperator:
+        return self
+
+
+class TorchOperator(SymmetricOperator):
     """A symmetric LinearOperator ``(P, P)`` from a torch function ``(P, k) -> (P, k)`` (float64, on ``device``).
 
     How a preconditioner written in torch (CPU or GPU) reaches SciPy's LOBPCG.
@@ -95,15 +109,6 @@ class TorchOperator(LinearOperator):
     def _matmat(self, X: np.ndarray) -> np.ndarray:
         T = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float64).reshape(self.shape[0], -1), device=self.device)
         return self.fn(T).cpu().numpy()
-
-    def _matvec(self, x: np.ndarray) -> np.ndarray:
-        return self._matmat(np.asarray(x).reshape(-1, 1)).ravel()
-
-    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
-        return self._matvec(x)
-
-    def _adjoint(self) -> TorchOperator:
-        return self
 
 
 def through_numpy(lin: LinearOperator) -> Callable:
