@@ -43,10 +43,10 @@ from scipy.sparse.linalg import ArpackNoConvergence, eigsh, lobpcg
 
 import nearopt as no
 from nearopt import io
-from nearopt.curvature.population import PopulationHessian, population_hvp
+from nearopt.curvature.population import PopulationHessian
 from nearopt.spectra.density import slq
 from nearopt.spectra.extremes import largest_eigenpairs, smallest_eigenpairs
-from nearopt.spectra.torch_ops import SymmetricOperator, TorchOperator
+from nearopt.spectra.torch_ops import SymmetricOperator
 
 
 class OutOfTime(Exception):
@@ -65,11 +65,6 @@ class Budgeted(SymmetricOperator):
             raise OutOfTime
         self.products += X.shape[1]
         return self.op.matmat(X)
-
-
-def preconditioner(op: PopulationHessian) -> TorchOperator:
-    """The structured population preconditioner (``population_hvp(...).precondition``)."""
-    return TorchOperator(population_hvp(op.net, device=op.device, moments=op.moments).precondition, op.n_params, op.device)
 
 
 def relerr(values, exact) -> float:
@@ -140,8 +135,8 @@ def moderate(n: int, k: int, budget: float, device: str = "cpu") -> dict:
     exact = scipy.linalg.eigvalsh(op.to_dense())
     t_dense = time.perf_counter() - t0
     lo, hi = exact[:k], exact[-k:]
-    small = smallest_eigenpairs(op, k, preconditioner=preconditioner(op), null_dim=0)
-    old = smallest_eigenpairs(op, k, preconditioner=preconditioner(op), null_dim=0, solver="scipy")
+    small = smallest_eigenpairs(op, k, preconditioner=op.preconditioner(), null_dim=0)
+    old = smallest_eigenpairs(op, k, preconditioner=op.preconditioner(), null_dim=0, solver="scipy")
     large = largest_eigenpairs(op, k)
     sa = arpack_sa(op, k, budget)
     pl = plain_lobpcg(op, k, budget)
@@ -180,7 +175,7 @@ def large_case(n: int, k: int, budget: float, probes: int, steps: int, baselines
     large = largest_eigenpairs(op, k, progress=True)
     out["rss_gb_after"] = {"largest": _peak_rss_gb()}  # running peak after each phase: which one sets it
     out["largest"] = {"seconds": large.seconds, "products": large.products, "residual": large.tolerance_reached, "values": large.values.tolist(), "solver": large.method}
-    small = smallest_eigenpairs(op, k, preconditioner=preconditioner(op), null_dim=0, lambda_max=float(large.values[-1]), maxiter=maxiter, progress=True)
+    small = smallest_eigenpairs(op, k, preconditioner=op.preconditioner(), null_dim=0, lambda_max=float(large.values[-1]), maxiter=maxiter, progress=True)
     out["smallest"] = {
         "seconds": small.seconds, "products": small.products, "iterations": small.iterations, "residual": small.tolerance_reached,
         "error_bound": float(small.error_bound.max()), "values": small.values.tolist(), "converged": small.converged, "block": small.extra["block"],
@@ -232,7 +227,7 @@ def _budgeted_scipy_lobpcg(op, k: int, budget: float) -> dict:
     b = Budgeted(op, budget)
     t0 = time.perf_counter()
     try:
-        res = smallest_eigenpairs(b, k, preconditioner=preconditioner(op), null_dim=0, solver="scipy", lambda_max=1.0)
+        res = smallest_eigenpairs(b, k, preconditioner=op.preconditioner(), null_dim=0, solver="scipy", lambda_max=1.0)
         return {"seconds": time.perf_counter() - t0, "products": b.products, "finished": bool(res.converged), "residual": res.tolerance_reached}
     except OutOfTime:
         return {"seconds": time.perf_counter() - t0, "products": b.products, "finished": False, "residual": float("nan")}

@@ -311,11 +311,11 @@ def _step(H: Counter, Y: torch.Tensor, st: _State, W: torch.Tensor) -> _State:
     theta, C = small_eigh(0.5 * (A + A.T))
     nl, nx = L.shape[1], X.shape[1]
     theta, C = theta[: nl + nx], C[:, : nl + nx]
-    P, HP = _update(S, HS, C, nl + nx)
+    P, HP = _update(S, HS, C)
     return _State(L, HL, theta[:nl], st.edges, X, HX, theta[nl:], P, HP)
 
 
-def _update(S, HS, C, n_keep: int):
+def _update(S, HS, C):
     """``[L X] ← S C``, ``[HL HX] ← HS C``, ``P ← [W P] C_wp`` (its ``X`` columns; and ``HP``), in place,
     ``S = [L X W P]``.
 
