@@ -205,6 +205,20 @@ def test_routes_and_cli(capsys):
     assert main(["spectrum", "-a", "erf", "--ni", "4", "--nh", "3", "--population", "--method", "lanczos", "--which", "smallest", "--null-dim", "99"]) == 2
 
 
+def test_route_costs_use_the_gpu_constants_on_a_gpu():
+    """An operator on a GPU prices its products by the GPU's measured constants (the exact route
+    diagonalises on the host either way); no GPU needed: only the device's type is read."""
+    cpu = PopulationHessian(no.sample_teacher(60, 60, "erf", seed=0))
+    gpu = PopulationHessian(no.sample_teacher(60, 60, "erf", seed=0))
+    gpu.device = torch.device("cuda")
+    for k, which in ((20, "largest"), (20, "smallest")):
+        c, g = cpu.route_costs(k, which), gpu.route_costs(k, which)
+        assert g["exact"] == c["exact"] and g["lanczos"] < c["lanczos"]
+    tiny = PopulationHessian(no.sample_teacher(12, 3, "erf", seed=0))  # exact block of side 12: 7e-8 s
+    tiny.device = torch.device("cuda")
+    assert tiny.choose_route(2, "largest") == "structured"  # launches alone cost more than the exact block
+
+
 def test_auto_takes_the_cheaper_route_for_k_extremes(capsys):
     """Only k eigenvalues wanted: auto weighs the exact block against the matrix-free route."""
     small = PopulationHessian(no.sample_teacher(6, 4, "erf", seed=0))

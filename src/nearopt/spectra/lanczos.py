@@ -19,7 +19,7 @@ from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
 
 from ..errors import NearoptError, require_positive_int
 from ..resources import require_memory
-from .torch_ops import Counter, TorchMatmat, row_chunk, torch_side
+from .torch_ops import Counter, TorchMatmat, generator, row_chunk, torch_side
 
 #: float64 machine epsilon
 EPS = float(torch.finfo(torch.float64).eps)
@@ -172,10 +172,10 @@ def thick_restart_lanczos(
         raise NearoptError(f"thick-restart Lanczos needs 1 <= k < ncv <= n, got k = {k}, ncv = {ncv}, n = {n}")
     dev = torch.device(device)
     H = Counter(matmat, progress, "largest: ")
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = generator(seed, dev)
     V = torch.zeros((n, ncv + 1), dtype=torch.float64, device=dev)
     T = torch.zeros((ncv + 1, ncv + 1), dtype=torch.float64)  # small: on the host
-    v = torch.randn(n, generator=gen, dtype=torch.float64).to(dev)
+    v = torch.randn(n, generator=gen, dtype=torch.float64, device=dev)
     V[:, 0] = v / torch.linalg.norm(v)
     keep = min(k + (ncv - k) // 2, ncv - 1)
     start, restarts = 0, 0  # start: the basis vectors carried over (kept Ritz vectors)
@@ -216,7 +216,7 @@ def _extend(H: Counter, V: torch.Tensor, T: torch.Tensor, j: int, gen: torch.Gen
     T[: j + 1, j], T[j, : j + 1] = h, h
     b = float(torch.linalg.norm(w))
     if b <= 1e-12 * float(h.abs().max()) and j + 1 < n:  # invariant subspace: go on from a fresh direction
-        w = torch.randn(n, generator=gen, dtype=torch.float64).to(V.device)
+        w = torch.randn(n, generator=gen, dtype=torch.float64, device=V.device)
         for _ in range(2):
             w -= Vj @ (Vj.T @ w)
         V[:, j + 1] = w / torch.linalg.norm(w)

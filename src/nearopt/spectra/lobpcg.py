@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ..errors import NearoptError
-from .torch_ops import Counter, TorchMatmat, chunked, row_chunk, small_eigh
+from .torch_ops import Counter, TorchMatmat, chunked, generator, row_chunk, small_eigh
 
 #: a residual ``‖r‖ ≤ FLOOR_RTOL λ_max`` that stopped falling counts as the product's rounding floor
 FLOOR_RTOL = 1e-15
@@ -206,14 +206,14 @@ def lobpcg_smallest(
     dev = torch.device(device)
     H = Counter(matmat, progress, "smallest: ")
     Y = constraints.to(dev) if constraints is not None else torch.zeros((n, 0), dtype=torch.float64, device=dev)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = generator(seed, dev)
     floor = FLOOR_RTOL * lambda_max
     backward = EPS * lambda_max
     empty = torch.zeros((n, 0), dtype=torch.float64, device=dev)
     no_theta = torch.zeros(0, dtype=torch.float64, device=dev)
 
     def fresh(m: int, *against: torch.Tensor) -> torch.Tensor:
-        return _orthonormal(torch.randn((n, m), generator=gen, dtype=torch.float64).to(dev), *against)
+        return _orthonormal(torch.randn((n, m), generator=gen, dtype=torch.float64, device=dev), *against)
 
     def wanted(st: _State) -> int:
         """Active vectors still needed: the pairs not yet locked, plus the guard."""

@@ -136,6 +136,15 @@ def row_chunk(device: torch.device) -> int:
     return GPU_ROW_CHUNK if device.type == "cuda" else ROW_CHUNK
 
 
+def generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator seeded with ``seed`` on ``device``: random blocks are drawn where they are used.
+
+    On a GPU, drawing the starting block on the host and copying it over took 3 s of the
+    30 s erf ``n = 2000`` task (``9.6·10⁷`` normals, H200 host). The same seed gives the same
+    numbers on the same kind of device (the host's and a GPU's streams differ)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def small_eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.linalg.eigh`` of a small symmetric ``M`` (a Rayleigh–Ritz or Gram matrix), on the host:
     for a matrix of tens of rows a GPU solver costs more in launches and syncs than the work.
