@@ -13,7 +13,7 @@ import nearopt as no
 from nearopt.curvature.population import PopulationHessian, rescaling_modes
 from nearopt.errors import NearoptError
 from nearopt.spectra.extremes import locking_block, smallest_eigenpairs
-from nearopt.spectra.lobpcg import lobpcg_smallest
+from nearopt.spectra.lobpcg import lobpcg_smallest, product_rounding
 
 
 def _operator(eigs: np.ndarray, seed: int):
@@ -65,6 +65,46 @@ def test_out_of_iterations_is_reported_not_hidden():
     # a block of 4 cannot hold 6 pairs: what it has comes back, marked unconverged
     assert not res.converged and res.values.shape == (4,) and res.iterations == 2
     assert np.all(res.values >= eigs[:4] * (1 - 1e-12))  # Ritz values bound the eigenvalues from above
+
+
+def _coarse(matmat, bits: int):
+    """``matmat`` whose products round to ``bits``-bit mantissas: deterministic relative rounding
+    like float64's, ``2^-(bits+1)`` instead of ``ε / 2`` (a product rounding far above ``ε ‖H‖``)."""
+
+    def coarse(V):
+        m, e = torch.frexp(matmat(V))
+        return torch.ldexp(torch.round(m * 2.0**bits) / 2.0**bits, e)
+
+    return coarse
+
+
+def test_product_rounding_measures_the_products_rounding():
+    eigs = np.geomspace(1e-3, 1.0, 200)
+    _, matmat, _ = _operator(eigs, 7)
+    V = torch.linalg.qr(torch.randn((200, 5), generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
+    assert np.all(product_rounding(matmat, V) <= 1e-14)  # float64: a few eps
+    coarse = _coarse(matmat, 36)
+    true = torch.linalg.norm(coarse(V) - matmat(V), dim=0).numpy()
+    got = product_rounding(coarse, V)
+    assert np.all((got >= 0.3 * true) & (got <= 5.0 * true))
+
+
+def test_pairs_at_a_high_rounding_floor_lock_instead_of_diverging():
+    """Products rounding at ``7·10⁻¹²``: every pair stalls at that floor, far above the fixed one
+    (``FLOOR_RTOL λ_max``). The solver measures the rounding, locks the stalled pairs there
+    (flagged ``at_floor``) and restarts its search directions when a residual grows: before
+    both, the carried rounding grew until the pairs were lost (relative errors ``3.8`` after 500
+    iterations). A float64 run asked for a tolerance below its rounding stays accurate too."""
+    eigs = np.geomspace(1e-3, 1.0, 200)
+    _, matmat, pre = _operator(eigs, 7)
+    res = lobpcg_smallest(_coarse(matmat, 36), eigs.size, 12, lambda_max=1.0, precondition=pre, block=8, tol=1e-12, maxiter=500)
+    assert res.converged and res.at_floor.all() and res.iterations < 500
+    assert np.all(res.residuals > 1e-12 * res.values)  # the tolerance itself is out of reach
+    assert np.abs(res.values / eigs[:12] - 1).max() <= 1e-10
+    exact = lobpcg_smallest(matmat, eigs.size, 12, lambda_max=1.0, precondition=pre, block=8, tol=1e-12, maxiter=500)
+    assert exact.residuals.max() <= 1e-14 and np.abs(exact.values / eigs[:12] - 1).max() <= 1e-12  # was 4e-2: lost
+    early = lobpcg_smallest(_coarse(matmat, 36), eigs.size, 4, lambda_max=1.0, precondition=pre, block=8, tol=1e-12, maxiter=2)
+    assert not early.converged and not early.at_floor.any()  # unconverged is not "at the floor"
 
 
 @settings(max_examples=12, deadline=None)

@@ -300,7 +300,7 @@ def _smallest_locking(op, k, cop, Y, M, *, tol, lambda_max, threshold, maxiter, 
         null_source=source,
         null_threshold=threshold,
         null_vectors=Y if return_vectors else None,
-        extra={"lambda_max": lambda_max, "block": int(m), "at_rounding_floor": int(res.at_floor.sum()), "device": str(device)},
+        extra={"lambda_max": lambda_max, "block": int(m), "at_rounding_floor": int(res.at_floor.sum()), "restarts": res.restarts, "device": str(device)},
     )
 
 

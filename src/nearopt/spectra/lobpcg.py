@@ -30,7 +30,14 @@ block to the host; torch's has no constraints. Here
 * a pair whose residual has stopped falling at the rounding floor of the product
   (``‖r‖ ≤ FLOOR_RTOL λ_max``, about ``4.5 ε λ_max``) is locked and flagged ``at_floor``
   instead of looping; the final check accepts a pair at that floor too (a GPU's float64
-  products round differently from the CPU's: erf ``n = 2000`` ends at ``‖r‖ ≈ 3.5 ε λ_max``).
+  products round differently from the CPU's: erf ``n = 2000`` ends at ``‖r‖ ≈ 3.5 ε λ_max``);
+* where products round above that fixed floor (erf ``n = 3000``, ``P = 9·10⁶``: one pair at
+  6–7 ``ε λ_max``), the floor is measured: :func:`product_rounding` compares ``H x`` with
+  ``H x_a + H x_b`` on the stalled pair (three products, once per run) and on each returned pair
+  that fails the other rules, and a residual within :data:`ROUNDING_MARGIN` of it is at the floor;
+* when a wanted pair's residual grows :data:`GROWTH`-fold over :data:`STAGNATION` iterations the
+  search directions are dropped and ``H X`` recomputed (a restart): the rounding carried in the
+  implicit products otherwise grows once the pairs reach their floor, until they are lost.
 
 Everything runs on the device of the operator (CPU or CUDA), float64.
 """
@@ -50,11 +57,16 @@ from .torch_ops import Counter, TorchMatmat, chunked, generator, row_chunk, smal
 FLOOR_RTOL = 1e-15
 #: float64 machine epsilon: ``‖r‖ ≤ EPS λ_max`` is the backward error of a dense eigensolver
 EPS = float(torch.finfo(torch.float64).eps)
+#: a pair whose explicit residual is above ``FLOOR_RTOL λ_max`` is still at the floor when it is within this
+#: factor of its product's measured rounding (:func:`product_rounding`)
+ROUNDING_MARGIN = 4.0
 #: iterations without a 2x fall of a residual before it counts as stagnant
 STAGNATION = 10
 #: search directions whose Gram eigenvalue falls below this (after projection) are dropped: keeping
 #: them would multiply the rounding carried in ``H P`` by up to ``P_DROP^-1/2``
 P_DROP = 1e-8
+#: a wanted pair's residual this many times larger than ``STAGNATION`` iterations before: restart (:func:`_restart`)
+GROWTH = 10.0
 #: locking asks this fraction of ``tol`` of the carried residual (the explicit one, checked at the end, may differ)
 LOCK_MARGIN = 0.5
 #: block vectors beyond those still wanted (the convergence of the last wanted one)
@@ -70,6 +82,7 @@ class LockedPairs:
     ``values`` ``(k,)`` ascending nonzero Ritz values, ``vectors`` ``(P, k)``;
     ``residuals`` ``(k,)`` absolute ``‖H x − θ x‖`` (explicit products);
     ``bounds`` ``(k,)`` relative eigenvalue error bounds ``‖r‖² / (gap θ)``;
+    ``restarts`` how often the search directions were dropped (:func:`_restart`);
     ``at_floor`` ``(k,)`` pairs accepted on their backward error (``‖r‖ ≤ FLOOR_RTOL λ_max``,
     a few ``ε λ_max``: about what a dense ``eigh`` guarantees) or their eigenvalue bound
     (``≤ tol²``), because ``tol θ`` lies below the product's rounding; their ``bounds`` say how
@@ -85,6 +98,7 @@ class LockedPairs:
     products: int
     converged: bool
     edge: float
+    restarts: int = 0
 
 
 def _gram(As: tuple[torch.Tensor, ...], Bs: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -225,18 +239,26 @@ def lobpcg_smallest(
     th, C = small_eigh(0.5 * (X.T @ HX + HX.T @ X))
     st = _State(empty, empty, no_theta, [], X @ C, HX @ C, th, empty, empty)
     history: list[torch.Tensor] = []  # residual norms per active column, one entry per iteration
-    iterations = 0
+    iterations = restarts = 0
+    measured = False  # whether the floor has been raised to the products' measured rounding
     while True:
         R = st.HX - st.X * st.theta_x
         rn = torch.linalg.norm(R, dim=0)
         edge = float(st.theta_x[-1])
-        n_lock = _lockable(st, rn, edge, tol, floor, history, backward)
+        n_lock, floored = _lockable(st, rn, edge, tol, floor, history, backward)
+        if floored and not measured:  # stalled above the fixed floor: is that the products' own rounding?
+            measured = True
+            floor = max(floor, ROUNDING_MARGIN * float(product_rounding(H, st.X[:, n_lock : n_lock + 1])[0]))
+            n_lock, _ = _lockable(st, rn, edge, tol, floor, history, backward)
         if n_lock:
             st = _lock(st, n_lock)
             R, rn = R[:, n_lock:], rn[n_lock:]
             history = [h[n_lock:] for h in history]
         if st.L.shape[1] >= k or iterations >= maxiter:
             break
+        if _growing(rn, history, k - st.L.shape[1]):
+            st, history, restarts = _restart(H, st), [], restarts + 1
+            continue
         need = wanted(st) - st.X.shape[1]
         if need > 0:  # refill the active block: fresh vectors enter at its top, the others keep their P
             Xn = fresh(need, Y, st.L, st.X)
@@ -249,11 +271,36 @@ def lobpcg_smallest(
         del R  # (memory: the block is P x m)
         iterations += 1
         st = _step(H, Y, st, W)
-    return _result(H, st, k, tol, iterations, floor)
+    return _result(H, st, k, tol, iterations, floor, restarts)
 
 
-def _lockable(st: _State, rn: torch.Tensor, edge: float, tol: float, floor: float, history: list[torch.Tensor], backward: float) -> int:
-    """How many of the lowest active pairs are accurate enough to lock (each one below it too).
+def _growing(rn: torch.Tensor, history: list[torch.Tensor], left: int) -> bool:
+    """Whether a wanted active pair's residual grew :data:`GROWTH`-fold over :data:`STAGNATION` iterations.
+
+    At a residual floor above the lock rules (products rounding far above ``ε ‖H‖``), the
+    rounding carried in the implicit ``H X``, ``H P`` (amplified up to ``P_DROP^-1/2`` by nearly
+    dependent search directions) grows from iteration to iteration and the pairs diverge
+    (measured: a product rounding at ``7·10⁻¹²`` took the residuals from ``10⁻¹⁰`` to ``10⁻²``).
+    """
+    if len(history) < STAGNATION:
+        return False
+    old = history[-STAGNATION]
+    m = min(left, old.numel(), rn.numel())
+    return m > 0 and bool((rn[:m] > GROWTH * old[:m]).any())
+
+
+def _restart(H: Counter, st: _State) -> _State:
+    """The active block with explicit products ``H X`` and a Rayleigh–Ritz on it; no search directions
+    (what their carried rounding had spoiled). ``m`` products."""
+    HX = H(st.X)
+    theta, C = small_eigh(0.5 * (st.X.T @ HX + HX.T @ st.X))
+    empty = st.X.new_zeros((st.X.shape[0], 0))
+    return _State(st.L, st.HL, st.theta_l, st.edges, st.X @ C, HX @ C, theta, empty, empty)
+
+
+def _lockable(st: _State, rn: torch.Tensor, edge: float, tol: float, floor: float, history: list[torch.Tensor], backward: float) -> tuple[int, bool]:
+    """How many of the lowest active pairs are accurate enough to lock (each one below it too), and
+    whether the first pair that is not had stalled above ``floor`` (then the floor may be too low).
 
     A pair needs ``‖r‖ ≤ tol θ`` (judged on the vector, not only the eigenvalue: once locked
     it gets no search directions of its own, so this is its final accuracy); or a backward
@@ -267,11 +314,11 @@ def _lockable(st: _State, rn: torch.Tensor, edge: float, tol: float, floor: floa
     for i in range(len(theta) - 1):
         th_i, r_i = theta[i], res[i]
         ok = r_i <= LOCK_MARGIN * tol * th_i or r_i <= backward or _bound(th_i, r_i, edge) <= (LOCK_MARGIN * tol) ** 2
-        stagnant = old is not None and i < len(old) and r_i <= floor and old[i] < 2.0 * r_i
-        if not (ok or stagnant):
-            break
+        stalled = old is not None and i < len(old) and old[i] < 2.0 * r_i
+        if not (ok or (stalled and r_i <= floor)):
+            return n_lock, stalled
         n_lock += 1
-    return n_lock
+    return n_lock, False
 
 
 def _lock(st: _State, n_lock: int) -> _State:
@@ -346,7 +393,22 @@ def _update(S, HS, C):
     return out[0], out[1]
 
 
-def _result(H: Counter, st: _State, k: int, tol: float, iterations: int, floor: float) -> LockedPairs:
+def product_rounding(H: TorchMatmat, V: torch.Tensor) -> np.ndarray:
+    """Column norms ``(m,)`` of ``fl(H V) − fl(H V_a) − fl(H V_b)``, ``V = V_a + V_b`` (even and odd rows).
+
+    Zero in exact arithmetic, so it measures the rounding of one product on these very vectors
+    (about ``√2`` times it): a residual no larger than this cannot be told from rounding.
+    Three products per column.
+    """
+    Va = V.clone()
+    Va[1::2] = 0.0
+    D = H(V)
+    D -= H(Va)
+    D -= H(V - Va)
+    return torch.linalg.norm(D, dim=0).cpu().numpy()
+
+
+def _result(H: Counter, st: _State, k: int, tol: float, iterations: int, floor: float, restarts: int = 0) -> LockedPairs:
     """The lowest ``k`` pairs of ``[L, X]``, refined by a last Rayleigh–Ritz on their span with
     explicit products (the iteration's ``H L ≈ L θ_l`` is not used for what is returned)."""
     edge_now = float(st.theta_x[-1]) if st.theta_x.numel() else float(st.theta_l[-1])
@@ -361,6 +423,9 @@ def _result(H: Counter, st: _State, k: int, tol: float, iterations: int, floor: 
     vals = theta.cpu().numpy()
     bounds = np.array([_bound(float(t), float(r), float(e)) for t, r, e in zip(vals, res, edges)])
     ok = (res <= tol * np.abs(vals)) | (bounds <= tol * tol) | (res <= floor)
+    if not ok.all():  # the product's own rounding may lie above the fixed floor (P = 9e6: 6-7 eps lambda_max)
+        idx = np.flatnonzero(~ok)
+        ok[idx] = res[idx] <= ROUNDING_MARGIN * product_rounding(H, Vk[:, idx])
     return LockedPairs(
         values=vals,
         vectors=Vk,
@@ -371,4 +436,5 @@ def _result(H: Counter, st: _State, k: int, tol: float, iterations: int, floor: 
         products=H.products,
         converged=bool(vals.size >= k and np.all(ok)),
         edge=edge_now,
+        restarts=restarts,
     )
