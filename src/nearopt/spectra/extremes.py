@@ -40,7 +40,7 @@ from ..errors import NearoptError, require_positive_int
 from ..resources import available_device_memory, available_memory
 from .lanczos import thick_restart_lanczos
 from .lobpcg import GUARD as LOCKING_GUARD
-from .lobpcg import lobpcg_smallest
+from .lobpcg import lobpcg_smallest, ritz_bound
 from .torch_ops import CHUNK, ProductMeter, SymmetricOperator, chunked, torch_side
 
 #: default relative residual ``||H x - theta x|| / theta`` a Ritz pair must reach
@@ -153,12 +153,6 @@ def _residuals(op: LinearOperator, X: np.ndarray, theta: np.ndarray) -> np.ndarr
     return out
 
 
-def _error_bound(theta: np.ndarray, res: np.ndarray, edge: float) -> np.ndarray:
-    """``||r||^2 / (gap |theta|)`` with the gap to ``edge`` (the farthest Ritz value of the block)."""
-    gap = np.maximum(np.abs(edge - theta), np.finfo(np.float64).tiny)
-    return res**2 / gap / np.maximum(np.abs(theta), np.finfo(np.float64).tiny)
-
-
 def largest_eigenpairs(
     op: LinearOperator,
     k: int = 20,
@@ -202,7 +196,7 @@ def largest_eigenpairs(
         res = _residuals(cop, X, theta)
         products, method = cop.products, "arpack-LA"
     rel = res / np.maximum(np.abs(theta), np.finfo(np.float64).tiny)
-    bound = _error_bound(theta, res, theta[0] if k > 1 else 0.0)
+    bound = ritz_bound(theta, res, theta[0] if k > 1 else 0.0)
     return Eigenpairs(
         values=theta,
         which="largest",
@@ -271,7 +265,7 @@ def locking_block(P: int, k: int, n_fixed: int = 0, budget: int | None = None, d
     return int(min(k + LOCKING_GUARD, fit))
 
 
-def _smallest_locking(op, k, cop, Y, M, *, tol, lambda_max, threshold, maxiter, block, seed, return_vectors, progress, source, t0) -> Eigenpairs:
+def _smallest_locking(op, k, cop, Y, M, *, tol, lambda_max, threshold, maxiter, block, seed, return_vectors, source, t0) -> Eigenpairs:
     """:func:`smallest_eigenpairs` with the null space known: the locking LOBPCG in torch."""
     matmat, device = torch_side(op)
     precondition = torch_side(M)[0] if M is not None else None
@@ -280,7 +274,7 @@ def _smallest_locking(op, k, cop, Y, M, *, tol, lambda_max, threshold, maxiter, 
     Yt = torch.as_tensor(Y, device=device) if Y.shape[1] else None
     res = lobpcg_smallest(
         matmat, P, k, lambda_max=lambda_max, precondition=precondition, constraints=Yt,
-        tol=tol, block=m, maxiter=maxiter, seed=seed, device=device, progress=progress,
+        tol=tol, block=m, maxiter=maxiter, seed=seed, device=device, meter=cop.meter,
     )
     theta = res.values
     rel = res.residuals / np.maximum(np.abs(theta), np.finfo(np.float64).tiny)
@@ -292,7 +286,7 @@ def _smallest_locking(op, k, cop, Y, M, *, tol, lambda_max, threshold, maxiter, 
         tol=tol,
         converged=res.converged,
         method="lobpcg-locking" + ("+preconditioner" if M is not None else ""),
-        products=cop.products + res.products,
+        products=res.products,  # (the shared meter: the lambda_max estimate's products included)
         iterations=res.iterations,
         seconds=time.perf_counter() - t0,
         vectors=res.vectors.cpu().numpy() if return_vectors else None,
@@ -387,7 +381,7 @@ def smallest_eigenpairs(
         return _smallest_locking(
             op, k, cop, Y, preconditioner, tol=tol, lambda_max=lambda_max, threshold=threshold,
             maxiter=3000 if maxiter is None else maxiter, block=block, seed=seed,
-            return_vectors=return_vectors, progress=progress, source=source, t0=t0,
+            return_vectors=return_vectors, source=source, t0=t0,
         )
     maxiter = 400 if maxiter is None else maxiter
     def zero_modes(theta: np.ndarray) -> np.ndarray:
@@ -457,7 +451,7 @@ def smallest_eigenpairs(
         values=theta_k,
         which="smallest",
         residuals=rel,
-        error_bound=_error_bound(theta_k, res_k, theta[-1]),
+        error_bound=ritz_bound(theta_k, res_k, theta[-1]),
         tol=tol,
         converged=bool(np.all(rel <= tol)),
         method="lobpcg" + ("+preconditioner" if M is not None else ""),

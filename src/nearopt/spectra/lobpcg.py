@@ -48,10 +48,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ..errors import NearoptError
-from .torch_ops import Counter, TorchMatmat, chunked, generator, row_chunk, small_eigh
+from .torch_ops import Counter, ProductMeter, TorchMatmat, chunked, column_norms, generator, row_chunk, small_eigh
 
 #: a residual ``‖r‖ ≤ FLOOR_RTOL λ_max`` that stopped falling counts as the product's rounding floor
 FLOOR_RTOL = 1e-15
@@ -153,9 +154,9 @@ def _svqb(V: torch.Tensor, drop: float = 1e-12) -> torch.Tensor:
 def _orthonormal(V: torch.Tensor, *bases: torch.Tensor) -> torch.Tensor:
     """An orthonormal basis of ``V`` off the ``bases``: projection (two passes) and SVQB, once more
     when the projection removed nearly all of a column (then rounding is no longer negligible)."""
-    before = torch.linalg.norm(V, dim=0)
+    before = column_norms(V)
     V = _project(V, *bases)
-    lost = bool((torch.linalg.norm(V, dim=0) < 1e-2 * before).any())
+    lost = bool((column_norms(V) < 1e-2 * before).any())
     V = V @ _svqb(V)
     if lost:
         V = _project(V, *bases)
@@ -163,10 +164,11 @@ def _orthonormal(V: torch.Tensor, *bases: torch.Tensor) -> torch.Tensor:
     return V
 
 
-def _bound(theta: float, res: float, edge: float) -> float:
-    """Relative eigenvalue error bound ``‖r‖² / ((θ_edge − θ) θ)`` (Rayleigh-quotient bound)."""
-    tiny = torch.finfo(torch.float64).tiny
-    return res * res / max(edge - theta, tiny) / max(abs(theta), tiny)
+def ritz_bound(theta: npt.ArrayLike, res: npt.ArrayLike, edge: npt.ArrayLike) -> np.ndarray:
+    """Relative eigenvalue error bound ``‖r‖² / (|θ_edge − θ| |θ|)`` of Ritz pairs (the Rayleigh-quotient
+    bound, gap to ``edge``: the block's farthest Ritz value). Floats or arrays ``(k,)``, elementwise."""
+    tiny = np.finfo(np.float64).tiny
+    return np.square(res) / np.maximum(np.abs(np.subtract(edge, theta)), tiny) / np.maximum(np.abs(theta), tiny)
 
 
 @dataclass
@@ -201,6 +203,7 @@ def lobpcg_smallest(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool | Callable[[int, float], None] | None = None,
+    meter: ProductMeter | None = None,
 ) -> LockedPairs:
     """The ``k`` smallest nonzero eigenpairs of a symmetric PSD ``H`` (``matmat``: ``(n, m) -> (n, m)``).
 
@@ -214,11 +217,13 @@ def lobpcg_smallest(
     block : largest active block ``m``: memory ``≈ (7 m + 2 l) n`` floats, ``l ≤ k`` the pairs locked.
     guard : active vectors beyond those still wanted.
     maxiter : iterations in all; past it the best pairs found are returned with ``converged=False``.
+    meter : count the products on this meter (``progress`` then unused) and report its total in
+        ``products``: the caller's earlier products included.
     """
     if block < 1 or k < 1 or guard < 0:
         raise NearoptError("lobpcg_smallest needs k >= 1, block >= 1 and guard >= 0")
     dev = torch.device(device)
-    H = Counter(matmat, progress, "smallest: ")
+    H = Counter(matmat, progress, "smallest: ", meter)
     Y = constraints.to(dev) if constraints is not None else torch.zeros((n, 0), dtype=torch.float64, device=dev)
     gen = generator(seed, dev)
     floor = FLOOR_RTOL * lambda_max
@@ -242,8 +247,8 @@ def lobpcg_smallest(
     iterations = restarts = 0
     measured = False  # whether the floor has been raised to the products' measured rounding
     while True:
-        R = st.HX - st.X * st.theta_x
-        rn = torch.linalg.norm(R, dim=0)
+        R = torch.addcmul(st.HX, st.X, st.theta_x, value=-1.0)
+        rn = column_norms(R)
         edge = float(st.theta_x[-1])
         n_lock, floored = _lockable(st, rn, edge, tol, floor, history, backward)
         if floored and not measured:  # stalled above the fixed floor: is that the products' own rounding?
@@ -313,7 +318,7 @@ def _lockable(st: _State, rn: torch.Tensor, edge: float, tol: float, floor: floa
     old = history[-STAGNATION].tolist() if len(history) >= STAGNATION else None
     for i in range(len(theta) - 1):
         th_i, r_i = theta[i], res[i]
-        ok = r_i <= LOCK_MARGIN * tol * th_i or r_i <= backward or _bound(th_i, r_i, edge) <= (LOCK_MARGIN * tol) ** 2
+        ok = r_i <= LOCK_MARGIN * tol * th_i or r_i <= backward or ritz_bound(th_i, r_i, edge) <= (LOCK_MARGIN * tol) ** 2
         stalled = old is not None and i < len(old) and old[i] < 2.0 * r_i
         if not (ok or (stalled and r_i <= floor)):
             return n_lock, stalled
@@ -405,7 +410,7 @@ def product_rounding(H: TorchMatmat, V: torch.Tensor) -> np.ndarray:
     D = H(V)
     D -= H(Va)
     D -= H(V - Va)
-    return torch.linalg.norm(D, dim=0).cpu().numpy()
+    return column_norms(D).cpu().numpy()
 
 
 def _result(H: Counter, st: _State, k: int, tol: float, iterations: int, floor: float, restarts: int = 0) -> LockedPairs:
@@ -419,9 +424,9 @@ def _result(H: Counter, st: _State, k: int, tol: float, iterations: int, floor: 
     HV = H(Vk)
     theta, C = small_eigh(0.5 * (Vk.T @ HV + HV.T @ Vk))
     Vk, HV = Vk @ C, HV @ C
-    res = torch.linalg.norm(HV.sub_(Vk * theta), dim=0).cpu().numpy()
+    res = column_norms(HV.addcmul_(Vk, theta, value=-1.0)).cpu().numpy()
     vals = theta.cpu().numpy()
-    bounds = np.array([_bound(float(t), float(r), float(e)) for t, r, e in zip(vals, res, edges)])
+    bounds = ritz_bound(vals, res, edges[: vals.size])
     ok = (res <= tol * np.abs(vals)) | (bounds <= tol * tol) | (res <= floor)
     if not ok.all():  # the product's own rounding may lie above the fixed floor (P = 9e6: 6-7 eps lambda_max)
         idx = np.flatnonzero(~ok)

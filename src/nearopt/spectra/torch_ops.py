@@ -55,10 +55,12 @@ class ProductMeter:
 
 
 class Counter:
-    """A torch ``matmat`` applied ``CHUNK`` columns at a time, its products counted by a :class:`ProductMeter`."""
+    """A torch ``matmat`` applied ``CHUNK`` columns at a time, its products counted by a :class:`ProductMeter`
+    (``meter``: one already counting, e.g. the products spent estimating ``λ_max``, so that progress
+    lines go on from there)."""
 
-    def __init__(self, matmat: TorchMatmat, progress: bool | Callable[[int, float], None] | None = None, label: str = ""):
-        self.matmat, self.meter = matmat, ProductMeter(progress, label)
+    def __init__(self, matmat: TorchMatmat, progress: bool | Callable[[int, float], None] | None = None, label: str = "", meter: ProductMeter | None = None):
+        self.matmat, self.meter = matmat, meter if meter is not None else ProductMeter(progress, label)
 
     @property
     def products(self) -> int:
@@ -129,6 +131,19 @@ def torch_side(op: LinearOperator) -> tuple[TorchMatmat, torch.device]:
     if callable(getattr(op, "torch_matmat", None)):
         return op.torch_matmat, device
     return through_numpy(op), device
+
+
+def column_norms(V: torch.Tensor) -> torch.Tensor:
+    """``‖V[:, j]‖`` ``(m,)`` of a tall ``V`` ``(n, m)``. On the host summed over chunks of 4096 rows: a
+    reduction down the columns of a row-major block is strided, and ``torch.linalg.norm(V, dim=0)``
+    took 49 ms at ``(10⁶, 24)`` against 8 ms (2 cores). A GPU reduces it directly."""
+    if V.device.type != "cpu" or V.shape[0] <= 4096:
+        return torch.linalg.vector_norm(V, dim=0)
+    out = V.new_zeros(V.shape[1:])
+    for s in range(0, V.shape[0], 4096):
+        c = V[s : s + 4096]
+        out += (c * c).sum(0)
+    return out.sqrt_()
 
 
 def row_chunk(device: torch.device) -> int:
