@@ -33,8 +33,9 @@ block to the host; torch's has no constraints. Here
   products round differently from the CPU's: erf ``n = 2000`` ends at ``‖r‖ ≈ 3.5 ε λ_max``);
 * where products round above that fixed floor (erf ``n = 3000``, ``P = 9·10⁶``: one pair at
   6–7 ``ε λ_max``), the floor is measured: :func:`product_rounding` compares ``H x`` with
-  ``H x_a + H x_b`` on the stalled pair (three products, once per run) and on each returned pair
-  that fails the other rules, and a residual within :data:`ROUNDING_MARGIN` of it is at the floor;
+  ``H x_a + H x_b`` on the stalled pair (three products, once per run) and, in the final check,
+  on the first returned pair that fails the other rules, and a residual within
+  :data:`ROUNDING_MARGIN` of it is at the floor;
 * when a wanted pair's residual grows :data:`GROWTH`-fold over :data:`STAGNATION` iterations the
   search directions are dropped and ``H X`` recomputed (a restart): the rounding carried in the
   implicit products otherwise grows once the pairs reach their floor, until they are lost.
@@ -429,8 +430,8 @@ def _result(H: Counter, st: _State, k: int, tol: float, iterations: int, floor: 
     bounds = ritz_bound(vals, res, edges[: vals.size])
     ok = (res <= tol * np.abs(vals)) | (bounds <= tol * tol) | (res <= floor)
     if not ok.all():  # the product's own rounding may lie above the fixed floor (P = 9e6: 6-7 eps lambda_max)
-        idx = np.flatnonzero(~ok)
-        ok[idx] = res[idx] <= ROUNDING_MARGIN * product_rounding(H, Vk[:, idx])
+        first = int(np.flatnonzero(~ok)[0])  # measured on one pair: 3 products, however many failed
+        ok |= res <= ROUNDING_MARGIN * float(product_rounding(H, Vk[:, first : first + 1])[0])
     return LockedPairs(
         values=vals,
         vectors=Vk,
