@@ -41,7 +41,7 @@ from ..resources import available_device_memory, available_memory
 from .lanczos import thick_restart_lanczos
 from .lobpcg import GUARD as LOCKING_GUARD
 from .lobpcg import lobpcg_smallest, ritz_bound
-from .torch_ops import CHUNK, ProductMeter, SymmetricOperator, chunked, torch_side
+from .torch_ops import ProductMeter, SymmetricOperator, residual_norms, through_numpy, torch_side
 
 #: default relative residual ``||H x - theta x|| / theta`` a Ritz pair must reach
 DEFAULT_TOL = 1e-6
@@ -144,13 +144,9 @@ def _check_k(op: LinearOperator, k: int) -> int:
 
 
 def _residuals(op: LinearOperator, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
-    """Absolute residual norms ``||H x_i - theta_i x_i||`` for unit columns ``X`` ``(P, m)``,
-    ``CHUNK`` columns at a time (a whole block's product and its copies would hold GBs at ``P ~ 10⁶``)."""
-    out = np.empty(X.shape[1])
-    for s in range(0, X.shape[1], CHUNK):
-        c = slice(s, s + CHUNK)
-        out[c] = np.linalg.norm(op.matmat(X[:, c]) - X[:, c] * theta[c], axis=0)
-    return out
+    """:func:`~nearopt.spectra.torch_ops.residual_norms` for NumPy pairs (ARPACK's, SciPy's LOBPCG's, a
+    dense ``eigh``'s), through ``op``'s NumPy product (so a counting operator counts them)."""
+    return residual_norms(through_numpy(op), torch.as_tensor(X), torch.as_tensor(theta)).numpy()
 
 
 def largest_eigenpairs(
@@ -183,7 +179,7 @@ def largest_eigenpairs(
     if solver == "lanczos" or (solver == "auto" and device.type == "cuda" and ncv < op.shape[0]):
         found = thick_restart_lanczos(matmat, op.shape[0], k, ncv=ncv, tol=tol**2, maxiter=1000 if maxiter is None else maxiter, seed=seed, device=device, progress=progress)
         theta, Xt, products, iterations, method = found.values, found.vectors, found.products, found.restarts, "lanczos-thick-restart"
-        res = torch.linalg.norm(chunked(matmat, Xt) - Xt * torch.as_tensor(theta, device=device), dim=0).cpu().numpy()
+        res = residual_norms(matmat, Xt, torch.as_tensor(theta, device=device)).cpu().numpy()
         products += k
         X = Xt.cpu().numpy() if return_vectors else None
     else:

@@ -146,6 +146,18 @@ def column_norms(V: torch.Tensor) -> torch.Tensor:
     return out.sqrt_()
 
 
+def residual_norms(matmat: TorchMatmat, X: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``‖H x_i − θ_i x_i‖`` ``(m,)`` for the columns of ``X`` ``(n, m)``, a product call of :data:`CHUNK`
+    (:data:`GPU_CHUNK`) columns at a time: a whole block's product and its copies would hold GBs at
+    ``P ~ 10⁶`` (the 20-column check of the top end had set the peak memory at ``n = 2000``)."""
+    step = GPU_CHUNK if X.device.type == "cuda" else CHUNK
+    out = X.new_empty(X.shape[1])
+    for s in range(0, X.shape[1], step):
+        c = slice(s, s + step)
+        out[c] = column_norms(torch.addcmul(matmat(X[:, c].contiguous()), X[:, c], theta[c], value=-1.0))
+    return out
+
+
 def row_chunk(device: torch.device) -> int:
     """Rows per chunk of an in-place block update on ``device`` (:data:`ROW_CHUNK`, :data:`GPU_ROW_CHUNK`)."""
     return GPU_ROW_CHUNK if device.type == "cuda" else ROW_CHUNK
