@@ -15,7 +15,7 @@ from nearopt.curvature.population import PopulationHessian, rescaling_modes
 from nearopt.errors import NearoptError
 from nearopt.spectra.extremes import locking_block, smallest_eigenpairs
 from nearopt.spectra.lobpcg import lobpcg_smallest, product_rounding
-from nearopt.spectra.torch_ops import ProductMeter
+from nearopt.spectra.torch_ops import ProductMeter, column_norms, residual_norms
 
 
 def _operator(eigs: np.ndarray, seed: int):
@@ -189,3 +189,22 @@ def test_products_are_counted_once_from_the_lambda_max_estimate_on():
     again = lobpcg_smallest(matmat, eigs.size, 3, lambda_max=1.0, precondition=pre, block=6, meter=meter)
     assert reports[0] == 7 and all(b > a for a, b in zip(reports, reports[1:]))
     assert again.products == meter.products == reports[-1] > 7
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.sampled_from([1, 7, 4096, 4097, 9000, 12288]), m=st.integers(1, 6), offset=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_column_norms_and_residual_norms_by_chunks(n, m, offset, seed):
+    """The host's row-chunked column norms equal ``torch.linalg.norm(V, dim=0)`` for any row count
+    (a partial last chunk included) and for column slices of wider blocks; the chunked residual
+    check equals ``‖H X − X θ‖`` column by column."""
+    g = torch.Generator().manual_seed(seed)
+    V = torch.randn((n, m + offset), generator=g, dtype=torch.float64)[:, offset:]
+    torch.testing.assert_close(column_norms(V), torch.linalg.norm(V, dim=0), rtol=1e-13, atol=0.0)
+    d = torch.rand(n, generator=g, dtype=torch.float64)
+    theta = torch.rand(m, generator=g, dtype=torch.float64)
+
+    def matmat(X):
+        return d[:, None] * X
+
+    want = torch.linalg.norm(matmat(V) - V * theta, dim=0)
+    torch.testing.assert_close(residual_norms(matmat, V, theta), want, rtol=1e-12, atol=1e-300)
