@@ -65,6 +65,8 @@ def test_mode_decay_gd_and_flow():
     r = late_time_rate(0.1, 0.5)
     assert r["continuous"] == pytest.approx(0.1)
     assert r["exact"] == pytest.approx(-2 * math.log(0.95))
+    # lr lambda_min = 1 (one sample, lr = 1/lambda_max): GD removes the mode in one step
+    assert late_time_rate(2.0, 0.5) == {"continuous": 2.0, "exact": math.inf}
 
 
 def test_unstable_step_is_an_error():

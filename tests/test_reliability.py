@@ -573,6 +573,15 @@ def test_edited_source_recomputes_every_cell_and_unchanged_rerun_none(tmp_path, 
 VALUES = st.sampled_from(["0", "-1", "1", "2", "3", "nan", "inf", "-inf", "1e400", "x", "", "2.5", "99999999", "1:3", "1:100000000", "1,2", "cuda", "tpu"])
 
 
+def test_one_sample_dynamics_reports_an_infinite_gd_rate():
+    """``--samples 1``: the batch Hessian has one nonzero eigenvalue, so ``lr = 1/lambda_max`` is also
+    ``1/lambda_min`` and GD removes the mode in one step (found by the fuzz test below: it gave a
+    ``math domain error`` traceback)."""
+    code, out, err = cli("dynamics", "-a", "erf", "--ni", "2", "--nh", "2", "--samples", "1", "--draws", "1", "--points", "3", "--steps", "20", "--json")
+    assert code == 0 and "Traceback" not in err
+    assert json.loads(out)["late_time"]["rate_exact"] == float("inf")
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     command=st.sampled_from(["spectrum", "rank", "dynamics"]),

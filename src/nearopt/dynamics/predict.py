@@ -71,10 +71,13 @@ def late_time_rate(lambda_min: float, lr: float, flow: bool = False) -> dict[str
 
     ``continuous = 2 lr lambda_min`` (the paper's rate, exact for flow);
     ``exact`` = ``-2 log|1 - lr lambda_min|`` per step for GD (equal to
-    ``continuous`` for flow). Both are positive (``log L ~ -rate * t``).
+    ``continuous`` for flow). Both are positive (``log L ~ -rate * t``). Where
+    ``lr lambda_min = 1`` (one sample: every nonzero eigenvalue is ``lambda_max``, and the
+    default ``lr = 1 / lambda_max``) GD removes the mode in one step: ``exact = inf``.
     """
     cont = 2.0 * lr * lambda_min
-    exact = cont if flow else -2.0 * math.log(abs(1.0 - lr * lambda_min))
+    factor = abs(1.0 - lr * lambda_min)
+    exact = cont if flow else (math.inf if factor == 0.0 else -2.0 * math.log(factor))
     return {"continuous": cont, "exact": exact}
 
 
