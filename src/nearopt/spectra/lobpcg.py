@@ -53,7 +53,7 @@ import numpy.typing as npt
 import torch
 
 from ..errors import NearoptError
-from .torch_ops import Counter, ProductMeter, TorchMatmat, chunked, column_norms, generator, row_chunk, small_eigh
+from .torch_ops import HOST_REDUCE_ROWS, Counter, ProductMeter, TorchMatmat, chunked, column_norms, generator, row_chunk, small_eigh
 
 #: a residual ``‖r‖ ≤ FLOOR_RTOL λ_max`` that stopped falling counts as the product's rounding floor
 FLOOR_RTOL = 1e-15
@@ -73,8 +73,6 @@ GROWTH = 10.0
 LOCK_MARGIN = 0.5
 #: block vectors beyond those still wanted (the convergence of the last wanted one)
 GUARD = 4
-#: rows per chunk of a host Gram matrix (:func:`_gram`; 512 to 4096 measured alike at P = 2.5e5)
-GRAM_ROWS = 4096
 
 
 @dataclass
@@ -107,7 +105,7 @@ def _gram(As: tuple[torch.Tensor, ...], Bs: tuple[torch.Tensor, ...]) -> torch.T
     """``[A_1 … A_p]ᵀ [B_1 … B_q]`` for tall blocks ``(n, ·)``, summed over row chunks.
 
     On the host, one pass over the blocks with the chunk's rows side by side: the chunk
-    (:data:`GRAM_ROWS` rows) stays in cache while every pair of blocks uses it, where block-by-block
+    (:data:`~nearopt.spectra.torch_ops.HOST_REDUCE_ROWS` rows) stays in cache while every pair of blocks uses it, where block-by-block
     products (``A_i.T @ B_j``, each a memory-bound pass) made the locking LOBPCG 1.75× slower
     (erf ``n = 500``, 40 iterations: 50.4 s against 28.8 s). On a GPU the block products run as
     they are (that is how the H200 timings in ``docs/scale.md`` were measured).
@@ -118,8 +116,8 @@ def _gram(As: tuple[torch.Tensor, ...], Bs: tuple[torch.Tensor, ...]) -> torch.T
         return out
     if As[0].device.type != "cpu":
         return torch.cat([torch.cat([a.T @ b for b in Bs], 1) for a in As], 0)
-    for s in range(0, n, GRAM_ROWS):
-        r = slice(s, s + GRAM_ROWS)
+    for s in range(0, n, HOST_REDUCE_ROWS):
+        r = slice(s, s + HOST_REDUCE_ROWS)
         Ar = torch.cat([a[r] for a in As], 1) if len(As) > 1 else As[0][r]
         Br = torch.cat([b[r] for b in Bs], 1) if len(Bs) > 1 else Bs[0][r]
         out.addmm_(Ar.T, Br)
@@ -150,6 +148,13 @@ def _svqb(V: torch.Tensor, drop: float = 1e-12) -> torch.Tensor:
     s, U = small_eigh(0.5 * (G + G.T))
     keep = s > drop * max(float(s.max()), 0.0)
     return (U[:, keep] / torch.sqrt(s[keep])) / d[:, None]
+
+
+def _rayleigh_ritz(V: torch.Tensor, HV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ritz values ``(m,)`` ascending and the rotated ``V C``, ``H V C`` of an orthonormal block ``V``
+    ``(n, m)`` with its product ``HV``."""
+    theta, C = small_eigh(0.5 * (V.T @ HV + HV.T @ V))
+    return theta, V @ C, HV @ C
 
 
 def _orthonormal(V: torch.Tensor, *bases: torch.Tensor) -> torch.Tensor:
@@ -241,9 +246,8 @@ def lobpcg_smallest(
         return max(1, min(block, left + guard, n - Y.shape[1] - st.L.shape[1] - 1))
 
     X = fresh(min(block, k + guard, n - Y.shape[1] - 1), Y)
-    HX = H(X)
-    th, C = small_eigh(0.5 * (X.T @ HX + HX.T @ X))
-    st = _State(empty, empty, no_theta, [], X @ C, HX @ C, th, empty, empty)
+    th, X, HX = _rayleigh_ritz(X, H(X))
+    st = _State(empty, empty, no_theta, [], X, HX, th, empty, empty)
     history: list[torch.Tensor] = []  # residual norms per active column, one entry per iteration
     iterations = restarts = 0
     measured = False  # whether the floor has been raised to the products' measured rounding
@@ -298,10 +302,9 @@ def _growing(rn: torch.Tensor, history: list[torch.Tensor], left: int) -> bool:
 def _restart(H: Counter, st: _State) -> _State:
     """The active block with explicit products ``H X`` and a Rayleigh–Ritz on it; no search directions
     (what their carried rounding had spoiled). ``m`` products."""
-    HX = H(st.X)
-    theta, C = small_eigh(0.5 * (st.X.T @ HX + HX.T @ st.X))
+    theta, X, HX = _rayleigh_ritz(st.X, H(st.X))
     empty = st.X.new_zeros((st.X.shape[0], 0))
-    return _State(st.L, st.HL, st.theta_l, st.edges, st.X @ C, HX @ C, theta, empty, empty)
+    return _State(st.L, st.HL, st.theta_l, st.edges, X, HX, theta, empty, empty)
 
 
 def _lockable(st: _State, rn: torch.Tensor, edge: float, tol: float, floor: float, history: list[torch.Tensor], backward: float) -> tuple[int, bool]:
@@ -422,9 +425,7 @@ def _result(H: Counter, st: _State, k: int, tol: float, iterations: int, floor: 
     V = st.L if k <= st.L.shape[1] else torch.cat([st.L, st.X], 1)
     Vk = V[:, :k]
     st.X = st.HX = st.P = st.HP = st.HL = st.L.new_zeros((st.L.shape[0], 0))  # drop the blocks: memory for the last products
-    HV = H(Vk)
-    theta, C = small_eigh(0.5 * (Vk.T @ HV + HV.T @ Vk))
-    Vk, HV = Vk @ C, HV @ C
+    theta, Vk, HV = _rayleigh_ritz(Vk, H(Vk))
     res = column_norms(HV.addcmul_(Vk, theta, value=-1.0)).cpu().numpy()
     vals = theta.cpu().numpy()
     bounds = ritz_bound(vals, res, edges[: vals.size])
