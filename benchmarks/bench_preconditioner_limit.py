@@ -51,6 +51,8 @@ def main() -> None:
     p.add_argument("--tol", type=float, default=1e-6, help="relative residual each pair must reach")
     p.add_argument("--out", help="write the numbers as JSON here")
     args = p.parse_args()
+    if args.k < 1 or any(n < 2 or n * (n + 1) <= args.k + LOCKING_GUARD for n in args.sizes) or not args.tol > 0:
+        p.error("needs k >= 1, tol > 0 and sizes n >= 2 with n (n + 1) > k + 4")
     rows = []
     for n in args.sizes:
         r = case(n, args.k, args.tol)
