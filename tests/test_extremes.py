@@ -205,6 +205,30 @@ def test_routes_and_cli(capsys):
     assert main(["spectrum", "-a", "erf", "--ni", "4", "--nh", "3", "--population", "--method", "lanczos", "--which", "smallest", "--null-dim", "99"]) == 2
 
 
+def test_cli_writes_eigenvectors_on_request(tmp_path, capsys):
+    """``--vectors F.npz``: the K eigenvectors of either end, eigenpairs of the dense population Hessian;
+    refused up front (nothing written) where no eigenvectors would come."""
+    H = PopulationHessian(no.sample_teacher(8, 5, "erf", seed=2)).to_dense()
+    for which in ("smallest", "largest"):
+        path = tmp_path / f"{which}.npz"
+        code = main(["spectrum", "-a", "erf", "--ni", "8", "--nh", "5", "--seed", "2", "--population", "--method", "lanczos",
+                     "--which", which, "--k", "3", "--vectors", str(path), "--json", "--quiet"])
+        out = json.loads(capsys.readouterr().out)
+        assert code == 0 and out["vectors_file"] == str(path)
+        with np.load(path) as d:
+            lam, U = d["eigenvalues"], d["eigenvectors"]
+        assert U.shape == (H.shape[0], 3) and np.allclose(lam, out["eigenvalues"])
+        assert np.allclose(U.T @ U, np.eye(3), atol=1e-10)
+        assert np.linalg.norm(H @ U - U * lam, axis=0).max() <= 1e-6 * lam.max()
+    for bad in (["--method", "structured"], ["--method", "lanczos", "--student-width", "3"], ["--method", "lanczos", "--trained", "first"]):
+        path = tmp_path / "refused.npz"
+        code = main(["spectrum", "-a", "erf", "--ni", "8", "--nh", "5", "--population", *bad, "--vectors", str(path)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "--vectors" in err and len(err.splitlines()) == 1 and not path.exists()
+    code = main(["spectrum", "-a", "erf", "--ni", "8", "--nh", "5", "--population", "--method", "lanczos", "--vectors", str(tmp_path / "v.txt")])
+    assert code == 2 and ".npz" in capsys.readouterr().err
+
+
 def test_route_costs_use_the_gpu_constants_on_a_gpu():
     """An operator on a GPU prices its products by the GPU's measured constants (the exact route
     diagonalises on the host either way); no GPU needed: only the device's type is read."""

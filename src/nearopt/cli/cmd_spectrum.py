@@ -79,6 +79,8 @@ def register(sub) -> None:
     it.add_argument("--steps", type=positive_int, default=80, help="--method slq: Lanczos steps per probe (default 80)")
     it.add_argument("--sigma", type=positive_float, default=None, help="--method slq: Gaussian smoothing width (default 1%% of the spectral range)")
     it.add_argument("--probe-seed", type=int, default=0, help="--method slq / lanczos: seed of the probe and start vectors (default 0)")
+    it.add_argument("--vectors", metavar="FILE.npz",
+                    help="--method lanczos: also write the K eigenvectors (eigenvectors (P, K), columns matching eigenvalues (K,)) to this .npz (atomically)")
     it.add_argument("--quiet", action="store_true", help="no progress lines on stderr for long matrix-free runs")
     p.add_argument("--rtol", type=positive_float, default=None, help="relative tolerance of the rank decision on singular values (default max(N,P)*eps)")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="inputs per chunk when accumulating the batch Hessian (default: by memory)")
@@ -173,6 +175,16 @@ def _check_memory(args, P: int, population: bool) -> None:
     require_dense_memory(P, f"batch --method {args.method}", BATCH_ALTERNATIVES, device=args.device, copies=copies)
 
 
+def _check_vectors(args, population: bool, student: TwoLayerNet | None) -> None:
+    """Refuse ``--vectors`` before any work where no eigenvectors would come (a long run must not end in that error)."""
+    if not args.vectors:
+        return
+    if not (population and args.method == "lanczos") or student is not None or TRAINED_ALIASES[args.trained] != "both":
+        raise NearoptError("--vectors needs --population --method lanczos at the teacher (all layers trained); the exact routes give all eigenpairs in Python: Curvature.eigh()")
+    if not str(args.vectors).endswith(".npz"):
+        raise NearoptError(f"--vectors must name a .npz file, got {args.vectors}")
+
+
 def compute(args) -> Spectrum:
     net = network_from_args(args)
     student = student_from_args(args, net)
@@ -182,6 +194,7 @@ def compute(args) -> Spectrum:
     if not population and args.method not in BATCH_METHODS:
         raise NearoptError(f"--method {args.method} is not a batch method; choose from {', '.join(BATCH_METHODS)} (or use --population)")
     _check_memory(args, net.n_params, population)
+    _check_vectors(args, population, student)
     X = inputs_from_args(args, net)
     law = input_law_from_args(args, net.n_inputs) if X is None else None
     # under N(0, Sigma) the pre-activations have variances w^T Sigma w: check the whitened network W1 Sigma^{1/2}
@@ -249,7 +262,7 @@ def _population_matrix_free(args, net: TwoLayerNet, law, curv: PopulationHessian
     which = args.which or "largest"
     progress = _progress(args, f"{which} {args.k}")
     if which == "largest":
-        return curv.spectrum("lanczos", rtol=args.rtol, k=args.k, which="largest", tol=args.tol, seed=args.probe_seed, progress=progress)
+        return curv.spectrum("lanczos", rtol=args.rtol, k=args.k, which="largest", tol=args.tol, seed=args.probe_seed, progress=progress, return_vectors=bool(args.vectors))
     P = curv.n_params
     null_dim, null_vectors = args.null_dim, None
     if null_dim is not None and not 0 <= null_dim < P:
@@ -267,6 +280,7 @@ def _population_matrix_free(args, net: TwoLayerNet, law, curv: PopulationHessian
     spec = curv.spectrum(
         "smallest", rtol=args.rtol, k=args.k, null_dim=null_dim, null_vectors=null_vectors,
         tol=args.tol, maxiter=args.maxiter, block=args.block, seed=args.probe_seed, progress=progress,
+        return_vectors=bool(args.vectors),
     )
     if source is not None:
         spec.extra["null_source"] = source
@@ -312,6 +326,10 @@ def summary(spec: Spectrum) -> str:
 
 def run(args) -> int:
     spec = compute(args)
+    if args.vectors:
+        assert spec.eigenvectors is not None  # (_check_vectors admitted only routes that return them)
+        io.write_npz(args.vectors, eigenvalues=spec.eigenvalues, eigenvectors=spec.eigenvectors)
+        spec.extra["vectors_file"] = str(args.vectors)
     with numerics("the spectrum's summary", f"activation {spec.activation}, P={spec.n_params}"):
         data, text = spec.to_dict(), summary(spec)
     if args.json:

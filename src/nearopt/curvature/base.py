@@ -159,7 +159,8 @@ class Curvature(SymmetricOperator):
         (``Spectrum.partial``; no rank), or with ``which="smallest"`` the ``k``
         smallest nonzero ones (same as ``smallest``: preconditioned LOBPCG with the
         null space deflated; options ``null_dim``, ``null_vectors``, ``tol``,
-        ``maxiter``, ``progress``); ``slq``: the density by stochastic Lanczos
+        ``maxiter``, ``progress``; ``return_vectors=True`` fills
+        ``Spectrum.eigenvectors``); ``slq``: the density by stochastic Lanczos
         quadrature (options ``n_probes``, ``steps``, ``seed``, ``grid``, ``sigma``;
         the density, its error band and the quadratures in ``extra``, the extreme
         Ritz values as ``eigenvalues``); subclasses add routes (``structured``).
@@ -292,7 +293,9 @@ class Curvature(SymmetricOperator):
             "condition_number": None,
             **{key: val for key, val in res.to_dict().items() if key not in ("eigenvalues", "null_dim", "null_source", "null_threshold", "largest_null_eigenvalue")},
         }
-        return self.make_spectrum(eig, decision, "lanczos", extra=extra)
+        spec = self.make_spectrum(eig, decision, "lanczos", extra=extra)
+        spec.eigenvectors = res.vectors
+        return spec
 
     def _smallest_spectrum(self, rtol: float | None, k: int, **options: Any) -> Spectrum:
         P, k = self.n_params, self._partial_k(k)
@@ -312,7 +315,9 @@ class Curvature(SymmetricOperator):
             "condition_number": None,
             **{key: val for key, val in res.to_dict().items() if key != "eigenvalues"},
         }
-        return self.make_spectrum(eig, decision, "lanczos", extra=extra)
+        spec = self.make_spectrum(eig, decision, "lanczos", extra=extra)
+        spec.eigenvectors = res.vectors
+        return spec
 
     def _slq_spectrum(self, rtol: float | None, k: int, grid: np.ndarray | None = None, sigma: float | None = None, **options: Any) -> Spectrum:
         res = self.slq(**options)

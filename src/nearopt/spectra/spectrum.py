@@ -23,7 +23,9 @@ class Spectrum:
 
     ``eigenvalues`` is ascending, float64, shape ``(P,)``. ``multiplicities``,
     when given, pairs distinct eigenvalue blocks with their counts (structured
-    population route).
+    population route). ``eigenvectors`` ``(P, m)``, when a partial route was asked for
+    them (``return_vectors=True``), has columns matching ``eigenvalues``; it is not part
+    of ``to_dict()``.
     """
 
     eigenvalues: np.ndarray
@@ -39,6 +41,7 @@ class Spectrum:
     extra: dict[str, Any] = field(default_factory=dict)
     #: ``P`` when not every parameter trains (default ``N_h (N_i + 1)``)
     params: int | None = None
+    eigenvectors: np.ndarray | None = None
 
     @property
     def n_params(self) -> int:
