@@ -191,6 +191,19 @@ def test_products_are_counted_once_from_the_lambda_max_estimate_on():
     assert again.products == meter.products == reports[-1] > 7
 
 
+def test_progress_lines_say_how_many_pairs_are_locked(capsys):
+    """A long run's progress lines (``progress=True``) carry the locked count, which only grows,
+    and the last one (the final check's products) says all ``k`` are locked."""
+    eigs = np.geomspace(1e-3, 1.0, 120)
+    _, matmat, pre = _operator(eigs, 4)
+    meter = ProductMeter(True, "smallest: ", every=0.0)
+    res = lobpcg_smallest(matmat, eigs.size, 4, lambda_max=1.0, precondition=pre, block=6, meter=meter)
+    lines = capsys.readouterr().err.strip().splitlines()
+    locked = [int(line.rsplit(", ", 1)[1].split("/")[0]) for line in lines if "pairs locked" in line]
+    assert res.converged and len(locked) > 3 and locked == sorted(locked)
+    assert lines[-1].startswith("  smallest: ") and lines[-1].endswith("4/4 pairs locked")
+
+
 @settings(max_examples=15, deadline=None)
 @given(n=st.sampled_from([1, 7, 4096, 4097, 9000, 12288]), m=st.integers(1, 6), offset=st.integers(0, 2), seed=st.integers(0, 2**16))
 def test_column_norms_and_residual_norms_by_chunks(n, m, offset, seed):

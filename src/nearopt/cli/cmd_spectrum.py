@@ -260,7 +260,7 @@ def _population_matrix_free(args, net: TwoLayerNet, law, curv: PopulationHessian
     if args.method == "slq":
         return curv.spectrum("slq", rtol=args.rtol, n_probes=args.probes, steps=args.steps, seed=args.probe_seed, sigma=args.sigma, progress=_progress(args, "slq"))
     which = args.which or "largest"
-    progress = _progress(args, f"{which} {args.k}")
+    progress = not args.quiet  # the solvers' own lines: products, seconds and (smallest) the pairs locked
     if which == "largest":
         return curv.spectrum("lanczos", rtol=args.rtol, k=args.k, which="largest", tol=args.tol, seed=args.probe_seed, progress=progress, return_vectors=bool(args.vectors))
     P = curv.n_params

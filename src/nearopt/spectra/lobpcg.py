@@ -264,6 +264,7 @@ def lobpcg_smallest(
             st = _lock(st, n_lock)
             R, rn = R[:, n_lock:], rn[n_lock:]
             history = [h[n_lock:] for h in history]
+        H.meter.status = f"{min(st.L.shape[1], k)}/{k} pairs locked"
         if st.L.shape[1] >= k or iterations >= maxiter:
             break
         if _growing(rn, history, k - st.L.shape[1]):

@@ -36,11 +36,13 @@ class ProductMeter:
     """Counts the vectors an operator multiplies and reports progress.
 
     ``progress``: ``None``/``False`` (silent), ``True`` (a line ``"  {label}{products} products,
-    {seconds} s"`` to stderr at most every ``every`` seconds) or a callable ``(products, seconds)``.
+    {seconds} s[, {status}]"`` to stderr at most every ``every`` seconds) or a callable ``(products, seconds)``.
+    ``status``: what the solver has to say of its progress (e.g. ``"12/20 pairs locked"``), set by it.
     """
 
     def __init__(self, progress: bool | Callable[[int, float], None] | None = None, label: str = "", every: float = 10.0):
         self.progress, self.label, self.every = progress, label, every
+        self.status = ""
         self.products, self.t0 = 0, time.perf_counter()
         self.last = self.t0
 
@@ -54,7 +56,8 @@ class ProductMeter:
         if callable(self.progress):
             self.progress(self.products, now - self.t0)
         else:
-            print(f"  {self.label}{self.products} products, {now - self.t0:.0f} s", file=sys.stderr, flush=True)
+            status = f", {self.status}" if self.status else ""
+            print(f"  {self.label}{self.products} products, {now - self.t0:.0f} s{status}", file=sys.stderr, flush=True)
 
 
 class Counter:
