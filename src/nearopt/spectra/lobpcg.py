@@ -345,36 +345,52 @@ def _lock(st: _State, n_lock: int) -> _State:
 def _step(H: Counter, Y: torch.Tensor, st: _State, W: torch.Tensor) -> _State:
     """One LOBPCG iteration: Rayleigh–Ritz on the orthonormal ``[L, X, W, P]`` (soft locking: the
     locked pairs stay in the basis, so their errors never floor the active ones), all orthogonal
-    to the constraints ``Y``; ``W`` the preconditioned residuals of the active block only."""
-    L, HL, X, HX = st.L, st.HL, st.X, st.HX
+    to the constraints ``Y``; ``W`` the preconditioned residuals of the active block only.
+
+    ``P`` comes in orthonormal and orthogonal to ``L`` and ``X`` (:func:`_update` builds it so), so
+    only ``W`` is projected here: against ``Y``, ``L``, ``X`` and ``P``.
+    """
+    L, HL, X, HX, P, HP = st.L, st.HL, st.X, st.HX, st.P, st.HP
     G = _gram((X,), (X,))
     if float(torch.linalg.matrix_norm(G - torch.eye(G.shape[0], dtype=G.dtype, device=G.device))) > 1e-10:
         T = _svqb(X)  # X drifted from orthonormal: restore it (H X follows by the same map)
         X, HX = X @ T, HX @ T
-    W = _orthonormal(W, Y, L, X)
+        P = HP = X.new_zeros((X.shape[0], 0))  # (and P, built against the old X, is dropped)
+    W = _orthonormal(W, Y, L, X, P)
     HW = H(W)
-    P, HP = st.P, st.HP
-    if P.shape[1]:
-        _project(P, Y)  # (P is built from vectors orthogonal to Y: this only removes rounding)
-        for _ in range(2):  # in place: no temporaries of the block's size
-            c = _gram((L, X, W), (P,))
-            cl, cx, cw = c[: L.shape[1]], c[L.shape[1] : L.shape[1] + X.shape[1]], c[L.shape[1] + X.shape[1] :]
-            P.addmm_(L, cl, alpha=-1.0).addmm_(X, cx, alpha=-1.0).addmm_(W, cw, alpha=-1.0)
-            HP.addmm_(HL, cl, alpha=-1.0).addmm_(HX, cx, alpha=-1.0).addmm_(HW, cw, alpha=-1.0)
-        T = _svqb(P, drop=P_DROP)  # (a near-dependent direction would amplify the rounding in HP)
-        P, HP = P @ T, HP @ T
     S, HS = (L, X, W, P), (HL, HX, HW, HP)
     A = _gram(S, HS)
     theta, C = small_eigh(0.5 * (A + A.T))
     nl, nx = L.shape[1], X.shape[1]
-    theta, C = theta[: nl + nx], C[:, : nl + nx]
-    P, HP = _update(S, HS, C)
-    return _State(L, HL, theta[:nl], st.edges, X, HX, theta[nl:], P, HP)
+    Cp = _directions(C, nl, nx)
+    P, HP = _update(S, HS, torch.cat([C[:, : nl + nx], Cp], 1), nl + nx)
+    return _State(L, HL, theta[:nl], st.edges, X, HX, theta[nl : nl + nx], P, HP)
 
 
-def _update(S, HS, C):
-    """``[L X] ← S C``, ``[HL HX] ← HS C``, ``P ← [W P] C_wp`` (its ``X`` columns; and ``HP``), in place,
-    ``S = [L X W P]``.
+def _directions(C: torch.Tensor, nl: int, nx: int) -> torch.Tensor:
+    """Coefficients ``(s, p)`` of the next search directions in the basis ``S = [L X W P]`` (``s`` columns),
+    orthonormal and orthogonal to those of the new ``L`` and ``X`` (``C[:, :nl + nx]``).
+
+    LOBPCG's directions are the ``W``/``P`` parts of the new ``X``'s coefficients. Projected off the new
+    ``L``, ``X`` here, on ``s × s`` matrices (Duersch et al. 2018), they give a ``P = S C_p`` that
+    needs no projection of tall blocks, and ``H P = H S C_p`` carries no rounding amplified by
+    nearly dependent directions. With each pair's direction scaled to norm 1 (as SVQB scales
+    columns), those whose singular value falls below ``P_DROP^1/2`` of the largest are dropped.
+    """
+    Z = C[:, nl : nl + nx].clone()
+    Z[: nl + nx] = 0.0  # (the new X's W and P parts)
+    rest = C[:, nl + nx :]
+    B = rest.T @ Z
+    d = torch.linalg.vector_norm(B, dim=0)
+    B = B[:, d > 0] / d[d > 0]  # (each pair's direction counts, however converged: SVQB's scaling)
+    U, sv, _ = torch.linalg.svd(B, full_matrices=False)
+    keep = sv > P_DROP**0.5 * float(sv.max()) if sv.numel() else sv > 0
+    return rest @ U[:, keep]
+
+
+def _update(S, HS, C, nk: int):
+    """``[L X] ← S C[:, :nk]``, ``[HL HX] ← HS C[:, :nk]``, ``P ← S C[:, nk:]`` (and ``HP``), in place,
+    ``S = [L X W P]``, ``nk = l + m``.
 
     Row by row-chunk, so no second copy of the blocks is ever held (memory ``≈ (2 l + 6 m) n``
     floats); the new ``P``/``HP`` go into ``W``/``HW``'s storage when the shapes allow. Each
@@ -382,23 +398,23 @@ def _update(S, HS, C):
     Returns ``(P, HP)``.
     """
     L, X, W, _ = S
-    nl, nx, nw = L.shape[1], X.shape[1], W.shape[1]
+    nl, nw, npn = L.shape[1], W.shape[1], C.shape[1] - nk
     bounds = np.cumsum([0] + [B.shape[1] for B in S])
-    CL, CX, CW, CP = (C[bounds[i] : bounds[i + 1]] for i in range(4))
+    parts = [C[bounds[i] : bounds[i + 1]] for i in range(4)]
     rows = row_chunk(X.device)
     out = []
     for blocks in (S, HS):
         Lb, Xb, Wb, Pb = blocks
-        Pn = Wb if nw == nx else torch.empty_like(Xb)
+        Pn = Wb[:, :npn] if nw >= npn and nw == npn else Xb.new_empty((Xb.shape[0], npn))
         for s in range(0, Xb.shape[0], rows):
             r = slice(s, s + rows)
-            wp = Wb[r] @ CW  # (rows, l + m): the search directions' part of every new column
-            if Pb.shape[1]:
-                wp.addmm_(Pb[r], CP)
-            new = torch.addmm(wp, Xb[r], CX)
+            new = Wb[r] @ parts[2]  # (rows, l + m + p): every new column from this chunk's rows
+            new.addmm_(Xb[r], parts[1])
             if nl:
-                new.addmm_(Lb[r], CL)
-            Lb[r], Xb[r], Pn[r] = new[:, :nl], new[:, nl:], wp[:, nl:]
+                new.addmm_(Lb[r], parts[0])
+            if Pb.shape[1]:
+                new.addmm_(Pb[r], parts[3])
+            Lb[r], Xb[r], Pn[r] = new[:, :nl], new[:, nl:nk], new[:, nk:]
         out.append(Pn)
     return out[0], out[1]
 
