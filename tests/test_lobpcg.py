@@ -14,7 +14,7 @@ import nearopt as no
 from nearopt.curvature.population import PopulationHessian, rescaling_modes
 from nearopt.errors import NearoptError
 from nearopt.spectra.extremes import locking_block, smallest_eigenpairs
-from nearopt.spectra.lobpcg import lobpcg_smallest, product_rounding
+from nearopt.spectra.lobpcg import _directions, lobpcg_smallest, product_rounding
 from nearopt.spectra.torch_ops import ProductMeter, column_norms, residual_norms
 
 
@@ -189,6 +189,29 @@ def test_products_are_counted_once_from_the_lambda_max_estimate_on():
     again = lobpcg_smallest(matmat, eigs.size, 3, lambda_max=1.0, precondition=pre, block=6, meter=meter)
     assert reports[0] == 7 and all(b > a for a, b in zip(reports, reports[1:]))
     assert again.products == meter.products == reports[-1] > 7
+
+
+@settings(max_examples=40, deadline=None)
+@given(nl=st.integers(0, 4), nx=st.integers(1, 5), nw=st.integers(1, 5), np_=st.integers(0, 5), seed=st.integers(0, 2**16), tiny=st.booleans())
+def test_search_directions_from_the_ritz_coefficients(nl, nx, nw, np_, seed, tiny):
+    """The next ``P``'s coefficients are orthonormal, orthogonal to the new ``L`` and ``X``'s, and span
+    what LOBPCG's directions (the ``W``/``P`` parts of the new ``X``'s coefficients) add to them,
+    also when a pair's part is tiny (a nearly converged pair keeps its direction)."""
+    g = np.random.default_rng(seed)
+    s = nl + nx + nw + np_
+    C, _ = np.linalg.qr(g.standard_normal((s, s)))
+    if tiny:
+        C[nl + nx :, nl] *= 1e-9  # the first new X's W/P part: tiny, its column renormalised below
+        C, _ = np.linalg.qr(C)
+    Ct = torch.as_tensor(C)
+    Cp = _directions(Ct, nl, nx).numpy()
+    assert np.allclose(Cp.T @ Cp, np.eye(Cp.shape[1]), atol=1e-10)
+    assert np.abs(Cp.T @ C[:, : nl + nx]).max() <= 1e-10
+    Z = C[:, nl : nl + nx].copy()
+    Z[: nl + nx] = 0.0
+    Z -= C[:, : nl + nx] @ (C[:, : nl + nx].T @ Z)  # what the directions add to span [L X]
+    assert np.linalg.norm(Z - Cp @ (Cp.T @ Z)) <= 1e-8 * max(np.linalg.norm(Z), 1e-300)
+    assert Cp.shape[1] == min(nx, s - nl - nx, nw + np_)
 
 
 def test_progress_lines_say_how_many_pairs_are_locked(capsys):

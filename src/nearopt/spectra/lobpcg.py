@@ -5,10 +5,10 @@ The bottom of a population Hessian spectrum is tiny and crowded (erf at
 preconditioner and a block method (``docs/scale.md``). This is Knyazev's LOBPCG
 (SIAM J. Sci. Comput. 23, 2001) with the robustness measures of Hetmaniuk &
 Lehoucq (J. Comput. Phys. 218, 2006) and Duersch et al. (SIAM J. Sci. Comput. 40,
-2018): each Rayleigh–Ritz runs on an explicitly orthonormal basis ``[X, W, P]``
-(``W`` and ``P`` projected off the locked vectors and ``X``, then made orthonormal
-by SVQB, dropping directions that have become dependent), so the projected problem
-is a standard ``eigh``.
+2018): each Rayleigh–Ritz runs on an orthonormal basis ``[L, X, W, P]``, so the
+projected problem is a standard ``eigh``. ``P`` is made orthonormal and orthogonal to
+the new ``L`` and ``X`` in the Ritz coefficients (Duersch et al.), ``W`` by projection
+off ``L``, ``X``, ``P`` and SVQB, dropping directions that have become dependent.
 
 Why not SciPy's or torch's ``lobpcg``: both iterate until *every* block vector
 converges (the guard vectors at the top of the block converge last) and keep no
@@ -64,8 +64,8 @@ EPS = float(torch.finfo(torch.float64).eps)
 ROUNDING_MARGIN = 4.0
 #: iterations without a 2x fall of a residual before it counts as stagnant
 STAGNATION = 10
-#: search directions whose Gram eigenvalue falls below this (after projection) are dropped: keeping
-#: them would multiply the rounding carried in ``H P`` by up to ``P_DROP^-1/2``
+#: search directions whose squared singular value (of the pairs' unit-scaled coefficients, :func:`_directions`)
+#: falls below this fraction of the largest are dropped: they are numerically dependent
 P_DROP = 1e-8
 #: a wanted pair's residual this many times larger than ``STAGNATION`` iterations before: restart (:func:`_restart`)
 GROWTH = 10.0
@@ -289,9 +289,10 @@ def _growing(rn: torch.Tensor, history: list[torch.Tensor], left: int) -> bool:
     """Whether a wanted active pair's residual grew :data:`GROWTH`-fold over :data:`STAGNATION` iterations.
 
     At a residual floor above the lock rules (products rounding far above ``ε ‖H‖``), the
-    rounding carried in the implicit ``H X``, ``H P`` (amplified up to ``P_DROP^-1/2`` by nearly
-    dependent search directions) grows from iteration to iteration and the pairs diverge
-    (measured: a product rounding at ``7·10⁻¹²`` took the residuals from ``10⁻¹⁰`` to ``10⁻²``).
+    rounding carried in the implicit ``H X``, ``H P`` grows from iteration to iteration and the
+    pairs diverge (measured, when ``P`` was still projected and orthonormalised as a tall block,
+    which amplified that rounding: a product rounding at ``7·10⁻¹²`` took the residuals from
+    ``10⁻¹⁰`` to ``10⁻²``).
     """
     if len(history) < STAGNATION:
         return False
