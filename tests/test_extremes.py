@@ -227,6 +227,10 @@ def test_cli_writes_eigenvectors_on_request(tmp_path, capsys):
         assert code == 2 and "--vectors" in err and len(err.splitlines()) == 1 and not path.exists()
     code = main(["spectrum", "-a", "erf", "--ni", "8", "--nh", "5", "--population", "--method", "lanczos", "--vectors", str(tmp_path / "v.txt")])
     assert code == 2 and ".npz" in capsys.readouterr().err
+    (tmp_path / "f").write_text("")  # a file where the folder should be: refused before the run
+    code = main(["spectrum", "-a", "erf", "--ni", "8", "--nh", "5", "--population", "--method", "lanczos", "--vectors", str(tmp_path / "f" / "v.npz")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "is a file, not a folder" in err and len(err.splitlines()) == 1
 
 
 def test_route_costs_use_the_gpu_constants_on_a_gpu():

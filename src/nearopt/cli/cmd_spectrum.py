@@ -181,8 +181,7 @@ def _check_vectors(args, population: bool, student: TwoLayerNet | None) -> None:
         return
     if not (population and args.method == "lanczos") or student is not None or TRAINED_ALIASES[args.trained] != "both":
         raise NearoptError("--vectors needs --population --method lanczos at the teacher (all layers trained); the exact routes give all eigenpairs in Python: Curvature.eigh()")
-    if not str(args.vectors).endswith(".npz"):
-        raise NearoptError(f"--vectors must name a .npz file, got {args.vectors}")
+    io.check_output_path(args.vectors, suffix=".npz")
 
 
 def compute(args) -> Spectrum:

@@ -406,7 +406,7 @@ def _update(S, HS, C, nk: int):
     out = []
     for blocks in (S, HS):
         Lb, Xb, Wb, Pb = blocks
-        Pn = Wb[:, :npn] if nw >= npn and nw == npn else Xb.new_empty((Xb.shape[0], npn))
+        Pn = Wb if nw == npn else Xb.new_empty((Xb.shape[0], npn))
         for s in range(0, Xb.shape[0], rows):
             r = slice(s, s + rows)
             new = Wb[r] @ parts[2]  # (rows, l + m + p): every new column from this chunk's rows
