@@ -1,0 +1,154 @@
+"""Many-start surveys (nearopt.landscape_survey): batched closed forms vs the library, descent statuses, families."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nearopt.activations import get_activation
+from nearopt.critical import committee_teacher, isotropy_multiplicities
+from nearopt.curvature.landscape import population_gradient, population_loss
+from nearopt.landscape_survey import (
+    SAFRAN_SHAMIR,
+    Protocol,
+    batched_descent,
+    batched_loss_gradient,
+    committee_survey,
+    families,
+    merges_into,
+    polish_and_classify,
+    stabiliser,
+    survey,
+    wilson_interval,
+    young_multiplicities,
+)
+from nearopt.model import TwoLayerNet
+from nearopt.problem import Problem
+
+
+def _reference(T, u, W, v, act):
+    a = get_activation(act)
+    pr = Problem(TwoLayerNet(T, u[None], a), student=TwoLayerNet(W, v[None], a), trained="both")
+    return population_loss(pr), population_gradient(pr)
+
+
+@pytest.mark.parametrize("act", ["relu", "erf", "erf:unit"])
+def test_batched_loss_and_gradient_equal_the_library(act):
+    rng = np.random.default_rng(3)
+    K, M, d, R = 4, 3, 5, 5
+    T, u = rng.normal(size=(M, d)), rng.normal(size=M)
+    W, v = rng.normal(size=(R, K, d)), rng.normal(size=(R, K))
+    W[0, 1] = W[0, 0]  # duplicated unit
+    W[1, 2] = -W[1, 0]  # sign-flipped unit
+    W[2, 0] = T[0]  # unit on a teacher unit
+    L, gW, gv = batched_loss_gradient(act, *(torch.as_tensor(x) for x in (W, v, T, u)))
+    for r in range(R):
+        loss, g = _reference(T, u, W[r], v[r], act)
+        assert abs(L[r].item() - loss) <= 1e-13 * max(1.0, abs(loss))
+        mine = np.concatenate([gW[r].numpy().ravel(), gv[r].numpy()])
+        np.testing.assert_allclose(mine, g, rtol=0, atol=1e-13 * max(1.0, np.abs(g).max()))
+
+
+def test_other_activations_use_the_library_route():
+    rng = np.random.default_rng(0)
+    t = TwoLayerNet(rng.normal(size=(2, 3)), rng.normal(size=(1, 2)), get_activation("tanh"))
+    W0, v0 = rng.normal(size=(2, 2, 3)) * 0.3, rng.normal(size=(2, 2)) * 0.3
+    d = batched_descent(t, W0, v0, trained="both", protocol=Protocol(lr=0.1, gtol=1e-3, max_steps=3))
+    assert d.status.tolist() == ["unconverged", "unconverged"] and d.steps.tolist() == [3, 3]
+    loss, _ = _reference(t.W1, t.W2.ravel(), d.W[0], d.v[0], "tanh")
+    assert abs(loss - d.loss[0]) < 1e-12
+
+
+def test_tiny_survey_finds_the_global_minimum_family():
+    s = committee_survey(3, n_starts=6, protocol=SAFRAN_SHAMIR.replace(gtol=1e-7), seed=0)
+    out = s.to_dict()
+    assert out["starts"] == 6 and out["converged"] + out["unconverged"] + out["diverged"] == 6
+    glob = [f for f in out["families"] if f["classification"] == "global minimum"]
+    assert glob and glob[0]["count"] >= 1 and abs(glob[0]["loss"]) < 1e-12
+    assert glob[0]["lambda_min"] > 0 and sum(f["count"] for f in out["families"]) == 6
+
+
+def test_diverged_and_unconverged_runs_are_counted_not_dropped():
+    t = committee_teacher(3)
+    W0 = np.random.default_rng(1).normal(scale=0.5, size=(4, 3, 3))
+    v0 = np.ones((4, 3))
+    W0[0] *= np.nan  # a non-finite start diverges at once
+    d = batched_descent(t, W0, v0, trained="first", protocol=Protocol(lr=0.1, gtol=1e-30, max_steps=5))
+    assert d.status.tolist() == ["diverged", "unconverged", "unconverged", "unconverged"]
+    big = batched_descent(t, W0[1:2], v0[1:2], trained="first", protocol=Protocol(lr=1e4, gtol=1e-9, max_steps=50))
+    assert big.status.tolist() == ["diverged"]
+    s = survey(t, n_starts=3, protocol=Protocol(lr=0.1, gtol=1e-30, max_steps=2), seed=0)
+    out = s.to_dict()
+    assert out["unconverged"] == 3 and out["spurious"] == 0 and out["spurious_fraction"] == 0.0
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.permutations(list(range(4))), st.permutations(list(range(4))))
+def test_families_are_invariant_under_unit_and_input_permutations(rows, cols):
+    k = 4
+    t = committee_teacher(k)
+    W = np.random.default_rng(7).normal(scale=0.5, size=(k, k))
+    cp = polish_and_classify(t, W, np.ones(k), "first")
+    # a permuted copy (units, and inputs with the teacher units) is the same critical point of the loss
+    Wp = cp.student.W1[list(rows)][:, list(cols)]
+    cq = polish_and_classify(t, Wp, np.ones(k), "first")
+    fam = families([cp, cq])
+    assert len(fam) == 1 and fam[0].count == 2
+
+
+def test_stabiliser_and_isotypic_multiplicities():
+    k = 6
+    W = np.full((k, k), -0.05)
+    np.fill_diagonal(W, 0.98)
+    W[-1] = 0.2
+    W[-1, -1] = -0.6
+    st_ = stabiliser(W)
+    assert st_["exact"] and st_["cell_sizes"] == [5, 1] and st_["order"] == 120
+    assert young_multiplicities([5, 1]) == isotropy_multiplicities(6)
+    assert sum(young_multiplicities([4, 2, 1])) == 49 and sum(young_multiplicities([9])) == 81
+    assert merges_into([1, 1, 5, 5, 5, 9, 10], [1, 1, 5, 5, 9, 15]) and not merges_into([1, 1, 5, 5, 5, 9, 10], [3, 5, 5, 9, 14])
+    W[0, 1] = 0.3  # breaks the S_5 symmetry
+    assert stabiliser(W)["order"] != 120
+
+
+def test_wilson_interval_covers_the_fraction():
+    lo, hi = wilson_interval(3, 1000)
+    assert lo < 0.003 < hi and 0 < lo and hi < 0.01
+    assert np.isnan(wilson_interval(0, 0)[0])
+
+
+def test_protocol_rejects_bad_values():
+    from nearopt.errors import NearoptError
+
+    with pytest.raises(NearoptError, match="lr must be"):
+        Protocol(lr=-1.0)
+    with pytest.raises(NearoptError, match="max_steps"):
+        Protocol(max_steps=0)
+
+
+def test_cli_bad_input_gives_one_line():
+    r = subprocess.run([sys.executable, "-m", "nearopt", "landscape", "--committee", "3", "--starts", "0", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "error" in r.stderr
+
+
+def test_cli_small_committee_survey(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "nearopt", "landscape", "--committee", "3", "--starts", "4", "--gtol", "1e-7",
+                        "--save-families", str(tmp_path), "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    out = json.loads(r.stdout)
+    assert out["starts"] == 4 and {"spurious_fraction", "spurious_fraction_ci", "diverged", "unconverged", "families", "seconds"} <= set(out)
+    fam = out["families"][0]
+    assert {"loss", "count", "classification", "index", "lambda_min", "lambda_max", "multiplicities"} <= set(fam)
+    saved = sorted(tmp_path.glob("family_*.npz"))
+    assert len(saved) == len(out["families"])
+    with np.load(saved[0]) as z:
+        assert z["W1"].shape == (3, 3) and z["W2"].shape == (1, 3)
