@@ -1,0 +1,484 @@
+"""Stochastic gradient descent near the optimum: ``R`` runs at once in torch, against the predictions.
+
+:func:`simulate_sgd` trains ``R`` independent students from ``theta* + delta_0``,
+``delta_0 ~ N(0, sigma0^2 I)`` on the trained parameters, by
+``theta <- theta - eta grad (1/2B) sum_b (f_theta(x_b) - y_b)^2`` with labels
+``y = f*(x) + sigma xi``. Inputs are *online* (fresh ``x ~ N(0, Sigma)`` every step) or a fixed
+training set of ``N`` samples (one set, seeded, shared by the runs; its labels' noise is drawn once)
+visited with replacement or in epochs without replacement (``N // B`` batches per epoch, the rest
+of each shuffled epoch dropped). All ``R`` runs step together: one batched forward and an explicit
+gradient ``J^T r / B`` per step, on the CPU or a GPU.
+
+At the recorded steps (log-spaced by default) it records the **excess population loss**
+``L(theta) = 1/2 E(f_theta - f*)^2`` of every run exactly, by :func:`population_loss_batch`:
+``1/2 beta^T Phi beta`` over the units of student and teacher with closed-form pair kernels
+(linear and polynomials: Mehler; erf: arcsine; ReLU: arc-cosine) and a 2-D Gauss-Hermite rule for
+any other activation. :func:`run_sgd` adds the exact and spectral predictions of
+:mod:`nearopt.dynamics.sgd_predict`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..activations import Erf, ReLU
+from ..errors import NearoptError, require_positive_int
+from ..model import TwoLayerNet
+from ..problem import Problem, as_problem
+from ..resources import dense_bytes, require_memory
+from .sgd_predict import SecondMomentModel, exact_model, predictions, problem_spectrum, spectrum_model
+
+EPS = float(np.finfo(np.float64).eps)
+#: a run has diverged once its loss exceeds this times the mean initial loss (or is not finite)
+DIVERGENCE_FACTOR = 1e8
+#: most SGD steps one call accepts
+MAX_STEPS = 10**9
+#: 2-D Gauss-Hermite nodes per axis of the pair kernel for activations without a closed form
+PAIR_ORDER = 64
+#: the mean over runs is flagged unreliable where one run carries more than this share of it
+TAIL_SHARE = 0.25
+SAMPLING = ("online", "replacement", "epochs")
+
+
+def record_steps(steps: int, points: int = 40) -> np.ndarray:
+    """``0`` and ``points`` log-spaced integer steps up to ``steps`` (unique, ascending), shape ``(T,)``."""
+    steps = require_positive_int(steps, "number of steps")
+    t = np.unique(np.round(np.logspace(0.0, math.log10(steps), require_positive_int(points, "number of record points"))))
+    return np.concatenate([[0], t.astype(np.int64)])
+
+
+# --------------------------------------------------------------------------- exact population loss, batched
+def pair_kernel(activation, G: torch.Tensor) -> torch.Tensor:
+    """``Phi[i, j] = E[g(u_i) g(u_j)]`` for Gram matrices ``G`` ``(..., n, n)`` of the pre-activations."""
+    d = torch.diagonal(G, dim1=-2, dim2=-1)
+    if isinstance(activation, Erf):
+        k = 2.0 / activation.scale**2
+        s = torch.sqrt(1.0 + k * d)
+        return (2.0 / math.pi) * torch.asin(torch.clamp(k * G / (s[..., :, None] * s[..., None, :]), -1.0, 1.0))
+    if isinstance(activation, ReLU):
+        n = torch.sqrt(torch.clamp(d, min=0.0))
+        nn_ = n[..., :, None] * n[..., None, :]
+        cos = torch.clamp(G / torch.where(nn_ > 0, nn_, 1.0), -1.0, 1.0)
+        th = torch.arccos(cos)
+        return nn_ / (2 * math.pi) * (torch.sin(th) + (math.pi - th) * cos)
+    if activation.polynomial_coefficients is not None:
+        c11, c22 = d[..., :, None].expand_as(G), d[..., None, :].expand_as(G)
+        mom = activation.closed_form_moments(c11.cpu().numpy(), G.cpu().numpy(), c22.cpu().numpy())
+        return torch.as_tensor(mom.gg, dtype=G.dtype, device=G.device)
+    return _quadrature_kernel(activation, G, d)
+
+
+def _quadrature_kernel(activation, G: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``E[g(u) g(v)]`` by a tensor Gauss-Hermite rule in ``(u, v) = (a z1, b z1 + c z2)`` (Cholesky)."""
+    x, w = np.polynomial.hermite_e.hermegauss(PAIR_ORDER)
+    x_t = torch.as_tensor(x, dtype=G.dtype, device=G.device)
+    w_t = torch.as_tensor(w / math.sqrt(2 * math.pi), dtype=G.dtype, device=G.device)
+    c11 = d[..., :, None].expand_as(G)
+    c22 = d[..., None, :].expand_as(G)
+    a = torch.sqrt(torch.clamp(c11, min=0.0))
+    b = torch.where(a > 0, G / torch.where(a > 0, a, 1.0), 0.0)
+    c = torch.sqrt(torch.clamp(c22 - b * b, min=0.0))
+    gu = activation(a[..., None] * x_t)  # (..., n, n, q): g(a z1)
+    gv = activation(b[..., None, None] * x_t[:, None] + c[..., None, None] * x_t[None, :])  # (..., q1, q2)
+    inner = (gv * w_t[None, :]).sum(-1)  # over z2
+    return (gu * inner * w_t).sum(-1)
+
+
+class PopulationLoss:
+    """Exact ``L = 1/2 E_x(f_student(x) - f_teacher(x))^2`` for stacks of students, ``x ~ N(0, Sigma)``.
+
+    Call with first layers ``W1`` ``(R, K, N_i)`` and second layers ``v`` ``(R, K)``; returns ``(R,)``.
+    Rounding: ``1/2 beta^T Phi beta`` is exact up to ``~ (K + M) eps E[f*^2]`` absolute
+    (:attr:`floor`), except for linear activations, whose ``1/2 |Sigma^{1/2} (W1^T v - W1*^T v*)|^2``
+    subtracts before squaring.
+    """
+
+    def __init__(self, problem: Problem, device: torch.device):
+        self.problem = problem
+        t = problem.teacher
+        self.act = t.activation
+        self.W1t = torch.as_tensor(t.W1, dtype=torch.float64, device=device)
+        self.vt = torch.as_tensor(t.W2.ravel(), dtype=torch.float64, device=device)
+        law = problem.inputs
+        self.cov = None if law.isotropic else torch.tensor(np.array(law.covariance), dtype=torch.float64, device=device)
+        c = self.act.polynomial_coefficients
+        self.linear = c is not None and len(c) == 2 and c[0] == 0.0
+        self.slope = float(c[1]) if self.linear else 1.0
+        power = float(self._pairs(self.W1t[None], self.vt[None] * 0.0)[0]) * 2.0  # E[f*^2]
+        self.floor = (problem.point.n_hidden + t.n_hidden) * EPS * power
+
+    def _pairs(self, W1: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        R = W1.shape[0]
+        Om = torch.cat([W1, self.W1t.expand(R, -1, -1)], 1)  # (R, K+M, N_i)
+        beta = torch.cat([v, -self.vt.expand(R, -1)], 1)
+        G = Om @ (Om if self.cov is None else Om @ self.cov).transpose(1, 2)
+        Phi = pair_kernel(self.act, 0.5 * (G + G.transpose(1, 2)))
+        return 0.5 * torch.einsum("ri,rij,rj->r", beta, Phi, beta)
+
+    def __call__(self, W1: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.linear:
+            d = (v[:, :, None] * W1).sum(1) - self.vt @ self.W1t  # (R, N_i)
+            q = d * d if self.cov is None else d * (d @ self.cov)
+            return 0.5 * self.slope**2 * q.sum(1)
+        return torch.clamp(self._pairs(W1, v), min=0.0)
+
+
+# --------------------------------------------------------------------------- simulation
+@dataclass
+class SGDSimulation:
+    """What :func:`simulate_sgd` recorded: ``steps`` ``(T,)``, per-run ``loss`` ``(R, T)`` (``inf`` after divergence)."""
+
+    steps: np.ndarray
+    loss: np.ndarray
+    diverged: np.ndarray
+    seconds: float
+    floor: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runs(self) -> int:
+        return int(self.loss.shape[0])
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Mean excess population loss over runs ``(T,)`` (``inf`` once a run diverged)."""
+        return self.loss.mean(0)
+
+    @property
+    def sem(self) -> np.ndarray:
+        """Standard error of :attr:`mean` ``(T,)``: ``std / sqrt(R)`` (``nan`` for one run)."""
+        if self.runs < 2:
+            return np.full(self.steps.size, np.nan)
+        with np.errstate(invalid="ignore"):
+            return self.loss.std(0, ddof=1) / math.sqrt(self.runs)
+
+    @property
+    def tail_share(self) -> np.ndarray:
+        """Share of the summed loss carried by the single largest run ``(T,)``: near 1 the mean is one rare run."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.loss.max(0) / self.loss.sum(0)
+
+    @property
+    def reliable(self) -> np.ndarray:
+        """Times where no run diverged and no single run carries more than :data:`TAIL_SHARE` of the mean."""
+        return np.isfinite(self.mean) & (self.tail_share <= TAIL_SHARE)
+
+    @property
+    def throughput(self) -> float:
+        """Run-steps per second (``R x steps / seconds``)."""
+        return float(self.runs * self.steps[-1] / self.seconds) if self.seconds > 0 else float("nan")
+
+
+def _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples):
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise NearoptError(f"learning rate must be a finite number > 0, got {lr!r}")
+    batch = require_positive_int(batch, "batch size")
+    if not (math.isfinite(sigma0) and sigma0 > 0):
+        raise NearoptError(f"sigma0 must be a finite number > 0, got {sigma0!r}")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise NearoptError(f"label noise sigma must be a finite number >= 0, got {noise!r}")
+    runs = require_positive_int(runs, "number of runs")
+    steps = require_positive_int(steps, "number of steps")
+    if steps > MAX_STEPS:
+        raise NearoptError(f"{steps} steps: at most {MAX_STEPS}")
+    if sampling not in SAMPLING:
+        raise NearoptError(f"unknown sampling {sampling!r}; choose {', '.join(SAMPLING)}")
+    if sampling == "online" and samples is not None:
+        raise NearoptError("online SGD draws fresh inputs: give samples only with sampling 'replacement' or 'epochs'")
+    if sampling != "online":
+        if samples is None:
+            raise NearoptError(f"sampling {sampling!r} needs a training set size (samples)")
+        samples = require_positive_int(samples, "number of training samples")
+        if sampling == "epochs" and batch > samples:
+            raise NearoptError(f"batch size {batch} exceeds the {samples} training samples of an epoch")
+    return float(lr), batch, runs, steps, samples
+
+
+def sgd_memory(problem: Problem, runs: int, batch: int, points: int, samples: int | None, sampling: str) -> int:
+    """Bytes the simulation holds at once (checked before anything is allocated)."""
+    K, M, ni = problem.point.n_hidden, problem.teacher.n_hidden, problem.n_inputs
+    per_step = runs * batch * (ni + 4 * K + 2 * M + 4)  # inputs, pre-activations, g, g', residuals
+    state = runs * 4 * (K * ni + K)  # displacement, parameters, gradient
+    record = runs * (points + 1) + runs * (K + M) ** 2 * 4  # losses and the kernel of one record
+    data = 0 if samples is None else samples * (ni + 1) + (runs * samples * 2 if sampling == "epochs" else 0)
+    return dense_bytes((per_step + state + record + data,))
+
+
+def simulate_sgd(
+    problem: Problem | TwoLayerNet,
+    *,
+    lr: float,
+    batch: int = 1,
+    steps: int = 1000,
+    sigma0: float = 1e-2,
+    noise: float = 0.0,
+    runs: int = 100,
+    seed: int = 0,
+    sampling: str = "online",
+    samples: int | None = None,
+    points: int = 40,
+    record: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> SGDSimulation:
+    """``runs`` independent SGD runs from ``theta* + delta_0`` (module docstring).
+
+    Parameters
+    ----------
+    problem : Problem or TwoLayerNet
+        Teacher (labels), student point (the start ``theta*``), input law, trained blocks.
+    lr, batch : float, int
+        ``eta > 0`` and ``B >= 1``.
+    sigma0 : float
+        Scale of ``delta_0`` on the trained parameters.
+    noise : float
+        Label noise ``sigma >= 0``.
+    sampling : {"online", "replacement", "epochs"}
+        Fresh inputs each step, or a fixed set of ``samples`` inputs.
+    record : array of int, optional
+        Steps to record (default :func:`record_steps` of ``steps`` and ``points``).
+
+    Everything random is drawn from ``seed`` (``delta_0`` by NumPy, inputs and noise by a torch
+    generator on ``device``: runs on the CPU and on a GPU differ in their draws, not in law).
+    """
+    pr = as_problem(problem)
+    lr, batch, runs, steps, samples = _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples)
+    rec = record_steps(steps, points) if record is None else np.unique(np.asarray(record, dtype=np.int64))
+    if rec.size == 0 or rec[0] < 0 or rec[-1] > steps:
+        raise NearoptError(f"record steps must lie in [0, {steps}]")
+    dev = torch.device(device)
+    require_memory(sgd_memory(pr, runs, batch, rec.size, samples, sampling), f"{runs} SGD runs with batch {batch}", "fewer runs or a smaller batch", device=dev)
+    sim = _Simulator(pr, lr, batch, noise, runs, seed, sampling, samples, dev)
+    delta = sim.initial(sigma0)
+    loss = np.full((runs, rec.size), np.nan)
+    diverged = np.zeros(runs, dtype=bool)
+    t, limit = 0, None
+    bar = tqdm(total=int(rec[-1]), disable=not progress, desc="SGD", unit="step")
+    start = time.perf_counter()
+    for i, target in enumerate(rec):
+        while t < target:
+            sim.step(delta)
+            t += 1
+            if progress and t % 256 == 0:
+                bar.update(256)
+        L = sim.loss(delta).cpu().numpy()
+        limit = DIVERGENCE_FACTOR * max(float(np.mean(L)), sim.population.floor) if limit is None else limit
+        bad = ~np.isfinite(L) | (L > limit)
+        if bad.any():
+            diverged |= bad
+            for blk in delta:  # park diverged runs at the optimum: no overflow, marked inf from here on
+                blk[torch.as_tensor(bad, device=dev)] = 0.0
+        L[diverged] = np.inf
+        loss[:, i] = L
+    seconds = time.perf_counter() - start
+    bar.close()
+    info = {"sampling": sampling, "samples": samples, "lr": lr, "batch": batch, "noise": noise, "sigma0": sigma0,
+            "seed": seed, "device": str(dev), "trained": pr.trained, "dtype": "float64"}
+    return SGDSimulation(rec, loss, diverged, seconds, sim.population.floor, info)
+
+
+class _Simulator:
+    """State and one step of ``R`` runs; the displacement ``delta = (dW (R, K, N_i), dv (R, K))`` is updated in place."""
+
+    def __init__(self, pr: Problem, lr, batch, noise, runs, seed, sampling, samples, dev):
+        self.pr, self.lr, self.B, self.noise, self.R, self.dev = pr, lr, batch, noise, runs, dev
+        self.act = pr.activation
+        s, t = pr.point, pr.teacher
+        f64 = dict(dtype=torch.float64, device=dev)
+        self.W1s, self.vs = torch.as_tensor(s.W1, **f64), torch.as_tensor(s.W2.ravel(), **f64)
+        self.W1t, self.vt = torch.as_tensor(t.W1, **f64), torch.as_tensor(t.W2.ravel(), **f64)
+        law = pr.inputs
+        self.L = None if law.isotropic else torch.as_tensor(law.sqrt_factor(), **f64)
+        self.first, self.second = pr.trained in ("both", "first"), pr.trained in ("both", "second")
+        self.gen = torch.Generator(device=dev)
+        self.gen.manual_seed(int(seed))
+        self.seed = int(seed)
+        self.sampling, self.samples = sampling, samples
+        self.population = PopulationLoss(pr, dev)
+        if sampling != "online":
+            assert samples is not None
+            self.X = self._inputs((samples,))
+            self.y = self._teacher(self.X) + noise * torch.randn(samples, generator=self.gen, **f64)
+            self.t_epoch, self.perm = 0, None
+
+    def initial(self, sigma0: float) -> tuple[torch.Tensor, torch.Tensor]:
+        K, ni = self.W1s.shape
+        rng = np.random.default_rng([self.seed, 0x56D])
+        d = rng.standard_normal((self.R, K * ni + K)) * sigma0
+        d[:, : K * ni] *= self.first
+        d[:, K * ni :] *= self.second
+        dt = torch.as_tensor(d, dtype=torch.float64, device=self.dev)
+        return dt[:, : K * ni].reshape(self.R, K, ni).contiguous(), dt[:, K * ni :].contiguous()
+
+    def _inputs(self, shape: tuple[int, ...]) -> torch.Tensor:
+        x = torch.randn(*shape, self.pr.n_inputs, generator=self.gen, dtype=torch.float64, device=self.dev)
+        return x if self.L is None else x @ self.L
+
+    def _teacher(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x @ self.W1t.T) @ self.vt
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        R, B = self.R, self.B
+        if self.sampling == "online":
+            x = self._inputs((R, B))
+            y = self._teacher(x)
+            if self.noise:
+                y = y + self.noise * torch.randn(R, B, generator=self.gen, dtype=torch.float64, device=self.dev)
+            return x, y
+        assert self.samples is not None
+        if self.sampling == "replacement":
+            idx = torch.randint(self.samples, (R, B), generator=self.gen, device=self.dev)
+        else:
+            per_epoch = self.samples // B
+            if self.perm is None or self.t_epoch == per_epoch:
+                self.perm = torch.argsort(torch.rand(R, self.samples, generator=self.gen, device=self.dev), dim=1)
+                self.t_epoch = 0
+            idx = self.perm[:, self.t_epoch * B : (self.t_epoch + 1) * B]
+            self.t_epoch += 1
+        return self.X[idx], self.y[idx]
+
+    def step(self, delta: tuple[torch.Tensor, torch.Tensor]) -> None:
+        dW, dv = delta
+        x, y = self._batch()  # (R, B, N_i), (R, B)
+        W1, v = self.W1s + dW, self.vs + dv
+        z = x @ W1.transpose(1, 2)  # (R, B, K)
+        g = self.act(z)
+        r = (g * v[:, None, :]).sum(-1) - y  # (R, B)
+        scale = self.lr / self.B
+        if self.second:
+            dv -= scale * (r[:, :, None] * g).sum(1)
+        if self.first:
+            dW -= scale * (r[:, :, None] * self.act.derivative(z) * v[:, None, :]).transpose(1, 2) @ x
+
+    def loss(self, delta: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        dW, dv = delta
+        return self.population(self.W1s + dW, self.vs + dv)
+
+
+# --------------------------------------------------------------------------- simulation + predictions
+@dataclass
+class SGDResult:
+    """Measured and predicted excess population loss of SGD (:func:`run_sgd`); ``to_dict()`` is the CLI's JSON."""
+
+    problem: Problem
+    simulation: SGDSimulation
+    exact: dict[str, Any] | None
+    spectral: dict[str, Any] | None
+    models: dict[str, SecondMomentModel]
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        sim, pr = self.simulation, self.problem
+        net = pr.point
+
+        def pick(block, key):
+            return None if block is None else block[key]
+
+        d: dict[str, Any] = {
+            "activation": net.activation.name, "N_i": net.n_inputs, "N_h": net.n_hidden, "P": pr.n_params,
+            "trained": pr.trained, "inputs": "gaussian" if pr.inputs.isotropic else pr.inputs.describe(),
+            "lr": sim.info["lr"], "batch": sim.info["batch"], "noise": sim.info["noise"], "sigma0": sim.info["sigma0"],
+            "runs": sim.runs, "seed": sim.info["seed"], "sampling": sim.info["sampling"], "samples": sim.info["samples"],
+            "device": sim.info["device"], "dtype": "float64",
+            "steps": sim.steps, "loss": sim.mean, "loss_sem": sim.sem, "loss_median": np.median(sim.loss, 0),
+            "tail_share": sim.tail_share, "mean_reliable": sim.reliable, "diverged_runs": int(sim.diverged.sum()),
+            "loss_floor": sim.floor,
+            "predicted": pick(self.exact, "curve"), "predicted_spectral": pick(self.spectral, "curve"),
+            "stationary_loss": pick(self.exact, "stationary_loss"), "stationary_loss_spectral": pick(self.spectral, "stationary_loss"),
+            "critical_lr": pick(self.exact, "critical_lr"), "critical_lr_spectral": pick(self.spectral, "critical_lr"),
+            "late_rate": pick(self.exact, "late_rate"), "late_rate_spectral": pick(self.spectral, "late_rate"),
+            "late_rate_gd": self.gd_rate(),
+            "exact_method": None if "exact" not in self.models else self.models["exact"].info,
+            "timings": self.timings, "throughput_run_steps_per_s": sim.throughput, "warnings": self.warnings,
+        }
+        return d
+
+    def gd_rate(self) -> float | None:
+        """GD's late-time rate ``-2 log|1 - eta lambda_min^+|`` per step (``2 eta lambda_min^+`` to first order)."""
+        model = self.models.get("spectral") or self.models.get("exact")
+        if model is None:
+            return None
+        f = abs(1.0 - self.simulation.info["lr"] * model.lambda_min)
+        return math.inf if f == 0 else -2.0 * math.log(f)
+
+    def within_error_bars(self, n_sem: float = 3.0, which: str = "exact") -> np.ndarray:
+        """Per recorded step: ``|measured - predicted| <= n_sem * sem`` (``(T,)``; where the mean is reliable)."""
+        block = self.exact if which == "exact" else self.spectral
+        if block is None:
+            raise NearoptError(f"no {which} prediction in this result")
+        sim = self.simulation
+        return np.abs(sim.mean - block["curve"]) <= n_sem * sim.sem
+
+
+def run_sgd(
+    problem: Problem | TwoLayerNet,
+    *,
+    lr: float,
+    batch: int = 1,
+    steps: int = 1000,
+    sigma0: float = 1e-2,
+    noise: float = 0.0,
+    runs: int = 100,
+    seed: int = 0,
+    sampling: str = "online",
+    samples: int | None = None,
+    points: int = 40,
+    device: str | torch.device = "cpu",
+    exact: bool | str = "auto",
+    spectral: bool = True,
+    progress: bool = False,
+) -> SGDResult:
+    """Simulate SGD (:func:`simulate_sgd`) and predict it: exact linearised and spectral (online inputs).
+
+    ``exact``: ``True`` requires the exact prediction, ``"auto"`` gives it where it runs (isotropic
+    inputs, a student at a global minimum, the quadrature affordable) and says why not otherwise.
+    Predictions are for online SGD; with a fixed training set only the simulation is returned.
+    A learning rate at or beyond a critical one warns (the prediction diverges); the simulation still runs.
+    """
+    pr = as_problem(problem)
+    lr, batch, runs, steps, samples = _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples)
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    models: dict[str, SecondMomentModel] = {}
+    if sampling == "online":
+        t0 = time.perf_counter()
+        if spectral:
+            models["spectral"] = spectrum_model(problem_spectrum(pr))
+        timings["spectral_model_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if exact:
+            try:
+                models["exact"] = exact_model(pr)
+            except NearoptError as exc:
+                if exact is True:
+                    raise
+                notes.append(f"no exact prediction: {exc}")
+        timings["exact_model_s"] = time.perf_counter() - t0
+    else:
+        notes.append("predictions are for online SGD; a fixed training set is simulated only")
+    rec = record_steps(steps, points)
+    out: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    for name, model in models.items():
+        out[name] = predictions(model, lr, batch, rec, sigma0=sigma0, noise=noise)
+        crit = out[name]["critical_lr"]
+        if lr >= crit:
+            msg = f"learning rate {lr:.6g} is at or beyond the {name} critical rate {crit:.6g} for batch {batch}: the linearised prediction diverges"
+            notes.append(msg)
+            warnings.warn(msg, stacklevel=2)
+    timings["predict_s"] = time.perf_counter() - t0
+    sim = simulate_sgd(pr, lr=lr, batch=batch, steps=steps, sigma0=sigma0, noise=noise, runs=runs, seed=seed,
+                       sampling=sampling, samples=samples, record=rec, device=device, progress=progress)
+    timings["simulate_s"] = sim.seconds
+    if sim.diverged.any():
+        notes.append(f"{int(sim.diverged.sum())} of {sim.runs} runs diverged")
+    return SGDResult(pr, sim, out.get("exact"), out.get("spectral"), models, timings, notes)

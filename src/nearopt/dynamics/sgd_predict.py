@@ -1,0 +1,521 @@
+"""Predicted SGD dynamics near the optimum: the linearised second-moment recursion (docs/sgd.md).
+
+Near ``theta*`` with labels ``y = f*(x) + sigma xi`` the residual is ``J(x)^T delta - sigma xi``
+(``J(x) = grad_theta f(x)`` at ``theta*``). One SGD step on a batch of ``B`` fresh inputs is
+``delta' = (I - eta H_B) delta + eta sigma/B sum_b J_b xi_b`` with ``H_B = 1/B sum_b J_b J_b^T``,
+so ``S_t = E[delta_t delta_t^T]`` obeys::
+
+    S' = S - eta (H S + S H) + eta^2 [(1 - 1/B) H S H + M4(S) / B + sigma^2 / B H]
+    M4(S) = E[(J^T S J) J J^T],    E[L_t] = 1/2 tr(H S_t).
+
+The map ``S -> S'`` (without the noise term) is linear and self-adjoint for the Frobenius inner
+product (``<X, M4(S)> = E[(J^T S J)(J^T X J)]``), so in orthonormal coordinates it is a symmetric
+matrix ``T(eta, B)``: one ``eigh`` gives the whole curve, the stationary loss
+``1/2 <H, (I - T)^{-1} b>`` and the spectral radius (the critical learning rate is where it
+reaches 1).
+
+Two models of ``M4`` share that machinery (:class:`SecondMomentModel`):
+
+* **spectral** (Gaussian-equivalent) ``M4(S) = 2 H S H + tr(H S) H``, exact when ``J`` is
+  Gaussian (linear networks). In the eigenbasis of ``H`` it closes on the diagonal, so it runs
+  on the distinct eigenvalues with their multiplicities (:func:`spectral_model`), at any size
+  nearopt has a spectrum for. Closed forms: :func:`stationary_factor` ``A``,
+  :func:`spectral_stationary_loss` ``A sigma^2 / (2 (1 - A))`` and :func:`spectral_critical_lr`.
+* **exact** linearised (:func:`exact_model`): the true fourth moments of ``J`` under
+  ``x ~ N(0, I)``. With ``W1 = U S V^T`` of rank ``r``, ``x = Q y + Q_perp z`` (``y ~ N(0, I_r)``
+  on the row space, ``z ~ N(0, I_m)`` on its complement, ``m = N_i - r``); in rotated
+  coordinates ``J = (J_A(y), c(y) (x) z)`` with ``J_A = (v_a g'(u_a) y, g(u_a))`` and
+  ``c_a = v_a g'(u_a)``, ``u = W1 Q y``. Rotations of ``z`` leave the law invariant, so from an
+  isotropic start ``S = S_AA (+) C (x) I_m`` for all ``t``, and Wick's theorem on ``z``
+  (``E[z z^T] = I``, ``E[|z|^2 z z^T] = (m + 2) I``) leaves expectations over ``y`` only::
+
+      M4_AA = E_y[(a + m b) J_A J_A^T],   M4_C = E_y[(a + (m + 2) b) c c^T],
+      a = J_A^T S_AA J_A,   b = c^T C c,
+
+  taken by tensor Gauss-Hermite quadrature in ``r`` dimensions: exact for polynomial
+  activations (``2 deg + 1`` nodes per axis), checked against a finer rule otherwise.
+
+Coordinates: the eigenbasis of ``H`` restricted to its range (null directions keep
+``S`` constant and carry no loss), symmetric matrices as ``vech`` with off-diagonal entries
+times ``sqrt 2``, the ``C`` block times ``sqrt m`` (its copies). Each coordinate ``k`` is a pair
+of eigenvalues ``(l_i, l_j)`` of ``H``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+import torch
+
+from ..curvature.landscape import population_loss
+from ..curvature.population import population_spectrum
+from ..errors import NearoptError, require_positive_int
+from ..model import TwoLayerNet
+from ..problem import Problem, as_problem
+from ..resources import dense_bytes, require_memory
+from ..spectra.spectrum import Spectrum
+
+EPS = float(np.finfo(np.float64).eps)
+SQRT2 = math.sqrt(2.0)
+#: eigenvalues of ``H`` below this times ``lambda_max`` are null directions (kept constant, no loss)
+RANGE_RTOL = 1e-12
+#: default Gauss-Hermite nodes per axis for non-polynomial activations (checked by :func:`check_order`)
+QUADRATURE_ORDER = 48
+#: the exact route refuses rules costing more than this many multiply-adds (nodes x D^2)
+MAX_QUADRATURE_WORK = 1.5e11
+#: the exact route refuses recursions with more coordinates than this (one eigh of D x D per rate)
+MAX_COORDINATES = 4000
+#: a point is a global minimum when its population loss is below this times E[f*^2]
+MINIMUM_RTOL = 1e-12
+
+
+def _vech(M: np.ndarray) -> np.ndarray:
+    """``vech`` of symmetric ``M`` ``(..., n, n)`` with off-diagonals times ``sqrt 2``: ``(..., n(n+1)/2)``."""
+    n = M.shape[-1]
+    i, j = np.triu_indices(n)
+    return M[..., i, j] * np.where(i == j, 1.0, SQRT2)
+
+
+def _pair_features(F: torch.Tensor) -> torch.Tensor:
+    """``vech(f f^T)`` (off-diagonals times ``sqrt 2``) for rows ``f`` of ``F`` ``(Q, n)``: ``(Q, n(n+1)/2)``."""
+    n = F.shape[1]
+    i, j = np.triu_indices(n)
+    scale = torch.as_tensor(np.where(i == j, 1.0, SQRT2), dtype=F.dtype)
+    return F[:, i] * F[:, j] * scale
+
+
+@dataclass
+class SecondMomentModel:
+    """The recursion ``s' = T(eta, B) s + eta^2 sigma^2 / B h`` in orthonormal coordinates (module docstring).
+
+    ``li``, ``lj`` ``(D,)``: the eigenvalue pair of each coordinate; ``h`` ``(D,)``: ``H`` in these
+    coordinates (``E[L] = 1/2 h . s``); ``s0`` ``(D,)``: the start ``S_0 = I`` (times ``sigma0^2``);
+    ``m4`` ``(D, D)`` symmetric: ``M4``. ``eigenvalues`` ``(n,)``/``counts``: the spectrum of ``H``
+    (with multiplicities) the model was built on.
+    """
+
+    kind: str
+    li: np.ndarray
+    lj: np.ndarray
+    h: np.ndarray
+    s0: np.ndarray
+    m4: np.ndarray
+    eigenvalues: np.ndarray
+    counts: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """``D``, the number of coordinates."""
+        return int(self.h.size)
+
+    @property
+    def lambda_max(self) -> float:
+        return float(self.eigenvalues.max()) if self.eigenvalues.size else 0.0
+
+    @property
+    def lambda_min(self) -> float:
+        """Smallest eigenvalue of ``H`` on its range."""
+        return float(self.eigenvalues.min()) if self.eigenvalues.size else float("nan")
+
+    def operator(self, lr: float, batch: int) -> np.ndarray:
+        """``T(eta, B)`` ``(D, D)``: ``I - eta (l_i + l_j) + eta^2 (1 - 1/B) l_i l_j`` on the diagonal, plus ``eta^2/B M4``."""
+        lr, batch = _check_rate(lr, batch)
+        T = (lr * lr / batch) * self.m4
+        T[np.diag_indices_from(T)] += 1.0 - lr * (self.li + self.lj) + lr * lr * (1.0 - 1.0 / batch) * self.li * self.lj
+        return T
+
+    def spectral_radius(self, lr: float, batch: int) -> float:
+        """``max |eig T(eta, B)|``: the recursion converges iff it is ``< 1``."""
+        T = self.operator(lr, batch)
+        D = T.shape[0]
+        hi = scipy.linalg.eigvalsh(T, subset_by_index=[D - 1, D - 1])[0]
+        lo = scipy.linalg.eigvalsh(T, subset_by_index=[0, 0])[0]
+        return float(max(abs(hi), abs(lo)))
+
+    def curve(self, lr: float, batch: int, steps, *, sigma0: float, noise: float = 0.0) -> np.ndarray:
+        """``E[L_t]`` ``(T,)`` at integer ``steps`` from ``S_0 = sigma0^2 I`` (``inf`` where it overflows).
+
+        ``s_t = V mu^t V^T s_0 sigma0^2 + V (1 - mu^t)/(1 - mu) V^T b`` with ``T = V diag(mu) V^T``.
+        """
+        t = np.asarray(steps, dtype=np.float64)
+        mu, V = scipy.linalg.eigh(self.operator(lr, batch))
+        hv, sv = self.h @ V, self.s0 @ V
+        b = (lr * lr * noise * noise / batch) * hv  # V^T b (b is along h)
+        with np.errstate(over="ignore", invalid="ignore"):
+            pw = np.sign(mu)[None, :] ** t[:, None] * np.abs(mu)[None, :] ** t[:, None]  # (T, D)
+            gap = 1.0 - mu
+            geo = np.where(np.abs(gap) > 1e-13, (1.0 - pw) / np.where(gap == 0, 1.0, gap), t[:, None])
+            out = 0.5 * (pw * (hv * sv * sigma0**2)[None, :] + geo * (hv * b)[None, :]).sum(1)
+        return np.where(np.isfinite(out), out, np.inf)
+
+    def stationary_loss(self, lr: float, batch: int, noise: float) -> float:
+        """``lim E[L_t] = 1/2 h^T (I - T)^{-1} b`` (``0`` without noise; ``inf`` at or beyond the critical rate)."""
+        if noise == 0.0:
+            return 0.0 if self.spectral_radius(lr, batch) < 1.0 else math.inf
+        mu, V = scipy.linalg.eigh(self.operator(lr, batch))
+        if np.max(np.abs(mu)) >= 1.0:
+            return math.inf
+        hv = self.h @ V
+        return float(0.5 * (lr * lr * noise * noise / batch) * np.sum(hv * hv / (1.0 - mu)))
+
+    def critical_lr(self, batch: int, *, rtol: float = 1e-10) -> float:
+        """Smallest ``eta`` where the spectral radius of ``T(eta, B)`` reaches 1 (bisection after a scan).
+
+        Bracketed by ``(0, 2 / lambda_max]``: ``<u u^T, T(u u^T)> >= (1 - eta lambda)^2`` (Cauchy-Schwarz
+        on ``M4``), so the radius is at least 1 at GD's limit.
+        """
+        batch = require_positive_int(batch, "batch size")
+        if self.size == 0:
+            return math.inf
+        top = 2.0 / self.lambda_max
+        grid = top * np.geomspace(1e-9, 1.0, 91)
+        radius = [self.spectral_radius(e, batch) - 1.0 for e in grid]
+        k = next(i for i, r in enumerate(radius) if r >= 0.0)
+        if k == 0:
+            return float(grid[0])
+        return float(scipy.optimize.brentq(lambda e: self.spectral_radius(e, batch) - 1.0, grid[k - 1], grid[k], xtol=1e-14 * float(grid[k]), rtol=rtol))
+
+    def late_rate(self, lr: float, batch: int) -> float:
+        """Late-time decay rate of ``E[L_t]`` per step without noise: ``-log(max mu)`` (GD: ``-2 log|1 - eta lambda_min|``)."""
+        return float(-math.log(self.spectral_radius(lr, batch)))
+
+
+def _check_rate(lr: float, batch: int) -> tuple[float, int]:
+    if not (isinstance(lr, (int, float, np.floating)) and math.isfinite(lr) and lr > 0):
+        raise NearoptError(f"learning rate must be a finite number > 0, got {lr!r}")
+    return float(lr), require_positive_int(batch, "batch size")
+
+
+# --------------------------------------------------------------------------- spectral (Gaussian-equivalent)
+def gaussian_m4(li: np.ndarray, lj: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``M4(S) = 2 H S H + tr(H S) H`` in the eigen-coordinates: ``2 diag(l_i l_j) + h h^T`` ``(D, D)``."""
+    return 2.0 * np.diag(li * lj) + np.outer(h, h)
+
+
+def spectral_model(eigenvalues, counts=None, *, rtol: float = RANGE_RTOL) -> SecondMomentModel:
+    """The Gaussian-equivalent recursion on distinct eigenvalues ``(n,)`` with multiplicities ``counts`` ``(n,)``.
+
+    In the eigenbasis ``S`` stays diagonal; eigenvalues shared by ``n_k`` directions share one
+    coordinate ``sqrt(n_k) s_k`` (so ``h_k = sqrt(n_k) lambda_k``). Eigenvalues below
+    ``rtol lambda_max`` are null directions and are left out.
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    n = np.ones(lam.size) if counts is None else np.asarray(counts, dtype=np.float64).ravel()
+    if n.shape != lam.shape or not np.all(np.isfinite(lam)):
+        raise NearoptError("eigenvalues must be finite, with one multiplicity each")
+    if lam.size == 0 or lam.max() <= 0:
+        raise NearoptError("the Hessian is zero: SGD does not move near the optimum")
+    keep = lam > rtol * lam.max()
+    lam, n = lam[keep], n[keep]
+    if lam.size > MAX_COORDINATES:  # group equal values (dense spectra with rounding-level splits)
+        lam, n = _group(lam, n)
+    h = np.sqrt(n) * lam
+    return SecondMomentModel("spectral", lam, lam, h, np.sqrt(n), gaussian_m4(lam, lam, h), lam, n.astype(np.int64))
+
+
+def _group(lam: np.ndarray, n: np.ndarray, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(lam)
+    lam, n = lam[order], n[order]
+    starts = np.concatenate([[0], np.where(np.diff(lam) > rtol * lam[-1])[0] + 1])
+    counts = np.add.reduceat(n, starts)
+    values = np.add.reduceat(lam * n, starts) / counts
+    if values.size > MAX_COORDINATES:
+        raise NearoptError(f"{values.size} distinct eigenvalues: the spectral recursion handles at most {MAX_COORDINATES} (use the structured spectrum)")
+    return values, counts
+
+
+def spectrum_model(spec: Spectrum) -> SecondMomentModel:
+    """:func:`spectral_model` of a :class:`Spectrum` (its ``multiplicities`` when it has them)."""
+    if spec.partial:
+        raise NearoptError("the spectral SGD prediction needs every eigenvalue (not a Lanczos subset)")
+    if spec.multiplicities is not None:
+        return spectral_model(*spec.multiplicities)
+    return spectral_model(spec.eigenvalues)
+
+
+def problem_spectrum(problem: Problem | TwoLayerNet) -> Spectrum:
+    """The population spectrum the spectral prediction runs on: the ``structured`` route (any ``P``)."""
+    return population_spectrum(as_problem(problem), method="structured")
+
+
+def stationary_factor(eigenvalues, counts, lr: float, batch: int) -> float:
+    """``A = (eta/B) sum_k n_k lambda_k / (2 - eta lambda_k (1 + 1/B))`` (``inf`` once a denominator is ``<= 0``)."""
+    lr, batch = _check_rate(lr, batch)
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    n = np.ones_like(lam) if counts is None else np.asarray(counts, dtype=np.float64)
+    den = 2.0 - lr * lam * (1.0 + 1.0 / batch)
+    if np.any(den[lam > 0] <= 0):
+        return math.inf
+    return float(lr / batch * np.sum(np.where(lam > 0, n * lam / np.where(den > 0, den, 1.0), 0.0)))
+
+
+def spectral_stationary_loss(eigenvalues, counts, lr: float, batch: int, noise: float) -> float:
+    """Closed form ``A sigma^2 / (2 (1 - A))`` of the Gaussian-equivalent stationary excess loss (``inf`` for ``A >= 1``)."""
+    A = stationary_factor(eigenvalues, counts, lr, batch)
+    if A >= 1.0:
+        return math.inf
+    return 0.5 * A * noise * noise / (1.0 - A)
+
+
+def spectral_critical_lr(eigenvalues, counts, batch: int) -> float:
+    """The ``eta`` with ``A(eta) = 1`` (``A`` grows from 0 to ``inf`` on ``(0, 2 / (lambda_max (1 + 1/B)))``).
+
+    For a non-negative ``T = D + c w w^T`` with ``D < 1`` the spectral radius is below 1 iff
+    ``c w^T (I - D)^{-1} w = A < 1``.
+    """
+    batch = require_positive_int(batch, "batch size")
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    top = 2.0 / (float(lam.max()) * (1.0 + 1.0 / batch))
+    f = lambda e: stationary_factor(eigenvalues, counts, e, batch) - 1.0
+    lo, hi = 0.0, top
+    # bisect on the open interval: A is finite and increasing below ``top``
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if f(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+# --------------------------------------------------------------------------- exact linearised
+@dataclass(frozen=True)
+class ReducedJacobian:
+    """``J`` in rotated coordinates: ``J_A(y)`` from the row space of ``W1`` and ``c(y)`` on its complement.
+
+    ``Wr`` ``(K, r)``: ``W1`` in an orthonormal basis of its row space; ``v`` ``(K,)``; ``m = N_i - r``
+    complement copies; ``first``/``second``: which layers train.
+    """
+
+    activation: Any
+    Wr: np.ndarray
+    v: np.ndarray
+    m: int
+    first: bool
+    second: bool
+
+    @property
+    def rank(self) -> int:
+        return int(self.Wr.shape[1])
+
+    @property
+    def size_a(self) -> int:
+        K, r = self.Wr.shape
+        return K * r * self.first + K * self.second
+
+    @property
+    def size_c(self) -> int:
+        return self.Wr.shape[0] if (self.first and self.m > 0) else 0
+
+    def features(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``J_A`` ``(Q, size_a)`` and ``c`` ``(Q, size_c)`` at row-space points ``y`` ``(Q, r)``."""
+        Wr, v = torch.as_tensor(self.Wr), torch.as_tensor(self.v)
+        u = y @ Wr.T  # (Q, K)
+        parts, c = [], y.new_zeros((y.shape[0], 0))
+        if self.first:
+            gp = self.activation.derivative(u) * v
+            parts.append((gp[:, :, None] * y[:, None, :]).reshape(y.shape[0], -1))
+            if self.m > 0:
+                c = gp
+        if self.second:
+            parts.append(self.activation(u))
+        return torch.cat(parts, 1), c
+
+
+def reduced_jacobian(problem: Problem) -> ReducedJacobian:
+    """:class:`ReducedJacobian` of the problem's point (``W1 = U S V^T``, ``Wr = U S`` on the rank-``r`` part)."""
+    net = problem.point
+    U, S, _ = scipy.linalg.svd(net.W1, full_matrices=False)
+    tol = max(net.W1.shape) * EPS * (S[0] if S.size else 0.0)
+    r = int(np.count_nonzero(S > tol))
+    return ReducedJacobian(net.activation, U[:, :r] * S[:r], net.W2.ravel().astype(np.float64), net.n_inputs - r,
+                           problem.trained in ("both", "first"), problem.trained in ("both", "second"))
+
+
+def hermite_rule(order: int, dim: int, chunk: int):
+    """Tensor Gauss-Hermite rule for ``E[f(y)]``, ``y ~ N(0, I_dim)``: yields ``(nodes (c, dim), weights (c,))`` chunks."""
+    x, w = np.polynomial.hermite_e.hermegauss(order)
+    w = w / math.sqrt(2.0 * math.pi)
+    total = order**dim
+    for start in range(0, total, chunk):
+        idx = np.arange(start, min(total, start + chunk))
+        digits = (idx[:, None] // order ** np.arange(dim)[None, :]) % order
+        yield torch.as_tensor(x[digits]), torch.as_tensor(np.prod(w[digits], axis=1))
+
+
+def default_order(activation) -> tuple[int, bool]:
+    """Nodes per axis and whether the rule is exact (``2 deg + 1`` for a polynomial of degree ``deg``)."""
+    c = activation.polynomial_coefficients
+    if c is not None:
+        return 2 * max(len(c) - 1, 1) + 1, True
+    return QUADRATURE_ORDER, False
+
+
+def _second_moments(rj: ReducedJacobian, order: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    HA = torch.zeros((rj.size_a, rj.size_a), dtype=torch.float64)
+    M = torch.zeros((rj.size_c, rj.size_c), dtype=torch.float64)
+    for y, w in hermite_rule(order, rj.rank, chunk):
+        JA, c = rj.features(y)
+        HA += JA.T @ (w[:, None] * JA)
+        M += c.T @ (w[:, None] * c)
+    return HA.numpy(), M.numpy()
+
+
+def _range(H: np.ndarray, top: float, rtol: float) -> tuple[np.ndarray, np.ndarray]:
+    if H.size == 0:
+        return np.zeros(0), np.zeros((0, 0))
+    lam, U = scipy.linalg.eigh(0.5 * (H + H.T))
+    keep = lam > rtol * top
+    return lam[keep], U[:, keep]
+
+
+def _fourth_moments(rj: ReducedJacobian, UA: np.ndarray, UC: np.ndarray, order: int, chunk: int) -> np.ndarray:
+    """``M4`` ``(D, D)`` in the coordinates ``(vech_w(S_AA), sqrt(m) vech_w(C))`` of the eigenbases ``UA``, ``UC``."""
+    ka, kc = UA.shape[1], UC.shape[1]
+    da, dc = ka * (ka + 1) // 2, kc * (kc + 1) // 2
+    M4 = torch.zeros((da + dc, da + dc), dtype=torch.float64)
+    UA_t, UC_t = torch.as_tensor(UA), torch.as_tensor(UC)
+    rm = math.sqrt(rj.m)
+    for y, w in hermite_rule(order, rj.rank, chunk):
+        JA, c = rj.features(y)
+        phi = _pair_features(JA @ UA_t)
+        if dc:
+            psi = _pair_features(c @ UC_t)
+            F = torch.cat([phi, rm * psi], 1)
+            M4 += F.T @ (w[:, None] * F)
+            M4[da:, da:] += 2.0 * psi.T @ (w[:, None] * psi)  # (m + 2) - m: the Wick term E[|z|^2 z z^T] - m E[z z^T]
+        else:
+            M4 += phi.T @ (w[:, None] * phi)
+    out = M4.numpy()
+    return 0.5 * (out + out.T)
+
+
+def _require_minimum(problem: Problem) -> None:
+    if not problem.inputs.isotropic:
+        raise NearoptError("the exact SGD prediction is implemented for isotropic inputs x ~ N(0, I); the spectral prediction handles --input-cov")
+    if problem.at_teacher:
+        return
+    zero = TwoLayerNet(problem.teacher.W1[:1], np.zeros((1, 1)), problem.activation)
+    power = 2.0 * population_loss(Problem(problem.teacher, student=zero))
+    loss = population_loss(problem)
+    if loss > MINIMUM_RTOL * max(power, 1e-300) + 1e3 * EPS * power:
+        raise NearoptError(f"the student is not at a global minimum (population loss {loss:.3g}): the linearised SGD prediction needs a zero residual")
+
+
+def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, check: bool = True,
+                closed_form: bool = True, chunk: int = 8192, rtol: float = RANGE_RTOL) -> SecondMomentModel:
+    """The exact linearised recursion: true fourth moments of ``J`` (module docstring).
+
+    ``order``: Gauss-Hermite nodes per axis (default: exact for polynomials, else
+    :data:`QUADRATURE_ORDER`); ``check`` repeats a non-exact rule at :func:`check_order` and reports ``info["quadrature_error"]`` (max relative change of ``M4``
+    and ``H``); ``closed_form``: for linear activations use ``M4 = 2HSH + tr(HS)H`` (``J`` is
+    Gaussian) instead of the rule. ``info["hessian"]`` is ``H``'s eigenvalues with multiplicities.
+    """
+    pr = as_problem(problem)
+    _require_minimum(pr)
+    rj = reduced_jacobian(pr)
+    auto, exact_rule = default_order(rj.activation)
+    n = auto if order is None else require_positive_int(order, "quadrature order")
+    if rj.size_a == 0:
+        raise NearoptError("no trained parameters")
+    HA, M = _second_moments(rj, n, chunk)
+    top = max(float(np.max(np.abs(np.linalg.eigvalsh(HA)))) if HA.size else 0.0,
+              float(np.max(np.abs(np.linalg.eigvalsh(M)))) if M.size else 0.0)
+    lamA, UA = _range(HA, top, rtol)
+    lamC, UC = _range(M, top, rtol)
+    D = lamA.size * (lamA.size + 1) // 2 + lamC.size * (lamC.size + 1) // 2
+    if D > MAX_COORDINATES:
+        raise NearoptError(f"the exact SGD recursion has {D} coordinates (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}); at most {MAX_COORDINATES}: use the spectral prediction")
+    require_memory(dense_bytes(D, np.float64, 4), f"the exact SGD recursion ({D} x {D})", "the spectral prediction")
+    li, lj, h, s0 = _coordinates(lamA, lamC, rj.m)
+    linear = rj.activation.polynomial_coefficients is not None and len(rj.activation.polynomial_coefficients) <= 2
+    info: dict[str, Any] = {"row_rank": rj.rank, "complement_multiplicity": rj.m, "coordinates": D}
+    if linear and closed_form:
+        m4 = gaussian_m4(li, lj, h)
+        info.update(method="closed-form (J is Gaussian for a linear network)", quadrature_error=0.0)
+    else:
+        if order is None and not exact_rule:
+            n = _affordable_order(rj.rank, D + rj.size_a, check)
+        n2 = check_order(n)
+        work = _work(n, rj.rank, D + rj.size_a) + (_work(n2, rj.rank, D + rj.size_a) if check and not exact_rule else 0.0)
+        if work > MAX_QUADRATURE_WORK:
+            raise NearoptError(
+                f"the exact SGD prediction needs a {n}^{rj.rank}-node rule in the row space of W1 (rank {rj.rank}) "
+                f"with {D} coordinates: {work:.2g} operations; use a smaller N_h (rank W1 <= 4 for erf) or the spectral prediction")
+        m4 = _fourth_moments(rj, UA, UC, n, chunk)
+        info.update(method="gauss-hermite (exact for this polynomial)" if exact_rule else "gauss-hermite", order=n, quadrature_error=0.0)
+        if check and not exact_rule:
+            HA2, M2 = _second_moments(rj, n2, chunk)
+            m4b = _fourth_moments(rj, UA, UC, n2, chunk)
+            err_h = max(_rel(HA, HA2), _rel(M, M2))
+            info.update(quadrature_error=max(_rel(m4, m4b), err_h), check_order=n2)
+            m4 = m4b  # keep the finer rule: the change from the coarser one bounds its error
+    eig, cnt = _merge_spectrum(lamA, lamC, rj.m)
+    model = SecondMomentModel("exact", li, lj, h, s0, m4, eig, cnt, info)
+    return model
+
+
+def _work(order: int, dim: int, width: int) -> float:
+    """Multiply-adds of a ``order^dim``-node rule accumulating ``width x width`` moments."""
+    return float(order) ** dim * width * width
+
+
+def check_order(order: int) -> int:
+    """The finer rule checking ``order`` nodes per axis: ``order + ceil(order / 3)`` (48 -> 64)."""
+    return order + -(-order // 3)
+
+
+def _affordable_order(dim: int, width: int, check: bool) -> int:
+    """The finest default rule (down to 16 nodes per axis) whose cost, with its check, fits :data:`MAX_QUADRATURE_WORK`."""
+    for n in range(QUADRATURE_ORDER, 15, -4):
+        if _work(n, dim, width) + (_work(check_order(n), dim, width) if check else 0.0) <= MAX_QUADRATURE_WORK:
+            return n
+    return 16
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def _coordinates(lamA: np.ndarray, lamC: np.ndarray, m: int) -> tuple[np.ndarray, ...]:
+    """Eigenvalue pairs, ``h`` and ``s0`` of the coordinates ``(vech_w(S_AA), sqrt(m) vech_w(C))``."""
+    ia, ja = np.triu_indices(lamA.size)
+    ic, jc = np.triu_indices(lamC.size)
+    li = np.concatenate([lamA[ia], lamC[ic]])
+    lj = np.concatenate([lamA[ja], lamC[jc]])
+    diag = np.concatenate([ia == ja, ic == jc])
+    weight = np.concatenate([np.ones(ia.size), np.full(ic.size, math.sqrt(m))])
+    h = np.where(diag, li, 0.0) * weight
+    s0 = np.where(diag, 1.0, 0.0) * weight
+    return li, lj, h, s0
+
+
+def _merge_spectrum(lamA: np.ndarray, lamC: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    values = np.concatenate([lamA, lamC])
+    counts = np.concatenate([np.ones(lamA.size, dtype=np.int64), np.full(lamC.size, m, dtype=np.int64)])
+    order = np.argsort(values)
+    return values[order], counts[order]
+
+
+# --------------------------------------------------------------------------- summaries
+def predictions(model: SecondMomentModel, lr: float, batch: int, steps, *, sigma0: float, noise: float) -> dict[str, Any]:
+    """Curve, stationary loss, critical rate and late-time rate of one model at ``(eta, B, sigma)``."""
+    crit = model.critical_lr(batch)
+    out = {
+        "curve": model.curve(lr, batch, steps, sigma0=sigma0, noise=noise),
+        "stationary_loss": model.stationary_loss(lr, batch, noise),
+        "critical_lr": crit,
+        "spectral_radius": model.spectral_radius(lr, batch),
+    }
+    out["late_rate"] = -math.log(out["spectral_radius"]) if 0 < out["spectral_radius"] < 1 else float("nan")
+    return out
