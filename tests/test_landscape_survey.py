@@ -152,3 +152,24 @@ def test_cli_small_committee_survey(tmp_path):
     assert len(saved) == len(out["families"])
     with np.load(saved[0]) as z:
         assert z["W1"].shape == (3, 3) and z["W2"].shape == (1, 3)
+
+
+def test_padded_batch_of_several_sizes_equals_separate_surveys():
+    from nearopt.landscape_survey import Case, survey_many
+
+    proto = Protocol(lr=0.1, gtol=1e-6, max_steps=4000)
+    cases = [Case(committee_teacher(3), 3, 3, seed=1), Case(committee_teacher(4), 5, 2, seed=2), Case(committee_teacher(2, 3), 2, 2, seed=3)]
+    many = survey_many(cases, protocol=proto)
+    for c, s in zip(cases, many):
+        one = survey(c.teacher, width=c.width, n_starts=c.n_starts, protocol=proto, seed=c.seed)
+        np.testing.assert_allclose(s.descent.W, one.descent.W, rtol=0, atol=1e-12)
+        assert s.descent.steps.tolist() == one.descent.steps.tolist() and s.descent.status.tolist() == one.descent.status.tolist()
+        assert [p.classification for p in s.points] == [p.classification for p in one.points]
+
+
+def test_handover_to_newton_ends_at_the_same_critical_points():
+    full = committee_survey(4, n_starts=6, protocol=SAFRAN_SHAMIR.replace(gtol=1e-9), seed=5)
+    fast = committee_survey(4, n_starts=6, protocol=SAFRAN_SHAMIR.replace(gtol=1e-9), seed=5, handover=1e-4)
+    assert fast.to_dict()["handover"] == 1e-4 and fast.descent.steps.max() <= full.descent.steps.max()
+    for a, b in zip(full.points, fast.points):
+        assert a.classification == b.classification and abs(a.loss - b.loss) < 1e-10

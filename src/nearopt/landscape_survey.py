@@ -115,6 +115,10 @@ SAFRAN_SHAMIR = Protocol(name="safran-shamir", lr=0.1, gtol=1e-9, max_steps=200_
 
 
 # ----------------------------------------------------------------------------- batched closed forms
+#: a zero-norm unit divides by this instead of 0 (its row of ``W`` is 0, so its terms vanish)
+_TINY = 1e-200
+
+
 def _kernel_terms(name: str, W: torch.Tensor, Om: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``kappa``, ``A``, ``B`` ``(R, K, J)`` for student rows ``W`` ``(R, K, d)`` against all rows ``Om`` ``(R, J, d)``.
 
@@ -123,56 +127,64 @@ def _kernel_terms(name: str, W: torch.Tensor, Om: torch.Tensor, K: int) -> tuple
     """
     G = torch.bmm(W, Om.transpose(1, 2))  # (R, K, J)
     n2 = (Om * Om).sum(-1)  # (R, J)
-    na2 = n2[:, :K]
-    eye = torch.zeros(G.shape[1:], dtype=torch.bool, device=G.device)
-    eye[:, :K] = torch.eye(K, dtype=torch.bool, device=G.device)
+    diag = torch.arange(K, device=G.device)
     if name == "relu":
-        na, nb = na2.sqrt()[:, :, None], n2.sqrt()[:, None, :]
+        nrm = n2.sqrt()
+        na, nb = nrm[:, :K, None], nrm[:, None, :]
         prod = na * nb
-        cos = torch.where(prod > 0, G / torch.where(prod > 0, prod, torch.ones_like(prod)), torch.zeros_like(G)).clamp(-1.0, 1.0)
-        cos = torch.where(eye, torch.ones_like(cos), cos)
+        cos = (G / prod.clamp_min(_TINY)).clamp_(-1.0, 1.0)
+        cos[:, diag, diag] = 1.0
         t = torch.arccos(cos)
-        sin = torch.sqrt(torch.clamp(1.0 - cos * cos, min=0.0))
-        kappa = prod * (sin + (math.pi - t) * cos) / (2 * math.pi)
-        A = torch.where(na > 0, nb * sin / (2 * math.pi * torch.where(na > 0, na, torch.ones_like(na))), torch.zeros_like(G))
-        B = (math.pi - t) / (2 * math.pi)
+        sin = (1.0 - cos * cos).clamp_(min=0.0).sqrt_()
+        B = (math.pi - t).mul_(1.0 / (2 * math.pi))
+        kappa = (sin * (1.0 / (2 * math.pi))).add_(B * cos).mul_(prod)
+        A = sin.mul_(nb).div_(na.clamp_min(_TINY)).mul_(1.0 / (2 * math.pi))
         return kappa, A, B
     c = 2.0 / (1.0 if name == "erf:unit" else 2.0)  # g = erf(z / s): c = 2 / s^2
-    da, db = (1.0 + c * na2)[:, :, None], (1.0 + c * n2)[:, None, :]
-    root = torch.sqrt(da * db)
-    rho = torch.where(eye, (c * na2 / (1.0 + c * na2))[:, :, None].expand_as(G), c * G / root).clamp(-1.0, 1.0)
-    kappa = (2.0 / math.pi) * torch.arcsin(rho)
-    q = (math.pi / 2.0) * torch.sqrt(torch.clamp(1.0 - rho * rho, min=1e-300))
-    return kappa, -c * rho / (da * q), c / (root * q)
+    dn = n2.mul(c).add_(1.0)
+    da, db = dn[:, :K, None], dn[:, None, :]
+    root = (da * db).sqrt_()
+    rho = (G * c).div_(root).clamp_(-1.0, 1.0)
+    rho[:, diag, diag] = 1.0 - 1.0 / dn[:, :K]  # c |w|^2 / (1 + c |w|^2)
+    kappa = torch.arcsin(rho).mul_(2.0 / math.pi)
+    q = (1.0 - rho * rho).clamp_(min=1e-300).sqrt_().mul_(math.pi / 2.0)
+    return kappa, (rho * (-c)).div_(da * q), q.mul_(root).reciprocal_().mul_(c)
 
 
 def batched_loss_gradient(activation: str, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor,
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          teacher_power: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact population ``L`` ``(R,)``, ``dL/dW`` ``(R, K, d)`` and ``dL/dv`` ``(R, K)`` of ``R`` students at once.
 
     ``W`` ``(R, K, d)``, ``v`` ``(R, K)``: the students; ``T`` ``(M, d)``, ``u`` ``(M,)``: the
-    teacher; ``activation`` one of :data:`CLOSED_FORMS` (module docstring), float64 throughout.
+    teacher, or ``(R, M, d)``, ``(R, M)``: one per student; ``activation`` one of
+    :data:`CLOSED_FORMS` (module docstring), float64 throughout; ``teacher_power``: ``u^T Phi_tt u``
+    ``()`` or ``(R,)`` if known (:func:`batched_teacher_power`).
+
+    Zero rows (with zero outgoing weight) pad students and teachers of different sizes into
+    one batch: their kernel terms vanish, so they change no loss or gradient and stay zero.
     """
     if activation not in CLOSED_FORMS:
         raise NearoptError(f"no batched closed form for activation {activation!r} (have {', '.join(CLOSED_FORMS)})")
     R, K, _ = W.shape
-    Tb = T[None].expand(R, -1, -1)
+    Tb, ub = (T, u) if T.ndim == 3 else (T[None].expand(R, -1, -1), u[None].expand(R, -1))
     Om = torch.cat([W, Tb], dim=1)  # (R, K + M, d)
-    beta = torch.cat([v, -u[None].expand(R, -1)], dim=1)  # (R, K + M)
+    beta = torch.cat([v, -ub], dim=1)[:, None, :]  # (R, 1, K + M)
     kappa, A, B = _kernel_terms(activation, W, Om, K)
-    kb = (kappa * beta[:, None, :]).sum(-1)  # (R, K): sum_j beta_j kappa_aj = dL/dv_a
-    Ttt = _teacher_power(activation, T, u)
-    loss = 0.5 * (v * kb).sum(-1) - 0.5 * (v * (kappa[:, :, K:] @ u)).sum(-1) + 0.5 * Ttt
-    # L = 1/2 v^T Phi_ss v - v^T Phi_st u + 1/2 u^T Phi_tt u; kb = Phi_ss v - Phi_st u
-    Ab = (A * beta[:, None, :]).sum(-1)  # (R, K)
-    gW = v[:, :, None] * (Ab[:, :, None] * W + torch.bmm(B * beta[:, None, :], Om))
+    kb = (kappa * beta).sum(-1)  # (R, K): sum_j beta_j kappa_aj = dL/dv_a = Phi_ss v - Phi_st u
+    tp = batched_teacher_power(activation, Tb, ub) if teacher_power is None else teacher_power
+    # L = 1/2 v^T Phi_ss v - v^T Phi_st u + 1/2 u^T Phi_tt u = 1/2 v.kb - 1/2 v.(Phi_st u) + 1/2 u^T Phi_tt u
+    loss = 0.5 * ((kb - (kappa[:, :, K:] * ub[:, None, :]).sum(-1)) * v).sum(-1) + 0.5 * tp
+    Ab = (A * beta).sum(-1)  # (R, K)
+    gW = torch.baddbmm(Ab[:, :, None] * W, B * beta, Om).mul_(v[:, :, None])
     return loss, gW, kb
 
 
-def _teacher_power(activation: str, T: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``u^T Phi_tt u`` ``()`` (``E[f_t^2]``), from the same closed form."""
-    kappa, _, _ = _kernel_terms(activation, T[None], T[None], T.shape[0])
-    return u @ kappa[0] @ u
+def batched_teacher_power(activation: str, T: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``u^T Phi_tt u`` (``E[f_t^2]``) from the same closed form: ``()`` for ``T`` ``(M, d)``, ``(R,)`` for ``(R, M, d)``."""
+    if T.ndim == 2:
+        return batched_teacher_power(activation, T[None], u[None])[0]
+    kappa, _, _ = _kernel_terms(activation, T, T, T.shape[1])
+    return ((kappa @ u[:, :, None])[:, :, 0] * u).sum(-1)
 
 
 def _library_loss_gradient(teacher: TwoLayerNet, W: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -191,13 +203,27 @@ def _library_loss_gradient(teacher: TwoLayerNet, W: torch.Tensor, v: torch.Tenso
 
 
 def loss_gradient_function(teacher: TwoLayerNet, device: str | torch.device = "cpu") -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``(W, v) -> (L, dL/dW, dL/dv)`` for batches of students of this teacher: the closed form where there is one."""
+    """``(W, v, runs) -> (L, dL/dW, dL/dv)`` for batches of students of this teacher: the closed form where there is one
+    (``runs``, the batch rows' run indices, is unused: one teacher for all)."""
     name = teacher.activation.name
     T = torch.as_tensor(teacher.W1, dtype=torch.float64, device=device)
     u = torch.as_tensor(teacher.W2.ravel(), dtype=torch.float64, device=device)
     if name in CLOSED_FORMS:
-        return lambda W, v: batched_loss_gradient(name, W, v, T, u)
-    return lambda W, v: _library_loss_gradient(teacher, W, v)
+        tp = batched_teacher_power(name, T, u)
+        return lambda W, v, runs: batched_loss_gradient(name, W, v, T, u, tp)
+    return lambda W, v, runs: _library_loss_gradient(teacher, W, v)
+
+
+def padded_loss_gradient_function(activation: str, T: np.ndarray, u: np.ndarray, device: str | torch.device = "cpu") -> Callable[..., Any]:
+    """The same for one (zero-padded) teacher per run: ``T`` ``(R, M, d)``, ``u`` ``(R, M)``; ``runs`` picks the rows."""
+    Tt = torch.as_tensor(T, dtype=torch.float64, device=device)
+    ut = torch.as_tensor(u, dtype=torch.float64, device=device)
+    tp = batched_teacher_power(activation, Tt, ut)
+
+    def fn(W, v, runs):
+        return batched_loss_gradient(activation, W, v, Tt[runs], ut[runs], tp[runs])
+
+    return fn
 
 
 # ----------------------------------------------------------------------------- batched descent
@@ -233,7 +259,13 @@ def starts(teacher: TwoLayerNet, width: int, n_starts: int, trained: str, protoc
 
 def batched_descent(teacher: TwoLayerNet, W0: np.ndarray, v0: np.ndarray, *, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
                     device: str | torch.device = "cpu", progress: Callable[[int, int, int, int], None] | None = None) -> BatchDescent:
-    """Fixed-step gradient descent of all starts at once (module docstring, step 1).
+    """Fixed-step gradient descent of all starts ``W0`` ``(R, K, d)``, ``v0`` ``(R, K)`` of one teacher at once (module docstring, step 1)."""
+    return descend(loss_gradient_function(teacher, device), W0, v0, trained=trained, protocol=protocol, device=device, progress=progress)
+
+
+def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
+            device: str | torch.device = "cpu", runs: np.ndarray | None = None, progress: Callable[[int, int, int, int], None] | None = None) -> BatchDescent:
+    """The descent loop over ``fn(W, v, runs) -> (L, dL/dW, dL/dv)``; ``runs`` ``(R,)``: the run index of each row (default ``0..R-1``).
 
     Runs that stop leave the batch, so late steps cost only the runs still going.
     ``progress(step, converged, diverged, active)`` is called every 500 steps.
@@ -241,40 +273,41 @@ def batched_descent(teacher: TwoLayerNet, W0: np.ndarray, v0: np.ndarray, *, tra
     if trained not in TRAINED_BLOCKS:
         raise NearoptError(f"trained must be one of {', '.join(TRAINED_BLOCKS)}, got {trained!r}")
     t0 = time.perf_counter()
-    fn = loss_gradient_function(teacher, device)
     W = torch.as_tensor(np.asarray(W0, dtype=np.float64), device=device).clone()
     v = torch.as_tensor(np.asarray(v0, dtype=np.float64), device=device).clone()
     R = W.shape[0]
-    bound = DIVERGE_FACTOR * max(1.0, float(max(W.abs().max(), v.abs().max())) if R else 1.0)
+    every = np.concatenate([np.ravel(W0), np.ravel(v0)])
+    bound = DIVERGE_FACTOR * max(1.0, float(np.abs(np.where(np.isfinite(every), every, 0.0)).max(initial=0.0)))
     loss, gmax = np.full(R, np.nan), np.full(R, np.nan)
     steps, status = np.zeros(R, dtype=np.int64), np.full(R, "unconverged", dtype=object)
     Wend, vend = W.cpu().numpy().copy(), v.cpu().numpy().copy()
     act = torch.arange(R, device=device)
+    ids = torch.as_tensor(np.arange(R) if runs is None else np.asarray(runs), device=device)
     lr, mw, mv = protocol.lr, float(trained != "second"), float(trained != "first")
     step = 0
-    while act.numel():
-        L, gW, gv = fn(W, v)
-        gW, gv = gW * mw, gv * mv
-        gunit = torch.sqrt((gW * gW).sum(-1) + gv * gv).amax(-1)  # (R_active,)
-        bad = ~torch.isfinite(L) | ~torch.isfinite(gunit) | (W.abs().amax((1, 2)) > bound) | (v.abs().amax(-1) > bound)
-        done = (gunit <= protocol.gtol) & ~bad
-        out = bad | done | (step >= protocol.max_steps)
-        if bool(out.any()):
-            idx = act[out].cpu().numpy()
-            sel = out.nonzero().ravel()
-            Wend[idx], vend[idx] = W[sel].cpu().numpy(), v[sel].cpu().numpy()
-            loss[idx], gmax[idx], steps[idx] = L[sel].cpu().numpy(), gunit[sel].cpu().numpy(), step
-            st = np.where(bad[sel].cpu().numpy(), "diverged", np.where(done[sel].cpu().numpy(), "converged", "unconverged"))
-            status[idx] = st
-            keep = ~out
-            act, W, v, gW, gv = act[keep], W[keep], v[keep], gW[keep], gv[keep]
-        if not act.numel():
-            break
-        W = W - lr * gW
-        v = v - lr * gv
-        step += 1
-        if progress is not None and step % 500 == 0:
-            progress(step, int(np.count_nonzero(status == "converged")), int(np.count_nonzero(status == "diverged")), int(act.numel()))
+    with torch.inference_mode():
+        while act.numel():
+            L, gW, gv = fn(W, v, ids[act])
+            gW, gv = gW * mw, gv * mv
+            gunit = torch.sqrt((gW * gW).sum(-1) + gv * gv).amax(-1)  # (R_active,)
+            bad = ~torch.isfinite(L) | ~torch.isfinite(gunit) | (W.abs().amax((1, 2)) > bound) | (v.abs().amax(-1) > bound)
+            done = (gunit <= protocol.gtol) & ~bad
+            out = bad | done | (step >= protocol.max_steps)
+            if bool(out.any()):
+                sel = out.nonzero().ravel()
+                idx = act[sel].cpu().numpy()
+                Wend[idx], vend[idx] = W[sel].cpu().numpy(), v[sel].cpu().numpy()
+                loss[idx], gmax[idx], steps[idx] = L[sel].cpu().numpy(), gunit[sel].cpu().numpy(), step
+                status[idx] = np.where(bad[sel].cpu().numpy(), "diverged", np.where(done[sel].cpu().numpy(), "converged", "unconverged"))
+                keep = ~out
+                act, W, v, gW, gv = act[keep], W[keep], v[keep], gW[keep], gv[keep]
+                if not act.numel():
+                    break
+            W = W.sub_(gW, alpha=lr)
+            v = v.sub_(gv, alpha=lr)
+            step += 1
+            if progress is not None and step % 500 == 0:
+                progress(step, int(np.count_nonzero(status == "converged")), int(np.count_nonzero(status == "diverged")), int(act.numel()))
     return BatchDescent(Wend, vend, loss, gmax, steps, status.astype(str), time.perf_counter() - t0)
 
 
@@ -499,6 +532,10 @@ class Survey:
     points: list[CriticalPoint | None]
     families: list[Family]
     seconds: dict[str, float]
+    #: per-unit gradient norm at which the descent handed over to Newton (``None``: the full descent)
+    handover: float | None = None
+    #: handed-over runs that did not end at a strict minimum and resumed the descent to ``protocol.gtol``
+    resumed: int = 0
 
     @property
     def n_starts(self) -> int:
@@ -522,7 +559,7 @@ class Survey:
                 "spurious": n_sp, "spurious_fraction": n_sp / R if R else float("nan"),
                 "spurious_fraction_ci": [lo, hi], "ci": "Wilson score, 95 %, over all starts",
                 "converged": d.count("converged"), "diverged": d.count("diverged"), "unconverged": d.count("unconverged"),
-                "classes": classes, "descent_steps": {"median": float(np.median(d.steps)) if R else 0.0, "max": int(d.steps.max()) if R else 0},
+                "classes": classes, "handover": self.handover, "resumed": self.resumed, "descent_steps": {"median": float(np.median(d.steps)) if R else 0.0, "max": int(d.steps.max()) if R else 0},
                 "dtype": "float64", "families": [f.to_dict() for f in self.families], "seconds": dict(self.seconds)}
 
     def save_families(self, folder: str | Path) -> list[Path]:
@@ -541,31 +578,124 @@ def polish_and_classify(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trai
     return cp
 
 
+#: classes at which a handed-over run is final: the descent would not leave a strict minimum
+FINAL_CLASSES = ("global minimum", "spurious local minimum")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One survey of a batch: a teacher, the student width ``K``, the number of starts and their seed."""
+
+    teacher: TwoLayerNet
+    width: int
+    n_starts: int
+    seed: int = 0
+
+
 def survey(teacher: TwoLayerNet, *, width: int | None = None, n_starts: int = 100, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
-           seed: int = 0, device: str | torch.device = "cpu", progress: Callable[[str], None] | None = None) -> Survey:
-    """Draw ``n_starts`` students, descend all at once, polish and classify every end point, group the families."""
-    width = teacher.n_hidden if width is None else require_positive_int(width, "width")
-    n_starts = require_positive_int(n_starts, "starts")
+           seed: int = 0, handover: float | None = None, device: str | torch.device = "cpu",
+           progress: Callable[[str], None] | None = None) -> Survey:
+    """Draw ``n_starts`` students, descend all at once, polish and classify every end point, group the families.
+
+    ``handover``: stop the descent when the largest per-unit gradient norm is at most this
+    (instead of ``protocol.gtol``) and let the Newton polish finish. Near a strict minimum
+    (``lambda_min > 0``) the descent's remaining path lies in the minimum's basin and ends at
+    the same point, so such runs are final; every other run (a saddle, a degenerate point,
+    not converged) resumes the descent from where it stopped, to ``protocol.gtol``, and is
+    polished again. ``None`` (default): the protocol's descent in full.
+    """
+    case = Case(teacher, teacher.n_hidden if width is None else require_positive_int(width, "width"), require_positive_int(n_starts, "starts"), seed)
+    return survey_many([case], trained=trained, protocol=protocol, handover=handover, device=device, progress=progress)[0]
+
+
+def _padded(cases: list[Case], trained: str, protocol: Protocol) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[slice]]:
+    """Starts and teachers of all cases zero-padded to common sizes: ``W0`` ``(R, K, d)``, ``v0``, ``T`` ``(R, M, d)``, ``u``, and each case's rows."""
+    K = max(c.width for c in cases)
+    d = max(c.teacher.n_inputs for c in cases)
+    M = max(c.teacher.n_hidden for c in cases)
+    R = sum(c.n_starts for c in cases)
+    W0, v0, T, u = np.zeros((R, K, d)), np.zeros((R, K)), np.zeros((R, M, d)), np.zeros((R, M))
+    rows, at = [], 0
+    for c in cases:
+        sl = slice(at, at + c.n_starts)
+        Wc, vc = starts(c.teacher, c.width, c.n_starts, trained, protocol, c.seed)
+        W0[sl, : c.width, : c.teacher.n_inputs], v0[sl, : c.width] = Wc, vc
+        T[sl, : c.teacher.n_hidden, : c.teacher.n_inputs], u[sl, : c.teacher.n_hidden] = c.teacher.W1, c.teacher.W2.ravel()
+        rows.append(sl)
+        at += c.n_starts
+    return W0, v0, T, u, rows
+
+
+def _polish_rows(cases: list[Case], rows: list[slice], d: BatchDescent, which: np.ndarray, trained: str) -> dict[int, CriticalPoint | None]:
+    """Polish and classify the runs ``which`` (global row indices) of the padded descent ``d``, each with its case's sizes."""
+    out: dict[int, CriticalPoint | None] = {}
+    for c, sl in zip(cases, rows):
+        for r in which[(which >= sl.start) & (which < sl.stop)]:
+            W, v = d.W[r, : c.width, : c.teacher.n_inputs], d.v[r, : c.width]
+            out[int(r)] = None if d.status[r] == "diverged" else polish_and_classify(c.teacher, W, v, trained)
+    return out
+
+
+def survey_many(cases: list[Case], *, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR, handover: float | None = None,
+                device: str | torch.device = "cpu", progress: Callable[[str], None] | None = None) -> list[Survey]:
+    """:func:`survey` of several cases in one batch: the starts of every case, zero-padded to the largest ``K``,
+    ``M`` and ``N_i`` (padding units stay exactly zero, :func:`batched_loss_gradient`), descend together, so
+    small cases share the per-step cost. All cases need the same activation; without a closed form
+    they run one after the other."""
+    if not cases:
+        raise NearoptError("survey_many needs at least one case")
     if trained not in TRAINED_BLOCKS:
         raise NearoptError(f"trained must be one of {', '.join(TRAINED_BLOCKS)}, got {trained!r}")
-    W0, v0 = starts(teacher, width, n_starts, trained, protocol, seed)
+    if handover is not None and not (math.isfinite(handover) and handover > 0):
+        raise NearoptError(f"handover must be a finite number > 0, got {handover!r}")
+    names = {c.teacher.activation.name for c in cases}
+    if len(names) > 1:
+        raise NearoptError(f"one batch takes one activation, got {', '.join(sorted(names))}")
+    name = names.pop()
+    if name not in CLOSED_FORMS and len(cases) > 1:
+        return [s for c in cases for s in survey_many([c], trained=trained, protocol=protocol, handover=handover, device=device, progress=progress)]
+    R = sum(c.n_starts for c in cases)
+    W0, v0, T, u, rows = _padded(cases, trained, protocol)
+    fn = padded_loss_gradient_function(name, T, u, device) if name in CLOSED_FORMS else loss_gradient_function(cases[0].teacher, device)
 
     def report(step: int, conv: int, div: int, active: int) -> None:
         if progress is not None:
-            progress(f"step {step}: {conv}/{n_starts} converged, {div} diverged, {active} running")
+            progress(f"step {step}: {conv}/{R} converged, {div} diverged, {active} running")
 
-    d = batched_descent(teacher, W0, v0, trained=trained, protocol=protocol, device=device, progress=report)
+    first = protocol if handover is None or handover <= protocol.gtol else protocol.replace(gtol=handover)
+    d = descend(fn, W0, v0, trained=trained, protocol=first, device=device, progress=report)
     if progress is not None:
-        progress(f"descent done in {d.seconds:.1f} s: {d.count('converged')}/{n_starts} converged, {d.count('diverged')} diverged, "
+        progress(f"descent done in {d.seconds:.1f} s: {d.count('converged')}/{R} converged, {d.count('diverged')} diverged, "
                  f"{d.count('unconverged')} unconverged; polishing")
     t0 = time.perf_counter()
-    points: list[CriticalPoint | None] = []
-    for r in range(n_starts):
-        points.append(None if d.status[r] == "diverged" else polish_and_classify(teacher, d.W[r], d.v[r], trained))
-    t1 = time.perf_counter()
-    fam = families(points)
-    t2 = time.perf_counter()
-    return Survey(teacher, width, trained, protocol, seed, d, points, fam, {"descent": d.seconds, "polish": t1 - t0, "families": t2 - t1})
+    pts = _polish_rows(cases, rows, d, np.arange(R), trained)
+    resumed, extra = np.zeros(0, dtype=np.int64), 0.0
+    if first is not protocol:
+        resumed = np.array([r for r in range(R) if pts[r] is not None and d.status[r] == "converged" and pts[r].classification not in FINAL_CLASSES],  # type: ignore[union-attr]
+                           dtype=np.int64)
+        if resumed.size:
+            rest = protocol.replace(max_steps=max(1, protocol.max_steps - int(d.steps[resumed].max())))
+            e = descend(fn, d.W[resumed], d.v[resumed], trained=trained, protocol=rest, device=device, runs=resumed, progress=report)
+            d.W[resumed], d.v[resumed], d.loss[resumed], d.gradient_max[resumed], d.status[resumed] = e.W, e.v, e.loss, e.gradient_max, e.status
+            d.steps[resumed] += e.steps
+            extra = e.seconds
+            pts.update(_polish_rows(cases, rows, d, resumed, trained))
+        for r, p in pts.items():  # a handed-over run meets the protocol's threshold once polished
+            if p is not None and d.status[r] == "converged":
+                d.gradient_max[r] = min(float(d.gradient_max[r]), p.gradient_norm)
+    polish = time.perf_counter() - t0 - extra
+    out = []
+    for c, sl in zip(cases, rows):
+        part = BatchDescent(d.W[sl, : c.width, : c.teacher.n_inputs], d.v[sl, : c.width], d.loss[sl], d.gradient_max[sl], d.steps[sl], d.status[sl],
+                            d.seconds + extra)
+        points = [pts[r] for r in range(sl.start, sl.stop)]
+        t1 = time.perf_counter()
+        fam = families(points)
+        n_res = int(np.count_nonzero((resumed >= sl.start) & (resumed < sl.stop)))
+        out.append(Survey(c.teacher, c.width, trained, protocol, c.seed, part, points, fam,
+                          {"descent": d.seconds + extra, "polish": polish, "families": time.perf_counter() - t1},
+                          None if first is protocol else handover, n_res))
+    return out
 
 
 def committee_survey(k: int, n: int | None = None, *, activation: str = "relu", **kw: Any) -> Survey:
