@@ -25,7 +25,7 @@ def _family_masses(law) -> list[float]:
     edge singularity: 2 y pdf(y^2) is finite at 0). The readout family (shifted chi2_1 per node)
     has its singularities at the nodes' shifts instead; its mass is checked through the cdf."""
     y = np.concatenate([[0.0], np.geomspace(1e-7, 30.0, 200_001)])
-    out = [float(integrate.trapezoid(2 * y * f.pdf(y * y), y)) + sum(m for _, m in f.atoms()) for f in law.families if not np.any(f.a)]
+    out = [float(integrate.trapezoid(2 * y * f.pdf(y * y), y)) + sum(m for _, m in f.atoms) for f in law.families if not np.any(f.a)]
     out.append(float(integrate.trapezoid(2 * y * law._linear_pdf(y * y), y)))
     return out
 
@@ -40,14 +40,14 @@ def test_erf_constants_match_closed_forms():
 
 
 def test_mass_is_one_with_atoms(erf_law):
-    assert erf_law.atoms() == []
+    assert erf_law.atoms == () and erf_law.atom_mass == 0.0
     for law in (erf_law, asymptotic_law("cubic", 20, 30)):
         weights = [f.weight for f in law.families] + [law.linear_weight]
         assert sum(weights) == pytest.approx(1.0, abs=1e-14)
         assert np.allclose(_family_masses(law), 1.0, atol=2e-5)  # measured <= 5e-6
         assert law.cdf(1e6) == pytest.approx(1.0, abs=1e-12)
     cubic = law
-    (loc, mass), = cubic.atoms()  # rescaling symmetry w -> s w, v -> v / s**3: N_h zero modes
+    (loc, mass), = cubic.atoms  # rescaling symmetry w -> s w, v -> v / s**3: N_h zero modes
     assert loc == 0.0 and mass == pytest.approx(30 / cubic.n_params, rel=1e-12)
     assert cubic.cdf(0.0) - cubic.cdf_left(0.0) == pytest.approx(mass, rel=1e-12)
 
@@ -62,7 +62,7 @@ def test_pdf_is_the_derivative_of_the_cdf(erf_law):
 
 def test_linear_activation_reduces_to_the_linear_law():
     law = asymptotic_law("linear", 15, 10)
-    (loc, mass), = law.atoms()
+    (loc, mass), = law.atoms
     assert loc == 0.0 and mass == pytest.approx(1 - 15 / law.n_params, rel=1e-12)
     ref = no.ChiSquareMPConvolution(15, 10)
     x = np.array([0.3, 1.0, 2.0, 4.0])
@@ -144,3 +144,20 @@ def test_pooled_mean_and_ks_at_moderate_size():
     ks, ks_limit = weighted_ks(vals, wts, law), weighted_ks(vals, wts, _ScaledChi2(law))
     # measured at (16, 16): KS 0.036 with 95% teacher-bootstrap noise 0.014 (docs/asymptotic.md); limit law 0.066
     assert ks < 0.06 and ks < ks_limit
+
+
+@pytest.mark.parametrize("ni,nh", [(2000, 20), (400, 40), (100_000, 50), (1_000_000, 20), (1_000_000, 2000), (500, 2000), (2000, 2000)])
+def test_finite_and_normalised_at_every_size(ni, nh):
+    """The law of c = |w|^2 is a Gauss rule of Gamma(N_i/2) (no Gamma(N_i/2) overflow): finite up to N_i = 1e6."""
+    law = asymptotic_law("erf", ni, nh)
+    assert np.all(np.isfinite(law.c_nodes)) and np.all(np.isfinite(law.c_weights))
+    assert law.c_weights @ law.c_nodes == pytest.approx(1.0, rel=1e-12)  # E c = sigma1^2 N_i
+    assert law.c_weights @ (law.c_nodes - 1.0) ** 2 == pytest.approx(2.0 / ni, rel=1e-9)  # Var c = 2/N_i
+    p = np.linspace(1e-3, 1 - 1e-3, 201)
+    x = law.ppf(p)
+    assert np.all(np.isfinite(x)) and np.max(np.abs(law.cdf(x) - p)) < 1e-6
+    assert law.cdf(1e3) == pytest.approx(1.0, abs=1e-12)  # no mass lost above the tables (the linear family sits near 1 + N_h/N_i)
+    # the moments from the families agree with E X = int_0^inf (1 - F), by quadrature of the cdf
+    grid = np.concatenate([[0.0], np.geomspace(1e-12, 1e3, 40_001)])
+    assert law.mean() == pytest.approx(integrate.trapezoid(law.sf(grid), grid), rel=1e-3)
+    assert np.isfinite(law.var()) and law.var() > 0

@@ -2,13 +2,18 @@
 
 import numpy as np
 import pytest
-from scipy import integrate, stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate, special, stats
 
 from nearopt.errors import NearoptError
+from nearopt.theory.asymptotic import asymptotic_law
 from nearopt.theory.distributions import (
     ChiSquareMPConvolution,
     MarchenkoPastur,
+    SpectralLaw,
     TabulatedCDF,
+    gamma_gauss_rule,
     mp_bulk,
     output_norm_law,
     wishart_law,
@@ -140,3 +145,60 @@ def test_tabulated_cdf_error_is_small_and_measured():
     assert tab.max_error < 1e-7
     x = np.linspace(law.a, law.mean() + 5 * law.std(), 37)
     np.testing.assert_allclose(tab(x), law.cdf(x), atol=1e-7)
+
+
+_INTERFACE_LAWS = {
+    "MP, q = 3 (atom at 0)": lambda: MarchenkoPastur(3.0, scale=0.5),
+    "MP, q = 1/2": lambda: MarchenkoPastur(0.5),
+    "chi2 * MP": lambda: ChiSquareMPConvolution(12, 6),
+    "asymptotic, cubic (atom at 0)": lambda: asymptotic_law("cubic", 10, 12),
+}
+
+
+@pytest.mark.parametrize("name", list(_INTERFACE_LAWS))
+def test_one_interface_for_every_law(name):
+    """pdf, cdf, cdf_left, sf, ppf, rvs, support, mean, var, std and atoms behave the same for every law."""
+    law = _INTERFACE_LAWS[name]()
+    assert isinstance(law, SpectralLaw)
+    atoms = law.atoms
+    assert isinstance(atoms, tuple) and law.atom_mass == pytest.approx(sum(m for _, m in atoms))
+    lo, hi = law.support()
+    assert lo <= law.mean() <= hi and law.var() > 0 and law.std() == pytest.approx(np.sqrt(law.var()))
+    for loc, mass in atoms:  # the jump of the cdf at an atom is its mass; ppf inside the jump is its location
+        assert float(law.cdf(loc) - law.cdf_left(loc)) == pytest.approx(mass, rel=1e-9)
+        assert float(law.ppf(float(law.cdf_left(loc)) + 0.5 * mass)) == loc
+    x = np.linspace(lo, law.mean() + 6 * law.std(), 50)[1:]
+    assert np.all(np.diff(law.cdf(x)) >= -1e-12) and np.allclose(law.sf(x), 1 - law.cdf(x))
+    off = x[~np.isin(x, [a for a, _ in atoms])]
+    np.testing.assert_allclose(law.cdf_left(off), law.cdf(off), atol=1e-15)
+    p = np.array([0.05, 0.3, 0.6, 0.9])
+    xp = law.ppf(p)
+    assert np.all(law.cdf(xp) >= p - 1e-6) and np.all(law.cdf_left(xp) <= p + 1e-6)  # left-continuous inverse
+    with pytest.raises(NearoptError, match=r"\[0, 1\]"):
+        law.ppf(1.5)
+    r = np.asarray(law.rvs(size=4000, random_state=2))
+    for loc, mass in atoms:
+        assert np.mean(r == loc) == pytest.approx(mass, abs=0.03)
+    assert stats.kstest(r[~np.isin(r, [a for a, _ in atoms])], lambda t: (law.cdf(t) - law.atom_mass) / (1 - law.atom_mass)).statistic < 0.05
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.05, 1e6))
+def test_gamma_gauss_rule_is_exact_for_low_moments(shape):
+    """Central moments of Gamma(k): variance k, third 2k, fourth 3k^2 + 6k (exact for degree < 2n)."""
+    y, w = gamma_gauss_rule(shape, 16)
+    assert np.all(np.isfinite(y)) and np.all(y > 0) and w.sum() == pytest.approx(1.0, abs=1e-14)
+    d = y - shape
+    assert w @ y == pytest.approx(shape, rel=1e-12)
+    assert w @ d**2 == pytest.approx(shape, rel=1e-9)
+    assert w @ d**3 == pytest.approx(2 * shape, rel=1e-6, abs=1e-9 * shape**1.5)
+    assert w @ d**4 == pytest.approx(3 * shape**2 + 6 * shape, rel=1e-8)
+
+
+def test_gamma_gauss_rule_matches_scipy_where_scipy_is_finite():
+    y, w = gamma_gauss_rule(6.5, 48)
+    y_ref, w_ref = special.roots_genlaguerre(48, 5.5)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12)
+    np.testing.assert_allclose(w, w_ref / w_ref.sum(), rtol=1e-8, atol=1e-14)  # weights: absolute accuracy
+    with pytest.raises(NearoptError):
+        gamma_gauss_rule(-1.0, 8)

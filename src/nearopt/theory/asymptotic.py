@@ -51,7 +51,7 @@ from scipy.interpolate import PchipInterpolator
 
 from ..activations import Activation, get_activation
 from ..errors import NearoptError, require_positive_int
-from .distributions import ChiSquareMPConvolution, TabulatedCDF
+from .distributions import ChiSquareMPConvolution, SpectralLaw, TabulatedCDF, gamma_gauss_rule
 
 #: Gauss–Hermite nodes of the 1-D expectations (erf/tanh converge to ~1e-13 well below this)
 HERMITE_ORDER = 200
@@ -194,15 +194,16 @@ class Family:
         a, b, w = self.a, self.b, self.w
         return float(w @ (a + b)), float(w @ (a**2 + 2 * a * b + 3 * b**2))
 
-    def atoms(self) -> list[tuple[float, float]]:
+    @property
+    def atoms(self) -> tuple[tuple[float, float], ...]:
         """``(location, mass within the family)`` of the point-mass nodes, merged by location."""
         locs = self.a[~self._cont]
         u, inv = np.unique(locs, return_inverse=True)
         mass = np.bincount(inv, self.w[~self._cont], minlength=u.size)
-        return [(float(x), float(m)) for x, m in zip(u, mass)]
+        return tuple((float(x), float(m)) for x, m in zip(u, mass))
 
 
-class AsymptoticLaw:
+class AsymptoticLaw(SpectralLaw):
     """Law of one pooled population-Hessian eigenvalue of a random odd teacher at its optimum.
 
     A mixture of four families (module docstring): ``bulk``, ``radial``, ``readout``
@@ -210,10 +211,10 @@ class AsymptoticLaw:
     and ``linear`` (``mu1**2`` times the linear-network law
     :class:`~nearopt.theory.distributions.ChiSquareMPConvolution` with its MP part
     rescaled to ``E d_a``, tabulated).
-    ``scipy.stats``-style: ``pdf`` (density of the continuous part; it integrates to
-    ``1 - sum of atom masses``), ``cdf``, ``sf``, ``ppf`` (left-continuous inverse),
-    ``rvs``, ``mean``, ``var``, ``std``, ``support``, ``atoms``. Vectorised: ``cdf``
-    at ``1e5`` points takes well under a second.
+    A :class:`~nearopt.theory.distributions.SpectralLaw`: ``pdf`` (density of the continuous
+    part; it integrates to ``1 - atom_mass``), ``cdf``, ``cdf_left``, ``sf``, ``ppf``
+    (left-continuous inverse), ``rvs``, ``mean``, ``var``, ``std``, ``support`` and the
+    property ``atoms``. Vectorised: ``cdf`` at ``1e5`` points takes well under a second.
 
     Attributes
     ----------
@@ -238,9 +239,9 @@ class AsymptoticLaw:
         if n_bulk < 0:
             raise NearoptError(f"the family decomposition needs N_h N_i >= N_i + N_h (got N_i={ni}, N_h={nh})")
         s2 = self.sigma2**2
-        # c = 2 sigma1^2 y, y ~ Gamma(N_i/2): Gauss nodes of the weight y^(N_i/2 - 1) e^-y
-        y, wc = special.roots_genlaguerre(C_NODES, 0.5 * ni - 1.0)
-        c, wc = 2.0 * self.sigma1**2 * y, wc / wc.sum()
+        # c = 2 sigma1^2 y, y ~ Gamma(N_i/2): Gauss rule of the Gamma law (no overflow at any N_i)
+        y, wc = gamma_gauss_rule(0.5 * ni, C_NODES)
+        c = 2.0 * self.sigma1**2 * y
         self.c_nodes, self.c_weights = c, wc
         k = unit_constants(self.activation, c)
         self.constants = k
@@ -275,11 +276,13 @@ class AsymptoticLaw:
             return
         law = self.linear_law
         lo = float(law.a)
-        hi = float(law.mean() + 14.0 * law.std())
+        # cover both components: s alone (mass 1 - 1/q) and s + mu, mu up to the MP edge
+        hi = float(max(law.mean() + 14.0 * law.std(), law.chi2.isf(1e-15) + law.mp.bulk_edges[1]))
         self._lin_range = (lo * self.mu1_sq, hi * self.mu1_sq)
         self._lin_cdf = TabulatedCDF(law.cdf, lo, hi, n=TABLE_POINTS)
         grid = np.linspace(lo, hi, TABLE_POINTS)
-        self._lin_pdf = PchipInterpolator(grid, np.clip(law.pdf(grid), 0.0, None), extrapolate=False)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # flat tails: zero slopes
+            self._lin_pdf = PchipInterpolator(grid, np.clip(law.pdf(grid), 0.0, None), extrapolate=False)
         self._lin = law
 
     def _linear_cdf(self, x: np.ndarray) -> np.ndarray:
@@ -294,15 +297,16 @@ class AsymptoticLaw:
         return y / self.mu1_sq
 
     # ------------------------------------------------------------ scipy-style API
-    def atoms(self) -> list[tuple[float, float]]:
+    @property
+    def atoms(self) -> tuple[tuple[float, float], ...]:
         """``(location, mass)`` of the point masses of the whole law (e.g. zero modes of ``z**3``)."""
         out: dict[float, float] = {}
         for fam in self.families:
-            for loc, m in fam.atoms():
+            for loc, m in fam.atoms:
                 out[loc] = out.get(loc, 0.0) + fam.weight * m
         if self._lin is None:
             out[0.0] = out.get(0.0, 0.0) + self.linear_weight
-        return sorted(out.items())
+        return tuple(sorted(out.items()))
 
     def pdf(self, x):
         """Density of the continuous part (integrates to ``1 -`` the atom masses)."""
@@ -322,9 +326,6 @@ class AsymptoticLaw:
         lin = self._linear_cdf(x) if self._lin is not None else (x > 0).astype(np.float64)
         return np.clip(sum(f.weight * f.cdf(x, left=True) for f in self.families) + self.linear_weight * lin, 0.0, 1.0)
 
-    def sf(self, x):
-        return 1.0 - self.cdf(x)
-
     def support(self) -> tuple[float, float]:
         return 0.0, np.inf
 
@@ -340,9 +341,6 @@ class AsymptoticLaw:
     def var(self) -> float:
         return self._second() - self.mean() ** 2
 
-    def std(self) -> float:
-        return float(np.sqrt(self.var()))
-
     def _table(self):
         """Monotone table ``(F, lambda)`` on a log grid covering all families, for :meth:`ppf`."""
         if self._ppf_table is None:
@@ -355,9 +353,7 @@ class AsymptoticLaw:
 
     def ppf(self, p):
         """Left-continuous inverse of :meth:`cdf`: table bracket, then safeguarded Newton steps."""
-        p = np.asarray(p, dtype=np.float64)
-        if np.any(~np.isfinite(p) | (p < 0) | (p > 1)):
-            raise NearoptError("probabilities must lie in [0, 1]")
+        p = self._probabilities(p)
         F, grid = self._table()
         idx = np.clip(np.searchsorted(F, p, side="left"), 1, grid.size - 1)
         lo, hi = grid[idx - 1], grid[idx]

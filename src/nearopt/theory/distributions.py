@@ -1,18 +1,28 @@
 """Laws of the linear-network Hessian spectrum (docs/theory.md §3.2), ``scipy.stats`` style.
 
+Every eigenvalue law of nearopt (:class:`MarchenkoPastur`, :class:`ChiSquareMPConvolution`,
+:class:`nearopt.theory.asymptotic.AsymptoticLaw`) is a :class:`SpectralLaw`: one interface
+with ``pdf``, ``cdf``, ``cdf_left``, ``sf``, ``ppf``, ``rvs``, ``support``, ``mean``, ``var``,
+``std`` and the property ``atoms``, a tuple of ``(location, mass)`` point masses (empty for a
+law with a density). Atoms are handled the same way by every law: ``pdf`` is the density of
+the continuous part and integrates to ``1 - atom_mass``; ``cdf`` is ``P(X <= x)``, atoms
+included; ``cdf_left`` is ``P(X < x)``; ``ppf`` is the left-continuous inverse of ``cdf``
+(the atom's location for every ``p`` inside its jump) and raises
+:class:`~nearopt.errors.NearoptError` outside ``[0, 1]``; ``rvs`` draws atoms with their masses.
+
 * :data:`mp_bulk` -- the continuous part of the Marchenko–Pastur law ``MP_q``,
   normalised to mass 1: an ``rv_continuous`` with shape ``ratio = q`` (use
   ``scale=`` for a scaled law), closed-form ``pdf``/``cdf``.
 * :class:`MarchenkoPastur` -- the full (mixed) ``MP_q`` law with its atom of mass
-  ``1 - 1/q`` at 0 when ``q > 1``. Not an ``rv_continuous``: ``pdf`` is the
-  density of the continuous part only (it integrates to ``1 - atom_mass``),
-  ``cdf``/``sf``/``ppf``/``rvs``/``mean``/``var`` are those of the whole law.
+  ``1 - 1/q`` at 0 when ``q > 1``.
 * :func:`output_norm_law` -- the law of ``s = ||W2||^2``: ``scipy.stats.chi2``
   with ``df = N_h``, ``scale = sigma2**2`` (reused, not reimplemented).
 * :class:`ChiSquareMPConvolution` -- the law of one pooled nonzero Hessian
   eigenvalue ``lambda = s + mu`` of a random linear teacher, ``mu`` an eigenvalue
-  of ``W1^T W1`` (asymptotically ``sigma1**2 N_h MP_q``): an ``rv_continuous``
-  (the atom of ``MP_q`` becomes a ``chi2`` component, so the law has a density).
+  of ``W1^T W1`` (asymptotically ``sigma1**2 N_h MP_q``): also an ``rv_continuous``
+  (the atom of ``MP_q`` becomes a ``chi2`` component, so the law has a density and no atoms).
+* :func:`gamma_gauss_rule` -- Gauss nodes and weights of a Gamma law at any shape (the law of
+  ``|w_a|^2`` in the asymptotic law).
 
 Convention: ``q = N_i / N_h`` and
 
@@ -31,11 +41,62 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 from scipy.integrate import quad_vec
+from scipy.interpolate import PchipInterpolator
+from scipy.linalg import eigh_tridiagonal
 from scipy.optimize import elementwise
 from scipy.special import comb
 from scipy.stats import rv_continuous
 
 from ..errors import NearoptError, require_positive_int
+
+
+class SpectralLaw:
+    """The interface shared by nearopt's eigenvalue laws (module docstring).
+
+    A subclass supplies ``pdf`` (continuous part), ``cdf`` (``P(X <= x)``), ``ppf``
+    (left-continuous inverse), ``support``, ``mean``, ``var`` and, when the law has point
+    masses, overrides :attr:`atoms`. Provided here: :attr:`atom_mass`, :meth:`cdf_left`
+    (``cdf`` minus the atoms located exactly at ``x``), :meth:`sf`, :meth:`std`,
+    :meth:`rvs` (inverse transform through ``ppf``) and the probability check of ``ppf``.
+    """
+
+    @property
+    def atoms(self) -> tuple[tuple[float, float], ...]:
+        """``((location, mass), ...)`` of the point masses, ascending in location; ``()`` if none."""
+        return ()
+
+    @property
+    def atom_mass(self) -> float:
+        """Total mass of the atoms (``1 -`` the integral of ``pdf``)."""
+        return float(sum(m for _, m in self.atoms))
+
+    def cdf_left(self, x):
+        """``P(X < x)``: equal to ``cdf`` except at an atom, where it leaves out the atom's mass."""
+        x = np.asarray(x, dtype=np.float64)
+        out = np.asarray(self.cdf(x), dtype=np.float64)
+        for loc, mass in self.atoms:
+            out = out - mass * (x == loc)
+        return np.clip(out, 0.0, 1.0)
+
+    def sf(self, x):
+        """``P(X > x)``."""
+        return 1.0 - self.cdf(x)
+
+    def std(self) -> float:
+        return float(np.sqrt(self.var()))
+
+    def rvs(self, size=None, random_state=None):
+        """Independent draws (atoms included) by inverse transform; ``random_state`` as in ``scipy.stats``."""
+        rng = random_state if hasattr(random_state, "uniform") else np.random.default_rng(random_state)
+        return self.ppf(rng.uniform(size=size))
+
+    @staticmethod
+    def _probabilities(p) -> np.ndarray:
+        """``p`` as a float array, or one :class:`NearoptError` if any value is outside ``[0, 1]``."""
+        p = np.asarray(p, dtype=np.float64)
+        if np.any(~np.isfinite(p) | (p < 0) | (p > 1)):
+            raise NearoptError("probabilities must lie in [0, 1]")
+        return p
 
 
 def _edges(q):
@@ -116,8 +177,8 @@ def _require_ratio_scale(ratio, scale) -> tuple[float, float]:
     return ratio, scale
 
 
-class MarchenkoPastur:
-    """The Marchenko–Pastur law ``scale * MP_ratio`` (a mixed law for ``ratio > 1``).
+class MarchenkoPastur(SpectralLaw):
+    """The Marchenko–Pastur law ``scale * MP_ratio`` (a mixed law for ``ratio > 1``), a :class:`SpectralLaw`.
 
     ``MP_q`` is the limiting eigenvalue law of ``W^T W / N_h`` for ``W`` of shape
     ``(N_h, N_i)`` with unit-variance entries and ``q = N_i / N_h``.
@@ -127,8 +188,8 @@ class MarchenkoPastur:
     ratio, scale : float
     atom : float
         Location of the atom, ``0.0``.
-    atom_mass : float
-        ``max(0, 1 - 1/ratio)``.
+    atoms : tuple
+        ``((0.0, 1 - 1/ratio),)`` for ``ratio > 1``, else ``()``; ``atom_mass = max(0, 1 - 1/ratio)``.
     bulk : frozen ``rv_continuous``
         The continuous part normalised to mass 1 (``mp_bulk(ratio, scale=scale)``).
 
@@ -139,11 +200,15 @@ class MarchenkoPastur:
     def __init__(self, ratio: float, scale: float = 1.0):
         self.ratio, self.scale = _require_ratio_scale(ratio, scale)
         self.atom = 0.0
-        self.atom_mass = max(0.0, 1.0 - 1.0 / self.ratio)
+        self._atom_mass = max(0.0, 1.0 - 1.0 / self.ratio)
         self.bulk = mp_bulk(self.ratio, scale=self.scale)
 
     def __repr__(self) -> str:
         return f"MarchenkoPastur(ratio={self.ratio:g}, scale={self.scale:g})"
+
+    @property
+    def atoms(self) -> tuple[tuple[float, float], ...]:
+        return ((self.atom, self._atom_mass),) if self._atom_mass > 0 else ()
 
     @property
     def bulk_mass(self) -> float:
@@ -170,23 +235,11 @@ class MarchenkoPastur:
         x = np.asarray(x, dtype=np.float64)
         return self.atom_mass * (x >= self.atom) + self.bulk_mass * self.bulk.cdf(x)
 
-    def sf(self, x):
-        """``P(X > x)``."""
-        return 1.0 - self.cdf(x)
-
     def ppf(self, p):
         """Left-continuous inverse of :meth:`cdf` (``0`` for ``p <= atom_mass``)."""
-        p = np.asarray(p, dtype=np.float64)
-        if np.any((p < 0) | (p > 1)):
-            raise NearoptError("probabilities must lie in [0, 1]")
+        p = self._probabilities(p)
         pb = np.clip((p - self.atom_mass) / self.bulk_mass, 0.0, 1.0)
         return np.where(p <= self.atom_mass, self.atom, self.bulk.ppf(pb))
-
-    def rvs(self, size=None, random_state=None):
-        """Independent draws (the atom included), ``random_state`` as in ``scipy.stats``."""
-        # scipy passes a Generator or a RandomState; both have .uniform
-        rng = random_state if hasattr(random_state, "uniform") else np.random.default_rng(random_state)
-        return self.ppf(rng.uniform(size=size))
 
     def mean(self) -> float:
         """``scale``."""
@@ -234,8 +287,8 @@ def _scale(sigma, n: int, name: str) -> float:
     return s
 
 
-class ChiSquareMPConvolution(rv_continuous):
-    """Law of a pooled nonzero Hessian eigenvalue of a random linear teacher.
+class ChiSquareMPConvolution(rv_continuous, SpectralLaw):
+    """Law of a pooled nonzero Hessian eigenvalue of a random linear teacher (a :class:`SpectralLaw` without atoms).
 
     ``lambda = s + mu`` with ``s ~ sigma2**2 chi2_{N_h}`` (:func:`output_norm_law`)
     independent of ``mu ~ sigma1**2 N_h MP_q`` (:func:`wishart_law`), ``q = N_i/N_h``.
@@ -333,6 +386,18 @@ class ChiSquareMPConvolution(rv_continuous):
     def _sf(self, x):
         return np.clip(self.chi2_weight * self.chi2.sf(x) + self._bulk_integral(self.chi2.sf, x), 0.0, 1.0)
 
+    def ppf(self, q, *args, **kwds):
+        """Numerical inverse of :meth:`cdf` (``scipy.stats``); :class:`NearoptError` outside ``[0, 1]``."""
+        return super().ppf(self._probabilities(q), *args, **kwds)
+
+    def _ppf(self, q):
+        """All points at once: bracketed root finding on the vectorised :meth:`cdf` (one quadrature per step)."""
+        q = np.asarray(q, dtype=np.float64)
+        lo = np.full(q.shape, float(self.a))
+        hi = np.full(q.shape, float(self.chi2.isf(1e-16) + self.mp.bulk_edges[1]))
+        res = elementwise.find_root(lambda x, p: self._cdf(x) - p, (lo, hi), args=(q,))
+        return np.where(q <= 0, lo, np.where(q >= 1, np.inf, res.x))
+
     def _rvs(self, size=None, random_state=None):
         return self.chi2.rvs(size=size, random_state=random_state) + self.mp.rvs(size=size, random_state=random_state)
 
@@ -340,6 +405,30 @@ class ChiSquareMPConvolution(rv_continuous):
         mean = self.chi2.mean() + self.mp.mean()
         var = self.chi2.var() + self.mp.var()
         return mean, var, None, None
+
+
+def gamma_gauss_rule(shape: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n``-point Gauss rule of the law ``Gamma(shape, 1)``: nodes ``y`` and weights ``w`` (``sum w = 1``), ``(n,)`` each.
+
+    Exact for polynomials of degree ``< 2n`` (the moments of ``y`` up to ``2n - 1``).
+    Golub–Welsch on the Jacobi matrix of the generalised Laguerre polynomials
+    (``alpha = shape - 1``: diagonal ``2j + shape``, off-diagonal ``sqrt((j+1)(j+shape))``),
+    standardised as ``y = shape + sqrt(shape) s``: the matrix of ``s`` has entries
+    ``O(1)`` and the weights are squared first eigenvector components, so nothing
+    overflows (``scipy.special.roots_genlaguerre`` forms ``Gamma(shape)`` and returns
+    NaN weights once ``shape`` is a few hundred). Relative node error ``O(eps)`` at any shape.
+    """
+    shape = float(shape)
+    if not (np.isfinite(shape) and shape > 0):
+        raise NearoptError(f"Gamma shape must be a finite number > 0, got {shape}")
+    n = require_positive_int(n, "number of Gauss nodes")
+    j = np.arange(n, dtype=np.float64)
+    diag = 2.0 * j / np.sqrt(shape)
+    off = np.sqrt((j[:-1] + 1.0) * (j[:-1] + shape) / shape)
+    s, vecs = eigh_tridiagonal(diag, off)
+    w = vecs[0] ** 2
+    y = np.maximum(shape + np.sqrt(shape) * s, 0.0)  # nodes lie in (0, inf); the clip guards rounding only
+    return y, w / w.sum()
 
 
 class TabulatedCDF:
@@ -362,8 +451,6 @@ class TabulatedCDF:
     """
 
     def __init__(self, cdf, lo: float, hi: float, n: int = 4001):
-        from scipy.interpolate import PchipInterpolator
-
         if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
             raise NearoptError(f"need a finite range lo < hi, got ({lo}, {hi})")
         n = require_positive_int(n, "number of grid points")
