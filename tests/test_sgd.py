@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nearopt as no
+from nearopt.cli import main
 from nearopt.curvature.landscape import population_loss
 from nearopt.curvature.population import PopulationHessian
 from nearopt.dynamics.sgd import PopulationLoss, record_steps, run_sgd, simulate_sgd
@@ -213,3 +215,38 @@ def test_exact_refuses_what_it_cannot_do():
 def test_record_steps():
     t = record_steps(1000, 20)
     assert t[0] == 0 and t[-1] == 1000 and np.all(np.diff(t) > 0)
+
+
+def test_cli_json_and_table(capsys):
+    code = main(["sgd", "-a", "erf", "--ni", "3", "--nh", "2", "--lr", "0.2", "--steps", "50", "--runs", "16", "--points", "5", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    d = json.loads(out)
+    for key in ("steps", "loss", "loss_sem", "predicted", "predicted_spectral", "stationary_loss", "stationary_loss_spectral",
+                "critical_lr", "critical_lr_spectral", "lr", "batch", "noise", "timings"):
+        assert key in d
+    assert len(d["loss"]) == len(d["steps"]) == len(d["predicted"]) and d["stationary_loss"] == 0.0
+    assert main(["sgd", "-a", "linear", "--ni", "3", "--nh", "2", "--lr", "0.1", "--steps", "20", "--runs", "8", "--batch", "2", "--noise", "0.1"]) == 0
+    text = capsys.readouterr().out
+    assert "critical learning rate (batch 2)" in text and "stationary excess loss" in text
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [(["--lr", "0"], "--lr"), (["--lr", "0.1", "--batch", "0"], "--batch"), (["--lr", "0.1", "--noise", "-1"], "--noise"),
+     (["--lr", "0.1", "--runs", "100000000", "--batch", "100000"], "runs")],
+)
+def test_cli_bad_input_one_line(capsys, extra, match):
+    code = main(["sgd", "-a", "erf", "--ni", "3", "--nh", "2", "--steps", "5", *extra]) if extra[:2] != ["--lr", "0"] else None
+    if code is None:
+        with pytest.raises(SystemExit) as exc:
+            main(["sgd", "-a", "erf", "--ni", "3", "--nh", "2", "--steps", "5", *extra])
+        code = exc.value.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and match in err[0]
+
+
+def test_cli_warns_beyond_critical(capsys):
+    code = main(["sgd", "-a", "erf", "--ni", "3", "--nh", "2", "--lr", "5", "--steps", "200", "--runs", "4", "--points", "3"])
+    captured = capsys.readouterr()
+    assert code == 0 and "critical" in captured.err and "diverged" in captured.out

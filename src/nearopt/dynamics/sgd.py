@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations import Erf, ReLU
+from ..curvature.base import resolve_device
 from ..errors import NearoptError, require_positive_int
 from ..model import TwoLayerNet
 from ..problem import Problem, as_problem
@@ -254,7 +255,7 @@ def simulate_sgd(
     rec = record_steps(steps, points) if record is None else np.unique(np.asarray(record, dtype=np.int64))
     if rec.size == 0 or rec[0] < 0 or rec[-1] > steps:
         raise NearoptError(f"record steps must lie in [0, {steps}]")
-    dev = torch.device(device)
+    dev = resolve_device(device)
     require_memory(sgd_memory(pr, runs, batch, rec.size, samples, sampling), f"{runs} SGD runs with batch {batch}", "fewer runs or a smaller batch", device=dev)
     sim = _Simulator(pr, lr, batch, noise, runs, seed, sampling, samples, dev)
     delta = sim.initial(sigma0)
@@ -446,6 +447,8 @@ def run_sgd(
     """
     pr = as_problem(problem)
     lr, batch, runs, steps, samples = _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples)
+    dev = resolve_device(device)
+    require_memory(sgd_memory(pr, runs, batch, points, samples, sampling), f"{runs} SGD runs with batch {batch}", "fewer runs or a smaller batch", device=dev)
     timings: dict[str, float] = {}
     notes: list[str] = []
     models: dict[str, SecondMomentModel] = {}
@@ -477,7 +480,7 @@ def run_sgd(
             warnings.warn(msg, stacklevel=2)
     timings["predict_s"] = time.perf_counter() - t0
     sim = simulate_sgd(pr, lr=lr, batch=batch, steps=steps, sigma0=sigma0, noise=noise, runs=runs, seed=seed,
-                       sampling=sampling, samples=samples, record=rec, device=device, progress=progress)
+                       sampling=sampling, samples=samples, record=rec, device=dev, progress=progress)
     timings["simulate_s"] = sim.seconds
     if sim.diverged.any():
         notes.append(f"{int(sim.diverged.sum())} of {sim.runs} runs diverged")
