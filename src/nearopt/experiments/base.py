@@ -13,21 +13,28 @@ step:
   cell results (same order as ``cells``) into data files, figures and checks.
 
 ``quick`` and ``full`` are the two standard configurations; users override
-single keys. The parallel, cached, resumable runner lives in
+single keys. Each key is declared by a :class:`Setting` (type, range, choices),
+conditions across keys by :class:`Relation` s, and ``memory(config)`` estimates
+the peak bytes of the largest cell, so that a configuration is refused with one
+line before any cell runs (:meth:`Experiment.validate`). The parallel, cached, resumable runner lives in
 :mod:`nearopt.pipeline`; :func:`run_serial` here is the simplest correct one.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import pkgutil
+import re
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..activations import get_activation
 from ..errors import NearoptError
 
 
@@ -79,7 +86,211 @@ class ExperimentResult:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        """Every check passed, and there was at least one (nothing checked is no pass)."""
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+
+# -- settings: what each key of a configuration may hold ------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The values one setting may take, checked before any cell runs.
+
+    ``type``: ``bool``, ``int``, ``float`` (an int is accepted), ``str``,
+    ``list``, ``dict`` or ``object`` (anything). Numbers must be finite and lie
+    in ``[low, high]`` (``low`` excluded when ``low_open``); strings must be one
+    of ``choices`` when given; ``check(value)`` may refuse a value with a
+    :class:`NearoptError` (an activation name that does not resolve, a folder
+    that cannot be written). Lists: ``nonempty``, ``length`` (exact),
+    ``unique`` items, each item checked by ``item``. Dicts: ``fields`` are the
+    keys it must have (no others); without ``fields`` any string keys, each value
+    checked by ``item``. ``optional`` also allows ``None``.
+    """
+
+    name: str
+    type: type = object
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], Any] | None = None
+    nonempty: bool = False
+    length: int | None = None
+    unique: bool = False
+    item: Setting | None = None
+    fields: tuple[Setting, ...] = ()
+    optional: bool = False
+
+    def validate(self, value: Any, where: str) -> None:
+        """Raise :class:`NearoptError` naming ``where`` unless ``value`` is allowed."""
+        if value is None and (self.optional or self.type is object):
+            return
+        self._check_type(value, where)
+        if self.type in (int, float):
+            self._check_number(value, where)
+        elif self.type is str and self.choices and value not in self.choices:
+            raise NearoptError(f"{where} = {value!r} is not one of {', '.join(self.choices)}")
+        elif self.type is list:
+            self._check_list(value, where)
+        elif self.type is dict:
+            self._check_dict(value, where)
+        if self.check is not None:
+            try:
+                self.check(value)
+            except NearoptError as exc:
+                raise NearoptError(f"{where} = {value!r}: {exc}") from None
+
+    def _check_type(self, value: Any, where: str) -> None:
+        if self.type is object:
+            return
+        if self.type is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif self.type is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.type is list:
+            ok = isinstance(value, (list, tuple))
+        else:
+            ok = isinstance(value, self.type)
+        if not ok:
+            raise NearoptError(f"{where} = {value!r} has the wrong type; expected {_TYPE_NAMES.get(self.type, self.type.__name__)}")
+
+    def _check_number(self, value: float, where: str) -> None:
+        if not math.isfinite(value):
+            raise NearoptError(f"{where} = {value!r} must be a finite number")
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            raise NearoptError(f"{where} = {value!r} must be {'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None and value > self.high:
+            raise NearoptError(f"{where} = {value!r} must be <= {self.high:g}")
+
+    def _check_list(self, value: list[Any], where: str) -> None:
+        if self.nonempty and not value:
+            raise NearoptError(f"{where} = [] must not be empty")
+        if self.length is not None and len(value) != self.length:
+            raise NearoptError(f"{where} = {value!r} must have {self.length} entries, not {len(value)}")
+        if self.unique:
+            seen = [json.dumps(v, sort_keys=True, default=str) for v in value]
+            if len(set(seen)) != len(seen):
+                raise NearoptError(f"{where} = {value!r} repeats an entry")
+        if self.item is not None:
+            for i, v in enumerate(value):
+                self.item.validate(v, f"{where}[{i}]")
+
+    def _check_dict(self, value: dict[str, Any], where: str) -> None:
+        if self.nonempty and not value:
+            raise NearoptError(f"{where} = {{}} must not be empty")
+        if not self.fields:
+            for key, v in value.items():
+                if not isinstance(key, str):
+                    raise NearoptError(f"{where} has a key {key!r} that is not a string")
+                if self.item is not None:
+                    self.item.validate(v, f"{where}.{key}")
+            return
+        known = {f.name: f for f in self.fields}
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise NearoptError(f"{where} has no entry {unknown[0]!r}; entries: {', '.join(known)}")
+        missing = [k for k in known if k not in value]
+        if missing:
+            raise NearoptError(f"{where} lacks the entry {missing[0]!r}; entries: {', '.join(known)}")
+        for key, f in known.items():
+            f.validate(value[key], f"{where}.{key}")
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a JSON object"}
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A condition across settings, e.g. ``Relation("sigma0_min <= sigma0_max", lambda c: c["sigma0_min"] <= c["sigma0_max"])``.
+
+    ``holds(config)`` runs after every setting passed its own :class:`Setting`;
+    the error names the settings that ``text`` mentions, with their values.
+    """
+
+    text: str
+    holds: Callable[[dict[str, Any]], bool]
+
+
+def infer_setting(name: str, default: Any) -> Setting:
+    """The loosest :class:`Setting` a default value implies (for experiments that declare none).
+
+    Counts and sizes (int default >= 1) stay >= 1, seeds (int 0) >= 0, positive
+    float settings > 0; lists, element by element, like their first element.
+    """
+    if default is None:
+        return Setting(name)
+    if isinstance(default, bool):
+        return Setting(name, bool)
+    if isinstance(default, int):
+        return Setting(name, int, low=1 if default >= 1 else 0 if default == 0 else None)
+    if isinstance(default, float):
+        return Setting(name, float, low=0.0 if default > 0 else None, low_open=default > 0)
+    if isinstance(default, (list, tuple)):
+        return Setting(name, list, item=_infer_item(name, list(default)))
+    if isinstance(default, dict):
+        return Setting(name, dict)
+    return Setting(name, type(default))
+
+
+def _infer_item(name: str, default: list[Any]) -> Setting | None:
+    """The first item's :class:`Setting`, without bounds if another default item falls outside them."""
+    if not default:
+        return None
+    item = infer_setting(name, default[0])
+    try:
+        for value in default:
+            item.validate(value, name)
+    except NearoptError:
+        return Setting(name, item.type)
+    return item
+
+
+def activation_name(value: str) -> None:
+    """``Setting.check`` for activation names: anything :func:`nearopt.activations.get_activation` resolves."""
+    get_activation(value)
+
+
+#: one activation name (``erf``, ``monomial:3``, ``polynomial:0,1,1``, ...)
+ACTIVATION = Setting("activation", str, check=activation_name)
+#: a seed of a random stream (seeds are offset by small counts inside the experiments)
+SEED = Setting("seed", int, low=0, high=2**31 - 1)
+
+
+def writable_folder(value: str) -> None:
+    """``Setting.check`` for folders a cell writes into: an existing directory where a file can be created."""
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise NearoptError("no such folder")
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise NearoptError(f"cannot write in this folder: {exc.strerror or exc}") from None
+
+
+def count(name: str, high: float, low: float = 1) -> Setting:
+    """An integer in ``[low, high]`` (sizes, numbers of teachers, steps)."""
+    return Setting(name, int, low=low, high=high)
+
+
+def names(name: str, item: Setting = ACTIVATION, nonempty: bool = True) -> Setting:
+    """A list of distinct names (non-empty unless told), each checked by ``item``."""
+    return Setting(name, list, nonempty=nonempty, unique=True, item=item)
+
+
+def counts(name: str, high: float, low: float = 1, length: int | None = None) -> Setting:
+    """A non-empty list of integers in ``[low, high]`` (a fixed ``length``: a size such as ``[N_i, N_h]``)."""
+    return Setting(name, list, nonempty=True, length=length, item=Setting(name, int, low=low, high=high))
+
+
+#: bytes of one float64
+FLOAT64 = 8
+
+
+def n_params(n_inputs: int, n_hidden: int) -> int:
+    """``P = N_i N_h + N_h`` of a two-layer network with one output."""
+    return n_inputs * n_hidden + n_hidden
 
 
 @dataclass(frozen=True)
@@ -96,6 +307,27 @@ class Experiment:
     # Part of every cell's cache key: bump it when code that ``run_cell`` calls
     # (outside its own module) changes its results, so cached cells are recomputed.
     version: str = "1"
+    #: the declared settings (keys of ``quick``/``full`` without one get :func:`infer_setting`'s)
+    settings: tuple[Setting, ...] = ()
+    relations: tuple[Relation, ...] = ()
+    #: estimated peak bytes of the largest cell of a configuration (``None``: not estimated)
+    memory: Callable[[dict[str, Any]], float] | None = None
+
+    def schema(self) -> dict[str, Setting]:
+        """The :class:`Setting` of every key of the configuration."""
+        declared = {s.name: s for s in self.settings}
+        return {k: declared.get(k) or infer_setting(k, v) for k, v in {**self.full, **self.quick}.items()}
+
+    def validate(self, config: dict[str, Any]) -> None:
+        """Raise :class:`NearoptError` (one line) unless every setting and every relation of ``config`` holds."""
+        for key, setting in self.schema().items():
+            if key in config:
+                setting.validate(config[key], f"{self.name}.{key}")
+        for rel in self.relations:
+            if not rel.holds(config):
+                named = [k for k in dict.fromkeys(re.findall(r"[A-Za-z_]\w*", rel.text)) if k in config]
+                got = ", ".join(f"{k} = {json.dumps(config[k], default=str)}" for k in named)
+                raise NearoptError(f"{self.name}: the settings must satisfy {rel.text}" + (f"; got {got}" if got else ""))
 
     def config(self, size: str = "quick", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``quick``/``full`` configuration with ``overrides`` applied (keys must exist)."""

@@ -35,7 +35,7 @@ from ..dynamics.landscape_objective import exact_population_objective
 from ..errors import NearoptError
 from ..model import sample_inputs, sample_teacher
 from ..plotting import new_figure, save_figure
-from .base import Check, Experiment, ExperimentResult, check_below, register
+from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, check_below, count, n_params, names, register
 
 THRESHOLD = 0.10
 
@@ -139,6 +139,35 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     return ExperimentResult("breakdown", checks, figures, data, summary, dict(config))
 
 
+SETTINGS = (
+    names("activations"),
+    names("flow_for", nonempty=False),
+    count("n_inputs", 10**4),
+    count("n_hidden", 10**4),
+    count("samples", 10**8),
+    Setting("sigma0_min", float, low=0.0, low_open=True, high=1e3),
+    Setting("sigma0_max", float, low=0.0, low_open=True, high=1e3),
+    count("n_sigma0", 1000),
+    count("draws", 10**4),
+    SEED,
+    count("points", 10**4, low=2),
+    names("population_for", nonempty=False),
+    Setting("population_sigma0", list, unique=True, item=Setting("sigma0", float, low=0.0, low_open=True, high=1e3)),
+)
+RELATIONS = (
+    Relation("sigma0_min < sigma0_max (or n_sigma0 = 1 and sigma0_min = sigma0_max)",
+             lambda c: c["sigma0_min"] < c["sigma0_max"] or (c["n_sigma0"] == 1 and c["sigma0_min"] == c["sigma0_max"])),
+    Relation("every flow_for activation is in activations", lambda c: set(c["flow_for"]) <= set(c["activations"])),
+    Relation("population_sigma0 is non-empty when population_for is", lambda c: bool(c["population_sigma0"]) or not c["population_for"]),
+)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """The batch Jacobian ``(N, P)`` and Hessian ``(P, P)`` (a few copies) and the recorded losses of every draw."""
+    P = n_params(config["n_inputs"], config["n_hidden"])
+    return FLOAT64 * (3.0 * config["samples"] * P + 4.0 * P * P + 2.0 * config["draws"] * config["points"] * P)
+
+
 register(
     Experiment(
         name="breakdown",
@@ -152,5 +181,8 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        relations=RELATIONS,
+        memory=memory,
     )
 )

@@ -31,7 +31,7 @@ from ..measurement import measure_rank
 from ..model import sample_teacher
 from ..plotting import new_figure, save_figure
 from ..theory.rank_prediction import DEFECTIVE_CASES, predict_rank, saturation_hidden
-from .base import Check, Experiment, ExperimentResult, register
+from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, count, counts, n_params, names, register
 
 QUICK = {
     "teachers": 2,
@@ -353,6 +353,43 @@ def _binom(r: dict[str, Any]) -> int:
     return comb(r["N_i"] + _degree(r) - 1, _degree(r))
 
 
+_SIZE = count("size", 10**4)
+SETTINGS = (
+    count("teachers", 10**4),
+    SEED,
+    Setting("data_seed", int, low=0, high=2**31 - 1),
+    count("oversample", 1000),
+    count("quadratic_ni", 10**4),
+    count("cubic_ni", 10**4),
+    count("max_nh", 10**4),
+    Setting("relu_sizes", list, nonempty=True, item=Setting("size", list, length=2, item=_SIZE)),
+    count("relu_samples", 10**8),
+    Setting("defective", list, nonempty=True, item=Setting("case", list, length=3, item=count("case", 10**4))),
+    names("mixed"),
+    count("mixed_ni", 10**4),
+    names("generic"),
+    counts("generic_ni", 10**4),
+    counts("generic_nh", 10**4),
+    counts("limit_ni", 10**4),
+    counts("limit_nh", 10**4),
+    names("pooled"),
+    counts("pooled_size", 10**4, length=2),
+    count("pooled_teachers", 10**4),
+)
+RELATIONS = (Relation("every defective case [p, N_i, N_h] has N_h >= 2 (it also runs N_h - 1)", lambda c: all(h >= 2 for _, _, h in c["defective"])),)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """The Jacobian ``(N, P)`` with ``N = oversample P`` (ReLU: ``relu_samples``) at the largest ``P``, and its SVD (a few copies)."""
+    nh = config["max_nh"]
+    sizes = [(config["quadratic_ni"], nh), (config["cubic_ni"], nh), (config["mixed_ni"], nh), tuple(config["pooled_size"])]
+    sizes += [(i, h + 1) for _, i, h in config["defective"]]
+    sizes += [(i, h) for i in config["generic_ni"] for h in config["generic_nh"]] + [(i, h) for i in config["limit_ni"] for h in config["limit_nh"]]
+    P = max(n_params(i, h) for i, h in sizes)
+    P_relu = max(n_params(i, h) for i, h in config["relu_sizes"])
+    return FLOAT64 * 3.0 * max(config["oversample"] * P * P, config["relu_samples"] * P_relu)
+
+
 register(
     Experiment(
         name="rank",
@@ -363,5 +400,8 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        relations=RELATIONS,
+        memory=memory,
     )
 )

@@ -31,11 +31,12 @@ from .. import io
 from ..curvature.landscape import PopulationLossHessian
 from ..dynamics.landscape_objective import exact_population_objective
 from ..dynamics.train import run_dynamics
+from ..errors import NearoptError
 from ..manifold import add_dead_units, flip_signs, is_odd, manifold_report, permute_units, predicted_nonzero_spectrum, rescale_units, split_unit
 from ..model import TwoLayerNet, sample_teacher
 from ..plotting import new_figure, save_figure
 from ..problem import Problem
-from .base import Check, Experiment, ExperimentResult, register
+from .base import FLOAT64, Check, Experiment, ExperimentResult, Setting, activation_name, count, n_params, names, register
 
 
 def manifold_points(teacher: TwoLayerNet, seed: int) -> dict[str, TwoLayerNet]:
@@ -182,6 +183,32 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     return ExperimentResult("overparameterized", checks, figures, data, summary, dict(config))
 
 
+def _split_ratio(value: float) -> None:
+    if value in (0.0, 1.0):
+        raise NearoptError("a split (alpha, 1 - alpha) needs alpha other than 0 and 1")
+
+
+SETTINGS = (
+    names("activations"),
+    count("teachers", 1000),
+    count("n_inputs", 1000),
+    count("n_hidden", 1000),
+    Setting("sweep_activation", str, check=activation_name),
+    Setting("alphas", list, nonempty=True, unique=True, item=Setting("alpha", float, low=-100.0, high=100.0, check=_split_ratio)),
+    Setting("excess", list, nonempty=True, unique=True, item=count("excess", 1000, low=0)),
+    Setting("sigmas", list, nonempty=True, unique=True, item=Setting("sigma0", float, low=0.0, low_open=True, high=1e3)),
+    count("dyn_steps", 10**6),
+    count("draws", 1000),
+)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """The exact dense Hessian (a few copies) of the widest student: ``N_h + max(excess, 3)`` units."""
+    K = config["n_hidden"] + max(3, *config["excess"])
+    P = n_params(config["n_inputs"], K)
+    return FLOAT64 * (6.0 * P * P + 2.0 * config["draws"] * P * 25)
+
+
 register(
     Experiment(
         name="overparameterized",
@@ -195,5 +222,7 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        memory=memory,
     )
 )

@@ -37,13 +37,13 @@ from scipy import stats
 from .. import io
 from ..curvature.batch import BatchGaussNewton
 from ..curvature.population import PopulationHessian
-from ..datasets import load_inputs, raw_features, standardise
+from ..datasets import dataset_names, load_inputs, raw_features, standardise
 from ..errors import NearoptError
 from ..model import sample_teacher
 from ..plotting import new_figure, save_figure
 from ..problem import GaussianInputs, Problem
 from ..spectra.spectrum import Spectrum
-from .base import Check, Experiment, ExperimentResult, check_below, check_equal, register
+from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, check_equal, count, n_params, names, register
 
 #: significant bits kept when comparing spectra by KS (2^-30 ~ 1e-9 relative): rounding-level differences are ties
 KS_BITS = 30
@@ -201,6 +201,22 @@ def _summary(config, rows) -> str:
     )
 
 
+SETTINGS = (
+    names("datasets", Setting("dataset", str, choices=tuple(dataset_names()))),
+    names("activations"),
+    Setting("n_inputs", list, nonempty=True, unique=True, item=count("n_inputs", 10**4)),
+    Setting("n_hidden", list, nonempty=True, unique=True, item=count("n_hidden", 10**4)),
+    Setting("teacher_seeds", list, nonempty=True, unique=True, item=SEED),
+    count("control_seeds", 100),
+)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """The batch Jacobian ``(N, P)`` of the largest data set (``N <= 2000`` rows) and the dense population Hessian (a few copies)."""
+    P = n_params(max(config["n_inputs"]), max(config["n_hidden"]))
+    return FLOAT64 * (3.0 * 2000 * P + 4.0 * P * P)
+
+
 register(
     Experiment(
         name="real-inputs",
@@ -212,5 +228,7 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        memory=memory,
     )
 )

@@ -24,13 +24,8 @@ import numpy as np
 from scipy import stats
 
 from .. import io
-from ..experiments.base import (
-    Experiment,
-    ExperimentResult,
-    check_below,
-    check_close,
-    register,
-)
+from ..errors import NearoptError
+from ..experiments.base import FLOAT64, SEED, Experiment, ExperimentResult, Setting, check_below, check_close, register, writable_folder
 from ..plotting import new_figure, save_figure
 
 QUICK = {"sizes": [100, 1000, 10000], "seeds": 16, "seed": 0, "shift": 0.0, "sleep": 0.0, "log_dir": None}
@@ -121,6 +116,26 @@ def finalize(config: dict[str, Any], cells: list[dict[str, Any]], results: list[
     return ExperimentResult("selftest", checks, figures=[png], data=data, summary=summary, config=dict(config))
 
 
+def _variance_size(value: int) -> None:
+    if value < 2:
+        raise NearoptError("a sample variance needs at least 2 samples")
+
+
+SETTINGS = (
+    Setting("sizes", list, nonempty=True, unique=True, item=Setting("size", int, low=1, high=10**10, check=_variance_size)),
+    Setting("seeds", int, low=1, high=10**9),
+    SEED,
+    Setting("shift", float, low=-1e6, high=1e6),
+    Setting("sleep", float, low=0.0, high=3600.0),
+    Setting("log_dir", str, optional=True, check=writable_folder),
+)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """The samples of the largest cell and one temporary copy."""
+    return 2.0 * FLOAT64 * max(config["sizes"])
+
+
 EXPERIMENT = register(
     Experiment(
         name="selftest",
@@ -130,5 +145,7 @@ EXPERIMENT = register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        memory=memory,
     )
 )
