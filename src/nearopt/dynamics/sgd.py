@@ -436,12 +436,14 @@ def run_sgd(
     device: str | torch.device = "cpu",
     exact: bool | str = "auto",
     spectral: bool = True,
+    models: dict[str, SecondMomentModel] | None = None,
     progress: bool = False,
 ) -> SGDResult:
     """Simulate SGD (:func:`simulate_sgd`) and predict it: exact linearised and spectral (online inputs).
 
     ``exact``: ``True`` requires the exact prediction, ``"auto"`` gives it where it runs (isotropic
     inputs, a student at a global minimum, the quadrature affordable) and says why not otherwise.
+    ``models`` (``{"exact": ..., "spectral": ...}``) reuses recursions built before, e.g. across a sweep of ``eta`` and ``B``.
     Predictions are for online SGD; with a fixed training set only the simulation is returned.
     A learning rate at or beyond a critical one warns (the prediction diverges); the simulation still runs.
     """
@@ -451,8 +453,11 @@ def run_sgd(
     require_memory(sgd_memory(pr, runs, batch, points, samples, sampling), f"{runs} SGD runs with batch {batch}", "fewer runs or a smaller batch", device=dev)
     timings: dict[str, float] = {}
     notes: list[str] = []
-    models: dict[str, SecondMomentModel] = {}
-    if sampling == "online":
+    given = dict(models or {})
+    models = {}
+    if sampling == "online" and given:
+        models = {k: given[k] for k in ("spectral", "exact") if k in given and (exact if k == "exact" else spectral)}
+    elif sampling == "online":
         t0 = time.perf_counter()
         if spectral:
             models["spectral"] = spectrum_model(problem_spectrum(pr))
