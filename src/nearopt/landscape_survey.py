@@ -40,9 +40,10 @@ The protocol of Safran & Shamir (2018) is :data:`SAFRAN_SHAMIR` (``docs/landscap
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,25 @@ def starts(teacher: TwoLayerNet, width: int, n_starts: int, trained: str, protoc
     return W, rng.normal(scale=s2, size=(n_starts, width))
 
 
+#: CPU batches with fewer kernel entries than this run each op on one thread (their ops are
+#: overhead-bound; two threads on a loaded 2-core machine measured 25x slower)
+SERIAL_BELOW = 1 << 20
+
+
+@contextlib.contextmanager
+def _threads(device: str | torch.device, entries: int) -> Iterator[None]:
+    """One torch thread for small CPU batches (:data:`SERIAL_BELOW`), restored afterwards."""
+    if torch.device(device).type != "cpu" or entries >= SERIAL_BELOW:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def batched_descent(teacher: TwoLayerNet, W0: np.ndarray, v0: np.ndarray, *, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
                     device: str | torch.device = "cpu", progress: Callable[[int, int, int, int], None] | None = None) -> BatchDescent:
     """Fixed-step gradient descent of all starts ``W0`` ``(R, K, d)``, ``v0`` ``(R, K)`` of one teacher at once (module docstring, step 1)."""
@@ -285,7 +305,7 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
     ids = torch.as_tensor(np.arange(R) if runs is None else np.asarray(runs), device=device)
     lr, mw, mv = protocol.lr, float(trained != "second"), float(trained != "first")
     step = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), _threads(device, W.shape[0] * W.shape[1] * W.shape[1]):
         while act.numel():
             L, gW, gv = fn(W, v, ids[act])
             gW, gv = gW * mw, gv * mv
