@@ -26,7 +26,7 @@ from ..landscape_survey import SAFRAN_SHAMIR, Case, survey_many, wilson_interval
 from ..model import TwoLayerNet
 from ..plotting import new_figure, save_figure
 from ..problem import Problem
-from .base import Check, Experiment, ExperimentResult, register
+from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, count, register
 
 #: spurious fractions (percent of runs, n = k) of Safran & Shamir (2018), Table 1, *as recalled*: the
 #: table could not be retrieved through this project's search tools, so these values are unverified
@@ -217,6 +217,27 @@ def _figures(surveys: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     return figures
 
 
+SETTINGS = (
+    Setting("variants", list, nonempty=True, unique=True, item=Setting("variant", str, choices=tuple(VARIANTS))),
+    Setting("ks", list, nonempty=True, unique=True, item=count("k", 40, low=2)),
+    count("starts", 10**6),
+    SEED,
+    count("sizes_per_cell", 100),
+    Setting("handover", float, low=0.0, low_open=True, high=1.0),
+    count("max_steps", 10**7),
+)
+RELATIONS = (Relation("seed + 1000 len(ks) + max(ks) < 2^31 (the per-size seeds)", lambda c: c["seed"] + 1000 * len(c["ks"]) + max(c["ks"]) < 2**31),)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """A padded batch (a dozen ``(R, n, n + k)`` kernel arrays) or the dense Hessian of the widest point, whichever is larger."""
+    k = max(config["ks"])
+    n = k + max(VARIANTS[v][2] for v in config["variants"])
+    R = config["starts"] * min(config["sizes_per_cell"], len(config["ks"]))
+    P = n * (k + 1)
+    return float(max(FLOAT64 * 12 * R * n * (n + k), FLOAT64 * 6 * P * P))
+
+
 register(
     Experiment(
         name="landscape",
@@ -227,5 +248,8 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        relations=RELATIONS,
+        memory=memory,
     )
 )
