@@ -579,7 +579,8 @@ def test_one_sample_dynamics_reports_an_infinite_gd_rate():
     ``math domain error`` traceback)."""
     code, out, err = cli("dynamics", "-a", "erf", "--ni", "2", "--nh", "2", "--samples", "1", "--draws", "1", "--points", "3", "--steps", "20", "--json")
     assert code == 0 and "Traceback" not in err
-    assert json.loads(out)["late_time"]["rate_exact"] == float("inf")
+    data = io.restore_non_finite(json.loads(out))  # strict JSON: the infinity is a null listed under "non_finite"
+    assert data["late_time"]["rate_exact"] == float("inf")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -604,9 +605,11 @@ def test_fuzzed_option_values_never_give_a_traceback(command, option, value):
         code, out, err = cli(*argv)
     finally:
         del os.environ[res.ENV_LIMIT]
-    assert code in (0, 2), (argv, code, err)
+    assert code in (0, 1, 2), (argv, code, err)
     assert "Traceback" not in err
-    if code == 2:
-        assert len(err.strip().splitlines()) <= 2, err
+    if code == 1:  # a run whose result is not an answer (diverged): one line after the partial result
+        assert len(err.strip().splitlines()) == 1 and ": failed: " in err, err
+    if code == 2:  # held warnings never precede the error line
+        assert len(err.strip().splitlines()) == 1, err
     else:
         assert "nan" not in out.lower() or command == "dynamics", out

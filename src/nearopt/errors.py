@@ -1,7 +1,8 @@
-"""Exceptions raised for bad user input.
+"""Exceptions raised for bad user input and for results that are not what was asked.
 
-The CLI turns :class:`NearoptError` into one error line on stderr and exit status 2;
-anything else is a bug and keeps its traceback.
+The CLI turns :class:`NearoptError` into one error line on stderr and exit status 2,
+and :class:`ResultFailure` (raised after the partial result has been printed) into
+one line and exit status 1; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ def require_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or int(value) != value or int(value) < 1:
         raise NearoptError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+class ResultFailure(Exception):
+    """A computation ran, but its result is not what was asked (diverged, not converged, non-finite).
+
+    Raised by a command after it has printed (or written) the partial result, so
+    that the result stays inspectable while the exit status (1) says it is not
+    an answer. Not a :class:`NearoptError`: the input was valid.
+    """
 
 
 class ResourceError(NearoptError):
@@ -66,3 +76,27 @@ def require_finite(values, what: str, cause: str = "") -> None:
     if bad:
         where = f" ({cause})" if cause else ""
         raise NearoptError(f"{what}: {bad} of {arr.size} value(s) are NaN or infinite{where}")
+
+
+def real_array(values, what: str, *, finite: bool = True) -> np.ndarray:
+    """``values`` (array-like or torch tensor) as a float64 array; one-line :class:`NearoptError` otherwise.
+
+    Refuses complex values (even with zero imaginary parts: ``np.asarray(z,
+    float)`` would silently drop them), booleans, strings and other
+    non-numbers, and with ``finite`` NaN and infinities. ``what`` names the
+    argument in the message (``"eigenvalues"``).
+    """
+    if hasattr(values, "detach"):  # a torch tensor, possibly on a GPU
+        values = values.detach().cpu().numpy()
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise NearoptError(f"{what} must be an array of real numbers ({exc})") from None
+    if np.iscomplexobj(arr):
+        raise NearoptError(f"{what} must be real, got a complex array (dtype {arr.dtype}); pass .real explicitly if that is meant")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise NearoptError(f"{what} must be real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if finite:
+        require_finite(arr, what)
+    return arr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -104,14 +105,105 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
-def to_json(data: Any, indent: int | None = 2) -> str:
-    """Serialise ``data`` (NumPy arrays and scalars allowed) to JSON text."""
+#: top-level key of strict JSON that lists the non-finite numbers written as ``null``
+NON_FINITE_KEY = "non_finite"
+_NON_FINITE_NAMES = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _pointer(path: tuple[str, ...]) -> str:
+    """RFC 6901 JSON Pointer of ``path`` (``("late_time", "rate_exact")`` -> ``/late_time/rate_exact``)."""
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def _non_finite_name(x: float) -> str:
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _strict(obj: Any, path: tuple[str, ...], found: dict[str, str]) -> Any:
+    """A copy of ``obj`` with plain containers and every non-finite float replaced by ``None``, recorded in ``found``."""
+    if isinstance(obj, dict):
+        return {k: _strict(v, (*path, str(k)), found) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "biu" or obj.dtype.kind == "f" and bool(np.all(np.isfinite(obj))):
+            return obj.tolist()  # the common case, without a walk in Python
+        obj = obj.tolist()
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v, (*path, str(i)), found) for i, v in enumerate(obj)]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found[_pointer(path)] = _non_finite_name(obj)
+        return None
+    return obj
+
+
+def strict_jsonable(data: Any) -> Any:
+    """``data`` made valid for strict JSON parsers (RFC 8259 has no NaN or Infinity).
+
+    Every non-finite float becomes ``null``; for a dict ``data``, a top-level
+    ``"non_finite"`` object maps the JSON Pointer of each replaced value to what
+    it was (``{"/late_time/rate_exact": "inf", "/loss/0/3": "nan"}``), so a
+    ``null`` is never ambiguous and :func:`restore_non_finite` can undo it. The
+    key is absent when every number is finite. (A non-dict top level gets the
+    ``null`` values only.)
+    """
+    found: dict[str, str] = {}
+    clean = _strict(data, (), found)
+    if found and isinstance(clean, dict):
+        previous = clean.get(NON_FINITE_KEY)
+        clean[NON_FINITE_KEY] = {**previous, **found} if isinstance(previous, dict) else found
+    return clean
+
+
+def restore_non_finite(data: Any) -> Any:
+    """Inverse of :func:`strict_jsonable` on parsed JSON: put the listed NaN/infinities back, drop the list."""
+    if not isinstance(data, dict) or not isinstance(data.get(NON_FINITE_KEY), dict):
+        return data
+    listed = data.pop(NON_FINITE_KEY)
+    for pointer, name in listed.items():
+        keys = [k.replace("~1", "/").replace("~0", "~") for k in pointer.split("/")[1:]]
+        node = data
+        try:
+            for k in keys[:-1]:
+                node = node[int(k)] if isinstance(node, list) else node[k]
+            last = keys[-1]
+            if isinstance(node, list):
+                node[int(last)] = _NON_FINITE_NAMES[name]
+            else:
+                node[last] = _NON_FINITE_NAMES[name]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise NearoptError(f"JSON {NON_FINITE_KEY!r} entry {pointer!r}: {name!r} does not match the data") from None
+    return data
+
+
+def to_json(data: Any, indent: int | None = 2, *, strict: bool = False) -> str:
+    """Serialise ``data`` (NumPy arrays and scalars allowed) to JSON text.
+
+    ``strict=True``: valid for strict parsers (:func:`strict_jsonable`: non-finite
+    numbers as ``null``, listed under ``"non_finite"``); what every file and
+    every printed result of nearopt uses. ``strict=False`` keeps Python's
+    ``NaN``/``Infinity`` tokens, for exact in-memory round trips
+    (``json.loads(to_json(x))``) such as cache keys.
+    """
+    if strict:
+        return json.dumps(strict_jsonable(data), indent=indent, default=_json_default, allow_nan=False)
     return json.dumps(data, indent=indent, default=_json_default, allow_nan=True)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically."""
-    return write_text(path, to_json(data) + "\n")
+    """Write ``data`` as strict JSON to ``path`` atomically (:func:`to_json` with ``strict=True``).
+
+    Read it back with :func:`read_json` to recover the non-finite values.
+    """
+    return write_text(path, to_json(data, strict=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file written by :func:`write_json`, with its non-finite numbers restored.
+
+    Raises ``OSError`` or ``ValueError`` (``json.JSONDecodeError``) as :func:`json.loads` does.
+    """
+    return restore_non_finite(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
@@ -129,36 +221,54 @@ def _check_finite(name: str, array: np.ndarray, source: str) -> None:
         raise NearoptError(f"{source}: {name} contains NaN or infinite values")
 
 
-def load_weights(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Load and validate teacher weights from an ``.npz`` file.
+#: arrays of a weight file: the two layers of ``f(x) = W2 g(W1 x)``
+WEIGHT_KEYS = ("W1", "W2")
+#: what ``nearopt critical --save-point`` stores beside ``W1``, ``W2`` (a point file is also a student file)
+POINT_METADATA_KEYS = ("teacher_W1", "teacher_W2", "eigenvalues", "loss", "gradient_norm", "index", "zero_modes",
+                       "classification", "activation", "trained")
+MODEL_SCOPE = "nearopt models two layers f(x) = W2 g(W1 x) with one output and no biases"
+
+
+def load_weights(path: str | os.PathLike, role: str = "teacher") -> tuple[np.ndarray, np.ndarray]:
+    """Load and validate the weights of a network from an ``.npz`` file.
 
     Returns ``(W1, W2)`` as float64 arrays of shapes ``(N_h, N_i)`` and ``(1, N_h)``.
-    ``W2`` may be stored with shape ``(N_h,)`` or ``(1, N_h)``.
+    ``W2`` may be stored with shape ``(N_h,)`` or ``(1, N_h)``. Arrays other than
+    ``W1``, ``W2`` (and the metadata of a saved critical point,
+    :data:`POINT_METADATA_KEYS`) are refused: a bias ``b1`` or a third layer would
+    otherwise be dropped without a word. ``role`` names the file in messages
+    (``"teacher"``, ``"student"``).
     """
     path = Path(path)
+    what = f"{role} file"
     if not path.is_file():
-        raise NearoptError(f"teacher file not found: {path}")
+        raise NearoptError(f"{what} not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
     except Exception as exc:
-        raise NearoptError(f"cannot read teacher file {path}: not a valid .npz ({exc.__class__.__name__})") from None
-    missing = [k for k in ("W1", "W2") if k not in arrays]
+        raise NearoptError(f"cannot read {what} {path}: not a valid .npz ({exc.__class__.__name__})") from None
+    missing = [k for k in WEIGHT_KEYS if k not in arrays]
     if missing:
-        raise NearoptError(f"teacher file {path} lacks array(s) {', '.join(missing)} (has: {', '.join(arrays) or 'none'})")
+        raise NearoptError(f"{what} {path} lacks array(s) {', '.join(missing)} (has: {', '.join(arrays) or 'none'})")
+    unknown = [k for k in arrays if k not in WEIGHT_KEYS and k not in POINT_METADATA_KEYS]
+    if unknown:
+        raise NearoptError(f"{what} {path} has array(s) {', '.join(unknown)} that nearopt does not model: {MODEL_SCOPE}; "
+                           f"give W1 (N_h, N_i) and W2 (1, N_h)")
     W1, W2 = arrays["W1"], arrays["W2"]
     for name, arr in (("W1", W1), ("W2", W2)):
         if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-            raise NearoptError(f"teacher file {path}: {name} must be a real numeric array, got dtype {arr.dtype}")
+            raise NearoptError(f"{what} {path}: {name} must be a real numeric array, got dtype {arr.dtype}")
     if W1.ndim != 2 or min(W1.shape) < 1:
-        raise NearoptError(f"teacher file {path}: W1 must have shape (N_h, N_i) with N_h, N_i >= 1, got {W1.shape}")
+        raise NearoptError(f"{what} {path}: W1 must have shape (N_h, N_i) with N_h, N_i >= 1, got {W1.shape}")
     n_h = W1.shape[0]
     if W2.shape not in ((n_h,), (1, n_h)):
-        raise NearoptError(f"teacher file {path}: W2 must have shape (1, {n_h}) or ({n_h},) to match W1 {W1.shape}, got {W2.shape}")
+        raise NearoptError(f"{what} {path}: W2 must have shape (1, {n_h}) or ({n_h},) to match W1 {W1.shape} "
+                           f"(one output: {MODEL_SCOPE}), got {W2.shape}")
     W1 = W1.astype(np.float64)
     W2 = W2.astype(np.float64).reshape(1, n_h)
-    _check_finite("W1", W1, str(path))
-    _check_finite("W2", W2, str(path))
+    _check_finite("W1", W1, f"{what} {path}")
+    _check_finite("W2", W2, f"{what} {path}")
     return W1, W2
 
 
@@ -175,7 +285,8 @@ def load_real_array(path: str | os.PathLike, what: str) -> np.ndarray:
     except Exception as exc:
         raise NearoptError(f"cannot read {what} file {path}: not a valid .npy ({exc.__class__.__name__})") from None
     if not isinstance(X, np.ndarray) or not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
-        raise NearoptError(f"{what} file {path} must hold a real numeric array")
+        kind = f"dtype {X.dtype}" if isinstance(X, np.ndarray) else type(X).__name__
+        raise NearoptError(f"{what} file {path} must hold a real numeric array, got {kind}")
     return X
 
 

@@ -10,6 +10,9 @@ a whole manifold of points. Constructors here build points of it from a teacher:
   :func:`rescale_units` (positively homogeneous ``g`` such as ReLU: ``(w, v) -> (a w, v / a)``, ``a > 0``);
 
 and :func:`on_manifold` checks that the population loss vanishes there.
+:func:`random_student` draws a student of any width off the manifold. Every
+constructor checks the memory of what it builds before building it
+(:func:`nearopt.resources.require_memory`).
 
 Zero modes (``docs/students.md`` §3). At a point of the manifold the residual
 vanishes and ``H = E[J J^T]``, so ``rank H`` is the dimension of the span of the
@@ -57,12 +60,18 @@ from .curvature.landscape import PopulationLossHessian, population_loss
 from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet
 from .problem import Problem
+from .resources import dense_bytes, require_memory
 from .spectra.rank_rule import rank_from_eigenvalues
 
 #: relative tolerance on rows for "the same unit" (copies are built exactly; this absorbs rounding)
 SAME_UNIT_RTOL = 1e-10
 #: a point is on the manifold when its population loss is below this times ``E[f_teacher^2]``
 MANIFOLD_RTOL = 1e-12
+#: largest ``sum_c |ratio_c|`` of a split: the copies' outgoing weights cancel to ``v`` with an error
+#: ``~ sum |r| eps |v|``, which must stay below ``sqrt(MANIFOLD_RTOL)`` relative for the point to be on the manifold
+MAX_RATIO_SUM = float(np.sqrt(MANIFOLD_RTOL) / np.finfo(np.float64).eps)
+#: float64 copies of a student's weights a constructor holds at once (draw, stacked copy, the network's own)
+BUILD_COPIES = 3
 
 
 # ----------------------------------------------------------------------------- activation properties
@@ -96,15 +105,43 @@ def _unit(net: TwoLayerNet, unit: int) -> int:
     return int(unit)
 
 
+def require_student_memory(width: int, n_inputs: int, what: str) -> None:
+    """Refuse (one line) a student of ``width`` units on ``n_inputs`` inputs whose weights cannot be built in memory.
+
+    Counts :data:`BUILD_COPIES` float64 copies of ``W1`` ``(width, n_inputs)`` and ``W2``;
+    whatever is computed at the student afterwards needs its own check.
+    """
+    nbytes = dense_bytes((int(width), int(n_inputs) + 1), np.float64, BUILD_COPIES)
+    require_memory(nbytes, f"{what} (K = {width} units, N_i = {n_inputs}: {BUILD_COPIES} float64 copies of the weights)", "a smaller width")
+
+
+def random_student(teacher: TwoLayerNet, width: int, seed: int = 1) -> TwoLayerNet:
+    """A random student of ``width`` units for ``teacher``'s inputs and activation (seeded).
+
+    ``W1 ~ N(0, 1/N_i)`` ``(K, N_i)`` and ``W2 ~ N(0, 1/K)`` ``(1, K)``, drawn in that
+    order from ``default_rng([seed, 0x57])`` (``nearopt spectrum --student-width K
+    --student-seed seed``). The memory is checked before anything is drawn.
+    """
+    K = require_positive_int(width, "student width")
+    require_student_memory(K, teacher.n_inputs, "a random student")
+    rng = np.random.default_rng([int(seed), 0x57])
+    W1 = rng.standard_normal((K, teacher.n_inputs)) / np.sqrt(teacher.n_inputs)
+    return TwoLayerNet(W1, rng.standard_normal((1, K)) / np.sqrt(K), teacher.activation)
+
+
 def add_dead_units(net: TwoLayerNet, n: int, *, incoming: np.ndarray | None = None, scale: float | None = None, seed: int = 0) -> TwoLayerNet:
     """``net`` with ``n`` extra units (appended) of outgoing weight 0.
 
     ``incoming`` ``(n, N_i)`` gives their rows; default i.i.d. ``N(0, scale^2)``,
-    ``scale = 1/sqrt(N_i)`` (seeded). The function is unchanged.
+    ``scale = 1/sqrt(N_i)`` (seeded). The function is unchanged. The memory of the
+    wider student is checked before anything is drawn.
     """
     n = require_positive_int(n, "number of extra units")
+    require_student_memory(net.n_hidden + n, net.n_inputs, f"a student with {n} dead units")
     if incoming is None:
         s = 1.0 / np.sqrt(net.n_inputs) if scale is None else float(scale)
+        if not (np.isfinite(s) and s >= 0):
+            raise NearoptError(f"scale of the dead units' incoming weights must be finite and >= 0, got {scale!r}")
         incoming = np.random.default_rng([int(seed), 0xDE]).standard_normal((n, net.n_inputs)) * s
     incoming = np.asarray(incoming, dtype=np.float64)
     if incoming.shape != (n, net.n_inputs):
@@ -112,18 +149,44 @@ def add_dead_units(net: TwoLayerNet, n: int, *, incoming: np.ndarray | None = No
     return _net(np.vstack([net.W1, incoming]), np.concatenate([net.W2.ravel(), np.zeros(n)]), net.activation)
 
 
+def split_ratios(ratios) -> np.ndarray:
+    """Validated split ratios ``(k,)``: finite, ``sum |r| <=`` :data:`MAX_RATIO_SUM`, summing to 1.
+
+    The sum may miss 1 by the rounding of the ratios' own size,
+    ``1e-12 max(1, sum |r|)``; larger ratios would cancel to the unit's outgoing
+    weight only to worse than the manifold's tolerance.
+    """
+    try:
+        r = np.asarray(ratios, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise NearoptError(f"split ratios must be real numbers, got {ratios!r}") from None
+    shown = "[" + ", ".join(repr(float(x)) for x in r[:8]) + (", ...]" if r.size > 8 else "]")
+    if r.size < 1 or not np.all(np.isfinite(r)):
+        raise NearoptError(f"split ratios must be finite numbers, got {shown}")
+    with np.errstate(over="ignore"):
+        size, total = float(np.abs(r).sum()), float(r.sum())
+    if not size <= MAX_RATIO_SUM:
+        raise NearoptError(f"split ratios too large: sum |r| = {size:.3g} > {MAX_RATIO_SUM:.3g}, where float64 cancels the copies' "
+                           f"weights back to the unit's only to worse than the manifold tolerance; got {shown}")
+    if abs(total - 1.0) > 1e-12 * max(1.0, size):
+        raise NearoptError(f"split ratios must sum to 1, got {shown} (sum {total:.17g})")
+    return r
+
+
 def split_unit(net: TwoLayerNet, unit: int, ratios) -> TwoLayerNet:
     """Replace ``unit`` by ``len(ratios)`` copies (same incoming row, outgoing ``ratio_c * v``).
 
-    ``ratios`` must sum to 1 (any real values); the first copy stays at ``unit``,
-    the others are appended. The function is unchanged.
+    ``ratios`` must sum to 1 (any real values, :func:`split_ratios`); the first copy
+    stays at ``unit``, the others are appended. The function is unchanged.
     """
     unit = _unit(net, unit)
-    r = np.asarray(ratios, dtype=np.float64).ravel()
-    if r.size < 1 or not np.all(np.isfinite(r)) or abs(r.sum() - 1.0) > 1e-12 * max(1.0, np.abs(r).sum()):
-        raise NearoptError(f"split ratios must be finite and sum to 1, got {[float(x) for x in r]} (sum {r.sum():.17g})")
+    r = split_ratios(ratios)
+    require_student_memory(net.n_hidden + r.size - 1, net.n_inputs, f"a student with unit {unit} split {r.size} ways")
     W1, v = net.W1.copy(), net.W2.ravel().copy()
     v_unit = v[unit]
+    with np.errstate(over="ignore"):
+        if not np.all(np.isfinite(r * v_unit)):
+            raise NearoptError(f"split ratios times the unit's outgoing weight {v_unit:.3g} overflow float64")
     v[unit] = r[0] * v_unit
     return _net(np.vstack([W1, np.repeat(W1[unit : unit + 1], r.size - 1, axis=0)]), np.concatenate([v, r[1:] * v_unit]), net.activation)
 
@@ -354,6 +417,7 @@ def manifold_report(teacher: TwoLayerNet, student: TwoLayerNet, trained: str = "
 
 __all__ = [
     "MANIFOLD_RTOL",
+    "MAX_RATIO_SUM",
     "UnitGroup",
     "ZeroModePrediction",
     "add_dead_units",
@@ -366,7 +430,10 @@ __all__ = [
     "permute_units",
     "predict_zero_modes",
     "predicted_nonzero_spectrum",
+    "random_student",
+    "require_student_memory",
     "rescale_units",
+    "split_ratios",
     "split_unit",
     "teacher_power",
     "unit_groups",

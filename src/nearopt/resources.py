@@ -14,11 +14,15 @@ Available memory is the smaller of what the operating system reports as
 available (``psutil`` if installed, else ``/proc/meminfo``) and the room left
 under a cgroup limit (containers, batch schedulers); on CUDA devices it is
 ``torch.cuda.mem_get_info``. ``NEAROPT_MEMORY_LIMIT`` (bytes, or ``8GB``,
-``512MiB``, ...) caps it further, to stay polite on a shared machine.
+``512MiB``, ...) caps it further, to stay polite on a shared machine; a value
+that is not a positive size (``abc``, ``-5GB``, ``0``) is an error
+(:func:`check_environment`, which the CLI runs before any command), never
+ignored. An empty value counts as unset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -42,8 +46,10 @@ __all__ = [
     "ResourceError",
     "available_memory",
     "check_device",
+    "check_environment",
     "dense_bytes",
     "format_bytes",
+    "memory_limit",
     "require_memory",
 ]
 
@@ -70,16 +76,26 @@ def format_bytes(nbytes: float) -> str:
 
 
 def parse_bytes(text: str) -> int:
-    """``"8GB"``, ``"512 MiB"``, ``"1e9"`` -> bytes; :class:`NearoptError` otherwise."""
+    """``"8GB"``, ``"512 MiB"``, ``"1e9"`` -> bytes (at least 1); :class:`NearoptError` otherwise."""
     m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else ""
-    try:
-        value = float(m.group(1)) if m else float("nan")
-    except ValueError:
-        value = float("nan")
-    if not m or unit not in _UNITS or not math.isfinite(value) or value <= 0:
-        raise NearoptError(f"{ENV_LIMIT} must be a size such as 8GB or 512MiB, got {text!r}")
-    return int(value * _UNITS[unit])
+    nbytes = math.nan
+    if m and m.group(2).lower() in _UNITS:
+        with contextlib.suppress(ValueError):
+            nbytes = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not (math.isfinite(nbytes) and nbytes >= 1):
+        raise NearoptError(f"{ENV_LIMIT} must be a size of at least 1 byte such as 8GB or 512MiB, got {text!r}")
+    return int(nbytes)
+
+
+def memory_limit() -> int | None:
+    """The cap set by ``NEAROPT_MEMORY_LIMIT`` in bytes, ``None`` when unset or empty; :class:`NearoptError` if invalid."""
+    env = os.environ.get(ENV_LIMIT, "")
+    return parse_bytes(env) if env.strip() else None
+
+
+def check_environment() -> None:
+    """Validate nearopt's environment variables (``NEAROPT_MEMORY_LIMIT``) before any work: one-line error if invalid."""
+    memory_limit()
 
 
 def _meminfo_available(path: Path = Path("/proc/meminfo")) -> int | None:
@@ -125,9 +141,9 @@ def available_memory() -> int:
     room = _cgroup_room()
     if room is not None:
         candidates.append(room)
-    env = os.environ.get(ENV_LIMIT)
-    if env:
-        candidates.append(parse_bytes(env))
+    limit = memory_limit()
+    if limit is not None:
+        candidates.append(limit)
     if not candidates:  # unknown platform: do not block anything
         return 2**63 - 1
     return min(candidates)
@@ -138,8 +154,8 @@ def available_device_memory(device: str | torch.device) -> int:
     dev = torch.device(device)
     if dev.type == "cuda":
         free, _total = torch.cuda.mem_get_info(dev)
-        env = os.environ.get(ENV_LIMIT)
-        return min(int(free), parse_bytes(env)) if env else int(free)
+        limit = memory_limit()
+        return int(free) if limit is None else min(int(free), limit)
     return available_memory()
 
 

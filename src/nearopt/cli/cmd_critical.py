@@ -1,18 +1,31 @@
-"""``nearopt critical``: converge to a critical point of the exact population loss and classify it."""
+"""``nearopt critical``: converge to a critical point of the exact population loss and classify it.
+
+Exit status 1 (after the JSON) when the search ends without a critical point
+(``"not converged"``). ``--gtol`` must be small against the gradient's own scale
+(:data:`GTOL_MAX_FRACTION`): a larger one would call any point critical. A point
+accepted by a ``--gtol`` above the rounding-level default is classified with a
+warning and ``"classification_note"``: near a degenerate minimum the smallest
+eigenvalues, hence the class, are only right at the rounding level.
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
 from .. import io
-from ..critical import committee_start, committee_teacher, find_critical_point
-from ..errors import NearoptError
+from ..critical import committee_start, committee_teacher, find_critical_point, gradient_tolerance, teacher_power
+from ..errors import NearoptError, ResultFailure
 from ..problem import Problem
 from .cmd_spectrum import TRAINED_ALIASES, add_student_args, student_from_args
 from .common import add_network_args, emit_json, network_from_args, nonneg_float, positive_float, positive_int
 
 COMMAND = "critical"
 ORDER = 25
+#: largest --gtol, as a fraction of the gradient scale E[f_t^2]^(1/2) max(1, |theta|) (the size of one pair term):
+#: a gradient norm above a thousandth of it says nothing about criticality
+GTOL_MAX_FRACTION = 1e-3
 
 
 def register(sub) -> None:
@@ -36,7 +49,9 @@ def register(sub) -> None:
     g.add_argument("--lr", type=positive_float, help="gradient-descent step (default 1/lambda_max of the Hessian at the start)")
     g.add_argument("--max-steps", type=positive_int, default=20000, help="most descent steps (default 20000)")
     g.add_argument("--descent-gtol", type=positive_float, default=1e-6, help="gradient norm that ends the descent (default 1e-6)")
-    g.add_argument("--gtol", type=nonneg_float, help="gradient norm counted as zero (default 1e3 (K+M) eps E[f_t^2]^1/2 max(1, |theta|))")
+    g.add_argument("--gtol", type=nonneg_float,
+                   help="gradient norm counted as zero (default 1e3 (K+M) eps E[f_t^2]^1/2 max(1, |theta|); "
+                   f"at most {GTOL_MAX_FRACTION:g} E[f_t^2]^1/2 max(1, |theta|) at the start)")
     p.add_argument("--save-point", metavar="P.npz", help="write the critical point (W1, W2, teacher, eigenvalues, classification) to this .npz")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON here")
     p.set_defaults(func=run)
@@ -60,17 +75,42 @@ def problem_from_args(args) -> Problem:
     return Problem(teacher, student=student, trained=trained)
 
 
+def check_gtol(gtol: float | None, problem: Problem) -> None:
+    """Refuse a ``--gtol`` too large to mean "zero gradient": above :data:`GTOL_MAX_FRACTION` of the gradient scale.
+
+    The scale is ``E[f_t^2]^(1/2) max(1, |theta|)`` at the start (the size of one pair
+    term of the gradient, :func:`nearopt.critical.gradient_tolerance`'s unit).
+    """
+    if gtol is None:
+        return
+    scale = float(np.sqrt(teacher_power(problem.teacher))) * max(1.0, float(np.linalg.norm(problem.point.parameters())))
+    bound = GTOL_MAX_FRACTION * scale
+    if not gtol <= bound:
+        raise NearoptError(f"--gtol {gtol:g} would count a gradient this large as zero: it must be at most {bound:.3g} "
+                           f"({GTOL_MAX_FRACTION:g} E[f_t^2]^1/2 max(1, |theta|) at the start), or leave it out for the rounding-level default")
+
+
 def run(args) -> int:
     if args.save_point:
         io.check_output_path(args.save_point, suffix=".npz")
     problem = problem_from_args(args)
+    check_gtol(args.gtol, problem)
     if args.save_student:
         problem.point.save(args.save_student)
     cp = find_critical_point(problem, descent=args.descent, lr=args.lr, max_steps=args.max_steps, descent_gtol=args.descent_gtol, gtol=args.gtol)
     if args.save_point:
         cp.save(args.save_point)
     out = cp.to_dict()
+    floor_tol = gradient_tolerance(cp.problem)
+    if cp.converged and cp.gradient_norm > floor_tol:
+        out["classification_note"] = (f"accepted at gradient norm {cp.gradient_norm:.3g} by --gtol {cp.gradient_tolerance:.3g}, above the "
+                                      f"rounding-level tolerance {floor_tol:.3g}: near a degenerate minimum the class may be wrong")
+        warnings.warn(out["classification_note"] + "; leave --gtol out for a reliable class", stacklevel=1)
     out["eigenvalues"] = np.asarray(cp.eigenvalues).tolist()
     emit_json(out, args.out)
+    if not cp.converged:
+        raise ResultFailure(f"not converged: gradient norm {cp.gradient_norm:.3g} > tolerance {cp.gradient_tolerance:.3g} after "
+                            f"{cp.descent_steps} descent steps and {max(len(cp.newton_history) - 1, 0)} Newton iterations; "
+                            "try more --max-steps or --descent trust")
     return 0
 

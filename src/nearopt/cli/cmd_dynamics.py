@@ -1,4 +1,8 @@
-"""``nearopt dynamics``: train from theta* + delta_0 and compare with the quadratic prediction."""
+"""``nearopt dynamics``: train from theta* + delta_0 and compare with the quadratic prediction.
+
+Exit status 1 (after the table or JSON, whose curves end where training stopped)
+when training diverged: the quadratic prediction then describes nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import numpy as np
 
 from .. import io
 from ..dynamics import make_objective, run_dynamics
-from ..errors import NearoptError, require_finite
+from ..errors import NearoptError, ResultFailure, require_finite
 from ..resources import dense_bytes, require_memory
 from .common import (
     add_data_args,
@@ -108,12 +112,17 @@ def table(res) -> str:
     ]
     idx = np.unique(np.linspace(0, res.times.size - 1, min(12, res.times.size)).round().astype(int))
     pd = res.predicted_draw.mean(0)
+    stopped = "  (training diverged before this time)" if res.diverged else "  (a draw stalled before this time)"
     for i in idx:
-        flag = "" if res.valid[i] else "  (below float floor)" if np.isfinite(res.mean_loss[i]) else "  (a draw stalled before this time)"
-        lines.append(f"{res.times[i]:12.6g} {res.mean_loss[i]:14.6e} {res.predicted_mean[i]:14.6e} {pd[i]:14.6e}{flag}")
+        finite = bool(np.isfinite(res.mean_loss[i]))
+        flag = "" if res.valid[i] else "  (below float floor)" if finite else stopped
+        measured = f"{res.mean_loss[i]:14.6e}" if finite else f"{'-':>14}"
+        lines.append(f"{res.times[i]:12.6g} {measured} {res.predicted_mean[i]:14.6e} {pd[i]:14.6e}{flag}")
     lines.append(f"max rel. error per draw vs its quadratic prediction: {d['max_rel_error_per_draw']:.3g}; "
                  f"<L> vs ensemble formula: {d['max_rel_error_mean']:.3g} (sampling noise ~ sqrt(2/K))")
-    if lt["reached"]:
+    if res.diverged:
+        pass  # the one failure line on stderr says it (see divergence())
+    elif lt["reached"]:
         lines.append(f"late-time slope {lt['slope_measured']:.6g} over t in [{lt['window'][0]:.4g}, {lt['window'][1]:.4g}]: "
                      f"-2 eta lambda_min+ = {-lt['rate_continuous']:.6g} (rel. err {lt['rel_error_vs_continuous']:.2e}), "
                      f"exact {'flow' if res.flow else 'GD'} rate {-lt['rate_exact']:.6g} (rel. err {lt['rel_error_vs_exact']:.2e})")
@@ -122,9 +131,15 @@ def table(res) -> str:
     if d["stalled_draws"]:
         at = ", ".join(f"draw {x['draw']} at t={x['time']:.4g}" for x in d["stalled_draws"])
         lines.append(f"integrator stalled near the rounding level ({at}); later points of those draws are left out")
-    if res.diverged:
-        lines.append("training DIVERGED: the quadratic picture does not apply (sigma0 too large?)")
     return "\n".join(lines)
+
+
+def divergence(res) -> str:
+    """The failure line of a diverged run: when, and what to change."""
+    recorded = np.flatnonzero(np.all(np.isfinite(res.loss), axis=0))
+    last = f"t = {res.times[recorded[-1]]:.6g}" if recorded.size else "the start"
+    return (f"training diverged after {last} (the loss became non-finite or grew 10^6-fold): the quadratic picture does not "
+            f"apply at sigma0 = {res.sigma0:g}, eta = {res.lr:.6g}; try a smaller --sigma0 or --lr")
 
 
 def run(args) -> int:
@@ -137,4 +152,6 @@ def run(args) -> int:
         if args.out:
             io.write_json(args.out, res.to_dict())
         print(table(res))
+    if res.diverged:
+        raise ResultFailure(divergence(res))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..model import sample_teacher
+from ..resources import dense_bytes, require_memory
 from .common import add_teacher_size_args
 
 COMMAND = "teacher"
@@ -22,6 +23,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # the draw, its float64 copy and the .npz buffer of W1 (N_h, N_i) and W2 (1, N_h)
+    require_memory(dense_bytes((args.nh, args.ni + 1), copies=3), f"a teacher of N_h = {args.nh}, N_i = {args.ni}", "smaller --ni/--nh")
     net = sample_teacher(args.ni, args.nh, "linear", seed=args.seed, sigma1=args.sigma1, sigma2=args.sigma2)
     net.save(args.out)
     print(f"wrote teacher N_i={net.n_inputs} N_h={net.n_hidden} P={net.n_params} seed={args.seed} to {args.out}")

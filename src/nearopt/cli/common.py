@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -147,6 +148,8 @@ def inputs_from_args(args: argparse.Namespace, net: TwoLayerNet) -> np.ndarray |
     if args.inputs:
         if args.inputs in DATASETS:
             return load_dataset(args.inputs, n_inputs=net.n_inputs)
+        if not Path(args.inputs).exists():
+            raise NearoptError(f"inputs file not found: {args.inputs}, nor is it a bundled data set ({', '.join(dataset_names())})")
         return io.load_inputs(args.inputs, net.n_inputs)
     if args.samples is not None:
         n = require_positive_int(args.samples, "--samples")
@@ -202,8 +205,12 @@ def numerics(what: str, cause: str) -> Iterator[None]:
 
 
 def emit_json(data, out: str | None) -> None:
-    """Print JSON to stdout, and write it atomically to ``out`` if given."""
-    text = io.to_json(data)
+    """Print strict JSON to stdout, and write it atomically to ``out`` if given.
+
+    Non-finite numbers are written as ``null`` and listed under ``"non_finite"``
+    (:func:`nearopt.io.strict_jsonable`).
+    """
+    text = io.to_json(data, strict=True)
     if out:
         io.write_text(out, text + "\n")
     sys.stdout.write(text + "\n")

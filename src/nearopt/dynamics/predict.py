@@ -10,6 +10,10 @@ Around ``theta*`` the loss is ``L = 1/2 delta^T H delta``. In the eigenbasis
 Hence ``L_t = 1/2 sum_k lambda_k decay_k(t)**2 c_k(0)**2`` for each draw, and, for
 ``delta_0 ~ N(0, Sigma)``, ``<L_t> = 1/2 sum_k lambda_k decay_k(t)**2 u_k^T Sigma u_k``
 (``= sigma0**2/2 sum_k lambda_k decay_k(t)**2`` for ``Sigma = sigma0**2 I``).
+
+The predictions take the Hessian at a minimum: real, finite eigenvalues that are
+``>= 0`` up to the rounding of a symmetric eigensolver (:func:`check_eigenvalues`);
+anything else is refused with one line rather than turned into a curve.
 """
 
 from __future__ import annotations
@@ -19,8 +23,33 @@ import math
 import numpy as np
 from scipy import integrate, special
 
-from ..errors import NearoptError
+from ..errors import NearoptError, real_array, require_positive_finite
 from ..theory.distributions import MarchenkoPastur
+
+EPS = float(np.finfo(np.float64).eps)
+#: an eigenvalue below ``-EIGENVALUE_SAFETY P eps max|lambda|`` is negative beyond a symmetric
+#: eigensolver's rounding (``~ P eps max|lambda|``, with the rank policy's safety factor)
+EIGENVALUE_SAFETY = 100.0
+
+
+def check_eigenvalues(eigenvalues, what: str = "eigenvalues") -> np.ndarray:
+    """``eigenvalues`` ``(P,)`` as float64: real, finite and ``>= 0`` up to rounding; :class:`NearoptError` otherwise."""
+    lam = real_array(eigenvalues, what)
+    if lam.ndim != 1:
+        raise NearoptError(f"{what} must be a 1-D array (P,), got shape {lam.shape}")
+    if lam.size:
+        floor = -EIGENVALUE_SAFETY * lam.size * EPS * float(np.abs(lam).max())
+        if lam.min() < floor:
+            raise NearoptError(f"{what} must be >= 0 (the Hessian at a minimum), got {lam.min():.6g} < {floor:.3g} "
+                               f"(the rounding allowance {EIGENVALUE_SAFETY:g} P eps max|lambda|): a negative mode grows, it does not decay")
+    return lam
+
+
+def _check_times(times, lr: float) -> tuple[np.ndarray, float]:
+    t = real_array(times, "times")
+    if t.ndim != 1 or np.any(t < 0):
+        raise NearoptError(f"times must be a 1-D array of values >= 0, got shape {t.shape} (min {t.min() if t.size else 'none'})")
+    return t, require_positive_finite(lr, "step size lr")
 
 
 def check_step_size(lr: float, lambda_max: float) -> None:
@@ -52,18 +81,32 @@ def predict_mean_loss(eigenvalues: np.ndarray, mode_variance, lr: float, times: 
     """``<L_t>`` of shape ``(T,)`` over ``delta_0 ~ N(0, Sigma)``.
 
     ``mode_variance`` is ``u_k^T Sigma u_k`` per mode ``(P,)`` or a scalar ``sigma0**2``
-    (isotropic). Zero modes contribute nothing.
+    (isotropic). Zero modes contribute nothing. Eigenvalues: :func:`check_eigenvalues`;
+    variances real, finite, ``>= 0``; ``lr`` finite ``> 0``; ``times`` ``>= 0``.
     """
-    lam = np.asarray(eigenvalues, dtype=np.float64)
-    var = np.broadcast_to(np.asarray(mode_variance, dtype=np.float64), lam.shape)
-    return 0.5 * (mode_decay(lam, lr, times, flow) ** 2 * (lam * var)[None, :]).sum(1)
+    lam = check_eigenvalues(eigenvalues)
+    t, lr = _check_times(times, lr)
+    var = real_array(mode_variance, "mode variances")
+    if np.any(var < 0):
+        raise NearoptError(f"mode variances must be >= 0, got {var.min():.6g}")
+    try:
+        var = np.broadcast_to(var, lam.shape)
+    except ValueError:
+        raise NearoptError(f"mode variances must be a scalar or one per eigenvalue ({lam.size}), got shape {var.shape}") from None
+    return 0.5 * (mode_decay(lam, lr, t, flow) ** 2 * (lam * var)[None, :]).sum(1)
 
 
 def predict_draw_loss(eigenvalues: np.ndarray, coefficients: np.ndarray, lr: float, times: np.ndarray, flow: bool = False) -> np.ndarray:
-    """Quadratic-regime loss of each draw, shape ``(K, T)``, from ``c_k(0) = U^T delta_0`` ``(K, P)``."""
-    lam = np.asarray(eigenvalues, dtype=np.float64)
-    c2 = np.asarray(coefficients, dtype=np.float64) ** 2
-    return 0.5 * (c2 * lam[None, :]) @ (mode_decay(lam, lr, times, flow) ** 2).T
+    """Quadratic-regime loss of each draw, shape ``(K, T)``, from ``c_k(0) = U^T delta_0`` ``(K, P)``.
+
+    Inputs checked as in :func:`predict_mean_loss`.
+    """
+    lam = check_eigenvalues(eigenvalues)
+    t, lr = _check_times(times, lr)
+    c = real_array(coefficients, "mode coefficients")
+    if c.ndim != 2 or c.shape[1] != lam.size:
+        raise NearoptError(f"mode coefficients must have shape (K, {lam.size}), got {c.shape}")
+    return 0.5 * (c**2 * lam[None, :]) @ (mode_decay(lam, lr, t, flow) ** 2).T
 
 
 def late_time_rate(lambda_min: float, lr: float, flow: bool = False) -> dict[str, float]:

@@ -198,13 +198,27 @@ def spectral_density(
     seed: int = 0,
     grid: np.ndarray | None = None,
     sigma: float | None = None,
-) -> dict[str, np.ndarray]:
-    """Smoothed SLQ density as a dict ``{"grid", "density", "density_err", "nodes", "weights"}`` (see :func:`slq`).
+) -> dict[str, Any]:
+    """Smoothed SLQ density as a dict ``{"grid", "density", "density_err", "nodes", "weights", "point_mass"}`` (see :func:`slq`).
 
     ``n_vectors`` seeded Rademacher probes, ``steps`` Lanczos steps each, Gaussian
     smoothing of width ``sigma`` (default 1% of the spectral range); ``density``
     integrates to ~1 and ``density_err`` is its standard error over probes.
+    ``nodes``/``weights`` ``(n, m)`` stop at the longest probe's quadrature (``m <=
+    steps``: Lanczos ends early on an invariant subspace); a shorter probe has NaN
+    nodes of weight 0 after its own.
+
+    A spectrum of zero width (every node the same value ``c`` to rounding, as for
+    ``c I``) is the point mass ``delta(lambda - c)``: ``point_mass`` is ``c``
+    (``None`` otherwise) and the default width is 1% of ``max(|c|, 1)``, since the
+    range gives no scale.
     """
     res = slq(op, n_probes=n_vectors, steps=steps, seed=seed)
+    m = int(np.flatnonzero(np.isfinite(res.nodes).any(axis=0)).max(initial=0)) + 1
+    lo, hi = res.support
+    point = lo if hi - lo <= 64 * np.finfo(np.float64).eps * max(abs(lo), abs(hi)) else None
+    if sigma is None and point is not None:
+        sigma = 0.01 * max(abs(point), 1.0)
     d = res.density(grid, sigma)
-    return {"grid": d["grid"], "density": d["density"], "density_err": d["density_err"], "nodes": res.nodes, "weights": res.weights}
+    return {"grid": d["grid"], "density": d["density"], "density_err": d["density_err"], "nodes": res.nodes[:, :m], "weights": res.weights[:, :m],
+            "point_mass": point}
