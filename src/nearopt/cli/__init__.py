@@ -23,8 +23,9 @@ Exit statuses:
 
 Output paths, devices and environment variables are checked before any
 computation (:func:`preflight`). Warnings are held while the command runs and
-printed (one line each, repeats counted) only after a successful one: a failed
-command prints its one line and nothing else.
+printed (one line each, repeats counted) after it returns: a command that
+fails with an error or :class:`~nearopt.errors.ResultFailure` prints its one
+line and nothing else.
 """
 
 from __future__ import annotations
@@ -166,13 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     held = _HeldWarnings()
-    code = 2
+    code, returned = 2, False
     with warnings.catch_warnings():
         warnings.showwarning = held.show
         try:
             preflight(args)
             code = int(args.func(args) or 0)
             sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+            returned = True
         except BrokenPipeError:
             _stdout_to_devnull()
             code = EXIT_BROKEN_PIPE
@@ -202,6 +204,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if in_main_thread:
                 signal.signal(signal.SIGTERM, previous)
-    if code == 0:
+    if returned:
         held.print()
     return code
