@@ -65,6 +65,7 @@ def test_report_renders_with_every_figure_and_check_table(tmp_path, browser):
     width = browser.execute_script("return document.images[0].naturalWidth")
     assert width > 300  # a real figure, not an icon
 
+    browser.find_element("xpath", "//button[text()='expand all']").click()  # passing sections start closed
     rows = browser.find_elements("css selector", "table.checks tr")
     assert len(rows) == 1 + n_checks  # header + one row per check
     headers = [th.text for th in rows[0].find_elements("css selector", "th")]
@@ -75,6 +76,31 @@ def test_report_renders_with_every_figure_and_check_table(tmp_path, browser):
     # The PDF next to the figure is linked and exists.
     pdf_links = [a.get_attribute("href") for a in browser.find_elements("css selector", "figcaption a") if a.text == "PDF"]
     assert len(pdf_links) == 1 and Path(pdf_links[0].removeprefix("file://")).is_file()
+
+
+def test_contents_link_opens_its_collapsed_section(tmp_path, browser):
+    """Each experiment is a <details> section, closed when it passes; its entry in the contents opens it."""
+    reproduce(["selftest"], overrides={"selftest": {"sizes": [100, 1000], "seeds": 2}}, out=tmp_path, jobs=1, quiet=True)
+    browser.get((tmp_path / "report.html").as_uri())
+    section = browser.find_element("css selector", "details.experiment")
+    assert section.get_attribute("id") == "exp-selftest" and section.get_attribute("open") is None
+    table = browser.find_element("css selector", "table.checks")
+    assert not table.is_displayed()
+    links = browser.find_elements("css selector", "nav.toc a")
+    assert [a.text for a in links] == ["selftest", "Provenance"]
+    links[0].click()
+    assert section.get_attribute("open") is not None and table.is_displayed()
+    browser.find_element("xpath", "//button[text()='collapse all']").click()
+    assert not table.is_displayed()
+    browser.find_element("xpath", "//button[text()='expand all']").click()
+    assert table.is_displayed()
+
+
+def test_a_failing_experiment_opens_at_once(tmp_path, browser):
+    reproduce(["selftest"], overrides={"selftest": {"sizes": [100, 1000], "seeds": 2, "shift": 1.0}}, out=tmp_path, jobs=1, quiet=True)
+    browser.get((tmp_path / "report.html").as_uri())
+    assert browser.find_element("css selector", "details.experiment").get_attribute("open") is not None
+    assert browser.find_element("css selector", "table.checks").is_displayed()
 
 
 def test_a_broken_figure_is_detected(tmp_path, browser):

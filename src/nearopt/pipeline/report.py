@@ -1,9 +1,11 @@
 """The report of a run: ``results.json``, ``report.md`` and a self-contained ``report.html``.
 
 The HTML report embeds every figure as a base64 PNG data URI (it can be mailed
-or archived alone) and links the PDF next to each PNG. Per experiment it shows
-the figures, the checks as a table (expected, measured, tolerance, pass/fail),
-the summary, the configuration and timings; provenance closes the page.
+or archived alone) and links the PDF next to each PNG. A table of contents
+opens the page; each experiment is a collapsible section (``<details>``, open
+when one of its checks fails) with the figures, the checks as a table
+(expected, measured, tolerance, pass/fail), the summary, the configuration and
+timings; provenance closes the page.
 """
 
 from __future__ import annotations
@@ -33,6 +35,20 @@ pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em}
 .badge{display:inline-block;padding:.1em .6em;border-radius:.3em;color:#fff}
 .badge.pass{background:#176b2c}.badge.fail{background:#b3261e}
 .error{background:#fdecea;border-left:4px solid #b3261e;padding:.5em}
+nav.toc{background:#f7f7f7;padding:.4em 1em;margin:1em 0}nav.toc ol{margin:.3em 0;padding-left:1.6em}
+nav.toc li{margin:.15em 0}nav.toc .desc{color:#555;font-size:.9em}
+details.experiment{border-top:1px solid #ccc;margin-top:1.2em}
+details.experiment>summary{cursor:pointer;list-style-position:outside;margin-left:1.2em}
+details.experiment>summary h2{display:inline-block;border:none;margin:.6em 0 .3em}
+button{font:inherit;font-size:.85em;margin-right:.4em}
+"""
+
+# Following a link to a closed section opens it; the two buttons open or close all of them.
+SCRIPT = """
+function openTarget(){var t=location.hash&&document.getElementById(location.hash.slice(1));
+if(t&&t.tagName==="DETAILS"){t.open=true;t.scrollIntoView();}}
+function setAll(open){document.querySelectorAll("details.experiment").forEach(function(d){d.open=open;});}
+window.addEventListener("hashchange",openTarget);window.addEventListener("load",openTarget);
 """
 
 
@@ -142,10 +158,7 @@ def _checks_html(run: ExperimentRun) -> str:
 
 def _experiment_html(run: ExperimentRun, root: Path) -> str:
     t = run.timings()
-    parts = [
-        f'<h2 id="{_anchor(run.name)}">{html.escape(run.name)} {_status(run.passed)}</h2>',
-        f"<p>{html.escape(run.experiment.description)}</p>",
-    ]
+    parts = [f"<p>{html.escape(run.experiment.description)}</p>"]
     if run.error:
         parts.append(f'<p class="error">{html.escape(run.error)}</p>')
     if run.result is not None and run.result.summary:
@@ -158,11 +171,25 @@ def _experiment_html(run: ExperimentRun, root: Path) -> str:
         parts.append(f"<p>Data: {links}</p>")
     parts.append(
         f"<p>Cells: {t['cells']} ({t['computed']} computed, {t['cached']} from cache, {t['failed']} failed); "
-        f"compute {seconds(t['compute_seconds'])}, finalize {seconds(t['finalize_seconds'])}.</p>"
+        f"compute {seconds(t['compute_seconds'])}, finalize {seconds(t['finalize_seconds'])}"
+        f"{' (from cache)' if t['finalize_cached'] else ''}.</p>"
     )
     config = html.escape(io.to_json(run.config))
     parts.append(f"<details><summary>Configuration ({run.size}, version {html.escape(run.experiment.version)})</summary><pre>{config}</pre></details>")
-    return "\n".join(parts)
+    opened = "" if run.passed else " open"
+    head = f"<summary><h2>{html.escape(run.name)} {_status(run.passed)}</h2></summary>"
+    return f'<details class="experiment" id="{_anchor(run.name)}"{opened}>{head}\n' + "\n".join(parts) + "\n</details>"
+
+
+def _toc_html(runs: list[ExperimentRun]) -> str:
+    """The table of contents: each experiment (linked, with its verdict and description), then provenance."""
+    items = "".join(
+        f'<li><a href="#{_anchor(r.name)}">{html.escape(r.name)}</a> {_status(r.passed)} '
+        f'<span class="desc">{html.escape(r.experiment.description)}</span></li>'
+        for r in runs
+    )
+    buttons = '<button type="button" onclick="setAll(true)">expand all</button><button type="button" onclick="setAll(false)">collapse all</button>'
+    return f'<nav class="toc"><h2>Contents</h2><ol>{items}<li><a href="#provenance">Provenance</a></li></ol>{buttons}</nav>'
 
 
 def _summary_rows(runs: list[ExperimentRun]) -> list[tuple[str, bool, str, str, str]]:
@@ -200,11 +227,12 @@ def render_html(runs: list[ExperimentRun], prov: dict[str, Any], root: Path, tit
     body = "\n".join(_experiment_html(r, root) for r in runs)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title><style>{CSS}</style></head>
+<title>{html.escape(title)}</title><style>{CSS}</style><script>{SCRIPT}</script></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <p>{badge} — size <code>{html.escape(str(prov.get("size", "")))}</code>, finished {html.escape(str(prov.get("finished", "")))}</p>
 <table class="summary"><tr><th>experiment</th><th>result</th><th>checks passed</th><th>cells computed/cached</th><th>time</th></tr>{summary}</table>
+{_toc_html(runs)}
 {body}
 {_provenance_html(prov)}
 </body></html>
@@ -215,12 +243,19 @@ def _md_cell(value: Any) -> str:
     return fmt(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _md_anchor(run: ExperimentRun) -> str:
+    """The anchor a Markdown renderer gives the heading ``## name — PASS``: lower case, punctuation dropped."""
+    heading = f"{run.name} — {'PASS' if run.passed else 'FAIL'}"
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
 def render_markdown(runs: list[ExperimentRun], prov: dict[str, Any], root: Path, title: str = "nearopt reproduction report") -> str:
     """The report as Markdown, with figures linked (not embedded)."""
     ok = all(r.passed for r in runs)
     lines = [f"# {title}", "", f"**{'All checks pass' if ok else 'Some checks fail'}** — size `{prov.get('size', '')}`, finished {prov.get('finished', '')}", ""]
     lines += ["| experiment | result | checks passed | cells computed/cached | time |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {'PASS' if p else 'FAIL'} | {c} | {cells} | {t} |" for n, p, c, cells, t in _summary_rows(runs)]
+    lines += ["", "Contents:", ""] + [f"{i}. [{r.name}](#{_md_anchor(r)}) — {r.experiment.description}" for i, r in enumerate(runs, 1)]
     for r in runs:
         lines += ["", f"## {r.name} — {'PASS' if r.passed else 'FAIL'}", "", r.experiment.description, ""]
         if r.error:
