@@ -37,10 +37,9 @@ from ..critical import (
     relu_committee_global_spectrum,
     symmetry_multiplicities,
 )
-from ..errors import NearoptError
 from ..plotting import new_figure, save_figure
 from ..problem import Problem
-from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, count, register
+from .base import Check, Experiment, ExperimentResult, register
 
 
 def cells(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -109,6 +108,25 @@ def _distinct(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return groups
 
 
+def _plot_spurious(ax, table: list[dict[str, Any]]) -> None:
+    """One point per distinct spurious minimum: its loss against ``k``, annotated with how
+    often random starts reached it (``m/n starts``; "known start" where none were run)."""
+    ks = [t["k"] for t in table]
+    found = [(t, g) for t in table for g in t["distinct"] if g["classification"] == "spurious local minimum"]
+    if not found:
+        ax.text(0.5, 0.5, "none found", transform=ax.transAxes, ha="center")
+    for t, g in found:
+        ax.plot([t["k"]], [g["loss"]], "o", color="C0", ms=5)
+        note = f"{t['spurious']}/{t['starts']} starts" if t["starts"] else "known start"
+        ax.annotate(note, (t["k"], g["loss"]), fontsize=7, xytext=(5, 3), textcoords="offset points")
+    ax.set_xticks(range(min(ks), max(ks) + 1))
+    ax.set_xlim(min(ks) - 0.6, max(ks) + 1.2)
+    ax.margins(y=0.3)
+    ax.set_xlabel("k = d (teacher and student width)")
+    ax.set_ylabel("loss of each spurious minimum")
+    ax.set_title("spurious minima found (GD + Newton, exact population loss)", fontsize=8)
+
+
 def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: list[dict[str, Any]], out_dir: Path) -> ExperimentResult:
     out_dir = Path(out_dir)
     checks: list[Check] = []
@@ -158,24 +176,9 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     checks.append(Check("spurious minima are strict (Hessian positive definite: no zero mode, lambda_min > 0)", "all", strict, "all", strict,
                         "; ".join(f"k={t['k']}: loss {g['loss']:.6g}, lambda_min {g['lambda_min']:.3g}" for t in table for g in t["distinct"] if g["classification"] == "spurious local minimum")))
 
-    fig, axes = new_figure(1, 3, figsize=(11, 3.4), squeeze=False)
-    ax = axes[0][0]
-    ks = [t["k"] for t in table if t["starts"]]
-    ax.plot(ks, [t["fraction"] for t in table if t["starts"]], "o-", ms=4)
-    for t in table:
-        if t["starts"]:
-            ax.annotate(f"{t['spurious']}/{t['starts']}", (t["k"], t["fraction"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("k = d")
-    ax.set_ylabel("fraction of starts -> spurious minimum")
-    ax.set_title("GD + Newton on the exact population loss", fontsize=9)
+    fig, axes = new_figure(1, 2, figsize=(9.0, 3.4), squeeze=False, gridspec_kw={"width_ratios": [1, 1.4]})
+    _plot_spurious(axes[0][0], table)
     ax = axes[0][1]
-    for t in table:
-        for g in t["distinct"]:
-            if g["classification"] == "spurious local minimum":
-                ax.semilogy([t["k"]], [g["loss"]], "o", color="C0", ms=4)
-    ax.set_xlabel("k = d")
-    ax.set_ylabel("loss of distinct spurious minima")
-    ax = axes[0][2]
     g6 = next((r for r in glob if r["k"] == 6), glob[-1])
     lam = np.asarray(g6["eigenvalues"])
     ax.semilogy(np.arange(lam.size), lam, ".", ms=4, label=f"W = I (k={g6['k']})")
@@ -203,33 +206,6 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     return ExperimentResult("committee", checks, figures, data, summary, dict(config))
 
 
-def _known_starts(value: dict[str, Any]) -> None:
-    for k in value:
-        if not (k.isdigit() and 2 <= int(k) <= 40):
-            raise NearoptError(f"its keys are student widths k from 2 to 40 (as strings), not {k!r}")
-
-
-SETTINGS = (
-    Setting("global_ks", list, nonempty=True, unique=True, item=count("k", 40, low=4)),
-    Setting("ks", list, unique=True, item=count("k", 40, low=2)),
-    Setting("starts", list, item=count("starts", 10**6)),
-    count("block", 10**4),
-    Setting("lr", float, low=0.0, low_open=True, high=10.0),
-    count("max_steps", 10**7),
-    Setting("known", dict, check=_known_starts, item=Setting("seeds", list, nonempty=True, unique=True, item=SEED)),
-)
-RELATIONS = (
-    Relation("len(starts) = len(ks)", lambda c: len(c["starts"]) == len(c["ks"])),
-    Relation("ks or known is non-empty (the search needs starts)", lambda c: bool(c["ks"]) or bool(c["known"])),
-)
-
-
-def memory(config: dict[str, Any]) -> float:
-    """The exact Hessian of ``k^2`` first-layer weights (a few dense copies) at the widest ``k``."""
-    k = max([*config["global_ks"], *config["ks"], *(int(s) for s in config["known"])])
-    return FLOAT64 * 6.0 * k**4
-
-
 register(
     Experiment(
         name="committee",
@@ -240,8 +216,5 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
-        settings=SETTINGS,
-        relations=RELATIONS,
-        memory=memory,
     )
 )

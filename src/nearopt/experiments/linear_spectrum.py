@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter, NullLocator
 
 from .. import io
 from ..errors import NearoptError
@@ -44,7 +44,7 @@ from ..theory.linear import (
     simulate_linear_spectrum,
     smallest_nonzero_edge,
 )
-from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, check_equal, count, n_params, register
+from .base import Check, Experiment, ExperimentResult, check_below, check_equal, register
 
 NAME = "linear-spectrum"
 #: dense P x P population Hessians are diagonalised for this many teachers per chunk when P is small
@@ -269,14 +269,22 @@ def _fig_ks(sizes, analysis, out: Path) -> list[Path]:
 
 
 def _fig_edge(sizes, analysis, out: Path) -> list[Path]:
+    """Lower edge against ``q``; sizes that share a ``q`` are drawn side by side (a small
+    horizontal offset, smallest size left) so that none hides another."""
     fig, ax = new_figure(1, 1, figsize=(5.0, 3.4))
+    qs = sorted({ni / nh for ni, nh in sizes})
     for k, (ni, nh) in enumerate(sizes):
-        A = analysis[(ni, nh)]
-        ax.errorbar(ni / nh, A["edge_mean"], yerr=A["edge_sd"], fmt="o", ms=4, color=f"C{k}", capsize=2, label=_label(ni, nh))
-    qs = [ni / nh for ni, nh in sizes]
+        A, q = analysis[(ni, nh)], ni / nh
+        same = sorted((z for z in sizes if z[0] / z[1] == q), key=lambda z: z[0] * z[1])
+        offset = 10.0 ** (0.06 * (same.index((ni, nh)) - (len(same) - 1) / 2))
+        ax.errorbar(q * offset, A["edge_mean"], yerr=A["edge_sd"], fmt="o", ms=4, color=f"C{k}", capsize=2, label=_label(ni, nh))
     q = np.geomspace(min(qs) / 4, max(qs) * 2, 400)
     ax.plot(q, [MarchenkoPastur(r).bulk_edges[0] if r < 1 else 0.0 for r in q], color="k", lw=1.0, label=r"$(1-\sqrt{q})^2$ for $q<1$, $0$ for $q\geq 1$")
-    ax.set(xscale="log", xlabel=r"$q = N_i/N_h$", ylabel=r"$(\lambda^+_{\min} - s)/(\sigma_1^2 N_h)$")
+    ax.set(xscale="log", xlabel=r"$q = N_i/N_h$ (sizes of one $q$ side by side)", ylabel=r"$(\lambda^+_{\min} - s)/(\sigma_1^2 N_h)$")
+    ticks = sorted(set(qs) | {1.0})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in ticks]))
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.legend(fontsize=6)
     return save_figure(fig, out / "linear_spectrum_lower_edge")
 
@@ -370,36 +378,6 @@ def finalize(config: dict[str, Any], cells_: list[dict], results: list[dict], ou
     return ExperimentResult(NAME, checks, figures=figures, data=data, summary=summary, config=dict(config))
 
 
-def _enough_teachers(value: int) -> None:
-    if value < 8:
-        raise NearoptError("the teacher bootstrap needs at least 8 teachers")
-
-
-_SIZE = count("size", 10**5)
-SETTINGS = (
-    Setting("sizes", list, nonempty=True, unique=True, item=Setting("size", list, length=2, item=_SIZE)),
-    Setting("teachers", int, low=1, high=10**6, check=_enough_teachers),
-    count("small_size_factor", 1000),
-    Setting("small_size_limit", int, low=0, high=10**12),
-    count("chunk", 10**6),
-    SEED,
-    Setting("batch_size", list, length=2, item=_SIZE),
-    Setting("batch_samples", list, nonempty=True, unique=True, item=count("samples", 10**7)),
-)
-
-
-def memory(config: dict[str, Any]) -> float:
-    """Per chunk: the teachers' ``N_i`` nonzero eigenvalues (measured and simulated), ``W1`` and its
-    Gram matrices, the dense Hessian below :data:`DENSE_MAX_PARAMS`; batch cells: the ``(N, N_i + N_h)`` data."""
-    worst = 0.0
-    for ni, nh in config["sizes"]:
-        P, T = n_params(ni, nh), min(config["chunk"], teachers_for(config, ni, nh))
-        dense = 4.0 * P * P if P <= DENSE_MAX_PARAMS else 0.0
-        worst = max(worst, FLOAT64 * (3.0 * T * ni + 4.0 * (ni * nh + ni * ni + nh * nh) + dense))
-    ni, nh = config["batch_size"]
-    return max(worst, FLOAT64 * 4.0 * (max(config["batch_samples"]) * (ni + nh) + ni * nh + ni * ni + nh * nh))
-
-
 register(
     Experiment(
         name=NAME,
@@ -427,7 +405,5 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
-        settings=SETTINGS,
-        memory=memory,
     )
 )
