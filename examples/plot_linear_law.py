@@ -22,28 +22,36 @@ from scipy import stats
 
 import nearopt as no
 
-# output folder: argv[1], else $NEAROPT_EXAMPLES_OUT, else examples/_output (the docs build
-# runs this script without __file__, in the examples folder, with the variable set)
-here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-out = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NEAROPT_EXAMPLES_OUT", here / "_output"))
+# output folder: the first argument, else $NEAROPT_EXAMPLES_OUT, else examples/_output
+default = os.environ.get("NEAROPT_EXAMPLES_OUT", "examples/_output")
+out = Path(sys.argv[1] if len(sys.argv) > 1 else default)
 out.mkdir(parents=True, exist_ok=True)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
 for ax, (n_inputs, n_hidden) in zip(axes, [(20, 40), (40, 20)]):
-    eig, s, ranks = no.pooled_linear_eigenvalues(n_inputs, n_hidden, teachers=300, seed=0)
+    eig, s, ranks = no.pooled_linear_eigenvalues(
+        n_inputs, n_hidden, teachers=300, seed=0
+    )
     assert np.all(ranks == n_inputs)  # rank N_i for every teacher
     pooled = eig.ravel()
     law = no.ChiSquareMPConvolution(n_inputs, n_hidden)
     ks = stats.kstest(pooled, law.cdf)
-    print(f"N_i={n_inputs} N_h={n_hidden}: {pooled.size} eigenvalues, KS distance {ks.statistic:.4f} (mean {pooled.mean():.4f} vs law {law.mean():.4f})")
+    print(
+        f"N_i={n_inputs} N_h={n_hidden}: {pooled.size} eigenvalues, "
+        f"KS distance {ks.statistic:.4f} "
+        f"(mean {pooled.mean():.4f} vs law {law.mean():.4f})"
+    )
     grid = np.linspace(max(law.support()[0], 1e-6), np.quantile(pooled, 0.999), 300)
-    ax.hist(pooled, bins=80, density=True, color="0.75", label=f"{eig.shape[0]} teachers, exact")
+    label = f"{eig.shape[0]} teachers, exact"
+    ax.hist(pooled, bins=80, density=True, color="0.75", label=label)
     ax.plot(grid, law.pdf(grid), "C3-", lw=1.5, label="χ² ⊛ MP law")
-    ax.set_title(f"N_i = {n_inputs}, N_h = {n_hidden} (q = {n_inputs / n_hidden:g}), KS = {ks.statistic:.3f}", fontsize=10)
+    q = n_inputs / n_hidden
+    title = f"N_i = {n_inputs}, N_h = {n_hidden} (q = {q:g}), KS = {ks.statistic:.3f}"
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel("nonzero eigenvalue")
 axes[0].set_ylabel("density")
 axes[0].legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(out / "linear_law.png", dpi=120)
-print(f"wrote {out / 'linear_law.png'}")
+print("wrote linear_law.png")

@@ -23,18 +23,18 @@ import numpy as np
 
 import nearopt as no
 
-# output folder: argv[1], else $NEAROPT_EXAMPLES_OUT, else examples/_output (the docs build
-# runs this script without __file__, in the examples folder, with the variable set)
-here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-out = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NEAROPT_EXAMPLES_OUT", here / "_output"))
+# output folder: the first argument, else $NEAROPT_EXAMPLES_OUT, else examples/_output
+default = os.environ.get("NEAROPT_EXAMPLES_OUT", "examples/_output")
+out = Path(sys.argv[1] if len(sys.argv) > 1 else default)
 out.mkdir(parents=True, exist_ok=True)
 
 # %%
 # My own weights: first-layer rows in a random 3-dimensional subspace of R^10.
 rng = np.random.default_rng(0)
 n_inputs, n_hidden, rank_w1 = 10, 6, 3
-basis = np.linalg.qr(rng.standard_normal((n_inputs, rank_w1)))[0]  # (N_i, r), orthonormal columns
-W1 = rng.standard_normal((n_hidden, rank_w1)) @ basis.T / np.sqrt(rank_w1)  # (N_h, N_i)
+# (N_i, r) with orthonormal columns, then W1 (N_h, N_i) with rows in their span
+basis = np.linalg.qr(rng.standard_normal((n_inputs, rank_w1)))[0]
+W1 = rng.standard_normal((n_hidden, rank_w1)) @ basis.T / np.sqrt(rank_w1)
 W2 = rng.standard_normal((1, n_hidden)) / np.sqrt(n_hidden)  # (1, N_h)
 teacher = no.TwoLayerNet(W1, W2, "erf")
 
@@ -43,25 +43,31 @@ path = out / "my_teacher.npz"
 teacher.save(path)
 net = no.TwoLayerNet.load(path, "erf")
 assert np.array_equal(net.W1, teacher.W1) and np.array_equal(net.W2, teacher.W2)
-print(f"teacher: N_i={net.n_inputs} N_h={net.n_hidden} P={net.n_params} rank W1={np.linalg.matrix_rank(net.W1)}")
+rank = np.linalg.matrix_rank(net.W1)
+print(f"teacher: N_i={net.n_inputs} N_h={net.n_hidden} P={net.n_params} rank W1={rank}")
 
 # %%
 # Population spectrum (exact, structured route) and batch spectra.
 pop = no.population_spectrum(net)
-print(f"population: method={pop.method} rank={pop.rank.rank} largest={pop.eigenvalues[-1]:.4g}")
+largest = pop.eigenvalues[-1]
+print(f"population: method={pop.method} rank={pop.rank.rank} largest={largest:.4g}")
 if pop.multiplicities is not None:
-    repeated = int(np.count_nonzero(np.asarray(pop.multiplicities) > 1))
-    print(f"  {repeated} distinct eigenvalues appear with multiplicity {int(np.max(pop.multiplicities))}")
+    counts = np.asarray(pop.multiplicities)
+    repeated = int(np.count_nonzero(counts > 1))
+    print(f"  {repeated} distinct eigenvalues repeated {int(counts.max())} times")
 
 fig, ax = plt.subplots(figsize=(6.4, 4.2))
 k = np.arange(1, net.n_params + 1)
-for n_samples, colour in [(100, "tab:orange"), (1_000, "tab:green"), (10_000, "tab:blue")]:
+batches = [(100, "tab:orange"), (1_000, "tab:green"), (10_000, "tab:blue")]
+for n_samples, colour in batches:
     X = no.sample_inputs(n_samples, net.n_inputs, seed=1)
     spec = no.batch_spectrum(net, X)
     nonzero = spec.eigenvalues[spec.eigenvalues > 0]
-    rel = np.max(np.abs(spec.eigenvalues[-5:] - pop.eigenvalues[-5:]) / pop.eigenvalues[-5:])
-    print(f"N={n_samples:>6}: rank {spec.rank.rank}, top-5 relative deviation from population {rel:.2e}")
-    ax.semilogy(k[-nonzero.size :], nonzero, ".", ms=4, color=colour, label=f"batch, N = {n_samples}")
+    top, exact = spec.eigenvalues[-5:], pop.eigenvalues[-5:]
+    rel = np.max(np.abs(top - exact) / exact)
+    print(f"N={n_samples:>6}: rank {spec.rank.rank}, top-5 relative error {rel:.2e}")
+    label = f"batch, N = {n_samples}"
+    ax.semilogy(k[-nonzero.size :], nonzero, ".", ms=4, color=colour, label=label)
 pos = pop.eigenvalues > 0
 ax.semilogy(k[pos], pop.eigenvalues[pos], "k-", lw=1.2, label="population (exact)")
 ax.set_xlabel("eigenvalue index (ascending)")
@@ -70,4 +76,4 @@ ax.set_title(f"erf teacher with rank W1 = {rank_w1}: batch vs population")
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(out / "own_teacher.png", dpi=120)
-print(f"wrote {out / 'own_teacher.png'}")
+print("wrote own_teacher.png")

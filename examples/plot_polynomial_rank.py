@@ -19,10 +19,9 @@ import numpy as np
 
 import nearopt as no
 
-# output folder: argv[1], else $NEAROPT_EXAMPLES_OUT, else examples/_output (the docs build
-# runs this script without __file__, in the examples folder, with the variable set)
-here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-out = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NEAROPT_EXAMPLES_OUT", here / "_output"))
+# output folder: the first argument, else $NEAROPT_EXAMPLES_OUT, else examples/_output
+default = os.environ.get("NEAROPT_EXAMPLES_OUT", "examples/_output")
+out = Path(sys.argv[1] if len(sys.argv) > 1 else default)
 out.mkdir(parents=True, exist_ok=True)
 
 # %%
@@ -30,7 +29,8 @@ n_inputs = 4
 hidden = np.arange(1, 13)
 fig, ax = plt.subplots(figsize=(6.4, 4.2))
 ax.plot(hidden, hidden * (n_inputs + 1), "k:", label="P = N_h (N_i + 1)")
-for activation, colour in [("quadratic", "C0"), ("cubic", "C1"), ("polynomial:0,1,1", "C2")]:
+activations = [("quadratic", "C0"), ("cubic", "C1"), ("polynomial:0,1,1", "C2")]
+for activation, colour in activations:
     predicted, measured = [], []
     for n_hidden in hidden:
         net = no.sample_teacher(n_inputs, int(n_hidden), activation, seed=int(n_hidden))
@@ -39,13 +39,16 @@ for activation, colour in [("quadratic", "C0"), ("cubic", "C1"), ("polynomial:0,
         predicted.append(p.rank)
         measured.append(m.decision.rank)
     agree = sum(a == b for a, b in zip(predicted, measured))
-    print(f"{activation:>17}: measured {measured}  predicted {predicted}  ({agree}/{hidden.size} agree)")
+    print(f"{activation:>17}: measured {measured}  predicted {predicted}")
+    print(f"{'':>17}  ({agree}/{hidden.size} agree)")
     ax.plot(hidden, predicted, "-", color=colour, label=f"{activation}: predicted")
-    ax.plot(hidden, measured, "o", color=colour, mfc="none", label=f"{activation}: measured")
+    label = f"{activation}: measured"
+    ax.plot(hidden, measured, "o", color=colour, mfc="none", label=label)
 ax.set_xlabel("hidden units N_h")
 ax.set_ylabel("rank of the Hessian at the optimum")
-ax.set_title(f"N_i = {n_inputs}: rank saturates at the dimension of the function space", fontsize=10)
+title = f"N_i = {n_inputs}: rank saturates at the dimension of the function space"
+ax.set_title(title, fontsize=10)
 ax.legend(fontsize=7)
 fig.tight_layout()
 fig.savefig(out / "polynomial_rank.png", dpi=120)
-print(f"wrote {out / 'polynomial_rank.png'}")
+print("wrote polynomial_rank.png")

@@ -2,9 +2,10 @@
 
 Each ``examples/plot_*.py`` runs in its own process, outside the source tree, with the
 output folder given on the command line (so nothing is written into examples/); the
-PNG it names must exist, be a real PNG and not be blank. Their printed numbers are
-checked where the example states a result (ranks agree with the theory, the pooled
-linear spectrum is close to the law).
+PNG it names (by file name, so no build path is printed into the gallery) must exist
+in that folder, be a real PNG and not be blank. Their printed numbers are checked
+where the example states a result (ranks agree with the theory, the pooled linear
+spectrum is close to the law). Every line fits the gallery's page width.
 """
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPTS = sorted(EXAMPLES.glob("plot_*.py"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: characters a code line may have before the docs page cuts it off
+PAGE_WIDTH = 88
 
 
 def test_every_example_is_collected():
     """A gallery script that is not named plot_*.py would silently leave the docs and this test."""
     others = sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("plot_"))
     assert SCRIPTS and not others, others
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_every_line_fits_the_page(script):
+    long = [(i, len(line)) for i, line in enumerate(script.read_text().splitlines(), 1) if len(line) > PAGE_WIDTH]
+    assert not long, f"{script.name}: lines (number, length) wider than {PAGE_WIDTH}: {long}"
 
 
 def _run(script: Path, out: Path) -> str:
@@ -64,9 +73,10 @@ def test_example_runs_and_draws_its_figure(script, tmp_path):
     stdout = _run(script, tmp_path)
     written = re.findall(r"^wrote (.+\.png)$", stdout, re.MULTILINE)
     assert written, f"{script.name} does not say which figure it wrote:\n{stdout}"
+    assert str(tmp_path) not in stdout, f"{script.name} prints the output folder's path"
     for name in written:
-        png = Path(name)
-        assert png.parent == tmp_path, f"{script.name} wrote {png} outside the folder it was given"
+        png = tmp_path / name
+        assert Path(name).name == name and png.is_file(), f"{script.name} did not write {name} into the folder it was given"
         data = png.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
         image = matplotlib.image.imread(png)
