@@ -26,8 +26,8 @@ from scipy import special
 from .. import io, sample_teacher, structured_spectrum
 from ..errors import NearoptError
 from ..plotting import new_figure, save_figure
-from ..theory.asymptotic import asymptotic_law
-from .base import Check, Experiment, ExperimentResult, register
+from ..theory.asymptotic import asymptotic_law, require_odd
+from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, count, n_params, names, register
 
 NAME = "asymptotic-law"
 BOOTSTRAP = 100
@@ -250,6 +250,31 @@ def finalize(config: dict[str, Any], cells_: list[dict], results: list[dict], ou
     return ExperimentResult(NAME, checks, figures=figures, data=data, summary=summary, config=dict(config))
 
 
+def _odd_activation(value: str) -> None:
+    require_odd(value)
+
+
+SETTINGS = (
+    names("activations", Setting("activation", str, check=_odd_activation)),
+    Setting("ratios", list, nonempty=True, unique=True, item=Setting("ratio", float, low=0.0, low_open=True, high=1e3)),
+    Setting("n_hidden", list, nonempty=True, unique=True, item=count("n_hidden", 10**4)),
+    count("teacher_units", 10**7),
+    count("chunk", 10**5),
+    SEED,
+)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """The reduced Hessian ``N_h (r + 1)`` square (a few copies in ``eigh``) plus a chunk's spectra."""
+    worst = 0.0
+    for q in config["ratios"]:
+        for nh in config["n_hidden"]:
+            ni = max(1, int(round(float(q) * int(nh))))
+            side = nh * (min(ni, nh) + 1)
+            worst = max(worst, FLOAT64 * (4.0 * side**2 + 2.0 * min(config["chunk"], teachers_for(config, nh)) * n_params(ni, nh)))
+    return worst
+
+
 register(
     Experiment(
         name=NAME,
@@ -259,5 +284,7 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        memory=memory,
     )
 )

@@ -37,9 +37,10 @@ from ..critical import (
     relu_committee_global_spectrum,
     symmetry_multiplicities,
 )
+from ..errors import NearoptError
 from ..plotting import new_figure, save_figure
 from ..problem import Problem
-from .base import Check, Experiment, ExperimentResult, register
+from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, count, register
 
 
 def cells(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -206,6 +207,33 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     return ExperimentResult("committee", checks, figures, data, summary, dict(config))
 
 
+def _known_starts(value: dict[str, Any]) -> None:
+    for k in value:
+        if not (k.isdigit() and 2 <= int(k) <= 40):
+            raise NearoptError(f"its keys are student widths k from 2 to 40 (as strings), not {k!r}")
+
+
+SETTINGS = (
+    Setting("global_ks", list, nonempty=True, unique=True, item=count("k", 40, low=4)),
+    Setting("ks", list, unique=True, item=count("k", 40, low=2)),
+    Setting("starts", list, item=count("starts", 10**6)),
+    count("block", 10**4),
+    Setting("lr", float, low=0.0, low_open=True, high=10.0),
+    count("max_steps", 10**7),
+    Setting("known", dict, check=_known_starts, item=Setting("seeds", list, nonempty=True, unique=True, item=SEED)),
+)
+RELATIONS = (
+    Relation("len(starts) = len(ks)", lambda c: len(c["starts"]) == len(c["ks"])),
+    Relation("ks or known is non-empty (the search needs starts)", lambda c: bool(c["ks"]) or bool(c["known"])),
+)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """The exact Hessian of ``k^2`` first-layer weights (a few dense copies) at the widest ``k``."""
+    k = max([*config["global_ks"], *config["ks"], *(int(s) for s in config["known"])])
+    return FLOAT64 * 6.0 * k**4
+
+
 register(
     Experiment(
         name="committee",
@@ -216,5 +244,8 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        relations=RELATIONS,
+        memory=memory,
     )
 )

@@ -44,7 +44,7 @@ from ..theory.linear import (
     simulate_linear_spectrum,
     smallest_nonzero_edge,
 )
-from .base import Check, Experiment, ExperimentResult, check_below, check_equal, register
+from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, check_equal, count, n_params, register
 
 NAME = "linear-spectrum"
 #: dense P x P population Hessians are diagonalised for this many teachers per chunk when P is small
@@ -378,6 +378,36 @@ def finalize(config: dict[str, Any], cells_: list[dict], results: list[dict], ou
     return ExperimentResult(NAME, checks, figures=figures, data=data, summary=summary, config=dict(config))
 
 
+def _enough_teachers(value: int) -> None:
+    if value < 8:
+        raise NearoptError("the teacher bootstrap needs at least 8 teachers")
+
+
+_SIZE = count("size", 10**5)
+SETTINGS = (
+    Setting("sizes", list, nonempty=True, unique=True, item=Setting("size", list, length=2, item=_SIZE)),
+    Setting("teachers", int, low=1, high=10**6, check=_enough_teachers),
+    count("small_size_factor", 1000),
+    Setting("small_size_limit", int, low=0, high=10**12),
+    count("chunk", 10**6),
+    SEED,
+    Setting("batch_size", list, length=2, item=_SIZE),
+    Setting("batch_samples", list, nonempty=True, unique=True, item=count("samples", 10**7)),
+)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """Per chunk: the teachers' ``N_i`` nonzero eigenvalues (measured and simulated), ``W1`` and its
+    Gram matrices, the dense Hessian below :data:`DENSE_MAX_PARAMS`; batch cells: the ``(N, N_i + N_h)`` data."""
+    worst = 0.0
+    for ni, nh in config["sizes"]:
+        P, T = n_params(ni, nh), min(config["chunk"], teachers_for(config, ni, nh))
+        dense = 4.0 * P * P if P <= DENSE_MAX_PARAMS else 0.0
+        worst = max(worst, FLOAT64 * (3.0 * T * ni + 4.0 * (ni * nh + ni * ni + nh * nh) + dense))
+    ni, nh = config["batch_size"]
+    return max(worst, FLOAT64 * 4.0 * (max(config["batch_samples"]) * (ni + nh) + ni * nh + ni * ni + nh * nh))
+
+
 register(
     Experiment(
         name=NAME,
@@ -405,5 +435,7 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        memory=memory,
     )
 )

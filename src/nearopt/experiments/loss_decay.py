@@ -20,9 +20,24 @@ import numpy as np
 
 from .. import io
 from ..dynamics import linear_edge_asymptote, linear_edge_loss, predict_mean_loss, run_dynamics
+from ..errors import NearoptError
 from ..model import sample_inputs, sample_teacher
 from ..plotting import new_figure, save_figure
-from .base import Check, Experiment, ExperimentResult, check_below, check_equal, register
+from .base import (
+    ACTIVATION,
+    FLOAT64,
+    SEED,
+    Check,
+    Experiment,
+    ExperimentResult,
+    Relation,
+    Setting,
+    check_below,
+    check_equal,
+    count,
+    n_params,
+    register,
+)
 
 #: relative error allowed between the fitted late-time slope and the theory rate
 SLOPE_RTOL = 0.03
@@ -237,6 +252,41 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     return ExperimentResult("dynamics", checks, figures, data, summary, dict(config))
 
 
+def _steps(value: Any) -> None:
+    if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10**7):
+        raise NearoptError("steps must be 'auto' or an integer from 1 to 10000000")
+
+
+_SIGMA0 = Setting("sigma0", float, low=0.0, low_open=True, high=1e3)
+_CASE = Setting("case", dict, fields=(
+    ACTIVATION, count("n_inputs", 10**4), count("n_hidden", 10**4), count("samples", 10**8), _SIGMA0, Setting("flow", bool), Setting("steps", check=_steps),
+))
+SETTINGS = (
+    Setting("cases", list, nonempty=True, item=_CASE),
+    count("draws", 10**4),
+    SEED,
+    count("points", 10**4, low=2),
+    Setting("edge", dict, fields=(
+        count("n_inputs", 10**5), count("n_hidden", 10**5), Setting("t_units", float, low=0.0, low_open=True, high=1e4), count("points", 10**5, low=2),
+        Setting("window", list, length=2, item=Setting("t", float, low=0.0, low_open=True, high=1e12)),
+    )),
+)
+RELATIONS = (
+    Relation("edge.n_inputs < edge.n_hidden (the soft edge of N_i / N_h < 1)", lambda c: c["edge"]["n_inputs"] < c["edge"]["n_hidden"]),
+    Relation("edge.window[0] < edge.window[1]", lambda c: c["edge"]["window"][0] < c["edge"]["window"][1]),
+)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """Train cells: the batch Jacobian ``(N, P)``, Hessian ``(P, P)`` and per-draw records; the edge cell: ``W1^T W1`` and its curves."""
+    worst = 0.0
+    for case in config["cases"]:
+        P = n_params(case["n_inputs"], case["n_hidden"])
+        worst = max(worst, FLOAT64 * (3.0 * case["samples"] * P + 4.0 * P * P + 2.0 * config["draws"] * config["points"] * P))
+    e = config["edge"]
+    return max(worst, FLOAT64 * (4.0 * e["n_inputs"] ** 2 + e["n_inputs"] * e["n_hidden"] + 8.0 * e["points"] * e["n_inputs"]))
+
+
 register(
     Experiment(
         name="dynamics",
@@ -248,5 +298,8 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        relations=RELATIONS,
+        memory=memory,
     )
 )

@@ -34,9 +34,9 @@ from scipy import stats
 from .. import io
 from ..curvature.batch import BatchGaussNewton
 from ..dynamics import make_objective, predict_draw_loss, run_dynamics, sample_displacements
-from ..model import sample_inputs, sample_teacher
+from ..model import INPUT_DISTRIBUTIONS, sample_inputs, sample_teacher
 from ..plotting import new_figure, save_figure
-from .base import Check, Experiment, ExperimentResult, register
+from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, activation_name, count, n_params, names, register
 
 
 def excess_kurtosis(distribution: str, df: float) -> float:
@@ -175,6 +175,29 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     return ExperimentResult("non-gaussian", checks, figures, data, summary, dict(config))
 
 
+SETTINGS = (
+    names("activations"),
+    names("distributions", Setting("distribution", str, choices=INPUT_DISTRIBUTIONS)),
+    count("n_inputs", 10**4),
+    count("n_hidden", 10**4),
+    count("samples", 10**8),
+    count("data_seeds", 1000),
+    Setting("df", float, low=4.0, low_open=True, high=1e6),
+    SEED,
+    count("draws", 10**4),
+    count("dyn_samples", 10**8),
+    count("dyn_steps", 10**6),
+    Setting("dynamics_activation", str, check=activation_name),
+)
+RELATIONS = (Relation("dynamics_activation is one of activations", lambda c: c["dynamics_activation"] in c["activations"]),)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """The batch Jacobian ``(N, P)`` and its factorisation (a few copies), for the spectrum or the dynamics batch."""
+    P = n_params(config["n_inputs"], config["n_hidden"])
+    return FLOAT64 * (3.0 * max(config["samples"], config["dyn_samples"]) * P + 4.0 * P * P)
+
+
 register(
     Experiment(
         name="non-gaussian",
@@ -188,5 +211,8 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        relations=RELATIONS,
+        memory=memory,
     )
 )

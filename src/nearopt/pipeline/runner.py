@@ -19,7 +19,6 @@ were running; the same command resumes from the cache.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -32,9 +31,10 @@ from typing import Any
 from tqdm import tqdm
 
 from .. import io
-from ..errors import NearoptError
+from ..errors import NearoptError, ResourceError
 from ..experiments import all_experiments, base
 from ..experiments.base import Experiment, ExperimentResult
+from ..resources import available_memory, format_bytes
 from . import selftest  # noqa: F401 - registers the pipeline's self-test experiment
 from .backends import make_backend
 from .cache import CellCache, cell_key, finalize_key, jsonable
@@ -59,49 +59,12 @@ def study_experiments() -> list[Experiment]:
     return [e for e in all_experiments() if e.name != SELFTEST]
 
 
-def _compatible(default: Any, value: Any) -> bool:
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, (int, float)):
-        return isinstance(value, (int, float)) and (isinstance(default, float) or isinstance(value, int))
-    if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, type(default))
-
-
 #: most cells one experiment may expand to (estimated before expanding)
 MAX_CELLS = 200_000
 
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _check_range(name: str, default: Any, value: Any) -> None:
-    """Range rules read off the default: counts and sizes (int default >= 1) stay >= 1, seeds (int 0) >= 0,
-    positive float settings stay > 0, every number is finite; lists and nested settings element by element."""
-    if isinstance(value, bool) or value is None or default is None:
-        return
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise NearoptError(f"{name} = {value!r} must be a finite number")
-        if isinstance(default, bool) or not isinstance(default, (int, float)):
-            return
-        if _is_int(default) and default >= 1 and value < 1:
-            raise NearoptError(f"{name} = {value!r} must be >= 1 (a count or size; default {default})")
-        if _is_int(default) and default == 0 and value < 0:
-            raise NearoptError(f"{name} = {value!r} must be >= 0 (default {default})")
-        if isinstance(default, float) and default > 0 and value <= 0:
-            raise NearoptError(f"{name} = {value!r} must be > 0 (default {default})")
-    elif isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)) and default:
-        for i, item in enumerate(value):
-            _check_range(f"{name}[{i}]", default[min(i, len(default) - 1)] if not isinstance(default[0], (list, tuple, dict)) else default[0], item)
-    elif isinstance(value, dict) and isinstance(default, dict):
-        for key, item in value.items():
-            if key in default:
-                _check_range(f"{name}.{key}", default[key], item)
 
 
 def _cells(exp: Experiment, config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -131,21 +94,35 @@ def estimated_cells(exp: Experiment, size: str, overrides: dict[str, Any]) -> fl
 
 
 def make_config(exp: Experiment, size: str = "quick", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``exp``'s ``size`` configuration with ``overrides`` (existing keys, matching types, ranges; bounded cell count)."""
+    """``exp``'s ``size`` configuration with ``overrides``, refused with one line before any cell runs unless
+
+    every key exists and passes its :class:`~nearopt.experiments.base.Setting` and every
+    :class:`~nearopt.experiments.base.Relation` holds (:meth:`Experiment.validate`), the
+    configuration gives between 1 and :data:`MAX_CELLS` cells (estimated before expanding),
+    and its largest cell fits in the available memory (``exp.memory``).
+    """
     overrides = overrides or {}
-    base = exp.config(size)
-    for key, value in overrides.items():
-        if key in base and not _compatible(base[key], value):
-            raise NearoptError(
-                f"{exp.name}.{key} = {value!r} has the wrong type; the {size} default is {base[key]!r} ({type(base[key]).__name__})"
-            )
-        _check_range(f"{exp.name}.{key}", base.get(key), value)
     config = exp.config(size, overrides)
+    exp.validate(config)
     if overrides:
         n = estimated_cells(exp, size, overrides)
         if n > MAX_CELLS:
             raise NearoptError(f"{exp.name}: these settings give about {n:.3g} cells, more than {MAX_CELLS}; reduce {', '.join(sorted(overrides))}")
+    if not _cells(exp, config):
+        raise NearoptError(f"{exp.name}: these settings give no cells, so nothing would be computed or checked")
+    need = cell_memory(exp, config)
+    avail = available_memory()
+    if need > avail:
+        raise ResourceError(
+            f"{exp.name}: the largest cell of these settings needs about {format_bytes(need)}, but only {format_bytes(avail)} is available"
+            + (f"; reduce {', '.join(sorted(overrides))}" if overrides else "")
+        )
     return config
+
+
+def cell_memory(exp: Experiment, config: dict[str, Any]) -> float:
+    """Estimated peak bytes of ``exp``'s largest cell under ``config`` (0 when the experiment gives no estimate)."""
+    return float(exp.memory(config)) if exp.memory is not None else 0.0
 
 
 # -- one experiment's run ------------------------------------------------------
