@@ -401,3 +401,14 @@ def test_huge_teacher_is_refused_before_sampling(monkeypatch, tmp_path):
     _forbid(monkeypatch, cmd_teacher, "sample_teacher")
     code, out, err = cli("teacher", "--ni", "100000000", "--nh", "100000", "-o", tmp_path / "t.npz")
     one_line(code, err, 2, "a teacher of N_h = 100000, N_i = 100000000 needs")
+
+
+def test_load_student_names_a_student_file_and_checks_its_width(tmp_path):
+    teacher = sample_teacher(3, 2, "erf", seed=0)
+    S = manifold.load_student(_weights(tmp_path / "s.npz"), teacher)
+    assert S.W1.shape == (2, 3) and S.activation is teacher.activation
+    np.savez(tmp_path / "w.npz", W1=np.ones((2, 4)), W2=np.ones(2))
+    with pytest.raises(NearoptError, match="^student file .* has N_i = 4"):
+        manifold.load_student(tmp_path / "w.npz", teacher)
+    with pytest.raises(NearoptError, match="^student file .* b1"):
+        manifold.load_student(_weights(tmp_path / "b.npz", b1=np.zeros(2)), teacher)

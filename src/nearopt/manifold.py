@@ -10,7 +10,8 @@ a whole manifold of points. Constructors here build points of it from a teacher:
   :func:`rescale_units` (positively homogeneous ``g`` such as ReLU: ``(w, v) -> (a w, v / a)``, ``a > 0``);
 
 and :func:`on_manifold` checks that the population loss vanishes there.
-:func:`random_student` draws a student of any width off the manifold. Every
+:func:`random_student` draws a student of any width off the manifold and
+:func:`load_student` reads one from a file. Every
 constructor checks the memory of what it builds before building it
 (:func:`nearopt.resources.require_memory`).
 
@@ -55,6 +56,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from . import io
 from .activations import Activation, ReLU
 from .curvature.landscape import PopulationLossHessian, population_loss
 from .errors import NearoptError, require_positive_int
@@ -127,6 +129,18 @@ def random_student(teacher: TwoLayerNet, width: int, seed: int = 1) -> TwoLayerN
     rng = np.random.default_rng([int(seed), 0x57])
     W1 = rng.standard_normal((K, teacher.n_inputs)) / np.sqrt(teacher.n_inputs)
     return TwoLayerNet(W1, rng.standard_normal((1, K)) / np.sqrt(K), teacher.activation)
+
+
+def load_student(path, teacher: TwoLayerNet) -> TwoLayerNet:
+    """The student of weight file ``path`` (``W1`` ``(K, N_i)``, ``W2`` ``(1, K)`` or ``(K,)``) with ``teacher``'s activation.
+
+    Validated by :func:`nearopt.io.load_weights` (messages name a "student file");
+    its ``N_i`` must be the teacher's.
+    """
+    W1, W2 = io.load_weights(path, role="student")
+    if W1.shape[1] != teacher.n_inputs:
+        raise NearoptError(f"student file {path} has N_i = {W1.shape[1]} (W1 {W1.shape}); the teacher has N_i = {teacher.n_inputs}")
+    return TwoLayerNet(W1, W2, teacher.activation)
 
 
 def add_dead_units(net: TwoLayerNet, n: int, *, incoming: np.ndarray | None = None, scale: float | None = None, seed: int = 0) -> TwoLayerNet:
@@ -425,6 +439,7 @@ __all__ = [
     "flip_signs",
     "is_odd",
     "is_positively_homogeneous",
+    "load_student",
     "manifold_report",
     "on_manifold",
     "permute_units",
