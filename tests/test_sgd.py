@@ -10,11 +10,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.special import erf as erf_fn
 
 import nearopt as no
 from nearopt.cli import main
 from nearopt.curvature.landscape import population_loss
 from nearopt.curvature.population import PopulationHessian
+from nearopt.dynamics.ode import committee_ode, embedded_teacher, i2, i3, i4, j2, ode_near_optimum
 from nearopt.dynamics.sgd import PopulationLoss, record_steps, run_sgd, simulate_sgd
 from nearopt.dynamics.sgd_predict import (
     exact_model,
@@ -250,3 +252,41 @@ def test_cli_warns_beyond_critical(capsys):
     code = main(["sgd", "-a", "erf", "--ni", "3", "--nh", "2", "--lr", "5", "--steps", "200", "--runs", "4", "--points", "3"])
     captured = capsys.readouterr()
     assert code == 0 and "critical" in captured.err and "diverged" in captured.out
+
+
+def _gauss_rule(dim: int, order: int = 16):
+    x, w = np.polynomial.hermite_e.hermegauss(order)
+    w = w / math.sqrt(2 * math.pi)
+    grids = np.meshgrid(*([x] * dim), indexing="ij")
+    wts = np.prod(np.stack(np.meshgrid(*([w] * dim), indexing="ij"), -1), -1).ravel()
+    return np.stack([g.ravel() for g in grids], 1), wts
+
+
+def test_committee_integrals_against_quadrature():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((4, 4))
+    C = A @ A.T / 4
+    Z, w = _gauss_rule(4)
+    U = Z @ np.linalg.cholesky(C).T
+    g = lambda z: erf_fn(z / math.sqrt(2))
+    gp = lambda z: math.sqrt(2 / math.pi) * np.exp(-z * z / 2)
+    assert w @ (gp(U[:, 0]) * U[:, 1] * g(U[:, 2])) == pytest.approx(i3(C[0, 0], C[0, 1], C[0, 2], C[1, 2], C[2, 2]), rel=1e-6)
+    ref4 = w @ (gp(U[:, 0]) * gp(U[:, 1]) * g(U[:, 2]) * g(U[:, 3]))
+    assert ref4 == pytest.approx(i4(C[0, 0], C[0, 1], C[1, 1], C[0, 2], C[0, 3], C[1, 2], C[1, 3], C[2, 2], C[2, 3], C[3, 3]), rel=1e-6)
+    assert w @ (gp(U[:, 0]) * gp(U[:, 1])) == pytest.approx(j2(C[0, 0], C[0, 1], C[1, 1]), rel=1e-8)
+    assert w @ (g(U[:, 0]) * g(U[:, 1])) == pytest.approx(i2(C[0, 0], C[0, 1], C[1, 1]), rel=1e-8)
+
+
+def test_committee_ode_fixed_point_and_large_n_limit():
+    base = no.sample_teacher(2, 2, "erf", seed=1)
+    ode = committee_ode(base, 1.0)
+    dQ, dR, dv = ode.rhs(ode.T, ode.T.copy(), ode.u.copy())
+    assert max(np.abs(dQ).max(), np.abs(dR).max(), np.abs(dv).max()) < 1e-14 and abs(ode.error(ode.T, ode.T, ode.u)) < 1e-15
+    alphas = np.array([0.0, 1.0, 5.0, 20.0])
+    ref = ode_near_optimum(base, lr=1.0, c=0.01, alphas=alphas)
+    gaps = []
+    for n in (16, 128):
+        ex = exact_model(embedded_teacher(base, n))
+        pred = ex.curve(1.0 / n, 1, np.round(alphas * n), sigma0=math.sqrt(0.01 / n))
+        gaps.append(np.max(np.abs(pred / ref - 1)))
+    assert gaps[1] < 0.1 and gaps[1] < gaps[0] / 4  # the O(1/N) approach to the ODE

@@ -11,6 +11,7 @@ Quick tour::
 """
 
 from .objective import POPULATION_CLOSED_FORMS, ClosedFormHessian, Objective, forward_batched, make_objective
+from .ode import CommitteeODE, committee_ode, embedded_teacher, integrate_ode, ode_near_optimum
 from .predict import (
     check_step_size,
     fit_log_slope,
@@ -57,6 +58,11 @@ __all__ = [
     "auto_horizon",
     "auto_lr",
     "ClosedFormHessian",
+    "CommitteeODE",
+    "committee_ode",
+    "embedded_teacher",
+    "integrate_ode",
+    "ode_near_optimum",
     "check_step_size",
     "exact_model",
     "fit_log_slope",

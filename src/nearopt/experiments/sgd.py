@@ -12,6 +12,8 @@ Three kinds of cells (docs/sgd.md):
   ``A sigma^2 / (2 (1 - A))``).
 * ``critical``: exact against spectral critical learning rates across activations and sizes:
   equal for linear networks (Gaussian ``J``), apart elsewhere.
+* ``ode``: the order-parameter ODEs of online SGD for erf committee machines (the ``N_i -> infinity``
+  limit at ``eta = eta~ / N_i``) against the exact recursion as ``N_i`` grows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import io
+from ..dynamics.ode import embedded_teacher, ode_near_optimum
 from ..dynamics.sgd import run_sgd
 from ..dynamics.sgd_predict import exact_model, problem_spectrum, spectral_stationary_loss, spectrum_model
 from ..model import sample_teacher
@@ -38,6 +41,8 @@ Z_MATCH = 3.0
 Z_MAX = 4.0
 #: linear networks: exact and spectral predictions agree to this (relative)
 LINEAR_RTOL = 1e-9
+#: the exact recursion at the largest N_i of the ODE cell lies within this of the ODEs (the gap falls like 1/N_i)
+ODE_RTOL = 0.1
 #: curve checks apply up to this fraction of the exact critical rate (the issue's 60 %), or where the cell asks
 CHECK_FRACTION = 0.6
 
@@ -57,6 +62,7 @@ _QUICK = {
         {"activation": "erf", "n_inputs": 3, "n_hidden": 2, "teacher_seed": 0, "trained": "both", "noise": 0.01, "fractions": [0.2, 0.5], "batches": [1, 4], "steps": 600, "runs": 300, "check": True},
     ],
     "critical": {"activations": ["linear", "erf", "tanh", "quadratic", "relu"], "sizes": [[3, 2]], "seeds": [0], "batches": [1, 8]},
+    "ode": {"n_hidden": 2, "teacher_seed": 1, "lr": 1.0, "c": 0.01, "alpha_max": 50.0, "sizes": [8, 32, 128]},
     "points": 12,
 }
 _FULL = {
@@ -73,6 +79,7 @@ _FULL = {
         {"activation": "erf", "n_inputs": 3, "n_hidden": 2, "teacher_seed": 0, "trained": "both", "noise": 0.01, "fractions": [0.1, 0.3, 0.5, 0.6], "batches": [1, 4, 16], "steps": 2000, "runs": 1000, "check": True},
     ],
     "critical": {"activations": ["linear", "erf", "tanh", "quadratic", "relu"], "sizes": [[3, 2], [4, 3], [8, 3]], "seeds": [0, 1, 2, 3], "batches": [1, 8, 64]},
+    "ode": {"n_hidden": 2, "teacher_seed": 1, "lr": 1.0, "c": 0.01, "alpha_max": 50.0, "sizes": [8, 32, 128, 512, 2048]},
     "points": 20,
 }
 
@@ -83,6 +90,7 @@ def cells(config: dict[str, Any]) -> list[dict[str, Any]]:
     crit = config["critical"]
     out += [{"kind": "critical", "activation": a, "n_inputs": s[0], "n_hidden": s[1], "teacher_seed": k, "batches": crit["batches"]}
             for a in crit["activations"] for s in crit["sizes"] for k in crit["seeds"]]
+    out.append(dict(config["ode"], kind="ode", points=config["points"]))
     return out
 
 
@@ -143,8 +151,25 @@ def _critical_cell(cell: dict[str, Any]) -> dict[str, Any]:
             "gd_limit": 2.0 / sp.lambda_max, "quadrature_error": ex.info.get("quadrature_error"), "method": ex.info.get("method")}
 
 
+def _ode_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """The order-parameter ODEs (N -> infinity) against the exact recursion at eta = eta~ / N, sigma0^2 = c / N, t = alpha N."""
+    k = cell["n_hidden"]
+    base = sample_teacher(k, k, "erf", seed=cell["teacher_seed"])
+    alphas = np.concatenate([[0.0], np.geomspace(0.05, cell["alpha_max"], cell["points"])])
+    ode = ode_near_optimum(base, lr=cell["lr"], c=cell["c"], alphas=alphas)
+    curves, gaps = [], []
+    for n in cell["sizes"]:
+        ex = exact_model(embedded_teacher(base, n))
+        pred = ex.curve(cell["lr"] / n, 1, np.round(alphas * n), sigma0=math.sqrt(cell["c"] / n))
+        curves.append(pred)
+        gaps.append(float(np.max(np.abs(pred / ode - 1))))
+    slope = float(np.polyfit(np.log(cell["sizes"]), np.log(gaps), 1)[0]) if len(gaps) > 1 else float("nan")
+    return {"kind": "ode", "alphas": alphas, "ode": ode, "sizes": cell["sizes"], "predicted": curves, "max_rel_gap": gaps,
+            "gap_exponent": slope, "lr": cell["lr"], "c": cell["c"], "K": k}
+
+
 def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
-    fn = {"curve": _curve_cell, "stationary": _stationary_cell, "critical": _critical_cell}[cell["kind"]]
+    fn = {"curve": _curve_cell, "stationary": _stationary_cell, "critical": _critical_cell, "ode": _ode_cell}[cell["kind"]]
     return json.loads(io.to_json(fn(cell), indent=None))
 
 
@@ -220,6 +245,23 @@ def _plot_critical(crits: list[dict[str, Any]], stem: Path) -> list[Path]:
     return save_figure(fig, stem)
 
 
+def _plot_ode(r: dict[str, Any], stem: Path) -> list[Path]:
+    fig, (ax, bx) = new_figure(1, 2, figsize=(8.4, 3.3))
+    a = np.asarray(r["alphas"], dtype=float)
+    ax.loglog(a[1:], np.asarray(r["ode"], dtype=float)[1:], "k-", lw=2, label="order-parameter ODEs (N → ∞)")
+    for n, p in zip(r["sizes"], r["predicted"]):
+        ax.loglog(a[1:], np.asarray(p, dtype=float)[1:], "--", lw=1, label=f"exact recursion, N_i = {n}")
+    ax.set_xlabel("α = t / N_i")
+    ax.set_ylabel("excess population loss")
+    ax.set_title(f"erf committee K = M = {r['K']}, η = {r['lr']:g}/N_i, σ0² = {r['c']:g}/N_i", fontsize=8)
+    ax.legend(fontsize=6)
+    bx.loglog(r["sizes"], r["max_rel_gap"], "o-", label=f"max relative gap (slope {r['gap_exponent']:.2f})")
+    bx.set_xlabel("N_i")
+    bx.set_ylabel("max |recursion / ODE − 1|")
+    bx.legend(fontsize=7)
+    return save_figure(fig, stem)
+
+
 def _curve_checks(r: dict[str, Any]) -> list[Check]:
     name = _label(r)
     out = []
@@ -245,13 +287,15 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     curves = [r for r in results if r["kind"] == "curve"]
     stats = [r for r in results if r["kind"] == "stationary"]
     crits = [r for r in results if r["kind"] == "critical"]
+    ode = next(r for r in results if r["kind"] == "ode")
     figures = [_plot_curves(curves, out_dir / "sgd_curves")[0], _plot_stationary(stats, out_dir / "sgd_stationary")[0],
-               _plot_critical(crits, out_dir / "sgd_critical")[0]]
+               _plot_critical(crits, out_dir / "sgd_critical")[0], _plot_ode(ode, out_dir / "sgd_ode")[0]]
     keys = ("activation", "N_i", "N_h", "P", "fraction", "lr", "batch", "noise", "sigma0", "runs", "critical_lr", "critical_lr_spectral",
             "stationary_loss", "stationary_loss_spectral", "late_rate", "late_rate_spectral", "late_rate_gd", "diverged_runs", "exact_method",
             "throughput_run_steps_per_s")
     data = [
-        io.write_json(out_dir / "sgd.json", {"curves": [{k: r[k] for k in keys} for r in curves], "stationary": stats, "critical": crits}),
+        io.write_json(out_dir / "sgd.json", {"curves": [{k: r[k] for k in keys} for r in curves], "stationary": stats, "critical": crits,
+                                             "ode": {k: v for k, v in ode.items() if k not in ("predicted",)}}),
         io.write_npz(out_dir / "sgd_curves.npz", **{f"{i}_{r['activation']}_{k}": np.asarray(r[k], dtype=float)
                                                     for i, r in enumerate(curves) for k in ("steps", "loss", "loss_sem", "predicted", "predicted_spectral", "tail_share")}),
     ]
@@ -266,6 +310,11 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
         if c["activation"] == "linear":
             checks.append(check_below(f"linear {c['N_i']}x{c['N_h']} seed {c['teacher_seed']}: exact vs spectral critical rate (max rel. difference)",
                                       float(max(abs(e / s - 1) for e, s in zip(c["exact"], c["spectral"]))), 1e-8))
+    gaps = ode["max_rel_gap"]
+    checks.append(check_below(f"order-parameter ODEs vs exact recursion at N_i = {ode['sizes'][-1]} (max relative gap)", gaps[-1], ODE_RTOL,
+                              detail=f"gaps {', '.join(f'{g:.3g}' for g in gaps)} at N_i = {ode['sizes']}; exponent {ode['gap_exponent']:.2f}"))
+    checks.append(check_below("the gap to the ODEs shrinks with N_i (largest ratio of consecutive gaps)",
+                              float(max(b / a for a, b in zip(gaps, gaps[1:]))), 1.0))
     srows = []
     for st in stats:
         for row in st["rows"]:

@@ -1,0 +1,149 @@
+"""Order-parameter ODEs of online SGD for erf soft committee machines (Saad & Solla 1995; Goldt et al. 2019).
+
+Student ``f(x) = sum_a v_a g(w_a . x)``, teacher ``f*(x) = sum_m u_m g(t_m . x)``, ``g(z) = erf(z / sqrt 2)``,
+inputs ``x ~ N(0, I_N)``, labels ``y = f*(x) + sigma xi``, online SGD with step ``eta = eta~ / N`` on both
+layers. As ``N -> infinity`` at fixed ``alpha = t / N`` the overlaps ``Q_ab = w_a . w_b``,
+``R_am = w_a . t_m`` and the second layer ``v`` follow (``lambda = W x``, ``nu = T x`` jointly Gaussian
+with covariance ``[[Q, R], [R^T, T]]``, ``r = f - y``)::
+
+    dR_am / d alpha = -eta~ v_a E[g'(lambda_a) r nu_m]
+    dQ_ab / d alpha = -eta~ (v_a E[g'(lambda_a) r lambda_b] + v_b E[g'(lambda_b) r lambda_a])
+                      + eta~^2 v_a v_b E[g'(lambda_a) g'(lambda_b) r^2]
+    dv_a  / d alpha = -eta~ E[g(lambda_a) r]
+
+with ``E[g' g' r^2]`` including ``sigma^2 E[g' g']``. The Gaussian integrals of ``erf(z / sqrt 2)``
+are closed forms (:func:`i2`, :func:`i3`, :func:`i4`, :func:`j2`; Saad & Solla 1995); the
+generalisation error is ``eps = 1/2 E[r0^2]`` (``r0`` without the noise): the excess population loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import integrate
+
+from ..activations import Erf
+from ..errors import NearoptError
+from ..model import TwoLayerNet
+
+
+def i2(c11, c12, c22):
+    """``E[g(u) g(v)] = (2/pi) arcsin(c12 / sqrt((1 + c11)(1 + c22)))``."""
+    return (2 / np.pi) * np.arcsin(c12 / np.sqrt((1 + c11) * (1 + c22)))
+
+
+def j2(c11, c12, c22):
+    """``E[g'(u) g'(v)] = (2/pi) ((1 + c11)(1 + c22) - c12^2)^(-1/2)``."""
+    return (2 / np.pi) / np.sqrt((1 + c11) * (1 + c22) - c12**2)
+
+
+def i3(c11, c12, c13, c23, c33):
+    """``E[g'(u) v g(w)] = (2/pi) (c23 (1 + c11) - c12 c13) / ((1 + c11) sqrt((1 + c11)(1 + c33) - c13^2))``."""
+    lam3 = (1 + c11) * (1 + c33) - c13**2
+    return (2 / np.pi) * (c23 * (1 + c11) - c12 * c13) / ((1 + c11) * np.sqrt(lam3))
+
+
+def i4(c11, c12, c22, c13, c14, c23, c24, c33, c34, c44):
+    """``E[g'(u1) g'(u2) g(u3) g(u4)] = (4/pi^2) Lambda4^(-1/2) arcsin(Lambda0 / sqrt(Lambda1 Lambda2))`` (Saad & Solla)."""
+    lam4 = (1 + c11) * (1 + c22) - c12**2
+    lam0 = lam4 * c34 - c23 * c24 * (1 + c11) - c13 * c14 * (1 + c22) + c12 * c13 * c24 + c12 * c14 * c23
+    lam1 = lam4 * (1 + c33) - c23**2 * (1 + c11) - c13**2 * (1 + c22) + 2 * c12 * c13 * c23
+    lam2 = lam4 * (1 + c44) - c24**2 * (1 + c11) - c14**2 * (1 + c22) + 2 * c12 * c14 * c24
+    return (4 / np.pi**2) / np.sqrt(lam4) * np.arcsin(np.clip(lam0 / np.sqrt(lam1 * lam2), -1.0, 1.0))
+
+
+@dataclass(frozen=True)
+class CommitteeODE:
+    """The ODEs for a student of ``K`` units learning a teacher with overlaps ``T`` ``(M, M)`` and second layer ``u`` ``(M,)``."""
+
+    T: np.ndarray
+    u: np.ndarray
+    lr: float
+    noise: float = 0.0
+
+    def _overlaps(self, Q: np.ndarray, R: np.ndarray) -> np.ndarray:
+        return np.block([[Q, R], [R.T, self.T]])  # covariance of (lambda, nu), (K+M, K+M)
+
+    def error(self, Q: np.ndarray, R: np.ndarray, v: np.ndarray) -> float:
+        """Generalisation error ``1/2 E[(f - f*)^2] = 1/2 beta^T I2 beta``, ``beta = (v, -u)``."""
+        Om = self._overlaps(Q, R)
+        d = np.diag(Om)
+        beta = np.concatenate([v, -self.u])
+        return float(0.5 * beta @ i2(d[:, None], Om, d[None, :]) @ beta)
+
+    def rhs(self, Q: np.ndarray, R: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(dQ, dR, dv) / d alpha``."""
+        K = Q.shape[0]
+        Om = self._overlaps(Q, R)
+        d = np.diag(Om)
+        beta = np.concatenate([v, -self.u])
+        a = np.arange(K)
+        # I3[a, j, k] = E[g'(lambda_a) phi_j g(phi_k)]
+        I3 = i3(d[a, None, None], Om[a, :, None], Om[a, None, :], Om[None, :, :], d[None, None, :])
+        first = I3 @ beta  # (K, K+M): E[g'(lambda_a) r0 phi_j]
+        aa, bb = a[:, None, None, None], a[None, :, None, None]
+        kk, ll = np.arange(Om.shape[0])[None, None, :, None], np.arange(Om.shape[0])[None, None, None, :]
+        I4 = i4(Om[aa, aa], Om[aa, bb], Om[bb, bb], Om[aa, kk], Om[aa, ll], Om[bb, kk], Om[bb, ll], Om[kk, kk], Om[kk, ll], Om[ll, ll])
+        second = np.einsum("abkl,k,l->ab", I4, beta, beta) + self.noise**2 * j2(d[:K, None], Q, d[None, :K])
+        grad_v = i2(d[:K, None], Om[:K], d[None, :]) @ beta  # E[g(lambda_a) r0]
+        eta = self.lr
+        dR = -eta * v[:, None] * first[:, K:]
+        fq = v[:, None] * first[:, :K]
+        dQ = -eta * (fq + fq.T) + eta**2 * np.outer(v, v) * second
+        dv = -eta * grad_v
+        return dQ, dR, dv
+
+
+def committee_ode(teacher: TwoLayerNet, lr: float, noise: float = 0.0) -> CommitteeODE:
+    """The ODEs for ``teacher`` (erf, ``g = erf(z / sqrt 2)``) at ``eta~ = lr`` (the SGD step is ``lr / N_i``)."""
+    act = teacher.activation
+    if not (isinstance(act, Erf) and not act.unit):
+        raise NearoptError(f"the committee-machine ODEs are implemented for erf (erf(z/sqrt 2)), got {act.name}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise NearoptError(f"learning rate must be a finite number > 0, got {lr!r}")
+    T = teacher.W1 @ teacher.W1.T
+    return CommitteeODE(0.5 * (T + T.T), teacher.W2.ravel().astype(np.float64), float(lr), float(noise))
+
+
+def integrate_ode(ode: CommitteeODE, Q0: np.ndarray, R0: np.ndarray, v0: np.ndarray, alphas, *, rtol: float = 1e-10, atol: float = 1e-14) -> np.ndarray:
+    """Generalisation error ``(A,)`` at times ``alphas`` (ascending, from 0) from ``(Q0, R0, v0)`` (RK45 / DOP853)."""
+    K, M = R0.shape
+    iu = np.triu_indices(K)
+
+    def pack(Q, R, v):
+        return np.concatenate([Q[iu], R.ravel(), v])
+
+    def unpack(y):
+        Q = np.zeros((K, K))
+        Q[iu] = y[: iu[0].size]
+        Q = Q + np.triu(Q, 1).T
+        R = y[iu[0].size : iu[0].size + K * M].reshape(K, M)
+        return Q, R, y[iu[0].size + K * M :]
+
+    def f(_alpha, y):
+        return pack(*ode.rhs(*unpack(y)))
+
+    al = np.asarray(alphas, dtype=np.float64)
+    sol = integrate.solve_ivp(f, (0.0, float(al[-1])), pack(Q0, R0, v0), t_eval=al, method="DOP853", rtol=rtol, atol=atol)
+    if not sol.success:
+        raise NearoptError(f"the order-parameter ODEs failed to integrate: {sol.message}")
+    return np.array([ode.error(*unpack(y)) for y in sol.y.T])
+
+
+def embedded_teacher(base: TwoLayerNet, n_inputs: int) -> TwoLayerNet:
+    """``base`` (``W1`` ``(M, d)``) padded with zero columns to ``N_i = n_inputs``: the same overlaps ``T`` at any ``N_i``."""
+    M, d = base.W1.shape
+    if n_inputs < d:
+        raise NearoptError(f"cannot embed a teacher with {d} inputs in N_i = {n_inputs}")
+    W1 = np.zeros((M, n_inputs))
+    W1[:, :d] = base.W1
+    return TwoLayerNet(W1, base.W2, base.activation)
+
+
+def ode_near_optimum(teacher: TwoLayerNet, *, lr: float, c: float, alphas, noise: float = 0.0) -> np.ndarray:
+    """The ODE's error from the ``N -> infinity`` limit of ``delta_0 ~ N(0, (c / N) I)``: ``Q = T + c I``, ``R = T``, ``v = u``."""
+    ode = committee_ode(teacher, lr, noise)
+    K = ode.T.shape[0]
+    return integrate_ode(ode, ode.T + c * np.eye(K), ode.T.copy(), ode.u.copy(), alphas)
