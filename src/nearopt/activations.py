@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -57,6 +57,40 @@ class PairMoments:
     method: str
     order: int | None = None
     error: float = 0.0
+    #: ``b[..., 0] + b[..., 1]`` and ``K.sum((-2, -1))`` (shape ``S``) from a closed form free of
+    #: cancellation, where the activation has one; ``None``: the sums of the entries (:meth:`fold_diagonal`)
+    b_sum: np.ndarray | None = None
+    K_sum: np.ndarray | None = None
+
+    def __getitem__(self, index) -> PairMoments:
+        """The moments of the pairs ``index`` selects on the leading shape ``S`` (``m[rows, cols]``; no ``...``)."""
+
+        def take(x: np.ndarray | None) -> np.ndarray | None:
+            return None if x is None else x[index]
+
+        return replace(self, gg=self.gg[index], b=self.b[index], dd=self.dd[index], K=self.K[index], b_sum=take(self.b_sum), K_sum=take(self.K_sum))
+
+    def fold_diagonal(self) -> PairMoments:
+        """The moments of ``(N_h, N_h)`` unit pairs with each pair ``(a, a)`` in its parallel form.
+
+        For a unit with itself both Stein directions are ``s_a``, so only sums enter:
+        ``E[g'(u) g(u) x] = b_sum s_a`` and ``E[g'(u)^2 x x^T] = dd Sigma + K_sum s_a s_a^T``.
+        Writing ``b = (b_sum, 0)`` and ``K = [[K_sum, 0], [0, 0]]`` there gives the same
+        Stein form without adding four terms that cancel: for ``erf`` at pre-activation
+        variance ``c`` each ``K`` entry times ``s_a s_a^T`` is ``~ dd k c`` (``k = 2 a^2``)
+        while their total is ``-dd (1 - 1/(1 + 2 k c))``, so summing the entries loses
+        ``log10(k c)`` digits (negative eigenvalues from ``|w| ~ 1e3`` on). For assembling
+        Stein forms only: the folded ``(a, a)`` entries are no longer ``E[g''(u) g(u)]`` etc.
+        """
+        if self.gg.ndim != 2 or self.gg.shape[0] != self.gg.shape[1]:
+            raise NearoptError(f"fold_diagonal needs the moments of all (N_h, N_h) unit pairs, got shape {self.gg.shape}")
+        i = np.arange(self.gg.shape[0])
+        b_sum = self.b.sum(-1) if self.b_sum is None else self.b_sum
+        K_sum = self.K.sum((-2, -1)) if self.K_sum is None else self.K_sum
+        b, K = self.b.copy(), self.K.copy()
+        b[i, i], K[i, i] = 0.0, 0.0
+        b[i, i, 0], K[i, i, 0, 0] = b_sum[i, i], K_sum[i, i]
+        return replace(self, b=b, K=K)
 
     def raw(self, c11, c12, c22) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Moments in ``z``-coordinates for the covariances ``(c11, c12, c22)`` they were made for.
@@ -70,11 +104,47 @@ class PairMoments:
         return self.gg, first, self.dd, second
 
 
+#: Veltkamp's splitting constant for float64 (``2**27 + 1``): ``x = hi + lo`` with 26-bit halves
+_SPLIT = 134217729.0
+
+
+def _two_product(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a b = p + e`` exactly (Dekker): ``p = fl(a b)`` and its rounding error ``e`` (``|a|, |b| <= 1``)."""
+
+    def split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = _SPLIT * x
+        hi = t - (t - x)
+        return hi, x - hi
+
+    p = a * b
+    (ah, al), (bh, bl) = split(a), split(b)
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def correlation_gap(c11, c12, c22) -> np.ndarray:
+    """``1 - r**2 = det C / (c11 c22)`` for ``C = [[c11, c12], [c12, c22]]`` (``r`` the correlation), in ``[0, 1]``.
+
+    Accurate to a few ulps of itself for every representable PSD ``C``, not only to
+    ``eps / (1 - r**2)``: the entries are scaled into ``[1/4, 1)`` by even powers of two
+    (exact; no over- or underflow) and ``c11 c22 - c12**2`` is formed from exact
+    products (:func:`_two_product`), so the difference of two nearly equal products
+    is exact (Sterbenz). ``0`` where ``c11 c22 = 0``; exactly ``0`` for ``c11 = c12 = c22``.
+    """
+    c11, c12, c22 = _broadcast(c11, c12, c22)
+    j1, j2 = (np.frexp(c11)[1] + 1) // 2, (np.frexp(c22)[1] + 1) // 2
+    a11, a12, a22 = np.ldexp(c11, -2 * j1), np.ldexp(c12, -(j1 + j2)), np.ldexp(c22, -2 * j2)
+    p1, e1 = _two_product(a11, a22)
+    p2, e2 = _two_product(a12, a12)
+    det = (p1 - p2) + (e1 - e2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.where(p1 > 0, det / np.where(p1 > 0, p1 + e1, 1.0), 0.0)
+    return np.clip(gap, 0.0, 1.0)
+
+
 def pair_covariance(c11, c12, c22) -> np.ndarray:
     """``[[c11, c12], [c12, c22]]`` stacked over the broadcast shape ``S``: ``S + (2, 2)``."""
     c11, c12, c22 = np.broadcast_arrays(*(np.asarray(c, dtype=np.float64) for c in (c11, c12, c22)))
     return np.stack([np.stack([c11, c12], -1), np.stack([c12, c22], -1)], -2)
-
 
 
 class Activation:
@@ -174,9 +244,12 @@ class Polynomial(Activation):
     """``g(z) = sum_k c_k z**k`` with real coefficients ``c = (c_0, ..., c_p)``."""
 
     def __init__(self, coefficients, name: str | None = None):
-        c = np.trim_zeros(np.asarray(coefficients, dtype=np.float64).ravel(), "b")
-        if c.size == 0 or not np.all(np.isfinite(c)):
-            raise NearoptError("polynomial activation needs at least one finite nonzero coefficient")
+        c = np.asarray(coefficients, dtype=np.float64).ravel()
+        if not np.all(np.isfinite(c)):
+            raise NearoptError(f"polynomial coefficients must be finite numbers, got {', '.join(f'{x:g}' for x in c)}")
+        c = np.trim_zeros(c, "b")
+        if c.size == 0:
+            raise NearoptError("polynomial activation needs at least one nonzero coefficient")
         self._c = c
         self.name = name or "polynomial:" + ",".join(f"{x:g}" for x in c)
 
@@ -200,7 +273,6 @@ class Polynomial(Activation):
             out.append(_horner(c, z))
             c = _differentiate(c)
         return out
-
 
     def closed_form_moments(self, c11, c12, c22) -> PairMoments:
         """Mehler: ``E[p(u) q(v)] = sum_k k! alpha_k beta_k rho^k`` with Hermite coefficients of ``p(s1 t)``, ``q(s2 t)``."""
@@ -309,39 +381,78 @@ class Erf(Activation):
         d1 = self.derivative(z)  # g'' = -2 a^2 z g',  g^(3) = (4 a^4 z^2 - 2 a^2) g'
         return [self(z), d1, -2 * a2 * z * d1, (4 * a2 * a2 * z * z - 2 * a2) * d1][: order + 1]
 
-
     def closed_form_moments(self, c11, c12, c22) -> PairMoments:
-        """``g = erf(a z)``: arcsine kernel; ``g'`` is Gaussian so ``g'g'``-moments are Gaussian integrals."""
+        """``g = erf(a z)``: arcsine kernel; ``g'`` is Gaussian so ``g'g'``-moments are Gaussian integrals.
+
+        With ``k = 2 a^2``, ``d_i = 1 + k c_ii``, ``rho = k c12 / sqrt(d1 d2)`` and
+        ``D = I + k C`` (``det D = d1 d2 omega``, ``omega = 1 - rho^2``)::
+
+            gg = (2/pi) atan2(rho, sqrt(omega))           dd = (2k/pi) / sqrt(det D)
+            b0 = -(2k/pi) rho / (d1 sqrt(omega))         K = -dd k D^{-1} = -dd k adj(D) / det D
+
+        Numerically: every factor is a product or quotient of positive numbers computed
+        to a few ulps, ``omega`` included (:func:`_erf_gap`), so each moment is accurate
+        to a few ulps at every scale (no overflow up to ``c ~ 1e300``). The textbook
+        forms lose digits as ``k c`` grows: ``det D = d1 d2 - k^2 c12^2`` and ``1 - rho^2``
+        cancel (for ``a = c`` the exact value ``1 + 2 k c`` is the difference of two
+        numbers ``~ (k c)^2``), ``K_11 = dd (k^2 C'_11 - k)`` with ``C' = C D^{-1}``
+        cancels (``k C'_11 -> 1``), and ``arcsin`` amplifies the rounding of ``rho``
+        near ``+-1`` by ``1 / sqrt(omega)``. ``b_sum`` and ``K_sum`` (the only
+        combinations a unit's pair with itself needs, :meth:`PairMoments.fold_diagonal`)
+        are formed from ``c11 - c12`` and ``c11 + c22 - 2 c12`` (exactly 0 for ``a = c``)::
+
+            b0 + b1 = (2k/pi) (1 + k (c11 - c12)) / (d1 sqrt(d1 d2 omega))
+            sum K   = -dd k (2 + k (c11 + c22 - 2 c12)) / (d1 d2 omega)
+        """
         c11, c12, c22 = _broadcast(c11, c12, c22)
-        a2 = 1.0 / self.scale**2
-        d1, d2 = 1.0 + 2 * a2 * c11, 1.0 + 2 * a2 * c22
-        detC = np.clip(c11 * c22 - c12**2, 0.0, None)
-        detD = d1 * d2 - 4 * a2**2 * c12**2  # det(I + 2 a^2 C) = d1 d2 (1 - rho^2)
-        rho = 2 * a2 * c12 / np.sqrt(d1 * d2)
-        gg = (2 / np.pi) * np.arcsin(np.clip(rho, -1.0, 1.0))
-        dd = (4 * a2 / np.pi) / np.sqrt(detD)  # (2a/sqrt(pi))^2 det(I + 2a^2 C)^(-1/2)
-        b0 = -(4 * a2 / np.pi) * rho / (d1 * np.sqrt(detD / (d1 * d2)))  # 2 d gg / d C11
-        # E[g'(u) g'(v) p(u, v)] = dd E_{N(0, C')}[p],  C' = C (I + 2 a^2 C)^(-1)
-        cp11, cp12, cp22 = (c11 + 2 * a2 * detC) / detD, c12 / detD, (c22 + 2 * a2 * detC) / detD
-        K11 = dd * (4 * a2**2 * cp11 - 2 * a2)  # g''' = (4 a^4 z^2 - 2 a^2) g'
-        K22 = dd * (4 * a2**2 * cp22 - 2 * a2)
-        K12 = dd * 4 * a2**2 * cp12  # g'' = -2 a^2 z g'
+        k = 2.0 / self.scale**2
+        amp = 2 * k / np.pi  # (2a / sqrt(pi))^2
+        d1, d2 = 1.0 + k * c11, 1.0 + k * c22
+        r12 = np.sqrt(d1) * np.sqrt(d2)  # sqrt(d1 d2) without overflow
+        rho = k * c12 / r12
+        om = _erf_gap(k, c11, c12, c22, d1, d2)
+        so = np.sqrt(om)
+        gg = (2 / np.pi) * np.arctan2(rho, so)  # = (2/pi) arcsin(rho), well conditioned near |rho| = 1
+        dd = amp / (r12 * so)
+        b0 = -amp * rho / (d1 * so)  # 2 d gg / d c11
+        K11, K22 = -dd * k / (d1 * om), -dd * k / (d2 * om)  # E[g'''(u) g'(v)] = -dd k d2 / det D
+        K12 = dd * k * rho / (r12 * om)  # E[g''(u) g''(v)] = dd k^2 c12 / det D
         K = np.stack([np.stack([K11, K12], -1), np.stack([K12, K22], -1)], -2)
-        return PairMoments(gg, np.stack([b0, dd], -1), dd, K, "closed-form")
+        # products ordered so that no intermediate over- or underflows (d1 om, r12 so ~ sqrt(c) at most)
+        b_sum = amp * (1.0 + k * (c11 - c12)) / d1 / (r12 * so)
+        K_sum = -dd * k * ((2.0 + k * np.clip(c11 + c22 - 2 * c12, 0.0, None)) / d1) / (d2 * om)
+        return PairMoments(gg, np.stack([b0, dd], -1), dd, K, "closed-form", b_sum=b_sum, K_sum=K_sum)
 
     def closed_form_fourth_moment(self, c11, c12, c22) -> np.ndarray:
         """``4 d^2/dc11^2`` of ``(2/pi) arcsin(rho)``, ``rho = k c12 / sqrt(d1 d2)``, ``k = 2 a^2``, ``d = 1 + k c``.
 
         ``d rho/d c11 = -k rho / (2 d1)`` and ``d^2 rho / d c11^2 = 3 k^2 rho / (4 d1^2)`` give
-        ``(2/pi) k^2 rho / d1^2 (rho^2 (1 - rho^2)^(-3/2) + 3 (1 - rho^2)^(-1/2))``;
-        ``|rho| < 1`` always (``d1 d2 > k^2 c12^2``), collinear units included.
+        ``(2/pi) k^2 rho / d1^2 (rho^2 omega^(-3/2) + 3 omega^(-1/2))``, ``omega = 1 - rho^2 > 0``
+        always (``d1 d2 > k^2 c12^2``), collinear units included; ``omega`` from
+        :func:`_erf_gap` (``1 - rho**2`` itself would lose ``log10(k c)`` digits).
         """
         c11, c12, c22 = _broadcast(c11, c12, c22)
         k = 2.0 / self.scale**2
         d1, d2 = 1.0 + k * c11, 1.0 + k * c22
-        rho = k * c12 / np.sqrt(d1 * d2)
-        om = 1.0 - rho**2
-        return (2 / np.pi) * k**2 * rho / d1**2 * (rho**2 / om**1.5 + 3.0 / np.sqrt(om))
+        rho = k * c12 / (np.sqrt(d1) * np.sqrt(d2))
+        om = _erf_gap(k, c11, c12, c22, d1, d2)
+        so = np.sqrt(om)
+        q = d1 * so  # d1^2 om^(3/2) = q^2 so: no over- or underflow for c up to ~1e300
+        return (2 / np.pi) * k**2 * rho / (q * q * so) * (rho**2 + 3.0 * om)
+
+
+def _erf_gap(k: float, c11, c12, c22, d1, d2) -> np.ndarray:
+    """``omega = 1 - rho^2 = det(I + k C) / (d1 d2)`` as a sum of non-negative terms (no cancellation).
+
+    ``det(I + k C) = 1 + k c11 + k c22 + k^2 det C``, so with ``x_i = k c_ii / d_i`` and the
+    correlation gap ``1 - r^2 = det C / (c11 c22)`` (:func:`correlation_gap`)::
+
+        omega = 1 / (d1 d2) + x1 / d2 + x2 / d1 + x1 x2 (1 - r^2)
+
+    each term to a few ulps, hence ``omega`` too (``>= 1 / (d1 d2) > 0``).
+    """
+    x1, x2 = k * c11 / d1, k * c22 / d2
+    return (1.0 / d1) * (1.0 / d2) + x1 / d2 + x2 / d1 + x1 * x2 * correlation_gap(c11, c12, c22)
 
 
 class Tanh(Activation):
@@ -378,7 +489,6 @@ class ReLU(Activation):
     def is_smooth(self) -> bool:
         return False
 
-
     def closed_form_moments(self, c11, c12, c22) -> PairMoments:
         """Arc-cosine kernels; ``g'' = delta`` and ``g''' = delta'`` integrated exactly."""
         c11, c12, c22 = _broadcast(c11, c12, c22)
@@ -386,16 +496,19 @@ class ReLU(Activation):
         denom = s1 * s2
         live = denom > 0
         cos = np.clip(np.divide(c12, denom, out=np.ones_like(denom), where=live), -1.0, 1.0)
-        # parallel units whose cosine is off +-1 by rounding: arccos would turn a few ulps into
-        # sin(theta) ~ 1e-8 (b0, gg); snap them to theta = 0 or pi exactly
-        cos = np.where(1.0 - np.abs(cos) <= COLLINEAR_SNAP, np.sign(cos), cos)
-        theta = np.arccos(cos)
-        sin = np.sqrt(np.clip(1.0 - cos * cos, 0.0, None))  # exactly 0 at theta = pi, unlike np.sin
+        # parallel units whose cosine is off +-1 by the Gram matrix's rounding: a few ulps would
+        # give sin(theta) ~ 1e-8 (b0, gg); snap them to theta = 0 or pi exactly
+        snap = 1.0 - np.abs(cos) <= COLLINEAR_SNAP
+        cos = np.where(snap, np.sign(cos), cos)
+        # sin from det C (correlation_gap), not sqrt(1 - cos^2): that loses eps / sin^2 for nearly
+        # parallel pairs, and arccos amplifies the rounding of cos by 1 / sin; atan2 does not
+        sin = np.where(snap | ~live, 0.0, np.sqrt(correlation_gap(c11, c12, c22)))  # exactly 0 at theta = pi
+        theta = np.arctan2(sin, cos)
         gg = denom / (2 * np.pi) * (sin + (np.pi - theta) * cos)
         step = np.where(live, (np.pi - theta) / (2 * np.pi), 0.0)
         b0 = np.divide(s2 * sin, 2 * np.pi * s1, out=np.zeros_like(s1), where=live)  # E[delta(u) relu(v)]
         # For parallel units the delta terms cancel exactly (E[step(u) x x^T] = I/2): K = 0 there.
-        ok = live & (1.0 - cos**2 > COLLINEAR_TOL)
+        ok = live & (sin**2 > COLLINEAR_TOL)
         sqrt_det = np.where(ok, denom * sin, 1.0)
         K12 = np.where(ok, 1.0 / (2 * np.pi * sqrt_det), 0.0)  # E[delta(u) delta(v)]
         K11 = np.where(ok, -c12 / (2 * np.pi * np.where(ok, c11, 1.0) * sqrt_det), 0.0)  # E[delta'(u) step(v)]
@@ -415,9 +528,9 @@ class ReLU(Activation):
         s1, s2 = np.sqrt(c11), np.sqrt(c22)
         denom = s1 * s2
         live = denom > 0
-        cos = np.clip(np.divide(c12, denom, out=np.ones_like(denom), where=live), -1.0, 1.0)
-        ok = live & (1.0 - cos**2 > COLLINEAR_TOL)
-        sigma = np.where(ok, s2 * np.sqrt(np.clip(1.0 - cos**2, 0.0, None)), 1.0)
+        gap = np.where(live, correlation_gap(c11, c12, c22), 0.0)  # sin^2 of the angle, from det C
+        ok = live & (gap > COLLINEAR_TOL)
+        sigma = np.where(ok, s2 * np.sqrt(gap), 1.0)
         c11s = np.where(ok, c11, 1.0)
         return np.where(ok, (2 * c12**2 - c11 * c22) / (2 * np.pi * c11s**2.5 * sigma), 0.0)
 
@@ -448,9 +561,12 @@ class CustomActivation(Activation):
 
 def _parse_coefficients(arg: str) -> list[float]:
     try:
-        return [float(x) for x in arg.split(",")]
+        c = [float(x) for x in arg.split(",")]
     except ValueError:
         raise NearoptError(f"polynomial coefficients must be comma-separated numbers, got {arg!r}") from None
+    if not all(math.isfinite(x) for x in c):  # nan, inf, or beyond float64 such as 1e400
+        raise NearoptError(f"polynomial coefficients must be finite numbers, got {arg!r}")
+    return c
 
 
 def _parse_degree(arg: str) -> int:

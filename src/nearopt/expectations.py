@@ -16,7 +16,16 @@ which needs no ``C^{-1}`` and stays valid when ``w_a`` and ``w_c`` are parallel
 :mod:`nearopt.activations` beside the function they describe) cover polynomials
 (Mehler's formula, exact), ``erf(z/s)`` for any scale (arcsine kernel and its
 derivatives) and ReLU (arc-cosine kernels; the deltas of ``g''`` are integrated
-exactly). Any other activation goes through a tensor quadrature
+exactly). They keep every digit at every scale: no difference of nearly equal numbers
+(for erf, ``1 - rho^2`` and ``det(I + k C)`` as sums of non-negative terms; for ReLU the
+angle by ``atan2`` of an exactly formed ``det C``, :func:`~nearopt.activations.correlation_gap`).
+A unit's pair with itself enters the Stein form only through ``b_sum = b[0] + b[1]``
+and ``K_sum = sum K`` (both directions are ``w_a``); the closed forms give those sums
+directly, and :meth:`PairMoments.fold_diagonal` writes the diagonal pairs through them,
+so a Stein-form assembly adds no terms that cancel (for erf at variance ``c`` the four
+``K`` terms are ``~ dd k c`` each and their total ``~ dd``). Moments that float64 cannot
+hold (overflow, or all below the smallest normal number) are one :class:`NearoptError`.
+Any other activation goes through a tensor quadrature
 (:func:`quadrature_moments`) whose number of nodes grows, pair by pair, until two
 successive levels agree to ``tol`` (default ``1e-12``), so the result is checked,
 not assumed. For smooth activations the quadrature integrates products of
@@ -336,12 +345,24 @@ def quadrature_moments(activation: str | Activation, c11, c12, c22, *, order: in
     return fwd, rev
 
 
-def _require_finite_moments(m: PairMoments, act: Activation) -> None:
-    """Moments that overflow float64 (``monomial:1000``, huge weights) are one clear error, not a NaN spectrum."""
-    if not all(np.all(np.isfinite(x)) for x in (m.gg, m.b, m.dd, m.K)):
+def _require_representable(m: PairMoments, act: Activation, variances: np.ndarray) -> None:
+    """Moments float64 cannot hold are one clear error, not a NaN or all-zero spectrum.
+
+    Overflow: any moment not finite (``monomial:1000``, huge weights). Underflow: every
+    moment below the smallest normal number although some unit has a positive
+    variance (``monomial:25`` at variance ``1e-18``): then the Hessian's own scale is
+    lost, while a few moments under that scale only round to zero relative to it.
+    """
+    parts = [m.gg, m.b, m.dd, m.K] + [x for x in (m.b_sum, m.K_sum) if x is not None]
+    if not all(np.all(np.isfinite(x)) for x in parts):
         raise NearoptError(
             f"the Gaussian moments of {act.name!r} overflow float64 at these pre-activation variances "
             "(too high a degree or too large weights); rescale the weights or lower the degree"
+        )
+    if np.any(variances > 0) and max(float(np.abs(x).max(initial=0.0)) for x in parts) < np.finfo(np.float64).tiny:
+        raise NearoptError(
+            f"the Gaussian moments of {act.name!r} underflow float64 at these pre-activation variances "
+            f"(largest variance {float(variances.max()):.3g}: too small weights for this degree); rescale the weights or lower the degree"
         )
 
 
@@ -350,7 +371,10 @@ def pair_moments(activation: str | Activation, gram: np.ndarray, *, order: int |
 
     Closed form when the activation has one, else quadrature on the upper
     triangle (the reversed pair comes from the same nodes). Arrays are
-    ``(N_h, N_h)`` (``b``: ``(N_h, N_h, 2)``, ``K``: ``(N_h, N_h, 2, 2)``).
+    ``(N_h, N_h)`` (``b``: ``(N_h, N_h, 2)``, ``K``: ``(N_h, N_h, 2, 2)``); the entries
+    are true expectations (``b[a, a, 0] = E[g''(u_a) g(u_a)]``): an assembly of the
+    Hessian takes :meth:`PairMoments.fold_diagonal` of them. Raises
+    :class:`NearoptError` if float64 cannot hold the moments.
     """
     act = get_activation(activation)
     G = np.asarray(gram, dtype=np.float64)
@@ -362,7 +386,7 @@ def pair_moments(activation: str | Activation, gram: np.ndarray, *, order: int |
     except OverflowError as exc:  # e.g. k! of a degree-1000 polynomial does not fit a float
         raise NearoptError(f"the Gaussian moments of {act.name!r} overflow float64 (too high a degree)") from exc
     if exact is not None:
-        _require_finite_moments(exact, act)
+        _require_representable(exact, act, d)
         return exact
     n_h = G.shape[0]
     iu, ju = np.triu_indices(n_h)
