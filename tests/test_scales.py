@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nearopt.activations import get_activation
-from nearopt.curvature.population import assemble, net_moments, population_hessian
+from nearopt.curvature import assemble, net_moments, population_hessian
 from nearopt.errors import NearoptError
 from nearopt.expectations import pair_moments
 from nearopt.model import TwoLayerNet
