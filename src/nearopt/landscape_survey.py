@@ -240,6 +240,8 @@ class BatchDescent:
     steps: np.ndarray
     status: np.ndarray
     seconds: float = 0.0
+    #: runs still descending at each step ``(steps,)`` (the batch size of each step's kernels)
+    active: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def count(self, status: str) -> int:
         return int(np.count_nonzero(self.status == status))
@@ -304,7 +306,7 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
     act = torch.arange(R, device=device)
     ids = torch.as_tensor(np.arange(R) if runs is None else np.asarray(runs), device=device)
     lr, mw, mv = protocol.lr, float(trained != "second"), float(trained != "first")
-    step = 0
+    step, trace = 0, []
     with torch.inference_mode(), _threads(device, W.shape[0] * W.shape[1] * W.shape[1]):
         while act.numel():
             L, gW, gv = fn(W, v, ids[act])
@@ -325,10 +327,11 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
                     break
             W = W.sub_(gW, alpha=lr)
             v = v.sub_(gv, alpha=lr)
+            trace.append(act.numel())
             step += 1
             if progress is not None and step % 500 == 0:
                 progress(step, int(np.count_nonzero(status == "converged")), int(np.count_nonzero(status == "diverged")), int(act.numel()))
-    return BatchDescent(Wend, vend, loss, gmax, steps, status.astype(str), time.perf_counter() - t0)
+    return BatchDescent(Wend, vend, loss, gmax, steps, status.astype(str), time.perf_counter() - t0, np.asarray(trace, dtype=np.int64))
 
 
 # ----------------------------------------------------------------------------- symmetry
@@ -698,6 +701,7 @@ def survey_many(cases: list[Case], *, trained: str = "first", protocol: Protocol
             e = descend(fn, d.W[resumed], d.v[resumed], trained=trained, protocol=rest, device=device, runs=resumed, progress=report)
             d.W[resumed], d.v[resumed], d.loss[resumed], d.gradient_max[resumed], d.status[resumed] = e.W, e.v, e.loss, e.gradient_max, e.status
             d.steps[resumed] += e.steps
+            d.active = np.concatenate([d.active, e.active])
             extra = e.seconds
             pts.update(_polish_rows(cases, rows, d, resumed, trained))
         for r, p in pts.items():  # a handed-over run meets the protocol's threshold once polished
@@ -707,7 +711,7 @@ def survey_many(cases: list[Case], *, trained: str = "first", protocol: Protocol
     out = []
     for c, sl in zip(cases, rows):
         part = BatchDescent(d.W[sl, : c.width, : c.teacher.n_inputs], d.v[sl, : c.width], d.loss[sl], d.gradient_max[sl], d.steps[sl], d.status[sl],
-                            d.seconds + extra)
+                            d.seconds + extra, d.active)
         points = [pts[r] for r in range(sl.start, sl.stop)]
         t1 = time.perf_counter()
         fam = families(points)

@@ -45,6 +45,9 @@ def register(sub) -> None:
     s.add_argument("--lr", type=positive_float, help=f"fixed gradient-descent step (default {SAFRAN_SHAMIR.lr})")
     s.add_argument("--gtol", type=positive_float, help=f"largest per-unit gradient norm that ends a run (default {SAFRAN_SHAMIR.gtol:g})")
     s.add_argument("--max-steps", type=positive_int, help=f"most descent steps (default {SAFRAN_SHAMIR.max_steps})")
+    s.add_argument("--handover", type=positive_float, metavar="G",
+                   help="stop the descent at per-unit gradient norm G and let Newton finish (runs not at a strict minimum resume the "
+                   "descent to --gtol); default: the full descent")
     s.add_argument("--spurious-loss", type=positive_float, help=f"a converged run is spurious when its loss is >= this (default {SAFRAN_SHAMIR.spurious_loss:g})")
     s.add_argument("--device", default="cpu", help="torch device of the batched descent (default cpu)")
     o = p.add_argument_group("output")
@@ -111,7 +114,8 @@ def run(args) -> int:
             sys.stderr.write(f"nearopt landscape: {msg}\n")
 
     t0 = time.perf_counter()
-    s = survey(teacher, width=args.student_width, n_starts=args.starts, trained=trained, protocol=protocol, seed=args.seed, device=dev, progress=progress)
+    s = survey(teacher, width=args.student_width, n_starts=args.starts, trained=trained, protocol=protocol, seed=args.seed, handover=args.handover,
+               device=dev, progress=progress)
     out = s.to_dict()
     out["seconds"]["total"] = time.perf_counter() - t0
     if args.save_families:
