@@ -33,7 +33,7 @@ from ..dynamics.sgd_predict import exact_model, problem_spectrum, spectral_stati
 from ..model import sample_teacher
 from ..plotting import new_figure, save_figure
 from ..problem import Problem
-from .base import Check, Experiment, ExperimentResult, check_below, register
+from .base import ACTIVATION, FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, count, n_params, names, register
 
 #: a curve matches when this share of its recorded steps lies within Z_MATCH standard errors (and all within Z_MAX)
 MATCH_SHARE = 0.9
@@ -69,7 +69,7 @@ _FULL = {
     "seed": 0,
     "curves": _QUICK["curves"] + [
         {"activation": "erf", "n_inputs": 4, "n_hidden": 3, "teacher_seed": 0, "fraction": 0.6, "batch": 1, "noise": 0.0, "sigma0": 0.02, "steps": 3000, "runs": 2000},
-        {"activation": "erf", "n_inputs": 4, "n_hidden": 3, "teacher_seed": 0, "fraction": 0.6, "batch": 4, "noise": 0.01, "sigma0": 0.02, "steps": 3000, "runs": 2000},
+        {"activation": "erf", "n_inputs": 4, "n_hidden": 3, "teacher_seed": 0, "fraction": 0.6, "batch": 4, "noise": 0.002, "sigma0": 0.02, "steps": 3000, "runs": 2000},
         {"activation": "tanh", "n_inputs": 4, "n_hidden": 3, "teacher_seed": 0, "fraction": 0.5, "batch": 1, "noise": 0.0, "sigma0": 0.02, "steps": 2000, "runs": 1000},
     ],
     "stationary": [
@@ -82,6 +82,50 @@ _FULL = {
     "ode": {"n_hidden": 2, "teacher_seed": 1, "lr": 1.0, "c": 0.01, "alpha_max": 50.0, "sizes": [8, 32, 128, 512, 2048]},
     "points": 20,
 }
+
+
+_NET = (ACTIVATION, count("n_inputs", 10**4), count("n_hidden", 10**3), Setting("teacher_seed", int, low=0, high=2**31 - 1))
+_POSITIVE = {"low": 0.0, "low_open": True}
+SETTINGS = (
+    SEED,
+    Setting("curves", list, nonempty=True, item=Setting("curve", dict, fields=(
+        *_NET, Setting("fraction", float, high=10.0, **_POSITIVE), count("batch", 10**6), Setting("noise", float, low=0.0, high=1e3),
+        Setting("sigma0", float, high=1e3, **_POSITIVE), count("steps", 10**7), count("runs", 10**7, low=2),
+    ))),
+    Setting("stationary", list, nonempty=True, item=Setting("case", dict, fields=(
+        *_NET, Setting("trained", str, choices=("both", "first", "second")), Setting("noise", float, low=0.0, high=1e3),
+        Setting("fractions", list, nonempty=True, unique=True, item=Setting("fraction", float, high=10.0, **_POSITIVE)),
+        Setting("batches", list, nonempty=True, unique=True, item=count("batch", 10**6)),
+        count("steps", 10**7), count("runs", 10**7, low=2), Setting("check", bool),
+    ))),
+    Setting("critical", dict, fields=(
+        names("activations"),
+        Setting("sizes", list, nonempty=True, unique=True, item=Setting("size", list, length=2, item=count("size", 10**4))),
+        Setting("seeds", list, nonempty=True, unique=True, item=SEED),
+        Setting("batches", list, nonempty=True, unique=True, item=count("batch", 10**6)),
+    )),
+    Setting("ode", dict, fields=(
+        count("n_hidden", 100), Setting("teacher_seed", int, low=0, high=2**31 - 1), Setting("lr", float, high=1e3, **_POSITIVE),
+        Setting("c", float, high=1e3, **_POSITIVE), Setting("alpha_max", float, high=1e6, **_POSITIVE),
+        Setting("sizes", list, nonempty=True, unique=True, item=count("n_inputs", 10**5)),
+    )),
+    count("points", 10**4, low=2),
+)
+
+
+def memory(config: dict[str, Any]) -> float:
+    """The exact recursion's ``D x D`` operator (``D ~ a^2 / 2`` with ``a = N_h (min(N_i, N_h) + 1)`` reduced
+    coordinates, a few copies) and the runs' parameters and recorded losses."""
+    def recursion(ni: int, nh: int) -> float:
+        a = nh * (min(ni, nh) + 1)
+        return 4.0 * (a * (a + 1) / 2 + nh * (nh + 1) / 2) ** 2
+
+    cases = [*config["curves"], *config["stationary"]]
+    worst = max(recursion(c["n_inputs"], c["n_hidden"]) + c["runs"] * (4.0 * n_params(c["n_inputs"], c["n_hidden"]) + config["points"]) for c in cases)
+    worst = max(worst, max(recursion(ni, nh) for ni, nh in config["critical"]["sizes"]))
+    nh = config["ode"]["n_hidden"]
+    worst = max(worst, max(recursion(ni, nh) for ni in config["ode"]["sizes"]))
+    return FLOAT64 * worst
 
 
 def cells(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -352,5 +396,7 @@ register(
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
+        settings=SETTINGS,
+        memory=memory,
     )
 )
