@@ -9,7 +9,9 @@ Markdown (MyST). The gallery runs ``examples/plot_*.py`` and embeds their figure
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
+import pkgutil
 import sys
 import types
 from pathlib import Path
@@ -20,6 +22,8 @@ import nearopt
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
+sys.path.insert(0, str(DOCS / "tools"))
+import mathcheck  # noqa: E402 - docs/tools is on the path only from here
 
 # `python -m nearopt` support runs the CLI when nearopt.__main__ is imported; the
 # recursive autosummary walk imports every submodule, so give it a placeholder that
@@ -67,6 +71,34 @@ napoleon_use_rtype = False
 # `nearopt.X` must resolve, so a renamed or moved module breaks the build.
 nitpicky = False
 
+
+
+def _package_exports() -> dict[str, dict[str, list[str]]]:
+    """For each subpackage of nearopt: the documented classes and functions its ``__all__``
+    re-exports, by the name of the module that defines them, relative to the package
+    (``{"nearopt.curvature": {"classes": ["population.PopulationHessian", ...], "functions": [...]}}``). The package pages list them (``_templates/autosummary/module.rst``),
+    so a package page documents what it offers, not only its submodules."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for info in pkgutil.walk_packages(nearopt.__path__, "nearopt."):
+        if not info.ispkg:
+            continue
+        package = importlib.import_module(info.name)
+        groups: dict[str, list[str]] = {"classes": [], "functions": []}
+        for name in getattr(package, "__all__", []):
+            obj = getattr(package, name, None)
+            module, qualname = getattr(obj, "__module__", ""), getattr(obj, "__qualname__", "")
+            if not (module.startswith("nearopt") and qualname == getattr(obj, "__name__", None)):
+                continue  # constants and aliases: documented on their module's page
+            if not inspect.getdoc(obj):
+                continue  # autodoc documents only members with a docstring: no page to link to
+            kind = "classes" if inspect.isclass(obj) else "functions" if callable(obj) else None
+            if kind:  # relative to the package where it lies inside it (autosummary's rule)
+                groups[kind].append(f"{module}.{qualname}".removeprefix(info.name + "."))
+        out[info.name] = {k: sorted(v, key=lambda n: n.rsplit(".", 1)[-1].lower()) for k, v in groups.items()}
+    return out
+
+
+autosummary_context = {"package_exports": _package_exports()}
 
 
 def _write_toplevel_table() -> None:
@@ -135,8 +167,14 @@ html_theme_options = {
     "fixed_sidebar": True,
     "page_width": "1100px",
     "sidebar_width": "240px",
+    # 88-character code lines (the gallery's limit, tests/test_examples.py) fit the page
+    "code_font_size": "0.8em",
 }
-html_static_path: list[str] = []
+# MathJax from the site itself, not the network: scripts/docs fetches the npm package into
+# NEAROPT_MATHJAX_DIR (a folder named mathjax); Sphinx copies it to _static/mathjax/
+MATHJAX_DIR = Path(os.environ.get("NEAROPT_MATHJAX_DIR", DOCS / "_build" / "_vendor" / "static" / "mathjax"))
+mathjax_path = mathcheck.MATHJAX_SCRIPT
+html_static_path: list[str] = [str(MATHJAX_DIR.parent)] if (MATHJAX_DIR / "tex-chtml.js").is_file() and MATHJAX_DIR.name == "mathjax" else []
 
 
 # -- references into the package ------------------------------------------------
@@ -189,5 +227,16 @@ def _resolve_reference(app, env, node, contnode):
     return None
 
 
+def _check_maths(app, exception) -> None:
+    """After an HTML build: warn (an error under -W) for each page whose maths cannot render offline."""
+    if exception is not None or app.builder.format != "html":
+        return
+    if not html_static_path:
+        _log.warning("MathJax is not bundled (no %s/tex-chtml.js): build with scripts/docs, which fetches it", MATHJAX_DIR, type="nearopt", subtype="mathjax")
+    for line in mathcheck.static_problems(Path(app.outdir)):
+        _log.warning("maths will not render: %s", line, type="nearopt", subtype="mathjax")
+
+
 def setup(app):
     app.connect("missing-reference", _resolve_reference)
+    app.connect("build-finished", _check_maths)

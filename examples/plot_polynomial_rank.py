@@ -39,8 +39,9 @@ for activation, colour in activations:
         predicted.append(p.rank)
         measured.append(m.decision.rank)
     agree = sum(a == b for a, b in zip(predicted, measured))
-    print(f"{activation:>17}: measured {measured}  predicted {predicted}")
-    print(f"{'':>17}  ({agree}/{hidden.size} agree)")
+    print(f"{activation} ({agree}/{hidden.size} agree)")
+    print(f"  measured  {measured}")
+    print(f"  predicted {predicted}")
     ax.plot(hidden, predicted, "-", color=colour, label=f"{activation}: predicted")
     label = f"{activation}: measured"
     ax.plot(hidden, measured, "o", color=colour, mfc="none", label=label)

@@ -62,11 +62,9 @@ rate = -2 * np.log(abs(1 - res.lr * lam_min))  # late-time decay rate of log <L_
 t_late = np.log(sigma0**2 * lam_min / (2 * eps)) / rate
 rank = res.spectrum.rank.rank
 print(f"eta = {res.lr:.4g}, lambda_min+ = {lam_min:.4g}, rank {rank} of {lam.size}")
-print(
-    f"time to reach eps = {eps:g}: measured {t_meas:.1f} steps; "
-    f"predicted from the spectrum {t_pred:.1f} (same draws {t_same:.1f}); "
-    f"slowest-mode estimate {t_late:.1f}"
-)
+print(f"time to reach eps = {eps:g}: measured {t_meas:.1f} steps;")
+print(f"  predicted from the spectrum {t_pred:.1f} (same draws {t_same:.1f});")
+print(f"  slowest-mode estimate {t_late:.1f}")
 
 fig, ax = plt.subplots(figsize=(6.4, 4.2))
 ax.semilogy(res.times, res.loss.T, color="0.8", lw=0.8)

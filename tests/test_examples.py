@@ -39,6 +39,7 @@ def test_every_line_fits_the_page(script):
     assert not long, f"{script.name}: lines (number, length) wider than {PAGE_WIDTH}: {long}"
 
 
+
 def _run(script: Path, out: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k != "NEAROPT_EXAMPLES_OUT"}
     env.update(MPLBACKEND="Agg", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
@@ -59,7 +60,7 @@ def _check_linear_law(stdout: str) -> None:
 
 
 def _check_time_to_eps(stdout: str) -> None:
-    m = re.search(r"measured ([0-9.]+) steps; predicted from the spectrum ([0-9.]+) \(same draws ([0-9.]+)\)", stdout)
+    m = re.search(r"measured ([0-9.]+) steps;\s+predicted from the spectrum ([0-9.]+) \(same draws ([0-9.]+)\)", stdout)
     assert m, stdout
     measured, _, same_draws = map(float, m.groups())
     assert abs(measured - same_draws) <= 2.0, stdout  # quadratic regime: the per-draw prediction is exact
@@ -74,6 +75,8 @@ def test_example_runs_and_draws_its_figure(script, tmp_path):
     written = re.findall(r"^wrote (.+\.png)$", stdout, re.MULTILINE)
     assert written, f"{script.name} does not say which figure it wrote:\n{stdout}"
     assert str(tmp_path) not in stdout, f"{script.name} prints the output folder's path"
+    wide = [line for line in stdout.splitlines() if len(line) > PAGE_WIDTH]  # shown under the code too
+    assert not wide, f"{script.name} prints lines wider than {PAGE_WIDTH}: {wide}"
     for name in written:
         png = tmp_path / name
         assert Path(name).name == name and png.is_file(), f"{script.name} did not write {name} into the folder it was given"
