@@ -46,7 +46,7 @@ ODE_RTOL = 0.1
 #: curve checks apply up to this fraction of the exact critical rate (the issue's 60 %), or where the cell asks
 CHECK_FRACTION = 0.6
 
-_QUICK = {
+_QUICK: dict[str, Any] = {
     "seed": 0,
     "curves": [
         {"activation": "erf", "n_inputs": 3, "n_hidden": 2, "teacher_seed": 0, "fraction": 0.3, "batch": 1, "noise": 0.0, "sigma0": 0.05, "steps": 400, "runs": 800},
@@ -154,6 +154,7 @@ def _curve_cell(cell: dict[str, Any]) -> dict[str, Any]:
                       runs=cell["runs"], seed=cell["seed"], points=cell["points"], models={"exact": ex, "spectral": sp})
     d = res.to_dict()
     sim = res.simulation
+    assert res.exact is not None  # online SGD with the recursion given: always predicted
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.abs(sim.mean - res.exact["curve"]) / sim.sem
     d.update(kind="curve", fraction=cell["fraction"], z_exact=z, quadrature_error=ex.info.get("quadrature_error"))
@@ -172,6 +173,7 @@ def _stationary_cell(cell: dict[str, Any]) -> dict[str, Any]:
                 res = run_sgd(net, lr=lr, batch=B, steps=cell["steps"], sigma0=1e-3, noise=cell["noise"], runs=cell["runs"],
                               seed=cell["seed"] + B, points=cell["points"], models={"exact": ex, "spectral": sp})
             sim = res.simulation
+            assert res.exact is not None and res.spectral is not None
             late = sim.steps >= sim.steps[-1] // 2  # the last half of the run (log grid: a few points)
             per_run = sim.loss[:, late].mean(1)
             rows.append({

@@ -9,25 +9,33 @@ asking for the next, so nothing finished is lost when the run stops.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import importlib.util
+import logging
 import multiprocessing
 import os
+import pickle
 import re
 import signal
 import socket
 import sys
 import threading
 import time
+import traceback
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import NearoptError
+from ..resources import available_memory, format_bytes
 
 
 def _lazy_module(name: str) -> types.ModuleType | None:
@@ -59,6 +67,10 @@ Task = tuple[Any, Callable[[dict[str, Any]], dict[str, Any]], dict[str, Any]]
 PARENT_POLL_SECONDS = 1.0
 #: how often the Dask driver looks at its futures
 POLL_SECONDS = 0.05
+#: seconds a stopped worker gets to exit after SIGTERM before it is killed
+STOP_SECONDS = 2.0
+#: resident memory of one worker process with NumPy, SciPy, torch and nearopt loaded (measured: about 400 MB)
+WORKER_BYTES = 400e6
 
 # Thread pools of the numerical libraries read these when they load, so they
 # must be in a worker's environment before it starts.
@@ -93,6 +105,31 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
+def cap_jobs(requested: int | None, cell_bytes: float = 0.0) -> tuple[int, str | None]:
+    """Worker processes to start: ``requested`` (default: every core) capped by the cores and by memory.
+
+    Each worker needs about :data:`WORKER_BYTES` plus ``cell_bytes`` (the largest
+    cell's estimate); more workers than cores only share them and run slower.
+    Returns the number and a note saying why it is below ``requested`` (``None``
+    when nothing was capped).
+    """
+    cores = default_jobs()
+    per_worker = WORKER_BYTES + max(float(cell_bytes), 0.0)
+    avail = available_memory()
+    by_memory = max(1, int(avail // per_worker))
+    wanted = cores if requested is None else int(requested)
+    jobs = max(1, min(wanted, cores, by_memory))
+    if jobs >= wanted:
+        return jobs, None
+    why = []  # the limits that bind
+    if cores == jobs:
+        why.append(f"{cores} cores")
+    if by_memory == jobs:
+        why.append(f"{format_bytes(avail)} of memory available at about {format_bytes(per_worker)} per worker")
+    asked = f"--jobs {requested}" if requested is not None else f"{wanted} workers (one per core)"
+    return jobs, f"{asked} capped to {jobs}: {' and '.join(why)}"
+
+
 @contextlib.contextmanager
 def _environ(values: dict[str, str]) -> Iterator[None]:
     """Set environment variables for the duration (workers inherit them when spawned)."""
@@ -109,7 +146,7 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def _watch_parent(parent: int) -> None:
-    """Worker initializer: ignore Ctrl-C (the driver stops the pool) and exit if the driver dies.
+    """In a worker: ignore Ctrl-C (the driver stops the pool) and exit if the driver dies.
 
     A driver killed with SIGKILL runs no cleanup, and spawned workers would
     otherwise keep computing cells nobody will read, forever.
@@ -141,12 +178,70 @@ class SerialBackend:
             yield tid, outcome
 
 
-class LocalBackend:
-    """A pool of ``jobs`` spawned worker processes, each with ``cores // jobs`` threads.
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process (its ``__cause__``)."""
 
-    When the run stops early (Ctrl-C, SIGTERM turned into an exception by the
-    CLI, an error) the running workers are terminated at once; a worker whose
-    driver died exits by itself (:func:`_watch_parent`).
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n{self.text}"
+
+
+def _worker_main(conn: Connection, parent: int, threads: int) -> None:
+    """A worker process: run each ``(run_cell, cell)`` received on ``conn``, send back its outcome; ``None`` ends it."""
+    _watch_parent(parent)
+    limit_threads(threads)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):  # the driver closed its end
+            return
+        if task is None:
+            return
+        fn, cell = task
+        try:
+            message: tuple[str, Any, str] = ("ok", run_task(fn, cell), "")
+        except Exception as exc:
+            message = ("error", exc, traceback.format_exc())
+        try:
+            conn.send(message)
+        except (pickle.PicklingError, TypeError, AttributeError):  # an exception that does not pickle
+            conn.send(("error", RuntimeError(f"{type(message[1]).__name__}: {message[1]}"), message[2]))
+
+
+class _Worker:
+    """One spawned worker process and the driver's end of its private pipe."""
+
+    def __init__(self, ctx: Any, threads: int):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, os.getpid(), threads), name="nearopt-worker", daemon=True)
+        self.process.start()
+        child.close()  # only the worker holds its end: its death is an EOF here, never a hang
+        self.task: Any = None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after :data:`STOP_SECONDS`; never blocks longer."""
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(STOP_SECONDS)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(STOP_SECONDS)
+        self.conn.close()
+
+
+class LocalBackend:
+    """``jobs`` spawned worker processes, each with ``cores // jobs`` threads and its own pipe.
+
+    The driver's main thread hands one cell at a time to each idle worker and
+    waits on the pipes with a timeout, so it has no helper thread that could
+    block on a pipe, and a signal (Ctrl-C, SIGTERM turned into an exception by
+    the CLI) interrupts it at once. Stopping terminates every worker (SIGTERM,
+    then SIGKILL after :data:`STOP_SECONDS`). A worker that dies (killed, out of
+    memory) fails only the cell it was running, with :class:`BrokenProcessPool`,
+    and is replaced; a worker whose driver died exits by itself (:func:`_watch_parent`).
     """
 
     def __init__(self, jobs: int):
@@ -156,27 +251,50 @@ class LocalBackend:
         self.threads = max(1, default_jobs() // jobs)
         self.description = f"{jobs} local processes x {self.threads} thread(s)"
 
+    def _start(self, ctx: Any) -> _Worker:
+        # Thread pools read these when they load: set them before the worker starts.
+        with _environ({k: str(self.threads) for k in THREAD_ENV}):
+            return _Worker(ctx, self.threads)
+
     def run(self, tasks: list[Task]) -> Iterator[tuple[Any, Any]]:
         if not tasks:
             return
         ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-        pool = ProcessPoolExecutor(min(self.jobs, len(tasks)), mp_context=ctx, initializer=_watch_parent, initargs=(os.getpid(),))
-        finished = False
+        queue = collections.deque(tasks)
+        workers = [self._start(ctx) for _ in range(min(self.jobs, len(tasks)))]
         try:
-            # Workers start during submit and keep the environment they started with.
-            with _environ({k: str(self.threads) for k in THREAD_ENV}):
-                futures = {pool.submit(run_task, fn, cell, self.threads): tid for tid, fn, cell in tasks}
-            for fut in as_completed(futures):
-                exc = fut.exception()
-                yield futures[fut], exc if exc is not None else fut.result()
-            finished = True
+            while queue or any(w.task is not None for w in workers):
+                for i, w in enumerate(workers):
+                    if w.task is None and queue:
+                        tid, fn, cell = queue.popleft()
+                        try:
+                            w.conn.send((fn, cell))
+                        except OSError:  # it died while idle: replace it, the cell goes first to the next idle one
+                            queue.appendleft((tid, fn, cell))
+                            w.stop()
+                            workers[i] = self._start(ctx)
+                            continue
+                        w.task = tid
+                busy = {w.conn: w for w in workers if w.task is not None}
+                for conn in wait(list(busy), timeout=PARENT_POLL_SECONDS):
+                    w = busy[conn]  # type: ignore[index]
+                    tid, w.task = w.task, None
+                    try:
+                        kind, value, text = conn.recv()  # type: ignore[union-attr]
+                    except (EOFError, OSError):
+                        w.stop()
+                        workers[workers.index(w)] = self._start(ctx)
+                        yield tid, BrokenProcessPool(f"worker process {w.process.pid} died (exit status {w.process.exitcode}) while running this cell")
+                        continue
+                    if kind == "error":
+                        value.__cause__ = RemoteTraceback(text)
+                    yield tid, value
+            for w in workers:  # done: let them exit
+                with contextlib.suppress(OSError):
+                    w.conn.send(None)
         finally:
-            if not finished:
-                # Interrupted: drop queued cells and stop running ones now rather
-                # than after they finish (their results would be thrown away).
-                for proc in list(getattr(pool, "_processes", {}).values()):
-                    proc.terminate()
-            pool.shutdown(wait=finished, cancel_futures=True)
+            for w in workers:
+                w.stop()
 
 
 _ADDRESS = re.compile(r"(?:(tcp|tls|ucx|ws|wss)://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
@@ -191,6 +309,134 @@ def check_address(address: str) -> str:
     if m is None or not 0 < int(m.group(3)) < 65536:
         raise NearoptError(f"malformed Dask scheduler address {address!r}; expected tcp://HOST:PORT, e.g. tcp://10.0.0.5:8786")
     return address.strip()
+
+
+async def _identity(address: str, timeout: float) -> Any:
+    """Connect to ``address`` (Dask's own handshake) and ask for its identity."""
+    comm = await distributed.comm.connect(address, timeout=timeout)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+    finally:
+        comm.abort()
+
+
+def _reachable(address: str, timeout: float) -> bool:
+    """Whether a TCP connection to a ``tcp://``/``tls://`` (or bare ``host:port``) address opens; other schemes: ``True``.
+
+    Raises :class:`NearoptError` when nothing accepts the connection."""
+    m = _ADDRESS.fullmatch(address)
+    if m is None or m.group(1) not in (None, "tcp", "tls"):
+        return True
+    host = m.group(2).strip("[]")
+    try:
+        with socket.create_connection((host, int(m.group(3))), timeout=timeout):
+            return True
+    except OSError as exc:
+        raise NearoptError(f"cannot connect to the Dask scheduler at {address} within {timeout:g} s: {exc.strerror or exc}") from None
+
+
+def handshake(address: str, timeout: float) -> dict[str, Any]:
+    """The identity of the Dask scheduler at ``address``, within ``timeout`` seconds in all, or one :class:`NearoptError` line.
+
+    ``distributed.Client(timeout=...)`` bounds only the socket connect: a peer
+    that accepts the connection but never speaks the protocol holds it for
+    minutes. Here the whole exchange (TCP connect, Dask handshake, identity
+    request and reply) runs under one deadline, in a short-lived thread with
+    its own event loop (so it also works where a loop is already running).
+    """
+    deadline = time.monotonic() + timeout
+    _reachable(address, timeout)
+    left = max(deadline - time.monotonic(), 0.1)
+    outcome: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            outcome["reply"] = asyncio.run(asyncio.wait_for(_identity(address, left), left))
+        except BaseException as exc:  # reported by the caller, in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=probe, name="nearopt-dask-handshake", daemon=True)
+    thread.start()
+    thread.join(left + 1.0)
+    where = f"the Dask scheduler at {address}"
+    exc = outcome.get("error")
+    if thread.is_alive() or isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        raise NearoptError(f"{where} did not complete the Dask handshake within {timeout:g} s: something may listen there that does not speak the Dask protocol")
+    if exc is not None and not isinstance(exc, OSError):  # garbage read as frames: absurd sizes, undecodable bytes
+        text = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise NearoptError(f"{where} answered with data that is not the Dask protocol ({text})")
+    if exc is not None:
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise NearoptError(f"cannot connect to {where} within {timeout:g} s: {text}")
+    reply = outcome.get("reply")
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        kind = reply.get("type") if isinstance(reply, dict) else type(reply).__name__
+        raise NearoptError(f"{address} answers the Dask protocol but is not a scheduler (it is a {kind})")
+    return reply
+
+
+#: loggers of Dask and the libraries under it, sent to the backend's log file during a run
+BACKEND_LOGGERS = ("distributed", "tornado", "asyncio", "bokeh")
+
+
+class _CountingFileHandler(logging.Handler):
+    """Writes records to ``path`` (created on the first record) and counts warnings and errors."""
+
+    def __init__(self, path: Path | None):
+        super().__init__(logging.DEBUG)
+        self.path = path
+        self.problems = 0
+        self.file: logging.Handler | None = None
+        if path is not None:
+            self.file = logging.FileHandler(path, encoding="utf-8", delay=True)
+            self.file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.problems += 1
+        if self.file is not None:
+            with contextlib.suppress(Exception):
+                self.file.emit(record)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        super().close()
+
+
+def _backend_loggers() -> list[logging.Logger]:
+    """The top :data:`BACKEND_LOGGERS` and every existing logger below them with its own handlers (``distributed.client`` has one)."""
+    names = set(BACKEND_LOGGERS) | {
+        name for name, logger in logging.root.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger) and logger.handlers and name.split(".")[0] in BACKEND_LOGGERS
+    }
+    return [logging.getLogger(name) for name in sorted(names)]
+
+
+@contextlib.contextmanager
+def backend_log(path: Path | None) -> Iterator[_CountingFileHandler]:
+    """Send the :data:`BACKEND_LOGGERS` to ``path`` (``None``: nowhere) instead of the terminal.
+
+    After a clean run the loggers get their handlers back. After a failure
+    (a lost scheduler) they stay redirected: the client's background thread
+    keeps logging its reconnection attempts until the interpreter exits.
+    """
+    handler = _CountingFileHandler(path)
+    saved = []
+    for logger in _backend_loggers():
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers = [handler]
+        logger.propagate = False
+    try:
+        yield handler
+    except BaseException:
+        raise
+    else:
+        for logger, handlers, propagate in saved:
+            logger.handlers = handlers
+            logger.propagate = propagate
+        handler.close()
 
 
 class DaskBackend:
@@ -209,18 +455,22 @@ class DaskBackend:
 
     threads = 1
 
-    def __init__(self, address: str, timeout: float = 30.0, worker_wait: float | None = 60.0, poll: float = 1.0):
+    def __init__(self, address: str, timeout: float = 30.0, worker_wait: float | None = 60.0, poll: float = 1.0, log_file: str | Path | None = None):
         if distributed is None:
             raise NearoptError("--scheduler needs Dask's distributed package: pip install 'nearopt[dask]' (or 'dask[distributed]')")
         self.address = check_address(address)
         self.timeout = timeout
         self.worker_wait = worker_wait
         self.poll = poll
+        self.log_file = Path(log_file) if log_file is not None else None
         self.description = f"Dask scheduler {self.address}"
 
     def _client(self):
+        deadline = time.monotonic() + self.timeout
+        if not self.address.startswith("inproc://"):  # a scheduler in this process cannot stall the handshake
+            handshake(self.address, self.timeout)
         try:
-            return distributed.Client(self.address, timeout=self.timeout, set_as_default=False)
+            return distributed.Client(self.address, timeout=max(deadline - time.monotonic(), 1.0), set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             text = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise NearoptError(f"cannot connect to the Dask scheduler at {self.address} within {self.timeout:g} s: {text}") from None
@@ -232,8 +482,21 @@ class DaskBackend:
         return len(client.nthreads())
 
     def run(self, tasks: list[Task]) -> Iterator[tuple[Any, Any]]:
+        """Yield each task's outcome; Dask's own log goes to ``log_file``, and the run ends with at most one line about it."""
         if not tasks:
             return
+        _ = distributed.Client  # import Dask now, so that its loggers exist when they are redirected
+        with backend_log(self.log_file) as log:
+            try:
+                yield from self._run(tasks)
+            except NearoptError as exc:
+                where = f"; the backend's log is in {self.log_file}" if log.problems and self.log_file is not None else ""
+                raise NearoptError(f"{exc}{where}") from None
+        if log.problems:
+            where = f"; see {self.log_file}" if self.log_file is not None else ""
+            print(f"nearopt: note: the Dask backend logged {log.problems} warning(s) or error(s){where}", file=sys.stderr)
+
+    def _run(self, tasks: list[Task]) -> Iterator[tuple[Any, Any]]:
         client = self._client()
         futures: dict[Any, Any] = {}
         done = 0
@@ -295,11 +558,28 @@ class DaskBackend:
                 client.close(timeout=5)
 
 
-def make_backend(jobs: int | None = None, scheduler: str | None = None, *, scheduler_timeout: float = 30.0, worker_wait: float | None = 60.0):
-    """``DaskBackend`` if ``scheduler`` is given, else ``SerialBackend`` for ``jobs == 1``, else ``LocalBackend``."""
+def make_backend(
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    *,
+    scheduler_timeout: float = 30.0,
+    worker_wait: float | None = 60.0,
+    cell_bytes: float = 0.0,
+    log_file: str | Path | None = None,
+):
+    """``DaskBackend`` if ``scheduler`` is given, else ``SerialBackend`` for one job, else ``LocalBackend``.
+
+    Local jobs are capped by the cores and by memory (:func:`cap_jobs`, with
+    ``cell_bytes`` the largest cell's estimate); a note on stderr says so.
+    ``log_file``: where a Dask run writes the backend's own log.
+    """
     if scheduler:
         if jobs is not None:
             raise NearoptError("--jobs applies to local processes; with --scheduler the cluster's workers run the cells")
-        return DaskBackend(scheduler, timeout=scheduler_timeout, worker_wait=worker_wait)
-    jobs = default_jobs() if jobs is None else jobs
+        return DaskBackend(scheduler, timeout=scheduler_timeout, worker_wait=worker_wait, log_file=log_file)
+    if jobs is not None and jobs < 1:
+        raise NearoptError(f"--jobs must be >= 1, got {jobs}")
+    jobs, note = cap_jobs(jobs, cell_bytes)
+    if note:
+        print(f"nearopt: note: {note}", file=sys.stderr)
     return SerialBackend() if jobs == 1 else LocalBackend(jobs)

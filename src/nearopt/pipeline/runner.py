@@ -42,6 +42,8 @@ from .lock import output_lock
 from .provenance import find_seeds, utc_now
 
 SELFTEST = "selftest"
+#: the Dask backend's own log, under the output folder
+DASK_LOG = "dask.log"
 
 
 # -- choosing experiments and configurations ------------------------------------
@@ -294,16 +296,19 @@ def run_experiments(
     """Run ``(experiment, config)`` pairs through the cache and a backend; see the module docstring.
 
     ``jobs``: local worker processes (default: all cores; 1 runs in this
-    process); ``scheduler``: a Dask scheduler address instead (connect within
-    ``scheduler_timeout`` s; stop after ``worker_wait`` s without workers,
-    ``None``: keep waiting); ``cache=False`` neither reads nor writes
+    process; capped by the cores and by memory at the largest cell's estimate,
+    with a note); ``scheduler``: a Dask scheduler address instead (connect and
+    handshake within ``scheduler_timeout`` s; stop after ``worker_wait`` s
+    without workers, ``None``: keep waiting; Dask's own log goes to
+    ``OUT/dask.log``); ``cache=False`` neither reads nor writes
     ``OUT/cache``; ``fresh=True`` recomputes every cell but still stores it;
     ``lock_wait``: seconds to wait for another run holding ``OUT``'s lock.
     Returns one :class:`ExperimentRun` per plan, in order.
     ``KeyboardInterrupt`` propagates after running cells are stopped.
     """
     out = Path(out)
-    backend = make_backend(jobs, scheduler, scheduler_timeout=scheduler_timeout, worker_wait=worker_wait)
+    cell_bytes = max((cell_memory(exp, config) for exp, config in plans), default=0.0)
+    backend = make_backend(jobs, scheduler, scheduler_timeout=scheduler_timeout, worker_wait=worker_wait, cell_bytes=cell_bytes, log_file=out / DASK_LOG)
     with output_lock(out, lock_wait):
         return _run_locked(plans, out, backend, size=size, cache=cache, fresh=fresh, quiet=quiet)
 
