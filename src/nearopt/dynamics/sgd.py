@@ -112,7 +112,7 @@ class PopulationLoss:
         self.cov = None if law.isotropic else torch.tensor(np.array(law.covariance), dtype=torch.float64, device=device)
         c = self.act.polynomial_coefficients
         self.linear = c is not None and len(c) == 2 and c[0] == 0.0
-        self.slope = float(c[1]) if self.linear else 1.0
+        self.slope = float(c[1]) if c is not None and self.linear else 1.0
         power = float(self._pairs(self.W1t[None], self.vt[None] * 0.0)[0]) * 2.0  # E[f*^2]
         self.floor = (problem.point.n_hidden + t.n_hidden) * EPS * power
 
@@ -310,7 +310,8 @@ class _Simulator:
             assert samples is not None
             self.X = self._inputs((samples,))
             self.y = self._teacher(self.X) + noise * self._normal((samples,))
-            self.t_epoch, self.perm = 0, None
+            self.t_epoch = 0
+            self.perm: torch.Tensor | None = None
 
     def initial(self, sigma0: float) -> tuple[torch.Tensor, torch.Tensor]:
         K, ni = self.W1s.shape
@@ -347,10 +348,11 @@ class _Simulator:
             idx = torch.randint(self.samples, (R, B), generator=self.gen, device=self.dev)
         else:
             per_epoch = self.samples // B
-            if self.perm is None or self.t_epoch == per_epoch:
-                self.perm = torch.argsort(torch.rand(R, self.samples, generator=self.gen, device=self.dev), dim=1)
+            perm = self.perm
+            if perm is None or self.t_epoch == per_epoch:
+                perm = self.perm = torch.argsort(torch.rand(R, self.samples, generator=self.gen, device=self.dev), dim=1)
                 self.t_epoch = 0
-            idx = self.perm[:, self.t_epoch * B : (self.t_epoch + 1) * B]
+            idx = perm[:, self.t_epoch * B : (self.t_epoch + 1) * B]
             self.t_epoch += 1
         return self.X[idx], self.y[idx]
 

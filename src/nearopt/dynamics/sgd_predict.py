@@ -510,12 +510,11 @@ def _merge_spectrum(lamA: np.ndarray, lamC: np.ndarray, m: int) -> tuple[np.ndar
 # --------------------------------------------------------------------------- summaries
 def predictions(model: SecondMomentModel, lr: float, batch: int, steps, *, sigma0: float, noise: float) -> dict[str, Any]:
     """Curve, stationary loss, critical rate and late-time rate of one model at ``(eta, B, sigma)``."""
-    crit = model.critical_lr(batch)
-    out = {
+    radius = model.spectral_radius(lr, batch)
+    return {
         "curve": model.curve(lr, batch, steps, sigma0=sigma0, noise=noise),
         "stationary_loss": model.stationary_loss(lr, batch, noise),
-        "critical_lr": crit,
-        "spectral_radius": model.spectral_radius(lr, batch),
+        "critical_lr": model.critical_lr(batch),
+        "spectral_radius": radius,
+        "late_rate": -math.log(radius) if 0 < radius < 1 else float("nan"),
     }
-    out["late_rate"] = -math.log(out["spectral_radius"]) if 0 < out["spectral_radius"] < 1 else float("nan")
-    return out

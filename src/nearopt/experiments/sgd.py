@@ -65,7 +65,7 @@ _QUICK: dict[str, Any] = {
     "ode": {"n_hidden": 2, "teacher_seed": 1, "lr": 1.0, "c": 0.01, "alpha_max": 50.0, "sizes": [8, 32, 128]},
     "points": 12,
 }
-_FULL = {
+_FULL: dict[str, Any] = {
     "seed": 0,
     "curves": _QUICK["curves"] + [
         {"activation": "erf", "n_inputs": 4, "n_hidden": 3, "teacher_seed": 0, "fraction": 0.6, "batch": 1, "noise": 0.0, "sigma0": 0.02, "steps": 3000, "runs": 2000},
