@@ -40,7 +40,7 @@ import torch
 
 from nearopt import io
 from nearopt.critical import committee_teacher, find_critical_point
-from nearopt.landscape_survey import SAFRAN_SHAMIR, loss_gradient_function, starts, survey
+from nearopt.landscape_survey import CPU_CHUNK, SAFRAN_SHAMIR, chunked_call, loss_gradient_function, starts, survey
 from nearopt.model import TwoLayerNet
 from nearopt.problem import Problem
 
@@ -58,16 +58,17 @@ def loop_of_single_starts(k: int, n: int, R: int, seed: int, handover: float) ->
 
 
 def step_time(k: int, n: int, R: int, repeats: int = 20) -> float:
-    """Seconds of one batched loss-and-gradient call for ``R`` students (single thread, as the descent runs small batches)."""
+    """Seconds of one batched loss-and-gradient evaluation of ``R`` students, chunked and single-threaded as the descent runs it."""
     T = committee_teacher(k)
     fn = loss_gradient_function(T)
     W = torch.as_tensor(np.random.default_rng(0).normal(scale=k**-0.5, size=(R, n, k)))
     v = torch.ones(R, n, dtype=torch.float64)
+    runs = torch.arange(R)
     with torch.inference_mode():
-        fn(W, v, None)
+        chunked_call(fn, W, v, runs, CPU_CHUNK)
         t0 = time.perf_counter()
         for _ in range(repeats):
-            fn(W, v, None)
+            chunked_call(fn, W, v, runs, CPU_CHUNK)
     return (time.perf_counter() - t0) / repeats
 
 

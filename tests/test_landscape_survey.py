@@ -173,3 +173,14 @@ def test_handover_to_newton_ends_at_the_same_critical_points():
     assert fast.to_dict()["handover"] == 1e-4 and fast.descent.steps.max() <= full.descent.steps.max()
     for a, b in zip(full.points, fast.points):
         assert a.classification == b.classification and abs(a.loss - b.loss) < 1e-10
+
+
+def test_chunked_evaluation_equals_one_call():
+    from nearopt.landscape_survey import chunked_call, loss_gradient_function
+
+    fn = loss_gradient_function(committee_teacher(3))
+    W = torch.as_tensor(np.random.default_rng(2).normal(size=(7, 3, 3)))
+    v = torch.ones(7, 3, dtype=torch.float64)
+    runs = torch.arange(7)
+    for a, b in zip(chunked_call(fn, W, v, runs, 3), chunked_call(fn, W, v, runs, None)):
+        assert torch.equal(a, b)

@@ -128,27 +128,26 @@ def _kernel_terms(name: str, W: torch.Tensor, Om: torch.Tensor, K: int) -> tuple
     """
     G = torch.bmm(W, Om.transpose(1, 2))  # (R, K, J)
     n2 = (Om * Om).sum(-1)  # (R, J)
-    diag = torch.arange(K, device=G.device)
     if name == "relu":
         nrm = n2.sqrt()
         na, nb = nrm[:, :K, None], nrm[:, None, :]
         prod = na * nb
-        cos = (G / prod.clamp_min(_TINY)).clamp_(-1.0, 1.0)
-        cos[:, diag, diag] = 1.0
+        cos = G.div_(prod.clamp_min(_TINY)).clamp_(-1.0, 1.0)
+        cos[:, :, :K].diagonal(dim1=1, dim2=2).fill_(1.0)
         t = torch.arccos(cos)
-        sin = (1.0 - cos * cos).clamp_(min=0.0).sqrt_()
-        B = (math.pi - t).mul_(1.0 / (2 * math.pi))
-        kappa = (sin * (1.0 / (2 * math.pi))).add_(B * cos).mul_(prod)
+        sin = (cos * cos).neg_().add_(1.0).clamp_(min=0.0).sqrt_()
+        B = t.neg_().add_(math.pi).mul_(1.0 / (2 * math.pi))
+        kappa = (sin * (1.0 / (2 * math.pi))).addcmul_(B, cos).mul_(prod)
         A = sin.mul_(nb).div_(na.clamp_min(_TINY)).mul_(1.0 / (2 * math.pi))
         return kappa, A, B
     c = 2.0 / (1.0 if name == "erf:unit" else 2.0)  # g = erf(z / s): c = 2 / s^2
     dn = n2.mul(c).add_(1.0)
     da, db = dn[:, :K, None], dn[:, None, :]
     root = (da * db).sqrt_()
-    rho = (G * c).div_(root).clamp_(-1.0, 1.0)
-    rho[:, diag, diag] = 1.0 - 1.0 / dn[:, :K]  # c |w|^2 / (1 + c |w|^2)
+    rho = G.mul_(c).div_(root).clamp_(-1.0, 1.0)
+    rho[:, :, :K].diagonal(dim1=1, dim2=2).copy_(1.0 - 1.0 / dn[:, :K])  # c |w|^2 / (1 + c |w|^2)
     kappa = torch.arcsin(rho).mul_(2.0 / math.pi)
-    q = (1.0 - rho * rho).clamp_(min=1e-300).sqrt_().mul_(math.pi / 2.0)
+    q = (rho * rho).neg_().add_(1.0).clamp_(min=1e-300).sqrt_().mul_(math.pi / 2.0)
     return kappa, (rho * (-c)).div_(da * q), q.mul_(root).reciprocal_().mul_(c)
 
 
@@ -265,6 +264,19 @@ def starts(teacher: TwoLayerNet, width: int, n_starts: int, trained: str, protoc
 SERIAL_BELOW = 1 << 20
 
 
+#: CPU descents evaluate the batch in chunks of this many students: each chunk's kernel arrays stay in
+#: cache (k = 20: 2.2x faster per student than one chunk of 1024, measured)
+CPU_CHUNK = 256
+
+
+def chunked_call(fn: Callable[..., Any], W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor, chunk: int | None) -> tuple[torch.Tensor, ...]:
+    """``fn(W, v, runs)`` over row chunks of at most ``chunk`` students (``None``: one call), concatenated."""
+    if chunk is None or W.shape[0] <= chunk:
+        return tuple(fn(W, v, runs))
+    parts = [fn(W[s : s + chunk], v[s : s + chunk], runs[s : s + chunk]) for s in range(0, W.shape[0], chunk)]
+    return tuple(torch.cat(x) for x in zip(*parts))
+
+
 @contextlib.contextmanager
 def _threads(device: str | torch.device, entries: int) -> Iterator[None]:
     """One torch thread for small CPU batches (:data:`SERIAL_BELOW`), restored afterwards."""
@@ -307,9 +319,10 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
     ids = torch.as_tensor(np.arange(R) if runs is None else np.asarray(runs), device=device)
     lr, mw, mv = protocol.lr, float(trained != "second"), float(trained != "first")
     step, trace = 0, []
-    with torch.inference_mode(), _threads(device, W.shape[0] * W.shape[1] * W.shape[1]):
+    chunk = CPU_CHUNK if torch.device(device).type == "cpu" else None
+    with torch.inference_mode(), _threads(device, min(W.shape[0], chunk or W.shape[0]) * W.shape[1] * W.shape[1]):
         while act.numel():
-            L, gW, gv = fn(W, v, ids[act])
+            L, gW, gv = chunked_call(fn, W, v, ids[act], chunk)
             gW, gv = gW * mw, gv * mv
             gunit = torch.sqrt((gW * gW).sum(-1) + gv * gv).amax(-1)  # (R_active,)
             bad = ~torch.isfinite(L) | ~torch.isfinite(gunit) | (W.abs().amax((1, 2)) > bound) | (v.abs().amax(-1) > bound)
