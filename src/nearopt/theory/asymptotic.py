@@ -203,6 +203,99 @@ class Family:
         return tuple((float(x), float(m)) for x, m in zip(u, mass))
 
 
+def _chi2_resolvent(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``G(y) = E[t / (t - y - i0)]`` for ``t ~ chi2_1`` and ``y >= 0``, and ``dG/dy``.
+
+    ``G = 1 + y m(y + i0)`` with the Stieltjes transform ``m``: ``Re G = 1 - 2u F(u)``
+    (``u = sqrt(y/2)``, ``F`` Dawson's integral: the Hilbert transform of a Gaussian) and
+    ``Im G = pi y p(y) = sqrt(pi y / 2) e^{-y/2}`` (``p`` the ``chi2_1`` density).
+    """
+    y = np.clip(np.asarray(y, dtype=np.float64), 1e-300, None)
+    u = np.sqrt(0.5 * y)
+    F = special.dawsn(u)
+    G = (1.0 - 2.0 * u * F) + 1j * np.sqrt(0.5 * np.pi * y) * np.exp(-0.5 * y)
+    # d/dy (2 u F(u)) = (2F + 2u - 4u^2 F) / (4u), using F' = 1 - 2uF
+    dre = -(2.0 * F + 2.0 * u - 4.0 * u * u * F) / (4.0 * u)
+    dim = np.sqrt(0.5 * np.pi) * np.exp(-0.5 * y) * (0.5 / np.sqrt(y) - 0.5 * np.sqrt(y))
+    return G, dre + 1j * dim
+
+
+@dataclass(frozen=True)
+class Interlacing:
+    """Finite-``N_h`` correction of the bulk for the rank-one part ``b b^T`` of ``E g'(u_a) g'(u_c)``.
+
+    The bulk of ``H`` on the first-layer weights is ``M ⊗ I_{N_i}`` with
+    ``M = diag(v)(b b^T + Delta) diag(v)`` (step 2 of the derivation). In each of its ``N_i``
+    copies the ``N_h - 1`` bulk eigenvalues interlace the ``d_a = sigma2**2 delta(c_a) t_a``
+    (``t_a = v_a**2 / sigma2**2``) pushed up by ``z z^T``, ``z_a = v_a b(c_a)``. By Sylvester's
+    inertia, ``#{lambda < x} = #{d < x} - 1[f(x) < 0]`` with the secular function
+    ``f(x) = 1 + sum_a z_a**2 / (d_a - x)``. For many units the sum is a stable (Cauchy) law
+    whose location and scale are the real and imaginary parts of ``N_h A(x)``,
+    ``A(x) = E[z**2 / (d - x - i0)] = E_c[(b**2/delta) G(x / (sigma2**2 delta))]``
+    (:func:`_chi2_resolvent`), so below the outlier ``P(f(x) < 0) = arg A(x) / pi =: pi(x)``
+    and the expected cdf of those eigenvalues is ``(N_h F(x) - pi(x)) / (N_h - 1)``.
+    Relative to the bulk family's ``F`` this adds ``weight * (F - pi)`` to the law's cdf, a
+    signed measure of total mass 0 (``weight = N_i / P``). Exact for the ``N_i - N_h``
+    copies of the complement block; in the reduced block (``N_h`` copies) the low-rank and swap
+    terms act as well, and the same correction is kept there (measured: docs/asymptotic.md).
+    """
+
+    weight: float
+    n_hidden: int
+    scale: np.ndarray  # (C_NODES,) sigma2**2 delta(c_k)
+    ratio: np.ndarray  # (C_NODES,) b(c_k)**2 / delta(c_k)
+    w: np.ndarray  # (C_NODES,) weights of the c nodes
+    bulk: Family
+
+    def _A(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        A = np.zeros(x.shape, dtype=np.complex128)
+        dA = np.zeros(x.shape, dtype=np.complex128)
+        for sk, rk, wk in zip(self.scale, self.ratio, self.w):
+            G, dG = _chi2_resolvent(x / sk)
+            A += wk * rk * G
+            dA += wk * rk * dG / sk
+        return A, dA
+
+    def _bounds(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact bounds on ``P(f(x) < 0)`` from the ``N_h`` iid ``d_a`` of cdf ``F``: ``f < 0`` needs some
+        ``d_a < x`` and holds when all are (every term negative); the Cauchy form misses both tails."""
+        return F**self.n_hidden, 1.0 - (1.0 - F) ** self.n_hidden
+
+    def pi(self, x) -> np.ndarray:
+        """``P(f(x) < 0)``: ``arg A(x) / pi`` within the exact bounds of :meth:`_bounds`."""
+        x = np.asarray(x, dtype=np.float64)
+        raw = np.where(x > 0, np.angle(self._A(np.where(x > 0, x, 1.0))[0]) / np.pi, 0.0)
+        lo, hi = self._bounds(self.bulk.cdf(x))
+        return np.clip(raw, lo, hi)
+
+    def cdf(self, x) -> np.ndarray:
+        """Contribution to the law's cdf: ``weight (F_bulk - pi)`` (any shape)."""
+        x = np.asarray(x, dtype=np.float64)
+        return self.weight * (self.bulk.cdf(x) - self.pi(x))
+
+    def pdf(self, x) -> np.ndarray:
+        """Its derivative: ``weight (f_bulk - pi')``, ``pi' = Im(A'/A) / pi`` (or the active bound's derivative)."""
+        x = np.asarray(x, dtype=np.float64)
+        xp = np.where(x > 0, x, 1.0)
+        A, dA = self._A(xp)
+        raw, d_raw = np.angle(A) / np.pi, np.imag(dA / A) / np.pi
+        F, f = self.bulk.cdf(xp), self.bulk.pdf(xp)
+        lo, hi = self._bounds(F)
+        n = self.n_hidden
+        d_pi = np.where(raw < lo, n * F ** (n - 1) * f, np.where(raw > hi, n * (1.0 - F) ** (n - 1) * f, d_raw))
+        return np.where(x > 0, self.weight * (f - d_pi), 0.0)
+
+    def moments(self) -> tuple[float, float]:
+        """Contributions ``(weight int x d(F - pi), weight int x**2 d(F - pi))``, by quadrature.
+
+        ``int x^k d(F - pi) = k int x^(k-1) (pi - F) dx``; ``pi - F`` decays like ``e^{-y/2}``.
+        """
+        hi = float(np.max(self.scale)) * 200.0
+        x = np.concatenate([[0.0], np.geomspace(1e-12 * hi, hi, 20_001)])
+        gap = self.pi(x) - self.bulk.cdf(x)
+        return (self.weight * float(np.trapezoid(gap, x)), self.weight * float(np.trapezoid(2.0 * x * gap, x)))
+
+
 class AsymptoticLaw(SpectralLaw):
     """Law of one pooled population-Hessian eigenvalue of a random odd teacher at its optimum.
 
@@ -227,7 +320,8 @@ class AsymptoticLaw(SpectralLaw):
         ``delta(c0) chi2_1`` with ``c0 = sigma1**2 N_i`` (``None`` when ``delta = 0``, i.e. ``g`` linear).
     """
 
-    def __init__(self, activation, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None):
+    def __init__(self, activation, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None,
+                 interlacing: bool = True):
         self.n_inputs = require_positive_int(n_inputs, "N_i")
         self.n_hidden = require_positive_int(n_hidden, "N_h")
         self.activation = require_odd(activation)
@@ -262,6 +356,12 @@ class AsymptoticLaw(SpectralLaw):
         self.linear_law = ChiSquareMPConvolution(ni, nh, sigma1_lin, self.sigma2)
         delta0 = float(unit_constants(self.activation, self.sigma1**2 * ni).delta[0])
         self.scaled_limit = stats.chi2(1, scale=delta0) if delta0 > 0 else None  # None: g linear, no bulk
+        copies = ni if interlacing else 0
+        self.interlacing = (Interlacing(copies / P, nh, s2 * k.delta, k.mu1**2 / k.delta, wc, self.families[0])
+                            if copies > 0 and np.all(k.delta > 0) and np.all(k.mu1 != 0) else None)
+        # tr M is fixed: what interlacing adds to a copy's N_h - 1 bulk eigenvalues its top one (a linear-family
+        # eigenvalue) loses, so the linear family is shifted by minus the per-copy gain
+        self.linear_shift = -self.interlacing.moments()[0] / self.interlacing.weight if self.interlacing is not None else 0.0
         self._tabulate_linear()
         self._ppf_table = None
 
@@ -278,7 +378,7 @@ class AsymptoticLaw(SpectralLaw):
         lo = float(law.a)
         # cover both components: s alone (mass 1 - 1/q) and s + mu, mu up to the MP edge
         hi = float(max(law.mean() + 14.0 * law.std(), law.chi2.isf(1e-15) + law.mp.bulk_edges[1]))
-        self._lin_range = (lo * self.mu1_sq, hi * self.mu1_sq)
+        self._lin_range = (lo * self.mu1_sq + self.linear_shift, hi * self.mu1_sq + self.linear_shift)
         self._lin_cdf = TabulatedCDF(law.cdf, lo, hi, n=TABLE_POINTS)
         grid = np.linspace(lo, hi, TABLE_POINTS)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # flat tails: zero slopes
@@ -288,12 +388,12 @@ class AsymptoticLaw(SpectralLaw):
     def _linear_cdf(self, x: np.ndarray) -> np.ndarray:
         if self._lin is None:
             return (x >= 0).astype(np.float64)
-        return self._lin_cdf(x / self.mu1_sq)
+        return self._lin_cdf((x - self.linear_shift) / self.mu1_sq)
 
     def _linear_pdf(self, x: np.ndarray) -> np.ndarray:
         if self._lin is None:
             return np.zeros(np.shape(x))
-        y = np.nan_to_num(self._lin_pdf(np.asarray(x, dtype=np.float64) / self.mu1_sq), nan=0.0)
+        y = np.nan_to_num(self._lin_pdf((np.asarray(x, dtype=np.float64) - self.linear_shift) / self.mu1_sq), nan=0.0)
         return y / self.mu1_sq
 
     # ------------------------------------------------------------ scipy-style API
@@ -311,32 +411,36 @@ class AsymptoticLaw(SpectralLaw):
     def pdf(self, x):
         """Density of the continuous part (integrates to ``1 -`` the atom masses)."""
         x = np.asarray(x, dtype=np.float64)
-        out = sum(f.weight * f.pdf(x) for f in self.families)
-        return out + self.linear_weight * self._linear_pdf(x)
+        out = sum(f.weight * f.pdf(x) for f in self.families) + self.linear_weight * self._linear_pdf(x)
+        return out if self.interlacing is None else np.clip(out + self.interlacing.pdf(x), 0.0, None)
 
     def cdf(self, x):
         """``P(lambda <= x)`` (atoms included)."""
         x = np.asarray(x, dtype=np.float64)
         out = sum(f.weight * f.cdf(x) for f in self.families) + self.linear_weight * self._linear_cdf(x)
-        return np.clip(out, 0.0, 1.0)
+        return np.clip(out if self.interlacing is None else out + self.interlacing.cdf(x), 0.0, 1.0)
 
     def cdf_left(self, x):
         """``P(lambda < x)`` (differs from :meth:`cdf` at atoms only)."""
         x = np.asarray(x, dtype=np.float64)
         lin = self._linear_cdf(x) if self._lin is not None else (x > 0).astype(np.float64)
-        return np.clip(sum(f.weight * f.cdf(x, left=True) for f in self.families) + self.linear_weight * lin, 0.0, 1.0)
+        out = sum(f.weight * f.cdf(x, left=True) for f in self.families) + self.linear_weight * lin
+        return np.clip(out if self.interlacing is None else out + self.interlacing.cdf(x), 0.0, 1.0)
 
     def support(self) -> tuple[float, float]:
         return 0.0, np.inf
 
     def mean(self) -> float:
         m1 = sum(f.weight * f.moments()[0] for f in self.families)
-        return float(m1 + self.linear_weight * self.mu1_sq * self.linear_law.mean())
+        m1 += self.interlacing.moments()[0] if self.interlacing is not None else 0.0
+        return float(m1 + self.linear_weight * (self.mu1_sq * self.linear_law.mean() + self.linear_shift))
 
     def _second(self) -> float:
         m2 = sum(f.weight * f.moments()[1] for f in self.families)
+        m2 += self.interlacing.moments()[1] if self.interlacing is not None else 0.0
         lin = self.linear_law
-        return float(m2 + self.linear_weight * self.mu1_sq**2 * (lin.var() + lin.mean() ** 2))
+        mean_lin = self.mu1_sq * lin.mean() + self.linear_shift
+        return float(m2 + self.linear_weight * (self.mu1_sq**2 * lin.var() + mean_lin**2))
 
     def var(self) -> float:
         return self._second() - self.mean() ** 2
@@ -378,7 +482,10 @@ class AsymptoticLaw(SpectralLaw):
         return np.where(p >= 1.0, np.inf, x)
 
     def rvs(self, size=None, random_state=None) -> np.ndarray | float:
-        """Independent draws from the mixture (families, ``c`` nodes and ``chi2_1`` sampled exactly)."""
+        """Independent draws: the mixture sampled exactly (families, ``c`` nodes, ``chi2_1``); with the
+        interlacing correction (a signed part), by inverse transform through :meth:`ppf`."""
+        if self.interlacing is not None:
+            return super().rvs(size, random_state)
         rng = random_state if hasattr(random_state, "choice") else np.random.default_rng(random_state)
         n = int(np.prod(size)) if size is not None else 1
         weights = np.array([f.weight for f in self.families] + [self.linear_weight])
@@ -389,7 +496,8 @@ class AsymptoticLaw(SpectralLaw):
             node = rng.choice(fam.a.size, size=sel.sum(), p=fam.w)
             out[sel] = fam.a[node] + fam.b[node] * rng.chisquare(1, size=sel.sum())
         sel = which == len(self.families)
-        out[sel] = self.mu1_sq * np.asarray(self.linear_law.rvs(size=int(sel.sum()), random_state=rng)) if self._lin is not None else 0.0
+        out[sel] = (self.mu1_sq * np.asarray(self.linear_law.rvs(size=int(sel.sum()), random_state=rng)) + self.linear_shift
+                    if self._lin is not None else 0.0)
         return out.reshape(size) if size is not None else float(out[0])
 
 
@@ -400,11 +508,13 @@ def _scale(sigma, n: int, name: str) -> float:
     return s
 
 
-def asymptotic_law(activation, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None) -> AsymptoticLaw:
+def asymptotic_law(activation, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None,
+                   interlacing: bool = True) -> AsymptoticLaw:
     """The law of a pooled population-Hessian eigenvalue at the optimum (:class:`AsymptoticLaw`).
 
     ``activation`` must be odd (``erf``, ``erf:unit``, ``tanh``, ``linear``, ``cubic``,
     odd polynomials); others raise :class:`NearoptError`. ``sigma1``/``sigma2``: teacher
-    weight standard deviations (defaults ``1/sqrt(N_i)``, ``1/sqrt(N_h)``).
+    weight standard deviations (defaults ``1/sqrt(N_i)``, ``1/sqrt(N_h)``). ``interlacing``:
+    include the finite-``N_h`` interlacing of the bulk with the rank-one outlier (:class:`Interlacing`).
     """
-    return AsymptoticLaw(activation, n_inputs, n_hidden, sigma1, sigma2)
+    return AsymptoticLaw(activation, n_inputs, n_hidden, sigma1, sigma2, interlacing)
