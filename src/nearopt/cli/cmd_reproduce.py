@@ -51,9 +51,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     size.add_argument("--full", dest="size", action="store_const", const="full", help="publication-size configurations")
     p.set_defaults(size="quick")
     p.add_argument("--out", default="results", metavar="DIR", help="output folder: DIR/<experiment>/ data and figures, DIR/cache/ finished cells (default results)")
-    p.add_argument("--jobs", "-j", type=positive_int, default=None, metavar="N", help="local worker processes (default: all cores; 1 runs in this process)")
+    p.add_argument("--jobs", "-j", type=positive_int, default=None, metavar="N", help="local worker processes (default: all cores; 1 runs in this process); capped, with a note, by the cores and by the memory the cells need")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run the cells on the Dask distributed scheduler at ADDRESS (e.g. tcp://10.0.0.5:8786; needs nearopt[dask])")
-    p.add_argument("--scheduler-timeout", type=positive_float, default=30.0, metavar="S", help="--scheduler: seconds to wait for the scheduler to answer (default 30)")
+    p.add_argument("--scheduler-timeout", type=positive_float, default=30.0, metavar="S", help="--scheduler: seconds for the whole connection, Dask handshake included (default 30)")
     p.add_argument("--worker-wait", type=_seconds_or_forever, default=60.0, metavar="S",
                    help="--scheduler: stop after S seconds with no worker connected (default 60); 'forever' keeps waiting")
     p.add_argument("--lock-wait", type=nonneg_float, default=0.0, metavar="S",

@@ -333,9 +333,11 @@ def _run_locked(plans: list[tuple[Experiment, dict[str, Any]]], out: Path, backe
     t_start = time.perf_counter()
     total = sum(len(r.unique_keys) for r in runs)
     bar = tqdm(total=total, initial=total - len(tasks), desc="cells", unit="cell", file=sys.stderr, disable=True if quiet else None, dynamic_ncols=True)
+    bar.set_postfix_str(backend.description)  # shown while workers start or the scheduler is reached
     try:
         for run in runs:
             if run.complete:
+                bar.set_postfix_str(f"{run.name}: final step")
                 _finalize(run, t_start, store)
         cells_by_task = {tid: cell for tid, _, cell in tasks}
         for (i, key), outcome in backend.run(tasks):
@@ -347,6 +349,7 @@ def _run_locked(plans: list[tuple[Experiment, dict[str, Any]]], out: Path, backe
             bar.set_postfix_str(run.name, refresh=False)
             bar.update()
             if run.complete:
+                bar.set_postfix_str(f"{run.name}: final step")  # finalize can take a while after the last cell
                 _finalize(run, t_start, store)
     finally:
         bar.close()
