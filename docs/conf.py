@@ -237,6 +237,20 @@ def _check_maths(app, exception) -> None:
         _log.warning("maths will not render: %s", line, type="nearopt", subtype="mathjax")
 
 
+def _class_signature(app, what, name, obj, options, signature, return_annotation):
+    """Classes built on SciPy's ``LinearOperator`` inherit its ``__new__(*args, **kwargs)``,
+    which autodoc would show as their signature: show their ``__init__``'s parameters instead."""
+    if what != "class" or signature != "(*args, **kwargs)" or not inspect.isclass(obj):
+        return None
+    try:
+        sig = inspect.signature(obj.__init__)
+    except (TypeError, ValueError):
+        return None
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in list(sig.parameters.values())[1:]]
+    return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty)), return_annotation
+
+
 def setup(app):
     app.connect("missing-reference", _resolve_reference)
+    app.connect("autodoc-process-signature", _class_signature)
     app.connect("build-finished", _check_maths)

@@ -102,3 +102,10 @@ def test_finalize_key_changes_with_settings_and_cells():
     assert finalize_key(SELFTEST, config, ["b", "a"]) != key  # the results come in cell order
     assert finalize_key(SELFTEST, dict(config, seeds=config["seeds"] + 1), ["a", "b"]) != key
     assert finalize_key(dataclasses.replace(SELFTEST, version="other"), config, ["a", "b"]) != key
+
+
+def test_a_report_beside_the_outputs_does_not_spoil_the_cache(tmp_path, counted):
+    """``nearopt experiment`` writes its report into the experiment's folder after the final step."""
+    for sizes in ([100, 1000], [100, 2000], [100, 2000]):  # the second final step runs with a report there
+        reproduce(["selftest"], overrides={"selftest": {**SMALL, "sizes": sizes}}, out=tmp_path, jobs=1, quiet=True, report_root=tmp_path / "selftest")
+    assert counted["finalize"] == 2 and (tmp_path / "selftest" / "report.html").is_file()

@@ -135,7 +135,12 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def folder_digests(folder: Path, skip: frozenset[str] = frozenset({"result.json"})) -> dict[str, str]:
+#: files in an experiment's folder that are written after its final step (its record, and the
+#: report that ``nearopt experiment`` puts beside it): not part of what the step produced
+NOT_FINAL_OUTPUTS = frozenset({"result.json", "results.json", "report.html", "report.md"})
+
+
+def folder_digests(folder: Path, skip: frozenset[str] = NOT_FINAL_OUTPUTS) -> dict[str, str]:
     """``{relative path: SHA-256}`` of every file under ``folder`` except the names in ``skip`` and temporaries."""
     if not folder.is_dir():
         return {}
