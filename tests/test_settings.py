@@ -30,6 +30,8 @@ EXPERIMENTS = study_experiments() + [get("selftest")]
 BY_NAME = {e.name: e for e in EXPERIMENTS}
 #: (experiment, key) of every declared setting
 KEYS = [(e.name, s.name) for e in EXPERIMENTS for s in e.settings]
+for _exp in EXPERIMENTS:  # load data sets and imports once, so that the timed refusals below time the checks only
+    make_config(_exp, "quick")
 
 
 def cli(*argv):
@@ -198,6 +200,15 @@ def test_relations_cell_counts_and_memory_are_checked_before_any_cell(tmp_path, 
     code, out, err, seconds = refused(tmp_path, name, *sets)
     assert_refused(code, out, err, seconds)
     assert needle in err
+
+
+def test_reproduce_set_values_are_checked_the_same_way(tmp_path):
+    argv = ["reproduce", "--only", "breakdown", "selftest", "--out", tmp_path, "--set", "selftest.seeds=2", "--set", "breakdown.activations=[]"]
+    t0 = time.perf_counter()
+    with mock.patch.object(study, "run_experiments", _no_run):
+        code, out, err = cli(*argv)
+    assert code == 2 and err.strip() == "nearopt reproduce: error: breakdown.activations = [] must not be empty" and out == ""
+    assert time.perf_counter() - t0 < 1.0
 
 
 # -- arbitrary JSON through make_config --------------------------------------------
