@@ -19,11 +19,11 @@ Records (2-core x86_64 CPU VM shared with other jobs; load average in the table)
 
 | date | case | loop of single starts | vectorised survey | ratio |
 |---|---|---|---|---|
-| 2026-12-01 | k = n = 8, 24 starts, handover 1e-5 (load average 10.1) | 73.4 s | 4.4 s | 16.8x |
+| 2026-12-01 | k = n = 8, 24 starts, handover 1e-5 (load average 9.4) | 42.0 s | 4.4 s | 9.5x |
 
 | date | estimate (labelled: from 40 measured starts at k = 6, 12, 20 per n) | value | target |
 |---|---|---|---|
-| 2026-12-01 | full table, n = k and n = k + 1, k = 6..20, 1000 starts (load average 10.1) | ~319 min | 15 min: not met |
+| 2026-12-01 | full table, n = k and n = k + 1, k = 6..20, 1000 starts, one core (load average 9.4) | ~208 min | 15 min on 2 cores: not met |
 
 The per-size parts are tabled in ``docs/landscape.md`` (section "Cost").
 """
