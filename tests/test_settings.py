@@ -175,6 +175,7 @@ def test_fuzz_invalid_set_values_are_refused_in_one_line_before_any_cell(tmp_pat
         ("breakdown", ["sigma0_min=1.0", "sigma0_max=0.01"], "sigma0_min < sigma0_max"),
         ("breakdown", ["flow_for=[\"tanh\"]"], "every flow_for activation is in activations"),
         ("breakdown", ["activations=[]"], "breakdown.activations = [] must not be empty"),
+        ("breakdown", ["sigma0_min=1e-300"], "breakdown.sigma0_min = 1e-300 must be >= 1e-08"),
         ("breakdown", ["activations=[\"erf\", \"erf\"]"], "repeats an entry"),
         ("breakdown", ["samples=100000000"], "needs about"),
         ("non-gaussian", ["distributions=[\"cauchy\"]"], "is not one of gaussian"),

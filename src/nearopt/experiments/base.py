@@ -269,6 +269,12 @@ def writable_folder(value: str) -> None:
         raise NearoptError(f"cannot write in this folder: {exc.strerror or exc}") from None
 
 
+def sigma0(name: str = "sigma0") -> Setting:
+    """A displacement scale ``sigma0`` of ``delta_0 ~ N(0, sigma0^2 I)`` in ``[1e-8, 1e3]``: below ``1e-8`` the
+    rounding of ``theta*`` (about ``1e-16`` relative) is a visible share of ``delta_0``."""
+    return Setting(name, float, low=1e-8, high=1e3)
+
+
 def count(name: str, high: float, low: float = 1) -> Setting:
     """An integer in ``[low, high]`` (sizes, numbers of teachers, steps)."""
     return Setting(name, int, low=low, high=high)

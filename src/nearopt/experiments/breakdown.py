@@ -35,7 +35,7 @@ from ..dynamics.landscape_objective import exact_population_objective
 from ..errors import NearoptError
 from ..model import sample_inputs, sample_teacher
 from ..plotting import new_figure, save_figure
-from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, check_below, count, n_params, names, register
+from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, check_below, count, n_params, names, register, sigma0
 
 THRESHOLD = 0.10
 
@@ -145,14 +145,14 @@ SETTINGS = (
     count("n_inputs", 10**4),
     count("n_hidden", 10**4),
     count("samples", 10**8),
-    Setting("sigma0_min", float, low=0.0, low_open=True, high=1e3),
-    Setting("sigma0_max", float, low=0.0, low_open=True, high=1e3),
+    sigma0("sigma0_min"),
+    sigma0("sigma0_max"),
     count("n_sigma0", 1000),
     count("draws", 10**4),
     SEED,
     count("points", 10**4, low=2),
     names("population_for", nonempty=False),
-    Setting("population_sigma0", list, unique=True, item=Setting("sigma0", float, low=0.0, low_open=True, high=1e3)),
+    Setting("population_sigma0", list, unique=True, item=sigma0()),
 )
 RELATIONS = (
     Relation("sigma0_min < sigma0_max (or n_sigma0 = 1 and sigma0_min = sigma0_max)",

@@ -37,6 +37,7 @@ from .base import (
     count,
     n_params,
     register,
+    sigma0,
 )
 
 #: relative error allowed between the fitted late-time slope and the theory rate
@@ -257,7 +258,7 @@ def _steps(value: Any) -> None:
         raise NearoptError("steps must be 'auto' or an integer from 1 to 10000000")
 
 
-_SIGMA0 = Setting("sigma0", float, low=0.0, low_open=True, high=1e3)
+_SIGMA0 = sigma0()
 _CASE = Setting("case", dict, fields=(
     ACTIVATION, count("n_inputs", 10**4), count("n_hidden", 10**4), count("samples", 10**8), _SIGMA0, Setting("flow", bool), Setting("steps", check=_steps),
 ))

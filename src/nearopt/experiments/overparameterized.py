@@ -36,7 +36,7 @@ from ..manifold import add_dead_units, flip_signs, is_odd, manifold_report, perm
 from ..model import TwoLayerNet, sample_teacher
 from ..plotting import new_figure, save_figure
 from ..problem import Problem
-from .base import FLOAT64, Check, Experiment, ExperimentResult, Setting, activation_name, count, n_params, names, register
+from .base import FLOAT64, Check, Experiment, ExperimentResult, Setting, activation_name, count, n_params, names, register, sigma0
 
 
 def manifold_points(teacher: TwoLayerNet, seed: int) -> dict[str, TwoLayerNet]:
@@ -196,7 +196,7 @@ SETTINGS = (
     Setting("sweep_activation", str, check=activation_name),
     Setting("alphas", list, nonempty=True, unique=True, item=Setting("alpha", float, low=-100.0, high=100.0, check=_split_ratio)),
     Setting("excess", list, nonempty=True, unique=True, item=count("excess", 1000, low=0)),
-    Setting("sigmas", list, nonempty=True, unique=True, item=Setting("sigma0", float, low=0.0, low_open=True, high=1e3)),
+    Setting("sigmas", list, nonempty=True, unique=True, item=sigma0()),
     count("dyn_steps", 10**6),
     count("draws", 1000),
 )

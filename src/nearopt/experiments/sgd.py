@@ -33,7 +33,7 @@ from ..dynamics.sgd_predict import exact_model, problem_spectrum, spectral_stati
 from ..model import sample_teacher
 from ..plotting import new_figure, save_figure
 from ..problem import Problem
-from .base import ACTIVATION, FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, count, n_params, names, register
+from .base import ACTIVATION, FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, count, n_params, names, register, sigma0
 
 #: a curve matches when this share of its recorded steps lies within Z_MATCH standard errors (and all within Z_MAX)
 MATCH_SHARE = 0.9
@@ -90,7 +90,7 @@ SETTINGS = (
     SEED,
     Setting("curves", list, nonempty=True, item=Setting("curve", dict, fields=(
         *_NET, Setting("fraction", float, high=10.0, **_POSITIVE), count("batch", 10**6), Setting("noise", float, low=0.0, high=1e3),
-        Setting("sigma0", float, high=1e3, **_POSITIVE), count("steps", 10**7), count("runs", 10**7, low=2),
+        sigma0(), count("steps", 10**7), count("runs", 10**7, low=2),
     ))),
     Setting("stationary", list, nonempty=True, item=Setting("case", dict, fields=(
         *_NET, Setting("trained", str, choices=("both", "first", "second")), Setting("noise", float, low=0.0, high=1e3),
