@@ -312,8 +312,8 @@ def check_address(address: str) -> str:
 
 
 async def _identity(address: str, timeout: float) -> Any:
-    """Connect to ``address`` (Dask's own handshake) and ask for its identity."""
-    comm = await distributed.comm.connect(address, timeout=timeout)
+    """Connect to ``address`` (Dask's own handshake, with the TLS settings of Dask's configuration, as a ``Client`` does) and ask for its identity."""
+    comm = await distributed.comm.connect(address, timeout=timeout, **distributed.Security().get_connection_args("client"))
     try:
         await comm.write({"op": "identity", "reply": True})
         return await comm.read()
