@@ -12,9 +12,11 @@ from scipy import integrate
 
 import nearopt as no
 from nearopt.cli import main
-from nearopt.cli.cmd_spectrum import rescaling_modes
-from nearopt.curvature.population import PopulationHessian, population_hessian, population_hvp
+from nearopt.curvature.assembly import rescaling_modes
+from nearopt.curvature.population import PopulationHessian, population_hessian
+from nearopt.curvature.product import PopulationProduct
 from nearopt.errors import NearoptError
+from nearopt.spectra import SpectrumRequest, choose_route
 from nearopt.spectra.density import slq, spectral_density
 from nearopt.spectra.extremes import largest_eigenpairs, smallest_eigenpairs
 from nearopt.spectra.lanczos import gauss_quadrature, lanczos_tridiagonals
@@ -24,7 +26,7 @@ CPU = torch.device("cpu")
 
 
 def _pre(op: PopulationHessian) -> TorchOperator:
-    return TorchOperator(population_hvp(op.net, device=CPU, moments=op.moments).precondition, op.n_params)
+    return TorchOperator(PopulationProduct(op.net, device=CPU, moments=op.moments).precondition, op.n_params)
 
 
 @settings(max_examples=8, deadline=None)
@@ -33,7 +35,7 @@ def test_population_product_and_preconditioner(act, n_i, n_h, seed):
     """The fast product equals the dense population Hessian; the preconditioner is symmetric positive definite."""
     net = no.sample_teacher(n_i, n_h, act, seed=seed)
     H = population_hessian(net)
-    hvp = population_hvp(net, device=CPU)
+    hvp = PopulationProduct(net, device=CPU)
     E = torch.eye(net.n_params, dtype=torch.float64)
     assert np.abs(hvp(E).numpy() - H).max() <= 1e-12 * max(np.abs(H).max(), 1e-300)
     x = np.random.default_rng(seed).standard_normal(net.n_params)
@@ -69,7 +71,7 @@ def test_preconditioner_is_the_structured_inverse():
     for a in range(n_h):
         idx = list(range(a * n_i, (a + 1) * n_i)) + [n_h * n_i + a]
         B[np.ix_(idx, idx)] = H2[np.ix_(idx, idx)]
-    T = population_hvp(net, device=CPU).precondition(torch.eye(P, dtype=torch.float64)).numpy()
+    T = PopulationProduct(net, device=CPU).precondition(torch.eye(P, dtype=torch.float64)).numpy()
     assert np.allclose(T @ (B + A @ A.T), np.eye(P), atol=1e-8)
 
 
@@ -125,7 +127,11 @@ def test_bad_requests_are_one_line_errors():
     with pytest.raises(NearoptError):
         op.spectrum("lanczos", k=2, which="middle")
     with pytest.raises(NearoptError):
-        op.spectrum("dense", n_probes=3)  # a route that takes no options
+        op.spectrum("dense", n_probes=3)  # not a request option
+    with pytest.raises(NearoptError):
+        op.spectrum("dense", probes=3)  # an option of another request (the density)
+    with pytest.raises(NearoptError):
+        op.spectrum(which="largest", k=op.n_params + 1)  # more eigenvalues than P
 
 
 def test_slq_moments_are_exact_traces():
@@ -186,19 +192,20 @@ def test_slq_density_matches_exact_histogram_with_error_bars():
 def test_routes_and_cli(capsys):
     op = PopulationHessian(no.sample_teacher(10, 6, "erf", seed=0))
     exact = scipy.linalg.eigvalsh(op.to_dense())
-    spec = op.spectrum("lanczos", k=3, which="smallest", preconditioner=_pre(op), null_dim=0)
+    spec = op.spectrum("lanczos", k=3, which="smallest", null_dim=0)
     assert spec.partial and np.allclose(spec.eigenvalues, exact[:3], rtol=1e-8)
     d = spec.to_dict()
-    assert d["which"] == "smallest" and d["null_dim"] == 0 and d["smallest_nonzero"] == spec.eigenvalues[0]
-    dens = op.spectrum("slq", n_probes=2, steps=10).to_dict()["density"]
+    assert d["which"] == "smallest" and d["accuracy"]["null_dim"] == 0 and d["smallest_nonzero"] == spec.eigenvalues[0]
+    assert d["rank"] is None and d["largest"] is None  # a partial result knows neither
+    dens = op.spectrum("slq", probes=2, steps=10).to_dict()["density"]
     assert len(dens["grid"]) == len(dens["density"]) == len(dens["density_err"])
     code = main(["spectrum", "-a", "erf", "--ni", "10", "--nh", "6", "--population", "--method", "lanczos", "--which", "smallest", "--k", "3", "--json", "--quiet"])
     out = json.loads(capsys.readouterr().out)
-    assert code == 0 and out["which"] == "smallest" and out["null_dim"] == 0 and out["tolerance_reached"] <= 1e-6
+    assert code == 0 and out["which"] == "smallest" and out["accuracy"]["null_dim"] == 0 and out["accuracy"]["tolerance_reached"] <= 1e-6
     assert np.allclose(out["eigenvalues"], exact[:3], rtol=1e-8) and out["eigenvalues"] == sorted(out["eigenvalues"])
     code = main(["spectrum", "-a", "relu", "--ni", "10", "--nh", "6", "--population", "--method", "lanczos", "--which", "smallest", "--k", "2", "--json", "--quiet"])
     out = json.loads(capsys.readouterr().out)
-    assert code == 0 and out["null_dim"] == 6 and out["null_source"] == "vectors" and out["rank"] == 60
+    assert code == 0 and out["accuracy"]["null_dim"] == 6 and out["accuracy"]["null_source"] == "vectors" and out["rank"] is None
     code = main(["spectrum", "-a", "erf", "--ni", "10", "--nh", "6", "--population", "--method", "slq", "--probes", "3", "--steps", "15", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["method"] == "slq" and {"grid", "density", "density_lower", "density_upper"} <= set(out["density"])
@@ -220,11 +227,11 @@ def test_cli_writes_eigenvectors_on_request(tmp_path, capsys):
         assert U.shape == (H.shape[0], 3) and np.allclose(lam, out["eigenvalues"])
         assert np.allclose(U.T @ U, np.eye(3), atol=1e-10)
         assert np.linalg.norm(H @ U - U * lam, axis=0).max() <= 1e-6 * lam.max()
-    for bad in (["--method", "structured"], ["--method", "lanczos", "--student-width", "3"], ["--method", "lanczos", "--trained", "first"]):
+    for bad in (["--method", "structured"], ["--method", "slq"]):
         path = tmp_path / "refused.npz"
         code = main(["spectrum", "-a", "erf", "--ni", "8", "--nh", "5", "--population", *bad, "--vectors", str(path)])
         err = capsys.readouterr().err.strip()
-        assert code == 2 and "--vectors" in err and len(err.splitlines()) == 1 and not path.exists()
+        assert code == 2 and "eigenvectors" in err and len(err.splitlines()) == 1 and not path.exists()
     code = main(["spectrum", "-a", "erf", "--ni", "8", "--nh", "5", "--population", "--method", "lanczos", "--vectors", str(tmp_path / "v.txt")])
     assert code == 2 and ".npz" in capsys.readouterr().err
     (tmp_path / "f").write_text("")  # a file where the folder should be: refused before the run
@@ -244,26 +251,26 @@ def test_route_costs_use_the_gpu_constants_on_a_gpu():
         assert g["exact"] == c["exact"] and g["lanczos"] < c["lanczos"]
     tiny = PopulationHessian(no.sample_teacher(12, 3, "erf", seed=0))  # exact block of side 12: 7e-8 s
     tiny.device = torch.device("cuda")
-    assert tiny.choose_route(2, "largest") == "structured"  # launches alone cost more than the exact block
+    assert choose_route(tiny, SpectrumRequest(which="largest", k=2)) == "structured"  # launches alone cost more than the exact block
 
 
 def test_auto_takes_the_cheaper_route_for_k_extremes(capsys):
     """Only k eigenvalues wanted: auto weighs the exact block against the matrix-free route."""
     small = PopulationHessian(no.sample_teacher(6, 4, "erf", seed=0))
     large = PopulationHessian(no.sample_teacher(60, 60, "erf", seed=0))  # exact block of side 3660
-    assert small.choose_route(5, "largest") == small.choose_route() == "structured"  # N_h < N_i: the reduced block
+    assert choose_route(small, SpectrumRequest(which="largest", k=5)) == choose_route(small, SpectrumRequest()) == "structured"
     costs = large.route_costs(20, "largest")
-    assert costs["lanczos"] < costs["exact"] and large.choose_route(20, "largest") == "lanczos"
-    assert large.choose_route() == "dense"  # the whole spectrum: always an exact route
-    spec = small.spectrum("auto", k=3, which="largest", tol=1e-8)  # exact route: lanczos options dropped
-    assert spec.method == "structured" and spec.eigenvalues.size == small.n_params
+    assert costs["lanczos"] < costs["exact"] and choose_route(large, SpectrumRequest(which="largest", k=20)) == "lanczos"
+    assert choose_route(large, SpectrumRequest()) == "dense"  # the whole spectrum: always an exact route
+    spec = small.spectrum("auto", k=3, which="largest", tol=1e-8)  # an exact route: the 3 largest of every eigenvalue
+    assert spec.method == "structured" and spec.eigenvalues.size == 3 and spec.exact
     code = main(["spectrum", "-a", "erf", "--ni", "40", "--nh", "40", "--population", "--which", "largest", "--k", "3", "--json", "--quiet"])
     out = json.loads(capsys.readouterr().out)
     exact = np.sort(scipy.linalg.eigvalsh(PopulationHessian(no.sample_teacher(40, 40, "erf", seed=0)).to_dense()))[-3:]
     assert code == 0 and out["route_choice"]["chosen"] == "lanczos" and np.allclose(out["eigenvalues"], exact, rtol=1e-10)
     code = main(["spectrum", "-a", "erf", "--ni", "5", "--nh", "3", "--population", "--which", "smallest", "--k", "2", "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert code == 0 and out["route_choice"]["chosen"] == "structured" and len(out["eigenvalues"]) == 18
+    assert code == 0 and out["route_choice"]["chosen"] == "structured" and len(out["eigenvalues"]) == 2
 
 
 def test_bottom_lives_on_the_weakest_unit():

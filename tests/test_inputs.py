@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 import nearopt as no
 from nearopt.cli import main
 from nearopt.curvature.batch import BatchGaussNewton, batch_spectrum
-from nearopt.curvature.population import CovarianceTransform, PopulationHessian, population_hessian, population_spectrum
+from nearopt.curvature.compose import Congruence
+from nearopt.curvature.population import PopulationHessian, population_hessian, population_spectrum
 from nearopt.datasets import load_inputs
 from nearopt.errors import NearoptError
 from nearopt.problem import GaussianInputs, Problem, whiten
@@ -108,7 +109,7 @@ def test_population_hessian_under_covariance_matches_autodiff(act, law):
     assert np.abs(H - H_ref).max() <= 1e-10 * scale
     # the whitening route T H~ T^T, built from the isotropic Hessian of W1 L, is the same matrix
     white, L = whiten(curv.problem)
-    H_white = CovarianceTransform(curv.problem, L, torch.device("cpu")).conjugate(PopulationHessian(white).to_dense())
+    H_white = Congruence(PopulationHessian(white), curv.problem, L).to_dense()
     assert np.abs(H_white - H_ref).max() <= 1e-10 * scale
     # structured spectrum (eigenspaces of Sigma) = dense spectrum
     eig = np.linalg.eigvalsh(H_ref)
@@ -131,7 +132,7 @@ def test_matrix_free_and_structured_routes_agree(act, trained):
     if trained != "second":
         # spiked: the bulk (value 1) keeps N_i - k - N_h = 4 directions outside the reduced space
         assert res.extra["complement_scales"] == [[1.0, 9 - 2 - 3]]
-        assert curv.choose_route() == "structured"
+        assert curv.spectrum().method == "structured"
     assert res.rank.rank == curv.spectrum("dense").rank.rank
 
 
@@ -142,7 +143,7 @@ def test_spiked_structured_route_scales_without_dense_matrix():
     spec = population_spectrum(net, inputs=law)
     assert spec.method == "structured" and spec.extra["reduced_size"] == 4 * 7
     assert spec.rank.rank == net.n_params  # erf: no continuous symmetry; the block (v v^T) o dd repeats 1996 times
-    top = PopulationHessian(Problem(net, inputs=law)).spectrum("lanczos", k=3).eigenvalues
+    top = PopulationHessian(Problem(net, inputs=law)).spectrum(which="largest", k=3, method="lanczos").eigenvalues
     assert np.abs(top - spec.eigenvalues[-3:]).max() <= 1e-8 * spec.largest
 
 

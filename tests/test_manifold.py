@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import nearopt as no
 from nearopt.cli import main
-from nearopt.curvature.landscape import PopulationLossHessian, population_loss
+from nearopt.curvature.landscape import population_loss
+from nearopt.curvature.population import PopulationHessian
 from nearopt.errors import NearoptError
 from nearopt.manifold import (
     add_dead_units,
@@ -114,7 +115,7 @@ def test_split_counts_and_ostrowski_bound():
     """Even k-way split (erf): zero modes (k-1)(N_i+1), tangent k-1, and lambda_min^+ within [min D, max D] x compact."""
     T = no.sample_teacher(5, 2, "erf", seed=4)
     n = 5
-    Hc_full = PopulationLossHessian(Problem(T)).to_dense()
+    Hc_full = PopulationHessian(Problem(T)).to_dense()
     lam_c = scipy.linalg.eigvalsh(Hc_full)[0]
     for k in (2, 3, 4):
         S = split_unit(T, 0, np.full(k, 1.0 / k))
@@ -137,7 +138,7 @@ def test_tanh_point_and_polynomial_prediction():
     pred = predict_zero_modes(split_unit(P, 0, [0.5, 0.5]))
     assert pred.rank is None and "polynomial" in pred.symmetries
     eig, D = predicted_nonzero_spectrum(split_unit(P, 0, [0.5, 0.5]))
-    meas = PopulationLossHessian(Problem(P, student=split_unit(P, 0, [0.5, 0.5]))).spectrum("dense")
+    meas = PopulationHessian(Problem(P, student=split_unit(P, 0, [0.5, 0.5]))).spectrum("dense")
     assert np.allclose(eig, meas.nonzero[-eig.size :], rtol=1e-10, atol=1e-13 * meas.largest)
 
 
@@ -150,7 +151,7 @@ def test_loss_is_quartic_along_flat_off_manifold_directions():
     direction = np.zeros(S.n_params)
     direction[0:4] = d / v[0]
     direction[2 * 4 : 3 * 4] = -d / v[2]
-    H = PopulationLossHessian(Problem(T, student=S)).to_dense()
+    H = PopulationHessian(Problem(T, student=S)).to_dense()
     assert abs(direction @ H @ direction) < 1e-13 * np.abs(H).max() * direction @ direction
     losses = [population_loss(Problem(T, student=S.with_parameters(S.parameters() + e * direction))) for e in (1e-2, 2e-2)]
     assert losses[1] / losses[0] == pytest.approx(16.0, rel=0.05)

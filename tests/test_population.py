@@ -73,7 +73,9 @@ def test_methods_agree_and_auto_picks_cheapest():
     lz = population.population_spectrum(wide, method="lanczos", k=5)
     assert lz.eigenvalues.size == 5 and np.allclose(lz.eigenvalues, d.eigenvalues[-5:], rtol=1e-9)
     out = lz.to_dict()
-    assert out["P"] == wide.n_params and out["rank"] is None and "largest 5" in out["eigenvalues_held"]
+    assert out["P"] == wide.n_params and out["rank"] is None and out["which"] == "largest" and out["k"] == 5
+    assert out["method"].startswith("arpack") and out["accuracy"]["converged"] and out["smallest_nonzero"] is None
+    assert lz.largest == out["largest"] == lz.eigenvalues[-1]
     with pytest.raises(NearoptError):
         population.population_spectrum(wide, method="bogus")
 

@@ -90,7 +90,7 @@ def test_quadratic_saturation_measured():
     rows = rank_sweep("quadratic", 4, range(1, 7), teachers=2)
     assert [min(r.ranks) for r in rows] == [max(r.ranks) for r in rows] == [4, 7, 9, 10, 10, 10]
     assert all(r.agrees and r.all_clear and not r.warnings for r in rows)
-    assert all(r.min_gap > 1e8 for r in rows)
+    assert all(r.smallest_gap > 1e8 for r in rows)
 
 
 @pytest.mark.parametrize("act, n_i, n_h, rank", [("cubic", 3, 5, 10), ("monomial:4", 3, 4, 12), ("linear", 4, 6, 4)])

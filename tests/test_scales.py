@@ -282,11 +282,6 @@ def test_folded_erf_hessian_is_psd_in_the_reported_cases(act, sigma1, s):
     _check_psd(_folded_hessian(*_reported(act, sigma1, s)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="population.assemble sums the four K terms of a unit's pair with itself (each ~ dd k c, their total ~ dd): "
-    "it needs `moments = moments.fold_diagonal()` (population_hvp the same); remove this marker with that change",
-)
 @pytest.mark.parametrize("act", ["erf", "erf:unit"])
 @pytest.mark.parametrize("sigma1, s", [(1.0, 1e10), (1e3, 1e10)])
 def test_population_hessian_is_psd_in_the_reported_cases(act, sigma1, s):
@@ -299,15 +294,10 @@ def test_population_hessian_beyond_float64_is_refused():
         with pytest.raises(NearoptError, match=word) as err:
             population_hessian(_reported("monomial:25", sigma1, 1.0)[0])
         assert "\n" not in str(err.value) and "float64" in str(err.value)
-    for sigma1 in (3e-8, 1.0, 1e4):
+    for sigma1 in (1e-4, 1.0, 1e4):  # (3e-8: moments in range, Hessian entries near 1e-308: refused as underflow)
         _check_psd(population_hessian(_reported("monomial:25", sigma1, 1.0)[0]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="moments in range, Hessian entries v^2 (dd Sigma + K (Sigma w)(Sigma w)^T) subnormal: population_hessian "
-    "needs to refuse when max|H| < tiny / eps (the lost bits change the spectrum); remove this marker with that change",
-)
 def test_subnormal_population_hessian_is_refused():
     net, inputs = _reported("monomial:25", 1e-6, 1e-3)
     assert pair_moments(net.activation, inputs.matmul(net.W1) @ net.W1.T).K.max() > 1e-300  # the moments are representable

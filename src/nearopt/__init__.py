@@ -3,121 +3,64 @@
 Quick tour::
 
     import nearopt as no
-    net = no.sample_teacher(n_inputs=10, n_hidden=20, activation="erf", seed=0)
-    X = no.sample_inputs(4000, net.n_inputs, seed=0)
-    spec = no.batch_spectrum(net, X)          # all P eigenvalues + rank decision
-    H = no.PopulationHessian(net)             # exact N -> infinity curvature, a scipy LinearOperator
-    pop = H.spectrum("structured")            # all P eigenvalues, never forming the P x P matrix
-    H = no.gauss_newton(net, X)               # (P, P) = Hessian at the optimum
+    teacher = no.sample_teacher(n_inputs=10, n_hidden=20, activation="erf", seed=0)
+    problem = no.Problem(teacher)                      # student = teacher, x ~ N(0, I), both layers
+    H = no.PopulationHessian(problem)                  # the exact N -> infinity Hessian, a LinearOperator
+    spec = H.spectrum()                                # every eigenvalue (structured: no P x P matrix)
+    low = H.spectrum(which="smallest", k=5)            # the 5 smallest outside the null space
+    X = no.sample_inputs(4000, teacher.n_inputs, seed=0)
+    batch = no.batch_spectrum(teacher, X)              # the batch Hessian, same answer path
+
+Names are imported on first use (``import nearopt`` itself stays light); the
+groups below follow the pipeline: problem -> curvature -> request -> spectrum ->
+theory -> dynamics -> experiments.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from .activations import (
-    Activation,
-    CustomActivation,
-    Erf,
-    PairMoments,
-    Polynomial,
-    ReLU,
-    Tanh,
-    available_activations,
-    get_activation,
-    monomial,
-    register_activation,
-)
-from .curvature import (
-    BatchGaussNewton,
-    BatchHessian,
-    Curvature,
-    PopulationHessian,
-    batch_spectrum,
-    functional_hessian,
-    gauss_newton,
-    jacobian,
-    jacobian_r_factor,
-    loss_hessian,
-    population_hessian,
-    population_spectrum,
-    structured_spectrum,
-)
-from .dynamics import DynamicsResult, make_objective, predict_mean_loss, run_dynamics
-from .errors import NearoptError
-from .expectations import gaussian_expectations, pair_moments
-from .measurement import RankMeasurement, SweepRow, measure_rank, rank_sweep, rank_vs_samples
-from .model import TwoLayerNet, sample_inputs, sample_teacher
-from .problem import GaussianInputs, Problem
-from .spectra import RankDecision, Spectrum, decide_rank, extreme_eigenvalues, rank_from_eigenvalues, spectral_density
-from .theory.asymptotic import AsymptoticLaw, asymptotic_law
-from .theory.distributions import ChiSquareMPConvolution, MarchenkoPastur, output_norm_law, wishart_law
-from .theory.linear import (
-    linear_batch_spectrum,
-    linear_population_spectrum,
-    pooled_linear_eigenvalues,
-    simulate_linear_spectrum,
-)
-from .theory.rank_prediction import RankPrediction, predict_rank
+#: public name -> the module that defines it
+_GROUPS: dict[str, tuple[str, ...]] = {
+    # the problem: networks, activations, input laws
+    "activations": ("Activation", "CustomActivation", "Erf", "PairMoments", "Polynomial", "ReLU", "Tanh",
+                    "available_activations", "get_activation", "monomial", "register_activation"),
+    "model": ("TwoLayerNet", "sample_inputs", "sample_teacher"),
+    "problem": ("GaussianInputs", "Problem"),
+    "errors": ("NearoptError",),
+    "expectations": ("gaussian_expectations", "pair_moments"),
+    # curvature operators
+    "curvature": ("BatchGaussNewton", "BatchHessian", "Curvature", "PopulationHessian", "batch_spectrum", "functional_hessian",
+                  "gauss_newton", "jacobian", "jacobian_r_factor", "loss_hessian", "population_hessian", "population_spectrum",
+                  "structured_spectrum"),
+    # requests, answers, the rank policy
+    "spectra": ("Spectrum", "SpectrumRequest", "solve", "extreme_eigenvalues", "spectral_density"),
+    "policy": ("Inertia", "RankDecision", "RankPolicy", "decide_rank", "rank_from_eigenvalues"),
+    # theory
+    "theory.asymptotic": ("AsymptoticLaw", "asymptotic_law"),
+    "theory.distributions": ("ChiSquareMPConvolution", "MarchenkoPastur", "output_norm_law", "wishart_law"),
+    "theory.linear": ("linear_batch_spectrum", "linear_population_spectrum", "pooled_linear_eigenvalues", "simulate_linear_spectrum"),
+    "theory.rank_prediction": ("RankPrediction", "predict_rank"),
+    # measurements and dynamics
+    "measurement": ("RankMeasurement", "SweepRow", "measure_rank", "rank_sweep", "rank_vs_samples"),
+    "dynamics": ("DynamicsResult", "make_objective", "predict_mean_loss", "run_dynamics"),
+}
+_WHERE = {name: module for module, names in _GROUPS.items() for name in names}
 
-__all__ = [
-    "AsymptoticLaw",
-    "asymptotic_law",
-    "Activation",
-    "BatchGaussNewton",
-    "BatchHessian",
-    "ChiSquareMPConvolution",
-    "Curvature",
-    "CustomActivation",
-    "DynamicsResult",
-    "Erf",
-    "GaussianInputs",
-    "MarchenkoPastur",
-    "NearoptError",
-    "PairMoments",
-    "Polynomial",
-    "PopulationHessian",
-    "Problem",
-    "RankDecision",
-    "RankMeasurement",
-    "RankPrediction",
-    "ReLU",
-    "Spectrum",
-    "SweepRow",
-    "Tanh",
-    "TwoLayerNet",
-    "available_activations",
-    "batch_spectrum",
-    "decide_rank",
-    "extreme_eigenvalues",
-    "functional_hessian",
-    "gauss_newton",
-    "gaussian_expectations",
-    "get_activation",
-    "jacobian",
-    "jacobian_r_factor",
-    "linear_batch_spectrum",
-    "linear_population_spectrum",
-    "loss_hessian",
-    "make_objective",
-    "measure_rank",
-    "monomial",
-    "output_norm_law",
-    "pair_moments",
-    "pooled_linear_eigenvalues",
-    "population_hessian",
-    "population_spectrum",
-    "predict_mean_loss",
-    "predict_rank",
-    "rank_from_eigenvalues",
-    "rank_sweep",
-    "rank_vs_samples",
-    "register_activation",
-    "run_dynamics",
-    "sample_inputs",
-    "sample_teacher",
-    "simulate_linear_spectrum",
-    "spectral_density",
-    "structured_spectrum",
-    "wishart_law",
-]
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nearopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -13,10 +13,11 @@ From a start ``theta_0`` (a student of any width, any trained blocks) we
    ``-g^T H (H^2 + mu)^+ H g <= 0``) whatever the signs of ``lambda``, so the polish
    converges to saddles as well as minima -- quadratically where ``H`` is nonsingular
    -- down to a gradient norm at the rounding level of the pair terms;
-3. *classify* by the spectrum of the exact Hessian ``H`` (trained blocks): the one
-   rank rule (:func:`~nearopt.spectra.rank_rule.rank_from_eigenvalues`, applied to
-   ``|lambda|``) fixes the tolerance ``tau``; ``index = #{lambda < -tau}``, zero modes
-   ``#{|lambda| <= tau}``. Classes (``loss_relative = L / E[f_t^2]``):
+3. *classify* by the spectrum of the exact Hessian ``H`` (trained blocks), asked of
+   :func:`nearopt.spectra.solve` like every spectrum: the one rank and null-space policy
+   (:class:`~nearopt.policy.RankPolicy`, on ``|lambda|``) fixes the tolerance ``tau`` and
+   the inertia: ``index = #{lambda < -tau}``, zero modes ``#{|lambda| <= tau}``. Classes
+   (``loss_relative = L / E[f_t^2]``):
 
    * ``global minimum``: ``loss_relative <= 1e-12`` (:data:`GLOBAL_RTOL`);
    * ``spurious local minimum``: index 0, no zero mode, loss above the global level;
@@ -39,16 +40,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import scipy.optimize
 
 from . import io
 from .activations import Activation, get_activation
-from .curvature.landscape import PopulationLossHessian, landscape_moments, population_gradient, population_loss
+from .curvature.landscape import landscape_moments, population_gradient, population_loss
+from .curvature.population import PopulationHessian
 from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet
+from .policy import RankPolicy
 from .problem import Problem, as_problem
-from .spectra.rank_rule import rank_from_eigenvalues
 
 EPS = float(np.finfo(np.float64).eps)
 #: a critical point is a global minimum when ``L <= GLOBAL_RTOL * E[f_t^2]``
@@ -92,7 +93,7 @@ def loss_and_gradient(problem: Problem) -> tuple[float, np.ndarray]:
 
 def exact_hessian(problem: Problem) -> np.ndarray:
     """Dense exact Hessian ``(P, P)`` over the trained parameters (residual term included)."""
-    return PopulationLossHessian(problem).to_dense()
+    return PopulationHessian(problem).to_dense()
 
 
 # ----------------------------------------------------------------------------- descent
@@ -116,8 +117,8 @@ def gradient_descent(problem: Problem, *, lr: float | None = None, max_steps: in
     pr = as_problem(problem)
     max_steps = require_positive_int(max_steps, "max_steps")
     if lr is None:
-        lam = scipy.linalg.eigvalsh(exact_hessian(pr))
-        lr = 1.0 / max(float(lam[-1]), 1e-12)
+        top = PopulationHessian(pr).spectrum(which="largest", k=1).largest
+        lr = 1.0 / max(float(top or 0.0), 1e-12)
     if not np.isfinite(lr) or lr <= 0:
         raise NearoptError(f"lr must be positive and finite, got {lr}")
     theta = trained_parameters(pr)
@@ -178,9 +179,9 @@ def newton_polish(problem: Problem, *, gtol: float | None = None, max_iter: int 
     for _ in range(int(max_iter)):
         if hist[-1] <= gtol / FLOOR_FACTOR:
             break
-        lam, U = scipy.linalg.eigh(exact_hessian(pr))
-        tau = rank_from_eigenvalues(np.abs(lam)).eigenvalue_tolerance
-        keep = np.abs(lam) > tau
+        spec, U = PopulationHessian(pr).eigh()
+        lam = spec.eigenvalues
+        keep = ~RankPolicy.zero_mask(lam, spec.rank)
         lam_k, U_k = lam[keep], U[:, keep]
         top = float(np.max(np.abs(lam))) if lam.size else 1.0
         c = U_k.T @ g
@@ -278,10 +279,10 @@ def classify(problem: Problem | TwoLayerNet, *, gtol: float | None = None) -> Cr
     loss, g = loss_and_gradient(pr)
     gnorm = float(np.linalg.norm(g))
     gtol = gradient_tolerance(pr) if gtol is None else float(gtol)
-    lam = scipy.linalg.eigvalsh(exact_hessian(pr))
-    tau = rank_from_eigenvalues(np.abs(lam)).eigenvalue_tolerance
-    neg, zero = int(np.count_nonzero(lam < -tau)), int(np.count_nonzero(np.abs(lam) <= tau))
-    pos = lam.size - neg - zero
+    spec = PopulationHessian(pr).spectrum()
+    assert spec.inertia is not None
+    lam, tau = spec.eigenvalues, spec.rank.eigenvalue_tolerance
+    neg, zero, pos = spec.inertia.negative, spec.inertia.zero, spec.inertia.positive
     rel = loss / teacher_power(pr.teacher)
     if gnorm > gtol:
         cls = "not converged"

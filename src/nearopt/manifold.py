@@ -58,12 +58,13 @@ import torch
 
 from . import io
 from .activations import Activation, ReLU
-from .curvature.landscape import PopulationLossHessian, population_loss
+from .curvature.landscape import population_loss
+from .curvature.population import PopulationHessian
 from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet
+from .policy import rank_from_eigenvalues
 from .problem import Problem
 from .resources import dense_bytes, require_memory
-from .spectra.rank_rule import rank_from_eigenvalues
 
 #: relative tolerance on rows for "the same unit" (copies are built exactly; this absorbs rounding)
 SAME_UNIT_RTOL = 1e-10
@@ -386,7 +387,7 @@ def predicted_nonzero_spectrum(student: TwoLayerNet, trained: str = "both") -> t
             D[compact.W1.size + j] = np.sum(a**2)
     if np.any(np.isinf(D)):
         raise NearoptError("a live group whose outgoing weights cancel (sum a_c v_c = 0) is not a point of the generic manifold")
-    Hc = PopulationLossHessian(Problem(compact), residual=False).to_dense()
+    Hc = PopulationHessian(Problem(compact), residual=False).to_dense()
     keep = D > 0
     d = np.sqrt(D[keep])
     eig = scipy.linalg.eigvalsh(d[:, None] * Hc[np.ix_(keep, keep)] * d[None, :])
@@ -397,12 +398,12 @@ def predicted_nonzero_spectrum(student: TwoLayerNet, trained: str = "both") -> t
 def manifold_report(teacher: TwoLayerNet, student: TwoLayerNet, trained: str = "both") -> dict[str, Any]:
     """Loss, predicted vs measured rank and nonzero spectrum at a student point of the manifold.
 
-    Measured: :meth:`PopulationLossHessian.spectrum` (structured route, full Hessian
+    Measured: :meth:`PopulationHessian.spectrum` (structured route, full Hessian
     including the residual term) ranked by the one rank rule.
     """
     ok, loss = on_manifold(teacher, student)
     pred = predict_zero_modes(student, trained)
-    curv = PopulationLossHessian(Problem(teacher, student=student, trained=trained))
+    curv = PopulationHessian(Problem(teacher, student=student, trained=trained))
     spec = curv.spectrum("structured")
     nz_pred, D = predicted_nonzero_spectrum(student, trained)
     nz_meas = spec.nonzero
@@ -419,7 +420,7 @@ def manifold_report(teacher: TwoLayerNet, student: TwoLayerNet, trained: str = "
         "zero_modes_measured": pred.n_params - spec.rank.rank,
         "tangent_dimension": pred.tangent,
         "flat_off_manifold": pred.flat_off_manifold,
-        "negative_eigenvalues": spec.extra.get("negative"),
+        "negative_eigenvalues": spec.inertia.negative if spec.inertia is not None else None,
         "lambda_min_nonzero": spec.smallest_nonzero,
         "lambda_min_nonzero_predicted": float(nz_pred[0]) if nz_pred.size else float("nan"),
         "lambda_max": spec.largest,

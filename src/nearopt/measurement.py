@@ -3,7 +3,7 @@
 The rank is decided from the singular values of ``J / sqrt(N)`` (``J`` the
 ``N × P`` per-sample Jacobian, obtained as the R factor of a chunked QR in
 float64), never from ``eigvalsh(H)``. Each :class:`RankMeasurement` carries the
-:class:`~nearopt.spectra.rank_rule.RankDecision` (tolerance, the singular values either
+:class:`~nearopt.policy.RankDecision` (tolerance, the singular values either
 side of it, their ratio ``gap`` and the ``margin`` to the tolerance), the
 prediction of :mod:`nearopt.theory.rank_prediction`, and a list of ``warnings``: when
 ``N < P`` (the sample size may cap the rank), when the decision has no clear
@@ -28,10 +28,12 @@ from typing import Any
 import numpy as np
 
 from .activations import Activation, get_activation
-from .curvature import jacobian_r_factor, population_spectrum
+from .curvature import BatchGaussNewton, Curvature, PopulationHessian, population_spectrum
 from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet, sample_inputs, sample_teacher
-from .spectra.rank_rule import RankDecision, decide_rank
+from .policy import CLEAR_MARGIN, RankDecision, RankPolicy
+from .problem import Problem
+from .spectra import SpectrumRequest, choose_route
 from .theory.rank_prediction import RankPrediction, predict_rank
 
 #: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
@@ -84,8 +86,8 @@ class RankMeasurement:
 
     @property
     def clear(self) -> bool:
-        """A trusted decision: clear margin to the tolerance *and* a gap ``≥ min_gap`` (or nothing dropped)."""
-        return bool(self.decision.clear and self.decision.gap >= self.min_gap)
+        """A trusted decision: the policy's ``clear`` (margin to the tolerance *and* a gap ``≥ min_gap``)."""
+        return bool(self.decision.clear)
 
     @property
     def rank(self) -> int:
@@ -159,12 +161,12 @@ def _warnings(decision: RankDecision, s: np.ndarray, pred: RankPrediction, n_sam
             f"N = {n_samples} < P = {P}: the batch rank is capped at N"
             + (f", below the population rank {pred.population_rank}; the measured rank says nothing about it" if binding else "")
         )
-    if not decision.clear:
+    if decision.margin < CLEAR_MARGIN:
         out.append(
             f"no clear gap at the tolerance {decision.tolerance:.3g}: last kept {_value(decision.last_kept)}, "
             f"first dropped {_value(decision.first_dropped)} (margin {decision.margin:.3g} < 10); rank {decision.rank} is uncertain"
         )
-    if decision.clear and decision.gap < measured.min_gap:
+    if decision.margin >= CLEAR_MARGIN and decision.gap < measured.min_gap:
         out.append(
             f"the gap at the cut is only {decision.gap:.3g} (< {measured.min_gap:.3g}): a smooth decay of the kept values into "
             "float64 round-off looks like this; the dropped directions may be real but unresolvable, rank "
@@ -225,9 +227,10 @@ def measure_rank(
     elif n_samples is not None:
         raise NearoptError("give either inputs X or n_samples, not both")
     N = int(np.shape(X)[0])
-    R = jacobian_r_factor(net, X, chunk_size=chunk_size, device=device)
-    s = np.linalg.svd(R, compute_uv=False) / np.sqrt(N)  # descending
-    decision = decide_rank(s, net.n_params, rtol=rtol, shape=(N, net.n_params))
+    policy = RankPolicy(rtol=rtol, min_gap=min_gap)
+    spec = BatchGaussNewton(net, X, chunk_size=chunk_size, device=device).spectrum("factor", policy=policy)
+    s = np.sqrt(spec.eigenvalues[::-1][: min(N, net.n_params)])  # singular values of J / sqrt(N), descending
+    decision = spec.rank
     pred = predict_rank(net.activation, net.n_inputs, net.n_hidden, n_samples=N)
     extra = [] if net.activation.is_smooth else _coverage_warnings(net, np.asarray(X, dtype=np.float64))
     m = RankMeasurement(
@@ -268,8 +271,8 @@ def measure_population_rank(net: TwoLayerNet, *, method: str = "auto", rtol: flo
     and tolerance); ``singular_values`` are ``sqrt`` of its eigenvalues.
     """
     t0 = time.perf_counter()
-    spec = population_spectrum(net, method=method, rtol=rtol)
-    eig = np.sort(np.clip(np.asarray(spec.eigenvalues, dtype=np.float64), 0.0, None))[::-1]
+    spec = population_spectrum(net, method=method, policy=RankPolicy(rtol=rtol, min_gap=MIN_GAP))
+    eig = np.sort(np.abs(np.asarray(spec.eigenvalues, dtype=np.float64)))[::-1]
     pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
     m = RankMeasurement(
         net.activation.name, net.n_inputs, net.n_hidden, None, spec.rank, np.sqrt(eig), pred, "population", teacher_seed, None, time.perf_counter() - t0
@@ -307,7 +310,8 @@ class SweepRow:
         return self.first.prediction
 
     @property
-    def min_gap(self) -> float:
+    def smallest_gap(self) -> float:
+        """The smallest gap at the cut over the row's teachers."""
         return min(m.decision.gap for m in self.measurements)
 
     @property
@@ -344,7 +348,7 @@ class SweepRow:
             "ranks": self.ranks,
             "predicted": self.prediction.to_dict(),
             "agrees": self.agrees,
-            "min_gap": self.min_gap,
+            "smallest_gap": self.smallest_gap,
             "min_margin": self.min_margin,
             "all_clear": self.all_clear,
             "warnings": self.warnings,
@@ -406,3 +410,31 @@ def rank_sweep(
                     )
             rows.append(SweepRow(ms))
     return rows
+
+
+def null_space_hint(problem: Problem | TwoLayerNet) -> tuple[int, str] | None:
+    """The null-space dimension the matrix-free smallest end should skip, and where it comes from.
+
+    At the teacher with both layers trained: ``P - predict_rank`` when the prediction is
+    exact or observed (an observed full rank counts: erf's tiny eigenvalues, ``1e-12``
+    of ``lambda_max`` at ``n = 1000``, sit far below any zero threshold, so detection
+    would misread them). ``None`` elsewhere (the operator's null vectors, ReLU's
+    rescaling modes, or detection take over).
+    """
+    pr = problem if isinstance(problem, Problem) else Problem(problem)
+    net = pr.point
+    if not (pr.at_teacher and pr.trained == "both" and pr.inputs.isotropic) or PopulationHessian(pr).null_vectors() is not None:
+        return None
+    pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
+    if pred.kind in ("exact", "observed"):
+        return net.n_params - pred.rank, f"predict_rank ({pred.kind})"
+    return None
+
+
+def with_null_space(curvature: Curvature, request: SpectrumRequest) -> SpectrumRequest:
+    """``request`` with the null dimension of :func:`null_space_hint` filled in where the matrix-free
+    smallest end will run (exact routes decide the null space themselves)."""
+    if request.which != "smallest" or request.null_dim is not None or choose_route(curvature, request) != "lanczos":
+        return request
+    hint = null_space_hint(curvature.problem)
+    return request if hint is None else request.replace(null_dim=hint[0])

@@ -170,7 +170,7 @@ def table(rows: list[SweepRow]) -> str:
         n = "pop" if r.first.n_samples is None else str(r.first.n_samples)
         lines.append(
             f"{r.first.n_inputs:>4} {r.first.n_hidden:>4} {r.first.n_params:>6} {n:>7} {rank:>9} {r.prediction.label():>16} "
-            f"{_fmt_gap(r.min_gap):>8} {r.min_margin:>8.2g} {'yes' if r.all_clear else 'NO':>5}  {'ok' if r.agrees else 'MISMATCH'}"
+            f"{_fmt_gap(r.smallest_gap):>8} {r.min_margin:>8.2g} {'yes' if r.all_clear else 'NO':>5}  {'ok' if r.agrees else 'MISMATCH'}"
         )
     lines.append("gap = last kept / first dropped singular value (inf: nothing dropped); margin = distance from the tolerance; clear: margin >= 10 and gap >= --min-gap")
     for n_i in dict.fromkeys(r.first.n_inputs for r in rows):

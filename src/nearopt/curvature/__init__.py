@@ -1,6 +1,23 @@
-"""Curvature operators: one base class (:class:`Curvature`), batch and population subclasses."""
+"""Curvature operators: one base class (:class:`Curvature`), batch and population curvatures, and the
+wrappers that compose the options of a problem (trained blocks, ``x ~ N(0, Sigma)``) around them.
 
-from .base import LANCZOS_K, Curvature, resolve_device
+========================  ==============================================================
+module                    holds
+========================  ==============================================================
+``base``                  :class:`Curvature`: the LinearOperator, its capabilities, ``spectrum``
+``compose``               :class:`Restricted`, :class:`Congruence`, :class:`Composed`
+``batch``                 :class:`BatchGaussNewton`, :class:`BatchHessian`, Jacobians
+``assembly``              dense population blocks from pair moments (at the teacher)
+``product``               :class:`PopulationProduct`: matrix-free product and preconditioner
+``landscape``             loss, gradient, moments, product and blocks at any student point
+``structured``            the one structured reduction (every point, law, trained block)
+``population``            :class:`PopulationHessian`, :func:`population_spectrum`
+``costs``                 the cost model of ``auto``
+========================  ==============================================================
+"""
+
+from .assembly import assemble, net_moments, rescaling_modes
+from .base import Curvature, resolve_device
 from .batch import (
     BATCH_METHODS,
     SVD_MAX_PARAMS,
@@ -16,46 +33,26 @@ from .batch import (
     jacobian_r_factor,
     loss_hessian,
 )
-from .landscape import (
-    LANDSCAPE_METHODS,
-    LandscapeMoments,
-    PopulationLossHessian,
-    landscape_moments,
-    population_gradient,
-    population_loss,
-    population_loss_hessian,
-)
-from .population import (
-    MAX_DENSE,
-    POPULATION_METHODS,
-    PopulationHessian,
-    StructuredSpectrum,
-    assemble,
-    net_moments,
-    population_hessian,
-    population_hvp,
-    population_spectrum,
-    row_space,
-    structured_spectrum,
-)
+from .compose import Composed, Congruence, Restricted
+from .landscape import LandscapeMoments, LandscapeProduct, landscape_moments, population_gradient, population_loss
+from .population import POPULATION_METHODS, PopulationHessian, population_hessian, population_spectrum
+from .product import PopulationProduct
+from .structured import StructuredSpectrum, structured_spectrum
 
 __all__ = [
     "BATCH_METHODS",
-    "LANCZOS_K",
-    "MAX_DENSE",
     "POPULATION_METHODS",
     "SVD_MAX_PARAMS",
     "BatchGaussNewton",
     "BatchHessian",
+    "Composed",
+    "Congruence",
     "Curvature",
-    "LANDSCAPE_METHODS",
     "LandscapeMoments",
-    "PopulationLossHessian",
-    "landscape_moments",
-    "population_gradient",
-    "population_loss",
-    "population_loss_hessian",
+    "LandscapeProduct",
     "PopulationHessian",
+    "PopulationProduct",
+    "Restricted",
     "StructuredSpectrum",
     "assemble",
     "batch_hvp",
@@ -66,12 +63,14 @@ __all__ = [
     "iter_jacobian_chunks",
     "jacobian",
     "jacobian_r_factor",
+    "landscape_moments",
     "loss_hessian",
     "net_moments",
+    "population_gradient",
     "population_hessian",
-    "population_hvp",
+    "population_loss",
     "population_spectrum",
+    "rescaling_modes",
     "resolve_device",
-    "row_space",
     "structured_spectrum",
 ]

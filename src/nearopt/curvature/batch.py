@@ -15,14 +15,14 @@ Both accumulate over chunks of inputs, so memory is ``O(P**2 + chunk * P)``.
 rank of ``H``, without squaring the condition number.
 
 The curvature classes wrap these as :class:`~nearopt.curvature.base.Curvature`
-operators of a :class:`~nearopt.problem.Problem` (student at any point, any
-trained blocks); :func:`batch_spectrum` is the spectrum of the batch Hessian at a
-network, with the method names of ``nearopt spectrum``.
+operators of a :class:`~nearopt.problem.Problem` over all parameters, composed with
+the trained-block restriction (:class:`~nearopt.curvature.compose.Restricted`);
+:func:`batch_spectrum` answers the spectrum of the batch Hessian through
+:func:`nearopt.spectra.solve`, with the method names of ``nearopt spectrum``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,9 +34,9 @@ from ..errors import NearoptError
 from ..model import TwoLayerNet, forward_torch
 from ..problem import Problem, as_problem
 from ..resources import require_memory
-from ..spectra.rank_rule import rank_from_eigenvalues
 from ..spectra.spectrum import Spectrum
-from .base import Curvature, resolve_device, restrict, select
+from .base import Curvature, resolve_device
+from .compose import Composed, compose
 
 #: bytes of intermediate memory a chunk may use (tunable by ``chunk_size``)
 CHUNK_BUDGET_BYTES = 2**28
@@ -228,14 +228,86 @@ def batch_hvp(net: TwoLayerNet, X, *, device="cpu"):
 SVD_MAX_PARAMS = 4000
 
 
-class BatchCurvature(Curvature):
+class _FullBatchGaussNewton(Curvature):
+    """``J^T J / N`` over all parameters (the base :class:`BatchGaussNewton` restricts)."""
+
+    kind = "batch Gauss-Newton"
+    positive_semidefinite = True
+
+    def __init__(self, problem: Problem, X: torch.Tensor, chunk_size: int | None):
+        super().__init__(problem, device=X.device)
+        self.X, self.chunk_size = X, chunk_size
+        self._hvp = batch_hvp(problem.point, X, device=X.device)
+
+    def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self._hvp(V)
+
+    def has_factor(self) -> bool:
+        return True
+
+    def factor(self) -> np.ndarray:
+        """``R / sqrt(N)`` ``(min(N, P), P)`` of ``J = Q R``: ``S^T S = J^T J / N``."""
+        R = jacobian_r_factor(self.problem.point, self.X, chunk_size=self.chunk_size, device=self.device)
+        return R / np.sqrt(self.X.shape[0])
+
+    def factor_shape(self, S: np.ndarray) -> tuple[int, int]:
+        return (int(self.X.shape[0]), int(S.shape[1]))  # R stands for J (N, P): its rounding grows with N
+
+    def to_dense(self) -> np.ndarray:
+        return gauss_newton_tensor(self.problem.point, self.X, chunk_size=self.chunk_size, device=self.device).cpu().numpy()
+
+
+class _FullBatchHessian(_FullBatchGaussNewton):
+    """The exact batch-loss Hessian over all parameters: products by ``jvp`` of ``grad``, dense by ``torch.func.hessian``."""
+
+    kind = "batch Hessian"
+
+    def __init__(self, problem: Problem, X: torch.Tensor, chunk_size: int | None):
+        super().__init__(problem, X, chunk_size)
+        self.positive_semidefinite = problem.at_teacher
+        st, te = problem.point, problem.teacher
+        self._theta = torch.as_tensor(st.parameters(), dtype=torch.float64, device=self.device)
+        y = forward_torch(torch.as_tensor(te.parameters(), dtype=torch.float64, device=self.device), X, te.activation, te.n_hidden)
+        N = X.shape[0]
+
+        def loss(th: torch.Tensor) -> torch.Tensor:
+            return 0.5 * ((forward_torch(th, X, st.activation, st.n_hidden) - y) ** 2).sum() / N
+
+        self.loss_fn = loss
+        grad = func.grad(loss)
+        self._hvp1 = lambda v: func.jvp(grad, (self._theta,), (v,))[1]
+
+    def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self._hvp1(V[:, j]) for j in range(V.shape[1])], dim=1)
+
+    def has_factor(self) -> bool:
+        return self.problem.at_teacher  # there the Gauss-Newton square root is one of H too (it decides the rank)
+
+    def factor(self) -> np.ndarray:
+        if not self.has_factor():
+            raise NearoptError("the batch Hessian has no square root off the global minimum")
+        return super().factor()
+
+    def to_dense(self) -> np.ndarray:
+        pr = self.problem
+        return loss_hessian(pr.teacher, self.X, student=pr.point, chunk_size=self.chunk_size, device=self.device)
+
+
+class BatchCurvature(Composed):
     """What every curvature of a batch shares: the inputs ``X`` ``(N, N_i)``, ``N`` in results,
-    and the rank tolerance of a factor that stands for ``J`` ``(N, P)``."""
+    and the trained-block restriction around a base over all parameters."""
+
+    base_class: type[_FullBatchGaussNewton] = _FullBatchGaussNewton
 
     def __init__(self, problem: Problem | TwoLayerNet, X, *, chunk_size: int | None = None, device="cpu"):
         super().__init__(problem, device=device)
+        if not self.problem.inputs.isotropic:
+            raise NearoptError("a batch curvature takes its inputs from X; draw X from the law (GaussianInputs.sample) instead of a covariance")
         self.X = _as_tensor(X, self.problem.point, torch.float64, self.device)
         self.chunk_size = chunk_size
+        self.base = self.base_class(self.problem.replace(trained="both"), self.X, chunk_size)
+        self.operator = compose(self.base, self.problem)
+        self.positive_semidefinite = self.base.positive_semidefinite
 
     @property
     def samples(self) -> int:
@@ -243,10 +315,9 @@ class BatchCurvature(Curvature):
         return int(self.X.shape[0])
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "samples": self.samples}
-
-    def factor_shape(self, S: np.ndarray) -> tuple[int, int]:
-        return (self.samples, int(S.shape[1]))
+        d = super().describe()
+        d["samples"] = self.samples
+        return d
 
 
 class BatchGaussNewton(BatchCurvature):
@@ -259,24 +330,7 @@ class BatchGaussNewton(BatchCurvature):
     without forming ``J`` (cost ``O(N N_h N_i)`` per vector).
     """
 
-    kind = "batch-gauss-newton"
-
-    def __init__(self, problem: Problem | TwoLayerNet, X, *, chunk_size: int | None = None, device="cpu"):
-        super().__init__(problem, X, chunk_size=chunk_size, device=device)
-        self._hvp = batch_hvp(self.problem.point, self.X, device=self.device)
-
-    def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return select(self.problem, self._hvp(restrict(self.problem, V)))
-
-    def factor(self) -> np.ndarray:
-        """``R[:, trained] / sqrt(N)``, shape ``(min(N, P_all), P)``: ``S^T S = G``."""
-        R = jacobian_r_factor(self.problem.point, self.X, chunk_size=self.chunk_size, device=self.device)
-        return R[:, self.problem.trained_indices] / np.sqrt(self.samples)
-
-    def to_dense(self) -> np.ndarray:
-        G = gauss_newton_tensor(self.problem.point, self.X, chunk_size=self.chunk_size, device=self.device)
-        idx = torch.as_tensor(self.problem.trained_indices, device=G.device)
-        return G[idx][:, idx].cpu().numpy()
+    kind = "batch Gauss-Newton"
 
 
 class BatchHessian(BatchCurvature):
@@ -288,53 +342,29 @@ class BatchHessian(BatchCurvature):
     forward-over-reverse autodiff (``jvp`` of ``grad``). At the teacher the
     square root of :class:`BatchGaussNewton` is a square root of ``H`` too, and
     :meth:`factor` returns it (it decides the rank); elsewhere ``H`` may be
-    indefinite and has none.
+    indefinite and has none. Results at a student point carry the batch loss
+    and the norm of its gradient over the trained parameters.
     """
 
-    kind = "batch-hessian"
+    kind = "batch Hessian"
+    base_class = _FullBatchHessian
 
-    def __init__(self, problem: Problem | TwoLayerNet, X, *, chunk_size: int | None = None, device="cpu"):
-        super().__init__(problem, X, chunk_size=chunk_size, device=device)
-        pr = self.problem
-        st, te = pr.point, pr.teacher
-        self._theta = torch.as_tensor(st.parameters(), dtype=torch.float64, device=self.device)
-        y = forward_torch(torch.as_tensor(te.parameters(), dtype=torch.float64, device=self.device), self.X, te.activation, te.n_hidden)
-        N = self.samples
-
-        def loss(th: torch.Tensor) -> torch.Tensor:
-            return 0.5 * ((forward_torch(th, self.X, st.activation, st.n_hidden) - y) ** 2).sum() / N
-
-        grad = func.grad(loss)
-        self._hvp1 = lambda v: func.jvp(grad, (self._theta,), (v,))[1]
-
-    def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
-        full = restrict(self.problem, V)
-        out = torch.stack([self._hvp1(full[:, j]) for j in range(full.shape[1])], dim=1)
-        return select(self.problem, out)
-
-    def factor(self) -> np.ndarray | None:
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
         if not self.problem.at_teacher:
-            return None
-        return BatchGaussNewton(self.problem, self.X, chunk_size=self.chunk_size, device=self.device).factor()
-
-    @property
-    def routes(self):
-        routes = super().routes
-        if not self.problem.at_teacher:
-            routes.pop("factor", None)
-        return routes
-
-    def choose_route(self, k: int | None = None, which: str | None = None) -> str:
-        return "dense"
-
-    def to_dense(self) -> np.ndarray:
-        pr = self.problem
-        H = loss_hessian(pr.teacher, self.X, student=pr.point, chunk_size=self.chunk_size, device=self.device)
-        idx = pr.trained_indices
-        return H[np.ix_(idx, idx)]
+            base = self.base
+            assert isinstance(base, _FullBatchHessian)
+            theta = base._theta.clone().requires_grad_(True)
+            loss = base.loss_fn(theta)
+            (grad,) = torch.autograd.grad(loss, theta)
+            idx = torch.as_tensor(self.problem.trained_indices, device=grad.device)
+            d["extra"].update(loss=float(loss.detach()), gradient_norm=float(grad[idx].norm()))
+        return d
 
 
 BATCH_METHODS = ("auto", "jacobian-svd", "gauss-newton", "autodiff")
+#: batch method -> (curvature, route)
+_BATCH_ROUTES = {"jacobian-svd": (BatchGaussNewton, "factor"), "gauss-newton": (BatchGaussNewton, "dense"), "autodiff": (BatchHessian, "dense")}
 
 
 def batch_spectrum(
@@ -345,46 +375,37 @@ def batch_spectrum(
     chunk_size: int | None = None,
     device="cpu",
     rtol: float | None = None,
+    **request: Any,
 ) -> Spectrum:
-    """Spectrum of the batch Hessian at the optimum (or at ``problem``'s student).
+    """Spectrum of the batch Hessian at the optimum (or at ``problem``'s student), through :func:`nearopt.spectra.solve`.
 
     Methods
     -------
     ``jacobian-svd``
         eigenvalues ``s**2 / N`` from the singular values ``s`` of ``J`` (chunked
-        QR, then SVD of ``R``): best accuracy for the small eigenvalues
-        (:class:`BatchGaussNewton` ``factor`` route).
+        QR, then SVD of ``R``): best accuracy for the small eigenvalues, and the
+        rank by the singular-value rule (:class:`BatchGaussNewton`, ``factor`` route).
     ``gauss-newton``
-        ``eigvalsh(J^T J / N)``: fastest for large ``P``, on GPU too.
+        ``eigvalsh(J^T J / N)``: fastest for large ``P``, on GPU too; the rank by the
+        eigenvalue rule (wider tolerance).
     ``autodiff``
         ``eigvalsh`` of the ``torch.func`` Hessian of the loss (:class:`BatchHessian`).
     ``auto``
-        ``jacobian-svd`` up to ``P = SVD_MAX_PARAMS``, else ``gauss-newton``.
+        at the optimum ``jacobian-svd`` up to ``P = SVD_MAX_PARAMS``, else ``gauss-newton``;
+        at any other point ``autodiff`` (the Gauss-Newton matrix is not the Hessian there).
 
-    The rank follows the one rank rule: singular values of ``J / sqrt(N)`` when
-    ``P <= SVD_MAX_PARAMS`` (or the method computed them) and the point is the
-    teacher, else the eigenvalue rule; ``extra["rank_source"]`` says which.
+    ``request``: further :class:`~nearopt.spectra.request.SpectrumRequest` fields
+    (``which``, ``k``, ``vectors``).
     """
     if method not in BATCH_METHODS:
         raise NearoptError(f"unknown batch method {method!r}; choose from {', '.join(BATCH_METHODS)}")
-    t0 = time.perf_counter()
     problem = as_problem(net)
-    P = problem.n_params
     if method == "auto":
-        method = "jacobian-svd" if P <= SVD_MAX_PARAMS else "gauss-newton"
-    gn = BatchGaussNewton(problem, X, chunk_size=chunk_size, device=device)
-    if method == "jacobian-svd":
-        spec = gn.spectrum("factor", rtol=rtol)
-        spec.extra["rank_source"] = "jacobian singular values"
-    else:
-        curv = gn if method == "gauss-newton" else BatchHessian(problem, X, chunk_size=chunk_size, device=device)
-        H = torch.as_tensor(curv.to_dense(), device=gn.device)
-        eig = torch.linalg.eigvalsh(H).cpu().numpy()
-        if P <= SVD_MAX_PARAMS and problem.at_teacher:  # the one rule: singular values of J / sqrt(N)
-            decision, source = gn.spectrum("factor", rtol=rtol).rank, "jacobian singular values"
-        else:
-            decision, source = rank_from_eigenvalues(eig, rtol=rtol), "hessian eigenvalues"
-        spec = gn.make_spectrum(eig, decision, method, extra={"rank_source": source})
-    spec.method = method
-    spec.seconds = time.perf_counter() - t0
+        method = "autodiff" if not problem.at_teacher else "jacobian-svd" if problem.n_params <= SVD_MAX_PARAMS else "gauss-newton"
+    elif method != "autodiff" and not problem.at_teacher:
+        raise NearoptError(f"method {method} computes the Gauss-Newton matrix, which is not the Hessian off the global minimum; use autodiff (or auto)")
+    cls, route = _BATCH_ROUTES[method]
+    spec = cls(problem, X, chunk_size=chunk_size, device=device).spectrum(route, rtol=rtol, **request)
+    spec.extra["route"] = spec.method
+    spec.method = method  # the batch route by its name: jacobian-svd is the factor route of J^T J / N, ...
     return spec

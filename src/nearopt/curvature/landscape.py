@@ -24,21 +24,17 @@ and one moment more, ``q_a = sum_j beta_j E[g''''(w_a.x) g(omega_j.x)]``
 ReLU; checked quadrature for any other smooth activation). The Stein form needs no
 inverse covariance, so duplicated and sign-flipped units (``rho = +-1``) are exact.
 
-Routes to the spectrum of :class:`PopulationLossHessian`: ``dense``; ``structured``
-(the row space of ``Omega`` has rank ``r <= K + M``; on its complement, once per
-complement dimension, ``H`` acts as ``M[a, c] = v_a v_c dd[a, c] + delta_ac v_a s0_a``,
-so ``spec(H) = spec(H_reduced) ∪ spec(M) x (N_i - r)``); ``lanczos``. ``trained``
-restricts every route (``first``: drop the ``v`` rows; ``second``: ``H = Phi_ss``).
+:class:`LandscapeProduct` is the matrix-free ``H V``; :func:`assemble_landscape` the
+dense matrix (full, or the reduced block of :mod:`nearopt.curvature.structured`).
+:class:`~nearopt.curvature.population.PopulationHessian` composes them with the
+trained-block restriction and the change of variables of ``x ~ N(0, Sigma)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from ..activations import COLLINEAR_TOL, Activation, PairMoments
@@ -46,17 +42,12 @@ from ..errors import NearoptError
 from ..expectations import QUADRATURE_TOL, _converge_pairs, check_smooth, normal_rule, pair_moments
 from ..model import TwoLayerNet
 from ..problem import Problem, as_problem
-from ..resources import require_memory
-from ..spectra.rank_rule import eigenvalue_rtol, rank_from_eigenvalues
-from ..spectra.spectrum import Spectrum
-from .base import restrict, select
-from .population import MAX_DENSE, ExpectationCurvature, StructuredSpectrum, assemble, population_hvp
-
-LANDSCAPE_METHODS = ("auto", "dense", "structured", "lanczos")
+from .assembly import assemble
+from .product import PopulationProduct
 
 
 def _slice(m: PairMoments, rows: slice, cols: slice) -> PairMoments:
-    return PairMoments(m.gg[rows, cols], m.b[rows, cols], m.dd[rows, cols], m.K[rows, cols], m.method, m.order, m.error)
+    return m[rows, cols]  # keeps the stable self-pair sums for the assembly (never folded here: the residual needs b0, K00)
 
 
 def fourth_moments(activation: Activation, c11, c12, c22, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> np.ndarray:
@@ -122,15 +113,17 @@ class LandscapeMoments:
 
 
 def landscape_moments(problem: Problem | TwoLayerNet, *, residual: bool = True, order: int | None = None, tol: float = QUADRATURE_TOL) -> LandscapeMoments:
-    """Pair moments over the Gram matrix of ``Omega = [W1_student; W1_teacher]`` (module docstring)."""
+    """Pair moments over the Gram matrix ``Omega Sigma Omega^T`` of ``Omega = [W1_student; W1_teacher]`` (module docstring).
+
+    ``Omega`` is stored in the problem's coordinates; the isotropic formulas of this module
+    take it as is for ``Sigma = I`` and whitened (``Omega L``) otherwise.
+    """
     pr = as_problem(problem)
     s, t = pr.point, pr.teacher
-    if not pr.inputs.isotropic:
-        raise NearoptError("the exact population landscape is implemented for isotropic Gaussian inputs")
     K = s.n_hidden
     Omega = np.vstack([s.W1, t.W1])
     beta = np.concatenate([s.W2.ravel(), -t.W2.ravel()])
-    G = Omega @ Omega.T
+    G = Omega @ Omega.T if pr.inputs.isotropic else pr.inputs.matmul(Omega) @ Omega.T
     G = 0.5 * (G + G.T)
     mom = pair_moments(s.activation, G, order=order, tol=tol)
     d = np.diag(G)
@@ -163,13 +156,17 @@ def population_loss(problem: Problem | TwoLayerNet, moments: LandscapeMoments | 
 
 
 def population_gradient(problem: Problem | TwoLayerNet, moments: LandscapeMoments | None = None) -> np.ndarray:
-    """``grad L`` over the trained parameters, shape ``(P,)`` (order of :attr:`Problem.trained_indices`)."""
+    """``grad L`` over the trained parameters, shape ``(P,)`` (order of :attr:`Problem.trained_indices`).
+
+    Under ``x ~ N(0, Sigma)`` the Stein directions become ``Sigma w``: ``rho_a -> Sigma rho_a``.
+    """
     pr = as_problem(problem)
     mo = landscape_moments(pr, residual=False) if moments is None else moments
     v = pr.point.W2.ravel()
     K = v.size
     gv = mo.phi[:K] @ mo.beta
-    gW = v[:, None] * _residual_terms(mo, mo.Omega, pr.point.W1)["rho"]
+    rho = _residual_terms(mo, np.vstack([pr.point.W1, pr.teacher.W1]), pr.point.W1)["rho"]
+    gW = v[:, None] * (rho if pr.inputs.isotropic else pr.inputs.matmul(rho))
     return np.concatenate([gW.ravel(), gv])[pr.trained_indices]
 
 
@@ -200,157 +197,39 @@ def assemble_landscape(mo: LandscapeMoments, W: np.ndarray, Omega: np.ndarray, v
     return H
 
 
-def structured_landscape(problem: Problem, mo: LandscapeMoments, residual: bool = True) -> StructuredSpectrum:
-    """Exact spectrum as blocks with multiplicities (module docstring), restricted to ``problem.trained``."""
-    s = problem.point
-    v = s.W2.ravel()
-    K = s.n_hidden
-    if problem.trained == "second":
-        return StructuredSpectrum(scipy.linalg.eigvalsh(mo.phi[:K, :K]), np.ones(K, dtype=np.int64), scipy.linalg.eigvalsh(mo.phi[:K, :K]), np.zeros(0), 0, 0)
-    _, S, Vt = scipy.linalg.svd(mo.Omega, full_matrices=False)
-    tol = max(mo.Omega.shape) * np.finfo(np.float64).eps * (S[0] if S.size else 0.0)
-    r = int(np.count_nonzero(S > tol))
-    basis = Vt[:r].T  # (N_i, r)
-    Om_r = mo.Omega @ basis
-    H_red = assemble_landscape(mo, Om_r[:K], Om_r, v, residual)
-    if problem.trained == "first":
-        H_red = H_red[: K * r, : K * r]
-    reduced = scipy.linalg.eigvalsh(H_red) if H_red.size else np.zeros(0)
-    mult = s.n_inputs - r
-    if mult > 0:
-        Mc = np.outer(v, v) * mo.student.dd
-        if residual:
-            Mc += np.diag(v * (mo.cross.b[..., 0] @ mo.beta))
-        complement = scipy.linalg.eigvalsh(Mc)
-    else:
-        complement = np.zeros(0)
-    values = np.concatenate([reduced, complement])
-    counts = np.concatenate([np.ones(reduced.size, dtype=np.int64), np.full(complement.size, mult, dtype=np.int64)])
-    order = np.argsort(values, kind="stable")
-    return StructuredSpectrum(values[order], counts[order], reduced, complement, r, mult)
+class LandscapeProduct:
+    """``V (P_all, k) -> H V`` for the population Hessian at a student point (isotropic inputs, all parameters).
 
-
-class PopulationLossHessian(ExpectationCurvature):
-    """Exact Hessian ``(P, P)`` of the population loss at any student point (any width ``K``).
-
-    ``H = E[J J^T] + E[r grad^2 f]`` (module docstring). At the teacher it equals
-    :class:`~nearopt.curvature.population.PopulationHessian`; off a global minimum it
-    may be indefinite: spectra then carry ``extra["negative"]`` (the index, counted
-    with the rank tolerance) and the rank counts positive eigenvalues only.
-
-    Parameters
-    ----------
-    problem : Problem
-        Teacher, student (the point), trained blocks.
-    residual : bool
-        Include the residual (functional) term (default). ``False`` gives the
-        population Gauss-Newton matrix at the point.
+    The Gauss-Newton part by :class:`~nearopt.curvature.product.PopulationProduct` on the
+    student's own pairs, plus (``residual=True``) the residual term of the module
+    docstring, ``O(K (K + M) N_i k)`` per block of ``k`` vectors.
     """
 
-    kind = "population-loss-hessian"
-
-    def __init__(self, problem: Problem | TwoLayerNet, *, residual: bool = True, device="cpu", order: int | None = None):
-        super().__init__(problem, device=device)
-        self.residual = bool(residual)
-        self._order = order
-
-    @cached_property
-    def moments(self) -> LandscapeMoments:
-        return landscape_moments(self.problem, residual=self.residual, order=self._order)
-
-    @property
-    def loss(self) -> float:
-        """Population loss at the point."""
-        return population_loss(self.problem, self.moments)
-
-    @property
-    def gradient(self) -> np.ndarray:
-        """Population gradient over the trained parameters ``(P,)``."""
-        return population_gradient(self.problem, self.moments)
-
-    def to_dense(self) -> np.ndarray:
-        s = self.problem.point
-        P = s.n_params
-        require_memory(8 * P * P, f"the dense {P} x {P} population Hessian", "the structured or lanczos method")
-        H = assemble_landscape(self.moments, s.W1, self.moments.Omega, s.W2.ravel(), self.residual)
-        H = 0.5 * (H + H.T)
-        idx = self.problem.trained_indices
-        return H if self.problem.trained == "both" else H[np.ix_(idx, idx)]
-
-    @cached_property
-    def _hvp(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        s = self.problem.point
-        dev = self.device
-        gn = population_hvp(s, device=dev, moments=self.moments.student)
-        if not self.residual:
-            return gn
+    def __init__(self, problem: Problem, moments: LandscapeMoments, *, residual: bool, device: torch.device):
+        s = problem.point
+        self.gauss_newton = PopulationProduct(s, device=device, moments=moments.student)
+        self.residual = residual
+        if not residual:
+            return
 
         def t(x):
-            return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64, device=dev)
+            return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64, device=device)
 
-        rt = {k: t(x) for k, x in _residual_terms(self.moments, self.moments.Omega, s.W1).items()}
-        W, v, Om = t(s.W1), t(s.W2.ravel()), t(self.moments.Omega)
-        K, n = s.n_hidden, s.n_inputs
+        self.rt = {k: t(x) for k, x in _residual_terms(moments, moments.Omega, s.W1).items()}
+        self.W, self.v, self.Om = t(s.W1), t(s.W2.ravel()), t(moments.Omega)
+        self.K, self.n = s.n_hidden, s.n_inputs
 
-        def hvp(V: torch.Tensor) -> torch.Tensor:
-            vec = V.ndim == 1
-            Vk = V[:, None] if vec else V
-            out = gn(Vk)
-            dW, dv = Vk[: K * n].T.reshape(-1, K, n), Vk[K * n :].T  # (k, K, n), (k, K)
-            wd = torch.einsum("ai,kai->ka", W, dW)  # w_a . dW_a
-            td = torch.einsum("ai,kai->ka", rt["t"], dW)  # t_a . dW_a
-            od = torch.einsum("ji,kai->kaj", Om, dW)  # omega_j . dW_a
-            rW = rt["s0"][None, :, None] * dW + (rt["q"] * wd + td)[..., None] * W + wd[..., None] * rt["t"]
-            rW = rW + torch.einsum("aj,kaj,ji->kai", rt["c"], od, Om)
-            rW = v[None, :, None] * rW + dv[..., None] * rt["rho"]
-            rv = torch.einsum("ai,kai->ka", rt["rho"], dW)
-            res = torch.cat([rW.reshape(rW.shape[0], -1), rv], dim=1).T
-            out = out + res
-            return out[:, 0] if vec else out
-
-        return hvp
-
-    def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return select(self.problem, self._hvp(restrict(self.problem, V)))
-
-    @property
-    def routes(self) -> dict[str, Callable[..., Spectrum]]:
-        routes = super().routes
-        routes["structured"] = self._structured_spectrum
-        return routes
-
-    def choose_route(self, k: int | None = None, which: str | None = None) -> str:
-        """``structured`` unless the reduced block is larger than :data:`MAX_DENSE` (then an error: use lanczos)."""
-        s = self.problem.point
-        r = min(s.n_inputs, s.n_hidden + self.problem.teacher.n_hidden)
-        if s.n_hidden * (r + 1) > MAX_DENSE:
-            raise NearoptError(f"the exact spectrum needs a dense block of side {s.n_hidden * (r + 1)} (> {MAX_DENSE}); use --method lanczos")
-        return "structured"
-
-    def make_spectrum(self, eigenvalues, decision, method, **fields):
-        spec = super().make_spectrum(eigenvalues, decision, method, **fields)
-        spec.extra["residual_term"] = self.residual
-        spec.extra["teacher_width"] = self.problem.teacher.n_hidden
-        spec.extra["loss"] = self.loss
-        spec.extra["gradient_norm"] = float(np.linalg.norm(self.gradient))
-        if method != "lanczos":
-            lam = np.asarray(eigenvalues)
-            tol = decision.tolerance**2
-            spec.extra["negative"] = int(np.count_nonzero(lam < -tol))
-            spec.extra["zero"] = int(np.count_nonzero(np.abs(lam) <= tol))
-        return spec
-
-    def _dense_spectrum(self, rtol: float | None, k: int) -> Spectrum:
-        eig = scipy.linalg.eigvalsh(self.to_dense())
-        return self.make_spectrum(eig, rank_from_eigenvalues(eig, rtol=rtol), "dense", extra={"rank_source": "eigenvalues of the dense matrix"})
-
-    def _structured_spectrum(self, rtol: float | None, k: int) -> Spectrum:
-        res = structured_landscape(self.problem, self.moments, self.residual)
-        decision = rank_from_eigenvalues(res.values, res.counts, resolved_size=res.block_size, rtol=rtol if rtol is not None else eigenvalue_rtol(max(res.block_size, 1)))
-        extra = {"reduced_rank_Omega": res.row_rank, "complement_multiplicity": res.complement_multiplicity, "reduced_size": res.block_size}
-        return self.make_spectrum(res.expand(), decision, "structured", multiplicities=(res.values, res.counts), extra=extra)
-
-
-def population_loss_hessian(problem: Problem | TwoLayerNet, *, residual: bool = True) -> np.ndarray:
-    """Dense exact population Hessian ``(P, P)`` at the problem's student point (trained blocks only)."""
-    return PopulationLossHessian(problem, residual=residual).to_dense()
+    def __call__(self, V: torch.Tensor) -> torch.Tensor:
+        out = self.gauss_newton(V)
+        if not self.residual:
+            return out
+        rt, W, v, Om, K, n = self.rt, self.W, self.v, self.Om, self.K, self.n
+        dW, dv = V[: K * n].T.reshape(-1, K, n), V[K * n :].T  # (k, K, n), (k, K)
+        wd = torch.einsum("ai,kai->ka", W, dW)  # w_a . dW_a
+        td = torch.einsum("ai,kai->ka", rt["t"], dW)  # t_a . dW_a
+        od = torch.einsum("ji,kai->kaj", Om, dW)  # omega_j . dW_a
+        rW = rt["s0"][None, :, None] * dW + (rt["q"] * wd + td)[..., None] * W + wd[..., None] * rt["t"]
+        rW = rW + torch.einsum("aj,kaj,ji->kai", rt["c"], od, Om)
+        rW = v[None, :, None] * rW + dv[..., None] * rt["rho"]
+        rv = torch.einsum("ai,kai->ka", rt["rho"], dW)
+        return out + torch.cat([rW.reshape(rW.shape[0], -1), rv], dim=1).T

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from ..curvature.base import Curvature
-from ..curvature.landscape import PopulationLossHessian, landscape_moments, population_gradient, population_loss
+from ..curvature.landscape import landscape_moments, population_gradient, population_loss
+from ..curvature.population import PopulationHessian
 from ..errors import NearoptError
 from ..model import TwoLayerNet
 from ..problem import Problem
@@ -82,11 +83,11 @@ class ExactPopulationObjective(Objective):
     def hessian_at(self, delta: torch.Tensor) -> torch.Tensor:
         """Exact population Hessian ``(P, P)`` at ``theta* + delta`` (residual term included)."""
         theta = (self.theta_star + delta.detach()).numpy()
-        return torch.as_tensor(PopulationLossHessian(self._problem(theta)).to_dense())
+        return torch.as_tensor(PopulationHessian(self._problem(theta)).to_dense())
 
     def curvature(self) -> Curvature:
         """The exact population Hessian at the reference point."""
-        return PopulationLossHessian(self._problem(self.teacher.parameters()))
+        return PopulationHessian(self._problem(self.teacher.parameters()))
 
     @property
     def loss_floor(self) -> float:

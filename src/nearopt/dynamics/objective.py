@@ -175,7 +175,7 @@ class ClosedFormHessian(Curvature):
     """Hessian of a closed-form population loss at ``theta*``, by ``torch.func.hessian`` (``(P, P)``, dense).
 
     No square root is formed, so its rank follows the eigenvalue rule
-    (:func:`~nearopt.spectra.rank_rule.rank_from_eigenvalues`).
+    (:func:`~nearopt.policy.rank_from_eigenvalues`).
     """
 
     kind = "closed-form-hessian"

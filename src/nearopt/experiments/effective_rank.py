@@ -147,7 +147,7 @@ def _rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "predicted": pred["rank"],
                 "kind": pred["kind"],
                 "bound": rs[0]["bound"],
-                "min_gap": min(r["decision"]["gap"] for r in rs),
+                "smallest_gap": min(r["decision"]["gap"] for r in rs),
                 "min_margin": min(r["decision"]["margin"] for r in rs),
                 "all_clear": all(r["clear"] for r in rs),
                 "any_silent_deficit": any(r["rank"] < r["P"] and r["clear"] for r in rs),
@@ -323,7 +323,7 @@ def finalize(config: dict[str, Any], cells_: list[dict[str, Any]], results: list
     figures += _plot_generic_grid(rows, config, out_dir / "generic_full_rank")[:1]
     figures += _plot_pooled(results, config, out_dir / "pooled_log_eigenvalues")[:1]
     figures += _plot_lambda_min(rows, config, out_dir / "smallest_nonzero_vs_nh")[:1]
-    cols = ["activation", "N_i", "N_h", "P", "rank_min", "rank_max", "predicted", "bound", "min_gap"]
+    cols = ["activation", "N_i", "N_h", "P", "rank_min", "rank_max", "predicted", "bound", "smallest_gap"]
     defect_md = _markdown(by("defective"), cols)
     mixed_md = _markdown(mixed, cols)
     limit_md = _markdown(by("limit"), ["N_i", "N_h", "P", "rank_min", "rank_max", "min_margin", "all_clear"])

@@ -3,7 +3,7 @@
 A teacher of width ``M`` is learned by students of width ``K > M`` placed on the
 manifold of global minima (:mod:`nearopt.manifold`): split units (ratios), dead
 units (zero outgoing weight), sign flips, rescalings, permutations. At each point
-the exact population Hessian (:class:`~nearopt.curvature.landscape.PopulationLossHessian`,
+the exact population Hessian (:class:`~nearopt.curvature.population.PopulationHessian`,
 residual term included) is compared with theory (``docs/students.md``):
 
 * ``points``: measured rank (one rank rule) = predicted rank (span of the tangent
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .. import io
-from ..curvature.landscape import PopulationLossHessian
+from ..curvature.population import PopulationHessian
 from ..dynamics.landscape_objective import exact_population_objective
 from ..dynamics.train import run_dynamics
 from ..errors import NearoptError
@@ -69,7 +69,7 @@ def cells(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _lmin(teacher: TwoLayerNet, student: TwoLayerNet, trained: str = "both") -> float:
-    return PopulationLossHessian(Problem(teacher, student=student, trained=trained)).spectrum("structured").smallest_nonzero
+    return PopulationHessian(Problem(teacher, student=student, trained=trained)).spectrum("structured").smallest_nonzero
 
 
 def run_cell(cell: dict[str, Any]) -> dict[str, Any]:

@@ -1,100 +1,232 @@
-"""The result type of every spectrum route: :class:`Spectrum`.
+"""The result of every spectral request: :class:`Spectrum`.
 
-Whatever computed them (dense ``eigvalsh``, singular values of a square root,
-structured blocks with multiplicities, Lanczos), eigenvalues come back as one
-:class:`Spectrum`: ascending float64 values, the :class:`~nearopt.spectra.rank_rule.RankDecision`
-made by the one rank rule, the method, dtype and timing. ``to_dict()`` is the JSON
-of ``nearopt spectrum``.
+Whatever answered it (dense ``eigh``, singular values of a square root, structured
+blocks with multiplicities, Lanczos / LOBPCG, SLQ), a
+:class:`~nearopt.spectra.request.SpectrumRequest` comes back as one ``Spectrum`` that
+says exactly what was computed: the request, the route that ran, the eigenvalues
+held (ascending float64: all ``P``, or the ``k`` asked for), and the quantities that
+are known -- the rank decision and the inertia (negative / zero / positive counts)
+when every eigenvalue was computed, the accuracy reached when an iterative route
+ran. Unknown quantities are ``None``, never guessed. ``to_dict()`` is built from
+the same attributes (the JSON of ``nearopt spectrum``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .rank_rule import RankDecision
+from ..errors import NearoptError
+from ..policy import Inertia, RankDecision, RankPolicy
+from .request import SpectrumRequest
+
+
+def _fmt(x: float) -> str:
+    return "-" if not np.isfinite(x) else f"{x:.6g}"
+
+
+def _known(x: float) -> float | None:
+    """``nan`` (not known, not defined) as JSON ``null``; ``inf`` stays (a condition number with a zero at the bottom)."""
+    return None if math.isnan(x) else x
 
 
 @dataclass
 class Spectrum:
-    """All ``P`` eigenvalues of a Hessian at the optimum, with provenance.
+    """Eigenvalues of a curvature ``H`` ``(P, P)`` with what is known about them.
 
-    ``eigenvalues`` is ascending, float64, shape ``(P,)``. ``multiplicities``,
-    when given, pairs distinct eigenvalue blocks with their counts (structured
-    population route). ``eigenvectors`` ``(P, m)``, when a partial route was asked for
-    them (``return_vectors=True``), has columns matching ``eigenvalues``; it is not part
-    of ``to_dict()``.
+    Attributes
+    ----------
+    eigenvalues : ndarray ``(m,)``
+        Ascending float64: all ``P`` (``which="all"``), or the ``k`` at the asked end.
+    request : SpectrumRequest
+        What was asked.
+    method : str
+        The route that ran (``dense``, ``factor``, ``structured``, ``arpack-LA``,
+        ``lanczos-thick-restart``, ``lobpcg...``, ``slq``).
+    n_params : int
+        ``P``, the side of ``H``.
+    rank_decision, inertia : RankDecision, Inertia or None
+        Known when the route computed every eigenvalue (exact routes); :attr:`rank` is the
+        decision itself (an error on a partial result, whose rank is not known).
+    smallest_nonzero, largest, condition_number : float
+        The algebraically smallest eigenvalue outside the null space, the largest
+        eigenvalue, ``max |lambda| / min |lambda|`` over the nonzero ones; ``nan`` when
+        not known (a partial result) or not defined (no nonzero eigenvalue), ``null`` in JSON.
+    multiplicities : (values, counts) or None
+        Distinct eigenvalues with their counts (structured route).
+    eigenvectors : ndarray ``(P, m)`` or None
+        Columns matching ``eigenvalues`` (when ``request.vectors``); not in ``to_dict()``.
+    accuracy : dict or None
+        Iterative routes: residuals, error bounds, tolerance asked and reached,
+        ``converged``, products, null space skipped.
+    density : dict or None
+        ``which="density"``: grid, density and (SLQ) its standard error.
+    activation, n_inputs, n_hidden, samples :
+        The problem (``samples=None``: population, ``N -> infinity``).
+    extra : dict
+        Provenance of the operator (device, trained blocks, input law, expectations,
+        loss and gradient norm at the point, ...).
     """
 
     eigenvalues: np.ndarray
-    rank: RankDecision
+    request: SpectrumRequest
     method: str
+    n_params: int
     activation: str
     n_inputs: int
     n_hidden: int
-    samples: int | None
-    dtype: str = "float64"
-    seconds: float = float("nan")
+    samples: int | None = None
+    rank_decision: RankDecision | None = None
+    inertia: Inertia | None = None
+    smallest_nonzero: float = math.nan
+    largest: float = math.nan
+    condition_number: float = math.nan
     multiplicities: tuple[np.ndarray, np.ndarray] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: ``P`` when not every parameter trains (default ``N_h (N_i + 1)``)
-    params: int | None = None
     eigenvectors: np.ndarray | None = None
+    accuracy: dict[str, Any] | None = None
+    density: dict[str, Any] | None = None
+    dtype: str = "float64"
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_eigenvalues(cls, eigenvalues: np.ndarray, rank: RankDecision, *, method: str, activation: str, n_inputs: int, n_hidden: int,
+              samples: int | None = None, counts: np.ndarray | None = None, request: SpectrumRequest | None = None, **fields: Any) -> Spectrum:
+        """Every eigenvalue of ``H`` (ascending ``(P,)``, or distinct values with ``counts``) ranked by ``rank``:
+        the inertia and the summaries follow (closed forms and the exact routes build their results so)."""
+        values = np.asarray(eigenvalues, dtype=np.float64)
+        eig = values if counts is None else np.repeat(values, counts)
+        request = SpectrumRequest() if request is None else request
+        nz = eig[np.abs(eig) > rank.eigenvalue_tolerance]
+        mags = np.abs(nz)
+        spec = cls(eigenvalues=eig, request=request, method=method, n_params=int(eig.size), activation=activation, n_inputs=n_inputs,
+                   n_hidden=n_hidden, samples=samples, rank_decision=rank, inertia=RankPolicy.inertia(values, rank, counts),
+                   smallest_nonzero=float(nz[0]) if nz.size else math.nan, largest=float(eig[-1]) if eig.size else math.nan,
+                   condition_number=(float(mags.max() / mags.min()) if mags.min() > 0 else math.inf) if nz.size else math.nan, **fields)
+        if counts is not None:
+            spec.multiplicities = (values, np.asarray(counts, dtype=np.int64))
+        return spec
 
     @property
-    def n_params(self) -> int:
-        """``P``, the side of the curvature matrix (``eigenvalues`` may hold fewer: see ``partial``)."""
-        return self.params if self.params is not None else self.n_hidden * (self.n_inputs + 1)
+    def which(self) -> str:
+        assert self.request.which is not None
+        return self.request.which
+
+    @property
+    def rank(self) -> RankDecision:
+        """The rank decision (exact results only: a partial result knows no rank)."""
+        if self.rank_decision is None:
+            raise NearoptError(f"the rank is not known: this result holds only {self.eigenvalues.size} of P = {self.n_params} eigenvalues (which={self.which!r})")
+        return self.rank_decision
 
     @property
     def partial(self) -> bool:
-        """True when only some eigenvalues are known (Lanczos routes)."""
+        """True when only some eigenvalues are held (a ``largest``/``smallest`` request, or a density)."""
         return self.eigenvalues.size < self.n_params
 
     @property
+    def exact(self) -> bool:
+        """Whether every eigenvalue was computed (rank and inertia known)."""
+        return self.rank_decision is not None
+
+    @property
     def nonzero(self) -> np.ndarray:
-        """The ``rank`` largest eigenvalues (ascending)."""
-        return self.eigenvalues[self.eigenvalues.size - self.rank.rank :]
+        """The held eigenvalues outside the null space (ascending; needs an exact route or the smallest end)."""
+        if self.rank_decision is not None:
+            return self.eigenvalues[np.abs(self.eigenvalues) > self.rank_decision.eigenvalue_tolerance]
+        if self.which == "smallest":
+            return self.eigenvalues
+        raise AttributeError("the null space is not known for this result (an iterative largest-end route)")
 
     @property
-    def smallest_nonzero(self) -> float:
-        nz = self.nonzero
-        return float(nz[0]) if nz.size else float("nan")
-
-    @property
-    def largest(self) -> float:
-        return float(self.eigenvalues[-1])
-
-    @property
-    def condition_number(self) -> float:
-        """``lambda_max / lambda_min^+`` over the nonzero eigenvalues."""
-        small = self.smallest_nonzero
-        if not self.rank.rank or not small > 0:  # no rank, or the smallest kept value underflowed to 0
-            return float("nan") if not self.rank.rank else float("inf")
-        return self.largest / small
+    def converged(self) -> bool:
+        """Exact routes: True. Iterative routes: every pair met the tolerance and the null space passed its check."""
+        return True if self.accuracy is None else bool(self.accuracy.get("converged", False))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
+        """The JSON form: every attribute above (eigenvectors excepted), the request and the provenance."""
+        d: dict[str, Any] = {
             "activation": self.activation,
             "N_i": self.n_inputs,
             "N_h": self.n_hidden,
             "P": self.n_params,
             "samples": self.samples,
+            "request": self.request.describe(),
+            "which": self.which,
+            "k": self.request.count,
             "method": self.method,
             "dtype": self.dtype,
-            "rank": self.rank.rank,
-            "rank_tolerance": self.rank.eigenvalue_tolerance,
-            "rank_decision": self.rank.to_dict(),
-            "smallest_nonzero": self.smallest_nonzero,
-            "largest": self.largest,
-            "condition_number": self.condition_number,
+            "exact": self.exact,
+            "rank": None if self.rank_decision is None else self.rank_decision.rank,
+            "rank_tolerance": None if self.rank_decision is None else self.rank_decision.eigenvalue_tolerance,
+            "rank_decision": None if self.rank_decision is None else self.rank_decision.to_dict(),
+            "inertia": None if self.inertia is None else self.inertia.to_dict(),
+            "smallest_nonzero": _known(self.smallest_nonzero),
+            "largest": _known(self.largest),
+            "condition_number": _known(self.condition_number),
+            "converged": self.converged,
             "seconds": self.seconds,
             "eigenvalues": self.eigenvalues,
         }
+        if self.accuracy is not None:
+            d["accuracy"] = self.accuracy
+        if self.density is not None:
+            d["density"] = self.density
         if self.multiplicities is not None:
             values, counts = self.multiplicities
             d["multiplicities"] = {"values": values, "counts": counts}
         d.update(self.extra)
         return d
+
+    def summary(self) -> str:
+        """A few lines for people: what was computed, how, and what it says."""
+        size = "population" if self.samples is None else f"N={self.samples}"
+        x = self.extra
+        lines = [
+            f"activation     {self.activation}",
+            f"sizes          N_i={self.n_inputs}  N_h={self.n_hidden}  P={self.n_params}  samples={size}",
+        ]
+        if "inputs" in x:
+            lines.append(f"inputs         {x['inputs'].get('law', x['inputs'])}")
+        context = [f"trained {x['trained']}"] if x.get("trained", "both") != "both" else []
+        if x.get("device") and x["device"] != "cpu":
+            context.append(f"device {x['device']}")
+        if context:
+            lines.append(f"problem        {', '.join(context)}")
+        if "loss" in x:
+            lines.append(f"point          loss {x['loss']:.6g}, gradient norm {x.get('gradient_norm', float('nan')):.3g}")
+        asked = "all eigenvalues" if self.which == "all" else self.which if self.which == "density" else f"{self.which} {self.request.count}"
+        lines.append(f"computed       {asked} by {self.method}  ({self.dtype}, {self.seconds:.3g} s)")
+        if self.rank_decision is not None:
+            r = self.rank_decision
+            lines.append(
+                f"rank           {r.rank} of {self.n_params}  (tolerance {r.eigenvalue_tolerance:.3g} on |eigenvalues|; "
+                f"gap {r.gap:.3g}, margin {r.margin:.3g}{'' if r.clear else '  -- NO CLEAR GAP, rank is uncertain'})"
+            )
+        if self.inertia is not None and self.inertia.negative:
+            i = self.inertia
+            lines.append(f"inertia        {i.negative} negative, {i.zero} zero, {i.positive} positive  -- a saddle (negative curvature)")
+        if self.samples is not None and self.exact and self.samples < self.n_params:
+            lines.append(f"note           N = {self.samples} < P caps the batch rank at N")
+        if self.accuracy is not None and self.accuracy.get("tolerance_reached") is not None:
+            a = self.accuracy
+            lines.append(
+                f"accuracy       relative residual {a['tolerance_reached']:.2g} (asked {a['tolerance']:.2g}; {a['products']} products)"
+                + ("" if a.get("converged", True) else "  -- NOT CONVERGED")
+            )
+        if self.which == "density" and self.density is not None:
+            lines.append(f"density        on {len(self.density['grid'])} points ({self.density.get('source', self.method)}); --json for the values")
+        elif self.eigenvalues.size:
+            lines.append(f"held           {self.eigenvalues.size} eigenvalues, {self.eigenvalues[0]:.6g} .. {self.eigenvalues[-1]:.6g}")
+        lines.append(f"smallest != 0  {_fmt(self.smallest_nonzero)}")
+        lines.append(f"largest        {_fmt(self.largest)}")
+        lines.append(f"condition      {_fmt(self.condition_number)}  (max |lambda| / min |lambda| over nonzero)")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        rank = "" if self.rank_decision is None else f", rank={self.rank_decision.rank}"
+        span = f"{self.eigenvalues[0]:.4g}..{self.eigenvalues[-1]:.4g}" if self.eigenvalues.size else "empty"
+        return f"Spectrum({self.which}, {self.eigenvalues.size} of P={self.n_params}, {span}, method={self.method!r}{rank})"

@@ -25,7 +25,7 @@ from scipy import linalg, stats
 
 from ..errors import NearoptError, require_positive_int
 from ..model import TwoLayerNet, sample_inputs, sample_teacher
-from ..spectra.rank_rule import decide_rank
+from ..policy import decide_rank
 from ..spectra.spectrum import Spectrum
 from .distributions import _scale, wishart_law
 
@@ -86,18 +86,11 @@ def linear_population_spectrum(net: TwoLayerNet) -> Spectrum:
     P = net.n_params
     eig = np.zeros(P)
     eig[P - net.n_inputs :] = nonzero
-    return Spectrum(
-        eigenvalues=eig,
-        rank=decide_rank(np.sqrt(nonzero), P, shape=(P, net.n_inputs)),
-        method="linear-closed-form",
-        activation=net.activation.name,
-        n_inputs=net.n_inputs,
-        n_hidden=net.n_hidden,
-        samples=None,
-        seconds=time.perf_counter() - t0,
-        multiplicities=(np.array([0.0]), np.array([P - net.n_inputs])),
-        extra={"s": s, "mu": mu},
-    )
+    spec = Spectrum.from_eigenvalues(eig, decide_rank(np.sqrt(nonzero), P, shape=(P, net.n_inputs)), method="linear-closed-form",
+                          activation=net.activation.name, n_inputs=net.n_inputs, n_hidden=net.n_hidden, samples=None,
+                          seconds=time.perf_counter() - t0, extra={"s": s, "mu": mu})
+    spec.multiplicities = (np.array([0.0]), np.array([P - net.n_inputs]))
+    return spec
 
 
 def linear_batch_spectrum(net: TwoLayerNet, X) -> Spectrum:
@@ -119,17 +112,9 @@ def linear_batch_spectrum(net: TwoLayerNet, X) -> Spectrum:
     sv = linalg.svdvals(X @ L) / np.sqrt(N)
     eig = np.zeros(P)
     eig[P - sv.size :] = np.sort(sv**2)
-    return Spectrum(
-        eigenvalues=eig,
-        rank=decide_rank(sv, P, shape=(N, P)),
-        method="linear-closed-form",
-        activation=net.activation.name,
-        n_inputs=net.n_inputs,
-        n_hidden=net.n_hidden,
-        samples=N,
-        seconds=time.perf_counter() - t0,
-        extra={"s": output_norm(net)},
-    )
+    return Spectrum.from_eigenvalues(eig, decide_rank(sv, P, shape=(N, P)), method="linear-closed-form", activation=net.activation.name,
+                          n_inputs=net.n_inputs, n_hidden=net.n_hidden, samples=N, seconds=time.perf_counter() - t0,
+                          extra={"s": output_norm(net)})
 
 
 def linear_batch_trace_moments(net: TwoLayerNet, samples: int) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""The one rank rule of nearopt (``docs/theory.md`` §4).
+"""The one rank and null-space policy of nearopt (``docs/theory.md`` §4).
 
 A curvature matrix ``H = S^T S`` is ranked from the singular values ``s`` of a
 square root ``S`` whenever one is available (``J/sqrt(N)`` for a batch, the
@@ -17,6 +17,17 @@ Every decision is a :class:`RankDecision`: the rank, its tolerance, the
 singular values either side of the cut, their ratio (``gap``) and the ``margin``
 (how many times the nearer of the two lies from the tolerance). A decision with
 ``margin < CLEAR_MARGIN`` is not ``clear``: do not trust that rank.
+
+A symmetric ``H`` that is not PSD (a saddle of the loss) has singular values
+``|lambda|``: the same rule on ``sqrt(|lambda|)`` decides its rank, and the
+eigenvalues inside the tolerance are its null space (:class:`Inertia` counts the
+negative, zero and positive ones).
+
+:class:`RankPolicy` bundles the tolerances in one immutable object and is the only
+place nearopt decides what is zero: the rank of a spectrum, the null space that the
+``smallest`` request skips, the classification of critical points, the numerical
+rank of a weight matrix (row-space cuts of the structured routes) and the
+positive semi-definiteness of a covariance.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NearoptError
+from .errors import NearoptError
 
 #: a rank decision is "clear" when the kept and the dropped singular values both
 #: sit at least this factor away from the tolerance
@@ -122,7 +133,10 @@ def decide_rank(
     s = np.asarray(singular_values)
     if np.iscomplexobj(s) or s.dtype == object:
         raise NearoptError("singular values must be real numbers")
-    s = np.sort(np.abs(s.astype(np.float64).ravel()))[::-1]
+    s = s.astype(np.float64).ravel()
+    if np.any(s < 0):
+        raise NearoptError(f"singular values must be >= 0, got {float(s.min()):.3g}")
+    s = np.sort(s)[::-1]
     if not np.all(np.isfinite(s)):
         raise NearoptError("singular values contain NaN or infinite values: the curvature is not finite")
     if s.size > size:
@@ -157,7 +171,7 @@ def rank_from_eigenvalues(
     Parameters
     ----------
     eigenvalues : ndarray, shape (m,)
-        Eigenvalues of ``H`` (negative round-off is clipped to zero).
+        Eigenvalues of ``H`` (any sign: the rule applies to ``sqrt(|lambda|)``).
     counts : ndarray of int, shape (m,), optional
         Multiplicities (structured spectra); default all ones.
     resolved_size : int, optional
@@ -168,6 +182,105 @@ def rank_from_eigenvalues(
     """
     lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
     counts = np.ones(lam.size, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
-    s = np.repeat(np.sqrt(np.clip(lam, 0.0, None)), counts)
+    s = np.repeat(np.sqrt(np.abs(lam)), counts)  # singular values of a symmetric H are |lambda|
     n = int(resolved_size) if resolved_size is not None else max(s.size, 1)
     return decide_rank(s, s.size, rtol=eigenvalue_rtol(n) if rtol is None else rtol)
+
+
+@dataclass(frozen=True)
+class Inertia:
+    """Counts of negative, zero (inside the rank tolerance) and positive eigenvalues of ``H``."""
+
+    negative: int
+    zero: int
+    positive: int
+
+    @property
+    def rank(self) -> int:
+        return self.negative + self.positive
+
+    def to_dict(self) -> dict[str, int]:
+        return {"negative": self.negative, "zero": self.zero, "positive": self.positive}
+
+
+@dataclass(frozen=True)
+class RankPolicy:
+    """What counts as zero, decided once for every use (module docstring).
+
+    Attributes
+    ----------
+    rtol : float, optional
+        Relative tolerance on singular values ``s`` (``sqrt(|lambda|)`` for
+        eigenvalues). ``None``: the route's default -- :func:`default_rtol` of the
+        factor's shape for singular values, :func:`eigenvalue_rtol` of the largest
+        dense block for eigenvalues.
+    clear_margin : float
+        A decision is ``clear`` when the kept and the dropped values both lie at
+        least this factor from the tolerance ...
+    min_gap : float
+        ... and the ratio of the last kept to the first dropped value is at least this
+        (default 1: no condition). Rank measurements ask ``10^6``: spectra that decay
+        smoothly into round-off were seen cut with gaps up to ``3e5`` (``docs/rank.md``).
+    """
+
+    rtol: float | None = None
+    clear_margin: float = CLEAR_MARGIN
+    min_gap: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rtol is not None:
+            _check_tolerance(float(self.rtol), 0.0)
+            if self.rtol >= 1.0:
+                raise NearoptError(f"rtol must be < 1 (a tolerance of {self.rtol:g} x the largest singular value calls every direction zero)")
+        if not (np.isfinite(self.clear_margin) and self.clear_margin >= 1.0):
+            raise NearoptError(f"clear_margin must be finite and >= 1, got {self.clear_margin!r}")
+        if not (self.min_gap >= 1.0 and not np.isnan(self.min_gap)):
+            raise NearoptError(f"min_gap must be >= 1, got {self.min_gap!r}")
+
+    def _clear(self, d: RankDecision) -> RankDecision:
+        """The decision with this policy's one meaning of ``clear``: margin and gap."""
+        clear = bool(d.margin >= self.clear_margin and d.gap >= self.min_gap)
+        if clear == d.clear:
+            return d
+        return RankDecision(d.rank, d.size, d.tolerance, d.last_kept, d.first_dropped, d.gap, d.margin, clear)
+
+    def from_singular_values(self, s: np.ndarray, size: int, shape: tuple[int, int] | None = None) -> RankDecision:
+        """Rank of ``H = S^T S`` from the singular values ``s`` of a square root ``S`` of ``shape``."""
+        return self._clear(decide_rank(s, size, rtol=self.rtol, shape=shape))
+
+    def from_eigenvalues(self, eigenvalues: np.ndarray, counts: np.ndarray | None = None, resolved_size: int | None = None) -> RankDecision:
+        """Rank of a symmetric ``H`` from its eigenvalues (any sign; ``counts``: multiplicities)."""
+        return self._clear(rank_from_eigenvalues(eigenvalues, counts, resolved_size=resolved_size, rtol=self.rtol))
+
+    @staticmethod
+    def zero_mask(eigenvalues: np.ndarray, decision: RankDecision) -> np.ndarray:
+        """Which eigenvalues lie in the null space of ``decision``: ``|lambda| <= tolerance^2``."""
+        return np.abs(np.asarray(eigenvalues, dtype=np.float64)) <= decision.eigenvalue_tolerance
+
+    @classmethod
+    def inertia(cls, eigenvalues: np.ndarray, decision: RankDecision, counts: np.ndarray | None = None) -> Inertia:
+        """Negative / zero / positive counts of ``eigenvalues`` (with multiplicities ``counts``)."""
+        lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
+        c = np.ones(lam.size, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+        zero = cls.zero_mask(lam, decision)
+        return Inertia(int(c[(lam < 0) & ~zero].sum()), int(c[zero].sum()), int(c[(lam > 0) & ~zero].sum()))
+
+    def cut(self, singular_values: np.ndarray, scale: float, shape: tuple[int, int]) -> int:
+        """How many ``singular_values`` exceed the tolerance ``rtol * scale`` of a matrix of ``shape``.
+
+        ``rtol`` defaults to NumPy's ``max(shape) eps``; ``scale`` is the matrix norm the
+        values are relative to (the largest singular value, or the norm of a larger
+        matrix the values come from): how the structured routes find row spaces.
+        """
+        rtol = self.rtol if self.rtol is not None else default_rtol(shape)
+        return int(np.count_nonzero(np.asarray(singular_values, dtype=np.float64) > rtol * scale))
+
+    @staticmethod
+    def psd_floor(eigenvalues: np.ndarray, rtol: float) -> float:
+        """The most negative eigenvalue that still counts as rounding of a PSD matrix: ``-rtol * max(lambda_max, 0)``."""
+        lam = np.asarray(eigenvalues, dtype=np.float64)
+        return -float(rtol) * max(float(lam.max()) if lam.size else 0.0, 0.0)
+
+
+#: the policy every route uses unless a request carries its own
+DEFAULT_POLICY = RankPolicy()
