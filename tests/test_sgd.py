@@ -55,6 +55,7 @@ def test_linear_exact_equals_spectral_equals_dense(ni, nh, trained):
     np.testing.assert_allclose(ex.curve(lr, B, t, sigma0=s0, noise=noise), ref, rtol=1e-11)
     np.testing.assert_allclose(sp.curve(lr, B, t, sigma0=s0, noise=noise), ref, rtol=1e-11)
     assert ex.critical_lr(B) == pytest.approx(sp.critical_lr(B), rel=1e-9)
+    assert sp.critical_lr(B, method="radius") == pytest.approx(sp.critical_lr(B), rel=1e-9)
     assert ex.stationary_loss(lr, B, noise) == pytest.approx(sp.stationary_loss(lr, B, noise), rel=1e-10)
 
 
@@ -93,7 +94,7 @@ def test_spectral_closed_forms(lam, counts, batch, frac):
     crit = spectral_critical_lr(lam, n, batch)
     # independent: the spectral radius of the recursion reaches 1 there
     assert model.spectral_radius(crit * (1 - 1e-7), batch) < 1.0 <= model.spectral_radius(crit * (1 + 1e-7), batch) + 1e-12
-    assert model.critical_lr(batch) == pytest.approx(crit, rel=1e-7)
+    assert model.critical_lr(batch, method="radius") == pytest.approx(crit, rel=1e-7)
     lr, noise = frac * crit, 0.7
     closed = spectral_stationary_loss(lam, n, lr, batch, noise)
     # independent: the fixed point of the diagonal recursion (multiplicities expanded) by a linear solve
@@ -212,6 +213,8 @@ def test_exact_refuses_what_it_cannot_do():
     far = no.TwoLayerNet(net.W1 + 0.1, net.W2, net.activation)
     with pytest.raises(NearoptError, match="global minimum"):
         exact_model(Problem(net, student=far))
+    with pytest.raises(NearoptError, match="spectral prediction"):  # refused from the sizes, before any quadrature
+        exact_model(no.sample_teacher(6, 5, "erf", seed=0))
 
 
 def test_record_steps():

@@ -164,15 +164,22 @@ class SecondMomentModel:
         hv = self.h @ V
         return float(0.5 * (lr * lr * noise * noise / batch) * np.sum(hv * hv / (1.0 - mu)))
 
-    def critical_lr(self, batch: int, *, rtol: float = 1e-10) -> float:
-        """Smallest ``eta`` where the spectral radius of ``T(eta, B)`` reaches 1 (bisection after a scan).
+    def critical_lr(self, batch: int, *, method: str = "auto", rtol: float = 1e-10) -> float:
+        """Smallest ``eta`` where the spectral radius of ``T(eta, B)`` reaches 1.
 
-        Bracketed by ``(0, 2 / lambda_max]``: ``<u u^T, T(u u^T)> >= (1 - eta lambda)^2`` (Cauchy-Schwarz
-        on ``M4``), so the radius is at least 1 at GD's limit.
+        ``method="radius"``: bisection on the spectral radius after a geometric scan, bracketed by
+        ``(0, 2 / lambda_max]`` (``<u u^T, T(u u^T)> >= (1 - eta lambda)^2`` by Cauchy-Schwarz on
+        ``M4``, so the radius is at least 1 at GD's limit). ``"auto"`` uses it for the exact model and
+        the closed form :func:`spectral_critical_lr` (``A(eta) = 1``, ``O(n)`` per evaluation) for the
+        spectral one.
         """
         batch = require_positive_int(batch, "batch size")
+        if method not in ("auto", "radius"):
+            raise NearoptError(f"unknown critical-rate method {method!r}; choose auto or radius")
         if self.size == 0:
             return math.inf
+        if method == "auto" and self.kind == "spectral":
+            return spectral_critical_lr(self.eigenvalues, self.counts, batch)
         top = 2.0 / self.lambda_max
         grid = top * np.geomspace(1e-9, 1.0, 91)
         radius = [self.spectral_radius(e, batch) - 1.0 for e in grid]
@@ -415,8 +422,9 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
     """The exact linearised recursion: true fourth moments of ``J`` (module docstring).
 
     ``order``: Gauss-Hermite nodes per axis (default: exact for polynomials, else
-    :data:`QUADRATURE_ORDER`); ``check`` repeats a non-exact rule at :func:`check_order` and reports ``info["quadrature_error"]`` (max relative change of ``M4``
-    and ``H``); ``closed_form``: for linear activations use ``M4 = 2HSH + tr(HS)H`` (``J`` is
+    :data:`QUADRATURE_ORDER`, lowered to fit :data:`MAX_QUADRATURE_WORK`); ``check`` repeats a
+    non-exact rule at :func:`check_order` and reports ``info["quadrature_error"]`` (max relative
+    change of ``M4`` and ``H``); ``closed_form``: for linear activations use ``M4 = 2HSH + tr(HS)H`` (``J`` is
     Gaussian) instead of the rule. ``info["hessian"]`` is ``H``'s eigenvalues with multiplicities.
     """
     pr = as_problem(problem)
@@ -426,6 +434,17 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
     n = auto if order is None else require_positive_int(order, "quadrature order")
     if rj.size_a == 0:
         raise NearoptError("no trained parameters")
+    # refuse before any quadrature: the coordinates are at most those of the full reduced blocks
+    bound = rj.size_a * (rj.size_a + 1) // 2 + rj.size_c * (rj.size_c + 1) // 2
+    checked = check and not exact_rule
+    if order is None and not exact_rule:
+        n = _affordable_order(rj.rank, bound + rj.size_a, checked)
+    n2 = check_order(n)
+    work = _work(n, rj.rank, bound + rj.size_a) + (_work(n2, rj.rank, bound + rj.size_a) if checked else 0.0)
+    if bound > MAX_COORDINATES or work > MAX_QUADRATURE_WORK:
+        raise NearoptError(
+            f"the exact SGD recursion is out of reach here (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}: up to {bound} coordinates, "
+            f"a {n}^{rj.rank}-node rule, {work:.2g} operations); use a smaller N_h (rank W1 <= 4 for erf) or the spectral prediction")
     HA, M = _second_moments(rj, n, chunk)
     top = max(float(np.max(np.abs(np.linalg.eigvalsh(HA)))) if HA.size else 0.0,
               float(np.max(np.abs(np.linalg.eigvalsh(M)))) if M.size else 0.0)
@@ -442,17 +461,9 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
         m4 = gaussian_m4(li, lj, h)
         info.update(method="closed-form (J is Gaussian for a linear network)", quadrature_error=0.0)
     else:
-        if order is None and not exact_rule:
-            n = _affordable_order(rj.rank, D + rj.size_a, check)
-        n2 = check_order(n)
-        work = _work(n, rj.rank, D + rj.size_a) + (_work(n2, rj.rank, D + rj.size_a) if check and not exact_rule else 0.0)
-        if work > MAX_QUADRATURE_WORK:
-            raise NearoptError(
-                f"the exact SGD prediction needs a {n}^{rj.rank}-node rule in the row space of W1 (rank {rj.rank}) "
-                f"with {D} coordinates: {work:.2g} operations; use a smaller N_h (rank W1 <= 4 for erf) or the spectral prediction")
         m4 = _fourth_moments(rj, UA, UC, n, chunk)
         info.update(method="gauss-hermite (exact for this polynomial)" if exact_rule else "gauss-hermite", order=n, quadrature_error=0.0)
-        if check and not exact_rule:
+        if checked:
             HA2, M2 = _second_moments(rj, n2, chunk)
             m4b = _fourth_moments(rj, UA, UC, n2, chunk)
             err_h = max(_rel(HA, HA2), _rel(M, M2))
