@@ -167,14 +167,24 @@ def test_linear_simulation_matches_prediction_with_noise_and_batches():
     assert res.within_error_bars(3.0).mean() >= 0.85
 
 
-def test_fixed_training_set_and_trained_blocks():
+@pytest.mark.parametrize("trained,noise", [("both", 0.0), ("second", 0.05)])
+def test_fixed_training_set_against_its_recursion(trained, noise):
+    """With replacement on N = 30 samples (label noise drawn once): simulation vs the dense recursion over that set."""
+    pr = Problem(no.sample_teacher(3, 2, "erf", seed=0), trained=trained)
+    res = run_sgd(pr, lr=0.3, batch=2, steps=300, sigma0=0.02, noise=noise, runs=400, sampling="replacement", samples=30, points=6, seed=3)
+    z = np.abs(res.simulation.mean - res.exact["curve"]) / res.simulation.sem
+    assert np.all(z <= 3.5), z
+    assert res.spectral is None and res.exact["critical_lr"] is None
+
+
+def test_epochs_and_trained_blocks_simulated():
     net = no.sample_teacher(3, 2, "erf", seed=0)
     pr = Problem(net, trained="first")
     for sampling in ("replacement", "epochs"):
         sim = simulate_sgd(pr, lr=0.3, batch=3, steps=50, sigma0=0.05, runs=8, sampling=sampling, samples=20, points=5)
         assert np.all(np.isfinite(sim.mean)) and sim.mean[-1] < sim.mean[0]
-    res = run_sgd(pr, lr=0.3, steps=20, runs=4, sampling="replacement", samples=20, points=3)
-    assert res.exact is None and any("online" in w for w in res.warnings)
+    res = run_sgd(pr, lr=0.3, steps=20, runs=4, sampling="epochs", samples=20, points=3)
+    assert res.exact is None and any("epochs" in w for w in res.warnings)
 
 
 def test_seeded_and_divergence_reported():

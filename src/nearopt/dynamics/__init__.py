@@ -24,14 +24,17 @@ from .predict import (
 )
 from .sgd import PopulationLoss, SGDResult, SGDSimulation, record_steps, run_sgd, simulate_sgd
 from .sgd_predict import (
+    FixedSetModel,
     SecondMomentModel,
     exact_model,
+    fixed_set_model,
     problem_spectrum,
     spectral_critical_lr,
     spectral_model,
     spectral_stationary_loss,
     spectrum_model,
     stationary_factor,
+    training_set,
 )
 from .train import (
     DynamicsResult,
@@ -49,6 +52,7 @@ from .train import (
 __all__ = [
     "POPULATION_CLOSED_FORMS",
     "DynamicsResult",
+    "FixedSetModel",
     "Objective",
     "PopulationLoss",
     "SGDResult",
@@ -65,6 +69,7 @@ __all__ = [
     "ode_near_optimum",
     "check_step_size",
     "exact_model",
+    "fixed_set_model",
     "fit_log_slope",
     "float_floor",
     "forward_batched",
@@ -89,4 +94,5 @@ __all__ = [
     "time_grid",
     "train_flow",
     "train_gd",
+    "training_set",
 ]

@@ -35,7 +35,7 @@ from ..errors import NearoptError, require_positive_int
 from ..model import TwoLayerNet
 from ..problem import Problem, as_problem
 from ..resources import dense_bytes, require_memory
-from .sgd_predict import SecondMomentModel, exact_model, predictions, problem_spectrum, spectrum_model
+from .sgd_predict import SecondMomentModel, exact_model, fixed_set_model, predictions, problem_spectrum, spectrum_model, training_set
 
 EPS = float(np.finfo(np.float64).eps)
 #: a run has diverged once its loss exceeds this times the mean initial loss (or is not finite)
@@ -308,8 +308,9 @@ class _Simulator:
         self.population = PopulationLoss(pr, dev)
         if sampling != "online":
             assert samples is not None
-            self.X = self._inputs((samples,))
-            self.y = self._teacher(self.X) + noise * self._normal((samples,))
+            X, eps = training_set(pr, samples, noise, seed)
+            self.X = torch.as_tensor(X, dtype=torch.float64, device=dev)
+            self.y = self._teacher(self.X) + torch.as_tensor(eps, dtype=torch.float64, device=dev)
             self.t_epoch = 0
             self.perm: torch.Tensor | None = None
 
@@ -454,7 +455,9 @@ def run_sgd(
     ``exact``: ``True`` requires the exact prediction, ``"auto"`` gives it where it runs (isotropic
     inputs, a student at a global minimum, the quadrature affordable) and says why not otherwise.
     ``models`` (``{"exact": ..., "spectral": ...}``) reuses recursions built before, e.g. across a sweep of ``eta`` and ``B``.
-    Predictions are for online SGD; with a fixed training set only the simulation is returned.
+    Online SGD gets both predictions; a fixed training set sampled with replacement gets the
+    linearised recursion over that set (:class:`~nearopt.dynamics.sgd_predict.FixedSetModel`, dense,
+    at the teacher), epochs only the simulation.
     A learning rate at or beyond a critical one warns (the prediction diverges); the simulation still runs.
     """
     pr = as_problem(problem)
@@ -481,10 +484,24 @@ def run_sgd(
                     raise
                 notes.append(f"no exact prediction: {exc}")
         timings["exact_model_s"] = time.perf_counter() - t0
-    else:
-        notes.append("predictions are for online SGD; a fixed training set is simulated only")
     rec = record_steps(steps, points)
     out: dict[str, dict[str, Any]] = {}
+    if sampling == "replacement" and exact:
+        assert samples is not None
+        t0 = time.perf_counter()
+        try:
+            fixed = fixed_set_model(pr, *training_set(pr, samples, noise, seed))
+            out["exact"] = {"curve": fixed.curve(lr, batch, rec, sigma0=sigma0), "stationary_loss": None, "critical_lr": None,
+                            "spectral_radius": None, "late_rate": None}
+            notes.append("fixed training set: 'predicted' is the linearised recursion over this training set (with replacement); "
+                         "no spectral prediction, stationary loss or critical rate")
+        except NearoptError as exc:
+            if exact is True:
+                raise
+            notes.append(f"no prediction for this training set: {exc}")
+        timings["exact_model_s"] = time.perf_counter() - t0
+    elif sampling == "epochs":
+        notes.append("epochs without replacement are simulated only (the recursion assumes independent batches)")
     t0 = time.perf_counter()
     for name, model in models.items():
         out[name] = predictions(model, lr, batch, rec, sigma0=sigma0, noise=noise)

@@ -52,8 +52,9 @@ import scipy.linalg
 import scipy.optimize
 import torch
 
+from ..curvature.batch import jacobian
 from ..curvature.landscape import population_loss
-from ..curvature.population import population_spectrum
+from ..curvature.population import PopulationHessian, population_spectrum
 from ..errors import NearoptError, require_positive_int
 from ..model import TwoLayerNet
 from ..problem import Problem, as_problem
@@ -529,3 +530,84 @@ def predictions(model: SecondMomentModel, lr: float, batch: int, steps, *, sigma
         "spectral_radius": radius,
         "late_rate": -math.log(radius) if 0 < radius < 1 else float("nan"),
     }
+
+
+# --------------------------------------------------------------------------- a fixed training set
+def training_set(problem: Problem, samples: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed training set of :func:`~nearopt.dynamics.sgd.simulate_sgd`: inputs ``(N, N_i)`` and label noise ``(N,)``.
+
+    Drawn by NumPy from ``seed`` (the same on every device), inputs ``x ~ N(0, Sigma)`` of the problem.
+    """
+    rng = np.random.default_rng([int(seed), 0x7A])
+    X = rng.standard_normal((samples, problem.n_inputs))
+    if not problem.inputs.isotropic:
+        X = X @ problem.inputs.sqrt_factor()
+    return X, noise * rng.standard_normal(samples)
+
+
+@dataclass
+class FixedSetModel:
+    """The linearised first- and second-moment recursion of SGD with replacement on a fixed training set.
+
+    With ``J_n = J(x_n)`` ``(N, P)``, fixed label noise ``eps_n`` and ``delta' = (I - eta H_b) delta + eta g_b``
+    (``H_b``, ``g_b = 1/B sum_b J_b eps_b`` over ``B`` draws with replacement), ``m = E delta`` and
+    ``S = E[delta delta^T]`` obey::
+
+        m' = m - eta (H m - g)
+        S' = S - eta (H S + S H) + eta^2 [(1 - 1/B) H S H + K4(S) / B]
+             + eta (m g^T + g m^T) - eta^2 [(1 - 1/B)(H m g^T + g m^T H) + (K3(m) + K3(m)^T) / B]
+             + eta^2 [(1 - 1/B) g g^T + G2 / B]
+
+    with the training-set averages ``H = <J J^T>``, ``g = <eps J>``, ``K4(S) = <(J^T S J) J J^T>``,
+    ``K3(m) = <eps (J^T m) J J^T>``, ``G2 = <eps^2 J J^T>``; the excess population loss is
+    ``1/2 tr(H_pop S)`` (the population Hessian: the fit of the label noise counts). Dense ``P x P``,
+    stepped one SGD step at a time (``O(N P^2)`` per step).
+    """
+
+    J: np.ndarray
+    eps: np.ndarray
+    H_pop: np.ndarray
+
+    def curve(self, lr: float, batch: int, steps, *, sigma0: float) -> np.ndarray:
+        """``E[L_t]`` ``(T,)`` at ascending integer ``steps`` from ``S_0 = sigma0^2 I``, ``m_0 = 0``."""
+        lr, batch = _check_rate(lr, batch)
+        J, eps = self.J, self.eps
+        N, P = J.shape
+        H = J.T @ J / N
+        g = J.T @ eps / N
+        G2 = (J * (eps * eps)[:, None]).T @ J / N
+        c = 1.0 - 1.0 / batch
+        m, S = np.zeros(P), sigma0**2 * np.eye(P)
+        want = np.asarray(steps, dtype=np.int64)
+        out = np.full(want.size, np.inf)
+        t = 0
+        for i, target in enumerate(want):
+            while t < target:
+                a = np.einsum("np,pq,nq->n", J, S, J)
+                K4 = (J * a[:, None]).T @ J / N
+                K3 = (J * (eps * (J @ m))[:, None]).T @ J / N
+                Hm = H @ m
+                cross = np.outer(m, g) - lr * (c * np.outer(Hm, g) + K3 / batch)
+                S = (S - lr * (H @ S + S @ H) + lr * lr * (c * H @ S @ H + K4 / batch)
+                     + lr * (cross + cross.T) + lr * lr * (c * np.outer(g, g) + G2 / batch))
+                m = m - lr * (Hm - g)
+                t += 1
+                if not np.all(np.isfinite(S)):
+                    return out
+            out[i] = 0.5 * float(np.sum(self.H_pop * S))
+        return out
+
+
+def fixed_set_model(problem: Problem | TwoLayerNet, X: np.ndarray, eps: np.ndarray) -> FixedSetModel:
+    """:class:`FixedSetModel` of the training set ``X`` ``(N, N_i)`` with label noise ``eps`` ``(N,)`` (dense; ``P <= 2000``)."""
+    pr = as_problem(problem)
+    if not pr.at_teacher:
+        raise NearoptError("the fixed-training-set prediction is implemented at the teacher (student = teacher)")
+    P = pr.n_params
+    if P > 2000:
+        raise NearoptError(f"the fixed-training-set prediction is dense in P = {P}: at most 2000")
+    require_memory(dense_bytes((X.shape[0], P), np.float64, 4) + dense_bytes(P, np.float64, 8), f"the fixed-set recursion (N = {X.shape[0]}, P = {P})", "fewer samples")
+    idx = pr.trained_indices
+    J = np.asarray(jacobian(pr.point, X))[:, idx]
+    H_pop = PopulationHessian(pr).to_dense()
+    return FixedSetModel(J, np.asarray(eps, dtype=np.float64), 0.5 * (H_pop + H_pop.T))
