@@ -62,7 +62,7 @@ _QUICK: dict[str, Any] = {
         {"activation": "erf", "n_inputs": 3, "n_hidden": 2, "teacher_seed": 0, "trained": "both", "noise": 0.01, "fractions": [0.2, 0.5], "batches": [1, 4], "steps": 600, "runs": 300, "check": True},
     ],
     "critical": {"activations": ["linear", "erf", "tanh", "quadratic", "relu"], "sizes": [[3, 2]], "seeds": [0], "batches": [1, 8]},
-    "ode": {"n_hidden": 2, "teacher_seed": 1, "lr": 1.0, "c": 0.01, "alpha_max": 50.0, "sizes": [8, 32, 128]},
+    "ode": {"n_hidden": 2, "teacher_seed": 1, "lr": 1.0, "c": 1e-4, "alpha_max": 50.0, "sizes": [8, 32, 128]},
     "points": 12,
 }
 _FULL: dict[str, Any] = {
@@ -79,7 +79,7 @@ _FULL: dict[str, Any] = {
         {"activation": "erf", "n_inputs": 3, "n_hidden": 2, "teacher_seed": 0, "trained": "both", "noise": 0.01, "fractions": [0.1, 0.3, 0.5, 0.6], "batches": [1, 4, 16], "steps": 2000, "runs": 1000, "check": True},
     ],
     "critical": {"activations": ["linear", "erf", "tanh", "quadratic", "relu"], "sizes": [[3, 2], [4, 3], [8, 3]], "seeds": [0, 1, 2, 3], "batches": [1, 8, 64]},
-    "ode": {"n_hidden": 2, "teacher_seed": 1, "lr": 1.0, "c": 0.01, "alpha_max": 50.0, "sizes": [8, 32, 128, 512, 2048]},
+    "ode": {"n_hidden": 2, "teacher_seed": 1, "lr": 1.0, "c": 1e-4, "alpha_max": 50.0, "sizes": [8, 32, 128, 512, 2048]},
     "points": 20,
 }
 
