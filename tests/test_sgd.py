@@ -303,3 +303,13 @@ def test_committee_ode_fixed_point_and_large_n_limit():
         pred = ex.curve(1.0 / n, 1, np.round(alphas * n), sigma0=math.sqrt(0.01 / n))
         gaps.append(np.max(np.abs(pred / ref - 1)))
     assert gaps[1] < 0.1 and gaps[1] < gaps[0] / 4  # the O(1/N) approach to the ODE
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_simulation_on_gpu():
+    net = no.sample_teacher(3, 2, "erf", seed=0)
+    cpu = simulate_sgd(net, lr=0.2, steps=100, runs=200, seed=1, points=4)
+    gpu = simulate_sgd(net, lr=0.2, steps=100, runs=200, seed=1, points=4, device="cuda")
+    assert gpu.info["device"].startswith("cuda")
+    np.testing.assert_allclose(gpu.loss[:, 0], cpu.loss[:, 0], rtol=1e-12)  # the same delta_0 (NumPy), other input draws
+    assert abs(gpu.mean[-1] - cpu.mean[-1]) <= 4 * math.hypot(gpu.sem[-1], cpu.sem[-1])
