@@ -42,12 +42,12 @@ term ``E[g'']**2 rho``; the method here does not give those laws.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import special, stats
-from scipy.interpolate import PchipInterpolator
 
 from ..activations import Activation, get_activation
 from ..errors import NearoptError, require_positive_int
@@ -61,6 +61,8 @@ C_NODES = 48
 ODD_TOL = 1e-10
 #: grid points of the tabulated linear family (and of the ppf table)
 TABLE_POINTS = 3001
+#: relative tolerance of the linear family's quadrature (its tabulated cdf moves by < 1e-9 against 1e-10)
+LINEAR_EPSREL = 1e-8
 #: safeguarded Newton/bisection steps of ppf after the table bracket (measured ``|cdf(ppf(p)) - p| < 1e-6``)
 PPF_STEPS = 12
 
@@ -353,17 +355,31 @@ class AsymptoticLaw(SpectralLaw):
         d_mean = float(s2 * (wc @ (k.radial_linear**2 - k.mu1**2)) + wc @ k.readout_linear**2)
         self.linear_weight = ni / P
         sigma1_lin = np.sqrt(d_mean / (self.mu1_sq * ni)) if self.mu1_sq > 0 and d_mean > 0 else self.sigma1
-        self.linear_law = ChiSquareMPConvolution(ni, nh, sigma1_lin, self.sigma2)
+        self.linear_law = ChiSquareMPConvolution(ni, nh, sigma1_lin, self.sigma2, epsrel=LINEAR_EPSREL)
         delta0 = float(unit_constants(self.activation, self.sigma1**2 * ni).delta[0])
         self.scaled_limit = stats.chi2(1, scale=delta0) if delta0 > 0 else None  # None: g linear, no bulk
         copies = ni if interlacing else 0
-        self.interlacing = (Interlacing(copies / P, nh, s2 * k.delta, k.mu1**2 / k.delta, wc, self.families[0])
-                            if copies > 0 and np.all(k.delta > 0) and np.all(k.mu1 != 0) else None)
+        self.interlacing = self._interlacing(copies / P) if copies > 0 and np.all(k.delta > 0) and np.all(k.mu1 != 0) else None
         # tr M is fixed: what interlacing adds to a copy's N_h - 1 bulk eigenvalues its top one (a linear-family
         # eigenvalue) loses, so the linear family is shifted by minus the per-copy gain
-        self.linear_shift = -self.interlacing.moments()[0] / self.interlacing.weight if self.interlacing is not None else 0.0
+        self._inter_moments = self.interlacing.moments() if self.interlacing is not None else (0.0, 0.0)
+        self.linear_shift = -self._inter_moments[0] / self.interlacing.weight if self.interlacing is not None else 0.0
         self._tabulate_linear()
         self._ppf_table = None
+
+    def _interlacing(self, weight: float) -> Interlacing:
+        """:class:`Interlacing` on the same ``c`` nodes as the families."""
+        k = self.constants
+        return Interlacing(weight, self.n_hidden, self.sigma2**2 * k.delta, k.mu1**2 / k.delta, self.c_weights, self.families[0])
+
+    def without_interlacing(self) -> AsymptoticLaw:
+        """The same law with ``interlacing=False``, sharing this one's tables (no new quadrature)."""
+        out = copy.copy(self)
+        if self.interlacing is not None:
+            out.interlacing, out._inter_moments, out._ppf_table = None, (0.0, 0.0), None
+            out._lin_range = tuple(r - self.linear_shift for r in self._lin_range) if self._lin is not None else None
+            out.linear_shift = 0.0
+        return out
 
     def __repr__(self) -> str:
         return f"AsymptoticLaw({self.activation.name!r}, n_inputs={self.n_inputs}, n_hidden={self.n_hidden})"
@@ -379,10 +395,7 @@ class AsymptoticLaw(SpectralLaw):
         # cover both components: s alone (mass 1 - 1/q) and s + mu, mu up to the MP edge
         hi = float(max(law.mean() + 14.0 * law.std(), law.chi2.isf(1e-15) + law.mp.bulk_edges[1]))
         self._lin_range = (lo * self.mu1_sq + self.linear_shift, hi * self.mu1_sq + self.linear_shift)
-        self._lin_cdf = TabulatedCDF(law.cdf, lo, hi, n=TABLE_POINTS)
-        grid = np.linspace(lo, hi, TABLE_POINTS)
-        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # flat tails: zero slopes
-            self._lin_pdf = PchipInterpolator(grid, np.clip(law.pdf(grid), 0.0, None), extrapolate=False)
+        self._lin_cdf = TabulatedCDF(law.cdf, lo, hi, n=TABLE_POINTS)  # its density is the table's derivative
         self._lin = law
 
     def _linear_cdf(self, x: np.ndarray) -> np.ndarray:
@@ -393,8 +406,7 @@ class AsymptoticLaw(SpectralLaw):
     def _linear_pdf(self, x: np.ndarray) -> np.ndarray:
         if self._lin is None:
             return np.zeros(np.shape(x))
-        y = np.nan_to_num(self._lin_pdf((np.asarray(x, dtype=np.float64) - self.linear_shift) / self.mu1_sq), nan=0.0)
-        return y / self.mu1_sq
+        return self._lin_cdf.density((np.asarray(x, dtype=np.float64) - self.linear_shift) / self.mu1_sq) / self.mu1_sq
 
     # ------------------------------------------------------------ scipy-style API
     @property
@@ -432,12 +444,12 @@ class AsymptoticLaw(SpectralLaw):
 
     def mean(self) -> float:
         m1 = sum(f.weight * f.moments()[0] for f in self.families)
-        m1 += self.interlacing.moments()[0] if self.interlacing is not None else 0.0
+        m1 += self._inter_moments[0]
         return float(m1 + self.linear_weight * (self.mu1_sq * self.linear_law.mean() + self.linear_shift))
 
     def _second(self) -> float:
         m2 = sum(f.weight * f.moments()[1] for f in self.families)
-        m2 += self.interlacing.moments()[1] if self.interlacing is not None else 0.0
+        m2 += self._inter_moments[1]
         lin = self.linear_law
         mean_lin = self.mu1_sq * lin.mean() + self.linear_shift
         return float(m2 + self.linear_weight * (self.mu1_sq**2 * lin.var() + mean_lin**2))

@@ -459,6 +459,7 @@ class TabulatedCDF:
         self.lo, self.hi = float(lo), float(hi)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # flat tails: zero slopes
             self._interp = PchipInterpolator(grid, values, extrapolate=False)
+            self._slope = self._interp.derivative()
         self._ends = (float(values[0]), float(values[-1]))
         mid = 0.5 * (grid[1:] + grid[:-1])
         self.max_error = float(np.max(np.abs(self(mid) - cdf(mid))))
@@ -467,3 +468,10 @@ class TabulatedCDF:
         x = np.asarray(x, dtype=np.float64)
         y = self._interp(np.clip(x, self.lo, self.hi))
         return np.where(x < self.lo, self._ends[0], np.where(x > self.hi, self._ends[1], y))
+
+    def density(self, x):
+        """Derivative of the interpolant (0 outside ``[lo, hi]``): a density consistent with the table."""
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            y = np.nan_to_num(self._slope(np.clip(x, self.lo, self.hi)), nan=0.0)
+        return np.where((x < self.lo) | (x > self.hi), 0.0, np.clip(y, 0.0, None))
