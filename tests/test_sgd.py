@@ -313,3 +313,13 @@ def test_simulation_on_gpu():
     assert gpu.info["device"].startswith("cuda")
     np.testing.assert_allclose(gpu.loss[:, 0], cpu.loss[:, 0], rtol=1e-12)  # the same delta_0 (NumPy), other input draws
     assert abs(gpu.mean[-1] - cpu.mean[-1]) <= 4 * math.hypot(gpu.sem[-1], cpu.sem[-1])
+
+
+def test_wider_student_on_the_minimum_manifold():
+    """A student with one teacher unit split in two (a global minimum with a zero mode) against its exact recursion."""
+    t = no.sample_teacher(3, 2, "erf", seed=0)
+    v = t.W2.ravel()
+    student = no.TwoLayerNet(np.vstack([t.W1, t.W1[:1]]), np.array([[0.5 * v[0], v[1], 0.5 * v[0]]]), t.activation)
+    res = run_sgd(Problem(t, student=student), lr=0.2, steps=200, runs=400, sigma0=0.02, points=6, seed=2)
+    z = np.abs(res.simulation.mean - res.exact["curve"]) / res.simulation.sem
+    assert np.all(z <= 3.5), z
