@@ -69,13 +69,13 @@ def main() -> None:
     ni, nh = 4, 3
     net = no.sample_teacher(ni, nh, "erf", seed=0)
     lr, noise = 0.2, 0.01
-    steps = 200 if args.quick else 2000
-    base_runs = 2 if args.quick else 5
+    steps = 200 if args.quick else 1000
+    base_runs = 2 if args.quick else 3
     rows = []
     for batch in (1, 32):
         t_base = baseline(net, lr=lr, batch=batch, noise=noise, steps=steps, runs=base_runs, device=args.device)
         base_tp = base_runs * steps / t_base
-        for runs in ((100, 1000) if args.quick else (100, 1000, 10000)):
+        for runs in ((100, 1000) if args.quick else (100, 1000, 5000)):
             sim = simulate_sgd(net, lr=lr, batch=batch, steps=steps, sigma0=1e-2, noise=noise, runs=runs, points=20, device=args.device)
             rows.append({"batch": batch, "runs": runs, "steps": steps, "nearopt_run_steps_per_s": sim.throughput,
                          "baseline_run_steps_per_s": base_tp, "ratio": sim.throughput / base_tp})
