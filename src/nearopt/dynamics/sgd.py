@@ -247,8 +247,10 @@ def simulate_sgd(
     record : array of int, optional
         Steps to record (default :func:`record_steps` of ``steps`` and ``points``).
 
-    Everything random is drawn from ``seed`` (``delta_0`` by NumPy; inputs and noise by NumPy on
-    the CPU and by a torch generator on a GPU, so CPU and GPU runs differ in their draws, not in law).
+    Everything random is drawn from ``seed``: ``delta_0`` and a fixed training set
+    (:func:`~nearopt.dynamics.sgd_predict.training_set`) by NumPy on every device; online inputs,
+    label noise and batch indices by NumPy on the CPU and a torch generator on a GPU, so CPU and
+    GPU runs differ in those draws, not in law.
     """
     pr = as_problem(problem)
     lr, batch, runs, steps, samples = _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples)
