@@ -248,9 +248,9 @@ def simulate_sgd(
         Steps to record (default :func:`record_steps` of ``steps`` and ``points``).
 
     Everything random is drawn from ``seed``: ``delta_0`` and a fixed training set
-    (:func:`~nearopt.dynamics.sgd_predict.training_set`) by NumPy on every device; online inputs,
-    label noise and batch indices by NumPy on the CPU and a torch generator on a GPU, so CPU and
-    GPU runs differ in those draws, not in law.
+    (:func:`~nearopt.dynamics.sgd_predict.training_set`) by NumPy on every device; online inputs
+    and label noise by NumPy on the CPU and a torch generator on a GPU; batch indices by a torch
+    generator on the device. CPU and GPU runs differ in those draws, not in law.
     """
     pr = as_problem(problem)
     lr, batch, runs, steps, samples = _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples)
