@@ -223,13 +223,23 @@ class _Worker:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after :data:`STOP_SECONDS`; never blocks longer."""
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(STOP_SECONDS)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(STOP_SECONDS)
-        self.conn.close()
+        _stop_all([self])
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    """SIGTERM to every worker at once, SIGKILL to those still alive after :data:`STOP_SECONDS`."""
+    alive = [w for w in workers if w.process.is_alive()]
+    for w in alive:
+        w.process.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for w in alive:
+        w.process.join(max(deadline - time.monotonic(), 0.0))
+    for w in alive:
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join(STOP_SECONDS)
+    for w in workers:
+        w.conn.close()
 
 
 class LocalBackend:
@@ -275,12 +285,12 @@ class LocalBackend:
                             workers[i] = self._start(ctx)
                             continue
                         w.task = tid
-                busy = {w.conn: w for w in workers if w.task is not None}
-                for conn in wait(list(busy), timeout=PARENT_POLL_SECONDS):
-                    w = busy[conn]  # type: ignore[index]
+                busy = {id(w.conn): w for w in workers if w.task is not None}
+                for ready in wait([w.conn for w in busy.values()], timeout=PARENT_POLL_SECONDS):
+                    w = busy[id(ready)]
                     tid, w.task = w.task, None
                     try:
-                        kind, value, text = conn.recv()  # type: ignore[union-attr]
+                        kind, value, text = w.conn.recv()
                     except (EOFError, OSError):
                         w.stop()
                         workers[workers.index(w)] = self._start(ctx)
@@ -293,8 +303,7 @@ class LocalBackend:
                 with contextlib.suppress(OSError):
                     w.conn.send(None)
         finally:
-            for w in workers:
-                w.stop()
+            _stop_all(workers)
 
 
 _ADDRESS = re.compile(r"(?:(tcp|tls|ucx|ws|wss)://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
@@ -313,6 +322,7 @@ def check_address(address: str) -> str:
 
 async def _identity(address: str, timeout: float) -> Any:
     """Connect to ``address`` (Dask's own handshake, with the TLS settings of Dask's configuration, as a ``Client`` does) and ask for its identity."""
+    assert distributed is not None  # checked by DaskBackend
     comm = await distributed.comm.connect(address, timeout=timeout, **distributed.Security().get_connection_args("client"))
     try:
         await comm.write({"op": "identity", "reply": True})
@@ -485,6 +495,7 @@ class DaskBackend:
         """Yield each task's outcome; Dask's own log goes to ``log_file``, and the run ends with at most one line about it."""
         if not tasks:
             return
+        assert distributed is not None  # checked in __init__
         _ = distributed.Client  # import Dask now, so that its loggers exist when they are redirected
         with backend_log(self.log_file) as log:
             try:
