@@ -120,7 +120,11 @@ def test_jobs_above_the_cores_give_a_note_and_run(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "default_jobs", lambda: 1)
     code, out, err = cli("experiment", "selftest", "--out", tmp_path, "--jobs", "1000", "-q", "--json", "--set", "seeds=2", "--set", "sizes=[100, 1000]")
     assert code == 0 and "nearopt: note: --jobs 1000 capped to 1: 1 cores" in err
-    assert json.loads(out)["passed"]
+    data = json.loads(out)
+    assert data["passed"]
+    workers = {c["worker"] for c in data["experiments"][0]["cells"]}
+    assert len(workers) == 1 and not workers.pop().endswith(f":{os.getpid()}")  # one worker process, not this one
+    assert isinstance(backends.make_backend(1), backends.SerialBackend)
 
 
 # -- the local pool ----------------------------------------------------------------

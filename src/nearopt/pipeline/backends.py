@@ -578,7 +578,7 @@ def make_backend(
     cell_bytes: float = 0.0,
     log_file: str | Path | None = None,
 ):
-    """``DaskBackend`` if ``scheduler`` is given, else ``SerialBackend`` for one job, else ``LocalBackend``.
+    """``DaskBackend`` if ``scheduler`` is given, else ``SerialBackend`` when one job is asked for, else ``LocalBackend``.
 
     Local jobs are capped by the cores and by memory (:func:`cap_jobs`, with
     ``cell_bytes`` the largest cell's estimate); a note on stderr says so.
@@ -590,7 +590,9 @@ def make_backend(
         return DaskBackend(scheduler, timeout=scheduler_timeout, worker_wait=worker_wait, log_file=log_file)
     if jobs is not None and jobs < 1:
         raise NearoptError(f"--jobs must be >= 1, got {jobs}")
-    jobs, note = cap_jobs(jobs, cell_bytes)
+    wanted = default_jobs() if jobs is None else jobs
+    capped, note = cap_jobs(jobs, cell_bytes)
     if note:
         print(f"nearopt: note: {note}", file=sys.stderr)
-    return SerialBackend() if jobs == 1 else LocalBackend(jobs)
+    # One job asked for runs here; a larger number capped to one still runs in a worker process.
+    return SerialBackend() if wanted == 1 else LocalBackend(capped)
