@@ -109,3 +109,15 @@ def test_a_report_beside_the_outputs_does_not_spoil_the_cache(tmp_path, counted)
     for sizes in ([100, 1000], [100, 2000], [100, 2000]):  # the second final step runs with a report there
         reproduce(["selftest"], overrides={"selftest": {**SMALL, "sizes": sizes}}, out=tmp_path, jobs=1, quiet=True, report_root=tmp_path / "selftest")
     assert counted["finalize"] == 2 and (tmp_path / "selftest" / "report.html").is_file()
+
+
+def test_non_finite_numbers_survive_the_cache(tmp_path, recwarn):
+    """Entries are strict JSON (NaN and infinities listed apart); reading them back restores the values."""
+    cache = CellCache(tmp_path)
+    cell = {"seed": 1}
+    result = {"gap": float("inf"), "first_dropped": float("nan"), "low": -float("inf"), "rank": 3}
+    cache.put("exp", "k", cell, result, 0.5)
+    entry = cache.get("exp", "k", cell)
+    assert not recwarn.list and entry is not None
+    got = entry["result"]
+    assert got["gap"] == float("inf") and got["low"] == -float("inf") and got["first_dropped"] != got["first_dropped"] and got["rank"] == 3

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import io
+from ..errors import NearoptError
 from ..experiments.base import Check, Experiment, ExperimentResult
 
 KEY_LENGTH = 32  # hex characters of the SHA-256 kept in file names
@@ -263,8 +264,8 @@ class CellCache:
         if not path.is_file():
             return None
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            entry = io.read_json(path)  # strict JSON: the non-finite numbers come back as written
+        except (OSError, ValueError, NearoptError):
             warnings.warn(f"ignoring unreadable cache entry {path}; the cell is recomputed", stacklevel=2)
             return None
         problem = entry_problem(entry, experiment, key, cell)
@@ -304,8 +305,8 @@ class CellCache:
         if not path.is_file():
             return None
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            entry = io.read_json(path)
+        except (OSError, ValueError, NearoptError):
             warnings.warn(f"ignoring unreadable cache entry {path}; the final step is recomputed", stacklevel=2)
             return None
         problem = final_entry_problem(entry, experiment, key, out_dir)
