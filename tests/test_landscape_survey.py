@@ -184,3 +184,15 @@ def test_chunked_evaluation_equals_one_call():
     runs = torch.arange(7)
     for a, b in zip(chunked_call(fn, W, v, runs, 3), chunked_call(fn, W, v, runs, None)):
         assert torch.equal(a, b)
+
+
+def test_balancing_keeps_the_function_and_equalises_the_layers():
+    from nearopt.landscape_survey import balanced
+
+    rng = np.random.default_rng(4)
+    t = committee_teacher(3)
+    net = TwoLayerNet(rng.normal(size=(4, 3)), rng.normal(size=(1, 4)) * 3, t.activation)
+    b = balanced(net)
+    np.testing.assert_allclose(np.linalg.norm(b.W1, axis=1), np.abs(b.W2.ravel()), rtol=1e-14)
+    a, c = Problem(t, student=net), Problem(t, student=b)
+    assert abs(population_loss(a) - population_loss(c)) < 1e-12

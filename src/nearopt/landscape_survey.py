@@ -56,6 +56,7 @@ import torch
 from .critical import GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, eigenvalue_clusters, newton_polish, teacher_power
 from .curvature.landscape import population_gradient, population_loss
 from .errors import NearoptError, require_positive_int
+from .manifold import is_positively_homogeneous
 from .model import TwoLayerNet
 from .problem import TRAINED_BLOCKS, Problem
 
@@ -605,10 +606,31 @@ class Survey:
         return [f.representative.save(folder / f"family_{i:02d}.npz") for i, f in enumerate(self.families)]
 
 
+def balanced(net: TwoLayerNet) -> TwoLayerNet:
+    """``(w_a, v_a) -> (s_a w_a, v_a / s_a)`` with ``s_a = sqrt(|v_a| / |w_a|)``, so that ``|w_a| = |v_a|`` (units with a zero side unchanged).
+
+    For a positively homogeneous ``g`` (ReLU) this is a symmetry of the loss with both layers
+    trained: the same function, a critical point maps to a critical point. Its Hessian
+    spectrum changes along the rescaling orbit, so points are compared at this representative.
+    """
+    W, v = net.W1.copy(), net.W2.ravel().copy()
+    nw = np.linalg.norm(W, axis=1)
+    ok = (nw > 0) & (v != 0)
+    s = np.ones_like(v)
+    s[ok] = np.sqrt(np.abs(v[ok]) / nw[ok])
+    return TwoLayerNet(W * s[:, None], (v / s)[None, :], net.activation)
+
+
 def polish_and_classify(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str) -> CriticalPoint:
-    """Newton polish (:func:`nearopt.critical.newton_polish`) and classification of one end point."""
+    """Newton polish (:func:`nearopt.critical.newton_polish`) and classification of one end point.
+
+    With both layers trained and a positively homogeneous activation the polished point is
+    first :func:`balanced` (a symmetry), so that family spectra are comparable.
+    """
     pr = Problem(teacher, student=TwoLayerNet(W, v[None, :], teacher.activation), trained=trained)
     end, hist = newton_polish(pr)
+    if trained == "both" and is_positively_homogeneous(teacher.activation):
+        end = end.replace(student=balanced(end.point))
     cp = classify(end)
     cp.newton_history, cp.descent = hist, "batched-gd"
     return cp
