@@ -1,5 +1,8 @@
 """Model, activations and batch Hessians at the optimum (issue: foundation)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -217,3 +220,13 @@ def test_rank_from_eigenvalues_when_no_svd_is_affordable(monkeypatch):
     spec = no.batch_spectrum(net, no.sample_inputs(400, 6, seed=1))
     assert spec.method == "gauss-newton" and spec.extra["rank_source"] == "eigenvalues of the dense matrix"
     assert spec.rank.rank == 6 and spec.rank.clear
+
+
+def test_import_and_version_stay_light():
+    """``import nearopt`` and ``nearopt --version`` load no numerical stack (benchmarks/bench_import.py times them)."""
+    probe = "import sys, nearopt; assert 'torch' not in sys.modules and 'scipy' not in sys.modules; nearopt.Problem; assert 'torch' in sys.modules"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+    version = "import sys, io, contextlib; from nearopt.cli import main\nbuf = io.StringIO()\nwith contextlib.redirect_stdout(buf): code = main(['--version'])\nassert code == 0 and buf.getvalue().startswith('nearopt ') and 'torch' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", version], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert sorted(no.__all__) == sorted(set(no.__all__)) and all(hasattr(no, name) for name in no.__all__)

@@ -23,6 +23,7 @@ Users add their own with :func:`register_activation`.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -643,5 +644,36 @@ def get_activation(spec: str | Activation) -> Activation:
     name, _, arg = spec.strip().partition(":")
     factory = _REGISTRY.get(name.lower())
     if factory is None:
-        raise NearoptError(f"unknown activation {name!r}; choose from {', '.join(available_activations())}")
+        if arg and "." not in arg and name.replace(".", "").replace("_", "").isalnum():
+            return activation_from_module(name, arg)
+        raise NearoptError(f"unknown activation {name!r}; choose from {', '.join(available_activations())}, or MODULE:FUNCTION")
     return factory(arg if arg else None)
+
+
+def activation_from_module(module: str, attribute: str) -> Activation:
+    """The activation ``module:attribute`` (``-a mymodule:softplus`` on the command line).
+
+    ``attribute`` is an :class:`Activation` (e.g. a :class:`CustomActivation` with
+    ``smooth=False`` for a kink) or a torch-differentiable function ``z -> g(z)``, wrapped
+    as ``CustomActivation("module:attribute", fn)`` (smooth). The module is imported from
+    ``sys.path`` (the current folder included when run as ``python -m nearopt``). The
+    function is checked on a few points: finite float64 values of the input's shape.
+    """
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise NearoptError(f"activation {module}:{attribute}: cannot import module {module!r} ({exc})") from None
+    obj = getattr(mod, attribute, None)
+    if obj is None:
+        raise NearoptError(f"activation {module}:{attribute}: module {module!r} has no attribute {attribute!r}")
+    act = obj if isinstance(obj, Activation) else CustomActivation(f"{module}:{attribute}", obj) if callable(obj) else None
+    if act is None:
+        raise NearoptError(f"activation {module}:{attribute} is neither an Activation nor a function")
+    z = torch.linspace(-3.0, 3.0, 7, dtype=torch.float64)
+    try:
+        out = act(z)
+    except Exception as exc:  # a user's function: any failure is one line
+        raise NearoptError(f"activation {module}:{attribute} fails on a float64 tensor: {type(exc).__name__}: {exc}") from None
+    if not isinstance(out, torch.Tensor) or out.shape != z.shape or not bool(torch.isfinite(out).all()):
+        raise NearoptError(f"activation {module}:{attribute} must map a float64 tensor to finite values of the same shape")
+    return act

@@ -273,6 +273,37 @@ class CriticalPoint:
                             activation=np.asarray(s.activation.name), trained=np.asarray(self.problem.trained))
 
 
+@dataclass(frozen=True)
+class SavedPoint:
+    """A point read back from :meth:`CriticalPoint.save` (or any student file): the student, and the
+    teacher and trained blocks when the file carries them (``None`` otherwise)."""
+
+    student: TwoLayerNet
+    teacher: TwoLayerNet | None
+    trained: str | None
+
+
+def load_point(path: str | Path, activation: Activation) -> SavedPoint:
+    """Read a student file; a saved critical point also gives its teacher and trained blocks.
+
+    The weights are validated by :func:`nearopt.io.load_weights`; a file that names an
+    activation must name ``activation``.
+    """
+    W1, W2 = io.load_weights(path, role="student")
+    with np.load(path, allow_pickle=False) as data:
+        meta = {k: np.asarray(data[k]) for k in ("teacher_W1", "teacher_W2", "trained", "activation") if k in data.files}
+    if "activation" in meta and str(meta["activation"]) != activation.name:
+        raise NearoptError(f"student file {path} was saved for activation {str(meta['activation'])!r}, not {activation.name!r}")
+    teacher = None
+    if "teacher_W1" in meta and "teacher_W2" in meta:
+        tW1, tW2 = (np.asarray(meta[k], dtype=np.float64) for k in ("teacher_W1", "teacher_W2"))
+        if tW1.ndim != 2 or tW1.shape[1] != W1.shape[1] or tW2.size != tW1.shape[0] or not (np.all(np.isfinite(tW1)) and np.all(np.isfinite(tW2))):
+            raise NearoptError(f"student file {path}: its teacher_W1 {tW1.shape} / teacher_W2 {tW2.shape} do not form a teacher for N_i = {W1.shape[1]}")
+        teacher = TwoLayerNet(tW1, tW2.reshape(1, -1), activation)
+    trained = str(meta["trained"]) if "trained" in meta else None
+    return SavedPoint(TwoLayerNet(W1, W2, activation), teacher, trained)
+
+
 def classify(problem: Problem | TwoLayerNet, *, gtol: float | None = None) -> CriticalPoint:
     """Spectrum, index, zero modes and class of the problem's point (module docstring)."""
     pr = as_problem(problem)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 from .activations import Activation, get_activation
 from .curvature import BatchGaussNewton, Curvature, PopulationHessian, population_spectrum
@@ -33,7 +34,7 @@ from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet, sample_inputs, sample_teacher
 from .policy import CLEAR_MARGIN, RankDecision, RankPolicy
 from .problem import Problem
-from .spectra import SpectrumRequest, choose_route
+from .spectra import Spectrum, SpectrumRequest, choose_route
 from .theory.rank_prediction import RankPrediction, predict_rank
 
 #: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
@@ -438,3 +439,29 @@ def with_null_space(curvature: Curvature, request: SpectrumRequest) -> SpectrumR
         return request
     hint = null_space_hint(curvature.problem)
     return request if hint is None else request.replace(null_dim=hint[0])
+
+
+def compare_spectra(batch: Spectrum, population: Spectrum) -> dict[str, Any]:
+    """How far a batch spectrum lies from the population one: the two-sample KS distance of all
+    ``P`` eigenvalues, and the relative errors of the largest and of the smallest nonzero eigenvalue.
+
+    Both must be exact results (every eigenvalue); ``samples`` is the batch's ``N``.
+    """
+    if not (batch.exact and population.exact):
+        raise NearoptError("comparing spectra needs every eigenvalue of both (exact routes)")
+    ks = float(scipy.stats.ks_2samp(batch.eigenvalues, population.eigenvalues).statistic)
+
+    def rel(a: float, b: float) -> float | None:
+        return None if not (np.isfinite(a) and np.isfinite(b)) or b == 0 else float(abs(a - b) / abs(b))
+
+    return {
+        "samples": batch.samples,
+        "ks_distance": ks,
+        "largest_relative_error": rel(batch.largest, population.largest),
+        "smallest_nonzero_relative_error": rel(batch.smallest_nonzero, population.smallest_nonzero),
+        "rank_batch": batch.rank.rank,
+        "rank_population": population.rank.rank,
+        "population_method": population.method,
+        "population_largest": population.largest,
+        "population_smallest_nonzero": population.smallest_nonzero,
+    }

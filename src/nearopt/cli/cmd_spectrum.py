@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 from .. import io
+from ..activations import get_activation
+from ..critical import load_point
 from ..curvature import BATCH_METHODS, batch_spectrum
 from ..curvature.population import PopulationHessian
 from ..errors import NearoptError, require_finite
-from ..manifold import add_dead_units, split_unit
-from ..measurement import with_null_space
+from ..manifold import add_dead_units, load_student, random_student, split_unit
+from ..measurement import compare_spectra, with_null_space
 from ..model import TwoLayerNet
 from ..policy import RankPolicy
-from ..problem import Problem
+from ..problem import GaussianInputs, Problem
 from ..spectra import Spectrum, SpectrumRequest
+from ..spectrum_figure import check_plot_path, plot_spectrum
 from .common import (
     add_data_args,
     add_input_cov_arg,
@@ -78,9 +79,15 @@ def register(sub) -> None:
     it.add_argument("--vectors", metavar="FILE.npz",
                     help="also write the eigenvectors held (eigenvectors (P, m), columns matching eigenvalues (m,)) to this .npz (atomically)")
     it.add_argument("--quiet", action="store_true", help="no progress lines on stderr for long matrix-free runs")
+    p.add_argument("--order", type=positive_int, default=None,
+                   help="population: quadrature order for an activation without closed-form moments (needed for a custom one with a kink)")
     p.add_argument("--rtol", type=positive_float, default=None, help="relative tolerance of the rank decision on singular values (default max(N,P)*eps)")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="inputs per chunk when accumulating the batch Hessian (default: by memory)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (batch Hessians, and the matrix-free population routes)")
+    p.add_argument("--compare-population", action="store_true",
+                   help="batch routes: also compute the exact population spectrum of the same problem (the law the samples come from; "
+                   "for --inputs files their Gaussian-equivalent law) and report the KS distance and the relative errors of the extremes")
+    p.add_argument("--plot", metavar="FILE.png|pdf|svg", help="also draw the spectrum (sorted and its density; beside the population with --compare-population)")
     p.add_argument("--json", action="store_true", help="print the full result (all eigenvalues) as JSON")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON result to this file (atomically)")
     add_student_args(p)
@@ -101,8 +108,16 @@ def add_student_args(p) -> None:
                    help="global-minimum manifold: split teacher unit UNIT into copies with outgoing ratios r (summing to 1); repeatable")
     g.add_argument("--dead", type=int, default=0, metavar="N", help="global-minimum manifold: add N units with zero outgoing weight (random incoming)")
     g.add_argument("--save-student", metavar="S.npz", help="write the student point used (W1, W2) to this .npz")
-    g.add_argument("--trained", "--train", dest="trained", default="both", choices=sorted(TRAINED_ALIASES),
-                   help="which layers train: both/all (default), first/W1 (committee machine: second layer fixed), second/W2")
+    g.add_argument("--trained", "--train", dest="trained", default=None, choices=sorted(TRAINED_ALIASES),
+                   help="which layers train: both/all (default; a saved critical point's own blocks), first/W1 (committee machine: second layer fixed), second/W2")
+
+
+def student_width(args, teacher: TwoLayerNet) -> int:
+    """The student's width from the options alone (before anything is built or read)."""
+    if args.student_width is not None:
+        return int(args.student_width)
+    extra = sum(max(len(spec.partition(":")[2].split(",")) - 1, 0) for spec in args.split)
+    return teacher.n_hidden + extra + max(int(args.dead), 0)
 
 
 def student_from_args(args, teacher: TwoLayerNet) -> TwoLayerNet | None:
@@ -111,14 +126,9 @@ def student_from_args(args, teacher: TwoLayerNet) -> TwoLayerNet | None:
     if len(given) > 1:
         raise NearoptError(f"choose one of {' / '.join(given)}")
     if args.student:
-        W1, W2 = io.load_weights(args.student)  # validated: W1 (K, N_i), W2 (1, K) or (K,)
-        if W1.shape[1] != teacher.n_inputs:
-            raise NearoptError(f"student {args.student} has N_i = {W1.shape[1]} (W1 {W1.shape}); the teacher has N_i = {teacher.n_inputs}")
-        return TwoLayerNet(W1, W2, teacher.activation)
+        return load_student(args.student, teacher)  # validated: W1 (K, N_i), W2 (1, K) or (K,), the teacher's N_i, a saved point's metadata
     if args.student_width is not None:
-        K = args.student_width
-        rng = np.random.default_rng([args.student_seed, 0x57])
-        return TwoLayerNet(rng.standard_normal((K, teacher.n_inputs)) / np.sqrt(teacher.n_inputs), rng.standard_normal((1, K)) / np.sqrt(K), teacher.activation)
+        return random_student(teacher, args.student_width, seed=args.student_seed)
     if not (args.split or args.dead):
         return None
     S = teacher
@@ -166,17 +176,33 @@ def _request(args, population: bool) -> SpectrumRequest:
 
 def compute(args) -> Spectrum:
     """Problem, curvature and request from the options, answered by the library."""
-    net = network_from_args(args)
-    student = student_from_args(args, net)
+    saved = load_point(args.student, get_activation(args.activation)) if args.student else None
+    if saved is not None and saved.teacher is not None:
+        if args.teacher or args.ni is not None or args.nh is not None:
+            raise NearoptError(f"student file {args.student} carries its teacher (a saved critical point): drop --teacher/--ni/--nh")
+        net = saved.teacher
+    else:
+        net = network_from_args(args)
+    if args.trained is None:
+        args.trained = saved.trained if saved is not None and saved.trained else "both"
     population = bool(getattr(args, "population", False))
+    if not args.student:  # a student file's size is read with it; the others are known from the options
+        _check_memory(args, student_width(args, net) * (net.n_inputs + 1), population)
+    student = student_from_args(args, net)
     if population and args.method not in POPULATION_METHODS:
         raise NearoptError(f"--method {args.method} is not a population method; choose from {', '.join(POPULATION_METHODS)}")
     if not population and args.method not in BATCH_METHODS:
         raise NearoptError(f"--method {args.method} is not a batch method; choose from {', '.join(BATCH_METHODS)} (or use --population)")
     request = _request(args, population)
-    _check_memory(args, net.n_params, population)
+    if args.order is not None and not population:
+        raise NearoptError("--order applies to --population (the quadrature of the population moments)")
+    _check_memory(args, (student or net).n_params, population)
     if args.vectors:
         io.check_output_path(args.vectors, suffix=".npz")
+    if args.plot:
+        check_plot_path(args.plot)
+    if args.compare_population and (population or request.which != "all"):
+        raise NearoptError("--compare-population compares a batch spectrum (--samples or --inputs) with the population one: every eigenvalue, no --which")
     X = inputs_from_args(args, net)
     law = input_law_from_args(args, net.n_inputs) if X is None else None
     problem = Problem(net, student=student, inputs=law, trained=TRAINED_ALIASES[args.trained])  # type: ignore[arg-type]  # None: the defaults
@@ -187,11 +213,17 @@ def compute(args) -> Spectrum:
     cause = f"activation {net.activation.name}, N_i={net.n_inputs}, N_h={net.n_hidden}, {'population' if X is None else f'N={X.shape[0]}'}"
     with numerics("the Hessian spectrum", cause):
         if X is None:
-            curv = PopulationHessian(problem, device=args.device)
+            curv = PopulationHessian(problem, device=args.device, order=args.order)
             spec = curv.spectrum(with_null_space(curv, request))
         else:
             fields = {"which": request.which, "k": request.k, "vectors": request.vectors}
             spec = batch_spectrum(problem, X, method=args.method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol, **fields)
+            if args.compare_population:
+                law = input_law_from_args(args, net.n_inputs) or (GaussianInputs.from_data(X) if args.inputs else None)
+                pop = PopulationHessian(problem.replace(inputs=law) if law is not None else problem, device=args.device).spectrum(policy=request.policy)
+                spec.extra["comparison"] = {"population_law": "gaussian-equivalent of the inputs" if args.inputs and law is not None and law.name == "gaussian-equivalent" else (law.name if law is not None else "gaussian"),
+                                            **compare_spectra(spec, pop)}
+                spec.extra["_population"] = pop
     require_finite(spec.eigenvalues, "Hessian eigenvalues", cause)
     if spec.largest is not None and spec.largest == 0.0 and spec.smallest_nonzero is None:
         raise NearoptError(f"the Hessian is zero to float64 precision ({cause}); weights this small underflow, use larger --sigma1/--sigma2")
@@ -200,6 +232,10 @@ def compute(args) -> Spectrum:
 
 def run(args) -> int:
     spec = compute(args)
+    population = spec.extra.pop("_population", None)
+    if args.plot:
+        plot_spectrum(spec, args.plot, population)
+        spec.extra["plot_file"] = str(args.plot)
     if args.vectors:
         if spec.eigenvectors is None:
             raise NearoptError(f"the route that ran ({spec.method}) gives no eigenvectors")

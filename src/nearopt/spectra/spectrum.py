@@ -28,6 +28,10 @@ def _fmt(x: float) -> str:
     return "-" if not np.isfinite(x) else f"{x:.6g}"
 
 
+def _rel(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
 def _known(x: float) -> float | None:
     """``nan`` (not known, not defined) as JSON ``null``; ``inf`` stays (a condition number with a zero at the bottom)."""
     return None if math.isnan(x) else x
@@ -183,7 +187,7 @@ class Spectrum:
 
     def summary(self) -> str:
         """A few lines for people: what was computed, how, and what it says."""
-        size = "population" if self.samples is None else f"N={self.samples}"
+        size = "population" if self.samples is None else str(self.samples)
         x = self.extra
         lines = [
             f"activation     {self.activation}",
@@ -197,7 +201,8 @@ class Spectrum:
         if context:
             lines.append(f"problem        {', '.join(context)}")
         if "loss" in x:
-            lines.append(f"point          loss {x['loss']:.6g}, gradient norm {x.get('gradient_norm', float('nan')):.3g}")
+            teacher = f" (a student of width {self.n_hidden}, teacher width {x['teacher_width']})" if "teacher_width" in x else ""
+            lines.append(f"point          loss {x['loss']:.6g}, gradient norm {x.get('gradient_norm', float('nan')):.3g}{teacher}")
         asked = "all eigenvalues" if self.which == "all" else self.which if self.which == "density" else f"{self.which} {self.request.count}"
         lines.append(f"computed       {asked} by {self.method}  ({self.dtype}, {self.seconds:.3g} s)")
         if self.rank_decision is not None:
@@ -221,6 +226,10 @@ class Spectrum:
             lines.append(f"density        on {len(self.density['grid'])} points ({self.density.get('source', self.method)}); --json for the values")
         elif self.eigenvalues.size:
             lines.append(f"held           {self.eigenvalues.size} eigenvalues, {self.eigenvalues[0]:.6g} .. {self.eigenvalues[-1]:.6g}")
+        if "comparison" in x:
+            c = x["comparison"]
+            lines.append(f"vs population  KS {c['ks_distance']:.3g}; relative error largest {_rel(c['largest_relative_error'])}, "
+                         f"smallest nonzero {_rel(c['smallest_nonzero_relative_error'])}; rank {c['rank_batch']} vs {c['rank_population']} (N = {c['samples']})")
         lines.append(f"smallest != 0  {_fmt(self.smallest_nonzero)}")
         lines.append(f"largest        {_fmt(self.largest)}")
         lines.append(f"condition      {_fmt(self.condition_number)}  (max |lambda| / min |lambda| over nonzero)")
