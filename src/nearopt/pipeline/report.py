@@ -35,7 +35,7 @@ pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em}
 .badge{display:inline-block;padding:.1em .6em;border-radius:.3em;color:#fff}
 .badge.pass{background:#176b2c}.badge.fail{background:#b3261e}
 .error{background:#fdecea;border-left:4px solid #b3261e;padding:.5em}
-nav.toc{background:#f7f7f7;padding:.4em 1em;margin:1em 0}nav.toc ol{margin:.3em 0;padding-left:1.6em}
+nav.toc{background:#f7f7f7;padding:.4em 1em;margin:1em 0}nav.toc h2{margin-top:.4em}nav.toc ol{margin:.3em 0;padding-left:1.6em}
 nav.toc li{margin:.15em 0}nav.toc .desc{color:#555;font-size:.9em}
 details.experiment{border-top:1px solid #ccc;margin-top:1.2em}
 details.experiment>summary{cursor:pointer;list-style-position:outside;margin-left:1.2em}
