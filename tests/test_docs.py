@@ -115,6 +115,14 @@ def test_documentation_tells_no_history(path):
     assert not found, f"{path.name} describes how things used to be: {found}"
 
 
+def test_documentation_points_inside_the_repository():
+    """A guide that names a file by a path above the repository (``../``) or on one machine sends readers nowhere."""
+    outside = re.compile(r"(?<![\w.])\.\./[\w./-]+|/(?:work|home|tmp|root)/[\w./-]+")
+    for path in GUIDES:
+        found = outside.findall(path.read_text())
+        assert not found, f"{path.name} points outside the repository: {found}"
+
+
 # -- the built site's maths (docs/tools/mathcheck.py, run by docs/conf.py and scripts/docs) --
 
 sys.path.insert(0, str(ROOT / "docs" / "tools"))
