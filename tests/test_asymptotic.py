@@ -84,7 +84,7 @@ _LAWS: dict = {}
 def test_cdf_fast_and_monotone(erf_law):
     x = np.geomspace(1e-9, 10.0, 100_000)
     F = erf_law.cdf(x)
-    assert np.all(np.diff(F) >= -1e-15) and F[-1] == pytest.approx(1.0, abs=1e-9)
+    assert np.all(np.diff(F) >= -1e-12) and F[-1] == pytest.approx(1.0, abs=1e-9)  # the signed corrections: rounding-level wobble in the far tail
 
 
 def test_rvs_follow_the_cdf(erf_law):
@@ -190,7 +190,7 @@ def test_interlacing_matches_the_complement_block():
     # the cdf of the corrected law stays monotone and in [0, 1], and the mean (trace) is unchanged by it
     grid = np.geomspace(1e-10, 10.0, 20_000)
     assert np.all(np.diff(law.cdf(grid)) >= -1e-14)
-    assert law.mean() == pytest.approx(asymptotic_law("erf", ni, nh, interlacing=False).mean(), rel=1e-6)
+    assert law.mean() == pytest.approx(asymptotic_law("erf", ni, nh, interlacing=False, swap_pairs=False).mean(), rel=1e-6)
 
 
 def test_interlacing_is_a_zero_mass_correction():
@@ -202,3 +202,27 @@ def test_interlacing_is_a_zero_mass_correction():
     assert inter.cdf(np.array([0.0, 50.0])) == pytest.approx([0.0, 0.0], abs=1e-12)
     assert np.all((inter.pi(y) >= 0) & (inter.pi(y) <= 1))
     assert asymptotic_law("linear", 15, 10).interlacing is None  # no bulk, nothing to interlace
+
+
+def test_swap_pairs_are_a_zero_mass_zero_mean_correction():
+    law = asymptotic_law("erf", 20, 20)
+    sp = law.swap_pairs
+    assert sp is not None and sp.ratio == pytest.approx(unit_constants("erf", 1.0).delta[0] ** -1 / (4 * np.pi), rel=1e-9)  # (E g''')^2 = 1/(4 pi)
+    assert sp.weight == pytest.approx((law.n_params - 20 - 40) / law.n_params)  # q = 1: the whole bulk is reduced
+    assert sp.cdf(np.array([0.0, 10.0])) == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert sp.moments()[0] == 0.0 and sp.moments()[1] > 0  # lambda+ + lambda- = d_a + d_c; the coupling spreads
+    assert asymptotic_law("linear", 15, 10).swap_pairs is None
+
+
+def test_corrections_lower_the_ks_at_q_one():
+    """Pooled exact spectra at (8, 8), 150 teachers: the law with both corrections beats the family law.
+    Measured with 1500 teachers: KS 0.036 against 0.068 (families only) and 0.111 (limit)."""
+    V, C = [], []
+    for s in range(150):
+        r = no.structured_spectrum(no.sample_teacher(8, 8, "erf", seed=s))
+        V.append(r.values)
+        C.append(r.counts.astype(float))
+    vals, wts = np.concatenate(V), np.concatenate(C)
+    law = asymptotic_law("erf", 8, 8)
+    ks, ks_families = weighted_ks(vals, wts, law), weighted_ks(vals, wts, law.family_law())
+    assert ks < 0.05 and ks < ks_families - 0.015, (ks, ks_families)

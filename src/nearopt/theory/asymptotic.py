@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import special, stats
+from scipy.interpolate import PchipInterpolator
 
 from ..activations import Activation, get_activation
 from ..errors import NearoptError, require_positive_int
@@ -61,6 +62,9 @@ C_NODES = 48
 ODD_TOL = 1e-10
 #: grid points of the tabulated linear family (and of the ppf table)
 TABLE_POINTS = 3001
+#: quantile grid of the swap-pair law (values of d_a and of d_c; of |xi|)
+PAIR_GRID = 160
+PAIR_GRID_XI = 48
 #: relative tolerance of the linear family's quadrature (its tabulated cdf moves by < 1e-9 against 1e-10)
 LINEAR_EPSREL = 1e-8
 #: safeguarded Newton/bisection steps of ppf after the table bracket (measured ``|cdf(ppf(p)) - p| < 1e-6``)
@@ -298,6 +302,67 @@ class Interlacing:
         return (self.weight * float(np.trapezoid(gap, x)), self.weight * float(np.trapezoid(2.0 * x * gap, x)))
 
 
+class SwapPairs:
+    """Finite-size law of the bulk eigenvalues of the reduced block under the swap term.
+
+    For odd ``g`` the swap term of ``H`` couples ``e_a ⊗ ŵ_c`` with ``e_c ⊗ ŵ_a`` (``a != c``) with
+    ``kappa_ac = v_a v_c c_a c_c E g'''(u_a) E g'''(u_c) rho~_ac`` (first Mehler order of
+    ``E[g''(u_a) g''(u_c)]``; ``rho~`` the cosine of ``w_a, w_c``, variance ``1/N_i``). On that pair
+    the bulk is the 2 x 2 matrix ``[[d_a, kappa], [kappa, d_c]]``, so
+
+        lambda± = (d_a + d_c)/2 ± sqrt((d_a - d_c)**2/4 + r**2 d_a d_c xi**2 / N_i),
+
+    ``d ~ F`` (the bulk family), ``xi ~ N(0, 1)`` and ``r = gamma/delta`` at ``c = sigma1**2 N_i``,
+    ``gamma = c**2 (E g''')**2 = E[g'(u)(z**2 - 1)]**2`` (Stein: ``c E g''' = E[g'(u) He_2(z)]``).
+    ``H`` is positive semi-definite, while ``lambda- < 0`` when ``r**2 xi**2 > N_i``: there the
+    first-order pair model breaks down (small ``N_i``), and ``xi`` is conditioned on
+    ``|xi| < sqrt(N_i)/r`` (for erf ``r = 1.62``: ``|xi| > 2.1``, a mass 0.03, at ``N_i = 12``). The law of
+    ``lambda±`` is tabulated from a deterministic quantile grid (:data:`PAIR_GRID` values of
+    ``d_a`` and of ``d_c``, :data:`PAIR_GRID_XI` of ``|xi|``). It replaces ``F`` for the bulk of
+    the reduced copies: the law's cdf gains ``weight (F_pair - F)``, a signed part of mass 0 and
+    mean 0 (``lambda+ + lambda- = d_a + d_c``).
+    """
+
+    def __init__(self, weight: float, ratio: float, n_inputs: int, bulk: Family):
+        self.weight, self.ratio, self.bulk = float(weight), float(ratio), bulk
+        scale = float(np.max(bulk.b))
+        grid = np.concatenate([[0.0], np.geomspace(1e-14 * scale, 80.0 * scale, 6001)])
+        F = np.maximum.accumulate(bulk.cdf(grid))
+        u = (np.arange(PAIR_GRID) + 0.5) / PAIR_GRID
+        d = np.interp(u, F, grid)  # quantiles of the bulk family
+        # |xi| quantiles, truncated where the first-order pair model would give lambda- < 0
+        top = 2.0 * stats.norm.cdf(np.sqrt(n_inputs) / self.ratio) - 1.0 if self.ratio > 0 else 1.0
+        xi = stats.norm.ppf(0.5 + 0.5 * top * (np.arange(PAIR_GRID_XI) + 0.5) / PAIR_GRID_XI)
+        da, dc = d[:, None, None], d[None, :, None]
+        mid = 0.5 * (da + dc)
+        rad = np.sqrt(0.25 * (da - dc) ** 2 + (self.ratio**2 / n_inputs) * da * dc * xi[None, None, :] ** 2)
+        lam = np.sort(np.concatenate([np.maximum(mid - rad, 0.0).ravel(), (mid + rad).ravel()]))  # max: rounding only
+        self.second = float(np.mean(lam**2) - np.mean(d**2))  # E lambda^2 - E d^2 on the grid
+        x = np.concatenate([[0.0], np.geomspace(max(float(lam[0]), 1e-14 * scale), float(lam[-1]), 4001)])
+        Fp = np.searchsorted(lam, x, side="right") / lam.size
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            self._F = PchipInterpolator(x, Fp, extrapolate=False)
+            self._f = self._F.derivative()
+        self._hi = float(x[-1])
+
+    def _pair_cdf(self, x: np.ndarray) -> np.ndarray:
+        return np.where(x >= self._hi, 1.0, np.nan_to_num(self._F(np.clip(x, 0.0, self._hi)), nan=0.0))
+
+    def cdf(self, x) -> np.ndarray:
+        """Contribution to the law's cdf, ``weight (F_pair - F)`` (any shape)."""
+        x = np.asarray(x, dtype=np.float64)
+        return self.weight * (self._pair_cdf(x) - self.bulk.cdf(x))
+
+    def pdf(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        f = np.where((x > 0) & (x < self._hi), np.nan_to_num(self._f(np.clip(x, 0.0, self._hi)), nan=0.0), 0.0)
+        return self.weight * (np.clip(f, 0.0, None) - self.bulk.pdf(x))
+
+    def moments(self) -> tuple[float, float]:
+        """Contributions to ``(E lambda, E lambda**2)``: ``(0, weight (E lambda±**2 - E d**2))``."""
+        return 0.0, self.weight * self.second
+
+
 class AsymptoticLaw(SpectralLaw):
     """Law of one pooled population-Hessian eigenvalue of a random odd teacher at its optimum.
 
@@ -323,7 +388,7 @@ class AsymptoticLaw(SpectralLaw):
     """
 
     def __init__(self, activation, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None,
-                 interlacing: bool = True):
+                 interlacing: bool = True, swap_pairs: bool = True):
         self.n_inputs = require_positive_int(n_inputs, "N_i")
         self.n_hidden = require_positive_int(n_hidden, "N_h")
         self.activation = require_odd(activation)
@@ -364,6 +429,7 @@ class AsymptoticLaw(SpectralLaw):
         # eigenvalue) loses, so the linear family is shifted by minus the per-copy gain
         self._inter_moments = self.interlacing.moments() if self.interlacing is not None else (0.0, 0.0)
         self.linear_shift = -self._inter_moments[0] / self.interlacing.weight if self.interlacing is not None else 0.0
+        self.swap_pairs = self._swap_pairs() if swap_pairs and n_bulk > 0 else None
         self._tabulate_linear()
         self._ppf_table = None
 
@@ -372,9 +438,23 @@ class AsymptoticLaw(SpectralLaw):
         k = self.constants
         return Interlacing(weight, self.n_hidden, self.sigma2**2 * k.delta, k.mu1**2 / k.delta, self.c_weights, self.families[0])
 
-    def without_interlacing(self) -> AsymptoticLaw:
-        """The same law with ``interlacing=False``, sharing this one's tables (no new quadrature)."""
+    def _swap_pairs(self) -> SwapPairs | None:
+        """:class:`SwapPairs` for the bulk of the ``min(N_i, N_h)`` reduced copies (``None`` when ``E g''' = 0``)."""
+        c0 = self.sigma1**2 * self.n_inputs
+        z = _Z[None, :]
+        _, gp = _g_and_gprime(self.activation, np.sqrt(c0) * z)
+        gamma = float(((gp * (z * z - 1.0)) @ _W)[0]) ** 2
+        delta = float(unit_constants(self.activation, c0).delta[0])
+        if delta <= 0 or gamma <= 1e-14 * delta**2:
+            return None
+        n_bulk = self.n_params - self.n_inputs - 2 * self.n_hidden
+        weight = n_bulk * min(self.n_inputs, self.n_hidden) / self.n_inputs / self.n_params
+        return SwapPairs(weight, gamma / delta, self.n_inputs, self.families[0])
+
+    def family_law(self) -> AsymptoticLaw:
+        """The same law without the interlacing and swap-pair corrections, sharing the tables (no new quadrature)."""
         out = copy.copy(self)
+        out.swap_pairs, out._ppf_table = None, None
         if self.interlacing is not None:
             out.interlacing, out._inter_moments, out._ppf_table = None, (0.0, 0.0), None
             out._lin_range = tuple(r - self.linear_shift for r in self._lin_range) if self._lin is not None else None
@@ -424,20 +504,26 @@ class AsymptoticLaw(SpectralLaw):
         """Density of the continuous part (integrates to ``1 -`` the atom masses)."""
         x = np.asarray(x, dtype=np.float64)
         out = sum(f.weight * f.pdf(x) for f in self.families) + self.linear_weight * self._linear_pdf(x)
-        return out if self.interlacing is None else np.clip(out + self.interlacing.pdf(x), 0.0, None)
+        for corr in (self.interlacing, self.swap_pairs):
+            out = out if corr is None else out + corr.pdf(x)
+        return np.clip(out, 0.0, None)
 
     def cdf(self, x):
         """``P(lambda <= x)`` (atoms included)."""
         x = np.asarray(x, dtype=np.float64)
         out = sum(f.weight * f.cdf(x) for f in self.families) + self.linear_weight * self._linear_cdf(x)
-        return np.clip(out if self.interlacing is None else out + self.interlacing.cdf(x), 0.0, 1.0)
+        return np.clip(out + self._corrections(x), 0.0, 1.0)
 
     def cdf_left(self, x):
         """``P(lambda < x)`` (differs from :meth:`cdf` at atoms only)."""
         x = np.asarray(x, dtype=np.float64)
         lin = self._linear_cdf(x) if self._lin is not None else (x > 0).astype(np.float64)
         out = sum(f.weight * f.cdf(x, left=True) for f in self.families) + self.linear_weight * lin
-        return np.clip(out if self.interlacing is None else out + self.interlacing.cdf(x), 0.0, 1.0)
+        return np.clip(out + self._corrections(x), 0.0, 1.0)
+
+    def _corrections(self, x: np.ndarray):
+        """Cdf contributions of the interlacing and swap-pair corrections (continuous, zero total mass)."""
+        return sum((c.cdf(x) for c in (self.interlacing, self.swap_pairs) if c is not None), 0.0)
 
     def support(self) -> tuple[float, float]:
         return 0.0, np.inf
@@ -449,7 +535,7 @@ class AsymptoticLaw(SpectralLaw):
 
     def _second(self) -> float:
         m2 = sum(f.weight * f.moments()[1] for f in self.families)
-        m2 += self._inter_moments[1]
+        m2 += self._inter_moments[1] + (self.swap_pairs.moments()[1] if self.swap_pairs is not None else 0.0)
         lin = self.linear_law
         mean_lin = self.mu1_sq * lin.mean() + self.linear_shift
         return float(m2 + self.linear_weight * (self.mu1_sq**2 * lin.var() + mean_lin**2))
@@ -496,7 +582,7 @@ class AsymptoticLaw(SpectralLaw):
     def rvs(self, size=None, random_state=None) -> np.ndarray | float:
         """Independent draws: the mixture sampled exactly (families, ``c`` nodes, ``chi2_1``); with the
         interlacing correction (a signed part), by inverse transform through :meth:`ppf`."""
-        if self.interlacing is not None:
+        if self.interlacing is not None or self.swap_pairs is not None:
             return super().rvs(size, random_state)
         rng = random_state if hasattr(random_state, "choice") else np.random.default_rng(random_state)
         n = int(np.prod(size)) if size is not None else 1
@@ -521,12 +607,13 @@ def _scale(sigma, n: int, name: str) -> float:
 
 
 def asymptotic_law(activation, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None,
-                   interlacing: bool = True) -> AsymptoticLaw:
+                   interlacing: bool = True, swap_pairs: bool = True) -> AsymptoticLaw:
     """The law of a pooled population-Hessian eigenvalue at the optimum (:class:`AsymptoticLaw`).
 
     ``activation`` must be odd (``erf``, ``erf:unit``, ``tanh``, ``linear``, ``cubic``,
     odd polynomials); others raise :class:`NearoptError`. ``sigma1``/``sigma2``: teacher
     weight standard deviations (defaults ``1/sqrt(N_i)``, ``1/sqrt(N_h)``). ``interlacing``:
     include the finite-``N_h`` interlacing of the bulk with the rank-one outlier (:class:`Interlacing`).
+    ``swap_pairs``: include the swap term's pair coupling in the reduced block (:class:`SwapPairs`).
     """
-    return AsymptoticLaw(activation, n_inputs, n_hidden, sigma1, sigma2, interlacing)
+    return AsymptoticLaw(activation, n_inputs, n_hidden, sigma1, sigma2, interlacing, swap_pairs)
