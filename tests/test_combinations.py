@@ -75,7 +75,7 @@ def _inputs_X(inputs: str) -> np.ndarray:
     return Z if inputs == "isotropic" else Z @ scipy.linalg.sqrtm(_sigma()).real
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(kind: str, inputs: str, point: str) -> np.ndarray:
     """The dense reference over all parameters of the student (independent code, float64)."""
     t, s = _teacher(), _student(point)

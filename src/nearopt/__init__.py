@@ -4,12 +4,12 @@ Quick tour::
 
     import nearopt as no
     teacher = no.sample_teacher(n_inputs=10, n_hidden=20, activation="erf", seed=0)
-    problem = no.Problem(teacher)                      # student = teacher, x ~ N(0, I), both layers
-    H = no.PopulationHessian(problem)                  # the exact N -> infinity Hessian, a LinearOperator
-    spec = H.spectrum()                                # every eigenvalue (structured: no P x P matrix)
-    low = H.spectrum(which="smallest", k=5)            # the 5 smallest outside the null space
+    problem = no.Problem(teacher)           # student = teacher, x ~ N(0, I)
+    H = no.PopulationHessian(problem)       # the exact N -> infinity Hessian
+    spec = H.spectrum()                     # every eigenvalue (structured route)
+    low = H.spectrum(which="smallest", k=5) # the 5 smallest outside the null space
     X = no.sample_inputs(4000, teacher.n_inputs, seed=0)
-    batch = no.batch_spectrum(teacher, X)              # the batch Hessian, same answer path
+    batch = no.batch_spectrum(teacher, X)   # the batch Hessian, same answer path
 
 Names are imported on first use (``import nearopt`` itself stays light); the
 groups below follow the pipeline: problem -> curvature -> request -> spectrum ->

@@ -17,7 +17,7 @@ import torch
 
 from . import io
 from .activations import Activation, get_activation
-from .errors import NearoptError, require_positive_int
+from .errors import NearoptError, real_array, require_positive_int
 
 INPUT_DISTRIBUTIONS = ("gaussian", "uniform", "rademacher", "student-t")
 
@@ -50,8 +50,8 @@ class TwoLayerNet:
     activation: Activation
 
     def __post_init__(self):
-        W1 = np.asarray(self.W1, dtype=np.float64)
-        W2 = np.asarray(self.W2, dtype=np.float64)
+        W1 = real_array(self.W1, "W1", finite=False)  # complex weights are refused, not cut to their real part
+        W2 = real_array(self.W2, "W2", finite=False)
         if W1.ndim != 2 or min(W1.shape) < 1:
             raise NearoptError(f"W1 must have shape (N_h, N_i), got {W1.shape}")
         if W2.size != W1.shape[0]:

@@ -23,7 +23,7 @@ from .common import add_network_args, emit_json, network_from_args, nonneg_float
 
 COMMAND = "critical"
 ORDER = 25
-#: largest --gtol, as a fraction of the gradient scale E[f_t^2]^(1/2) max(1, |theta|) (the size of one pair term):
+#: largest --gtol, as a fraction of the gradient scale ``E[f_t^2]^(1/2) max(1, |theta|)`` (the size of one pair term):
 #: a gradient norm above a thousandth of it says nothing about criticality
 GTOL_MAX_FRACTION = 1e-3
 

@@ -145,7 +145,7 @@ def student_from_args(args, teacher: TwoLayerNet) -> TwoLayerNet | None:
 
 
 #: routes that fit when a dense batch route does not
-BATCH_ALTERNATIVES = ["--population (the structured route: exact, no P x P matrix)", "--population --which largest|smallest --k K", "smaller --ni/--nh"]
+BATCH_ALTERNATIVES = ["--population --method structured (exact, no P x P matrix)", "--population --which largest|smallest --k K (matrix-free)", "smaller --ni/--nh"]
 
 
 def _check_memory(args, P: int, population: bool) -> None:
@@ -225,7 +225,7 @@ def compute(args) -> Spectrum:
                                             **compare_spectra(spec, pop)}
                 spec.extra["_population"] = pop
     require_finite(spec.eigenvalues, "Hessian eigenvalues", cause)
-    if spec.largest is not None and spec.largest == 0.0 and spec.smallest_nonzero is None:
+    if spec.exact and spec.eigenvalues.size and not spec.eigenvalues.any():
         raise NearoptError(f"the Hessian is zero to float64 precision ({cause}); weights this small underflow, use larger --sigma1/--sigma2")
     return spec
 

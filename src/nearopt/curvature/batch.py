@@ -36,7 +36,7 @@ from ..problem import Problem, as_problem
 from ..resources import require_memory
 from ..spectra.spectrum import Spectrum
 from .base import Curvature, resolve_device
-from .compose import Composed, compose
+from .compose import Composed, compose, describe_point
 
 #: bytes of intermediate memory a chunk may use (tunable by ``chunk_size``)
 CHUNK_BUDGET_BYTES = 2**28
@@ -317,6 +317,7 @@ class BatchCurvature(Composed):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["samples"] = self.samples
+        d["extra"].update(describe_point(self.problem))
         return d
 
 
@@ -379,20 +380,17 @@ def batch_spectrum(
 ) -> Spectrum:
     """Spectrum of the batch Hessian at the optimum (or at ``problem``'s student), through :func:`nearopt.spectra.solve`.
 
-    Methods
-    -------
-    ``jacobian-svd``
-        eigenvalues ``s**2 / N`` from the singular values ``s`` of ``J`` (chunked
-        QR, then SVD of ``R``): best accuracy for the small eigenvalues, and the
-        rank by the singular-value rule (:class:`BatchGaussNewton`, ``factor`` route).
-    ``gauss-newton``
-        ``eigvalsh(J^T J / N)``: fastest for large ``P``, on GPU too; the rank by the
-        eigenvalue rule (wider tolerance).
-    ``autodiff``
-        ``eigvalsh`` of the ``torch.func`` Hessian of the loss (:class:`BatchHessian`).
-    ``auto``
-        at the optimum ``jacobian-svd`` up to ``P = SVD_MAX_PARAMS``, else ``gauss-newton``;
-        at any other point ``autodiff`` (the Gauss-Newton matrix is not the Hessian there).
+    ``method`` is one of
+
+    * ``jacobian-svd``: eigenvalues ``s**2 / N`` from the singular values ``s`` of ``J``
+      (chunked QR, then SVD of ``R``): best accuracy for the small eigenvalues, and the rank
+      by the singular-value rule (:class:`BatchGaussNewton`, ``factor`` route);
+    * ``gauss-newton``: ``eigvalsh(J^T J / N)``, fastest for large ``P`` and on a GPU; the
+      rank by the eigenvalue rule (a wider tolerance);
+    * ``autodiff``: ``eigvalsh`` of the ``torch.func`` Hessian of the loss (:class:`BatchHessian`);
+    * ``auto``: at the optimum ``jacobian-svd`` up to ``P = SVD_MAX_PARAMS``, else
+      ``gauss-newton``; at any other point ``autodiff`` (the Gauss-Newton matrix is not the
+      Hessian there).
 
     ``request``: further :class:`~nearopt.spectra.request.SpectrumRequest` fields
     (``which``, ``k``, ``vectors``).

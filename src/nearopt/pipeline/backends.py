@@ -254,11 +254,11 @@ class LocalBackend:
     and is replaced; a worker whose driver died exits by itself (:func:`_watch_parent`).
     """
 
-    def __init__(self, jobs: int):
+    def __init__(self, jobs: int, threads: int | None = None):
         if jobs < 1:
             raise NearoptError(f"--jobs must be >= 1, got {jobs}")
         self.jobs = jobs
-        self.threads = max(1, default_jobs() // jobs)
+        self.threads = max(1, default_jobs() // jobs) if threads is None else int(threads)
         self.description = f"{jobs} local processes x {self.threads} thread(s)"
 
     def _start(self, ctx: Any) -> _Worker:
@@ -595,4 +595,7 @@ def make_backend(
     if note:
         print(f"nearopt: note: {note}", file=sys.stderr)
     # One job asked for runs here; a larger number capped to one still runs in a worker process.
-    return SerialBackend() if wanted == 1 else LocalBackend(capped)
+    # Threads per worker follow the jobs asked for (capped by the cores), not the memory cap: the
+    # thread count is part of every cell's cache key, and free memory changes from run to run.
+    threads = max(1, default_jobs() // min(wanted, default_jobs()))
+    return SerialBackend() if wanted == 1 else LocalBackend(capped, threads=threads)
