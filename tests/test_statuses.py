@@ -3,8 +3,6 @@ asked, strict JSON, a closed pipe, and one-line refusals of environment values, 
 ratios, huge students and ill-posed API arguments (exit statuses: ``nearopt.cli``)."""
 
 import argparse
-import contextlib
-import io as _io
 import json
 import math
 import os
@@ -15,30 +13,20 @@ import warnings
 
 import numpy as np
 import pytest
+from _cli import cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.sparse.linalg import aslinearoperator
 
 import nearopt.resources as res
 from nearopt import io, manifold
-from nearopt.cli import cmd_critical, cmd_spectrum, cmd_teacher, main
+from nearopt.cli import cmd_critical, cmd_spectrum, cmd_teacher
 from nearopt.critical import classify
 from nearopt.dynamics.predict import check_eigenvalues, predict_draw_loss, predict_mean_loss
 from nearopt.errors import NearoptError, ResourceError, real_array
 from nearopt.model import TwoLayerNet, sample_teacher
 from nearopt.problem import Problem
 from nearopt.spectra.density import spectral_density
-
-
-def cli(*argv):
-    """Exit status, stdout and stderr of an in-process ``nearopt`` call (argparse errors included)."""
-    out, err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def one_line(code, err, expected_code, needle=None):
