@@ -31,8 +31,12 @@ vanishing mass (``O(1/N)``) and ``N_h lambda`` of a pooled eigenvalue converges 
 ``delta(1) chi2_1`` (:attr:`AsymptoticLaw.scaled_limit`) -- the same for every ratio.
 The object keeps the exact finite-size masses, the exact law of ``c`` and the
 families' laws: this is what makes it accurate at moderate sizes (measured in
-``docs/asymptotic.md``). Not included: the ``O(N**-1/2)`` relative spreading of each
-``delta v_a**2`` cluster by ``R`` (semicircle-like), the source of the remaining error.
+``docs/asymptotic.md``). Two finite-size corrections of the bulk are added (both on by
+default, both signed parts of total mass 0): :class:`Interlacing`, the interlacing of the bulk
+with the rank-one outlier ``b b^T`` in each of the ``N_i`` copies, and :class:`SwapPairs`, the
+swap term's first-order coupling of ``e_a ⊗ ŵ_c`` with ``e_c ⊗ ŵ_a`` in the reduced block.
+Not included: the rest of ``R`` (the centred ``rho~**2`` part of ``E g'g'``, measured below the
+sampling noise at ``N_h >= 20``) and the pairs' mutual non-orthogonality.
 
 Even (or non-odd) activations are refused: there ``E[g'']`` makes the swap term
 ``E[g''(u_a) g''(u_c)] w_c w_a^T`` of order one (quadratic networks even have a
@@ -382,6 +386,12 @@ class AsymptoticLaw(SpectralLaw):
     activation : Activation
     families : list[Family]  (the linear family is listed with empty nodes)
     constants : UnitConstants at the ``c`` nodes
+    interlacing : Interlacing or None
+        The interlacing correction (``None`` when switched off or without a bulk).
+    swap_pairs : SwapPairs or None
+        The swap-pair correction (``None`` when switched off or when ``E g''' = 0``).
+    linear_shift : float
+        Shift of the linear family that keeps the trace with the interlacing correction.
     scaled_limit : frozen ``scipy.stats.chi2`` or None
         The ``N -> inf`` law of ``lambda / sigma2**2`` (``= N_h lambda`` by default):
         ``delta(c0) chi2_1`` with ``c0 = sigma1**2 N_i`` (``None`` when ``delta = 0``, i.e. ``g`` linear).
@@ -457,7 +467,8 @@ class AsymptoticLaw(SpectralLaw):
         out.swap_pairs, out._ppf_table = None, None
         if self.interlacing is not None:
             out.interlacing, out._inter_moments, out._ppf_table = None, (0.0, 0.0), None
-            out._lin_range = tuple(r - self.linear_shift for r in self._lin_range) if self._lin is not None else None
+            if self._lin is not None:
+                out._lin_range = (self._lin_range[0] - self.linear_shift, self._lin_range[1] - self.linear_shift)
             out.linear_shift = 0.0
         return out
 

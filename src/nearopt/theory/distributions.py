@@ -65,6 +65,25 @@ class SpectralLaw:
         """``((location, mass), ...)`` of the point masses, ascending in location; ``()`` if none."""
         return ()
 
+    # supplied by each law (``rv_continuous`` supplies them for ChiSquareMPConvolution, first in its MRO)
+    def pdf(self, x):
+        raise NotImplementedError
+
+    def cdf(self, x):
+        raise NotImplementedError
+
+    def ppf(self, p):
+        raise NotImplementedError
+
+    def mean(self) -> float:
+        raise NotImplementedError
+
+    def var(self) -> float:
+        raise NotImplementedError
+
+    def support(self) -> tuple[float, float]:
+        raise NotImplementedError
+
     @property
     def atom_mass(self) -> float:
         """Total mass of the atoms (``1 -`` the integral of ``pdf``)."""
