@@ -17,6 +17,10 @@ from hypothesis import strategies as st
 from torch import func
 
 import nearopt as no
+from nearopt.curvature import Composed, Congruence, Curvature, Restricted
+from nearopt.curvature.batch import BatchCurvature
+from nearopt.curvature.compose import Wrapper
+from nearopt.dynamics.objective import POPULATION_CLOSED_FORMS, ClosedFormHessian, make_objective
 from nearopt.model import forward_torch
 from nearopt.spectra import decide_rank
 
@@ -54,18 +58,25 @@ def _population(pr, X):
     return no.PopulationHessian(pr)
 
 
-CURVATURES = {"batch-gauss-newton": _batch_gn, "batch-hessian": _batch_hessian, "population": _population}
+def _closed_form(pr, X):
+    """The torch.func Hessian of the closed-form population loss (dynamics), restricted like any curvature."""
+    if pr.activation.name not in POPULATION_CLOSED_FORMS:
+        pytest.skip(f"no closed-form population loss for {pr.activation.name}")
+    op = ClosedFormHessian(make_objective(pr.teacher))
+    return op if pr.trained == "both" else Restricted(op, pr)
+
+
+CURVATURES = {"batch-gauss-newton": _batch_gn, "batch-hessian": _batch_hessian, "population": _population, "closed-form": _closed_form}
 
 
 def _truth(kind: str, pr: no.Problem, X: np.ndarray) -> np.ndarray:
     idx = pr.trained_indices
-    if kind == "population":
+    if kind in ("population", "closed-form"):
         return no.population_hessian(pr.teacher)[np.ix_(idx, idx)]
     return autodiff_hessian(pr.teacher, X, pr.point)[np.ix_(idx, idx)]
 
 
-@pytest.mark.parametrize("kind", list(CURVATURES))
-@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("kind, act", [(k, a) for k in CURVATURES for a in ACTIVATIONS if k != "closed-form" or a in POPULATION_CLOSED_FORMS])
 @pytest.mark.parametrize("trained", TRAINED)
 def test_every_curvature_matches_its_dense_ground_truth(kind, act, trained):
     pr = _problem(act, trained)
@@ -85,6 +96,39 @@ def test_every_curvature_matches_its_dense_ground_truth(kind, act, trained):
         spec = curv.spectrum(method)
         np.testing.assert_allclose(spec.eigenvalues, scipy.linalg.eigvalsh(H), rtol=1e-8, atol=1e-10 * scale)
         assert spec.n_params == P and spec.dtype == "float64"
+
+
+def _chain(op) -> set[type]:
+    """The classes a curvature is built from (its wrappers, their inner operators, a batch's base)."""
+    seen, todo = set(), [op]
+    while todo:
+        cur = todo.pop()
+        seen.add(type(cur))
+        todo += [getattr(cur, name) for name in ("operator", "inner", "base") if isinstance(getattr(cur, name, None), Curvature)]
+    return seen
+
+
+def _subclasses(cls: type) -> set[type]:
+    out = set()
+    for sub in cls.__subclasses__():
+        out |= {sub} | _subclasses(sub)
+    return out
+
+
+def test_every_curvature_subclass_is_held_against_a_ground_truth():
+    """Every concrete Curvature is reached by the operator test above (directly or as a wrapper / base of
+    one), or, for the change of variables, by tests/test_combinations.py and tests/test_inputs.py."""
+    X = no.sample_inputs(50, 4, seed=1)
+    covered: set[type] = set()
+    for make in CURVATURES.values():
+        for trained in TRAINED:
+            covered |= _chain(make(_problem("quadratic", trained), X))
+    sigma = no.GaussianInputs.spiked(4, [2.0], seed=0)
+    covered |= _chain(no.PopulationHessian(no.Problem(no.sample_teacher(4, 3, "erf", seed=0), inputs=sigma)))
+    assert Congruence in covered and Restricted in covered
+    abstract = {Wrapper, Composed, BatchCurvature}
+    missing = {c.__name__ for c in _subclasses(Curvature) - abstract - covered if not c.__module__.startswith("tests")}
+    assert not missing, f"curvatures no operator test reaches: {sorted(missing)}"
 
 
 def test_batch_hessian_away_from_the_teacher_includes_the_residual_term():
