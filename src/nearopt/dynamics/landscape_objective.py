@@ -4,12 +4,12 @@
 whose loss, gradient and Hessian are the exact population quantities of
 :mod:`nearopt.curvature.landscape` (pair moments: closed forms, checked quadrature
 otherwise), not a quadratic approximation and not a fixed sample. Its reference
-point ``theta*`` (the ``teacher`` field, as in every Objective) is the point the
+point ``theta*`` (the ``point`` field, as in every Objective) is the point the
 spectral prediction expands around -- the teacher itself, or any point of the
 global-minimum manifold of a wider student (:mod:`nearopt.manifold`); the labels
-come from ``target`` (the real teacher, width ``M``). So::
+come from ``teacher`` (width ``M``). So::
 
-    obj = ExactPopulationObjective(point, "population-exact", target=teacher)
+    obj = ExactPopulationObjective(point, "exact", teacher=teacher)
     res = run_dynamics(point, objective=obj, sigma0=1e-2, flow=True)
 
 trains ``K``-unit students on the true population loss from ``point + delta_0`` and
@@ -40,31 +40,31 @@ EPS = float(np.finfo(np.float64).eps)
 
 @dataclass(frozen=True, eq=False)
 class ExactPopulationObjective(Objective):
-    """Exact population loss of a student shaped like ``teacher`` (the reference point) against ``target``.
+    """Exact population loss of a student shaped like ``point`` (the reference point) against ``teacher``.
 
-    ``teacher`` ``(K units)``: the reference point ``theta*``; ``target`` ``(M units)``:
-    the network that labels (defaults to ``teacher``). ``kind`` is ``"population-exact"``.
+    ``point`` ``(K units)``: the reference point ``theta*``; ``teacher`` ``(M units)``:
+    the network that labels (defaults to ``point``). ``kind`` is ``"exact"``.
     Accepts stacks ``(..., P)`` like every Objective (one exact evaluation per point).
     """
 
-    target: TwoLayerNet | None = None
-    #: ``E[f_target(x)^2]`` (set in ``__post_init__``): scales the loss's rounding floor
+    teacher: TwoLayerNet | None = None
+    #: ``E[f_teacher(x)^2]`` (set in ``__post_init__``): scales the loss's rounding floor
     _power: float = field(init=False, default=0.0, repr=False)
 
     def __post_init__(self):
         if self.X is not None:
             raise NearoptError("the exact population objective takes no inputs X")
-        target = self.teacher if self.target is None else self.target
-        if target.n_inputs != self.teacher.n_inputs or target.activation != self.teacher.activation:
-            raise NearoptError("the target must have the reference point's N_i and activation")
-        object.__setattr__(self, "target", target)
+        teacher = self.point if self.teacher is None else self.teacher
+        if teacher.n_inputs != self.point.n_inputs or teacher.activation != self.point.activation:
+            raise NearoptError("the teacher must have the reference point's N_i and activation")
+        object.__setattr__(self, "teacher", teacher)
         object.__setattr__(self, "_y", None)
-        power = 2.0 * population_loss(Problem(target, student=TwoLayerNet(target.W1[:1], np.zeros((1, 1)), target.activation)))
+        power = 2.0 * population_loss(Problem(teacher, student=TwoLayerNet(teacher.W1[:1], np.zeros((1, 1)), teacher.activation)))
         object.__setattr__(self, "_power", power)
 
     def _problem(self, theta: np.ndarray) -> Problem:
-        assert self.target is not None
-        return Problem(self.target, student=self.teacher.with_parameters(theta))
+        assert self.teacher is not None
+        return Problem(self.teacher, student=self.point.with_parameters(theta))
 
     def _each(self, theta: torch.Tensor, fn) -> torch.Tensor:
         th = theta.detach().cpu().numpy().astype(np.float64)
@@ -87,15 +87,15 @@ class ExactPopulationObjective(Objective):
 
     def curvature(self) -> Curvature:
         """The exact population Hessian at the reference point."""
-        return PopulationHessian(self._problem(self.teacher.parameters()))
+        return PopulationHessian(self._problem(self.point.parameters()))
 
     @property
     def loss_floor(self) -> float:
-        """Absolute rounding level of the loss: ``(K + M) eps E[f_target^2]``."""
-        assert self.target is not None
-        return (self.teacher.n_hidden + self.target.n_hidden) * EPS * self._power
+        """Absolute rounding level of the loss: ``(K + M) eps E[f_teacher^2]``."""
+        assert self.teacher is not None
+        return (self.point.n_hidden + self.teacher.n_hidden) * EPS * self._power
 
 
-def exact_population_objective(point: TwoLayerNet, target: TwoLayerNet | None = None) -> ExactPopulationObjective:
-    """The exact population objective around ``point`` (labels from ``target``, default ``point``)."""
-    return ExactPopulationObjective(point, "population-exact", None, 0.0, target)
+def exact_population_objective(point: TwoLayerNet, teacher: TwoLayerNet | None = None) -> ExactPopulationObjective:
+    """The exact population objective around ``point`` (labels from ``teacher``, default ``point``)."""
+    return ExactPopulationObjective(point, "exact", None, 0.0, teacher)

@@ -3,14 +3,18 @@
 An :class:`Objective` is ``L(theta)`` for a student of the teacher's architecture:
 
 * ``batch``: ``L = 1/(2N) sum_n (f_theta(x_n) - f_theta*(x_n))**2`` on fixed inputs ``X``;
-* ``population``: the ``N -> infinity`` limit in closed form, for i.i.d. zero-mean
+* ``closed-form``: the population loss (``N -> infinity``) in closed form, for i.i.d. zero-mean
   unit-variance inputs (``linear``: ``1/2 ||W2 W1 - W2* W1*||**2``; ``quadratic``:
   ``1/2 (tr(D)**2 + 2 tr(D**2) + kappa sum_i D_ii**2)`` with ``D = A - A*``,
   ``A = W1^T diag(W2) W1`` and ``kappa`` the excess kurtosis of the inputs, 0 for
   Gaussian). Both forms take the difference to the teacher *before* squaring, so
   the loss has no cancellation floor above ``eps**2``.
-* ``population-sample``: any other activation in the population limit, approximated
-  by a fixed large Gaussian sample (``population_samples`` inputs, seeded).
+* ``large-sample``: any other activation in the population limit, approximated
+  by a fixed large Gaussian sample (``population_samples`` inputs, seeded);
+* ``exact`` (:class:`~nearopt.dynamics.landscape_objective.ExactPopulationObjective`): the
+  exact population loss from the pair moments, at any point and for any teacher.
+
+"Population" always means ``N -> infinity``; the kind says how that limit is computed.
 
 Every loss accepts a stack of parameter vectors ``(..., P)`` and returns ``(...)``,
 so several initial perturbations are trained together.
@@ -53,21 +57,23 @@ def forward_batched(theta: torch.Tensor, X: torch.Tensor, net: TwoLayerNet) -> t
 
 @dataclass(frozen=True, eq=False)
 class Objective:
-    """``L(theta)`` of a student against ``teacher`` (see the module docstring).
+    """``L(theta)`` of a student around the optimum ``point`` (see the module docstring).
 
     Attributes
     ----------
-    teacher : TwoLayerNet
-        The optimum ``theta*``.
+    point : TwoLayerNet
+        The optimum ``theta*``, which is also the teacher that labels the inputs (the
+        student = teacher global minimum; :class:`~nearopt.dynamics.landscape_objective.ExactPopulationObjective`
+        takes another teacher).
     kind : str
-        ``"batch"``, ``"population"`` or ``"population-sample"``.
+        ``"batch"``, ``"closed-form"`` or ``"large-sample"`` (``"exact"`` for the exact objective).
     X : Tensor, shape (N, N_i), or None
         The inputs (``None`` for the closed-form population loss).
     kurtosis : float
         Excess kurtosis of the inputs used by the quadratic closed form.
     """
 
-    teacher: TwoLayerNet
+    point: TwoLayerNet
     kind: str
     X: torch.Tensor | None = None
     kurtosis: float = 0.0
@@ -76,17 +82,17 @@ class Objective:
 
     def __post_init__(self):
         # teacher outputs on the batch, computed once: every loss call needs them
-        y = None if self.X is None else forward_batched(self.theta_star, self.X, self.teacher)
+        y = None if self.X is None else forward_batched(self.theta_star, self.X, self.point)
         object.__setattr__(self, "_y", y)
 
     @property
     def theta_star(self) -> torch.Tensor:
         """``theta*`` of shape ``(P,)`` (float64)."""
-        return torch.as_tensor(self.teacher.parameters())
+        return torch.as_tensor(self.point.parameters())
 
     @property
     def n_params(self) -> int:
-        return self.teacher.n_params
+        return self.point.n_params
 
     @property
     def samples(self) -> int | None:
@@ -95,7 +101,7 @@ class Objective:
 
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
         """``L`` at parameters ``theta`` ``(..., P)``; returns ``(...)``."""
-        net = self.teacher
+        net = self.point
         if self.X is not None:
             r = forward_batched(theta, self.X, net) - self._y
             return 0.5 * (r**2).mean(-1)
@@ -125,7 +131,7 @@ class Objective:
                 th = theta.detach().requires_grad_(True)
                 (g,) = torch.autograd.grad(self.loss(th).sum(), th)
             return g
-        net, X = self.teacher, self.X
+        net, X = self.point, self.X
         W1, v = split_parameters(theta, net.n_hidden, net.n_inputs)
         Z = X @ W1.transpose(-1, -2)  # (..., N, N_h)
         G = net.activation(Z)
@@ -167,7 +173,7 @@ class Objective:
     def curvature(self) -> Curvature:
         """The Hessian at ``theta*`` as a curvature operator: Gauss–Newton on the batch, autodiff of a closed form."""
         if self.X is not None:
-            return BatchGaussNewton(self.teacher, self.X.numpy())
+            return BatchGaussNewton(self.point, self.X.numpy())
         return ClosedFormHessian(self)
 
 
@@ -181,7 +187,7 @@ class ClosedFormHessian(Curvature):
     kind = "closed-form-hessian"
 
     def __init__(self, objective: Objective):
-        super().__init__(objective.teacher)
+        super().__init__(objective.point)
         self.objective = objective
 
     @cached_property
@@ -218,8 +224,8 @@ def make_objective(
     if net.activation.name in POPULATION_CLOSED_FORMS:
         if kurtosis and net.activation.name != "quadratic":
             raise NearoptError("input kurtosis only enters the quadratic population loss")
-        return Objective(net, "population", None, float(kurtosis))
+        return Objective(net, "closed-form", None, float(kurtosis))
     if kurtosis:
         raise NearoptError(f"no closed-form population loss for {net.activation.name} with non-Gaussian inputs; use a batch")
     Xp = sample_inputs(population_samples, net.n_inputs, seed=seed)
-    return Objective(net, "population-sample", torch.as_tensor(Xp))
+    return Objective(net, "large-sample", torch.as_tensor(Xp))

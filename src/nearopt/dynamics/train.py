@@ -514,7 +514,7 @@ def float_floor(obj: Objective, spec: Spectrum) -> float:
 
 def _output_power(obj: Objective) -> float:
     """``E[f*(x)**2]`` of the teacher on the objective's inputs (population: a 4096-input sample)."""
-    net = obj.teacher
+    net = obj.point
     if obj.X is not None:
         return float(np.mean(net.forward(obj.X.numpy()) ** 2))
     return float(np.mean(net.forward(sample_inputs(4096, net.n_inputs, seed=0)) ** 2))
