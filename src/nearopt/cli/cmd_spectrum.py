@@ -224,10 +224,19 @@ def compute(args) -> Spectrum:
                 spec.extra["comparison"] = {"population_law": "gaussian-equivalent of the inputs" if args.inputs and law is not None and law.name == "gaussian-equivalent" else (law.name if law is not None else "gaussian"),
                                             **compare_spectra(spec, pop)}
                 spec.extra["_population"] = pop
+    spec.extra["inputs_source"] = _inputs_source(args, X, law)
     require_finite(spec.eigenvalues, "Hessian eigenvalues", cause)
     if spec.exact and spec.eigenvalues.size and not spec.eigenvalues.any():
         raise NearoptError(f"the Hessian is zero to float64 precision ({cause}); weights this small underflow, use larger --sigma1/--sigma2")
     return spec
+
+
+def _inputs_source(args, X, law) -> str:
+    """The input law in words, for the summary."""
+    if args.inputs:
+        return f"{args.inputs} ({X.shape[0]} inputs)"
+    cov = f"N(0, Sigma) from {args.input_cov}" if getattr(args, "input_cov", None) else "N(0, I)"
+    return f"population, x ~ {cov}" if X is None else f"{X.shape[0]} samples of x ~ {cov}"
 
 
 def run(args) -> int:

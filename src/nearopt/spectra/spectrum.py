@@ -193,10 +193,10 @@ class Spectrum:
             f"activation     {self.activation}",
             f"sizes          N_i={self.n_inputs}  N_h={self.n_hidden}  P={self.n_params}  samples={size}",
         ]
-        if "inputs" in x:
-            lines.append(f"inputs         {x['inputs'].get('law', x['inputs'])}")
+        if "inputs_source" in x or "inputs" in x:
+            lines.append(f"inputs         {x.get('inputs_source') or x['inputs'].get('law', x['inputs'])}")
         context = [f"trained {x['trained']}"] if x.get("trained", "both") != "both" else []
-        if x.get("device") and x["device"] != "cpu":
+        if x.get("device"):
             context.append(f"device {x['device']}")
         if context:
             lines.append(f"problem        {', '.join(context)}")
