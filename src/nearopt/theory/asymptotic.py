@@ -69,6 +69,8 @@ TABLE_POINTS = 3001
 #: quantile grid of the swap-pair law (values of d_a and of d_c; of |xi|)
 PAIR_GRID = 160
 PAIR_GRID_XI = 48
+#: equal-mass knots of the tabulated swap-pair cdf (monotone cubic between them)
+PAIR_KNOTS = 201
 #: relative tolerance of the linear family's quadrature (its tabulated cdf moves by < 1e-9 against 1e-10)
 LINEAR_EPSREL = 1e-8
 #: safeguarded Newton/bisection steps of ppf after the table bracket (measured ``|cdf(ppf(p)) - p| < 1e-6``)
@@ -342,8 +344,11 @@ class SwapPairs:
         rad = np.sqrt(0.25 * (da - dc) ** 2 + (self.ratio**2 / n_inputs) * da * dc * xi[None, None, :] ** 2)
         lam = np.sort(np.concatenate([np.maximum(mid - rad, 0.0).ravel(), (mid + rad).ravel()]))  # max: rounding only
         self.second = float(np.mean(lam**2) - np.mean(d**2))  # E lambda^2 - E d^2 on the grid
-        x = np.concatenate([[0.0], np.geomspace(max(float(lam[0]), 1e-14 * scale), float(lam[-1]), 4001)])
-        Fp = np.searchsorted(lam, x, side="right") / lam.size
+        # knots at equal-mass quantiles: the grid's lattice of values would make a finer table's slope spiky
+        knots = lam[np.round(np.linspace(0, lam.size - 1, PAIR_KNOTS)).astype(np.int64)]
+        x, first = np.unique(np.concatenate([[0.0], knots]), return_index=True)
+        Fp = np.concatenate([[0.0], np.linspace(0.0, 1.0, PAIR_KNOTS)])[first]
+        Fp[0] = 0.0
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             self._F = PchipInterpolator(x, Fp, extrapolate=False)
             self._f = self._F.derivative()
