@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import io
 from ..dynamics import make_objective, run_dynamics
 from ..errors import NearoptError, ResultFailure, require_finite
 from ..resources import dense_bytes, require_memory
@@ -16,7 +15,7 @@ from .common import (
     add_data_args,
     add_network_args,
     check_network_finite,
-    emit_json,
+    emit_result,
     inputs_from_args,
     network_from_args,
     nonneg_int,
@@ -146,12 +145,7 @@ def run(args) -> int:
     if args.steps != "auto" and args.steps < 1:
         raise NearoptError(f"--steps must be >= 1, got {args.steps}")
     res = compute(args)
-    if args.json:
-        emit_json(res.to_dict(), args.out)
-    else:
-        if args.out:
-            io.write_json(args.out, res.to_dict())
-        print(table(res))
+    emit_result(res, table, args)
     if res.diverged:
         raise ResultFailure(divergence(res))
     return 0

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 
-from .. import io
 from ..dynamics.sgd import SAMPLING, run_sgd
 from ..errors import NearoptError
 from ..problem import Problem
@@ -14,7 +13,7 @@ from .common import (
     add_input_cov_arg,
     add_network_args,
     check_network_finite,
-    emit_json,
+    emit_result,
     input_law_from_args,
     network_from_args,
     nonneg_int,
@@ -126,10 +125,5 @@ def table(res) -> str:
 
 def run(args) -> int:
     res = compute(args)
-    if args.json:
-        emit_json(res.to_dict(), args.out)
-    else:
-        if args.out:
-            io.write_json(args.out, res.to_dict())
-        print(table(res))
+    emit_result(res, table, args)
     return 0

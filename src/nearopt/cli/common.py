@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -214,3 +215,16 @@ def emit_json(data, out: str | None) -> None:
     if out:
         io.write_text(out, text + "\n")
     sys.stdout.write(text + "\n")
+
+
+def emit_result(result: Any, table: Callable[[Any], str], args: argparse.Namespace) -> None:
+    """Print ``result.to_dict()`` as strict JSON with ``--json`` (:func:`emit_json`), else the text ``table(result)``.
+
+    ``--out`` gets the strict JSON either way (written atomically).
+    """
+    if args.json:
+        emit_json(result.to_dict(), args.out)
+        return
+    if args.out:
+        io.write_json(args.out, result.to_dict())
+    print(table(result))
