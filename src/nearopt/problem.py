@@ -29,6 +29,7 @@ import scipy.linalg
 from . import io
 from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet, sample_inputs
+from .policy import RankPolicy
 
 #: which parameter blocks train: both layers, the first layer only (committee machine), the second only
 TRAINED_BLOCKS = ("both", "first", "second")
@@ -140,7 +141,7 @@ class GaussianInputs:
         mu, Y = scipy.linalg.eigh(0.5 * (B + B.T))
         values = 1.0 + mu
         top = max(1.0, float(values.max()))
-        if values.min() < -PSD_RTOL * top:
+        if values.min() < RankPolicy.psd_floor(np.append(values, top), PSD_RTOL):
             raise NearoptError(f"the spiked covariance is not positive semi-definite (smallest eigenvalue {values.min():.3g}); strengths must keep 1 + theta >= 0")
         law = cls.__new__(cls)
         law._init(n, 1.0, np.where(values < 0, 0.0, values), Q @ Y, None, "gaussian-spiked")
@@ -286,7 +287,7 @@ def _validate_covariance(S, n_inputs: int | None) -> np.ndarray:
         raise NearoptError(f"the covariance is not symmetric: max |S - S^T| = {asym:.3g} (> {SYMMETRY_RTOL:g} x max |S|)")
     S = 0.5 * (S + S.T)
     lam = scipy.linalg.eigvalsh(S)
-    if lam[0] < -PSD_RTOL * max(lam[-1], 0.0) or lam[-1] <= 0:
+    if lam[0] < RankPolicy.psd_floor(lam, PSD_RTOL) or lam[-1] <= 0:
         raise NearoptError(f"the covariance is not positive semi-definite: smallest eigenvalue {lam[0]:.3g} (largest {lam[-1]:.3g}, tolerance {PSD_RTOL:g} relative)")
     return S
 
