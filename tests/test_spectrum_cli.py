@@ -28,6 +28,10 @@ def test_a_saved_critical_point_round_trips_with_its_teacher_and_blocks(tmp_path
     assert spec["smallest_nonzero"] == pytest.approx(saved["lambda_min"], rel=1e-8)
     code, _, err = run(capsys, "spectrum", "-a", "relu", "--student", str(point), "--population", "--ni", "3", "--nh", "3")
     assert code == 2 and "carries its teacher" in err and len(err.strip().splitlines()) == 1
+    other = tmp_path / "other.npz"
+    no.sample_teacher(3, 3, "relu", seed=9).save(other)
+    code, _, err = run(capsys, "spectrum", "-a", "relu", "--student", str(point), "--population", "--teacher", str(other))
+    assert code == 2 and "differs" in err
     code, _, err = run(capsys, "spectrum", "-a", "erf", "--student", str(point), "--population")
     assert code == 2 and "relu" in err
 
@@ -99,4 +103,4 @@ def test_spectrum_repr_is_short_and_summary_names_the_route():
     lz = no.PopulationHessian(no.sample_teacher(20, 10, "erf", seed=0)).spectrum("lanczos", k=2)
     assert "rank" not in repr(lz) and lz.exact is False and np.isnan(lz.smallest_nonzero)
     with pytest.raises(no.NearoptError, match="not known"):
-        lz.rank
+        _ = lz.rank

@@ -108,7 +108,7 @@ def test_critical_loose_gtol_is_flagged_in_the_result():
 
 
 def test_critical_default_gtol_has_no_note():
-    code, out, err = cli("critical", "-a", "erf", "--ni", "3", "--nh", "2", "--student-width", "3", "--max-steps", "200")
+    code, out, err = cli("critical", "-a", "erf", "--ni", "3", "--nh", "2", "--student-width", "3", "--max-steps", "200", "--quiet")
     assert code == 0 and err == "", err
     data = strict_loads(out)
     assert data["converged"] and "classification_note" not in data

@@ -41,7 +41,8 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "policy": ("Inertia", "RankDecision", "RankPolicy", "decide_rank", "rank_from_eigenvalues"),
     # theory
     "theory.asymptotic": ("AsymptoticLaw", "asymptotic_law"),
-    "theory.distributions": ("ChiSquareMPConvolution", "MarchenkoPastur", "output_norm_law", "wishart_law"),
+    "theory.distributions": ("ChiSquareMPConvolution", "MarchenkoPastur", "SpectralLaw", "gamma_gauss_rule", "output_norm_law",
+                             "wishart_law"),
     "theory.linear": ("linear_batch_spectrum", "linear_population_spectrum", "pooled_linear_eigenvalues", "simulate_linear_spectrum"),
     "theory.rank_prediction": ("RankPrediction", "predict_rank"),
     # measurements and dynamics

@@ -35,6 +35,8 @@ its rounding floor is ``~ (K + M) eps`` times that; :func:`gradient_tolerance` a
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,12 +110,29 @@ class Descent:
     method: str = "gd"
 
 
-def gradient_descent(problem: Problem, *, lr: float | None = None, max_steps: int = 20000, gtol: float = 1e-6, record_every: int = 50) -> Descent:
+class Progress:
+    """One stderr line at most every ``every`` seconds (``enabled``), for the long loops of this module."""
+
+    def __init__(self, enabled: bool, label: str, every: float = 10.0):
+        self.enabled, self.label, self.every = bool(enabled), label, every
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        now = time.perf_counter()
+        if self.enabled and now - self.last >= self.every:
+            self.last = now
+            print(f"  {self.label}: {text}, {now - self.t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def gradient_descent(problem: Problem, *, lr: float | None = None, max_steps: int = 20000, gtol: float = 1e-6, record_every: int = 50,
+                     progress: bool = False) -> Descent:
     """Gradient descent on the exact population loss until ``||g|| <= gtol`` or ``max_steps``.
 
     ``lr`` defaults to ``1 / lambda_max`` of the exact Hessian at the start (computed
     once); a step that would raise the loss is retried at half the rate (kept halved).
+    ``progress``: a line on stderr at most every 10 s (steps, loss, gradient norm).
     """
+    report = Progress(progress, "descent")
     pr = as_problem(problem)
     max_steps = require_positive_int(max_steps, "max_steps")
     if lr is None:
@@ -135,6 +154,7 @@ def gradient_descent(problem: Problem, *, lr: float | None = None, max_steps: in
             continue
         theta, pr, loss, g = theta - lr * g, trial, t_loss, t_g
         step += 1
+        report(f"step {step}/{max_steps}, loss {loss:.6g}, gradient norm {np.linalg.norm(g):.3g} (stops at {gtol:.3g})")
         if step % record_every == 0:
             out.losses.append(loss)
             out.gradient_norms.append(float(np.linalg.norm(g)))
@@ -159,7 +179,7 @@ def trust_region(problem: Problem, *, max_steps: int = 500, gtol: float = 1e-10)
 
 
 # ----------------------------------------------------------------------------- Newton polish
-def newton_polish(problem: Problem, *, gtol: float | None = None, max_iter: int = 100) -> tuple[Problem, list[float]]:
+def newton_polish(problem: Problem, *, gtol: float | None = None, max_iter: int = 100, progress: bool = False) -> tuple[Problem, list[float]]:
     """Safeguarded Newton on the gradient (module docstring), damped Levenberg-Marquardt style.
 
     The step is ``s = -(H^2 + mu I)^+ H g`` over the eigenvalues of ``H`` above the rank
@@ -176,6 +196,7 @@ def newton_polish(problem: Problem, *, gtol: float | None = None, max_iter: int 
     _, g = loss_and_gradient(pr)
     hist = [float(np.linalg.norm(g))]
     mu = 0.0
+    report = Progress(progress, "Newton polish")
     for _ in range(int(max_iter)):
         if hist[-1] <= gtol / FLOOR_FACTOR:
             break
@@ -198,6 +219,7 @@ def newton_polish(problem: Problem, *, gtol: float | None = None, max_iter: int 
         if not accepted:
             break
         hist.append(float(np.linalg.norm(g)))
+        report(f"iteration {len(hist) - 1}, gradient norm {hist[-1]:.3g}")
     return pr, hist
 
 
@@ -329,23 +351,23 @@ def classify(problem: Problem | TwoLayerNet, *, gtol: float | None = None) -> Cr
 
 
 def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str = "gd", lr: float | None = None, max_steps: int = 20000,
-                        descent_gtol: float = 1e-6, gtol: float | None = None, newton_iter: int = 100) -> CriticalPoint:
+                        descent_gtol: float = 1e-6, gtol: float | None = None, newton_iter: int = 100, progress: bool = False) -> CriticalPoint:
     """Converge from the problem's point to a critical point and classify it.
 
     ``descent``: ``"gd"`` (:func:`gradient_descent`, then Newton), ``"trust"``
     (:func:`trust_region`, then Newton) or ``"newton"`` (Newton only: converges to the
-    nearest critical point of any index).
+    nearest critical point of any index). ``progress``: stderr lines for the long phases.
     """
     pr = as_problem(problem)
     if descent not in ("gd", "trust", "newton"):
         raise NearoptError(f"descent must be 'gd', 'trust' or 'newton', got {descent!r}")
     if descent == "gd":
-        d = gradient_descent(pr, lr=lr, max_steps=max_steps, gtol=descent_gtol)
+        d = gradient_descent(pr, lr=lr, max_steps=max_steps, gtol=descent_gtol, progress=progress)
     elif descent == "trust":
         d = trust_region(pr, max_steps=max_steps, gtol=descent_gtol)
     else:
         d = Descent(pr, 0, method="newton")
-    end, hist = newton_polish(d.problem, gtol=gtol, max_iter=newton_iter)
+    end, hist = newton_polish(d.problem, gtol=gtol, max_iter=newton_iter, progress=progress)
     cp = classify(end, gtol=gtol)
     cp.descent_steps, cp.newton_history, cp.descent = d.steps, hist, d.method
     return cp

@@ -54,6 +54,7 @@ def register(sub) -> None:
                    f"at most {GTOL_MAX_FRACTION:g} E[f_t^2]^1/2 max(1, |theta|) at the start)")
     p.add_argument("--save-point", metavar="P.npz", help="write the critical point (W1, W2, teacher, eigenvalues, classification) to this .npz")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (a line at most every 10 s in long descents)")
     p.set_defaults(func=run)
 
 
@@ -97,7 +98,8 @@ def run(args) -> int:
     check_gtol(args.gtol, problem)
     if args.save_student:
         problem.point.save(args.save_student)
-    cp = find_critical_point(problem, descent=args.descent, lr=args.lr, max_steps=args.max_steps, descent_gtol=args.descent_gtol, gtol=args.gtol)
+    cp = find_critical_point(problem, descent=args.descent, lr=args.lr, max_steps=args.max_steps, descent_gtol=args.descent_gtol, gtol=args.gtol,
+                             progress=not args.quiet)
     if args.save_point:
         cp.save(args.save_point)
     out = cp.to_dict()

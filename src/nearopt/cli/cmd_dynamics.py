@@ -6,6 +6,8 @@ when training diverged: the quadratic prediction then describes nothing.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..dynamics import make_objective, run_dynamics
@@ -56,7 +58,7 @@ def register(sub) -> None:
     p.add_argument("--draws", type=positive_int, default=8, help="number K of initial displacements (default 8)")
     p.add_argument("--draw-seed", type=nonneg_int, default=0, help="seed of the displacements delta_0 (default 0)")
     p.add_argument("--points", type=positive_int, default=40, help="log-spaced record times (default 40)")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (shown by default on a terminal)")
     p.add_argument("--json", action="store_true", help="print the measured and predicted curves and the slope fit as JSON")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON result to this file (atomically)")
     p.set_defaults(func=run)
@@ -94,7 +96,7 @@ def _run(args, net, X):
         layer_scales=tuple(args.layer_scales) if args.layer_scales else None,
         method=args.integrator,
         rtol=args.rtol,
-        progress=args.progress,
+        progress=not args.quiet and sys.stderr.isatty(),
     )
 
 

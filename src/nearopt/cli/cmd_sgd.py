@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--points", type=positive_int, default=30, help="log-spaced record steps (default 30)")
     p.add_argument("--no-exact", action="store_true", help="skip the exact linearised prediction (quadrature in the row space of W1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (shown by default on a terminal)")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON result to this file (atomically)")
     p.set_defaults(func=run)
@@ -85,7 +86,7 @@ def compute(args):
             problem, lr=args.lr, batch=args.batch, steps=args.steps, sigma0=args.sigma0, noise=args.noise,
             runs=args.runs, seed=args.run_seed, sampling="online" if args.samples is None else args.sampling,
             samples=args.samples, points=args.points, device=args.device, exact=not args.no_exact and "auto",
-            progress=args.progress,
+            progress=not args.quiet and sys.stderr.isatty(),
         )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 from .. import io
 from ..activations import get_activation
 from ..critical import load_point
@@ -112,6 +114,10 @@ def add_student_args(p) -> None:
                    help="which layers train: both/all (default; a saved critical point's own blocks), first/W1 (committee machine: second layer fixed), second/W2")
 
 
+def _same_net(a: TwoLayerNet, b: TwoLayerNet) -> bool:
+    return a.W1.shape == b.W1.shape and bool(np.array_equal(a.W1, b.W1) and np.array_equal(a.W2, b.W2))
+
+
 def student_width(args, teacher: TwoLayerNet) -> int:
     """The student's width from the options alone (before anything is built or read)."""
     if args.student_width is not None:
@@ -178,8 +184,10 @@ def compute(args) -> Spectrum:
     """Problem, curvature and request from the options, answered by the library."""
     saved = load_point(args.student, get_activation(args.activation)) if args.student else None
     if saved is not None and saved.teacher is not None:
-        if args.teacher or args.ni is not None or args.nh is not None:
-            raise NearoptError(f"student file {args.student} carries its teacher (a saved critical point): drop --teacher/--ni/--nh")
+        if args.ni is not None or args.nh is not None:
+            raise NearoptError(f"student file {args.student} carries its teacher (a saved critical point): drop --ni/--nh")
+        if args.teacher and not _same_net(network_from_args(args), saved.teacher):
+            raise NearoptError(f"student file {args.student} carries a teacher that differs from --teacher {args.teacher}: drop --teacher")
         net = saved.teacher
     else:
         net = network_from_args(args)
