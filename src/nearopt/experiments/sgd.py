@@ -85,7 +85,7 @@ _FULL: dict[str, Any] = {
 
 
 _NET = (ACTIVATION, count("n_inputs", 10**4), count("n_hidden", 10**3), Setting("teacher_seed", int, low=0, high=2**31 - 1))
-_POSITIVE = {"low": 0.0, "low_open": True}
+_POSITIVE: dict[str, Any] = {"low": 0.0, "low_open": True}
 SETTINGS = (
     SEED,
     Setting("curves", list, nonempty=True, item=Setting("curve", dict, fields=(
