@@ -299,9 +299,12 @@ class LocalBackend:
                     if kind == "error":
                         value.__cause__ = RemoteTraceback(text)
                     yield tid, value
-            for w in workers:  # done: let them exit
+            for w in workers:  # done: let them exit on their own, so they release what they hold
                 with contextlib.suppress(OSError):
                     w.conn.send(None)
+            deadline = time.monotonic() + STOP_SECONDS
+            for w in workers:  # (a terminated worker leaves its semaphores to the resource tracker's warning)
+                w.process.join(max(0.0, deadline - time.monotonic()))
         finally:
             _stop_all(workers)
 
