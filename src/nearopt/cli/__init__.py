@@ -24,5 +24,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> Any:
-    """The full argument parser (:func:`nearopt.cli.app.build_parser`)."""
+    """The full argument parser of every command (built by ``nearopt.cli.app``)."""
     return importlib.import_module(f"{__name__}.app").build_parser()

@@ -41,7 +41,7 @@ from ..policy import RankPolicy
 from ..problem import Problem, as_problem
 from ..resources import check_device, require_memory
 from ..spectra.request import SpectrumRequest
-from ..spectra.solve import solve
+from ..spectra.solver import solve
 from ..spectra.spectrum import Spectrum
 from ..spectra.torch_ops import SymmetricOperator
 from .costs import dense_cost, generic_costs

@@ -228,7 +228,7 @@ def batch_hvp(net: TwoLayerNet, X, *, device="cpu"):
 SVD_MAX_PARAMS = 4000
 
 
-class _FullBatchGaussNewton(Curvature):
+class FullBatchGaussNewton(Curvature):
     """``J^T J / N`` over all parameters (the base :class:`BatchGaussNewton` restricts)."""
 
     kind = "batch Gauss-Newton"
@@ -257,7 +257,7 @@ class _FullBatchGaussNewton(Curvature):
         return gauss_newton_tensor(self.problem.point, self.X, chunk_size=self.chunk_size, device=self.device).cpu().numpy()
 
 
-class _FullBatchHessian(_FullBatchGaussNewton):
+class FullBatchHessian(FullBatchGaussNewton):
     """The exact batch-loss Hessian over all parameters: products by ``jvp`` of ``grad``, dense by ``torch.func.hessian``."""
 
     kind = "batch Hessian"
@@ -297,7 +297,7 @@ class BatchCurvature(Composed):
     """What every curvature of a batch shares: the inputs ``X`` ``(N, N_i)``, ``N`` in results,
     and the trained-block restriction around a base over all parameters."""
 
-    base_class: type[_FullBatchGaussNewton] = _FullBatchGaussNewton
+    base_class: type[FullBatchGaussNewton] = FullBatchGaussNewton
 
     def __init__(self, problem: Problem | TwoLayerNet, X, *, chunk_size: int | None = None, device="cpu"):
         super().__init__(problem, device=device)
@@ -348,13 +348,13 @@ class BatchHessian(BatchCurvature):
     """
 
     kind = "batch Hessian"
-    base_class = _FullBatchHessian
+    base_class = FullBatchHessian
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         if not self.problem.at_teacher:
             base = self.base
-            assert isinstance(base, _FullBatchHessian)
+            assert isinstance(base, FullBatchHessian)
             theta = base._theta.clone().requires_grad_(True)
             loss = base.loss_fn(theta)
             (grad,) = torch.autograd.grad(loss, theta)

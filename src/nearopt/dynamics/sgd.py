@@ -247,6 +247,8 @@ def simulate_sgd(
     record : array of int, optional
         Steps to record (default :func:`record_steps` of ``steps`` and ``points``).
 
+    Notes
+    -----
     Everything random is drawn from ``seed``: ``delta_0`` and a fixed training set
     (:func:`~nearopt.dynamics.sgd_predict.training_set`) by NumPy on every device; online inputs
     and label noise by NumPy on the CPU and a torch generator on a GPU; batch indices by a torch

@@ -393,7 +393,7 @@ def handshake(address: str, timeout: float) -> dict[str, Any]:
 BACKEND_LOGGERS = ("distributed", "tornado", "asyncio", "bokeh")
 
 
-class _CountingFileHandler(logging.Handler):
+class CountingFileHandler(logging.Handler):
     """Writes records to ``path`` (created on the first record) and counts warnings and errors."""
 
     def __init__(self, path: Path | None):
@@ -428,14 +428,14 @@ def _backend_loggers() -> list[logging.Logger]:
 
 
 @contextlib.contextmanager
-def backend_log(path: Path | None) -> Iterator[_CountingFileHandler]:
+def backend_log(path: Path | None) -> Iterator[CountingFileHandler]:
     """Send the :data:`BACKEND_LOGGERS` to ``path`` (``None``: nowhere) instead of the terminal.
 
     After a clean run the loggers get their handlers back. After a failure
     (a lost scheduler) they stay redirected: the client's background thread
     keeps logging its reconnection attempts until the interpreter exits.
     """
-    handler = _CountingFileHandler(path)
+    handler = CountingFileHandler(path)
     saved = []
     for logger in _backend_loggers():
         saved.append((logger, logger.handlers[:], logger.propagate))

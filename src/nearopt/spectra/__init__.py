@@ -12,7 +12,7 @@ from .density import SpectralDensity, slq, spectral_density
 from .extremes import Eigenpairs, eigenpairs, largest_eigenpairs, smallest_eigenpairs
 from .lanczos import extreme_eigenvalues, gauss_quadrature, lanczos_tridiagonal, lanczos_tridiagonals
 from .request import SpectrumRequest
-from .solve import choose_route, solve
+from .solver import choose_route, solve
 from .spectrum import Spectrum
 
 __all__ = [

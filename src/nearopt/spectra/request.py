@@ -3,7 +3,7 @@
 A request is a small immutable value. It says *what* is wanted -- all
 eigenvalues, the ``k`` largest, the ``k`` smallest, or a density -- with or
 without eigenvectors, to which tolerance, decided by which :class:`~nearopt.policy.RankPolicy`;
-the route (``method``) is normally left to :func:`~nearopt.spectra.solve.solve`, which
+the route (``method``) is normally left to :func:`~nearopt.spectra.solve`, which
 picks it from what the operator offers.
 
 ``which``

@@ -66,7 +66,7 @@ C_NODES = 48
 ODD_TOL = 1e-10
 #: grid points of the tabulated linear family (and of the ppf table)
 TABLE_POINTS = 3001
-#: quantile grid of the swap-pair law (values of d_a and of d_c; of |xi|)
+#: quantile grid of the swap-pair law (values of ``d_a`` and of ``d_c``; of ``|xi|``)
 PAIR_GRID = 160
 PAIR_GRID_XI = 48
 #: equal-mass knots of the tabulated swap-pair cdf (monotone cubic between them)

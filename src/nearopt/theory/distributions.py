@@ -207,8 +207,6 @@ class MarchenkoPastur(SpectralLaw):
     ratio, scale : float
     atom : float
         Location of the atom, ``0.0``.
-    atoms : tuple
-        ``((0.0, 1 - 1/ratio),)`` for ``ratio > 1``, else ``()``; ``atom_mass = max(0, 1 - 1/ratio)``.
     bulk : frozen ``rv_continuous``
         The continuous part normalised to mass 1 (``mp_bulk(ratio, scale=scale)``).
 
