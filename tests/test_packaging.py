@@ -175,6 +175,9 @@ def test_suite_passes_at_min_versions(wheel, tmp_path):
     shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy2(ROOT / "pyproject.toml", tree / "pyproject.toml")
     shutil.copytree(ROOT / "docs", tree / "docs", ignore=shutil.ignore_patterns("_build", "api", "_generated"))  # tests/test_docs.py reads it
+    (tree / "benchmarks").mkdir()
+    for guide in ("README.md", "benchmarks/README.md"):  # and these guides
+        shutil.copy(ROOT / guide, tree / guide)
     where = _run([py, "-c", "import nearopt; print(nearopt.__file__)"], cwd=tree / "tests", env=env).stdout.strip()
     assert Path(where).resolve().is_relative_to(venv.resolve()), where
     proc = subprocess.run(

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import special, stats
+from scipy import integrate, special, stats
 from scipy.interpolate import PchipInterpolator
 
 from ..activations import Activation, get_activation
@@ -305,7 +305,7 @@ class Interlacing:
         hi = float(np.max(self.scale)) * 200.0
         x = np.concatenate([[0.0], np.geomspace(1e-12 * hi, hi, 20_001)])
         gap = self.pi(x) - self.bulk.cdf(x)
-        return (self.weight * float(np.trapezoid(gap, x)), self.weight * float(np.trapezoid(2.0 * x * gap, x)))
+        return (self.weight * float(integrate.trapezoid(gap, x)), self.weight * float(integrate.trapezoid(2.0 * x * gap, x)))
 
 
 class SwapPairs:
