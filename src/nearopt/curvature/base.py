@@ -44,7 +44,7 @@ from ..spectra.request import SpectrumRequest
 from ..spectra.solver import solve
 from ..spectra.spectrum import Spectrum
 from ..spectra.torch_ops import SymmetricOperator
-from .costs import dense_cost, generic_costs
+from .costs import generic_costs
 
 #: columns of the identity pushed through :meth:`Curvature.torch_matmat` at once by the generic ``to_dense``
 DENSE_BLOCK = 256
@@ -186,7 +186,3 @@ class Curvature(SymmetricOperator):
         net = self.problem.point
         return {"activation": net.activation.name, "n_inputs": net.n_inputs, "n_hidden": net.n_hidden, "samples": None,
                 "extra": {"curvature": self.kind, "device": str(self.device), "trained": self.problem.trained}}
-
-    def exact_cost(self) -> float:
-        """Estimated seconds of the cheapest exact route."""
-        return dense_cost(self.structured_size())

@@ -24,6 +24,7 @@ the trained-block restriction (:class:`~nearopt.curvature.compose.Restricted`);
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -237,7 +238,11 @@ class FullBatchGaussNewton(Curvature):
     def __init__(self, problem: Problem, X: torch.Tensor, chunk_size: int | None):
         super().__init__(problem, device=X.device)
         self.X, self.chunk_size = X, chunk_size
-        self._hvp = batch_hvp(problem.point, X, device=X.device)
+
+    @cached_property
+    def _hvp(self):
+        # built on the first product: O(N N_h N_i) work the Hessian subclass (its own product) never needs
+        return batch_hvp(self.problem.point, self.X, device=self.X.device)
 
     def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self._hvp(V)

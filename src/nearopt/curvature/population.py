@@ -170,7 +170,9 @@ class PopulationHessian(Composed):
         """
         if not (self.problem.at_teacher and self.inputs.isotropic and self.problem.trained == "both"):
             return None
-        product = PopulationProduct(self.net, device=self.device, moments=self.moments)  # type: ignore[arg-type]
+        base = self.operator  # isotropic, both layers: the unwrapped base, whose product owns the preconditioner
+        assert isinstance(base, IsotropicPopulationHessian) and isinstance(base.product, PopulationProduct)
+        product = base.product
         return TorchOperator(lambda R: product.precondition(R, shift), self.n_params, self.device)
 
     def null_vectors(self) -> np.ndarray | None:
