@@ -119,6 +119,24 @@ SAFRAN_SHAMIR = Protocol(name="safran-shamir", lr=0.1, gtol=1e-9, max_steps=200_
 # ----------------------------------------------------------------------------- batched closed forms
 #: a zero-norm unit divides by this instead of 0 (its row of ``W`` is 0, so its terms vanish)
 _TINY = 1e-200
+_TWO_PI = 2.0 * math.pi
+
+
+class Workspace:
+    """Named float64 buffers, reused: ``ws(name, *shape)`` is a contiguous view of the buffer ``name``
+    (grown when too small). The descent's kernel arrays are allocated once, not at every step: a fresh
+    array of a megabyte pays its page faults again on every touch."""
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, *shape: int) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self._buffers[name] = torch.empty(n, dtype=torch.float64, device=self.device)
+        return buf[:n].view(shape)
 
 
 def _kernel_terms(name: str, W: torch.Tensor, Om: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,9 +155,9 @@ def _kernel_terms(name: str, W: torch.Tensor, Om: torch.Tensor, K: int) -> tuple
         cos[:, :, :K].diagonal(dim1=1, dim2=2).fill_(1.0)
         t = torch.arccos(cos)
         sin = (cos * cos).neg_().add_(1.0).clamp_(min=0.0).sqrt_()
-        B = t.neg_().add_(math.pi).mul_(1.0 / (2 * math.pi))
-        kappa = (sin * (1.0 / (2 * math.pi))).addcmul_(B, cos).mul_(prod)
-        A = sin.mul_(nb).div_(na.clamp_min(_TINY)).mul_(1.0 / (2 * math.pi))
+        B = t.neg_().add_(math.pi).mul_(1.0 / _TWO_PI)
+        kappa = (sin * (1.0 / _TWO_PI)).addcmul_(B, cos).mul_(prod)
+        A = sin.mul_(nb).div_(na.clamp_min(_TINY)).mul_(1.0 / _TWO_PI)
         return kappa, A, B
     c = 2.0 / (1.0 if name == "erf:unit" else 2.0)  # g = erf(z / s): c = 2 / s^2
     dn = n2.mul(c).add_(1.0)
@@ -152,6 +170,88 @@ def _kernel_terms(name: str, W: torch.Tensor, Om: torch.Tensor, K: int) -> tuple
     return kappa, (rho * (-c)).div_(da * q), q.mul_(root).reciprocal_().mul_(c)
 
 
+@dataclass(frozen=True)
+class _ReluTeacher:
+    """The teacher's side of the ReLU kernel sums, per run: unit rows ``That`` ``(R, M, d)`` (zero rows stay 0),
+    ``bn = -u |t|`` ``(R, M)`` and ``bw = -u t`` ``(R, M, d)`` (``beta_j |omega_j|`` and ``beta_j omega_j``)."""
+
+    That: torch.Tensor
+    bn: torch.Tensor
+    bw: torch.Tensor
+
+    @staticmethod
+    def of(T: torch.Tensor, u: torch.Tensor) -> _ReluTeacher:
+        nT = torch.linalg.vector_norm(T, dim=-1)
+        return _ReluTeacher(T / nT.clamp_min(_TINY)[..., None], -u * nT, -u[..., None] * T)
+
+    def rows(self, runs: torch.Tensor | None, R: int, ws: Workspace) -> _ReluTeacher:
+        """The teacher terms of the batch rows (``runs``: their run indices; ``None``: one teacher for all)."""
+        if self.That.ndim == 2:
+            return _ReluTeacher(self.That.expand(R, -1, -1), self.bn.expand(R, -1), self.bw.expand(R, -1, -1))
+        assert runs is not None
+        M, d = self.That.shape[1:]
+        return _ReluTeacher(torch.index_select(self.That, 0, runs, out=ws("tT", R, M, d)), torch.index_select(self.bn, 0, runs, out=ws("tn", R, M)),
+                            torch.index_select(self.bw, 0, runs, out=ws("tw", R, M, d)))
+
+
+def _relu_terms(W: torch.Tensor, v: torch.Tensor, t: _ReluTeacher, ws: Workspace, gW: torch.Tensor, *, want_kb: bool,
+                want_loss: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """ReLU ``dL/dW`` into ``gW`` ``(R, K, d)``; ``dL/dv`` ``(R, K)`` if ``want_kb``; ``2 (L - 1/2 E[f_t^2])`` ``(R,)`` if ``want_loss``.
+
+    With unit rows ``w^_a``, cosines ``c_aj = w^_a . omega^_j`` (one ``bmm``), angles ``t_aj``
+    and ``s_aj = sqrt(1 - c_aj^2)``, and ``beta_j`` folded into ``bn_j = beta_j |omega_j|``,
+    ``bw_j = beta_j omega_j``, every sum over ``j`` is a batched product (no outer products)::
+
+        s1_a  = sum_j s_aj bn_j,           P_a = pi sum_j bw_j - sum_j t_aj bw_j     (= 2 pi sum_j beta_j B_aj omega_j)
+        dL/dw_a = v_a (s1_a w_a / |w_a| + P_a) / (2 pi),   dL/dv_a = (|w_a| s1_a + w_a . P_a) / (2 pi)
+
+    (``sum_j beta_j |omega_j| (pi - t_aj) c_aj = w^_a . P_a``). Self pairs take ``c = 1`` exactly.
+    """
+    R, K, d = W.shape
+    M = t.That.shape[1]
+    J = K + M
+    nW = torch.linalg.vector_norm(W, dim=-1)  # (R, K)
+    inv = nW.clamp_min(_TINY).reciprocal_()
+    Om = ws("Om", R, J, d)
+    torch.mul(W, inv[..., None], out=Om[:, :K])
+    Om[:, K:].copy_(t.That)
+    cos = torch.bmm(Om[:, :K], Om.transpose(1, 2), out=ws("cos", R, K, J)).clamp_(-1.0, 1.0)
+    cos[:, :, :K].diagonal(dim1=1, dim2=2).fill_(1.0)
+    th = torch.arccos(cos, out=ws("th", R, K, J))
+    sin = torch.mul(cos, cos, out=ws("sin", R, K, J)).neg_().add_(1.0).clamp_(min=0.0).sqrt_()
+    bn = ws("bn", R, J, 1)
+    torch.mul(v, nW, out=bn[:, :K, 0])
+    bn[:, K:, 0].copy_(t.bn)
+    bw = ws("bw", R, J, d)
+    torch.mul(W, v[..., None], out=bw[:, :K])
+    bw[:, K:].copy_(t.bw)
+    s1 = torch.bmm(sin, bn)[..., 0]  # (R, K)
+    P = torch.baddbmm(bw.sum(1, keepdim=True), th, bw, beta=math.pi, alpha=-1.0, out=ws("P", R, K, d))
+    torch.addcmul(P, W, (s1 * inv)[..., None], out=gW).mul_((v * (1.0 / _TWO_PI))[..., None])
+    if not (want_kb or want_loss):
+        return None, None
+    kb = (s1 * nW + torch.linalg.vecdot(W, P)).mul_(1.0 / _TWO_PI)
+    if not want_loss:
+        return kb, None
+    # the teacher pairs' part of kb: sum_{j >= K} beta_j kappa_aj = -sum_t u_t kappa(w_a, t)
+    st = torch.bmm(sin[:, :, K:], bn[:, K:])[..., 0]
+    Pt = torch.baddbmm(bw[:, K:].sum(1, keepdim=True), th[:, :, K:], bw[:, K:], beta=math.pi, alpha=-1.0)
+    kt = (st * nW + torch.linalg.vecdot(W, Pt)).mul_(1.0 / _TWO_PI)
+    return kb, ((kb + kt) * v).sum(-1)
+
+
+def _erf_terms(activation: str, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(2 (L - 1/2 E[f_t^2]), dL/dW, dL/dv)`` of the arcsine kernel (module docstring), teachers ``(R, M, d)``."""
+    K = W.shape[1]
+    Om = torch.cat([W, T], dim=1)  # (R, K + M, d)
+    beta = torch.cat([v, -u], dim=1)[:, :, None]  # (R, K + M, 1)
+    kappa, A, B = _kernel_terms(activation, W, Om, K)
+    kb = torch.bmm(kappa, beta)[..., 0]  # (R, K): sum_j beta_j kappa_aj = dL/dv_a = Phi_ss v - Phi_st u
+    kt = torch.bmm(kappa[:, :, K:], beta[:, K:])[..., 0]  # -Phi_st u
+    gW = torch.baddbmm(torch.bmm(A, beta) * W, B, beta * Om).mul_(v[:, :, None])
+    return ((kb + kt) * v).sum(-1), gW, kb
+
+
 def batched_loss_gradient(activation: str, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor,
                           teacher_power: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact population ``L`` ``(R,)``, ``dL/dW`` ``(R, K, d)`` and ``dL/dv`` ``(R, K)`` of ``R`` students at once.
@@ -160,24 +260,23 @@ def batched_loss_gradient(activation: str, W: torch.Tensor, v: torch.Tensor, T: 
     teacher, or ``(R, M, d)``, ``(R, M)``: one per student; ``activation`` one of
     :data:`CLOSED_FORMS` (module docstring), float64 throughout; ``teacher_power``: ``u^T Phi_tt u``
     ``()`` or ``(R,)`` if known (:func:`batched_teacher_power`).
+    ``L = 1/2 v^T Phi_ss v - v^T Phi_st u + 1/2 u^T Phi_tt u = 1/2 v . (dL/dv - Phi_st u) + 1/2 u^T Phi_tt u``.
 
     Zero rows (with zero outgoing weight) pad students and teachers of different sizes into
     one batch: their kernel terms vanish, so they change no loss or gradient and stay zero.
     """
     if activation not in CLOSED_FORMS:
         raise NearoptError(f"no batched closed form for activation {activation!r} (have {', '.join(CLOSED_FORMS)})")
-    R, K, _ = W.shape
+    R = W.shape[0]
     Tb, ub = (T, u) if T.ndim == 3 else (T[None].expand(R, -1, -1), u[None].expand(R, -1))
-    Om = torch.cat([W, Tb], dim=1)  # (R, K + M, d)
-    beta = torch.cat([v, -ub], dim=1)[:, None, :]  # (R, 1, K + M)
-    kappa, A, B = _kernel_terms(activation, W, Om, K)
-    kb = (kappa * beta).sum(-1)  # (R, K): sum_j beta_j kappa_aj = dL/dv_a = Phi_ss v - Phi_st u
     tp = batched_teacher_power(activation, Tb, ub) if teacher_power is None else teacher_power
-    # L = 1/2 v^T Phi_ss v - v^T Phi_st u + 1/2 u^T Phi_tt u = 1/2 v.kb - 1/2 v.(Phi_st u) + 1/2 u^T Phi_tt u
-    loss = 0.5 * ((kb - (kappa[:, :, K:] * ub[:, None, :]).sum(-1)) * v).sum(-1) + 0.5 * tp
-    Ab = (A * beta).sum(-1)  # (R, K)
-    gW = torch.baddbmm(Ab[:, :, None] * W, B * beta, Om).mul_(v[:, :, None])
-    return loss, gW, kb
+    if activation == "relu":
+        gW = torch.empty_like(W)
+        kb, twice = _relu_terms(W, v, _ReluTeacher.of(Tb, ub), Workspace(W.device), gW, want_kb=True, want_loss=True)
+        assert kb is not None and twice is not None
+    else:
+        twice, gW, kb = _erf_terms(activation, W, v, Tb, ub)
+    return 0.5 * (twice + tp), gW, kb
 
 
 def batched_teacher_power(activation: str, T: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -186,6 +285,41 @@ def batched_teacher_power(activation: str, T: torch.Tensor, u: torch.Tensor) -> 
         return batched_teacher_power(activation, T[None], u[None])[0]
     kappa, _, _ = _kernel_terms(activation, T, T, T.shape[1])
     return ((kappa @ u[:, :, None])[:, :, 0] * u).sum(-1)
+
+
+class ClosedForm:
+    """``(W, v, runs) -> (L, dL/dW, dL/dv)`` of batches of students (:func:`batched_loss_gradient`) against one
+    teacher (``T`` ``(M, d)``) or one per run (``(R, M, d)``, rows picked by ``runs``), and
+    :meth:`gradient`, the descent's per-step call: the gradient only, written into given arrays,
+    its ReLU kernel arrays kept in a :class:`Workspace`."""
+
+    def __init__(self, activation: str, T: torch.Tensor, u: torch.Tensor):
+        if activation not in CLOSED_FORMS:
+            raise NearoptError(f"no batched closed form for activation {activation!r} (have {', '.join(CLOSED_FORMS)})")
+        self.activation, self.T, self.u = activation, T, u
+        self.tp = batched_teacher_power(activation, T, u)
+        self.relu = _ReluTeacher.of(T, u) if activation == "relu" else None
+        self.ws = Workspace(T.device)
+
+    def _teacher(self, runs: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.T.ndim == 2:
+            return self.T.expand(R, -1, -1), self.u.expand(R, -1), self.tp.expand(R)
+        return self.T[runs], self.u[runs], self.tp[runs]
+
+    def __call__(self, W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        T, u, tp = self._teacher(runs, W.shape[0])
+        return batched_loss_gradient(self.activation, W, v, T, u, tp)
+
+    def gradient(self, W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor, gW: torch.Tensor, gv: torch.Tensor | None) -> None:
+        """``dL/dW`` into ``gW`` ``(R, K, d)`` and, unless ``gv`` is ``None``, ``dL/dv`` into ``gv`` ``(R, K)``."""
+        if self.relu is None:
+            _, g, kb = self(W, v, runs)
+            gW.copy_(g)
+        else:
+            kb, _ = _relu_terms(W, v, self.relu.rows(runs, W.shape[0], self.ws), self.ws, gW, want_kb=gv is not None, want_loss=False)
+        if gv is not None:
+            assert kb is not None
+            gv.copy_(kb)
 
 
 def _library_loss_gradient(teacher: TwoLayerNet, W: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -204,28 +338,18 @@ def _library_loss_gradient(teacher: TwoLayerNet, W: torch.Tensor, v: torch.Tenso
 
 
 def loss_gradient_function(teacher: TwoLayerNet, device: str | torch.device = "cpu") -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``(W, v, runs) -> (L, dL/dW, dL/dv)`` for batches of students of this teacher: the closed form where there is one
-    (``runs``, the batch rows' run indices, is unused: one teacher for all)."""
+    """``(W, v, runs) -> (L, dL/dW, dL/dv)`` for batches of students of this teacher: a :class:`ClosedForm` where
+    there is one (``runs``, the batch rows' run indices, is unused: one teacher for all)."""
     name = teacher.activation.name
-    T = torch.as_tensor(teacher.W1, dtype=torch.float64, device=device)
-    u = torch.as_tensor(teacher.W2.ravel(), dtype=torch.float64, device=device)
     if name in CLOSED_FORMS:
-        tp = batched_teacher_power(name, T, u)
-        return lambda W, v, runs: batched_loss_gradient(name, W, v, T, u, tp)
+        return ClosedForm(name, torch.as_tensor(teacher.W1, dtype=torch.float64, device=device),
+                          torch.as_tensor(teacher.W2.ravel(), dtype=torch.float64, device=device))
     return lambda W, v, runs: _library_loss_gradient(teacher, W, v)
 
 
-def padded_loss_gradient_function(activation: str, T: np.ndarray, u: np.ndarray, device: str | torch.device = "cpu") -> Callable[..., Any]:
+def padded_loss_gradient_function(activation: str, T: np.ndarray, u: np.ndarray, device: str | torch.device = "cpu") -> ClosedForm:
     """The same for one (zero-padded) teacher per run: ``T`` ``(R, M, d)``, ``u`` ``(R, M)``; ``runs`` picks the rows."""
-    Tt = torch.as_tensor(T, dtype=torch.float64, device=device)
-    ut = torch.as_tensor(u, dtype=torch.float64, device=device)
-    tp = batched_teacher_power(activation, Tt, ut)
-
-    def fn(W, v, runs):
-        return batched_loss_gradient(activation, W, v, Tt[runs], ut[runs], tp[runs])
-
-    return fn
-
+    return ClosedForm(activation, torch.as_tensor(T, dtype=torch.float64, device=device), torch.as_tensor(u, dtype=torch.float64, device=device))
 
 # ----------------------------------------------------------------------------- batched descent
 @dataclass
@@ -267,7 +391,7 @@ SERIAL_BELOW = 1 << 20
 
 #: CPU descents evaluate the batch in chunks of this many students: each chunk's kernel arrays stay in
 #: cache (k = 20: 2.2x faster per student than one chunk of 1024, measured)
-CPU_CHUNK = 256
+CPU_CHUNK = 128
 
 
 def chunked_call(fn: Callable[..., Any], W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor, chunk: int | None) -> tuple[torch.Tensor, ...]:
@@ -298,19 +422,37 @@ def batched_descent(teacher: TwoLayerNet, W0: np.ndarray, v0: np.ndarray, *, tra
     return descend(loss_gradient_function(teacher, device), W0, v0, trained=trained, protocol=protocol, device=device, progress=progress)
 
 
+def _gradient_into(fn: Callable[..., Any], W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor, G: torch.Tensor, Gv: torch.Tensor | None,
+                   chunk: int | None) -> None:
+    """The gradient of every row into ``G`` ``(R, K, d)`` (and ``Gv`` ``(R, K)``), chunk by chunk: ``fn.gradient`` when ``fn`` has one."""
+    grad = getattr(fn, "gradient", None)
+    R = W.shape[0]
+    step = chunk or R
+    for s in range(0, R, step):
+        e = min(R, s + step)
+        if grad is not None:
+            grad(W[s:e], v[s:e], runs[s:e], G[s:e], None if Gv is None else Gv[s:e])
+        else:
+            _, g, gv = fn(W[s:e], v[s:e], runs[s:e])
+            G[s:e].copy_(g)
+            if Gv is not None:
+                Gv[s:e].copy_(gv)
+
+
 def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
             device: str | torch.device = "cpu", runs: np.ndarray | None = None, progress: Callable[[int, int, int, int], None] | None = None) -> BatchDescent:
     """The descent loop over ``fn(W, v, runs) -> (L, dL/dW, dL/dv)``; ``runs`` ``(R,)``: the run index of each row (default ``0..R-1``).
 
-    Runs that stop leave the batch, so late steps cost only the runs still going.
-    ``progress(step, converged, diverged, active)`` is called every 500 steps.
+    Each step takes the gradient only (``fn.gradient`` where ``fn`` has it, e.g. :class:`ClosedForm`);
+    the loss is evaluated at the end points. Runs that stop leave the batch, so late steps cost
+    only the runs still going. ``progress(step, converged, diverged, active)`` is called every 500 steps.
     """
     if trained not in TRAINED_BLOCKS:
         raise NearoptError(f"trained must be one of {', '.join(TRAINED_BLOCKS)}, got {trained!r}")
     t0 = time.perf_counter()
     W = torch.as_tensor(np.asarray(W0, dtype=np.float64), device=device).clone()
     v = torch.as_tensor(np.asarray(v0, dtype=np.float64), device=device).clone()
-    R = W.shape[0]
+    R, K, d = W.shape
     every = np.concatenate([np.ravel(W0), np.ravel(v0)])
     bound = DIVERGE_FACTOR * max(1.0, float(np.abs(np.where(np.isfinite(every), every, 0.0)).max(initial=0.0)))
     loss, gmax = np.full(R, np.nan), np.full(R, np.nan)
@@ -318,29 +460,42 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
     Wend, vend = W.cpu().numpy().copy(), v.cpu().numpy().copy()
     act = torch.arange(R, device=device)
     ids = torch.as_tensor(np.arange(R) if runs is None else np.asarray(runs), device=device)
-    lr, mw, mv = protocol.lr, float(trained != "second"), float(trained != "first")
+    lr, train_w, train_v = protocol.lr, trained != "second", trained != "first"
     step, trace = 0, []
     chunk = CPU_CHUNK if torch.device(device).type == "cpu" else None
-    with torch.inference_mode(), _threads(device, min(W.shape[0], chunk or W.shape[0]) * W.shape[1] * W.shape[1]):
+    ws = Workspace(device)
+    with torch.inference_mode(), _threads(device, min(R, chunk or R) * K * K):
+        rid = ids
         while act.numel():
-            L, gW, gv = chunked_call(fn, W, v, ids[act], chunk)
-            gW, gv = gW * mw, gv * mv
-            gunit = torch.sqrt((gW * gW).sum(-1) + gv * gv).amax(-1)  # (R_active,)
-            bad = ~torch.isfinite(L) | ~torch.isfinite(gunit) | (W.abs().amax((1, 2)) > bound) | (v.abs().amax(-1) > bound)
+            Ra = act.numel()
+            G, Gv = ws("G", Ra, K, d), (ws("Gv", Ra, K) if train_v else None)
+            _gradient_into(fn, W, v, rid, G, Gv, chunk)
+            if not train_w:
+                G.zero_()
+            gn = torch.linalg.vector_norm(G, dim=-1)  # (Ra, K) per-unit gradient norms
+            gunit = (gn if Gv is None else torch.hypot(gn, Gv)).amax(-1)
+            big = (torch.maximum(W.amax((1, 2)), W.amin((1, 2)).neg()) > bound) | (v.abs().amax(-1) > bound)
+            bad = ~torch.isfinite(gunit) | big
             done = (gunit <= protocol.gtol) & ~bad
             out = bad | done | (step >= protocol.max_steps)
             if bool(out.any()):
                 sel = out.nonzero().ravel()
                 idx = act[sel].cpu().numpy()
+                L = fn(W[sel], v[sel], rid[sel])[0]
+                bad_sel = (bad[sel] | ~torch.isfinite(L)).cpu().numpy()
                 Wend[idx], vend[idx] = W[sel].cpu().numpy(), v[sel].cpu().numpy()
-                loss[idx], gmax[idx], steps[idx] = L[sel].cpu().numpy(), gunit[sel].cpu().numpy(), step
-                status[idx] = np.where(bad[sel].cpu().numpy(), "diverged", np.where(done[sel].cpu().numpy(), "converged", "unconverged"))
+                loss[idx], gmax[idx], steps[idx] = L.cpu().numpy(), gunit[sel].cpu().numpy(), step
+                status[idx] = np.where(bad_sel, "diverged", np.where(done[sel].cpu().numpy(), "converged", "unconverged"))
                 keep = ~out
-                act, W, v, gW, gv = act[keep], W[keep], v[keep], gW[keep], gv[keep]
+                act, rid, W, v = act[keep], rid[keep], W[keep], v[keep]
                 if not act.numel():
                     break
-            W = W.sub_(gW, alpha=lr)
-            v = v.sub_(gv, alpha=lr)
+                G = G[keep]
+                Gv = None if Gv is None else Gv[keep]
+            if train_w:
+                W.sub_(G, alpha=lr)
+            if Gv is not None:
+                v.sub_(Gv, alpha=lr)
             trace.append(act.numel())
             step += 1
             if progress is not None and step % 500 == 0:
