@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from .. import io
+from ..certificate import SUPPORTED, certify
 from ..critical import committee_start, committee_teacher, find_critical_point, gradient_tolerance, teacher_power
 from ..errors import NearoptError, ResultFailure
 from ..problem import Problem
@@ -52,6 +53,9 @@ def register(sub) -> None:
     g.add_argument("--gtol", type=nonneg_float,
                    help="gradient norm counted as zero (default 1e3 (K+M) eps E[f_t^2]^1/2 max(1, |theta|); "
                    f"at most {GTOL_MAX_FRACTION:g} E[f_t^2]^1/2 max(1, |theta|) at the start)")
+    p.add_argument("--certify", action="store_true",
+                   help="certify the end point as a strict local minimum (Newton-Kantorovich with a derived bound on the third "
+                   f"derivatives; {', '.join(SUPPORTED)}): adds 'certificate' to the JSON")
     p.add_argument("--save-point", metavar="P.npz", help="write the critical point (W1, W2, teacher, eigenvalues, classification) to this .npz")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (a line at most every 10 s in long descents)")
@@ -96,6 +100,10 @@ def run(args) -> int:
         io.check_output_path(args.save_point, suffix=".npz")
     problem = problem_from_args(args)
     check_gtol(args.gtol, problem)
+    if args.certify and problem.point.activation.name not in SUPPORTED:
+        raise NearoptError(f"--certify needs activation {' or '.join(SUPPORTED)}, got {problem.point.activation.name!r}")
+    if args.certify and not problem.inputs.isotropic:
+        raise NearoptError("--certify needs isotropic inputs x ~ N(0, I)")
     if args.save_student:
         problem.point.save(args.save_student)
     cp = find_critical_point(problem, descent=args.descent, lr=args.lr, max_steps=args.max_steps, descent_gtol=args.descent_gtol, gtol=args.gtol,
@@ -109,6 +117,8 @@ def run(args) -> int:
                                       f"rounding-level tolerance {floor_tol:.3g}: near a degenerate minimum the class may be wrong")
         warnings.warn(out["classification_note"] + "; leave --gtol out for a reliable class", stacklevel=1)
     out["eigenvalues"] = np.asarray(cp.eigenvalues).tolist()
+    if args.certify:
+        out["certificate"] = certify(cp).to_dict()
     emit_json(out, args.out)
     if not cp.converged:
         raise ResultFailure(f"not converged: gradient norm {cp.gradient_norm:.3g} > tolerance {cp.gradient_tolerance:.3g} after "

@@ -9,6 +9,7 @@ import torch
 
 from .. import io
 from ..activations import available_activations, get_activation
+from ..certificate import SUPPORTED, certify
 from ..critical import committee_teacher
 from ..errors import NearoptError
 from ..landscape_survey import SAFRAN_SHAMIR, survey
@@ -51,6 +52,9 @@ def register(sub) -> None:
     s.add_argument("--spurious-loss", type=positive_float, help=f"a converged run is spurious when its loss is >= this (default {SAFRAN_SHAMIR.spurious_loss:g})")
     s.add_argument("--device", default="cpu", help="torch device of the batched descent (default cpu)")
     o = p.add_argument_group("output")
+    o.add_argument("--certify", action="store_true",
+                   help="certify each family's representative as a strict local minimum (Newton-Kantorovich with a derived bound on the "
+                   f"third derivatives; {', '.join(SUPPORTED)}): adds 'certificate' to each family")
     o.add_argument("--save-families", metavar="DIR", help="write each family's representative to DIR/family_NN.npz (a --student file)")
     o.add_argument("--json", action="store_true", help="print the full JSON (default: a table)")
     o.add_argument("--out", metavar="FILE.json", help="also write the JSON here")
@@ -78,6 +82,13 @@ def _device(name: str) -> torch.device:
     return dev
 
 
+def _certificate_line(c: dict) -> str:
+    if c["certified"]:
+        return (f"certified strict minimum: within {c['radius']:.2g}, lambda_min >= {c['margin']:.4g}, only critical point within "
+                f"{c['ball_radius']:.2g} (h = {c['h']:.2g}, L3 = {c['lipschitz']:.3g})")
+    return f"not certified: {c['reason']}"
+
+
 def _table(out: dict) -> str:
     lo, hi = out["spurious_fraction_ci"]
     lines = [f"{out['starts']} starts, K = {out['K']}, M = {out['M']}, N_i = {out['N_i']}, {out['activation']}, trained {out['trained']}: "
@@ -87,6 +98,8 @@ def _table(out: dict) -> str:
     for f in out["families"]:
         lines.append(f"{f['count']:>6} {f['loss']:>13.6g} {f['classification']:<28} {f['index']:>5} {f['lambda_min']:>11.4g} {f['lambda_max']:>10.4g}  "
                      + " ".join(map(str, f["multiplicities"])))
+        if "certificate" in f:
+            lines.append(" " * 8 + _certificate_line(f["certificate"]))
     sec = out["seconds"]
     lines.append("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in sec.items()))
     return "\n".join(lines)
@@ -100,6 +113,8 @@ def run(args) -> int:
     if args.save_families:
         io.check_output_path(args.save_families, directory=True)
     teacher = teacher_from_args(args)
+    if args.certify and teacher.activation.name not in SUPPORTED:
+        raise NearoptError(f"--certify needs activation {' or '.join(SUPPORTED)}, got {teacher.activation.name!r}")
     trained = TRAINED_ALIASES[args.trained] if args.trained is not None else ("first" if args.committee is not None else "both")
     protocol = SAFRAN_SHAMIR.replace(lr=args.lr, gtol=args.gtol, max_steps=args.max_steps, spurious_loss=args.spurious_loss)
     if protocol != SAFRAN_SHAMIR:
@@ -117,6 +132,11 @@ def run(args) -> int:
     s = survey(teacher, width=args.student_width, n_starts=args.starts, trained=trained, protocol=protocol, seed=args.seed, handover=args.handover,
                device=dev, progress=progress)
     out = s.to_dict()
+    if args.certify:
+        t1 = time.perf_counter()
+        for fam, d in zip(s.families, out["families"]):
+            d["certificate"] = certify(fam.representative).to_dict()
+        out["seconds"]["certify"] = time.perf_counter() - t1
     out["seconds"]["total"] = time.perf_counter() - t0
     if args.save_families:
         out["family_files"] = [str(p) for p in s.save_families(args.save_families)]
