@@ -31,7 +31,7 @@ def test_certifies_the_published_k7_spurious_minimum(k7_minimum):
     assert isinstance(c, Certificate) and c.certified, c.reason
     assert abs(c.lambda_min_float - 0.014059) < 1e-6 and 0 < c.lambda_min_float - c.mu < 1e-11
     assert c.h < 1e-9 and c.radius < 1e-12 and c.radius <= 2 * c.eta and c.margin > 0.014
-    assert c.isolation > 0 and c.radius < c.ball_radius < c.smallest_unit_norm
+    assert c.isolation > 0 and c.radius < c.ball_radius < c.smallest_unit_norm and c.unique_radius == c.ball_radius
     lo, hi = c.loss_interval
     assert lo <= c.loss <= hi and abs(c.loss - 0.0232027149) < 1e-10
     d = c.to_dict()
@@ -155,6 +155,8 @@ def test_refuses_zero_units_and_a_ball_reaching_one(k7_minimum):
     assert not c.certified and "meets a zero unit" in c.reason
     c = certify(k7_minimum, radius=1e-6)
     assert c.certified and c.ball_radius == 1e-6 and c.lipschitz < hessian_lipschitz_bound(k7_minimum, 0.5)
+    c = certify(k7_minimum, radius=0.5)  # certified, but the ball is too large to be convex or free of other critical points
+    assert c.certified and c.isolation < 0 and c.unique_radius < 0.5
 
 
 def test_certifies_an_erf_minimum_with_both_layers_trained():
@@ -162,7 +164,7 @@ def test_certifies_an_erf_minimum_with_both_layers_trained():
     T = TwoLayerNet(rng.normal(size=(2, 3)), rng.normal(size=(1, 2)), "erf")
     c = certify(Problem(T, student=T, trained="both"))  # the global minimum, student = teacher
     assert c.certified, c.reason
-    assert c.loss_interval[0] == 0.0 and c.loss < 1e-15
+    assert c.loss_interval[0] == 0.0 and c.loss < 1e-15 and 0 < c.radius < 1e-30  # g = 0 to the reference's level
 
 
 def test_bad_input():

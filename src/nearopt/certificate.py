@@ -53,8 +53,8 @@ from .problem import Problem, as_problem
 SUPPORTED = ("relu", "erf", "erf:unit")
 #: working digits of the reference gradient, loss and Hessian
 REFERENCE_DIGITS = 50
-#: central-difference step of the reference Hessian (relative to ``max(1, |x0|_inf)``)
-REFERENCE_STEP = 1e-18
+#: central-difference step of the reference Hessian (relative to ``max(1, |x0|_inf)``); its error, ``L3 step / 2`` per column, is allowed for
+REFERENCE_STEP = 1e-24
 U = float(np.finfo(np.float64).eps) / 2.0  # unit roundoff
 #: ``E|Z|^3`` for ``Z ~ N(0, 1)``
 C3 = 2.0 * math.sqrt(2.0 / math.pi)
@@ -73,7 +73,9 @@ class Certificate:
     is the float64 eigenvalue); ``gradient_norm``: upper bound on ``|grad L(x0)|``; ``eta``:
     ``gradient_norm / mu``; ``lipschitz``: ``L3`` on ``B(x0, ball_radius)``; ``h``; ``radius``:
     ``r*``; ``margin``: ``mu - L3 r*`` (lower bound on ``lambda_min`` at ``x*``); ``isolation``:
-    ``mu - L3 ball_radius`` (``> 0``: ``x*`` is the only critical point in the ball);
+    ``mu - L3 ball_radius``, a lower bound on ``lambda_min`` over the ball (``> 0``: ``L`` is strongly
+    convex there); ``unique_radius``: ``min(ball_radius, (1 + sqrt(1 - 2h)) mu / L3)``, no critical
+    point other than ``x*`` within it (Kantorovich's uniqueness ball);
     ``loss_interval``: ``[lo, hi]`` holding ``L(x*)``.
     """
 
@@ -96,6 +98,7 @@ class Certificate:
     radius: float
     margin: float
     isolation: float
+    unique_radius: float
     loss: float
     loss_interval: tuple[float, float]
     smallest_unit_norm: float
@@ -217,6 +220,8 @@ class _Reference:
         self.K, self.d = s.n_hidden, s.n_inputs
         self.Om = [[mpmath.mpf(float(x)) for x in row] for row in np.vstack([s.W1, t.W1])]
         self.beta = [mpmath.mpf(float(x)) for x in np.concatenate([s.W2.ravel(), -t.W2.ravel()])]
+        #: the central-difference step: REFERENCE_STEP max(1, largest student entry)
+        self.step = REFERENCE_STEP * max(1.0, float(np.abs(s.parameters()).max()))
 
     def pair(self, a: list, b: list) -> tuple[Any, Any, Any, Any]:
         """``kappa(a, b)``, ``A_ab``, ``A_ba``, ``B`` with ``grad_1 kappa(a, b) = A_ab a + B b``."""
@@ -287,8 +292,7 @@ class _Reference:
         """``|H - H_ref|_F`` over the trained parameters (``H`` the float64 Hessian, ``trained`` its indices)."""
         K, d = self.K, self.d
         with mpmath.workdps(REFERENCE_DIGITS):
-            scale = max([mpmath.mpf(1)] + [abs(x) for r in self.Om[:K] for x in r] + [abs(b) for b in self.beta[:K]])
-            h = mpmath.mpf(REFERENCE_STEP) * scale
+            h = mpmath.mpf(self.step)
             total = mpmath.mpf(0)
             pos = {int(p): n for n, p in enumerate(trained)}
             for n, p in enumerate(trained):
@@ -322,7 +326,7 @@ def cholesky_lower_bound(H: np.ndarray, s: float) -> float | None:
 def _refuse(reason: str, **kw: Any) -> Certificate:
     base: dict[str, Any] = {"lambda_min_float": math.nan, "mu": math.nan, "hessian_error": math.nan, "cholesky_allowance": math.nan,
                             "gradient_norm": math.nan, "gradient_norm_float": math.nan, "gradient_rounding": math.nan, "eta": math.nan, "lipschitz": math.nan,
-                            "ball_radius": math.nan, "h": math.nan, "radius": math.nan, "margin": math.nan, "isolation": math.nan,
+                            "ball_radius": math.nan, "h": math.nan, "radius": math.nan, "margin": math.nan, "isolation": math.nan, "unique_radius": math.nan,
                             "loss": math.nan, "loss_interval": (math.nan, math.nan), "smallest_unit_norm": math.nan}
     base.update(kw)
     return Certificate(certified=False, reason=reason, **base)
@@ -370,6 +374,7 @@ def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | Non
     if name == "relu" and first and norms.min() == 0:
         return _refuse("a zero ReLU unit: the loss is not twice differentiable at the point", **info)
     H = exact_hessian(pr)
+    H = np.triu(H) + np.triu(H, 1).T  # the symmetric matrix the Cholesky factorisation reads (its upper triangle)
     _, g_float = loss_and_gradient(pr)
     lam = scipy.linalg.eigvalsh(H)
     info["lambda_min_float"], info["gradient_norm_float"] = float(lam[0]), float(np.linalg.norm(g_float))
@@ -385,7 +390,8 @@ def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | Non
     with mpmath.workdps(REFERENCE_DIGITS):
         gnorm = float(mpmath.sqrt(mpmath.fsum(grad_mp[int(p)] ** 2 for p in trained))) * (1 + 1e-12) + 1e-40
     info["gradient_norm"], info["loss"] = gnorm, float(loss_mp)
-    dH = ref.hessian_error(H, trained)
+    # |H_ref - H| measured, plus the central difference's own error: |column - H e_k| <= L3 step / 2 (H is L3-Lipschitz)
+    dH = ref.hessian_error(H, trained) + math.sqrt(H.shape[0]) * hessian_lipschitz_bound(pr, ref.step) * ref.step / 2 + 1e-30
     info["hessian_error"] = dH
     s = float(lam[0]) - 64 * lam.size * U * top
     if not s > 0:
@@ -415,8 +421,9 @@ def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | Non
     if not h <= 0.5:
         return _refuse(f"Kantorovich condition fails: h = L3 eta / mu = {h:.3g} > 1/2 (gradient norm {gnorm:.3g} too large for "
                        f"lambda_min {mu:.3g} and L3 {L3:.3g}; polish the point first)", **info)
-    r = (1 - math.sqrt(1 - 2 * h)) * mu / L3 if L3 > 0 else eta
+    r = 2 * eta / (1 + math.sqrt(1 - 2 * h))  # = (1 - sqrt(1 - 2h)) mu / L3, without the cancellation
     info["radius"], info["margin"] = r, mu - L3 * r
+    info["unique_radius"] = min(rho, (1 + math.sqrt(1 - 2 * h)) * mu / L3) if L3 > 0 else rho
     if r > rho:
         return _refuse(f"the critical point's radius {r:.3g} exceeds the ball {rho:.3g} of the Lipschitz bound", **info)
     hnorm = top + dH + (lam[0] - mu)
