@@ -196,3 +196,87 @@ def test_balancing_keeps_the_function_and_equalises_the_layers():
     np.testing.assert_allclose(np.linalg.norm(b.W1, axis=1), np.abs(b.W2.ravel()), rtol=1e-14)
     a, c = Problem(t, student=net), Problem(t, student=b)
     assert abs(population_loss(a) - population_loss(c)) < 1e-12
+
+
+def _end_points(k, n, R, seed, gtol=1e-4):
+    t = committee_teacher(k)
+    W0 = np.random.default_rng(seed).normal(scale=k**-0.5, size=(R, n, k))
+    d = batched_descent(t, W0, np.ones((R, n)), protocol=SAFRAN_SHAMIR.replace(gtol=gtol))
+    return t, d
+
+
+def test_hessian_product_equals_the_dense_exact_hessian():
+    from nearopt.critical import exact_hessian
+    from nearopt.landscape_survey import _Gradient
+
+    rng = np.random.default_rng(11)
+    K, M, d = 4, 3, 5
+    T, u = rng.normal(size=(M, d)), rng.normal(size=M)
+    W, v = rng.normal(size=(2, K, d)), rng.normal(size=(2, K))
+    W[1, 1] = 2.0 * W[1, 0]  # a parallel pair: held at angle 0, as the gradient's closed form
+    teacher = TwoLayerNet(T, u[None], get_activation("relu"))
+    for trained in ("first", "both"):
+        g = _Gradient("relu", torch.as_tensor(T), torch.as_tensor(u), torch.as_tensor(W), torch.as_tensor(v), trained)
+        th = g.theta(torch.as_tensor(W), torch.as_tensor(v))
+        hvp = g.hessian(th, torch.arange(2))
+        P = th.shape[1]
+        H = torch.stack([hvp(torch.eye(P, dtype=torch.float64)[i].expand(2, -1).contiguous()) for i in range(P)], -1).numpy()
+        ref = exact_hessian(Problem(teacher, student=TwoLayerNet(W[0], v[0][None], teacher.activation), trained=trained))
+        np.testing.assert_allclose(H[0], ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+        np.testing.assert_allclose(H[1], H[1].T, rtol=0, atol=1e-12 * np.abs(H[1]).max())
+
+
+def test_batched_minres_solves_indefinite_and_singular_systems():
+    from nearopt.landscape_survey import batched_minres
+
+    rng = np.random.default_rng(5)
+    Q = np.linalg.qr(rng.normal(size=(3, 12, 12)))[0]
+    lam = rng.uniform(0.1, 3.0, size=(3, 12)) * rng.choice([-1.0, 1.0], size=(3, 12))
+    lam[2, :3] = 0.0  # singular: the minimum-norm solution of a consistent system
+    A = torch.as_tensor(np.einsum("rij,rj,rkj->rik", Q, lam, Q))
+    b = torch.as_tensor(rng.normal(size=(3, 12)))
+    b[2] = A[2] @ b[2]
+    x = batched_minres(lambda y: torch.bmm(A, y[..., None])[..., 0], b, maxiter=60, rtol=1e-12)
+    ref = torch.linalg.pinv(A) @ b[..., None]
+    np.testing.assert_allclose(x.numpy(), ref[..., 0].numpy(), rtol=0, atol=1e-9)
+
+
+def test_batched_polish_ends_where_the_one_point_polish_does():
+    from nearopt.critical import newton_polish
+    from nearopt.landscape_survey import batched_newton_polish
+
+    t, d = _end_points(5, 5, 6, seed=3)
+    bp = batched_newton_polish(t, d.W, d.v)
+    assert bp.converged.all()
+    for r in range(6):
+        end, _ = newton_polish(Problem(t, student=TwoLayerNet(d.W[r], d.v[r][None], t.activation), trained="first"))
+        np.testing.assert_allclose(bp.W[r], end.point.W1, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(("k", "n", "seed"), [(7, 7, 0), (4, 5, 5)])
+def test_grouped_classification_gives_the_per_point_families(k, n, seed):
+    from nearopt.landscape_survey import polish_case
+
+    R = 12
+    t, d = _end_points(k, n, R, seed=seed)
+    grouped, counts = polish_case(t, d.W, d.v, "first")
+    single = [polish_and_classify(t, d.W[r], d.v[r], "first") for r in range(R)]
+    assert counts["batched"] + counts["one_point"] == R and counts["dense_spectra"] <= R
+    assert [p.classification for p in grouped] == [p.classification for p in single]
+    np.testing.assert_allclose([p.loss for p in grouped], [p.loss for p in single], rtol=1e-9, atol=1e-13)
+    # n = k + 1: the global minima are not isolated (a teacher unit split in two), and the two polishes end at
+    # different points of that manifold, with different spectra; every other family is isolated and compared
+    isolated = n == k
+
+    def table(points):
+        fams = [f.to_dict() for f in families(points)]
+        return [f for f in fams if isolated or f["classification"] != "global minimum"]
+
+    a, b = table(grouped), table(single)
+    keys = ("count", "classification", "index", "zero_modes", "multiplicities")
+    assert [[f[k] for k in keys] for f in a] == [[f[k] for k in keys] for f in b]
+    for fa, fb in zip(a, b):
+        assert abs(fa["loss"] - fb["loss"]) < 1e-12 and abs(fa["lambda_min"] - fb["lambda_min"]) < 1e-8
+        assert abs(fa["lambda_max"] - fb["lambda_max"]) < 1e-8
+    if isolated:  # 11 global minima and a spurious one at this seed; members of one family share its spectrum
+        assert [f["classification"] for f in a] == ["global minimum", "spurious local minimum"] and counts["dense_spectra"] < R

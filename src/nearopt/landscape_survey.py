@@ -52,8 +52,9 @@ import numpy as np
 import scipy.optimize
 import scipy.stats
 import torch
+import torch.autograd.forward_ad as forward_ad
 
-from .critical import GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, eigenvalue_clusters, newton_polish, teacher_power
+from .critical import EPS, FLOOR_FACTOR, GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, eigenvalue_clusters, newton_polish, teacher_power
 from .curvature.landscape import population_gradient, population_loss
 from .errors import NearoptError, require_positive_int
 from .manifold import is_positively_homogeneous
@@ -503,6 +504,303 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
     return BatchDescent(Wend, vend, loss, gmax, steps, status.astype(str), time.perf_counter() - t0, np.asarray(trace, dtype=np.int64))
 
 
+# ----------------------------------------------------------------------------- batched Newton polish
+#: points polished together (one linearised Hessian product per Newton step for each chunk)
+POLISH_CHUNK = 128
+#: Newton steps of the batched polish, MINRES iterations per step, its relative residual, and step halvings
+POLISH_ITER, KRYLOV_ITER, KRYLOV_RTOL, BACKTRACK = 16, 80, 1e-5, 6
+
+
+def _safe_norm(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row norms ``|w_a|`` and ``1/|w_a|`` (0 for a zero row), differentiable at zero rows (their tangents stay finite)."""
+    n2 = (W * W).sum(-1)
+    pos = n2 > 0
+    nrm = torch.where(pos, torch.where(pos, n2, 1.0).sqrt(), 0.0)
+    return nrm, torch.where(pos, 1.0 / torch.where(pos, nrm, 1.0), 0.0)
+
+
+def _relu_gradient(W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dL/dW, dL/dv)`` of the ReLU closed form (:func:`_relu_terms`), out-of-place, for forward-mode
+    differentiation: self pairs and the angle of a zero row go through ``where`` twice, so every tangent is finite."""
+    R, K, _ = W.shape
+    nW, inv = _safe_norm(W)
+    nT, invT = _safe_norm(T)
+    Wh = W * inv[..., None]
+    cos = torch.bmm(Wh, torch.cat([Wh, (T * invT[..., None]).expand(R, -1, -1)], 1).transpose(1, 2)).clamp(-1.0, 1.0)
+    eye = torch.zeros(cos.shape[1:], dtype=torch.bool, device=W.device)
+    eye[:, :K] = torch.eye(K, dtype=torch.bool, device=W.device)
+    # self pairs and pairs parallel to rounding (|c| = 1: the angle's derivative is infinite there) are held at t = 0 or pi
+    flat = eye | (cos.abs() >= 1.0)
+    c0 = torch.where(flat, 0.0, cos)
+    th = torch.where(flat, torch.where(eye | (cos > 0), 0.0, math.pi), torch.arccos(c0))
+    sin = torch.where(flat, 0.0, (1.0 - c0 * c0).clamp(min=0.0).sqrt())
+    bn = torch.cat([v * nW, (-u * nT).expand(R, -1)], 1)[..., None]
+    bw = torch.cat([v[..., None] * W, (-u[..., None] * T).expand(R, -1, -1)], 1)
+    s1 = torch.bmm(sin, bn)[..., 0]
+    P = math.pi * bw.sum(1, keepdim=True) - torch.bmm(th, bw)
+    return (W * (s1 * inv)[..., None] + P) * (v / _TWO_PI)[..., None], (s1 * nW + (W * P).sum(-1)) / _TWO_PI
+
+
+def _erf_gradient(activation: str, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dL/dW, dL/dv)`` of the arcsine kernel (module docstring), out-of-place (``rho < 1`` on self pairs: smooth)."""
+    R = W.shape[0]
+    c = 2.0 / (1.0 if activation == "erf:unit" else 2.0)
+    Om = torch.cat([W, T.expand(R, -1, -1)], 1)
+    beta = torch.cat([v, (-u).expand(R, -1)], 1)[..., None]
+    dn = 1.0 + c * (Om * Om).sum(-1)
+    root = torch.sqrt(dn[:, : W.shape[1], None] * dn[:, None, :])
+    rho = c * torch.bmm(W, Om.transpose(1, 2)) / root
+    q = (math.pi / 2.0) * torch.sqrt((1.0 - rho * rho).clamp(min=1e-300))
+    A, B = -c * rho / (dn[:, : W.shape[1], None] * q), c / (root * q)
+    kb = torch.bmm(torch.arcsin(rho) * (2.0 / math.pi), beta)[..., 0]
+    return (torch.bmm(A, beta) * W + torch.bmm(B, beta * Om)) * v[..., None], kb
+
+
+class _Gradient:
+    """``theta -> dL/dtheta`` ``(R, P)`` over the trained entries (``W`` row-major, then ``v``) of ``R`` students of
+    one teacher (``T`` ``(M, d)``, ``u`` ``(M,)``), the fixed block taken from ``W0`` / ``v0``."""
+
+    def __init__(self, activation: str, T: torch.Tensor, u: torch.Tensor, W0: torch.Tensor, v0: torch.Tensor, trained: str):
+        self.activation, self.T, self.u, self.W0, self.v0, self.trained = activation, T, u, W0, v0, trained
+        self.K, self.d = W0.shape[1:]
+        self.relu_teacher, self.ws = _ReluTeacher.of(T, u), Workspace(T.device)
+
+    def theta(self, W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        parts = ([W.reshape(W.shape[0], -1)] if self.trained != "second" else []) + ([v] if self.trained != "first" else [])
+        return torch.cat(parts, 1)
+
+    def blocks(self, theta: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n1 = self.K * self.d if self.trained != "second" else 0
+        W = theta[:, :n1].reshape(-1, self.K, self.d) if n1 else self.W0[rows]
+        v = theta[:, n1:] if self.trained != "first" else self.v0[rows]
+        return W, v
+
+    def __call__(self, theta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The gradient (ReLU: :func:`_relu_terms`, the descent's kernel)."""
+        if self.activation != "relu":
+            return self.functional(theta, rows)
+        W, v = self.blocks(theta, rows)
+        gW = torch.empty_like(W)
+        kb, _ = _relu_terms(W, v, self.relu_teacher.rows(None, W.shape[0], self.ws), self.ws, gW, want_kb=self.trained != "first", want_loss=False)
+        return self.theta(gW, kb if kb is not None else v)
+
+    def functional(self, theta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The gradient from out-of-place operations only (forward-mode differentiable)."""
+        W, v = self.blocks(theta, rows)
+        if self.activation == "relu":
+            gW, gv = _relu_gradient(W, v, self.T, self.u)
+        else:
+            gW, gv = _erf_gradient(self.activation, W, v, self.T, self.u)
+        return self.theta(gW, gv)
+
+    def hessian(self, theta: torch.Tensor, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x -> H x`` at ``theta`` ``(R, P)``: :class:`_ReluHessian` for ReLU with ``v`` fixed, else forward-mode
+        differentiation of the out-of-place gradient (``torch.autograd.forward_ad``)."""
+        if self.activation == "relu" and self.trained == "first":
+            W, v = self.blocks(theta, rows)
+            return _ReluHessian(W, v, self.T, self.u)
+
+        def hvp(x: torch.Tensor) -> torch.Tensor:
+            with forward_ad.dual_level():
+                return forward_ad.unpack_dual(self.functional(forward_ad.make_dual(theta, x), rows)).tangent
+
+        return hvp
+
+
+class _ReluHessian:
+    """``Delta -> H Delta`` ``(R, K d)``: the exact Hessian product of the ReLU closed form over ``W`` (``v`` fixed), at a point.
+
+    The differential of :func:`_relu_terms` in the direction ``Delta`` (``dn_a = w^_a . Delta_a``,
+    ``dw^_a = (Delta_a - w^_a dn_a) / |w_a|``, ``dc_aj = dw^_a . omega^_j + w^_a . dw^_j``,
+    ``dt = -dc / s``, ``ds = c dt``)::
+
+        d(dL/dw_a) = v_a (ds1_a w^_a + s1_a dw^_a + dP_a) / (2 pi),
+        ds1_a = sum_j ds_aj bn_j + sum_b s_ab v_b dn_b,   dP_a = pi sum_b v_b Delta_b - sum_j dt_aj bw_j - sum_b t_ab v_b Delta_b
+
+    Everything that depends on the point only (cosines, angles, ``1 / s``) is computed once;
+    self pairs and pairs parallel to rounding are held fixed (``dt = 0``), as in :func:`_relu_gradient`.
+    """
+
+    def __init__(self, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor):
+        R, K, d = W.shape
+        self.shape, self.v = (R, K, d), v
+        nW, self.inv = _safe_norm(W)
+        nT, invT = _safe_norm(T)
+        self.Wh = W * self.inv[..., None]
+        self.Om = torch.cat([self.Wh, (T * invT[..., None]).expand(R, -1, -1)], 1)  # (R, J, d) unit rows
+        c = torch.bmm(self.Wh, self.Om.transpose(1, 2)).clamp(-1.0, 1.0)
+        flat = c.abs() >= 1.0
+        flat[:, :, :K] |= torch.eye(K, dtype=torch.bool, device=W.device)
+        c = torch.where(flat, torch.where(c > 0, 1.0, -1.0), c)
+        self.c = c
+        self.th = torch.arccos(c)
+        sin = (1.0 - c * c).clamp(min=0.0).sqrt()
+        self.rs = torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, sin))
+        self.sin_s = sin[:, :, :K]
+        self.bn = torch.cat([v * nW, (-u * nT).expand(R, -1)], 1)[..., None]  # (R, J, 1)
+        self.bw = torch.cat([v[..., None] * W, (-u[..., None] * T).expand(R, -1, -1)], 1)  # (R, J, d)
+        self.s1 = torch.bmm(sin, self.bn)  # (R, K, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        R, K, d = self.shape
+        D = x.reshape(R, K, d)
+        dn = (self.Wh * D).sum(-1, keepdim=True)  # (R, K, 1)
+        dWh = (D - self.Wh * dn) * self.inv[..., None]
+        dc = torch.bmm(dWh, self.Om.transpose(1, 2))  # dw^_a . omega^_j; the student block gets its transpose added
+        dc[:, :, :K] = dc[:, :, :K] + dc[:, :, :K].transpose(1, 2)  # out of place: the block and its transpose overlap
+        dt = dc.mul_(self.rs).neg_()
+        vD = self.v[..., None] * D
+        ds1 = torch.bmm(self.c * dt, self.bn) + torch.bmm(self.sin_s, self.v[..., None] * dn)
+        dP = math.pi * vD.sum(1, keepdim=True) - torch.bmm(dt, self.bw) - torch.bmm(self.th[:, :, :K], vD)
+        out = (self.Wh * ds1 + dWh * self.s1 + dP) * (self.v / _TWO_PI)[..., None]
+        return out.reshape(R, K * d)
+
+
+def batched_minres(A: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, maxiter: int = KRYLOV_ITER, rtol: float = KRYLOV_RTOL) -> torch.Tensor:
+    """MINRES (Paige & Saunders) for ``R`` symmetric systems at once: ``x`` ``(R, P)`` with ``A x ~ b`` ``(R, P)``.
+
+    ``A`` maps ``(R, P) -> (R, P)`` (a symmetric operator per row, possibly indefinite or singular;
+    from ``x_0 = 0`` a consistent singular system converges to its minimum-norm solution). Each
+    row stops when its residual estimate is at most ``rtol ||b||`` or its Lanczos vectors vanish.
+    """
+    tiny = torch.finfo(b.dtype).tiny
+
+    def dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (x * y).sum(-1, keepdim=True)
+
+    beta1 = dot(b, b).sqrt()
+    live = beta1 > 0
+    x, w, w2 = torch.zeros_like(b), torch.zeros_like(b), torch.zeros_like(b)
+    r1, r2, y = b.clone(), b.clone(), b.clone()
+    beta, oldb, dbar, epsln, phibar = beta1.clone(), torch.zeros_like(beta1), torch.zeros_like(beta1), torch.zeros_like(beta1), beta1.clone()
+    cs, sn = -torch.ones_like(beta1), torch.zeros_like(beta1)
+    for itn in range(int(maxiter)):
+        if not bool(live.any()):
+            break
+        vk = y / torch.where(live, beta, 1.0)
+        y = A(vk)
+        if itn:
+            y = y - (beta / torch.where(oldb > 0, oldb, 1.0)) * r1
+        alfa = dot(vk, y)
+        y = y - (alfa / torch.where(live, beta, 1.0)) * r2
+        r1, r2 = r2, y
+        oldb, beta = beta, dot(y, y).sqrt()
+        oldeps = epsln
+        delta = cs * dbar + sn * alfa
+        gbar = sn * dbar - cs * alfa
+        epsln, dbar = sn * beta, -cs * beta
+        gamma = torch.sqrt(gbar * gbar + beta * beta).clamp(min=tiny)
+        cs, sn = gbar / gamma, beta / gamma
+        phi, phibar = cs * phibar, sn * phibar
+        w1, w2 = w2, w
+        w = (vk - oldeps * w1 - delta * w2) / gamma
+        x = torch.where(live, x + phi * w, x)
+        live = live & (phibar > rtol * beta1) & (beta > 1e-14 * beta1) & torch.isfinite(phibar)
+    return x
+
+
+@dataclass
+class BatchPolish:
+    """End points of the batched Newton polish: ``W`` ``(R, K, d)``, ``v`` ``(R, K)``, ``gradient_norm`` ``(R,)``
+    (over the trained entries), ``gradient_tolerance`` ``(R,)`` (:func:`nearopt.critical.gradient_tolerance`),
+    ``history`` (``||g||`` per accepted step), ``converged`` (``||g|| <= gradient_tolerance``)."""
+
+    W: np.ndarray
+    v: np.ndarray
+    gradient_norm: np.ndarray
+    gradient_tolerance: np.ndarray
+    history: list[list[float]]
+
+    @property
+    def converged(self) -> np.ndarray:
+        return np.asarray(self.gradient_norm <= self.gradient_tolerance)
+
+
+def batched_newton_polish(teacher: TwoLayerNet, W0: np.ndarray, v0: np.ndarray, trained: str = "first", *, max_iter: int = POLISH_ITER,
+                          chunk: int = POLISH_CHUNK) -> BatchPolish:
+    """Newton on the gradient for ``R`` end points of one teacher at once, matrix-free (closed forms only).
+
+    Each step solves ``H s = -g`` by :func:`batched_minres`, ``H`` applied as the forward-mode
+    derivative of the batched closed-form gradient (``torch.func.jvp``: an exact Hessian
+    product), so ``s -> -H^+ g`` also at saddles and on non-isolated minima; ``g^T H s = -|P g|^2 <= 0``
+    makes ``s`` a descent direction of ``1/2 ||g||^2``. Safeguard as :func:`nearopt.critical.newton_polish`:
+    of the step and its double (at a pair of parallel units the gradient grows like the angle squared
+    and Newton only halves the angle) the better is taken when it lowers ``||g||``; else the step is
+    halved, up to :data:`BACKTRACK` times, else the point stops. Every point goes on towards the rounding floor ``gradient_tolerance / FLOOR_FACTOR``
+    (and stops there). ``W0`` ``(R, K, d)``, ``v0`` ``(R, K)``, float64.
+    """
+    name = teacher.activation.name
+    if name not in CLOSED_FORMS:
+        raise NearoptError(f"no batched closed form for activation {name!r} (have {', '.join(CLOSED_FORMS)})")
+    W0 = np.asarray(W0, dtype=np.float64)
+    v0 = np.asarray(v0, dtype=np.float64)
+    R = W0.shape[0]
+    T = torch.as_tensor(teacher.W1, dtype=torch.float64)
+    u = torch.as_tensor(teacher.W2.ravel(), dtype=torch.float64)
+    scale = math.sqrt(float(batched_teacher_power(name, T, u)))
+    params = np.sqrt((W0.reshape(R, -1) ** 2).sum(1) + (v0**2).sum(1))
+    gtol = FLOOR_FACTOR * (W0.shape[1] + teacher.n_hidden) * EPS * scale * np.maximum(1.0, params)
+    Wout, vout, gnorm, hist = W0.copy(), v0.copy(), np.zeros(R), [[] for _ in range(R)]
+    with torch.no_grad():
+        for s0 in range(0, R, chunk):
+            sl = slice(s0, min(R, s0 + chunk))
+            W, v, g, h = _polish_chunk(name, T, u, torch.as_tensor(W0[sl]), torch.as_tensor(v0[sl]), trained, gtol[sl] / FLOOR_FACTOR, max_iter)
+            Wout[sl], vout[sl], gnorm[sl] = W, v, g
+            hist[sl] = h
+    return BatchPolish(Wout, vout, gnorm, gtol, hist)
+
+
+def _polish_chunk(name: str, T: torch.Tensor, u: torch.Tensor, W0: torch.Tensor, v0: torch.Tensor, trained: str, floor: np.ndarray,
+                  max_iter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[float]]]:
+    """:func:`batched_newton_polish` of one chunk: the end point, ``||g||`` and its history per point."""
+    grad = _Gradient(name, T, u, W0, v0, trained)
+    all_rows = torch.arange(W0.shape[0])
+    theta = grad.theta(W0, v0)
+    g = grad(theta, all_rows)
+    gn = torch.linalg.vector_norm(g, dim=-1)
+    hist = [[float(x)] for x in gn]
+    live = torch.isfinite(gn) & (gn > torch.as_tensor(floor))
+    for _ in range(int(max_iter)):
+        rows = live.nonzero().ravel()
+        if not rows.numel():
+            break
+        th = theta[rows]
+        step = batched_minres(grad.hessian(th, rows), -g[rows])
+        # the step and its double, the better one when either lowers ||g|| (at a pair of parallel units the gradient
+        # grows like the angle squared, where the Newton step halves the angle), else halvings of the step
+        gn_rows = gn[rows]
+        best = torch.full_like(gn_rows, math.inf)
+        best_th, best_g = th.clone(), g[rows].clone()
+        for a in (2.0, 1.0):
+            trial = th + a * step
+            gt = grad(trial, rows)
+            gtn = torch.linalg.vector_norm(gt, dim=-1)
+            better = torch.isfinite(gtn) & (gtn < best)
+            best = torch.where(better, gtn, best)
+            best_th[better], best_g[better] = trial[better], gt[better]
+        alpha = 0.5
+        for _ in range(BACKTRACK):
+            todo = (~(best < gn_rows)).nonzero().ravel()
+            if not todo.numel():
+                break
+            trial = th[todo] + alpha * step[todo]
+            gt = grad(trial, rows[todo])
+            gtn = torch.linalg.vector_norm(gt, dim=-1)
+            better = torch.isfinite(gtn) & (gtn < gn_rows[todo])
+            hit = todo[better]
+            best[hit], best_th[hit], best_g[hit] = gtn[better], trial[better], gt[better]
+            alpha *= 0.5
+        accepted = best < gn_rows
+        r = rows[accepted]
+        theta[r], g[r], gn[r] = best_th[accepted], best_g[accepted], best[accepted]
+        for i in rows[accepted].tolist():
+            hist[i].append(float(gn[i]))
+        live[rows[~accepted]] = False
+        live &= gn > torch.as_tensor(floor)
+    W, v = grad.blocks(theta, all_rows)
+    return W.numpy().copy(), v.numpy().copy(), gn.numpy().copy(), hist
+
+
 # ----------------------------------------------------------------------------- symmetry
 def _labels(values: np.ndarray, tol: float) -> np.ndarray:
     """Integer labels of the entries of ``values`` after clustering (sorted gaps ``> tol`` separate)."""
@@ -728,6 +1026,8 @@ class Survey:
     handover: float | None = None
     #: handed-over runs that did not end at a strict minimum and resumed the descent to ``protocol.gtol``
     resumed: int = 0
+    #: polished points by route (:func:`polish_case`): ``batched`` Newton, ``one_point`` Newton, ``dense_spectra`` computed
+    polish: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_starts(self) -> int:
@@ -751,7 +1051,7 @@ class Survey:
                 "spurious": n_sp, "spurious_fraction": n_sp / R if R else float("nan"),
                 "spurious_fraction_ci": [lo, hi], "ci": "Wilson score, 95 %, over all starts",
                 "converged": d.count("converged"), "diverged": d.count("diverged"), "unconverged": d.count("unconverged"),
-                "classes": classes, "handover": self.handover, "resumed": self.resumed, "descent_steps": {"median": float(np.median(d.steps)) if R else 0.0, "max": int(d.steps.max()) if R else 0},
+                "classes": classes, "handover": self.handover, "resumed": self.resumed, "polish": dict(self.polish), "descent_steps": {"median": float(np.median(d.steps)) if R else 0.0, "max": int(d.steps.max()) if R else 0},
                 "dtype": "float64", "families": [f.to_dict() for f in self.families], "seconds": dict(self.seconds)}
 
     def save_families(self, folder: str | Path) -> list[Path]:
@@ -789,6 +1089,111 @@ def polish_and_classify(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trai
     cp = classify(end)
     cp.newton_history, cp.descent = hist, "batched-gd"
     return cp
+
+
+#: members of each invariant group classified by their own dense spectrum; the rest take the group's when these agree
+CLASSIFY_PER_GROUP = 3
+#: points of equal loss share an invariant group when their invariants agree to this (times the largest invariant)
+INVARIANT_RTOL = 1e-6
+
+
+def invariants(W: np.ndarray, v: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Keys ``(R, q)`` of points ``W`` ``(R, K, d)``, ``v`` ``(R, K)`` of the teacher rows ``T`` ``(M, d)`` that no symmetry of the loss changes.
+
+    The loss is invariant under permuting the student units (rows of ``W`` with ``v``) and under
+    ``W -> W O^T`` for input rotations ``O`` that permute the teacher's units (for the orthonormal
+    committee: the simultaneous permutation of inputs and teacher units). The sorted row norms
+    ``|w_a|``, the singular values of ``W``, the sorted entries of ``W T^T`` and the sorted ``v`` are
+    invariant under all of them.
+    """
+    R = W.shape[0]
+    rows = np.sort(np.linalg.norm(W, axis=2), axis=1)
+    sv = np.linalg.svd(W, compute_uv=False)
+    wt = np.sort((W @ T.T).reshape(R, -1), axis=1)
+    return np.concatenate([rows, sv, wt, np.sort(v, axis=1)], axis=1)
+
+
+def invariant_groups(loss: np.ndarray, keys: np.ndarray, floor: float, rtol: float = 1e-7) -> list[list[int]]:
+    """Indices grouped by loss (to ``max(rtol |L|, floor)``, as :func:`same_family`) and invariants (:data:`INVARIANT_RTOL`), by loss."""
+    scale = INVARIANT_RTOL * max(1.0, float(np.abs(keys).max(initial=0.0)))
+    firsts: list[int] = []
+    groups: list[list[int]] = []
+    for i in np.argsort(loss, kind="stable"):
+        if firsts:
+            f = np.asarray(firsts)
+            near = np.abs(loss[f] - loss[i]) <= np.maximum(rtol * np.abs(loss[f]), floor)
+            hit = np.flatnonzero(near & np.all(np.abs(keys[f] - keys[i]) <= scale, axis=1))
+            if hit.size:
+                groups[int(hit[0])].append(int(i))
+                continue
+        firsts.append(int(i))
+        groups.append([int(i)])
+    return groups
+
+
+def _point(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str) -> Problem:
+    return Problem(teacher, student=TwoLayerNet(W, v[None, :], teacher.activation), trained=trained)
+
+
+def _classified(problem: Problem, history: list[float]) -> CriticalPoint:
+    """:func:`nearopt.critical.classify` of a polished point (its own dense exact spectrum)."""
+    cp = classify(problem)
+    cp.newton_history, cp.descent = history, "batched-gd"
+    return cp
+
+
+def polish_case(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str) -> tuple[list[CriticalPoint], dict[str, int]]:
+    """Polish and classify ``R`` end points ``W`` ``(R, K, d)``, ``v`` ``(R, K)`` of one teacher: one :class:`CriticalPoint` each.
+
+    Closed forms: :func:`batched_newton_polish` for all at once (a point it leaves above its
+    gradient tolerance goes through the one-point :func:`polish_and_classify` from its start);
+    the polished points are grouped by loss and :func:`invariants` (:func:`invariant_groups`); up to
+    :data:`CLASSIFY_PER_GROUP` members of each group get their own dense spectrum
+    (:func:`nearopt.critical.classify`), and when these are one family (:func:`same_family`) the
+    other members take its spectrum and class (their own loss, gradient and tolerance; the
+    loss-based global-minimum test is their own); otherwise every member is classified. Other
+    activations: every point one at a time. Also returns the counts of each route.
+    """
+    R = W.shape[0]
+    name = teacher.activation.name
+    if name not in CLOSED_FORMS:
+        return [polish_and_classify(teacher, W[r], v[r], trained) for r in range(R)], {"batched": 0, "one_point": R, "dense_spectra": R}
+    bp = batched_newton_polish(teacher, W, v, trained)
+    Wp, vp = bp.W, bp.v
+    if trained == "both" and is_positively_homogeneous(teacher.activation):
+        for r in range(R):
+            b = balanced(TwoLayerNet(Wp[r], vp[r][None, :], teacher.activation))
+            Wp[r], vp[r] = b.W1, b.W2.ravel()
+    T, u = (torch.as_tensor(x, dtype=torch.float64) for x in (teacher.W1, teacher.W2.ravel()))
+    L, gW, gv = (x.numpy() for x in batched_loss_gradient(name, torch.as_tensor(Wp), torch.as_tensor(vp), T, u))
+    g2 = (gW**2).sum((1, 2)) * (trained != "second") + (gv**2).sum(1) * (trained != "first")
+    params = np.sqrt((Wp.reshape(R, -1) ** 2).sum(1) + (vp**2).sum(1))
+    tp = teacher_power(teacher)
+    gnorm, gtol = np.sqrt(g2), FLOOR_FACTOR * (W.shape[1] + teacher.n_hidden) * EPS * math.sqrt(tp) * np.maximum(1.0, params)
+    points: list[CriticalPoint | None] = [None] * R
+    ok = np.flatnonzero(gnorm <= gtol)
+    for r in np.flatnonzero(~(gnorm <= gtol)):
+        points[r] = polish_and_classify(teacher, W[r], v[r], trained)
+    floor = GLOBAL_RTOL * tp
+    dense = R - ok.size
+    for grp in invariant_groups(L[ok], invariants(Wp[ok], vp[ok], teacher.W1), floor):
+        members = ok[grp]
+        reps = [_classified(_point(teacher, Wp[r], vp[r], trained), bp.history[r]) for r in members[:CLASSIFY_PER_GROUP]]
+        dense += len(reps)
+        for r, cp in zip(members, reps):
+            points[r] = cp
+        head = reps[0]
+        agree = head.classification != "not converged" and all(same_family(head, cp, floor) for cp in reps[1:])
+        for r in members[len(reps):]:
+            pr, rel = _point(teacher, Wp[r], vp[r], trained), float(L[r]) / tp
+            if agree and (rel <= GLOBAL_RTOL) == (head.loss_relative <= GLOBAL_RTOL):
+                points[r] = CriticalPoint(pr, float(L[r]), rel, float(gnorm[r]), float(gtol[r]), head.eigenvalues, head.tolerance, head.index,
+                                          head.zero_modes, head.positive, head.classification, newton_history=bp.history[r], descent="batched-gd")
+            else:
+                points[r] = _classified(pr, bp.history[r])
+                dense += 1
+    assert all(p is not None for p in points)
+    return points, {"batched": int(ok.size), "one_point": int(R - ok.size), "dense_spectra": int(dense)}  # type: ignore[return-value]
 
 
 #: classes at which a handed-over run is final: the descent would not leave a strict minimum
@@ -839,13 +1244,20 @@ def _padded(cases: list[Case], trained: str, protocol: Protocol) -> tuple[np.nda
     return W0, v0, T, u, rows
 
 
-def _polish_rows(cases: list[Case], rows: list[slice], d: BatchDescent, which: np.ndarray, trained: str) -> dict[int, CriticalPoint | None]:
-    """Polish and classify the runs ``which`` (global row indices) of the padded descent ``d``, each with its case's sizes."""
+def _polish_rows(cases: list[Case], rows: list[slice], d: BatchDescent, which: np.ndarray, trained: str,
+                 counts: list[dict[str, int]]) -> dict[int, CriticalPoint | None]:
+    """Polish and classify the runs ``which`` (global row indices) of the padded descent ``d``, each case at its own sizes
+    (:func:`polish_case`); diverged runs get ``None``. ``counts[i]`` accumulates the routes taken for case ``i``."""
     out: dict[int, CriticalPoint | None] = {}
-    for c, sl in zip(cases, rows):
-        for r in which[(which >= sl.start) & (which < sl.stop)]:
-            W, v = d.W[r, : c.width, : c.teacher.n_inputs], d.v[r, : c.width]
-            out[int(r)] = None if d.status[r] == "diverged" else polish_and_classify(c.teacher, W, v, trained)
+    for i, (c, sl) in enumerate(zip(cases, rows)):
+        mine = which[(which >= sl.start) & (which < sl.stop)]
+        out.update({int(r): None for r in mine if d.status[r] == "diverged"})
+        live = np.asarray([r for r in mine if d.status[r] != "diverged"], dtype=np.int64)
+        if live.size:
+            pts, n = polish_case(c.teacher, d.W[live, : c.width, : c.teacher.n_inputs], d.v[live, : c.width], trained)
+            out.update({int(r): p for r, p in zip(live, pts)})
+            for key, value in n.items():
+                counts[i][key] = counts[i].get(key, 0) + value
     return out
 
 
@@ -881,7 +1293,8 @@ def survey_many(cases: list[Case], *, trained: str = "first", protocol: Protocol
         progress(f"descent done in {d.seconds:.1f} s: {d.count('converged')}/{R} converged, {d.count('diverged')} diverged, "
                  f"{d.count('unconverged')} unconverged; polishing")
     t0 = time.perf_counter()
-    pts = _polish_rows(cases, rows, d, np.arange(R), trained)
+    counts: list[dict[str, int]] = [{} for _ in cases]
+    pts = _polish_rows(cases, rows, d, np.arange(R), trained, counts)
     resumed, extra = np.zeros(0, dtype=np.int64), 0.0
     if first is not protocol:
         resumed = np.array([r for r in range(R) if pts[r] is not None and d.status[r] == "converged" and pts[r].classification not in FINAL_CLASSES],  # type: ignore[union-attr]
@@ -893,13 +1306,13 @@ def survey_many(cases: list[Case], *, trained: str = "first", protocol: Protocol
             d.steps[resumed] += e.steps
             d.active = np.concatenate([d.active, e.active])
             extra = e.seconds
-            pts.update(_polish_rows(cases, rows, d, resumed, trained))
+            pts.update(_polish_rows(cases, rows, d, resumed, trained, counts))
         for r, p in pts.items():  # a handed-over run meets the protocol's threshold once polished
             if p is not None and d.status[r] == "converged":
                 d.gradient_max[r] = min(float(d.gradient_max[r]), p.gradient_norm)
     polish = time.perf_counter() - t0 - extra
     out = []
-    for c, sl in zip(cases, rows):
+    for c, sl, n_polish in zip(cases, rows, counts):
         part = BatchDescent(d.W[sl, : c.width, : c.teacher.n_inputs], d.v[sl, : c.width], d.loss[sl], d.gradient_max[sl], d.steps[sl], d.status[sl],
                             d.seconds + extra, d.active)
         points = [pts[r] for r in range(sl.start, sl.stop)]
@@ -908,7 +1321,7 @@ def survey_many(cases: list[Case], *, trained: str = "first", protocol: Protocol
         n_res = int(np.count_nonzero((resumed >= sl.start) & (resumed < sl.stop)))
         out.append(Survey(c.teacher, c.width, trained, protocol, c.seed, part, points, fam,
                           {"descent": d.seconds + extra, "polish": polish, "families": time.perf_counter() - t1},
-                          None if first is protocol else handover, n_res))
+                          None if first is protocol else handover, n_res, n_polish))
     return out
 
 
