@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+import mpmath
 import numpy as np
 import pytest
 from _cli import cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nearopt.certificate import Certificate, _Reference, certify, cholesky_lower_bound, hessian_lipschitz_bound
+from nearopt.certificate import Certificate, _kernel_constants, _Reference, certify, cholesky_lower_bound, hessian_lipschitz_bound
 from nearopt.critical import at_parameters, committee_teacher, exact_hessian, loss_and_gradient, newton_polish, trained_parameters
 from nearopt.errors import NearoptError
 from nearopt.experiments.landscape import published_k7
@@ -52,6 +53,48 @@ def test_high_precision_reference_agrees_with_the_library(act, trained):
     assert abs(float(L) - loss) < 1e-13
     np.testing.assert_allclose(np.array([float(x) for x in grad])[pr.trained_indices], g, rtol=0, atol=1e-13)
     assert ref.hessian_error(exact_hessian(pr), pr.trained_indices) < 1e-12
+
+
+def _kappa(name: str, a: list, b: list):
+    """The pair kernel in mpmath, written independently of the module: arc-cosine (ReLU) or arcsine (erf)."""
+    na2, nb2, ab = mpmath.fdot(a, a), mpmath.fdot(b, b), mpmath.fdot(a, b)
+    if name == "relu":
+        S = mpmath.sqrt(max(na2 * nb2 - ab * ab, 0))
+        th = mpmath.atan2(S, ab)
+        return (S + (mpmath.pi - th) * ab) / (2 * mpmath.pi)
+    c = 1 if name == "erf" else 2
+    return 2 / mpmath.pi * mpmath.asin(c * ab / mpmath.sqrt((1 + c * na2) * (1 + c * nb2)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), name=st.sampled_from(["relu", "erf", "erf:unit"]),
+       mode=st.sampled_from(["generic", "parallel", "antiparallel", "along"]), teacher=st.booleans())
+def test_pair_kernel_bounds_dominate_high_precision_derivatives(seed, name, mode, teacher):
+    """First, second and third derivatives of ``kappa(a + tp, b + tq)`` at ``t = 0`` by 60-digit finite
+    differences, against the derived bounds of docs/certificate.md section 2 (``teacher``: ``q = 0``)."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=4) * rng.uniform(0.2, 3), rng.normal(size=4) * rng.uniform(0.2, 3)
+    p, q = rng.normal(size=4), (0.0 if teacher else 1.0) * rng.normal(size=4)
+    if mode == "parallel":
+        b = a * rng.uniform(0.3, 2) + 1e-6 * rng.normal(size=4)
+    elif mode == "antiparallel":
+        b = -a * rng.uniform(0.3, 2) + 1e-6 * rng.normal(size=4)
+    elif mode == "along":
+        p = 0.5 * a / np.linalg.norm(a) + 0.43 * rng.normal(size=4)
+    P, Q, na, nb = (float(np.linalg.norm(x)) for x in (p, q, a, b))
+    c = {k: float(v[0]) for k, v in _kernel_constants(name, np.array([na]), np.array([na]), np.array([nb]), np.array([nb])).items()}
+    with mpmath.workdps(60):
+        h = mpmath.mpf("1e-12")
+
+        def f(t):
+            return _kappa(name, [mpmath.mpf(float(x)) + t * float(y) for x, y in zip(a, p)],
+                          [mpmath.mpf(float(x)) + t * float(y) for x, y in zip(b, q)])
+
+        fm2, fm1, f0, f1, f2 = (f(k * h) for k in (-2, -1, 0, 1, 2))
+        d1, d2, d3 = (float(x) for x in ((f1 - fm1) / (2 * h), (f1 - 2 * f0 + fm1) / h**2, (f2 - 2 * f1 + 2 * fm1 - fm2) / (2 * h**3)))
+    assert abs(d1) <= (c["c1a"] * P + c["c1b"] * Q) * (1 + 1e-6)
+    assert abs(d2) <= (c["c2a"] * P**2 + c["c2b"] * Q**2 + c["c11"] * P * Q) * (1 + 1e-6)
+    assert abs(d3) <= (c["c3a"] * P**3 + c["c3b"] * Q**3 + c["c21"] * P**2 * Q + c["c12"] * P * Q**2) * (1 + 1e-6)
 
 
 def _sampled_lipschitz(pr: Problem, rho: float, rng: np.random.Generator, n: int = 6, eps: float = 1e-5) -> float:
