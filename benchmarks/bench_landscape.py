@@ -1,37 +1,43 @@
-"""Benchmark: the vectorised many-start survey against a plain loop of ``critical``-style descents.
+"""Benchmark: the vectorised many-start survey against a plain loop of ``critical``-style descents, and the paper's full table.
 
-1. Same starts, same run: ``--loop`` starts of the ReLU committee ``k = n`` through
-   (a) a Python loop of :func:`nearopt.critical.find_critical_point` (gradient descent with
-   step 0.1 to ``||grad L|| <= handover`` on the library's exact loss, then Newton, then the
-   classification), and (b) :func:`nearopt.landscape_survey.survey` (batched descent to the
-   per-unit gradient ``handover``, then the same Newton and classification). Prints both
-   times and the ratio, and checks that both end in the same classes and losses.
-2. The paper's full table (``n = k`` and ``n = k + 1``, ``k = 6 ... 20``, 1000 starts each),
-   estimated from measured parts: for each size a survey of ``--starts`` starts gives the
-   number of runs still descending at each step; one step's time is measured at two batch
-   sizes (a linear model ``a + b R``), and the descent of 1000 starts is charged
-   ``sum_t (a + b (1000 / starts) active_t)``; polish and classification are charged per point
-   as measured. Labelled as an estimate, with the measured parts printed.
+1. Same starts, same run (``--loop`` starts of the ReLU committee ``k = n = --k``): (a) a Python
+   loop of :func:`nearopt.critical.find_critical_point` (gradient descent with step 0.1 to
+   ``||grad L|| <= handover`` on the library's exact loss, then Newton, then the classification:
+   what ``nearopt critical`` runs per call) against (b) :func:`nearopt.landscape_survey.survey`
+   (batched descent to the per-unit gradient ``handover``, batched Newton, classification per
+   invariant group). Prints both times, the ratio, and how many starts end in the same class and loss.
+2. Step costs: one descent step (gradient of every student, in the descent's chunks, one thread)
+   at 10 and at 1000 students, for every measured size; the linear model ``a + b R``.
+3. Measured surveys (``--starts`` starts, handover ``--handover``, seed ``k``) at ``k`` in
+   ``--ks`` for ``n = k`` and ``n = k + 1``: descent and polish seconds, steps, the routes of the
+   polish, spurious fraction, diverged and unconverged runs.
+4. The full table (``n = k`` and ``n = k + 1``, ``k = 6 ... 20``, 1000 starts each), **estimated**:
+   the descent of 1000 starts is charged ``sum_t (a + b (1000 / starts) active_t)`` (``active_t``,
+   the measured survey's runs still going at step ``t``); the polish: the batched Newton timed on
+   1000 end points (the measured ones, tiled) plus ``1000 / starts`` times the measured
+   classification, one-point fallbacks and family grouping; sizes between measured ``k``
+   interpolated linearly (per ``n - k``). The
+   experiment runs each size as one cell, one cell per core: the 30 cell times are packed on 2
+   workers (longest first, each to the less loaded), and the estimate is that makespan. The model
+   ignores the longer tail of 1000 starts (the slowest of 1000 runs takes more steps than the
+   slowest of ``starts``; those steps cost ``a`` each) and the cache effects of 2 busy cores.
+5. ``--full-table``: the full table itself, on 2 worker processes (one torch thread each, cells
+   longest first); prints the total wall time, each size's spurious fraction, time, and the
+   number of diverged and unconverged runs.
 
     PYTHONPATH=src python benchmarks/bench_landscape.py [--quick] [--out FILE.json]
+    PYTHONPATH=src python benchmarks/bench_landscape.py --ks 6,12 --skip-loop --out a.json
+    PYTHONPATH=src python benchmarks/bench_landscape.py --combine a.json b.json       # estimate from the pieces
+    PYTHONPATH=src python benchmarks/bench_landscape.py --full-table [--workers 2] [--out FILE.json]
 
-Records (2-core x86_64 CPU VM shared with other jobs; load average in the table):
-
-| date | case | loop of single starts | vectorised survey | ratio |
-|---|---|---|---|---|
-| 2026-12-01 | k = n = 8, 24 starts, handover 1e-5 (load average 9.4) | 42.0 s | 4.4 s | 9.5x |
-
-| date | estimate (labelled: from 40 measured starts at k = 6, 12, 20 per n) | value | target |
-|---|---|---|---|
-| 2026-12-01 | full table, n = k and n = k + 1, k = 6..20, 1000 starts, one core (load average 9.4) | ~208 min | 15 min on 2 cores: not met |
-
-The per-size parts are tabled in ``docs/landscape.md`` (section "Cost").
+Records: ``docs/landscape.md`` section "Cost" (dated tables, 2-core x86_64 CPU VM, load average observed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import time
 
@@ -40,9 +46,12 @@ import torch
 
 from nearopt import io
 from nearopt.critical import committee_teacher, find_critical_point
-from nearopt.landscape_survey import CPU_CHUNK, SAFRAN_SHAMIR, chunked_call, loss_gradient_function, starts, survey
+from nearopt.landscape_survey import SAFRAN_SHAMIR, Protocol, batched_newton_polish, descend, loss_gradient_function, starts, survey
 from nearopt.model import TwoLayerNet
 from nearopt.problem import Problem
+
+TABLE_KS = list(range(6, 21))
+TABLE_STARTS = 1000
 
 
 def loop_of_single_starts(k: int, n: int, R: int, seed: int, handover: float) -> tuple[float, list]:
@@ -57,36 +66,83 @@ def loop_of_single_starts(k: int, n: int, R: int, seed: int, handover: float) ->
     return time.perf_counter() - t0, out
 
 
-def step_time(k: int, n: int, R: int, repeats: int = 20) -> float:
-    """Seconds of one batched loss-and-gradient evaluation of ``R`` students, chunked and single-threaded as the descent runs it."""
+def step_time(k: int, n: int, R: int, steps: int) -> float:
+    """Seconds per descent step of ``R`` students (the descent loop itself: gradient in chunks, checks, update), best of 3."""
+    fn = loss_gradient_function(committee_teacher(k))
+    W0 = np.random.default_rng(0).normal(scale=k**-0.5, size=(R, n, k))
+    best = np.inf
+    for _ in range(3):
+        d = descend(fn, W0, np.ones((R, n)), protocol=Protocol(lr=0.1, gtol=1e-30, max_steps=steps))
+        best = min(best, d.seconds / steps)
+    return float(best)
+
+
+def measure_size(k: int, n: int, R: int, handover: float) -> dict:
+    """Measured survey of ``R`` starts (seed ``k``) and the step model of its size."""
+    t_small, t_big = step_time(k, n, 10, 400), step_time(k, n, TABLE_STARTS, 8)
+    b = (t_big - t_small) / (TABLE_STARTS - 10)
     T = committee_teacher(k)
-    fn = loss_gradient_function(T)
-    W = torch.as_tensor(np.random.default_rng(0).normal(scale=k**-0.5, size=(R, n, k)))
-    v = torch.ones(R, n, dtype=torch.float64)
-    runs = torch.arange(R)
-    with torch.inference_mode():
-        chunked_call(fn, W, v, runs, CPU_CHUNK)
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            chunked_call(fn, W, v, runs, CPU_CHUNK)
-    return (time.perf_counter() - t0) / repeats
-
-
-def estimate_size(k: int, n: int, R: int, target: int, handover: float, seed: int) -> dict:
-    """Measured survey of ``R`` starts and the estimated cost of ``target`` starts (module docstring, 2)."""
-    s = survey(committee_teacher(k), width=n, n_starts=R, handover=handover, seed=seed)
-    small, big = max(1, R // 4), target
-    t_small, t_big = step_time(k, n, small), step_time(k, n, big, repeats=5)
-    b = (t_big - t_small) / (big - small)
-    a = t_small - b * small
-    active = s.descent.active * (target / R)
-    est_descent = float(np.sum(a + b * active))
-    per_point = s.seconds["polish"] / R
+    s = survey(T, width=n, n_starts=R, handover=handover, seed=k)
     d = s.to_dict()
-    return {"k": k, "n": n, "measured_starts": R, "measured_descent_s": s.seconds["descent"], "measured_polish_s": s.seconds["polish"],
-            "steps": int(s.descent.active.size), "step_model_a_s": a, "step_model_b_s": b, "estimated_descent_s": est_descent,
-            "estimated_polish_s": per_point * target, "estimated_total_s": est_descent + per_point * target,
-            "spurious_fraction": d["spurious_fraction"], "diverged": d["diverged"], "unconverged": d["unconverged"]}
+    reps = -(-TABLE_STARTS // R)  # the batched Newton of 1000 end points: the measured ones, tiled
+    t0 = time.perf_counter()
+    batched_newton_polish(T, np.tile(s.descent.W, (reps, 1, 1))[:TABLE_STARTS], np.tile(s.descent.v, (reps, 1))[:TABLE_STARTS])
+    newton_1000 = time.perf_counter() - t0
+    return {"k": k, "n": n, "measured_starts": R, "descent_s": s.seconds["descent"], "polish_s": s.seconds["polish"], "families_s": s.seconds["families"],
+            "newton_1000_s": newton_1000,
+            "steps": int(s.descent.active.size), "active": s.descent.active.tolist(), "step_10_s": t_small, "step_1000_s": t_big,
+            "step_model_a_s": t_small - 10 * b, "step_model_b_s": b, "polish_routes": d["polish"], "spurious_fraction": d["spurious_fraction"],
+            "diverged": d["diverged"], "unconverged": d["unconverged"], "resumed": d["resumed"]}
+
+
+def estimate(rows: list[dict], workers: int = 2) -> dict:
+    """The full table's estimated cell times and their makespan on ``workers`` cores (module docstring, 4)."""
+    cells = {}
+    for r in rows:
+        active = np.asarray(r["active"], dtype=np.float64) * (TABLE_STARTS / r["measured_starts"])
+        r["estimated_descent_s"] = float(np.sum(r["step_model_a_s"] + r["step_model_b_s"] * active))
+        per_point = r["polish_routes"]["classify_s"] + r["polish_routes"]["one_point_s"] + r["families_s"]
+        r["estimated_polish_s"] = r["newton_1000_s"] + per_point * TABLE_STARTS / r["measured_starts"]
+    for extra in (0, 1):
+        meas = sorted((r["k"], r["estimated_descent_s"] + r["estimated_polish_s"]) for r in rows if r["n"] == r["k"] + extra)
+        if len(meas) < 2:
+            continue
+        for k in TABLE_KS:
+            cells[(k, k + extra)] = float(np.interp(k, [m[0] for m in meas], [m[1] for m in meas]))
+    load = [0.0] * workers
+    for t in sorted(cells.values(), reverse=True):
+        load[int(np.argmin(load))] += t
+    return {"cells_s": {f"{k},{n}": t for (k, n), t in cells.items()}, "cpu_s": float(sum(cells.values())), "makespan_s": float(max(load)),
+            "complete": len(cells) == 2 * len(TABLE_KS)}
+
+
+def _cell(args: tuple[int, int, int, float]) -> dict:
+    k, n, seed, handover = args
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    s = survey(committee_teacher(k), width=n, n_starts=TABLE_STARTS, handover=handover, seed=seed)
+    d = s.to_dict()
+    return {"k": k, "n": n, "seconds": time.perf_counter() - t0, "spurious": d["spurious"], "spurious_fraction": d["spurious_fraction"],
+            "diverged": d["diverged"], "unconverged": d["unconverged"], "not_converged_points": d["classes"].get("not converged", 0),
+            "families": len(d["families"]), "polish": d["polish"], "max_steps": d["descent_steps"]["max"]}
+
+
+def full_table(workers: int, handover: float) -> dict:
+    """Run the full table (module docstring, 5): 30 cells of 1000 starts on ``workers`` processes, longest first."""
+    jobs = [(k, k + extra, 1000 * extra + k, handover) for k in reversed(TABLE_KS) for extra in (1, 0)]
+    t0 = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        done = []
+        for r in pool.imap_unordered(_cell, jobs):
+            done.append(r)
+            print(f"  k = {r['k']:2d}, n = {r['n']:2d}: {r['spurious_fraction'] * 100:5.1f} % spurious, {r['seconds']:6.1f} s, "
+                  f"{r['diverged']} diverged, {r['unconverged']} unconverged, {r['families']} families, polish {r['polish']}", flush=True)
+    wall = time.perf_counter() - t0
+    done.sort(key=lambda r: (r["n"] - r["k"], r["k"]))
+    print(f"full table: {len(done)} sizes x {TABLE_STARTS} starts in {wall:.0f} s wall ({wall / 60:.1f} min) on {workers} workers; "
+          f"{sum(r['diverged'] for r in done)} diverged, {sum(r['unconverged'] for r in done)} unconverged, "
+          f"{sum(r['not_converged_points'] for r in done)} points not converged")
+    return {"wall_s": wall, "workers": workers, "cells": done}
 
 
 def main() -> None:
@@ -94,40 +150,56 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
     ap.add_argument("--loop", type=int, default=24, help="starts of the same-run comparison (default 24)")
     ap.add_argument("--k", type=int, default=8, help="k = n of the same-run comparison (default 8)")
+    ap.add_argument("--skip-loop", action="store_true", help="skip the same-run comparison")
     ap.add_argument("--starts", type=int, default=40, help="measured starts per size of the full-table estimate (default 40)")
     ap.add_argument("--ks", default="6,12,20", help="sizes measured for the estimate (comma-separated; others interpolated)")
     ap.add_argument("--handover", type=float, default=1e-5)
+    ap.add_argument("--combine", nargs="+", metavar="FILE.json", help="estimate the full table from earlier runs' measured sizes")
+    ap.add_argument("--full-table", action="store_true", help="run the full table (30 sizes x 1000 starts) and time it")
+    ap.add_argument("--workers", type=int, default=2, help="processes of --full-table and cores of the estimate (default 2)")
     ap.add_argument("--out", metavar="FILE.json")
     args = ap.parse_args()
-    if args.quick:
-        args.loop, args.k, args.starts, args.ks = 6, 6, 12, "6,8"
-    torch.set_num_threads(1)  # the descent runs batches below SERIAL_BELOW entries on one thread too
+    torch.set_num_threads(1)  # one core per cell, as the experiment's cells run
     load = os.getloadavg()[0]
-    t_loop, loop_pts = loop_of_single_starts(args.k, args.k, args.loop, 0, args.handover)
-    t0 = time.perf_counter()
-    s = survey(committee_teacher(args.k), n_starts=args.loop, handover=args.handover, seed=0)
-    t_vec = time.perf_counter() - t0
-    same = sum(a.classification == b.classification and abs(a.loss - b.loss) < 1e-9 for a, b in zip(loop_pts, s.points))
-    print(f"same run, k = n = {args.k}, {args.loop} starts (load average {load:.1f}): loop {t_loop:.1f} s, vectorised {t_vec:.1f} s, "
-          f"ratio {t_loop / t_vec:.1f}x; same class and loss at {same}/{args.loop} starts")
-    ks = [int(x) for x in args.ks.split(",")]
-    rows = []
-    for extra in (0, 1):
-        for k in ks:
-            r = estimate_size(k, k + extra, args.starts, 1000, args.handover, seed=k)
-            rows.append(r)
-            print(f"k = {k}, n = {k + extra}: measured {args.starts} starts in {r['measured_descent_s']:.1f} + {r['measured_polish_s']:.1f} s "
-                  f"({r['steps']} steps); estimated 1000 starts: {r['estimated_descent_s']:.0f} s descent + {r['estimated_polish_s']:.0f} s polish")
-    total = 0.0
-    for extra in (0, 1):
-        meas = sorted((r["k"], r["estimated_total_s"]) for r in rows if r["n"] == r["k"] + extra)
-        total += float(sum(np.interp(k, [m[0] for m in meas], [m[1] for m in meas]) for k in range(6, 21)))
-    print(f"estimated full table (n = k and n = k + 1, k = 6..20, 1000 starts each; interpolated between measured k): {total / 60:.0f} min")
-    out = {"load_average": load, "same_run": {"k": args.k, "starts": args.loop, "loop_s": t_loop, "vectorised_s": t_vec, "ratio": t_loop / t_vec,
-                                             "same_end_points": same}, "sizes": rows, "estimated_full_table_s": total}
+    out: dict = {"load_average_start": load, "date": time.strftime("%Y-%m-%d")}
+    if args.full_table:
+        out["full_table"] = full_table(args.workers, args.handover)
+    elif args.combine:
+        rows = [r for f in args.combine for r in json.loads(open(f).read())["sizes"]]
+        out["sizes"], out["estimate"] = rows, estimate(rows, args.workers)
+    else:
+        if args.quick:
+            args.loop, args.k, args.starts, args.ks = 6, 6, 12, "6,8"
+        if not args.skip_loop:
+            t_loop, loop_pts = loop_of_single_starts(args.k, args.k, args.loop, 0, args.handover)
+            t0 = time.perf_counter()
+            s = survey(committee_teacher(args.k), n_starts=args.loop, handover=args.handover, seed=0)
+            t_vec = time.perf_counter() - t0
+            same = sum(a.classification == b.classification and abs(a.loss - b.loss) < 1e-9 for a, b in zip(loop_pts, s.points))
+            print(f"same run, k = n = {args.k}, {args.loop} starts: loop {t_loop:.1f} s, vectorised {t_vec:.1f} s, "
+                  f"ratio {t_loop / t_vec:.1f}x; same class and loss at {same}/{args.loop} starts")
+            out["same_run"] = {"k": args.k, "starts": args.loop, "loop_s": t_loop, "vectorised_s": t_vec, "ratio": t_loop / t_vec, "same_end_points": same}
+        rows = []
+        for extra in (0, 1):
+            for k in (int(x) for x in args.ks.split(",")):
+                r = measure_size(k, k + extra, args.starts, args.handover)
+                rows.append(r)
+                print(f"k = {k}, n = {k + extra}: step {r['step_10_s'] * 1e3:.2f} ms at 10 students, {r['step_1000_s'] * 1e3:.1f} ms at 1000 "
+                      f"({r['step_1000_s'] / 1000 * 1e6:.2f} us per student); {args.starts} starts: descent {r['descent_s']:.1f} s "
+                      f"({r['steps']} steps), polish {r['polish_s']:.1f} s ({r['polish_s'] / args.starts * 1e3:.1f} ms per point, routes {r['polish_routes']}), "
+                      f"families {r['families_s']:.2f} s; batched Newton of 1000 end points {r['newton_1000_s']:.1f} s", flush=True)
+        out["sizes"], out["estimate"] = rows, estimate(rows, args.workers)
+    if "estimate" in out:
+        e = out["estimate"]
+        for r in out["sizes"]:
+            print(f"k = {r['k']}, n = {r['n']}: estimated 1000 starts: {r['estimated_descent_s']:.0f} s descent + {r['estimated_polish_s']:.0f} s polish")
+        if e["complete"]:
+            print(f"estimated full table (n = k and n = k + 1, k = 6..20, 1000 starts each): {e['cpu_s'] / 60:.1f} min of one core, "
+                  f"{e['makespan_s'] / 60:.1f} min on {args.workers} cores (target 15 min on 2 cores)")
+    out["load_average_end"] = os.getloadavg()[0]
+    print(f"load average: {load:.1f} at the start, {out['load_average_end']:.1f} at the end")
     if args.out:
         io.write_json(args.out, out)
-    print(json.dumps(out, indent=1, default=float)[:2000])
 
 
 if __name__ == "__main__":

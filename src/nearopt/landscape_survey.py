@@ -981,22 +981,40 @@ def same_family(a: CriticalPoint, b: CriticalPoint, floor: float, rtol: float = 
 
 
 def families(points: list[CriticalPoint | None]) -> list[Family]:
-    """Group points into families (:func:`same_family`), ordered by loss; ``None`` entries (diverged runs) are skipped."""
+    """Group points into families (:func:`same_family`), ordered by loss; ``None`` entries (diverged runs) are skipped.
+
+    Each point, by increasing loss, joins the first family whose representative it matches, else
+    starts one; the comparison with all representatives at once is :func:`same_family` vectorised.
+    """
     groups: list[Family] = []
     live = [p for p in points if p is not None]
     if not live:
         return groups
     floor = GLOBAL_RTOL * teacher_power(live[0].problem.teacher)
     order = sorted((i for i, p in enumerate(points) if p is not None), key=lambda i: points[i].loss)  # type: ignore[union-attr]
+    # per spectrum size: the representatives' family index, class, loss, eigenvalues and 1e-6 max(1, |lambda|_max)
+    reps: dict[int, tuple[list[int], list[str], list[float], list[np.ndarray], list[float]]] = {}
     for i in order:
         cp = points[i]
         assert cp is not None
-        for g in groups:
-            if same_family(g.representative, cp, floor):
-                g.members.append(i)
-                break
-        else:
-            groups.append(Family(cp, [i]))
+        lam = cp.eigenvalues
+        idx, cls, loss, eig, atol = reps.setdefault(lam.size, ([], [], [], [], []))
+        if idx:
+            L = np.asarray(loss)
+            cand = (np.asarray(cls) == cp.classification) & (np.abs(L - cp.loss) <= np.maximum(1e-7 * np.abs(L), floor))
+            if lam.size and cand.any():
+                close = np.all(np.abs(np.asarray(eig) - lam) <= np.asarray(atol)[:, None] + 1e-5 * np.abs(lam), axis=1)
+                cand &= close
+            hit = np.flatnonzero(cand)
+            if hit.size:
+                groups[idx[int(hit[0])]].members.append(i)
+                continue
+        idx.append(len(groups))
+        cls.append(cp.classification)
+        loss.append(cp.loss)
+        eig.append(lam)
+        atol.append(1e-6 * (max(1.0, float(np.max(np.abs(lam)))) if lam.size else 1.0))
+        groups.append(Family(cp, [i]))
     return groups
 
 
@@ -1026,8 +1044,9 @@ class Survey:
     handover: float | None = None
     #: handed-over runs that did not end at a strict minimum and resumed the descent to ``protocol.gtol``
     resumed: int = 0
-    #: polished points by route (:func:`polish_case`): ``batched`` Newton, ``one_point`` Newton, ``dense_spectra`` computed
-    polish: dict[str, int] = field(default_factory=dict)
+    #: polished points by route (:func:`polish_case`): ``batched`` Newton, ``one_point`` Newton, ``dense_spectra`` computed,
+    #: and the seconds of each phase (``newton_s``, ``one_point_s``, ``classify_s``)
+    polish: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_starts(self) -> int:
@@ -1142,7 +1161,7 @@ def _classified(problem: Problem, history: list[float]) -> CriticalPoint:
     return cp
 
 
-def polish_case(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str) -> tuple[list[CriticalPoint], dict[str, int]]:
+def polish_case(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str) -> tuple[list[CriticalPoint], dict[str, float]]:
     """Polish and classify ``R`` end points ``W`` ``(R, K, d)``, ``v`` ``(R, K)`` of one teacher: one :class:`CriticalPoint` each.
 
     Closed forms: :func:`batched_newton_polish` for all at once (a point it leaves above its
@@ -1152,12 +1171,16 @@ def polish_case(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str
     (:func:`nearopt.critical.classify`), and when these are one family (:func:`same_family`) the
     other members take its spectrum and class (their own loss, gradient and tolerance; the
     loss-based global-minimum test is their own); otherwise every member is classified. Other
-    activations: every point one at a time. Also returns the counts of each route.
+    activations: every point one at a time. Also returns the counts of each route (``batched``,
+    ``one_point``, ``dense_spectra``) and the seconds of each phase (``newton_s``, ``one_point_s``, ``classify_s``).
     """
     R = W.shape[0]
     name = teacher.activation.name
     if name not in CLOSED_FORMS:
-        return [polish_and_classify(teacher, W[r], v[r], trained) for r in range(R)], {"batched": 0, "one_point": R, "dense_spectra": R}
+        t0 = time.perf_counter()
+        pts = [polish_and_classify(teacher, W[r], v[r], trained) for r in range(R)]
+        return pts, {"batched": 0, "one_point": R, "dense_spectra": R, "newton_s": 0.0, "one_point_s": time.perf_counter() - t0, "classify_s": 0.0}
+    t0 = time.perf_counter()
     bp = batched_newton_polish(teacher, W, v, trained)
     Wp, vp = bp.W, bp.v
     if trained == "both" and is_positively_homogeneous(teacher.activation):
@@ -1172,8 +1195,10 @@ def polish_case(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str
     gnorm, gtol = np.sqrt(g2), FLOOR_FACTOR * (W.shape[1] + teacher.n_hidden) * EPS * math.sqrt(tp) * np.maximum(1.0, params)
     points: list[CriticalPoint | None] = [None] * R
     ok = np.flatnonzero(gnorm <= gtol)
+    t1 = time.perf_counter()
     for r in np.flatnonzero(~(gnorm <= gtol)):
         points[r] = polish_and_classify(teacher, W[r], v[r], trained)
+    t2 = time.perf_counter()
     floor = GLOBAL_RTOL * tp
     dense = R - ok.size
     for grp in invariant_groups(L[ok], invariants(Wp[ok], vp[ok], teacher.W1), floor):
@@ -1193,7 +1218,8 @@ def polish_case(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str
                 points[r] = _classified(pr, bp.history[r])
                 dense += 1
     assert all(p is not None for p in points)
-    return points, {"batched": int(ok.size), "one_point": int(R - ok.size), "dense_spectra": int(dense)}  # type: ignore[return-value]
+    seconds = {"newton_s": t1 - t0, "one_point_s": t2 - t1, "classify_s": time.perf_counter() - t2}
+    return points, {"batched": int(ok.size), "one_point": int(R - ok.size), "dense_spectra": int(dense), **seconds}  # type: ignore[return-value]
 
 
 #: classes at which a handed-over run is final: the descent would not leave a strict minimum
@@ -1245,7 +1271,7 @@ def _padded(cases: list[Case], trained: str, protocol: Protocol) -> tuple[np.nda
 
 
 def _polish_rows(cases: list[Case], rows: list[slice], d: BatchDescent, which: np.ndarray, trained: str,
-                 counts: list[dict[str, int]]) -> dict[int, CriticalPoint | None]:
+                 counts: list[dict[str, float]]) -> dict[int, CriticalPoint | None]:
     """Polish and classify the runs ``which`` (global row indices) of the padded descent ``d``, each case at its own sizes
     (:func:`polish_case`); diverged runs get ``None``. ``counts[i]`` accumulates the routes taken for case ``i``."""
     out: dict[int, CriticalPoint | None] = {}
@@ -1293,7 +1319,7 @@ def survey_many(cases: list[Case], *, trained: str = "first", protocol: Protocol
         progress(f"descent done in {d.seconds:.1f} s: {d.count('converged')}/{R} converged, {d.count('diverged')} diverged, "
                  f"{d.count('unconverged')} unconverged; polishing")
     t0 = time.perf_counter()
-    counts: list[dict[str, int]] = [{} for _ in cases]
+    counts: list[dict[str, float]] = [{} for _ in cases]
     pts = _polish_rows(cases, rows, d, np.arange(R), trained, counts)
     resumed, extra = np.zeros(0, dtype=np.int64), 0.0
     if first is not protocol:
