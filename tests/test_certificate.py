@@ -36,23 +36,34 @@ def test_certifies_the_published_k7_spurious_minimum(k7_minimum):
     lo, hi = c.loss_interval
     assert lo <= c.loss <= hi and abs(c.loss - 0.0232027149) < 1e-10
     d = c.to_dict()
-    assert json.loads(json.dumps(d))["certified"] is True and d["dtype"] == "float64"
+    assert json.loads(json.dumps(d))["certified"] is True and d["dtype"] == "float64" and "interval" in d["arithmetic"]
+    fast = certify(k7_minimum, interval=False)  # plain 50-digit reference: the same conclusion
+    assert fast.certified and abs(fast.mu - c.mu) < 1e-15 and "not enclosed" in fast.arithmetic
 
 
 @pytest.mark.parametrize("act,trained", [("relu", "first"), ("relu", "both"), ("erf", "both"), ("erf:unit", "first"), ("erf", "second")])
 def test_high_precision_reference_agrees_with_the_library(act, trained):
-    """The certificate's 50-digit closed forms (loss, gradient, central-difference Hessian) against the library's float64."""
+    """The certificate's 50-digit closed forms (loss, gradient, central-difference Hessian), plain and as
+    interval enclosures, against the library's float64."""
     rng = np.random.default_rng(3)
     T = TwoLayerNet(rng.normal(size=(2, 3)), rng.normal(size=(1, 2)), act)
     S = TwoLayerNet(rng.normal(size=(3, 3)), rng.normal(size=(1, 3)), act)
     S = TwoLayerNet(np.vstack([S.W1[:2], 0.7 * T.W1[:1]]), S.W2, act)  # one student unit parallel to a teacher unit
     pr = Problem(T, student=S, trained=trained)
     loss, g = loss_and_gradient(pr)
-    ref = _Reference(pr)
-    L, grad = ref.loss_gradient()
-    assert abs(float(L) - loss) < 1e-13
-    np.testing.assert_allclose(np.array([float(x) for x in grad])[pr.trained_indices], g, rtol=0, atol=1e-13)
-    assert ref.hessian_error(exact_hessian(pr), pr.trained_indices) < 1e-12
+    H = exact_hessian(pr)
+    L3 = hessian_lipschitz_bound(pr, 1e-20)
+    for interval in (False, True):
+        ref = _Reference(pr, interval=interval)
+        L, grad = ref.loss_gradient()
+        assert ref.lower(L) - 1e-13 <= loss <= ref.upper(L) + 1e-13
+        assert not interval or (float(L.delta) < 1e-40 and max(float(x.delta) for x in grad) < 1e-40)  # tight enclosures
+        for gi, x in zip(g, (grad[int(p)] for p in pr.trained_indices)):
+            assert ref.lower(x) - 1e-13 <= gi <= ref.upper(x) + 1e-13
+        err = ref.hessian_error(H, pr.trained_indices, L3)
+        assert err < 1e-12
+        E = 1e-6 * np.random.default_rng(4).normal(size=H.shape)
+        assert ref.hessian_error(H + E, pr.trained_indices, L3) >= np.linalg.norm(E) - err  # a bound, not an estimate
 
 
 def _kappa(name: str, a: list, b: list):

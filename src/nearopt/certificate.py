@@ -36,7 +36,9 @@ the verification of Safran & Shamir (2018).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -62,6 +64,25 @@ C3 = 2.0 * math.sqrt(2.0 / math.pi)
 C_AAA = math.sqrt(27.0) / (4.0 * math.pi)
 #: ``max cos(phi)^2 sin(phi)`` over the circle: bounds ``s^2 r`` and ``s r^2`` by ``(s^2 + r^2)^(3/2)``
 MIX = 2.0 / (3.0 * math.sqrt(3.0))
+
+
+def _up(x: float) -> float:
+    """The next float64 up: one rounding of a correctly rounded operation, made outward."""
+    return float(np.nextafter(x, np.inf))
+
+
+def _down(x: float) -> float:
+    return float(np.nextafter(x, -np.inf))
+
+
+#: what backs the numbers, by ``interval``
+ARITHMETIC = {
+    True: (f"reference loss, gradient and Hessian enclosed in {REFERENCE_DIGITS}-digit mpmath.iv interval arithmetic; lambda_min of the "
+           "float64 Hessian by a Cholesky backward-error bound (Higham Thm 10.3, IEEE BLAS); L3 and the final inequalities in float64 "
+           "rounded outward"),
+    False: (f"reference loss, gradient and Hessian in {REFERENCE_DIGITS}-digit mpmath (rounded, not enclosed); lambda_min of the float64 "
+            "Hessian by a Cholesky backward-error bound (Higham Thm 10.3, IEEE BLAS); L3 and the final inequalities in float64 rounded outward"),
+}
 
 
 @dataclass(frozen=True)
@@ -102,9 +123,8 @@ class Certificate:
     loss: float
     loss_interval: tuple[float, float]
     smallest_unit_norm: float
+    arithmetic: str
     dtype: str = "float64"
-    arithmetic: str = (f"float64 Hessian with a Cholesky backward-error bound (Higham Thm 10.3); gradient, loss and reference "
-                       f"Hessian in {REFERENCE_DIGITS}-digit mpmath; not interval arithmetic")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -143,7 +163,9 @@ def hessian_lipschitz_bound(problem: Problem | TwoLayerNet, rho: float) -> float
     bounded by :func:`_kernel_constants` and the norms over the ball. Monomials of one unit are
     bounded by ``z_a^3`` (coefficients ``pi_a``), mixed ones by ``z_a^2 z_b`` (``Gamma_ab``), and
     ``sum_a pi_a z_a^3 + sum_ab Gamma_ab z_a^2 z_b <= max_a pi_a + max_a |Gamma_a|_2``
-    (``docs/certificate.md`` §3). ``inf`` for ReLU when the ball reaches a zero unit.
+    (``docs/certificate.md`` §3). ``inf`` for ReLU when the ball reaches a zero unit. Evaluated in
+    float64 with outward margins (relative ``2e-12`` on the norms, ``1e-10`` on the result) that
+    dominate the rounding of this sum of positive terms.
     """
     pr = as_problem(problem)
     name = pr.point.activation.name
@@ -161,8 +183,9 @@ def hessian_lipschitz_bound(problem: Problem | TwoLayerNet, rho: float) -> float
     fw[:K] = 1.0 if first else 0.0
     fv = np.zeros(J)
     fv[:K] = 1.0 if second else 0.0
-    nlo, nhi = np.maximum(norms - rho * fw, 0.0), norms + rho * fw
-    bhi = beta + rho * fv
+    # outward: relative 2e-12 on the inputs dominates their rounding (and that of the subtraction); 1e-10 on the result
+    nlo, nhi = np.maximum(norms * (1 - 2e-12) - rho * fw, 0.0), norms * (1 + 2e-12) + rho * fw
+    bhi = beta * (1 + 2e-12) + rho * fv
     if name == "relu" and first and np.any(nlo[:K] <= 0):
         return math.inf
     cs3, cs2r, csr2, G = np.zeros(K), np.zeros(K), np.zeros(K), np.zeros((K, K))
@@ -202,73 +225,113 @@ def hessian_lipschitz_bound(problem: Problem | TwoLayerNet, rho: float) -> float
         cs2r += 3.0 * bhi[:K] * k2 * fv[:K] * fw[:K]
         csr2 += 3.0 * k1 * fv[:K] * fw[:K]
     unit = cs3 + MIX * (cs2r + csr2)
-    return float(unit.max() + np.linalg.norm(G, axis=1).max()) if K else 0.0
+    return float(unit.max() + np.linalg.norm(G, axis=1).max()) * (1 + 1e-10) if K else 0.0
 
 
 # ----------------------------------------------------------------------------- high-precision reference
 class _Reference:
     """Loss, gradient and (central-difference) Hessian of the closed forms in ``REFERENCE_DIGITS`` digits.
 
-    Units ``Omega = [W; T]`` ``(J, d)``, ``beta = [v; -u]``; ``dL/dw_a = v_a sum_j beta_j (A_aj w_a + B_aj omega_j)``,
-    ``dL/dv_a = sum_j beta_j kappa_aj`` (``docs/landscape.md`` §1).
+    ``interval=True``: ``mpmath.iv`` interval arithmetic, every result an enclosure; otherwise
+    ``mpmath.mp`` (rounded, not enclosed). Units ``Omega = [W; T]`` ``(J, d)``, ``beta = [v; -u]``;
+    ``dL/dw_a = v_a sum_j beta_j (A_aj w_a + B_aj omega_j)``, ``dL/dv_a = sum_j beta_j kappa_aj``
+    (``docs/landscape.md`` §1).
     """
 
-    def __init__(self, problem: Problem):
+    def __init__(self, problem: Problem, interval: bool = True):
         s, t = problem.point, problem.teacher
+        self.interval = interval
+        self.ctx: Any = mpmath.iv if interval else mpmath.mp
         self.name = s.activation.name
-        self.c = mpmath.mpf(2) / (2 if self.name == "erf" else 1)
         self.K, self.d = s.n_hidden, s.n_inputs
-        self.Om = [[mpmath.mpf(float(x)) for x in row] for row in np.vstack([s.W1, t.W1])]
-        self.beta = [mpmath.mpf(float(x)) for x in np.concatenate([s.W2.ravel(), -t.W2.ravel()])]
-        #: the central-difference step: REFERENCE_STEP max(1, largest student entry)
-        self.step = REFERENCE_STEP * max(1.0, float(np.abs(s.parameters()).max()))
+        with self.digits():
+            self.c = self.ctx.mpf(1 if self.name == "erf" else 2)  # erf(z / s): c = 2 / s^2
+            self.Om = [[self.ctx.mpf(float(x)) for x in row] for row in np.vstack([s.W1, t.W1])]
+            self.beta = [self.ctx.mpf(float(x)) for x in np.concatenate([s.W2.ravel(), -t.W2.ravel()])]
+        #: the central-difference step: a power of two near REFERENCE_STEP max(1, largest student entry), so x0 +- step is exact
+        self.step = math.ldexp(1.0, math.ceil(math.log2(REFERENCE_STEP * max(1.0, float(np.abs(s.parameters()).max())))))
 
-    def pair(self, a: list, b: list) -> tuple[Any, Any, Any, Any]:
-        """``kappa(a, b)``, ``A_ab``, ``A_ba``, ``B`` with ``grad_1 kappa(a, b) = A_ab a + B b``."""
-        na2, nb2, ab = mpmath.fdot(a, a), mpmath.fdot(b, b), mpmath.fdot(a, b)
-        pi = mpmath.pi
+    @contextlib.contextmanager
+    def digits(self) -> Iterator[None]:
+        old = self.ctx.dps
+        self.ctx.dps = REFERENCE_DIGITS
+        try:
+            yield
+        finally:
+            self.ctx.dps = old
+
+    def upper(self, x: Any) -> float:
+        """A float64 ``>= x`` (the enclosure's upper end; without intervals, a relative ``1e-40`` and absolute ``1e-45`` allowance)."""
+        if self.interval:
+            return float(np.nextafter(float(x.b), np.inf))
+        return float(np.nextafter(float(x * (1 + 1e-40 * (1 if x >= 0 else -1)) + 1e-45), np.inf))
+
+    def lower(self, x: Any) -> float:
+        return -self.upper(-x)
+
+    def _cross2(self, a: list, b: list, na2: Any, nb2: Any, ab: Any) -> Any:
+        """``|a|^2 |b|^2 - (a.b)^2 >= 0``; where that difference cancels (near-parallel pairs), Lagrange's
+        ``sum_{i<j} (a_i b_j - a_j b_i)^2``, which does not."""
+        prod = na2 * nb2
+        S2 = prod - ab * ab
+        if float(S2.a if self.interval else S2) > 1e-12 * float(prod.b if self.interval else prod):
+            return S2
+        return sum(((a[i] * b[j] - a[j] * b[i]) ** 2 for i in range(len(a)) for j in range(i + 1, len(a))), self.ctx.mpf(0))
+
+    def pair(self, a: list, b: list, same: bool = False) -> tuple[Any, Any, Any, Any]:
+        """``kappa(a, b)``, ``A_ab``, ``A_ba``, ``B`` with ``grad_1 kappa(a, b) = A_ab a + B b`` (``same``: ``b`` is ``a``)."""
+        ctx = self.ctx
+        na2 = sum((x * x for x in a), ctx.mpf(0))
+        nb2, ab = (na2, na2) if same else (sum((x * x for x in b), ctx.mpf(0)), sum((x * y for x, y in zip(a, b)), ctx.mpf(0)))
+        pi = ctx.pi
         if self.name == "relu":
+            if same:  # angle 0: kappa = |a|^2 / 2, grad_1 = a / 2
+                return na2 / 2, ctx.mpf(0), ctx.mpf(0), ctx.mpf(1) / 2
             if na2 == 0 or nb2 == 0:
-                return mpmath.mpf(0), mpmath.mpf(0), mpmath.mpf(0), mpmath.mpf(1) / 4
-            S = mpmath.sqrt(max(na2 * nb2 - ab * ab, mpmath.mpf(0)))
-            th = mpmath.atan2(S, ab)
+                return ctx.mpf(0), ctx.mpf(0), ctx.mpf(0), ctx.mpf(1) / 4
+            S = ctx.sqrt(self._cross2(a, b, na2, nb2, ab))
+            th = ctx.atan2(S, ab)
             return (S + (pi - th) * ab) / (2 * pi), S / (2 * pi * na2), S / (2 * pi * nb2), (pi - th) / (2 * pi)
         c = self.c
         da, db = 1 + c * na2, 1 + c * nb2
-        root = mpmath.sqrt(da * db)
+        root = da if same else ctx.sqrt(da * db)
         r = c * ab / root
-        q = pi / 2 * mpmath.sqrt(1 - r * r)
-        return 2 / pi * mpmath.asin(r), -c * r / (da * q), -c * r / (db * q), c / (root * q)
+        # sqrt(1 - r^2) = sqrt(1 + c |a|^2 + c |b|^2 + c^2 (|a|^2 |b|^2 - (a.b)^2)) / root, without cancellation
+        cosr = ctx.sqrt(1 + 2 * c * na2) / da if same else ctx.sqrt(1 + c * (na2 + nb2) + c * c * self._cross2(a, b, na2, nb2, ab)) / root
+        q = pi / 2 * cosr
+        return 2 / pi * ctx.atan2(r, cosr), -c * r / (da * q), -c * r / (db * q), c / (root * q)
 
     def row(self, Om: list, beta: list, a: int) -> tuple[list, Any, list]:
         """``(dL/dw_a, dL/dv_a, pairs)`` of student ``a``; ``pairs[j] = pair(omega_a, omega_j)``."""
-        pairs = [self.pair(Om[a], Om[j]) for j in range(len(Om))]
-        gw = [mpmath.mpf(0)] * self.d
-        gv = mpmath.mpf(0)
-        for j, (k, A, _, B) in enumerate(pairs):
-            gw = [x + beta[j] * (A * Om[a][i] + B * Om[j][i]) for i, x in enumerate(gw)]
-            gv += beta[j] * k
+        zero = self.ctx.mpf(0)
+        pairs = [self.pair(Om[a], Om[j], same=j == a) for j in range(len(Om))]
+        sa = sum((beta[j] * p[1] for j, p in enumerate(pairs)), zero)  # sum_j beta_j A_aj
+        gw = [sa * x for x in Om[a]]
+        for j, (_, _, _, B) in enumerate(pairs):
+            cj = beta[j] * B
+            gw = [x + cj * y for x, y in zip(gw, Om[j])]
+        gv = sum((beta[j] * p[0] for j, p in enumerate(pairs)), zero)
         return [beta[a] * x for x in gw], gv, pairs
 
     def loss_gradient(self) -> tuple[Any, list]:
         """``L = 1/2 sum_ij beta_i beta_j kappa_ij`` and the full gradient (``W`` row-major, then ``v``) at the point."""
         K, J = self.K, len(self.Om)
-        with mpmath.workdps(REFERENCE_DIGITS):
-            gW, gv, loss = [], [], mpmath.mpf(0)
+        with self.digits():
+            gW, gv, loss = [], [], self.ctx.mpf(0)
             for a in range(K):
                 w, v, pairs = self.row(self.Om, self.beta, a)
                 gW += w
                 gv.append(v)
                 loss += self.beta[a] * v  # sum_j beta_a beta_j kappa_aj
-                loss += sum(self.beta[a] * self.beta[m] * pairs[m][0] for m in range(K, J))  # the (m, a) terms
+                loss += sum((self.beta[a] * self.beta[m] * pairs[m][0] for m in range(K, J)), self.ctx.mpf(0))  # the (m, a) terms
             for m in range(K, J):
-                loss += sum(self.beta[m] * self.beta[n] * self.pair(self.Om[m], self.Om[n])[0] for n in range(K, J))
+                loss += sum((self.beta[m] * self.beta[n] * self.pair(self.Om[m], self.Om[n])[0] for n in range(K, J)), self.ctx.mpf(0))
             return loss / 2, gW + gv
 
-    def column(self, a: int, i: int, h: Any) -> list:
-        """``d grad L / d theta`` for ``theta = w_a[i]`` (``i < d``) or ``v_a`` (``i = d``), by central differences."""
-        K, d = self.K, self.d
-        col = [mpmath.mpf(0)] * (K * d + K)
+    def column(self, a: int, i: int) -> list:
+        """``(grad L(x0 + h e) - grad L(x0 - h e)) / 2h`` for ``e`` the unit vector of ``w_a[i]`` (``i < d``) or ``v_a`` (``i = d``)."""
+        K, d, h = self.K, self.d, self.ctx.mpf(self.step)
+        col = [self.ctx.mpf(0)] * (K * d + K)
         for sign in (1, -1):
             Om, beta = [list(r) for r in self.Om], list(self.beta)
             if i < d:
@@ -288,19 +351,23 @@ class _Reference:
                 col[K * d + b] += sign * beta[a] * k
         return [x / (2 * h) for x in col]
 
-    def hessian_error(self, H: np.ndarray, trained: np.ndarray) -> float:
-        """``|H - H_ref|_F`` over the trained parameters (``H`` the float64 Hessian, ``trained`` its indices)."""
+    def hessian_error(self, H: np.ndarray, trained: np.ndarray, lipschitz: float) -> float:
+        """An upper bound on ``|H - grad^2 L(x0)|_F`` over the trained parameters (``H`` float64, ``trained`` its indices).
+
+        Each column of the exact Hessian lies within ``lipschitz step / 2`` of the central
+        difference (``lipschitz`` bounds the Hessian's Lipschitz constant on ``B(x0, step)``).
+        """
         K, d = self.K, self.d
-        with mpmath.workdps(REFERENCE_DIGITS):
-            h = mpmath.mpf(self.step)
-            total = mpmath.mpf(0)
-            pos = {int(p): n for n, p in enumerate(trained)}
+        with self.digits():
+            total = self.ctx.mpf(0)
             for n, p in enumerate(trained):
                 a, i = (int(p) // d, int(p) % d) if p < K * d else (int(p) - K * d, d)
-                col = self.column(a, i, h)
-                for q, m in pos.items():
-                    total += (mpmath.mpf(float(H[m, n])) - col[q]) ** 2
-            return float(mpmath.sqrt(total)) * (1 + 1e-12)
+                col = self.column(a, i)
+                diff = [self.ctx.mpf(float(H[m, n])) - col[int(q)] for m, q in enumerate(trained)]
+                mags = [abs(x) for x in diff]
+                e = self.ctx.sqrt(sum((x * x for x in mags), self.ctx.mpf(0))) + self.ctx.mpf(lipschitz * self.step / 2) * (1 + self.ctx.mpf(1e-12))
+                total += e * e
+            return self.upper(self.ctx.sqrt(total))
 
 
 # ----------------------------------------------------------------------------- the certificate
@@ -320,7 +387,7 @@ def cholesky_lower_bound(H: np.ndarray, s: float) -> float | None:
         return None
     gamma = (n + 1) * U / (1 - (n + 1) * U)
     allowance = gamma * float(np.sum(R * R)) * (1 + 4 * n * U) + U * float(np.max(np.abs(np.diag(A))))
-    return s - allowance
+    return _down(s - allowance * (1 + 1e-12))
 
 
 def _refuse(reason: str, **kw: Any) -> Certificate:
@@ -347,15 +414,17 @@ def _ball(problem: Problem, mu: float, eta: float, rho: float | None) -> float:
     return lo
 
 
-def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | None = None) -> Certificate:
+def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | None = None, interval: bool = True) -> Certificate:
     """Certify that the point's exact critical point nearby is a strict local minimum (module docstring).
 
     ``point``: a :class:`~nearopt.problem.Problem`, a :class:`~nearopt.critical.CriticalPoint`
     (its polished problem) or a student (teacher = itself); isotropic inputs, activation in
     :data:`SUPPORTED`. ``radius``: the ball ``B(x0, rho)`` of the Lipschitz bound (default: the
-    largest ``rho`` with ``L3(rho) rho <= mu / 2``). Returns a :class:`Certificate` with
-    ``certified=False`` and a reason where the argument does not close (a saddle, a degenerate
-    Hessian, too large a gradient, a ball reaching a zero ReLU unit).
+    largest ``rho`` with ``L3(rho) rho <= mu / 2``). ``interval``: the reference loss, gradient and
+    Hessian in ``mpmath.iv`` interval arithmetic (enclosures; default), or in plain 50-digit
+    ``mpmath`` (about 4x faster, rounded). Returns a :class:`Certificate` with ``certified=False``
+    and a reason where the argument does not close (a saddle, a degenerate Hessian, too large a
+    gradient, a ball reaching a zero ReLU unit).
     """
     pr = point.problem if isinstance(point, CriticalPoint) else as_problem(point)
     name = pr.point.activation.name
@@ -365,12 +434,12 @@ def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | Non
         raise NearoptError(f"certify: student ({name}) and teacher ({pr.teacher.activation.name}) activations differ")
     if not pr.inputs.isotropic:
         raise NearoptError("certify: only isotropic inputs x ~ N(0, I) are supported")
-    if radius is not None and not (math.isfinite(radius) and radius > 0):
+    if radius is not None and not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
         raise NearoptError(f"certify: radius must be a finite number > 0, got {radius!r}")
     first = pr.trained in ("both", "first")
     norms = np.linalg.norm(pr.point.W1, axis=1)
     info: dict[str, Any] = {"activation": name, "trained": pr.trained, "P": int(pr.trained_indices.size),
-                            "smallest_unit_norm": float(norms.min())}
+                            "smallest_unit_norm": float(norms.min()), "arithmetic": ARITHMETIC[bool(interval)]}
     if name == "relu" and first and norms.min() == 0:
         return _refuse("a zero ReLU unit: the loss is not twice differentiable at the point", **info)
     H = exact_hessian(pr)
@@ -383,15 +452,16 @@ def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | Non
         neg = int(np.sum(lam < 0))
         what = f"a saddle or maximum ({neg} negative eigenvalues)" if lam[0] < -1e-8 * max(top, 1.0) else "a degenerate (non-isolated?) point"
         return _refuse(f"the Hessian is not positive definite: lambda_min = {lam[0]:.3g} ({what})", **info)
-    ref = _Reference(pr)
-    loss_mp, grad_mp = ref.loss_gradient()
+    ref = _Reference(pr, interval=interval)
+    loss_ref, grad_ref = ref.loss_gradient()
     trained = pr.trained_indices
-    info["gradient_rounding"] = float(np.linalg.norm(g_float - np.array([float(grad_mp[int(p)]) for p in trained])))
-    with mpmath.workdps(REFERENCE_DIGITS):
-        gnorm = float(mpmath.sqrt(mpmath.fsum(grad_mp[int(p)] ** 2 for p in trained))) * (1 + 1e-12) + 1e-40
-    info["gradient_norm"], info["loss"] = gnorm, float(loss_mp)
-    # |H_ref - H| measured, plus the central difference's own error: |column - H e_k| <= L3 step / 2 (H is L3-Lipschitz)
-    dH = ref.hessian_error(H, trained) + math.sqrt(H.shape[0]) * hessian_lipschitz_bound(pr, ref.step) * ref.step / 2 + 1e-30
+    with ref.digits():
+        info["gradient_rounding"] = float(np.linalg.norm(g_float - np.array([float(ref.ctx.mpf(grad_ref[int(p)]).mid if interval else grad_ref[int(p)])
+                                                                          for p in trained])))
+        gnorm = ref.upper(ref.ctx.sqrt(sum((grad_ref[int(p)] ** 2 for p in trained), ref.ctx.mpf(0))))
+        loss_lo, loss_hi = ref.lower(loss_ref), ref.upper(loss_ref)
+    info["gradient_norm"], info["loss"] = gnorm, 0.5 * (loss_lo + loss_hi)
+    dH = ref.hessian_error(H, trained, hessian_lipschitz_bound(pr, ref.step))
     info["hessian_error"] = dH
     s = float(lam[0]) - 64 * lam.size * U * top
     if not s > 0:
@@ -401,13 +471,12 @@ def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | Non
     if chol is None:
         return _refuse(f"the Cholesky check of lambda_min >= {s:.3g} failed (lambda_min = {lam[0]:.3g}): not certifiably positive definite",
                        **info)
-    mu = chol - dH
-    info["cholesky_allowance"] = float(lam[0]) - chol
-    info["mu"] = mu
+    mu = _down(chol - dH)
+    info["cholesky_allowance"], info["mu"] = float(lam[0]) - chol, mu
     if not mu > 0:
         return _refuse(f"lambda_min = {lam[0]:.3g} is within the rounding allowance {lam[0] - mu:.3g}: not certifiably positive definite "
                        "(a degenerate point?)", **info)
-    eta = gnorm / mu
+    eta = _up(gnorm / mu)
     info["eta"] = eta
     rho = _ball(pr, mu, eta, radius)
     L3 = hessian_lipschitz_bound(pr, rho)
@@ -415,21 +484,21 @@ def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | Non
     if not math.isfinite(L3):
         return _refuse(f"the ball B(x0, {rho:.3g}) meets a zero unit (smallest unit norm {norms.min():.3g}): the ReLU Hessian is "
                        "unbounded there", **info)
-    h = L3 * eta / mu
-    info["h"] = h
-    info["isolation"] = mu - L3 * rho
+    h = _up(_up(L3 * eta) / mu)
+    info["h"], info["isolation"] = h, _down(mu - _up(L3 * rho))
     if not h <= 0.5:
         return _refuse(f"Kantorovich condition fails: h = L3 eta / mu = {h:.3g} > 1/2 (gradient norm {gnorm:.3g} too large for "
                        f"lambda_min {mu:.3g} and L3 {L3:.3g}; polish the point first)", **info)
-    r = 2 * eta / (1 + math.sqrt(1 - 2 * h))  # = (1 - sqrt(1 - 2h)) mu / L3, without the cancellation
-    info["radius"], info["margin"] = r, mu - L3 * r
-    info["unique_radius"] = min(rho, (1 + math.sqrt(1 - 2 * h)) * mu / L3) if L3 > 0 else rho
+    root = _down(math.sqrt(_down(1.0 - 2.0 * h)))  # 2h is exact
+    r = _up(2.0 * eta / _down(1.0 + root))  # = (1 - sqrt(1 - 2h)) mu / L3, without the cancellation
+    info["radius"], info["margin"] = r, _down(mu - _up(L3 * r))
+    info["unique_radius"] = min(rho, _down(_down(_down(1.0 + root) * mu) / L3)) if L3 > 0 else rho
     if r > rho:
         return _refuse(f"the critical point's radius {r:.3g} exceeds the ball {rho:.3g} of the Lipschitz bound", **info)
-    hnorm = top + dH + (lam[0] - mu)
-    drop = 0.5 * (hnorm + L3 * r) * r * r
+    hnorm = top * (1 + 64 * lam.size * U) + dH  # >= |grad^2 L(x0)|
+    drop = 0.5 * (hnorm + L3 * r) * r * r * (1 + 1e-12)
     # L(x*) <= L(x0) (x* minimises L on the convex segment) and L >= 0 (a mean square)
-    info["loss_interval"] = (max(0.0, float(np.nextafter(info["loss"] - drop, -np.inf))), float(np.nextafter(info["loss"], np.inf)))
+    info["loss_interval"] = (max(0.0, _down(loss_lo - drop)), loss_hi)
     if not info["margin"] > 0:
         return _refuse(f"the margin mu - L3 r* = {info['margin']:.3g} is not positive", **info)
     return Certificate(certified=True, reason="", **info)
