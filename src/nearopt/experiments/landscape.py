@@ -393,7 +393,7 @@ register(
         description="many-start surveys of ReLU committee machines: spurious fractions vs Safran & Shamir, families of critical points and their spectra",
         quick={"variants": ["relu n=k"], "ks": [6, 7, 8, 9], "starts": 200, "seed": 0, "sizes_per_cell": 4, "handover": 1e-5, "max_steps": 200_000},
         full={"variants": ["relu n=k", "relu n=k+1", "relu n=k+2", "erf n=k", "relu both layers"], "ks": list(range(6, 21)), "starts": 1000, "seed": 0,
-              "sizes_per_cell": 1, "handover": 1e-5, "max_steps": 200_000},
+              "sizes_per_cell": 1, "handover": 1e-5, "max_steps": 1_000_000},
         cells=cells,
         run_cell=run_cell,
         finalize=finalize,
