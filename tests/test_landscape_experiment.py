@@ -16,6 +16,7 @@ from nearopt.experiments.landscape import (
     SS2018_GTOL,
     VARIANT_LABELS,
     VARIANTS,
+    _extra_unit_check,
     _published_checks,
     _spectrum,
     cells,
@@ -105,6 +106,19 @@ def test_published_check_finds_the_family_and_rejects_a_different_one():
         checks = _published_checks({("relu n=k", 7, 7): {"families": fams}})
         assert [c.passed for c in checks] == [found, found]
     assert _published_checks({}) == []
+
+
+def test_extra_unit_check_compares_the_two_widths_at_each_k():
+    def survey(sp, starts):
+        return {"spurious": sp, "starts": starts, "spurious_fraction": sp / starts}
+
+    by = {("relu n=k", 8, 8): survey(120, 1000), ("relu n=k+1", 8, 9): survey(0, 1000), ("relu n=k", 6, 6): survey(0, 1000),
+          ("relu n=k+1", 6, 7): survey(3, 1000)}
+    check = _extra_unit_check(by)
+    assert check is not None and check.passed and "k=8" in check.detail and "k=6" not in check.detail
+    by[("relu n=k+1", 8, 9)] = survey(110, 1000)
+    assert not _extra_unit_check(by).passed
+    assert _extra_unit_check({("relu n=k", 8, 8): survey(120, 1000)}) is None
 
 
 def test_small_run_end_to_end(tmp_path):

@@ -193,6 +193,25 @@ def _fraction_check(by: dict[tuple[str, int, int], dict[str, Any]], starts: list
                  0, len(bad), "0 inside the interval", not bad, f"{'/'.join(map(str, starts))} starts per size; " + "; ".join(rows))
 
 
+def _extra_unit_check(by: dict[tuple[str, int, int], dict[str, Any]]) -> Check | None:
+    """The abstract's claim that mild over-parameterization reduces spurious minima: at every ``k`` surveyed with both
+    ``n = k`` and ``n = k + 1`` where ``n = k`` ends spurious in at least 5 % of the starts, the Newcombe 99 % interval of
+    ``p(n = k + 1) - p(n = k)`` lies below 0."""
+    rows, bad = [], []
+    for (variant, k, _), s in sorted(by.items(), key=lambda kv: kv[0][1]):
+        wide = by.get(("relu n=k+1", k, k + 1))
+        if variant != "relu n=k" or wide is None or s["spurious_fraction"] < 0.05:
+            continue
+        lo, hi = newcombe_interval(wide["spurious"], wide["starts"], s["spurious"], s["starts"], 0.99)
+        rows.append(f"k={k}: {wide['spurious']}/{wide['starts']} vs {s['spurious']}/{s['starts']}, difference {100 * lo:+.1f} to {100 * hi:+.1f} points")
+        if not hi < 0:
+            bad.append(k)
+    if not rows:
+        return None
+    return Check("one extra student unit (n = k + 1) ends spurious less often than n = k (Newcombe 99 % interval of the difference below 0, "
+                 "at every k where n = k is spurious in >= 5 % of the starts)", 0, len(bad), "interval below 0", not bad, "; ".join(rows))
+
+
 def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: list[dict[str, Any]], out_dir: Path) -> ExperimentResult:
     out_dir = Path(out_dir)
     surveys = [s for r in results for s in r["surveys"]]
@@ -208,6 +227,9 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     frac = _fraction_check(by, sorted({s["starts"] for s in surveys}))
     if frac is not None:
         checks.append(frac)
+    extra = _extra_unit_check(by)
+    if extra is not None:
+        checks.append(extra)
     checks.extend(_published_checks(by))
     sym = [(s, f) for s in surveys for f in s["families"] if f["classification"] == "spurious local minimum" and f["symmetry"].get("analysed")]
     unexplained = [f"{s['variant']} k={s['k']} loss {f['loss']:.6g}: {f['multiplicities']} vs {f['symmetry'].get('predicted_multiplicities')}"
