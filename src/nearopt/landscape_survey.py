@@ -517,7 +517,7 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
 #: points polished together (one linearised Hessian product per Newton step for each chunk)
 POLISH_CHUNK = 128
 #: Newton steps of the batched polish, MINRES iterations per step, its relative residual, and step halvings
-POLISH_ITER, KRYLOV_ITER, KRYLOV_RTOL, BACKTRACK = 16, 80, 1e-5, 6
+POLISH_ITER, KRYLOV_ITER, KRYLOV_RTOL, BACKTRACK = 16, 40, 1e-3, 6
 
 
 def _safe_norm(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
