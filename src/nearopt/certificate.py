@@ -21,16 +21,19 @@ The ingredients and what backs each:
   trained unit away from zero; erf: arcsine kernel, bounded everywhere), and the pair bounds are
   summed over the unit sphere of directions. ReLU pairs need no angle condition: the
   arc-cosine kernel's Hessian is Lipschitz across parallel and antiparallel pairs;
-* ``g`` and the loss: evaluated in ``REFERENCE_DIGITS``-digit arithmetic (``mpmath``) from the
-  closed forms at the float64 point ``x0`` (exactly representable);
-* ``H0``: the library's float64 Hessian (:func:`nearopt.critical.exact_hessian`), its error
-  measured against a reference from central differences of the high-precision gradient
-  (step ``REFERENCE_STEP``), and ``lambda_min`` bounded below by a float64 Cholesky
-  factorisation of ``H0 - s I`` with the backward error of Higham (2002), Thm. 10.3.
+* ``g`` and the loss: enclosed in ``REFERENCE_DIGITS``-digit interval arithmetic
+  (``mpmath.iv``) from the closed forms at the float64 point ``x0`` (exactly representable);
+* ``H0``: the library's float64 Hessian (:func:`nearopt.critical.exact_hessian`); its distance
+  to the exact Hessian is bounded by an interval enclosure of central differences of the
+  gradient (power-of-two step near ``REFERENCE_STEP``, whose own error is ``<= L3 step / 2`` per
+  column), and ``lambda_min`` bounded below by a float64 Cholesky factorisation of ``H0 - s I``
+  with the backward error of Higham (2002), Thm. 10.3;
+* ``L3`` and the final inequalities: float64, rounded outward.
 
-This is float64 and high-precision arithmetic with explicit allowances, not interval
-arithmetic: the certificate is as good as IEEE rounding of the BLAS and mpmath's
-rounding at 50 digits (not enclosed). ``docs/certificate.md`` says how this differs from
+What is assumed rather than enclosed: IEEE round-to-nearest in the BLAS of the Cholesky
+factorisation, and the correctness of ``mpmath.iv`` and of the derivation of the bounds
+(``docs/certificate.md``). ``interval=False`` replaces the enclosures by plain 50-digit
+``mpmath`` (rounded, about half the time). ``docs/certificate.md`` says how this compares with
 the verification of Safran & Shamir (2018).
 """
 
@@ -53,7 +56,7 @@ from .problem import Problem, as_problem
 
 #: activations with a derived third-derivative bound (``erf`` is ``erf(z / sqrt 2)``, ``erf:unit`` is ``erf(z)``)
 SUPPORTED = ("relu", "erf", "erf:unit")
-#: working digits of the reference gradient, loss and Hessian
+#: working digits of the reference gradient, loss and Hessian (intervals or plain)
 REFERENCE_DIGITS = 50
 #: central-difference step of the reference Hessian (relative to ``max(1, |x0|_inf)``); its error, ``L3 step / 2`` per column, is allowed for
 REFERENCE_STEP = 1e-24
