@@ -162,7 +162,7 @@ def test_suite_passes_at_min_versions(wheel, tmp_path):
         pytest.skip(f"cannot install ci/min-versions.txt here: {install.stderr.strip().splitlines()[-1:]}")
     _run([py, "-m", "pip", "install", "-q", TORCH_PIN], env=env, timeout=900)
     _run([py, "-m", "pip", "install", "-q", "--no-deps", wheel], env=env)
-    versions = json.loads(_run([py, "-c", "import json, importlib.metadata as m; print(json.dumps({d: m.version(d) for d in ('numpy', 'scipy', 'matplotlib', 'tqdm', 'dask', 'torch')}))"], env=env).stdout)
+    versions = json.loads(_run([py, "-c", "import json, importlib.metadata as m; print(json.dumps({d: m.version(d) for d in ('numpy', 'scipy', 'matplotlib', 'tqdm', 'mpmath', 'dask', 'torch')}))"], env=env).stdout)
     for name, pin in _pins().items():
         if name in versions:
             assert Version(versions[name]) == Version(next(iter(pin.specifier)).version), (name, versions[name])
