@@ -280,3 +280,20 @@ def test_grouped_classification_gives_the_per_point_families(k, n, seed):
         assert abs(fa["lambda_max"] - fb["lambda_max"]) < 1e-8
     if isolated:  # 11 global minima and a spurious one at this seed; members of one family share its spectrum
         assert [f["classification"] for f in a] == ["global minimum", "spurious local minimum"] and counts["dense_spectra"] < R
+
+
+def test_numpy_tail_and_torch_loop_take_the_same_steps(monkeypatch):
+    import nearopt.landscape_survey as ls
+
+    t = committee_teacher(4)
+    W0 = np.random.default_rng(8).normal(scale=0.5, size=(6, 5, 4))
+    proto = Protocol(lr=0.1, gtol=1e-6, max_steps=3000)
+    runs = []
+    for below in (0, 3, 100):  # torch throughout, torch then NumPy, NumPy throughout
+        monkeypatch.setattr(ls, "NUMPY_BELOW", below)
+        runs.append(batched_descent(t, W0, np.ones((6, 5)), protocol=proto))
+    for d in runs[1:]:
+        np.testing.assert_allclose(d.W, runs[0].W, rtol=0, atol=1e-12)
+        assert d.steps.tolist() == runs[0].steps.tolist() and d.status.tolist() == runs[0].status.tolist()
+        np.testing.assert_allclose(d.loss, runs[0].loss, rtol=0, atol=1e-14)
+        assert d.active.tolist() == runs[0].active.tolist()

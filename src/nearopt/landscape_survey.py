@@ -304,6 +304,7 @@ class ClosedForm:
         self.tp = batched_teacher_power(activation, T, u)
         self.relu = _ReluTeacher.of(T, u) if activation == "relu" else None
         self.ws = Workspace(T.device)
+        self._np: tuple[np.ndarray, ...] | None = None
 
     def _teacher(self, runs: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.T.ndim == 2:
@@ -313,6 +314,17 @@ class ClosedForm:
     def __call__(self, W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         T, u, tp = self._teacher(runs, W.shape[0])
         return batched_loss_gradient(self.activation, W, v, T, u, tp)
+
+    def numpy_gradient(self, W: np.ndarray, v: np.ndarray, runs: np.ndarray, want_gv: bool) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """:func:`_relu_gradient_numpy` of rows ``runs`` (``None`` for activations other than ReLU)."""
+        if self.relu is None:
+            return None
+        if self._np is None:
+            self._np = tuple(x.cpu().numpy() for x in (self.relu.That, self.relu.bn, self.relu.bw))
+        That, bn, bw = self._np
+        if That.ndim == 3:
+            That, bn, bw = That[runs], bn[runs], bw[runs]
+        return _relu_gradient_numpy(W, v, That, bn, bw, want_gv)
 
     def gradient(self, W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor, gW: torch.Tensor, gv: torch.Tensor | None) -> None:
         """``dL/dW`` into ``gW`` ``(R, K, d)`` and, unless ``gv`` is ``None``, ``dL/dv`` into ``gv`` ``(R, K)``."""
@@ -324,6 +336,30 @@ class ClosedForm:
         if gv is not None:
             assert kb is not None
             gv.copy_(kb)
+
+
+def _relu_gradient_numpy(W: np.ndarray, v: np.ndarray, That: np.ndarray, bnT: np.ndarray, bwT: np.ndarray,
+                         want_kb: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_relu_terms` in NumPy, for the few runs of a descent's tail (a NumPy call costs a fraction of a torch
+    call's dispatch on tiny arrays): ``dL/dW`` ``(R, K, d)`` and, if ``want_kb``, ``dL/dv`` ``(R, K)``; teacher terms
+    ``(M, d)``, ``(M,)``, ``(M, d)`` or one per row."""
+    R, K, d = W.shape
+    nW = np.sqrt((W * W).sum(-1))
+    inv = 1.0 / np.maximum(nW, _TINY)
+    Wh = W * inv[..., None]
+    M = That.shape[-2]
+    Om = np.concatenate([Wh, np.broadcast_to(That, (R, M, d))], 1)
+    cos = np.clip(Wh @ Om.transpose(0, 2, 1), -1.0, 1.0)
+    diag = np.arange(K)
+    cos[:, diag, diag] = 1.0
+    th = np.arccos(cos)
+    sin = np.sqrt(1.0 - cos * cos)
+    bn = np.concatenate([v * nW, np.broadcast_to(bnT, (R, M))], 1)
+    bw = np.concatenate([v[..., None] * W, np.broadcast_to(bwT, (R, M, d))], 1)
+    s1 = (sin @ bn[..., None])[..., 0]
+    P = math.pi * bw.sum(1, keepdims=True) - th @ bw
+    gW = (W * (s1 * inv)[..., None] + P) * (v / _TWO_PI)[..., None]
+    return gW, ((s1 * nW + (W * P).sum(-1)) / _TWO_PI if want_kb else None)
 
 
 def _library_loss_gradient(teacher: TwoLayerNet, W: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -449,6 +485,60 @@ def _gradient_into(fn: Callable[..., Any], W: torch.Tensor, v: torch.Tensor, run
                 Gv[s:e].copy_(gv)
 
 
+#: a CPU descent of ReLU students goes on in NumPy once this few runs are left (its per-step cost is then the
+#: calls' dispatch: 20-30 torch operations against the same number of cheaper NumPy ones)
+NUMPY_BELOW = 24
+
+
+@dataclass
+class _Tail:
+    """The runs still descending: ``W`` ``(R, K, d)``, ``v`` ``(R, K)``, their rows ``act`` in the output and run ids ``rid``, the step."""
+
+    W: np.ndarray
+    v: np.ndarray
+    act: np.ndarray
+    rid: np.ndarray
+    step: int
+
+
+def _numpy_tail(fn: Any, st: _Tail, protocol: Protocol, trained: str, bound: float, outputs: tuple[np.ndarray, ...], trace: list[int],
+                progress: Callable[[int, int, int, int], None] | None) -> None:
+    """The descent loop of :func:`descend` for its last runs, in NumPy (``fn.numpy_gradient``); fills ``outputs``
+    (``W``, ``v``, loss, largest per-unit gradient, steps, status) and ``trace`` as the torch loop does."""
+    Wend, vend, loss, gmax, steps, status = outputs
+    lr, train_w, train_v = protocol.lr, trained != "second", trained != "first"
+    with np.errstate(invalid="ignore", over="ignore"):
+        while st.act.size:
+            gW, gv = fn.numpy_gradient(st.W, st.v, st.rid, train_v)
+            if not train_w:
+                gW = np.zeros_like(gW)
+            g2 = (gW * gW).sum(-1)
+            gunit = np.sqrt(g2 if gv is None else g2 + gv * gv).max(-1)
+            big = (np.abs(st.W).max((1, 2)) > bound) | (np.abs(st.v).max(-1) > bound)
+            bad = ~np.isfinite(gunit) | big
+            done = (gunit <= protocol.gtol) & ~bad
+            out = bad | done | (st.step >= protocol.max_steps)
+            if out.any():
+                sel = np.flatnonzero(out)
+                idx = st.act[sel]
+                L = fn(torch.as_tensor(st.W[sel]), torch.as_tensor(st.v[sel]), torch.as_tensor(st.rid[sel]))[0].numpy()
+                Wend[idx], vend[idx], loss[idx], gmax[idx], steps[idx] = st.W[sel], st.v[sel], L, gunit[sel], st.step
+                status[idx] = np.where(bad[sel] | ~np.isfinite(L), "diverged", np.where(done[sel], "converged", "unconverged"))
+                keep = ~out
+                st.W, st.v, st.act, st.rid, gW = st.W[keep], st.v[keep], st.act[keep], st.rid[keep], gW[keep]
+                gv = None if gv is None else gv[keep]
+                if not st.act.size:
+                    break
+            if train_w:
+                st.W -= lr * gW
+            if gv is not None:
+                st.v -= lr * gv
+            trace.append(int(st.act.size))
+            st.step += 1
+            if progress is not None and st.step % 500 == 0:
+                progress(st.step, int(np.count_nonzero(status == "converged")), int(np.count_nonzero(status == "diverged")), int(st.act.size))
+
+
 def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
             device: str | torch.device = "cpu", runs: np.ndarray | None = None, progress: Callable[[int, int, int, int], None] | None = None) -> BatchDescent:
     """The descent loop over ``fn(W, v, runs) -> (L, dL/dW, dL/dv)``; ``runs`` ``(R,)``: the run index of each row (default ``0..R-1``).
@@ -476,8 +566,13 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
     ws = Workspace(device)
     with torch.inference_mode(), _threads(device, min(R, chunk or R) * K * K):
         rid = ids
+        tail = torch.device(device).type == "cpu" and hasattr(fn, "numpy_gradient") and getattr(fn, "relu", None) is not None
         while act.numel():
             Ra = act.numel()
+            if tail and Ra <= NUMPY_BELOW:
+                state = _Tail(W.numpy().copy(), v.numpy().copy(), act.numpy().copy(), rid.numpy().copy(), step)
+                _numpy_tail(fn, state, protocol, trained, bound, (Wend, vend, loss, gmax, steps, status), trace, progress)
+                break
             G, Gv = ws("G", Ra, K, d), (ws("Gv", Ra, K) if train_v else None)
             _gradient_into(fn, W, v, rid, G, Gv, chunk)
             if not train_w:
