@@ -24,16 +24,29 @@
    shared with other jobs, what an idle core would take; cache contention is not removed). It
    ignores the longer tail of 1000 starts (the slowest of 1000 runs takes more steps than the
    slowest of ``starts``; those steps cost ``a`` each) and the cache effects of 2 busy cores.
-5. ``--full-table``: the full table itself, on 2 worker processes (one torch thread each, cells
+5. ``--cells K,N ...``: sizes of the table run directly (1000 starts each, seed ``k``, ``1000 + k``
+   for ``n = k + 1``), against their estimate (with ``--combine``'s files).
+6. ``--full-table``: the full table itself, on 2 worker processes (one torch thread each, cells
    longest first); prints the total wall time, each size's spurious fraction, time, and the
    number of diverged and unconverged runs.
+
+The protocol is the experiment's full configuration: step 0.1, handover ``1e-5``, ``gtol``
+``1e-9 / (2 pi)``, at most ``10^6`` steps.
 
     PYTHONPATH=src python benchmarks/bench_landscape.py [--quick] [--out FILE.json]
     PYTHONPATH=src python benchmarks/bench_landscape.py --ks 6,12 --skip-loop --out a.json
     PYTHONPATH=src python benchmarks/bench_landscape.py --combine a.json b.json       # estimate from the pieces
+    PYTHONPATH=src python benchmarks/bench_landscape.py --combine a.json b.json --cells 6,7 12,13   # sizes run directly
     PYTHONPATH=src python benchmarks/bench_landscape.py --full-table [--workers 2] [--out FILE.json]
 
-Records: ``docs/landscape.md`` section "Cost" (dated tables, 2-core x86_64 CPU VM, load average observed).
+Records (2-core x86_64 CPU VM shared with other jobs; per-size tables in ``docs/landscape.md``, section "Cost"):
+
+| date | what | value | target |
+|---|---|---|---|
+| 2026-12-01 | same run, k = n = 8, 24 starts: loop of find_critical_point / survey (load average 1.3) | 31.1 s / 1.8 s = 17.4x | |
+| 2026-12-01 | estimate of the full table from 40-start surveys at k = 6, 12, 20 (load average 1.3-1.6) | 22.5 min of one core, 11.3 min on 2 cores | 15 min on 2 cores |
+| 2026-12-01 | sizes run directly (1000 starts, load average 1.5-2.6): k, n = 6, 6 / 6, 7 / 12, 13 / 20, 20 | 4.6 / 16.7 / 61.8 / 118.5 s = 0.91 / 1.39 / 1.87 / 1.77 x their estimate | |
+| 2026-12-01 | full table, estimate scaled by the direct sizes' 1.8x | about 20 min on 2 cores | not met (by about a third) |
 """
 
 from __future__ import annotations
@@ -176,6 +189,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=1_000_000, help="descent step limit (default 10^6, the experiment's full configuration)")
     ap.add_argument("--combine", nargs="+", metavar="FILE.json", help="estimate the full table from earlier runs' measured sizes")
     ap.add_argument("--full-table", action="store_true", help="run the full table (30 sizes x 1000 starts) and time it")
+    ap.add_argument("--cells", nargs="+", metavar="K,N", help="run these sizes of the table directly (1000 starts each, one after the other) "
+                    "and compare with the estimate of --combine's files")
     ap.add_argument("--workers", type=int, default=2, help="processes of --full-table and cores of the estimate (default 2)")
     ap.add_argument("--out", metavar="FILE.json")
     args = ap.parse_args()
@@ -185,9 +200,18 @@ def main() -> None:
     out: dict = {"load_average_start": load, "date": time.strftime("%Y-%m-%d")}
     if args.full_table:
         out["full_table"] = full_table(args.workers, args.handover, protocol)
-    elif args.combine:
-        rows = [r for f in args.combine for r in json.loads(open(f).read())["sizes"]]
+    elif args.combine or args.cells:
+        rows = [r for f in args.combine or [] for r in json.loads(open(f).read())["sizes"]]
         out["sizes"], out["estimate"], out["estimate_cpu"] = rows, estimate(rows, args.workers), estimate(rows, args.workers, "cpu")
+        for cell in args.cells or []:
+            k, n = (int(x) for x in cell.split(","))
+            r = _cell((k, n, 1000 * (n - k) + k, args.handover, protocol))
+            est = out["estimate"]["cells_s"].get(f"{k},{n}")
+            r["estimated_s"], r["ratio_to_estimate"] = est, (r["seconds"] / est if est else None)
+            out.setdefault("cells", []).append(r)
+            print(f"k = {k}, n = {n}, 1000 starts run directly: {r['seconds']:.1f} s"
+                  + (f" (estimated {est:.1f} s: {r['seconds'] / est:.2f}x)" if est else "") + f"; longest run {r['max_steps']} steps, "
+                  f"{r['diverged']} diverged, {r['unconverged']} unconverged", flush=True)
     else:
         if args.quick:
             args.loop, args.k, args.starts, args.ks = 6, 6, 12, "6,8"

@@ -8,10 +8,14 @@ From ``R`` random starts of a student of width ``K`` (any teacher, any trained b
    norm ``max_a ||dL/d(w_a, v_a)||`` (trained entries) is at most ``gtol`` (``converged``),
    the point leaves every bounded region or turns non-finite (``diverged``), or ``max_steps``
    pass (``unconverged``). Every start is kept and counted under its status;
-2. *polish* each end point that did not diverge with the safeguarded Newton iteration of
-   :func:`nearopt.critical.newton_polish` and *classify* it by the exact Hessian
-   (:func:`nearopt.critical.classify`: global minimum, spurious local minimum, degenerate
-   critical point, saddle with its index, local maximum, not converged);
+2. *polish* all end points that did not diverge at once (:func:`batched_newton_polish`:
+   Newton on the gradient, each step by a batched MINRES on exact Hessian products, safeguarded
+   as :func:`nearopt.critical.newton_polish`; a point it leaves unconverged is polished alone by
+   :func:`nearopt.critical.newton_polish`) and *classify* them per group of equal loss and
+   symmetry invariants (:func:`polish_case`): a few members of each group get the dense exact
+   spectrum (:func:`nearopt.critical.classify`: global minimum, spurious local minimum,
+   degenerate critical point, saddle with its index, local maximum, not converged), the others
+   take it when these agree;
 3. group the points into *families* (:func:`families`): same class, same loss and same
    Hessian spectrum, i.e. equal up to the loss' symmetries. Each family reports its count,
    loss, class, index, extreme eigenvalues, the multiplicity pattern of its spectrum
