@@ -220,7 +220,7 @@ def main() -> None:
             t0 = time.perf_counter()
             s = survey(committee_teacher(args.k), n_starts=args.loop, handover=args.handover, seed=0)
             t_vec = time.perf_counter() - t0
-            same = sum(a.classification == b.classification and abs(a.loss - b.loss) < 1e-9 for a, b in zip(loop_pts, s.points))
+            same = sum(p is not None and a.classification == p.classification and abs(a.loss - p.loss) < 1e-9 for a, p in zip(loop_pts, s.points))
             print(f"same run, k = n = {args.k}, {args.loop} starts: loop {t_loop:.1f} s, vectorised {t_vec:.1f} s, "
                   f"ratio {t_loop / t_vec:.1f}x; same class and loss at {same}/{args.loop} starts")
             out["same_run"] = {"k": args.k, "starts": args.loop, "loop_s": t_loop, "vectorised_s": t_vec, "ratio": t_loop / t_vec, "same_end_points": same}

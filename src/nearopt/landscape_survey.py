@@ -332,6 +332,7 @@ class ClosedForm:
 
     def gradient(self, W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor, gW: torch.Tensor, gv: torch.Tensor | None) -> None:
         """``dL/dW`` into ``gW`` ``(R, K, d)`` and, unless ``gv`` is ``None``, ``dL/dv`` into ``gv`` ``(R, K)``."""
+        kb: torch.Tensor | None
         if self.relu is None:
             _, g, kb = self(W, v, runs)
             gW.copy_(g)
@@ -565,7 +566,7 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
     act = torch.arange(R, device=device)
     ids = torch.as_tensor(np.arange(R) if runs is None else np.asarray(runs), device=device)
     lr, train_w, train_v = protocol.lr, trained != "second", trained != "first"
-    step, trace = 0, []
+    step, trace = 0, list[int]()
     chunk = cpu_chunk(K, K + getattr(fn, "M", K)) if torch.device(device).type == "cpu" else None
     ws = Workspace(device)
     with torch.inference_mode(), _threads(device, min(R, chunk or R) * K * K):
@@ -848,7 +849,8 @@ def batched_newton_polish(teacher: TwoLayerNet, W0: np.ndarray, v0: np.ndarray, 
     scale = math.sqrt(float(batched_teacher_power(name, T, u)))
     params = np.sqrt((W0.reshape(R, -1) ** 2).sum(1) + (v0**2).sum(1))
     gtol = FLOOR_FACTOR * (W0.shape[1] + teacher.n_hidden) * EPS * scale * np.maximum(1.0, params)
-    Wout, vout, gnorm, hist = W0.copy(), v0.copy(), np.zeros(R), [[] for _ in range(R)]
+    Wout, vout, gnorm = W0.copy(), v0.copy(), np.zeros(R)
+    hist: list[list[float]] = [[] for _ in range(R)]
     with torch.no_grad():
         for s0 in range(0, R, chunk):
             sl = slice(s0, min(R, s0 + chunk))
@@ -1304,8 +1306,8 @@ def polish_case(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str
     points: list[CriticalPoint | None] = [None] * R
     ok = np.flatnonzero(gnorm <= gtol)
     t1 = time.perf_counter()
-    for r in np.flatnonzero(~(gnorm <= gtol)):
-        points[r] = polish_and_classify(teacher, W[r], v[r], trained)
+    for i in np.flatnonzero(~(gnorm <= gtol)):
+        points[i] = polish_and_classify(teacher, W[i], v[i], trained)
     t2 = time.perf_counter()
     floor = GLOBAL_RTOL * tp
     dense = R - ok.size
