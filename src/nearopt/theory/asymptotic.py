@@ -48,9 +48,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
+from numpy.polynomial import hermite_e
 from scipy import integrate, special, stats
 from scipy.interpolate import PchipInterpolator
 
@@ -58,8 +60,11 @@ from ..activations import Activation, get_activation
 from ..errors import NearoptError, require_positive_int
 from .distributions import ChiSquareMPConvolution, SpectralLaw, TabulatedCDF, gamma_gauss_rule
 
-#: Gauss–Hermite nodes of the 1-D expectations (erf/tanh converge to ~1e-13 well below this)
-HERMITE_ORDER = 200
+#: Gauss–Legendre nodes per half-line of the 1-D Gaussian expectations (split at 0, so the kink of ReLU
+#: and the jump of its g' are integrated to rounding; smooth activations converge to ~1e-15)
+HALF_NODES = 128
+#: the half-lines are cut at |z| = QUAD_CUT (phi(13) ~ 1e-37)
+QUAD_CUT = 13.0
 #: Gauss nodes of the law of ``c = |w_a|^2 = sigma1^2 chi2_{N_i}`` (generalised Gauss–Laguerre: exact moments)
 C_NODES = 48
 #: ``|g(z) + g(-z)|`` above this (relative to ``max |g|``) on the quadrature nodes: not odd
@@ -76,8 +81,29 @@ LINEAR_EPSREL = 1e-8
 #: safeguarded Newton/bisection steps of ppf after the table bracket (measured ``|cdf(ppf(p)) - p| < 1e-6``)
 PPF_STEPS = 12
 
-_Z, _W = special.roots_hermitenorm(HERMITE_ORDER)
-_W = _W / _W.sum()
+#: Mehler orders of ``E g'(u_a) g'(u_c)`` solved by the Gram Dyson equation (:class:`GramDyson`); the
+#: higher orders act on the bulk as a scalar (their Gram matrices are near the identity)
+DYSON_ORDERS = (1, 2)
+#: geometric grid of the Dyson tables, and the relative imaginary part ``eta`` of ``z = x (1 + i eta)``
+DYSON_POINTS = 1000
+DYSON_ETA = 1e-6
+#: Gauss nodes of the law of ``c`` in the Dyson solve (exact moments to order 23; ``h_k(c)`` is smooth in ``c``)
+DYSON_C_NODES = 12
+#: damped fixed-point iteration of the Dyson equation: steps, damping, tolerance on ``|gamma|``
+DYSON_STEPS = 4000
+DYSON_DAMP = 0.5
+DYSON_TOL = 1e-11
+
+
+def _split_rule(n: int, cut: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights (summing to 1) of ``E f(z)``, ``z ~ N(0, 1)``: Gauss–Legendre on ``[-cut, 0]`` and ``[0, cut]``."""
+    x, w = np.polynomial.legendre.leggauss(n)
+    x, w = 0.5 * cut * (x + 1.0), 0.5 * cut * w * np.exp(-0.125 * cut**2 * (x + 1.0) ** 2)
+    z, wz = np.concatenate([-x[::-1], x]), np.concatenate([w[::-1], w])
+    return z, wz / wz.sum()
+
+
+_Z, _W = _split_rule(HALF_NODES, QUAD_CUT)
 
 
 @dataclass(frozen=True)
@@ -99,6 +125,22 @@ class UnitConstants:
     radial_total: np.ndarray
     readout_linear: np.ndarray
     radial_linear: np.ndarray
+    readout_mean: np.ndarray | None = None
+    radial_mean: np.ndarray | None = None
+
+    def centred(self) -> UnitConstants:
+        """The constants of the centred features ``f1 - E f1`` and ``f2 - E f2``.
+
+        The means (``E g(u)`` and ``E g'(u) z``, zero for odd ``g``) are the degree-0 Hermite parts of
+        the readout and radial features; over all units they form one rank-one Gram term, a single
+        outlier (the constant mode), and the ``N_h - 1`` others see only the centred Gram.
+        """
+        m1 = np.zeros_like(self.nu) if self.readout_mean is None else self.readout_mean
+        m2 = np.zeros_like(self.nu) if self.radial_mean is None else self.radial_mean
+        nu = np.where(self.nu - m1**2 > 1e-12 * self.nu, self.nu - m1**2, 0.0)
+        rad = np.where(self.radial_total - m2**2 > 1e-12 * self.radial_total, self.radial_total - m2**2, 0.0)
+        return UnitConstants(self.variance, self.mu1, self.delta, nu, self.cross - m1 * m2, rad, self.readout_linear,
+                             self.radial_linear, np.zeros_like(nu), np.zeros_like(nu))
 
     @property
     def readout_slope(self) -> np.ndarray:
@@ -117,23 +159,30 @@ def _g_and_gprime(act: Activation, u: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return g.detach().numpy().astype(np.float64), gp.detach().numpy().astype(np.float64)
 
 
-def require_odd(activation: str | Activation) -> Activation:
-    """The activation, or a :class:`NearoptError` if it is not odd (the derivation needs ``g(-z) = -g(z)``)."""
+def is_odd(activation: str | Activation) -> bool:
+    """Whether ``g(-z) = -g(z)`` on the quadrature nodes (and three times them), to :data:`ODD_TOL`."""
     act = get_activation(activation)
     z = np.concatenate([_Z, 3.0 * _Z])
     g_pos, _ = _g_and_gprime(act, z)
     g_neg, _ = _g_and_gprime(act, -z)
     scale = max(1.0, float(np.max(np.abs(g_pos))))
-    if not np.all(np.isfinite(g_pos)) or np.max(np.abs(g_pos + g_neg)) > ODD_TOL * scale:
+    return bool(np.all(np.isfinite(g_pos)) and np.max(np.abs(g_pos + g_neg)) <= ODD_TOL * scale)
+
+
+def require_odd(activation: str | Activation) -> Activation:
+    """The activation, or a :class:`NearoptError` if it is not odd (the odd-activation formulas of
+    ``asymptotic_law(..., dyson=False)`` assume ``g(-z) = -g(z)``)."""
+    act = get_activation(activation)
+    if not is_odd(act):
         raise NearoptError(
-            f"asymptotic_law is derived for odd activations (erf, tanh, odd polynomials); {act.name!r} is not odd: "
-            "its even part makes the swap term of order one (docs/asymptotic.md)"
+            f"{act.name!r} is not odd: its even part makes the swap term of order one, which only the Dyson bulk "
+            "of asymptotic_law (dyson=True) models (docs/asymptotic.md)"
         )
     return act
 
 
 def unit_constants(activation: str | Activation, variance) -> UnitConstants:
-    """:class:`UnitConstants` at each variance ``c > 0`` (Gauss–Hermite, :data:`HERMITE_ORDER` nodes)."""
+    """:class:`UnitConstants` at each variance ``c > 0`` (split Gauss–Legendre rule, :data:`HALF_NODES` per half-line)."""
     act = get_activation(activation)
     c = np.atleast_1d(np.asarray(variance, dtype=np.float64))
     if not np.all(np.isfinite(c) & (c > 0)):
@@ -157,7 +206,22 @@ def unit_constants(activation: str | Activation, variance) -> UnitConstants:
     f2 = phi - mu_rad[:, None] * z
     rad = E(f2**2)
     rad = np.where(rad > 1e-12 * E(phi**2), rad, 0.0)  # g linear: f2 = 0 exactly
-    return UnitConstants(c, mu1, delta, nu, E(f1 * f2), rad, kappa, mu_rad)
+    return UnitConstants(c, mu1, delta, nu, E(f1 * f2), rad, kappa, mu_rad, E(g), E(gp * z))
+
+
+def hermite_coefficients(activation: str | Activation, variance, orders) -> np.ndarray:
+    """``h_k(c) = E[g'(sqrt(c) z) He_k(z)]`` at each variance ``c`` and order ``k``: shape ``(len(c), len(orders))``.
+
+    Mehler: ``E g'(u_a) g'(u_c) = sum_k h_k(c_a) h_k(c_c) rho~_ac**k / k!`` (``rho~`` the cosine of
+    ``w_a, w_c``), and ``sum_{k >= 1} h_k**2 / k! = Var g'(u) = delta``. For ReLU ``h_0 = 1/2`` and
+    ``h_k = He_{k-1}(0) phi(0)``, e.g. ``h_1 = 1/sqrt(2 pi)``; for odd ``g`` the odd orders vanish.
+    """
+    act = get_activation(activation)
+    c = np.atleast_1d(np.asarray(variance, dtype=np.float64))
+    _, gp = _g_and_gprime(act, np.sqrt(c)[:, None] * _Z[None, :])
+    ks = [int(k) for k in orders]
+    H = np.stack([hermite_e.hermeval(_Z, np.eye(k + 1)[k]) for k in ks])  # (K, nodes)
+    return gp @ (_W[None, :] * H).T
 
 
 @dataclass(frozen=True)
@@ -372,6 +436,169 @@ class SwapPairs:
         return 0.0, self.weight * self.second
 
 
+def _chi2_stieltjes(y: np.ndarray) -> np.ndarray:
+    """``m(y) = E[1/(t - y)]`` for ``t ~ chi2_1`` and complex ``y`` off ``[0, inf)``.
+
+    With ``t = xi**2`` and ``s = sqrt(y)``, ``Im s > 0``: ``m = E[1/(xi - s)] / s`` and
+    ``E[1/(xi - s)] = i sqrt(pi/2) w(s/sqrt 2)`` (``w`` the Faddeeva function).
+    """
+    s = np.sqrt(np.asarray(y, dtype=np.complex128))
+    s = np.where(s.imag < 0, -s, s)
+    return 1j * np.sqrt(0.5 * np.pi) * special.wofz(s / np.sqrt(2.0)) / s
+
+
+class GramDyson:
+    """Bulk law of one copy of ``M = sum_k Y_k Y_k^T + diag(r)`` (``N_h x N_h``) by the vector Dyson equation.
+
+    Row ``a`` of ``Y_k`` has squared norm ``s_{a,k} = sigma2**2 t_a coef_k(c_a)`` (``t_a ~ chi2_1``) and
+    is spread isotropically over ``D_k`` dimensions; ``r_a = sigma2**2 t_a rest(c_a)``. The resolvent's
+    diagonal solves
+
+        G_aa(z) = 1 / (r_a - z + sum_k s_{a,k} / (1 + gamma_k(z))),   gamma_k = (1/D_k) sum_c s_{c,k} G_cc,
+
+    so ``G(t, c; z) = 1 / (sigma2**2 t beta(c; z) - z)`` with ``beta = rest + sum_k coef_k / (1 + gamma_k)``.
+    The average over ``t`` is closed form (:func:`_chi2_stieltjes`), the one over ``c`` the Gauss rule,
+    and ``gamma_k = ratio_k E_c[coef_k / beta * (1 + y m(y))]``, ``y = z / (sigma2**2 beta)``,
+    ``ratio_k = N_h / D_k``: one complex scalar per order, solved by damped fixed-point iteration on
+    ``z = x (1 + i eta)``. The density ``Im E G / pi`` is tabulated and integrated to a cdf; ``atom`` is
+    the mass at 0 (``1 - sum_k 1/ratio_k`` when ``rest = 0`` and the orders have fewer dimensions than rows).
+
+    Interlacing with the rank-one part ``z z^T``, ``z_a = v_a sqrt(outlier(c_a))`` (:class:`Interlacing`,
+    with ``delta`` replaced by the complex ``beta``): ``pi(x) = arg A(x) / pi``,
+    ``A = E_c[outlier / beta * (1 + y m(y))]``, clipped to ``[F**N_h, 1 - (1 - F)**N_h]`` and kept such that
+    ``slots F - pi`` (the count of a copy's bulk eigenvalues below ``x``; ``slots`` defaults to ``N_h``) never decreases
+    nor exceeds ``slots - 1``.
+    """
+
+    def __init__(self, scale: float, c_weights: np.ndarray, rest: np.ndarray, coef: np.ndarray, ratio: np.ndarray,
+                 outlier: np.ndarray, n_hidden: int, atom: float = 0.0, slots: float | None = None):
+        self.scale, self.n_hidden, self.atom = float(scale), int(n_hidden), float(atom)
+        self.ratio = np.asarray(ratio, dtype=np.float64)
+        top = float(np.max(rest + coef.sum(1)))
+        hi = 60.0 * self.scale * top * (1.0 + np.sqrt(max(1.0, float(self.ratio.max(initial=0.0))))) ** 2
+        x = np.geomspace(1e-10 * self.scale * top, hi, DYSON_POINTS)
+        z = x * (1.0 + 1j * DYSON_ETA)
+        beta, self.steps, self.residual = self._solve(z, c_weights, rest, coef)
+        y = z[:, None] / (self.scale * beta)
+        m = _chi2_stieltjes(y)
+        dens = np.clip((c_weights[None, :] * m / (self.scale * beta)).sum(1).imag / np.pi, 0.0, None)
+        fx = dens * x  # d F / d log x
+        cum = np.concatenate([[0.0], np.cumsum(0.5 * (fx[1:] + fx[:-1]) * np.diff(np.log(x)))]) + 2.0 * fx[0]  # x^-1/2 below x[0]
+        self.mass = float(cum[-1])  # measured against 1 - atom: the tables' quadrature error
+        F = self.atom + (1.0 - self.atom) * cum / cum[-1]
+        A = (c_weights[None, :] * outlier[None, :] * (1.0 + y * m) / beta).sum(1)
+        if np.any(outlier > 0):
+            pi = np.clip(np.angle(A) / np.pi, F**self.n_hidden, 1.0 - (1.0 - F) ** self.n_hidden)
+            # a copy's count of bulk eigenvalues below x, slots F - pi, cannot decrease; the Cauchy form of pi
+            # can outrun it far in the tail, where it is rearranged
+            n = float(self.n_hidden if slots is None else slots)
+            pi = np.maximum(pi, 1.0 - n * (1.0 - F))  # and it never exceeds the n - 1 bulk eigenvalues of a copy
+            pi = n * F - np.maximum.accumulate(n * F - pi)
+        else:  # no rank-one part: nothing to interlace
+            pi = F.copy()
+        grid = np.concatenate([[0.0], x])
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            self._F = PchipInterpolator(grid, np.concatenate([[self.atom], F]), extrapolate=False)
+            self._pi = PchipInterpolator(grid, np.concatenate([[0.0], pi]), extrapolate=False)
+            self._f, self._dpi = self._F.derivative(), self._pi.derivative()
+        self.grid = grid
+
+    def _solve(self, z: np.ndarray, cw: np.ndarray, rest: np.ndarray, coef: np.ndarray):
+        """``beta(c; z)`` ``(n_z, n_c)`` from the fixed point in ``gamma`` ``(n_z, K)``; steps and final change."""
+        gam = np.zeros((z.size, coef.shape[1]), dtype=np.complex128)
+        act = np.arange(z.size)  # only the points not yet converged are iterated
+        err, step = 0.0, 0
+        for step in range(1, DYSON_STEPS + 1):
+            g = gam[act]
+            beta = rest[None, :] + (1.0 / (1.0 + g)) @ coef.T
+            y = z[act, None] / (self.scale * beta)
+            e = (1.0 + y * _chi2_stieltjes(y)) / beta
+            new = self.ratio[None, :] * ((cw[None, :] * e) @ coef)
+            change = np.max(np.abs(new - g), axis=1, initial=0.0)
+            gam[act] = (1.0 - DYSON_DAMP) * g + DYSON_DAMP * new
+            err = max(err, float(change.max(initial=0.0))) if step == DYSON_STEPS else err
+            act = act[change >= DYSON_TOL]
+            if act.size == 0:
+                break
+        return rest[None, :] + (1.0 / (1.0 + gam)) @ coef.T, step, err
+
+    def _eval(self, fn, x, hi_value: float) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        out = np.nan_to_num(fn(np.clip(x, 0.0, self.grid[-1])), nan=0.0)
+        return np.where(x < 0, 0.0, np.where(x > self.grid[-1], hi_value, out))
+
+    def cdf(self, x) -> np.ndarray:
+        return self._eval(self._F, x, 1.0)
+
+    def pdf(self, x) -> np.ndarray:
+        """Density of the continuous part (derivative of the table)."""
+        x = np.asarray(x, dtype=np.float64)
+        return np.where(x > 0, np.clip(self._eval(self._f, x, 0.0), 0.0, None), 0.0)
+
+    def pi(self, x) -> np.ndarray:
+        return self._eval(self._pi, x, 1.0)
+
+    def dpi(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return np.where(x > 0, self._eval(self._dpi, x, 0.0), 0.0)
+
+    def interlacing_gain(self) -> float:
+        """Per copy, ``int x d(F - pi) = int (pi - F) dx``: what the bulk gains from the rank-one part."""
+        g = self.grid
+        return float(integrate.trapezoid(self.pi(g) - self.cdf(g), g))
+
+
+class DysonBulk:
+    """The bulk of the law from :class:`GramDyson`, as a signed correction of the bulk family (total mass 0).
+
+    Copies (docs/asymptotic.md): ``n_c = max(N_i - N_h, 0)`` copies of the complement block, each with
+    ``N_h - 1`` bulk eigenvalues interlaced with its outlier (cdf ``N_h F_c - pi_c``); and
+    ``n_r = min(N_i, N_h)`` reduced copies, holding the rest of the bulk, whose Mehler order-``k`` features
+    live in ``Sym^{k+1}`` of the ``n_r``-dimensional row space (``ratio_k = N_h n_r / C(n_r + k, k + 1)``),
+    also interlaced. The contribution to the law's cdf is
+
+        (n_c (N_h F_c - pi_c) + (n_bulk - n_c (N_h - 1)) F_r + n_r (F_r - pi_r) - n_bulk F) / P.
+    """
+
+    def __init__(self, complement: GramDyson | None, reduced: GramDyson, n_inputs: int, n_hidden: int, n_bulk: int,
+                 n_params: int, bulk: Family):
+        self.complement, self.reduced, self.bulk = complement, reduced, bulk
+        self.n_c = max(n_inputs - n_hidden, 0) if complement is not None else 0
+        self.n_r = min(n_inputs, n_hidden)
+        self.n_hidden, self.n_bulk, self.n_params = n_hidden, n_bulk, n_params
+        self.n_red_bulk = n_bulk - self.n_c * (n_hidden - 1)
+        self.gain = (self.n_c * complement.interlacing_gain() if complement is not None else 0.0) + self.n_r * reduced.interlacing_gain()
+        hi = max(reduced.grid[-1], complement.grid[-1] if complement is not None else 0.0)
+        self._grid = np.concatenate([[0.0], np.geomspace(1e-12 * hi, hi, 6001)])
+        d = self.cdf(self._grid)
+        self._moments = (-float(integrate.trapezoid(d, self._grid)), -float(integrate.trapezoid(2.0 * self._grid * d, self._grid)))
+
+    def cdf(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        nh, r = self.n_hidden, self.reduced
+        out = self.n_red_bulk * r.cdf(x) + self.n_r * (r.cdf(x) - r.pi(x)) - self.n_bulk * self.bulk.cdf(x)
+        if self.complement is not None and self.n_c > 0:
+            out = out + self.n_c * (nh * self.complement.cdf(x) - self.complement.pi(x))
+        return out / self.n_params
+
+    def pdf(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        nh, r = self.n_hidden, self.reduced
+        out = self.n_red_bulk * r.pdf(x) + self.n_r * (r.pdf(x) - r.dpi(x)) - self.n_bulk * self.bulk.pdf(x)
+        if self.complement is not None and self.n_c > 0:
+            out = out + self.n_c * (nh * self.complement.pdf(x) - self.complement.dpi(x))
+        return out / self.n_params
+
+    @property
+    def atoms(self) -> tuple[tuple[float, float], ...]:
+        """The zero modes of the reduced copies' Gram part (``rest = 0``), as a mass in the law."""
+        m = self.reduced.atom * (self.n_red_bulk + self.n_r) / self.n_params
+        return ((0.0, m),) if m > 0 else ()
+
+    def moments(self) -> tuple[float, float]:
+        """Contributions ``(int x dDelta, int x**2 dDelta)`` of the correction ``Delta`` (quadrature of its cdf)."""
+        return self._moments
+
 class AsymptoticLaw(SpectralLaw):
     """Law of one pooled population-Hessian eigenvalue of a random odd teacher at its optimum.
 
@@ -403,10 +630,10 @@ class AsymptoticLaw(SpectralLaw):
     """
 
     def __init__(self, activation, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None,
-                 interlacing: bool = True, swap_pairs: bool = True):
+                 interlacing: bool = True, swap_pairs: bool = True, dyson: bool = True, dyson_orders=DYSON_ORDERS):
         self.n_inputs = require_positive_int(n_inputs, "N_i")
         self.n_hidden = require_positive_int(n_hidden, "N_h")
-        self.activation = require_odd(activation)
+        self.activation = get_activation(activation)
         self.sigma1 = _scale(sigma1, self.n_inputs, "sigma1")
         self.sigma2 = _scale(sigma2, self.n_hidden, "sigma2")
         ni, nh = self.n_inputs, self.n_hidden
@@ -419,15 +646,22 @@ class AsymptoticLaw(SpectralLaw):
         y, wc = gamma_gauss_rule(0.5 * ni, C_NODES)
         c = 2.0 * self.sigma1**2 * y
         self.c_nodes, self.c_weights = c, wc
-        k = unit_constants(self.activation, c)
+        raw = unit_constants(self.activation, c)
+        k = raw.centred() if dyson else raw
         self.constants = k
         zeros = np.zeros_like(c)
         P = self.n_params
+        # the degree-0 parts of the readout and radial features: one rank-one outlier, |m|^2 = sum_a (E g)^2 + v_a^2 (E g' z)^2
+        const = float(nh * (wc @ raw.readout_mean**2 + s2 * (wc @ raw.radial_mean**2))) if dyson else 0.0
+        scale = float(wc @ (raw.nu + raw.readout_linear**2) + s2 * (wc @ (raw.radial_total + raw.radial_linear**2)))
+        has_const = const > 1e-12 * nh * scale  # odd g: E g = E g' z = 0 up to rounding
         self.families = [
             Family("bulk", n_bulk / P, zeros, s2 * k.delta, wc),
             Family("radial", nh / P, zeros, s2 * k.radial, wc),
-            Family("readout", nh / P, k.nu, s2 * k.readout_slope, wc),
+            Family("readout", (nh - has_const) / P, k.nu, s2 * k.readout_slope, wc),
         ]
+        if has_const:
+            self.families.append(Family("constant", 1.0 / P, np.array([const]), np.zeros(1), np.ones(1)))
         # linear family: spec(s~ I + sum_a d_a w^_a w^_a^T), s~ = sum_a v_a^2 mu1_a^2 and
         # d_a = v_a^2 (mu_rad^2 - mu1^2) + kappa^2 (docs/asymptotic.md §4), with d_a replaced
         # by its mean: a * (chi2 part) + MP part of the right scale
@@ -438,15 +672,57 @@ class AsymptoticLaw(SpectralLaw):
         self.linear_law = ChiSquareMPConvolution(ni, nh, sigma1_lin, self.sigma2, epsrel=LINEAR_EPSREL)
         delta0 = float(unit_constants(self.activation, self.sigma1**2 * ni).delta[0])
         self.scaled_limit = stats.chi2(1, scale=delta0) if delta0 > 0 else None  # None: g linear, no bulk
-        copies = ni if interlacing else 0
+        self.dyson = self._dyson(tuple(dyson_orders), interlacing) if dyson and n_bulk > 0 and np.all(k.delta > 0) else None
+        copies = ni if interlacing and self.dyson is None else 0
         self.interlacing = self._interlacing(copies / P) if copies > 0 and np.all(k.delta > 0) and np.all(k.mu1 != 0) else None
         # tr M is fixed: what interlacing adds to a copy's N_h - 1 bulk eigenvalues its top one (a linear-family
         # eigenvalue) loses, so the linear family is shifted by minus the per-copy gain
+        # and without interlacing each copy's outlier still carries its share E d = sigma2^2 E delta of tr M
+        # (the family law counts N_h - 1 bulk eigenvalues per copy of trace N_h E d + |v∘b|^2)
+        self.outlier_shift = s2 * float(wc @ k.delta) if self.mu1_sq > 0 else 0.0
         self._inter_moments = self.interlacing.moments() if self.interlacing is not None else (0.0, 0.0)
-        self.linear_shift = -self._inter_moments[0] / self.interlacing.weight if self.interlacing is not None else 0.0
-        self.swap_pairs = self._swap_pairs() if swap_pairs and n_bulk > 0 else None
+        self.linear_shift = self.outlier_shift - (self._inter_moments[0] / self.interlacing.weight if self.interlacing is not None else 0.0)
+        if self.dyson is not None:
+            self._inter_moments = self.dyson.moments()
+            self.linear_shift = self.outlier_shift - self.dyson.gain / ni
+        self.swap_pairs = self._swap_pairs() if swap_pairs and n_bulk > 0 and self.dyson is None else None
         self._tabulate_linear()
         self._ppf_table = None
+
+    def _dyson(self, orders: tuple[int, ...], interlacing: bool) -> DysonBulk:
+        """:class:`DysonBulk` with the Mehler ``orders`` (``k >= 1``) solved, the others acting as a scalar.
+
+        Complement copies: ``D_k = C(N_i + k - 1, k)`` (the span of ``w^_a^{⊗k}``), ``ratio_k = N_h / D_k``.
+        Reduced copies: the order-``k`` features ``S(w^_a^{⊗k} ⊗ x_a)`` of the ``N_h n_r`` reduced
+        directions span ``Sym^{k+1}`` of the row space, ``D_k = C(n_r + k, k + 1)``. Orders with
+        ``h_k = 0`` (the odd orders of an odd ``g``) are dropped.
+        """
+        if any(int(o) < 1 for o in orders) or len({int(o) for o in orders}) != len(orders):
+            raise NearoptError(f"dyson_orders must be distinct integers >= 1, got {orders}")
+        ni, nh = self.n_inputs, self.n_hidden
+        y, wc = gamma_gauss_rule(0.5 * ni, DYSON_C_NODES)  # a coarser rule of the law of c: the solve's cost is per node
+        s2, c = self.sigma2**2, 2.0 * self.sigma1**2 * y
+        raw = unit_constants(self.activation, c)
+        k = raw.centred()
+        ks = [int(o) for o in orders]
+        h = hermite_coefficients(self.activation, c, ks) if ks else np.zeros((c.size, 0))
+        coef = h**2 / special.factorial(np.array(ks, dtype=np.float64))[None, :] if ks else h
+        keep = np.max(coef, axis=0) > 1e-12 * float(np.max(k.delta)) if ks else np.zeros(0, bool)
+        ks, coef = [o for o, kp in zip(ks, keep) if kp], coef[:, keep]
+        rest = k.delta - coef.sum(1)
+        rest = np.where(rest > 1e-10 * k.delta, rest, 0.0)  # g' a polynomial of degree <= max order: exactly 0
+        outlier = k.mu1**2 if interlacing else np.zeros_like(c)
+        nr = min(ni, nh)
+        ratio_r = np.array([nh * nr / special.comb(nr + o, o + 1) for o in ks])
+        atom = max(0.0, 1.0 - float(np.sum(1.0 / ratio_r))) if np.all(rest == 0) and ks else 0.0
+        n_bulk = self.n_params - ni - 2 * nh
+        n_c = max(ni - nh, 0)
+        reduced = GramDyson(s2, wc, rest, coef, ratio_r, outlier, nh, atom, slots=(n_bulk - n_c * (nh - 1) + nr) / nr)
+        complement = None
+        if ni > nh:
+            ratio_c = np.array([nh / special.comb(ni + o - 1, o) for o in ks])
+            complement = GramDyson(s2, wc, rest, coef, ratio_c, outlier, nh)
+        return DysonBulk(complement, reduced, ni, nh, n_bulk, self.n_params, self.families[0])
 
     def _interlacing(self, weight: float) -> Interlacing:
         """:class:`Interlacing` on the same ``c`` nodes as the families."""
@@ -467,14 +743,19 @@ class AsymptoticLaw(SpectralLaw):
         return SwapPairs(weight, gamma / delta, self.n_inputs, self.families[0])
 
     def family_law(self) -> AsymptoticLaw:
-        """The same law without the interlacing and swap-pair corrections, sharing the tables (no new quadrature)."""
+        """The same law without the Dyson bulk, interlacing and swap-pair corrections, sharing the tables (no new quadrature)."""
         out = copy.copy(self)
         out.swap_pairs, out._ppf_table = None, None
+        if self.dyson is not None:
+            out.dyson, out._inter_moments = None, (0.0, 0.0)
+            if self._lin is not None:
+                out._lin_range = (self._lin_range[0] - self.linear_shift + self.outlier_shift, self._lin_range[1] - self.linear_shift + self.outlier_shift)
+            out.linear_shift = self.outlier_shift
         if self.interlacing is not None:
             out.interlacing, out._inter_moments, out._ppf_table = None, (0.0, 0.0), None
             if self._lin is not None:
-                out._lin_range = (self._lin_range[0] - self.linear_shift, self._lin_range[1] - self.linear_shift)
-            out.linear_shift = 0.0
+                out._lin_range = (self._lin_range[0] - self.linear_shift + self.outlier_shift, self._lin_range[1] - self.linear_shift + self.outlier_shift)
+            out.linear_shift = self.outlier_shift
         return out
 
     def __repr__(self) -> str:
@@ -491,7 +772,7 @@ class AsymptoticLaw(SpectralLaw):
         # cover both components: s alone (mass 1 - 1/q) and s + mu, mu up to the MP edge
         hi = float(max(law.mean() + 14.0 * law.std(), law.chi2.isf(1e-15) + law.mp.bulk_edges[1]))
         self._lin_range = (lo * self.mu1_sq + self.linear_shift, hi * self.mu1_sq + self.linear_shift)
-        self._lin_cdf = TabulatedCDF(law.cdf, lo, hi, n=TABLE_POINTS)  # its density is the table's derivative
+        self._lin_cdf = _linear_table(law.n_inputs, law.n_hidden, law.sigma1, law.sigma2, lo, hi)  # density: the table's derivative
         self._lin = law
 
     def _linear_cdf(self, x: np.ndarray) -> np.ndarray:
@@ -514,13 +795,15 @@ class AsymptoticLaw(SpectralLaw):
                 out[loc] = out.get(loc, 0.0) + fam.weight * m
         if self._lin is None:
             out[0.0] = out.get(0.0, 0.0) + self.linear_weight
+        for loc, m in (self.dyson.atoms if self.dyson is not None else ()):
+            out[loc] = out.get(loc, 0.0) + m
         return tuple(sorted(out.items()))
 
     def pdf(self, x):
         """Density of the continuous part (integrates to ``1 -`` the atom masses)."""
         x = np.asarray(x, dtype=np.float64)
         out = sum(f.weight * f.pdf(x) for f in self.families) + self.linear_weight * self._linear_pdf(x)
-        for corr in (self.interlacing, self.swap_pairs):
+        for corr in (self.interlacing, self.swap_pairs, self.dyson):
             out = out if corr is None else out + corr.pdf(x)
         return np.clip(out, 0.0, None)
 
@@ -535,11 +818,13 @@ class AsymptoticLaw(SpectralLaw):
         x = np.asarray(x, dtype=np.float64)
         lin = self._linear_cdf(x) if self._lin is not None else (x > 0).astype(np.float64)
         out = sum(f.weight * f.cdf(x, left=True) for f in self.families) + self.linear_weight * lin
+        for loc, mass in (self.dyson.atoms if self.dyson is not None else ()):
+            out = out - mass * (x == loc)
         return np.clip(out + self._corrections(x), 0.0, 1.0)
 
     def _corrections(self, x: np.ndarray):
         """Cdf contributions of the interlacing and swap-pair corrections (continuous, zero total mass)."""
-        return sum((c.cdf(x) for c in (self.interlacing, self.swap_pairs) if c is not None), 0.0)
+        return sum((c.cdf(x) for c in (self.interlacing, self.swap_pairs, self.dyson) if c is not None), 0.0)
 
     def support(self) -> tuple[float, float]:
         return 0.0, np.inf
@@ -598,7 +883,7 @@ class AsymptoticLaw(SpectralLaw):
     def rvs(self, size=None, random_state=None) -> np.ndarray | float:
         """Independent draws: the mixture sampled exactly (families, ``c`` nodes, ``chi2_1``); with the
         interlacing correction (a signed part), by inverse transform through :meth:`ppf`."""
-        if self.interlacing is not None or self.swap_pairs is not None:
+        if self.interlacing is not None or self.swap_pairs is not None or self.dyson is not None:
             return super().rvs(size, random_state)
         rng = random_state if hasattr(random_state, "choice") else np.random.default_rng(random_state)
         n = int(np.prod(size)) if size is not None else 1
@@ -615,6 +900,13 @@ class AsymptoticLaw(SpectralLaw):
         return out.reshape(size) if size is not None else float(out[0])
 
 
+@lru_cache(maxsize=32)
+def _linear_table(n_inputs: int, n_hidden: int, sigma1: float, sigma2: float, lo: float, hi: float) -> TabulatedCDF:
+    """The tabulated linear-family cdf, shared by laws of the same size (with and without the Dyson bulk)."""
+    law = ChiSquareMPConvolution(n_inputs, n_hidden, sigma1, sigma2, epsrel=LINEAR_EPSREL)
+    return TabulatedCDF(law.cdf, lo, hi, n=TABLE_POINTS)
+
+
 def _scale(sigma, n: int, name: str) -> float:
     s = 1.0 / np.sqrt(n) if sigma is None else float(sigma)
     if not (np.isfinite(s) and s > 0):
@@ -623,7 +915,7 @@ def _scale(sigma, n: int, name: str) -> float:
 
 
 def asymptotic_law(activation, n_inputs: int, n_hidden: int, sigma1: float | None = None, sigma2: float | None = None,
-                   interlacing: bool = True, swap_pairs: bool = True) -> AsymptoticLaw:
+                   interlacing: bool = True, swap_pairs: bool = True, dyson: bool = True, dyson_orders=DYSON_ORDERS) -> AsymptoticLaw:
     """The law of a pooled population-Hessian eigenvalue at the optimum (:class:`AsymptoticLaw`).
 
     ``activation`` must be odd (``erf``, ``erf:unit``, ``tanh``, ``linear``, ``cubic``,
@@ -632,4 +924,4 @@ def asymptotic_law(activation, n_inputs: int, n_hidden: int, sigma1: float | Non
     include the finite-``N_h`` interlacing of the bulk with the rank-one outlier (:class:`Interlacing`).
     ``swap_pairs``: include the swap term's pair coupling in the reduced block (:class:`SwapPairs`).
     """
-    return AsymptoticLaw(activation, n_inputs, n_hidden, sigma1, sigma2, interlacing, swap_pairs)
+    return AsymptoticLaw(activation, n_inputs, n_hidden, sigma1, sigma2, interlacing, swap_pairs, dyson, dyson_orders)
