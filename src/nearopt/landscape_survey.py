@@ -319,16 +319,16 @@ class ClosedForm:
         T, u, tp = self._teacher(runs, W.shape[0])
         return batched_loss_gradient(self.activation, W, v, T, u, tp)
 
-    def numpy_gradient(self, W: np.ndarray, v: np.ndarray, runs: np.ndarray, want_gv: bool) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """:func:`_relu_gradient_numpy` of rows ``runs`` (``None`` for activations other than ReLU)."""
-        if self.relu is None:
-            return None
+    def numpy_teacher(self, runs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The ReLU teacher terms of rows ``runs`` for :func:`_relu_gradient_numpy`: ``(R, M, d)``, ``(R, M)``, ``(R, M, d)``."""
+        assert self.relu is not None
         if self._np is None:
             self._np = tuple(x.cpu().numpy() for x in (self.relu.That, self.relu.bn, self.relu.bw))
         That, bn, bw = self._np
         if That.ndim == 3:
-            That, bn, bw = That[runs], bn[runs], bw[runs]
-        return _relu_gradient_numpy(W, v, That, bn, bw, want_gv)
+            return That[runs], bn[runs], bw[runs]
+        R = runs.size
+        return np.broadcast_to(That, (R, *That.shape)), np.broadcast_to(bn, (R, *bn.shape)), np.broadcast_to(bw, (R, *bw.shape))
 
     def gradient(self, W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor, gW: torch.Tensor, gv: torch.Tensor | None) -> None:
         """``dL/dW`` into ``gW`` ``(R, K, d)`` and, unless ``gv`` is ``None``, ``dL/dv`` into ``gv`` ``(R, K)``."""
@@ -347,20 +347,19 @@ def _relu_gradient_numpy(W: np.ndarray, v: np.ndarray, That: np.ndarray, bnT: np
                          want_kb: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`_relu_terms` in NumPy, for the few runs of a descent's tail (a NumPy call costs a fraction of a torch
     call's dispatch on tiny arrays): ``dL/dW`` ``(R, K, d)`` and, if ``want_kb``, ``dL/dv`` ``(R, K)``; teacher terms
-    ``(M, d)``, ``(M,)``, ``(M, d)`` or one per row."""
-    R, K, d = W.shape
+    one per row, ``(R, M, d)``, ``(R, M)``, ``(R, M, d)`` (:meth:`ClosedForm.numpy_teacher`)."""
+    K = W.shape[1]
     nW = np.sqrt((W * W).sum(-1))
     inv = 1.0 / np.maximum(nW, _TINY)
     Wh = W * inv[..., None]
-    M = That.shape[-2]
-    Om = np.concatenate([Wh, np.broadcast_to(That, (R, M, d))], 1)
+    Om = np.concatenate([Wh, That], 1)
     cos = np.clip(Wh @ Om.transpose(0, 2, 1), -1.0, 1.0)
     diag = np.arange(K)
     cos[:, diag, diag] = 1.0
     th = np.arccos(cos)
     sin = np.sqrt(1.0 - cos * cos)
-    bn = np.concatenate([v * nW, np.broadcast_to(bnT, (R, M))], 1)
-    bw = np.concatenate([v[..., None] * W, np.broadcast_to(bwT, (R, M, d))], 1)
+    bn = np.concatenate([v * nW, bnT], 1)
+    bw = np.concatenate([v[..., None] * W, bwT], 1)
     s1 = (sin @ bn[..., None])[..., 0]
     P = math.pi * bw.sum(1, keepdims=True) - th @ bw
     gW = (W * (s1 * inv)[..., None] + P) * (v / _TWO_PI)[..., None]
@@ -508,13 +507,14 @@ class _Tail:
 
 def _numpy_tail(fn: Any, st: _Tail, protocol: Protocol, trained: str, bound: float, outputs: tuple[np.ndarray, ...], trace: list[int],
                 progress: Callable[[int, int, int, int], None] | None) -> None:
-    """The descent loop of :func:`descend` for its last runs, in NumPy (``fn.numpy_gradient``); fills ``outputs``
+    """The descent loop of :func:`descend` for its last runs, in NumPy (:func:`_relu_gradient_numpy`); fills ``outputs``
     (``W``, ``v``, loss, largest per-unit gradient, steps, status) and ``trace`` as the torch loop does."""
     Wend, vend, loss, gmax, steps, status = outputs
     lr, train_w, train_v = protocol.lr, trained != "second", trained != "first"
     with np.errstate(invalid="ignore", over="ignore"):
+        teacher = fn.numpy_teacher(st.rid)
         while st.act.size:
-            gW, gv = fn.numpy_gradient(st.W, st.v, st.rid, train_v)
+            gW, gv = _relu_gradient_numpy(st.W, st.v, teacher[0], teacher[1], teacher[2], train_v)
             if not train_w:
                 gW = np.zeros_like(gW)
             g2 = (gW * gW).sum(-1)
@@ -531,6 +531,7 @@ def _numpy_tail(fn: Any, st: _Tail, protocol: Protocol, trained: str, bound: flo
                 status[idx] = np.where(bad[sel] | ~np.isfinite(L), "diverged", np.where(done[sel], "converged", "unconverged"))
                 keep = ~out
                 st.W, st.v, st.act, st.rid, gW = st.W[keep], st.v[keep], st.act[keep], st.rid[keep], gW[keep]
+                teacher = tuple(x[keep] for x in teacher)
                 gv = None if gv is None else gv[keep]
                 if not st.act.size:
                     break
@@ -571,7 +572,7 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
     ws = Workspace(device)
     with torch.inference_mode(), _threads(device, min(R, chunk or R) * K * K):
         rid = ids
-        tail = torch.device(device).type == "cpu" and hasattr(fn, "numpy_gradient") and getattr(fn, "relu", None) is not None
+        tail = torch.device(device).type == "cpu" and hasattr(fn, "numpy_teacher") and getattr(fn, "relu", None) is not None
         while act.numel():
             Ra = act.numel()
             if tail and Ra <= NUMPY_BELOW:
