@@ -489,9 +489,10 @@ def _gradient_into(fn: Callable[..., Any], W: torch.Tensor, v: torch.Tensor, run
                 Gv[s:e].copy_(gv)
 
 
-#: a CPU descent of ReLU students goes on in NumPy once this few runs are left (its per-step cost is then the
-#: calls' dispatch: 20-30 torch operations against the same number of cheaper NumPy ones)
-NUMPY_BELOW = 24
+#: a CPU descent of ReLU students goes on in NumPy once at most this many runs, and at most ``NUMPY_ENTRIES``
+#: kernel entries (runs x K x (K + M)), are left: its per-step cost is then the calls' dispatch, 20-30 torch
+#: operations against the same number of cheaper NumPy ones (measured faster up to 32 runs at k = 20, 64 at k = 6-12)
+NUMPY_BELOW, NUMPY_ENTRIES = 64, 1 << 15
 
 
 @dataclass
@@ -575,7 +576,7 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
         tail = torch.device(device).type == "cpu" and hasattr(fn, "numpy_teacher") and getattr(fn, "relu", None) is not None
         while act.numel():
             Ra = act.numel()
-            if tail and Ra <= NUMPY_BELOW:
+            if tail and Ra <= min(NUMPY_BELOW, max(8, NUMPY_ENTRIES // (K * (K + getattr(fn, "M", K))))):
                 state = _Tail(W.numpy().copy(), v.numpy().copy(), act.numpy().copy(), rid.numpy().copy(), step)
                 _numpy_tail(fn, state, protocol, trained, bound, (Wend, vend, loss, gmax, steps, status), trace, progress)
                 break
