@@ -1,47 +1,37 @@
-"""Asymptotic law of the pooled population Hessian spectrum of odd non-linear networks (docs/asymptotic.md).
+"""Asymptotic law of the pooled population Hessian spectrum of non-linear networks (docs/asymptotic.md).
 
 Setting: ``f(x) = W2 g(W1 x)`` at its optimum, ``x ~ N(0, I)``, a random teacher with
 ``W1 ~ N(0, sigma1**2)`` (default ``1/N_i``) and ``W2 ~ N(0, sigma2**2)`` (default
-``1/N_h``), ``g`` **odd** (``erf``, ``tanh``, odd polynomials). Write ``c_a = |w_a|**2``
-(law ``sigma1**2 chi2_{N_i}``, concentrated at 1), ``u = w_a.x``, ``z = u / sqrt(c_a)``.
+``1/N_h``). Write ``c_a = |w_a|**2`` (law ``sigma1**2 chi2_{N_i}``, concentrated at 1),
+``u = w_a.x``, ``z = u / sqrt(c_a)``.
 
-The ``P = N_h (N_i + 1)`` eigenvalues split into four families (derivation in
-``docs/asymptotic.md``; every constant below is a 1-D Gaussian expectation):
+The ``P = N_h (N_i + 1)`` eigenvalues split into families (derivation in ``docs/asymptotic.md``;
+every constant is a 1-D Gaussian expectation; ``t ~ chi2_1`` is ``v_a**2/sigma2**2``):
 
-Families of eigenvalues, with their counts and laws (``t ~ chi2_1``, i.e. ``v_a**2/sigma2**2``):
-
-* bulk, ``P - N_i - 2 N_h`` eigenvalues: ``sigma2**2 delta(c) t``, ``delta = Var g'(u)``;
+* bulk, ``P - N_i - 2 N_h`` eigenvalues: to first order ``sigma2**2 delta(c) t``, ``delta = Var g'(u)``;
 * radial (``w_a -> s w_a``), ``N_h``: ``sigma2**2 delta_rad(c) t``;
 * readout (``W2``), ``N_h``: ``nu(c) + sigma2**2 e(c) t``;
-* linear, ``N_i``: ``mu1**2 (s + m)``, the linear-network law, ``mu1 = E g'(u)``.
+* linear, ``N_i``: ``mu1**2 (s + m)``, the linear-network law, ``mu1 = E g'(u)``;
+* for ``g`` not odd, one constant mode (the degree-0 parts of the readout and radial features).
 
-with, for ``f1 = g(u) - E[g(u) z] z`` and ``f2 = g'(u) z - E[g'(u) z**2] z`` (the
-non-linear parts of the readout feature ``g(u_a)`` and of the radial feature
-``v_a g'(u_a) z``), ``nu = E f1**2``, ``e = E[f1 f2]**2 / nu`` and
-``delta_rad = E f2**2 - e`` (the two eigenvalues of the 2 x 2 Gram of one unit).
+with, for ``f1 = g(u) - E[g(u) z] z`` and ``f2 = g'(u) z - E[g'(u) z**2] z`` (the non-linear parts of
+the readout feature ``g(u_a)`` and of the radial feature ``v_a g'(u_a) z``, centred when ``g`` is not
+odd), ``nu = Var f1``, ``e = Cov(f1, f2)**2 / nu`` and ``delta_rad = Var f2 - e``.
 
-Why: the block ``H[w_a, w_c] = v_a v_c E[g'(u_a) g'(u_c) x x^T]``. Pair correlations
-``rho = w_a.w_c`` are ``O(N_i**-1/2)``; for odd ``g`` the Hermite expansion gives
-``E[g'(u_a) g'(u_c)] = b_a b_c + O(rho**2)`` and ``E[g''(u_a) g''(u_c)] = O(rho)``, so
-``H = (diag(v) (b b^T + diag(delta)) diag(v)) ⊗ I + (rank O(N_h + N_i)) + R`` with
-``|R|_F**2 / P = O(1/N)`` of the bulk scale squared. ``b b^T ⊗ I`` carries the linear
-family; the rank ``O(N)`` part is the radial, readout and linear families; the
-rest is the bulk. As ``N_i, N_h -> inf`` at fixed ratio the three small families have
-vanishing mass (``O(1/N)``) and ``N_h lambda`` of a pooled eigenvalue converges in law to
-``delta(1) chi2_1`` (:attr:`AsymptoticLaw.scaled_limit`) -- the same for every ratio.
-The object keeps the exact finite-size masses, the exact law of ``c`` and the
-families' laws: this is what makes it accurate at moderate sizes (measured in
-``docs/asymptotic.md``). Two finite-size corrections of the bulk are added (both on by
-default, both signed parts of total mass 0): :class:`Interlacing`, the interlacing of the bulk
-with the rank-one outlier ``b b^T`` in each of the ``N_i`` copies, and :class:`SwapPairs`, the
-swap term's first-order coupling of ``e_a ⊗ ŵ_c`` with ``e_c ⊗ ŵ_a`` in the reduced block.
-Not included: the rest of ``R`` (the centred ``rho~**2`` part of ``E g'g'``, measured below the
-sampling noise at ``N_h >= 20``) and the pairs' mutual non-orthogonality.
-
-Even (or non-odd) activations are refused: there ``E[g'']`` makes the swap term
-``E[g''(u_a) g''(u_c)] w_c w_a^T`` of order one (quadratic networks even have a
-finite fraction of zero modes) and ``E[g'(u_a) g'(u_c)]`` gains a Marchenko–Pastur
-term ``E[g'']**2 rho``; the method here does not give those laws.
+Why: the block ``H[w_a, w_c] = v_a v_c E[g'(u_a) g'(u_c) x x^T]``, and Mehler's expansion
+``E g'(u_a) g'(u_c) = sum_k h_k(c_a) h_k(c_c) rho~_ac**k / k!`` (:func:`hermite_coefficients`).
+The order 0 is the rank-one part ``b b^T`` (the linear family's outliers), the order ``k`` the Gram
+matrix of the tensor powers ``w^_a^{⊗k}``. Orders 1 and 2 (:data:`DYSON_ORDERS`) are kept as Gram
+terms and solved by a vector Dyson equation (:class:`GramDyson`, :class:`DysonBulk`); the higher
+orders act as a scalar. For odd ``g`` only even orders occur, the order 2 is a correction of relative
+size ``O(N^{-1/2})``, and ``N_h lambda`` of a pooled eigenvalue converges in law to ``delta(1) chi2_1``
+(:attr:`AsymptoticLaw.scaled_limit`) at every ratio. When ``E g'' != 0`` (ReLU, even parts) the order
+1 is of order one at every size. The swap term of the reduced block belongs to the same Gram terms
+(the degree-``k+1`` Hermite features ``S(w^_a^{⊗k} ⊗ x)``); in the reduced copies it is modelled by the
+dimension of ``Sym^{k+1}`` of the row space. With ``dyson=False`` the first-order corrections of odd
+``g`` are used instead: :class:`Interlacing` (each copy's bulk interlaced with its rank-one outlier)
+and :class:`SwapPairs` (the swap term's pair coupling); for other ``g`` that is a baseline, the
+odd-activation formulas.
 """
 
 from __future__ import annotations
@@ -600,13 +590,13 @@ class DysonBulk:
         return self._moments
 
 class AsymptoticLaw(SpectralLaw):
-    """Law of one pooled population-Hessian eigenvalue of a random odd teacher at its optimum.
+    """Law of one pooled population-Hessian eigenvalue of a random teacher at its optimum.
 
-    A mixture of four families (module docstring): ``bulk``, ``radial``, ``readout``
-    (each an average over the exact law of ``c = |w_a|^2`` of ``a(c) + b(c) chi2_1``)
-    and ``linear`` (``mu1**2`` times the linear-network law
+    A mixture of families (module docstring): ``bulk``, ``radial``, ``readout``
+    (each an average over the exact law of ``c = |w_a|^2`` of ``a(c) + b(c) chi2_1``),
+    ``constant`` (``g`` not odd: one eigenvalue) and ``linear`` (``mu1**2`` times the linear-network law
     :class:`~nearopt.theory.distributions.ChiSquareMPConvolution` with its MP part
-    rescaled to ``E d_a``, tabulated).
+    rescaled to ``E d_a``, tabulated), with the bulk replaced by the :class:`DysonBulk` (default).
     A :class:`~nearopt.theory.distributions.SpectralLaw`: ``pdf`` (density of the continuous
     part; it integrates to ``1 - atom_mass``), ``cdf``, ``cdf_left``, ``sf``, ``ppf``
     (left-continuous inverse), ``rvs``, ``mean``, ``var``, ``std``, ``support`` and the
@@ -618,10 +608,12 @@ class AsymptoticLaw(SpectralLaw):
     activation : Activation
     families : list[Family]  (the linear family is listed with empty nodes)
     constants : UnitConstants at the ``c`` nodes
+    dyson : DysonBulk or None
+        The Dyson bulk (``None`` with ``dyson=False``, or without a bulk).
     interlacing : Interlacing or None
-        The interlacing correction (``None`` when switched off or without a bulk).
+        The first-order interlacing correction (``dyson=False`` only; ``None`` when switched off or without a bulk).
     swap_pairs : SwapPairs or None
-        The swap-pair correction (``None`` when switched off or when ``E g''' = 0``).
+        The swap-pair correction (``dyson=False`` only; ``None`` when switched off or when ``E g''' = 0``).
     linear_shift : float
         Shift of the linear family that keeps the trace with the interlacing correction.
     scaled_limit : frozen ``scipy.stats.chi2`` or None
@@ -918,10 +910,10 @@ def asymptotic_law(activation, n_inputs: int, n_hidden: int, sigma1: float | Non
                    interlacing: bool = True, swap_pairs: bool = True, dyson: bool = True, dyson_orders=DYSON_ORDERS) -> AsymptoticLaw:
     """The law of a pooled population-Hessian eigenvalue at the optimum (:class:`AsymptoticLaw`).
 
-    ``activation`` must be odd (``erf``, ``erf:unit``, ``tanh``, ``linear``, ``cubic``,
-    odd polynomials); others raise :class:`NearoptError`. ``sigma1``/``sigma2``: teacher
-    weight standard deviations (defaults ``1/sqrt(N_i)``, ``1/sqrt(N_h)``). ``interlacing``:
-    include the finite-``N_h`` interlacing of the bulk with the rank-one outlier (:class:`Interlacing`).
-    ``swap_pairs``: include the swap term's pair coupling in the reduced block (:class:`SwapPairs`).
+    ``activation``: any (``erf``, ``tanh``, ``relu``, polynomials, ...). ``sigma1``/``sigma2``: teacher
+    weight standard deviations (defaults ``1/sqrt(N_i)``, ``1/sqrt(N_h)``). ``dyson``: the bulk from the
+    Gram Dyson equation with the Mehler ``dyson_orders`` (:class:`DysonBulk`; default); ``interlacing``:
+    interlace each copy's bulk with its rank-one outlier. With ``dyson=False`` the first-order corrections
+    of odd activations are used: :class:`Interlacing` and (``swap_pairs``) :class:`SwapPairs`.
     """
     return AsymptoticLaw(activation, n_inputs, n_hidden, sigma1, sigma2, interlacing, swap_pairs, dyson, dyson_orders)
