@@ -16,6 +16,7 @@ from nearopt.critical import committee_teacher, isotropy_multiplicities
 from nearopt.curvature.landscape import population_gradient, population_loss
 from nearopt.landscape_survey import (
     SAFRAN_SHAMIR,
+    STATUSES,
     Protocol,
     batched_descent,
     batched_loss_gradient,
@@ -297,3 +298,13 @@ def test_numpy_tail_and_torch_loop_take_the_same_steps(monkeypatch):
         assert d.steps.tolist() == runs[0].steps.tolist() and d.status.tolist() == runs[0].status.tolist()
         np.testing.assert_allclose(d.loss, runs[0].loss, rtol=0, atol=1e-14)
         assert d.active.tolist() == runs[0].active.tolist()
+
+
+def test_a_status_array_holds_every_status():
+    """A resumed run may turn "unconverged" in the status array of a first pass where every run
+    converged: the array must hold the longest status, not be cut to "unconverg"."""
+    t = committee_teacher(2)
+    d = batched_descent(t, np.eye(2)[None] * 1.0, np.ones((1, 2)), protocol=Protocol(lr=0.1, gtol=1e-3, max_steps=10))
+    assert d.status.tolist() == ["converged"]
+    d.status[0] = "unconverged"
+    assert d.count("unconverged") == 1 and set(STATUSES) >= set(d.status.tolist())

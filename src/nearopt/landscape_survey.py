@@ -72,6 +72,8 @@ ENTRY_TOL = 1e-6
 #: a run diverged when a parameter's magnitude exceeds this multiple of the start's largest
 DIVERGE_FACTOR = 1e4
 STATUSES = ("converged", "unconverged", "diverged")
+#: wide enough for every status: a run resumed later may turn "unconverged" in an array made when all had converged
+STATUS_DTYPE = f"U{max(map(len, STATUSES))}"
 CLOSED_FORMS = ("relu", "erf", "erf:unit")
 
 
@@ -114,11 +116,12 @@ class Protocol:
         return dict(self.__dict__)
 
 
-#: Safran & Shamir (2018), section 4: ReLU committee (identity teacher, second layer fixed to ones),
-#: student entries N(0, 1/d), gradient descent with step 0.1 until every unit's gradient norm is at
-#: most 1e-9, a run spurious when its final loss is >= 1e-3 (docs/landscape.md says which of these
-#: could be checked against the paper's text)
-SAFRAN_SHAMIR = Protocol(name="safran-shamir", lr=0.1, gtol=1e-9, max_steps=200_000, spurious_loss=1e-3)
+#: Safran & Shamir (2018) as read in the authors' code (github.com/ItaySafran/OneLayerGDconvergence,
+#: GD_code/findBadMinima.m and findMinimum.m; docs/landscape.md section 2): ReLU committee (identity
+#: teacher, second layer fixed to ones), student entries N(0, 1/d), gradient descent with step 0.1 on
+#: grad L until every unit's ||2 pi dL/dw_i|| is at most 1e-9 (so gtol = 1e-9 / (2 pi) on grad L), a
+#: run spurious when its final loss is >= 1e-3. Their descent has no step limit; ``max_steps`` is ours.
+SAFRAN_SHAMIR = Protocol(name="safran-shamir", lr=0.1, gtol=1e-9 / (2 * math.pi), max_steps=200_000, spurious_loss=1e-3)
 
 
 # ----------------------------------------------------------------------------- batched closed forms
@@ -612,7 +615,7 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
             step += 1
             if progress is not None and step % 500 == 0:
                 progress(step, int(np.count_nonzero(status == "converged")), int(np.count_nonzero(status == "diverged")), int(act.numel()))
-    return BatchDescent(Wend, vend, loss, gmax, steps, status.astype(str), time.perf_counter() - t0, np.asarray(trace, dtype=np.int64))
+    return BatchDescent(Wend, vend, loss, gmax, steps, status.astype(STATUS_DTYPE), time.perf_counter() - t0, np.asarray(trace, dtype=np.int64))
 
 
 # ----------------------------------------------------------------------------- batched Newton polish
