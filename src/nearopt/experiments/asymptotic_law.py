@@ -84,6 +84,16 @@ def _law(act: str, ni: int, nh: int, dyson: bool = True):
 
 
 # ---------------------------------------------------------------- statistics
+#: eigenvalues within this fraction of a teacher's largest are zero modes to rounding (e.g. ±1e-16 for
+#: the zero modes of quadratic networks); the law puts them in an atom at exactly 0
+ZERO_SNAP = 1e-12
+
+
+def _snap(values: np.ndarray) -> np.ndarray:
+    """One teacher's eigenvalues with the rounding-level ones set to 0."""
+    return np.where(np.abs(values) <= ZERO_SNAP * np.max(np.abs(values)), 0.0, values)
+
+
 def weighted_ks(values: np.ndarray, weights: np.ndarray, law) -> float:
     """``sup |F_n - F|`` of a weighted sample against ``law`` (right and left limits, so atoms are fair)."""
     order = np.argsort(values, kind="stable")
@@ -109,10 +119,9 @@ class _ScaledChi2:
 def _bootstrap(V: list[np.ndarray], C: list[np.ndarray], law, ks: float, seed: int) -> float:
     """95 % quantile of ``|KS* - KS|`` over a teacher bootstrap.
 
-    The law's cdf is evaluated once at the pooled values; a resample only reweights
-    teacher ``t`` by how often it was drawn, so each replicate is a cumulative sum.
-    (Values of different teachers coincide with probability 0, and within a teacher
-    ``structured_spectrum`` returns distinct values, so no tie handling is needed.)
+    The law's cdf is evaluated once at the distinct pooled values; a resample only reweights
+    teacher ``t`` by how often it was drawn, so each replicate is a cumulative sum read at the
+    ends of the groups of equal values (zero modes, snapped to 0, tie across teachers).
     """
     rng = np.random.default_rng([seed, 0xA5])
     T = len(V)
@@ -121,20 +130,22 @@ def _bootstrap(V: list[np.ndarray], C: list[np.ndarray], law, ks: float, seed: i
     mult = np.concatenate(C)
     order = np.argsort(vals, kind="stable")
     vals, owner, mult = vals[order], owner[order], mult[order]
-    F = law.cdf(vals)
-    F_left = law.cdf_left(vals) if hasattr(law, "cdf_left") else F
+    u, start = np.unique(vals, return_index=True)
+    end = np.append(start[1:], vals.size) - 1
+    F = law.cdf(u)
+    F_left = law.cdf_left(u) if hasattr(law, "cdf_left") else F
     diffs = np.empty(BOOTSTRAP)
     for b in range(BOOTSTRAP):
         draws = np.bincount(rng.integers(T, size=T), minlength=T).astype(np.float64)
         w = draws[owner] * mult
-        right = np.cumsum(w) / w.sum()
-        left = right - w / w.sum()
+        cum = np.cumsum(w) / w.sum()
+        right, left = cum[end], cum[start] - w[start] / w.sum()
         diffs[b] = abs(max(np.max(np.abs(right - F)), np.max(np.abs(F_left - left))) - ks)
     return float(np.quantile(diffs, 0.95))
 
 
 def _analyse(act: str, q: float, ni: int, nh: int, parts: list[dict], seed: int) -> dict[str, Any]:
-    V = [np.asarray(v) for p in parts for v in p["values"]]
+    V = [_snap(np.asarray(v)) for p in parts for v in p["values"]]
     C = [np.asarray(c, dtype=np.float64) for p in parts for c in p["counts"]]
     traces = np.asarray([t for p in parts for t in p["traces"]])
     law = _law(act, ni, nh)
@@ -225,7 +236,7 @@ def finalize(config: dict[str, Any], cells_: list[dict], results: list[dict], ou
     rows, pooled = [], {}
     for (act, q, ni, nh), parts in groups.items():
         rows.append(_analyse(act, q, ni, nh, parts, seed))
-        pooled[(act, q, nh)] = (np.concatenate([np.asarray(v) for p in parts for v in p["values"]]),
+        pooled[(act, q, nh)] = (np.concatenate([_snap(np.asarray(v)) for p in parts for v in p["values"]]),
                                 np.concatenate([np.asarray(c, dtype=np.float64) for p in parts for c in p["counts"]]))
     checks: list[Check] = []
     fits: dict[tuple, dict] = {}
