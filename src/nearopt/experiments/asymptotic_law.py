@@ -186,10 +186,13 @@ def _fig_panels(rows, pooled, out: Path) -> list[Path]:
     for ax, r in zip(axes.ravel(), picks):
         vals, wts = pooled[(r["activation"], r["q"], r["N_h"])]
         law = _law(r["activation"], r["N_i"], r["N_h"])
-        y = np.log10(np.clip(vals * r["N_h"], 1e-12, None))
+        live = vals > 0  # zero modes (an atom of the law) have no place on the log axis
+        y = np.log10(vals[live] * r["N_h"])
         lo, hi = np.quantile(y, 0.001), y.max() + 0.1
         bins = np.linspace(lo, hi, 70)
-        ax.hist(y, bins=bins, weights=wts / wts.sum(), density=True, color="0.75", label=f"exact, {r['teachers']} teachers")
+        # the weights keep the total mass, so the bars' area is the continuous part's share
+        heights, _ = np.histogram(y, bins=bins, weights=wts[live] / wts.sum())
+        ax.bar(bins[:-1], heights / np.diff(bins), width=np.diff(bins), align="edge", color="0.75", label=f"exact, {r['teachers']} teachers")
         grid = np.linspace(lo, hi, 800)
         lam = 10.0**grid / r["N_h"]
         ax.plot(grid, law.pdf(lam) * lam * np.log(10.0), color="C3", lw=1.2, label="finite-size law (Dyson bulk)")
@@ -206,8 +209,8 @@ def _fig_panels(rows, pooled, out: Path) -> list[Path]:
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     axes.ravel()[0].legend(fontsize=6)
-    fig.text(0.01, 0.005, "Narrow spikes of the law: the readout cluster near nu(|w|^2), one chi2_1 spike per Gauss node of |w|^2 "
-             "(its cdf is smooth). Zero modes (ReLU, polynomials) lie off the log axis.", fontsize=6)
+    fig.suptitle("Narrow spikes of the law: the readout cluster near nu(|w|^2), one chi2_1 spike per Gauss node of |w|^2 "
+                 "(its cdf is smooth). Zero modes (ReLU, polynomials) are left out of the bars and the curves.", fontsize=7)
     return save_figure(fig, out / "asymptotic_law_panels")
 
 
