@@ -104,7 +104,8 @@ class UnitConstants:
     ``cross = E f1 f2``; ``radial_total = E f2**2``; ``readout_slope = cross**2/nu``;
     ``radial = radial_total - readout_slope`` (module docstring for ``f1``, ``f2``);
     ``readout_linear = E g(u) z`` and ``radial_linear = E g'(u) z**2``: the linear parts
-    of the readout and radial features (they set the scales of the linear family).
+    of the readout and radial features (they set the scales of the linear family);
+    ``readout_mean = E g(u)`` and ``radial_mean = E g'(u) z``: their degree-0 parts (0 for odd ``g``).
     """
 
     variance: np.ndarray
@@ -115,8 +116,8 @@ class UnitConstants:
     radial_total: np.ndarray
     readout_linear: np.ndarray
     radial_linear: np.ndarray
-    readout_mean: np.ndarray | None = None
-    radial_mean: np.ndarray | None = None
+    readout_mean: np.ndarray
+    radial_mean: np.ndarray
 
     def centred(self) -> UnitConstants:
         """The constants of the centred features ``f1 - E f1`` and ``f2 - E f2``.
@@ -125,8 +126,7 @@ class UnitConstants:
         the readout and radial features; over all units they form one rank-one Gram term, a single
         outlier (the constant mode), and the ``N_h - 1`` others see only the centred Gram.
         """
-        m1 = np.zeros_like(self.nu) if self.readout_mean is None else self.readout_mean
-        m2 = np.zeros_like(self.nu) if self.radial_mean is None else self.radial_mean
+        m1, m2 = self.readout_mean, self.radial_mean
         nu = np.where(self.nu - m1**2 > 1e-12 * self.nu, self.nu - m1**2, 0.0)
         rad = np.where(self.radial_total - m2**2 > 1e-12 * self.radial_total, self.radial_total - m2**2, 0.0)
         return UnitConstants(self.variance, self.mu1, self.delta, nu, self.cross - m1 * m2, rad, self.readout_linear,
