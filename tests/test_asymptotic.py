@@ -324,3 +324,21 @@ def test_quadratic_zero_modes():
     assert law.dyson.reduced.atom == pytest.approx(1 - (ni + 1) / (2 * nh))
     missing = exact_zeros - dict(law.atoms)[0.0]
     assert 0.0 <= missing <= (nh + 1) / law.n_params, (dict(law.atoms), exact_zeros)  # measured: 2.5 of 84 eigenvalues
+
+
+@pytest.mark.parametrize("ni,nh", [(7, 4), (3, 6)])
+def test_order_one_gram_is_a_lyapunov_operator(ni, nh):
+    """The order-1 (degree-2) Gram term of the first layer, v_a v_c (rho~_ac delta_ij + w^_aj w^_ci), swap term
+    included, has the nonzero spectrum {alpha_i + alpha_j}_{i <= j} of X -> A X + X A, A = W^T diag(v)^2 W^ (docs)."""
+    rng = np.random.default_rng(ni * nh)
+    W = rng.standard_normal((nh, ni))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    v = rng.standard_normal(nh)
+    G = np.einsum("ac,ij->aicj", W @ W.T, np.eye(ni)) + np.einsum("aj,ci->aicj", W, W)
+    L = (np.outer(v, v)[:, None, :, None] * G).reshape(nh * ni, nh * ni)
+    ev = np.linalg.eigvalsh(L)
+    alpha = np.linalg.eigvalsh(W.T @ (v[:, None] ** 2 * W))
+    pairs = np.sort([alpha[i] + alpha[j] for i in range(ni) for j in range(i, ni)])
+    nonzero = ev[ev > 1e-10 * ev.max()]
+    assert np.allclose(nonzero, pairs[pairs > 1e-10 * ev.max()], rtol=1e-9, atol=1e-12)
+    assert ev.size - nonzero.size == nh * ni - np.count_nonzero(pairs > 1e-10 * ev.max())
