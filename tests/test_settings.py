@@ -172,7 +172,7 @@ def test_fuzz_invalid_set_values_are_refused_in_one_line_before_any_cell(tmp_pat
         ("committee", ["known={\"x\": [1]}"], "student widths"),
         ("committee", ["ks=[]", "starts=[]", "known={}"], "the search needs starts"),
         ("dynamics", ["edge={\"n_inputs\": 900, \"n_hidden\": 800, \"t_units\": 300.0, \"points\": 60, \"window\": [1.0, 30.0]}"], "edge.n_inputs < edge.n_hidden"),
-        ("asymptotic-law", ["activations=[\"relu\"]"], "not odd"),
+        ("asymptotic-law", ["activations=[\"nosuch\"]"], "unknown activation"),
         ("rank", ["defective=[[4, 3, 1]]"], "N_h >= 2"),
         ("real-inputs", ["n_inputs=[1000]"], "give no cells"),
         ("real-inputs", ["datasets=[\"mnist\"]"], "is not one of"),
