@@ -40,7 +40,7 @@ SS2018_CODE = "github.com/ItaySafran/OneLayerGDconvergence@093cc92 (GD_code/*.m,
 #: gradient descent runs per size (k, n) in the paper's experiment: runExps.csh submits 10 jobs per size, each of
 #: run_findBadMinima's 100 starts; Results/readme.txt states 1000
 SS2018_RUNS = 1000
-#: findMinimum.m steps on G = 2 pi dL/dW (step 0.1 / (2 pi), i.e. 0.1 on dL/dW) and stops once max_i |G_i| <= 1e-9 over the
+#: findMinimum.m steps on ``G = 2 pi dL/dW`` (step 0.1 / (2 pi), i.e. 0.1 on dL/dW) and stops once ``max_i |G_i| <= 1e-9`` over the
 #: units i: in our normalisation, a per-unit gradient threshold of 1e-9 / (2 pi)
 SS2018_GTOL = 1e-9 / (2 * math.pi)
 #: spurious fractions (percent of runs, n = k) of Safran & Shamir (2018), Table 1, *as recalled*: the table could not be

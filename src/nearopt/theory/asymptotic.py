@@ -53,7 +53,7 @@ from .distributions import ChiSquareMPConvolution, SpectralLaw, TabulatedCDF, ga
 #: Gauss–Legendre nodes per half-line of the 1-D Gaussian expectations (split at 0, so the kink of ReLU
 #: and the jump of its g' are integrated to rounding; smooth activations converge to ~1e-15)
 HALF_NODES = 128
-#: the half-lines are cut at |z| = QUAD_CUT (phi(13) ~ 1e-37)
+#: the half-lines are cut at ``|z| = QUAD_CUT`` (``phi(13) ~ 1e-37``)
 QUAD_CUT = 13.0
 #: Gauss nodes of the law of ``c = |w_a|^2 = sigma1^2 chi2_{N_i}`` (generalised Gauss–Laguerre: exact moments)
 C_NODES = 48
