@@ -48,6 +48,10 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     # measurements and dynamics
     "measurement": ("RankMeasurement", "SweepRow", "measure_rank", "rank_sweep", "rank_vs_samples"),
     "dynamics": ("DynamicsResult", "make_objective", "predict_mean_loss", "run_dynamics"),
+    # critical points and the landscape: descent, classification, many-start surveys, certificates
+    "critical": ("CriticalPoint", "classify", "committee_teacher", "find_critical_point"),
+    "landscape_survey": ("SAFRAN_SHAMIR", "Survey", "committee_survey", "survey"),
+    "certificate": ("Certificate", "certify"),
 }
 _WHERE = {name: module for module, names in _GROUPS.items() for name in names}
 
