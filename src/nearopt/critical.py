@@ -375,7 +375,7 @@ def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str = "gd", 
 
 # ----------------------------------------------------------------------------- committee machines
 def committee_teacher(k: int, d: int | None = None, activation: str | Activation = "relu") -> TwoLayerNet:
-    """The orthonormal committee teacher ``f_t(x) = sum_i g(e_i . x)``: ``W1 = I`` ``(k, d)`` rows, ``W2 = 1``."""
+    """The orthonormal committee teacher ``f_t(x) = sum_i g(x_i)``: ``W1 = I`` ``(k, d)`` rows, ``W2 = 1``."""
     k = require_positive_int(k, "k")
     d = k if d is None else require_positive_int(d, "d")
     if d < k:
