@@ -10,8 +10,17 @@ from scipy import integrate, stats
 
 import nearopt as no
 from nearopt.errors import NearoptError
-from nearopt.experiments.asymptotic_law import _ScaledChi2, weighted_ks
+from nearopt.experiments.asymptotic_law import _ScaledChi2, run_cell, weighted_ks
 from nearopt.theory.asymptotic import GramDyson, asymptotic_law, hermite_coefficients, require_odd, unit_constants
+
+
+def _pooled(activation: str, ni: int, nh: int, teachers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact spectra of teachers with seeds ``0 .. teachers - 1`` (the experiment's cell): pooled values,
+    their multiplicities, and each teacher's ``tr H``."""
+    part = run_cell({"n_inputs": ni, "n_hidden": nh, "activation": activation, "seed": 0, "start": 0, "count": teachers})
+    vals = np.concatenate([np.asarray(v, dtype=np.float64) for v in part["values"]])
+    wts = np.concatenate([np.asarray(c, dtype=np.float64) for c in part["counts"]])
+    return vals, wts, np.asarray(part["traces"])
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +143,10 @@ def test_complement_block_linearises():
 def test_pooled_mean_and_ks_at_moderate_size():
     ni = nh = 16
     law = asymptotic_law("erf", ni, nh)
-    V, C, tr = [], [], []
-    for s in range(80):
-        r = no.structured_spectrum(no.sample_teacher(ni, nh, "erf", seed=s))
-        V.append(r.values)
-        C.append(r.counts.astype(float))
-        tr.append(r.values @ r.counts / law.n_params)
+    vals, wts, traces = _pooled("erf", ni, nh, 80)
+    tr = traces / law.n_params
     z = abs(np.mean(tr) - law.mean()) / (np.std(tr, ddof=1) / np.sqrt(len(tr)))
     assert z < 4.0
-    vals, wts = np.concatenate(V), np.concatenate(C)
     ks, ks_limit = weighted_ks(vals, wts, law), weighted_ks(vals, wts, _ScaledChi2(law))
     # measured at (16, 16): KS 0.036 with 95% teacher-bootstrap noise 0.014 (docs/asymptotic.md); limit law 0.066
     assert ks < 0.06 and ks < ks_limit
@@ -220,12 +224,7 @@ def test_swap_pairs_are_a_zero_mass_zero_mean_correction():
 def test_corrections_lower_the_ks_at_q_one():
     """Pooled exact spectra at (8, 8), 150 teachers: the law (Dyson bulk, or interlacing and swap pairs) beats
     the family law. Measured with these teachers: KS 0.048 (Dyson) and 0.046 against 0.078 (families only)."""
-    V, C = [], []
-    for s in range(150):
-        r = no.structured_spectrum(no.sample_teacher(8, 8, "erf", seed=s))
-        V.append(r.values)
-        C.append(r.counts.astype(float))
-    vals, wts = np.concatenate(V), np.concatenate(C)
+    vals, wts, _ = _pooled("erf", 8, 8, 150)
     law = asymptotic_law("erf", 8, 8)
     ks_families = weighted_ks(vals, wts, law.family_law())
     for candidate in (law, asymptotic_law("erf", 8, 8, dyson=False)):
@@ -301,14 +300,9 @@ def test_relu_mean_and_ks_against_pooled_exact_spectra():
     odd-activation formulas by more than the noise. Measured at (20, 20) with 600 teachers: KS 0.018 against 0.086."""
     ni = nh = 16
     law, odd = asymptotic_law("relu", ni, nh), asymptotic_law("relu", ni, nh, dyson=False)
-    V, C, tr = [], [], []
-    for s in range(60):
-        r = no.structured_spectrum(no.sample_teacher(ni, nh, "relu", seed=s))
-        V.append(r.values)
-        C.append(r.counts.astype(float))
-        tr.append(r.values @ r.counts / law.n_params)
+    vals, wts, traces = _pooled("relu", ni, nh, 60)
+    tr = traces / law.n_params
     assert abs(np.mean(tr) - law.mean()) < 4.0 * np.std(tr, ddof=1) / np.sqrt(len(tr))
-    vals, wts = np.concatenate(V), np.concatenate(C)
     ks, ks_odd = weighted_ks(vals, wts, law), weighted_ks(vals, wts, odd)
     assert ks < 0.045 and ks < ks_odd - 0.025, (ks, ks_odd)
 
