@@ -563,21 +563,23 @@ class DysonBulk:
         d = self.cdf(self._grid)
         self._moments = (-float(integrate.trapezoid(d, self._grid)), -float(integrate.trapezoid(2.0 * self._grid * d, self._grid)))
 
-    def cdf(self, x) -> np.ndarray:
+    def _combine(self, x, value: str, interlace: str) -> np.ndarray:
+        """The correction's ``value`` (``cdf`` or ``pdf``) at ``x``, with the interlacing term ``interlace``
+        (``pi`` or its derivative ``dpi``) of each copy."""
         x = np.asarray(x, dtype=np.float64)
-        nh, r = self.n_hidden, self.reduced
-        out = self.n_red_bulk * r.cdf(x) + self.n_r * (r.cdf(x) - r.pi(x)) - self.n_bulk * self.bulk.cdf(x)
+        r = self.reduced
+        out = (self.n_red_bulk * getattr(r, value)(x) + self.n_r * (getattr(r, value)(x) - getattr(r, interlace)(x))
+               - self.n_bulk * getattr(self.bulk, value)(x))
         if self.complement is not None and self.n_c > 0:
-            out = out + self.n_c * (nh * self.complement.cdf(x) - self.complement.pi(x))
+            c = self.complement
+            out = out + self.n_c * (self.n_hidden * getattr(c, value)(x) - getattr(c, interlace)(x))
         return out / self.n_params
 
+    def cdf(self, x) -> np.ndarray:
+        return self._combine(x, "cdf", "pi")
+
     def pdf(self, x) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        nh, r = self.n_hidden, self.reduced
-        out = self.n_red_bulk * r.pdf(x) + self.n_r * (r.pdf(x) - r.dpi(x)) - self.n_bulk * self.bulk.pdf(x)
-        if self.complement is not None and self.n_c > 0:
-            out = out + self.n_c * (nh * self.complement.pdf(x) - self.complement.dpi(x))
-        return out / self.n_params
+        return self._combine(x, "pdf", "dpi")
 
     @property
     def atoms(self) -> tuple[tuple[float, float], ...]:
