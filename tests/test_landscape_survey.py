@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from nearopt.activations import get_activation
 from nearopt.critical import committee_teacher, isotropy_multiplicities
 from nearopt.curvature.landscape import population_gradient, population_loss
+from nearopt.errors import NearoptError
 from nearopt.landscape_survey import (
     SAFRAN_SHAMIR,
     STATUSES,
@@ -29,7 +30,7 @@ from nearopt.landscape_survey import (
     wilson_interval,
     young_multiplicities,
 )
-from nearopt.model import TwoLayerNet
+from nearopt.model import TwoLayerNet, sample_teacher
 from nearopt.problem import Problem
 
 
@@ -125,7 +126,6 @@ def test_wilson_interval_covers_the_fraction():
 
 
 def test_protocol_rejects_bad_values():
-    from nearopt.errors import NearoptError
 
     with pytest.raises(NearoptError, match="lr must be"):
         Protocol(lr=-1.0)
@@ -283,21 +283,53 @@ def test_grouped_classification_gives_the_per_point_families(k, n, seed):
         assert [f["classification"] for f in a] == ["global minimum", "spurious local minimum"] and counts["dense_spectra"] < R
 
 
-def test_numpy_tail_and_torch_loop_take_the_same_steps(monkeypatch):
-    import nearopt.landscape_survey as ls
-
+@pytest.mark.parametrize("trained", ["first", "both", "second"])
+def test_compiled_and_torch_engines_take_the_same_steps(trained):
+    """The compiled engine (one run per call, :mod:`nearopt._relu_jit`) against the batched torch loop:
+    the same steps, statuses, end points and per-step batch sizes, for every trained block."""
     t = committee_teacher(4)
-    W0 = np.random.default_rng(8).normal(scale=0.5, size=(6, 5, 4))
+    rng = np.random.default_rng(8)
+    W0 = rng.normal(scale=0.5, size=(6, 5, 4))
+    v0 = np.ones((6, 5)) if trained == "first" else rng.normal(size=(6, 5))
     proto = Protocol(lr=0.1, gtol=1e-6, max_steps=3000)
-    runs = []
-    for below in (0, 3, 100):  # torch throughout, torch then NumPy, NumPy throughout
-        monkeypatch.setattr(ls, "NUMPY_BELOW", below)
-        runs.append(batched_descent(t, W0, np.ones((6, 5)), protocol=proto))
-    for d in runs[1:]:
-        np.testing.assert_allclose(d.W, runs[0].W, rtol=0, atol=1e-12)
-        assert d.steps.tolist() == runs[0].steps.tolist() and d.status.tolist() == runs[0].status.tolist()
-        np.testing.assert_allclose(d.loss, runs[0].loss, rtol=0, atol=1e-14)
-        assert d.active.tolist() == runs[0].active.tolist()
+    a, b = (batched_descent(t, W0, v0, trained=trained, protocol=proto, engine=e) for e in ("torch", "compiled"))
+    assert b.steps.tolist() == a.steps.tolist() and b.status.tolist() == a.status.tolist()
+    np.testing.assert_allclose(b.W, a.W, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(b.v, a.v, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(b.loss, a.loss, rtol=0, atol=1e-13)
+    assert b.active.tolist() == a.active.tolist()
+
+
+def test_compiled_engine_drops_padding_and_reads_any_teacher():
+    """Zero-padded runs of two sizes and a non-orthonormal teacher (the general product, not the
+    basis shortcut): every run as if descended alone at its own size, padding left exactly zero."""
+    from nearopt.landscape_survey import descend, padded_loss_gradient_function
+
+    rng = np.random.default_rng(3)
+    teachers = [sample_teacher(3, 3, "relu", seed=1), committee_teacher(4)]
+    W0, v0, T, u = np.zeros((4, 5, 4)), np.zeros((4, 5)), np.zeros((4, 4, 4)), np.zeros((4, 4))
+    sizes = [(3, 3, 3), (3, 3, 3), (5, 4, 4), (5, 4, 4)]  # (K, M, d) of each run
+    for r, ((K, M, d), net) in enumerate(zip(sizes, [teachers[0]] * 2 + [teachers[1]] * 2)):
+        W0[r, :K, :d], v0[r, :K] = rng.normal(scale=0.5, size=(K, d)), 1.0
+        T[r, :M, :d], u[r, :M] = net.W1, net.W2.ravel()
+    proto = Protocol(lr=0.1, gtol=1e-7, max_steps=2000)
+    padded = descend(padded_loss_gradient_function("relu", T, u), W0, v0, protocol=proto, engine="compiled")
+    for r, ((K, _, d), net) in enumerate(zip(sizes, [teachers[0]] * 2 + [teachers[1]] * 2)):
+        alone = batched_descent(net, W0[r : r + 1, :K, :d], v0[r : r + 1, :K], protocol=proto, engine="torch")
+        assert padded.steps[r] == alone.steps[0] and padded.status[r] == alone.status[0]
+        np.testing.assert_allclose(padded.W[r, :K, :d], alone.W[0], rtol=0, atol=1e-12)
+        assert not padded.W[r, K:].any() and not padded.W[r, :, d:].any() and not padded.v[r, K:].any()
+        assert abs(padded.loss[r] - alone.loss[0]) < 1e-13
+
+
+def test_compiled_engine_counts_divergence_and_refuses_what_it_cannot_run():
+    t = committee_teacher(2)
+    d = batched_descent(t, np.ones((1, 2, 2)), np.ones((1, 2)), protocol=Protocol(lr=50.0, gtol=1e-9, max_steps=10_000), engine="compiled")
+    assert d.status.tolist() == ["diverged"]
+    with pytest.raises(NearoptError, match="compiled engine takes the ReLU closed form"):
+        batched_descent(committee_teacher(2, activation="erf"), np.ones((1, 2, 2)), np.ones((1, 2)), engine="compiled")
+    with pytest.raises(NearoptError, match="engine must be one of"):
+        batched_descent(t, np.ones((1, 2, 2)), np.ones((1, 2)), engine="jit")
 
 
 def test_a_status_array_holds_every_status():
@@ -308,3 +340,33 @@ def test_a_status_array_holds_every_status():
     assert d.status.tolist() == ["converged"]
     d.status[0] = "unconverged"
     assert d.count("unconverged") == 1 and set(STATUSES) >= set(d.status.tolist())
+
+
+def test_split_pattern_counts_parallel_units_and_zero_rows():
+    from nearopt.landscape_survey import split_pattern
+
+    t = np.eye(3)
+    W = np.vstack([0.3 * t[0], 0.7 * t[0], t[1], t[2], np.zeros(3)])
+    assert split_pattern(W) == (2, 1, 1, -1)
+    assert split_pattern(np.eye(3)) == (1, 1, 1)
+    assert split_pattern(np.vstack([t[0], -t[0]])) == (1, 1)  # opposite directions are not a split
+
+
+def test_non_isolated_global_minima_form_one_family_with_their_spread():
+    """At n = k + 1 a teacher unit split between two student units at any ratio is a global minimum
+    with zero modes: such points make one family per zero-mode count and split pattern (not one
+    family per ratio), reporting the range of their spectra; each point keeps its own spectrum."""
+    s = committee_survey(4, 5, n_starts=30, seed=1, handover=1e-5)
+    fams = s.to_dict()["families"]
+    flat = [p for p in s.points if p is not None and p.classification == "global minimum" and p.zero_modes > 0]
+    assert flat, "this seed reaches split global minima"
+    manifold = [f for f in fams if f["non_isolated"]]
+    assert sum(f["count"] for f in manifold) == len(flat)
+    assert len({(f["zero_modes"], f["classification"]) for f in manifold}) == len(manifold)
+    for f in manifold:
+        members = [s.points[i] for i in f["members"]]
+        lo = [p.eigenvalues[p.zero_modes] for p in members]
+        hi = [p.eigenvalues[-1] for p in members]
+        assert f["spread"]["lambda_nonzero_min"] == [min(lo), max(lo)] and f["spread"]["lambda_max"] == [min(hi), max(hi)]
+        assert all(p.zero_modes == f["zero_modes"] for p in members)
+    assert all(f["spread"] is None for f in fams if not f["non_isolated"])

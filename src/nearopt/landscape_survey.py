@@ -2,8 +2,9 @@
 
 From ``R`` random starts of a student of width ``K`` (any teacher, any trained blocks) we
 
-1. *descend* on the exact population loss ``L = 1/2 E[(f_s - f_t)^2]``, ``x ~ N(0, I)``,
-   all starts at once (:func:`batched_descent`, torch, CPU or GPU): plain gradient descent
+1. *descend* on the exact population loss ``L = 1/2 E[(f_s - f_t)^2]``, ``x ~ N(0, I)``
+   (:func:`batched_descent`, :func:`descend`: for ReLU on the CPU each run compiled by numba,
+   :mod:`nearopt._relu_jit`; otherwise all starts at once in torch, CPU or GPU): plain gradient descent
    ``theta <- theta - eta grad L`` with a fixed step, until the largest *per-unit* gradient
    norm ``max_a ||dL/d(w_a, v_a)||`` (trained entries) is at most ``gtol`` (``converged``),
    the point leaves every bounded region or turns non-finite (``diverged``), or ``max_steps``
@@ -58,6 +59,7 @@ import scipy.stats
 import torch
 import torch.autograd.forward_ad as forward_ad
 
+from . import __version__, _relu_jit
 from .critical import EPS, FLOOR_FACTOR, GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, eigenvalue_clusters, newton_polish, teacher_power
 from .curvature.landscape import population_gradient, population_loss
 from .errors import NearoptError, require_positive_int
@@ -346,29 +348,6 @@ class ClosedForm:
             gv.copy_(kb)
 
 
-def _relu_gradient_numpy(W: np.ndarray, v: np.ndarray, That: np.ndarray, bnT: np.ndarray, bwT: np.ndarray,
-                         want_kb: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`_relu_terms` in NumPy, for the few runs of a descent's tail (a NumPy call costs a fraction of a torch
-    call's dispatch on tiny arrays): ``dL/dW`` ``(R, K, d)`` and, if ``want_kb``, ``dL/dv`` ``(R, K)``; teacher terms
-    one per row, ``(R, M, d)``, ``(R, M)``, ``(R, M, d)`` (:meth:`ClosedForm.numpy_teacher`)."""
-    K = W.shape[1]
-    nW = np.sqrt((W * W).sum(-1))
-    inv = 1.0 / np.maximum(nW, _TINY)
-    Wh = W * inv[..., None]
-    Om = np.concatenate([Wh, That], 1)
-    cos = np.clip(Wh @ Om.transpose(0, 2, 1), -1.0, 1.0)
-    diag = np.arange(K)
-    cos[:, diag, diag] = 1.0
-    th = np.arccos(cos)
-    sin = np.sqrt(1.0 - cos * cos)
-    bn = np.concatenate([v * nW, bnT], 1)
-    bw = np.concatenate([v[..., None] * W, bwT], 1)
-    s1 = (sin @ bn[..., None])[..., 0]
-    P = math.pi * bw.sum(1, keepdims=True) - th @ bw
-    gW = (W * (s1 * inv)[..., None] + P) * (v / _TWO_PI)[..., None]
-    return gW, ((s1 * nW + (W * P).sum(-1)) / _TWO_PI if want_kb else None)
-
-
 def _library_loss_gradient(teacher: TwoLayerNet, W: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The same three arrays from the library's checked expectations, one start at a time (any activation)."""
     R, K, d = W.shape
@@ -413,6 +392,8 @@ class BatchDescent:
     seconds: float = 0.0
     #: runs still descending at each step ``(steps,)`` (the batch size of each step's kernels)
     active: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: the engine that took the steps (:data:`ENGINES`: ``compiled`` or ``torch``)
+    engine: str = "torch"
 
     def count(self, status: str) -> int:
         return int(np.count_nonzero(self.status == status))
@@ -470,9 +451,10 @@ def _threads(device: str | torch.device, entries: int) -> Iterator[None]:
 
 
 def batched_descent(teacher: TwoLayerNet, W0: np.ndarray, v0: np.ndarray, *, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
-                    device: str | torch.device = "cpu", progress: Callable[[int, int, int, int], None] | None = None) -> BatchDescent:
-    """Fixed-step gradient descent of all starts ``W0`` ``(R, K, d)``, ``v0`` ``(R, K)`` of one teacher at once (module docstring, step 1)."""
-    return descend(loss_gradient_function(teacher, device), W0, v0, trained=trained, protocol=protocol, device=device, progress=progress)
+                    device: str | torch.device = "cpu", progress: Callable[[int, int, int, int], None] | None = None,
+                    engine: str = "auto") -> BatchDescent:
+    """Fixed-step gradient descent of all starts ``W0`` ``(R, K, d)``, ``v0`` ``(R, K)`` of one teacher (module docstring, step 1; :func:`descend`)."""
+    return descend(loss_gradient_function(teacher, device), W0, v0, trained=trained, protocol=protocol, device=device, progress=progress, engine=engine)
 
 
 def _gradient_into(fn: Callable[..., Any], W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor, G: torch.Tensor, Gv: torch.Tensor | None,
@@ -492,73 +474,77 @@ def _gradient_into(fn: Callable[..., Any], W: torch.Tensor, v: torch.Tensor, run
                 Gv[s:e].copy_(gv)
 
 
-#: a CPU descent of ReLU students goes on in NumPy once at most this many runs, and at most ``NUMPY_ENTRIES``
-#: kernel entries (runs x K x (K + M)), are left: its per-step cost is then the calls' dispatch, 20-30 torch
-#: operations against the same number of cheaper NumPy ones (measured faster up to 32 runs at k = 20, 64 at k = 6-12)
-NUMPY_BELOW, NUMPY_ENTRIES = 64, 1 << 15
+#: engines of :func:`descend`: ``auto`` (``compiled`` where it applies, else ``torch``), ``torch`` (batched
+#: steps, any device and closed form), ``compiled`` (one run at a time in :mod:`nearopt._relu_jit`: ReLU on the CPU)
+ENGINES = ("auto", "torch", "compiled")
 
 
-@dataclass
-class _Tail:
-    """The runs still descending: ``W`` ``(R, K, d)``, ``v`` ``(R, K)``, their rows ``act`` in the output and run ids ``rid``, the step."""
-
-    W: np.ndarray
-    v: np.ndarray
-    act: np.ndarray
-    rid: np.ndarray
-    step: int
+def compiled_applies(fn: Any, device: str | torch.device) -> bool:
+    """Whether :func:`descend` can take the compiled engine for ``fn``: the ReLU :class:`ClosedForm` on the CPU."""
+    return torch.device(device).type == "cpu" and isinstance(fn, ClosedForm) and fn.relu is not None
 
 
-def _numpy_tail(fn: Any, st: _Tail, protocol: Protocol, trained: str, bound: float, outputs: tuple[np.ndarray, ...], trace: list[int],
-                progress: Callable[[int, int, int, int], None] | None) -> None:
-    """The descent loop of :func:`descend` for its last runs, in NumPy (:func:`_relu_gradient_numpy`); fills ``outputs``
-    (``W``, ``v``, loss, largest per-unit gradient, steps, status) and ``trace`` as the torch loop does."""
-    Wend, vend, loss, gmax, steps, status = outputs
-    lr, train_w, train_v = protocol.lr, trained != "second", trained != "first"
-    with np.errstate(invalid="ignore", over="ignore"):
-        teacher = fn.numpy_teacher(st.rid)
-        while st.act.size:
-            gW, gv = _relu_gradient_numpy(st.W, st.v, teacher[0], teacher[1], teacher[2], train_v)
-            if not train_w:
-                gW = np.zeros_like(gW)
-            g2 = (gW * gW).sum(-1)
-            gunit = np.sqrt(g2 if gv is None else g2 + gv * gv).max(-1)
-            big = (np.abs(st.W).max((1, 2)) > bound) | (np.abs(st.v).max(-1) > bound)
-            bad = ~np.isfinite(gunit) | big
-            done = (gunit <= protocol.gtol) & ~bad
-            out = bad | done | (st.step >= protocol.max_steps)
-            if out.any():
-                sel = np.flatnonzero(out)
-                idx = st.act[sel]
-                L = fn(torch.as_tensor(st.W[sel]), torch.as_tensor(st.v[sel]), torch.as_tensor(st.rid[sel]))[0].numpy()
-                Wend[idx], vend[idx], loss[idx], gmax[idx], steps[idx] = st.W[sel], st.v[sel], L, gunit[sel], st.step
-                status[idx] = np.where(bad[sel] | ~np.isfinite(L), "diverged", np.where(done[sel], "converged", "unconverged"))
-                keep = ~out
-                st.W, st.v, st.act, st.rid, gW = st.W[keep], st.v[keep], st.act[keep], st.rid[keep], gW[keep]
-                teacher = tuple(x[keep] for x in teacher)
-                gv = None if gv is None else gv[keep]
-                if not st.act.size:
-                    break
-            if train_w:
-                st.W -= lr * gW
-            if gv is not None:
-                st.v -= lr * gv
-            trace.append(int(st.act.size))
-            st.step += 1
-            if progress is not None and st.step % 500 == 0:
-                progress(st.step, int(np.count_nonzero(status == "converged")), int(np.count_nonzero(status == "diverged")), int(st.act.size))
+def _live_block(W: np.ndarray, v: np.ndarray, That: np.ndarray, bn: np.ndarray) -> tuple[int, int, int]:
+    """``(K, M, d)`` of one run's zero-padded arrays (:func:`survey_many`): the student rows up to the last
+    nonzero one, likewise the teacher rows and the input columns. Padding rows and columns have exactly
+    zero gradient and stay zero, so dropping them changes no number."""
+
+    def last(mask: np.ndarray) -> int:
+        nz = np.flatnonzero(mask)
+        return int(nz[-1]) + 1 if nz.size else 0
+
+    K = last((W != 0).any(1) | (v != 0)) or W.shape[0]
+    M = last((That != 0).any(1) | (bn != 0)) or That.shape[0]
+    d = last((W != 0).any(0) | (That != 0).any(0)) or W.shape[1]
+    return K, M, d
+
+
+def _descend_compiled(fn: ClosedForm, W: np.ndarray, v: np.ndarray, ids: np.ndarray, protocol: Protocol, trained: str, bound: float,
+                      progress: Callable[[int, int, int, int], None] | None) -> tuple[np.ndarray, ...]:
+    """The compiled engine of :func:`descend`: each run's whole descent in :func:`nearopt._relu_jit.descend_run`, ``W``, ``v``
+    updated in place; returns ``(steps, status, largest per-unit gradient)``."""
+    R = W.shape[0]
+    That, bnT, bwT = fn.numpy_teacher(ids)
+    steps, gmax = np.zeros(R, dtype=np.int64), np.full(R, np.nan)
+    status = np.full(R, "unconverged", dtype=object)
+    train_w, train_v = trained != "second", trained != "first"
+    every = max(1, R // 50)
+    for r in range(R):
+        K, M, d = _live_block(W[r], v[r], That[r], bnT[r])
+        w, vr = np.ascontiguousarray(W[r, :K, :d]), np.ascontiguousarray(v[r, :K])
+        T = np.ascontiguousarray(That[r, :M, :d])
+        basis = M == d and bool(np.array_equal(T, np.eye(d)))
+        n, code, g = _relu_jit.descend_run(w, vr, T, np.ascontiguousarray(bnT[r, :M]), np.ascontiguousarray(bwT[r, :M, :d]), basis,
+                                           float(protocol.lr), float(protocol.gtol), int(protocol.max_steps), train_w, train_v, float(bound))
+        W[r, :K, :d], v[r, :K] = w, vr
+        steps[r], gmax[r], status[r] = n, g, STATUSES[code]
+        if progress is not None and ((r + 1) % every == 0 or r + 1 == R):
+            progress(int(steps[: r + 1].max()), int(np.count_nonzero(status[: r + 1] == "converged")),
+                     int(np.count_nonzero(status[: r + 1] == "diverged")), R - r - 1)
+    return steps, status, gmax
 
 
 def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
-            device: str | torch.device = "cpu", runs: np.ndarray | None = None, progress: Callable[[int, int, int, int], None] | None = None) -> BatchDescent:
+            device: str | torch.device = "cpu", runs: np.ndarray | None = None, progress: Callable[[int, int, int, int], None] | None = None,
+            engine: str = "auto") -> BatchDescent:
     """The descent loop over ``fn(W, v, runs) -> (L, dL/dW, dL/dv)``; ``runs`` ``(R,)``: the run index of each row (default ``0..R-1``).
 
-    Each step takes the gradient only (``fn.gradient`` where ``fn`` has it, e.g. :class:`ClosedForm`);
-    the loss is evaluated at the end points. Runs that stop leave the batch, so late steps cost
-    only the runs still going. ``progress(step, converged, diverged, active)`` is called every 500 steps.
+    Two engines (:data:`ENGINES`) take the same steps with the same stopping rules. ``torch``:
+    all runs at once, each step the gradient only (``fn.gradient`` where ``fn`` has it, e.g.
+    :class:`ClosedForm`); runs that stop leave the batch, so late steps cost only the runs still
+    going; ``progress(step, converged, diverged, active)`` every 500 steps. ``compiled`` (ReLU on
+    the CPU, :func:`compiled_applies`): one run after the other, each descent one compiled call
+    (:mod:`nearopt._relu_jit`), at a run's own sizes (zero padding dropped); ``progress`` every
+    2 % of the runs, ``active`` the runs not yet descended. The numbers agree to rounding (the
+    sums run in another order). Either way the loss is evaluated at the end points only.
     """
     if trained not in TRAINED_BLOCKS:
         raise NearoptError(f"trained must be one of {', '.join(TRAINED_BLOCKS)}, got {trained!r}")
+    if engine not in ENGINES:
+        raise NearoptError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    compiled = compiled_applies(fn, device)
+    if engine == "compiled" and not compiled:
+        raise NearoptError("the compiled engine takes the ReLU closed form on the CPU; use engine='torch' or 'auto'")
     t0 = time.perf_counter()
     W = torch.as_tensor(np.asarray(W0, dtype=np.float64), device=device).clone()
     v = torch.as_tensor(np.asarray(v0, dtype=np.float64), device=device).clone()
@@ -573,16 +559,20 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
     lr, train_w, train_v = protocol.lr, trained != "second", trained != "first"
     step, trace = 0, list[int]()
     chunk = cpu_chunk(K, K + getattr(fn, "M", K)) if torch.device(device).type == "cpu" else None
+    if compiled and engine != "torch":
+        assert isinstance(fn, ClosedForm)
+        steps, status, gmax = _descend_compiled(fn, Wend, vend, ids.cpu().numpy(), protocol, trained, bound, progress)
+        with torch.inference_mode():
+            loss = chunked_call(fn, torch.as_tensor(Wend), torch.as_tensor(vend), ids, 1024)[0].numpy().copy()
+        status[~np.isfinite(loss)] = "diverged"
+        left = R - np.cumsum(np.bincount(steps, minlength=int(steps.max(initial=0)) + 1))  # runs still going after each step
+        return BatchDescent(Wend, vend, loss, gmax, steps, status.astype(STATUS_DTYPE), time.perf_counter() - t0,
+                            left[: int(steps.max(initial=0))].astype(np.int64), "compiled")
     ws = Workspace(device)
     with torch.inference_mode(), _threads(device, min(R, chunk or R) * K * K):
         rid = ids
-        tail = torch.device(device).type == "cpu" and hasattr(fn, "numpy_teacher") and getattr(fn, "relu", None) is not None
         while act.numel():
             Ra = act.numel()
-            if tail and Ra <= min(NUMPY_BELOW, max(8, NUMPY_ENTRIES // (K * (K + getattr(fn, "M", K))))):
-                state = _Tail(W.numpy().copy(), v.numpy().copy(), act.numpy().copy(), rid.numpy().copy(), step)
-                _numpy_tail(fn, state, protocol, trained, bound, (Wend, vend, loss, gmax, steps, status), trace, progress)
-                break
             G, Gv = ws("G", Ra, K, d), (ws("Gv", Ra, K) if train_v else None)
             _gradient_into(fn, W, v, rid, G, Gv, chunk)
             if not train_w:
@@ -1064,10 +1054,19 @@ def symmetry_analysis(cp: CriticalPoint) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- families
 @dataclass
 class Family:
-    """Critical points equal up to symmetry: same class, loss and Hessian spectrum."""
+    """Critical points equal up to symmetry: same class, loss and Hessian spectrum.
+
+    A *non-isolated* global minimum (zero loss with zero modes, e.g. a teacher unit split between
+    two student units at any ratio) is one family per zero-mode count and split pattern
+    (:func:`split_pattern`): its points lie on one set of global minima along which the spectrum
+    varies, so the family reports its representative's spectrum and, over its members, the range
+    of the smallest nonzero and of the largest eigenvalue (``spread``).
+    """
 
     representative: CriticalPoint
     members: list[int] = field(default_factory=list)
+    #: non-isolated families: ``{"lambda_nonzero_min": [lo, hi], "lambda_max": [lo, hi]}`` over the members; else ``None``
+    spread: dict[str, list[float]] | None = None
 
     @property
     def count(self) -> int:
@@ -1078,11 +1077,40 @@ class Family:
         lam = cp.eigenvalues
         values, counts = eigenvalue_clusters(lam, CLUSTER_RTOL)
         return {"loss": cp.loss, "loss_relative": cp.loss_relative, "count": self.count, "classification": cp.classification,
-                "index": cp.index, "zero_modes": cp.zero_modes,
+                "index": cp.index, "zero_modes": cp.zero_modes, "non_isolated": self.spread is not None, "spread": self.spread,
                 "lambda_min": float(lam[0]) if lam.size else float("nan"), "lambda_max": float(lam[-1]) if lam.size else float("nan"),
                 "multiplicities": sorted(int(c) for c in counts), "distinct_eigenvalues": [float(x) for x in values],
                 "eigenvalue_counts": [int(c) for c in counts], "cluster_rtol": CLUSTER_RTOL,
                 "gradient_norm": cp.gradient_norm, "symmetry": symmetry_analysis(cp), "members": list(self.members)}
+
+
+def split_pattern(W: np.ndarray, tol: float = ENTRY_TOL) -> tuple[int, ...]:
+    """Sizes of the groups of parallel student units (rows of ``W`` ``(K, d)`` whose directions agree to ``tol``), descending;
+    zero rows form their own group (size recorded negative)."""
+    norms = np.linalg.norm(W, axis=1)
+    live = norms > tol
+    U = W[live] / norms[live, None]
+    sizes, free = [], np.ones(len(U), dtype=bool)
+    for a in range(len(U)):
+        if free[a]:
+            grp = free & (np.linalg.norm(U - U[a], axis=1) <= tol)
+            free &= ~grp
+            sizes.append(int(grp.sum()))
+    dead = int(np.count_nonzero(~live))
+    return tuple(sorted(sizes, reverse=True)) + ((-dead,) if dead else ())
+
+
+def _manifold_key(cp: CriticalPoint) -> tuple[Any, ...] | None:
+    """The family key of a non-isolated global minimum (:class:`Family`), ``None`` for any other point."""
+    if cp.classification != "global minimum" or cp.zero_modes == 0:
+        return None
+    return (cp.zero_modes, split_pattern(cp.student.W1))
+
+
+def _spread(points: list[CriticalPoint]) -> dict[str, list[float]]:
+    lo = [float(p.eigenvalues[p.zero_modes]) for p in points if p.eigenvalues.size > p.zero_modes]
+    hi = [float(p.eigenvalues[-1]) for p in points if p.eigenvalues.size]
+    return {"lambda_nonzero_min": [min(lo), max(lo)] if lo else [], "lambda_max": [min(hi), max(hi)] if hi else []}
 
 
 def same_family(a: CriticalPoint, b: CriticalPoint, floor: float, rtol: float = 1e-7) -> bool:
@@ -1100,11 +1128,13 @@ def families(points: list[CriticalPoint | None]) -> list[Family]:
 
     Each point, by increasing loss, joins the first family whose representative it matches, else
     starts one; the comparison with all representatives at once is :func:`same_family` vectorised.
+    Non-isolated global minima group by zero-mode count and split pattern instead (:class:`Family`).
     """
     groups: list[Family] = []
     live = [p for p in points if p is not None]
     if not live:
         return groups
+    manifolds: dict[tuple[Any, ...], int] = {}  # non-isolated global minima: key -> family index
     floor = GLOBAL_RTOL * teacher_power(live[0].problem.teacher)
     order = sorted((i for i, p in enumerate(points) if p is not None), key=lambda i: points[i].loss)  # type: ignore[union-attr]
     # per spectrum size: the representatives' family index, class, loss, eigenvalues and 1e-6 max(1, |lambda|_max)
@@ -1112,6 +1142,14 @@ def families(points: list[CriticalPoint | None]) -> list[Family]:
     for i in order:
         cp = points[i]
         assert cp is not None
+        key = _manifold_key(cp)
+        if key is not None:
+            if key in manifolds:
+                groups[manifolds[key]].members.append(i)
+            else:
+                manifolds[key] = len(groups)
+                groups.append(Family(cp, [i], {}))
+            continue
         lam = cp.eigenvalues
         idx, cls, loss, eig, atol = reps.setdefault(lam.size, ([], [], [], [], []))
         if idx:
@@ -1130,6 +1168,9 @@ def families(points: list[CriticalPoint | None]) -> list[Family]:
         eig.append(lam)
         atol.append(1e-6 * (max(1.0, float(np.max(np.abs(lam)))) if lam.size else 1.0))
         groups.append(Family(cp, [i]))
+    for fam in groups:
+        if fam.spread is not None:
+            fam.spread = _spread([points[i] for i in fam.members])  # type: ignore[misc]
     return groups
 
 
@@ -1180,12 +1221,12 @@ class Survey:
             name = "diverged" if p is None else p.classification
             classes[name] = classes.get(name, 0) + 1
         d = self.descent
-        return {"starts": R, "K": self.width, "M": self.teacher.n_hidden, "N_i": self.teacher.n_inputs,
+        return {"nearopt": __version__, "starts": R, "K": self.width, "M": self.teacher.n_hidden, "N_i": self.teacher.n_inputs,
                 "activation": self.teacher.activation.name, "trained": self.trained, "seed": self.seed, "protocol": self.protocol.to_dict(),
                 "spurious": n_sp, "spurious_fraction": n_sp / R if R else float("nan"),
                 "spurious_fraction_ci": [lo, hi], "ci": "Wilson score, 95 %, over all starts",
                 "converged": d.count("converged"), "diverged": d.count("diverged"), "unconverged": d.count("unconverged"),
-                "classes": classes, "handover": self.handover, "resumed": self.resumed, "polish": dict(self.polish), "descent_steps": {"median": float(np.median(d.steps)) if R else 0.0, "max": int(d.steps.max()) if R else 0},
+                "classes": classes, "handover": self.handover, "resumed": self.resumed, "polish": dict(self.polish), "descent_steps": {"median": float(np.median(d.steps)) if R else 0.0, "max": int(d.steps.max()) if R else 0}, "engine": d.engine,
                 "dtype": "float64", "families": [f.to_dict() for f in self.families], "seconds": dict(self.seconds)}
 
     def save_families(self, folder: str | Path) -> list[Path]:
@@ -1455,7 +1496,7 @@ def survey_many(cases: list[Case], *, trained: str = "first", protocol: Protocol
     out = []
     for c, sl, n_polish in zip(cases, rows, counts):
         part = BatchDescent(d.W[sl, : c.width, : c.teacher.n_inputs], d.v[sl, : c.width], d.loss[sl], d.gradient_max[sl], d.steps[sl], d.status[sl],
-                            d.seconds + extra, d.active)
+                            d.seconds + extra, d.active, d.engine)
         points = [pts[r] for r in range(sl.start, sl.stop)]
         t1 = time.perf_counter()
         fam = families(points)

@@ -16,7 +16,7 @@ import torch
 
 from .. import __version__
 
-PACKAGES = ("numpy", "scipy", "torch", "matplotlib", "dask", "distributed")
+PACKAGES = ("numpy", "scipy", "torch", "numba", "matplotlib", "mpmath", "dask", "distributed")
 
 
 def utc_now() -> str:
