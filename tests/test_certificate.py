@@ -237,7 +237,7 @@ def test_cli_critical_certify():
     assert d["classification"] == "global minimum" and d["certificate"]["certified"] is True
     assert abs(d["certificate"]["mu"] - (0.25 - 1 / (2 * np.pi))) < 1e-10  # lambda_min at W = I (docs/students.md §4)
     code, out, err = cli("critical", "--committee", "3", "-a", "tanh", "--certify", "--quiet")
-    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--certify needs activation" in err
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--certify: no derived third-derivative bound for activation 'tanh'" in err
 
 
 def test_cli_landscape_certify():

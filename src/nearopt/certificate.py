@@ -56,6 +56,12 @@ from .problem import Problem, as_problem
 
 #: activations with a derived third-derivative bound (``erf`` is ``erf(z / sqrt 2)``, ``erf:unit`` is ``erf(z)``)
 SUPPORTED = ("relu", "erf", "erf:unit")
+
+
+def require_supported(activation: str, who: str) -> None:
+    """One error line unless ``activation`` has a derived third-derivative bound (:data:`SUPPORTED`); ``who`` names the caller."""
+    if activation not in SUPPORTED:
+        raise NearoptError(f"{who}: no derived third-derivative bound for activation {activation!r} (have {', '.join(SUPPORTED)})")
 #: working digits of the reference gradient, loss and Hessian (intervals or plain)
 REFERENCE_DIGITS = 50
 #: central-difference step of the reference Hessian (relative to ``max(1, |x0|_inf)``); its error, ``L3 step / 2`` per column, is allowed for
@@ -172,8 +178,7 @@ def hessian_lipschitz_bound(problem: Problem | TwoLayerNet, rho: float) -> float
     """
     pr = as_problem(problem)
     name = pr.point.activation.name
-    if name not in SUPPORTED:
-        raise NearoptError(f"no derived third-derivative bound for activation {name!r} (have {', '.join(SUPPORTED)})")
+    require_supported(name, "hessian_lipschitz_bound")
     rho = float(rho)
     if not (math.isfinite(rho) and rho >= 0):
         raise NearoptError(f"the ball radius must be finite and >= 0, got {rho!r}")
@@ -431,8 +436,7 @@ def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | Non
     """
     pr = point.problem if isinstance(point, CriticalPoint) else as_problem(point)
     name = pr.point.activation.name
-    if name not in SUPPORTED:
-        raise NearoptError(f"certify: no derived third-derivative bound for activation {name!r} (have {', '.join(SUPPORTED)})")
+    require_supported(name, "certify")
     if pr.teacher.activation.name != name:
         raise NearoptError(f"certify: student ({name}) and teacher ({pr.teacher.activation.name}) activations differ")
     if not pr.inputs.isotropic:

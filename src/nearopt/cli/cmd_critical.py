@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from .. import io
-from ..certificate import SUPPORTED, certify
+from ..certificate import SUPPORTED, certify, require_supported
 from ..critical import committee_start, committee_teacher, find_critical_point, gradient_tolerance, teacher_power
 from ..errors import NearoptError, ResultFailure
 from ..problem import Problem
@@ -100,8 +100,8 @@ def run(args) -> int:
         io.check_output_path(args.save_point, suffix=".npz")
     problem = problem_from_args(args)
     check_gtol(args.gtol, problem)
-    if args.certify and problem.point.activation.name not in SUPPORTED:
-        raise NearoptError(f"--certify needs activation {' or '.join(SUPPORTED)}, got {problem.point.activation.name!r}")
+    if args.certify:
+        require_supported(problem.point.activation.name, "--certify")
     if args.certify and not problem.inputs.isotropic:
         raise NearoptError("--certify needs isotropic inputs x ~ N(0, I)")
     if args.save_student:

@@ -9,7 +9,7 @@ import torch
 
 from .. import io
 from ..activations import available_activations, get_activation
-from ..certificate import SUPPORTED, certify
+from ..certificate import SUPPORTED, certify, require_supported
 from ..critical import committee_teacher
 from ..errors import NearoptError
 from ..landscape_survey import SAFRAN_SHAMIR, survey
@@ -113,8 +113,8 @@ def run(args) -> int:
     if args.save_families:
         io.check_output_path(args.save_families, directory=True)
     teacher = teacher_from_args(args)
-    if args.certify and teacher.activation.name not in SUPPORTED:
-        raise NearoptError(f"--certify needs activation {' or '.join(SUPPORTED)}, got {teacher.activation.name!r}")
+    if args.certify:
+        require_supported(teacher.activation.name, "--certify")
     trained = TRAINED_ALIASES[args.trained] if args.trained is not None else ("first" if args.committee is not None else "both")
     protocol = SAFRAN_SHAMIR.replace(lr=args.lr, gtol=args.gtol, max_steps=args.max_steps, spurious_loss=args.spurious_loss)
     if protocol != SAFRAN_SHAMIR:
