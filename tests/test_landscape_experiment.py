@@ -54,10 +54,12 @@ def test_cells_carry_the_authors_threshold_and_distinct_seeds():
     exp = get_experiment("landscape")
     cfg = exp.config("quick")
     cl = cells(cfg)
-    assert len(cl) == 1 and [c[0] for c in cl[0]["cases"]] == [6, 7, 8, 9]
-    assert all(c[0] == c[1] and c[2] == cfg["starts"] for c in cl[0]["cases"])
-    assert len({c[3] for c in cl[0]["cases"]}) == 4
-    assert cl[0]["gtol"] == pytest.approx(1e-9 / (2 * math.pi))
+    assert [c["variant"] for c in cl] == ["relu n=k", "relu n=k+1"]  # both widths of the paper's table
+    for cell, extra in zip(cl, (0, 1)):
+        assert [c[0] for c in cell["cases"]] == [6, 7, 8, 9]
+        assert all(c[1] == c[0] + extra and c[2] == cfg["starts"] for c in cell["cases"])
+        assert len({c[3] for c in cell["cases"]}) == 4
+        assert cell["gtol"] == pytest.approx(1e-9 / (2 * math.pi))
     full = exp.config("full")
     sizes = {(c["variant"], k, n) for c in cells(full) for k, n, _, _ in c["cases"]}
     assert ("relu n=k+1", 20, 21) in sizes and ("relu n=k", 6, 6) in sizes and len(sizes) == 5 * 15

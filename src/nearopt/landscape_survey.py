@@ -1056,11 +1056,11 @@ def symmetry_analysis(cp: CriticalPoint) -> dict[str, Any]:
 class Family:
     """Critical points equal up to symmetry: same class, loss and Hessian spectrum.
 
-    A *non-isolated* global minimum (zero loss with zero modes, e.g. a teacher unit split between
-    two student units at any ratio) is one family per zero-mode count and split pattern
-    (:func:`split_pattern`): its points lie on one set of global minima along which the spectrum
-    varies, so the family reports its representative's spectrum and, over its members, the range
-    of the smallest nonzero and of the largest eigenvalue (``spread``).
+    A *non-isolated* global minimum (:func:`_manifold_key`: e.g. a teacher unit split between two
+    student units at any ratio) is one family per split pattern (:func:`split_pattern`): its
+    points lie on one set of global minima along which the spectrum varies, so the family reports
+    its representative's spectrum and, over its members, the range of the smallest nonzero and of
+    the largest eigenvalue (``spread``).
     """
 
     representative: CriticalPoint
@@ -1100,15 +1100,24 @@ def split_pattern(W: np.ndarray, tol: float = ENTRY_TOL) -> tuple[int, ...]:
     return tuple(sorted(sizes, reverse=True)) + ((-dead,) if dead else ())
 
 
-def _manifold_key(cp: CriticalPoint) -> tuple[Any, ...] | None:
-    """The family key of a non-isolated global minimum (:class:`Family`), ``None`` for any other point."""
-    if cp.classification != "global minimum" or cp.zero_modes == 0:
+def _manifold_key(cp: CriticalPoint) -> tuple[int, ...] | None:
+    """The family key of a non-isolated global minimum (:class:`Family`): its split pattern; ``None`` for any other point.
+
+    A global minimum is taken as non-isolated when its spectrum is not positive definite (zero
+    modes, or eigenvalues of either sign, as at a ReLU split pair, where the Hessian's derivative
+    jumps) or when it has parallel or zero units (a split teacher unit can be shared at any ratio,
+    a zero unit is the end of such a segment)."""
+    if cp.classification != "global minimum":
         return None
-    return (cp.zero_modes, split_pattern(cp.student.W1))
+    pattern = split_pattern(cp.student.W1)
+    if cp.zero_modes == 0 and cp.index == 0 and all(p == 1 for p in pattern):
+        return None
+    return pattern
 
 
 def _spread(points: list[CriticalPoint]) -> dict[str, list[float]]:
-    lo = [float(p.eigenvalues[p.zero_modes]) for p in points if p.eigenvalues.size > p.zero_modes]
+    """Ranges over ``points`` of the smallest eigenvalue above the zero modes and negative ones, and of the largest."""
+    lo = [float(p.eigenvalues[p.zero_modes + p.index]) for p in points if p.eigenvalues.size > p.zero_modes + p.index]
     hi = [float(p.eigenvalues[-1]) for p in points if p.eigenvalues.size]
     return {"lambda_nonzero_min": [min(lo), max(lo)] if lo else [], "lambda_max": [min(hi), max(hi)] if hi else []}
 
@@ -1128,7 +1137,7 @@ def families(points: list[CriticalPoint | None]) -> list[Family]:
 
     Each point, by increasing loss, joins the first family whose representative it matches, else
     starts one; the comparison with all representatives at once is :func:`same_family` vectorised.
-    Non-isolated global minima group by zero-mode count and split pattern instead (:class:`Family`).
+    Non-isolated global minima group by split pattern instead (:class:`Family`).
     """
     groups: list[Family] = []
     live = [p for p in points if p is not None]

@@ -413,7 +413,7 @@ register(
     Experiment(
         name="landscape",
         description="many-start surveys of ReLU committee machines: spurious fractions vs Safran & Shamir, families of critical points and their spectra",
-        quick={"variants": ["relu n=k"], "ks": [6, 7, 8, 9], "starts": 200, "seed": 0, "sizes_per_cell": 4, "handover": 1e-5, "max_steps": 200_000},
+        quick={"variants": ["relu n=k", "relu n=k+1"], "ks": [6, 7, 8, 9], "starts": 300, "seed": 0, "sizes_per_cell": 4, "handover": 1e-5, "max_steps": 200_000},
         full={"variants": ["relu n=k", "relu n=k+1", "relu n=k+2", "erf n=k", "relu both layers"], "ks": list(range(6, 21)), "starts": 1000, "seed": 0,
               "sizes_per_cell": 1, "handover": 1e-5, "max_steps": 1_000_000},
         cells=cells,
