@@ -4,7 +4,7 @@ From ``R`` random starts of a student of width ``K`` (any teacher, any trained b
 
 1. *descend* on the exact population loss ``L = 1/2 E[(f_s - f_t)^2]``, ``x ~ N(0, I)``
    (:func:`batched_descent`, :func:`descend`: for ReLU on the CPU each run compiled by numba,
-   :mod:`nearopt._relu_jit`; otherwise all starts at once in torch, CPU or GPU): plain gradient descent
+   ``nearopt._relu_jit``; otherwise all starts at once in torch, CPU or GPU): plain gradient descent
    ``theta <- theta - eta grad L`` with a fixed step, until the largest *per-unit* gradient
    norm ``max_a ||dL/d(w_a, v_a)||`` (trained entries) is at most ``gtol`` (``converged``),
    the point leaves every bounded region or turns non-finite (``diverged``), or ``max_steps``
@@ -475,7 +475,7 @@ def _gradient_into(fn: Callable[..., Any], W: torch.Tensor, v: torch.Tensor, run
 
 
 #: engines of :func:`descend`: ``auto`` (``compiled`` where it applies, else ``torch``), ``torch`` (batched
-#: steps, any device and closed form), ``compiled`` (one run at a time in :mod:`nearopt._relu_jit`: ReLU on the CPU)
+#: steps, any device and closed form), ``compiled`` (one run at a time in ``nearopt._relu_jit``: ReLU on the CPU)
 ENGINES = ("auto", "torch", "compiled")
 
 
@@ -501,7 +501,7 @@ def _live_block(W: np.ndarray, v: np.ndarray, That: np.ndarray, bn: np.ndarray) 
 
 def _descend_compiled(fn: ClosedForm, W: np.ndarray, v: np.ndarray, ids: np.ndarray, protocol: Protocol, trained: str, bound: float,
                       progress: Callable[[int, int, int, int], None] | None) -> tuple[np.ndarray, ...]:
-    """The compiled engine of :func:`descend`: each run's whole descent in :func:`nearopt._relu_jit.descend_run`, ``W``, ``v``
+    """The compiled engine of :func:`descend`: each run's whole descent in ``nearopt._relu_jit.descend_run``, ``W``, ``v``
     updated in place; returns ``(steps, status, largest per-unit gradient)``."""
     R = W.shape[0]
     That, bnT, bwT = fn.numpy_teacher(ids)
@@ -534,7 +534,7 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
     :class:`ClosedForm`); runs that stop leave the batch, so late steps cost only the runs still
     going; ``progress(step, converged, diverged, active)`` every 500 steps. ``compiled`` (ReLU on
     the CPU, :func:`compiled_applies`): one run after the other, each descent one compiled call
-    (:mod:`nearopt._relu_jit`), at a run's own sizes (zero padding dropped); ``progress`` every
+    (``nearopt._relu_jit``), at a run's own sizes (zero padding dropped); ``progress`` every
     2 % of the runs, ``active`` the runs not yet descended. The numbers agree to rounding (the
     sums run in another order). Either way the loss is evaluated at the end points only.
     """
