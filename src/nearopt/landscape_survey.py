@@ -1084,11 +1084,16 @@ class Family:
                 "gradient_norm": cp.gradient_norm, "symmetry": symmetry_analysis(cp), "members": list(self.members)}
 
 
-def split_pattern(W: np.ndarray, tol: float = ENTRY_TOL) -> tuple[int, ...]:
-    """Sizes of the groups of parallel student units (rows of ``W`` ``(K, d)`` whose directions agree to ``tol``), descending;
-    zero rows form their own group (size recorded negative)."""
+#: student units whose unit directions differ by at most this are parallel in :func:`split_pattern` (a polished split
+#: pair is parallel to about the square root of the gradient's rounding floor, and a small unit's direction is noisier)
+SPLIT_TOL = 1e-4
+
+
+def split_pattern(W: np.ndarray, tol: float = SPLIT_TOL, zero: float = ENTRY_TOL) -> tuple[int, ...]:
+    """Sizes of the groups of parallel student units (rows of ``W`` ``(K, d)`` whose unit directions agree to ``tol``),
+    descending; rows of norm at most ``zero`` form their own group (its size recorded negative)."""
     norms = np.linalg.norm(W, axis=1)
-    live = norms > tol
+    live = norms > zero
     U = W[live] / norms[live, None]
     sizes, free = [], np.ones(len(U), dtype=bool)
     for a in range(len(U)):
