@@ -1481,7 +1481,7 @@ def survey_many(cases: list[Case], *, trained: str = "first", protocol: Protocol
 
     def report(step: int, conv: int, div: int, active: int) -> None:
         if progress is not None:
-            progress(f"step {step}: {conv}/{R} converged, {div} diverged, {active} running")
+            progress(f"step {step}: {conv}/{R} converged, {div} diverged, {active} still to descend")
 
     first = protocol if handover is None or handover <= protocol.gtol else protocol.replace(gtol=handover)
     d = descend(fn, W0, v0, trained=trained, protocol=first, device=device, progress=report)
