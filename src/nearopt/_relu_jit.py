@@ -27,8 +27,9 @@ import numpy as np
 
 #: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape_survey.STATUSES``
 CONVERGED, UNCONVERGED, DIVERGED = 0, 1, 2
-_TINY = 1e-200
-_TWO_PI = 2.0 * math.pi
+#: a zero-norm unit divides by this instead of 0 (its row of ``W`` is 0, so its terms vanish)
+TINY = 1e-200
+TWO_PI = 2.0 * math.pi
 
 
 @numba.njit(cache=True)
@@ -54,7 +55,7 @@ def gradient(W, v, That, bnT, bwT, basis, gW, gv, work, want_v):
         for i in range(d):
             s += W[a, i] * W[a, i]
         nW[a] = math.sqrt(s)
-        inv = 1.0 / max(nW[a], _TINY)
+        inv = 1.0 / max(nW[a], TINY)
         for i in range(d):
             Wh[a, i] = W[a, i] * inv
             bw[a, i] = v[a] * W[a, i]
@@ -86,15 +87,15 @@ def gradient(W, v, That, bnT, bwT, basis, gW, gv, work, want_v):
         for j in range(M):
             s1[a] += St[a, j] * bnT[j]
     for a in range(K):
-        inv = 1.0 / max(nW[a], _TINY)
-        f = v[a] / _TWO_PI
+        inv = 1.0 / max(nW[a], TINY)
+        f = v[a] / TWO_PI
         for i in range(d):
             gW[a, i] = (W[a, i] * (s1[a] * inv) + P[a, i]) * f
         if want_v:
             dot = 0.0
             for i in range(d):
                 dot += W[a, i] * P[a, i]
-            gv[a] = (s1[a] * nW[a] + dot) / _TWO_PI
+            gv[a] = (s1[a] * nW[a] + dot) / TWO_PI
 
 
 @numba.njit(cache=True)

@@ -56,12 +56,6 @@ from .problem import Problem, as_problem
 
 #: activations with a derived third-derivative bound (``erf`` is ``erf(z / sqrt 2)``, ``erf:unit`` is ``erf(z)``)
 SUPPORTED = ("relu", "erf", "erf:unit")
-
-
-def require_supported(activation: str, who: str) -> None:
-    """One error line unless ``activation`` has a derived third-derivative bound (:data:`SUPPORTED`); ``who`` names the caller."""
-    if activation not in SUPPORTED:
-        raise NearoptError(f"{who}: no derived third-derivative bound for activation {activation!r} (have {', '.join(SUPPORTED)})")
 #: working digits of the reference gradient, loss and Hessian (intervals or plain)
 REFERENCE_DIGITS = 50
 #: central-difference step of the reference Hessian (relative to ``max(1, |x0|_inf)``); its error, ``L3 step / 2`` per column, is allowed for
@@ -73,6 +67,12 @@ C3 = 2.0 * math.sqrt(2.0 / math.pi)
 C_AAA = math.sqrt(27.0) / (4.0 * math.pi)
 #: ``max cos(phi)^2 sin(phi)`` over the circle: bounds ``s^2 r`` and ``s r^2`` by ``(s^2 + r^2)^(3/2)``
 MIX = 2.0 / (3.0 * math.sqrt(3.0))
+
+
+def require_supported(activation: str, who: str) -> None:
+    """One error line unless ``activation`` has a derived third-derivative bound (:data:`SUPPORTED`); ``who`` names the caller."""
+    if activation not in SUPPORTED:
+        raise NearoptError(f"{who}: no derived third-derivative bound for activation {activation!r} (have {', '.join(SUPPORTED)})")
 
 
 def _up(x: float) -> float:

@@ -128,8 +128,7 @@ SAFRAN_SHAMIR = Protocol(name="safran-shamir", lr=0.1, gtol=1e-9 / (2 * math.pi)
 
 # ----------------------------------------------------------------------------- batched closed forms
 #: a zero-norm unit divides by this instead of 0 (its row of ``W`` is 0, so its terms vanish)
-_TINY = 1e-200
-_TWO_PI = 2.0 * math.pi
+_TINY, _TWO_PI = _relu_jit.TINY, _relu_jit.TWO_PI
 _ONE = torch.ones((), dtype=torch.float64)
 
 
@@ -1162,7 +1161,7 @@ def families(points: list[CriticalPoint | None]) -> list[Family]:
                 groups[manifolds[key]].members.append(i)
             else:
                 manifolds[key] = len(groups)
-                groups.append(Family(cp, [i], {}))
+                groups.append(Family(cp, [i]))
             continue
         lam = cp.eigenvalues
         idx, cls, loss, eig, atol = reps.setdefault(lam.size, ([], [], [], [], []))
@@ -1182,9 +1181,8 @@ def families(points: list[CriticalPoint | None]) -> list[Family]:
         eig.append(lam)
         atol.append(1e-6 * (max(1.0, float(np.max(np.abs(lam)))) if lam.size else 1.0))
         groups.append(Family(cp, [i]))
-    for fam in groups:
-        if fam.spread is not None:
-            fam.spread = _spread([points[i] for i in fam.members])  # type: ignore[misc]
+    for g in manifolds.values():
+        groups[g].spread = _spread([p for p in (points[i] for i in groups[g].members) if p is not None])
     return groups
 
 
