@@ -42,8 +42,8 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh, lobpcg
 
 import nearopt as no
-from nearopt import io
 from nearopt.curvature.population import PopulationHessian
+from nearopt.model.network import io
 from nearopt.spectra.density import slq
 from nearopt.spectra.extremes import largest_eigenpairs, smallest_eigenpairs
 from nearopt.spectra.torch_ops import SymmetricOperator

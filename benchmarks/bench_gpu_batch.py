@@ -16,7 +16,7 @@ import torch
 
 import nearopt as no
 from nearopt import curvature as empirical
-from nearopt import io
+from nearopt.model.network import io
 
 
 def _timed(fn, *args):

@@ -1,9 +1,9 @@
 """Benchmark: the many-start survey against a plain loop of ``critical``-style descents, its two descent engines, and the paper's full table.
 
 1. Same starts, same run (``--loop`` starts of the ReLU committee ``k = n = --k``): (a) a Python
-   loop of :func:`nearopt.critical.find_critical_point` (gradient descent with step 0.1 to
+   loop of :func:`nearopt.landscape.critical.find_critical_point` (gradient descent with step 0.1 to
    ``||grad L|| <= handover`` on the library's exact loss, then Newton, then the classification:
-   what ``nearopt critical`` runs per call) against (b) :func:`nearopt.landscape_survey.survey`
+   what ``nearopt critical`` runs per call) against (b) :func:`nearopt.landscape.survey.survey`
    (descent to the per-unit gradient ``handover``, batched Newton, classification per invariant
    group). Prints both times, the ratio, and how many starts end in the same class and loss.
 2. Step costs at every size of ``--ks`` (``n = k`` and ``n = k + 1``), one thread: the torch
@@ -49,11 +49,10 @@ import time
 import numpy as np
 import torch
 
-from nearopt import io
-from nearopt.critical import committee_teacher, find_critical_point
-from nearopt.landscape_survey import SAFRAN_SHAMIR, Protocol, descend, loss_gradient_function, starts, survey
-from nearopt.model import TwoLayerNet
-from nearopt.problem import Problem
+from nearopt.landscape.critical import committee_teacher, find_critical_point
+from nearopt.landscape.survey import SAFRAN_SHAMIR, Protocol, descend, loss_gradient_function, starts, survey
+from nearopt.model.network import TwoLayerNet, io
+from nearopt.model.problem import Problem
 
 TABLE_KS = list(range(6, 21))
 TABLE_STARTS = 1000

@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 import nearopt as no
-from nearopt import io
 from nearopt.curvature import population_spectrum
-from nearopt.model import forward_torch
+from nearopt.model.network import forward_torch, io
 
 
 def target_case(ni: int, nh: int) -> dict:

@@ -21,8 +21,8 @@ import scipy.linalg
 from scipy.sparse.linalg import aslinearoperator
 
 import nearopt as no
-from nearopt import io
 from nearopt.curvature.population import PopulationHessian
+from nearopt.model.network import io
 from nearopt.spectra.extremes import LOCKING_GUARD, smallest_eigenpairs
 
 

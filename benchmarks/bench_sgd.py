@@ -19,8 +19,8 @@ import time
 import torch
 
 import nearopt as no
-from nearopt import io
 from nearopt.dynamics.sgd import simulate_sgd
+from nearopt.model.network import io
 
 
 class Student(torch.nn.Module):

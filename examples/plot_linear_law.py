@@ -21,6 +21,7 @@ import numpy as np
 from scipy import stats
 
 import nearopt as no
+from nearopt.theory.linear import pooled_linear_eigenvalues
 
 # output folder: the first argument, else $NEAROPT_EXAMPLES_OUT, else examples/_output
 default = os.environ.get("NEAROPT_EXAMPLES_OUT", "examples/_output")
@@ -30,7 +31,7 @@ out.mkdir(parents=True, exist_ok=True)
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
 for ax, (n_inputs, n_hidden) in zip(axes, [(20, 40), (40, 20)]):
-    eig, s, ranks = no.pooled_linear_eigenvalues(
+    eig, s, ranks = pooled_linear_eigenvalues(
         n_inputs, n_hidden, teachers=300, seed=0
     )
     assert np.all(ranks == n_inputs)  # rank N_i for every teacher

@@ -134,7 +134,7 @@ def test_complement_block_linearises():
         v = net.W2.ravel()
         M = np.linalg.eigvalsh(np.outer(v, v) * D)
         if nh == 16:
-            assert np.allclose(M, np.sort(no.structured_spectrum(net).complement), rtol=1e-10, atol=1e-14)
+            assert np.allclose(M, np.sort(no.curvature.structured_spectrum(net).complement), rtol=1e-10, atol=1e-14)
         pred = np.sort(unit_constants("erf", d).delta * v**2)
         errs.append(np.median(np.abs(M[:-1] / pred[1:] - 1)))
     assert errs[1] < 0.6 * errs[0], errs
@@ -313,7 +313,7 @@ def test_quadratic_zero_modes():
     The readout features g(u_a) lie in the same span {1, x, Sym^2}: the few zero modes that adds are not in the law."""
     ni, nh = 6, 12
     law = asymptotic_law("polynomial:0,1,0.5", ni, nh)
-    r = no.structured_spectrum(no.sample_teacher(ni, nh, "polynomial:0,1,0.5", seed=0))
+    r = no.curvature.structured_spectrum(no.sample_teacher(ni, nh, "polynomial:0,1,0.5", seed=0))
     exact_zeros = r.counts[np.abs(r.values) < 1e-10 * r.values.max()].sum() / law.n_params
     assert law.dyson.reduced.atom == pytest.approx(1 - (ni + 1) / (2 * nh))
     missing = exact_zeros - dict(law.atoms)[0.0]

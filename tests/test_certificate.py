@@ -1,4 +1,4 @@
-"""Certificates of strict local minima (nearopt.certificate; nearopt critical/landscape --certify)."""
+"""Certificates of strict local minima (nearopt.landscape.certificate; nearopt critical/landscape --certify)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from _cli import cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nearopt.certificate import Certificate, _kernel_constants, _Reference, certify, cholesky_lower_bound, hessian_lipschitz_bound
-from nearopt.critical import at_parameters, committee_teacher, exact_hessian, loss_and_gradient, newton_polish, trained_parameters
 from nearopt.errors import NearoptError
 from nearopt.experiments.landscape import published_k7
-from nearopt.model import TwoLayerNet
-from nearopt.problem import Problem
+from nearopt.landscape.certificate import Certificate, _kernel_constants, _Reference, certify, cholesky_lower_bound, hessian_lipschitz_bound
+from nearopt.landscape.critical import at_parameters, committee_teacher, exact_hessian, loss_and_gradient, newton_polish, trained_parameters
+from nearopt.model.network import TwoLayerNet
+from nearopt.model.problem import Problem
 
 
 @pytest.fixture(scope="module")

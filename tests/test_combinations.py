@@ -28,9 +28,9 @@ from torch import func
 
 import nearopt as no
 from nearopt.cli import main
-from nearopt.io import to_json
+from nearopt.model.io import to_json
+from nearopt.model.problem import GaussianInputs, Problem
 from nearopt.policy import RankPolicy
-from nearopt.problem import GaussianInputs, Problem
 from nearopt.spectra import SpectrumRequest
 
 N_I, N_H, WIDTH, SAMPLES = 5, 3, 4, 400

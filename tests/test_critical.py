@@ -1,4 +1,4 @@
-"""Critical points of the exact population loss (nearopt.critical, nearopt critical, experiment committee)."""
+"""Critical points of the exact population loss (nearopt.landscape.critical, nearopt critical, experiment committee)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nearopt.cli import main
-from nearopt.critical import (
+from nearopt.errors import NearoptError
+from nearopt.landscape.critical import (
     CLASSES,
     classify,
     committee_start,
@@ -24,9 +25,8 @@ from nearopt.critical import (
     relu_committee_global_spectrum,
     symmetry_multiplicities,
 )
-from nearopt.errors import NearoptError
-from nearopt.model import TwoLayerNet
-from nearopt.problem import Problem
+from nearopt.model.network import TwoLayerNet
+from nearopt.model.problem import Problem
 
 #: seed of a k = d = 6 committee start that gradient descent takes to the spurious minimum (found by the full scan)
 SPURIOUS_SEED_K6 = 52

@@ -21,7 +21,7 @@ from nearopt.curvature import Composed, Congruence, Curvature, Restricted
 from nearopt.curvature.batch import BatchCurvature
 from nearopt.curvature.compose import Wrapper
 from nearopt.dynamics.objective import POPULATION_CLOSED_FORMS, ClosedFormHessian, make_objective
-from nearopt.model import forward_torch
+from nearopt.model.network import forward_torch
 from nearopt.spectra import decide_rank
 
 ACTIVATIONS = ["linear", "quadratic", "cubic", "polynomial:0.5,1,0.3", "erf", "erf:unit", "tanh", "relu"]

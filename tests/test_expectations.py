@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import nearopt as no
-from nearopt import expectations as G
-from nearopt.activations import get_activation
 from nearopt.errors import NearoptError
+from nearopt.gaussian import expectations as G
+from nearopt.model.activations import get_activation
 
 SMOOTH_CLOSED = ["linear", "quadratic", "cubic", "monomial:4", "polynomial:0.5,1,-0.3,0.2", "erf", "erf:unit"]
 
@@ -149,7 +149,7 @@ def test_tanh_small_input_dimension_converges():
     # the same activation through the generic autograd derivatives gives the same moments
     import torch
 
-    from nearopt.activations import CustomActivation
+    from nearopt.model.activations import CustomActivation
 
     generic = G.pair_moments(CustomActivation("my-tanh", torch.tanh), W @ W.T)
     for a, b in ((m.gg, generic.gg), (m.b, generic.b), (m.dd, generic.dd), (m.K, generic.K)):
@@ -159,7 +159,7 @@ def test_tanh_small_input_dimension_converges():
 def test_activation_derivatives_match_autograd():
     import torch
 
-    from nearopt.activations import Activation, CustomActivation
+    from nearopt.model.activations import Activation, CustomActivation
 
     z = torch.linspace(-3, 3, 13, dtype=torch.float64)
     acts = [get_activation(n) for n in ("tanh", "erf", "erf:unit", "cubic", "linear", "polynomial:1,-2,0.5,0.25")]
@@ -179,7 +179,7 @@ def test_kinked_activation_marked_smooth_is_refused():
     """A kink hidden behind smooth=True would make the derivative route converge to a wrong value."""
     import torch
 
-    from nearopt.activations import CustomActivation
+    from nearopt.model.activations import CustomActivation
 
     _, C, _, _ = _pairs()
     leaky = CustomActivation("leaky", lambda z: torch.where(z > 0, z, 0.9 * z))  # smooth=True by default: wrong
@@ -199,7 +199,7 @@ def test_kinked_activation_marked_smooth_is_refused():
 def test_non_smooth_quadrature_needs_an_explicit_order():
     import torch
 
-    from nearopt.activations import CustomActivation
+    from nearopt.model.activations import CustomActivation
 
     _, C, _, _ = _pairs()
     leaky = CustomActivation("leaky", lambda z: torch.where(z > 0, z, 0.9 * z), smooth=False)

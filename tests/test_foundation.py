@@ -11,6 +11,7 @@ import nearopt as no
 from nearopt import curvature as empirical
 from nearopt.curvature import batch as batch_mod
 from nearopt.errors import NearoptError
+from nearopt.model.activations import CustomActivation
 
 ACTS = ["linear", "quadratic", "cubic", "monomial:4", "polynomial:0.5,1,-0.3", "erf", "erf:unit", "tanh", "relu"]
 
@@ -53,14 +54,14 @@ def test_activation_registry_and_errors():
 
 
 def test_register_custom_activation():
-    no.register_activation("softplus_test", no.CustomActivation("softplus_test", torch.nn.functional.softplus), overwrite=True)
+    no.register_activation("softplus_test", CustomActivation("softplus_test", torch.nn.functional.softplus), overwrite=True)
     net = no.sample_teacher(3, 2, "softplus_test", seed=1)
     X = no.sample_inputs(200, 3, seed=2)
     H = no.gauss_newton(net, X)
     Hauto = no.loss_hessian(net, X)
     assert np.allclose(H, Hauto, rtol=1e-10, atol=1e-12)
     with pytest.raises(NearoptError):
-        no.register_activation("softplus_test", no.CustomActivation("x", torch.tanh))
+        no.register_activation("softplus_test", CustomActivation("x", torch.tanh))
 
 
 @pytest.mark.parametrize("act", ["linear", "quadratic", "erf", "tanh", "relu"])
@@ -99,10 +100,10 @@ def test_hessians_match_finite_differences(act):
 def test_functional_term_vanishes_only_at_optimum():
     net = no.sample_teacher(3, 4, "tanh", seed=7)
     X = no.sample_inputs(300, 3, seed=8)
-    at_opt = no.functional_hessian(net, X, net.parameters())
+    at_opt = no.curvature.functional_hessian(net, X, net.parameters())
     assert np.abs(at_opt).max() < 1e-13
     theta = net.parameters() + 0.1 * np.random.default_rng(1).standard_normal(net.n_params)
-    off = no.functional_hessian(net, X, theta)
+    off = no.curvature.functional_hessian(net, X, theta)
     assert np.abs(off).max() > 1e-3
 
 
@@ -111,7 +112,7 @@ def test_chunking_and_tsqr_agree():
     X = no.sample_inputs(333, 5, seed=10)
     G = no.gauss_newton(net, X)
     assert np.allclose(no.gauss_newton(net, X, chunk_size=7), G, rtol=1e-12, atol=1e-15)
-    R = no.jacobian_r_factor(net, X, chunk_size=50)
+    R = no.curvature.jacobian_r_factor(net, X, chunk_size=50)
     assert R.shape == (net.n_params, net.n_params)
     assert np.allclose(R.T @ R / 333, G, rtol=1e-10, atol=1e-14)
     J = no.jacobian(net, X).numpy()
@@ -122,7 +123,7 @@ def test_chunking_and_tsqr_agree():
 def test_r_factor_when_fewer_samples_than_parameters():
     net = no.sample_teacher(6, 5, "erf", seed=11)
     X = no.sample_inputs(9, 6, seed=12)
-    R = no.jacobian_r_factor(net, X, chunk_size=4)
+    R = no.curvature.jacobian_r_factor(net, X, chunk_size=4)
     assert R.shape == (9, net.n_params)
     spec = no.batch_spectrum(net, X)
     assert spec.rank.rank == 9  # N caps the rank
@@ -206,11 +207,11 @@ def test_cuda_request_without_gpu_is_a_clear_error():
 
 
 def test_decide_rank_reports_gap_and_flags_unclear():
-    d = no.decide_rank(np.array([1.0, 0.5, 1e-20]), 4)
+    d = no.policy.decide_rank(np.array([1.0, 0.5, 1e-20]), 4)
     assert d.rank == 2 and d.clear and d.gap == pytest.approx(0.5 / 1e-20)
-    fuzzy = no.decide_rank(np.array([1.0, 1e-15, 5e-16]), 3, rtol=7e-16)
+    fuzzy = no.policy.decide_rank(np.array([1.0, 1e-15, 5e-16]), 3, rtol=7e-16)
     assert not fuzzy.clear
-    full = no.decide_rank(np.array([2.0, 1.0]), 2)
+    full = no.policy.decide_rank(np.array([2.0, 1.0]), 2)
     assert full.rank == 2 and np.isinf(full.gap)
 
 

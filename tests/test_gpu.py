@@ -18,7 +18,7 @@ def test_batch_hessians_on_gpu_match_cpu(act):
     G = no.gauss_newton(net, X)
     assert np.allclose(no.gauss_newton(net, X, device="cuda", chunk_size=700), G, rtol=1e-12, atol=1e-15)
     assert np.allclose(no.loss_hessian(net, X, device="cuda"), G, rtol=1e-10, atol=1e-13)
-    R = no.jacobian_r_factor(net, X, device="cuda")
+    R = no.curvature.jacobian_r_factor(net, X, device="cuda")
     assert np.allclose(R.T @ R / 3000, G, rtol=1e-10, atol=1e-13)
 
 

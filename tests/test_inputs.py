@@ -25,9 +25,9 @@ from nearopt.cli import main
 from nearopt.curvature.batch import BatchGaussNewton, batch_spectrum
 from nearopt.curvature.compose import Congruence
 from nearopt.curvature.population import PopulationHessian, population_hessian, population_spectrum
-from nearopt.datasets import load_inputs
 from nearopt.errors import NearoptError
-from nearopt.problem import GaussianInputs, Problem, whiten
+from nearopt.model.datasets import load_inputs
+from nearopt.model.problem import GaussianInputs, Problem, whiten
 
 _fast = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

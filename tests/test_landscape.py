@@ -1,4 +1,4 @@
-"""Exact population loss, gradient and Hessian at any student point (nearopt.curvature.landscape).
+"""Exact population loss, gradient and Hessian at any student point (nearopt.gaussian.objective).
 
 Independent references: autodiff (torch.func) of closed-form population losses
 (erf: arcsine kernel; cubic: Wick; ReLU: arc-cosine), of a Gauss-Hermite population
@@ -16,21 +16,21 @@ from hypothesis import strategies as st
 from numpy.polynomial.hermite_e import hermegauss
 
 import nearopt as no
-from nearopt.activations import CustomActivation, get_activation
-from nearopt.curvature.landscape import (
+from nearopt.curvature.population import PopulationHessian
+from nearopt.dynamics.exact_objective import exact_population_objective
+from nearopt.dynamics.train import float_floor, run_dynamics
+from nearopt.errors import NearoptError
+from nearopt.gaussian.expectations import gaussian_expectations
+from nearopt.gaussian.objective import (
     fourth_moments,
     landscape_moments,
     population_gradient,
     population_loss,
 )
-from nearopt.curvature.population import PopulationHessian
-from nearopt.dynamics.landscape_objective import exact_population_objective
-from nearopt.dynamics.train import float_floor, run_dynamics
-from nearopt.errors import NearoptError
-from nearopt.expectations import gaussian_expectations
-from nearopt.manifold import add_dead_units, split_unit
-from nearopt.model import TwoLayerNet
-from nearopt.problem import Problem
+from nearopt.landscape.manifold import add_dead_units, split_unit
+from nearopt.model.activations import CustomActivation, get_activation
+from nearopt.model.network import TwoLayerNet
+from nearopt.model.problem import Problem
 
 
 # ----------------------------------------------------------------------------- independent references

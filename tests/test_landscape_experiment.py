@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nearopt.critical import classify, committee_teacher, newton_polish
 from nearopt.errors import NearoptError
 from nearopt.experiments.base import get_experiment
 from nearopt.experiments.landscape import (
@@ -26,9 +25,10 @@ from nearopt.experiments.landscape import (
     published_k7,
     run_cell,
 )
-from nearopt.landscape_survey import families
-from nearopt.model import TwoLayerNet
-from nearopt.problem import Problem
+from nearopt.landscape.critical import classify, committee_teacher, newton_polish
+from nearopt.landscape.survey import families
+from nearopt.model.network import TwoLayerNet
+from nearopt.model.problem import Problem
 
 
 def test_newcombe_interval_matches_the_published_example():

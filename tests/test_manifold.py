@@ -1,4 +1,4 @@
-"""Global-minimum manifold of overparameterized students (nearopt.manifold)."""
+"""Global-minimum manifold of overparameterized students (nearopt.landscape.manifold)."""
 
 import json
 
@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 import nearopt as no
 from nearopt.cli import main
-from nearopt.curvature.landscape import population_loss
 from nearopt.curvature.population import PopulationHessian
 from nearopt.errors import NearoptError
-from nearopt.manifold import (
+from nearopt.gaussian.objective import population_loss
+from nearopt.landscape.manifold import (
     add_dead_units,
     compact_point,
     flip_signs,
@@ -28,7 +28,7 @@ from nearopt.manifold import (
     split_unit,
     unit_groups,
 )
-from nearopt.problem import Problem
+from nearopt.model.problem import Problem
 
 
 def test_activation_properties():

@@ -30,7 +30,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nearopt.resources as res
-from nearopt import io
 from nearopt.cli import cmd_dynamics, cmd_rank, cmd_spectrum
 from nearopt.errors import (
     NearoptError,
@@ -38,6 +37,7 @@ from nearopt.errors import (
     require_finite,
     require_positive_finite,
 )
+from nearopt.model.network import io
 from nearopt.pipeline import backends, cache, get, lock, reproduce, study_experiments
 from nearopt.pipeline.cache import CellCache, entry_problem, source_hash
 

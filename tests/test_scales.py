@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nearopt.activations import get_activation
 from nearopt.curvature import assemble, net_moments, population_hessian
 from nearopt.errors import NearoptError
-from nearopt.expectations import pair_moments
-from nearopt.model import TwoLayerNet
-from nearopt.problem import GaussianInputs
+from nearopt.gaussian.expectations import pair_moments
+from nearopt.model.activations import get_activation
+from nearopt.model.network import TwoLayerNet
+from nearopt.model.problem import GaussianInputs
 
 mp = pytest.importorskip("mpmath")
 

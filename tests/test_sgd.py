@@ -14,7 +14,6 @@ from scipy.special import erf as erf_fn
 
 import nearopt as no
 from nearopt.cli import main
-from nearopt.curvature.landscape import population_loss
 from nearopt.curvature.population import PopulationHessian
 from nearopt.dynamics.ode import committee_ode, embedded_teacher, i2, i3, i4, j2, ode_near_optimum
 from nearopt.dynamics.sgd import PopulationLoss, record_steps, run_sgd, simulate_sgd
@@ -28,7 +27,8 @@ from nearopt.dynamics.sgd_predict import (
     stationary_factor,
 )
 from nearopt.errors import NearoptError
-from nearopt.problem import GaussianInputs, Problem
+from nearopt.gaussian.objective import population_loss
+from nearopt.model.problem import GaussianInputs, Problem
 
 
 def dense_recursion(H: np.ndarray, m4, lr: float, batch: int, noise: float, sigma0: float, steps: int) -> np.ndarray:

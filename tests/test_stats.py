@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as sps
 
 import nearopt as no
-from nearopt import stats
+from nearopt.experiments import stats
 
 
 def test_ks_distance_matches_scipy_for_continuous_models():

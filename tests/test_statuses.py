@@ -20,13 +20,13 @@ from scipy import integrate
 from scipy.sparse.linalg import aslinearoperator
 
 import nearopt.resources as res
-from nearopt import io, manifold
 from nearopt.cli import cmd_critical, cmd_spectrum, cmd_teacher
-from nearopt.critical import classify
 from nearopt.dynamics.predict import check_eigenvalues, predict_draw_loss, predict_mean_loss
 from nearopt.errors import NearoptError, ResourceError, real_array
-from nearopt.model import TwoLayerNet, sample_teacher
-from nearopt.problem import Problem
+from nearopt.landscape import manifold
+from nearopt.landscape.critical import classify
+from nearopt.model.network import TwoLayerNet, io, sample_teacher
+from nearopt.model.problem import Problem
 from nearopt.spectra.density import spectral_density
 
 

@@ -11,9 +11,12 @@ Quick tour::
     X = no.sample_inputs(4000, teacher.n_inputs, seed=0)
     batch = no.batch_spectrum(teacher, X)   # the batch Hessian, same answer path
 
-Names are imported on first use (``import nearopt`` itself stays light); the
-groups below follow the pipeline: problem -> curvature -> request -> spectrum ->
-theory -> dynamics -> experiments.
+Names are imported on first use (``import nearopt`` itself stays light). The 40
+top-level names follow the pipeline: problem -> curvature -> request -> spectrum ->
+theory -> dynamics -> landscape; every other name lives in its stage's package
+(``nearopt.model``, ``nearopt.gaussian``, ``nearopt.curvature``, ``nearopt.spectra``,
+``nearopt.theory``, ``nearopt.dynamics``, ``nearopt.landscape``, ``nearopt.experiments``,
+``nearopt.pipeline``), which ``nearopt.<package>`` imports on first use.
 """
 
 from __future__ import annotations
@@ -23,42 +26,45 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-#: public name -> the module that defines it
+#: public name -> the module that defines it (40 names; everything else lives in its stage's package)
 _GROUPS: dict[str, tuple[str, ...]] = {
     # the problem: networks, activations, input laws
-    "activations": ("Activation", "CustomActivation", "Erf", "PairMoments", "Polynomial", "ReLU", "Tanh",
-                    "available_activations", "get_activation", "monomial", "register_activation"),
-    "model": ("TwoLayerNet", "sample_inputs", "sample_teacher"),
-    "problem": ("GaussianInputs", "Problem"),
+    "model.network": ("TwoLayerNet", "sample_inputs", "sample_teacher"),
+    "model.activations": ("Activation", "get_activation", "register_activation"),
+    "model.problem": ("GaussianInputs", "Problem"),
     "errors": ("NearoptError",),
-    "expectations": ("gaussian_expectations", "pair_moments"),
     # curvature operators
-    "curvature": ("BatchGaussNewton", "BatchHessian", "Curvature", "PopulationHessian", "batch_spectrum", "functional_hessian",
-                  "gauss_newton", "jacobian", "jacobian_r_factor", "loss_hessian", "population_hessian", "population_spectrum",
-                  "structured_spectrum"),
+    "curvature": ("BatchGaussNewton", "BatchHessian", "Curvature", "PopulationHessian", "gauss_newton", "jacobian", "loss_hessian",
+                  "population_hessian"),
     # requests, answers, the rank policy
-    "spectra": ("Spectrum", "SpectrumRequest", "solve", "extreme_eigenvalues", "spectral_density"),
-    "policy": ("Inertia", "RankDecision", "RankPolicy", "decide_rank", "rank_from_eigenvalues"),
-    # theory
-    "theory.asymptotic": ("AsymptoticLaw", "asymptotic_law"),
-    "theory.distributions": ("ChiSquareMPConvolution", "MarchenkoPastur", "SpectralLaw", "gamma_gauss_rule", "output_norm_law",
-                             "wishart_law"),
-    "theory.linear": ("linear_batch_spectrum", "linear_population_spectrum", "pooled_linear_eigenvalues", "simulate_linear_spectrum"),
-    "theory.rank_prediction": ("RankPrediction", "predict_rank"),
-    # measurements and dynamics
-    "measurement": ("RankMeasurement", "SweepRow", "measure_rank", "rank_sweep", "rank_vs_samples"),
-    "dynamics": ("DynamicsResult", "make_objective", "predict_mean_loss", "run_dynamics"),
+    "spectra": ("Spectrum", "SpectrumRequest", "solve", "spectral_density"),
+    "curvature.population": ("population_spectrum",),
+    "curvature.batch": ("batch_spectrum",),
+    "policy": ("RankPolicy",),
+    # theory beside numerics
+    "theory.asymptotic": ("asymptotic_law",),
+    "theory.distributions": ("ChiSquareMPConvolution", "MarchenkoPastur"),
+    "theory.linear": ("linear_batch_spectrum", "linear_population_spectrum"),
+    "theory.rank_prediction": ("predict_rank",),
+    "theory.rank_measurement": ("measure_rank", "rank_sweep"),
+    # dynamics
+    "dynamics": ("predict_mean_loss", "run_dynamics"),
     # critical points and the landscape: descent, classification, many-start surveys, certificates
-    "critical": ("CriticalPoint", "classify", "committee_teacher", "find_critical_point"),
-    "landscape_survey": ("SAFRAN_SHAMIR", "Survey", "committee_survey", "survey"),
-    "certificate": ("Certificate", "certify"),
+    "landscape.critical": ("classify", "committee_teacher", "find_critical_point"),
+    "landscape.survey": ("committee_survey", "survey"),
+    "landscape.certificate": ("certify",),
 }
+#: the stage packages, importable as attributes (``nearopt.curvature.structured_spectrum``)
+_PACKAGES = ("cli", "curvature", "dynamics", "errors", "experiments", "figures", "gaussian", "landscape", "model", "pipeline", "policy",
+             "resources", "spectra", "theory")
 _WHERE = {name: module for module, names in _GROUPS.items() for name in names}
 
 __all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _PACKAGES:
+        return importlib.import_module(f".{name}", __name__)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'nearopt' has no attribute {name!r}")

@@ -42,8 +42,9 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, io
+from .. import __version__
 from ..errors import NearoptError, ResultFailure
+from ..model import io
 from ..resources import check_device, check_environment
 
 #: exit status when the reader of stdout went away (128 + SIGPIPE, as for a process killed by it)

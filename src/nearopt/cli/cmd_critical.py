@@ -14,11 +14,11 @@ import warnings
 
 import numpy as np
 
-from .. import io
-from ..certificate import SUPPORTED, certify, require_supported
-from ..critical import committee_start, committee_teacher, find_critical_point, gradient_tolerance, teacher_power
 from ..errors import NearoptError, ResultFailure
-from ..problem import Problem
+from ..landscape.certificate import SUPPORTED, certify, require_supported
+from ..landscape.critical import committee_start, committee_teacher, find_critical_point, gradient_tolerance, teacher_power
+from ..model import io
+from ..model.problem import Problem
 from .cmd_spectrum import TRAINED_ALIASES, add_student_args, student_from_args
 from .common import add_network_args, emit_json, network_from_args, nonneg_float, positive_float, positive_int
 
@@ -84,7 +84,7 @@ def check_gtol(gtol: float | None, problem: Problem) -> None:
     """Refuse a ``--gtol`` too large to mean "zero gradient": above :data:`GTOL_MAX_FRACTION` of the gradient scale.
 
     The scale is ``E[f_t^2]^(1/2) max(1, |theta|)`` at the start (the size of one pair
-    term of the gradient, :func:`nearopt.critical.gradient_tolerance`'s unit).
+    term of the gradient, :func:`nearopt.landscape.critical.gradient_tolerance`'s unit).
     """
     if gtol is None:
         return

@@ -7,13 +7,13 @@ import time
 
 import torch
 
-from .. import io
-from ..activations import available_activations, get_activation
-from ..certificate import SUPPORTED, certify, require_supported
-from ..critical import committee_teacher
 from ..errors import NearoptError
-from ..landscape_survey import SAFRAN_SHAMIR, survey
-from ..model import TwoLayerNet
+from ..landscape.certificate import SUPPORTED, certify, require_supported
+from ..landscape.critical import committee_teacher
+from ..landscape.survey import SAFRAN_SHAMIR, survey
+from ..model import io
+from ..model.activations import available_activations, get_activation
+from ..model.network import TwoLayerNet
 from .cmd_spectrum import TRAINED_ALIASES
 from .common import emit_json, nonneg_int, positive_float, positive_int
 

@@ -6,18 +6,18 @@ import argparse
 
 import numpy as np
 
-from .. import io
-from ..activations import available_activations, get_activation
 from ..errors import NearoptError, require_finite
-from ..measurement import (
+from ..model import io
+from ..model.activations import available_activations, get_activation
+from ..model.network import sample_teacher
+from ..resources import dense_bytes, require_memory
+from ..theory.rank_measurement import (
     DEFAULT_OVERSAMPLE,
     MIN_GAP,
     SweepRow,
     rank_sweep,
     rank_vs_samples,
 )
-from ..model import sample_teacher
-from ..resources import dense_bytes, require_memory
 from ..theory.rank_prediction import saturation_hidden
 from .common import emit_json, nonneg_int, numerics, positive_float, positive_int
 

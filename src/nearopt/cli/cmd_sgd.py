@@ -9,7 +9,7 @@ import numpy as np
 
 from ..dynamics.sgd import SAMPLING, run_sgd
 from ..errors import NearoptError
-from ..problem import Problem
+from ..model.problem import Problem
 from .common import (
     add_input_cov_arg,
     add_network_args,

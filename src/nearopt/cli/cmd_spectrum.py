@@ -6,19 +6,19 @@ import sys
 
 import numpy as np
 
-from .. import io
-from ..activations import get_activation
-from ..critical import load_point
 from ..curvature import BATCH_METHODS, batch_spectrum
 from ..curvature.population import PopulationHessian
 from ..errors import NearoptError, require_finite
-from ..manifold import add_dead_units, load_student, random_student, split_unit
-from ..measurement import compare_spectra, with_null_space
-from ..model import TwoLayerNet
+from ..figures.spectrum import check_plot_path, plot_spectrum
+from ..landscape.critical import load_point
+from ..landscape.manifold import add_dead_units, load_student, random_student, split_unit
+from ..model import io
+from ..model.activations import get_activation
+from ..model.network import TwoLayerNet
+from ..model.problem import GaussianInputs, Problem
 from ..policy import RankPolicy
-from ..problem import GaussianInputs, Problem
 from ..spectra import Spectrum, SpectrumRequest
-from ..spectrum_figure import check_plot_path, plot_spectrum
+from ..theory.rank_measurement import compare_spectra, with_null_space
 from .common import (
     add_data_args,
     add_input_cov_arg,

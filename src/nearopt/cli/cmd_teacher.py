@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..model import sample_teacher
+from ..model.network import sample_teacher
 from ..resources import dense_bytes, require_memory
 from .common import add_teacher_size_args
 

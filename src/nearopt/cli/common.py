@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import io
-from ..activations import available_activations, get_activation
-from ..datasets import DATASETS, dataset_names
-from ..datasets import load_inputs as load_dataset
 from ..errors import NearoptError, require_finite, require_positive_int
-from ..model import TwoLayerNet, sample_inputs, sample_teacher
-from ..problem import GaussianInputs
+from ..model import io
+from ..model.activations import available_activations, get_activation
+from ..model.datasets import DATASETS, dataset_names
+from ..model.datasets import load_inputs as load_dataset
+from ..model.network import TwoLayerNet, sample_inputs, sample_teacher
+from ..model.problem import GaussianInputs
 from ..resources import dense_bytes, require_memory
 
 #: copies of a P x P float64 matrix a dense batch route holds at once (matrix,
@@ -209,7 +209,7 @@ def emit_json(data, out: str | None) -> None:
     """Print strict JSON to stdout, and write it atomically to ``out`` if given.
 
     Non-finite numbers are written as ``null`` and listed under ``"non_finite"``
-    (:func:`nearopt.io.strict_jsonable`).
+    (:func:`nearopt.model.io.strict_jsonable`).
     """
     text = io.to_json(data, strict=True)
     if out:

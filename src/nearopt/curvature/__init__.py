@@ -9,7 +9,7 @@ module                    holds
 ``batch``                 :class:`BatchGaussNewton`, :class:`BatchHessian`, Jacobians
 ``assembly``              dense population blocks from pair moments (at the teacher)
 ``product``               :class:`PopulationProduct`: matrix-free product and preconditioner
-``landscape``             loss, gradient, moments, product and blocks at any student point
+``student``               the Hessian at any student point: product and dense blocks
 ``structured``            the one structured reduction (every point, law, trained block)
 ``population``            :class:`PopulationHessian`, :func:`population_spectrum`
 ``costs``                 the cost model of ``auto``
@@ -34,10 +34,10 @@ from .batch import (
     loss_hessian,
 )
 from .compose import Composed, Congruence, Restricted
-from .landscape import LandscapeMoments, LandscapeProduct, landscape_moments, population_gradient, population_loss
 from .population import POPULATION_METHODS, PopulationHessian, population_hessian, population_spectrum
 from .product import PopulationProduct
 from .structured import StructuredSpectrum, structured_spectrum
+from .student import LandscapeProduct, assemble_landscape
 
 __all__ = [
     "BATCH_METHODS",
@@ -48,13 +48,13 @@ __all__ = [
     "Composed",
     "Congruence",
     "Curvature",
-    "LandscapeMoments",
     "LandscapeProduct",
     "PopulationHessian",
     "PopulationProduct",
     "Restricted",
     "StructuredSpectrum",
     "assemble",
+    "assemble_landscape",
     "batch_hvp",
     "batch_spectrum",
     "functional_hessian",
@@ -63,12 +63,9 @@ __all__ = [
     "iter_jacobian_chunks",
     "jacobian",
     "jacobian_r_factor",
-    "landscape_moments",
     "loss_hessian",
     "net_moments",
-    "population_gradient",
     "population_hessian",
-    "population_loss",
     "population_spectrum",
     "rescaling_modes",
     "resolve_device",

@@ -1,14 +1,14 @@
 """Dense assembly of the population Hessian at the teacher from the pairwise Gaussian moments of its units.
 
 Inputs are ``x ~ N(0, Sigma)`` (``Sigma = I`` by default). Every block comes from the
-pairwise moments of :mod:`nearopt.expectations` (``docs/theory.md`` §2.2) for the Gram
+pairwise moments of :mod:`nearopt.gaussian.expectations` (``docs/theory.md`` §2.2) for the Gram
 matrix ``W1 Sigma W1^T``, with ``s_a = Sigma w_a`` (``docs/inputs.md``)::
 
     H[v_a, v_c] = gg[a,c]
     H[w_a, v_c] = v_a (b[a,c,0] s_a + b[a,c,1] s_c)
     H[w_a, w_c] = v_a v_c (dd[a,c] Sigma + [s_a s_c] K[a,c] [s_a s_c]^T)
 
-Parameter order as :meth:`nearopt.model.TwoLayerNet.parameters` (``W1`` row-major,
+Parameter order as :meth:`nearopt.model.network.TwoLayerNet.parameters` (``W1`` row-major,
 then ``W2``).
 """
 
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..activations import Activation
 from ..errors import NearoptError
-from ..expectations import PairMoments, pair_moments
-from ..model import TwoLayerNet
-from ..problem import GaussianInputs
+from ..gaussian.expectations import PairMoments, pair_moments
+from ..model.activations import Activation
+from ..model.network import TwoLayerNet
+from ..model.problem import GaussianInputs
 
 
 def net_moments(net: TwoLayerNet, inputs: GaussianInputs | None = None, *, order: int | None = None) -> PairMoments:

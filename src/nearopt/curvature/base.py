@@ -1,7 +1,7 @@
 """The curvature abstraction: one base class, each curvature a short subclass.
 
 A :class:`Curvature` is a symmetric ``(P, P)`` float64 matrix ``H`` of a
-:class:`~nearopt.problem.Problem`, exposed as a SciPy
+:class:`~nearopt.model.problem.Problem`, exposed as a SciPy
 :class:`~scipy.sparse.linalg.LinearOperator` (so ``eigsh``, ``lobpcg``, ``cg``
 and SLQ take it directly) with a torch product for CPU and GPU. A subclass
 supplies only
@@ -37,8 +37,8 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 
 from ..errors import NearoptError
+from ..model.problem import Problem, as_problem
 from ..policy import RankPolicy
-from ..problem import Problem, as_problem
 from ..resources import check_device, require_memory
 from ..spectra.request import SpectrumRequest
 from ..spectra.solver import solve

@@ -15,7 +15,7 @@ Both accumulate over chunks of inputs, so memory is ``O(P**2 + chunk * P)``.
 rank of ``H``, without squaring the condition number.
 
 The curvature classes wrap these as :class:`~nearopt.curvature.base.Curvature`
-operators of a :class:`~nearopt.problem.Problem` over all parameters, composed with
+operators of a :class:`~nearopt.model.problem.Problem` over all parameters, composed with
 the trained-block restriction (:class:`~nearopt.curvature.compose.Restricted`);
 :func:`batch_spectrum` answers the spectrum of the batch Hessian through
 :func:`nearopt.spectra.solve`, with the method names of ``nearopt spectrum``.
@@ -32,8 +32,8 @@ import torch
 from torch import func
 
 from ..errors import NearoptError
-from ..model import TwoLayerNet, forward_torch
-from ..problem import Problem, as_problem
+from ..model.network import TwoLayerNet, forward_torch
+from ..model.problem import Problem, as_problem
 from ..resources import require_memory
 from ..spectra.spectrum import Spectrum
 from .base import Curvature, resolve_device

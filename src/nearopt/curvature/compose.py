@@ -5,7 +5,7 @@
   ``x = L z``, ``L = Sigma^{1/2}``, every network sees ``W1 x = (W1 L) z``, so the loss
   is the isotropic loss of the whitened weights, at any point, and every curvature
   is ``T H~ T`` with ``T = blockdiag(I_{N_h} (x) L, I_{N_h})`` (``T^T = T``) and ``H~``
-  the isotropic curvature of the whitened problem (:func:`nearopt.problem.whiten`);
+  the isotropic curvature of the whitened problem (:func:`nearopt.model.problem.whiten`);
 * :class:`Composed` -- the base of a curvature built from such wrappers: it
   delegates the product, the matrix and the square root to its :attr:`operator`.
 
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..problem import Problem
+from ..model.problem import Problem
 from .base import Curvature
 
 

@@ -4,12 +4,12 @@
 ``L = 1/2 E (f_student - f_teacher)^2`` at the problem's point: at the teacher (a
 global minimum) the residual ``r`` vanishes and ``H = E[J J^T]`` (``docs/theory.md``
 §2); at any other student point the residual term enters (``docs/students.md``).
-Every option of the :class:`~nearopt.problem.Problem` composes:
+Every option of the :class:`~nearopt.model.problem.Problem` composes:
 
 * the point: the teacher (:class:`~nearopt.curvature.product.PopulationProduct`,
   :func:`~nearopt.curvature.assembly.assemble`) or any student of any width
-  (:class:`~nearopt.curvature.landscape.LandscapeProduct`,
-  :func:`~nearopt.curvature.landscape.assemble_landscape`);
+  (:class:`~nearopt.gaussian.objective.LandscapeProduct`,
+  :func:`~nearopt.gaussian.objective.assemble_landscape`);
 * inputs ``x ~ N(0, Sigma)``: the change of variables ``T H~ T`` of
   :class:`~nearopt.curvature.compose.Congruence` around the whitened problem;
 * trained blocks: :class:`~nearopt.curvature.compose.Restricted`.
@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 
-from ..activations import ReLU
 from ..errors import NearoptError
-from ..expectations import PairMoments
-from ..model import TwoLayerNet
-from ..problem import GaussianInputs, Problem, as_problem, whiten
+from ..gaussian.expectations import PairMoments
+from ..gaussian.objective import LandscapeMoments, landscape_moments, population_gradient, population_loss
+from ..model.activations import ReLU
+from ..model.network import TwoLayerNet
+from ..model.problem import GaussianInputs, Problem, as_problem, whiten
 from ..resources import require_memory
 from ..spectra.spectrum import Spectrum
 from ..spectra.torch_ops import TorchOperator
@@ -43,9 +44,9 @@ from .assembly import assemble, is_linear, net_moments, rescaling_modes
 from .base import Curvature
 from .compose import Composed, compose, describe_point
 from .costs import route_costs
-from .landscape import LandscapeMoments, LandscapeProduct, assemble_landscape, landscape_moments, population_gradient, population_loss
 from .product import PopulationProduct
 from .structured import StructuredSpectrum, structured_spectrum
+from .student import LandscapeProduct, assemble_landscape
 
 #: the population routes by name (``auto`` chooses: :mod:`nearopt.spectra.solve`)
 POPULATION_METHODS = ("auto", "dense", "structured", "factor", "lanczos", "slq")

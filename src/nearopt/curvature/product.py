@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import NearoptError
-from ..expectations import PairMoments
-from ..model import TwoLayerNet
+from ..gaussian.expectations import PairMoments
+from ..model.network import TwoLayerNet
 from .assembly import net_moments
 
 #: ``(k, N_h, N_h)`` float64 temporaries per chunk of columns: about 4 x 256 MB in all

@@ -32,12 +32,13 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from ..expectations import PairMoments
-from ..model import TwoLayerNet
+from ..gaussian.expectations import PairMoments
+from ..gaussian.objective import LandscapeMoments, landscape_moments
+from ..model.network import TwoLayerNet
+from ..model.problem import GaussianInputs, Problem, as_problem
 from ..policy import DEFAULT_POLICY, RankPolicy
-from ..problem import GaussianInputs, Problem, as_problem
 from .assembly import assemble, net_moments
-from .landscape import LandscapeMoments, assemble_landscape, landscape_moments
+from .student import assemble_landscape
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,8 @@ def structured_spectrum(problem: Problem | TwoLayerNet, moments: PairMoments | L
                         policy: RankPolicy = DEFAULT_POLICY) -> StructuredSpectrum:
     """Every eigenvalue of the population Hessian of ``problem`` as blocks with multiplicities (module docstring).
 
-    ``moments``: :class:`~nearopt.expectations.PairMoments` of the student's units at the
-    teacher (Gram ``W1 Sigma W1^T``), or :class:`~nearopt.curvature.landscape.LandscapeMoments`
+    ``moments``: :class:`~nearopt.gaussian.expectations.PairMoments` of the student's units at the
+    teacher (Gram ``W1 Sigma W1^T``), or :class:`~nearopt.gaussian.objective.LandscapeMoments`
     of ``Omega = [W1; W1*]`` elsewhere (Gram ``Omega Sigma Omega^T``). ``residual=False``
     gives the population Gauss-Newton matrix at a student point. ``moments=None``: computed here.
     """

@@ -11,7 +11,7 @@ An :class:`Objective` is ``L(theta)`` for a student of the teacher's architectur
   the loss has no cancellation floor above ``eps**2``.
 * ``large-sample``: any other activation in the population limit, approximated
   by a fixed large Gaussian sample (``population_samples`` inputs, seeded);
-* ``exact`` (:class:`~nearopt.dynamics.landscape_objective.ExactPopulationObjective`): the
+* ``exact`` (:class:`~nearopt.dynamics.exact_objective.ExactPopulationObjective`): the
   exact population loss from the pair moments, at any point and for any teacher.
 
 "Population" always means ``N -> infinity``; the kind says how that limit is computed.
@@ -33,7 +33,7 @@ from torch import func
 from ..curvature.base import Curvature
 from ..curvature.batch import BatchGaussNewton
 from ..errors import NearoptError
-from ..model import TwoLayerNet, sample_inputs
+from ..model.network import TwoLayerNet, sample_inputs
 from ..spectra.spectrum import Spectrum
 
 #: activations whose population loss has an exact closed form here
@@ -63,7 +63,7 @@ class Objective:
     ----------
     point : TwoLayerNet
         The optimum ``theta*``, which is also the teacher that labels the inputs (the
-        student = teacher global minimum; :class:`~nearopt.dynamics.landscape_objective.ExactPopulationObjective`
+        student = teacher global minimum; :class:`~nearopt.dynamics.exact_objective.ExactPopulationObjective`
         takes another teacher).
     kind : str
         ``"batch"``, ``"closed-form"`` or ``"large-sample"`` (``"exact"`` for the exact objective).

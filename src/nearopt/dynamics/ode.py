@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import integrate
 
-from ..activations import Erf
 from ..errors import NearoptError
-from ..model import TwoLayerNet
+from ..model.activations import Erf
+from ..model.network import TwoLayerNet
 
 
 def i2(c11, c12, c22):

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..activations import Erf, ReLU
 from ..curvature.base import resolve_device
 from ..errors import NearoptError, require_positive_int
-from ..model import TwoLayerNet
-from ..problem import Problem, as_problem
+from ..model.activations import Erf, ReLU
+from ..model.network import TwoLayerNet
+from ..model.problem import Problem, as_problem
 from ..resources import dense_bytes, require_memory
 from .sgd_predict import SecondMomentModel, exact_model, fixed_set_model, predictions, problem_spectrum, spectrum_model, training_set
 

@@ -53,11 +53,11 @@ import scipy.optimize
 import torch
 
 from ..curvature.batch import jacobian
-from ..curvature.landscape import population_loss
 from ..curvature.population import PopulationHessian, population_spectrum
 from ..errors import NearoptError, require_positive_int
-from ..model import TwoLayerNet
-from ..problem import Problem, as_problem
+from ..gaussian.objective import population_loss
+from ..model.network import TwoLayerNet
+from ..model.problem import Problem, as_problem
 from ..resources import dense_bytes, require_memory
 from ..spectra.spectrum import Spectrum
 

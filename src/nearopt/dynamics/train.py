@@ -26,7 +26,7 @@ from scipy import integrate
 from tqdm.auto import tqdm
 
 from ..errors import NearoptError, require_positive_int
-from ..model import TwoLayerNet, sample_inputs
+from ..model.network import TwoLayerNet, sample_inputs
 from ..spectra.spectrum import Spectrum
 from .objective import Objective, make_objective
 from .predict import check_step_size, fit_log_slope, late_time_rate, predict_draw_loss, predict_mean_loss

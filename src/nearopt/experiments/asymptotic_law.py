@@ -2,7 +2,7 @@
 
 For each activation, aspect ratio ``q = N_i/N_h`` and size ``N_h`` (a ladder at fixed
 ``q``) the exact population Hessian spectra of ``T`` random teachers
-(:func:`nearopt.structured_spectrum`, all ``P`` eigenvalues with multiplicities) are
+(:func:`nearopt.curvature.structured_spectrum`, all ``P`` eigenvalues with multiplicities) are
 pooled and compared with
 
 * the finite-size law :func:`nearopt.theory.asymptotic.asymptotic_law` (``KS``);
@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from .. import io, sample_teacher, structured_spectrum
-from ..activations import get_activation
+from ..curvature.structured import structured_spectrum
 from ..errors import NearoptError
-from ..plotting import new_figure, save_figure
+from ..figures.plotting import new_figure, save_figure
+from ..model import io
+from ..model.activations import get_activation
+from ..model.network import sample_teacher
 from ..theory.asymptotic import asymptotic_law, is_odd
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, count, n_params, names, register
 

@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..activations import get_activation
 from ..errors import NearoptError
+from ..model.activations import get_activation
 
 
 @dataclass
@@ -247,7 +247,7 @@ def _infer_item(name: str, default: list[Any]) -> Setting | None:
 
 
 def activation_name(value: str) -> None:
-    """``Setting.check`` for activation names: anything :func:`nearopt.activations.get_activation` resolves."""
+    """``Setting.check`` for activation names: anything :func:`nearopt.model.activations.get_activation` resolves."""
     get_activation(value)
 
 

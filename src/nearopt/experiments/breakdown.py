@@ -14,7 +14,7 @@ linearly in ``(log sigma0, log D)`` between the bracketing grid points.
 
 The runs above train on the batch loss of ``N`` samples. For the activations in
 ``population_for`` the same students also train (gradient flow) on the *exact*
-population loss (:class:`~nearopt.dynamics.landscape_objective.ExactPopulationObjective`:
+population loss (:class:`~nearopt.dynamics.exact_objective.ExactPopulationObjective`:
 pair moments, no sample), compared with the quadratic prediction from the exact
 population Hessian at the teacher: the breakdown of the true population dynamics,
 on the grid ``population_sigma0``.
@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import io
 from ..dynamics import run_dynamics
-from ..dynamics.landscape_objective import exact_population_objective
+from ..dynamics.exact_objective import exact_population_objective
 from ..errors import NearoptError
-from ..model import sample_inputs, sample_teacher
-from ..plotting import new_figure, save_figure
+from ..figures.plotting import new_figure, save_figure
+from ..model import io
+from ..model.network import sample_inputs, sample_teacher
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, check_below, count, n_params, names, register, sigma0
 
 THRESHOLD = 0.10

@@ -6,12 +6,12 @@ inputs ``x ~ N(0, I_d)``, loss ``1/2 E[(f_s - f_t)^2]`` -- the setting of Safran
 (2018) and Arjevani & Field (2020). Two kinds of cells (``docs/students.md`` §4):
 
 * ``global``: the exact Hessian at the global minimum ``W = I`` against the closed form
-  :func:`~nearopt.critical.relu_committee_global_spectrum` (6 distinct eigenvalues;
+  :func:`~nearopt.landscape.critical.relu_committee_global_spectrum` (6 distinct eigenvalues;
   multiplicities from the ``S_k`` symmetry: ``k(k-1)/2`` at ``1/4 - 1/(2 pi)``,
   ``k(k-3)/2`` at ``1/4 + 1/(2 pi)``, ``k - 1`` twice, ``1`` twice);
 * ``starts``: seeded random starts ``W ~ N(0, 1/d)``; gradient descent on the exact
   population loss (``eta = 0.5``) then the damped Newton polish of
-  :func:`~nearopt.critical.find_critical_point`; every end point classified by its
+  :func:`~nearopt.landscape.critical.find_critical_point`; every end point classified by its
   exact Hessian spectrum. Distinct spurious minima are grouped up to symmetry (same
   loss and spectrum).
 
@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import io
-from ..critical import (
+from ..errors import NearoptError
+from ..figures.plotting import new_figure, save_figure
+from ..landscape.critical import (
     classify,
     committee_start,
     committee_teacher,
@@ -37,9 +38,8 @@ from ..critical import (
     relu_committee_global_spectrum,
     symmetry_multiplicities,
 )
-from ..errors import NearoptError
-from ..plotting import new_figure, save_figure
-from ..problem import Problem
+from ..model import io
+from ..model.problem import Problem
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, count, register
 
 

@@ -25,12 +25,12 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .. import io
-from ..critical import classify, committee_teacher, newton_polish
-from ..landscape_survey import SAFRAN_SHAMIR, Case, survey_many, wilson_interval
-from ..model import TwoLayerNet
-from ..plotting import new_figure, save_figure
-from ..problem import Problem
+from ..figures.plotting import new_figure, save_figure
+from ..landscape.critical import classify, committee_teacher, newton_polish
+from ..landscape.survey import SAFRAN_SHAMIR, Case, survey_many, wilson_interval
+from ..model import io
+from ..model.network import TwoLayerNet
+from ..model.problem import Problem
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, count, register
 
 #: where the protocol was read: the authors' MATLAB code, github.com/ItaySafran/OneLayerGDconvergence at commit

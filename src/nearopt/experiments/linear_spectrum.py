@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter, NullLocator
 
-from .. import io
 from ..errors import NearoptError
-from ..model import sample_teacher
-from ..plotting import new_figure, save_figure
-from ..stats import bootstrap_sup_noise, ks_distance, permutation_sup_test, quantile_grid
+from ..figures.plotting import new_figure, save_figure
+from ..model import io
+from ..model.network import sample_teacher
 from ..theory.distributions import ChiSquareMPConvolution, MarchenkoPastur, TabulatedCDF, wishart_law
 from ..theory.linear import (
     linear_batch_trace_moments,
@@ -45,6 +44,7 @@ from ..theory.linear import (
     smallest_nonzero_edge,
 )
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, check_equal, count, n_params, register
+from .stats import bootstrap_sup_noise, ks_distance, permutation_sup_test, quantile_grid
 
 NAME = "linear-spectrum"
 #: dense P x P population Hessians are diagonalised for this many teachers per chunk when P is small

@@ -18,11 +18,11 @@ from typing import Any
 import matplotlib
 import numpy as np
 
-from .. import io
 from ..dynamics import linear_edge_asymptote, linear_edge_loss, predict_mean_loss, run_dynamics
 from ..errors import NearoptError
-from ..model import sample_inputs, sample_teacher
-from ..plotting import new_figure, save_figure
+from ..figures.plotting import new_figure, save_figure
+from ..model import io
+from ..model.network import sample_inputs, sample_teacher
 from .base import (
     ACTIVATION,
     FLOAT64,

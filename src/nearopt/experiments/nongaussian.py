@@ -31,16 +31,16 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .. import io
 from ..curvature.batch import BatchGaussNewton
 from ..dynamics import make_objective, predict_draw_loss, run_dynamics, sample_displacements
-from ..model import INPUT_DISTRIBUTIONS, sample_inputs, sample_teacher
-from ..plotting import new_figure, save_figure
+from ..figures.plotting import new_figure, save_figure
+from ..model import io
+from ..model.network import INPUT_DISTRIBUTIONS, sample_inputs, sample_teacher
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, activation_name, count, n_params, names, register
 
 
 def excess_kurtosis(distribution: str, df: float) -> float:
-    """``E[x**4] - 3`` of the unit-variance input distributions of :func:`nearopt.model.sample_inputs`."""
+    """``E[x**4] - 3`` of the unit-variance input distributions of :func:`nearopt.model.network.sample_inputs`."""
     return {"gaussian": 0.0, "uniform": -1.2, "rademacher": -2.0}.get(distribution, 6.0 / (df - 4.0) if df > 4 else math.inf)
 
 

@@ -1,7 +1,7 @@
 """Experiment ``overparameterized``: Hessian spectra on the global-minimum manifold of wider students.
 
 A teacher of width ``M`` is learned by students of width ``K > M`` placed on the
-manifold of global minima (:mod:`nearopt.manifold`): split units (ratios), dead
+manifold of global minima (:mod:`nearopt.landscape.manifold`): split units (ratios), dead
 units (zero outgoing weight), sign flips, rescalings, permutations. At each point
 the exact population Hessian (:class:`~nearopt.curvature.population.PopulationHessian`,
 residual term included) is compared with theory (``docs/students.md``):
@@ -27,15 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from .. import io
 from ..curvature.population import PopulationHessian
-from ..dynamics.landscape_objective import exact_population_objective
+from ..dynamics.exact_objective import exact_population_objective
 from ..dynamics.train import run_dynamics
 from ..errors import NearoptError
-from ..manifold import add_dead_units, flip_signs, is_odd, manifold_report, permute_units, predicted_nonzero_spectrum, rescale_units, split_unit
-from ..model import TwoLayerNet, sample_teacher
-from ..plotting import new_figure, save_figure
-from ..problem import Problem
+from ..figures.plotting import new_figure, save_figure
+from ..landscape.manifold import add_dead_units, flip_signs, is_odd, manifold_report, permute_units, predicted_nonzero_spectrum, rescale_units, split_unit
+from ..model import io
+from ..model.network import TwoLayerNet, sample_teacher
+from ..model.problem import Problem
 from .base import FLOAT64, Check, Experiment, ExperimentResult, Setting, activation_name, count, n_params, names, register, sigma0
 
 

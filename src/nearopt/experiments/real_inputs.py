@@ -1,6 +1,6 @@
 """Experiment ``real-inputs``: does the Gaussian picture carry over to real data?
 
-Inputs are a bundled real data set (:mod:`nearopt.datasets`; ``digits`` by default:
+Inputs are a bundled real data set (:mod:`nearopt.model.datasets`; ``digits`` by default:
 1797 images, standardised, projected on the leading ``N_i`` principal components
 and trace-normalised). A random teacher labels them. Per cell (data set,
 activation, ``N_i``, ``N_h``, teacher seed):
@@ -34,14 +34,14 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .. import io
 from ..curvature.batch import BatchGaussNewton
 from ..curvature.population import PopulationHessian
-from ..datasets import dataset_names, load_inputs, raw_features, standardise
 from ..errors import NearoptError
-from ..model import sample_teacher
-from ..plotting import new_figure, save_figure
-from ..problem import GaussianInputs, Problem
+from ..figures.plotting import new_figure, save_figure
+from ..model import io
+from ..model.datasets import dataset_names, load_inputs, raw_features, standardise
+from ..model.network import sample_teacher
+from ..model.problem import GaussianInputs, Problem
 from ..spectra.spectrum import Spectrum
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, check_equal, count, n_params, names, register
 

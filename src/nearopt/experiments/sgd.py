@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import io
 from ..dynamics.ode import embedded_teacher, ode_near_optimum
 from ..dynamics.sgd import run_sgd
 from ..dynamics.sgd_predict import exact_model, problem_spectrum, spectral_stationary_loss, spectrum_model
-from ..model import sample_teacher
-from ..plotting import new_figure, save_figure
-from ..problem import Problem
+from ..figures.plotting import new_figure, save_figure
+from ..model import io
+from ..model.network import sample_teacher
+from ..model.problem import Problem
 from .base import ACTIVATION, FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, count, n_params, names, register, sigma0
 
 #: a curve matches when this share of its recorded steps lies within Z_MATCH standard errors (and all within Z_MAX)

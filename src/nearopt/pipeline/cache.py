@@ -13,7 +13,7 @@ A cell's key is the SHA-256 of the canonical JSON of
 
 So a changed configuration gives different cells and different keys, and
 changed code never reuses old cells. Entries are written atomically
-(:func:`nearopt.io.write_json`) by the driver as soon as a cell finishes, so an
+(:func:`nearopt.model.io.write_json`) by the driver as soon as a cell finishes, so an
 interrupted run keeps every finished cell.
 
 Each experiment's final step (``finalize``: bootstraps, tests, figures) is cached
@@ -48,9 +48,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .. import io
 from ..errors import NearoptError
 from ..experiments.base import Check, Experiment, ExperimentResult
+from ..model import io
 
 KEY_LENGTH = 32  # hex characters of the SHA-256 kept in file names
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # src/nearopt

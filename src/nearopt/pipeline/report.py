@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import io
+from ..model import io
 from .runner import ExperimentRun
 
 CSS = """

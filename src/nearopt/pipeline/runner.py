@@ -30,10 +30,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .. import io
 from ..errors import NearoptError, ResourceError
 from ..experiments import all_experiments, base
 from ..experiments.base import Experiment, ExperimentResult
+from ..model import io
 from ..resources import available_memory, format_bytes
 from . import selftest  # noqa: F401 - registers the pipeline's self-test experiment
 from .backends import make_backend

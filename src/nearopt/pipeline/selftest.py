@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .. import io
 from ..errors import NearoptError
 from ..experiments.base import FLOAT64, SEED, Experiment, ExperimentResult, Setting, check_below, check_close, register, writable_folder
-from ..plotting import new_figure, save_figure
+from ..figures.plotting import new_figure, save_figure
+from ..model import io
 
 QUICK = {"sizes": [100, 1000, 10000], "seeds": 16, "seed": 0, "shift": 0.0, "sleep": 0.0, "log_dir": None}
 FULL = {"sizes": [100, 1000, 10000, 100000, 1000000], "seeds": 64, "seed": 0, "shift": 0.0, "sleep": 0.0, "log_dir": None}

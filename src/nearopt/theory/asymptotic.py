@@ -46,8 +46,8 @@ from numpy.polynomial import hermite_e
 from scipy import integrate, special, stats
 from scipy.interpolate import PchipInterpolator
 
-from ..activations import Activation, get_activation
 from ..errors import NearoptError, require_positive_int
+from ..model.activations import Activation, get_activation
 from .distributions import ChiSquareMPConvolution, SpectralLaw, TabulatedCDF, gamma_gauss_rule
 
 #: Gauss–Legendre nodes per half-line of the 1-D Gaussian expectations (split at 0, so the kink of ReLU

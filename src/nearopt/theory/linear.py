@@ -24,7 +24,7 @@ import numpy as np
 from scipy import linalg, stats
 
 from ..errors import NearoptError, require_positive_int
-from ..model import TwoLayerNet, sample_inputs, sample_teacher
+from ..model.network import TwoLayerNet, sample_inputs, sample_teacher
 from ..policy import decide_rank
 from ..spectra.spectrum import Spectrum
 from .distributions import _scale, wishart_law

@@ -57,8 +57,8 @@ from typing import Any
 
 import numpy as np
 
-from ..activations import Activation, Erf, ReLU, Tanh, get_activation
 from ..errors import NearoptError, require_positive_int
+from ..model.activations import Activation, Erf, ReLU, Tanh, get_activation
 
 #: ``(p, N_i, N_h)`` where ``z^p`` networks lose one dimension (Alexander–Hirschowitz)
 DEFECTIVE_CASES: tuple[tuple[int, int, int], ...] = ((3, 5, 7), (4, 3, 5), (4, 4, 9), (4, 5, 14))

@@ -2,7 +2,7 @@
 
 From a start ``theta_0`` (a student of any width, any trained blocks) we
 
-1. *descend* on the exact population loss ``L`` (:mod:`nearopt.curvature.landscape`):
+1. *descend* on the exact population loss ``L`` (:mod:`nearopt.gaussian.objective`):
    plain gradient descent ``theta <- theta - eta grad L`` (``descent="gd"``; the step
    halves whenever the loss would rise), or SciPy's trust region with the exact
    Hessian (``descent="trust"``, ``scipy.optimize.minimize(method="trust-exact")``);
@@ -44,14 +44,14 @@ from typing import Any
 import numpy as np
 import scipy.optimize
 
-from . import io
-from .activations import Activation, get_activation
-from .curvature.landscape import landscape_moments, population_gradient, population_loss
-from .curvature.population import PopulationHessian
-from .errors import NearoptError, require_positive_int
-from .model import TwoLayerNet
-from .policy import RankPolicy
-from .problem import Problem, as_problem
+from ..curvature.population import PopulationHessian
+from ..errors import NearoptError, require_positive_int
+from ..gaussian.objective import landscape_moments, population_gradient, population_loss
+from ..model import io
+from ..model.activations import Activation, get_activation
+from ..model.network import TwoLayerNet
+from ..model.problem import Problem, as_problem
+from ..policy import RankPolicy
 
 EPS = float(np.finfo(np.float64).eps)
 #: a critical point is a global minimum when ``L <= GLOBAL_RTOL * E[f_t^2]``
@@ -308,7 +308,7 @@ class SavedPoint:
 def load_point(path: str | Path, activation: Activation) -> SavedPoint:
     """Read a student file; a saved critical point also gives its teacher and trained blocks.
 
-    The weights are validated by :func:`nearopt.io.load_weights`; a file that names an
+    The weights are validated by :func:`nearopt.model.io.load_weights`; a file that names an
     activation must name ``activation``.
     """
     W1, W2 = io.load_weights(path, role="student")

@@ -13,12 +13,12 @@ is described by the *Stein form* (:class:`PairMoments`)::
 
 which needs no ``C^{-1}`` and stays valid when ``w_a`` and ``w_c`` are parallel
 (``a = c`` included). Closed forms (each activation's ``closed_form_moments``, kept in
-:mod:`nearopt.activations` beside the function they describe) cover polynomials
+:mod:`nearopt.model.activations` beside the function they describe) cover polynomials
 (Mehler's formula, exact), ``erf(z/s)`` for any scale (arcsine kernel and its
 derivatives) and ReLU (arc-cosine kernels; the deltas of ``g''`` are integrated
 exactly). They keep every digit at every scale: no difference of nearly equal numbers
 (for erf, ``1 - rho^2`` and ``det(I + k C)`` as sums of non-negative terms; for ReLU the
-angle by ``atan2`` of an exactly formed ``det C``, :func:`~nearopt.activations.correlation_gap`).
+angle by ``atan2`` of an exactly formed ``det C``, :func:`~nearopt.model.activations.correlation_gap`).
 A unit's pair with itself enters the Stein form only through ``b_sum = b[0] + b[1]``
 and ``K_sum = sum K`` (both directions are ``w_a``); the closed forms give those sums
 directly, and :meth:`PairMoments.fold_diagonal` writes the diagonal pairs through them,
@@ -54,8 +54,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .activations import COLLINEAR_TOL, Activation, PairMoments, get_activation, pair_covariance
-from .errors import NearoptError
+from ..errors import NearoptError
+from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, get_activation, pair_covariance
 
 #: nodes per dimension tried in turn until two successive levels agree (ratio ~1.5: the
 #: confirming level, which dominates the cost in two dimensions, is not much finer than needed)

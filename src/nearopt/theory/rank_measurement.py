@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from .activations import Activation, get_activation
-from .curvature import BatchGaussNewton, Curvature, PopulationHessian, population_spectrum
-from .errors import NearoptError, require_positive_int
-from .model import TwoLayerNet, sample_inputs, sample_teacher
-from .policy import CLEAR_MARGIN, RankDecision, RankPolicy
-from .problem import Problem
-from .spectra import Spectrum, SpectrumRequest, choose_route
-from .theory.rank_prediction import RankPrediction, predict_rank
+from ..curvature import BatchGaussNewton, Curvature, PopulationHessian, population_spectrum
+from ..errors import NearoptError, require_positive_int
+from ..model.activations import Activation, get_activation
+from ..model.network import TwoLayerNet, sample_inputs, sample_teacher
+from ..model.problem import Problem
+from ..policy import CLEAR_MARGIN, RankDecision, RankPolicy
+from ..spectra import Spectrum, SpectrumRequest, choose_route
+from .rank_prediction import RankPrediction, predict_rank
 
 #: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
 DEFAULT_OVERSAMPLE = 4

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NearoptError
+from ..errors import NearoptError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

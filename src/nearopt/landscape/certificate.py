@@ -23,7 +23,7 @@ The ingredients and what backs each:
   arc-cosine kernel's Hessian is Lipschitz across parallel and antiparallel pairs;
 * ``g`` and the loss: enclosed in ``REFERENCE_DIGITS``-digit interval arithmetic
   (``mpmath.iv``) from the closed forms at the float64 point ``x0`` (exactly representable);
-* ``H0``: the library's float64 Hessian (:func:`nearopt.critical.exact_hessian`); its distance
+* ``H0``: the library's float64 Hessian (:func:`nearopt.landscape.critical.exact_hessian`); its distance
   to the exact Hessian is bounded by an interval enclosure of central differences of the
   gradient (power-of-two step near ``REFERENCE_STEP``, whose own error is ``<= L3 step / 2`` per
   column), and ``lambda_min`` bounded below by a float64 Cholesky factorisation of ``H0 - s I``
@@ -49,10 +49,10 @@ import mpmath
 import numpy as np
 import scipy.linalg
 
+from ..errors import NearoptError
+from ..model.network import TwoLayerNet
+from ..model.problem import Problem, as_problem
 from .critical import CriticalPoint, exact_hessian, loss_and_gradient
-from .errors import NearoptError
-from .model import TwoLayerNet
-from .problem import Problem, as_problem
 
 #: activations with a derived third-derivative bound (``erf`` is ``erf(z / sqrt 2)``, ``erf:unit`` is ``erf(z)``)
 SUPPORTED = ("relu", "erf", "erf:unit")
@@ -425,7 +425,7 @@ def _ball(problem: Problem, mu: float, eta: float, rho: float | None) -> float:
 def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | None = None, interval: bool = True) -> Certificate:
     """Certify that the point's exact critical point nearby is a strict local minimum (module docstring).
 
-    ``point``: a :class:`~nearopt.problem.Problem`, a :class:`~nearopt.critical.CriticalPoint`
+    ``point``: a :class:`~nearopt.model.problem.Problem`, a :class:`~nearopt.landscape.critical.CriticalPoint`
     (its polished problem) or a student (teacher = itself); isotropic inputs, activation in
     :data:`SUPPORTED`. ``radius``: the ball ``B(x0, rho)`` of the Lipschitz bound (default: the
     largest ``rho`` with ``L3(rho) rho <= mu / 2``). ``interval``: the reference loss, gradient and

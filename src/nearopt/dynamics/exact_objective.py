@@ -2,11 +2,11 @@
 
 :class:`ExactPopulationObjective` is an :class:`~nearopt.dynamics.objective.Objective`
 whose loss, gradient and Hessian are the exact population quantities of
-:mod:`nearopt.curvature.landscape` (pair moments: closed forms, checked quadrature
+:mod:`nearopt.gaussian.objective` (pair moments: closed forms, checked quadrature
 otherwise), not a quadratic approximation and not a fixed sample. Its reference
 point ``theta*`` (the ``point`` field, as in every Objective) is the point the
 spectral prediction expands around -- the teacher itself, or any point of the
-global-minimum manifold of a wider student (:mod:`nearopt.manifold`); the labels
+global-minimum manifold of a wider student (:mod:`nearopt.landscape.manifold`); the labels
 come from ``teacher`` (width ``M``). So::
 
     obj = ExactPopulationObjective(point, "exact", teacher=teacher)
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from ..curvature.base import Curvature
-from ..curvature.landscape import landscape_moments, population_gradient, population_loss
 from ..curvature.population import PopulationHessian
 from ..errors import NearoptError
-from ..model import TwoLayerNet
-from ..problem import Problem
+from ..gaussian.objective import landscape_moments, population_gradient, population_loss
+from ..model.network import TwoLayerNet
+from ..model.problem import Problem
 from .objective import Objective
 
 EPS = float(np.finfo(np.float64).eps)

@@ -56,15 +56,15 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from . import io
-from .activations import Activation, ReLU
-from .curvature.landscape import population_loss
-from .curvature.population import PopulationHessian
-from .errors import NearoptError, require_positive_int
-from .model import TwoLayerNet
-from .policy import rank_from_eigenvalues
-from .problem import Problem
-from .resources import dense_bytes, require_memory
+from ..curvature.population import PopulationHessian
+from ..errors import NearoptError, require_positive_int
+from ..gaussian.objective import population_loss
+from ..model import io
+from ..model.activations import Activation, ReLU
+from ..model.network import TwoLayerNet
+from ..model.problem import Problem
+from ..policy import rank_from_eigenvalues
+from ..resources import dense_bytes, require_memory
 
 #: relative tolerance on rows for "the same unit" (copies are built exactly; this absorbs rounding)
 SAME_UNIT_RTOL = 1e-10
@@ -135,7 +135,7 @@ def random_student(teacher: TwoLayerNet, width: int, seed: int = 1) -> TwoLayerN
 def load_student(path, teacher: TwoLayerNet) -> TwoLayerNet:
     """The student of weight file ``path`` (``W1`` ``(K, N_i)``, ``W2`` ``(1, K)`` or ``(K,)``) with ``teacher``'s activation.
 
-    Validated by :func:`nearopt.io.load_weights` (messages name a "student file");
+    Validated by :func:`nearopt.model.io.load_weights` (messages name a "student file");
     its ``N_i`` must be the teacher's.
     """
     W1, W2 = io.load_weights(path, role="student")

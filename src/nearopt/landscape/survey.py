@@ -4,17 +4,17 @@ From ``R`` random starts of a student of width ``K`` (any teacher, any trained b
 
 1. *descend* on the exact population loss ``L = 1/2 E[(f_s - f_t)^2]``, ``x ~ N(0, I)``
    (:func:`batched_descent`, :func:`descend`: for ReLU on the CPU each run compiled by numba,
-   ``nearopt._relu_jit``; otherwise all starts at once in torch, CPU or GPU): plain gradient descent
+   ``nearopt.landscape._relu_jit``; otherwise all starts at once in torch, CPU or GPU): plain gradient descent
    ``theta <- theta - eta grad L`` with a fixed step, until the largest *per-unit* gradient
    norm ``max_a ||dL/d(w_a, v_a)||`` (trained entries) is at most ``gtol`` (``converged``),
    the point leaves every bounded region or turns non-finite (``diverged``), or ``max_steps``
    pass (``unconverged``). Every start is kept and counted under its status;
 2. *polish* all end points that did not diverge at once (:func:`batched_newton_polish`:
    Newton on the gradient, each step by a batched MINRES on exact Hessian products, safeguarded
-   as :func:`nearopt.critical.newton_polish`; a point it leaves unconverged is polished alone by
-   :func:`nearopt.critical.newton_polish`) and *classify* them per group of equal loss and
+   as :func:`nearopt.landscape.critical.newton_polish`; a point it leaves unconverged is polished alone by
+   :func:`nearopt.landscape.critical.newton_polish`) and *classify* them per group of equal loss and
    symmetry invariants (:func:`polish_case`): a few members of each group get the dense exact
-   spectrum (:func:`nearopt.critical.classify`: global minimum, spurious local minimum,
+   spectrum (:func:`nearopt.landscape.critical.classify`: global minimum, spurious local minimum,
    degenerate critical point, saddle with its index, local maximum, not converged), the others
    take it when these agree;
 3. group the points into *families* (:func:`families`): same class, same loss and same
@@ -37,7 +37,7 @@ Batched closed forms (:func:`batched_loss_gradient`). With ``Omega = [W; T]`` ``
   ``rho = c a.b / sqrt(d_a d_b)``, ``d = 1 + c |.|^2``; ``A = -c rho / (d_a q)``,
   ``B = c / (sqrt(d_a d_b) q)``, ``q = (pi/2) sqrt(1 - rho^2)``;
 * any other activation: the library's checked expectations
-  (:func:`nearopt.curvature.landscape.population_loss` / ``population_gradient``), one start
+  (:func:`nearopt.gaussian.objective.population_loss` / ``population_gradient``), one start
   at a time (correct, not vectorised).
 
 The protocol of Safran & Shamir (2018) is :data:`SAFRAN_SHAMIR` (``docs/landscape.md``).
@@ -59,13 +59,14 @@ import scipy.stats
 import torch
 import torch.autograd.forward_ad as forward_ad
 
-from . import __version__, _relu_jit
+from .. import __version__
+from ..errors import NearoptError, require_positive_int
+from ..gaussian.objective import population_gradient, population_loss
+from ..model.network import TwoLayerNet
+from ..model.problem import TRAINED_BLOCKS, Problem
+from . import _relu_jit
 from .critical import EPS, FLOOR_FACTOR, GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, eigenvalue_clusters, newton_polish, teacher_power
-from .curvature.landscape import population_gradient, population_loss
-from .errors import NearoptError, require_positive_int
 from .manifold import is_positively_homogeneous
-from .model import TwoLayerNet
-from .problem import TRAINED_BLOCKS, Problem
 
 #: eigenvalues closer than ``CLUSTER_RTOL * max|lambda|`` count as one value of a multiplicity pattern
 CLUSTER_RTOL = 1e-7
@@ -474,7 +475,7 @@ def _gradient_into(fn: Callable[..., Any], W: torch.Tensor, v: torch.Tensor, run
 
 
 #: engines of :func:`descend`: ``auto`` (``compiled`` where it applies, else ``torch``), ``torch`` (batched
-#: steps, any device and closed form), ``compiled`` (one run at a time in ``nearopt._relu_jit``: ReLU on the CPU)
+#: steps, any device and closed form), ``compiled`` (one run at a time in ``nearopt.landscape._relu_jit``: ReLU on the CPU)
 ENGINES = ("auto", "torch", "compiled")
 
 
@@ -500,7 +501,7 @@ def _live_block(W: np.ndarray, v: np.ndarray, That: np.ndarray, bn: np.ndarray) 
 
 def _descend_compiled(fn: ClosedForm, W: np.ndarray, v: np.ndarray, ids: np.ndarray, protocol: Protocol, trained: str, bound: float,
                       progress: Callable[[int, int, int, int], None] | None) -> tuple[np.ndarray, ...]:
-    """The compiled engine of :func:`descend`: each run's whole descent in ``nearopt._relu_jit.descend_run``, ``W``, ``v``
+    """The compiled engine of :func:`descend`: each run's whole descent in ``nearopt.landscape._relu_jit.descend_run``, ``W``, ``v``
     updated in place; returns ``(steps, status, largest per-unit gradient)``."""
     R = W.shape[0]
     That, bnT, bwT = fn.numpy_teacher(ids)
@@ -533,7 +534,7 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
     :class:`ClosedForm`); runs that stop leave the batch, so late steps cost only the runs still
     going; ``progress(step, converged, diverged, active)`` every 500 steps. ``compiled`` (ReLU on
     the CPU, :func:`compiled_applies`): one run after the other, each descent one compiled call
-    (``nearopt._relu_jit``), at a run's own sizes (zero padding dropped); ``progress`` every
+    (``nearopt.landscape._relu_jit``), at a run's own sizes (zero padding dropped); ``progress`` every
     2 % of the runs, ``active`` the runs not yet descended. The numbers agree to rounding (the
     sums run in another order). Either way the loss is evaluated at the end points only.
     """
@@ -805,7 +806,7 @@ def batched_minres(A: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, m
 @dataclass
 class BatchPolish:
     """End points of the batched Newton polish: ``W`` ``(R, K, d)``, ``v`` ``(R, K)``, ``gradient_norm`` ``(R,)``
-    (over the trained entries), ``gradient_tolerance`` ``(R,)`` (:func:`nearopt.critical.gradient_tolerance`),
+    (over the trained entries), ``gradient_tolerance`` ``(R,)`` (:func:`nearopt.landscape.critical.gradient_tolerance`),
     ``history`` (``||g||`` per accepted step), ``converged`` (``||g|| <= gradient_tolerance``)."""
 
     W: np.ndarray
@@ -826,7 +827,7 @@ def batched_newton_polish(teacher: TwoLayerNet, W0: np.ndarray, v0: np.ndarray, 
     Each step solves ``H s = -g`` by :func:`batched_minres`, ``H`` applied as the forward-mode
     derivative of the batched closed-form gradient (``torch.func.jvp``: an exact Hessian
     product), so ``s -> -H^+ g`` also at saddles and on non-isolated minima; ``g^T H s = -|P g|^2 <= 0``
-    makes ``s`` a descent direction of ``1/2 ||g||^2``. Safeguard as :func:`nearopt.critical.newton_polish`:
+    makes ``s`` a descent direction of ``1/2 ||g||^2``. Safeguard as :func:`nearopt.landscape.critical.newton_polish`:
     of the step and its double (at a pair of parallel units the gradient grows like the angle squared
     and Newton only halves the angle) the better is taken when it lowers ``||g||``; else the step is
     halved, up to :data:`BACKTRACK` times, else the point stops. Every point goes on towards the rounding floor ``gradient_tolerance / FLOOR_FACTOR``
@@ -1264,7 +1265,7 @@ def balanced(net: TwoLayerNet) -> TwoLayerNet:
 
 
 def polish_and_classify(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str) -> CriticalPoint:
-    """Newton polish (:func:`nearopt.critical.newton_polish`) and classification of one end point.
+    """Newton polish (:func:`nearopt.landscape.critical.newton_polish`) and classification of one end point.
 
     With both layers trained and a positively homogeneous activation the polished point is
     first :func:`balanced` (a symmetry), so that family spectra are comparable.
@@ -1323,7 +1324,7 @@ def _point(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str) -> 
 
 
 def _classified(problem: Problem, history: list[float]) -> CriticalPoint:
-    """:func:`nearopt.critical.classify` of a polished point (its own dense exact spectrum)."""
+    """:func:`nearopt.landscape.critical.classify` of a polished point (its own dense exact spectrum)."""
     cp = classify(problem)
     cp.newton_history, cp.descent = history, "batched-gd"
     return cp
@@ -1336,7 +1337,7 @@ def polish_case(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str
     gradient tolerance goes through the one-point :func:`polish_and_classify` from its start);
     the polished points are grouped by loss and :func:`invariants` (:func:`invariant_groups`); up to
     :data:`CLASSIFY_PER_GROUP` members of each group get their own dense spectrum
-    (:func:`nearopt.critical.classify`), and when these are one family (:func:`same_family`) the
+    (:func:`nearopt.landscape.critical.classify`), and when these are one family (:func:`same_family`) the
     other members take its spectrum and class (their own loss, gradient and tolerance; the
     loss-based global-minimum test is their own); otherwise every member is classified. Other
     activations: every point one at a time. Also returns the counts of each route (``batched``,

@@ -1,7 +1,7 @@
 """Gradient descent of one ReLU student on the exact population loss, compiled by numba.
 
-The maths is that of :func:`nearopt.landscape_survey._relu_terms` (the arc-cosine kernel, module
-docstring of :mod:`nearopt.landscape_survey`). With unit rows ``w^_a`` of the student ``W``
+The maths is that of :func:`nearopt.landscape.survey._relu_terms` (the arc-cosine kernel, module
+docstring of :mod:`nearopt.landscape.survey`). With unit rows ``w^_a`` of the student ``W``
 ``(K, d)``, teacher unit rows ``t^_j`` ``(M, d)``, ``bn_j = beta_j |omega_j|`` and
 ``bw_j = beta_j omega_j`` (``beta = [v; -u]``, ``omega = [w; t]``)::
 
@@ -25,7 +25,7 @@ import math
 import numba
 import numpy as np
 
-#: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape_survey.STATUSES``
+#: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape.survey.STATUSES``
 CONVERGED, UNCONVERGED, DIVERGED = 0, 1, 2
 #: a zero-norm unit divides by this instead of 0 (its row of ``W`` is 0, so its terms vanish)
 TINY = 1e-200
@@ -110,7 +110,7 @@ def workspace(K, M, d):
 def descend_run(W, v, That, bnT, bwT, basis, lr, gtol, max_steps, train_w, train_v, bound):
     """Fixed-step descent of one student ``W`` ``(K, d)``, ``v`` ``(K,)`` in place; returns ``(steps, outcome, largest per-unit gradient)``.
 
-    The loop of :func:`nearopt.landscape_survey.descend`: at each step the gradient, then stop as
+    The loop of :func:`nearopt.landscape.survey.descend`: at each step the gradient, then stop as
     :data:`DIVERGED` (a non-finite gradient, or an entry of ``W``, ``v`` beyond ``bound``),
     :data:`CONVERGED` (every unit's gradient norm over its trained entries ``<= gtol``) or
     :data:`UNCONVERGED` (``max_steps`` steps taken), else step by ``lr``.

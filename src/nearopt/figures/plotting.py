@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # no screen on servers and CI
 import matplotlib.pyplot as plt
 
-from .io import atomic_path
+from ..model.io import atomic_path
 
 STYLE: dict[str, Any] = {
     "figure.figsize": (5.0, 3.6),

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import NearoptError, real_array, require_positive_int
 from . import io
 from .activations import Activation, get_activation
-from .errors import NearoptError, real_array, require_positive_int
 
 INPUT_DISTRIBUTIONS = ("gaussian", "uniform", "rademacher", "student-t")
 
@@ -166,7 +166,7 @@ def sample_inputs(
     ``factor`` ``L`` ``(N_i, N_i)`` (Gaussian only): correlated inputs ``x = L z``,
     ``z ~ N(0, I)``, i.e. ``x ~ N(0, L L^T)``; rows ``X = Z L^T`` from the same
     draws ``Z`` as without it, so ``factor = I`` gives the same inputs. See
-    :meth:`nearopt.problem.GaussianInputs.sample` for a validated covariance.
+    :meth:`nearopt.model.problem.GaussianInputs.sample` for a validated covariance.
     """
     n_samples = require_positive_int(n_samples, "number of samples")
     n_inputs = require_positive_int(n_inputs, "N_i")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .errors import NearoptError, require_positive_int
+from ..errors import NearoptError, require_positive_int
 
 #: grid points (quantiles of the pooled values) on which teacher ecdfs are compared
 GRID = 2048

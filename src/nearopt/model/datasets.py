@@ -17,7 +17,7 @@ matrix is used: the labels come from a teacher network, as everywhere in nearopt
    ``"whiten"`` so that ``X^T X / N = I`` exactly, ``"none"`` as projected.
 
 The Gaussian-equivalent law of the prepared data is
-:meth:`nearopt.problem.GaussianInputs.from_data` (``Sigma = X^T X / N``).
+:meth:`nearopt.model.problem.GaussianInputs.from_data` (``Sigma = X^T X / N``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NearoptError, require_positive_int
+from ..errors import NearoptError, require_positive_int
 
 #: name -> scikit-learn loader in ``sklearn.datasets`` (all bundled with the package)
 DATASETS = {

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from numpy.polynomial import hermite_e
 
-from .errors import NearoptError
+from ..errors import NearoptError
 
 TorchFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -215,7 +215,7 @@ class Activation:
         """Exact Stein-form pair moments (:class:`PairMoments`) for covariances ``(c11, c12, c22)``.
 
         The arrays broadcast to a common shape ``S``. ``None`` means no closed form is
-        known, and :mod:`nearopt.expectations` integrates by checked quadrature instead.
+        known, and :mod:`nearopt.gaussian.expectations` integrates by checked quadrature instead.
         A subclass with a known Gaussian integral overrides this one method, so a new
         closed form touches one place (the activation itself).
         """
@@ -227,7 +227,7 @@ class Activation:
         The one moment the residual term of the population Hessian away from a
         global minimum needs beyond :meth:`closed_form_moments` (Price's theorem:
         ``4 d^2 E[g(u) g(v)] / d c11^2``); ``None`` means checked quadrature
-        (:mod:`nearopt.curvature.landscape`).
+        (:mod:`nearopt.gaussian.objective`).
         """
         return None
 

@@ -4,7 +4,7 @@ Every curvature operator, spectrum route and dynamics run takes one immutable
 ``Problem``. The student defaults to the teacher (the global minimum the paper
 studies); the input law defaults to isotropic Gaussian inputs ``x ~ N(0, I)``;
 both layers train by default. Parameters are ordered as
-:meth:`nearopt.model.TwoLayerNet.parameters` (``W1`` row-major, then ``W2``);
+:meth:`nearopt.model.network.TwoLayerNet.parameters` (``W1`` row-major, then ``W2``);
 when only some blocks train, :attr:`Problem.trained_indices` picks them out of
 that vector, in the same order.
 
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 
+from ..errors import NearoptError, require_positive_int
+from ..policy import RankPolicy
 from . import io
-from .errors import NearoptError, require_positive_int
-from .model import TwoLayerNet, sample_inputs
-from .policy import RankPolicy
+from .network import TwoLayerNet, sample_inputs
 
 #: which parameter blocks train: both layers, the first layer only (committee machine), the second only
 TRAINED_BLOCKS = ("both", "first", "second")
@@ -249,7 +249,7 @@ class GaussianInputs:
         return out
 
     def sample(self, n_samples: int, seed: int | None = 0) -> np.ndarray:
-        """``(N, N_i)`` rows ``x ~ N(0, Sigma)``, seeded (:func:`nearopt.model.sample_inputs` with ``factor = Sigma^{1/2}``)."""
+        """``(N, N_i)`` rows ``x ~ N(0, Sigma)``, seeded (:func:`nearopt.model.network.sample_inputs` with ``factor = Sigma^{1/2}``)."""
         if self.isotropic:
             return sample_inputs(n_samples, self._n, seed)
         return sample_inputs(n_samples, self._n, seed, factor=self.sqrt_factor())

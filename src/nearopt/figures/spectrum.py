@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NearoptError
-from .io import atomic_path, check_output_path
+from ..errors import NearoptError
+from ..model.io import atomic_path, check_output_path
+from ..spectra import Spectrum
 from .plotting import new_figure, plt
-from .spectra import Spectrum
 
 SUFFIXES = (".png", ".pdf", ".svg")
 

@@ -16,16 +16,16 @@ that the residual is ``r(x) = f_s(x) - f_t(x) = sum_j beta_j g(omega_j . x)``. T
     R[w_a, w_a]  = v_a E[r g''(w_a.x) x x^T]
                  = v_a (s0_a I + q_a w_a w_a^T + w_a t_a^T + t_a w_a^T + Omega^T diag(beta * K01[a]) Omega)
 
-with the Stein-form pair moments of :mod:`nearopt.expectations` on the Gram matrix
+with the Stein-form pair moments of :mod:`nearopt.gaussian.expectations` on the Gram matrix
 ``Omega Omega^T``: ``s0_a = sum_j beta_j b0[a,j]`` (``b0 = E[g''(u) g(v)]``),
 ``t_a = sum_j beta_j K00[a,j] omega_j`` (``K00 = E[g'''(u) g'(v)]``), ``K01 = E[g''(u) g''(v)]``
 and one moment more, ``q_a = sum_j beta_j E[g''''(w_a.x) g(omega_j.x)]``
-(:meth:`~nearopt.activations.Activation.closed_form_fourth_moment`: polynomials, erf,
+(:meth:`~nearopt.model.activations.Activation.closed_form_fourth_moment`: polynomials, erf,
 ReLU; checked quadrature for any other smooth activation). The Stein form needs no
 inverse covariance, so duplicated and sign-flipped units (``rho = +-1``) are exact.
 
-:class:`LandscapeProduct` is the matrix-free ``H V``; :func:`assemble_landscape` the
-dense matrix (full, or the reduced block of :mod:`nearopt.curvature.structured`).
+:class:`~nearopt.curvature.student.LandscapeProduct` (matrix-free ``H V``) and
+:func:`~nearopt.curvature.student.assemble_landscape` (the dense matrix) build the Hessian from these moments.
 :class:`~nearopt.curvature.population.PopulationHessian` composes them with the
 trained-block restriction and the change of variables of ``x ~ N(0, Sigma)``.
 """
@@ -37,13 +37,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..activations import COLLINEAR_TOL, Activation, PairMoments
 from ..errors import NearoptError
-from ..expectations import QUADRATURE_TOL, _converge_pairs, check_smooth, normal_rule, pair_moments
-from ..model import TwoLayerNet
-from ..problem import Problem, as_problem
-from .assembly import assemble
-from .product import PopulationProduct
+from ..model.activations import COLLINEAR_TOL, Activation, PairMoments
+from ..model.network import TwoLayerNet
+from ..model.problem import Problem, as_problem
+from .expectations import QUADRATURE_TOL, _converge_pairs, check_smooth, normal_rule, pair_moments
 
 
 def _slice(m: PairMoments, rows: slice, cols: slice) -> PairMoments:
@@ -131,7 +129,7 @@ def landscape_moments(problem: Problem | TwoLayerNet, *, residual: bool = True, 
     return LandscapeMoments(_slice(mom, slice(0, K), slice(0, K)), _slice(mom, slice(0, K), slice(None)), mom.gg, fourth, beta, Omega)
 
 
-def _residual_terms(mo: LandscapeMoments, Omega: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
+def residual_terms(mo: LandscapeMoments, Omega: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
     """Per-unit residual coefficients in coordinates where ``Omega`` has ``d`` columns (full or reduced)."""
     beta = mo.beta
     b0, b1 = mo.cross.b[..., 0], mo.cross.b[..., 1]
@@ -165,71 +163,6 @@ def population_gradient(problem: Problem | TwoLayerNet, moments: LandscapeMoment
     v = pr.point.W2.ravel()
     K = v.size
     gv = mo.phi[:K] @ mo.beta
-    rho = _residual_terms(mo, np.vstack([pr.point.W1, pr.teacher.W1]), pr.point.W1)["rho"]
+    rho = residual_terms(mo, np.vstack([pr.point.W1, pr.teacher.W1]), pr.point.W1)["rho"]
     gW = v[:, None] * (rho if pr.inputs.isotropic else pr.inputs.matmul(rho))
     return np.concatenate([gW.ravel(), gv])[pr.trained_indices]
-
-
-def assemble_landscape(mo: LandscapeMoments, W: np.ndarray, Omega: np.ndarray, v: np.ndarray, residual: bool = True) -> np.ndarray:
-    """Dense population Hessian ``(K (d+1), K (d+1))`` with first layer ``W`` ``(K, d)`` and all units ``Omega`` ``(K+M, d)``.
-
-    ``W`` and ``Omega`` may be expressed in any orthonormal basis of a space holding
-    every row (the moments depend only on ``Omega Omega^T``): ``d = N_i`` gives the
-    full matrix, ``d = r`` the reduced block of the structured route.
-    """
-    H = assemble(mo.student, W, v)
-    if not residual:
-        return H
-    if mo.fourth is None:
-        raise NearoptError("these moments were computed without the residual term")
-    K, d = W.shape
-    rt = _residual_terms(mo, Omega, W)
-    Rww = rt["s0"][:, None, None] * np.eye(d)
-    Rww += rt["q"][:, None, None] * W[:, :, None] * W[:, None, :]
-    Rww += W[:, :, None] * rt["t"][:, None, :] + rt["t"][:, :, None] * W[:, None, :]
-    Rww += np.einsum("aj,ji,jk->aik", rt["c"], Omega, Omega)
-    Rww *= v[:, None, None]
-    m = K * d
-    for a in range(K):
-        H[a * d : (a + 1) * d, a * d : (a + 1) * d] += Rww[a]
-        H[a * d : (a + 1) * d, m + a] += rt["rho"][a]
-        H[m + a, a * d : (a + 1) * d] += rt["rho"][a]
-    return H
-
-
-class LandscapeProduct:
-    """``V (P_all, k) -> H V`` for the population Hessian at a student point (isotropic inputs, all parameters).
-
-    The Gauss-Newton part by :class:`~nearopt.curvature.product.PopulationProduct` on the
-    student's own pairs, plus (``residual=True``) the residual term of the module
-    docstring, ``O(K (K + M) N_i k)`` per block of ``k`` vectors.
-    """
-
-    def __init__(self, problem: Problem, moments: LandscapeMoments, *, residual: bool, device: torch.device):
-        s = problem.point
-        self.gauss_newton = PopulationProduct(s, device=device, moments=moments.student)
-        self.residual = residual
-        if not residual:
-            return
-
-        def t(x):
-            return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float64, device=device)
-
-        self.rt = {k: t(x) for k, x in _residual_terms(moments, moments.Omega, s.W1).items()}
-        self.W, self.v, self.Om = t(s.W1), t(s.W2.ravel()), t(moments.Omega)
-        self.K, self.n = s.n_hidden, s.n_inputs
-
-    def __call__(self, V: torch.Tensor) -> torch.Tensor:
-        out = self.gauss_newton(V)
-        if not self.residual:
-            return out
-        rt, W, v, Om, K, n = self.rt, self.W, self.v, self.Om, self.K, self.n
-        dW, dv = V[: K * n].T.reshape(-1, K, n), V[K * n :].T  # (k, K, n), (k, K)
-        wd = torch.einsum("ai,kai->ka", W, dW)  # w_a . dW_a
-        td = torch.einsum("ai,kai->ka", rt["t"], dW)  # t_a . dW_a
-        od = torch.einsum("ji,kai->kaj", Om, dW)  # omega_j . dW_a
-        rW = rt["s0"][None, :, None] * dW + (rt["q"] * wd + td)[..., None] * W + wd[..., None] * rt["t"]
-        rW = rW + torch.einsum("aj,kaj,ji->kai", rt["c"], od, Om)
-        rW = v[None, :, None] * rW + dv[..., None] * rt["rho"]
-        rv = torch.einsum("ai,kai->ka", rt["rho"], dW)
-        return out + torch.cat([rW.reshape(rW.shape[0], -1), rv], dim=1).T

@@ -1,0 +1,12 @@
+"""Gaussian expectations and the population objective built from them.
+
+================  =========================================================================
+module            holds
+================  =========================================================================
+``expectations``  pair moments ``E[g(u) g(v)]`` and their derivatives: closed forms of each
+                  activation, one checked quadrature otherwise
+``objective``     the population loss and gradient at any student point
+================  =========================================================================
+"""
+
+__all__: list[str] = []
