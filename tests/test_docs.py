@@ -96,9 +96,9 @@ def test_guide_imports_exist(path):
 
 def test_the_import_check_sees_a_removed_module(tmp_path):
     page = tmp_path / "guide.md"
-    page.write_text("```python\nfrom nearopt import gaussian as G\nimport nearopt.gaussian.expectations\n```\n")
-    assert _imports(page) == [("nearopt", "gaussian"), ("nearopt.gaussian.expectations", None)]
-    assert not hasattr(importlib.import_module("nearopt"), "gaussian")
+    page.write_text("```python\nfrom nearopt import quadrature as G\nimport nearopt.quadrature.rules\n```\n")
+    assert _imports(page) == [("nearopt", "quadrature"), ("nearopt.quadrature.rules", None)]
+    assert not hasattr(importlib.import_module("nearopt"), "quadrature")
 
 
 #: phrases of a lab notebook: the documentation describes the product as it is
