@@ -6,6 +6,9 @@ lower bounds are the tested minimum versions (ci/min-versions.txt).
   whose only link to the current environment is a ``.pth`` line appending its
   site-packages (so torch & co. are reused rather than downloaded); nearopt itself
   must then come from the wheel.
+* :func:`test_feature_dependencies_are_extras_that_setup_installs` and
+  :func:`test_what_the_tests_import_is_declared`: a dependency of one feature is an extra that
+  ``scripts/setup_env.sh`` installs, and every third-party import of the tests is declared.
 * :func:`test_suite_passes_at_min_versions` (marker ``minversions``, network) installs
   exactly ``ci/min-versions.txt`` plus the local CPU torch wheel into a clean venv and
   runs the test suite there against the installed wheel.
