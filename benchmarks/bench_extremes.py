@@ -1,4 +1,4 @@
-"""Benchmark: both ends and the density of the population Hessian at random-matrix scale (issue 16).
+"""Benchmark: both ends and the density of the population Hessian at random-matrix scale.
 
 For erf teachers ``N_i = N_h = n`` (``P = n (n + 1)``), in one run:
 
@@ -6,8 +6,8 @@ For erf teachers ``N_i = N_h = n`` (``P = n (n + 1)``), in one run:
    ``eigvalsh``) against
 
    * nearopt ``smallest`` (the locking LOBPCG of ``nearopt.spectra.lobpcg`` + the structured
-     preconditioner) against SciPy's ``lobpcg`` with the same preconditioner (the solver
-     nearopt used before), and ``largest`` (ARPACK LA);
+     preconditioner) against SciPy's ``lobpcg`` with the same preconditioner (the reference
+     solver), and ``largest`` (ARPACK LA);
    * the baselines a researcher would otherwise use for the bottom: ARPACK ``which="SA"``
      and plain LOBPCG (no preconditioner), each with the same time budget;
    * PyHessian-style power iteration (top eigenvalue; PyHessian's default 1e-3 relative
@@ -16,7 +16,7 @@ For erf teachers ``N_i = N_h = n`` (``P = n (n + 1)``), in one run:
 
    Relative errors against the dense spectrum, products, seconds and ratios.
 2. **Large case** (``--large``, default 1000: ``P ≈ 1e6``) in a child process (its
-   peak RSS is its own): the issue-16 task, ``k`` largest, ``k`` smallest nonzero and
+   peak RSS is its own): the task, ``k`` largest, ``k`` smallest nonzero and
    an SLQ density, timed together against ``--target`` seconds; with ``--baselines``
    the preconditioner-free baselines and SciPy's preconditioned LOBPCG then run under
    ``--budget`` seconds each and report the residual they reached.
@@ -223,7 +223,7 @@ def _per_column(op: PopulationHessian, m: int, repeats: int = 3) -> float:
 
 
 def _budgeted_scipy_lobpcg(op, k: int, budget: float) -> dict:
-    """SciPy's preconditioned LOBPCG (nearopt's earlier solver) under ``budget`` seconds."""
+    """SciPy's preconditioned LOBPCG (the reference solver) under ``budget`` seconds."""
     b = Budgeted(op, budget)
     t0 = time.perf_counter()
     try:
@@ -302,7 +302,7 @@ def main() -> None:
         print(f"    ({sm['iterations']} iterations, block {sm['block']}, converged {sm['converged']}, {sm['at_rounding_floor']} at the rounding floor, {sm.get('restarts', 0)} restarts, error bound {sm['error_bound']:.1e})")
         print(f"  SLQ {big['slq']['probes']}x{big['slq']['steps']}: {big['slq']['seconds']:.1f}s")
         print("  peak RSS so far after " + ", ".join(f"{phase} {gb:.2f} GB" for phase, gb in big["rss_gb_after"].items()))
-        on_gpu = "task_peak_gpu_gb" in big  # the issue's GPU target is time alone; the 4 GB one is the CPU's
+        on_gpu = "task_peak_gpu_gb" in big  # on a GPU the target is time alone; the 4 GB one is the CPU's
         within = big["task_seconds"] <= args.target and (on_gpu or big["task_peak_rss_gb"] <= 4.0)
         verdict = ("met" if within else "NOT met") if big["smallest"]["converged"] else "NOT met (the smallest end did not converge)"
         print(f"  task (both ends + SLQ): {big['task_seconds']:.1f}s, peak RSS {big['task_peak_rss_gb']:.2f} GB; target {args.target:.0f}s{'' if on_gpu else ' / 4 GB'}: {verdict} "

@@ -1,6 +1,6 @@
 """GPU benchmark: batch Hessian at the optimum (P ≈ 20000, N = 100000, float64) and its spectrum.
 
-Target (issue 3): Hessian + spectrum within 2x of the time ``torch.linalg.eigvalsh``
+Target: Hessian + spectrum within 2x of the time ``torch.linalg.eigvalsh``
 alone takes on a matrix of that size on the same GPU. Both are measured in this
 run; the script prints the ratio. Needs CUDA::
 

@@ -1,4 +1,4 @@
-"""nearopt's exact population route against what a researcher would use today (issue 16, item 5).
+"""nearopt's exact population route against what a researcher would use today.
 
 On the same erf teachers, in the same run, for the Hessian at the optimum:
 

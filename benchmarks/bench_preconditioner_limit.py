@@ -1,4 +1,4 @@
-"""Benchmark: how much a perfect preconditioner would save at the smallest end (issue 16).
+"""Benchmark: how much a perfect preconditioner would save at the smallest end.
 
 The locking LOBPCG's cost at the bottom of an erf population spectrum is set by how crowded
 the bottom is, not by the preconditioner: this runs the same solver, same seed and block, with

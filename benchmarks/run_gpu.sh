@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks in one script, for a session lent a device machine (CI has no GPU):
+# The GPU checks in one script, for a machine with a CUDA GPU (CI has none):
 # the CUDA tests, then bench_extremes with the products and the locking LOBPCG on the GPU
-# (issue 16's GPU target: n = 2000, both ends + SLQ in under a minute).
+# (the GPU target: n = 2000, both ends + SLQ in under a minute).
 #   OUT=DIR LARGE=2000 DEVICE=cuda bash benchmarks/run_gpu.sh
 # Logs and the JSON record go to $OUT (default out-gpu/).
 set -o pipefail

@@ -250,3 +250,28 @@ def test_cli_landscape_certify():
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--certify" in err
     code, out, err = cli("landscape", "--committee", "3", "--starts", "3", "--gtol", "1e-7", "--certify", "--quiet")
     assert code == 0 and "certified strict minimum" in out
+
+
+def test_without_mpmath_certificates_name_the_extra_and_the_rest_works(monkeypatch, tmp_path):
+    """mpmath is the optional ``certify`` extra: without it ``certify`` and both ``--certify`` options stop
+    with one error line naming ``pip install nearopt[certify]`` (the CLI before any descent or file), and
+    ``import nearopt`` with a spectrum works in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mpmath", None)  # `import mpmath` raises ImportError
+    T = committee_teacher(2)
+    with pytest.raises(NearoptError, match=r"^certify: .*mpmath.*pip install nearopt\[certify\]$"):
+        certify(Problem(T, student=T, trained="first"))
+    saved = tmp_path / "student.npz"
+    code, out, err = cli("critical", "--committee", "3", "--certify", "--quiet", "--save-student", saved)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "--certify" in err and "pip install nearopt[certify]" in err and not saved.exists()
+    code, out, err = cli("landscape", "--committee", "3", "--starts", "3", "--certify", "--json", "--quiet")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "pip install nearopt[certify]" in err
+    script = ("import sys; sys.modules['mpmath'] = None\n"
+              "import nearopt as no, nearopt.landscape.certificate, nearopt.cli\n"
+              "s = no.PopulationHessian(no.sample_teacher(3, 2, 'erf', seed=0)).spectrum('dense')\n"
+              "print(s.eigenvalues.size)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and proc.stdout.split() == ["8"], proc.stderr[-2000:]

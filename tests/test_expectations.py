@@ -1,4 +1,4 @@
-"""Two-dimensional Gaussian expectations (issue 3): closed forms vs quadrature vs Monte Carlo."""
+"""Two-dimensional Gaussian expectations: closed forms vs quadrature vs Monte Carlo."""
 
 import numpy as np
 import pytest
@@ -141,7 +141,7 @@ def test_quadrature_nearly_parallel_units(one_minus_rho2):
 
 
 def test_tanh_small_input_dimension_converges():
-    """N_i = 2, N_h = 30: many nearly parallel pairs (this used to fail to converge)."""
+    """N_i = 2, N_h = 30: many nearly parallel pairs, whose quadrature still converges."""
     rng = np.random.default_rng(1)
     W = rng.standard_normal((30, 2)) / np.sqrt(2)
     m = G.pair_moments("tanh", W @ W.T)

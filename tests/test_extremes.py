@@ -1,4 +1,4 @@
-"""Both ends and the density of a symmetric operator at scale (issue 16): nearopt.spectra.extremes / density."""
+"""Both ends and the density of a symmetric operator at scale: nearopt.spectra.extremes / density."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Model, activations and batch Hessians at the optimum (issue: foundation)."""
+"""Model, activations and batch Hessians at the optimum."""
 
 import subprocess
 import sys

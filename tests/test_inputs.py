@@ -1,4 +1,4 @@
-"""Inputs beyond isotropic Gaussians (issue 15): x ~ N(0, Sigma), spiked covariances, real data.
+"""Inputs beyond isotropic Gaussians: x ~ N(0, Sigma), spiked covariances, real data.
 
 The population Hessian under a covariance is checked against an independent exact
 route: the Hessian, by autodiff, of the closed-form population loss

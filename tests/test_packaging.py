@@ -6,6 +6,9 @@ lower bounds are the tested minimum versions (ci/min-versions.txt).
   whose only link to the current environment is a ``.pth`` line appending its
   site-packages (so torch & co. are reused rather than downloaded); nearopt itself
   must then come from the wheel.
+* :func:`test_feature_dependencies_are_extras_that_setup_installs` and
+  :func:`test_what_the_tests_import_is_declared`: a dependency of one feature is an extra that
+  ``scripts/setup_env.sh`` installs, and every third-party import of the tests is declared.
 * :func:`test_suite_passes_at_min_versions` (marker ``minversions``, network) installs
   exactly ``ci/min-versions.txt`` plus the local CPU torch wheel into a clean venv and
   runs the test suite there against the installed wheel.
@@ -13,8 +16,11 @@ lower bounds are the tested minimum versions (ci/min-versions.txt).
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -137,6 +143,53 @@ def test_min_versions_match_declared_bounds():
         assert _lower_bound(declared[name]) == Version(spec.version), f"declared {declared[name]} but tested minimum is {spec.version}"
 
 
+#: optional dependencies that serve one feature each, and the extra that installs them
+FEATURE_EXTRAS = {"mpmath": "certify"}
+
+
+def _names(reqs: list[str]) -> set[str]:
+    return {canonicalize_name(Requirement(r).name) for r in reqs}
+
+
+def test_feature_dependencies_are_extras_that_setup_installs():
+    """A dependency serving one feature is no plain requirement but an extra of its own, which
+    ``scripts/setup_env.sh`` (behind ``scripts/test`` and ``scripts/nearopt``) installs."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    setup = (ROOT / "scripts" / "setup_env.sh").read_text()
+    installed = set().union(*(m.split(",") for m in re.findall(r"\$root\[([a-z,]+)\]", setup)))
+    for name, extra in FEATURE_EXTRAS.items():
+        assert name not in _names(project["dependencies"]), f"{name} serves one feature: declare it in the {extra!r} extra"
+        assert name in _names(extras[extra]), (name, extras.get(extra))
+        assert extra in installed, f"scripts/setup_env.sh does not install the {extra!r} extra (installs {sorted(installed)})"
+
+
+def test_what_the_tests_import_is_declared():
+    """Every third-party module a test file imports comes from a declared dependency or the
+    ``dev`` extra (with the extras ``dev`` names, ``nearopt[...]``)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    declared = _names(project["dependencies"]) | _names(extras["dev"])
+    for r in map(Requirement, extras["dev"]):
+        if canonicalize_name(r.name) == "nearopt":
+            declared |= set().union(*(_names(extras[x]) for x in r.extras))
+    local = {p.stem for p in [*(ROOT / "tests").glob("*.py"), *(ROOT / "docs" / "tools").glob("*.py")]} | {"nearopt"}  # and docs/tools (test_docs)
+    modules: dict[str, str] = {}
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in local:
+                    modules.setdefault(top, path.name)
+    assert {"numpy", "pytest", "hypothesis", "psutil"} <= set(modules)  # the scan sees the imports
+    dists = importlib.metadata.packages_distributions()
+    for module, where in modules.items():
+        names = {canonicalize_name(d) for d in dists.get(module, [module])}
+        assert names & declared, f"{where} imports {module} (distribution {sorted(names)}), declared neither as a dependency nor in the dev extra"
+
+
 @pytest.mark.minversions
 def test_suite_passes_at_min_versions(wheel, tmp_path):
     """The declared lower bounds are true: the suite passes with exactly those versions.
@@ -151,7 +204,7 @@ def test_suite_passes_at_min_versions(wheel, tmp_path):
     _run([sys.executable, "-m", "venv", venv])
     py = _venv_python(venv)
     env = _clean_env()
-    tools = ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis"]
+    tools = ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "psutil", "packaging"]  # what the tests import (the `dev` extra)
     install = subprocess.run(
         [py, "-m", "pip", "install", "-q", "--only-binary=:all:", "-r", MIN_VERSIONS, *tools],
         capture_output=True, text=True, env=env, timeout=900, check=False,

@@ -1,4 +1,4 @@
-"""Exact population Hessian, structured spectrum and matrix-free operators (issue 3)."""
+"""Exact population Hessian, structured spectrum and matrix-free operators."""
 
 import json
 

@@ -278,7 +278,7 @@ def _reported(act, sigma1, s):
 @pytest.mark.parametrize("act", ["erf", "erf:unit"])
 @pytest.mark.parametrize("sigma1, s", [(1e3, 1.0), (1e6, 1.0), (1.0, 1e10), (1e3, 1e10), (1e6, 1e10), (1e6, 1e6)])
 def test_folded_erf_hessian_is_psd_in_the_reported_cases(act, sigma1, s):
-    """erf weights of order 1e3 .. 1e6 and ``Sigma = 1e10 I`` (lambda_min / lambda_max was as low as -0.7)."""
+    """erf weights of order 1e3 .. 1e6 and ``Sigma = 1e10 I``: scales where cancellation in the moments could make lambda_min / lambda_max of order -1."""
     _check_psd(_folded_hessian(*_reported(act, sigma1, s)))
 
 

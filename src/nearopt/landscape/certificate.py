@@ -35,6 +35,10 @@ factorisation, and the correctness of ``mpmath.iv`` and of the derivation of the
 (``docs/certificate.md``). ``interval=False`` replaces the enclosures by plain 50-digit
 ``mpmath`` (rounded, about half the time). ``docs/certificate.md`` says how this compares with
 the verification of Safran & Shamir (2018).
+
+``mpmath`` is an optional dependency (the ``certify`` extra: ``pip install nearopt[certify]``),
+imported on first use; without it :func:`certify` and :func:`require_supported` raise one
+:class:`~nearopt.errors.NearoptError` naming the extra, and the rest of nearopt works.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import mpmath
 import numpy as np
 import scipy.linalg
 
@@ -69,10 +72,28 @@ C_AAA = math.sqrt(27.0) / (4.0 * math.pi)
 MIX = 2.0 / (3.0 * math.sqrt(3.0))
 
 
+#: what installs the high-precision arithmetic of the certificates (``mpmath``, an optional dependency)
+INSTALL_HINT = "pip install nearopt[certify]"
+
+
+def _mpmath() -> Any:
+    """The ``mpmath`` module, imported on first use; one error line naming the extra when it is not installed."""
+    try:
+        import mpmath
+    except ImportError:
+        raise NearoptError(f"certificates need mpmath for their interval arithmetic, which is not installed: {INSTALL_HINT}") from None
+    return mpmath
+
+
 def require_supported(activation: str, who: str) -> None:
-    """One error line unless ``activation`` has a derived third-derivative bound (:data:`SUPPORTED`); ``who`` names the caller."""
+    """One error line unless a certificate can be made: ``activation`` has a derived third-derivative bound
+    (:data:`SUPPORTED`) and ``mpmath`` is installed; ``who`` names the caller."""
     if activation not in SUPPORTED:
         raise NearoptError(f"{who}: no derived third-derivative bound for activation {activation!r} (have {', '.join(SUPPORTED)})")
+    try:
+        _mpmath()
+    except NearoptError as exc:
+        raise NearoptError(f"{who}: {exc}") from None
 
 
 def _up(x: float) -> float:
@@ -249,6 +270,7 @@ class _Reference:
     def __init__(self, problem: Problem, interval: bool = True):
         s, t = problem.point, problem.teacher
         self.interval = interval
+        mpmath = _mpmath()
         self.ctx: Any = mpmath.iv if interval else mpmath.mp
         self.name = s.activation.name
         self.K, self.d = s.n_hidden, s.n_inputs
