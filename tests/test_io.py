@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nearopt.model.network import io
 from nearopt.errors import NearoptError
+from nearopt.model.network import io
 
 _fast = settings(max_examples=60, deadline=None)
 
