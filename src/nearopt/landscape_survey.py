@@ -60,9 +60,10 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 
 from . import __version__, _relu_jit
-from .critical import EPS, FLOOR_FACTOR, GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, eigenvalue_clusters, newton_polish, teacher_power
+from .critical import EPS, FLOOR_FACTOR, GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, eigenvalue_clusters, newton_polish
 from .curvature.landscape import population_gradient, population_loss
 from .errors import NearoptError, require_positive_int
+from .expectations import output_power
 from .manifold import is_positively_homogeneous
 from .model import TwoLayerNet
 from .problem import TRAINED_BLOCKS, Problem
@@ -1148,7 +1149,7 @@ def families(points: list[CriticalPoint | None]) -> list[Family]:
     if not live:
         return groups
     manifolds: dict[tuple[Any, ...], int] = {}  # non-isolated global minima: key -> family index
-    floor = GLOBAL_RTOL * teacher_power(live[0].problem.teacher)
+    floor = GLOBAL_RTOL * output_power(live[0].problem.teacher)
     order = sorted((i for i, p in enumerate(points) if p is not None), key=lambda i: points[i].loss)  # type: ignore[union-attr]
     # per spectrum size: the representatives' family index, class, loss, eigenvalues and 1e-6 max(1, |lambda|_max)
     reps: dict[int, tuple[list[int], list[str], list[float], list[np.ndarray], list[float]]] = {}
@@ -1359,7 +1360,7 @@ def polish_case(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str
     L, gW, gv = (x.numpy() for x in batched_loss_gradient(name, torch.as_tensor(Wp), torch.as_tensor(vp), T, u))
     g2 = (gW**2).sum((1, 2)) * (trained != "second") + (gv**2).sum(1) * (trained != "first")
     params = np.sqrt((Wp.reshape(R, -1) ** 2).sum(1) + (vp**2).sum(1))
-    tp = teacher_power(teacher)
+    tp = output_power(teacher)
     gnorm, gtol = np.sqrt(g2), FLOOR_FACTOR * (W.shape[1] + teacher.n_hidden) * EPS * math.sqrt(tp) * np.maximum(1.0, params)
     points: list[CriticalPoint | None] = [None] * R
     ok = np.flatnonzero(gnorm <= gtol)

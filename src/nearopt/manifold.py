@@ -61,6 +61,7 @@ from .activations import Activation, ReLU
 from .curvature.landscape import population_loss
 from .curvature.population import PopulationHessian
 from .errors import NearoptError, require_positive_int
+from .expectations import output_power
 from .model import TwoLayerNet
 from .policy import rank_from_eigenvalues
 from .problem import Problem
@@ -239,15 +240,10 @@ def rescale_units(net: TwoLayerNet, units, factors) -> TwoLayerNet:
     return _net(W1, v, net.activation)
 
 
-def teacher_power(teacher: TwoLayerNet) -> float:
-    """``E[f_teacher(x)^2]``, ``x ~ N(0, I)`` (exact pair moments)."""
-    return 2.0 * population_loss(Problem(teacher, student=_net(teacher.W1[:1], np.zeros(1), teacher.activation)))
-
-
 def on_manifold(teacher: TwoLayerNet, student: TwoLayerNet, rtol: float = MANIFOLD_RTOL) -> tuple[bool, float]:
     """``(loss <= rtol * E[f_t^2], loss)``: whether the student computes the teacher's function."""
     loss = population_loss(Problem(teacher, student=student))
-    return bool(abs(loss) <= rtol * teacher_power(teacher)), float(loss)
+    return bool(abs(loss) <= rtol * output_power(teacher)), float(loss)
 
 
 # ----------------------------------------------------------------------------- groups of copies
@@ -451,6 +447,5 @@ __all__ = [
     "rescale_units",
     "split_ratios",
     "split_unit",
-    "teacher_power",
     "unit_groups",
 ]

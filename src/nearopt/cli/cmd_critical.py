@@ -16,8 +16,9 @@ import numpy as np
 
 from .. import io
 from ..certificate import SUPPORTED, certify, require_supported
-from ..critical import committee_start, committee_teacher, find_critical_point, gradient_tolerance, teacher_power
+from ..critical import committee_start, committee_teacher, find_critical_point, gradient_tolerance
 from ..errors import NearoptError, ResultFailure
+from ..expectations import output_power
 from ..problem import Problem
 from .cmd_spectrum import TRAINED_ALIASES, add_student_args, student_from_args
 from .common import add_network_args, emit_json, network_from_args, nonneg_float, positive_float, positive_int
@@ -88,7 +89,7 @@ def check_gtol(gtol: float | None, problem: Problem) -> None:
     """
     if gtol is None:
         return
-    scale = float(np.sqrt(teacher_power(problem.teacher))) * max(1.0, float(np.linalg.norm(problem.point.parameters())))
+    scale = float(np.sqrt(output_power(problem.teacher))) * max(1.0, float(np.linalg.norm(problem.point.parameters())))
     bound = GTOL_MAX_FRACTION * scale
     if not gtol <= bound:
         raise NearoptError(f"--gtol {gtol:g} would count a gradient this large as zero: it must be at most {bound:.3g} "

@@ -31,6 +31,7 @@ from ..curvature.base import Curvature
 from ..curvature.landscape import landscape_moments, population_gradient, population_loss
 from ..curvature.population import PopulationHessian
 from ..errors import NearoptError
+from ..expectations import output_power
 from ..model import TwoLayerNet
 from ..problem import Problem
 from .objective import Objective
@@ -59,8 +60,7 @@ class ExactPopulationObjective(Objective):
             raise NearoptError("the teacher must have the reference point's N_i and activation")
         object.__setattr__(self, "teacher", teacher)
         object.__setattr__(self, "_y", None)
-        power = 2.0 * population_loss(Problem(teacher, student=TwoLayerNet(teacher.W1[:1], np.zeros((1, 1)), teacher.activation)))
-        object.__setattr__(self, "_power", power)
+        object.__setattr__(self, "_power", output_power(teacher))
 
     def _problem(self, theta: np.ndarray) -> Problem:
         assert self.teacher is not None

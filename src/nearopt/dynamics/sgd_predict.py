@@ -56,6 +56,7 @@ from ..curvature.batch import jacobian
 from ..curvature.landscape import population_loss
 from ..curvature.population import PopulationHessian, population_spectrum
 from ..errors import NearoptError, require_positive_int
+from ..expectations import gauss_hermite
 from ..model import TwoLayerNet
 from ..problem import Problem, as_problem
 from ..resources import dense_bytes, require_memory
@@ -348,9 +349,8 @@ def reduced_jacobian(problem: Problem) -> ReducedJacobian:
 
 
 def hermite_rule(order: int, dim: int, chunk: int):
-    """Tensor Gauss-Hermite rule for ``E[f(y)]``, ``y ~ N(0, I_dim)``: yields ``(nodes (c, dim), weights (c,))`` chunks."""
-    x, w = np.polynomial.hermite_e.hermegauss(order)
-    w = w / math.sqrt(2.0 * math.pi)
+    """Tensor product of :func:`~nearopt.expectations.gauss_hermite` for ``E[f(y)]``, ``y ~ N(0, I_dim)``: yields ``(nodes (c, dim), weights (c,))`` chunks."""
+    x, w = gauss_hermite(order)
     total = order**dim
     for start in range(0, total, chunk):
         idx = np.arange(start, min(total, start + chunk))
