@@ -16,7 +16,6 @@ from nearopt.critical import (
     committee_start,
     committee_teacher,
     distinct_points,
-    eigenvalue_clusters,
     find_critical_point,
     isotropy_multiplicities,
     loss_and_gradient,
@@ -25,6 +24,7 @@ from nearopt.critical import (
     symmetry_multiplicities,
 )
 from nearopt.errors import NearoptError
+from nearopt.grouping import eigenvalue_clusters
 from nearopt.model import TwoLayerNet
 from nearopt.problem import Problem
 

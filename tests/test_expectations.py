@@ -252,7 +252,7 @@ def test_gauss_hermite_cached_read_only_and_checked():
 
 
 # --------------------------------------------------------------------------- the pair kernel and the output power
-def _erf_kernel(c11, c12, c22, scale=np.sqrt(2.0)):
+def _erf_kernel(c11, c12, c22, scale=2.0**0.5):
     """Textbook arcsine kernel of ``erf(z / scale)`` (Williams 1997)."""
     k = 2.0 / scale**2
     return 2 / np.pi * np.arcsin(k * c12 / np.sqrt((1 + k * c11) * (1 + k * c22)))

@@ -434,15 +434,6 @@ def isotropy_multiplicities(k: int) -> list[int]:
     return sorted([1] * 5 + [k - 2] * 5 + [(k - 1) * (k - 4) // 2, (k - 2) * (k - 3) // 2])
 
 
-def eigenvalue_clusters(eigenvalues: np.ndarray, rtol: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values of a sorted spectrum (gaps ``> rtol max|lambda|`` separate them) and their counts."""
-    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
-    if lam.size == 0:
-        return lam, np.zeros(0, dtype=np.int64)
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(lam) > rtol * max(float(np.max(np.abs(lam))), 1e-300)) + 1])
-    return lam[starts], np.diff(np.concatenate([starts, [lam.size]]))
-
-
 def _committee_operator(k: int):
     """``X -> HX`` for the ReLU committee Hessian at ``W = V = I`` (``k = d``; see :func:`relu_committee_global_spectrum`)."""
     c = 1.0 / (2.0 * np.pi)

@@ -62,6 +62,7 @@ from .curvature.landscape import population_loss
 from .curvature.population import PopulationHessian
 from .errors import NearoptError, require_positive_int
 from .expectations import output_power
+from .grouping import first_match_groups
 from .model import TwoLayerNet
 from .policy import rank_from_eigenvalues
 from .problem import Problem
@@ -267,35 +268,42 @@ class UnitGroup:
 
 
 def unit_groups(student: TwoLayerNet, rtol: float = SAME_UNIT_RTOL) -> list[UnitGroup]:
-    """Group the student's units into copies (see the module docstring; zero rows are never grouped)."""
+    """Group the student's units into copies (see the module docstring; zero rows are never grouped).
+
+    Each unit joins the first group whose representative it copies (:func:`~nearopt.grouping.first_match_groups`).
+    """
     act = student.activation
     odd, homog = is_odd(act), is_positively_homogeneous(act)
     W, v = student.W1, student.W2.ravel()
     norms = np.linalg.norm(W, axis=1)
-    left = list(range(student.n_hidden))
+
+    def coefficient(a0: int, c: int) -> float | None:
+        """``a_c`` with ``w_c = a_c w_a0``, or ``None`` when unit ``c`` is no copy of ``a0``."""
+        if norms[a0] == 0.0 or norms[c] == 0.0:
+            return None
+        if homog:
+            cos = W[a0] @ W[c] / (norms[a0] * norms[c])
+            return float(norms[c] / norms[a0]) if 1.0 - cos <= rtol else None
+        tol = rtol * max(norms[a0], norms[c])
+        if np.abs(W[c] - W[a0]).max() <= tol:
+            return 1.0
+        return -1.0 if odd and np.abs(W[c] + W[a0]).max() <= tol else None
+
+    found: dict[tuple[int, int], float] = {}  # (representative, unit) -> a_c, for every match tried
+
+    def copies(reps: np.ndarray, c: int) -> np.ndarray:
+        out = np.zeros(reps.size, dtype=bool)
+        for j, r in enumerate(reps.tolist()):
+            a_c = coefficient(r, c)
+            if a_c is not None:
+                found[r, c], out[j] = a_c, True
+        return out
+
     groups = []
-    while left:
-        a0 = left.pop(0)
-        units, coef = [a0], [1.0]
-        for c in list(left):
-            if norms[a0] == 0.0 or norms[c] == 0.0:
-                continue
-            tol = rtol * max(norms[a0], norms[c])
-            if homog:
-                cos = W[a0] @ W[c] / (norms[a0] * norms[c])
-                match = norms[c] / norms[a0] if 1.0 - cos <= rtol else None
-            elif np.abs(W[c] - W[a0]).max() <= tol:
-                match = 1.0
-            elif odd and np.abs(W[c] + W[a0]).max() <= tol:
-                match = -1.0
-            else:
-                match = None
-            if match is not None:
-                units.append(c)
-                coef.append(float(match))
-                left.remove(c)
+    for units in first_match_groups(range(student.n_hidden), copies):
+        coef = [1.0] + [found[units[0], c] for c in units[1:]]
         a = np.array(coef)
-        groups.append(UnitGroup(tuple(units), tuple(coef), W[a0].copy(), float(a @ v[units]), bool(np.any(v[units] != 0.0))))
+        groups.append(UnitGroup(tuple(units), tuple(coef), W[units[0]].copy(), float(a @ v[units]), bool(np.any(v[units] != 0.0))))
     return groups
 
 

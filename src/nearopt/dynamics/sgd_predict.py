@@ -57,6 +57,7 @@ from ..curvature.landscape import population_loss
 from ..curvature.population import PopulationHessian, population_spectrum
 from ..errors import NearoptError, require_positive_int
 from ..expectations import gauss_hermite
+from ..grouping import cluster_labels
 from ..model import TwoLayerNet
 from ..problem import Problem, as_problem
 from ..resources import dense_bytes, require_memory
@@ -228,11 +229,11 @@ def spectral_model(eigenvalues, counts=None, *, rtol: float = RANGE_RTOL) -> Sec
 
 
 def _group(lam: np.ndarray, n: np.ndarray, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(lam)
-    lam, n = lam[order], n[order]
-    starts = np.concatenate([[0], np.where(np.diff(lam) > rtol * lam[-1])[0] + 1])
-    counts = np.add.reduceat(n, starts)
-    values = np.add.reduceat(lam * n, starts) / counts
+    """Eigenvalues ``lam`` ``(m,)`` of multiplicities ``n`` merged by :func:`~nearopt.grouping.cluster_labels` (gaps
+    ``> rtol max lam``): each cluster's total multiplicity and its multiplicity-weighted mean value."""
+    lab = cluster_labels(lam, rtol * lam.max())
+    counts = np.bincount(lab, weights=n).round().astype(np.int64)
+    values = np.bincount(lab, weights=lam * n) / counts
     if values.size > MAX_COORDINATES:
         raise NearoptError(f"{values.size} distinct eigenvalues: the spectral recursion handles at most {MAX_COORDINATES} (use the structured spectrum)")
     return values, counts
