@@ -334,3 +334,13 @@ def test_output_power_against_independent_pair_sums(act):
     assert got == pytest.approx(float(v @ Phi @ v), rel=1e-11)
     zero = no.TwoLayerNet(net.W1[:1], np.zeros((1, 1)), net.activation)
     assert got == pytest.approx(2 * population_loss(Problem(net, student=zero)), rel=1e-12)
+
+
+def test_product_expectation_isserlis():
+    """``E[u^2 v^2] = c11 c22 + 2 c12^2`` and ``E[u^3 v] = 3 c11 c12`` (Isserlis), parallel pairs included."""
+    _, _, _, (c11, c12, c22) = _pairs(seed=8, n_h=4, scale=1.1)
+    sq, cube = (lambda t: t * t), (lambda t: t**3)
+    got = G.product_expectation(sq, sq, c11, c12, c22)
+    np.testing.assert_allclose(got, c11 * c22 + 2 * c12**2, rtol=1e-13)
+    got = G.product_expectation(cube, lambda t: t, c11, c12, c22)
+    np.testing.assert_allclose(got, 3 * c11 * c12, rtol=1e-12, atol=1e-14)

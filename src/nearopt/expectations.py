@@ -428,10 +428,13 @@ def pair_moments(activation: str | Activation, gram: np.ndarray, *, order: int |
 
 
 # --------------------------------------------------------------------------- the pair kernel alone
-def _kernel_block(act: Activation, l11, l21, l22, coll, n: int) -> np.ndarray:
-    """``E[g(u) g(v)]`` ``(m, 1)`` on ``n`` nodes per dimension, ``u = l11 y1``, ``v = l21 y1 + l22 y2``.
+TorchFn = Callable[[torch.Tensor], torch.Tensor]
 
-    ``u`` depends on ``y1`` only, so the ``y2``-sum is a product of ``g(v)`` ``(m, n, n)`` with
+
+def _product_block(f: TorchFn, h: TorchFn, l11, l21, l22, coll, n: int) -> np.ndarray:
+    """``E[f(u) h(v)]`` ``(m, 1)`` on ``n`` nodes per dimension, ``u = l11 y1``, ``v = l21 y1 + l22 y2``.
+
+    ``u`` depends on ``y1`` only, so the ``y2``-sum is a product of ``h(v)`` ``(m, n, n)`` with
     the weights; collinear pairs (``coll``) take ``v`` on the same node (one dimension).
     """
     x, w = normal_rule(n)
@@ -441,19 +444,38 @@ def _kernel_block(act: Activation, l11, l21, l22, coll, n: int) -> np.ndarray:
     for start in range(0, l11.size, step):
         sl = slice(start, start + step)
         a11, a21, a22 = (torch.as_tensor(t[sl])[:, None] for t in (l11, l21, l22))
-        gu = act(a11 * xt)  # (m, n)
-        inner = torch.where(torch.as_tensor(coll[sl])[:, None], act(a21 * xt), act((a21 * xt)[:, :, None] + a22[:, :, None] * xt) @ wt)
-        out[sl, 0] = (wt * gu * inner).sum(-1).numpy()
+        fu = f(a11 * xt)  # (m, n)
+        inner = torch.where(torch.as_tensor(coll[sl])[:, None], h(a21 * xt), h((a21 * xt)[:, :, None] + a22[:, :, None] * xt) @ wt)
+        out[sl, 0] = (wt * fu * inner).sum(-1).numpy()
     return out
+
+
+def product_expectation(f: TorchFn, h: TorchFn, c11, c12, c22, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> np.ndarray:
+    """``E[f(u) h(v)]`` for ``(u, v) ~ N(0, [[c11, c12], [c12, c22]])``, broadcast shape ``S``, by checked tensor quadrature.
+
+    Cholesky ``u = l11 y1``, ``v = l21 y1 + l22 y2`` on :func:`normal_rule` (collinear pairs on
+    the one-dimensional rule), refined pair by pair until two levels agree to ``tol``
+    (:func:`_converge_pairs`) unless an ``order`` is given. ``f`` and ``h`` map float64 tensors
+    elementwise; for the result to be checked they should be smooth (a kink converges only
+    algebraically, and the refinement then raises).
+    """
+    shape = np.broadcast_shapes(np.shape(c11), np.shape(c12), np.shape(c22))
+    c11, c12, c22 = (np.asarray(c, dtype=np.float64).ravel() for c in np.broadcast_arrays(c11, c12, c22))
+    l11 = np.sqrt(c11)
+    l21 = np.divide(c12, l11, out=np.zeros_like(l11), where=l11 > 0)
+    l22sq = np.clip(c22 - l21**2, 0.0, None)
+    coll = l22sq <= COLLINEAR_TOL * np.maximum(c22, 1e-300)
+    l22 = np.where(coll, 0.0, np.sqrt(l22sq))
+    flat, _, _ = _converge_pairs(lambda idx, n: _product_block(f, h, l11[idx], l21[idx], l22[idx], coll[idx], n), c11.size, order, tol)
+    return flat[:, 0].reshape(shape)
 
 
 def kernel(activation: str | Activation, c11, c12, c22, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> np.ndarray:
     """The pair kernel ``E[g(u) g(v)]`` for ``(u, v) ~ N(0, [[c11, c12], [c12, c22]])``, broadcast shape ``S``.
 
     The activation's closed form (:meth:`~nearopt.activations.Activation.closed_form_moments`,
-    its ``gg``) when it has one; otherwise tensor quadrature of this one moment (Cholesky
-    ``u = l11 y1``, ``v = l21 y1 + l22 y2``, :func:`normal_rule`), refined pair by pair until
-    two levels agree to ``tol`` (:func:`_converge_pairs`) unless an ``order`` is given. Like
+    its ``gg``) when it has one; otherwise the checked quadrature of this one moment
+    (:func:`product_expectation`), or the fixed ``order`` given. Like
     :func:`quadrature_moments`, a non-smooth activation without a closed form needs an explicit
     ``order`` (a kink converges only algebraically). Raises :class:`NearoptError` where float64
     cannot hold the kernel.
@@ -474,13 +496,7 @@ def kernel(activation: str | Activation, c11, c12, c22, *, order: int | None = N
                 f"activation {act.name!r} is not smooth: its quadrature converges only algebraically; "
                 "pass an explicit order (e.g. 400 nodes: error ~1e-3) or register a closed form"
             )
-        l11 = np.sqrt(c11)
-        l21 = np.divide(c12, l11, out=np.zeros_like(l11), where=l11 > 0)
-        l22sq = np.clip(c22 - l21**2, 0.0, None)
-        coll = l22sq <= COLLINEAR_TOL * np.maximum(c22, 1e-300)
-        l22 = np.where(coll, 0.0, np.sqrt(l22sq))
-        flat, _, _ = _converge_pairs(lambda idx, n: _kernel_block(act, l11[idx], l21[idx], l22[idx], coll[idx], n), c11.size, order, tol)
-        gg = flat[:, 0]
+        gg = product_expectation(act, act, c11, c12, c22, order=order, tol=tol)
     if not np.all(np.isfinite(gg)):
         raise NearoptError(
             f"the Gaussian moments of {act.name!r} overflow float64 at these pre-activation variances "
