@@ -17,7 +17,6 @@ from nearopt.landscape.critical import (
     committee_start,
     committee_teacher,
     distinct_points,
-    eigenvalue_clusters,
     find_critical_point,
     isotropy_multiplicities,
     loss_and_gradient,
@@ -27,6 +26,7 @@ from nearopt.landscape.critical import (
 )
 from nearopt.model.network import TwoLayerNet
 from nearopt.model.problem import Problem
+from nearopt.spectra.grouping import eigenvalue_clusters
 
 #: seed of a k = d = 6 committee start that gradient descent takes to the spurious minimum (found by the full scan)
 SPURIOUS_SEED_K6 = 52

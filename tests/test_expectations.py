@@ -212,3 +212,135 @@ def test_wide_preactivations_converge():
     c = np.array([[133.4, 40.0], [40.0, 95.3]])
     fwd, _ = G.quadrature_moments("tanh", c[0, 0], c[0, 1], c[1, 1])
     assert fwd.order > 1237 and fwd.error <= G.QUADRATURE_TOL * max(1.0, np.abs(fwd.K).max())
+
+
+# --------------------------------------------------------------------------- the one Gauss-Hermite rule
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 10, 20, 40, 64, 100])
+def test_gauss_hermite_moments_exact_to_degree_2n_minus_1(n):
+    """``E[y^2k] = (2k - 1)!!`` for ``2k <= 2n - 1``; the first moment the rule misses, ``y^2n``, is off by exactly ``n!``."""
+    from scipy.special import factorial, factorial2
+
+    x, w = G.gauss_hermite(n)
+    assert x.shape == w.shape == (n,)
+    assert abs(w.sum() - 1.0) <= 4e-16
+    for k in range(0, n):
+        exact = factorial2(2 * k - 1) if k else 1.0
+        assert (w * x ** (2 * k)).sum() == pytest.approx(exact, rel=1e-14)
+        assert abs((w * x ** (2 * k + 1)).sum()) <= 1e-15 * np.sqrt(factorial2(4 * k + 1))
+    # He_n vanishes on the nodes and E[He_n^2] = n!, He_n^2 = y^2n + lower: the rule misses y^2n by n!
+    assert (w * x ** (2 * n)).sum() == pytest.approx(factorial2(2 * n - 1) - factorial(n), rel=1e-13, abs=1e-13)
+
+
+@pytest.mark.parametrize("n", [2, 7, 48, 64, 160, 300])
+def test_gauss_hermite_against_scipy(n):
+    from scipy.special import roots_hermitenorm
+
+    xs, ws = roots_hermitenorm(n)
+    x, w = G.gauss_hermite(n)
+    np.testing.assert_allclose(x, xs, rtol=0, atol=1e-15 * np.abs(xs).max())
+    np.testing.assert_allclose(w, ws / np.sqrt(2 * np.pi), rtol=0, atol=2e-14 * w.max())
+
+
+def test_gauss_hermite_cached_read_only_and_checked():
+    x, w = G.gauss_hermite(12)
+    assert G.gauss_hermite(12)[0] is x
+    with pytest.raises(ValueError):
+        x[0] = 0.0
+    for bad in (0, -3, 2.5, True, float("nan"), "7"):
+        with pytest.raises(NearoptError, match="integer >= 1"):
+            G.gauss_hermite(bad)
+
+
+# --------------------------------------------------------------------------- the pair kernel and the output power
+def _erf_kernel(c11, c12, c22, scale=2.0**0.5):
+    """Textbook arcsine kernel of ``erf(z / scale)`` (Williams 1997)."""
+    k = 2.0 / scale**2
+    return 2 / np.pi * np.arcsin(k * c12 / np.sqrt((1 + k * c11) * (1 + k * c22)))
+
+
+def _relu_kernel(c11, c12, c22):
+    """Textbook arc-cosine kernel of order 1 (Cho & Saul 2009)."""
+    s = np.sqrt(c11 * c22)
+    th = np.arccos(np.clip(c12 / s, -1, 1))
+    return s / (2 * np.pi) * (np.sin(th) + (np.pi - th) * np.cos(th))
+
+
+def _gh2(fn, c11, c12, c22, n=600):
+    """``E[fn(u) fn(v)]`` by a 2-D Gauss-Hermite rule of scipy's nodes (independent of nearopt)."""
+    from scipy.special import roots_hermitenorm
+
+    x, w = roots_hermitenorm(n)
+    w = w / np.sqrt(2 * np.pi)
+    a = np.sqrt(c11)
+    b = c12 / a
+    c = np.sqrt(max(c22 - b * b, 0.0))
+    return float(w @ (fn(a * x) * (fn(b * x[:, None] + c * x[None, :]) @ w)))
+
+
+def test_kernel_against_textbook_forms_and_independent_quadrature():
+    _, _, _, (c11, c12, c22) = _pairs(seed=4, n_h=5, scale=1.7)
+    np.testing.assert_allclose(G.kernel("erf", c11, c12, c22), _erf_kernel(c11, c12, c22), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(G.kernel("erf:unit", c11, c12, c22), _erf_kernel(c11, c12, c22, 1.0), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(G.kernel("relu", c11, c12, c22), _relu_kernel(c11, c12, c22), rtol=1e-12, atol=1e-15)
+    tanh = G.kernel("tanh", c11, c12, c22)
+    ref = [_gh2(np.tanh, *c) for c in zip(c11, c12, c22)]
+    np.testing.assert_allclose(tanh, ref, rtol=0, atol=1e-13)
+    assert G.kernel("tanh", c11, c12, c22).shape == c11.shape
+
+
+def test_kernel_quadrature_equals_closed_form_when_forced():
+    """A closed-form activation in disguise goes through the checked quadrature and lands on the closed form."""
+    import torch
+
+    from nearopt.model.activations import CustomActivation
+
+    _, _, _, (c11, c12, c22) = _pairs(seed=5, n_h=4, scale=1.2)
+    disguised = CustomActivation("my-erf", lambda t: torch.erf(t / np.sqrt(2.0)))
+    np.testing.assert_allclose(G.kernel(disguised, c11, c12, c22), G.kernel("erf", c11, c12, c22), rtol=0, atol=1e-12)
+    kinked = CustomActivation("my-relu", lambda t: torch.clamp(t, min=0.0), smooth=False)
+    with pytest.raises(NearoptError, match="not smooth"):
+        G.kernel(kinked, c11, c12, c22)
+    rough = G.kernel(kinked, c11, c12, c22, order=801)
+    np.testing.assert_allclose(rough, _relu_kernel(c11, c12, c22), rtol=0, atol=1e-3)
+
+
+def test_output_power_linear_under_covariance_is_the_quadratic_form():
+    from nearopt.model.problem import GaussianInputs
+
+    rng = np.random.default_rng(6)
+    net = no.sample_teacher(4, 3, "linear", seed=6)
+    a = net.W2 @ net.W1  # (1, N_i): f(x) = a x
+    assert G.output_power(net) == pytest.approx((a @ a.T).item(), rel=1e-14)
+    S = rng.standard_normal((4, 4))
+    S = S @ S.T + 0.1 * np.eye(4)
+    assert G.output_power(net, GaussianInputs(covariance=S)) == pytest.approx((a @ S @ a.T).item(), rel=1e-13)
+
+
+@pytest.mark.parametrize("act", ["erf", "relu", "tanh"])
+def test_output_power_against_independent_pair_sums(act):
+    """``E[f^2] = sum_ij v_i v_j E[g(u_i) g(u_j)]`` with textbook kernels or scipy's 2-D rule, and ``2 L(zero student)``."""
+    from nearopt.gaussian.objective import population_loss
+    from nearopt.model.problem import Problem
+
+    net = no.sample_teacher(3, 4, act, seed=7)
+    C = net.W1 @ net.W1.T
+    v = net.W2.ravel()
+    if act == "tanh":
+        Phi = np.array([[_gh2(np.tanh, C[i, i], C[i, j], C[j, j]) for j in range(4)] for i in range(4)])
+    else:
+        d = np.diag(C)
+        Phi = (_erf_kernel if act == "erf" else _relu_kernel)(d[:, None], C, d[None, :])
+    got = G.output_power(net)
+    assert got == pytest.approx(float(v @ Phi @ v), rel=1e-11)
+    zero = no.TwoLayerNet(net.W1[:1], np.zeros((1, 1)), net.activation)
+    assert got == pytest.approx(2 * population_loss(Problem(net, student=zero)), rel=1e-12)
+
+
+def test_product_expectation_isserlis():
+    """``E[u^2 v^2] = c11 c22 + 2 c12^2`` and ``E[u^3 v] = 3 c11 c12`` (Isserlis), parallel pairs included."""
+    _, _, _, (c11, c12, c22) = _pairs(seed=8, n_h=4, scale=1.1)
+    sq, cube = (lambda t: t * t), (lambda t: t**3)
+    got = G.product_expectation(sq, sq, c11, c12, c22)
+    np.testing.assert_allclose(got, c11 * c22 + 2 * c12**2, rtol=1e-13)
+    got = G.product_expectation(cube, lambda t: t, c11, c12, c22)
+    np.testing.assert_allclose(got, 3 * c11 * c12, rtol=1e-12, atol=1e-14)

@@ -134,7 +134,7 @@ def test_population_loss_closed_forms(act):
     v = net.W2.ravel() + 0.2 * rng.standard_normal((4, 3))
     got = loss(torch.as_tensor(W1), torch.as_tensor(v)).numpy()
     ref = [population_loss(Problem(net, student=no.TwoLayerNet(W1[i], v[i][None], net.activation))) for i in range(4)]
-    np.testing.assert_allclose(got, ref, rtol=1e-5 if act == "tanh" else 1e-12)
+    np.testing.assert_allclose(got, ref, rtol=1e-11)  # one kernel (closed form or checked quadrature) under both
 
 
 def test_population_loss_under_covariance_matches_whitened():

@@ -15,8 +15,9 @@ import warnings
 import numpy as np
 
 from ..errors import NearoptError, ResultFailure
+from ..gaussian.expectations import output_power
 from ..landscape.certificate import SUPPORTED, certify, require_supported
-from ..landscape.critical import committee_start, committee_teacher, find_critical_point, gradient_tolerance, teacher_power
+from ..landscape.critical import committee_start, committee_teacher, find_critical_point, gradient_tolerance
 from ..model import io
 from ..model.problem import Problem
 from .cmd_spectrum import TRAINED_ALIASES, add_student_args, student_from_args
@@ -88,7 +89,7 @@ def check_gtol(gtol: float | None, problem: Problem) -> None:
     """
     if gtol is None:
         return
-    scale = float(np.sqrt(teacher_power(problem.teacher))) * max(1.0, float(np.linalg.norm(problem.point.parameters())))
+    scale = float(np.sqrt(output_power(problem.teacher))) * max(1.0, float(np.linalg.norm(problem.point.parameters())))
     bound = GTOL_MAX_FRACTION * scale
     if not gtol <= bound:
         raise NearoptError(f"--gtol {gtol:g} would count a gradient this large as zero: it must be at most {bound:.3g} "

@@ -30,6 +30,7 @@ import torch
 from ..curvature.base import Curvature
 from ..curvature.population import PopulationHessian
 from ..errors import NearoptError
+from ..gaussian.expectations import output_power
 from ..gaussian.objective import landscape_moments, population_gradient, population_loss
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem
@@ -59,8 +60,7 @@ class ExactPopulationObjective(Objective):
             raise NearoptError("the teacher must have the reference point's N_i and activation")
         object.__setattr__(self, "teacher", teacher)
         object.__setattr__(self, "_y", None)
-        power = 2.0 * population_loss(Problem(teacher, student=TwoLayerNet(teacher.W1[:1], np.zeros((1, 1)), teacher.activation)))
-        object.__setattr__(self, "_power", power)
+        object.__setattr__(self, "_power", output_power(teacher))
 
     def _problem(self, theta: np.ndarray) -> Problem:
         assert self.teacher is not None

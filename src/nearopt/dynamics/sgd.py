@@ -12,8 +12,8 @@ gradient ``J^T r / B`` per step, on the CPU or a GPU.
 At the recorded steps (log-spaced by default) it records the **excess population loss**
 ``L(theta) = 1/2 E(f_theta - f*)^2`` of every run exactly, by :func:`population_loss_batch`:
 ``1/2 beta^T Phi beta`` over the units of student and teacher with closed-form pair kernels
-(linear and polynomials: Mehler; erf: arcsine; ReLU: arc-cosine) and a 2-D Gauss-Hermite rule for
-any other activation. :func:`run_sgd` adds the exact and spectral predictions of
+(:func:`nearopt.gaussian.expectations.kernel`: linear and polynomials: Mehler; erf: arcsine; ReLU:
+arc-cosine; the checked quadrature for any other activation). :func:`run_sgd` adds the exact and spectral predictions of
 :mod:`nearopt.dynamics.sgd_predict`.
 """
 
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..curvature.base import resolve_device
 from ..errors import NearoptError, require_positive_int
-from ..model.activations import Erf, ReLU
+from ..gaussian.expectations import kernel, output_power
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
 from ..resources import dense_bytes, require_memory
@@ -42,8 +42,6 @@ EPS = float(np.finfo(np.float64).eps)
 DIVERGENCE_FACTOR = 1e8
 #: most SGD steps one call accepts
 MAX_STEPS = 10**9
-#: 2-D Gauss-Hermite nodes per axis of the pair kernel for activations without a closed form
-PAIR_ORDER = 64
 #: the mean over runs is flagged unreliable where one run carries more than this share of it
 TAIL_SHARE = 0.25
 SAMPLING = ("online", "replacement", "epochs")
@@ -58,39 +56,20 @@ def record_steps(steps: int, points: int = 40) -> np.ndarray:
 
 # --------------------------------------------------------------------------- exact population loss, batched
 def pair_kernel(activation, G: torch.Tensor) -> torch.Tensor:
-    """``Phi[i, j] = E[g(u_i) g(u_j)]`` for Gram matrices ``G`` ``(..., n, n)`` of the pre-activations."""
-    d = torch.diagonal(G, dim1=-2, dim2=-1)
-    if isinstance(activation, Erf):
-        k = 2.0 / activation.scale**2
-        s = torch.sqrt(1.0 + k * d)
-        return (2.0 / math.pi) * torch.asin(torch.clamp(k * G / (s[..., :, None] * s[..., None, :]), -1.0, 1.0))
-    if isinstance(activation, ReLU):
-        n = torch.sqrt(torch.clamp(d, min=0.0))
-        nn_ = n[..., :, None] * n[..., None, :]
-        cos = torch.clamp(G / torch.where(nn_ > 0, nn_, 1.0), -1.0, 1.0)
-        th = torch.arccos(cos)
-        return nn_ / (2 * math.pi) * (torch.sin(th) + (math.pi - th) * cos)
-    if activation.polynomial_coefficients is not None:
-        c11, c22 = d[..., :, None].expand_as(G), d[..., None, :].expand_as(G)
-        mom = activation.closed_form_moments(c11.cpu().numpy(), G.cpu().numpy(), c22.cpu().numpy())
-        return torch.as_tensor(mom.gg, dtype=G.dtype, device=G.device)
-    return _quadrature_kernel(activation, G, d)
+    """``Phi[i, j] = E[g(u_i) g(u_j)]`` ``(..., n, n)`` for Gram matrices ``G`` ``(..., n, n)`` of the pre-activations.
 
-
-def _quadrature_kernel(activation, G: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """``E[g(u) g(v)]`` by a tensor Gauss-Hermite rule in ``(u, v) = (a z1, b z1 + c z2)`` (Cholesky)."""
-    x, w = np.polynomial.hermite_e.hermegauss(PAIR_ORDER)
-    x_t = torch.as_tensor(x, dtype=G.dtype, device=G.device)
-    w_t = torch.as_tensor(w / math.sqrt(2 * math.pi), dtype=G.dtype, device=G.device)
-    c11 = d[..., :, None].expand_as(G)
-    c22 = d[..., None, :].expand_as(G)
-    a = torch.sqrt(torch.clamp(c11, min=0.0))
-    b = torch.where(a > 0, G / torch.where(a > 0, a, 1.0), 0.0)
-    c = torch.sqrt(torch.clamp(c22 - b * b, min=0.0))
-    gu = activation(a[..., None] * x_t)  # (..., n, n, q): g(a z1)
-    gv = activation(b[..., None, None] * x_t[:, None] + c[..., None, None] * x_t[None, :])  # (..., q1, q2)
-    inner = (gv * w_t[None, :]).sum(-1)  # over z2
-    return (gu * inner * w_t).sum(-1)
+    :func:`nearopt.gaussian.expectations.kernel` on the upper triangle (the activation's closed form, or
+    the checked quadrature), mirrored.
+    """
+    n = G.shape[-1]
+    iu, ju = np.triu_indices(n)
+    Gn = G.detach().cpu().numpy()
+    d = np.diagonal(Gn, axis1=-2, axis2=-1)
+    upper = kernel(activation, d[..., iu], 0.5 * (Gn[..., iu, ju] + Gn[..., ju, iu]), d[..., ju])
+    Phi = np.empty_like(Gn)
+    Phi[..., iu, ju] = upper
+    Phi[..., ju, iu] = upper
+    return torch.as_tensor(Phi, dtype=G.dtype, device=G.device)
 
 
 class PopulationLoss:
@@ -113,7 +92,7 @@ class PopulationLoss:
         c = self.act.polynomial_coefficients
         self.linear = c is not None and len(c) == 2 and c[0] == 0.0
         self.slope = float(c[1]) if c is not None and self.linear else 1.0
-        power = float(self._pairs(self.W1t[None], self.vt[None] * 0.0)[0]) * 2.0  # E[f*^2]
+        power = output_power(t, law)
         self.floor = (problem.point.n_hidden + t.n_hidden) * EPS * power
 
     def _pairs(self, W1: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

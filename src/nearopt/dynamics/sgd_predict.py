@@ -55,10 +55,12 @@ import torch
 from ..curvature.batch import jacobian
 from ..curvature.population import PopulationHessian, population_spectrum
 from ..errors import NearoptError, require_positive_int
+from ..gaussian.expectations import gauss_hermite
 from ..gaussian.objective import population_loss
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
 from ..resources import dense_bytes, require_memory
+from ..spectra.grouping import cluster_labels
 from ..spectra.spectrum import Spectrum
 
 EPS = float(np.finfo(np.float64).eps)
@@ -227,11 +229,11 @@ def spectral_model(eigenvalues, counts=None, *, rtol: float = RANGE_RTOL) -> Sec
 
 
 def _group(lam: np.ndarray, n: np.ndarray, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(lam)
-    lam, n = lam[order], n[order]
-    starts = np.concatenate([[0], np.where(np.diff(lam) > rtol * lam[-1])[0] + 1])
-    counts = np.add.reduceat(n, starts)
-    values = np.add.reduceat(lam * n, starts) / counts
+    """Eigenvalues ``lam`` ``(m,)`` of multiplicities ``n`` merged by :func:`~nearopt.spectra.grouping.cluster_labels` (gaps
+    ``> rtol max lam``): each cluster's total multiplicity and its multiplicity-weighted mean value."""
+    lab = cluster_labels(lam, rtol * lam.max())
+    counts = np.bincount(lab, weights=n).round().astype(np.int64)
+    values = np.bincount(lab, weights=lam * n) / counts
     if values.size > MAX_COORDINATES:
         raise NearoptError(f"{values.size} distinct eigenvalues: the spectral recursion handles at most {MAX_COORDINATES} (use the structured spectrum)")
     return values, counts
@@ -348,9 +350,8 @@ def reduced_jacobian(problem: Problem) -> ReducedJacobian:
 
 
 def hermite_rule(order: int, dim: int, chunk: int):
-    """Tensor Gauss-Hermite rule for ``E[f(y)]``, ``y ~ N(0, I_dim)``: yields ``(nodes (c, dim), weights (c,))`` chunks."""
-    x, w = np.polynomial.hermite_e.hermegauss(order)
-    w = w / math.sqrt(2.0 * math.pi)
+    """Tensor product of :func:`~nearopt.gaussian.expectations.gauss_hermite` for ``E[f(y)]``, ``y ~ N(0, I_dim)``: yields ``(nodes (c, dim), weights (c,))`` chunks."""
+    x, w = gauss_hermite(order)
     total = order**dim
     for start in range(0, total, chunk):
         idx = np.arange(start, min(total, start + chunk))

@@ -32,7 +32,6 @@ from ..landscape.critical import (
     classify,
     committee_start,
     committee_teacher,
-    eigenvalue_clusters,
     find_critical_point,
     isotropy_multiplicities,
     relu_committee_global_spectrum,
@@ -40,7 +39,11 @@ from ..landscape.critical import (
 )
 from ..model import io
 from ..model.problem import Problem
+from ..spectra.grouping import clusters, eigenvalue_clusters
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, count, register
+
+#: measured eigenvalues of the global minimum closer than this (absolute, neighbour to neighbour) are one value
+MEASURED_TOL = 1e-9
 
 
 def cells(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -53,18 +56,6 @@ def cells(config: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _clusters(values: np.ndarray, tol: float) -> tuple[list[float], list[int]]:
-    """Distinct values (sorted input, gaps > tol) and their counts."""
-    vals, counts = [float(values[0])], [1]
-    for v in values[1:]:
-        if v - vals[-1] > tol:
-            vals.append(float(v))
-            counts.append(1)
-        else:
-            counts[-1] += 1
-    return vals, counts
-
-
 def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     k = cell["k"]
     T = committee_teacher(k)
@@ -73,7 +64,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         values, counts = relu_committee_global_spectrum(k)
         pred = np.repeat(values, counts)
         lam = cp.eigenvalues
-        mvals, mcounts = _clusters(lam, 1e-9)
+        mvals, mcounts = (x.tolist() for x in clusters(lam, MEASURED_TOL))
         return {"k": k, "classification": cp.classification, "gradient_norm": cp.gradient_norm, "max_abs_diff": float(np.max(np.abs(lam - pred))),
                 "eigenvalues": lam.tolist(), "predicted_values": values.tolist(), "predicted_counts": counts.tolist(),
                 "measured_values": mvals, "measured_counts": mcounts, "symmetry": symmetry_multiplicities(k)}

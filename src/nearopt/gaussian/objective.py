@@ -35,13 +35,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..errors import NearoptError
-from ..model.activations import COLLINEAR_TOL, Activation, PairMoments
+from ..model.activations import Activation, PairMoments
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
-from .expectations import QUADRATURE_TOL, _converge_pairs, check_smooth, normal_rule, pair_moments
+from .expectations import QUADRATURE_TOL, check_smooth, pair_moments, product_expectation
 
 
 def _slice(m: PairMoments, rows: slice, cols: slice) -> PairMoments:
@@ -51,10 +50,9 @@ def _slice(m: PairMoments, rows: slice, cols: slice) -> PairMoments:
 def fourth_moments(activation: Activation, c11, c12, c22, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> np.ndarray:
     """``E[g''''(u) g(v)]`` for ``(u, v) ~ N(0, [[c11, c12], [c12, c22]])``, broadcast shape ``S``.
 
-    The activation's closed form when it has one; otherwise tensor quadrature
-    (Cholesky ``u = l11 y1``, ``v = l21 y1 + l22 y2``; collinear pairs on the 1-D
-    rule) refined pair by pair until two levels agree to ``tol`` -- smooth
-    activations only (``g''''`` by autograd, checked by Stein's identity).
+    The activation's closed form when it has one; otherwise the checked quadrature
+    (:func:`~nearopt.gaussian.expectations.product_expectation`, two levels agreeing to ``tol``) --
+    smooth activations only (``g''''`` by autograd, checked by Stein's identity).
     """
     exact = activation.closed_form_fourth_moment(c11, c12, c22)
     if exact is not None:
@@ -64,27 +62,8 @@ def fourth_moments(activation: Activation, c11, c12, c22, *, order: int | None =
             f"activation {activation.name!r} has a kink and no closed form for E[g''''(u) g(v)]: the residual term of the "
             "population Hessian off a global minimum is not available (use residual=False for the Gauss-Newton part, or the batch route)"
         )
-    shape = np.broadcast_shapes(np.shape(c11), np.shape(c12), np.shape(c22))
-    c11, c12, c22 = (np.asarray(c, dtype=np.float64).ravel() for c in np.broadcast_arrays(c11, c12, c22))
-    check_smooth(activation, np.concatenate([c11, c22]))
-    l11 = np.sqrt(c11)
-    l21 = np.divide(c12, l11, out=np.zeros_like(l11), where=l11 > 0)
-    l22 = np.sqrt(np.clip(c22 - l21**2, 0.0, None))
-    coll = l22**2 <= COLLINEAR_TOL * np.maximum(c22, 1e-300)
-
-    def evaluate(idx: np.ndarray, n: int) -> np.ndarray:
-        x, w = normal_rule(n)
-        xt, wt = torch.as_tensor(x), torch.as_tensor(w)
-        a11, a21, a22 = (torch.as_tensor(t[idx])[:, None] for t in (l11, l21, l22))
-        g4 = activation.derivatives(a11 * xt, 4)[4]  # (m, n): u on the y1 nodes
-        v = (a21 * xt)[:, :, None] + a22[:, :, None] * xt  # (m, n, n): [pair, y1, y2]
-        gv2 = activation(v) @ wt  # (m, n): sum_j w_j g(v_ij)
-        gv1 = activation(a21 * xt)  # collinear: v on the same node
-        inner = torch.where(torch.as_tensor(coll[idx])[:, None], gv1, gv2)
-        return (wt * g4 * inner).sum(-1).numpy()[:, None]
-
-    flat, _, _ = _converge_pairs(evaluate, c11.size, order, tol)
-    return flat[:, 0].reshape(shape)
+    check_smooth(activation, np.concatenate([np.ravel(c11), np.ravel(c22)]))
+    return product_expectation(lambda z: activation.derivatives(z, 4)[4], activation, c11, c12, c22, order=order, tol=tol)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ import scipy.optimize
 
 from ..curvature.population import PopulationHessian
 from ..errors import NearoptError, require_positive_int
+from ..gaussian.expectations import output_power
 from ..gaussian.objective import landscape_moments, population_gradient, population_loss
 from ..model import io
 from ..model.activations import Activation, get_activation
@@ -62,16 +63,10 @@ CLASSES = ("global minimum", "spurious local minimum", "degenerate critical poin
 
 
 # ----------------------------------------------------------------------------- helpers
-def teacher_power(teacher: TwoLayerNet) -> float:
-    """``E[f_t(x)^2]``, ``x ~ N(0, I)``: the loss of the zero network, times 2."""
-    zero = TwoLayerNet(teacher.W1[:1], np.zeros((1, 1)), teacher.activation)
-    return 2.0 * population_loss(Problem(teacher, student=zero))
-
-
 def gradient_tolerance(problem: Problem) -> float:
     """``FLOOR_FACTOR (K + M) eps E[f_t^2]^(1/2) max(1, ||theta||)``: a gradient norm this small is 'zero'."""
     pr = as_problem(problem)
-    scale = np.sqrt(teacher_power(pr.teacher)) * max(1.0, float(np.linalg.norm(pr.point.parameters())))
+    scale = np.sqrt(output_power(pr.teacher)) * max(1.0, float(np.linalg.norm(pr.point.parameters())))
     return FLOOR_FACTOR * (pr.point.n_hidden + pr.teacher.n_hidden) * EPS * scale
 
 
@@ -336,7 +331,7 @@ def classify(problem: Problem | TwoLayerNet, *, gtol: float | None = None) -> Cr
     assert spec.inertia is not None
     lam, tau = spec.eigenvalues, spec.rank.eigenvalue_tolerance
     neg, zero, pos = spec.inertia.negative, spec.inertia.zero, spec.inertia.positive
-    rel = loss / teacher_power(pr.teacher)
+    rel = loss / output_power(pr.teacher)
     if gnorm > gtol:
         cls = "not converged"
     elif rel <= GLOBAL_RTOL:
@@ -401,7 +396,7 @@ def distinct_points(points: list[CriticalPoint], rtol: float = 1e-7) -> list[tup
     for cp in sorted(points, key=lambda c: c.loss):
         for grp in groups:
             ref = grp[0]
-            scale = max(abs(ref.loss), teacher_power(ref.problem.teacher) * GLOBAL_RTOL)
+            scale = max(abs(ref.loss), output_power(ref.problem.teacher) * GLOBAL_RTOL)
             if abs(cp.loss - ref.loss) <= rtol * scale and cp.eigenvalues.shape == ref.eigenvalues.shape and np.allclose(
                 cp.eigenvalues, ref.eigenvalues, rtol=1e-5, atol=1e-6 * max(1.0, abs(ref.eigenvalues[-1]))
             ):
@@ -437,15 +432,6 @@ def isotropy_multiplicities(k: int) -> list[int]:
     if k < 5:
         raise NearoptError("the Delta(S_{k-1} x S_1) pattern needs k >= 5")
     return sorted([1] * 5 + [k - 2] * 5 + [(k - 1) * (k - 4) // 2, (k - 2) * (k - 3) // 2])
-
-
-def eigenvalue_clusters(eigenvalues: np.ndarray, rtol: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values of a sorted spectrum (gaps ``> rtol max|lambda|`` separate them) and their counts."""
-    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())
-    if lam.size == 0:
-        return lam, np.zeros(0, dtype=np.int64)
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(lam) > rtol * max(float(np.max(np.abs(lam))), 1e-300)) + 1])
-    return lam[starts], np.diff(np.concatenate([starts, [lam.size]]))
 
 
 def _committee_operator(k: int):

@@ -58,6 +58,7 @@ import torch
 
 from ..curvature.population import PopulationHessian
 from ..errors import NearoptError, require_positive_int
+from ..gaussian.expectations import output_power
 from ..gaussian.objective import population_loss
 from ..model import io
 from ..model.activations import Activation, ReLU
@@ -65,6 +66,7 @@ from ..model.network import TwoLayerNet
 from ..model.problem import Problem
 from ..policy import rank_from_eigenvalues
 from ..resources import dense_bytes, require_memory
+from ..spectra.grouping import first_match_groups
 
 #: relative tolerance on rows for "the same unit" (copies are built exactly; this absorbs rounding)
 SAME_UNIT_RTOL = 1e-10
@@ -239,15 +241,10 @@ def rescale_units(net: TwoLayerNet, units, factors) -> TwoLayerNet:
     return _net(W1, v, net.activation)
 
 
-def teacher_power(teacher: TwoLayerNet) -> float:
-    """``E[f_teacher(x)^2]``, ``x ~ N(0, I)`` (exact pair moments)."""
-    return 2.0 * population_loss(Problem(teacher, student=_net(teacher.W1[:1], np.zeros(1), teacher.activation)))
-
-
 def on_manifold(teacher: TwoLayerNet, student: TwoLayerNet, rtol: float = MANIFOLD_RTOL) -> tuple[bool, float]:
     """``(loss <= rtol * E[f_t^2], loss)``: whether the student computes the teacher's function."""
     loss = population_loss(Problem(teacher, student=student))
-    return bool(abs(loss) <= rtol * teacher_power(teacher)), float(loss)
+    return bool(abs(loss) <= rtol * output_power(teacher)), float(loss)
 
 
 # ----------------------------------------------------------------------------- groups of copies
@@ -271,35 +268,42 @@ class UnitGroup:
 
 
 def unit_groups(student: TwoLayerNet, rtol: float = SAME_UNIT_RTOL) -> list[UnitGroup]:
-    """Group the student's units into copies (see the module docstring; zero rows are never grouped)."""
+    """Group the student's units into copies (see the module docstring; zero rows are never grouped).
+
+    Each unit joins the first group whose representative it copies (:func:`~nearopt.spectra.grouping.first_match_groups`).
+    """
     act = student.activation
     odd, homog = is_odd(act), is_positively_homogeneous(act)
     W, v = student.W1, student.W2.ravel()
     norms = np.linalg.norm(W, axis=1)
-    left = list(range(student.n_hidden))
+
+    def coefficient(a0: int, c: int) -> float | None:
+        """``a_c`` with ``w_c = a_c w_a0``, or ``None`` when unit ``c`` is no copy of ``a0``."""
+        if norms[a0] == 0.0 or norms[c] == 0.0:
+            return None
+        if homog:
+            cos = W[a0] @ W[c] / (norms[a0] * norms[c])
+            return float(norms[c] / norms[a0]) if 1.0 - cos <= rtol else None
+        tol = rtol * max(norms[a0], norms[c])
+        if np.abs(W[c] - W[a0]).max() <= tol:
+            return 1.0
+        return -1.0 if odd and np.abs(W[c] + W[a0]).max() <= tol else None
+
+    found: dict[tuple[int, int], float] = {}  # (representative, unit) -> a_c, for every match tried
+
+    def copies(reps: np.ndarray, c: int) -> np.ndarray:
+        out = np.zeros(reps.size, dtype=bool)
+        for j, r in enumerate(reps.tolist()):
+            a_c = coefficient(r, c)
+            if a_c is not None:
+                found[r, c], out[j] = a_c, True
+        return out
+
     groups = []
-    while left:
-        a0 = left.pop(0)
-        units, coef = [a0], [1.0]
-        for c in list(left):
-            if norms[a0] == 0.0 or norms[c] == 0.0:
-                continue
-            tol = rtol * max(norms[a0], norms[c])
-            if homog:
-                cos = W[a0] @ W[c] / (norms[a0] * norms[c])
-                match = norms[c] / norms[a0] if 1.0 - cos <= rtol else None
-            elif np.abs(W[c] - W[a0]).max() <= tol:
-                match = 1.0
-            elif odd and np.abs(W[c] + W[a0]).max() <= tol:
-                match = -1.0
-            else:
-                match = None
-            if match is not None:
-                units.append(c)
-                coef.append(float(match))
-                left.remove(c)
+    for units in first_match_groups(range(student.n_hidden), copies):
+        coef = [1.0] + [found[units[0], c] for c in units[1:]]
         a = np.array(coef)
-        groups.append(UnitGroup(tuple(units), tuple(coef), W[a0].copy(), float(a @ v[units]), bool(np.any(v[units] != 0.0))))
+        groups.append(UnitGroup(tuple(units), tuple(coef), W[units[0]].copy(), float(a @ v[units]), bool(np.any(v[units] != 0.0))))
     return groups
 
 
@@ -451,6 +455,5 @@ __all__ = [
     "rescale_units",
     "split_ratios",
     "split_unit",
-    "teacher_power",
     "unit_groups",
 ]

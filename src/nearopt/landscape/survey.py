@@ -61,15 +61,15 @@ import torch.autograd.forward_ad as forward_ad
 
 from .. import __version__
 from ..errors import NearoptError, require_positive_int
+from ..gaussian.expectations import output_power
 from ..gaussian.objective import population_gradient, population_loss
 from ..model.network import TwoLayerNet
 from ..model.problem import TRAINED_BLOCKS, Problem
+from ..spectra.grouping import CLUSTER_RTOL, close_losses, close_spectra, cluster_labels, eigenvalue_clusters, first_match_groups
 from . import _relu_jit
-from .critical import EPS, FLOOR_FACTOR, GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, eigenvalue_clusters, newton_polish, teacher_power
+from .critical import EPS, FLOOR_FACTOR, GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, newton_polish
 from .manifold import is_positively_homogeneous
 
-#: eigenvalues closer than ``CLUSTER_RTOL * max|lambda|`` count as one value of a multiplicity pattern
-CLUSTER_RTOL = 1e-7
 #: entries of a representative closer than this are "equal" in the stabiliser analysis
 ENTRY_TOL = 1e-6
 #: a run diverged when a parameter's magnitude exceeds this multiple of the start's largest
@@ -907,16 +907,6 @@ def _polish_chunk(name: str, T: torch.Tensor, u: torch.Tensor, W0: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------- symmetry
-def _labels(values: np.ndarray, tol: float) -> np.ndarray:
-    """Integer labels of the entries of ``values`` after clustering (sorted gaps ``> tol`` separate)."""
-    flat = values.ravel()
-    order = np.argsort(flat, kind="stable")
-    cuts = np.concatenate([[0], np.cumsum(np.diff(flat[order]) > tol)])
-    lab = np.empty(flat.size, dtype=np.int64)
-    lab[order] = cuts
-    return lab.reshape(values.shape)
-
-
 def _refine(L: np.ndarray) -> list[list[int]]:
     """Colour refinement of the vertex-and-edge-labelled complete digraph ``L`` ``(k, k)``: the cells."""
     k = L.shape[0]
@@ -944,7 +934,7 @@ def stabiliser(W: np.ndarray, tol: float = ENTRY_TOL) -> dict[str, Any]:
     """
     W = np.asarray(W, dtype=np.float64)
     k = W.shape[0]
-    L = _labels(W, tol)
+    L = cluster_labels(W, tol)
     cells = _refine(L)
     exact = True
     for A in cells:
@@ -1095,12 +1085,8 @@ def split_pattern(W: np.ndarray, tol: float = SPLIT_TOL, zero: float = ENTRY_TOL
     norms = np.linalg.norm(W, axis=1)
     live = norms > zero
     U = W[live] / norms[live, None]
-    sizes, free = [], np.ones(len(U), dtype=bool)
-    for a in range(len(U)):
-        if free[a]:
-            grp = free & (np.linalg.norm(U - U[a], axis=1) <= tol)
-            free &= ~grp
-            sizes.append(int(grp.sum()))
+    groups = first_match_groups(range(len(U)), lambda reps, a: np.linalg.norm(U[reps] - U[a], axis=1) <= tol)
+    sizes = [len(g) for g in groups]
     dead = int(np.count_nonzero(~live))
     return tuple(sorted(sizes, reverse=True)) + ((-dead,) if dead else ())
 
@@ -1127,63 +1113,51 @@ def _spread(points: list[CriticalPoint]) -> dict[str, list[float]]:
     return {"lambda_nonzero_min": [min(lo), max(lo)] if lo else [], "lambda_max": [min(hi), max(hi)] if hi else []}
 
 
-def same_family(a: CriticalPoint, b: CriticalPoint, floor: float, rtol: float = 1e-7) -> bool:
-    """Same class, loss to ``max(rtol |L|, floor)`` and spectrum (``1e-5`` rel., ``1e-6 max(1, |lambda|_max)`` abs.)."""
-    if a.classification != b.classification or a.eigenvalues.shape != b.eigenvalues.shape:
-        return False
-    if abs(a.loss - b.loss) > max(rtol * abs(a.loss), floor):
-        return False
-    top = max(1.0, float(np.max(np.abs(a.eigenvalues)))) if a.eigenvalues.size else 1.0
-    return bool(np.allclose(a.eigenvalues, b.eigenvalues, rtol=1e-5, atol=1e-6 * top))
+def same_family(a: CriticalPoint, b: CriticalPoint, floor: float) -> bool:
+    """Same class, loss (:func:`~nearopt.spectra.grouping.close_losses`) and spectrum (:func:`~nearopt.spectra.grouping.close_spectra`) as the representative ``a``."""
+    return bool(_family_matches([a], b, floor)[0])
+
+
+def _family_matches(reps: list[CriticalPoint], b: CriticalPoint, floor: float) -> np.ndarray:
+    """:func:`same_family` of ``b`` with each representative in ``reps`` at once, ``(r,)``."""
+    cls = np.array([a.classification == b.classification for a in reps], dtype=bool)
+    ok = cls & close_losses([a.loss for a in reps], b.loss, floor)
+    if ok.any():
+        n = b.eigenvalues.size
+        sized = [i for i in np.flatnonzero(ok) if reps[i].eigenvalues.size == n]
+        ok[:] = False
+        if sized:
+            ok[sized] = close_spectra(np.stack([reps[i].eigenvalues for i in sized]).reshape(len(sized), n), b.eigenvalues)
+    return ok
 
 
 def families(points: list[CriticalPoint | None]) -> list[Family]:
     """Group points into families (:func:`same_family`), ordered by loss; ``None`` entries (diverged runs) are skipped.
 
     Each point, by increasing loss, joins the first family whose representative it matches, else
-    starts one; the comparison with all representatives at once is :func:`same_family` vectorised.
-    Non-isolated global minima group by split pattern instead (:class:`Family`).
+    starts one (:func:`~nearopt.spectra.grouping.first_match_groups`). Non-isolated global minima group by
+    split pattern instead (:class:`Family`).
     """
-    groups: list[Family] = []
-    live = [p for p in points if p is not None]
+    live = {i: p for i, p in enumerate(points) if p is not None}
     if not live:
-        return groups
-    manifolds: dict[tuple[Any, ...], int] = {}  # non-isolated global minima: key -> family index
-    floor = GLOBAL_RTOL * teacher_power(live[0].problem.teacher)
-    order = sorted((i for i, p in enumerate(points) if p is not None), key=lambda i: points[i].loss)  # type: ignore[union-attr]
-    # per spectrum size: the representatives' family index, class, loss, eigenvalues and 1e-6 max(1, |lambda|_max)
-    reps: dict[int, tuple[list[int], list[str], list[float], list[np.ndarray], list[float]]] = {}
-    for i in order:
-        cp = points[i]
-        assert cp is not None
-        key = _manifold_key(cp)
+        return []
+    floor = GLOBAL_RTOL * output_power(next(iter(live.values())).problem.teacher)
+    keys = {i: _manifold_key(p) for i, p in live.items()}  # non-isolated global minima: their split pattern
+
+    def matches(reps: np.ndarray, i: int) -> np.ndarray:
+        key = keys[i]
         if key is not None:
-            if key in manifolds:
-                groups[manifolds[key]].members.append(i)
-            else:
-                manifolds[key] = len(groups)
-                groups.append(Family(cp, [i]))
-            continue
-        lam = cp.eigenvalues
-        idx, cls, loss, eig, atol = reps.setdefault(lam.size, ([], [], [], [], []))
-        if idx:
-            L = np.asarray(loss)
-            cand = (np.asarray(cls) == cp.classification) & (np.abs(L - cp.loss) <= np.maximum(1e-7 * np.abs(L), floor))
-            if lam.size and cand.any():
-                close = np.all(np.abs(np.asarray(eig) - lam) <= np.asarray(atol)[:, None] + 1e-5 * np.abs(lam), axis=1)
-                cand &= close
-            hit = np.flatnonzero(cand)
-            if hit.size:
-                groups[idx[int(hit[0])]].members.append(i)
-                continue
-        idx.append(len(groups))
-        cls.append(cp.classification)
-        loss.append(cp.loss)
-        eig.append(lam)
-        atol.append(1e-6 * (max(1.0, float(np.max(np.abs(lam)))) if lam.size else 1.0))
-        groups.append(Family(cp, [i]))
-    for g in manifolds.values():
-        groups[g].spread = _spread([p for p in (points[i] for i in groups[g].members) if p is not None])
+            return np.array([keys[int(r)] == key for r in reps], dtype=bool)
+        out = np.zeros(reps.size, dtype=bool)
+        plain = [j for j, r in enumerate(reps) if keys[int(r)] is None]
+        if plain:
+            out[plain] = _family_matches([live[int(reps[j])] for j in plain], live[i], floor)
+        return out
+
+    groups = [Family(live[g[0]], g) for g in first_match_groups(sorted(live, key=lambda i: live[i].loss), matches)]
+    for fam in groups:
+        if keys[fam.members[0]] is not None:
+            fam.spread = _spread([live[i] for i in fam.members])
     return groups
 
 
@@ -1301,22 +1275,15 @@ def invariants(W: np.ndarray, v: np.ndarray, T: np.ndarray) -> np.ndarray:
     return np.concatenate([rows, sv, wt, np.sort(v, axis=1)], axis=1)
 
 
-def invariant_groups(loss: np.ndarray, keys: np.ndarray, floor: float, rtol: float = 1e-7) -> list[list[int]]:
-    """Indices grouped by loss (to ``max(rtol |L|, floor)``, as :func:`same_family`) and invariants (:data:`INVARIANT_RTOL`), by loss."""
+def invariant_groups(loss: np.ndarray, keys: np.ndarray, floor: float) -> list[list[int]]:
+    """Indices grouped by loss (:func:`~nearopt.spectra.grouping.close_losses`, as :func:`same_family`) and invariants
+    (:data:`INVARIANT_RTOL`), by loss (:func:`~nearopt.spectra.grouping.first_match_groups`)."""
     scale = INVARIANT_RTOL * max(1.0, float(np.abs(keys).max(initial=0.0)))
-    firsts: list[int] = []
-    groups: list[list[int]] = []
-    for i in np.argsort(loss, kind="stable"):
-        if firsts:
-            f = np.asarray(firsts)
-            near = np.abs(loss[f] - loss[i]) <= np.maximum(rtol * np.abs(loss[f]), floor)
-            hit = np.flatnonzero(near & np.all(np.abs(keys[f] - keys[i]) <= scale, axis=1))
-            if hit.size:
-                groups[int(hit[0])].append(int(i))
-                continue
-        firsts.append(int(i))
-        groups.append([int(i)])
-    return groups
+
+    def matches(reps: np.ndarray, i: int) -> np.ndarray:
+        return close_losses(loss[reps], loss[i], floor) & np.all(np.abs(keys[reps] - keys[i]) <= scale, axis=1)
+
+    return first_match_groups(np.argsort(loss, kind="stable"), matches)
 
 
 def _point(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str) -> Problem:
@@ -1360,7 +1327,7 @@ def polish_case(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str
     L, gW, gv = (x.numpy() for x in batched_loss_gradient(name, torch.as_tensor(Wp), torch.as_tensor(vp), T, u))
     g2 = (gW**2).sum((1, 2)) * (trained != "second") + (gv**2).sum(1) * (trained != "first")
     params = np.sqrt((Wp.reshape(R, -1) ** 2).sum(1) + (vp**2).sum(1))
-    tp = teacher_power(teacher)
+    tp = output_power(teacher)
     gnorm, gtol = np.sqrt(g2), FLOOR_FACTOR * (W.shape[1] + teacher.n_hidden) * EPS * math.sqrt(tp) * np.maximum(1.0, params)
     points: list[CriticalPoint | None] = [None] * R
     ok = np.flatnonzero(gnorm <= gtol)
