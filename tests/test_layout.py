@@ -13,7 +13,7 @@ SRC = Path(nearopt.__file__).parent
 
 #: the pipeline, top (imported by everything) to bottom; a module may import its own stage and the ones above
 STAGES = (
-    ("errors", "resources", "policy"),
+    ("errors", "tolerances", "resources", "policy"),
     ("model",),
     ("gaussian",),
     ("spectra",),

@@ -21,6 +21,7 @@ from ..gaussian.expectations import PairMoments, pair_moments
 from ..model.activations import Activation
 from ..model.network import TwoLayerNet
 from ..model.problem import GaussianInputs
+from ..tolerances import EPS
 
 
 def net_moments(net: TwoLayerNet, inputs: GaussianInputs | None = None, *, order: int | None = None) -> PairMoments:
@@ -70,7 +71,7 @@ def assemble(moments: PairMoments, W: np.ndarray, v: np.ndarray, covariance: np.
     H[m:, :m] = H[:m, m:].T
     H[m:, m:] = moments.gg
     top = float(np.abs(H).max()) if H.size else 0.0
-    if 0.0 < top < np.finfo(np.float64).tiny / np.finfo(np.float64).eps:
+    if 0.0 < top < np.finfo(np.float64).tiny / EPS:
         raise NearoptError(f"the population Hessian's entries underflow float64 (largest {top:.3g}): its spectrum cannot be resolved; use larger weights or input variances")
     return H
 

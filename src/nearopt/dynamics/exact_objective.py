@@ -34,9 +34,8 @@ from ..gaussian.expectations import output_power
 from ..gaussian.objective import landscape_moments, population_gradient, population_loss
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem
+from ..tolerances import EPS
 from .objective import Objective
-
-EPS = float(np.finfo(np.float64).eps)
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,8 +25,8 @@ from scipy import integrate, special
 
 from ..errors import NearoptError, real_array, require_positive_finite
 from ..theory.distributions import MarchenkoPastur
+from ..tolerances import EPS
 
-EPS = float(np.finfo(np.float64).eps)
 #: an eigenvalue below ``-EIGENVALUE_SAFETY P eps max|lambda|`` is negative beyond a symmetric
 #: eigensolver's rounding (``~ P eps max|lambda|``, with the rank policy's safety factor)
 EIGENVALUE_SAFETY = 100.0

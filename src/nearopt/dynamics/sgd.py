@@ -35,9 +35,9 @@ from ..gaussian.expectations import kernel, output_power
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
 from ..resources import dense_bytes, require_memory
+from ..tolerances import EPS
 from .sgd_predict import SecondMomentModel, exact_model, fixed_set_model, predictions, problem_spectrum, spectrum_model, training_set
 
-EPS = float(np.finfo(np.float64).eps)
 #: a run has diverged once its loss exceeds this times the mean initial loss (or is not finite)
 DIVERGENCE_FACTOR = 1e8
 #: most SGD steps one call accepts

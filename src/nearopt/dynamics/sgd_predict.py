@@ -62,8 +62,8 @@ from ..model.problem import Problem, as_problem
 from ..resources import dense_bytes, require_memory
 from ..spectra.grouping import cluster_labels
 from ..spectra.spectrum import Spectrum
+from ..tolerances import EPS
 
-EPS = float(np.finfo(np.float64).eps)
 SQRT2 = math.sqrt(2.0)
 #: eigenvalues of ``H`` below this times ``lambda_max`` are null directions (kept constant, no loss)
 RANGE_RTOL = 1e-12

@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 from ..errors import NearoptError, require_positive_int
 from ..model.network import TwoLayerNet, sample_inputs
 from ..spectra.spectrum import Spectrum
+from ..tolerances import EPS
 from .objective import Objective, make_objective
 from .predict import check_step_size, fit_log_slope, late_time_rate, predict_draw_loss, predict_mean_loss
 
-EPS = float(np.finfo(np.float64).eps)
 #: largest number of GD steps :func:`run_dynamics` accepts before pointing to ``flow=True``
 MAX_GD_STEPS = 2_000_000
 #: a stretch is "late time" when the slowest nonzero mode carries this share of the predicted loss

@@ -55,6 +55,7 @@ import scipy.linalg
 from ..errors import NearoptError
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
+from ..tolerances import EPS
 from .critical import CriticalPoint, exact_hessian, loss_and_gradient
 
 #: activations with a derived third-derivative bound (``erf`` is ``erf(z / sqrt 2)``, ``erf:unit`` is ``erf(z)``)
@@ -63,7 +64,7 @@ SUPPORTED = ("relu", "erf", "erf:unit")
 REFERENCE_DIGITS = 50
 #: central-difference step of the reference Hessian (relative to ``max(1, |x0|_inf)``); its error, ``L3 step / 2`` per column, is allowed for
 REFERENCE_STEP = 1e-24
-U = float(np.finfo(np.float64).eps) / 2.0  # unit roundoff
+U = EPS / 2.0  # unit roundoff
 #: ``E|Z|^3`` for ``Z ~ N(0, 1)``
 C3 = 2.0 * math.sqrt(2.0 / math.pi)
 #: ReLU: ``|d^3_aaa kappa[p, p, p]| <= C_AAA |b| |p|^3 / |a|^2`` (``docs/certificate.md`` §2)

@@ -53,8 +53,8 @@ from ..model.activations import Activation, get_activation
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
 from ..policy import RankPolicy
+from ..tolerances import EPS
 
-EPS = float(np.finfo(np.float64).eps)
 #: a critical point is a global minimum when ``L <= GLOBAL_RTOL * E[f_t^2]``
 GLOBAL_RTOL = 1e-12
 #: gradient tolerance in units of its rounding floor (:func:`gradient_tolerance`)

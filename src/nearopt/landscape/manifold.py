@@ -67,6 +67,7 @@ from ..model.problem import Problem
 from ..policy import rank_from_eigenvalues
 from ..resources import dense_bytes, require_memory
 from ..spectra.grouping import first_match_groups
+from ..tolerances import EPS
 
 #: relative tolerance on rows for "the same unit" (copies are built exactly; this absorbs rounding)
 SAME_UNIT_RTOL = 1e-10
@@ -74,7 +75,7 @@ SAME_UNIT_RTOL = 1e-10
 MANIFOLD_RTOL = 1e-12
 #: largest ``sum_c |ratio_c|`` of a split: the copies' outgoing weights cancel to ``v`` with an error
 #: ``~ sum |r| eps |v|``, which must stay below ``sqrt(MANIFOLD_RTOL)`` relative for the point to be on the manifold
-MAX_RATIO_SUM = float(np.sqrt(MANIFOLD_RTOL) / np.finfo(np.float64).eps)
+MAX_RATIO_SUM = float(np.sqrt(MANIFOLD_RTOL) / EPS)
 #: float64 copies of a student's weights a constructor holds at once (draw, stacked copy, the network's own)
 BUILD_COPIES = 3
 

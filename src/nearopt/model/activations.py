@@ -33,13 +33,14 @@ import torch
 from numpy.polynomial import hermite_e
 
 from ..errors import NearoptError
+from ..tolerances import EPS
 
 TorchFn = Callable[[torch.Tensor], torch.Tensor]
 
 #: parallel pairs: ``1 - rho**2`` below this counts as collinear (ReLU's delta terms, quadrature's 1-D route)
 COLLINEAR_TOL = 1e-12
 #: ReLU closed form: a cosine within this of +-1 is rounding of an exactly parallel pair (a few ulps)
-COLLINEAR_SNAP = 8 * np.finfo(np.float64).eps
+COLLINEAR_SNAP = 8 * EPS
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import scipy.linalg
 
 from ..errors import NearoptError, require_positive_int
 from ..policy import RankPolicy
+from ..tolerances import EPS
 from . import io
 from .network import TwoLayerNet, sample_inputs
 
@@ -136,7 +137,7 @@ class GaussianInputs:
             U = U / norms[:, None]
         # I + U^T diag(theta) U = I + Q (s Z^T diag(theta) Z s) Q^T with U^T = Q s Z^T (thin SVD)
         Q, s, Zt = scipy.linalg.svd(U.T, full_matrices=False)
-        keep = s > max(U.shape) * np.finfo(np.float64).eps * s[0]
+        keep = s > max(U.shape) * EPS * s[0]
         Q, B = Q[:, keep], (s[keep, None] * Zt[keep]) @ (theta[:, None] * (Zt[keep].T * s[keep]))
         mu, Y = scipy.linalg.eigh(0.5 * (B + B.T))
         values = 1.0 + mu
@@ -238,7 +239,7 @@ class GaussianInputs:
             out.append(Eigenspace(self._bulk, None, self._n - lam.size))
         if lam.size:
             top = max(float(np.max(lam)), self._bulk)
-            tol = (32 * self._n * np.finfo(np.float64).eps if rtol is None else float(rtol)) * top
+            tol = (32 * self._n * EPS if rtol is None else float(rtol)) * top
             order = np.argsort(lam, kind="stable")
             start = 0
             for i in range(1, lam.size + 1):

@@ -26,6 +26,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from ..errors import NearoptError, require_positive_int
+from ..tolerances import EPS
 from .lanczos import gauss_quadrature, lanczos_tridiagonals
 
 #: largest Lanczos basis (bytes) kept for full reorthogonalisation under ``reorth="auto"``
@@ -216,7 +217,7 @@ def spectral_density(
     res = slq(op, n_probes=n_vectors, steps=steps, seed=seed)
     m = int(np.flatnonzero(np.isfinite(res.nodes).any(axis=0)).max(initial=0)) + 1
     lo, hi = res.support
-    point = lo if hi - lo <= 64 * np.finfo(np.float64).eps * max(abs(lo), abs(hi)) else None
+    point = lo if hi - lo <= 64 * EPS * max(abs(lo), abs(hi)) else None
     if sigma is None and point is not None:
         sigma = 0.01 * max(abs(point), 1.0)
     d = res.density(grid, sigma)

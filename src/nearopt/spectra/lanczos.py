@@ -19,10 +19,10 @@ from scipy.sparse.linalg import LinearOperator, aslinearoperator, eigsh
 
 from ..errors import NearoptError, require_positive_int
 from ..resources import require_memory
+from ..tolerances import EPS
 from .torch_ops import Counter, TorchMatmat, generator, row_chunk, torch_side
 
 #: float64 machine epsilon
-EPS = float(torch.finfo(torch.float64).eps)
 
 
 def extreme_eigenvalues(op: LinearOperator, k: int = 6, which: str = "LA", *, tol: float = 0.0, seed: int = 0) -> np.ndarray:

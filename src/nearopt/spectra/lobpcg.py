@@ -53,12 +53,12 @@ import numpy.typing as npt
 import torch
 
 from ..errors import NearoptError
+from ..tolerances import EPS
 from .torch_ops import HOST_REDUCE_ROWS, Counter, ProductMeter, TorchMatmat, chunked, column_norms, generator, row_chunk, small_eigh
 
 #: a residual ``‖r‖ ≤ FLOOR_RTOL λ_max`` that stopped falling counts as the product's rounding floor
 FLOOR_RTOL = 1e-15
 #: float64 machine epsilon: ``‖r‖ ≤ EPS λ_max`` is the backward error of a dense eigensolver
-EPS = float(torch.finfo(torch.float64).eps)
 #: a pair whose explicit residual is above ``FLOOR_RTOL λ_max`` is still at the floor when it is within this
 #: factor of its product's measured rounding (:func:`product_rounding`)
 ROUNDING_MARGIN = 4.0
