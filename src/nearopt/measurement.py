@@ -29,12 +29,12 @@ import numpy as np
 import scipy.stats
 
 from .activations import Activation, get_activation
-from .curvature import BatchGaussNewton, Curvature, PopulationHessian, population_spectrum
+from .curvature import BatchGaussNewton, PopulationHessian, population_spectrum
 from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet, sample_inputs, sample_teacher
-from .policy import CLEAR_MARGIN, RankDecision, RankPolicy
+from .policy import CLEAR_MARGIN, MIN_GAP, RankDecision, RankPolicy
 from .problem import Problem
-from .spectra import Spectrum, SpectrumRequest, choose_route
+from .spectra import Spectrum
 from .theory.rank_prediction import RankPrediction, predict_rank
 
 #: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
@@ -44,11 +44,6 @@ MIN_DEFAULT_SAMPLES = 200
 
 ROUTES = ("batch", "population")
 
-#: a cut with a gap below this many (six decades) is not trusted even when both
-#: sides sit far from the tolerance: erf/tanh spectra that decay smoothly into
-#: float64 round-off were seen cut with gaps up to 3e5, while exact zero modes of
-#: polynomial and ReLU networks showed gaps >= 1.6e8 (docs/rank.md)
-MIN_GAP = 1e6
 
 
 def default_samples(n_params: int, oversample: float = DEFAULT_OVERSAMPLE) -> int:
@@ -414,31 +409,14 @@ def rank_sweep(
 
 
 def null_space_hint(problem: Problem | TwoLayerNet) -> tuple[int, str] | None:
-    """The null-space dimension the matrix-free smallest end should skip, and where it comes from.
+    """The null-space dimension every route's smallest end skips when theory knows the rank, and its basis.
 
-    At the teacher with both layers trained: ``P - predict_rank`` when the prediction is
-    exact or observed (an observed full rank counts: erf's tiny eigenvalues, ``1e-12``
-    of ``lambda_max`` at ``n = 1000``, sit far below any zero threshold, so detection
-    would misread them). ``None`` elsewhere (the operator's null vectors, ReLU's
-    rescaling modes, or detection take over).
+    ``P -`` :meth:`PopulationHessian.known_rank` (``predict_rank`` at the teacher with both layers
+    trained, exact or observed); ``None`` elsewhere (the rank policy decides).
     """
-    pr = problem if isinstance(problem, Problem) else Problem(problem)
-    net = pr.point
-    if not (pr.at_teacher and pr.trained == "both" and pr.inputs.isotropic) or PopulationHessian(pr).null_vectors() is not None:
-        return None
-    pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
-    if pred.kind in ("exact", "observed"):
-        return net.n_params - pred.rank, f"predict_rank ({pred.kind})"
-    return None
-
-
-def with_null_space(curvature: Curvature, request: SpectrumRequest) -> SpectrumRequest:
-    """``request`` with the null dimension of :func:`null_space_hint` filled in where the matrix-free
-    smallest end will run (exact routes decide the null space themselves)."""
-    if request.which != "smallest" or request.null_dim is not None or choose_route(curvature, request) != "lanczos":
-        return request
-    hint = null_space_hint(curvature.problem)
-    return request if hint is None else request.replace(null_dim=hint[0])
+    curv = PopulationHessian(problem if isinstance(problem, Problem) else Problem(problem))
+    known = curv.known_rank()
+    return None if known is None else (curv.n_params - known[0], known[1])
 
 
 def compare_spectra(batch: Spectrum, population: Spectrum) -> dict[str, Any]:

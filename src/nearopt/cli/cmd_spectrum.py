@@ -13,7 +13,7 @@ from ..curvature import BATCH_METHODS, batch_spectrum
 from ..curvature.population import PopulationHessian
 from ..errors import NearoptError, require_finite
 from ..manifold import add_dead_units, load_student, random_student, split_unit
-from ..measurement import compare_spectra, with_null_space
+from ..measurement import compare_spectra
 from ..model import TwoLayerNet
 from ..policy import RankPolicy
 from ..problem import GaussianInputs, Problem
@@ -68,8 +68,8 @@ def register(sub) -> None:
                     "exact or the matrix-free route is taken by estimated cost")
     it.add_argument("--tol", type=positive_float, default=None, help="matrix-free routes: relative residual ||Hx - lambda x|| / lambda each eigenpair must reach (default 1e-6)")
     it.add_argument("--null-dim", type=int, default=None, metavar="N0",
-                    help="--which smallest: dimension of the null space (default: P - predict_rank when the prediction is exact "
-                    "or observed, the rescaling modes for ReLU, else detected)")
+                    help="--which smallest: dimension of the null space to skip (default, on every route: P - predict_rank when the "
+                    "prediction is exact or observed, else ReLU's rescaling modes, else the rank policy's tolerance; the answer says which)")
     it.add_argument("--maxiter", type=positive_int, default=None,
                     help="--which smallest: LOBPCG iterations at most (default 3000 with a known null space, else 400)")
     it.add_argument("--block", type=positive_int, default=None,
@@ -222,7 +222,7 @@ def compute(args) -> Spectrum:
     with numerics("the Hessian spectrum", cause):
         if X is None:
             curv = PopulationHessian(problem, device=args.device, order=args.order)
-            spec = curv.spectrum(with_null_space(curv, request))
+            spec = curv.spectrum(request)
         else:
             fields = {"which": request.which, "k": request.k, "vectors": request.vectors}
             spec = batch_spectrum(problem, X, method=args.method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol, **fields)
