@@ -50,6 +50,10 @@ EIGENVALUE_SAFETY = 100.0
 #: float64 round-off were seen cut with gaps up to ``3e5``, while exact zero modes of
 #: polynomial and ReLU networks showed gaps ``>= 1.6e8`` (``docs/rank.md``)
 MIN_GAP = 1e6
+#: a matrix-free run resolves the Ritz value of a zero mode only to about ``1e-11 .. 1e-10 lambda_max``
+#: at its default tolerance (the value is about ``||r||^2 / gap``): Ritz values below this fraction of
+#: ``lambda_max`` count as zero there when nothing else decides (:meth:`RankPolicy.ritz_threshold`)
+RITZ_NULL_RTOL = 1e-9
 #: where the count of zero eigenvalues of an answer comes from (:class:`NullSpace`)
 ZERO_SOURCES = ("predicted rank", "structured", "rank policy", "null vectors", "given")
 
@@ -307,6 +311,14 @@ class RankPolicy:
         ``rtol**2`` (``rtol`` on ``sqrt(lambda)``; default :func:`eigenvalue_rtol`, i.e. ``100 n eps``)."""
         rtol = self.rtol if self.rtol is not None else eigenvalue_rtol(max(int(resolved_size), 1))
         return float(rtol) ** 2
+
+    def ritz_threshold(self, size: int) -> float:
+        """The null threshold on ``|theta| / lambda_max`` for Ritz values of a matrix-free run on side ``size``:
+        ``rtol**2`` when this policy sets ``rtol``, else the larger of :meth:`relative_threshold` and what
+        such a run resolves (:data:`RITZ_NULL_RTOL`)."""
+        if self.rtol is not None:
+            return float(self.rtol) ** 2
+        return max(self.relative_threshold(size), RITZ_NULL_RTOL)
 
     def null_space(self, eigenvalues: np.ndarray, decision: RankDecision, *, counts: np.ndarray | None = None,
                    known: tuple[int, str] | None = None, source: str = "rank policy", floor: float | None = None) -> NullSpace:

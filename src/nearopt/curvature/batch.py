@@ -323,6 +323,8 @@ class BatchCurvature(Composed):
         d = super().describe()
         d["samples"] = self.samples
         d["extra"].update(describe_point(self.problem))
+        if self.problem.at_teacher:
+            d["extra"].update(loss=0.0, gradient_norm=0.0)  # the student is the teacher: every residual is exactly zero
         return d
 
 
@@ -357,9 +359,7 @@ class BatchHessian(BatchCurvature):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        if self.problem.at_teacher:
-            d["extra"].update(loss=0.0, gradient_norm=0.0)  # the student is the teacher: every residual is exactly zero
-        else:
+        if not self.problem.at_teacher:
             base = self.base
             assert isinstance(base, FullBatchHessian)
             theta = base._theta.clone().requires_grad_(True)

@@ -11,7 +11,7 @@ builds one from its per-unit blocks, ``docs/scale.md``).
   preconditioner, the null space deflated: known null vectors are constraints
   (``Y``), a known null-space dimension enlarges the block, and otherwise zero
   eigenvalues found on the way are detected (``|theta| <= null_rtol * lambda_max``,
-  by default the :class:`~nearopt.policy.RankPolicy` threshold ``100 P eps``) and
+  by default the :class:`~nearopt.policy.RankPolicy`'s Ritz threshold) and
   deflated in further rounds. ARPACK's ``which="SA"`` on the same operator
   needs orders of magnitude more products at the bottom of an ill-conditioned
   spectrum (``benchmarks/bench_extremes.py`` measures it).
@@ -340,7 +340,7 @@ def smallest_eigenpairs(
         Relative residual ``||H x - theta x|| / theta`` each returned pair must reach.
     null_rtol : float, optional
         A Ritz value ``|theta| <= null_rtol * lambda_max`` is a zero mode (default the rank
-        policy's :meth:`~nearopt.policy.RankPolicy.relative_threshold` at side ``P``).
+        policy's :meth:`~nearopt.policy.RankPolicy.ritz_threshold` at side ``P``).
     lambda_max : float, optional
         ``||H||`` if known (else a short ARPACK run estimates it; it scales the null threshold).
     maxiter : int, optional
@@ -360,7 +360,7 @@ def smallest_eigenpairs(
         lambda_max = float(eigsh(cop, k=1, which="LA", tol=1e-3, v0=np.random.default_rng(seed + 1).standard_normal(P), return_eigenvectors=False)[0])
     if not (np.isfinite(lambda_max) and lambda_max > 0):
         raise NearoptError(f"the operator's largest eigenvalue is {lambda_max:g}; the smallest nonzero eigenvalues need a nonzero PSD operator")
-    threshold = (DEFAULT_POLICY.relative_threshold(P) if null_rtol is None else null_rtol) * lambda_max
+    threshold = (DEFAULT_POLICY.ritz_threshold(P) if null_rtol is None else null_rtol) * lambda_max
     Y = _orthonormal(null_vectors, P) if null_vectors is not None else np.zeros((P, 0))
     source = "vectors" if Y.shape[1] else "none"
     if null_dim is not None:

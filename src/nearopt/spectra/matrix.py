@@ -35,18 +35,18 @@ class DenseMatrix(SymmetricOperator):
         if not np.all(np.isfinite(H)):
             raise NearoptError(f"{kind} has NaN or infinite entries")
         super().__init__(dtype=np.float64, shape=H.shape)
-        self.H, self.kind, self.positive_semidefinite = 0.5 * (H + H.T), kind, positive_semidefinite
+        self.matrix, self.kind, self.positive_semidefinite = 0.5 * (H + H.T), kind, positive_semidefinite
         self.device = torch.device("cpu")
         self._rank, self._describe = known_rank, dict(describe or {})
 
     def _matmat(self, X: np.ndarray) -> np.ndarray:
-        return self.H @ np.asarray(X, dtype=np.float64)
+        return self.matrix @ np.asarray(X, dtype=np.float64)
 
     def offers(self, route: str) -> bool:
         return route == "dense"
 
     def to_dense(self) -> np.ndarray:
-        return self.H
+        return self.matrix
 
     def factor(self) -> np.ndarray | None:
         return None
