@@ -57,6 +57,15 @@ def default_samples(n_params: int, oversample: float = DEFAULT_OVERSAMPLE) -> in
     return int(max(np.ceil(oversample * n_params), MIN_DEFAULT_SAMPLES))
 
 
+def sweep_samples(n_params: int, *, samples: int | None = None, samples_sweep: Sequence[int] | None = None,
+                  oversample: float = DEFAULT_OVERSAMPLE) -> int:
+    """The largest batch size ``N`` a rank measurement of ``n_params`` parameters uses: the largest of
+    ``samples_sweep``, else ``samples``, else :func:`default_samples` (what memory checks must fit)."""
+    if samples_sweep is not None:
+        return max(samples_sweep)
+    return int(samples) if samples is not None else default_samples(n_params, oversample)
+
+
 @dataclass
 class RankMeasurement:
     """Numerical rank of one network's Hessian at the optimum.
