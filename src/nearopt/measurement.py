@@ -21,6 +21,7 @@ Typical use::
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +34,8 @@ from .curvature import BatchGaussNewton, PopulationHessian, population_spectrum
 from .errors import NearoptError, require_positive_int
 from .model import TwoLayerNet, sample_inputs, sample_teacher
 from .policy import CLEAR_MARGIN, MIN_GAP, RankDecision, RankPolicy
-from .problem import Problem
-from .spectra import Spectrum
+from .problem import GaussianInputs, Problem
+from .spectra import NullSpaceWarning, Spectrum
 from .theory.rank_prediction import RankPrediction, predict_rank
 
 #: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
@@ -276,7 +277,9 @@ def measure_population_rank(net: TwoLayerNet, *, method: str = "auto", rtol: flo
     and tolerance); ``singular_values`` are ``sqrt`` of its eigenvalues.
     """
     t0 = time.perf_counter()
-    spec = population_spectrum(net, method=method, policy=RankPolicy(rtol=rtol, min_gap=MIN_GAP))
+    with warnings.catch_warnings():  # the measurement states its own clarity (its warnings), once
+        warnings.simplefilter("ignore", NullSpaceWarning)
+        spec = population_spectrum(net, method=method, policy=RankPolicy(rtol=rtol, min_gap=MIN_GAP))
     eig = np.sort(np.abs(np.asarray(spec.eigenvalues, dtype=np.float64)))[::-1]
     pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
     m = RankMeasurement(
@@ -426,6 +429,21 @@ def null_space_hint(problem: Problem | TwoLayerNet) -> tuple[int, str] | None:
     curv = PopulationHessian(problem if isinstance(problem, Problem) else Problem(problem))
     known = curv.known_rank()
     return None if known is None else (curv.n_params - known[0], known[1])
+
+
+def compare_with_population(batch: Spectrum, problem: Problem, law: GaussianInputs | None = None, *, policy: RankPolicy | None = None,
+                            device: str = "cpu") -> tuple[Spectrum, Spectrum]:
+    """``batch`` (every eigenvalue of a batch Hessian of ``problem``) with ``extra["comparison"]`` against the exact
+    population spectrum of the same problem under ``law`` (default the problem's own), and that population spectrum.
+
+    ``comparison``: ``population_law`` (the law's name; ``"gaussian-equivalent of the inputs"`` for a law fitted to
+    data) and :func:`compare_spectra`.
+    """
+    curv = PopulationHessian(problem.replace(inputs=law) if law is not None else problem, device=device)
+    population = curv.spectrum(policy=policy or RankPolicy())
+    name = "gaussian" if law is None else "gaussian-equivalent of the inputs" if law.name == "gaussian-equivalent" else law.name
+    comparison = {"population_law": name, **compare_spectra(batch, population)}
+    return batch.replace(extra={**batch.extra, "comparison": comparison}), population
 
 
 def compare_spectra(batch: Spectrum, population: Spectrum) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from ..curvature import BATCH_METHODS, batch_spectrum
 from ..curvature.population import PopulationHessian
 from ..errors import NearoptError, require_finite
 from ..manifold import add_dead_units, load_student, random_student, split_unit
-from ..measurement import compare_spectra
+from ..measurement import compare_with_population
 from ..model import TwoLayerNet
 from ..policy import RankPolicy
 from ..problem import GaussianInputs, Problem
@@ -180,8 +180,9 @@ def _request(args, population: bool) -> SpectrumRequest:
                            seed=args.probe_seed, progress=not args.quiet, **options)
 
 
-def compute(args) -> Spectrum:
-    """Problem, curvature and request from the options, answered by the library."""
+def compute(args) -> tuple[Spectrum, Spectrum | None]:
+    """Problem, curvature and request from the options, answered by the library: the spectrum and, with
+    --compare-population, the population spectrum it was compared with."""
     saved = load_point(args.student, get_activation(args.activation)) if args.student else None
     if saved is not None and saved.teacher is not None:
         if args.ni is not None or args.nh is not None:
@@ -218,6 +219,7 @@ def compute(args) -> Spectrum:
     check_network_finite(net if law is None else TwoLayerNet(law.matmul(net.W1, 0.5), net.W2, net.activation), X)
     if args.save_student:
         problem.point.save(args.save_student)
+    population = None
     cause = f"activation {net.activation.name}, N_i={net.n_inputs}, N_h={net.n_hidden}, {'population' if X is None else f'N={X.shape[0]}'}"
     with numerics("the Hessian spectrum", cause):
         if X is None:
@@ -228,15 +230,12 @@ def compute(args) -> Spectrum:
             spec = batch_spectrum(problem, X, method=args.method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol, **fields)
             if args.compare_population:
                 law = input_law_from_args(args, net.n_inputs) or (GaussianInputs.from_data(X) if args.inputs else None)
-                pop = PopulationHessian(problem.replace(inputs=law) if law is not None else problem, device=args.device).spectrum(policy=request.policy)
-                spec.extra["comparison"] = {"population_law": "gaussian-equivalent of the inputs" if args.inputs and law is not None and law.name == "gaussian-equivalent" else (law.name if law is not None else "gaussian"),
-                                            **compare_spectra(spec, pop)}
-                spec.extra["_population"] = pop
-    spec.extra["inputs_source"] = _inputs_source(args, X, law)
+                spec, population = compare_with_population(spec, problem, law, policy=request.policy, device=args.device)
+    spec = spec.replace(extra={**spec.extra, "inputs_source": _inputs_source(args, X, law)})
     require_finite(spec.eigenvalues, "Hessian eigenvalues", cause)
     if spec.exact and spec.eigenvalues.size and not spec.eigenvalues.any():
         raise NearoptError(f"the Hessian is zero to float64 precision ({cause}); weights this small underflow, use larger --sigma1/--sigma2")
-    return spec
+    return spec, population
 
 
 def _inputs_source(args, X, law) -> str:
@@ -248,16 +247,15 @@ def _inputs_source(args, X, law) -> str:
 
 
 def run(args) -> int:
-    spec = compute(args)
-    population = spec.extra.pop("_population", None)
+    spec, population = compute(args)
     if args.plot:
         plot_spectrum(spec, args.plot, population)
-        spec.extra["plot_file"] = str(args.plot)
+        spec = spec.replace(extra={**spec.extra, "plot_file": str(args.plot)})
     if args.vectors:
         if spec.eigenvectors is None:
             raise NearoptError(f"the route that ran ({spec.method}) gives no eigenvectors")
         io.write_npz(args.vectors, eigenvalues=spec.eigenvalues, eigenvectors=spec.eigenvectors)
-        spec.extra["vectors_file"] = str(args.vectors)
+        spec = spec.replace(extra={**spec.extra, "vectors_file": str(args.vectors)})
     with numerics("the spectrum's summary", f"activation {spec.activation}, P={spec.n_params}"):
         data, text = spec.to_dict(), spec.summary()
     if args.json:
