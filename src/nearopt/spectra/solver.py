@@ -308,7 +308,7 @@ def _matrix_free(op: SpectralOperator, request: SpectrumRequest) -> Spectrum:
     res = smallest_eigenpairs(op, k, null_dim=null_dim, null_vectors=null_vectors, preconditioner=op.preconditioner(), maxiter=request.maxiter,
                               block=request.block, tol=request.tol, seed=request.seed, return_vectors=request.vectors, progress=progress,
                               null_rtol=request.policy.ritz_threshold(P))
-    accuracy = _accuracy(res)
+    accuracy = _accuracy(res)  # its null_source says how the eigensolver deflated; the answer's null_space says why
     null_space = _ritz_null_space(res, accuracy, source, basis, request.policy)
     return _make(op, request, res.values, res.method, vectors=res.vectors, accuracy=accuracy, smallest_nonzero=float(res.values[0]), null_space=null_space)
 
