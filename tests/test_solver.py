@@ -48,6 +48,9 @@ def test_a_known_rank_keeps_a_genuine_eigenvalue_below_the_tolerance(method):
         warnings.simplefilter("error", NullSpaceWarning)
         spec = solve(known, SpectrumRequest(which="smallest", k=2, method=method))  # ... the known rank can, and is clear
     assert (spec.null_space.n_zero, spec.null_space.source) == (0, "predicted rank")
+    if method == "dense":  # the measured rank stays the policy's, and the summary says which is which
+        assert spec.rank.rank == lam.size - 1 and "by the rank policy alone" in spec.summary()
+        assert "alone would give rank 199" in spec.null_space.note
     np.testing.assert_allclose(spec.eigenvalues, lam[:2], rtol=1e-3, atol=1e-14)  # eigh resolves 1e-13 to a few eps lambda_max
     assert spec.smallest_nonzero == spec.eigenvalues[0]
 
