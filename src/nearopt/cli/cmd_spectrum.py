@@ -219,7 +219,7 @@ def compute(args) -> tuple[Spectrum, Spectrum | None]:
     check_network_finite(net if law is None else TwoLayerNet(law.matmul(net.W1, 0.5), net.W2, net.activation), X)
     if args.save_student:
         problem.point.save(args.save_student)
-    population = None
+    compared: Spectrum | None = None  # the population spectrum of --compare-population
     cause = f"activation {net.activation.name}, N_i={net.n_inputs}, N_h={net.n_hidden}, {'population' if X is None else f'N={X.shape[0]}'}"
     with numerics("the Hessian spectrum", cause):
         if X is None:
@@ -230,12 +230,12 @@ def compute(args) -> tuple[Spectrum, Spectrum | None]:
             spec = batch_spectrum(problem, X, method=args.method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol, **fields)
             if args.compare_population:
                 law = input_law_from_args(args, net.n_inputs) or (GaussianInputs.from_data(X) if args.inputs else None)
-                spec, population = compare_with_population(spec, problem, law, policy=request.policy, device=args.device)
+                spec, compared = compare_with_population(spec, problem, law, policy=request.policy, device=args.device)
     spec = spec.replace(extra={**spec.extra, "inputs_source": _inputs_source(args, X, law)})
     require_finite(spec.eigenvalues, "Hessian eigenvalues", cause)
     if spec.exact and spec.eigenvalues.size and not spec.eigenvalues.any():
         raise NearoptError(f"the Hessian is zero to float64 precision ({cause}); weights this small underflow, use larger --sigma1/--sigma2")
-    return spec, population
+    return spec, compared
 
 
 def _inputs_source(args, X, law) -> str:
