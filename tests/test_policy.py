@@ -78,3 +78,8 @@ def test_null_space_sources_are_a_closed_set():
         NullSpace(1, "detected", True)
     d = NullSpace(3, "rank policy", False, "why", 1e-9).to_dict()
     assert d == {"n_zero": 3, "zero_source": "rank policy", "zero_clear": False, "zero_note": "why", "zero_threshold": 1e-9}
+
+
+def test_the_ritz_threshold_is_what_a_matrix_free_run_resolves():
+    assert RankPolicy().ritz_threshold(100) == RankPolicy().ritz_threshold(10**7) == 1e-9
+    assert RankPolicy(rtol=1e-5).ritz_threshold(100) == pytest.approx(1e-10)

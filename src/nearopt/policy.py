@@ -314,11 +314,12 @@ class RankPolicy:
 
     def ritz_threshold(self, size: int) -> float:
         """The null threshold on ``|theta| / lambda_max`` for Ritz values of a matrix-free run on side ``size``:
-        ``rtol**2`` when this policy sets ``rtol``, else the larger of :meth:`relative_threshold` and what
-        such a run resolves (:data:`RITZ_NULL_RTOL`)."""
+        ``rtol**2`` when this policy sets ``rtol``, else what such a run resolves of a zero mode
+        (:data:`RITZ_NULL_RTOL`, whatever ``size``: a Ritz value's accuracy is set by its residual,
+        not by the rounding of a dense factorisation of side ``size``)."""
         if self.rtol is not None:
             return float(self.rtol) ** 2
-        return max(self.relative_threshold(size), RITZ_NULL_RTOL)
+        return RITZ_NULL_RTOL
 
     def null_space(self, eigenvalues: np.ndarray, decision: RankDecision, *, counts: np.ndarray | None = None,
                    known: tuple[int, str] | None = None, source: str = "rank policy", floor: float | None = None) -> NullSpace:
