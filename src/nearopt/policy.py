@@ -27,7 +27,15 @@ negative, zero and positive ones).
 place nearopt decides what is zero: the rank of a spectrum, the null space that the
 ``smallest`` request skips, the classification of critical points, the numerical
 rank of a weight matrix (row-space cuts of the structured routes) and the
-positive semi-definiteness of a covariance.
+positive semi-definiteness of a covariance. A cut is ``clear`` when both sides lie
+``clear_margin`` from the tolerance and their ratio is at least :data:`MIN_GAP`, for
+rank measurements and spectra alike.
+
+How many eigenvalues an answer takes as zero is a :class:`NullSpace`
+(:meth:`RankPolicy.null_space`): ``P - rank`` where the rank is known
+(``predict_rank``), else the eigenvalues within the policy's tolerance (Ritz values of
+a matrix-free run: below :meth:`RankPolicy.ritz_threshold`), with whether the
+eigenvalues back that count and a note saying why.
 """
 
 from __future__ import annotations
