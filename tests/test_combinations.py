@@ -23,7 +23,9 @@ import math
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.special
 import torch
+from _cli import cli
 from torch import func
 
 import nearopt as no
@@ -261,3 +263,78 @@ def test_cli_population_combinations(files, capsys, question, trained, point, in
     want = {"all": lam, "largest": lam[-3:], "smallest": lam[np.abs(lam) > out["rank_tolerance"]][:3]}[question]
     np.testing.assert_allclose(got, want, atol=1e-9 * np.abs(lam).max())
     assert out["which"] == question and out["rank"] == int(np.sum(np.abs(lam) > out["rank_tolerance"]))
+
+
+# ---------------------------------------------------------------------- the smallest end of full-rank erf and tanh Hessians
+#: (activation, N_i, N_h, sigma2, seed): wide teachers and small |v_a| whose Hessians are full rank with
+#: their smallest eigenvalues below 1e-9 lambda_max (1.9e-11 ... 8.2e-11 of it), far above rounding (P eps)
+FULL_RANK = (("erf", 8, 30, 1.0, 1), ("tanh", 8, 30, 1.0, 1), ("erf", 5, 20, 0.01, 1), ("tanh", 5, 20, 0.01, 1))
+
+
+def _g_np(act: str, z: np.ndarray, derivative: bool = False) -> np.ndarray:
+    if act == "erf":  # g(z) = erf(z / sqrt 2)
+        return math.sqrt(2 / math.pi) * np.exp(-0.5 * z * z) if derivative else scipy.special.erf(z / math.sqrt(2.0))
+    return 1.0 - np.tanh(z) ** 2 if derivative else np.tanh(z)
+
+
+def gauss_newton_at_teacher(act: str, W: np.ndarray, v: np.ndarray, h: float = 0.1, L: float = 10.0) -> np.ndarray:
+    """``E_x[J J^T]`` ``(P, P)`` for ``x ~ N(0, I)``, assembled pair by pair: for units ``a, b`` the input splits into
+    ``Q z`` on the span of ``w_a, w_b`` (``Q`` orthonormal ``(N_i, 2)``, ``z ~ N(0, I_2)``) and an independent rest, so
+    ``E[phi x x^T] = Q E[phi z z^T] Q^T + E[phi] (I - Q Q^T)``; the 2-d Gaussian integrals by the trapezoidal rule
+    (step ``h`` on ``[-L, L]``, exponentially accurate for these analytic integrands)."""
+    K, n = W.shape
+    z = np.arange(-L, L + h / 2, h)
+    w = h * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    Z = np.stack(np.meshgrid(z, z, indexing="ij"), -1).reshape(-1, 2)
+    wt = np.outer(w, w).ravel()
+    H = np.zeros((K * n + K, K * n + K))
+    for a in range(K):
+        for b in range(a, K):
+            Q, _ = np.linalg.qr(np.stack([W[a], W[b]], 1))
+            ua, ub = Z @ (Q.T @ W[a]), Z @ (Q.T @ W[b])
+            ga, gb, da, db = _g_np(act, ua), _g_np(act, ub), _g_np(act, ua, True), _g_np(act, ub, True)
+            phi = wt * da * db
+            Exx = Q @ ((Z * phi[:, None]).T @ Z) @ Q.T + phi.sum() * (np.eye(n) - Q @ Q.T)
+            H[a * n : (a + 1) * n, b * n : (b + 1) * n] = v[a] * v[b] * Exx
+            H[b * n : (b + 1) * n, a * n : (a + 1) * n] = v[a] * v[b] * Exx.T
+            H[K * n + a, K * n + b] = H[K * n + b, K * n + a] = wt @ (ga * gb)
+            H[a * n : (a + 1) * n, K * n + b] = v[a] * (Q @ ((wt * da * gb) @ Z))
+            H[b * n : (b + 1) * n, K * n + a] = v[b] * (Q @ ((wt * db * ga) @ Z))
+    H[K * n :, : K * n] = H[: K * n, K * n :].T
+    return H
+
+
+@functools.cache
+def full_rank_case(case: tuple) -> tuple[no.TwoLayerNet, np.ndarray]:
+    act, n_i, n_h, sigma2, seed = case
+    net = no.sample_teacher(n_i, n_h, act, seed=seed, sigma2=sigma2)
+    return net, scipy.linalg.eigvalsh(gauss_newton_at_teacher(act, net.W1, net.W2.ravel()))
+
+
+@pytest.mark.parametrize("method", ["auto", "dense", "lanczos"])
+@pytest.mark.parametrize("case", FULL_RANK, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}-v{c[3]:g}")
+def test_the_smallest_end_of_full_rank_hessians_skips_no_genuine_eigenvalue(case, method):
+    net, lam = full_rank_case(case)
+    assert 100 * net.n_params * np.finfo(float).eps < lam[0] / lam[-1] < 1e-9  # full rank, below the old zero threshold
+    spec = no.PopulationHessian(net).spectrum(method, which="smallest", k=5)
+    np.testing.assert_allclose(spec.eigenvalues, lam[:5], rtol=1e-4)
+    assert spec.smallest_nonzero == spec.eigenvalues[0] and spec.converged
+    ns = spec.null_space
+    assert (ns.n_zero, ns.source, ns.clear) == (0, "predicted rank", True)
+    d = spec.to_dict()
+    assert d["n_zero"] == 0 and d["zero_source"] == "predicted rank" and d["null_space"]["zero_clear"]
+
+
+@pytest.mark.parametrize("method", ["auto", "lanczos"])
+@pytest.mark.parametrize("case", FULL_RANK[::3], ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}-v{c[3]:g}")
+def test_api_and_cli_give_the_same_smallest_end(tmp_path, case, method):
+    net, lam = full_rank_case(case)
+    net.save(tmp_path / "t.npz")
+    spec = no.PopulationHessian(net).spectrum(method, which="smallest", k=5)
+    code, out, _ = cli("spectrum", "-a", case[0], "--teacher", tmp_path / "t.npz", "--population", "--method", method,
+                       "--which", "smallest", "--k", 5, "--json")
+    assert code == 0
+    d = json.loads(out)
+    np.testing.assert_allclose(d["eigenvalues"], spec.eigenvalues, rtol=1e-12)
+    assert (d["n_zero"], d["zero_source"], d["method"]) == (spec.null_space.n_zero, spec.null_space.source, spec.method)
+    np.testing.assert_allclose(d["eigenvalues"], lam[:5], rtol=1e-4)

@@ -27,11 +27,20 @@ negative, zero and positive ones).
 place nearopt decides what is zero: the rank of a spectrum, the null space that the
 ``smallest`` request skips, the classification of critical points, the numerical
 rank of a weight matrix (row-space cuts of the structured routes) and the
-positive semi-definiteness of a covariance.
+positive semi-definiteness of a covariance. A cut is ``clear`` when both sides lie
+``clear_margin`` from the tolerance and their ratio is at least :data:`MIN_GAP`, for
+rank measurements and spectra alike.
+
+How many eigenvalues an answer takes as zero is a :class:`NullSpace`
+(:meth:`RankPolicy.null_space`): ``P - rank`` where the rank is known
+(``predict_rank``), else the eigenvalues within the policy's tolerance (Ritz values of
+a matrix-free run: below :meth:`RankPolicy.ritz_threshold`), with whether the
+eigenvalues back that count and a note saying why.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +53,17 @@ from .errors import NearoptError
 CLEAR_MARGIN = 10.0
 #: safety factor on eigenvalue accuracy (``n eps lambda_max``) in :func:`eigenvalue_rtol`
 EIGENVALUE_SAFETY = 100.0
+#: a cut with a gap (last kept / first dropped singular value) below this is not trusted even
+#: when both sides sit far from the tolerance: erf/tanh spectra that decay smoothly into
+#: float64 round-off were seen cut with gaps up to ``3e5``, while exact zero modes of
+#: polynomial and ReLU networks showed gaps ``>= 1.6e8`` (``docs/rank.md``)
+MIN_GAP = 1e6
+#: a matrix-free run resolves the Ritz value of a zero mode only to about ``1e-11 .. 1e-10 lambda_max``
+#: at its default tolerance (the value is about ``||r||^2 / gap``): Ritz values below this fraction of
+#: ``lambda_max`` count as zero there when nothing else decides (:meth:`RankPolicy.ritz_threshold`)
+RITZ_NULL_RTOL = 1e-9
+#: where the count of zero eigenvalues of an answer comes from (:class:`NullSpace`)
+ZERO_SOURCES = ("predicted rank", "structured", "rank policy", "null vectors", "given")
 
 
 @dataclass(frozen=True)
@@ -188,6 +208,47 @@ def rank_from_eigenvalues(
 
 
 @dataclass(frozen=True)
+class NullSpace:
+    """How many eigenvalues of an answer were taken as zero, and why.
+
+    ``n_zero`` eigenvalues (the ``n_zero`` smallest ``|lambda|``) are the null space the
+    ``smallest`` end skips; ``source`` one of :data:`ZERO_SOURCES`: ``"predicted rank"``
+    (``P -`` :func:`~nearopt.theory.rank_prediction.predict_rank`, exact or observed),
+    ``"structured"`` (the structured route's blocks ranked by the policy), ``"rank policy"``
+    (the computed eigenvalues or Ritz values against the policy's tolerance), ``"null vectors"``
+    (the operator's exact null vectors, ReLU's rescaling modes), ``"given"`` (``null_dim``).
+    ``clear`` is False when the eigenvalues do not back the decision (``note`` says how);
+    ``threshold`` is the eigenvalue threshold applied (``nan`` when the count was known).
+    """
+
+    n_zero: int
+    source: str
+    clear: bool
+    note: str = ""
+    threshold: float = math.nan
+
+    def __post_init__(self) -> None:
+        if self.source not in ZERO_SOURCES:
+            raise NearoptError(f"unknown null-space source {self.source!r}; one of {', '.join(ZERO_SOURCES)}")
+
+    def mask(self, eigenvalues: np.ndarray) -> np.ndarray:
+        """Which of every eigenvalue ``(P,)`` are taken as zero: the ``n_zero`` smallest in magnitude."""
+        lam = np.asarray(eigenvalues, dtype=np.float64)
+        out = np.zeros(lam.shape, dtype=bool)
+        out[np.argsort(np.abs(lam), kind="stable")[: self.n_zero]] = True
+        return out
+
+    @property
+    def warning(self) -> str | None:
+        """A sentence for people when the decision was not clear (``None`` when it was)."""
+        return None if self.clear else f"{self.n_zero} eigenvalues taken as zero ({self.source}), not clearly: {self.note}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_zero": self.n_zero, "zero_source": self.source, "zero_clear": self.clear, "zero_note": self.note,
+                "zero_threshold": None if math.isnan(self.threshold) else self.threshold}
+
+
+@dataclass(frozen=True)
 class Inertia:
     """Counts of negative, zero (inside the rank tolerance) and positive eigenvalues of ``H``."""
 
@@ -219,13 +280,14 @@ class RankPolicy:
         least this factor from the tolerance ...
     min_gap : float
         ... and the ratio of the last kept to the first dropped value is at least this
-        (default 1: no condition). Rank measurements ask ``10^6``: spectra that decay
-        smoothly into round-off were seen cut with gaps up to ``3e5`` (``docs/rank.md``).
+        (default :data:`MIN_GAP`: spectra that decay smoothly into round-off were seen cut
+        with gaps up to ``3e5``, ``docs/rank.md``). A full rank (nothing dropped) has an
+        infinite gap.
     """
 
     rtol: float | None = None
     clear_margin: float = CLEAR_MARGIN
-    min_gap: float = 1.0
+    min_gap: float = MIN_GAP
 
     def __post_init__(self) -> None:
         if self.rtol is not None:
@@ -251,6 +313,57 @@ class RankPolicy:
     def from_eigenvalues(self, eigenvalues: np.ndarray, counts: np.ndarray | None = None, resolved_size: int | None = None) -> RankDecision:
         """Rank of a symmetric ``H`` from its eigenvalues (any sign; ``counts``: multiplicities)."""
         return self._clear(rank_from_eigenvalues(eigenvalues, counts, resolved_size=resolved_size, rtol=self.rtol))
+
+    def relative_threshold(self, resolved_size: int) -> float:
+        """The null threshold on ``|lambda| / lambda_max`` for eigenvalues resolved at side ``resolved_size``:
+        ``rtol**2`` (``rtol`` on ``sqrt(lambda)``; default :func:`eigenvalue_rtol`, i.e. ``100 n eps``)."""
+        rtol = self.rtol if self.rtol is not None else eigenvalue_rtol(max(int(resolved_size), 1))
+        return float(rtol) ** 2
+
+    def ritz_threshold(self, size: int) -> float:
+        """The null threshold on ``|theta| / lambda_max`` for Ritz values of a matrix-free run on side ``size``:
+        ``rtol**2`` when this policy sets ``rtol``, else what such a run resolves of a zero mode
+        (:data:`RITZ_NULL_RTOL`, whatever ``size``: a Ritz value's accuracy is set by its residual,
+        not by the rounding of a dense factorisation of side ``size``)."""
+        if self.rtol is not None:
+            return float(self.rtol) ** 2
+        return RITZ_NULL_RTOL
+
+    def null_space(self, eigenvalues: np.ndarray, decision: RankDecision, *, counts: np.ndarray | None = None,
+                   known: tuple[int, str] | None = None, source: str = "rank policy", floor: float | None = None) -> NullSpace:
+        """How many of every eigenvalue of ``H`` are taken as zero, and why (:class:`NullSpace`).
+
+        ``known = (rank, basis)``: the rank is known (``predict_rank``): the ``P - rank``
+        smallest ``|lambda|`` are zero; the decision is clear when that cut agrees with the
+        eigenvalues (the dropped ones within ``decision``'s tolerance, the kept ones above
+        ``floor``, default the tolerance over :data:`EIGENVALUE_SAFETY`: what ``eigh`` resolves).
+        Otherwise the eigenvalues within ``decision``'s tolerance are zero (``source``: how
+        they were computed) and the decision is as clear as ``decision`` is.
+        """
+        lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
+        lam = lam if counts is None else np.repeat(lam, np.asarray(counts, dtype=np.int64))
+        tol = decision.eigenvalue_tolerance
+        if known is None:
+            n_zero = int(np.count_nonzero(np.abs(lam) <= tol))
+            weak = [f"margin {decision.margin:.3g} < {self.clear_margin:g}"] if decision.margin < self.clear_margin else []
+            weak += [f"gap {decision.gap:.3g} < {self.min_gap:g}"] if decision.gap < self.min_gap else []
+            note = f"eigenvalues within the tolerance {tol:.3g}" + ("" if decision.clear else f"; the cut there has {' and '.join(weak)}")
+            return NullSpace(n_zero, source, decision.clear, note, tol)
+        rank, basis = known
+        n_zero = lam.size - int(rank)
+        if not 0 <= n_zero <= lam.size:
+            raise NearoptError(f"known rank {rank} outside [0, {lam.size}]")
+        mags = np.sort(np.abs(lam))
+        dropped = float(mags[n_zero - 1]) if n_zero else 0.0
+        kept = float(mags[n_zero]) if n_zero < lam.size else math.inf
+        floor = tol / EIGENVALUE_SAFETY if floor is None else float(floor)
+        clear = bool(dropped <= tol and kept > floor)
+        if decision.rank != int(rank):
+            basis += f" (the policy's tolerance {tol:.3g} alone would give rank {decision.rank}{'' if decision.clear else ', without a clear cut'})"
+        note = basis if clear else (
+            f"{basis}; the eigenvalues disagree with it: the largest taken as zero is {dropped:.3g} (tolerance {tol:.3g}), "
+            f"the smallest kept {kept:.3g} (resolution {floor:.3g})")
+        return NullSpace(n_zero, "predicted rank", clear, note, math.nan)
 
     @staticmethod
     def zero_mask(eigenvalues: np.ndarray, decision: RankDecision) -> np.ndarray:

@@ -17,6 +17,7 @@ from ..theory.rank_measurement import (
     SweepRow,
     rank_sweep,
     rank_vs_samples,
+    sweep_samples,
 )
 from ..theory.rank_prediction import saturation_hidden
 from .common import emit_json, nonneg_int, numerics, positive_float, positive_int
@@ -105,12 +106,7 @@ def _check_memory(args) -> None:
     P = n_h * (n_i + 1)
     if args.population:
         return  # the population routes check their own dense matrices
-    if args.samples_sweep is not None:
-        n = max(args.samples_sweep)
-    elif args.samples is not None:
-        n = args.samples
-    else:
-        n = max(int(np.ceil(args.oversample * P)), 200)
+    n = sweep_samples(P, samples=args.samples, samples_sweep=args.samples_sweep, oversample=args.oversample)
     require_memory(dense_bytes((n, n_i)) + dense_bytes(P, np.float64, 2), f"the largest cell (N_i={n_i}, N_h={n_h}, P={P}, N={n}: inputs and the P x P factor of J)",
                    ["smaller --ni/--nh", "fewer --samples or a smaller --oversample"], device="cpu" if args.device == "auto" else args.device)
     if args.teachers * len(args.ni) * len(args.nh) > MAX_SWEEP_VALUES * 10:

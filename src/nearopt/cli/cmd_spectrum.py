@@ -18,7 +18,7 @@ from ..model.network import TwoLayerNet
 from ..model.problem import GaussianInputs, Problem
 from ..policy import RankPolicy
 from ..spectra import Spectrum, SpectrumRequest
-from ..theory.rank_measurement import compare_spectra, with_null_space
+from ..theory.rank_measurement import compare_with_population
 from .common import (
     add_data_args,
     add_input_cov_arg,
@@ -68,8 +68,8 @@ def register(sub) -> None:
                     "exact or the matrix-free route is taken by estimated cost")
     it.add_argument("--tol", type=positive_float, default=None, help="matrix-free routes: relative residual ||Hx - lambda x|| / lambda each eigenpair must reach (default 1e-6)")
     it.add_argument("--null-dim", type=int, default=None, metavar="N0",
-                    help="--which smallest: dimension of the null space (default: P - predict_rank when the prediction is exact "
-                    "or observed, the rescaling modes for ReLU, else detected)")
+                    help="--which smallest: dimension of the null space to skip (default, on every route: P - predict_rank when the "
+                    "prediction is exact or observed, else ReLU's rescaling modes, else the rank policy's tolerance; the answer says which)")
     it.add_argument("--maxiter", type=positive_int, default=None,
                     help="--which smallest: LOBPCG iterations at most (default 3000 with a known null space, else 400)")
     it.add_argument("--block", type=positive_int, default=None,
@@ -180,8 +180,9 @@ def _request(args, population: bool) -> SpectrumRequest:
                            seed=args.probe_seed, progress=not args.quiet, **options)
 
 
-def compute(args) -> Spectrum:
-    """Problem, curvature and request from the options, answered by the library."""
+def compute(args) -> tuple[Spectrum, Spectrum | None]:
+    """Problem, curvature and request from the options, answered by the library: the spectrum and, with
+    --compare-population, the population spectrum it was compared with."""
     saved = load_point(args.student, get_activation(args.activation)) if args.student else None
     if saved is not None and saved.teacher is not None:
         if args.ni is not None or args.nh is not None:
@@ -218,25 +219,23 @@ def compute(args) -> Spectrum:
     check_network_finite(net if law is None else TwoLayerNet(law.matmul(net.W1, 0.5), net.W2, net.activation), X)
     if args.save_student:
         problem.point.save(args.save_student)
+    compared: Spectrum | None = None  # the population spectrum of --compare-population
     cause = f"activation {net.activation.name}, N_i={net.n_inputs}, N_h={net.n_hidden}, {'population' if X is None else f'N={X.shape[0]}'}"
     with numerics("the Hessian spectrum", cause):
         if X is None:
             curv = PopulationHessian(problem, device=args.device, order=args.order)
-            spec = curv.spectrum(with_null_space(curv, request))
+            spec = curv.spectrum(request)
         else:
             fields = {"which": request.which, "k": request.k, "vectors": request.vectors}
             spec = batch_spectrum(problem, X, method=args.method, chunk_size=args.chunk_size, device=args.device, rtol=args.rtol, **fields)
             if args.compare_population:
                 law = input_law_from_args(args, net.n_inputs) or (GaussianInputs.from_data(X) if args.inputs else None)
-                pop = PopulationHessian(problem.replace(inputs=law) if law is not None else problem, device=args.device).spectrum(policy=request.policy)
-                spec.extra["comparison"] = {"population_law": "gaussian-equivalent of the inputs" if args.inputs and law is not None and law.name == "gaussian-equivalent" else (law.name if law is not None else "gaussian"),
-                                            **compare_spectra(spec, pop)}
-                spec.extra["_population"] = pop
-    spec.extra["inputs_source"] = _inputs_source(args, X, law)
+                spec, compared = compare_with_population(spec, problem, law, policy=request.policy, device=args.device)
+    spec = spec.replace(extra={**spec.extra, "inputs_source": _inputs_source(args, X, law)})
     require_finite(spec.eigenvalues, "Hessian eigenvalues", cause)
     if spec.exact and spec.eigenvalues.size and not spec.eigenvalues.any():
         raise NearoptError(f"the Hessian is zero to float64 precision ({cause}); weights this small underflow, use larger --sigma1/--sigma2")
-    return spec
+    return spec, compared
 
 
 def _inputs_source(args, X, law) -> str:
@@ -248,16 +247,15 @@ def _inputs_source(args, X, law) -> str:
 
 
 def run(args) -> int:
-    spec = compute(args)
-    population = spec.extra.pop("_population", None)
+    spec, population = compute(args)
     if args.plot:
         plot_spectrum(spec, args.plot, population)
-        spec.extra["plot_file"] = str(args.plot)
+        spec = spec.replace(extra={**spec.extra, "plot_file": str(args.plot)})
     if args.vectors:
         if spec.eigenvectors is None:
             raise NearoptError(f"the route that ran ({spec.method}) gives no eigenvectors")
         io.write_npz(args.vectors, eigenvalues=spec.eigenvalues, eigenvectors=spec.eigenvectors)
-        spec.extra["vectors_file"] = str(args.vectors)
+        spec = spec.replace(extra={**spec.extra, "vectors_file": str(args.vectors)})
     with numerics("the spectrum's summary", f"activation {spec.activation}, P={spec.n_params}"):
         data, text = spec.to_dict(), spec.summary()
     if args.json:

@@ -132,6 +132,10 @@ class Curvature(SymmetricOperator):
         """Known null vectors ``(P, n0)`` of ``H`` (symmetries, e.g. ReLU's rescaling), or ``None``."""
         return None
 
+    def known_rank(self) -> tuple[int, str] | None:
+        """``(rank, basis)`` when theory gives the rank of ``H`` (the null space every route then skips), or ``None``."""
+        return None
+
     def route_costs(self, k: int, which: str) -> dict[str, float]:
         """Estimated seconds of the exact route and of the matrix-free one for ``k`` eigenvalues at ``which``."""
         return generic_costs(self.n_params, self.structured_size(), k, which, self.device)

@@ -323,6 +323,8 @@ class BatchCurvature(Composed):
         d = super().describe()
         d["samples"] = self.samples
         d["extra"].update(describe_point(self.problem))
+        if self.problem.at_teacher:
+            d["extra"].update(loss=0.0, gradient_norm=0.0)  # the student is the teacher: every residual is exactly zero
         return d
 
 
@@ -409,6 +411,5 @@ def batch_spectrum(
         raise NearoptError(f"method {method} computes the Gauss-Newton matrix, which is not the Hessian off the global minimum; use autodiff (or auto)")
     cls, route = _BATCH_ROUTES[method]
     spec = cls(problem, X, chunk_size=chunk_size, device=device).spectrum(route, rtol=rtol, **request)
-    spec.extra["route"] = spec.method
-    spec.method = method  # the batch route by its name: jacobian-svd is the factor route of J^T J / N, ...
-    return spec
+    # the batch route by its name: jacobian-svd is the factor route of J^T J / N, ...
+    return spec.replace(method=method, extra={**spec.extra, "route": spec.method})

@@ -40,6 +40,7 @@ from ..model.problem import GaussianInputs, Problem, as_problem, whiten
 from ..resources import require_memory
 from ..spectra.spectrum import Spectrum
 from ..spectra.torch_ops import TorchOperator
+from ..theory.rank_prediction import predict_rank
 from .assembly import assemble, is_linear, net_moments, rescaling_modes
 from .base import Curvature
 from .compose import Composed, compose, describe_point
@@ -182,6 +183,24 @@ class PopulationHessian(Composed):
             return rescaling_modes(self.net)
         return None
 
+    def known_rank(self) -> tuple[int, str] | None:
+        """``predict_rank`` at the teacher with both layers trained and isotropic inputs, when it is exact or observed.
+
+        An observed full rank counts: erf's and tanh's genuine eigenvalues reach ``1e-12 lambda_max``,
+        below what a threshold on computed eigenvalues can tell from zero.
+        """
+        pr = self.problem
+        if not (pr.at_teacher and pr.trained == "both" and pr.inputs.isotropic):
+            return None
+        net = self.net
+        try:
+            pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
+        except NearoptError:  # an activation the prediction does not cover
+            return None
+        if pred.kind not in ("exact", "observed"):
+            return None
+        return pred.rank, f"predict_rank, {pred.kind}: {pred.basis}"
+
     def route_costs(self, k: int, which: str) -> dict[str, float]:
         s = self.net
         flops = float(s.n_hidden) ** 2 * s.n_inputs * (1 if self.problem.at_teacher else 3)
@@ -208,8 +227,9 @@ class PopulationHessian(Composed):
         x = d["extra"]
         x.update(describe_point(self.problem))
         x["expectations"] = self.moments.method
+        x.update(loss=self.loss, gradient_norm=float(np.linalg.norm(self.gradient)))
         if not self.problem.at_teacher:
-            x.update(residual_term=self.residual, loss=self.loss, gradient_norm=float(np.linalg.norm(self.gradient)))
+            x["residual_term"] = self.residual
         return d
 
 

@@ -166,8 +166,7 @@ class Objective:
         """
         spec, U = self.curvature().eigh()
         if self.X is None:
-            spec.eigenvalues = np.clip(spec.eigenvalues, 0.0, None)
-            spec.extra["input_excess_kurtosis"] = self.kurtosis
+            spec = spec.replace(eigenvalues=np.clip(spec.eigenvalues, 0.0, None), extra={**spec.extra, "input_excess_kurtosis": self.kurtosis})
         return spec, U
 
     def curvature(self) -> Curvature:

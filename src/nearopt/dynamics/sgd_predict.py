@@ -59,6 +59,7 @@ from ..gaussian.expectations import gauss_hermite
 from ..gaussian.objective import population_loss
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
+from ..policy import RankPolicy
 from ..resources import dense_bytes, require_memory
 from ..spectra.grouping import cluster_labels
 from ..spectra.spectrum import Spectrum
@@ -377,12 +378,12 @@ def _second_moments(rj: ReducedJacobian, order: int, chunk: int) -> tuple[np.nda
     return HA.numpy(), M.numpy()
 
 
-def _range(H: np.ndarray, top: float, rtol: float) -> tuple[np.ndarray, np.ndarray]:
-    if H.size == 0:
-        return np.zeros(0), np.zeros((0, 0))
-    lam, U = scipy.linalg.eigh(0.5 * (H + H.T))
-    keep = lam > rtol * top
-    return lam[keep], U[:, keep]
+def _ranges(blocks: tuple[np.ndarray, ...], rtol: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The range ``(lambda (r,), U (n, r))`` of each symmetric block, cut by the one rank policy on all of them together:
+    eigenvalues ``<= rtol * max |lambda|`` over the blocks are null directions (the policy's ``rtol`` applies to ``sqrt(lambda)``)."""
+    pairs = [scipy.linalg.eigh(0.5 * (H + H.T)) if H.size else (np.zeros(0), np.zeros((0, 0))) for H in blocks]
+    decision = RankPolicy(rtol=math.sqrt(rtol)).from_eigenvalues(np.concatenate([lam for lam, _ in pairs]))
+    return [(lam[lam > decision.eigenvalue_tolerance], U[:, lam > decision.eigenvalue_tolerance]) for lam, U in pairs]
 
 
 def _fourth_moments(rj: ReducedJacobian, UA: np.ndarray, UC: np.ndarray, order: int, chunk: int) -> np.ndarray:
@@ -447,10 +448,7 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
             f"the exact SGD recursion is out of reach here (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}: up to {bound} coordinates, "
             f"a {n}^{rj.rank}-node rule, {work:.2g} operations); use a smaller N_h (rank W1 <= 4 for erf) or the spectral prediction")
     HA, M = _second_moments(rj, n, chunk)
-    top = max(float(np.max(np.abs(np.linalg.eigvalsh(HA)))) if HA.size else 0.0,
-              float(np.max(np.abs(np.linalg.eigvalsh(M)))) if M.size else 0.0)
-    lamA, UA = _range(HA, top, rtol)
-    lamC, UC = _range(M, top, rtol)
+    (lamA, UA), (lamC, UC) = _ranges((HA, M), rtol)
     D = lamA.size * (lamA.size + 1) // 2 + lamC.size * (lamC.size + 1) // 2
     if D > MAX_COORDINATES:
         raise NearoptError(f"the exact SGD recursion has {D} coordinates (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}); at most {MAX_COORDINATES}: use the spectral prediction")

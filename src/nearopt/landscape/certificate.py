@@ -55,6 +55,8 @@ import scipy.linalg
 from ..errors import NearoptError
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
+from ..spectra.matrix import DenseMatrix
+from ..spectra.solver import solve
 from ..tolerances import EPS
 from .critical import CriticalPoint, exact_hessian, loss_and_gradient
 
@@ -475,12 +477,14 @@ def certify(point: Problem | CriticalPoint | TwoLayerNet, *, radius: float | Non
     H = exact_hessian(pr)
     H = np.triu(H) + np.triu(H, 1).T  # the symmetric matrix the Cholesky factorisation reads (its upper triangle)
     _, g_float = loss_and_gradient(pr)
-    lam = scipy.linalg.eigvalsh(H)
+    spec = solve(DenseMatrix(H, kind="the exact Hessian"))  # the one rank policy: what counts as zero, what as negative
+    assert spec.inertia is not None
+    lam = spec.eigenvalues
     info["lambda_min_float"], info["gradient_norm_float"] = float(lam[0]), float(np.linalg.norm(g_float))
     top = float(max(abs(lam[0]), abs(lam[-1])))
     if not lam[0] > 0:
-        neg = int(np.sum(lam < 0))
-        what = f"a saddle or maximum ({neg} negative eigenvalues)" if lam[0] < -1e-8 * max(top, 1.0) else "a degenerate (non-isolated?) point"
+        neg = spec.inertia.negative
+        what = f"a saddle or maximum ({neg} negative eigenvalues)" if neg else f"a degenerate (non-isolated?) point: {spec.inertia.zero} zero eigenvalues"
         return _refuse(f"the Hessian is not positive definite: lambda_min = {lam[0]:.3g} ({what})", **info)
     ref = _Reference(pr, interval=interval)
     loss_ref, grad_ref = ref.loss_gradient()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from ..model.activations import Activation, get_activation
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
 from ..policy import RankPolicy
+from ..spectra.solver import NullSpaceWarning
 from ..tolerances import EPS
 
 #: a critical point is a global minimum when ``L <= GLOBAL_RTOL * E[f_t^2]``
@@ -195,7 +197,9 @@ def newton_polish(problem: Problem, *, gtol: float | None = None, max_iter: int 
     for _ in range(int(max_iter)):
         if hist[-1] <= gtol / FLOOR_FACTOR:
             break
-        spec, U = PopulationHessian(pr).eigh()
+        with warnings.catch_warnings():  # the step's pseudo-inverse, not an answer: its null space needs no warning
+            warnings.simplefilter("ignore", NullSpaceWarning)
+            spec, U = PopulationHessian(pr).eigh()
         lam = spec.eigenvalues
         keep = ~RankPolicy.zero_mask(lam, spec.rank)
         lam_k, U_k = lam[keep], U[:, keep]
@@ -327,7 +331,9 @@ def classify(problem: Problem | TwoLayerNet, *, gtol: float | None = None) -> Cr
     loss, g = loss_and_gradient(pr)
     gnorm = float(np.linalg.norm(g))
     gtol = gradient_tolerance(pr) if gtol is None else float(gtol)
-    spec = PopulationHessian(pr).spectrum()
+    with warnings.catch_warnings():  # the class says what the zero count decided (degenerate or not), and the CLI its note
+        warnings.simplefilter("ignore", NullSpaceWarning)
+        spec = PopulationHessian(pr).spectrum()
     assert spec.inertia is not None
     lam, tau = spec.eigenvalues, spec.rank.eigenvalue_tolerance
     neg, zero, pos = spec.inertia.negative, spec.inertia.zero, spec.inertia.positive

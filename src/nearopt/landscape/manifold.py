@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from ..curvature.population import PopulationHessian
@@ -64,9 +63,10 @@ from ..model import io
 from ..model.activations import Activation, ReLU
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem
-from ..policy import rank_from_eigenvalues
 from ..resources import dense_bytes, require_memory
 from ..spectra.grouping import first_match_groups
+from ..spectra.matrix import DenseMatrix
+from ..spectra.solver import solve
 from ..tolerances import EPS
 
 #: relative tolerance on rows for "the same unit" (copies are built exactly; this absorbs rounding)
@@ -395,9 +395,8 @@ def predicted_nonzero_spectrum(student: TwoLayerNet, trained: str = "both") -> t
     Hc = PopulationHessian(Problem(compact), residual=False).to_dense()
     keep = D > 0
     d = np.sqrt(D[keep])
-    eig = scipy.linalg.eigvalsh(d[:, None] * Hc[np.ix_(keep, keep)] * d[None, :])
-    decision = rank_from_eigenvalues(eig)
-    return eig[eig.size - decision.rank :], D
+    spec = solve(DenseMatrix(d[:, None] * Hc[np.ix_(keep, keep)] * d[None, :], kind="the scaled compact Hessian", positive_semidefinite=True))
+    return spec.nonzero, D
 
 
 def manifold_report(teacher: TwoLayerNet, student: TwoLayerNet, trained: str = "both") -> dict[str, Any]:

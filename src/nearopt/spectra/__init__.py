@@ -7,19 +7,36 @@ curvature (choosing among dense, factor, structured, Lanczos/LOBPCG and SLQ), an
 :mod:`.density`) take any symmetric SciPy ``LinearOperator``.
 """
 
-from ..policy import CLEAR_MARGIN, DEFAULT_POLICY, Inertia, RankDecision, RankPolicy, decide_rank, default_rtol, eigenvalue_rtol, rank_from_eigenvalues
+from ..policy import (
+    CLEAR_MARGIN,
+    DEFAULT_POLICY,
+    MIN_GAP,
+    Inertia,
+    NullSpace,
+    RankDecision,
+    RankPolicy,
+    decide_rank,
+    default_rtol,
+    eigenvalue_rtol,
+    rank_from_eigenvalues,
+)
 from .density import SpectralDensity, slq, spectral_density
 from .extremes import Eigenpairs, eigenpairs, largest_eigenpairs, smallest_eigenpairs
 from .lanczos import extreme_eigenvalues, gauss_quadrature, lanczos_tridiagonal, lanczos_tridiagonals
+from .matrix import DenseMatrix
 from .request import SpectrumRequest
-from .solver import choose_route, solve
+from .solver import NullSpaceWarning, choose_route, solve
 from .spectrum import Spectrum
 
 __all__ = [
     "CLEAR_MARGIN",
     "DEFAULT_POLICY",
+    "DenseMatrix",
     "Eigenpairs",
     "Inertia",
+    "MIN_GAP",
+    "NullSpace",
+    "NullSpaceWarning",
     "RankDecision",
     "RankPolicy",
     "SpectralDensity",

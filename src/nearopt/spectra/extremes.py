@@ -10,8 +10,9 @@ builds one from its per-unit blocks, ``docs/scale.md``).
 * :func:`smallest_eigenpairs` -- LOBPCG (``scipy.sparse.linalg.lobpcg``) with the
   preconditioner, the null space deflated: known null vectors are constraints
   (``Y``), a known null-space dimension enlarges the block, and otherwise zero
-  eigenvalues found on the way are detected (``|theta| <= null_rtol * lambda_max``)
-  and deflated in further rounds. ARPACK's ``which="SA"`` on the same operator
+  eigenvalues found on the way are detected (``|theta| <= null_rtol * lambda_max``,
+  by default the :class:`~nearopt.policy.RankPolicy`'s Ritz threshold) and
+  deflated in further rounds. ARPACK's ``which="SA"`` on the same operator
   needs orders of magnitude more products at the bottom of an ill-conditioned
   spectrum (``benchmarks/bench_extremes.py`` measures it).
 
@@ -37,6 +38,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh, lobpcg
 
 from ..errors import NearoptError, require_positive_int
+from ..policy import DEFAULT_POLICY
 from ..resources import available_device_memory, available_memory
 from .lanczos import thick_restart_lanczos
 from .lobpcg import GUARD as LOCKING_GUARD
@@ -45,8 +47,6 @@ from .torch_ops import ProductMeter, SymmetricOperator, residual_norms, through_
 
 #: default relative residual ``||H x - theta x|| / theta`` a Ritz pair must reach
 DEFAULT_TOL = 1e-6
-#: default threshold on ``|theta| / lambda_max`` below which a Ritz value counts as a zero mode
-DEFAULT_NULL_RTOL = 1e-9
 #: extra block vectors LOBPCG carries beyond those asked for (convergence of the last wanted one)
 GUARD = 4
 #: largest LOBPCG block (memory ``~ 9 P block`` float64)
@@ -290,7 +290,7 @@ def _smallest_locking(op, k, cop, Y, M, *, tol, lambda_max, threshold, maxiter, 
         null_source=source,
         null_threshold=threshold,
         null_vectors=Y if return_vectors else None,
-        extra={"lambda_max": lambda_max, "block": int(m), "at_rounding_floor": int(res.at_floor.sum()), "restarts": res.restarts, "device": str(device)},
+        extra={"lambda_max": lambda_max, "block": int(m), "at_rounding_floor": int(res.at_floor.sum()), "rounding_floor": res.floor, "restarts": res.restarts, "device": str(device)},
     )
 
 
@@ -302,7 +302,7 @@ def smallest_eigenpairs(
     null_vectors: np.ndarray | None = None,
     preconditioner: LinearOperator | None = None,
     tol: float = DEFAULT_TOL,
-    null_rtol: float = DEFAULT_NULL_RTOL,
+    null_rtol: float | None = None,
     lambda_max: float | None = None,
     maxiter: int | None = None,
     guard: int = GUARD,
@@ -338,8 +338,9 @@ def smallest_eigenpairs(
         ``M ≈ H^{-1}`` (SPD). Without one, LOBPCG is plain (slow at an ill-conditioned bottom).
     tol : float
         Relative residual ``||H x - theta x|| / theta`` each returned pair must reach.
-    null_rtol : float
-        A Ritz value ``|theta| <= null_rtol * lambda_max`` is a zero mode.
+    null_rtol : float, optional
+        A Ritz value ``|theta| <= null_rtol * lambda_max`` is a zero mode (default the rank
+        policy's :meth:`~nearopt.policy.RankPolicy.ritz_threshold` at side ``P``).
     lambda_max : float, optional
         ``||H||`` if known (else a short ARPACK run estimates it; it scales the null threshold).
     maxiter : int, optional
@@ -359,7 +360,7 @@ def smallest_eigenpairs(
         lambda_max = float(eigsh(cop, k=1, which="LA", tol=1e-3, v0=np.random.default_rng(seed + 1).standard_normal(P), return_eigenvectors=False)[0])
     if not (np.isfinite(lambda_max) and lambda_max > 0):
         raise NearoptError(f"the operator's largest eigenvalue is {lambda_max:g}; the smallest nonzero eigenvalues need a nonzero PSD operator")
-    threshold = null_rtol * lambda_max
+    threshold = (DEFAULT_POLICY.ritz_threshold(P) if null_rtol is None else null_rtol) * lambda_max
     Y = _orthonormal(null_vectors, P) if null_vectors is not None else np.zeros((P, 0))
     source = "vectors" if Y.shape[1] else "none"
     if null_dim is not None:

@@ -83,6 +83,7 @@ class LockedPairs:
     ``residuals`` ``(k,)`` absolute ``‖H x − θ x‖`` (explicit products);
     ``bounds`` ``(k,)`` relative eigenvalue error bounds ``‖r‖² / (gap θ)``;
     ``restarts`` how often the search directions were dropped (:func:`_restart`);
+    ``floor`` the absolute residual accepted as the products' rounding floor;
     ``at_floor`` ``(k,)`` pairs accepted on their backward error (``‖r‖ ≤ FLOOR_RTOL λ_max``,
     a few ``ε λ_max``: about what a dense ``eigh`` guarantees) or their eigenvalue bound
     (``≤ tol²``), because ``tol θ`` lies below the product's rounding; their ``bounds`` say how
@@ -99,6 +100,7 @@ class LockedPairs:
     converged: bool
     edge: float
     restarts: int = 0
+    floor: float = float("nan")
 
 
 def _gram(As: tuple[torch.Tensor, ...], Bs: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -450,7 +452,8 @@ def _result(H: Counter, st: _State, k: int, tol: float, iterations: int, floor: 
     ok = (res <= tol * np.abs(vals)) | (bounds <= tol * tol) | (res <= floor)
     if not ok.all():  # the product's own rounding may lie above the fixed floor (P = 9e6: 6-7 eps lambda_max)
         first = int(np.flatnonzero(~ok)[0])  # measured on one pair: 3 products, however many failed
-        ok |= res <= ROUNDING_MARGIN * float(product_rounding(H, Vk[:, first : first + 1])[0])
+        floor = max(floor, ROUNDING_MARGIN * float(product_rounding(H, Vk[:, first : first + 1])[0]))
+        ok |= res <= floor
     return LockedPairs(
         values=vals,
         vectors=Vk,
@@ -462,4 +465,5 @@ def _result(H: Counter, st: _State, k: int, tol: float, iterations: int, floor: 
         converged=bool(vals.size >= k and np.all(ok)),
         edge=edge_now,
         restarts=restarts,
+        floor=floor,
     )

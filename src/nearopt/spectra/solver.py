@@ -22,15 +22,30 @@ positive semi-definite (the Hessian at a saddle) is answered by an exact route o
 the matrix-free smallest end assumes a PSD operator, and the capability check
 refuses it with the alternative named.
 
-"Smallest" means the algebraically smallest eigenvalues outside the null space
-(``|lambda| > tolerance``, decided by the request's
-:class:`~nearopt.policy.RankPolicy`): at a minimum the smallest nonzero ones, at a
-saddle the most negative ones.
+"Smallest" means the algebraically smallest eigenvalues outside the null space: at a
+minimum the smallest nonzero ones, at a saddle the most negative ones. One rule decides
+that null space on every route (:class:`~nearopt.policy.NullSpace` on the answer says how
+many eigenvalues were taken as zero and why):
+
+1. ``null_dim`` given in the request: that many (``"given"``);
+2. the rank is known (:meth:`SpectralOperator.known_rank`, ``P -``
+   :func:`~nearopt.theory.rank_prediction.predict_rank` at the teacher): the ``P - rank``
+   smallest ``|lambda|`` (``"predicted rank"``), checked against the eigenvalues;
+3. otherwise the request's :class:`~nearopt.policy.RankPolicy`: eigenvalues within its
+   tolerance (``"structured"`` on the structured route's blocks, ``"rank policy"`` on
+   dense eigenvalues, singular values or Ritz values; the operator's exact null vectors
+   are deflated first, ``"null vectors"``).
+
+A decision the eigenvalues do not back (a cut without a clear margin or gap, a prediction
+the eigenvalues contradict, a null space that fails its check) is not ``clear``: the
+answer carries a note and :func:`solve` warns (:class:`NullSpaceWarning`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import warnings
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,7 +54,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 
 from ..errors import NearoptError
-from ..policy import RankDecision, RankPolicy
+from ..policy import NullSpace, RankDecision, RankPolicy
 from .density import slq
 from .extremes import GUARD, Eigenpairs, largest_eigenpairs, smallest_eigenpairs
 from .request import SpectrumRequest
@@ -80,6 +95,17 @@ class SpectralOperator(Protocol):
     def preconditioner(self, shift: float = 0.0) -> LinearOperator | None: ...
     def route_costs(self, k: int, which: str) -> dict[str, float]: ...
     def describe(self) -> dict[str, Any]: ...
+    def known_rank(self) -> tuple[int, str] | None: ...
+
+
+class NullSpaceWarning(UserWarning):
+    """The count of zero eigenvalues of an answer is not backed clearly by its eigenvalues (module docstring)."""
+
+
+def known_rank(op: SpectralOperator) -> tuple[int, str] | None:
+    """``(rank, basis)`` when the operator knows its rank from theory, else ``None``."""
+    method = getattr(op, "known_rank", None)
+    return None if method is None else method()
 
 
 def solve(op: SpectralOperator, request: SpectrumRequest | None = None) -> Spectrum:
@@ -100,8 +126,9 @@ def solve(op: SpectralOperator, request: SpectrumRequest | None = None) -> Spect
         spec = _slq(op, request)
     else:
         spec = _matrix_free(op, request)
-    spec.seconds = time.perf_counter() - t0
-    spec.extra["route_choice"] = {"asked": request.method, "chosen": route}
+    spec = dataclasses.replace(spec, seconds=time.perf_counter() - t0, extra={**spec.extra, "route_choice": {"asked": request.method, "chosen": route}})
+    if spec.null_space is not None and spec.null_space.warning:
+        warnings.warn(spec.null_space.warning, NullSpaceWarning, stacklevel=2)
     return spec
 
 
@@ -179,9 +206,10 @@ def _check_forced(op: SpectralOperator, request: SpectrumRequest, psd: bool) -> 
 
 # ---------------------------------------------------------------------- exact routes
 def _exact(op: SpectralOperator, request: SpectrumRequest, route: str) -> Spectrum:
-    """Every eigenvalue by ``route``; the request's end or density read off them."""
+    """Every eigenvalue by ``route``; the null space by the one rule (module docstring); the request's end or density read off them."""
     policy, P = request.policy, op.shape[0]
     U = counts = None
+    floor = None
     if route == "structured":
         blocks = op.structured()
         values, counts = np.asarray(blocks.values, dtype=np.float64), np.asarray(blocks.counts, dtype=np.int64)
@@ -199,21 +227,30 @@ def _exact(op: SpectralOperator, request: SpectrumRequest, route: str) -> Spectr
         eig = np.zeros(P)
         eig[P - s.size :] = np.sort(s**2)
         decision = policy.from_singular_values(s, P, shape=op.factor_shape(S))
+        floor = decision.eigenvalue_tolerance  # singular values resolve their own squares to this
         extra = {"rank_source": "singular values of a square root"}
     else:
         eig, U = _dense_eigh(op, request.vectors)
         decision = policy.from_eigenvalues(eig)
         extra = {"rank_source": "eigenvalues of the dense matrix"}
+    null_space = _exact_null_space(op, request, eig, decision, route, floor)
+    held, vecs = _select(eig, U, null_space, request)
     desc = dict(op.describe())
     provenance = desc.pop("extra", {})
-    full = Spectrum.from_eigenvalues(values if counts is not None else eig, decision, counts=counts, method=route, request=request,
-                          extra={**provenance, **extra}, **desc)
-    held, vecs = _select(eig, U, decision, request, policy)
-    full.eigenvalues, full.n_params = held, P
-    full.eigenvectors = vecs if request.vectors else None
-    if request.which == "density":
-        full.density = _exact_density(eig, request)
-    return full
+    return Spectrum.from_eigenvalues(values if counts is not None else eig, decision, counts=counts, method=route, request=request,
+                                     extra={**provenance, **extra}, null_space=null_space, held=held,
+                                     eigenvectors=vecs if request.vectors else None,
+                                     density=_exact_density(eig, request) if request.which == "density" else None, **desc)
+
+
+def _exact_null_space(op: SpectralOperator, request: SpectrumRequest, eig: np.ndarray, decision: RankDecision, route: str, floor: float | None) -> NullSpace:
+    """The null space of every eigenvalue ``eig`` ``(P,)``: given, known rank, or the policy's cut of ``decision``."""
+    if request.null_dim is not None:
+        n = int(request.null_dim)
+        if not 0 <= n < eig.size:
+            raise NearoptError(f"null_dim must lie in [0, P) = [0, {eig.size}), got {n}")
+        return dataclasses.replace(request.policy.null_space(eig, decision, known=(eig.size - n, "null_dim given")), source="given")
+    return request.policy.null_space(eig, decision, known=known_rank(op), source="structured" if route == "structured" else "rank policy", floor=floor)
 
 
 def _dense_eigh(op: SpectralOperator, vectors: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -232,7 +269,7 @@ def _dense_eigh(op: SpectralOperator, vectors: bool) -> tuple[np.ndarray, np.nda
     return scipy.linalg.eigvalsh(H), None
 
 
-def _select(eig: np.ndarray, U: np.ndarray | None, decision: RankDecision, request: SpectrumRequest, policy: RankPolicy) -> tuple[np.ndarray, np.ndarray | None]:
+def _select(eig: np.ndarray, U: np.ndarray | None, null_space: NullSpace, request: SpectrumRequest) -> tuple[np.ndarray, np.ndarray | None]:
     """The eigenvalues (and vectors) the request holds, from the full ascending spectrum."""
     if request.which in ("all", "density"):
         return eig if request.which == "all" else np.zeros(0), U
@@ -241,7 +278,7 @@ def _select(eig: np.ndarray, U: np.ndarray | None, decision: RankDecision, reque
     if request.which == "largest":
         idx = np.arange(eig.size - k, eig.size)
     else:
-        idx = np.flatnonzero(~policy.zero_mask(eig, decision))[:k]
+        idx = np.flatnonzero(~null_space.mask(eig))[:k]
     return eig[idx], (None if U is None else U[:, idx])
 
 
@@ -265,20 +302,49 @@ def _matrix_free(op: SpectralOperator, request: SpectrumRequest) -> Spectrum:
     progress = request.progress or None
     if request.which == "largest":
         res = largest_eigenpairs(op, k, tol=request.tol, seed=request.seed, return_vectors=request.vectors, progress=progress, maxiter=request.maxiter)
-    else:
-        null_vectors = op.null_vectors() if request.null_dim is None else None
-        null_dim = request.null_dim if request.null_dim is not None else (null_vectors.shape[1] if null_vectors is not None else None)
-        if null_dim is not None and not 0 <= null_dim < op.shape[0]:
-            raise NearoptError(f"null_dim must lie in [0, P) = [0, {op.shape[0]}), got {null_dim}")
-        res = smallest_eigenpairs(op, k, null_dim=null_dim, null_vectors=null_vectors, preconditioner=op.preconditioner(), maxiter=request.maxiter,
-                                  block=request.block, tol=request.tol, seed=request.seed, return_vectors=request.vectors, progress=progress)
-    accuracy = _accuracy(res)
-    spec = _make(op, request, res.values, res.method, vectors=res.vectors, accuracy=accuracy)
-    if request.which == "largest":
-        spec.largest = float(res.values[-1])
-    else:
-        spec.smallest_nonzero = float(res.values[0])
-    return spec
+        return _make(op, request, res.values, res.method, vectors=res.vectors, accuracy=_accuracy(res), largest=float(res.values[-1]))
+    P = op.shape[0]
+    null_dim, null_vectors, source, basis = _null_space_plan(op, request)
+    res = smallest_eigenpairs(op, k, null_dim=null_dim, null_vectors=null_vectors, preconditioner=op.preconditioner(), maxiter=request.maxiter,
+                              block=request.block, tol=request.tol, seed=request.seed, return_vectors=request.vectors, progress=progress,
+                              null_rtol=request.policy.ritz_threshold(P))
+    accuracy = _accuracy(res)  # its null_source says how the eigensolver deflated; the answer's null_space says why
+    null_space = _ritz_null_space(res, accuracy, source, basis, request.policy)
+    return _make(op, request, res.values, res.method, vectors=res.vectors, accuracy=accuracy, smallest_nonzero=float(res.values[0]), null_space=null_space)
+
+
+def _null_space_plan(op: SpectralOperator, request: SpectrumRequest) -> tuple[int | None, np.ndarray | None, str, str]:
+    """What the matrix-free smallest end deflates: ``(null_dim, null_vectors, source, basis)`` by the module's rule."""
+    P = op.shape[0]
+    if request.null_dim is not None:
+        if not 0 <= request.null_dim < P:
+            raise NearoptError(f"null_dim must lie in [0, P) = [0, {P}), got {request.null_dim}")
+        return int(request.null_dim), None, "given", "null_dim given"
+    vectors = op.null_vectors()
+    n_vec = 0 if vectors is None else int(vectors.shape[1])
+    known = known_rank(op)
+    if known is not None and P - known[0] >= n_vec:
+        return P - known[0], vectors, "predicted rank", known[1]
+    if vectors is not None:
+        return n_vec, vectors, "null vectors", "the operator's exact null vectors"
+    return None, None, "rank policy", "Ritz values against the rank policy's threshold"
+
+
+def _ritz_null_space(res: Eigenpairs, accuracy: dict[str, Any], source: str, basis: str, policy: RankPolicy) -> NullSpace:
+    """The null space a matrix-free smallest end skipped, and whether its Ritz values back it."""
+    if source != "rank policy":
+        ok = accuracy.get("null_check", "passed") == "passed"
+        return NullSpace(res.null_dim, source, ok, basis if ok else f"{basis}; {accuracy.get('null_check_detail', '')}")
+    t = res.null_threshold
+    # zero modes' Ritz values are fuzzy (about ||r||^2 / gap): the cut is clear when the kept values lie far above it,
+    # by the policy's margin on sqrt(lambda); a continuum of values through the threshold may hide genuine ones below it
+    margin = float(np.sqrt(res.values[0] / t)) if res.values.size and res.values[0] > 0 else 0.0
+    clear = margin >= policy.clear_margin
+    note = f"{basis} ({t:.3g})" if clear else (
+        f"the smallest kept Ritz value lies within a factor {margin:.3g} (< {policy.clear_margin:g}, on sqrt(lambda)) of the zero "
+        f"threshold {t:.3g}, so genuine eigenvalues may have been taken as zero: pass null_dim (the known null-space dimension) "
+        "or use an exact route")
+    return NullSpace(res.null_dim, "rank policy", clear, note, t)
 
 
 def _accuracy(res: Eigenpairs) -> dict[str, Any]:
@@ -304,16 +370,17 @@ def _slq(op: SpectralOperator, request: SpectrumRequest) -> Spectrum:
     density = res.to_dict(request.grid, request.sigma)
     density["source"] = "stochastic Lanczos quadrature"
     lo, hi = res.support
-    spec = _make(op, request, np.zeros(0), "slq", accuracy={"converged": True, "products": res.products, "probes": res.n_probes, "steps": res.steps,
-                                                             "tolerance": request.tol, "tolerance_reached": None})
-    spec.density = density
-    spec.extra["ritz_range"] = [lo, hi]
-    return spec
+    return _make(op, request, np.zeros(0), "slq", accuracy={"converged": True, "products": res.products, "probes": res.n_probes, "steps": res.steps,
+                                                            "tolerance": request.tol, "tolerance_reached": None},
+                 density=density, ritz_range=[lo, hi])
 
 
-def _make(op: SpectralOperator, request: SpectrumRequest, eigenvalues: np.ndarray, method: str, *, vectors: np.ndarray | None = None, **fields: Any) -> Spectrum:
+def _make(op: SpectralOperator, request: SpectrumRequest, eigenvalues: np.ndarray, method: str, *, vectors: np.ndarray | None = None,
+          ritz_range: list[float] | None = None, **fields: Any) -> Spectrum:
     """A :class:`Spectrum` of ``op`` (its description: sizes, activation, samples, provenance)."""
     desc = dict(op.describe())
-    extra = desc.pop("extra", {})
+    extra = dict(desc.pop("extra", {}))
+    if ritz_range is not None:
+        extra["ritz_range"] = ritz_range
     return Spectrum(eigenvalues=np.asarray(eigenvalues, dtype=np.float64), request=request, method=method, n_params=int(op.shape[0]),
-                    eigenvectors=vectors if request.vectors else None, extra=dict(extra), **desc, **fields)
+                    eigenvectors=vectors if request.vectors else None, extra=extra, **desc, **fields)

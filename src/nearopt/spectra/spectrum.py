@@ -14,13 +14,13 @@ the same attributes (the JSON of ``nearopt spectrum``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..errors import NearoptError
-from ..policy import Inertia, RankDecision, RankPolicy
+from ..policy import Inertia, NullSpace, RankDecision, RankPolicy
 from .request import SpectrumRequest
 
 
@@ -37,9 +37,10 @@ def _known(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-@dataclass
+@dataclass(frozen=True)
 class Spectrum:
-    """Eigenvalues of a curvature ``H`` ``(P, P)`` with what is known about them.
+    """Eigenvalues of a curvature ``H`` ``(P, P)`` with what is known about them (immutable:
+    :meth:`replace` gives a changed copy).
 
     Attributes
     ----------
@@ -53,8 +54,13 @@ class Spectrum:
     n_params : int
         ``P``, the side of ``H``.
     rank_decision, inertia : RankDecision, Inertia or None
-        Known when the route computed every eigenvalue (exact routes); :attr:`rank` is the
-        decision itself (an error on a partial result, whose rank is not known).
+        Known when the route computed every eigenvalue (exact routes): what the rank policy
+        reads off the eigenvalues alone; :attr:`rank` is the decision itself (an error on a
+        partial result, whose rank is not known).
+    null_space : NullSpace or None
+        How many eigenvalues were taken as zero and why (``n_zero``, ``source``: predicted
+        rank, structured, rank policy, null vectors, given; ``clear``, ``note``): every exact
+        result and the smallest end. The smallest end and :attr:`smallest_nonzero` skip it.
     smallest_nonzero, largest, condition_number : float
         The algebraically smallest eigenvalue outside the null space, the largest
         eigenvalue, ``max |lambda| / min |lambda|`` over the nonzero ones; ``nan`` when
@@ -85,6 +91,7 @@ class Spectrum:
     samples: int | None = None
     rank_decision: RankDecision | None = None
     inertia: Inertia | None = None
+    null_space: NullSpace | None = None
     smallest_nonzero: float = math.nan
     largest: float = math.nan
     condition_number: float = math.nan
@@ -98,21 +105,35 @@ class Spectrum:
 
     @classmethod
     def from_eigenvalues(cls, eigenvalues: np.ndarray, rank: RankDecision, *, method: str, activation: str, n_inputs: int, n_hidden: int,
-              samples: int | None = None, counts: np.ndarray | None = None, request: SpectrumRequest | None = None, **fields: Any) -> Spectrum:
+                         samples: int | None = None, counts: np.ndarray | None = None, request: SpectrumRequest | None = None,
+                         null_space: NullSpace | None = None, held: np.ndarray | None = None, **fields: Any) -> Spectrum:
         """Every eigenvalue of ``H`` (ascending ``(P,)``, or distinct values with ``counts``) ranked by ``rank``:
-        the inertia and the summaries follow (closed forms and the exact routes build their results so)."""
+        the inertia and the summaries follow (closed forms and the exact routes build their results so).
+
+        ``null_space``: the zero eigenvalues (default: those within ``rank``'s tolerance).
+        ``held``: the eigenvalues the answer holds when the request asked for fewer than all
+        (an end, ``(k,)``; a density, ``(0,)``); ``multiplicities`` then group the held ones.
+        """
         values = np.asarray(eigenvalues, dtype=np.float64)
         eig = values if counts is None else np.repeat(values, counts)
         request = SpectrumRequest() if request is None else request
-        nz = eig[np.abs(eig) > rank.eigenvalue_tolerance]
+        null_space = RankPolicy().null_space(values, rank, counts=counts) if null_space is None else null_space
+        nz = eig[~null_space.mask(eig)]
         mags = np.abs(nz)
-        spec = cls(eigenvalues=eig, request=request, method=method, n_params=int(eig.size), activation=activation, n_inputs=n_inputs,
-                   n_hidden=n_hidden, samples=samples, rank_decision=rank, inertia=RankPolicy.inertia(values, rank, counts),
-                   smallest_nonzero=float(nz[0]) if nz.size else math.nan, largest=float(eig[-1]) if eig.size else math.nan,
-                   condition_number=(float(mags.max() / mags.min()) if mags.min() > 0 else math.inf) if nz.size else math.nan, **fields)
+        held_values = eig if held is None else np.asarray(held, dtype=np.float64)
+        multiplicities = None
         if counts is not None:
-            spec.multiplicities = (values, np.asarray(counts, dtype=np.int64))
-        return spec
+            multiplicities = (values, np.asarray(counts, dtype=np.int64)) if held is None else _grouped(held_values)
+        return cls(eigenvalues=held_values, request=request, method=method, n_params=int(eig.size), activation=activation, n_inputs=n_inputs,
+                   n_hidden=n_hidden, samples=samples, rank_decision=rank, inertia=RankPolicy.inertia(values, rank, counts), null_space=null_space,
+                   smallest_nonzero=float(nz[0]) if nz.size else math.nan, largest=float(eig[-1]) if eig.size else math.nan,
+                   condition_number=(float(mags.max() / mags.min()) if mags.min() > 0 else math.inf) if nz.size else math.nan,
+                   multiplicities=multiplicities, **fields)
+
+    def replace(self, **changes: Any) -> Spectrum:
+        """A copy with some fields changed (``extra`` is copied, never shared)."""
+        changes.setdefault("extra", dict(self.extra))
+        return replace(self, **changes)
 
     @property
     def which(self) -> str:
@@ -139,10 +160,12 @@ class Spectrum:
     @property
     def nonzero(self) -> np.ndarray:
         """The held eigenvalues outside the null space (ascending; needs an exact route or the smallest end)."""
-        if self.rank_decision is not None:
-            return self.eigenvalues[np.abs(self.eigenvalues) > self.rank_decision.eigenvalue_tolerance]
         if self.which == "smallest":
             return self.eigenvalues
+        if self.null_space is not None and self.which == "all":
+            return self.eigenvalues[~self.null_space.mask(self.eigenvalues)]
+        if self.rank_decision is not None:
+            return self.eigenvalues[np.abs(self.eigenvalues) > self.rank_decision.eigenvalue_tolerance]
         raise AttributeError("the null space is not known for this result (an iterative largest-end route)")
 
     @property
@@ -168,6 +191,9 @@ class Spectrum:
             "rank_tolerance": None if self.rank_decision is None else self.rank_decision.eigenvalue_tolerance,
             "rank_decision": None if self.rank_decision is None else self.rank_decision.to_dict(),
             "inertia": None if self.inertia is None else self.inertia.to_dict(),
+            "n_zero": None if self.null_space is None else self.null_space.n_zero,
+            "zero_source": None if self.null_space is None else self.null_space.source,
+            "null_space": None if self.null_space is None else self.null_space.to_dict(),
             "smallest_nonzero": _known(self.smallest_nonzero),
             "largest": _known(self.largest),
             "condition_number": _known(self.condition_number),
@@ -207,21 +233,22 @@ class Spectrum:
         lines.append(f"computed       {asked} by {self.method}  ({self.dtype}, {self.seconds:.3g} s)")
         if self.rank_decision is not None:
             r = self.rank_decision
+            by = " by the rank policy alone" if self.null_space is not None and self.null_space.source != "rank policy" and self.n_params - self.null_space.n_zero != r.rank else ""
             lines.append(
-                f"rank           {r.rank} of {self.n_params}  (tolerance {r.eigenvalue_tolerance:.3g} on |eigenvalues|; "
+                f"rank           {r.rank} of {self.n_params}{by}  (tolerance {r.eigenvalue_tolerance:.3g} on |eigenvalues|; "
                 f"gap {r.gap:.3g}, margin {r.margin:.3g}{'' if r.clear else '  -- NO CLEAR GAP, rank is uncertain'})"
             )
+        if self.null_space is not None:
+            ns = self.null_space
+            lines.append(f"null space     {ns.n_zero} eigenvalues taken as zero ({ns.source}{': ' + ns.note if ns.clear and ns.note else ''})"
+                         + ("" if ns.clear else f"  -- NOT CLEAR: {ns.note}"))
         if self.inertia is not None and self.inertia.negative:
             i = self.inertia
             lines.append(f"inertia        {i.negative} negative, {i.zero} zero, {i.positive} positive  -- a saddle (negative curvature)")
         if self.samples is not None and self.exact and self.samples < self.n_params:
             lines.append(f"note           N = {self.samples} < P caps the batch rank at N")
         if self.accuracy is not None and self.accuracy.get("tolerance_reached") is not None:
-            a = self.accuracy
-            lines.append(
-                f"accuracy       relative residual {a['tolerance_reached']:.2g} (asked {a['tolerance']:.2g}; {a['products']} products)"
-                + ("" if a.get("converged", True) else "  -- NOT CONVERGED")
-            )
+            lines.append(_accuracy_line(self.accuracy))
         if self.which == "density" and self.density is not None:
             lines.append(f"density        on {len(self.density['grid'])} points ({self.density.get('source', self.method)}); --json for the values")
         elif self.eigenvalues.size:
@@ -239,3 +266,21 @@ class Spectrum:
         rank = "" if self.rank_decision is None else f", rank={self.rank_decision.rank}"
         span = f"{self.eigenvalues[0]:.4g}..{self.eigenvalues[-1]:.4g}" if self.eigenvalues.size else "empty"
         return f"Spectrum({self.which}, {self.eigenvalues.size} of P={self.n_params}, {span}, method={self.method!r}{rank})"
+
+
+def _grouped(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``values`` (copies of the same exact value) with their counts."""
+    distinct, counts = np.unique(values, return_counts=True)
+    return distinct, counts.astype(np.int64)
+
+
+def _accuracy_line(a: dict[str, Any]) -> str:
+    """The summary's accuracy line; pairs accepted at the products' rounding floor are said to be so, with the floor."""
+    line = f"accuracy       relative residual {a['tolerance_reached']:.2g} (asked {a['tolerance']:.2g}; {a['products']} products)"
+    at_floor = int(a.get("at_rounding_floor") or 0)
+    if at_floor and a.get("converged", True):
+        floor, lam = a.get("rounding_floor"), a.get("lambda_max")
+        where = f" ||H x - theta x|| <= {floor:.2g}" + (f" = {floor / (np.finfo(np.float64).eps * lam):.2g} eps lambda_max" if lam else "") if floor else ""
+        line += (f"; {at_floor} pair(s) reached the rounding floor of the products{where} before the asked tolerance: "
+                 f"accepted, eigenvalue error bounds up to {float(np.max(a['error_bound'])):.2g} relative")
+    return line + ("" if a.get("converged", True) else "  -- NOT CONVERGED")

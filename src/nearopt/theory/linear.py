@@ -86,11 +86,9 @@ def linear_population_spectrum(net: TwoLayerNet) -> Spectrum:
     P = net.n_params
     eig = np.zeros(P)
     eig[P - net.n_inputs :] = nonzero
-    spec = Spectrum.from_eigenvalues(eig, decide_rank(np.sqrt(nonzero), P, shape=(P, net.n_inputs)), method="linear-closed-form",
-                          activation=net.activation.name, n_inputs=net.n_inputs, n_hidden=net.n_hidden, samples=None,
-                          seconds=time.perf_counter() - t0, extra={"s": s, "mu": mu})
-    spec.multiplicities = (np.array([0.0]), np.array([P - net.n_inputs]))
-    return spec
+    return Spectrum.from_eigenvalues(eig, decide_rank(np.sqrt(nonzero), P, shape=(P, net.n_inputs)), method="linear-closed-form",
+                                     activation=net.activation.name, n_inputs=net.n_inputs, n_hidden=net.n_hidden, samples=None,
+                                     seconds=time.perf_counter() - t0, extra={"s": s, "mu": mu})
 
 
 def linear_batch_spectrum(net: TwoLayerNet, X) -> Spectrum:

@@ -21,6 +21,7 @@ Typical use::
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +29,13 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from ..curvature import BatchGaussNewton, Curvature, PopulationHessian, population_spectrum
+from ..curvature import BatchGaussNewton, PopulationHessian, population_spectrum
 from ..errors import NearoptError, require_positive_int
 from ..model.activations import Activation, get_activation
 from ..model.network import TwoLayerNet, sample_inputs, sample_teacher
-from ..model.problem import Problem
-from ..policy import CLEAR_MARGIN, RankDecision, RankPolicy
-from ..spectra import Spectrum, SpectrumRequest, choose_route
+from ..model.problem import GaussianInputs, Problem
+from ..policy import CLEAR_MARGIN, MIN_GAP, RankDecision, RankPolicy
+from ..spectra import NullSpaceWarning, Spectrum
 from .rank_prediction import RankPrediction, predict_rank
 
 #: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
@@ -44,11 +45,6 @@ MIN_DEFAULT_SAMPLES = 200
 
 ROUTES = ("batch", "population")
 
-#: a cut with a gap below this many (six decades) is not trusted even when both
-#: sides sit far from the tolerance: erf/tanh spectra that decay smoothly into
-#: float64 round-off were seen cut with gaps up to 3e5, while exact zero modes of
-#: polynomial and ReLU networks showed gaps >= 1.6e8 (docs/rank.md)
-MIN_GAP = 1e6
 
 
 def default_samples(n_params: int, oversample: float = DEFAULT_OVERSAMPLE) -> int:
@@ -60,6 +56,15 @@ def default_samples(n_params: int, oversample: float = DEFAULT_OVERSAMPLE) -> in
     if not (np.isfinite(oversample) and oversample > 0):
         raise NearoptError(f"oversample factor must be positive, got {oversample}")
     return int(max(np.ceil(oversample * n_params), MIN_DEFAULT_SAMPLES))
+
+
+def sweep_samples(n_params: int, *, samples: int | None = None, samples_sweep: Sequence[int] | None = None,
+                  oversample: float = DEFAULT_OVERSAMPLE) -> int:
+    """The largest batch size ``N`` a rank measurement of ``n_params`` parameters uses: the largest of
+    ``samples_sweep``, else ``samples``, else :func:`default_samples` (what memory checks must fit)."""
+    if samples_sweep is not None:
+        return max(samples_sweep)
+    return int(samples) if samples is not None else default_samples(n_params, oversample)
 
 
 @dataclass
@@ -272,7 +277,9 @@ def measure_population_rank(net: TwoLayerNet, *, method: str = "auto", rtol: flo
     and tolerance); ``singular_values`` are ``sqrt`` of its eigenvalues.
     """
     t0 = time.perf_counter()
-    spec = population_spectrum(net, method=method, policy=RankPolicy(rtol=rtol, min_gap=MIN_GAP))
+    with warnings.catch_warnings():  # the measurement states its own clarity (its warnings), once
+        warnings.simplefilter("ignore", NullSpaceWarning)
+        spec = population_spectrum(net, method=method, policy=RankPolicy(rtol=rtol, min_gap=MIN_GAP))
     eig = np.sort(np.abs(np.asarray(spec.eigenvalues, dtype=np.float64)))[::-1]
     pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
     m = RankMeasurement(
@@ -414,31 +421,29 @@ def rank_sweep(
 
 
 def null_space_hint(problem: Problem | TwoLayerNet) -> tuple[int, str] | None:
-    """The null-space dimension the matrix-free smallest end should skip, and where it comes from.
+    """The null-space dimension every route's smallest end skips when theory knows the rank, and its basis.
 
-    At the teacher with both layers trained: ``P - predict_rank`` when the prediction is
-    exact or observed (an observed full rank counts: erf's tiny eigenvalues, ``1e-12``
-    of ``lambda_max`` at ``n = 1000``, sit far below any zero threshold, so detection
-    would misread them). ``None`` elsewhere (the operator's null vectors, ReLU's
-    rescaling modes, or detection take over).
+    ``P -`` :meth:`PopulationHessian.known_rank` (``predict_rank`` at the teacher with both layers
+    trained, exact or observed); ``None`` elsewhere (the rank policy decides).
     """
-    pr = problem if isinstance(problem, Problem) else Problem(problem)
-    net = pr.point
-    if not (pr.at_teacher and pr.trained == "both" and pr.inputs.isotropic) or PopulationHessian(pr).null_vectors() is not None:
-        return None
-    pred = predict_rank(net.activation, net.n_inputs, net.n_hidden)
-    if pred.kind in ("exact", "observed"):
-        return net.n_params - pred.rank, f"predict_rank ({pred.kind})"
-    return None
+    curv = PopulationHessian(problem if isinstance(problem, Problem) else Problem(problem))
+    known = curv.known_rank()
+    return None if known is None else (curv.n_params - known[0], known[1])
 
 
-def with_null_space(curvature: Curvature, request: SpectrumRequest) -> SpectrumRequest:
-    """``request`` with the null dimension of :func:`null_space_hint` filled in where the matrix-free
-    smallest end will run (exact routes decide the null space themselves)."""
-    if request.which != "smallest" or request.null_dim is not None or choose_route(curvature, request) != "lanczos":
-        return request
-    hint = null_space_hint(curvature.problem)
-    return request if hint is None else request.replace(null_dim=hint[0])
+def compare_with_population(batch: Spectrum, problem: Problem, law: GaussianInputs | None = None, *, policy: RankPolicy | None = None,
+                            device: str = "cpu") -> tuple[Spectrum, Spectrum]:
+    """``batch`` (every eigenvalue of a batch Hessian of ``problem``) with ``extra["comparison"]`` against the exact
+    population spectrum of the same problem under ``law`` (default the problem's own), and that population spectrum.
+
+    ``comparison``: ``population_law`` (the law's name; ``"gaussian-equivalent of the inputs"`` for a law fitted to
+    data) and :func:`compare_spectra`.
+    """
+    curv = PopulationHessian(problem.replace(inputs=law) if law is not None else problem, device=device)
+    population = curv.spectrum(policy=policy or RankPolicy())
+    name = "gaussian" if law is None else "gaussian-equivalent of the inputs" if law.name == "gaussian-equivalent" else law.name
+    comparison = {"population_law": name, **compare_spectra(batch, population)}
+    return batch.replace(extra={**batch.extra, "comparison": comparison}), population
 
 
 def compare_spectra(batch: Spectrum, population: Spectrum) -> dict[str, Any]:
