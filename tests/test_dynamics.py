@@ -89,13 +89,13 @@ def test_population_closed_forms_match_large_batch():
         H_closed = pop.curvature().to_dense()
         H_exact = no.PopulationHessian(net).to_dense()
         np.testing.assert_allclose(H_closed, H_exact, rtol=1e-12, atol=1e-13 * np.abs(H_exact).max())
-        spec, _ = pop.spectrum()
+        spec, _ = pop.eigensystem()
         np.testing.assert_allclose(spec.eigenvalues, no.population_spectrum(net, "dense").eigenvalues, rtol=1e-10, atol=1e-12)
 
 
 def test_quadratic_population_rank_and_kurtosis():
     net = no.sample_teacher(3, 2, "quadratic", seed=0)
-    spec, _ = make_objective(net).spectrum()
+    spec, _ = make_objective(net).eigensystem()
     assert spec.rank.rank == 3 * 2 - 1  # N_h N_i - N_h(N_h-1)/2 (docs/theory.md §4.1)
     # Rademacher inputs (excess kurtosis -2): closed form vs a large batch
     X = no.sample_inputs(100_000, 3, seed=4, distribution="rademacher")
@@ -114,7 +114,7 @@ def test_batch_gradient_and_hessian_match_autograd():
         (g,) = torch.autograd.grad(obj.loss_at(d).sum(), d)
     torch.testing.assert_close(obj.gradient_at(delta), g)
     torch.testing.assert_close(obj.hessian_at(delta[0]), torch.func.hessian(obj.loss_at)(delta[0]))
-    spec, U = obj.spectrum()
+    spec, U = obj.eigensystem()
     H0 = no.gauss_newton(net, obj.X.numpy())
     np.testing.assert_allclose(U.T @ H0 @ U, np.diag(spec.eigenvalues), atol=1e-12)
 

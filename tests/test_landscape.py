@@ -257,7 +257,7 @@ def test_exact_population_objective_dynamics_near_a_manifold_point():
     assert g.shape == (2, S.n_params)
     assert np.allclose(g[0].numpy(), population_gradient(Problem(T, student=S.with_parameters(th.numpy()))), atol=1e-15)
     assert float(obj.loss(torch.as_tensor(S.parameters()))) < 1e-15
-    eig = obj.spectrum()
+    eig = obj.eigensystem()
     assert float_floor(obj, eig[0]) >= obj.loss_floor > 0
     small = run_dynamics(S, objective=obj, eigensystem=eig, sigma0=1e-4, steps=150, draws=2, points=10)
     big = run_dynamics(S, objective=obj, eigensystem=eig, sigma0=1e-1, steps=150, draws=2, points=10)

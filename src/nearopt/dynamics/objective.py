@@ -156,7 +156,7 @@ class Objective:
         H = func.jacfwd(self.gradient_at)(delta.detach())
         return 0.5 * (H + H.T)
 
-    def spectrum(self) -> tuple[Spectrum, np.ndarray]:
+    def eigensystem(self) -> tuple[Spectrum, np.ndarray]:
         """Eigen-decomposition of the Hessian at ``theta*``: :meth:`Curvature.eigh` of :meth:`curvature`.
 
         Returns ``(spec, U)``: ``spec.eigenvalues`` ascending ``(P,)`` with a rank

@@ -452,7 +452,7 @@ def run_dynamics(
         Gradient flow by a stiff integrator instead of GD.
     """
     obj = objective if objective is not None else make_objective(net, X)
-    spec, U = eigensystem if eigensystem is not None else obj.spectrum()
+    spec, U = eigensystem if eigensystem is not None else obj.eigensystem()
     lam = spec.eigenvalues
     lr = auto_lr(spec.largest) if lr == "auto" else float(lr)
     if flow:

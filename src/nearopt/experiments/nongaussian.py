@@ -53,10 +53,10 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     act, dist = cell["activation"], cell["distribution"]
     net = sample_teacher(cell["n_inputs"], cell["n_hidden"], act, seed=cell["seed"])
     kappa = excess_kurtosis(dist, cell["df"])
-    gauss_spec, U_pop = make_objective(net).spectrum()
+    gauss_spec, U_pop = make_objective(net).eigensystem()
     specs = {"gaussian": gauss_spec}
     if act == "quadratic" and math.isfinite(kappa):
-        specs["kurtosis"] = make_objective(net, kurtosis=kappa).spectrum()[0]
+        specs["kurtosis"] = make_objective(net, kurtosis=kappa).eigensystem()[0]
     batch_specs = [BatchGaussNewton(net, sample_inputs(cell["samples"], net.n_inputs, seed=1000 + s, distribution=dist, df=cell["df"])).spectrum("factor")
                    for s in range(cell["data_seeds"])]
     full = np.array([b.eigenvalues for b in batch_specs])  # (seeds, P)

@@ -103,7 +103,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     # dynamics: GD on the exact population loss from a split + dead manifold point
     S = add_dead_units(split_unit(T, 0, [0.5, 0.5]), 1, seed=2)
     obj = exact_population_objective(S, T)
-    eig = obj.spectrum()
+    eig = obj.eigensystem()
     out = []
     for s0 in cell["sigmas"]:
         res = run_dynamics(S, objective=obj, eigensystem=eig, sigma0=s0, steps=cell["steps"], draws=cell["draws"], seed=cell["seed"], points=25)
