@@ -70,6 +70,32 @@ def nonneg_float(text: str) -> float:
     return value
 
 
+def activation_from_args(args: argparse.Namespace) -> None:
+    """Take ``args.activation`` from a ``--student`` file that records it; refuse a ``-a`` that contradicts the file.
+
+    Run before any work (:func:`nearopt.cli.app.preflight`) for the commands whose
+    activation is required (:func:`add_network_args` without a default): a point
+    saved by ``nearopt critical --save-point`` carries its activation, so ``-a`` is
+    needed only for plain weight files.
+    """
+    if not getattr(args, "activation_required", False):
+        return
+    student = getattr(args, "student", None)
+    saved = io.saved_activation(student) if student else None
+    if saved is None:
+        if args.activation is None:
+            note = f" (student file {student} does not record its activation)" if student else ""
+            raise NearoptError(f"the following arguments are required: --activation/-a{note}")
+        return
+    try:
+        recorded = get_activation(saved)
+    except NearoptError as exc:
+        raise NearoptError(f"student file {student} records activation {saved!r}, which cannot be used: {exc}") from None
+    if args.activation is not None and get_activation(args.activation).name != recorded.name:
+        raise NearoptError(f"student file {student} was saved for activation {saved!r}, not {args.activation!r}: drop -a (the file's activation is used)")
+    args.activation = saved
+
+
 def add_teacher_size_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     g = p.add_argument_group("random teacher")
     g.add_argument("--ni", type=positive_int, required=required, help="input width N_i")
@@ -80,14 +106,19 @@ def add_teacher_size_args(p: argparse.ArgumentParser, required: bool = False) ->
 
 
 def add_network_args(p: argparse.ArgumentParser, activation_default: str | None = None) -> None:
-    """``--activation`` plus either ``--ni/--nh/--seed`` or ``--teacher FILE``."""
+    """``--activation`` plus either ``--ni/--nh/--seed`` or ``--teacher FILE``.
+
+    Without ``activation_default`` the activation is required, unless a ``--student``
+    file records it (:func:`activation_from_args`, run before the command).
+    """
     p.add_argument(
         "--activation",
         "-a",
-        required=activation_default is None,
         default=activation_default,
-        help=f"activation: {', '.join(available_activations())} (monomial:P, polynomial:c0,c1,..., erf:unit for erf(z))",
+        help=f"activation: {', '.join(available_activations())} (monomial:P, polynomial:c0,c1,..., erf:unit for erf(z), MODULE:FUNCTION)"
+        + ("; required unless a --student file records it" if activation_default is None else ""),
     )
+    p.set_defaults(activation_required=activation_default is None)
     add_teacher_size_args(p)
     p.add_argument("--teacher", metavar="FILE.npz", help="teacher weights (W1 (N_h,N_i), W2 (1,N_h)) instead of --ni/--nh")
 
