@@ -249,3 +249,11 @@ def test_an_affine_check_leaves_nonlinear_polynomials_alone():
     assert get_activation("polynomial:0,1,0").polynomial_coefficients is not None
     with pytest.raises(NearoptError, match="affine"):
         _known_activation("polynomial:0,1,0")
+
+
+def test_a_function_that_exits_while_probed_is_one_line():
+    def leave(z):
+        raise SystemExit(4)
+
+    with pytest.raises(NearoptError, match=r"g\(z\) called sys.exit\(4\)"):
+        CustomActivation("leaves", leave)

@@ -616,6 +616,8 @@ def _call(label: str, what: str, fn: Callable[[], object]):
         return fn()
     except NearoptError:
         raise
+    except SystemExit as exc:
+        raise NearoptError(f"activation {label}: {what} called sys.exit({exc.code!r})") from None
     except Exception as exc:  # a user's function: any failure is one line
         text = " ".join(str(exc).split())
         if "in-place" in text or "inplace" in text:
@@ -649,11 +651,13 @@ def check_activation(act: Activation, label: str | None = None) -> Activation:
     d1 = _probe_output(label, "g'(z)", _call(label, "g'(z)", lambda: act.derivative(z.clone())), z)
     with torch.no_grad():
         h = _FD_STEP
-        fd = (_call(label, "g(z)", lambda: act(z + h)) - _call(label, "g(z)", lambda: act(z - h))) / (2 * h)
-    bad = (d1 - fd).abs() > _FD_RTOL * (1.0 + fd.abs())
+        up, down = (_probe_output(label, "g(z)", _call(label, "g(z)", lambda s=s: act(z + s * h)), z) for s in (1.0, -1.0))
+    fd = (up - down) / (2 * h)
+    rounding = 8 * torch.finfo(torch.float64).eps * torch.maximum(up.abs(), down.abs()) / h  # of the difference itself
+    bad = (d1 - fd).abs() > _FD_RTOL * (1.0 + fd.abs()) + rounding
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0])
-        raise NearoptError(f"activation {label}: its derivative g'({PROBE_POINTS[i]:g}) = {float(d1[i]):.6g} disagrees with the slope "
+        raise NearoptError(f"activation {label}: its derivative g'({PROBE_POINTS[i]:g}) = {float(d1[i]) + 0.0:.6g} disagrees with the slope "
                            f"{float(fd[i]):.6g} of g there; part of g is hidden from autograd (detached, rounded or NumPy values), "
                            "or the derivative given is wrong")
     if act.is_smooth:

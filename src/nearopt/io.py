@@ -243,9 +243,9 @@ def _check_point_metadata(arrays: dict[str, np.ndarray], where: str) -> None:
     from .problem import TRAINED_BLOCKS  # problem imports this module
 
     for key in _TEXT_KEYS:
-        if key in arrays and (arrays[key].ndim != 0 or arrays[key].dtype.kind != "U" or not str(arrays[key]).strip()):
-            a = arrays[key]
-            raise NearoptError(f"{where}: entry {key!r} must be one text value, got {a.dtype} of shape {a.shape}")
+        text = arrays.get(key)
+        if text is not None and (text.ndim != 0 or text.dtype.kind != "U" or not str(text).strip()):
+            raise NearoptError(f"{where}: entry {key!r} must be one text value, got {text.dtype} of shape {text.shape}")
     if "trained" in arrays and str(arrays["trained"]) not in TRAINED_BLOCKS:
         raise NearoptError(f"{where}: entry 'trained' is {str(arrays['trained'])!r}; it must name the trained blocks: {', '.join(TRAINED_BLOCKS)}")
     for key in (*_INTEGER_KEYS, *_SCALAR_KEYS, "eigenvalues", "teacher_W1", "teacher_W2"):
