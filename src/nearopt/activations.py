@@ -651,7 +651,7 @@ def check_activation(act: Activation, label: str | None = None) -> Activation:
     d1 = _probe_output(label, "g'(z)", _call(label, "g'(z)", lambda: act.derivative(z.clone())), z)
     with torch.no_grad():
         h = _FD_STEP
-        up, down = (_probe_output(label, "g(z)", _call(label, "g(z)", lambda s=s: act(z + s * h)), z) for s in (1.0, -1.0))
+        up, down = (_probe_output(label, "g(z)", _call(label, "g(z)", functools.partial(act, z + step)), z) for step in (h, -h))
     fd = (up - down) / (2 * h)
     rounding = 8 * torch.finfo(torch.float64).eps * torch.maximum(up.abs(), down.abs()) / h  # of the difference itself
     bad = (d1 - fd).abs() > _FD_RTOL * (1.0 + fd.abs()) + rounding
