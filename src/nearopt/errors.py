@@ -42,6 +42,21 @@ class ResourceError(NearoptError):
     """A computation that the machine cannot hold (memory, device): refused before it starts."""
 
 
+#: largest magnitude whose square float64 holds (about 1.34e154): a setting above it overflows
+#: in the first product it enters (a variance sigma^2, a step lr times lr, a weight times itself)
+SQUARE_LIMIT = math.sqrt(float(np.finfo(np.float64).max))
+
+
+def _real_number(value, name: str, kind: str) -> float:
+    """``value`` as a float, or one line naming ``kind`` for anything that is not one real number."""
+    if value is None or isinstance(value, (bool, np.bool_, str, bytes, complex)) or np.iscomplexobj(value):
+        raise NearoptError(f"{name} must be {kind}, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise NearoptError(f"{name} must be {kind}, got {value!r}") from None
+
+
 def require_positive_finite(value, name: str) -> float:
     """Return ``value`` as a float, or raise unless it is a real, finite number ``> 0``.
 
@@ -49,15 +64,44 @@ def require_positive_finite(value, name: str) -> float:
     and negative values: a tolerance such as ``rtol = nan`` would otherwise
     compare false everywhere and mark a wrong rank as clear.
     """
-    if value is None or isinstance(value, (bool, np.bool_, str, bytes, complex)) or np.iscomplexobj(value):
-        raise NearoptError(f"{name} must be a finite number > 0, got {value!r}")
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise NearoptError(f"{name} must be a finite number > 0, got {value!r}") from None
+    x = _real_number(value, name, "a finite number > 0")
     if not (math.isfinite(x) and x > 0):
         raise NearoptError(f"{name} must be a finite number > 0, got {value!r}")
     return x
+
+
+def require_nonneg_finite(value, name: str) -> float:
+    """Return ``value`` as a float, or raise unless it is a real, finite number ``>= 0`` (as :func:`require_positive_finite`)."""
+    x = _real_number(value, name, "a finite number >= 0")
+    if not (math.isfinite(x) and x >= 0):
+        raise NearoptError(f"{name} must be a finite number >= 0, got {value!r}")
+    return x
+
+
+def require_squarable(value: float, name: str) -> float:
+    """Return ``value``, or raise if its square overflows float64 (``|value| >`` :data:`SQUARE_LIMIT`).
+
+    Every real setting of nearopt enters a product with itself or with a
+    quantity of order one (a weight's variance, ``lr**2`` in the SGD operator),
+    so a value this large gives infinities inside the computation, not an answer.
+    """
+    if abs(value) > SQUARE_LIMIT:
+        raise NearoptError(f"{name} is too large for float64 ({value:g}: its square overflows; at most {SQUARE_LIMIT:.3g})")
+    return value
+
+
+def require_product_finite(factors: dict[str, float], what: str, advice: str, power: int = 1) -> None:
+    """Raise unless ``(product of the non-negative factors) ** power`` is finite in float64.
+
+    ``factors`` maps a name to a value (``{"max |W2|": 1e200}``); ``what`` names the
+    quantity the product bounds (``"Hessian entries"``). Computed in logarithms, so
+    the check itself cannot overflow, and the message names the factors so that
+    the user sees which input is too large.
+    """
+    log10 = power * sum(math.log10(v) if v > 0 else -math.inf for v in factors.values())
+    if log10 >= math.log10(float(np.finfo(np.float64).max)):
+        named = ", ".join(f"{k} = {v:.3g}" for k, v in factors.items())
+        raise NearoptError(f"{what} overflow float64: they reach about 1e{log10:.0f} ({named}); {advice}")
 
 
 def require_finite(values, what: str, cause: str = "") -> None:

@@ -130,14 +130,18 @@ def _stdout_to_devnull() -> None:
 
 
 def preflight(args: argparse.Namespace) -> None:
-    """Checks made before any computation: the output path (file or folder) and the device.
+    """Checks made before any computation: the output path (file or folder), the device and the activation.
 
     A command marks its ``--out`` as a folder with ``set_defaults(out_is_dir=True)``
     and may require a suffix with ``set_defaults(out_suffix=".npz")``. Environment
     variables (``NEAROPT_MEMORY_LIMIT``) are validated here too, whether or not the
-    command would read them.
+    command would read them. A ``--student`` file that records its activation gives
+    ``--activation`` (:func:`nearopt.cli.common.activation_from_args`).
     """
     check_environment()
+    from .common import activation_from_args  # the numerical stack: not for ``nearopt --help``
+
+    activation_from_args(args)
     if getattr(args, "device", None) is not None:
         args.device = check_device(args.device)
     out = getattr(args, "out", None)

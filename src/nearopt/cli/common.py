@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import NearoptError, require_finite, require_positive_int
+from ..errors import (
+    NearoptError,
+    require_finite,
+    require_nonneg_finite,
+    require_positive_finite,
+    require_positive_int,
+    require_product_finite,
+    require_squarable,
+)
 from ..model import io
 from ..model.activations import available_activations, get_activation
 from ..model.datasets import DATASETS, dataset_names
@@ -48,26 +56,52 @@ def nonneg_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite float > 0."""
+def _float_option(text: str, validate: Callable[[object, str], float]) -> float:
+    """argparse type: ``text`` as a float checked by ``validate`` and :func:`~nearopt.errors.require_squarable`."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (np.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+    try:
+        return require_squarable(validate(value, "the value"), "the value")
+    except NearoptError as exc:  # argparse prefixes the option's name
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0 whose square float64 holds."""
+    return _float_option(text, require_positive_finite)
 
 
 def nonneg_float(text: str) -> float:
-    """argparse type: a finite float >= 0."""
+    """argparse type: a finite float >= 0 whose square float64 holds."""
+    return _float_option(text, require_nonneg_finite)
+
+
+def activation_from_args(args: argparse.Namespace) -> None:
+    """Take ``args.activation`` from a ``--student`` file that records it; refuse a ``-a`` that contradicts the file.
+
+    Run before any work (:func:`nearopt.cli.app.preflight`) for the commands whose
+    activation is required (:func:`add_network_args` without a default): a point
+    saved by ``nearopt critical --save-point`` carries its activation, so ``-a`` is
+    needed only for plain weight files.
+    """
+    if not getattr(args, "activation_required", False):
+        return
+    student = getattr(args, "student", None)
+    saved = io.saved_activation(student) if student else None
+    if saved is None:
+        if args.activation is None:
+            note = f" (student file {student} does not record its activation)" if student else ""
+            raise NearoptError(f"the following arguments are required: --activation/-a{note}")
+        return
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (np.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+        recorded = get_activation(saved)
+    except NearoptError as exc:
+        raise NearoptError(f"student file {student} records activation {saved!r}, which cannot be used: {exc}") from None
+    if args.activation is not None and get_activation(args.activation).name != recorded.name:
+        raise NearoptError(f"student file {student} was saved for activation {saved!r}, not {args.activation!r}: drop -a (the file's activation is used)")
+    args.activation = saved
 
 
 def add_teacher_size_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -80,14 +114,19 @@ def add_teacher_size_args(p: argparse.ArgumentParser, required: bool = False) ->
 
 
 def add_network_args(p: argparse.ArgumentParser, activation_default: str | None = None) -> None:
-    """``--activation`` plus either ``--ni/--nh/--seed`` or ``--teacher FILE``."""
+    """``--activation`` plus either ``--ni/--nh/--seed`` or ``--teacher FILE``.
+
+    Without ``activation_default`` the activation is required, unless a ``--student``
+    file records it (:func:`activation_from_args`, run before the command).
+    """
     p.add_argument(
         "--activation",
         "-a",
-        required=activation_default is None,
         default=activation_default,
-        help=f"activation: {', '.join(available_activations())} (monomial:P, polynomial:c0,c1,..., erf:unit for erf(z))",
+        help=f"activation: {', '.join(available_activations())} (monomial:P, polynomial:c0,c1,..., erf:unit for erf(z), MODULE:FUNCTION)"
+        + ("; required unless a --student file records it" if activation_default is None else ""),
     )
+    p.set_defaults(activation_required=activation_default is None)
     add_teacher_size_args(p)
     p.add_argument("--teacher", metavar="FILE.npz", help="teacher weights (W1 (N_h,N_i), W2 (1,N_h)) instead of --ni/--nh")
 
@@ -191,8 +230,33 @@ def check_network_finite(net: TwoLayerNet, X: np.ndarray | None) -> None:
     cause = f"activation {net.activation.name} on {what}, |W1 x| up to {zmax:.3g}; use smaller inputs or weights, or another activation"
     require_finite(z, "pre-activations W1 x", "the inputs or weights are too large for float64")
     with torch.no_grad():
-        require_finite(net.activation(z), "activation g(W1 x)", cause)
-        require_finite(net.activation.derivative(z), "derivative g'(W1 x)", cause)
+        g, dg = net.activation(z), net.activation.derivative(z)
+    require_finite(g, "activation g(W1 x)", cause)
+    require_finite(dg, "derivative g'(W1 x)", cause)
+    xmax = POPULATION_SIGMAS if X is None else float(np.sqrt(np.square(X).sum(1).max())) if X.size else 0.0
+    feature = max(float(g.abs().max()), float(dg.abs().max()) * xmax) if z.numel() else 0.0
+    require_product_finite({"N_h": net.n_hidden, "max |W2|": float(np.abs(net.W2).max()), "max(|g|, |g'| |x|)": feature},
+                           "the output's square and the Hessian entries", "use smaller --sigma1/--sigma2, weights or inputs", power=2)
+    if X is None:
+        require_variances_representable(net.W1)
+
+
+def require_variances_representable(W1: np.ndarray) -> None:
+    """Refuse first-layer rows ``(N_h, N_i)`` whose squared norm, the variance of a Gaussian pre-activation, underflows float64.
+
+    The population moments are functions of these variances; a nonzero row below
+    ``sqrt(tiny)`` (about ``1.5e-154``) has a variance of 0 or a subnormal one, so its
+    unit would look dead. The batch route (``W1 x`` itself) has no such limit.
+    """
+    W1 = np.asarray(W1, dtype=np.float64)
+    peak = np.abs(W1).max(1)
+    norms = peak * np.sqrt(np.square(W1 / np.where(peak > 0, peak, 1.0)[:, None]).sum(1))  # no underflow in the squares
+    small = (norms > 0) & (norms < np.sqrt(np.finfo(np.float64).tiny))
+    if np.any(small):
+        a = int(np.argmax(small))
+        raise NearoptError(f"first-layer row {a} has norm {norms[a]:.3g}: its pre-activation variance |w|^2 underflows float64 "
+                           f"(norms below {np.sqrt(np.finfo(np.float64).tiny):.3g}), so the population moments cannot be formed; "
+                           "rescale the weights (a batch of inputs needs no variance)")
 
 
 @contextlib.contextmanager

@@ -299,7 +299,11 @@ def finalize(config: dict[str, Any], cells_: list[dict], results: list[dict], ou
 
 
 def _known_activation(value: str) -> None:
-    get_activation(value)
+    """A nonlinear activation: for an affine ``g`` the law has no bulk and no scaled ``N_h -> inf`` limit to test."""
+    c = get_activation(value).polynomial_coefficients
+    if c is not None and np.count_nonzero(np.asarray(c)[2:]) == 0:
+        raise NearoptError(f"activation {value!r} is affine: its Hessian has no bulk, so the asymptotic law has no scaled limit "
+                           "to compare with; choose a nonlinear activation (erf, tanh, relu, quadratic, ...)")
 
 
 SETTINGS = (

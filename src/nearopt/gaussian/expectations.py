@@ -372,6 +372,10 @@ def quadrature_moments(activation: str | Activation, c11, c12, c22, *, order: in
     return fwd, rev
 
 
+#: variances below this have a product with each other that float64 cannot hold (``sqrt`` of the smallest normal)
+_PRODUCT_TINY = float(np.sqrt(np.finfo(np.float64).tiny))
+
+
 def _require_representable(m: PairMoments, act: Activation, variances: np.ndarray) -> None:
     """Moments float64 cannot hold are one clear error, not a NaN or all-zero spectrum.
 
@@ -381,6 +385,14 @@ def _require_representable(m: PairMoments, act: Activation, variances: np.ndarra
     lost, while a few moments under that scale only round to zero relative to it.
     """
     parts = [m.gg, m.b, m.dd, m.K] + [x for x in (m.b_sum, m.K_sum) if x is not None]
+    live = variances[variances > 0]
+    if not all(np.all(np.isfinite(x)) for x in parts) and live.size and live.min() < _PRODUCT_TINY:
+        # a closed form divides by a product of two variances (ReLU's K ~ 1 / (c sqrt(det C))): it underflows first
+        raise NearoptError(
+            f"the Gaussian moments of {act.name!r} overflow float64 because the weights are too small: the smallest "
+            f"pre-activation variance {float(live.min()):.3g} times another underflows (variances below {_PRODUCT_TINY:.3g}); "
+            "multiply the first-layer weights by a power of ten (ReLU's first-layer block does not depend on their scale)"
+        )
     if not all(np.all(np.isfinite(x)) for x in parts):
         raise NearoptError(
             f"the Gaussian moments of {act.name!r} overflow float64 at these pre-activation variances "

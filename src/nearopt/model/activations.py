@@ -22,6 +22,7 @@ Users add their own with :func:`register_activation`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import math
@@ -149,6 +150,18 @@ def pair_covariance(c11, c12, c22) -> np.ndarray:
     return np.stack([np.stack([c11, c12], -1), np.stack([c12, c22], -1)], -2)
 
 
+def _autograd_on() -> contextlib.ExitStack:
+    """Autograd enabled even inside ``torch.no_grad()`` or ``torch.inference_mode()`` (batched descents run there).
+
+    Tensors made inside are ordinary ones, so a derivative by autograd works from any caller;
+    the input must be cloned inside (an inference tensor cannot require grad).
+    """
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.enable_grad())
+    return stack
+
+
 class Activation:
     """Elementwise activation ``g`` with derivative ``g'``.
 
@@ -164,8 +177,8 @@ class Activation:
 
     def derivative(self, z: torch.Tensor) -> torch.Tensor:
         """``g'(z)`` elementwise (autograd unless a subclass knows better)."""
-        with torch.enable_grad():
-            zz = z.detach().requires_grad_(True)
+        with _autograd_on():
+            zz = z.detach().clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(self(zz).sum(), zz)
         return grad
 
@@ -176,8 +189,8 @@ class Activation:
         ``x``-moments into expectations of derivatives), so ``g`` must be
         differentiable ``order`` times by autograd if a subclass does not override this.
         """
-        with torch.enable_grad():
-            zz = z.detach().requires_grad_(True)
+        with _autograd_on():
+            zz = z.detach().clone().requires_grad_(True)
             out = [self(zz), self.derivative(zz)]
             if out[0].requires_grad and not out[1].requires_grad:  # g' came from a detached autograd call
                 (out[1],) = torch.autograd.grad(out[0].sum(), zz, create_graph=True)
@@ -540,15 +553,21 @@ class ReLU(Activation):
 class CustomActivation(Activation):
     """A user activation from a torch function (and optionally its derivative).
 
-    ``fn`` must map a float64 tensor to a tensor of the same shape; if
-    ``derivative`` is omitted, ``fn`` must be differentiable by autograd.
+    ``fn`` must map a float64 tensor to a real float64 tensor of the same shape,
+    out of place; if ``derivative`` is omitted, ``fn`` must be differentiable by
+    autograd. Both are probed on construction (:func:`check_activation`): a
+    function that breaks one of these rules is one :class:`NearoptError` here,
+    not a traceback or a float32 answer later.
     """
 
     def __init__(self, name: str, fn: TorchFn, derivative: TorchFn | None = None, smooth: bool = True):
+        if not callable(fn) or (derivative is not None and not callable(derivative)):
+            raise NearoptError(f"activation {name!r}: fn and derivative must be functions of a torch tensor")
         self.name = name
         self._fn = fn
         self._deriv = derivative
         self._smooth = smooth
+        check_activation(self)
 
     def __call__(self, z):
         return self._fn(z)
@@ -559,6 +578,95 @@ class CustomActivation(Activation):
     @property
     def is_smooth(self) -> bool:
         return self._smooth
+
+
+#: where a user's activation is probed: both signs, away from 0 and from the half-integers
+#: (kinks and jumps of common activations), float64
+PROBE_POINTS = (-2.61, -1.37, -0.42, 0.29, 0.93, 1.74, 2.58)
+#: central-difference step and tolerance comparing the derivative with ``g`` itself
+_FD_STEP, _FD_RTOL = 1e-5, 1e-4
+#: derivatives the population quadrature takes of a smooth activation (Stein's lemma)
+SMOOTH_ORDER = 3
+
+
+def _probe_output(label: str, what: str, out, z: torch.Tensor) -> torch.Tensor:
+    """``out`` (``what`` of ``z``) as a checked tensor: real float64, ``z``'s shape, finite."""
+    if isinstance(out, np.ndarray):
+        raise NearoptError(f"activation {label}: {what} returns a NumPy array, not a torch tensor; write it with torch functions "
+                           "(autograd cannot differentiate NumPy)")
+    if not isinstance(out, torch.Tensor):
+        raise NearoptError(f"activation {label}: {what} returns {type(out).__name__}, not a torch tensor")
+    if out.is_complex():
+        raise NearoptError(f"activation {label}: {what} returns complex values ({out.dtype}); an activation must be real")
+    if not out.is_floating_point():
+        raise NearoptError(f"activation {label}: {what} returns {out.dtype} values, not float64; integer or boolean values "
+                           "have no derivative (compute in floating point, e.g. (z > 0).double())")
+    if out.dtype != torch.float64:
+        raise NearoptError(f"activation {label}: {what} returns {out.dtype} values for a float64 input; nearopt computes in float64 "
+                           f"and would keep only {out.dtype}'s digits while reporting float64: compute in float64 (no .float(), no float32 constants)")
+    if out.shape != z.shape:
+        raise NearoptError(f"activation {label}: {what} returns shape {tuple(out.shape)} for an input of shape {tuple(z.shape)}; it must act elementwise")
+    if not bool(torch.isfinite(out).all()):
+        raise NearoptError(f"activation {label}: {what} is NaN or infinite at some of z = {', '.join(f'{x:g}' for x in PROBE_POINTS)}")
+    return out
+
+
+def _call(label: str, what: str, fn: Callable[[], object]):
+    """``fn()``, with a user function's failure as one line that names the likely cause."""
+    try:
+        return fn()
+    except NearoptError:
+        raise
+    except SystemExit as exc:
+        raise NearoptError(f"activation {label}: {what} called sys.exit({exc.code!r})") from None
+    except Exception as exc:  # a user's function: any failure is one line
+        text = " ".join(str(exc).split())
+        if "in-place" in text or "inplace" in text:
+            why = "it works in place on its input (z.mul_(), z.tanh_(), z[...] = ...); write it out of place (torch.tanh(z))"
+        elif "numpy()" in text.lower():
+            why = "it calls NumPy on its tensor, which autograd cannot follow; write it with torch functions"
+        elif "does not require grad" in text or "grad_fn" in text:
+            why = "it is not differentiable by autograd (its value does not come from torch operations on z: detached, NumPy or integer)"
+        else:
+            why = f"{type(exc).__name__}: {text[:300]}"
+        raise NearoptError(f"activation {label}: {what} fails on a float64 tensor: {why}") from None
+
+
+def check_activation(act: Activation, label: str | None = None) -> Activation:
+    """Probe ``act`` on a small float64 tensor (:data:`PROBE_POINTS`) and return it; one-line :class:`NearoptError` otherwise.
+
+    ``g`` and ``g'`` must return real float64 tensors of the input's shape, finite,
+    without modifying the input; ``g'`` must agree with central differences of ``g``
+    (a part that autograd does not see, such as ``z.detach()`` or a rounding,
+    gives a wrong derivative); a smooth activation must be differentiable
+    :data:`SMOOTH_ORDER` times with finite values (the population quadrature's
+    Stein identities use them). ``label`` names it in messages (default its name).
+    """
+    label = label or act.name
+    z = torch.tensor(PROBE_POINTS, dtype=torch.float64)
+    zin = z.clone()
+    with torch.no_grad():
+        g = _probe_output(label, "g(z)", _call(label, "g(z)", lambda: act(zin)), z)
+    if not torch.equal(zin, z):
+        raise NearoptError(f"activation {label}: g modifies its input in place (z.mul_(), z.tanh_(), z[...] = ...); write it out of place (torch.tanh(z))")
+    d1 = _probe_output(label, "g'(z)", _call(label, "g'(z)", lambda: act.derivative(z.clone())), z)
+    with torch.no_grad():
+        h = _FD_STEP
+        up, down = (_probe_output(label, "g(z)", _call(label, "g(z)", functools.partial(act, z + step)), z) for step in (h, -h))
+    fd = (up - down) / (2 * h)
+    rounding = 8 * torch.finfo(torch.float64).eps * torch.maximum(up.abs(), down.abs()) / h  # of the difference itself
+    bad = (d1 - fd).abs() > _FD_RTOL * (1.0 + fd.abs()) + rounding
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise NearoptError(f"activation {label}: its derivative g'({PROBE_POINTS[i]:g}) = {float(d1[i]) + 0.0:.6g} disagrees with the slope "
+                           f"{float(fd[i]):.6g} of g there; part of g is hidden from autograd (detached, rounded or NumPy values), "
+                           "or the derivative given is wrong")
+    if act.is_smooth:
+        ds = _call(label, f"derivatives to order {SMOOTH_ORDER}", lambda: act.derivatives(z.clone(), SMOOTH_ORDER))
+        for k, d in enumerate(ds[2:], start=2):
+            _probe_output(label, f"derivative of order {k}", d, z)
+    del g
+    return act
 
 
 def _parse_coefficients(arg: str) -> list[float]:
@@ -658,23 +766,30 @@ def activation_from_module(module: str, attribute: str) -> Activation:
     ``smooth=False`` for a kink) or a torch-differentiable function ``z -> g(z)``, wrapped
     as ``CustomActivation("module:attribute", fn)`` (smooth). The module is imported from
     ``sys.path`` (the current folder included when run as ``python -m nearopt``). The
-    function is checked on a few points: finite float64 values of the input's shape.
+    activation is probed before use (:func:`check_activation`); a module that fails on
+    import, or exits, is one :class:`NearoptError`.
     """
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        raise NearoptError(f"activation {module}:{attribute}: cannot import module {module!r} ({exc})") from None
+    label = f"{module}:{attribute}"
+    mod = _import_user_module(module, label)
     obj = getattr(mod, attribute, None)
     if obj is None:
-        raise NearoptError(f"activation {module}:{attribute}: module {module!r} has no attribute {attribute!r}")
-    act = obj if isinstance(obj, Activation) else CustomActivation(f"{module}:{attribute}", obj) if callable(obj) else None
-    if act is None:
-        raise NearoptError(f"activation {module}:{attribute} is neither an Activation nor a function")
-    z = torch.linspace(-3.0, 3.0, 7, dtype=torch.float64)
+        raise NearoptError(f"activation {label}: module {module!r} has no attribute {attribute!r}")
+    if isinstance(obj, Activation):
+        return check_activation(obj, label)
+    if not callable(obj):
+        raise NearoptError(f"activation {label} is neither an Activation nor a function")
+    return CustomActivation(label, obj)
+
+
+def _import_user_module(module: str, label: str):
+    """``importlib.import_module(module)``; whatever the module does on import that fails (``sys.exit``, an exception) is one line."""
     try:
-        out = act(z)
-    except Exception as exc:  # a user's function: any failure is one line
-        raise NearoptError(f"activation {module}:{attribute} fails on a float64 tensor: {type(exc).__name__}: {exc}") from None
-    if not isinstance(out, torch.Tensor) or out.shape != z.shape or not bool(torch.isfinite(out).all()):
-        raise NearoptError(f"activation {module}:{attribute} must map a float64 tensor to finite values of the same shape")
-    return act
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise NearoptError(f"activation {label}: cannot import module {module!r} ({exc})") from None
+    except SystemExit as exc:
+        raise NearoptError(f"activation {label}: importing module {module!r} called sys.exit({exc.code!r})") from None
+    except NearoptError as exc:
+        raise NearoptError(f"activation {label}: importing module {module!r} failed: {exc}") from None
+    except Exception as exc:  # a user's module: any failure is one line
+        raise NearoptError(f"activation {label}: importing module {module!r} failed: {type(exc).__name__}: {exc}") from None

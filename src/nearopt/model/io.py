@@ -229,6 +229,58 @@ POINT_METADATA_KEYS = ("teacher_W1", "teacher_W2", "eigenvalues", "loss", "gradi
 MODEL_SCOPE = "nearopt models two layers f(x) = W2 g(W1 x) with one output and no biases"
 
 
+#: entries of a saved point that hold one text value, and the integer and real ones
+_TEXT_KEYS = ("activation", "trained", "classification")
+_INTEGER_KEYS = ("index", "zero_modes")
+_SCALAR_KEYS = ("loss", "gradient_norm")
+
+
+def _check_point_metadata(arrays: dict[str, np.ndarray], where: str) -> None:
+    """Refuse metadata of a saved point (:data:`POINT_METADATA_KEYS`) of the wrong kind: one line, not a ``KeyError`` later.
+
+    ``trained`` must name one of :data:`nearopt.model.problem.TRAINED_BLOCKS` (what :meth:`CriticalPoint.save` writes).
+    """
+    from .problem import TRAINED_BLOCKS  # problem imports this module
+
+    for key in _TEXT_KEYS:
+        text = arrays.get(key)
+        if text is not None and (text.ndim != 0 or text.dtype.kind != "U" or not str(text).strip()):
+            raise NearoptError(f"{where}: entry {key!r} must be one text value, got {text.dtype} of shape {text.shape}")
+    if "trained" in arrays and str(arrays["trained"]) not in TRAINED_BLOCKS:
+        raise NearoptError(f"{where}: entry 'trained' is {str(arrays['trained'])!r}; it must name the trained blocks: {', '.join(TRAINED_BLOCKS)}")
+    for key in (*_INTEGER_KEYS, *_SCALAR_KEYS, "eigenvalues", "teacher_W1", "teacher_W2"):
+        a = arrays.get(key)
+        if a is None:
+            continue
+        kinds = "iu" if key in _INTEGER_KEYS else "iuf"
+        shape_ok = a.ndim == 0 if key in (*_INTEGER_KEYS, *_SCALAR_KEYS) else a.ndim == 1 if key == "eigenvalues" else True
+        if a.dtype.kind not in kinds or not shape_ok:
+            kind = "an integer" if key in _INTEGER_KEYS else "one real number" if key in _SCALAR_KEYS else "a real array"
+            raise NearoptError(f"{where}: entry {key!r} must be {kind}, got {a.dtype} of shape {a.shape}")
+
+
+def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` file ``path`` (no pickles); one line if it is missing or unreadable."""
+    if not path.is_file():
+        raise NearoptError(f"{what} not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: np.asarray(data[k]) for k in data.files}
+    except Exception as exc:
+        raise NearoptError(f"cannot read {what} {path}: not a valid .npz ({exc.__class__.__name__})") from None
+
+
+def saved_activation(path: str | os.PathLike, role: str = "student") -> str | None:
+    """The activation a weight file records (a point saved by ``nearopt critical --save-point``), or ``None``.
+
+    The file's metadata is validated as by :func:`load_weights`.
+    """
+    path = Path(path)
+    arrays = _read_npz(path, f"{role} file")
+    _check_point_metadata(arrays, f"{role} file {path}")
+    return str(arrays["activation"]) if "activation" in arrays else None
+
+
 def load_weights(path: str | os.PathLike, role: str = "teacher") -> tuple[np.ndarray, np.ndarray]:
     """Load and validate the weights of a network from an ``.npz`` file.
 
@@ -236,18 +288,14 @@ def load_weights(path: str | os.PathLike, role: str = "teacher") -> tuple[np.nda
     ``W2`` may be stored with shape ``(N_h,)`` or ``(1, N_h)``. Arrays other than
     ``W1``, ``W2`` (and the metadata of a saved critical point,
     :data:`POINT_METADATA_KEYS`) are refused: a bias ``b1`` or a third layer would
-    otherwise be dropped without a word. ``role`` names the file in messages
+    otherwise be dropped without a word; metadata of the wrong kind (a ``trained``
+    entry that names no block, an array where one value belongs) is refused too.
+    ``role`` names the file in messages
     (``"teacher"``, ``"student"``).
     """
     path = Path(path)
     what = f"{role} file"
-    if not path.is_file():
-        raise NearoptError(f"{what} not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: np.asarray(data[k]) for k in data.files}
-    except Exception as exc:
-        raise NearoptError(f"cannot read {what} {path}: not a valid .npz ({exc.__class__.__name__})") from None
+    arrays = _read_npz(path, what)
     missing = [k for k in WEIGHT_KEYS if k not in arrays]
     if missing:
         raise NearoptError(f"{what} {path} lacks array(s) {', '.join(missing)} (has: {', '.join(arrays) or 'none'})")
@@ -255,6 +303,7 @@ def load_weights(path: str | os.PathLike, role: str = "teacher") -> tuple[np.nda
     if unknown:
         raise NearoptError(f"{what} {path} has array(s) {', '.join(unknown)} that nearopt does not model: {MODEL_SCOPE}; "
                            f"give W1 (N_h, N_i) and W2 (1, N_h)")
+    _check_point_metadata(arrays, f"{what} {path}")
     W1, W2 = arrays["W1"], arrays["W2"]
     for name, arr in (("W1", W1), ("W2", W2)):
         if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
