@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from nearopt.curvature import rank_measurement as measurement
 from nearopt.errors import NearoptError
 from nearopt.policy import EIGENVALUE_SAFETY, MIN_GAP, NullSpace, RankPolicy, eigenvalue_rtol
-from nearopt.theory import rank_measurement as measurement
 
 EPS = np.finfo(np.float64).eps
 

@@ -7,9 +7,9 @@ import pytest
 
 import nearopt as no
 from nearopt.cli import main
+from nearopt.curvature.rank_measurement import default_samples, measure_rank, rank_sweep, rank_vs_samples
 from nearopt.model.io import to_json
 from nearopt.policy import CLEAR_MARGIN
-from nearopt.theory.rank_measurement import default_samples, measure_rank, rank_sweep, rank_vs_samples
 from nearopt.theory.rank_prediction import (
     generic_polynomial_rank,
     linear_plus_quadratic_rank,

@@ -46,7 +46,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "theory.distributions": ("ChiSquareMPConvolution", "MarchenkoPastur"),
     "theory.linear": ("linear_batch_spectrum", "linear_population_spectrum"),
     "theory.rank_prediction": ("predict_rank",),
-    "theory.rank_measurement": ("measure_rank", "rank_sweep"),
+    "curvature.rank_measurement": ("measure_rank", "rank_sweep"),
     # dynamics
     "dynamics": ("predict_mean_loss", "run_dynamics"),
     # critical points and the landscape: descent, classification, many-start surveys, certificates

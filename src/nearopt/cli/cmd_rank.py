@@ -6,12 +6,7 @@ import argparse
 
 import numpy as np
 
-from ..errors import NearoptError, require_finite
-from ..model import io
-from ..model.activations import available_activations, get_activation
-from ..model.network import sample_teacher
-from ..resources import dense_bytes, require_memory
-from ..theory.rank_measurement import (
+from ..curvature.rank_measurement import (
     DEFAULT_OVERSAMPLE,
     MIN_GAP,
     SweepRow,
@@ -19,6 +14,11 @@ from ..theory.rank_measurement import (
     rank_vs_samples,
     sweep_samples,
 )
+from ..errors import NearoptError, require_finite
+from ..model import io
+from ..model.activations import available_activations, get_activation
+from ..model.network import sample_teacher
+from ..resources import dense_bytes, require_memory
 from ..theory.rank_prediction import saturation_hidden
 from .common import emit_json, nonneg_int, numerics, positive_float, positive_int
 

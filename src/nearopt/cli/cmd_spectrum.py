@@ -8,6 +8,7 @@ import numpy as np
 
 from ..curvature import BATCH_METHODS, batch_spectrum
 from ..curvature.population import PopulationHessian
+from ..curvature.rank_measurement import compare_with_population
 from ..errors import NearoptError, require_finite
 from ..figures.spectrum import check_plot_path, plot_spectrum
 from ..landscape.critical import load_point
@@ -18,7 +19,6 @@ from ..model.network import TwoLayerNet
 from ..model.problem import GaussianInputs, Problem
 from ..policy import RankPolicy
 from ..spectra import Spectrum, SpectrumRequest
-from ..theory.rank_measurement import compare_with_population
 from .common import (
     add_data_args,
     add_input_cov_arg,

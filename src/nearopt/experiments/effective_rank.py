@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from ..curvature.rank_measurement import measure_rank
 from ..figures.plotting import new_figure, save_figure
 from ..model import io
 from ..model.activations import get_activation
 from ..model.network import sample_teacher
-from ..theory.rank_measurement import measure_rank
 from ..theory.rank_prediction import DEFECTIVE_CASES, predict_rank, saturation_hidden
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, count, counts, n_params, names, register
 

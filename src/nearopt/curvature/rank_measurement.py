@@ -29,14 +29,14 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from ..curvature import BatchGaussNewton, PopulationHessian, population_spectrum
 from ..errors import NearoptError, require_positive_int
 from ..model.activations import Activation, get_activation
 from ..model.network import TwoLayerNet, sample_inputs, sample_teacher
 from ..model.problem import GaussianInputs, Problem
 from ..policy import CLEAR_MARGIN, MIN_GAP, RankDecision, RankPolicy
 from ..spectra import NullSpaceWarning, Spectrum
-from .rank_prediction import RankPrediction, predict_rank
+from ..theory.rank_prediction import RankPrediction, predict_rank
+from . import BatchGaussNewton, PopulationHessian, population_spectrum
 
 #: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
 DEFAULT_OVERSAMPLE = 4
