@@ -111,8 +111,8 @@ def test_teachers_are_seeded_and_scaled():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(n_inputs=0, n_hidden=2), "N_i must be a positive integer"),
     (dict(n_inputs=2, n_hidden=1.5), "N_h must be a positive integer"),
-    (dict(n_inputs=2, n_hidden=2, sigma1=0.0), "weight scales must be positive"),
-    (dict(n_inputs=2, n_hidden=2, sigma2=np.nan), "weight scales must be positive"),
+    (dict(n_inputs=2, n_hidden=2, sigma1=0.0), "sigma1 must be a finite number > 0"),
+    (dict(n_inputs=2, n_hidden=2, sigma2=np.nan), "sigma2 must be a finite number > 0"),
     (dict(n_inputs=2, n_hidden=2, seed=-1), "seed must be a non-negative integer"),
     (dict(n_inputs=2, n_hidden=2, seed=1.5), "seed must be a non-negative integer"),
     (dict(n_inputs=2, n_hidden=2, seed=True), "seed must be a non-negative integer"),

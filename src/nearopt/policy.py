@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NearoptError
+from .errors import NearoptError, require_nonneg_finite, require_positive_finite
 
 #: a rank decision is "clear" when the kept and the dropped singular values both
 #: sit at least this factor away from the tolerance
@@ -120,10 +120,7 @@ def eigenvalue_rtol(resolved_size: int) -> float:
 
 
 def _check_tolerance(rtol: float, atol: float) -> None:
-    if not (np.isfinite(rtol) and rtol > 0):
-        raise NearoptError(f"rtol must be positive and finite, got {rtol!r}")
-    if not (np.isfinite(atol) and atol >= 0):
-        raise NearoptError(f"atol must be non-negative and finite, got {atol!r}")
+    rtol, atol = require_positive_finite(rtol, "rtol"), require_nonneg_finite(atol, "atol")
 
 
 def decide_rank(

@@ -18,13 +18,12 @@ generalisation error is ``eps = 1/2 E[r0^2]`` (``r0`` without the noise): the ex
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import integrate
 
-from ..errors import NearoptError
+from ..errors import NearoptError, require_positive_finite
 from ..model.activations import Erf
 from ..model.network import TwoLayerNet
 
@@ -101,8 +100,7 @@ def committee_ode(teacher: TwoLayerNet, lr: float, noise: float = 0.0) -> Commit
     act = teacher.activation
     if not (isinstance(act, Erf) and not act.unit):
         raise NearoptError(f"the committee-machine ODEs are implemented for erf (erf(z/sqrt 2)), got {act.name}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise NearoptError(f"learning rate must be a finite number > 0, got {lr!r}")
+    lr = require_positive_finite(lr, "learning rate")
     T = teacher.W1 @ teacher.W1.T
     return CommitteeODE(0.5 * (T + T.T), teacher.W2.ravel().astype(np.float64), float(lr), float(noise))
 

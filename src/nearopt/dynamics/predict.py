@@ -49,13 +49,12 @@ def _check_times(times, lr: float) -> tuple[np.ndarray, float]:
     t = real_array(times, "times")
     if t.ndim != 1 or np.any(t < 0):
         raise NearoptError(f"times must be a 1-D array of values >= 0, got shape {t.shape} (min {t.min() if t.size else 'none'})")
-    return t, require_positive_finite(lr, "step size lr")
+    return t, require_positive_finite(lr, "learning rate")
 
 
 def check_step_size(lr: float, lambda_max: float) -> None:
     """Raise unless ``0 < lr < 2 / lambda_max`` (gradient descent on the quadratic is stable)."""
-    if not (np.isfinite(lr) and lr > 0):
-        raise NearoptError(f"step size must be a finite number > 0, got {lr}")
+    lr = require_positive_finite(lr, "learning rate")
     if lambda_max > 0 and lr * lambda_max >= 2.0:
         raise NearoptError(
             f"step size {lr:.6g} is unstable: gradient descent needs lr < 2/lambda_max = {2.0 / lambda_max:.6g} "

@@ -54,7 +54,7 @@ import torch
 
 from ..curvature.batch import jacobian
 from ..curvature.population import PopulationHessian, population_spectrum
-from ..errors import NearoptError, require_positive_int
+from ..errors import NearoptError, require_positive_finite, require_positive_int
 from ..gaussian.expectations import gauss_hermite
 from ..gaussian.objective import population_loss
 from ..model.network import TwoLayerNet
@@ -197,8 +197,7 @@ class SecondMomentModel:
 
 
 def _check_rate(lr: float, batch: int) -> tuple[float, int]:
-    if not (isinstance(lr, (int, float, np.floating)) and math.isfinite(lr) and lr > 0):
-        raise NearoptError(f"learning rate must be a finite number > 0, got {lr!r}")
+    lr = require_positive_finite(lr, "learning rate")
     return float(lr), require_positive_int(batch, "batch size")
 
 

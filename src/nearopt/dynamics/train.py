@@ -25,7 +25,7 @@ import torch
 from scipy import integrate
 from tqdm.auto import tqdm
 
-from ..errors import NearoptError, require_positive_int
+from ..errors import NearoptError, require_positive_finite, require_positive_int
 from ..model.network import TwoLayerNet, sample_inputs
 from ..spectra.spectrum import Spectrum
 from ..tolerances import EPS
@@ -72,13 +72,10 @@ def sample_displacements(
     ``sigma0 * a1`` on the ``n_first_layer`` entries of ``W1`` and ``sigma0 * a2`` on ``W2``.
     """
     draws = require_positive_int(draws, "number of draws")
-    if not (np.isfinite(sigma0) and sigma0 > 0):
-        raise NearoptError(f"sigma0 must be a finite number > 0, got {sigma0}")
+    sigma0 = require_positive_finite(sigma0, "sigma0")
     sigma = np.full(n_params, float(sigma0))
     if layer_scales is not None:
-        a1, a2 = (float(a) for a in layer_scales)
-        if not (a1 > 0 and a2 > 0 and np.isfinite(a1) and np.isfinite(a2)):
-            raise NearoptError(f"layer scales must be finite and > 0, got {layer_scales}")
+        a1, a2 = (require_positive_finite(a, "layer scale") for a in layer_scales)
         if n_first_layer is None:
             raise NearoptError("layer scales need the size of the first layer")
         sigma[:n_first_layer] *= a1
@@ -454,11 +451,8 @@ def run_dynamics(
     obj = objective if objective is not None else make_objective(net, X)
     spec, U = eigensystem if eigensystem is not None else obj.eigensystem()
     lam = spec.eigenvalues
-    lr = auto_lr(spec.largest) if lr == "auto" else float(lr)
-    if flow:
-        if not (np.isfinite(lr) and lr > 0):
-            raise NearoptError(f"step size (time unit) must be a finite number > 0, got {lr}")
-    else:
+    lr = auto_lr(spec.largest) if lr == "auto" else require_positive_finite(lr, "learning rate")
+    if not flow:
         check_step_size(lr, spec.largest)
     delta0, sigma = sample_displacements(obj.n_params, draws, sigma0, seed, layer_scales, net.W1.size)
     mode_var = (U**2 * sigma[:, None] ** 2).sum(0)  # u_k^T Sigma u_k

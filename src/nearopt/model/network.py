@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import NearoptError, real_array, require_positive_int
+from ..errors import NearoptError, real_array, require_positive_finite, require_positive_int
 from . import io
 from .activations import Activation, get_activation
 
@@ -138,10 +138,8 @@ def sample_teacher(
     """
     n_inputs = require_positive_int(n_inputs, "N_i")
     n_hidden = require_positive_int(n_hidden, "N_h")
-    s1 = 1.0 / np.sqrt(n_inputs) if sigma1 is None else float(sigma1)
-    s2 = 1.0 / np.sqrt(n_hidden) if sigma2 is None else float(sigma2)
-    if not (np.isfinite(s1) and np.isfinite(s2) and s1 > 0 and s2 > 0):
-        raise NearoptError(f"weight scales must be positive and finite, got sigma1={s1}, sigma2={s2}")
+    s1 = 1.0 / np.sqrt(n_inputs) if sigma1 is None else require_positive_finite(sigma1, "sigma1")
+    s2 = 1.0 / np.sqrt(n_hidden) if sigma2 is None else require_positive_finite(sigma2, "sigma2")
     rng = _rng(seed, _TEACHER_STREAM)
     W1 = rng.standard_normal((n_hidden, n_inputs)) * s1
     W2 = rng.standard_normal((1, n_hidden)) * s2

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from ..errors import NearoptError, require_positive_int
+from ..errors import NearoptError, require_positive_finite, require_positive_int
 from ..tolerances import EPS
 from .lanczos import gauss_quadrature, lanczos_tridiagonals
 
@@ -94,9 +94,7 @@ class SpectralDensity:
         Width ``sigma`` (default 1% of the node range); default grid: 1000 points over
         the nodes +- 5 sigma. ``density_err`` is the standard error over probes.
         """
-        width = float(sigma) if sigma is not None else self.default_sigma()
-        if not (np.isfinite(width) and width > 0):
-            raise NearoptError(f"the smoothing width must be a positive number, got {sigma}")
+        width = require_positive_finite(sigma, "the smoothing width") if sigma is not None else self.default_sigma()
         lo, hi = self.support
         g = np.linspace(lo - 5 * width, hi + 5 * width, 1000) if grid is None else np.asarray(grid, dtype=np.float64)
         ok = self.weights > 0

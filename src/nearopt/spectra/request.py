@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NearoptError, require_positive_int
+from ..errors import NearoptError, require_positive_finite, require_positive_int
 from ..policy import DEFAULT_POLICY, RankPolicy
 
 WHICH = ("all", "largest", "smallest", "density")
@@ -132,8 +132,8 @@ class SpectrumRequest:
         for name in ("maxiter", "block", "probes", "steps"):
             if getattr(self, name) is not None:
                 require_positive_int(getattr(self, name), name)
-        if self.sigma is not None and not (np.isfinite(self.sigma) and self.sigma > 0):
-            raise NearoptError(f"sigma must be positive and finite, got {self.sigma!r}")
+        if self.sigma is not None:
+            require_positive_finite(self.sigma, "sigma")
         if self.vectors and self.which == "density":
             raise NearoptError("a density has no eigenvectors: ask which='all', 'largest' or 'smallest' with vectors=True")
         if self.method == "slq" and self.which != "density":
