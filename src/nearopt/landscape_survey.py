@@ -4,7 +4,8 @@ From ``R`` random starts of a student of width ``K`` (any teacher, any trained b
 
 1. *descend* on the exact population loss ``L = 1/2 E[(f_s - f_t)^2]``, ``x ~ N(0, I)``
    (:func:`batched_descent`, :func:`descend`: for ReLU on the CPU each run compiled by numba,
-   ``nearopt._relu_jit``; otherwise all starts at once in torch, CPU or GPU): plain gradient descent
+   ``nearopt._relu_jit``, where numba is installed (``nearopt[fast]``); otherwise all starts at once
+   in torch, CPU or GPU): plain gradient descent
    ``theta <- theta - eta grad L`` with a fixed step, until the largest *per-unit* gradient
    norm ``max_a ||dL/d(w_a, v_a)||`` (trained entries) is at most ``gtol`` (``converged``),
    the point leaves every bounded region or turns non-finite (``diverged``), or ``max_steps``
@@ -24,21 +25,12 @@ From ``R`` random starts of a student of width ``K`` (any teacher, any trained b
    committee (``K = M = N_i``, second layer fixed), the stabiliser of its representative in
    ``Delta S_k`` and the multiplicities that stabiliser forces (:func:`symmetry_analysis`).
 
-Batched closed forms (:func:`batched_loss_gradient`). With ``Omega = [W; T]`` ``(K + M, N_i)``,
-``beta = [v; -u]`` and the pair kernel ``kappa(a, b) = E[g(a.x) g(b.x)]``::
-
-    L        = 1/2 sum_ij beta_i beta_j kappa(omega_i, omega_j)
-    dL/dv_a  = sum_j beta_j kappa(w_a, omega_j)
-    dL/dw_a  = v_a sum_j beta_j grad_1 kappa(w_a, omega_j),   grad_1 kappa(a, b_j) = A_j a + B_j b_j
-
-* ReLU (arc-cosine kernel): ``kappa = |a||b| (sin t + (pi - t) cos t) / (2 pi)``, ``t`` the angle;
-  ``A = |b| sin t / (2 pi |a|)``, ``B = (pi - t) / (2 pi)`` (self pairs: ``t = 0`` exactly);
-* ``erf(z / s)`` (arcsine kernel, ``c = 2 / s^2``): ``kappa = (2/pi) arcsin(rho)``,
-  ``rho = c a.b / sqrt(d_a d_b)``, ``d = 1 + c |.|^2``; ``A = -c rho / (d_a q)``,
-  ``B = c / (sqrt(d_a d_b) q)``, ``q = (pi/2) sqrt(1 - rho^2)``;
-* any other activation: the library's checked expectations
-  (:func:`nearopt.curvature.landscape.population_loss` / ``population_gradient``), one start
-  at a time (correct, not vectorised).
+Batched closed forms (:func:`batched_loss_gradient`): the pair kernels of ReLU, ``erf`` and
+``erf:unit`` of :mod:`nearopt.kernels` (the formulas written once there; the compiled engine
+runs the same code objects), on tensors of ``R`` students at once; the Newton polish's Hessian
+products are the forward-mode derivative of that gradient. Any other activation: the library's
+checked expectations (:func:`nearopt.curvature.landscape.population_loss` /
+``population_gradient``), one start at a time (correct, not vectorised).
 
 The protocol of Safran & Shamir (2018) is :data:`SAFRAN_SHAMIR` (``docs/landscape.md``).
 """
