@@ -44,6 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 __all__ = [
     "CLOSED_FORMS",
@@ -136,11 +137,16 @@ def _self_pairs(R: int, K: int, J: int, device: torch.device) -> torch.Tensor:
 def _relu_pair_terms(Wh: torch.Tensor, Oh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``Theta``, ``S`` ``(R, K, J)`` of unit rows ``Wh`` ``(R, K, d)`` against unit rows ``Oh`` ``(R, J, d)`` (``Oh[:, :K] = Wh``).
 
-    Self pairs take ``c = 1``; pairs parallel to rounding (``|c| = 1`` after clipping) take the
-    formula's values at ``+-1`` through ``where``, so a forward-mode tangent stays finite there
-    (``arccos`` has an infinite derivative at ``+-1``): such pairs are held at angle 0 or ``pi``.
+    Self pairs take ``c = 1``. Under forward-mode differentiation pairs parallel to rounding
+    (``|c| = 1`` after clipping) take the formula's values at ``+-1`` through ``where``, so their
+    tangents stay finite (``arccos`` has an infinite derivative at ``+-1``): such pairs are held
+    at angle 0 or ``pi``. Without tangents the values are the same and the ``where`` passes are skipped.
     """
     R, K, _ = Wh.shape
+    if forward_ad.unpack_dual(Wh).tangent is None and forward_ad.unpack_dual(Oh).tangent is None:
+        cos = torch.bmm(Wh, Oh.transpose(1, 2)).clamp_(-1.0, 1.0)
+        cos[:, :, :K].diagonal(dim1=1, dim2=2).fill_(1.0)
+        return relu_angles(cos)
     cos = torch.bmm(Wh, Oh.transpose(1, 2)).clamp(-1.0, 1.0)
     cos = torch.where(_self_pairs(R, K, Oh.shape[1], Wh.device), 1.0, cos)
     flat = cos.abs() >= 1.0
