@@ -55,6 +55,7 @@ __all__ = [
     "bind",
     "erf_pair",
     "erf_terms",
+    "gradient",
     "loss_gradient",
     "relu_angles",
     "relu_sum",
