@@ -157,3 +157,19 @@ print("ok")
     src = Path(__file__).resolve().parents[1] / "src"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(src)})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_relu_hessian_engine_equals_the_forward_mode_derivative():
+    """The polish's ReLU Hessian product (worked out by hand for speed) against the forward-mode derivative of the one gradient,
+    at points with duplicated, doubled, sign-flipped and teacher-aligned units."""
+    from nearopt.landscape_survey import _Gradient, _ReluHessian
+
+    W, v, T, u = _case(5)
+    W, v, T, u = W[:, :K], v[:, :K], T[:M], u[:M]
+    g = _Gradient("relu", *_t(T, u, W, v), "first")
+    th = g.theta(*_t(W, v))
+    assert isinstance(g.hessian(th, torch.arange(R)), _ReluHessian)
+    fast, ref = g.hessian(th, torch.arange(R)), g.forward_hessian(th, torch.arange(R))
+    x = torch.as_tensor(np.random.default_rng(6).normal(size=th.shape))
+    a, b = fast(x), ref(x)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-13 * float(b.abs().max()))
