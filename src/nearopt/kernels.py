@@ -30,8 +30,9 @@ and its gradient in ``a``, ``grad_1 kappa(a, b) = A a + B b``, give the populati
 The formulas (:func:`relu_angles`, :func:`relu_sum`, :func:`relu_unit_gradient`, :func:`erf_pair`) are
 plain Python over a few names (``arccos``, ``arcsin``, ``sqrt``, ``floor_at``) that each engine binds
 (:func:`bind`): :data:`TORCH` for the batched tensors of this module (CPU or GPU, differentiable in
-forward mode, so the Newton polish's Hessian products are the derivative of :func:`relu_terms` /
-:func:`erf_terms`), :data:`SCALAR` (``math`` on floats) for the per-run descent compiled by numba
+forward mode: the Newton polish's Hessian products are the derivative of :func:`relu_terms` /
+:func:`erf_terms`, or for the ReLU committee that derivative worked out once,
+``nearopt.landscape_survey._ReluHessian``, tested equal to it), :data:`SCALAR` (``math`` on floats) for the per-run descent compiled by numba
 (:mod:`nearopt._relu_jit`). Every engine runs the same code object; ``tests/test_kernels.py``
 holds them equal for each activation.
 """
