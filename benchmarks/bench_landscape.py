@@ -36,6 +36,7 @@ Records (2-core x86_64 CPU VM; per-size tables in ``docs/landscape.md``, section
 | 2026-12-02 | same run, k = n = 8, 24 starts: loop of find_critical_point / survey, compiled engine (idle, load average 1.0) | 10.9 s / 0.3 s = 32.5x | |
 | 2026-12-02 | step cost, compiled per run-step against torch per student at 1000 / at 10 students: k, n = 20, 20 / 20, 21 | 1.6x / 3.6x; 2.2x / 4.2x | |
 | 2026-12-02 | full table run directly, compiled engine (--full-table, 2 workers, idle: load average 0.9 at the start) | 489 s = 8.1 min wall, 0 diverged, 6 unconverged | 15 min on 2 cores: met |
+| 2026-12-07 | cells 6,7 8,8 10,10 12,13 (--cells), the formulas of nearopt.gaussian.kernels against the code before them, alternating processes (load average 6-7) | 74.7 s / 65.6 s = 1.14x and 77.5 s / 64.1 s = 1.21x; same steps, spurious counts and families | >= 1.0: met |
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     if ! "$vpy" -c "import torch" 2>/dev/null; then
         "$vpy" -m pip install -q "torch==2.13.0" >&2 || "$vpy" -m pip install -q "torch>=2.3" >&2
     fi
-    # dask: `reproduce --scheduler` and its test; docs: scripts/docs (Sphinx + gallery); certify: the certificates' mpmath
-    "$vpy" -m pip install -q -e "$root[dev,dask,docs,data,certify]" >&2
+    # dask: `reproduce --scheduler` and its test; docs: scripts/docs (Sphinx + gallery); certify: the certificates' mpmath; fast: numba
+    "$vpy" -m pip install -q -e "$root[dev,dask,docs,data,certify,fast]" >&2
     touch "$stamp"
 fi
 echo "$vpy"

@@ -36,7 +36,8 @@ from ..model.problem import GaussianInputs, Problem
 from ..policy import CLEAR_MARGIN, MIN_GAP, RankDecision, RankPolicy
 from ..spectra import NullSpaceWarning, Spectrum
 from ..theory.rank_prediction import RankPrediction, predict_rank
-from . import BatchGaussNewton, PopulationHessian, population_spectrum
+from .batch import BatchGaussNewton
+from .population import PopulationHessian, population_spectrum
 
 #: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
 DEFAULT_OVERSAMPLE = 4

@@ -4,7 +4,8 @@ From ``R`` random starts of a student of width ``K`` (any teacher, any trained b
 
 1. *descend* on the exact population loss ``L = 1/2 E[(f_s - f_t)^2]``, ``x ~ N(0, I)``
    (:func:`batched_descent`, :func:`descend`: for ReLU on the CPU each run compiled by numba,
-   ``nearopt.landscape._relu_jit``; otherwise all starts at once in torch, CPU or GPU): plain gradient descent
+   ``nearopt.landscape._relu_jit``, where numba is installed (``nearopt[fast]``); otherwise all starts at once
+   in torch, CPU or GPU): plain gradient descent
    ``theta <- theta - eta grad L`` with a fixed step, until the largest *per-unit* gradient
    norm ``max_a ||dL/d(w_a, v_a)||`` (trained entries) is at most ``gtol`` (``converged``),
    the point leaves every bounded region or turns non-finite (``diverged``), or ``max_steps``
@@ -24,21 +25,14 @@ From ``R`` random starts of a student of width ``K`` (any teacher, any trained b
    committee (``K = M = N_i``, second layer fixed), the stabiliser of its representative in
    ``Delta S_k`` and the multiplicities that stabiliser forces (:func:`symmetry_analysis`).
 
-Batched closed forms (:func:`batched_loss_gradient`). With ``Omega = [W; T]`` ``(K + M, N_i)``,
-``beta = [v; -u]`` and the pair kernel ``kappa(a, b) = E[g(a.x) g(b.x)]``::
-
-    L        = 1/2 sum_ij beta_i beta_j kappa(omega_i, omega_j)
-    dL/dv_a  = sum_j beta_j kappa(w_a, omega_j)
-    dL/dw_a  = v_a sum_j beta_j grad_1 kappa(w_a, omega_j),   grad_1 kappa(a, b_j) = A_j a + B_j b_j
-
-* ReLU (arc-cosine kernel): ``kappa = |a||b| (sin t + (pi - t) cos t) / (2 pi)``, ``t`` the angle;
-  ``A = |b| sin t / (2 pi |a|)``, ``B = (pi - t) / (2 pi)`` (self pairs: ``t = 0`` exactly);
-* ``erf(z / s)`` (arcsine kernel, ``c = 2 / s^2``): ``kappa = (2/pi) arcsin(rho)``,
-  ``rho = c a.b / sqrt(d_a d_b)``, ``d = 1 + c |.|^2``; ``A = -c rho / (d_a q)``,
-  ``B = c / (sqrt(d_a d_b) q)``, ``q = (pi/2) sqrt(1 - rho^2)``;
-* any other activation: the library's checked expectations
-  (:func:`nearopt.gaussian.objective.population_loss` / ``population_gradient``), one start
-  at a time (correct, not vectorised).
+Batched closed forms (:func:`batched_loss_gradient`): the pair kernels of ReLU, ``erf`` and
+``erf:unit`` of :mod:`nearopt.gaussian.kernels` (the formulas written once there; the compiled engine
+runs the same code objects), on tensors of ``R`` students at once; the Newton polish's Hessian
+products are the forward-mode derivative of that gradient, or for the ReLU committee (``v`` fixed)
+its differential worked out once (:class:`_ReluHessian`, ten times faster, tested equal to it).
+Any other activation: the library's
+checked expectations (:func:`nearopt.gaussian.objective.population_loss` /
+``population_gradient``), one start at a time (correct, not vectorised).
 
 The protocol of Safran & Shamir (2018) is :data:`SAFRAN_SHAMIR` (``docs/landscape.md``).
 """
@@ -46,6 +40,7 @@ The protocol of Safran & Shamir (2018) is :data:`SAFRAN_SHAMIR` (``docs/landscap
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -61,7 +56,9 @@ import torch.autograd.forward_ad as forward_ad
 
 from .. import __version__
 from ..errors import NearoptError, require_positive_int
+from ..gaussian import kernels
 from ..gaussian.expectations import output_power
+from ..gaussian.kernels import CLOSED_FORMS
 from ..gaussian.objective import population_gradient, population_loss
 from ..model.network import TwoLayerNet
 from ..model.problem import TRAINED_BLOCKS, Problem
@@ -77,7 +74,6 @@ DIVERGE_FACTOR = 1e4
 STATUSES = ("converged", "unconverged", "diverged")
 #: wide enough for every status: a run resumed later may turn "unconverged" in an array made when all had converged
 STATUS_DTYPE = f"U{max(map(len, STATUSES))}"
-CLOSED_FORMS = ("relu", "erf", "erf:unit")
 
 
 @dataclass(frozen=True)
@@ -128,14 +124,9 @@ SAFRAN_SHAMIR = Protocol(name="safran-shamir", lr=0.1, gtol=1e-9 / (2 * math.pi)
 
 
 # ----------------------------------------------------------------------------- batched closed forms
-#: a zero-norm unit divides by this instead of 0 (its row of ``W`` is 0, so its terms vanish)
-_TINY, _TWO_PI = _relu_jit.TINY, _relu_jit.TWO_PI
-_ONE = torch.ones((), dtype=torch.float64)
-
-
 class Workspace:
     """Named float64 buffers, reused: ``ws(name, *shape)`` is a contiguous view of the buffer ``name``
-    (grown when too small). The descent's kernel arrays are allocated once, not at every step: a fresh
+    (grown when too small). The descent's per-step arrays are allocated once, not at every step: a fresh
     array of a megabyte pays its page faults again on every touch."""
 
     def __init__(self, device: str | torch.device = "cpu"):
@@ -150,118 +141,9 @@ class Workspace:
         return buf[:n].view(shape)
 
 
-def _kernel_terms(name: str, W: torch.Tensor, Om: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``kappa``, ``A``, ``B`` ``(R, K, J)`` for student rows ``W`` ``(R, K, d)`` against all rows ``Om`` ``(R, J, d)``.
-
-    The first ``K`` rows of ``Om`` are ``W`` itself: self pairs get their exact values
-    (angle 0, ``rho = c|w|^2 / d``) instead of an arccos of a rounded cosine.
-    """
-    G = torch.bmm(W, Om.transpose(1, 2))  # (R, K, J)
-    n2 = (Om * Om).sum(-1)  # (R, J)
-    if name == "relu":
-        nrm = n2.sqrt()
-        na, nb = nrm[:, :K, None], nrm[:, None, :]
-        prod = na * nb
-        cos = G.div_(prod.clamp_min(_TINY)).clamp_(-1.0, 1.0)
-        cos[:, :, :K].diagonal(dim1=1, dim2=2).fill_(1.0)
-        t = torch.arccos(cos)
-        sin = (cos * cos).neg_().add_(1.0).clamp_(min=0.0).sqrt_()
-        B = t.neg_().add_(math.pi).mul_(1.0 / _TWO_PI)
-        kappa = (sin * (1.0 / _TWO_PI)).addcmul_(B, cos).mul_(prod)
-        A = sin.mul_(nb).div_(na.clamp_min(_TINY)).mul_(1.0 / _TWO_PI)
-        return kappa, A, B
-    c = 2.0 / (1.0 if name == "erf:unit" else 2.0)  # g = erf(z / s): c = 2 / s^2
-    dn = n2.mul(c).add_(1.0)
-    da, db = dn[:, :K, None], dn[:, None, :]
-    root = (da * db).sqrt_()
-    rho = G.mul_(c).div_(root).clamp_(-1.0, 1.0)
-    rho[:, :, :K].diagonal(dim1=1, dim2=2).copy_(1.0 - 1.0 / dn[:, :K])  # c |w|^2 / (1 + c |w|^2)
-    kappa = torch.arcsin(rho).mul_(2.0 / math.pi)
-    q = (rho * rho).neg_().add_(1.0).clamp_(min=1e-300).sqrt_().mul_(math.pi / 2.0)
-    return kappa, (rho * (-c)).div_(da * q), q.mul_(root).reciprocal_().mul_(c)
-
-
-@dataclass(frozen=True)
-class _ReluTeacher:
-    """The teacher's side of the ReLU kernel sums, per run: unit rows ``That`` ``(R, M, d)`` (zero rows stay 0),
-    ``bn = -u |t|`` ``(R, M)`` and ``bw = -u t`` ``(R, M, d)`` (``beta_j |omega_j|`` and ``beta_j omega_j``)."""
-
-    That: torch.Tensor
-    bn: torch.Tensor
-    bw: torch.Tensor
-
-    @staticmethod
-    def of(T: torch.Tensor, u: torch.Tensor) -> _ReluTeacher:
-        nT = torch.linalg.vector_norm(T, dim=-1)
-        return _ReluTeacher(T / nT.clamp_min(_TINY)[..., None], -u * nT, -u[..., None] * T)
-
-    def rows(self, runs: torch.Tensor | None, R: int, ws: Workspace) -> _ReluTeacher:
-        """The teacher terms of the batch rows (``runs``: their run indices; ``None``: one teacher for all)."""
-        if self.That.ndim == 2:
-            return _ReluTeacher(self.That.expand(R, -1, -1), self.bn.expand(R, -1), self.bw.expand(R, -1, -1))
-        assert runs is not None
-        M, d = self.That.shape[1:]
-        return _ReluTeacher(torch.index_select(self.That, 0, runs, out=ws("tT", R, M, d)), torch.index_select(self.bn, 0, runs, out=ws("tn", R, M)),
-                            torch.index_select(self.bw, 0, runs, out=ws("tw", R, M, d)))
-
-
-def _relu_terms(W: torch.Tensor, v: torch.Tensor, t: _ReluTeacher, ws: Workspace, gW: torch.Tensor, *, want_kb: bool,
-                want_loss: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """ReLU ``dL/dW`` into ``gW`` ``(R, K, d)``; ``dL/dv`` ``(R, K)`` if ``want_kb``; ``2 (L - 1/2 E[f_t^2])`` ``(R,)`` if ``want_loss``.
-
-    With unit rows ``w^_a``, cosines ``c_aj = w^_a . omega^_j`` (one ``bmm``), angles ``t_aj``
-    and ``s_aj = sqrt(1 - c_aj^2)``, and ``beta_j`` folded into ``bn_j = beta_j |omega_j|``,
-    ``bw_j = beta_j omega_j``, every sum over ``j`` is a batched product (no outer products)::
-
-        s1_a  = sum_j s_aj bn_j,           P_a = pi sum_j bw_j - sum_j t_aj bw_j     (= 2 pi sum_j beta_j B_aj omega_j)
-        dL/dw_a = v_a (s1_a w_a / |w_a| + P_a) / (2 pi),   dL/dv_a = (|w_a| s1_a + w_a . P_a) / (2 pi)
-
-    (``sum_j beta_j |omega_j| (pi - t_aj) c_aj = w^_a . P_a``). Self pairs take ``c = 1`` exactly.
-    """
-    R, K, d = W.shape
-    M = t.That.shape[1]
-    J = K + M
-    nW = torch.linalg.vector_norm(W, dim=-1)  # (R, K)
-    inv = nW.clamp_min(_TINY).reciprocal_()
-    Om = ws("Om", R, J, d)
-    torch.mul(W, inv[..., None], out=Om[:, :K])
-    Om[:, K:].copy_(t.That)
-    cos = torch.bmm(Om[:, :K], Om.transpose(1, 2), out=ws("cos", R, K, J)).clamp_(-1.0, 1.0)
-    cos[:, :, :K].diagonal(dim1=1, dim2=2).fill_(1.0)
-    th = torch.arccos(cos, out=ws("th", R, K, J))
-    # 1 - c^2 >= 0 exactly for |c| <= 1 (the rounded square of such a c is at most 1): no clamp
-    sin = torch.addcmul(_ONE, cos, cos, value=-1.0, out=ws("sin", R, K, J)).sqrt_()
-    bn = ws("bn", R, J, 1)
-    torch.mul(v, nW, out=bn[:, :K, 0])
-    bn[:, K:, 0].copy_(t.bn)
-    bw = ws("bw", R, J, d)
-    torch.mul(W, v[..., None], out=bw[:, :K])
-    bw[:, K:].copy_(t.bw)
-    s1 = torch.bmm(sin, bn)[..., 0]  # (R, K)
-    P = torch.baddbmm(bw.sum(1, keepdim=True), th, bw, beta=math.pi, alpha=-1.0, out=ws("P", R, K, d))
-    torch.addcmul(P, W, (s1 * inv)[..., None], out=gW).mul_((v * (1.0 / _TWO_PI))[..., None])
-    if not (want_kb or want_loss):
-        return None, None
-    kb = (s1 * nW + torch.linalg.vecdot(W, P)).mul_(1.0 / _TWO_PI)
-    if not want_loss:
-        return kb, None
-    # the teacher pairs' part of kb: sum_{j >= K} beta_j kappa_aj = -sum_t u_t kappa(w_a, t)
-    st = torch.bmm(sin[:, :, K:], bn[:, K:])[..., 0]
-    Pt = torch.baddbmm(bw[:, K:].sum(1, keepdim=True), th[:, :, K:], bw[:, K:], beta=math.pi, alpha=-1.0)
-    kt = (st * nW + torch.linalg.vecdot(W, Pt)).mul_(1.0 / _TWO_PI)
-    return kb, ((kb + kt) * v).sum(-1)
-
-
-def _erf_terms(activation: str, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(2 (L - 1/2 E[f_t^2]), dL/dW, dL/dv)`` of the arcsine kernel (module docstring), teachers ``(R, M, d)``."""
-    K = W.shape[1]
-    Om = torch.cat([W, T], dim=1)  # (R, K + M, d)
-    beta = torch.cat([v, -u], dim=1)[:, :, None]  # (R, K + M, 1)
-    kappa, A, B = _kernel_terms(activation, W, Om, K)
-    kb = torch.bmm(kappa, beta)[..., 0]  # (R, K): sum_j beta_j kappa_aj = dL/dv_a = Phi_ss v - Phi_st u
-    kt = torch.bmm(kappa[:, :, K:], beta[:, K:])[..., 0]  # -Phi_st u
-    gW = torch.baddbmm(torch.bmm(A, beta) * W, B, beta * Om).mul_(v[:, :, None])
-    return ((kb + kt) * v).sum(-1), gW, kb
+def _require_closed_form(activation: str) -> None:
+    if activation not in CLOSED_FORMS:
+        raise NearoptError(f"no batched closed form for activation {activation!r} (have {', '.join(CLOSED_FORMS)})")
 
 
 def batched_loss_gradient(activation: str, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor,
@@ -270,50 +152,34 @@ def batched_loss_gradient(activation: str, W: torch.Tensor, v: torch.Tensor, T: 
 
     ``W`` ``(R, K, d)``, ``v`` ``(R, K)``: the students; ``T`` ``(M, d)``, ``u`` ``(M,)``: the
     teacher, or ``(R, M, d)``, ``(R, M)``: one per student; ``activation`` one of
-    :data:`CLOSED_FORMS` (module docstring), float64 throughout; ``teacher_power``: ``u^T Phi_tt u``
-    ``()`` or ``(R,)`` if known (:func:`batched_teacher_power`).
-    ``L = 1/2 v^T Phi_ss v - v^T Phi_st u + 1/2 u^T Phi_tt u = 1/2 v . (dL/dv - Phi_st u) + 1/2 u^T Phi_tt u``.
+    :data:`CLOSED_FORMS` (:func:`nearopt.gaussian.kernels.loss_gradient`), float64 throughout;
+    ``teacher_power``: ``E[f_t^2]`` ``()`` or ``(R,)`` if known (:func:`batched_teacher_power`).
 
     Zero rows (with zero outgoing weight) pad students and teachers of different sizes into
     one batch: their kernel terms vanish, so they change no loss or gradient and stay zero.
     """
-    if activation not in CLOSED_FORMS:
-        raise NearoptError(f"no batched closed form for activation {activation!r} (have {', '.join(CLOSED_FORMS)})")
-    R = W.shape[0]
-    Tb, ub = (T, u) if T.ndim == 3 else (T[None].expand(R, -1, -1), u[None].expand(R, -1))
-    tp = batched_teacher_power(activation, Tb, ub) if teacher_power is None else teacher_power
-    if activation == "relu":
-        gW = torch.empty_like(W)
-        kb, twice = _relu_terms(W, v, _ReluTeacher.of(Tb, ub), Workspace(W.device), gW, want_kb=True, want_loss=True)
-        assert kb is not None and twice is not None
-    else:
-        twice, gW, kb = _erf_terms(activation, W, v, Tb, ub)
-    return 0.5 * (twice + tp), gW, kb
+    _require_closed_form(activation)
+    return kernels.loss_gradient(activation, W, v, T, u, teacher_power)
 
 
 def batched_teacher_power(activation: str, T: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``u^T Phi_tt u`` (``E[f_t^2]``) from the same closed form: ``()`` for ``T`` ``(M, d)``, ``(R,)`` for ``(R, M, d)``."""
-    if T.ndim == 2:
-        return batched_teacher_power(activation, T[None], u[None])[0]
-    kappa, _, _ = _kernel_terms(activation, T, T, T.shape[1])
-    return ((kappa @ u[:, :, None])[:, :, 0] * u).sum(-1)
+    """``E[f_t^2]`` from the same closed form (:func:`nearopt.gaussian.kernels.teacher_power`): ``()`` for ``T`` ``(M, d)``, ``(R,)`` for ``(R, M, d)``."""
+    _require_closed_form(activation)
+    return kernels.teacher_power(activation, T, u)
 
 
 class ClosedForm:
     """``(W, v, runs) -> (L, dL/dW, dL/dv)`` of batches of students (:func:`batched_loss_gradient`) against one
     teacher (``T`` ``(M, d)``) or one per run (``(R, M, d)``, rows picked by ``runs``), and
-    :meth:`gradient`, the descent's per-step call: the gradient only, written into given arrays,
-    its ReLU kernel arrays kept in a :class:`Workspace`."""
+    :meth:`gradient`, the descent's per-step call: the gradient only, written into given arrays."""
 
     def __init__(self, activation: str, T: torch.Tensor, u: torch.Tensor):
-        if activation not in CLOSED_FORMS:
-            raise NearoptError(f"no batched closed form for activation {activation!r} (have {', '.join(CLOSED_FORMS)})")
+        _require_closed_form(activation)
         self.activation, self.T, self.u = activation, T, u
         self.M = T.shape[-2]
-        self.tp = batched_teacher_power(activation, T, u)
-        self.relu = _ReluTeacher.of(T, u) if activation == "relu" else None
-        self.ws = Workspace(T.device)
-        self._np: tuple[np.ndarray, ...] | None = None
+        self.tp = kernels.teacher_power(activation, T, u)
+        #: the compiled engine applies (:func:`compiled_applies`)
+        self.relu = activation == "relu"
 
     def _teacher(self, runs: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.T.ndim == 2:
@@ -322,14 +188,13 @@ class ClosedForm:
 
     def __call__(self, W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         T, u, tp = self._teacher(runs, W.shape[0])
-        return batched_loss_gradient(self.activation, W, v, T, u, tp)
+        return kernels.loss_gradient(self.activation, W, v, T, u, tp)
 
-    def numpy_teacher(self, runs: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The ReLU teacher terms of rows ``runs`` for :func:`_relu_gradient_numpy`: ``(R, M, d)``, ``(R, M)``, ``(R, M, d)``."""
-        assert self.relu is not None
-        if self._np is None:
-            self._np = tuple(x.cpu().numpy() for x in (self.relu.That, self.relu.bn, self.relu.bw))
-        That, bn, bw = self._np
+    def numpy_teacher(self, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The teacher terms of rows ``runs`` for :func:`nearopt.landscape._relu_jit.descend_run`: unit rows ``(R, M, d)``
+        (zero rows stay 0), ``-u |t|`` ``(R, M)`` and ``-u t`` ``(R, M, d)`` (``beta_j |omega_j|``, ``beta_j omega_j``)."""
+        nT = torch.linalg.vector_norm(self.T, dim=-1)
+        That, bn, bw = (x.cpu().numpy() for x in (self.T / nT.clamp_min(kernels.TINY)[..., None], -self.u * nT, -self.u[..., None] * self.T))
         if That.ndim == 3:
             return That[runs], bn[runs], bw[runs]
         R = runs.size
@@ -337,14 +202,10 @@ class ClosedForm:
 
     def gradient(self, W: torch.Tensor, v: torch.Tensor, runs: torch.Tensor, gW: torch.Tensor, gv: torch.Tensor | None) -> None:
         """``dL/dW`` into ``gW`` ``(R, K, d)`` and, unless ``gv`` is ``None``, ``dL/dv`` into ``gv`` ``(R, K)``."""
-        kb: torch.Tensor | None
-        if self.relu is None:
-            _, g, kb = self(W, v, runs)
-            gW.copy_(g)
-        else:
-            kb, _ = _relu_terms(W, v, self.relu.rows(runs, W.shape[0], self.ws), self.ws, gW, want_kb=gv is not None, want_loss=False)
+        T, u, _ = self._teacher(runs, W.shape[0])
+        g, kb = kernels.gradient(self.activation, W, v, T, u)
+        gW.copy_(g)
         if gv is not None:
-            assert kb is not None
             gv.copy_(kb)
 
 
@@ -476,12 +337,18 @@ def _gradient_into(fn: Callable[..., Any], W: torch.Tensor, v: torch.Tensor, run
 
 #: engines of :func:`descend`: ``auto`` (``compiled`` where it applies, else ``torch``), ``torch`` (batched
 #: steps, any device and closed form), ``compiled`` (one run at a time in ``nearopt.landscape._relu_jit``: ReLU on the CPU)
+#: steps, any device and closed form), ``compiled`` (one run at a time in ``nearopt.landscape._relu_jit``: ReLU on the CPU, numba)
 ENGINES = ("auto", "torch", "compiled")
 
 
+def numba_available() -> bool:
+    """Whether numba is installed (the optional extra ``nearopt[fast]``), without importing it."""
+    return importlib.util.find_spec("numba") is not None
+
+
 def compiled_applies(fn: Any, device: str | torch.device) -> bool:
-    """Whether :func:`descend` can take the compiled engine for ``fn``: the ReLU :class:`ClosedForm` on the CPU."""
-    return torch.device(device).type == "cpu" and isinstance(fn, ClosedForm) and fn.relu is not None
+    """Whether :func:`descend` can take the compiled engine for ``fn``: the ReLU :class:`ClosedForm` on the CPU, numba installed."""
+    return torch.device(device).type == "cpu" and isinstance(fn, ClosedForm) and fn.relu and numba_available()
 
 
 def _live_block(W: np.ndarray, v: np.ndarray, That: np.ndarray, bn: np.ndarray) -> tuple[int, int, int]:
@@ -503,6 +370,7 @@ def _descend_compiled(fn: ClosedForm, W: np.ndarray, v: np.ndarray, ids: np.ndar
                       progress: Callable[[int, int, int, int], None] | None) -> tuple[np.ndarray, ...]:
     """The compiled engine of :func:`descend`: each run's whole descent in ``nearopt.landscape._relu_jit.descend_run``, ``W``, ``v``
     updated in place; returns ``(steps, status, largest per-unit gradient)``."""
+
     R = W.shape[0]
     That, bnT, bwT = fn.numpy_teacher(ids)
     steps, gmax = np.zeros(R, dtype=np.int64), np.full(R, np.nan)
@@ -544,6 +412,8 @@ def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: 
         raise NearoptError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     compiled = compiled_applies(fn, device)
     if engine == "compiled" and not compiled:
+        if not numba_available():
+            raise NearoptError("the compiled engine needs numba: pip install nearopt[fast] (or use engine='torch' or 'auto')")
         raise NearoptError("the compiled engine takes the ReLU closed form on the CPU; use engine='torch' or 'auto'")
     t0 = time.perf_counter()
     W = torch.as_tensor(np.asarray(W0, dtype=np.float64), device=device).clone()
@@ -615,59 +485,13 @@ POLISH_CHUNK = 128
 POLISH_ITER, KRYLOV_ITER, KRYLOV_RTOL, BACKTRACK = 16, 40, 1e-3, 6
 
 
-def _safe_norm(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row norms ``|w_a|`` and ``1/|w_a|`` (0 for a zero row), differentiable at zero rows (their tangents stay finite)."""
-    n2 = (W * W).sum(-1)
-    pos = n2 > 0
-    nrm = torch.where(pos, torch.where(pos, n2, 1.0).sqrt(), 0.0)
-    return nrm, torch.where(pos, 1.0 / torch.where(pos, nrm, 1.0), 0.0)
-
-
-def _relu_gradient(W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dL/dW, dL/dv)`` of the ReLU closed form (:func:`_relu_terms`), out-of-place, for forward-mode
-    differentiation: self pairs and the angle of a zero row go through ``where`` twice, so every tangent is finite."""
-    R, K, _ = W.shape
-    nW, inv = _safe_norm(W)
-    nT, invT = _safe_norm(T)
-    Wh = W * inv[..., None]
-    cos = torch.bmm(Wh, torch.cat([Wh, (T * invT[..., None]).expand(R, -1, -1)], 1).transpose(1, 2)).clamp(-1.0, 1.0)
-    eye = torch.zeros(cos.shape[1:], dtype=torch.bool, device=W.device)
-    eye[:, :K] = torch.eye(K, dtype=torch.bool, device=W.device)
-    # self pairs and pairs parallel to rounding (|c| = 1: the angle's derivative is infinite there) are held at t = 0 or pi
-    flat = eye | (cos.abs() >= 1.0)
-    c0 = torch.where(flat, 0.0, cos)
-    th = torch.where(flat, torch.where(eye | (cos > 0), 0.0, math.pi), torch.arccos(c0))
-    sin = torch.where(flat, 0.0, (1.0 - c0 * c0).clamp(min=0.0).sqrt())
-    bn = torch.cat([v * nW, (-u * nT).expand(R, -1)], 1)[..., None]
-    bw = torch.cat([v[..., None] * W, (-u[..., None] * T).expand(R, -1, -1)], 1)
-    s1 = torch.bmm(sin, bn)[..., 0]
-    P = math.pi * bw.sum(1, keepdim=True) - torch.bmm(th, bw)
-    return (W * (s1 * inv)[..., None] + P) * (v / _TWO_PI)[..., None], (s1 * nW + (W * P).sum(-1)) / _TWO_PI
-
-
-def _erf_gradient(activation: str, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dL/dW, dL/dv)`` of the arcsine kernel (module docstring), out-of-place (``rho < 1`` on self pairs: smooth)."""
-    R = W.shape[0]
-    c = 2.0 / (1.0 if activation == "erf:unit" else 2.0)
-    Om = torch.cat([W, T.expand(R, -1, -1)], 1)
-    beta = torch.cat([v, (-u).expand(R, -1)], 1)[..., None]
-    dn = 1.0 + c * (Om * Om).sum(-1)
-    root = torch.sqrt(dn[:, : W.shape[1], None] * dn[:, None, :])
-    rho = c * torch.bmm(W, Om.transpose(1, 2)) / root
-    q = (math.pi / 2.0) * torch.sqrt((1.0 - rho * rho).clamp(min=1e-300))
-    A, B = -c * rho / (dn[:, : W.shape[1], None] * q), c / (root * q)
-    kb = torch.bmm(torch.arcsin(rho) * (2.0 / math.pi), beta)[..., 0]
-    return (torch.bmm(A, beta) * W + torch.bmm(B, beta * Om)) * v[..., None], kb
-
-
 class _Gradient:
     """``theta -> dL/dtheta`` ``(R, P)`` over the trained entries (``W`` row-major, then ``v``) of ``R`` students of
-    one teacher (``T`` ``(M, d)``, ``u`` ``(M,)``), the fixed block taken from ``W0`` / ``v0``."""
+    one teacher (``T`` ``(M, d)``, ``u`` ``(M,)``), the fixed block taken from ``W0`` / ``v0`` (:func:`nearopt.gaussian.kernels.gradient`)."""
 
     def __init__(self, activation: str, T: torch.Tensor, u: torch.Tensor, W0: torch.Tensor, v0: torch.Tensor, trained: str):
         self.activation, self.T, self.u, self.W0, self.v0, self.trained = activation, T, u, W0, v0, trained
         self.K, self.d = W0.shape[1:]
-        self.relu_teacher, self.ws = _ReluTeacher.of(T, u), Workspace(T.device)
 
     def theta(self, W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         parts = ([W.reshape(W.shape[0], -1)] if self.trained != "second" else []) + ([v] if self.trained != "first" else [])
@@ -680,33 +504,22 @@ class _Gradient:
         return W, v
 
     def __call__(self, theta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The gradient (ReLU: :func:`_relu_terms`, the descent's kernel)."""
-        if self.activation != "relu":
-            return self.functional(theta, rows)
         W, v = self.blocks(theta, rows)
-        gW = torch.empty_like(W)
-        kb, _ = _relu_terms(W, v, self.relu_teacher.rows(None, W.shape[0], self.ws), self.ws, gW, want_kb=self.trained != "first", want_loss=False)
-        return self.theta(gW, kb if kb is not None else v)
-
-    def functional(self, theta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The gradient from out-of-place operations only (forward-mode differentiable)."""
-        W, v = self.blocks(theta, rows)
-        if self.activation == "relu":
-            gW, gv = _relu_gradient(W, v, self.T, self.u)
-        else:
-            gW, gv = _erf_gradient(self.activation, W, v, self.T, self.u)
-        return self.theta(gW, gv)
+        return self.theta(*kernels.gradient(self.activation, W, v, self.T, self.u))
 
     def hessian(self, theta: torch.Tensor, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``x -> H x`` at ``theta`` ``(R, P)``: :class:`_ReluHessian` for ReLU with ``v`` fixed, else forward-mode
-        differentiation of the out-of-place gradient (``torch.autograd.forward_ad``)."""
+        """``x -> H x`` at ``theta`` ``(R, P)``: :class:`_ReluHessian` for ReLU with ``v`` fixed, else :meth:`forward_hessian`."""
         if self.activation == "relu" and self.trained == "first":
             W, v = self.blocks(theta, rows)
             return _ReluHessian(W, v, self.T, self.u)
+        return self.forward_hessian(theta, rows)
+
+    def forward_hessian(self, theta: torch.Tensor, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x -> H x`` at ``theta`` ``(R, P)``: the forward-mode derivative of the gradient (``torch.autograd.forward_ad``)."""
 
         def hvp(x: torch.Tensor) -> torch.Tensor:
             with forward_ad.dual_level():
-                return forward_ad.unpack_dual(self.functional(forward_ad.make_dual(theta, x), rows)).tangent
+                return forward_ad.unpack_dual(self(forward_ad.make_dual(theta, x), rows)).tangent
 
         return hvp
 
@@ -714,22 +527,25 @@ class _Gradient:
 class _ReluHessian:
     """``Delta -> H Delta`` ``(R, K d)``: the exact Hessian product of the ReLU closed form over ``W`` (``v`` fixed), at a point.
 
-    The differential of :func:`_relu_terms` in the direction ``Delta`` (``dn_a = w^_a . Delta_a``,
+    The polish's engine for the ReLU committee: the differential of :func:`nearopt.gaussian.kernels.relu_terms`,
+    worked out once so that everything that depends on the point only is computed once (a product
+    costs about a tenth of the forward-mode derivative of the gradient, :meth:`_Gradient.forward_hessian`,
+    which ``tests/test_kernels.py`` holds it equal to). In the direction ``Delta`` (``dn_a = w^_a . Delta_a``,
     ``dw^_a = (Delta_a - w^_a dn_a) / |w_a|``, ``dc_aj = dw^_a . omega^_j + w^_a . dw^_j``,
     ``dt = -dc / s``, ``ds = c dt``)::
 
         d(dL/dw_a) = v_a (ds1_a w^_a + s1_a dw^_a + dP_a) / (2 pi),
-        ds1_a = sum_j ds_aj bn_j + sum_b s_ab v_b dn_b,   dP_a = pi sum_b v_b Delta_b - sum_j dt_aj bw_j - sum_b t_ab v_b Delta_b
+        ds1_a = sum_j ds_aj bn_j + sum_b s_ab v_b dn_b,   dP_a = sum_b Theta_ab v_b Delta_b - sum_j dt_aj bw_j
 
-    Everything that depends on the point only (cosines, angles, ``1 / s``) is computed once;
-    self pairs and pairs parallel to rounding are held fixed (``dt = 0``), as in :func:`_relu_gradient`.
+    Everything that depends on the point only (cosines, :func:`nearopt.gaussian.kernels.relu_angles`, ``1 / s``) is computed once;
+    self pairs and pairs parallel to rounding are held fixed (``dt = 0``), as in :func:`nearopt.gaussian.kernels.relu_terms`.
     """
 
     def __init__(self, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor):
         R, K, d = W.shape
         self.shape, self.v = (R, K, d), v
-        nW, self.inv = _safe_norm(W)
-        nT, invT = _safe_norm(T)
+        nW, self.inv = kernels.safe_norm(W)
+        nT, invT = kernels.safe_norm(T)
         self.Wh = W * self.inv[..., None]
         self.Om = torch.cat([self.Wh, (T * invT[..., None]).expand(R, -1, -1)], 1)  # (R, J, d) unit rows
         c = torch.bmm(self.Wh, self.Om.transpose(1, 2)).clamp(-1.0, 1.0)
@@ -737,8 +553,8 @@ class _ReluHessian:
         flat[:, :, :K] |= torch.eye(K, dtype=torch.bool, device=W.device)
         c = torch.where(flat, torch.where(c > 0, 1.0, -1.0), c)
         self.c = c
-        self.th = torch.arccos(c)
-        sin = (1.0 - c * c).clamp(min=0.0).sqrt()
+        theta, sin = kernels.relu_angles(c)  # the point's pair terms: Theta = pi - t, S = sin t
+        self.theta_s = theta[:, :, :K]
         self.rs = torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, sin))
         self.sin_s = sin[:, :, :K]
         self.bn = torch.cat([v * nW, (-u * nT).expand(R, -1)], 1)[..., None]  # (R, J, 1)
@@ -755,8 +571,8 @@ class _ReluHessian:
         dt = dc.mul_(self.rs).neg_()
         vD = self.v[..., None] * D
         ds1 = torch.bmm(self.c * dt, self.bn) + torch.bmm(self.sin_s, self.v[..., None] * dn)
-        dP = math.pi * vD.sum(1, keepdim=True) - torch.bmm(dt, self.bw) - torch.bmm(self.th[:, :, :K], vD)
-        out = (self.Wh * ds1 + dWh * self.s1 + dP) * (self.v / _TWO_PI)[..., None]
+        dP = torch.bmm(self.theta_s, vD) - torch.bmm(dt, self.bw)
+        out = (self.Wh * ds1 + dWh * self.s1 + dP) * (self.v / kernels.TWO_PI)[..., None]
         return out.reshape(R, K * d)
 
 
