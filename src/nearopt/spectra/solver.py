@@ -40,6 +40,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from ..errors import NearoptError
 from ..policy import RankDecision, RankPolicy
+from ..threads import sized_threads
 from .density import slq
 from .extremes import GUARD, Eigenpairs, largest_eigenpairs, smallest_eigenpairs
 from .request import SpectrumRequest
@@ -82,6 +83,7 @@ class SpectralOperator(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+@sized_threads(lambda a: (float(a["op"].shape[0]) ** 2, getattr(a["op"], "device", "cpu")))  # one thread below P = 10^4
 def solve(op: SpectralOperator, request: SpectrumRequest | None = None) -> Spectrum:
     """Answer ``request`` (default: all eigenvalues) for ``op``; see the module docstring.
 
