@@ -108,8 +108,8 @@ def _graded_rule(std: float) -> tuple[np.ndarray, np.ndarray]:
     in ``z`` (``[0, 1 / std]`` first), up to ``QUAD_CUT``, each with :data:`PANEL_NODES` Gauss–Legendre
     nodes, resolve both scales: ``log2(QUAD_CUT std)`` panels per half-line.
     """
-    edges = [0.0] + [2.0**j / std for j in range(int(np.ceil(np.log2(QUAD_CUT * std))))] + [QUAD_CUT]
-    edges = np.unique(np.clip(edges, 0.0, QUAD_CUT))
+    inner = [2.0**j / std for j in range(int(np.ceil(np.log2(QUAD_CUT * std))))]
+    edges = np.unique(np.clip(np.array([0.0, *inner, QUAD_CUT]), 0.0, QUAD_CUT))
     x, w = np.polynomial.legendre.leggauss(PANEL_NODES)
     lo, hi = edges[:-1, None], edges[1:, None]
     z = (0.5 * (hi - lo) * (x + 1.0) + lo).ravel()
@@ -804,7 +804,7 @@ class AsymptoticLaw(SpectralLaw):
 
     # ------------------------------------------------------------ linear family
     def _tabulate_linear(self) -> None:
-        """Tables of ``mu1**2 (s + m)``: its exact cdf/pdf cost ~0.1-1 s per call (quad_vec)."""
+        """The range of ``mu1**2 (s + m)`` and its table's parameters: its exact cdf/pdf cost ~0.1-1 s per call (quad_vec)."""
         if self.mu1_sq <= 0:
             self._lin = None
             return
@@ -813,8 +813,13 @@ class AsymptoticLaw(SpectralLaw):
         # cover both components: s alone (mass 1 - 1/q) and s + mu, mu up to the MP edge
         hi = float(max(law.mean() + 14.0 * law.std(), law.chi2.isf(1e-15) + law.mp.bulk_edges[1]))
         self._lin_range = (lo * self.mu1_sq + self.linear_shift, hi * self.mu1_sq + self.linear_shift)
-        self._lin_cdf = _linear_table(law.n_inputs, law.n_hidden, law.sigma1, law.sigma2, lo, hi)  # density: the table's derivative
+        self._lin_args = (law.n_inputs, law.n_hidden, law.sigma1, law.sigma2, lo, hi)
         self._lin = law
+
+    @property
+    def _lin_cdf(self) -> TabulatedCDF:
+        """The linear family's table (density: its derivative), built on first use: ``mean``/``var`` do not need it."""
+        return _linear_table(*self._lin_args)
 
     def _linear_cdf(self, x: np.ndarray) -> np.ndarray:
         if self._lin is None:
