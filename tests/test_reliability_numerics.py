@@ -43,6 +43,19 @@ def test_population_hessian_at_the_teacher_is_psd_under_a_large_covariance(kind,
         assert spec.inertia is not None and spec.inertia.negative == 0
 
 
+def test_cli_calls_the_teacher_under_a_rank_one_covariance_a_minimum(tmp_path):
+    import json
+
+    from _cli import cli
+
+    np.save(tmp_path / "S.npy", _covariance("rank-one", 0))
+    code, out, err = cli("spectrum", "-a", "erf", "--ni", 3, "--nh", 2, "--population", "--input-cov", tmp_path / "S.npy", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["inertia"]["negative"] == 0
+    assert "saddle" not in cli("spectrum", "-a", "erf", "--ni", 3, "--nh", 2, "--population", "--input-cov", tmp_path / "S.npy")[1]
+
+
 def test_gaussian_pair_blocks_equal_the_stein_form_where_it_is_accurate():
     for act, sigma1 in (("erf", None), ("erf:unit", 2.0)):
         teacher = no.sample_teacher(6, 4, act, seed=1, sigma1=sigma1)

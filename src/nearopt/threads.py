@@ -2,9 +2,9 @@
 
 Torch starts as many intra-op threads as the machine has cores. For small operations the
 threads cost more than they save, and on a machine whose cores are busy with other work
-every synchronisation waits for a descheduled thread: measured on a loaded 2-core machine,
-the smallest end of an erf ``50 x 50`` population Hessian took 80 s with the default threads
-and 0.3 s with one (``benchmarks/bench_threads.py`` measures the gain). So the spectra
+every synchronisation waits for a descheduled thread: on a 2-core machine at load about 8,
+the smallest end of an erf ``50 x 50`` population Hessian took 29.8 s with torch's 2 threads
+and 1.2 s with one (``benchmarks/bench_threads.py`` measures the gain). So the spectra
 solver (:func:`nearopt.spectra.solver.solve`) and the SGD simulator
 (:func:`nearopt.dynamics.sgd.simulate_sgd`) run inside :func:`threads_for`, which picks one
 thread below :data:`PARALLEL_FROM` floating-point operations per torch operation and leaves

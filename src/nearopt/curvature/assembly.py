@@ -92,8 +92,9 @@ def gaussian_pair_blocks(W: np.ndarray, k: float) -> np.ndarray:
     lam, V = np.linalg.eigh(R @ np.swapaxes(R, -1, -2))
     lam = np.clip(lam, 0.0, None)
     U = Q @ V
-    N = np.einsum("acim,acm,acjm->acij", U, k * lam / (1.0 + k * lam), U)
-    blocks = np.eye(d) - N  # (N_h, N_h, d, d)
+    blocks = (U * (k * lam / (1.0 + k * lam))[..., None, :]) @ np.swapaxes(U, -1, -2)  # Q V diag(..) V^T Q^T (N_h, N_h, d, d)
+    blocks *= -1.0
+    blocks += np.eye(d)
     return blocks.transpose(0, 2, 1, 3)
 
 
