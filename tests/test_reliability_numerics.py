@@ -192,6 +192,16 @@ def test_population_loss_at_a_global_minimum_is_never_negative():
     assert max(losses) <= 1e-15  # zero to rounding; the rounding-level negatives (about half of these) are 0.0
 
 
+def test_cli_prints_no_negative_population_loss():
+    from _cli import cli
+
+    for seed in (10, 12, 14):  # seed 10's split student has a rounding-level negative 1/2 beta^T Phi beta
+        code, out, err = cli("spectrum", "-a", "erf", "--ni", 5, "--nh", 3, "--seed", seed, "--population", "--split", "0:0.3,0.7")
+        assert code == 0, err
+        line = next(ln for ln in out.splitlines() if ln.startswith("point"))
+        assert "loss -" not in line, line
+
+
 def test_population_loss_keeps_positive_values_and_real_negatives():
     t, s = _split_teacher(0)
     moved = TwoLayerNet(s.W1 + 0.1, s.W2, s.activation)
