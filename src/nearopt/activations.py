@@ -64,8 +64,8 @@ class PairMoments:
     K_sum: np.ndarray | None = None
     #: ``k`` when ``g'(u)`` is proportional to ``exp(-k u^2 / 2)`` (erf): then the first-layer pair block has
     #: the closed form ``E[g'(u_a) g'(u_c) x x^T] = dd (I + k A^T A)^{-1}``, ``A = [w_a; w_c]`` (a Gaussian
-    #: integral), which :func:`nearopt.curvature.assembly.assemble` uses instead of ``dd I + A^T K A``: those
-    #: two terms cancel to ``1 / (1 + k c)`` of their size along ``A``'s rows at pre-activation variance ``c``
+    #: integral), which :func:`nearopt.curvature.assembly.assemble` uses instead of ``dd I + A^T K A``: along
+    #: ``A``'s rows the Stein form's terms, ``~ dd k c`` each at pre-activation variance ``c``, cancel to ``~ dd / (1 + k c)``
     gaussian_k: float | None = None
 
     def __getitem__(self, index) -> PairMoments:

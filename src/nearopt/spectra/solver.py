@@ -83,7 +83,7 @@ class SpectralOperator(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-@sized_threads(lambda a: (float(a["op"].shape[0]) ** 2, getattr(a["op"], "device", "cpu")))  # one thread below P = 10^4
+@sized_threads(lambda a: (float(getattr(a["op"], "shape", (0,))[0]) ** 2, getattr(a["op"], "device", "cpu")))  # one thread below P = 10^4
 def solve(op: SpectralOperator, request: SpectrumRequest | None = None) -> Spectrum:
     """Answer ``request`` (default: all eigenvalues) for ``op``; see the module docstring.
 
