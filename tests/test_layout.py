@@ -13,7 +13,7 @@ SRC = Path(nearopt.__file__).parent
 
 #: the pipeline, top (imported by everything) to bottom; a module may import its own stage and the ones above
 STAGES = (
-    ("errors", "tolerances", "resources", "policy"),
+    ("errors", "tolerances", "resources", "threads", "policy"),
     ("model",),
     ("gaussian",),
     ("spectra",),

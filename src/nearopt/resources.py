@@ -94,8 +94,11 @@ def memory_limit() -> int | None:
 
 
 def check_environment() -> None:
-    """Validate nearopt's environment variables (``NEAROPT_MEMORY_LIMIT``) before any work: one-line error if invalid."""
+    """Validate nearopt's environment variables (``NEAROPT_MEMORY_LIMIT``, ``NEAROPT_THREADS``) before any work: one-line error if invalid."""
+    from .threads import requested_threads  # torch is loaded by then; this module stays light to import
+
     memory_limit()
+    requested_threads()
 
 
 def _meminfo_available(path: Path = Path("/proc/meminfo")) -> int | None:

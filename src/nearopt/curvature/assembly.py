@@ -54,14 +54,17 @@ def assemble(moments: PairMoments, W: np.ndarray, v: np.ndarray, covariance: np.
     def k(x):  # (a, c) -> broadcast over (a, i, c, j)
         return (vv * x)[:, None, :, None]
 
-    Wa_i, Wa_j = A[:, :, None, None], A[:, None, None, :]
-    Wc_i, Wc_j = A.T[None, :, :, None], A[None, None, :, :]
-    K = moments.K
-    Hww = k(K[..., 0, 0]) * Wa_i * Wa_j
-    Hww += k(K[..., 0, 1]) * Wa_i * Wc_j
-    Hww += k(K[..., 1, 0]) * Wc_i * Wa_j
-    Hww += k(K[..., 1, 1]) * Wc_i * Wc_j
-    Hww += k(moments.dd) * eye[None, :, None, :]
+    if moments.gaussian_k is not None and covariance is None:
+        Hww = k(moments.dd) * gaussian_pair_blocks(W, moments.gaussian_k)
+    else:
+        Wa_i, Wa_j = A[:, :, None, None], A[:, None, None, :]
+        Wc_i, Wc_j = A.T[None, :, :, None], A[None, None, :, :]
+        K = moments.K
+        Hww = k(K[..., 0, 0]) * Wa_i * Wa_j
+        Hww += k(K[..., 0, 1]) * Wa_i * Wc_j
+        Hww += k(K[..., 1, 0]) * Wc_i * Wa_j
+        Hww += k(K[..., 1, 1]) * Wc_i * Wc_j
+        Hww += k(moments.dd) * eye[None, :, None, :]
     # H[w_a i, v_c] = v_a (b0[a,c] s_a[i] + b1[a,c] s_c[i])
     Hwv = v[:, None, None] * (moments.b[:, None, :, 0] * A[:, :, None] + moments.b[:, None, :, 1] * A.T[None, :, :])
     m = n_h * d
@@ -74,6 +77,26 @@ def assemble(moments: PairMoments, W: np.ndarray, v: np.ndarray, covariance: np.
     if 0.0 < top < np.finfo(np.float64).tiny / EPS:
         raise NearoptError(f"the population Hessian's entries underflow float64 (largest {top:.3g}): its spectrum cannot be resolved; use larger weights or input variances")
     return H
+
+
+def gaussian_pair_blocks(W: np.ndarray, k: float) -> np.ndarray:
+    """``(I + k A_ac^T A_ac)^{-1}`` for every pair of rows ``A_ac = [w_a; w_c]`` of ``W`` ``(N_h, d)``: shape ``(N_h, d, N_h, d)``.
+
+    With ``A_ac^T = Q R`` (thin QR, ``Q`` ``(d, m)`` orthonormal, ``m = min(d, 2)``) and ``R R^T = V diag(lam) V^T``,
+    the inverse is ``I - Q V diag(k lam / (1 + k lam)) V^T Q^T``: every factor is computed without a
+    difference of large terms, so the result is accurate to ``eps`` of 1 in every direction (the Stein form
+    ``I + A^T K A / dd`` is accurate only to ``eps k c``, ``c = |w|^2``).
+    """
+    n_h, d = W.shape
+    pairs = np.stack(np.broadcast_arrays(W[:, None, :], W[None, :, :]), -1)  # (N_h, N_h, d, 2): columns w_a, w_c
+    Q, R = np.linalg.qr(pairs)  # Q (N_h, N_h, d, m), R (N_h, N_h, m, 2)
+    lam, V = np.linalg.eigh(R @ np.swapaxes(R, -1, -2))
+    lam = np.clip(lam, 0.0, None)
+    U = Q @ V
+    blocks = (U * (k * lam / (1.0 + k * lam))[..., None, :]) @ np.swapaxes(U, -1, -2)  # Q V diag(..) V^T Q^T (N_h, N_h, d, d)
+    blocks *= -1.0
+    blocks += np.eye(d)
+    return blocks.transpose(0, 2, 1, 3)
 
 
 def is_linear(act: Activation) -> bool:

@@ -35,6 +35,7 @@ from ..gaussian.expectations import kernel, output_power
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
 from ..resources import dense_bytes, require_memory
+from ..threads import sized_threads
 from ..tolerances import EPS
 from .sgd_predict import SecondMomentModel, exact_model, fixed_set_model, predictions, problem_spectrum, spectrum_model, training_set
 
@@ -182,6 +183,15 @@ def _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples):
     return float(lr), batch, runs, steps, samples
 
 
+def _step_flops(problem, runs, batch) -> float:
+    """Multiply-adds of one SGD step's forward pass (the thread choice of :mod:`nearopt.threads`)."""
+    try:
+        pr = as_problem(problem)
+        return float(runs) * float(batch) * (pr.point.n_hidden + pr.teacher.n_hidden) * pr.n_inputs
+    except (TypeError, ValueError, NearoptError):  # bad arguments: simulate_sgd reports them
+        return 0.0
+
+
 def sgd_memory(problem: Problem, runs: int, batch: int, points: int, samples: int | None, sampling: str) -> int:
     """Bytes the simulation holds at once (checked before anything is allocated)."""
     K, M, ni = problem.point.n_hidden, problem.teacher.n_hidden, problem.n_inputs
@@ -192,6 +202,7 @@ def sgd_memory(problem: Problem, runs: int, batch: int, points: int, samples: in
     return dense_bytes((per_step + state + record + data,))
 
 
+@sized_threads(lambda a: (_step_flops(a["problem"], a["runs"], a["batch"]), a["device"]))
 def simulate_sgd(
     problem: Problem | TwoLayerNet,
     *,

@@ -122,14 +122,30 @@ def residual_terms(mo: LandscapeMoments, Omega: np.ndarray, W: np.ndarray) -> di
     return out
 
 
-def population_loss(problem: Problem | TwoLayerNet, moments: LandscapeMoments | None = None) -> float:
-    """``L = 1/2 E[(f_student(x) - f_teacher(x))^2]``, ``x ~ N(0, I)`` (``1/2 beta^T Phi beta``).
+#: relative rounding of one closed-form or quadrature pair moment ``Phi_ij`` (a few ulps: :mod:`nearopt.gaussian.expectations`)
+MOMENT_ULPS = 8
 
-    Exact up to rounding of the ``O(1)`` pair terms: an absolute error of a few
-    ``eps * sum |beta_i beta_j Phi_ij|`` (the loss is 0 at a global minimum only to that level).
+
+def population_loss(problem: Problem | TwoLayerNet, moments: LandscapeMoments | None = None) -> float:
+    """``L = 1/2 E[(f_student(x) - f_teacher(x))^2]``, ``x ~ N(0, I)`` (``1/2 beta^T Phi beta``), never below 0 from rounding.
+
+    ``Phi`` is a Gram matrix of functions, so ``L >= 0`` exactly; in float64 the sum has an absolute
+    error of at most ``bound = 1/2 (2 n + MOMENT_ULPS) eps sum |beta_i Phi_ij beta_j|`` (``n = K + M``
+    terms in each of the two dot products, each moment to ``MOMENT_ULPS`` ulps). A computed value in
+    ``[-bound, 0)`` is that rounding at a global minimum and is returned as ``0.0``; a value further
+    below 0 is returned as computed (it would mean wrong moments, not rounding).
     """
     mo = landscape_moments(problem, residual=False) if moments is None else moments
-    return float(0.5 * mo.beta @ mo.phi @ mo.beta)
+    return nonnegative_quadratic(mo.beta, mo.phi)
+
+
+def nonnegative_quadratic(beta: np.ndarray, Phi: np.ndarray) -> float:
+    """``1/2 beta^T Phi beta`` for a PSD ``Phi`` ``(n, n)``, with rounding-level negatives (:func:`population_loss`) set to 0."""
+    value = float(0.5 * beta @ Phi @ beta)
+    if value >= 0.0:
+        return value
+    bound = 0.5 * (2 * beta.size + MOMENT_ULPS) * np.finfo(np.float64).eps * float(np.abs(beta) @ np.abs(Phi) @ np.abs(beta))
+    return 0.0 if value >= -bound else value
 
 
 def population_gradient(problem: Problem | TwoLayerNet, moments: LandscapeMoments | None = None) -> np.ndarray:

@@ -64,6 +64,11 @@ class PairMoments:
     #: cancellation, where the activation has one; ``None``: the sums of the entries (:meth:`fold_diagonal`)
     b_sum: np.ndarray | None = None
     K_sum: np.ndarray | None = None
+    #: ``k`` when ``g'(u)`` is proportional to ``exp(-k u^2 / 2)`` (erf): then the first-layer pair block has
+    #: the closed form ``E[g'(u_a) g'(u_c) x x^T] = dd (I + k A^T A)^{-1}``, ``A = [w_a; w_c]`` (a Gaussian
+    #: integral), which :func:`nearopt.curvature.assembly.assemble` uses instead of ``dd I + A^T K A``: along
+    #: ``A``'s rows the Stein form's terms, ``~ dd k c`` each at pre-activation variance ``c``, cancel to ``~ dd / (1 + k c)``
+    gaussian_k: float | None = None
 
     def __getitem__(self, index) -> PairMoments:
         """The moments of the pairs ``index`` selects on the leading shape ``S`` (``m[rows, cols]``; no ``...``)."""
@@ -436,7 +441,7 @@ class Erf(Activation):
         # products ordered so that no intermediate over- or underflows (d1 om, r12 so ~ sqrt(c) at most)
         b_sum = amp * (1.0 + k * (c11 - c12)) / d1 / (r12 * so)
         K_sum = -dd * k * ((2.0 + k * np.clip(c11 + c22 - 2 * c12, 0.0, None)) / d1) / (d2 * om)
-        return PairMoments(gg, np.stack([b0, dd], -1), dd, K, "closed-form", b_sum=b_sum, K_sum=K_sum)
+        return PairMoments(gg, np.stack([b0, dd], -1), dd, K, "closed-form", b_sum=b_sum, K_sum=K_sum, gaussian_k=k)
 
     def closed_form_fourth_moment(self, c11, c12, c22) -> np.ndarray:
         """``4 d^2/dc11^2`` of ``(2/pi) arcsin(rho)``, ``rho = k c12 / sqrt(d1 d2)``, ``k = 2 a^2``, ``d = 1 + k c``.

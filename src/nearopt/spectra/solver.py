@@ -55,6 +55,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from ..errors import NearoptError
 from ..policy import NullSpace, RankDecision, RankPolicy
+from ..threads import sized_threads
 from .density import slq
 from .extremes import GUARD, Eigenpairs, largest_eigenpairs, smallest_eigenpairs
 from .request import SpectrumRequest
@@ -108,6 +109,7 @@ def known_rank(op: SpectralOperator) -> tuple[int, str] | None:
     return None if method is None else method()
 
 
+@sized_threads(lambda a: (float(getattr(a["op"], "shape", (0,))[0]) ** 2, getattr(a["op"], "device", "cpu")))  # one thread below P = 10^4
 def solve(op: SpectralOperator, request: SpectrumRequest | None = None) -> Spectrum:
     """Answer ``request`` (default: all eigenvalues) for ``op``; see the module docstring.
 

@@ -95,6 +95,42 @@ def _split_rule(n: int, cut: float) -> tuple[np.ndarray, np.ndarray]:
 
 _Z, _W = _split_rule(HALF_NODES, QUAD_CUT)
 
+#: Gauss–Legendre nodes per panel of the graded rule of a wide unit (:func:`_rules`)
+PANEL_NODES = 32
+
+
+def _graded_rule(std: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights (summing to 1) of ``E f(z)``, ``z ~ N(0, 1)``, for ``f`` that varies on the scale ``1 / std`` too.
+
+    ``g(sqrt(c) z)`` changes on ``|z| ~ 1 / sqrt(c)`` (erf and tanh saturate there, ``g'`` is a spike of
+    that width): a fixed rule on ``[-QUAD_CUT, QUAD_CUT]`` misses it once ``sqrt(c)`` exceeds its node
+    spacing near 0 (``E g'`` of erf is off by 20 % at ``c = 1e6`` and 0 beyond). Panels ``[2^(j-1), 2^j] / std``
+    in ``z`` (``[0, 1 / std]`` first), up to ``QUAD_CUT``, each with :data:`PANEL_NODES` Gauss–Legendre
+    nodes, resolve both scales: ``log2(QUAD_CUT std)`` panels per half-line.
+    """
+    inner = [2.0**j / std for j in range(int(np.ceil(np.log2(QUAD_CUT * std))))]
+    edges = np.unique(np.clip(np.array([0.0, *inner, QUAD_CUT]), 0.0, QUAD_CUT))
+    x, w = np.polynomial.legendre.leggauss(PANEL_NODES)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    z = (0.5 * (hi - lo) * (x + 1.0) + lo).ravel()
+    wz = (0.5 * (hi - lo) * w).ravel() * np.exp(-0.5 * z * z)
+    z, wz = np.concatenate([-z[::-1], z]), np.concatenate([wz[::-1], wz])
+    return z, wz / wz.sum()
+
+
+def _rules(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrature nodes ``Z`` and weights ``W``, ``(len(c), n)`` each, of ``E f(sqrt(c_i) z)`` for every variance ``c_i``.
+
+    ``c <= 1``: the split rule ``_Z, _W``; wider units the graded rule of :func:`_graded_rule` (rows padded
+    with zero weights to one length).
+    """
+    rules = [(_Z, _W) if ci <= 1.0 else _graded_rule(float(np.sqrt(ci))) for ci in np.ravel(c)]
+    n = max(z.size for z, _ in rules)
+    Z, W = np.zeros((len(rules), n)), np.zeros((len(rules), n))
+    for i, (z, w) in enumerate(rules):
+        Z[i, : z.size], W[i, : w.size] = z, w
+    return Z, W
+
 
 @dataclass(frozen=True)
 class UnitConstants:
@@ -172,25 +208,33 @@ def require_odd(activation: str | Activation) -> Activation:
 
 
 def unit_constants(activation: str | Activation, variance) -> UnitConstants:
-    """:class:`UnitConstants` at each variance ``c > 0`` (split Gauss–Legendre rule, :data:`HALF_NODES` per half-line)."""
+    """:class:`UnitConstants` at each variance ``c > 0`` (:func:`_rules`: exact to rounding at any ``c`` float64 holds).
+
+    Constants float64 cannot hold (a polynomial at huge variance) are one :class:`NearoptError`.
+    """
     act = get_activation(activation)
     c = np.atleast_1d(np.asarray(variance, dtype=np.float64))
     if not np.all(np.isfinite(c) & (c > 0)):
         raise NearoptError("unit variances must be finite and > 0")
-    z = _Z[None, :]
+    z, wz = _rules(c)
     g, gp = _g_and_gprime(act, np.sqrt(c)[:, None] * z)
 
     def E(f):
-        return f @ _W
+        return np.sum(f * wz, axis=1)
 
-    mu1 = E(gp)
-    second = E(gp**2)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported as one error
+        mu1, second, g2 = E(gp), E(gp**2), E(g**2)
+    if not all(np.all(np.isfinite(x)) for x in (mu1, second, g2)):
+        raise NearoptError(
+            f"the Gaussian constants of {act.name!r} overflow float64 at unit variances up to {float(c.max()):.3g} "
+            "(too large weights for this activation): the asymptotic law cannot be evaluated there; lower sigma1"
+        )
     delta = second - mu1**2
     delta = np.where(delta > 1e-12 * second, delta, 0.0)  # g' constant (linear g): exact 0, not rounding
     kappa = E(g * z)
     f1 = g - kappa[:, None] * z
     nu = E(f1**2)
-    nu = np.where(nu > 1e-12 * E(g**2), nu, 0.0)  # g linear: f1 = 0 exactly, the rest is rounding
+    nu = np.where(nu > 1e-12 * g2, nu, 0.0)  # g linear: f1 = 0 exactly, the rest is rounding
     phi = gp * z
     mu_rad = E(phi * z)
     f2 = phi - mu_rad[:, None] * z
@@ -208,10 +252,13 @@ def hermite_coefficients(activation: str | Activation, variance, orders) -> np.n
     """
     act = get_activation(activation)
     c = np.atleast_1d(np.asarray(variance, dtype=np.float64))
-    _, gp = _g_and_gprime(act, np.sqrt(c)[:, None] * _Z[None, :])
+    z, wz = _rules(c)
+    _, gp = _g_and_gprime(act, np.sqrt(c)[:, None] * z)
     ks = [int(k) for k in orders]
-    H = np.stack([hermite_e.hermeval(_Z, np.eye(k + 1)[k]) for k in ks])  # (K, nodes)
-    return gp @ (_W[None, :] * H).T
+    if not ks:
+        return np.zeros((c.size, 0))
+    H = np.stack([hermite_e.hermeval(z, np.eye(k + 1)[k]) for k in ks], -1)  # (len(c), nodes, K)
+    return np.einsum("cn,cnk->ck", gp * wz, H)
 
 
 @dataclass(frozen=True)
@@ -726,9 +773,9 @@ class AsymptoticLaw(SpectralLaw):
     def _swap_pairs(self) -> SwapPairs | None:
         """:class:`SwapPairs` for the bulk of the ``min(N_i, N_h)`` reduced copies (``None`` when ``E g''' = 0``)."""
         c0 = self.sigma1**2 * self.n_inputs
-        z = _Z[None, :]
+        z, wz = _rules(np.array([c0]))
         _, gp = _g_and_gprime(self.activation, np.sqrt(c0) * z)
-        gamma = float(((gp * (z * z - 1.0)) @ _W)[0]) ** 2
+        gamma = float(np.sum(gp * (z * z - 1.0) * wz)) ** 2
         delta = float(unit_constants(self.activation, c0).delta[0])
         if delta <= 0 or gamma <= 1e-14 * delta**2:
             return None
@@ -757,7 +804,7 @@ class AsymptoticLaw(SpectralLaw):
 
     # ------------------------------------------------------------ linear family
     def _tabulate_linear(self) -> None:
-        """Tables of ``mu1**2 (s + m)``: its exact cdf/pdf cost ~0.1-1 s per call (quad_vec)."""
+        """The range of ``mu1**2 (s + m)`` and its table's parameters: its exact cdf/pdf cost ~0.1-1 s per call (quad_vec)."""
         if self.mu1_sq <= 0:
             self._lin = None
             return
@@ -766,8 +813,13 @@ class AsymptoticLaw(SpectralLaw):
         # cover both components: s alone (mass 1 - 1/q) and s + mu, mu up to the MP edge
         hi = float(max(law.mean() + 14.0 * law.std(), law.chi2.isf(1e-15) + law.mp.bulk_edges[1]))
         self._lin_range = (lo * self.mu1_sq + self.linear_shift, hi * self.mu1_sq + self.linear_shift)
-        self._lin_cdf = _linear_table(law.n_inputs, law.n_hidden, law.sigma1, law.sigma2, lo, hi)  # density: the table's derivative
+        self._lin_args = (law.n_inputs, law.n_hidden, law.sigma1, law.sigma2, lo, hi)
         self._lin = law
+
+    @property
+    def _lin_cdf(self) -> TabulatedCDF:
+        """The linear family's table (density: its derivative), built on first use: ``mean``/``var`` do not need it."""
+        return _linear_table(*self._lin_args)
 
     def _linear_cdf(self, x: np.ndarray) -> np.ndarray:
         if self._lin is None:
@@ -794,21 +846,30 @@ class AsymptoticLaw(SpectralLaw):
         return tuple(sorted(out.items()))
 
     def pdf(self, x):
-        """Density of the continuous part (integrates to ``1 -`` the atom masses)."""
+        """Density of the continuous part (integrates to ``1 -`` the atom masses); NaN at NaN, 0 at ``±inf``."""
+        return self._on_reals(self._pdf_real, x, 0.0, 0.0)
+
+    def cdf(self, x):
+        """``P(lambda <= x)`` (atoms included); NaN at NaN, exactly 0 and 1 at ``-inf`` and ``+inf``."""
+        return self._on_reals(self._cdf_real, x, 0.0, 1.0)
+
+    def cdf_left(self, x):
+        """``P(lambda < x)`` (differs from :meth:`cdf` at atoms only)."""
+        return self._on_reals(self._cdf_left_real, x, 0.0, 1.0)
+
+    def _pdf_real(self, x):
         x = np.asarray(x, dtype=np.float64)
         out = sum(f.weight * f.pdf(x) for f in self.families) + self.linear_weight * self._linear_pdf(x)
         for corr in (self.interlacing, self.swap_pairs, self.dyson):
             out = out if corr is None else out + corr.pdf(x)
         return np.clip(out, 0.0, None)
 
-    def cdf(self, x):
-        """``P(lambda <= x)`` (atoms included)."""
+    def _cdf_real(self, x):
         x = np.asarray(x, dtype=np.float64)
         out = sum(f.weight * f.cdf(x) for f in self.families) + self.linear_weight * self._linear_cdf(x)
         return np.clip(out + self._corrections(x), 0.0, 1.0)
 
-    def cdf_left(self, x):
-        """``P(lambda < x)`` (differs from :meth:`cdf` at atoms only)."""
+    def _cdf_left_real(self, x):
         x = np.asarray(x, dtype=np.float64)
         lin = self._linear_cdf(x) if self._lin is not None else (x > 0).astype(np.float64)
         out = sum(f.weight * f.cdf(x, left=True) for f in self.families) + self.linear_weight * lin

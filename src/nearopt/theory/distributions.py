@@ -110,6 +110,21 @@ class SpectralLaw:
         return self.ppf(rng.uniform(size=size))
 
     @staticmethod
+    def _on_reals(fn, x, at_minus_inf: float, at_plus_inf: float):
+        """``fn`` on the finite entries of ``x``; NaN stays NaN and ``-inf`` / ``+inf`` take the given limits.
+
+        As ``scipy.stats`` does: a law's ``pdf``/``cdf`` of NaN is NaN (never a number), and the limits
+        at infinity are exact (``cdf(inf) = 1``, not ``1 - eps``), without a warning from ``inf - inf``.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        out = np.full(x.shape, np.nan)
+        real = np.isfinite(x)
+        if real.any():
+            out[real] = fn(x[real])
+        out[x == np.inf], out[x == -np.inf] = at_plus_inf, at_minus_inf
+        return out[()] if out.ndim == 0 else out
+
+    @staticmethod
     def _probabilities(p) -> np.ndarray:
         """``p`` as a float array, or one :class:`NearoptError` if any value is outside ``[0, 1]``."""
         p = np.asarray(p, dtype=np.float64)
@@ -165,7 +180,10 @@ class marchenko_pastur_bulk_gen(rv_continuous):
     def _pdf(self, x, ratio):
         m_lo, m_hi = _edges(ratio)
         inside = np.clip((m_hi - x) * (x - m_lo), 0.0, None)
-        return np.sqrt(inside) / (2.0 * np.pi * ratio * x) / _bulk_mass(ratio)
+        # x = 0 lies in the support only at q = 1 (m- = 0), where the density diverges like 1 / (pi sqrt(x))
+        at_zero = np.where(m_lo == 0, np.inf, 0.0)
+        xs = np.where(x > 0, x, 1.0)
+        return np.where(x > 0, np.sqrt(inside) / (2.0 * np.pi * ratio * xs) / _bulk_mass(ratio), at_zero)
 
     def _cdf(self, x, ratio):
         a, b = 1.0 + ratio, 2.0 * np.sqrt(ratio)
@@ -384,9 +402,12 @@ class ChiSquareMPConvolution(rv_continuous, SpectralLaw):
         return self._bulk_integral(self.chi2.pdf, x)
 
     def _pdf(self, x):
-        return self.chi2_weight * self.chi2.pdf(x) + self._bulk_integral(self.chi2.pdf, x)
+        return self._on_reals(lambda y: self.chi2_weight * self.chi2.pdf(y) + self._bulk_integral(self.chi2.pdf, y), x, 0.0, 0.0)
 
     def _cdf(self, x):
+        return self._on_reals(self._cdf_real, x, 0.0, 1.0)
+
+    def _cdf_real(self, x):
         # lower tail directly, upper tail as 1 - sf: keeps the small side accurate
         x = np.asarray(x, dtype=np.float64)
         lower = x <= self.median_guess
@@ -401,7 +422,7 @@ class ChiSquareMPConvolution(rv_continuous, SpectralLaw):
         return self.chi2.mean() + self.mp.mean()
 
     def _sf(self, x):
-        return np.clip(self.chi2_weight * self.chi2.sf(x) + self._bulk_integral(self.chi2.sf, x), 0.0, 1.0)
+        return self._on_reals(lambda y: np.clip(self.chi2_weight * self.chi2.sf(y) + self._bulk_integral(self.chi2.sf, y), 0.0, 1.0), x, 1.0, 0.0)
 
     def ppf(self, q, *args, **kwds):
         """Numerical inverse of :meth:`cdf` (``scipy.stats``); :class:`NearoptError` outside ``[0, 1]``."""
@@ -412,7 +433,7 @@ class ChiSquareMPConvolution(rv_continuous, SpectralLaw):
         q = np.asarray(q, dtype=np.float64)
         lo = np.full(q.shape, float(self.a))
         hi = np.full(q.shape, float(self.chi2.isf(1e-16) + self.mp.bulk_edges[1]))
-        res = elementwise.find_root(lambda x, p: self._cdf(x) - p, (lo, hi), args=(q,))
+        res = elementwise.find_root(lambda x, p: self._cdf_real(x) - p, (lo, hi), args=(q,))
         return np.where(q <= 0, lo, np.where(q >= 1, np.inf, res.x))
 
     def _rvs(self, size=None, random_state=None):
@@ -490,5 +511,5 @@ class TabulatedCDF:
         """Derivative of the interpolant (0 outside ``[lo, hi]``): a density consistent with the table."""
         x = np.asarray(x, dtype=np.float64)
         with np.errstate(invalid="ignore"):
-            y = np.nan_to_num(self._slope(np.clip(x, self.lo, self.hi)), nan=0.0)
-        return np.where((x < self.lo) | (x > self.hi), 0.0, np.clip(y, 0.0, None))
+            y = np.nan_to_num(self._slope(np.clip(x, self.lo, self.hi)), nan=0.0)  # zero slopes of flat tails
+        return np.where(np.isnan(x), np.nan, np.where((x < self.lo) | (x > self.hi), 0.0, np.clip(y, 0.0, None)))
