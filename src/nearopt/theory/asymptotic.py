@@ -262,7 +262,7 @@ def hermite_coefficients(activation: str | Activation, variance, orders) -> np.n
 
 
 @dataclass(frozen=True)
-class Family:
+class EigenvalueFamily:
     """A family of eigenvalues ``lambda = a_k + b_k t`` (``t ~ chi2_1``) at node ``k`` of ``c`` (weight ``w_k``).
 
     ``weight`` is its share of the ``P`` eigenvalues; ``a``, ``b``, ``w`` ``(C_NODES,)``,
@@ -280,7 +280,7 @@ class Family:
         return self.b > 1e-14 * np.maximum(np.abs(self.a), 1e-300)
 
     def cdf(self, x: np.ndarray, left: bool = False) -> np.ndarray:
-        """Family cdf at ``x`` (any shape); ``left=True`` gives ``P(lambda < x)``."""
+        """The family's cdf at ``x`` (any shape); ``left=True`` gives ``P(lambda < x)``."""
         x = np.asarray(x, dtype=np.float64)
         out = np.zeros(x.shape)
         cont = self._cont
@@ -358,7 +358,7 @@ class Interlacing:
     scale: np.ndarray  # (C_NODES,) sigma2**2 delta(c_k)
     ratio: np.ndarray  # (C_NODES,) b(c_k)**2 / delta(c_k)
     w: np.ndarray  # (C_NODES,) weights of the c nodes
-    bulk: Family
+    bulk: EigenvalueFamily
 
     def _A(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         A = np.zeros(x.shape, dtype=np.complex128)
@@ -430,7 +430,7 @@ class SwapPairs:
     mean 0 (``lambda+ + lambda- = d_a + d_c``).
     """
 
-    def __init__(self, weight: float, ratio: float, n_inputs: int, bulk: Family):
+    def __init__(self, weight: float, ratio: float, n_inputs: int, bulk: EigenvalueFamily):
         self.weight, self.ratio, self.bulk = float(weight), float(ratio), bulk
         scale = float(np.max(bulk.b))
         grid = np.concatenate([[0.0], np.geomspace(1e-14 * scale, 80.0 * scale, 6001)])
@@ -598,7 +598,7 @@ class DysonBulk:
     """
 
     def __init__(self, complement: GramDyson | None, reduced: GramDyson, n_inputs: int, n_hidden: int, n_bulk: int,
-                 n_params: int, bulk: Family):
+                 n_params: int, bulk: EigenvalueFamily):
         self.complement, self.reduced, self.bulk = complement, reduced, bulk
         self.n_c = max(n_inputs - n_hidden, 0) if complement is not None else 0
         self.n_r = min(n_inputs, n_hidden)
@@ -655,7 +655,7 @@ class AsymptoticLaw(SpectralLaw):
     ----------
     n_inputs, n_hidden, n_params : int
     activation : Activation
-    families : list[Family]  (the linear family is listed with empty nodes)
+    families : list[EigenvalueFamily]  (the linear family is listed with empty nodes)
     constants : UnitConstants at the ``c`` nodes
     dyson : DysonBulk or None
         The Dyson bulk (``None`` with ``dyson=False``, or without a bulk).
@@ -697,12 +697,12 @@ class AsymptoticLaw(SpectralLaw):
         scale = float(wc @ (raw.nu + raw.readout_linear**2) + s2 * (wc @ (raw.radial_total + raw.radial_linear**2)))
         has_const = const > 1e-12 * nh * scale  # odd g: E g = E g' z = 0 up to rounding
         self.families = [
-            Family("bulk", n_bulk / P, zeros, s2 * k.delta, wc),
-            Family("radial", nh / P, zeros, s2 * k.radial, wc),
-            Family("readout", (nh - has_const) / P, k.nu, s2 * k.readout_slope, wc),
+            EigenvalueFamily("bulk", n_bulk / P, zeros, s2 * k.delta, wc),
+            EigenvalueFamily("radial", nh / P, zeros, s2 * k.radial, wc),
+            EigenvalueFamily("readout", (nh - has_const) / P, k.nu, s2 * k.readout_slope, wc),
         ]
         if has_const:
-            self.families.append(Family("constant", 1.0 / P, np.array([const]), np.zeros(1), np.ones(1)))
+            self.families.append(EigenvalueFamily("constant", 1.0 / P, np.array([const]), np.zeros(1), np.ones(1)))
         # linear family: spec(s~ I + sum_a d_a w^_a w^_a^T), s~ = sum_a v_a^2 mu1_a^2 and
         # d_a = v_a^2 (mu_rad^2 - mu1^2) + kappa^2 (docs/asymptotic.md §4), with d_a replaced
         # by its mean: a * (chi2 part) + MP part of the right scale
