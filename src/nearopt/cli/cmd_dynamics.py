@@ -12,11 +12,11 @@ import numpy as np
 
 from ..dynamics import make_objective, run_dynamics
 from ..errors import NearoptError, ResultFailure, require_finite
+from ..model.network import check_finite
 from ..resources import dense_bytes, require_memory
 from .common import (
     add_data_args,
     add_network_args,
-    check_network_finite,
     emit_result,
     inputs_from_args,
     network_from_args,
@@ -71,7 +71,7 @@ def compute(args):
     # K trajectories of P parameters (state, gradient, displacement, prediction) and K x points loss records
     require_memory(dense_bytes((args.draws, 4 * net.n_params + 2 * args.points)), f"{args.draws} draws (--draws)", "fewer --draws")
     X = inputs_from_args(args, net)
-    check_network_finite(net, X)
+    check_finite(net, X)
     cause = f"activation {net.activation.name}, N_i={net.n_inputs}, N_h={net.n_hidden}, {'population' if X is None else f'N={X.shape[0]}'}"
     with numerics("the dynamics", cause):
         res = _run(args, net, X)

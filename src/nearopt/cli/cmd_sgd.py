@@ -9,11 +9,11 @@ import numpy as np
 
 from ..dynamics.sgd import SAMPLING, run_sgd
 from ..errors import NearoptError
+from ..model.network import check_finite
 from ..model.problem import Problem
 from .common import (
     add_input_cov_arg,
     add_network_args,
-    check_network_finite,
     emit_result,
     input_law_from_args,
     network_from_args,
@@ -77,7 +77,7 @@ def _check(args) -> None:
 def compute(args):
     _check(args)
     net = network_from_args(args)
-    check_network_finite(net, None)
+    check_finite(net, None)
     law = input_law_from_args(argparse_inputs(args), net.n_inputs)
     problem = Problem(net, inputs=law, trained=args.trained)
     cause = f"activation {net.activation.name}, N_i={net.n_inputs}, N_h={net.n_hidden}, eta={args.lr:g}, B={args.batch}"

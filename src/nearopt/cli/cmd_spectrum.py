@@ -15,7 +15,7 @@ from ..landscape.critical import load_point
 from ..landscape.manifold import add_dead_units, load_student, random_student, split_unit
 from ..model import io
 from ..model.activations import get_activation
-from ..model.network import TwoLayerNet
+from ..model.network import TwoLayerNet, check_finite
 from ..model.problem import GaussianInputs, Problem
 from ..policy import RankPolicy
 from ..spectra import Spectrum, SpectrumRequest
@@ -23,7 +23,6 @@ from .common import (
     add_data_args,
     add_input_cov_arg,
     add_network_args,
-    check_network_finite,
     emit_json,
     input_law_from_args,
     inputs_from_args,
@@ -216,7 +215,7 @@ def compute(args) -> tuple[Spectrum, Spectrum | None]:
     law = input_law_from_args(args, net.n_inputs) if X is None else None
     problem = Problem(net, student=student, inputs=law, trained=TRAINED_ALIASES[args.trained])  # type: ignore[arg-type]  # None: the defaults
     # under N(0, Sigma) the pre-activations have variances w^T Sigma w: check the whitened network W1 Sigma^{1/2}
-    check_network_finite(net if law is None else TwoLayerNet(law.matmul(net.W1, 0.5), net.W2, net.activation), X)
+    check_finite(net if law is None else TwoLayerNet(law.matmul(net.W1, 0.5), net.W2, net.activation), X)
     if args.save_student:
         problem.point.save(args.save_student)
     compared: Spectrum | None = None  # the population spectrum of --compare-population

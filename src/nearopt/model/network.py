@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import NearoptError, real_array, require_positive_finite, require_positive_int
+from ..errors import NearoptError, real_array, require_finite, require_positive_finite, require_positive_int, require_product_finite
 from . import io
 from .activations import Activation, get_activation
 
@@ -188,3 +188,58 @@ def sample_inputs(
             raise NearoptError(f"student-t inputs need df > 2 for a finite variance, got {df}")
         return rng.standard_t(df, shape) * np.sqrt((df - 2.0) / df)
     raise NearoptError(f"unknown input distribution {distribution!r}; choose from {', '.join(INPUT_DISTRIBUTIONS)}")
+
+
+#: population checks evaluate g, g' out to this many standard deviations of the pre-activations
+POPULATION_SIGMAS = 10.0
+
+
+def check_finite(net: TwoLayerNet, X: np.ndarray | None = None) -> None:
+    """Refuse inputs on which the activation or its derivative overflow float64 (before any Hessian is built).
+
+    Every batch Hessian is assembled from ``g(W1 x)`` and ``g'(W1 x)``; if either
+    is NaN or infinite the spectrum is meaningless, so say which input caused it.
+    For the population (``X is None``) the pre-activations are Gaussian with
+    variance ``|w_i|^2``; ``g`` and ``g'`` are checked out to
+    :data:`POPULATION_SIGMAS` standard deviations, where the expectations'
+    quadrature reaches.
+    """
+    W1 = torch.as_tensor(net.W1, dtype=torch.float64)
+    if X is None:
+        sd = float(W1.square().sum(1).max().sqrt())
+        z = torch.linspace(-POPULATION_SIGMAS, POPULATION_SIGMAS, 201, dtype=torch.float64) * sd
+        what = f"Gaussian pre-activations (std up to {sd:.3g}, checked to {POPULATION_SIGMAS:g} std)"
+    else:
+        z = torch.as_tensor(X, dtype=torch.float64) @ W1.T  # (N, N_h)
+        what = "the inputs"
+    zmax = float(z.abs().max()) if z.numel() else 0.0
+    cause = f"activation {net.activation.name} on {what}, |W1 x| up to {zmax:.3g}; use smaller inputs or weights, or another activation"
+    require_finite(z, "pre-activations W1 x", "the inputs or weights are too large for float64")
+    with torch.no_grad():
+        g, dg = net.activation(z), net.activation.derivative(z)
+    require_finite(g, "activation g(W1 x)", cause)
+    require_finite(dg, "derivative g'(W1 x)", cause)
+    xmax = POPULATION_SIGMAS if X is None else float(np.sqrt(np.square(X).sum(1).max())) if X.size else 0.0
+    feature = max(float(g.abs().max()), float(dg.abs().max()) * xmax) if z.numel() else 0.0
+    require_product_finite({"N_h": net.n_hidden, "max |W2|": float(np.abs(net.W2).max()), "max(|g|, |g'| |x|)": feature},
+                           "the output's square and the Hessian entries", "use smaller weight scales (--sigma1/--sigma2), weights or inputs", power=2)
+    if X is None:
+        require_variances_representable(net.W1)
+
+
+def require_variances_representable(W1: np.ndarray) -> None:
+    """Refuse first-layer rows ``(N_h, N_i)`` whose squared norm, the variance of a Gaussian pre-activation, underflows float64.
+
+    The population moments are functions of these variances; a nonzero row below
+    ``sqrt(tiny)`` (about ``1.5e-154``) has a variance of 0 or a subnormal one, so its
+    unit would look dead. The batch route (``W1 x`` itself) has no such limit.
+    """
+    W1 = np.asarray(W1, dtype=np.float64)
+    peak = np.abs(W1).max(1)
+    norms = peak * np.sqrt(np.square(W1 / np.where(peak > 0, peak, 1.0)[:, None]).sum(1))  # no underflow in the squares
+    small = (norms > 0) & (norms < np.sqrt(np.finfo(np.float64).tiny))
+    if np.any(small):
+        a = int(np.argmax(small))
+        raise NearoptError(f"first-layer row {a} has norm {norms[a]:.3g}: its pre-activation variance |w|^2 underflows float64 "
+                           f"(norms below {np.sqrt(np.finfo(np.float64).tiny):.3g}), so the population moments cannot be formed; "
+                           "rescale the weights (a batch of inputs needs no variance)")
