@@ -39,7 +39,7 @@ def test_teacher_then_spectrum_round_trip(tmp_path, capsys):
     for key in ["activation", "N_i", "N_h", "P", "samples", "method", "dtype", "rank", "rank_tolerance", "eigenvalues"]:
         assert key in res
     assert (res["activation"], res["N_i"], res["N_h"], res["P"], res["samples"]) == ("erf", 6, 4, 28, 500)
-    assert res["dtype"] == "float64" and res["method"] == "jacobian-svd"
+    assert res["dtype"] == "float64" and res["batch_method"] == "jacobian-svd" and res["method"] == "factor"
     eig = np.array(res["eigenvalues"])
     assert eig.size == 28 and np.all(np.diff(eig) >= 0)
     net = no.TwoLayerNet.load(path, "erf")
@@ -62,7 +62,7 @@ def test_inputs_file_and_w2_vector(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "spectrum", "-a", "tanh", "--teacher", str(tmp_path / "t.npz"), "--inputs", str(tmp_path / "x.npy"), "--json", "--method", "autodiff")
     assert code == 0
     res = json.loads(out)
-    assert res["samples"] == 50 and res["method"] == "autodiff" and res["rank"] == 15
+    assert res["samples"] == 50 and res["batch_method"] == "autodiff" and res["rank"] == 15
 
 
 def _bad_files(tmp_path):

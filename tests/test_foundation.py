@@ -219,7 +219,7 @@ def test_rank_from_eigenvalues_when_no_svd_is_affordable(monkeypatch):
     monkeypatch.setattr(batch_mod, "SVD_MAX_PARAMS", 10)
     net = no.sample_teacher(6, 8, "linear", seed=0)
     spec = no.batch_spectrum(net, no.sample_inputs(400, 6, seed=1))
-    assert spec.method == "gauss-newton" and spec.extra["rank_source"] == "eigenvalues of the dense matrix"
+    assert spec.extra["batch_method"] == "gauss-newton" and spec.method == "dense" and spec.extra["rank_source"] == "eigenvalues of the dense matrix"
     assert spec.rank.rank == 6 and spec.rank.clear
 
 

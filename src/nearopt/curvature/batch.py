@@ -411,5 +411,5 @@ def batch_spectrum(
         raise NearoptError(f"method {method} computes the Gauss-Newton matrix, which is not the Hessian off the global minimum; use autodiff (or auto)")
     cls, route = _BATCH_ROUTES[method]
     spec = cls(problem, X, chunk_size=chunk_size, device=device).spectrum(route, rtol=rtol, **request)
-    # the batch route by its name: jacobian-svd is the factor route of J^T J / N, ...
-    return spec.replace(method=method, extra={**spec.extra, "route": spec.method})
+    # ``method`` stays the route that ran (factor, dense, ...); the batch method asked is recorded beside it
+    return spec.replace(extra={**spec.extra, "batch_method": method})
