@@ -1228,16 +1228,21 @@ class Survey:
     def n_starts(self) -> int:
         return int(self.descent.status.size)
 
+    def _minimum_above(self) -> np.ndarray:
+        """``(R,)`` bool: polished end point of a class in :data:`SPURIOUS_CLASSES` with loss ``>= protocol.spurious_loss``."""
+        return np.array([p is not None and p.classification in SPURIOUS_CLASSES and p.loss >= self.protocol.spurious_loss
+                         for p in self.points], dtype=bool)
+
     @property
     def spurious(self) -> np.ndarray:
-        """``(R,)`` bool: runs whose *polished* end point is a minimum above the global level (class in
+        """``(R,)`` bool: converged runs whose *polished* end point is a minimum above the global level (class in
         :data:`SPURIOUS_CLASSES`) with loss at least ``protocol.spurious_loss``.
 
         Judged on the polished point, not on the descent's last loss: a descent stopped early (a
-        handover, a coarse ``gtol``) has a loss that says nothing about where it ends.
+        handover, a coarse ``gtol``) has a loss that says nothing about where it ends. Unconverged
+        runs are not counted (the protocol's criterion), whatever their polished class (:meth:`notes`).
         """
-        return np.array([p is not None and p.classification in SPURIOUS_CLASSES and p.loss >= self.protocol.spurious_loss
-                         for p in self.points], dtype=bool)
+        return (self.descent.status == "converged") & self._minimum_above()
 
     @property
     def unresolved(self) -> int:
@@ -1252,6 +1257,10 @@ class Survey:
         if n:
             out.append(f"{n} of {self.n_starts} runs ended at a saddle or an unresolved point, not at a minimum: the stop of the descent "
                        "(gtol, max_steps) is too coarse to say where they would end; they are not counted as spurious")
+        late = int(np.count_nonzero((self.descent.status == "unconverged") & self._minimum_above()))
+        if late:
+            out.append(f"{late} unconverged run(s) were polished to a minimum above the global level; not counted as spurious "
+                       "(the protocol counts converged runs; more max_steps would decide them)")
         if self.width < self.teacher.n_hidden:
             out.append(f"the student (K = {self.width}) is narrower than the teacher (M = {self.teacher.n_hidden}): zero loss is out of reach "
                        "unless the teacher's units are redundant, so the lowest minimum found may be the best at this width although it is "
@@ -1269,7 +1278,7 @@ class Survey:
         return {"nearopt": __version__, "starts": R, "K": self.width, "M": self.teacher.n_hidden, "N_i": self.teacher.n_inputs,
                 "activation": self.teacher.activation.name, "trained": self.trained, "seed": self.seed, "protocol": self.protocol.to_dict(),
                 "spurious": n_sp, "spurious_fraction": n_sp / R if R else float("nan"),
-                "spurious_definition": f"polished end point of class {' or '.join(SPURIOUS_CLASSES)} with loss >= {self.protocol.spurious_loss:g}",
+                "spurious_definition": f"converged run polished to a {' or '.join(SPURIOUS_CLASSES)} with loss >= {self.protocol.spurious_loss:g}",
                 "spurious_fraction_ci": [lo, hi], "ci": "Wilson score, 95 %, over all starts", "unresolved": self.unresolved,
                 "notes": self.notes(),
                 "converged": d.count("converged"), "diverged": d.count("diverged"), "unconverged": d.count("unconverged"),

@@ -82,7 +82,7 @@ def _table(out: dict) -> str:
     lines = [f"{out['starts']} starts, K = {out['K']}, M = {out['M']}, N_i = {out['N_i']}, {out['activation']}, trained {out['trained']}: "
              f"{out['converged']} converged, {out['unconverged']} unconverged, {out['diverged']} diverged",
              f"spurious: {out['spurious']} ({100 * out['spurious_fraction']:.2f} %, 95 % Wilson interval {100 * lo:.2f}-{100 * hi:.2f} %; "
-             "polished end points that are minima above the global level)",
+             "converged runs polished to a minimum above the global level)",
              *(f"note: {n}" for n in out["notes"]),
              f"{'count':>6} {'loss':>13} {'class':<28} {'index':>5} {'lambda_min':>11} {'lambda_max':>10}  multiplicities"]
     for f in out["families"]:
