@@ -101,7 +101,7 @@ def check_gtol(gtol: float | None, problem: Problem) -> float | None:
         raise NearoptError(f"gtol must be a finite number >= 0, got {gtol!r}")
     bound = GTOL_MAX_FRACTION * gradient_scale(as_problem(problem))
     if not g <= bound:
-        raise NearoptError(f"gtol {g:g} would count a gradient this large as zero: it must be at most {bound:.3g} "
+        raise NearoptError(f"gtol (--gtol) {g:g} would count a gradient this large as zero: it must be at most {bound:.3g} "
                            f"({GTOL_MAX_FRACTION:g} E[f_t^2]^1/2 max(1, |theta|) at the start), or leave it out for the rounding-level default")
     return g
 

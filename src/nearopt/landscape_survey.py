@@ -89,7 +89,7 @@ class Protocol:
     which a run stops; ``max_steps``; ``init_scale``: first-layer entries ``N(0, init_scale^2)``
     (``None``: ``1 / sqrt(N_i)``); ``second_scale``: trained second-layer entries
     ``N(0, second_scale^2)`` (``None``: ``1 / sqrt(K)``; a fixed second layer stays at ones);
-    ``spurious_loss``: a run whose final loss is at least this is *spurious*.
+    ``spurious_loss``: a converged run polished to a minimum above the global level with a loss at least this is *spurious* (:attr:`Survey.spurious`).
     """
 
     name: str = "custom"

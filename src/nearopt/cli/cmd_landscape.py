@@ -26,8 +26,9 @@ def register(sub) -> None:
         description="Draw R random students, run gradient descent on the exact population loss for all of them at once "
         "(torch, float64), polish every end point with Newton, classify it by the exact Hessian and group the points "
         "into families (same loss and spectrum up to symmetry). Defaults follow Safran & Shamir (2018): step 0.1, "
-        "first-layer entries N(0, 1/N_i), stop when every unit's gradient norm is <= 1e-9, spurious when the final loss "
-        ">= 1e-3. Prints JSON (--json) or a table.",
+        "first-layer entries N(0, 1/N_i), stop when every unit's gradient norm is <= 1e-9, spurious when a converged run "
+        "polishes to a minimum above the global level with loss >= 1e-3. Exit status 1 when no run ends at a minimum. "
+        "Prints JSON (--json) or a table.",
     )
     t = p.add_argument_group("teacher")
     t.add_argument("--committee", type=positive_int, metavar="K",
@@ -47,7 +48,7 @@ def register(sub) -> None:
     s.add_argument("--handover", type=positive_float, metavar="G",
                    help="stop the descent at per-unit gradient norm G and let Newton finish (runs not at a strict minimum resume the "
                    "descent to --gtol); default: the full descent")
-    s.add_argument("--spurious-loss", type=positive_float, help=f"a converged run is spurious when its loss is >= this (default {SAFRAN_SHAMIR.spurious_loss:g})")
+    s.add_argument("--spurious-loss", type=positive_float, help=f"a converged run polished to a minimum above the global level is spurious when its loss is >= this (default {SAFRAN_SHAMIR.spurious_loss:g})")
     s.add_argument("--device", default="cpu", help="torch device of the batched descent (default cpu)")
     o = p.add_argument_group("output")
     o.add_argument("--certify", action="store_true",
