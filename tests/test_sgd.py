@@ -261,10 +261,11 @@ def test_cli_bad_input_one_line(capsys, extra, match):
     assert code == 2 and len(err) == 1 and match in err[0]
 
 
-def test_cli_warns_beyond_critical(capsys):
+def test_cli_beyond_critical_with_every_run_diverged_fails(capsys):
     code = main(["sgd", "-a", "erf", "--ni", "3", "--nh", "2", "--lr", "5", "--steps", "200", "--runs", "4", "--points", "3"])
     captured = capsys.readouterr()
-    assert code == 0 and "critical" in captured.err and "diverged" in captured.out
+    err = captured.err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "critical rate" in err[0] and "diverged" in captured.out
 
 
 def _gauss_rule(dim: int, order: int = 16):

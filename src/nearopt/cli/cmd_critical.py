@@ -2,7 +2,7 @@
 
 Exit status 1 (after the JSON) when the search ends without a critical point
 (``"not converged"``). ``--gtol`` must be small against the gradient's own scale
-(:data:`GTOL_MAX_FRACTION`): a larger one would call any point critical. A point
+(:data:`nearopt.landscape.critical.GTOL_MAX_FRACTION`): a larger one would call any point critical. A point
 accepted by a ``--gtol`` above the rounding-level default is classified with a
 warning and ``"classification_note"``: near a degenerate minimum the smallest
 eigenvalues, hence the class, are only right at the rounding level.
@@ -15,9 +15,8 @@ import warnings
 import numpy as np
 
 from ..errors import NearoptError, ResultFailure
-from ..gaussian.expectations import output_power
 from ..landscape.certificate import SUPPORTED, certify, require_supported
-from ..landscape.critical import committee_start, committee_teacher, find_critical_point, gradient_tolerance
+from ..landscape.critical import GTOL_MAX_FRACTION, check_gtol, committee_start, committee_teacher, find_critical_point, require_dense_memory
 from ..model import io
 from ..model.problem import Problem
 from .cmd_spectrum import TRAINED_ALIASES, add_student_args, student_from_args
@@ -25,9 +24,6 @@ from .common import add_network_args, emit_json, network_from_args, nonneg_float
 
 COMMAND = "critical"
 ORDER = 25
-#: largest --gtol, as a fraction of the gradient scale ``E[f_t^2]^(1/2) max(1, |theta|)`` (the size of one pair term):
-#: a gradient norm above a thousandth of it says nothing about criticality
-GTOL_MAX_FRACTION = 1e-3
 
 
 def register(sub) -> None:
@@ -81,26 +77,12 @@ def problem_from_args(args) -> Problem:
     return Problem(teacher, student=student, trained=trained)
 
 
-def check_gtol(gtol: float | None, problem: Problem) -> None:
-    """Refuse a ``--gtol`` too large to mean "zero gradient": above :data:`GTOL_MAX_FRACTION` of the gradient scale.
-
-    The scale is ``E[f_t^2]^(1/2) max(1, |theta|)`` at the start (the size of one pair
-    term of the gradient, :func:`nearopt.landscape.critical.gradient_tolerance`'s unit).
-    """
-    if gtol is None:
-        return
-    scale = float(np.sqrt(output_power(problem.teacher))) * max(1.0, float(np.linalg.norm(problem.point.parameters())))
-    bound = GTOL_MAX_FRACTION * scale
-    if not gtol <= bound:
-        raise NearoptError(f"--gtol {gtol:g} would count a gradient this large as zero: it must be at most {bound:.3g} "
-                           f"({GTOL_MAX_FRACTION:g} E[f_t^2]^1/2 max(1, |theta|) at the start), or leave it out for the rounding-level default")
-
-
 def run(args) -> int:
     if args.save_point:
         io.check_output_path(args.save_point, suffix=".npz")
     problem = problem_from_args(args)
     check_gtol(args.gtol, problem)
+    require_dense_memory(problem)
     if args.certify:
         require_supported(problem.point.activation.name, "--certify")
     if args.certify and not problem.inputs.isotropic:
@@ -112,11 +94,8 @@ def run(args) -> int:
     if args.save_point:
         cp.save(args.save_point)
     out = cp.to_dict()
-    floor_tol = gradient_tolerance(cp.problem)
-    if cp.converged and cp.gradient_norm > floor_tol:
-        out["classification_note"] = (f"accepted at gradient norm {cp.gradient_norm:.3g} by --gtol {cp.gradient_tolerance:.3g}, above the "
-                                      f"rounding-level tolerance {floor_tol:.3g}: near a degenerate minimum the class may be wrong")
-        warnings.warn(out["classification_note"] + "; leave --gtol out for a reliable class", stacklevel=1)
+    for note in cp.notes():
+        warnings.warn(note + ("; leave --gtol out for a reliable class" if "rounding-level" in note else ""), stacklevel=1)
     out["eigenvalues"] = np.asarray(cp.eigenvalues).tolist()
     if args.certify:
         out["certificate"] = certify(cp).to_dict()

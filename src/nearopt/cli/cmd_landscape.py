@@ -5,12 +5,10 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
-
-from ..errors import NearoptError
+from ..errors import NearoptError, ResultFailure
 from ..landscape.certificate import SUPPORTED, certify, require_supported
 from ..landscape.critical import committee_teacher
-from ..landscape.survey import SAFRAN_SHAMIR, survey
+from ..landscape.survey import SAFRAN_SHAMIR, require_fresh_family_folder, survey
 from ..model import io
 from ..model.activations import available_activations, get_activation
 from ..model.network import TwoLayerNet
@@ -28,8 +26,9 @@ def register(sub) -> None:
         description="Draw R random students, run gradient descent on the exact population loss for all of them at once "
         "(torch, float64), polish every end point with Newton, classify it by the exact Hessian and group the points "
         "into families (same loss and spectrum up to symmetry). Defaults follow Safran & Shamir (2018): step 0.1, "
-        "first-layer entries N(0, 1/N_i), stop when every unit's gradient norm is <= 1e-9, spurious when the final loss "
-        ">= 1e-3. Prints JSON (--json) or a table.",
+        "first-layer entries N(0, 1/N_i), stop when every unit's gradient norm is <= 1e-9, spurious when a converged run "
+        "polishes to a minimum above the global level with loss >= 1e-3. Exit status 1 when no run ends at a minimum. "
+        "Prints JSON (--json) or a table.",
     )
     t = p.add_argument_group("teacher")
     t.add_argument("--committee", type=positive_int, metavar="K",
@@ -49,7 +48,7 @@ def register(sub) -> None:
     s.add_argument("--handover", type=positive_float, metavar="G",
                    help="stop the descent at per-unit gradient norm G and let Newton finish (runs not at a strict minimum resume the "
                    "descent to --gtol); default: the full descent")
-    s.add_argument("--spurious-loss", type=positive_float, help=f"a converged run is spurious when its loss is >= this (default {SAFRAN_SHAMIR.spurious_loss:g})")
+    s.add_argument("--spurious-loss", type=positive_float, help=f"a converged run polished to a minimum above the global level is spurious when its loss is >= this (default {SAFRAN_SHAMIR.spurious_loss:g})")
     s.add_argument("--device", default="cpu", help="torch device of the batched descent (default cpu)")
     o = p.add_argument_group("output")
     o.add_argument("--certify", action="store_true",
@@ -72,16 +71,6 @@ def teacher_from_args(args) -> TwoLayerNet:
     return TwoLayerNet.load(args.teacher, get_activation(args.activation))
 
 
-def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise NearoptError(f"unknown torch device {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NearoptError(f"device {name!r} asked for but CUDA is not available")
-    return dev
-
-
 def _certificate_line(c: dict) -> str:
     if c["certified"]:
         return (f"certified strict minimum: within {c['radius']:.2g}, lambda_min >= {c['margin']:.4g}, only critical point within "
@@ -93,7 +82,9 @@ def _table(out: dict) -> str:
     lo, hi = out["spurious_fraction_ci"]
     lines = [f"{out['starts']} starts, K = {out['K']}, M = {out['M']}, N_i = {out['N_i']}, {out['activation']}, trained {out['trained']}: "
              f"{out['converged']} converged, {out['unconverged']} unconverged, {out['diverged']} diverged",
-             f"spurious: {out['spurious']} ({100 * out['spurious_fraction']:.2f} %, 95 % Wilson interval {100 * lo:.2f}-{100 * hi:.2f} %)",
+             f"spurious: {out['spurious']} ({100 * out['spurious_fraction']:.2f} %, 95 % Wilson interval {100 * lo:.2f}-{100 * hi:.2f} %; "
+             "converged runs polished to a minimum above the global level)",
+             *(f"note: {n}" for n in out["notes"]),
              f"{'count':>6} {'loss':>13} {'class':<28} {'index':>5} {'lambda_min':>11} {'lambda_max':>10}  multiplicities"]
     for f in out["families"]:
         lines.append(f"{f['count']:>6} {f['loss']:>13.6g} {f['classification']:<28} {f['index']:>5} {f['lambda_min']:>11.4g} {f['lambda_max']:>10.4g}  "
@@ -112,6 +103,7 @@ def run(args) -> int:
         io.check_output_path(args.out, suffix=".json")
     if args.save_families:
         io.check_output_path(args.save_families, directory=True)
+        require_fresh_family_folder(args.save_families)
     teacher = teacher_from_args(args)
     if args.certify:
         require_supported(teacher.activation.name, "--certify")
@@ -119,7 +111,6 @@ def run(args) -> int:
     protocol = SAFRAN_SHAMIR.replace(lr=args.lr, gtol=args.gtol, max_steps=args.max_steps, spurious_loss=args.spurious_loss)
     if protocol != SAFRAN_SHAMIR:
         protocol = protocol.replace(name="custom")
-    dev = _device(args.device)
     last = [0.0]
 
     def progress(msg: str) -> None:
@@ -130,7 +121,7 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     s = survey(teacher, width=args.student_width, n_starts=args.starts, trained=trained, protocol=protocol, seed=args.seed, handover=args.handover,
-               device=dev, progress=progress)
+               device=args.device, progress=progress)
     out = s.to_dict()
     if args.certify:
         t1 = time.perf_counter()
@@ -138,12 +129,17 @@ def run(args) -> int:
             d["certificate"] = certify(fam.representative).to_dict()
         out["seconds"]["certify"] = time.perf_counter() - t1
     out["seconds"]["total"] = time.perf_counter() - t0
+    if args.out:  # the results first: a failing family write must not lose them
+        io.write_json(args.out, out)
     if args.save_families:
         out["family_files"] = [str(p) for p in s.save_families(args.save_families)]
     if args.json:
         emit_json(out, args.out)
     else:
-        if args.out:
+        if args.out and args.save_families:
             io.write_json(args.out, out)
         sys.stdout.write(_table(out) + "\n")
+    failure = s.failure()
+    if failure is not None:
+        raise ResultFailure(failure + "; try a smaller --lr or more --max-steps")
     return 0

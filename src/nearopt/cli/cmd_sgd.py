@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from ..dynamics.sgd import SAMPLING, run_sgd
-from ..errors import NearoptError
+from ..errors import NearoptError, ResultFailure
 from ..model.network import check_finite
 from ..model.problem import Problem
 from .common import (
@@ -127,4 +127,7 @@ def table(res) -> str:
 def run(args) -> int:
     res = compute(args)
     emit_result(res, table, args)
+    failure = res.failure()
+    if failure is not None:
+        raise ResultFailure(failure + "; try a smaller --lr or --noise")
     return 0

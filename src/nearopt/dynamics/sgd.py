@@ -382,6 +382,16 @@ class SGDResult:
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
 
+    def failure(self) -> str | None:
+        """Why the simulation measured nothing (every run diverged: the mean loss is ``inf`` at the end), else ``None``."""
+        sim = self.simulation
+        if not sim.diverged.all():
+            return None
+        crit = [f"{name} critical rate {block['critical_lr']:.6g}" for name, block in (("exact", self.exact), ("spectral", self.spectral))
+                if block is not None and block.get("critical_lr") is not None and math.isfinite(block["critical_lr"])]
+        return (f"training diverged: all {sim.runs} runs diverged at learning rate {sim.info['lr']:.6g}, batch {sim.info['batch']}, "
+                f"label noise {sim.info['noise']:.3g}" + (f" ({', '.join(crit)})" if crit else "") + "; the loss is not measured")
+
     def to_dict(self) -> dict[str, Any]:
         sim, pr = self.simulation, self.problem
         net = pr.point

@@ -73,6 +73,16 @@ def check_equal(name: str, expected: Any, measured: Any, detail: str = "") -> Ch
     return Check(name, expected, measured, "exact", bool(expected == measured), detail)
 
 
+#: the ``measured`` of a check whose subject is absent from the run (it passes, and says so)
+NOT_APPLICABLE = "not applicable"
+
+
+def check_not_applicable(name: str, reason: str) -> Check:
+    """A check with nothing to check (its subject is absent from the settings asked): passes, measured
+    ``"not applicable"``, ``reason`` in the detail, instead of comparing an empty count with itself."""
+    return Check(name, "-", NOT_APPLICABLE, "-", True, reason)
+
+
 @dataclass
 class ExperimentResult:
     """What an experiment produced: files (relative to its output dir), checks, text."""

@@ -31,7 +31,7 @@ from ..landscape.survey import SAFRAN_SHAMIR, Case, survey_many, wilson_interval
 from ..model import io
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem
-from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, count, register
+from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, check_not_applicable, count, register
 
 #: where the protocol was read: the authors' MATLAB code, github.com/ItaySafran/OneLayerGDconvergence at commit
 #: 093cc92781768ee24342b7e97a2e543d73d37c6b (GD_code/findBadMinima.m, findMinimum.m, objval.m, run_findBadMinima.m,
@@ -158,17 +158,21 @@ def _published_checks(by: dict[tuple[str, int, int], dict[str, Any]]) -> list[Ch
                     and np.max(np.abs(mine - lam)) <= 1e-6 * abs(lam[-1])
                     and np.max(np.abs(np.sort(np.ravel(f["W1"])) - Wp)) <= 1e-8)
 
+    name_found = ("the published k = n = 7 spurious minimum (Safran, Yehudai & Shamir 2021, code README) is among the families: "
+                  "loss, whole spectrum, entries")
+    name_all = "every spurious end point at k = n = 7 lies in the published family (its README: the non-global minimum found at k = 7)"
+    if not spur:
+        why = "no start of the k = n = 7 survey ended at a spurious minimum"
+        return [check_not_applicable(name_found, why), check_not_applicable(name_all, why)]
     found = [f for f in spur if matches(f)]
     ok = bool(found) and cp.classification == "spurious local minimum"
     fams = "; ".join(f"loss {f['loss']:.10g}, lambda_min {f['lambda_min']:.6g}, {f['symmetry'].get('group') or '-'} (x{f['count']})" for f in spur) or "none"
     detail = (f"published 10-digit point: ||grad L|| = {g_raw:.2g}; after Newton ||grad L|| = {cp.gradient_norm:.2g}, loss {cp.loss:.10g}, "
               f"lambda_min {lam[0]:.6g}, lambda_max {lam[-1]:.6g}, {cp.classification}; surveyed k = 7 spurious families: {fams}")
-    checks = [Check("the published k = n = 7 spurious minimum (Safran, Yehudai & Shamir 2021, code README) is among the families: loss, whole spectrum, entries",
-                    "found", "found" if ok else "not found", "loss 1e-8 rel., eigenvalues 1e-6 lambda_max, sorted entries 1e-8", ok, detail)]
+    checks = [Check(name_found, "found", "found" if ok else "not found", "loss 1e-8 rel., eigenvalues 1e-6 lambda_max, sorted entries 1e-8", ok, detail)]
     n_sp = sum(f["count"] for f in spur)
     n_pub = sum(f["count"] for f in found)
-    checks.append(Check("every spurious end point at k = n = 7 lies in the published family (its README: the non-global minimum found at k = 7)",
-                        n_sp, n_pub, "exact", bool(spur) and n_pub == n_sp,
+    checks.append(Check(name_all, n_sp, n_pub, "exact", n_pub == n_sp,
                         f"{n_pub} of {n_sp} spurious end points at k = 7 in the published family; {len(spur)} spurious families"))
     return checks
 
@@ -234,13 +238,18 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     sym = [(s, f) for s in surveys for f in s["families"] if f["classification"] == "spurious local minimum" and f["symmetry"].get("analysed")]
     unexplained = [f"{s['variant']} k={s['k']} loss {f['loss']:.6g}: {f['multiplicities']} vs {f['symmetry'].get('predicted_multiplicities')}"
                    for s, f in sym if not f["symmetry"].get("consistent")]
-    checks.append(Check("spurious minima of the square committee: Hessian multiplicities = unions of the isotypic pieces of their stabiliser",
-                        0, len(unexplained), "exact", not unexplained and bool(sym),
+    name_sym = "spurious minima of the square committee: Hessian multiplicities = unions of the isotypic pieces of their stabiliser"
+    if not sym:
+        checks.append(check_not_applicable(name_sym, "no spurious minimum among the sizes surveyed"))
+    else:
+        checks.append(Check(name_sym, 0, len(unexplained), "exact", not unexplained,
                         "; ".join(f"k={s['k']}: {f['symmetry'].get('group')} -> {'exact' if f['symmetry'].get('explained') else 'merged'}" for s, f in sym[:12])
                         + ("; " + "; ".join(unexplained) if unexplained else "")))
     strict = [f for s in surveys for f in s["families"] if f["classification"] == "spurious local minimum"]
     all_strict = all(f["lambda_min"] > 0 and f["zero_modes"] == 0 for f in strict)
-    checks.append(Check("spurious minima are strict (lambda_min > 0, no zero mode)", "all", all_strict, "all", all_strict))
+    name_strict = "spurious minima are strict (lambda_min > 0, no zero mode)"
+    checks.append(Check(name_strict, "all", all_strict, "all", all_strict) if strict
+                  else check_not_applicable(name_strict, "no spurious minimum among the sizes surveyed"))
     figures = _figures(surveys, out_dir)
     saved = _save_families(surveys, out_dir / "landscape_families")
     slim = [{**s, "families": [{k: v for k, v in f.items() if k not in ("W1", "W2")} for f in s["families"]]} for s in surveys]

@@ -35,6 +35,7 @@ its rounding floor is ``~ (K + M) eps`` times that; :func:`gradient_tolerance` a
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -54,6 +55,7 @@ from ..model.activations import Activation, get_activation
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
 from ..policy import RankPolicy
+from ..resources import dense_bytes, require_memory
 from ..spectra.solver import NullSpaceWarning
 from ..tolerances import EPS
 
@@ -61,15 +63,71 @@ from ..tolerances import EPS
 GLOBAL_RTOL = 1e-12
 #: gradient tolerance in units of its rounding floor (:func:`gradient_tolerance`)
 FLOOR_FACTOR = 1e3
+#: largest gtol, as a fraction of :func:`gradient_scale` at the start (the size of one pair term):
+#: a gradient norm above a thousandth of it says nothing about criticality
+GTOL_MAX_FRACTION = 1e-3
 CLASSES = ("global minimum", "spurious local minimum", "degenerate critical point", "saddle", "local maximum", "not converged")
 
 
 # ----------------------------------------------------------------------------- helpers
+def require_teacher_power(teacher: TwoLayerNet) -> float:
+    """:func:`~nearopt.gaussian.expectations.output_power`, refused when it is zero or not finite: the relative loss ``L / E[f_t^2]``,
+    the global-minimum test and the gradient tolerance are all measured in it."""
+    tp = output_power(teacher)
+    if not (math.isfinite(tp) and tp > 0):
+        raise NearoptError(f"the teacher's output power E[f_t^2] is {tp:.3g} in float64: a teacher this small (or this large) gives the loss "
+                           "no scale to call a point critical or a minimum global; use teacher weights of ordinary size")
+    return tp
+
+
+def gradient_scale(problem: Problem) -> float:
+    """``E[f_t^2]^(1/2) max(1, ||theta||)``: the size of one pair term of the gradient, the unit of its tolerances."""
+    pr = as_problem(problem)
+    return math.sqrt(require_teacher_power(pr.teacher)) * max(1.0, float(np.linalg.norm(pr.point.parameters())))
+
+
+def check_gtol(gtol: float | None, problem: Problem) -> float | None:
+    """``gtol`` as a float, or ``None`` (the rounding-level default); refused unless a finite number in
+    ``[0, GTOL_MAX_FRACTION * gradient_scale]``: a larger one would count a gradient of the loss's own scale as zero."""
+    if gtol is None:
+        return None
+    if isinstance(gtol, (bool, np.bool_, str, bytes, complex)):
+        raise NearoptError(f"gtol must be a finite number >= 0, got {gtol!r}")
+    g = float(gtol)
+    if not (math.isfinite(g) and g >= 0):
+        raise NearoptError(f"gtol must be a finite number >= 0, got {gtol!r}")
+    bound = GTOL_MAX_FRACTION * gradient_scale(as_problem(problem))
+    if not g <= bound:
+        raise NearoptError(f"gtol (--gtol) {g:g} would count a gradient this large as zero: it must be at most {bound:.3g} "
+                           f"({GTOL_MAX_FRACTION:g} E[f_t^2]^1/2 max(1, |theta|) at the start), or leave it out for the rounding-level default")
+    return g
+
+
+#: what a user can change when the dense Hessian of a point does not fit (options of ``nearopt critical``)
+DENSE_ADVICE = "a narrower student (--student-width, --student) or a smaller teacher (--committee, --ni, --nh, --teacher)"
+
+
+def require_dense_memory(problem: Problem) -> None:
+    """Refuse, before any descent, a point whose classification (the dense Hessian, its eigenvectors and a copy) cannot fit."""
+    pr = as_problem(problem)
+    P = pr.n_params
+    require_memory(dense_bytes(P, copies=3), f"the classification of the point (its dense {P} x {P} Hessian and eigenvectors)", DENSE_ADVICE)
+
+
+def width_note(problem: Problem) -> str | None:
+    """A note for a student narrower than the teacher: zero loss (the global level) is then out of reach in general."""
+    pr = as_problem(problem)
+    K, M = pr.point.n_hidden, pr.teacher.n_hidden
+    if K >= M:
+        return None
+    return (f"the student (K = {K}) is narrower than the teacher (M = {M}): zero loss is out of reach unless the teacher's units are "
+            "redundant, so a minimum above the global level (loss 0) may be the best at this width although it is classed spurious")
+
+
 def gradient_tolerance(problem: Problem) -> float:
     """``FLOOR_FACTOR (K + M) eps E[f_t^2]^(1/2) max(1, ||theta||)``: a gradient norm this small is 'zero'."""
     pr = as_problem(problem)
-    scale = np.sqrt(output_power(pr.teacher)) * max(1.0, float(np.linalg.norm(pr.point.parameters())))
-    return FLOOR_FACTOR * (pr.point.n_hidden + pr.teacher.n_hidden) * EPS * scale
+    return FLOOR_FACTOR * (pr.point.n_hidden + pr.teacher.n_hidden) * EPS * gradient_scale(pr)
 
 
 def trained_parameters(problem: Problem) -> np.ndarray:
@@ -255,11 +313,27 @@ class CriticalPoint:
     def student(self) -> TwoLayerNet:
         return self.problem.point
 
+    def notes(self) -> list[str]:
+        """What the class rests on, where a reader could misread it: a ``gtol`` above the rounding-level
+        tolerance (near a degenerate minimum the smallest eigenvalues are only right at the rounding level),
+        a student narrower than the teacher (:func:`width_note`)."""
+        out = []
+        floor = gradient_tolerance(self.problem)
+        if self.converged and self.gradient_norm > floor:
+            out.append(f"accepted at gradient norm {self.gradient_norm:.3g} by gtol {self.gradient_tolerance:.3g}, above the "
+                       f"rounding-level tolerance {floor:.3g}: near a degenerate minimum the class may be wrong")
+        width = width_note(self.problem)
+        if width is not None and self.classification in ("spurious local minimum", "degenerate critical point"):
+            out.append(width)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary (the CLI output of ``nearopt critical``)."""
+        """JSON-able summary (the CLI output of ``nearopt critical``); ``classification_note`` holds :meth:`notes`, if any."""
         lam = self.eigenvalues
+        notes = self.notes()
         return {
             "classification": self.classification,
+            **({"classification_note": "; ".join(notes)} if notes else {}),
             "loss": self.loss,
             "loss_relative": self.loss_relative,
             "gradient_norm": self.gradient_norm,
@@ -328,16 +402,22 @@ def load_point(path: str | Path, activation: Activation) -> SavedPoint:
 def classify(problem: Problem | TwoLayerNet, *, gtol: float | None = None) -> CriticalPoint:
     """Spectrum, index, zero modes and class of the problem's point (module docstring)."""
     pr = as_problem(problem)
+    return _classify(pr, check_gtol(gtol, pr))
+
+
+def _classify(pr: Problem, gtol: float | None) -> CriticalPoint:
+    """:func:`classify` with a checked ``gtol``."""
+    tp = require_teacher_power(pr.teacher)
     loss, g = loss_and_gradient(pr)
     gnorm = float(np.linalg.norm(g))
-    gtol = gradient_tolerance(pr) if gtol is None else float(gtol)
+    gtol = gradient_tolerance(pr) if gtol is None else gtol
     with warnings.catch_warnings():  # the class says what the zero count decided (degenerate or not), and the CLI its note
         warnings.simplefilter("ignore", NullSpaceWarning)
         spec = PopulationHessian(pr).spectrum()
     assert spec.inertia is not None
     lam, tau = spec.eigenvalues, spec.rank.eigenvalue_tolerance
     neg, zero, pos = spec.inertia.negative, spec.inertia.zero, spec.inertia.positive
-    rel = loss / output_power(pr.teacher)
+    rel = loss / tp
     if gnorm > gtol:
         cls = "not converged"
     elif rel <= GLOBAL_RTOL:
@@ -362,6 +442,9 @@ def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str = "gd", 
     pr = as_problem(problem)
     if descent not in ("gd", "trust", "newton"):
         raise NearoptError(f"descent must be 'gd', 'trust' or 'newton', got {descent!r}")
+    require_teacher_power(pr.teacher)
+    gtol = check_gtol(gtol, pr)
+    require_dense_memory(pr)
     if descent == "gd":
         d = gradient_descent(pr, lr=lr, max_steps=max_steps, gtol=descent_gtol, progress=progress)
     elif descent == "trust":
@@ -369,7 +452,7 @@ def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str = "gd", 
     else:
         d = Descent(pr, 0, method="newton")
     end, hist = newton_polish(d.problem, gtol=gtol, max_iter=newton_iter, progress=progress)
-    cp = classify(end, gtol=gtol)
+    cp = _classify(end, gtol)  # gtol was checked against the start's scale
     cp.descent_steps, cp.newton_history, cp.descent = d.steps, hist, d.method
     return cp
 

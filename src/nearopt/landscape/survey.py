@@ -55,6 +55,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 
 from .. import __version__
+from ..curvature.base import resolve_device
 from ..errors import NearoptError, require_positive_int
 from ..gaussian import kernels
 from ..gaussian.expectations import output_power
@@ -62,9 +63,10 @@ from ..gaussian.kernels import CLOSED_FORMS
 from ..gaussian.objective import population_gradient, population_loss
 from ..model.network import TwoLayerNet
 from ..model.problem import TRAINED_BLOCKS, Problem
+from ..resources import dense_bytes, require_memory
 from ..spectra.grouping import CLUSTER_RTOL, close_losses, close_spectra, cluster_labels, eigenvalue_clusters, first_match_groups
 from . import _relu_jit
-from .critical import EPS, FLOOR_FACTOR, GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, newton_polish
+from .critical import EPS, FLOOR_FACTOR, GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, newton_polish, require_teacher_power
 from .manifold import is_positively_homogeneous
 
 #: entries of a representative closer than this are "equal" in the stabiliser analysis
@@ -84,7 +86,7 @@ class Protocol:
     which a run stops; ``max_steps``; ``init_scale``: first-layer entries ``N(0, init_scale^2)``
     (``None``: ``1 / sqrt(N_i)``); ``second_scale``: trained second-layer entries
     ``N(0, second_scale^2)`` (``None``: ``1 / sqrt(K)``; a fixed second layer stays at ones);
-    ``spurious_loss``: a run whose final loss is at least this is *spurious*.
+    ``spurious_loss``: a converged run polished to a minimum above the global level with a loss at least this is *spurious* (:attr:`Survey.spurious`).
     """
 
     name: str = "custom"
@@ -986,6 +988,12 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return float(ci.low), float(ci.high)
 
 
+#: polished classes counted as spurious (index 0 above the global level; a degenerate one is a minimum up to its zero modes)
+SPURIOUS_CLASSES = ("spurious local minimum", "degenerate critical point")
+#: polished classes that are not minima: the run's end is unknown
+UNRESOLVED_CLASSES = ("saddle", "local maximum", "not converged")
+
+
 @dataclass
 class Survey:
     """A finished survey: the descents, every polished point (``None`` for diverged runs) and the families."""
@@ -1011,10 +1019,44 @@ class Survey:
     def n_starts(self) -> int:
         return int(self.descent.status.size)
 
+    def _minimum_above(self) -> np.ndarray:
+        """``(R,)`` bool: polished end point of a class in :data:`SPURIOUS_CLASSES` with loss ``>= protocol.spurious_loss``."""
+        return np.array([p is not None and p.classification in SPURIOUS_CLASSES and p.loss >= self.protocol.spurious_loss
+                         for p in self.points], dtype=bool)
+
     @property
     def spurious(self) -> np.ndarray:
-        """``(R,)`` bool: converged runs whose final loss is at least ``protocol.spurious_loss``."""
-        return (self.descent.status == "converged") & (self.descent.loss >= self.protocol.spurious_loss)
+        """``(R,)`` bool: converged runs whose *polished* end point is a minimum above the global level (class in
+        :data:`SPURIOUS_CLASSES`) with loss at least ``protocol.spurious_loss``.
+
+        Judged on the polished point, not on the descent's last loss: a descent stopped early (a
+        handover, a coarse ``gtol``) has a loss that says nothing about where it ends. Unconverged
+        runs are not counted (the protocol's criterion), whatever their polished class (:meth:`notes`).
+        """
+        return (self.descent.status == "converged") & self._minimum_above()
+
+    @property
+    def unresolved(self) -> int:
+        """Runs whose polished end point is not a minimum (a saddle, a local maximum, not converged): where the
+        descent would end from there is unknown, so they count neither as spurious nor as global."""
+        return sum(p is not None and p.classification in UNRESOLVED_CLASSES for p in self.points)
+
+    def notes(self) -> list[str]:
+        """What a reader of the headline must know: unresolved runs, a student narrower than the teacher."""
+        out = []
+        n = self.unresolved
+        if n:
+            out.append(f"{n} of {self.n_starts} runs ended at a saddle or an unresolved point, not at a minimum: the stop of the descent "
+                       "(gtol, max_steps) is too coarse to say where they would end; they are not counted as spurious")
+        late = int(np.count_nonzero((self.descent.status == "unconverged") & self._minimum_above()))
+        if late:
+            out.append(f"{late} unconverged run(s) were polished to a minimum above the global level; not counted as spurious "
+                       "(the protocol counts converged runs; more max_steps would decide them)")
+        if self.width < self.teacher.n_hidden:
+            out.append(f"the student (K = {self.width}) is narrower than the teacher (M = {self.teacher.n_hidden}): zero loss is out of reach "
+                       "unless the teacher's units are redundant, so the lowest minimum found may be the best at this width although it is "
+                       "classed 'spurious local minimum' (above the global level, loss 0)")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         n_sp, R = int(self.spurious.sum()), self.n_starts
@@ -1027,16 +1069,37 @@ class Survey:
         return {"nearopt": __version__, "starts": R, "K": self.width, "M": self.teacher.n_hidden, "N_i": self.teacher.n_inputs,
                 "activation": self.teacher.activation.name, "trained": self.trained, "seed": self.seed, "protocol": self.protocol.to_dict(),
                 "spurious": n_sp, "spurious_fraction": n_sp / R if R else float("nan"),
-                "spurious_fraction_ci": [lo, hi], "ci": "Wilson score, 95 %, over all starts",
+                "spurious_definition": f"converged run polished to a {' or '.join(SPURIOUS_CLASSES)} with loss >= {self.protocol.spurious_loss:g}",
+                "spurious_fraction_ci": [lo, hi], "ci": "Wilson score, 95 %, over all starts", "unresolved": self.unresolved,
+                "notes": self.notes(),
                 "converged": d.count("converged"), "diverged": d.count("diverged"), "unconverged": d.count("unconverged"),
                 "classes": classes, "handover": self.handover, "resumed": self.resumed, "polish": dict(self.polish), "descent_steps": {"median": float(np.median(d.steps)) if R else 0.0, "max": int(d.steps.max()) if R else 0}, "engine": d.engine,
                 "dtype": "float64", "families": [f.to_dict() for f in self.families], "seconds": dict(self.seconds)}
 
+    def failure(self) -> str | None:
+        """Why the survey measured nothing (no run ended at a minimum: all diverged, or all stopped at saddles or
+        unresolved points), else ``None``: its spurious fraction of 0 would not be an answer."""
+        minima = sum(p is not None and p.classification in ("global minimum", *SPURIOUS_CLASSES) for p in self.points)
+        if minima:
+            return None
+        d = self.descent
+        return (f"none of the {self.n_starts} runs ended at a minimum ({d.count('diverged')} diverged, {self.unresolved} at a saddle or "
+                "an unresolved point): the spurious fraction is not measured")
+
     def save_families(self, folder: str | Path) -> list[Path]:
         """Write each family's representative to ``folder/family_NN.npz`` (``W1``, ``W2``: a ``--student`` file)."""
+        require_fresh_family_folder(folder)
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         return [f.representative.save(folder / f"family_{i:02d}.npz") for i, f in enumerate(self.families)]
+
+
+def require_fresh_family_folder(folder: str | Path) -> None:
+    """Refuse a folder that already holds ``family_*.npz`` files: an earlier survey's families would lie beside this one's."""
+    old = sorted(Path(folder).glob("family_*.npz")) if Path(folder).is_dir() else []
+    if old:
+        raise NearoptError(f"{folder} already holds {len(old)} family file(s) ({old[0].name}, ...) of an earlier survey: "
+                           "choose an empty folder or remove them")
 
 
 def balanced(net: TwoLayerNet) -> TwoLayerNet:
@@ -1153,7 +1216,7 @@ def polish_case(teacher: TwoLayerNet, W: np.ndarray, v: np.ndarray, trained: str
     t2 = time.perf_counter()
     floor = GLOBAL_RTOL * tp
     dense = R - ok.size
-    for grp in invariant_groups(L[ok], invariants(Wp[ok], vp[ok], teacher.W1), floor):
+    for grp in [] if ok.size == 0 else invariant_groups(L[ok], invariants(Wp[ok], vp[ok], teacher.W1), floor):
         members = ok[grp]
         reps = [_classified(_point(teacher, Wp[r], vp[r], trained), bp.history[r]) for r in members[:CLASSIFY_PER_GROUP]]
         dense += len(reps)
@@ -1187,6 +1250,45 @@ class Case:
     n_starts: int
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        require_positive_int(self.width, "width")
+        require_positive_int(self.n_starts, "starts")
+        if isinstance(self.seed, (bool, np.bool_)) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise NearoptError(f"seed must be an integer >= 0, got {self.seed!r}")
+        require_teacher_power(self.teacher)
+
+
+#: working copies of the starts' arrays a survey holds at once (starts, the descent's state and gradient, the end points)
+SURVEY_COPIES = 4
+#: what a user can change when a survey does not fit (the options of ``nearopt landscape``)
+SURVEY_ADVICE = "fewer starts (--starts), a narrower student (--student-width) or a smaller teacher (--committee, --ni, --teacher)"
+
+
+def require_survey_memory(cases: list[Case], trained: str, device: str | torch.device = "cpu") -> None:
+    """Refuse, before anything is drawn, a batch whose arrays or per-point dense Hessian cannot fit.
+
+    The descent holds :data:`SURVEY_COPIES` float64 copies of the padded starts ``(R, K, d)``, ``(R, K)``
+    and the padded teachers ``(R, M, d)``; each end point is classified by its dense ``P x P`` Hessian
+    (``P = K d``, plus ``K`` with both layers trained) and its eigendecomposition.
+    """
+    K, d, M = max(c.width for c in cases), max(c.teacher.n_inputs for c in cases), max(c.teacher.n_hidden for c in cases)
+    R = sum(c.n_starts for c in cases)
+    arrays = SURVEY_COPIES * (dense_bytes((R, K, d)) + dense_bytes((R, K))) + dense_bytes((R, M, d)) + dense_bytes((R, M))
+    require_memory(arrays, f"the survey's arrays ({R} starts, K = {K}, M = {M}, N_i = {d})", SURVEY_ADVICE, device=device)
+    P = max(c.width * c.teacher.n_inputs + (c.width if trained != "first" else 0) for c in cases)
+    if trained == "second":
+        P = max(c.width for c in cases)
+    require_memory(dense_bytes(P, copies=3), f"the classification of each end point (its dense {P} x {P} Hessian and eigenvectors)", SURVEY_ADVICE)
+
+
+def _with_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run with autograd on: the library's expectations of an activation without a closed form
+    differentiate it, and the descent calls its gradient function in inference mode."""
+    def call(*args: Any) -> Any:
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args)
+    return call
+
 
 def survey(teacher: TwoLayerNet, *, width: int | None = None, n_starts: int = 100, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
            seed: int = 0, handover: float | None = None, device: str | torch.device = "cpu",
@@ -1200,7 +1302,7 @@ def survey(teacher: TwoLayerNet, *, width: int | None = None, n_starts: int = 10
     not converged) resumes the descent from where it stopped, to ``protocol.gtol``, and is
     polished again. ``None`` (default): the protocol's descent in full.
     """
-    case = Case(teacher, teacher.n_hidden if width is None else require_positive_int(width, "width"), require_positive_int(n_starts, "starts"), seed)
+    case = Case(teacher, teacher.n_hidden if width is None else width, n_starts, seed)
     return survey_many([case], trained=trained, protocol=protocol, handover=handover, device=device, progress=progress)[0]
 
 
@@ -1255,11 +1357,13 @@ def survey_many(cases: list[Case], *, trained: str = "first", protocol: Protocol
     if len(names) > 1:
         raise NearoptError(f"one batch takes one activation, got {', '.join(sorted(names))}")
     name = names.pop()
+    device = resolve_device(device)
+    require_survey_memory(cases, trained, device)
     if name not in CLOSED_FORMS and len(cases) > 1:
         return [s for c in cases for s in survey_many([c], trained=trained, protocol=protocol, handover=handover, device=device, progress=progress)]
     R = sum(c.n_starts for c in cases)
     W0, v0, T, u, rows = _padded(cases, trained, protocol)
-    fn = padded_loss_gradient_function(name, T, u, device) if name in CLOSED_FORMS else loss_gradient_function(cases[0].teacher, device)
+    fn = padded_loss_gradient_function(name, T, u, device) if name in CLOSED_FORMS else _with_grad(loss_gradient_function(cases[0].teacher, device))
 
     def report(step: int, conv: int, div: int, active: int) -> None:
         if progress is not None:
