@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from nearopt.landscape.critical import committee_teacher, find_critical_point
-from nearopt.landscape.survey import SAFRAN_SHAMIR, Protocol, descend, loss_gradient_function, starts, survey
+from nearopt.landscape.survey import SAFRAN_SHAMIR, DescentProtocol, descend, loss_gradient_function, starts, survey
 from nearopt.model.network import TwoLayerNet, io
 from nearopt.model.problem import Problem
 
@@ -77,7 +77,7 @@ def step_time(k: int, n: int, R: int, steps: int, engine: str) -> float:
     W0 = np.random.default_rng(0).normal(scale=k**-0.5, size=(R, n, k))
 
     def run(m: int) -> float:
-        return descend(fn, W0, np.ones((R, n)), protocol=Protocol(lr=0.1, gtol=1e-30, max_steps=m), engine=engine).seconds
+        return descend(fn, W0, np.ones((R, n)), protocol=DescentProtocol(lr=0.1, gtol=1e-30, max_steps=m), engine=engine).seconds
 
     return float(min((run(3 * steps) - run(steps)) / (2 * steps) for _ in range(3)))
 
@@ -90,7 +90,7 @@ def step_costs(k: int, n: int) -> dict:
             "ratio_1000": torch_1000 / TABLE_STARTS / compiled, "ratio_10": torch_10 / 10 / compiled}
 
 
-def _cell(args: tuple[int, int, int, float, Protocol]) -> dict:
+def _cell(args: tuple[int, int, int, float, DescentProtocol]) -> dict:
     k, n, seed, handover, protocol = args
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def _cell(args: tuple[int, int, int, float, Protocol]) -> dict:
             "families": len(d["families"]), "polish": d["polish"], "max_steps": d["descent_steps"]["max"]}
 
 
-def full_table(workers: int, handover: float, protocol: Protocol) -> dict:
+def full_table(workers: int, handover: float, protocol: DescentProtocol) -> dict:
     """Run the full table (module docstring, 4): 30 cells of 1000 starts on ``workers`` processes, longest first (seed ``k``, ``1000 + k`` for ``n = k + 1``)."""
     jobs = [(k, k + extra, 1000 * extra + k, handover, protocol) for k in reversed(TABLE_KS) for extra in (1, 0)]
     t0 = time.perf_counter()

@@ -140,13 +140,13 @@ sys.modules["numba"] = None  # as if not installed
 import numpy as np
 from nearopt.landscape.critical import committee_teacher
 from nearopt.errors import NearoptError
-from nearopt.landscape.survey import Protocol, batched_descent
+from nearopt.landscape.survey import DescentProtocol, batched_descent
 t = committee_teacher(3)
 W0 = np.random.default_rng(0).normal(scale=0.5, size=(2, 3, 3))
-d = batched_descent(t, W0, np.ones((2, 3)), protocol=Protocol(gtol=1e-6, max_steps=50))
+d = batched_descent(t, W0, np.ones((2, 3)), protocol=DescentProtocol(gtol=1e-6, max_steps=50))
 assert d.engine == "torch", d.engine
 try:
-    batched_descent(t, W0, np.ones((2, 3)), protocol=Protocol(gtol=1e-6, max_steps=50), engine="compiled")
+    batched_descent(t, W0, np.ones((2, 3)), protocol=DescentProtocol(gtol=1e-6, max_steps=50), engine="compiled")
 except NearoptError as e:
     assert "nearopt[fast]" in str(e), e
 else:

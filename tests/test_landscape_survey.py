@@ -17,7 +17,7 @@ from nearopt.landscape.critical import committee_teacher, isotropy_multiplicitie
 from nearopt.landscape.survey import (
     SAFRAN_SHAMIR,
     STATUSES,
-    Protocol,
+    DescentProtocol,
     batched_descent,
     batched_loss_gradient,
     committee_survey,
@@ -61,7 +61,7 @@ def test_other_activations_use_the_library_route():
     rng = np.random.default_rng(0)
     t = TwoLayerNet(rng.normal(size=(2, 3)), rng.normal(size=(1, 2)), get_activation("tanh"))
     W0, v0 = rng.normal(size=(2, 2, 3)) * 0.3, rng.normal(size=(2, 2)) * 0.3
-    d = batched_descent(t, W0, v0, trained="both", protocol=Protocol(lr=0.1, gtol=1e-3, max_steps=3))
+    d = batched_descent(t, W0, v0, trained="both", protocol=DescentProtocol(lr=0.1, gtol=1e-3, max_steps=3))
     assert d.status.tolist() == ["unconverged", "unconverged"] and d.steps.tolist() == [3, 3]
     loss, _ = _reference(t.W1, t.W2.ravel(), d.W[0], d.v[0], "tanh")
     assert abs(loss - d.loss[0]) < 1e-12
@@ -81,11 +81,11 @@ def test_diverged_and_unconverged_runs_are_counted_not_dropped():
     W0 = np.random.default_rng(1).normal(scale=0.5, size=(4, 3, 3))
     v0 = np.ones((4, 3))
     W0[0] *= np.nan  # a non-finite start diverges at once
-    d = batched_descent(t, W0, v0, trained="first", protocol=Protocol(lr=0.1, gtol=1e-30, max_steps=5))
+    d = batched_descent(t, W0, v0, trained="first", protocol=DescentProtocol(lr=0.1, gtol=1e-30, max_steps=5))
     assert d.status.tolist() == ["diverged", "unconverged", "unconverged", "unconverged"]
-    big = batched_descent(t, W0[1:2], v0[1:2], trained="first", protocol=Protocol(lr=1e4, gtol=1e-9, max_steps=50))
+    big = batched_descent(t, W0[1:2], v0[1:2], trained="first", protocol=DescentProtocol(lr=1e4, gtol=1e-9, max_steps=50))
     assert big.status.tolist() == ["diverged"]
-    s = survey(t, n_starts=3, protocol=Protocol(lr=0.1, gtol=1e-30, max_steps=2), seed=0)
+    s = survey(t, n_starts=3, protocol=DescentProtocol(lr=0.1, gtol=1e-30, max_steps=2), seed=0)
     out = s.to_dict()
     assert out["unconverged"] == 3 and out["spurious"] == 0 and out["spurious_fraction"] == 0.0
 
@@ -128,9 +128,9 @@ def test_wilson_interval_covers_the_fraction():
 def test_protocol_rejects_bad_values():
 
     with pytest.raises(NearoptError, match="lr must be"):
-        Protocol(lr=-1.0)
+        DescentProtocol(lr=-1.0)
     with pytest.raises(NearoptError, match="max_steps"):
-        Protocol(max_steps=0)
+        DescentProtocol(max_steps=0)
 
 
 def test_cli_bad_input_gives_one_line():
@@ -158,7 +158,7 @@ def test_cli_small_committee_survey(tmp_path):
 def test_padded_batch_of_several_sizes_equals_separate_surveys():
     from nearopt.landscape.survey import Case, survey_many
 
-    proto = Protocol(lr=0.1, gtol=1e-6, max_steps=4000)
+    proto = DescentProtocol(lr=0.1, gtol=1e-6, max_steps=4000)
     cases = [Case(committee_teacher(3), 3, 3, seed=1), Case(committee_teacher(4), 5, 2, seed=2), Case(committee_teacher(2, 3), 2, 2, seed=3)]
     many = survey_many(cases, protocol=proto)
     for c, s in zip(cases, many):
@@ -291,7 +291,7 @@ def test_compiled_and_torch_engines_take_the_same_steps(trained):
     rng = np.random.default_rng(8)
     W0 = rng.normal(scale=0.5, size=(6, 5, 4))
     v0 = np.ones((6, 5)) if trained == "first" else rng.normal(size=(6, 5))
-    proto = Protocol(lr=0.1, gtol=1e-6, max_steps=3000)
+    proto = DescentProtocol(lr=0.1, gtol=1e-6, max_steps=3000)
     a, b = (batched_descent(t, W0, v0, trained=trained, protocol=proto, engine=e) for e in ("torch", "compiled"))
     assert b.steps.tolist() == a.steps.tolist() and b.status.tolist() == a.status.tolist()
     np.testing.assert_allclose(b.W, a.W, rtol=0, atol=1e-12)
@@ -312,7 +312,7 @@ def test_compiled_engine_drops_padding_and_reads_any_teacher():
     for r, ((K, M, d), net) in enumerate(zip(sizes, [teachers[0]] * 2 + [teachers[1]] * 2)):
         W0[r, :K, :d], v0[r, :K] = rng.normal(scale=0.5, size=(K, d)), 1.0
         T[r, :M, :d], u[r, :M] = net.W1, net.W2.ravel()
-    proto = Protocol(lr=0.1, gtol=1e-7, max_steps=2000)
+    proto = DescentProtocol(lr=0.1, gtol=1e-7, max_steps=2000)
     padded = descend(padded_loss_gradient_function("relu", T, u), W0, v0, protocol=proto, engine="compiled")
     for r, ((K, _, d), net) in enumerate(zip(sizes, [teachers[0]] * 2 + [teachers[1]] * 2)):
         alone = batched_descent(net, W0[r : r + 1, :K, :d], v0[r : r + 1, :K], protocol=proto, engine="torch")
@@ -324,7 +324,7 @@ def test_compiled_engine_drops_padding_and_reads_any_teacher():
 
 def test_compiled_engine_counts_divergence_and_refuses_what_it_cannot_run():
     t = committee_teacher(2)
-    d = batched_descent(t, np.ones((1, 2, 2)), np.ones((1, 2)), protocol=Protocol(lr=50.0, gtol=1e-9, max_steps=10_000), engine="compiled")
+    d = batched_descent(t, np.ones((1, 2, 2)), np.ones((1, 2)), protocol=DescentProtocol(lr=50.0, gtol=1e-9, max_steps=10_000), engine="compiled")
     assert d.status.tolist() == ["diverged"]
     with pytest.raises(NearoptError, match="compiled engine takes the ReLU closed form"):
         batched_descent(committee_teacher(2, activation="erf"), np.ones((1, 2, 2)), np.ones((1, 2)), engine="compiled")
@@ -336,7 +336,7 @@ def test_a_status_array_holds_every_status():
     """A resumed run may turn "unconverged" in the status array of a first pass where every run
     converged: the array must hold the longest status, not be cut to "unconverg"."""
     t = committee_teacher(2)
-    d = batched_descent(t, np.eye(2)[None] * 1.0, np.ones((1, 2)), protocol=Protocol(lr=0.1, gtol=1e-3, max_steps=10))
+    d = batched_descent(t, np.eye(2)[None] * 1.0, np.ones((1, 2)), protocol=DescentProtocol(lr=0.1, gtol=1e-3, max_steps=10))
     assert d.status.tolist() == ["converged"]
     d.status[0] = "unconverged"
     assert d.count("unconverged") == 1 and set(STATUSES) >= set(d.status.tolist())

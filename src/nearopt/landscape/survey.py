@@ -79,7 +79,7 @@ STATUS_DTYPE = f"U{max(map(len, STATUSES))}"
 
 
 @dataclass(frozen=True)
-class Protocol:
+class DescentProtocol:
     """How each start is drawn, descended and judged.
 
     ``lr``: the fixed gradient-descent step; ``gtol``: the largest per-unit gradient norm at
@@ -108,10 +108,10 @@ class Protocol:
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise NearoptError(f"{key} must be a finite number > 0, got {value!r}")
 
-    def replace(self, **changes: Any) -> Protocol:
+    def replace(self, **changes: Any) -> DescentProtocol:
         """A copy with some fields changed (``None`` values leave a field as it is)."""
         fields_ = {k: v for k, v in changes.items() if v is not None}
-        return Protocol(**{**self.__dict__, **fields_})
+        return DescentProtocol(**{**self.__dict__, **fields_})
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -122,7 +122,7 @@ class Protocol:
 #: teacher, second layer fixed to ones), student entries N(0, 1/d), gradient descent with step 0.1 on
 #: grad L until every unit's ||2 pi dL/dw_i|| is at most 1e-9 (so gtol = 1e-9 / (2 pi) on grad L), a
 #: run spurious when its final loss is >= 1e-3. Their descent has no step limit; ``max_steps`` is ours.
-SAFRAN_SHAMIR = Protocol(name="safran-shamir", lr=0.1, gtol=1e-9 / (2 * math.pi), max_steps=200_000, spurious_loss=1e-3)
+SAFRAN_SHAMIR = DescentProtocol(name="safran-shamir", lr=0.1, gtol=1e-9 / (2 * math.pi), max_steps=200_000, spurious_loss=1e-3)
 
 
 # ----------------------------------------------------------------------------- batched closed forms
@@ -262,7 +262,7 @@ class BatchDescent:
         return int(np.count_nonzero(self.status == status))
 
 
-def starts(teacher: TwoLayerNet, width: int, n_starts: int, trained: str, protocol: Protocol, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def starts(teacher: TwoLayerNet, width: int, n_starts: int, trained: str, protocol: DescentProtocol, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded random starts: ``W`` ``(R, K, N_i)`` with ``N(0, init_scale^2)`` entries, ``v`` ``(R, K)``:
     ones when the second layer is fixed (``trained="first"``), else ``N(0, second_scale^2)``."""
     rng = np.random.default_rng(seed)
@@ -313,7 +313,7 @@ def _threads(device: str | torch.device, entries: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def batched_descent(teacher: TwoLayerNet, W0: np.ndarray, v0: np.ndarray, *, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
+def batched_descent(teacher: TwoLayerNet, W0: np.ndarray, v0: np.ndarray, *, trained: str = "first", protocol: DescentProtocol = SAFRAN_SHAMIR,
                     device: str | torch.device = "cpu", progress: Callable[[int, int, int, int], None] | None = None,
                     engine: str = "auto") -> BatchDescent:
     """Fixed-step gradient descent of all starts ``W0`` ``(R, K, d)``, ``v0`` ``(R, K)`` of one teacher (module docstring, step 1; :func:`descend`)."""
@@ -368,7 +368,7 @@ def _live_block(W: np.ndarray, v: np.ndarray, That: np.ndarray, bn: np.ndarray) 
     return K, M, d
 
 
-def _descend_compiled(fn: ClosedForm, W: np.ndarray, v: np.ndarray, ids: np.ndarray, protocol: Protocol, trained: str, bound: float,
+def _descend_compiled(fn: ClosedForm, W: np.ndarray, v: np.ndarray, ids: np.ndarray, protocol: DescentProtocol, trained: str, bound: float,
                       progress: Callable[[int, int, int, int], None] | None) -> tuple[np.ndarray, ...]:
     """The compiled engine of :func:`descend`: each run's whole descent in ``nearopt.landscape._relu_jit.descend_run``, ``W``, ``v``
     updated in place; returns ``(steps, status, largest per-unit gradient)``."""
@@ -394,7 +394,7 @@ def _descend_compiled(fn: ClosedForm, W: np.ndarray, v: np.ndarray, ids: np.ndar
     return steps, status, gmax
 
 
-def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
+def descend(fn: Callable[..., Any], W0: np.ndarray, v0: np.ndarray, *, trained: str = "first", protocol: DescentProtocol = SAFRAN_SHAMIR,
             device: str | torch.device = "cpu", runs: np.ndarray | None = None, progress: Callable[[int, int, int, int], None] | None = None,
             engine: str = "auto") -> BatchDescent:
     """The descent loop over ``fn(W, v, runs) -> (L, dL/dW, dL/dv)``; ``runs`` ``(R,)``: the run index of each row (default ``0..R-1``).
@@ -1001,7 +1001,7 @@ class Survey:
     teacher: TwoLayerNet
     width: int
     trained: str
-    protocol: Protocol
+    protocol: DescentProtocol
     seed: int
     descent: BatchDescent
     points: list[CriticalPoint | None]
@@ -1290,7 +1290,7 @@ def _with_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def survey(teacher: TwoLayerNet, *, width: int | None = None, n_starts: int = 100, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR,
+def survey(teacher: TwoLayerNet, *, width: int | None = None, n_starts: int = 100, trained: str = "first", protocol: DescentProtocol = SAFRAN_SHAMIR,
            seed: int = 0, handover: float | None = None, device: str | torch.device = "cpu",
            progress: Callable[[str], None] | None = None) -> Survey:
     """Draw ``n_starts`` students, descend all at once, polish and classify every end point, group the families.
@@ -1306,7 +1306,7 @@ def survey(teacher: TwoLayerNet, *, width: int | None = None, n_starts: int = 10
     return survey_many([case], trained=trained, protocol=protocol, handover=handover, device=device, progress=progress)[0]
 
 
-def _padded(cases: list[Case], trained: str, protocol: Protocol) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[slice]]:
+def _padded(cases: list[Case], trained: str, protocol: DescentProtocol) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[slice]]:
     """Starts and teachers of all cases zero-padded to common sizes: ``W0`` ``(R, K, d)``, ``v0``, ``T`` ``(R, M, d)``, ``u``, and each case's rows."""
     K = max(c.width for c in cases)
     d = max(c.teacher.n_inputs for c in cases)
@@ -1341,7 +1341,7 @@ def _polish_rows(cases: list[Case], rows: list[slice], d: BatchDescent, which: n
     return out
 
 
-def survey_many(cases: list[Case], *, trained: str = "first", protocol: Protocol = SAFRAN_SHAMIR, handover: float | None = None,
+def survey_many(cases: list[Case], *, trained: str = "first", protocol: DescentProtocol = SAFRAN_SHAMIR, handover: float | None = None,
                 device: str | torch.device = "cpu", progress: Callable[[str], None] | None = None) -> list[Survey]:
     """:func:`survey` of several cases in one batch: the starts of every case, zero-padded to the largest ``K``,
     ``M`` and ``N_i`` (padding units stay exactly zero, :func:`batched_loss_gradient`), descend together, so
