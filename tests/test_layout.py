@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ STAGES = (
     ("cli", "__main__"),
 )
 RANK = {name: i for i, names in enumerate(STAGES) for name in names}
-MODULES = sorted(p for p in SRC.rglob("*.py") if p.name != "__init__.py" or p.parent != SRC)
+MODULES = sorted(p for p in SRC.rglob("*.py") if (p.name != "__init__.py" or p.parent != SRC) and p.name != "__main__.py")
 
 
 def _stage(module: str) -> int:
@@ -86,3 +87,11 @@ def test_public_namespace_is_short_and_resolves():
     assert nearopt.curvature.structured_spectrum.__module__ == "nearopt.curvature.structured"
     with pytest.raises(AttributeError):
         _ = nearopt.no_such_name
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_every_module_declares_its_public_names(path):
+    module = importlib.import_module(_module_name(path))
+    assert hasattr(module, "__all__"), f"{module.__name__} has no __all__"
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert not missing, f"{module.__name__}.__all__ names what it does not define: {missing}"

@@ -11,6 +11,11 @@ import math
 
 import numpy as np
 
+__all__ = [
+    "NearoptError", "real_array", "require", "require_finite", "require_nonneg_finite", "require_positive_finite", "require_positive_int",
+    "require_product_finite", "require_squarable", "ResourceError", "ResultFailure", "SQUARE_LIMIT"
+]
+
 
 class NearoptError(ValueError):
     """Invalid input or an impossible option (reported to users as one line)."""

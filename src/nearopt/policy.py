@@ -48,6 +48,11 @@ import numpy as np
 
 from .errors import NearoptError, require_nonneg_finite, require_positive_finite
 
+__all__ = [
+    "CLEAR_MARGIN", "decide_rank", "DEFAULT_POLICY", "default_rtol", "eigenvalue_rtol", "EIGENVALUE_SAFETY", "Inertia", "MIN_GAP", "NullSpace",
+    "rank_from_eigenvalues", "RankDecision", "RankPolicy", "RITZ_NULL_RTOL", "ZERO_SOURCES"
+]
+
 #: a rank decision is "clear" when the kept and the dropped singular values both
 #: sit at least this factor away from the tolerance
 CLEAR_MARGIN = 10.0

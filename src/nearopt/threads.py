@@ -29,6 +29,8 @@ import torch
 
 from .errors import NearoptError
 
+__all__ = ["ENV", "F", "PARALLEL_FROM", "requested_threads", "sized_threads", "thread_count", "threads_for"]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: the environment variable that overrides the thread count (a positive integer, or ``auto``)

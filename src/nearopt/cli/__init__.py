@@ -13,6 +13,8 @@ from typing import Any
 
 from .. import __version__
 
+__all__ = ["build_parser", "main"]
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``nearopt ARGS`` (default ``sys.argv[1:]``); returns the exit status."""

@@ -47,6 +47,8 @@ from ..errors import NearoptError, ResultFailure
 from ..model import io
 from ..resources import check_device, check_environment
 
+__all__ = ["build_parser", "EXIT_BROKEN_PIPE", "main", "Parser", "preflight", "Terminated"]
+
 #: exit status when the reader of stdout went away (128 + SIGPIPE, as for a process killed by it)
 EXIT_BROKEN_PIPE = 141
 

@@ -22,6 +22,8 @@ from ..model.problem import Problem
 from .cmd_spectrum import TRAINED_ALIASES, add_student_args, student_from_args
 from .common import add_network_args, emit_json, network_from_args, nonneg_float, positive_float, positive_int
 
+__all__ = ["COMMAND", "ORDER", "problem_from_args", "register", "run"]
+
 COMMAND = "critical"
 ORDER = 25
 

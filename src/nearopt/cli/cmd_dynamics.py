@@ -27,6 +27,8 @@ from .common import (
     require_dense_memory,
 )
 
+__all__ = ["COMMAND", "compute", "divergence", "ORDER", "register", "run", "table"]
+
 COMMAND = "dynamics"
 ORDER = 40
 

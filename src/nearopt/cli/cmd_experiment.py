@@ -16,6 +16,8 @@ from .cmd_reproduce import (
 )
 from .common import positive_int
 
+__all__ = ["COMMAND", "list_experiments", "ORDER", "register", "run"]
+
 COMMAND = "experiment"
 ORDER = 6
 

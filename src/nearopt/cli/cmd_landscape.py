@@ -15,6 +15,8 @@ from ..model.network import TwoLayerNet
 from .cmd_spectrum import TRAINED_ALIASES
 from .common import emit_json, nonneg_int, positive_float, positive_int
 
+__all__ = ["COMMAND", "ORDER", "register", "run", "teacher_from_args"]
+
 COMMAND = "landscape"
 ORDER = 26
 

@@ -22,6 +22,8 @@ from ..resources import dense_bytes, require_memory
 from ..theory.rank_prediction import saturation_hidden
 from .common import emit_json, nonneg_int, numerics, positive_float, positive_int
 
+__all__ = ["COMMAND", "compute", "int_list", "MAX_SWEEP_VALUES", "ORDER", "register", "run", "table"]
+
 COMMAND = "rank"
 ORDER = 30
 

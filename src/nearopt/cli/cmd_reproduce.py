@@ -12,6 +12,11 @@ from ..errors import NearoptError
 from ..pipeline import reproduce, summary_table
 from .common import emit_json, nonneg_float, positive_float, positive_int
 
+__all__ = [
+    "add_run_args", "COMMAND", "command_line", "finish", "interrupted", "ORDER", "parse_overrides", "parse_value", "register", "run", "run_options",
+    "split_setting"
+]
+
 COMMAND = "reproduce"
 ORDER = 5
 

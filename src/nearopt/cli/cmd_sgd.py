@@ -23,6 +23,8 @@ from .common import (
     positive_int,
 )
 
+__all__ = ["argparse_inputs", "COMMAND", "compute", "ORDER", "register", "run", "table", "TRAINED"]
+
 COMMAND = "sgd"
 ORDER = 42
 TRAINED = ("both", "first", "second")

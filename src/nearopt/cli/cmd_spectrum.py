@@ -33,6 +33,11 @@ from .common import (
     require_dense_memory,
 )
 
+__all__ = [
+    "add_student_args", "BATCH_ALTERNATIVES", "COMMAND", "compute", "ORDER", "POPULATION_METHODS", "register", "run", "student_from_args",
+    "student_width", "TRAINED_ALIASES"
+]
+
 COMMAND = "spectrum"
 ORDER = 20
 

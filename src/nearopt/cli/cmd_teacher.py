@@ -6,6 +6,8 @@ from ..model.network import sample_teacher
 from ..resources import dense_bytes, require_memory
 from .common import add_teacher_size_args
 
+__all__ = ["COMMAND", "ORDER", "register", "run"]
+
 COMMAND = "teacher"
 ORDER = 10
 

@@ -27,6 +27,12 @@ from ..model.network import TwoLayerNet, sample_inputs, sample_teacher
 from ..model.problem import GaussianInputs
 from ..resources import dense_bytes, require_memory
 
+__all__ = [
+    "activation_from_args", "add_data_args", "add_input_cov_arg", "add_network_args", "add_teacher_size_args", "DENSE_COPIES", "emit_json", "emit_result",
+    "input_law_from_args", "inputs_from_args", "network_from_args", "nonneg_float", "nonneg_int", "numerics", "positive_float", "positive_int",
+    "require_dense_memory"
+]
+
 #: copies of a P x P float64 matrix a dense batch route holds at once (matrix,
 #: factor or eigensolver workspace); a deliberate over- rather than under-estimate
 DENSE_COPIES = 3

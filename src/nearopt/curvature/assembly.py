@@ -23,6 +23,8 @@ from ..model.network import TwoLayerNet
 from ..model.problem import GaussianInputs
 from ..tolerances import EPS
 
+__all__ = ["assemble", "gaussian_pair_blocks", "is_linear", "net_moments", "rescaling_modes"]
+
 
 def net_moments(net: TwoLayerNet, inputs: GaussianInputs | None = None, *, order: int | None = None) -> PairMoments:
     """Pairwise Gaussian moments of ``net``'s hidden units (arrays ``(N_h, N_h, ...)``).

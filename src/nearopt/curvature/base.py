@@ -46,6 +46,8 @@ from ..spectra.spectrum import Spectrum
 from ..spectra.torch_ops import SymmetricOperator
 from .costs import generic_costs
 
+__all__ = ["Curvature", "DENSE_BLOCK", "MAX_DENSE_PARAMS", "resolve_device"]
+
 #: columns of the identity pushed through :meth:`Curvature.torch_matmat` at once by the generic ``to_dense``
 DENSE_BLOCK = 256
 _REQUEST_FIELDS = {f.name for f in dataclasses.fields(SpectrumRequest)}

@@ -39,6 +39,12 @@ from ..spectra.spectrum import Spectrum
 from .base import Curvature, resolve_device
 from .compose import Composed, compose, describe_point
 
+__all__ = [
+    "AUTODIFF_BUDGET_BYTES", "batch_hvp", "BATCH_METHODS", "batch_spectrum", "BatchCurvature", "BatchGaussNewton", "BatchHessian", "CHUNK_BUDGET_BYTES",
+    "FullBatchGaussNewton", "FullBatchHessian", "functional_hessian", "gauss_newton", "gauss_newton_tensor", "iter_jacobian_chunks", "jacobian",
+    "jacobian_r_factor", "loss_hessian", "SVD_MAX_PARAMS"
+]
+
 #: bytes of intermediate memory a chunk may use (tunable by ``chunk_size``)
 CHUNK_BUDGET_BYTES = 2**28
 #: smaller chunks for forward-over-reverse autodiff: they stay in cache and run faster

@@ -25,6 +25,8 @@ import torch
 from ..model.problem import Problem
 from .base import Curvature
 
+__all__ = ["compose", "Composed", "Congruence", "describe_point", "Restricted", "Wrapper"]
+
 
 class Wrapper(Curvature):
     """A curvature defined from an ``inner`` one (same device); passes on PSD-ness and the factor's shape."""

@@ -22,6 +22,11 @@ from __future__ import annotations
 
 import torch
 
+__all__ = [
+    "CALL_S", "dense_cost", "EIGH_S", "generic_costs", "GPU_CALL_S", "GPU_PRODUCT_S", "MAX_EXACT_BLOCK", "product_cost", "PRODUCT_S", "products_needed",
+    "route_costs"
+]
+
 EIGH_S = 4e-11
 PRODUCT_S = 1e-10
 CALL_S = 5e-4

@@ -49,6 +49,8 @@ from .product import PopulationProduct
 from .structured import StructuredSpectrum, structured_spectrum
 from .student import LandscapeProduct, assemble_landscape
 
+__all__ = ["IsotropicPopulationHessian", "population_hessian", "POPULATION_METHODS", "population_spectrum", "PopulationHessian"]
+
 #: the population routes by name (``auto`` chooses: :mod:`nearopt.spectra.solve`)
 POPULATION_METHODS = ("auto", "dense", "structured", "factor", "lanczos", "slq")
 

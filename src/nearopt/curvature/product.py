@@ -19,6 +19,8 @@ from ..gaussian.expectations import PairMoments, gauss_hermite
 from ..model.network import TwoLayerNet
 from .assembly import net_moments
 
+__all__ = ["join_params", "PopulationProduct", "PRECONDITIONER_ORDER", "split_params"]
+
 #: ``(k, N_h, N_h)`` float64 temporaries per chunk of columns: about 4 x 256 MB in all
 _CHUNK_ENTRIES = 1 << 25
 #: Gauss–Hermite nodes for the preconditioner's unit moments ``E[g'(u)]``, ``E[g'(u) u^2]``: exact for

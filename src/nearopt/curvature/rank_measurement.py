@@ -39,6 +39,11 @@ from ..theory.rank_prediction import RankPrediction, predict_rank
 from .batch import BatchGaussNewton
 from .population import PopulationHessian, population_spectrum
 
+__all__ = [
+    "compare_spectra", "compare_with_population", "DEFAULT_OVERSAMPLE", "default_samples", "measure_population_rank", "measure_rank",
+    "MIN_DEFAULT_SAMPLES", "null_space_hint", "rank_sweep", "rank_vs_samples", "RankMeasurement", "ROUTES", "sweep_samples", "SweepRow"
+]
+
 #: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
 DEFAULT_OVERSAMPLE = 4
 #: ... and at least this many samples

@@ -40,6 +40,8 @@ from ..policy import DEFAULT_POLICY, RankPolicy
 from .assembly import assemble, net_moments
 from .student import assemble_landscape
 
+__all__ = ["reduction", "structured_spectrum", "StructuredSpectrum"]
+
 
 @dataclass(frozen=True)
 class StructuredSpectrum:

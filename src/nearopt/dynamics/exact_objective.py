@@ -37,6 +37,8 @@ from ..model.problem import Problem
 from ..tolerances import EPS
 from .objective import Objective
 
+__all__ = ["exact_population_objective", "ExactPopulationObjective"]
+
 
 @dataclass(frozen=True, eq=False)
 class ExactPopulationObjective(Objective):

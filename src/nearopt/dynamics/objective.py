@@ -36,6 +36,8 @@ from ..errors import NearoptError
 from ..model.network import TwoLayerNet, sample_inputs
 from ..spectra.spectrum import Spectrum
 
+__all__ = ["ClosedFormHessian", "forward_batched", "make_objective", "Objective", "POPULATION_CLOSED_FORMS", "POPULATION_SAMPLES", "split_parameters"]
+
 #: activations whose population loss has an exact closed form here
 POPULATION_CLOSED_FORMS = ("linear", "quadratic")
 #: default size of the fixed sample standing in for the population otherwise

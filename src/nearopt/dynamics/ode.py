@@ -27,6 +27,8 @@ from ..errors import NearoptError, require_positive_finite
 from ..model.activations import Erf
 from ..model.network import TwoLayerNet
 
+__all__ = ["committee_ode", "CommitteeODE", "embedded_teacher", "i2", "i3", "i4", "integrate_ode", "j2", "ode_near_optimum"]
+
 
 def i2(c11, c12, c22):
     """``E[g(u) g(v)] = (2/pi) arcsin(c12 / sqrt((1 + c11)(1 + c22)))``."""

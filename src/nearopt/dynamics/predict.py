@@ -27,6 +27,11 @@ from ..errors import NearoptError, real_array, require_positive_finite
 from ..theory.distributions import MarchenkoPastur
 from ..tolerances import EPS
 
+__all__ = [
+    "check_eigenvalues", "check_step_size", "EIGENVALUE_SAFETY", "fit_log_slope", "late_time_rate", "linear_edge_asymptote", "linear_edge_loss",
+    "mode_decay", "predict_draw_loss", "predict_mean_loss"
+]
+
 #: an eigenvalue below ``-EIGENVALUE_SAFETY P eps max|lambda|`` is negative beyond a symmetric
 #: eigensolver's rounding (``~ P eps max|lambda|``, with the rank policy's safety factor)
 EIGENVALUE_SAFETY = 100.0

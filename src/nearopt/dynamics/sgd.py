@@ -39,6 +39,11 @@ from ..threads import sized_threads
 from ..tolerances import EPS
 from .sgd_predict import SecondMomentModel, exact_model, fixed_set_model, predictions, problem_spectrum, spectrum_model, training_set
 
+__all__ = [
+    "DIVERGENCE_FACTOR", "MAX_STEPS", "pair_kernel", "PopulationLoss", "record_steps", "run_sgd", "SAMPLING", "sgd_memory", "SGDResult", "SGDSimulation",
+    "simulate_sgd", "TAIL_SHARE"
+]
+
 #: a run has diverged once its loss exceeds this times the mean initial loss (or is not finite)
 DIVERGENCE_FACTOR = 1e8
 #: most SGD steps one call accepts

@@ -65,6 +65,13 @@ from ..spectra.grouping import cluster_labels
 from ..spectra.spectrum import Spectrum
 from ..tolerances import EPS
 
+__all__ = [
+    "check_order", "default_order", "exact_model", "fixed_set_model", "FixedSetModel", "gaussian_m4", "hermite_rule", "MAX_COORDINATES",
+    "MAX_QUADRATURE_WORK", "MINIMUM_RTOL", "predictions", "problem_spectrum", "QUADRATURE_ORDER", "RANGE_RTOL", "reduced_jacobian", "ReducedJacobian",
+    "SecondMomentModel", "spectral_critical_lr", "spectral_model", "spectral_stationary_loss", "spectrum_model", "SQRT2", "stationary_factor",
+    "training_set"
+]
+
 SQRT2 = math.sqrt(2.0)
 #: eigenvalues of ``H`` below this times ``lambda_max`` are null directions (kept constant, no loss)
 RANGE_RTOL = 1e-12

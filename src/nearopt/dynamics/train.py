@@ -32,6 +32,11 @@ from ..tolerances import EPS
 from .objective import Objective, make_objective
 from .predict import check_step_size, fit_log_slope, late_time_rate, predict_draw_loss, predict_mean_loss
 
+__all__ = [
+    "auto_horizon", "auto_lr", "DynamicsResult", "float_floor", "FLOOR_MARGIN", "flow_atol", "LATE_SHARE", "MAX_FLOW_JACOBIANS", "MAX_FLOW_STEPS",
+    "MAX_GD_STEPS", "run_dynamics", "sample_displacements", "time_grid", "train_flow", "train_gd", "Trajectory"
+]
+
 #: largest number of GD steps :func:`run_dynamics` accepts before pointing to ``flow=True``
 MAX_GD_STEPS = 2_000_000
 #: a stretch is "late time" when the slowest nonzero mode carries this share of the predicted loss

@@ -35,6 +35,8 @@ from ..model.network import sample_teacher
 from ..theory.asymptotic import asymptotic_law, is_odd
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, count, n_params, names, register
 
+__all__ = ["BOOTSTRAP", "cells", "finalize", "fit_rate", "memory", "NAME", "run_cell", "SETTINGS", "sizes", "teachers_for", "weighted_ks", "ZERO_SNAP"]
+
 NAME = "asymptotic-law"
 BOOTSTRAP = 100
 

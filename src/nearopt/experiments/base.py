@@ -37,6 +37,12 @@ from typing import Any
 from ..errors import NearoptError
 from ..model.activations import get_activation
 
+__all__ = [
+    "ACTIVATION", "activation_name", "all_experiments", "Check", "check_below", "check_close", "check_equal", "check_not_applicable", "count", "counts",
+    "Experiment", "ExperimentResult", "FLOAT64", "get_experiment", "infer_setting", "load_all", "n_params", "names", "NOT_APPLICABLE", "register",
+    "Relation", "run_serial", "SEED", "Setting", "sigma0", "writable_folder"
+]
+
 
 @dataclass
 class Check:

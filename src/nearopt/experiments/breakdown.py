@@ -37,6 +37,8 @@ from ..model import io
 from ..model.network import sample_inputs, sample_teacher
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, check_below, count, n_params, names, register, sigma0
 
+__all__ = ["cells", "crossing", "finalize", "memory", "RELATIONS", "run_cell", "SETTINGS", "THRESHOLD"]
+
 THRESHOLD = 0.10
 
 

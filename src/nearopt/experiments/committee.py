@@ -42,6 +42,8 @@ from ..model.problem import Problem
 from ..spectra.grouping import clusters, eigenvalue_clusters
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, count, register
 
+__all__ = ["cells", "finalize", "MEASURED_TOL", "memory", "RELATIONS", "run_cell", "SETTINGS"]
+
 #: measured eigenvalues of the global minimum closer than this (absolute, neighbour to neighbour) are one value
 MEASURED_TOL = 1e-9
 

@@ -33,6 +33,8 @@ from ..model.network import sample_teacher
 from ..theory.rank_prediction import DEFECTIVE_CASES, predict_rank, saturation_hidden
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, count, counts, n_params, names, register
 
+__all__ = ["cells", "finalize", "FULL", "memory", "QUICK", "RELATIONS", "run_cell", "SETTINGS"]
+
 QUICK = {
     "teachers": 2,
     "seed": 0,

@@ -33,6 +33,11 @@ from ..model.network import TwoLayerNet
 from ..model.problem import Problem
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, check_not_applicable, count, register
 
+__all__ = [
+    "cells", "finalize", "group_text", "MARKERS", "memory", "newcombe_interval", "PUBLISHED_K7", "published_k7", "RECALLED_SS2018", "RELATIONS",
+    "run_cell", "SETTINGS", "SS2018_CODE", "SS2018_GTOL", "SS2018_RUNS", "VARIANT_LABELS", "VARIANTS"
+]
+
 #: where the protocol was read: the authors' MATLAB code, github.com/ItaySafran/OneLayerGDconvergence at commit
 #: 093cc92781768ee24342b7e97a2e543d73d37c6b (GD_code/findBadMinima.m, findMinimum.m, objval.m, run_findBadMinima.m,
 #: runExps.csh; Results/readme.txt)

@@ -46,6 +46,8 @@ from ..theory.linear import (
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, check_equal, count, n_params, register
 from .stats import bootstrap_sup_noise, ks_distance, permutation_sup_test, quantile_grid
 
+__all__ = ["cells", "conditional_cdf", "DENSE_MAX_PARAMS", "finalize", "memory", "NAME", "P_THRESHOLD", "run_cell", "SETTINGS", "teachers_for"]
+
 NAME = "linear-spectrum"
 #: dense P x P population Hessians are diagonalised for this many teachers per chunk when P is small
 DENSE_MAX_PARAMS = 1500

@@ -40,6 +40,8 @@ from .base import (
     sigma0,
 )
 
+__all__ = ["cells", "finalize", "LINEAR_RTOL", "memory", "RELATIONS", "run_cell", "SETTINGS", "SLOPE_RTOL"]
+
 #: relative error allowed between the fitted late-time slope and the theory rate
 SLOPE_RTOL = 0.03
 #: linear student: each draw's loss against its own quadratic prediction

@@ -38,6 +38,8 @@ from ..model import io
 from ..model.network import INPUT_DISTRIBUTIONS, sample_inputs, sample_teacher
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, activation_name, count, n_params, names, register
 
+__all__ = ["cells", "excess_kurtosis", "finalize", "memory", "RELATIONS", "run_cell", "SETTINGS"]
+
 
 def excess_kurtosis(distribution: str, df: float) -> float:
     """``E[x**4] - 3`` of the unit-variance input distributions of :func:`nearopt.model.network.sample_inputs`."""

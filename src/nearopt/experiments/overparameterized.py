@@ -38,6 +38,8 @@ from ..model.network import TwoLayerNet, sample_teacher
 from ..model.problem import Problem
 from .base import FLOAT64, Check, Experiment, ExperimentResult, Setting, activation_name, count, n_params, names, register, sigma0
 
+__all__ = ["cells", "finalize", "manifold_points", "memory", "run_cell", "SETTINGS"]
+
 
 def manifold_points(teacher: TwoLayerNet, seed: int) -> dict[str, TwoLayerNet]:
     """Named points of the teacher's global-minimum manifold (every constructor, alone and combined)."""

@@ -45,6 +45,8 @@ from ..model.problem import GaussianInputs, Problem
 from ..spectra.spectrum import Spectrum
 from .base import FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, check_equal, count, n_params, names, register
 
+__all__ = ["cells", "CONTROL_TOP_RTOL", "finalize", "KS_BITS", "LINEAR_RTOL", "memory", "run_cell", "SETTINGS"]
+
 #: significant bits kept when comparing spectra by KS (2^-30 ~ 1e-9 relative): rounding-level differences are ties
 KS_BITS = 30
 #: the Gaussian control's median top-eigenvalue error must stay below this (finite-N noise at N ~ 1800, P <= 800)

@@ -35,6 +35,8 @@ from ..model.network import sample_teacher
 from ..model.problem import Problem
 from .base import ACTIVATION, FLOAT64, SEED, Check, Experiment, ExperimentResult, Setting, check_below, count, n_params, names, register, sigma0
 
+__all__ = ["cells", "CHECK_FRACTION", "finalize", "LINEAR_RTOL", "MATCH_SHARE", "memory", "ODE_RTOL", "run_cell", "SETTINGS", "Z_MATCH", "Z_MAX"]
+
 #: a curve matches when this share of its recorded steps lies within Z_MATCH standard errors (and all within Z_MAX)
 MATCH_SHARE = 0.9
 Z_MATCH = 3.0

@@ -22,6 +22,8 @@ import numpy as np
 
 from ..errors import NearoptError, require_positive_int
 
+__all__ = ["BOOTSTRAP", "bootstrap_sup_noise", "Cdf", "GRID", "ks_distance", "permutation_sup_test", "PERMUTATIONS", "quantile_grid", "teacher_ecdf"]
+
 #: grid points (quantiles of the pooled values) on which teacher ecdfs are compared
 GRID = 2048
 #: teacher-bootstrap resamples in :func:`bootstrap_sup_noise`

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 
 from ..model.io import atomic_path
 
+__all__ = ["new_figure", "save_figure", "STYLE"]
+
 STYLE: dict[str, Any] = {
     "figure.figsize": (5.0, 3.6),
     "figure.dpi": 110,

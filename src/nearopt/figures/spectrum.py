@@ -17,6 +17,8 @@ from ..model.io import atomic_path, check_output_path
 from ..spectra import Spectrum
 from .plotting import new_figure, plt
 
+__all__ = ["check_plot_path", "plot_spectrum", "SUFFIXES"]
+
 SUFFIXES = (".png", ".pdf", ".svg")
 
 

@@ -63,6 +63,11 @@ import torch
 from ..errors import NearoptError
 from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, get_activation, pair_covariance
 
+__all__ = [
+    "check_smooth", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "kernel", "normal_rule", "output_power", "pair_moments",
+    "product_expectation", "quadrature_moments", "QUADRATURE_ORDERS", "QUADRATURE_TOL", "SMOOTHNESS_TOL", "TorchFn"
+]
+
 #: nodes per dimension tried in turn until two successive levels agree (ratio ~1.5: the
 #: confirming level, which dominates the cost in two dimensions, is not much finer than needed)
 #: (tanh needs ~163 at unit variance and ~1855 at variance ~130: features shrink like 1/std)

@@ -42,6 +42,11 @@ from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
 from .expectations import QUADRATURE_TOL, check_smooth, pair_moments, product_expectation
 
+__all__ = [
+    "fourth_moments", "landscape_moments", "LandscapeMoments", "MOMENT_ULPS", "nonnegative_quadratic", "population_gradient", "population_loss",
+    "residual_terms"
+]
+
 
 def _slice(m: PairMoments, rows: slice, cols: slice) -> PairMoments:
     return m[rows, cols]  # keeps the stable self-pair sums for the assembly (never folded here: the residual needs b0, K00)

@@ -37,6 +37,8 @@ import numpy as np
 from ..gaussian import kernels
 from ..gaussian.kernels import TINY
 
+__all__ = ["descend_run", "gradient", "KERNELS_DIGEST", "workspace"]
+
 #: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape.survey.STATUSES``
 CONVERGED, UNCONVERGED, DIVERGED = 0, 1, 2
 

@@ -60,6 +60,11 @@ from ..spectra.solver import solve
 from ..tolerances import EPS
 from .critical import CriticalPoint, exact_hessian, loss_and_gradient
 
+__all__ = [
+    "ARITHMETIC", "C3", "C_AAA", "Certificate", "certify", "cholesky_lower_bound", "hessian_lipschitz_bound", "INSTALL_HINT", "MIX", "REFERENCE_DIGITS",
+    "REFERENCE_STEP", "require_supported", "SUPPORTED", "U"
+]
+
 #: activations with a derived third-derivative bound (``erf`` is ``erf(z / sqrt 2)``, ``erf:unit`` is ``erf(z)``)
 SUPPORTED = ("relu", "erf", "erf:unit")
 #: working digits of the reference gradient, loss and Hessian (intervals or plain)

@@ -59,6 +59,13 @@ from ..resources import dense_bytes, require_memory
 from ..spectra.solver import NullSpaceWarning
 from ..tolerances import EPS
 
+__all__ = [
+    "at_parameters", "check_gtol", "CLASSES", "classify", "committee_start", "committee_teacher", "CriticalPoint", "DENSE_ADVICE", "Descent",
+    "distinct_points", "exact_hessian", "find_critical_point", "FLOOR_FACTOR", "GLOBAL_RTOL", "gradient_descent", "gradient_scale", "gradient_tolerance",
+    "GTOL_MAX_FRACTION", "isotropy_multiplicities", "load_point", "loss_and_gradient", "newton_polish", "Progress", "relu_committee_global_spectrum",
+    "require_dense_memory", "require_teacher_power", "SavedPoint", "symmetry_multiplicities", "trained_parameters", "trust_region", "width_note"
+]
+
 #: a critical point is a global minimum when ``L <= GLOBAL_RTOL * E[f_t^2]``
 GLOBAL_RTOL = 1e-12
 #: gradient tolerance in units of its rounding floor (:func:`gradient_tolerance`)

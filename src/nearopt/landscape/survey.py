@@ -69,6 +69,16 @@ from . import _relu_jit
 from .critical import EPS, FLOOR_FACTOR, GLOBAL_RTOL, CriticalPoint, classify, committee_teacher, newton_polish, require_teacher_power
 from .manifold import is_positively_homogeneous
 
+__all__ = [
+    "aligned", "balanced", "BatchDescent", "batched_descent", "batched_loss_gradient", "batched_minres", "batched_newton_polish", "batched_teacher_power",
+    "BatchPolish", "Case", "chunked_call", "CLASSIFY_PER_GROUP", "ClosedForm", "committee_survey", "compiled_applies", "cpu_chunk", "CPU_CHUNK_ENTRIES",
+    "descend", "DescentProtocol", "DIVERGE_FACTOR", "ENGINES", "ENTRY_TOL", "families", "Family", "FINAL_CLASSES", "invariant_groups", "INVARIANT_RTOL",
+    "invariants", "loss_gradient_function", "merges_into", "numba_available", "padded_loss_gradient_function", "polish_and_classify", "polish_case",
+    "POLISH_CHUNK", "require_fresh_family_folder", "require_survey_memory", "SAFRAN_SHAMIR", "same_family", "SERIAL_BELOW", "split_pattern", "SPLIT_TOL",
+    "SPURIOUS_CLASSES", "stabiliser", "starts", "STATUS_DTYPE", "STATUSES", "Survey", "survey", "SURVEY_ADVICE", "SURVEY_COPIES", "survey_many",
+    "symmetric_committee", "symmetry_analysis", "UNRESOLVED_CLASSES", "wilson_interval", "Workspace", "young_multiplicities"
+]
+
 #: entries of a representative closer than this are "equal" in the stabiliser analysis
 ENTRY_TOL = 1e-6
 #: a run diverged when a parameter's magnitude exceeds this multiple of the start's largest

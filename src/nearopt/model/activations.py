@@ -36,6 +36,12 @@ from numpy.polynomial import hermite_e
 from ..errors import NearoptError
 from ..tolerances import EPS
 
+__all__ = [
+    "Activation", "activation_from_module", "available_activations", "check_activation", "COLLINEAR_SNAP", "COLLINEAR_TOL", "correlation_gap",
+    "CustomActivation", "Erf", "get_activation", "monomial", "pair_covariance", "PairMoments", "Polynomial", "PROBE_POINTS", "register_activation",
+    "ReLU", "SMOOTH_ORDER", "Tanh", "TorchFn"
+]
+
 TorchFn = Callable[[torch.Tensor], torch.Tensor]
 
 #: parallel pairs: ``1 - rho**2`` below this counts as collinear (ReLU's delta terms, quadrature's 1-D route)

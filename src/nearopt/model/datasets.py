@@ -29,6 +29,8 @@ import numpy as np
 
 from ..errors import NearoptError, require_positive_int
 
+__all__ = ["dataset_names", "DATASETS", "describe", "load_inputs", "NORMALISATIONS", "raw_features", "standardise"]
+
 #: name -> scikit-learn loader in ``sklearn.datasets`` (all bundled with the package)
 DATASETS = {
     "digits": "load_digits",

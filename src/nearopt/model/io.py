@@ -20,6 +20,11 @@ import numpy as np
 
 from ..errors import NearoptError
 
+__all__ = [
+    "atomic_path", "check_output_path", "load_inputs", "load_real_array", "load_weights", "MODEL_SCOPE", "NON_FINITE_KEY", "POINT_METADATA_KEYS",
+    "read_json", "restore_non_finite", "saved_activation", "strict_jsonable", "to_json", "WEIGHT_KEYS", "write_json", "write_npz", "write_text"
+]
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

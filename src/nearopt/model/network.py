@@ -19,6 +19,11 @@ from ..errors import NearoptError, real_array, require_finite, require_positive_
 from . import io
 from .activations import Activation, get_activation
 
+__all__ = [
+    "check_finite", "forward_torch", "INPUT_DISTRIBUTIONS", "POPULATION_SIGMAS", "require_variances_representable", "sample_inputs", "sample_teacher",
+    "TwoLayerNet"
+]
+
 INPUT_DISTRIBUTIONS = ("gaussian", "uniform", "rademacher", "student-t")
 
 # Teacher weights and inputs draw from distinct streams, so that equal seeds

@@ -32,6 +32,8 @@ from ..tolerances import EPS
 from . import io
 from .network import TwoLayerNet, sample_inputs
 
+__all__ = ["as_problem", "Eigenspace", "GaussianInputs", "InputLaw", "Problem", "PSD_RTOL", "SYMMETRY_RTOL", "TRAINED_BLOCKS", "whiten"]
+
 #: which parameter blocks train: both layers, the first layer only (committee machine), the second only
 TRAINED_BLOCKS = ("both", "first", "second")
 

@@ -37,6 +37,12 @@ import torch
 from ..errors import NearoptError
 from ..resources import available_memory, format_bytes
 
+__all__ = [
+    "backend_log", "BACKEND_LOGGERS", "cap_jobs", "check_address", "CountingFileHandler", "DaskBackend", "default_jobs", "distributed", "handshake",
+    "limit_threads", "LocalBackend", "make_backend", "PARENT_POLL_SECONDS", "POLL_SECONDS", "RemoteTraceback", "run_task", "SerialBackend",
+    "STOP_SECONDS", "Task", "THREAD_ENV", "WORKER_BYTES"
+]
+
 
 def _lazy_module(name: str) -> types.ModuleType | None:
     """``name`` loaded on first attribute access (``importlib.util.LazyLoader``), or ``None`` if not installed.

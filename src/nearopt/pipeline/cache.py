@@ -52,6 +52,12 @@ from ..errors import NearoptError
 from ..experiments.base import Check, Experiment, ExperimentResult
 from ..model import io
 
+__all__ = [
+    "canonical_json", "cell_key", "CellCache", "entry_problem", "file_digest", "final_entry_problem", "FINALIZE_FOLDER", "finalize_key", "folder_digests",
+    "jsonable", "KEY_LENGTH", "NOT_FINAL_OUTPUTS", "NUMERIC_PACKAGES", "numeric_versions", "PACKAGE_ROOT", "PLOTTING_PACKAGES", "result_digest",
+    "result_from_dict", "result_to_dict", "source_hash"
+]
+
 KEY_LENGTH = 32  # hex characters of the SHA-256 kept in file names
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # src/nearopt
 NUMERIC_PACKAGES = ("numpy", "scipy", "torch")

@@ -27,6 +27,8 @@ from typing import Any
 from ..errors import NearoptError
 from .provenance import utc_now
 
+__all__ = ["LOCK_NAME", "output_lock", "POLL_SECONDS"]
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on POSIX

@@ -16,6 +16,8 @@ import torch
 
 from .. import __version__
 
+__all__ = ["device_info", "find_seeds", "git_state", "package_versions", "PACKAGES", "provenance", "utc_now"]
+
 PACKAGES = ("numpy", "scipy", "torch", "numba", "matplotlib", "mpmath", "dask", "distributed")
 
 

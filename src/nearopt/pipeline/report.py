@@ -21,6 +21,8 @@ from typing import Any
 from ..model import io
 from .runner import ExperimentRun
 
+__all__ = ["CSS", "fmt", "markdown_html", "render_html", "render_markdown", "SCRIPT", "seconds", "summary_table", "write_report"]
+
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}

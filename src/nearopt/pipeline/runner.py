@@ -41,6 +41,11 @@ from .cache import CellCache, cell_key, finalize_key, jsonable
 from .lock import output_lock
 from .provenance import find_seeds, utc_now
 
+__all__ = [
+    "cell_memory", "DASK_LOG", "estimated_cells", "ExperimentRun", "get", "make_config", "MAX_CELLS", "run_experiment", "run_experiments", "SELFTEST",
+    "study_experiments"
+]
+
 SELFTEST = "selftest"
 #: the Dask backend's own log, under the output folder
 DASK_LOG = "dask.log"

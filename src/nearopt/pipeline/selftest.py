@@ -28,6 +28,8 @@ from ..experiments.base import FLOAT64, SEED, Experiment, ExperimentResult, Sett
 from ..figures.plotting import new_figure, save_figure
 from ..model import io
 
+__all__ = ["cells", "EXPERIMENT", "finalize", "FULL", "KS_ALPHA", "memory", "QUICK", "run_cell", "SETTINGS", "SIGMAS"]
+
 QUICK = {"sizes": [100, 1000, 10000], "seeds": 16, "seed": 0, "shift": 0.0, "sleep": 0.0, "log_dir": None}
 FULL = {"sizes": [100, 1000, 10000, 100000, 1000000], "seeds": 64, "seed": 0, "shift": 0.0, "sleep": 0.0, "log_dir": None}
 KS_ALPHA = 1e-3  # false-alarm rate of the KS check

@@ -15,6 +15,8 @@ from .provenance import provenance, utc_now
 from .report import write_report
 from .runner import ExperimentRun, get, make_config, run_experiments, study_experiments
 
+__all__ = ["plan", "reproduce", "StudyRun"]
+
 
 @dataclass
 class StudyRun:

@@ -29,6 +29,8 @@ from ..errors import NearoptError, require_positive_finite, require_positive_int
 from ..tolerances import EPS
 from .lanczos import gauss_quadrature, lanczos_tridiagonals
 
+__all__ = ["make_probes", "PROBES", "REORTH_BYTES", "slq", "spectral_density", "SpectralDensity"]
+
 #: largest Lanczos basis (bytes) kept for full reorthogonalisation under ``reorth="auto"``
 REORTH_BYTES = 1 << 30
 PROBES = ("rademacher", "gaussian")

@@ -45,6 +45,11 @@ from .lobpcg import GUARD as LOCKING_GUARD
 from .lobpcg import lobpcg_smallest, ritz_bound
 from .torch_ops import ProductMeter, SymmetricOperator, residual_norms, through_numpy, torch_side
 
+__all__ = [
+    "CountingOperator", "DEFAULT_TOL", "dense_extremes", "Eigenpairs", "eigenpairs", "GUARD", "largest_eigenpairs", "locking_block", "LOCKING_MEMORY",
+    "MAX_BLOCK", "smallest_eigenpairs"
+]
+
 #: default relative residual ``||H x - theta x|| / theta`` a Ritz pair must reach
 DEFAULT_TOL = 1e-6
 #: extra block vectors LOBPCG carries beyond those asked for (convergence of the last wanted one)

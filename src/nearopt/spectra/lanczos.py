@@ -22,6 +22,8 @@ from ..resources import require_memory
 from ..tolerances import EPS
 from .torch_ops import Counter, TorchMatmat, generator, row_chunk, torch_side
 
+__all__ = ["extreme_eigenvalues", "gauss_quadrature", "lanczos_tridiagonal", "lanczos_tridiagonals", "RitzPairs", "thick_restart_lanczos"]
+
 #: float64 machine epsilon
 
 

@@ -56,6 +56,11 @@ from ..errors import NearoptError
 from ..tolerances import EPS
 from .torch_ops import HOST_REDUCE_ROWS, Counter, ProductMeter, TorchMatmat, chunked, column_norms, generator, row_chunk, small_eigh
 
+__all__ = [
+    "FLOOR_RTOL", "GROWTH", "GUARD", "lobpcg_smallest", "LOCK_MARGIN", "LockedPairs", "P_DROP", "product_rounding", "ritz_bound", "ROUNDING_MARGIN",
+    "STAGNATION"
+]
+
 #: a residual ``‖r‖ ≤ FLOOR_RTOL λ_max`` that stopped falling counts as the product's rounding floor
 FLOOR_RTOL = 1e-15
 #: float64 machine epsilon: ``‖r‖ ≤ EPS λ_max`` is the backward error of a dense eigensolver

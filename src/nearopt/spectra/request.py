@@ -37,6 +37,8 @@ import numpy as np
 from ..errors import NearoptError, require_positive_finite, require_positive_int
 from ..policy import DEFAULT_POLICY, RankPolicy
 
+__all__ = ["DEFAULT_K", "DEFAULT_TOL", "ROUTES", "SpectrumRequest", "WHICH"]
+
 WHICH = ("all", "largest", "smallest", "density")
 ROUTES = ("auto", "dense", "factor", "structured", "lanczos", "slq")
 #: eigenvalues a ``largest``/``smallest`` request computes when ``k`` is not given

@@ -61,6 +61,8 @@ from .extremes import GUARD, Eigenpairs, largest_eigenpairs, smallest_eigenpairs
 from .request import SpectrumRequest
 from .spectrum import Spectrum
 
+__all__ = ["AUTO_DENSE_MAX", "choose_route", "DENSITY_POINTS", "known_rank", "NULL_CHECK", "NullSpaceWarning", "solve", "SpectralOperator", "StructuredBlocks"]
+
 #: largest ``P`` (or structured block) ``auto`` diagonalises without weighing costs
 AUTO_DENSE_MAX = 4000
 #: a Ritz value ``|theta| <= NULL_CHECK * threshold`` of a deflated null vector passes the null-space check

@@ -23,6 +23,8 @@ from ..errors import NearoptError
 from ..policy import Inertia, NullSpace, RankDecision, RankPolicy
 from .request import SpectrumRequest
 
+__all__ = ["Spectrum"]
+
 
 def _fmt(x: float) -> str:
     return "-" if not np.isfinite(x) else f"{x:.6g}"

@@ -17,6 +17,11 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 
+__all__ = [
+    "CHUNK", "chunked", "column_norms", "Counter", "generator", "GPU_CHUNK", "HOST_REDUCE_ROWS", "ProductMeter", "residual_norms", "row_chunk",
+    "small_eigh", "SymmetricOperator", "through_numpy", "torch_side", "TorchMatmat", "TorchOperator"
+]
+
 #: a torch operator: ``(n, m) -> (n, m)`` float64 on one device
 TorchMatmat = Callable[[torch.Tensor], torch.Tensor]
 #: columns per operator call on the host (bounds the product's own temporaries: ~0.6 GB at ``P = 4·10⁶``)

@@ -50,6 +50,12 @@ from ..errors import NearoptError, require_positive_int
 from ..model.activations import Activation, get_activation
 from .distributions import ChiSquareMPConvolution, SpectralLaw, TabulatedCDF, gamma_gauss_rule
 
+__all__ = [
+    "asymptotic_law", "AsymptoticLaw", "C_NODES", "DYSON_C_NODES", "DYSON_DAMP", "DYSON_ETA", "DYSON_ORDERS", "DYSON_POINTS", "DYSON_STEPS", "DYSON_TOL",
+    "DysonBulk", "EigenvalueFamily", "GramDyson", "HALF_NODES", "hermite_coefficients", "Interlacing", "is_odd", "LINEAR_EPSREL", "ODD_TOL", "PAIR_GRID",
+    "PAIR_GRID_XI", "PAIR_KNOTS", "PANEL_NODES", "PPF_STEPS", "QUAD_CUT", "require_odd", "SwapPairs", "TABLE_POINTS", "unit_constants", "UnitConstants"
+]
+
 #: Gauss–Legendre nodes per half-line of the 1-D Gaussian expectations (split at 0, so the kink of ReLU
 #: and the jump of its g' are integrated to rounding; smooth activations converge to ~1e-15)
 HALF_NODES = 128

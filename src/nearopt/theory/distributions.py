@@ -49,6 +49,11 @@ from scipy.stats import rv_continuous
 
 from ..errors import NearoptError, require_positive_int
 
+__all__ = [
+    "ChiSquareMPConvolution", "gamma_gauss_rule", "marchenko_pastur_bulk_gen", "MarchenkoPastur", "mp_bulk", "output_norm_law", "SpectralLaw",
+    "TabulatedCDF", "wishart_law"
+]
+
 
 class SpectralLaw:
     """The interface shared by nearopt's eigenvalue laws (module docstring).

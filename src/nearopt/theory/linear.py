@@ -29,6 +29,11 @@ from ..policy import decide_rank
 from ..spectra.spectrum import Spectrum
 from .distributions import _scale, wishart_law
 
+__all__ = [
+    "linear_batch_spectrum", "linear_batch_trace_moments", "linear_gram", "linear_jacobian_factor", "linear_population_hessian",
+    "linear_population_spectrum", "output_norm", "pooled_linear_eigenvalues", "simulate_linear_spectrum", "smallest_nonzero_edge"
+]
+
 
 def _require_linear(net: TwoLayerNet) -> None:
     act = net.activation

@@ -60,6 +60,11 @@ import numpy as np
 from ..errors import NearoptError, require_positive_int
 from ..model.activations import Activation, Erf, ReLU, Tanh, get_activation
 
+__all__ = [
+    "DEFECTIVE_CASES", "generic_polynomial_rank", "KINDS", "linear_plus_quadratic_rank", "MODULAR_WORK_LIMIT", "MODULUS", "monomial_rank",
+    "polynomial_rank_bound", "polynomial_support", "predict_rank", "rank_mod", "RankPrediction", "saturation_hidden", "tangent_matrix_mod"
+]
+
 #: ``(p, N_i, N_h)`` where ``z^p`` networks lose one dimension (Alexander–Hirschowitz)
 DEFECTIVE_CASES: tuple[tuple[int, int, int], ...] = ((3, 5, 7), (4, 3, 5), (4, 4, 9), (4, 5, 14))
 
