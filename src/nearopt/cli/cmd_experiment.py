@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import NearoptError
+from ..experiments.base import NOT_APPLICABLE
 from ..pipeline import get, reproduce, study_experiments
 from .cmd_reproduce import (
     add_run_args,
@@ -76,5 +77,8 @@ def run(args) -> int:
         return interrupted(args.out, exc)
     if not args.json:
         for c in study.runs[0].checks:
-            print(f"{'pass' if c.passed else 'FAIL'}  {c.name}: measured {c.measured}, expected {c.expected} ({c.tolerance})")
+            if c.measured == NOT_APPLICABLE:
+                print(f"n/a   {c.name}: {c.detail}")
+            else:
+                print(f"{'pass' if c.passed else 'FAIL'}  {c.name}: measured {c.measured}, expected {c.expected} ({c.tolerance})")
     return finish(study, args, study.paths["html"])
