@@ -51,7 +51,8 @@ import numpy as np
 import torch
 
 from nearopt.landscape.critical import committee_teacher, find_critical_point
-from nearopt.landscape.survey import SAFRAN_SHAMIR, DescentProtocol, descend, loss_gradient_function, starts, survey
+from nearopt.landscape.descent import SAFRAN_SHAMIR, DescentProtocol, descend, loss_gradient_function, starts
+from nearopt.landscape.survey import survey
 from nearopt.model.network import TwoLayerNet, io
 from nearopt.model.problem import Problem
 

@@ -82,7 +82,7 @@ def test_every_engine_gives_the_one_loss_and_gradient(act):
 def test_compiled_relu_gradient_equals_the_torch_engine():
     """The numba engine (same formulas, bound to ``math``) against the torch engine: general teacher, padding, and the basis shortcut."""
     from nearopt.landscape import _relu_jit
-    from nearopt.landscape.survey import ClosedForm
+    from nearopt.landscape.descent import ClosedForm
 
     W, v, T, u = _case(2)
     committee = committee_teacher(D)
@@ -116,7 +116,7 @@ def test_erf_pair_bound_to_math_equals_the_torch_binding(act):
 @pytest.mark.parametrize("trained", ["first", "both"])
 def test_hessian_product_is_the_derivative_of_the_one_gradient(act, trained):
     """The polish's ``H x`` (forward mode of :func:`nearopt.gaussian.kernels.gradient`) against the dense exact Hessian."""
-    from nearopt.landscape.survey import _Gradient
+    from nearopt.landscape.polish import _Gradient
 
     W, v, T, u = _case(3)
     W, v, T, u = W[:3, :K], v[:3, :K], T[:M], u[:M]  # runs 0-2: collinear pairs (held at angle 0 or pi for ReLU)
@@ -140,7 +140,7 @@ sys.modules["numba"] = None  # as if not installed
 import numpy as np
 from nearopt.landscape.critical import committee_teacher
 from nearopt.errors import NearoptError
-from nearopt.landscape.survey import DescentProtocol, batched_descent
+from nearopt.landscape.descent import DescentProtocol, batched_descent
 t = committee_teacher(3)
 W0 = np.random.default_rng(0).normal(scale=0.5, size=(2, 3, 3))
 d = batched_descent(t, W0, np.ones((2, 3)), protocol=DescentProtocol(gtol=1e-6, max_steps=50))
@@ -162,7 +162,7 @@ print("ok")
 def test_relu_hessian_engine_equals_the_forward_mode_derivative():
     """The polish's ReLU Hessian product (worked out by hand for speed) against the forward-mode derivative of the one gradient,
     at points with duplicated, doubled, sign-flipped and teacher-aligned units."""
-    from nearopt.landscape.survey import _Gradient, _ReluHessian
+    from nearopt.landscape.polish import _Gradient, _ReluHessian
 
     W, v, T, u = _case(5)
     W, v, T, u = W[:, :K], v[:, :K], T[:M], u[:M]

@@ -26,7 +26,7 @@ from nearopt.experiments.landscape import (
     run_cell,
 )
 from nearopt.landscape.critical import classify, committee_teacher, newton_polish
-from nearopt.landscape.survey import families
+from nearopt.landscape.families import families
 from nearopt.model.network import TwoLayerNet
 from nearopt.model.problem import Problem
 

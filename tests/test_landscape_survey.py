@@ -14,21 +14,11 @@ from hypothesis import strategies as st
 from nearopt.errors import NearoptError
 from nearopt.gaussian.objective import population_gradient, population_loss
 from nearopt.landscape.critical import committee_teacher, isotropy_multiplicities
-from nearopt.landscape.survey import (
-    SAFRAN_SHAMIR,
-    STATUSES,
-    DescentProtocol,
-    batched_descent,
-    batched_loss_gradient,
-    committee_survey,
-    families,
-    merges_into,
-    polish_and_classify,
-    stabiliser,
-    survey,
-    wilson_interval,
-    young_multiplicities,
-)
+from nearopt.landscape.descent import SAFRAN_SHAMIR, STATUSES, DescentProtocol, batched_descent, batched_loss_gradient
+from nearopt.landscape.families import families
+from nearopt.landscape.polish import polish_and_classify
+from nearopt.landscape.survey import committee_survey, survey, wilson_interval
+from nearopt.landscape.symmetry import merges_into, stabiliser, young_multiplicities
 from nearopt.model.activations import get_activation
 from nearopt.model.network import TwoLayerNet, sample_teacher
 from nearopt.model.problem import Problem
@@ -177,7 +167,7 @@ def test_handover_to_newton_ends_at_the_same_critical_points():
 
 
 def test_chunked_evaluation_equals_one_call():
-    from nearopt.landscape.survey import chunked_call, loss_gradient_function
+    from nearopt.landscape.descent import chunked_call, loss_gradient_function
 
     fn = loss_gradient_function(committee_teacher(3))
     W = torch.as_tensor(np.random.default_rng(2).normal(size=(7, 3, 3)))
@@ -188,7 +178,7 @@ def test_chunked_evaluation_equals_one_call():
 
 
 def test_balancing_keeps_the_function_and_equalises_the_layers():
-    from nearopt.landscape.survey import balanced
+    from nearopt.landscape.polish import balanced
 
     rng = np.random.default_rng(4)
     t = committee_teacher(3)
@@ -208,7 +198,7 @@ def _end_points(k, n, R, seed, gtol=1e-4):
 
 def test_hessian_product_equals_the_dense_exact_hessian():
     from nearopt.landscape.critical import exact_hessian
-    from nearopt.landscape.survey import _Gradient
+    from nearopt.landscape.polish import _Gradient
 
     rng = np.random.default_rng(11)
     K, M, d = 4, 3, 5
@@ -228,7 +218,7 @@ def test_hessian_product_equals_the_dense_exact_hessian():
 
 
 def test_batched_minres_solves_indefinite_and_singular_systems():
-    from nearopt.landscape.survey import batched_minres
+    from nearopt.landscape.polish import batched_minres
 
     rng = np.random.default_rng(5)
     Q = np.linalg.qr(rng.normal(size=(3, 12, 12)))[0]
@@ -244,7 +234,7 @@ def test_batched_minres_solves_indefinite_and_singular_systems():
 
 def test_batched_polish_ends_where_the_one_point_polish_does():
     from nearopt.landscape.critical import newton_polish
-    from nearopt.landscape.survey import batched_newton_polish
+    from nearopt.landscape.polish import batched_newton_polish
 
     t, d = _end_points(5, 5, 6, seed=3)
     bp = batched_newton_polish(t, d.W, d.v)
@@ -256,7 +246,7 @@ def test_batched_polish_ends_where_the_one_point_polish_does():
 
 @pytest.mark.parametrize(("k", "n", "seed"), [(7, 7, 0), (4, 5, 5)])
 def test_grouped_classification_gives_the_per_point_families(k, n, seed):
-    from nearopt.landscape.survey import polish_case
+    from nearopt.landscape.polish import polish_case
 
     R = 12
     t, d = _end_points(k, n, R, seed=seed)
@@ -303,7 +293,7 @@ def test_compiled_and_torch_engines_take_the_same_steps(trained):
 def test_compiled_engine_drops_padding_and_reads_any_teacher():
     """Zero-padded runs of two sizes and a non-orthonormal teacher (the general product, not the
     basis shortcut): every run as if descended alone at its own size, padding left exactly zero."""
-    from nearopt.landscape.survey import descend, padded_loss_gradient_function
+    from nearopt.landscape.descent import descend, padded_loss_gradient_function
 
     rng = np.random.default_rng(3)
     teachers = [sample_teacher(3, 3, "relu", seed=1), committee_teacher(4)]
@@ -343,7 +333,7 @@ def test_a_status_array_holds_every_status():
 
 
 def test_split_pattern_counts_parallel_units_and_zero_rows():
-    from nearopt.landscape.survey import split_pattern
+    from nearopt.landscape.families import split_pattern
 
     t = np.eye(3)
     W = np.vstack([0.3 * t[0], 0.7 * t[0], t[1], t[2], np.zeros(3)])
@@ -356,7 +346,7 @@ def test_non_isolated_global_minima_form_one_family_with_their_spread():
     """At n = k + 1 a teacher unit split between two student units at any ratio is a global minimum
     on a continuum of them: such points make one family per split pattern (not one family per
     ratio), reporting the range of their spectra; each point keeps its own spectrum."""
-    from nearopt.landscape.survey import split_pattern
+    from nearopt.landscape.families import split_pattern
 
     s = committee_survey(4, 5, n_starts=30, seed=1, handover=1e-5)
     fams = s.to_dict()["families"]

@@ -17,9 +17,10 @@ from nearopt.errors import NearoptError
 from nearopt.gaussian.objective import landscape_moments, nonnegative_quadratic, population_loss
 from nearopt.model.network import TwoLayerNet
 from nearopt.model.problem import GaussianInputs, Problem
+from nearopt.resources import ENV_THREADS as ENV
 from nearopt.theory.asymptotic import asymptotic_law, hermite_coefficients, unit_constants
 from nearopt.theory.distributions import ChiSquareMPConvolution, MarchenkoPastur, TabulatedCDF
-from nearopt.threads import ENV, PARALLEL_FROM, thread_count, threads_for
+from nearopt.threads import PARALLEL_FROM, thread_count, threads_for
 
 
 # ----------------------------------------------------------------------------- PSD at the optimum under a covariance

@@ -15,7 +15,8 @@ from nearopt.errors import NearoptError, ResourceError
 from nearopt.experiments.base import NOT_APPLICABLE
 from nearopt.experiments.landscape import _published_checks, finalize, run_cell
 from nearopt.landscape.critical import classify, committee_start, committee_teacher, find_critical_point
-from nearopt.landscape.survey import SAFRAN_SHAMIR, SPURIOUS_CLASSES, Case, committee_survey, survey, survey_many
+from nearopt.landscape.descent import SAFRAN_SHAMIR
+from nearopt.landscape.survey import SPURIOUS_CLASSES, Case, committee_survey, survey, survey_many
 from nearopt.model.network import TwoLayerNet
 from nearopt.model.problem import Problem
 

@@ -303,7 +303,7 @@ def test_predictions_accept_rounding_negatives_and_check_the_rest():
     np.testing.assert_allclose(predict_mean_loss(lam, 2.0, 0.1, np.array([0.0])), [0.5 * 2.0 * 1.5 - 1e-17])
     assert check_eigenvalues([0.0, 0.0]).tolist() == [0.0, 0.0]
     for kwargs, needle in [({"mode_variance": -1.0}, "variances"), ({"mode_variance": np.ones(2)}, "one per eigenvalue"),
-                           ({"lr": float("nan")}, "lr"), ({"lr": 0.0}, "lr"), ({"times": np.array([-1.0])}, "times"),
+                           ({"lr": float("nan")}, "learning rate"), ({"lr": 0.0}, "learning rate"), ({"times": np.array([-1.0])}, "times"),
                            ({"mode_variance": 1j}, "complex")]:
         call = {"eigenvalues": lam, "mode_variance": 1.0, "lr": 0.1, "times": np.arange(3.0), **kwargs}
         with pytest.raises(NearoptError, match=needle):

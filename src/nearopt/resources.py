@@ -41,16 +41,8 @@ except ImportError:  # pragma: no cover - depends on the installation
     psutil = None
 
 __all__ = [
-    "WARN_FRACTION",
-    "MemoryPressureWarning",
-    "ResourceError",
-    "available_memory",
-    "check_device",
-    "check_environment",
-    "dense_bytes",
-    "format_bytes",
-    "memory_limit",
-    "require_memory",
+    "available_memory", "check_device", "check_environment", "dense_bytes", "ENV_THREADS", "format_bytes", "memory_limit", "MemoryPressureWarning",
+    "requested_threads", "require_memory", "ResourceError", "WARN_FRACTION"
 ]
 
 #: warn when one allocation would take more than this fraction of the available memory
@@ -93,10 +85,25 @@ def memory_limit() -> int | None:
     return parse_bytes(env) if env.strip() else None
 
 
+#: the environment variable that overrides the thread count (a positive integer, or ``auto``)
+ENV_THREADS = "NEAROPT_THREADS"
+
+def requested_threads() -> int | None:
+    """The thread count ``NEAROPT_THREADS`` asks for, ``None`` for the size rule (unset or ``auto``)."""
+    raw = os.environ.get(ENV_THREADS, "").strip()
+    if raw in ("", "auto"):
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise NearoptError(f"{ENV_THREADS} must be a positive integer or 'auto', got {raw!r}")
+    return n
+
+
 def check_environment() -> None:
     """Validate nearopt's environment variables (``NEAROPT_MEMORY_LIMIT``, ``NEAROPT_THREADS``) before any work: one-line error if invalid."""
-    from .threads import requested_threads  # torch is loaded by then; this module stays light to import
-
     memory_limit()
     requested_threads()
 

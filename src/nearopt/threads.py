@@ -21,37 +21,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
 
-from .errors import NearoptError
+from .resources import requested_threads
 
-__all__ = ["ENV", "F", "PARALLEL_FROM", "requested_threads", "sized_threads", "thread_count", "threads_for"]
+__all__ = ["F", "PARALLEL_FROM", "sized_threads", "thread_count", "threads_for"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: the environment variable that overrides the thread count (a positive integer, or ``auto``)
-ENV = "NEAROPT_THREADS"
 #: floating-point operations per torch operation from which torch's default threads are used
 #: (below it one thread: a ``P = 10^4`` Hessian product or ``10^8`` multiply-adds per SGD step)
 PARALLEL_FROM = 1e8
 
 
-def requested_threads() -> int | None:
-    """The thread count ``NEAROPT_THREADS`` asks for, ``None`` for the size rule (unset or ``auto``)."""
-    raw = os.environ.get(ENV, "").strip()
-    if raw in ("", "auto"):
-        return None
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise NearoptError(f"{ENV} must be a positive integer or 'auto', got {raw!r}")
-    return n
 
 
 def thread_count(flops: float) -> int:

@@ -141,9 +141,8 @@ def preflight(args: argparse.Namespace) -> None:
     ``--activation`` (:func:`nearopt.cli.common.activation_from_args`).
     """
     check_environment()
-    from .common import activation_from_args  # the numerical stack: not for ``nearopt --help``
-
-    activation_from_args(args)
+    # the numerical stack loads here, not for ``nearopt --help`` (as the command modules)
+    importlib.import_module(".common", __package__).activation_from_args(args)
     if getattr(args, "device", None) is not None:
         args.device = check_device(args.device)
     out = getattr(args, "out", None)

@@ -8,7 +8,8 @@ import time
 from ..errors import NearoptError, ResultFailure
 from ..landscape.certificate import SUPPORTED, certify, require_supported
 from ..landscape.critical import committee_teacher
-from ..landscape.survey import SAFRAN_SHAMIR, require_fresh_family_folder, survey
+from ..landscape.descent import SAFRAN_SHAMIR
+from ..landscape.survey import require_fresh_family_folder, survey
 from ..model import io
 from ..model.activations import available_activations, get_activation
 from ..model.network import TwoLayerNet

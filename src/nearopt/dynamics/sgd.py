@@ -106,8 +106,20 @@ class PopulationLoss:
         Om = torch.cat([W1, self.W1t.expand(R, -1, -1)], 1)  # (R, K+M, N_i)
         beta = torch.cat([v, -self.vt.expand(R, -1)], 1)
         G = Om @ (Om if self.cov is None else Om @ self.cov).transpose(1, 2)
-        Phi = pair_kernel(self.act, 0.5 * (G + G.transpose(1, 2)))
-        return 0.5 * torch.einsum("ri,rij,rj->r", beta, Phi, beta)
+        G = 0.5 * (G + G.transpose(1, 2))
+        try:
+            return 0.5 * torch.einsum("ri,rij,rj->r", beta, pair_kernel(self.act, G), beta)
+        except NearoptError:  # some run's weights have grown past what the moments can hold: that run diverged
+            return torch.stack([self._pair_loss_or_inf(G[r], beta[r]) for r in range(R)])
+
+    def _pair_loss_or_inf(self, G: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """One run's ``1/2 beta^T Phi beta``, ``+inf`` when its Gram matrix ``G`` ``(n, n)`` is beyond float64's moments."""
+        if not bool(torch.isfinite(G).all()):
+            return torch.tensor(math.inf, dtype=G.dtype, device=G.device)
+        try:
+            return 0.5 * beta @ pair_kernel(self.act, G) @ beta
+        except NearoptError:
+            return torch.tensor(math.inf, dtype=G.dtype, device=G.device)
 
     def __call__(self, W1: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.linear:

@@ -27,7 +27,8 @@ from matplotlib.ticker import MaxNLocator
 
 from ..figures.plotting import new_figure, save_figure
 from ..landscape.critical import classify, committee_teacher, newton_polish
-from ..landscape.survey import SAFRAN_SHAMIR, Case, survey_many, wilson_interval
+from ..landscape.descent import SAFRAN_SHAMIR
+from ..landscape.survey import Case, survey_many, wilson_interval
 from ..model import io
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem

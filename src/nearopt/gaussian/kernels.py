@@ -32,7 +32,7 @@ plain Python over a few names (``arccos``, ``arcsin``, ``sqrt``, ``floor_at``) t
 (:func:`bind`): :data:`TORCH` for the batched tensors of this module (CPU or GPU, differentiable in
 forward mode: the Newton polish's Hessian products are the derivative of :func:`relu_terms` /
 :func:`erf_terms`, or for the ReLU committee that derivative worked out once,
-``nearopt.landscape.survey._ReluHessian``, tested equal to it), :data:`SCALAR` (``math`` on floats) for the per-run descent compiled by numba
+``nearopt.landscape.polish._ReluHessian``, tested equal to it), :data:`SCALAR` (``math`` on floats) for the per-run descent compiled by numba
 (:mod:`nearopt.landscape._relu_jit`). Every engine runs the same code object; ``tests/test_kernels.py``
 holds them equal for each activation.
 """
@@ -46,6 +46,8 @@ from typing import Any
 
 import torch
 import torch.autograd.forward_ad as forward_ad
+
+from ..errors import NearoptError
 
 __all__ = [
     "CLOSED_FORMS",
@@ -221,8 +223,6 @@ def _terms(activation: str, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u
         return relu_terms(W, v, T, u, want_loss=want_loss)
     if activation in CLOSED_FORMS:
         return erf_terms(activation, W, v, T, u, want_loss=want_loss)
-    from ..errors import NearoptError
-
     raise NearoptError(f"no batched closed form for activation {activation!r} (have {', '.join(CLOSED_FORMS)})")
 
 

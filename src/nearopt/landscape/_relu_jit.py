@@ -33,13 +33,13 @@ from pathlib import Path
 import numba
 import numpy as np
 
-#: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape.survey.STATUSES``
+#: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape.descent.STATUSES``
 from ..gaussian import kernels
 from ..gaussian.kernels import TINY
 
 __all__ = ["descend_run", "gradient", "KERNELS_DIGEST", "workspace"]
 
-#: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape.survey.STATUSES``
+#: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape.descent.STATUSES``
 CONVERGED, UNCONVERGED, DIVERGED = 0, 1, 2
 
 #: the cache key's share of :mod:`nearopt.gaussian.kernels` (module docstring)
@@ -141,7 +141,7 @@ def _descend_run(digest: str) -> Callable:
     def descend_run(W, v, That, bnT, bwT, basis, lr, gtol, max_steps, train_w, train_v, bound):
         """Fixed-step descent of one student ``W`` ``(K, d)``, ``v`` ``(K,)`` in place; returns ``(steps, outcome, largest per-unit gradient)``.
 
-        The loop of :func:`nearopt.landscape.survey.descend`: at each step the gradient, then stop as
+        The loop of :func:`nearopt.landscape.descent.descend`: at each step the gradient, then stop as
         :data:`DIVERGED` (a non-finite gradient, or an entry of ``W``, ``v`` beyond ``bound``),
         :data:`CONVERGED` (every unit's gradient norm over its trained entries ``<= gtol``) or
         :data:`UNCONVERGED` (``max_steps`` steps taken), else step by ``lr``.

@@ -238,15 +238,15 @@ MODEL_SCOPE = "nearopt models two layers f(x) = W2 g(W1 x) with one output and n
 _TEXT_KEYS = ("activation", "trained", "classification")
 _INTEGER_KEYS = ("index", "zero_modes")
 _SCALAR_KEYS = ("loss", "gradient_norm")
+#: the parameter blocks a problem may train (``Problem.trained``), as a saved point names them
+TRAINED_BLOCKS = ("both", "first", "second")
 
 
 def _check_point_metadata(arrays: dict[str, np.ndarray], where: str) -> None:
     """Refuse metadata of a saved point (:data:`POINT_METADATA_KEYS`) of the wrong kind: one line, not a ``KeyError`` later.
 
-    ``trained`` must name one of :data:`nearopt.model.problem.TRAINED_BLOCKS` (what :meth:`CriticalPoint.save` writes).
+    ``trained`` must name one of :data:`TRAINED_BLOCKS` (what :meth:`CriticalPoint.save` writes).
     """
-    from .problem import TRAINED_BLOCKS  # problem imports this module
-
     for key in _TEXT_KEYS:
         text = arrays.get(key)
         if text is not None and (text.ndim != 0 or text.dtype.kind != "U" or not str(text).strip()):

@@ -30,12 +30,11 @@ from ..errors import NearoptError, require_positive_int
 from ..policy import RankPolicy
 from ..tolerances import EPS
 from . import io
+from .io import TRAINED_BLOCKS
 from .network import TwoLayerNet, sample_inputs
 
 __all__ = ["as_problem", "Eigenspace", "GaussianInputs", "InputLaw", "Problem", "PSD_RTOL", "SYMMETRY_RTOL", "TRAINED_BLOCKS", "whiten"]
 
-#: which parameter blocks train: both layers, the first layer only (committee machine), the second only
-TRAINED_BLOCKS = ("both", "first", "second")
 
 
 #: asymmetry ``max|S - S^T|`` allowed in a covariance, relative to ``max|S|`` (rounding of ``X^T X / N`` passes)
