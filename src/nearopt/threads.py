@@ -28,9 +28,9 @@ import torch
 
 from .resources import requested_threads
 
-__all__ = ["F", "PARALLEL_FROM", "sized_threads", "thread_count", "threads_for"]
+__all__ = ["PARALLEL_FROM", "sized_threads", "thread_count", "threads_for"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 #: floating-point operations per torch operation from which torch's default threads are used
 #: (below it one thread: a ``P = 10^4`` Hessian product or ``10^8`` multiply-adds per SGD step)
@@ -76,14 +76,14 @@ def threads_for(flops: float, device: str | torch.device = "cpu") -> Iterator[in
         torch.set_num_threads(before)
 
 
-def sized_threads(cost: Callable[[dict[str, Any]], tuple[float, Any]]) -> Callable[[F], F]:
+def sized_threads(cost: Callable[[dict[str, Any]], tuple[float, Any]]) -> Callable[[_F], _F]:
     """Decorate an entry point to run inside :func:`threads_for`.
 
     ``cost(arguments)`` gets the call's bound arguments (defaults applied) by name and returns
     ``(flops per torch operation, device)``.
     """
 
-    def wrap(fn: F) -> F:
+    def wrap(fn: _F) -> _F:
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)

@@ -8,8 +8,8 @@ Every option of the :class:`~nearopt.model.problem.Problem` composes:
 
 * the point: the teacher (:class:`~nearopt.curvature.product.PopulationProduct`,
   :func:`~nearopt.curvature.assembly.assemble`) or any student of any width
-  (:class:`~nearopt.gaussian.objective.LandscapeProduct`,
-  :func:`~nearopt.gaussian.objective.assemble_landscape`);
+  (:class:`~nearopt.curvature.student.LandscapeProduct`,
+  :func:`~nearopt.curvature.student.assemble_landscape`);
 * inputs ``x ~ N(0, Sigma)``: the change of variables ``T H~ T`` of
   :class:`~nearopt.curvature.compose.Congruence` around the whitened problem;
 * trained blocks: :class:`~nearopt.curvature.compose.Restricted`.

@@ -33,7 +33,7 @@ plain Python over a few names (``arccos``, ``arcsin``, ``sqrt``, ``floor_at``) t
 forward mode: the Newton polish's Hessian products are the derivative of :func:`relu_terms` /
 :func:`erf_terms`, or for the ReLU committee that derivative worked out once,
 ``nearopt.landscape.polish._ReluHessian``, tested equal to it), :data:`SCALAR` (``math`` on floats) for the per-run descent compiled by numba
-(:mod:`nearopt.landscape._relu_jit`). Every engine runs the same code object; ``tests/test_kernels.py``
+(``nearopt.landscape._relu_jit``). Every engine runs the same code object; ``tests/test_kernels.py``
 holds them equal for each activation.
 """
 

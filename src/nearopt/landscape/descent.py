@@ -158,7 +158,7 @@ class ClosedForm:
         return kernels.loss_gradient(self.activation, W, v, T, u, tp)
 
     def numpy_teacher(self, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The teacher terms of rows ``runs`` for :func:`nearopt.landscape._relu_jit.descend_run`: unit rows ``(R, M, d)``
+        """The teacher terms of rows ``runs`` for ``nearopt.landscape._relu_jit.descend_run``: unit rows ``(R, M, d)``
         (zero rows stay 0), ``-u |t|`` ``(R, M)`` and ``-u t`` ``(R, M, d)`` (``beta_j |omega_j|``, ``beta_j omega_j``)."""
         nT = torch.linalg.vector_norm(self.T, dim=-1)
         That, bn, bw = (x.cpu().numpy() for x in (self.T / nT.clamp_min(kernels.TINY)[..., None], -self.u * nT, -self.u[..., None] * self.T))
