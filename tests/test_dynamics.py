@@ -172,14 +172,15 @@ def test_cli_json_and_errors(capsys):
     assert "measured <L>" in out and "predicted <L>" in out
 
 
-def test_experiments_quick(tmp_path):
+@pytest.mark.parametrize("name", ["dynamics", "breakdown", "non-gaussian"])
+def test_experiment_quick(name, tmp_path):
+    """One experiment per test, so no test waits on several whole experiments under the per-test timeout."""
     from nearopt.experiments import get_experiment, run_serial
 
-    for name in ("dynamics", "breakdown", "non-gaussian"):
-        exp = get_experiment(name)
-        res = run_serial(exp, exp.config("quick"), tmp_path / name)
-        assert res.passed, [c for c in res.checks if not c.passed]
-        assert all(p.exists() and p.with_suffix(".pdf").exists() for p in res.figures)
+    exp = get_experiment(name)
+    res = run_serial(exp, exp.config("quick"), tmp_path / name)
+    assert res.passed, [c for c in res.checks if not c.passed]
+    assert all(p.exists() and p.with_suffix(".pdf").exists() for p in res.figures)
 
 
 def test_flow_integrator_accuracy_and_stall_guard():
