@@ -22,7 +22,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -30,7 +30,6 @@ from .resources import requested_threads
 
 __all__ = ["PARALLEL_FROM", "sized_threads", "thread_count", "threads_for"]
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 #: floating-point operations per torch operation from which torch's default threads are used
 #: (below it one thread: a ``P = 10^4`` Hessian product or ``10^8`` multiply-adds per SGD step)
@@ -76,14 +75,14 @@ def threads_for(flops: float, device: str | torch.device = "cpu") -> Iterator[in
         torch.set_num_threads(before)
 
 
-def sized_threads(cost: Callable[[dict[str, Any]], tuple[float, Any]]) -> Callable[[_F], _F]:
+def sized_threads(cost: Callable[[dict[str, Any]], tuple[float, Any]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate an entry point to run inside :func:`threads_for`.
 
     ``cost(arguments)`` gets the call's bound arguments (defaults applied) by name and returns
     ``(flops per torch operation, device)``.
     """
 
-    def wrap(fn: _F) -> _F:
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
@@ -97,6 +96,6 @@ def sized_threads(cost: Callable[[dict[str, Any]], tuple[float, Any]]) -> Callab
             with threads_for(flops, device):
                 return fn(*args, **kwargs)
 
-        return run  # type: ignore[return-value]
+        return run
 
     return wrap

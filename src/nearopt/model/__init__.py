@@ -1,14 +1,14 @@
 """The problem: networks, activations, input laws, weight files (the first stage of the pipeline).
 
-==============  ===========================================================================
-module          holds
-==============  ===========================================================================
-``network``     :class:`TwoLayerNet` ``f(x) = W2 g(W1 x)``, teachers and inputs by seed
-``activations`` :class:`Activation` ``g`` with its derivatives and Gaussian pair moments
-``problem``     :class:`Problem`: teacher, student point, trained blocks, :class:`GaussianInputs`
-``io``          weight files, atomic writes, strict JSON
-``datasets``    real inputs (bundled data sets) and their covariances
-==============  ===========================================================================
+===============  ===========================================================================
+module           holds
+===============  ===========================================================================
+``network``      :class:`TwoLayerNet` ``f(x) = W2 g(W1 x)``, teachers and inputs by seed
+``activations``  :class:`Activation` ``g`` with its derivatives and Gaussian pair moments
+``problem``      :class:`Problem`: teacher, student point, trained blocks, :class:`GaussianInputs`
+``io``           weight files, atomic writes, strict JSON
+``datasets``     real inputs (bundled data sets) and their covariances
+===============  ===========================================================================
 
 Every later stage imports from here; nothing here imports a later stage.
 """
