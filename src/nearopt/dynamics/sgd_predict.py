@@ -63,7 +63,7 @@ from ..policy import RankPolicy
 from ..resources import dense_bytes, require_memory
 from ..spectra.grouping import cluster_labels
 from ..spectra.spectrum import Spectrum
-from ..tolerances import EPS
+from ..tolerances import EPS, ROUNDING_RTOL
 
 __all__ = [
     "check_order", "default_order", "exact_model", "fixed_set_model", "FixedSetModel", "gaussian_m4", "hermite_rule", "MAX_COORDINATES",
@@ -74,7 +74,7 @@ __all__ = [
 
 SQRT2 = math.sqrt(2.0)
 #: eigenvalues of ``H`` below this times ``lambda_max`` are null directions (kept constant, no loss)
-RANGE_RTOL = 1e-12
+RANGE_RTOL = ROUNDING_RTOL
 #: default Gauss-Hermite nodes per axis for non-polynomial activations (checked by :func:`check_order`)
 QUADRATURE_ORDER = 48
 #: the exact route refuses rules costing more than this many multiply-adds (nodes x D^2)
@@ -82,7 +82,7 @@ MAX_QUADRATURE_WORK = 1.5e11
 #: the exact route refuses recursions with more coordinates than this (one eigh of D x D per rate)
 MAX_COORDINATES = 4000
 #: a point is a global minimum when its population loss is below this times E[f*^2]
-MINIMUM_RTOL = 1e-12
+MINIMUM_RTOL = ROUNDING_RTOL
 
 
 def _vech(M: np.ndarray) -> np.ndarray:
@@ -235,7 +235,7 @@ def spectral_model(eigenvalues, counts=None, *, rtol: float = RANGE_RTOL) -> Sec
     return SecondMomentModel("spectral", lam, lam, h, np.sqrt(n), gaussian_m4(lam, lam, h), lam, n.astype(np.int64))
 
 
-def _group(lam: np.ndarray, n: np.ndarray, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+def _group(lam: np.ndarray, n: np.ndarray, rtol: float = ROUNDING_RTOL) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues ``lam`` ``(m,)`` of multiplicities ``n`` merged by :func:`~nearopt.spectra.grouping.cluster_labels` (gaps
     ``> rtol max lam``): each cluster's total multiplicity and its multiplicity-weighted mean value."""
     lab = cluster_labels(lam, rtol * lam.max())

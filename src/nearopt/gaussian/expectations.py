@@ -62,6 +62,7 @@ import torch
 
 from ..errors import NearoptError
 from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, get_activation, pair_covariance
+from ..tolerances import ROUNDING_RTOL
 
 __all__ = [
     "check_smooth", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "kernel", "normal_rule", "output_power", "pair_moments",
@@ -143,7 +144,7 @@ def gaussian_expectations(phi: Callable[[np.ndarray, np.ndarray], np.ndarray], C
     if C.shape != (2, 2) or not np.allclose(C, C.T) or not np.all(np.isfinite(C)):
         raise NearoptError(f"C must be a finite symmetric 2x2 matrix, got {C!r}")
     lam, V = np.linalg.eigh(C)
-    if lam[0] < -1e-12 * max(lam[1], 1.0):
+    if lam[0] < -ROUNDING_RTOL * max(lam[1], 1.0):
         raise NearoptError(f"C must be positive semi-definite, eigenvalues {lam}")
     F = V * np.sqrt(np.clip(lam, 0.0, None))  # z = F y, y ~ N(0, I)
 

@@ -52,7 +52,6 @@ from ..errors import NearoptError
 __all__ = [
     "CLOSED_FORMS",
     "SCALAR",
-    "TINY",
     "TORCH",
     "TWO_PI",
     "bind",
@@ -72,8 +71,6 @@ __all__ = [
 CLOSED_FORMS = ("relu", "erf", "erf:unit")
 PI = math.pi
 TWO_PI = 2.0 * math.pi
-#: a zero-norm unit divides by this instead of 0 (its row is 0, so its terms vanish)
-TINY = 1e-200
 #: ``1 - rho^2`` of the erf kernel is floored here (a unit with itself at ``|w| -> inf``)
 ERF_GAP_FLOOR = 1e-300
 

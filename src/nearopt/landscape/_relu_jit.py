@@ -35,7 +35,7 @@ import numpy as np
 
 #: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape.descent.STATUSES``
 from ..gaussian import kernels
-from ..gaussian.kernels import TINY
+from ..tolerances import TINY
 
 __all__ = ["descend_run", "gradient", "KERNELS_DIGEST", "workspace"]
 

@@ -25,6 +25,7 @@ from ..gaussian.kernels import CLOSED_FORMS
 from ..gaussian.objective import population_gradient, population_loss
 from ..model.network import TwoLayerNet
 from ..model.problem import TRAINED_BLOCKS, Problem
+from ..tolerances import TINY
 
 __all__ = [
     "BatchDescent", "batched_descent", "batched_loss_gradient", "batched_teacher_power", "chunked_call", "ClosedForm", "compiled_applies", "cpu_chunk",
@@ -161,7 +162,7 @@ class ClosedForm:
         """The teacher terms of rows ``runs`` for ``nearopt.landscape._relu_jit.descend_run``: unit rows ``(R, M, d)``
         (zero rows stay 0), ``-u |t|`` ``(R, M)`` and ``-u t`` ``(R, M, d)`` (``beta_j |omega_j|``, ``beta_j omega_j``)."""
         nT = torch.linalg.vector_norm(self.T, dim=-1)
-        That, bn, bw = (x.cpu().numpy() for x in (self.T / nT.clamp_min(kernels.TINY)[..., None], -self.u * nT, -self.u[..., None] * self.T))
+        That, bn, bw = (x.cpu().numpy() for x in (self.T / nT.clamp_min(TINY)[..., None], -self.u * nT, -self.u[..., None] * self.T))
         if That.ndim == 3:
             return That[runs], bn[runs], bw[runs]
         R = runs.size

@@ -67,7 +67,7 @@ from ..resources import dense_bytes, require_memory
 from ..spectra.grouping import first_match_groups
 from ..spectra.matrix import DenseMatrix
 from ..spectra.solver import solve
-from ..tolerances import EPS
+from ..tolerances import EPS, ROUNDING_RTOL
 
 #: relative tolerance on rows for "the same unit" (copies are built exactly; this absorbs rounding)
 SAME_UNIT_RTOL = 1e-10
@@ -186,7 +186,7 @@ def split_ratios(ratios) -> np.ndarray:
     if not size <= MAX_RATIO_SUM:
         raise NearoptError(f"split ratios too large: sum |r| = {size:.3g} > {MAX_RATIO_SUM:.3g}, where float64 cancels the copies' "
                            f"weights back to the unit's only to worse than the manifold tolerance; got {shown}")
-    if abs(total - 1.0) > 1e-12 * max(1.0, size):
+    if abs(total - 1.0) > ROUNDING_RTOL * max(1.0, size):
         raise NearoptError(f"split ratios must sum to 1, got {shown} (sum {total:.17g})")
     return r
 

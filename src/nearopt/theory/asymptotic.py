@@ -48,6 +48,7 @@ from scipy.interpolate import PchipInterpolator
 
 from ..errors import NearoptError, require_positive_int
 from ..model.activations import Activation, get_activation
+from ..tolerances import ROUNDING_RTOL
 from .distributions import ChiSquareMPConvolution, SpectralLaw, TabulatedCDF, gamma_gauss_rule
 
 __all__ = [
@@ -169,8 +170,8 @@ class UnitConstants:
         outlier (the constant mode), and the ``N_h - 1`` others see only the centred Gram.
         """
         m1, m2 = self.readout_mean, self.radial_mean
-        nu = np.where(self.nu - m1**2 > 1e-12 * self.nu, self.nu - m1**2, 0.0)
-        rad = np.where(self.radial_total - m2**2 > 1e-12 * self.radial_total, self.radial_total - m2**2, 0.0)
+        nu = np.where(self.nu - m1**2 > ROUNDING_RTOL * self.nu, self.nu - m1**2, 0.0)
+        rad = np.where(self.radial_total - m2**2 > ROUNDING_RTOL * self.radial_total, self.radial_total - m2**2, 0.0)
         return UnitConstants(self.variance, self.mu1, self.delta, nu, self.cross - m1 * m2, rad, self.readout_linear,
                              self.radial_linear, np.zeros_like(nu), np.zeros_like(nu))
 
@@ -236,16 +237,16 @@ def unit_constants(activation: str | Activation, variance) -> UnitConstants:
             "(too large weights for this activation): the asymptotic law cannot be evaluated there; lower sigma1"
         )
     delta = second - mu1**2
-    delta = np.where(delta > 1e-12 * second, delta, 0.0)  # g' constant (linear g): exact 0, not rounding
+    delta = np.where(delta > ROUNDING_RTOL * second, delta, 0.0)  # g' constant (linear g): exact 0, not rounding
     kappa = E(g * z)
     f1 = g - kappa[:, None] * z
     nu = E(f1**2)
-    nu = np.where(nu > 1e-12 * g2, nu, 0.0)  # g linear: f1 = 0 exactly, the rest is rounding
+    nu = np.where(nu > ROUNDING_RTOL * g2, nu, 0.0)  # g linear: f1 = 0 exactly, the rest is rounding
     phi = gp * z
     mu_rad = E(phi * z)
     f2 = phi - mu_rad[:, None] * z
     rad = E(f2**2)
-    rad = np.where(rad > 1e-12 * E(phi**2), rad, 0.0)  # g linear: f2 = 0 exactly
+    rad = np.where(rad > ROUNDING_RTOL * E(phi**2), rad, 0.0)  # g linear: f2 = 0 exactly
     return UnitConstants(c, mu1, delta, nu, E(f1 * f2), rad, kappa, mu_rad, E(g), E(gp * z))
 
 
@@ -701,7 +702,7 @@ class AsymptoticLaw(SpectralLaw):
         # the degree-0 parts of the readout and radial features: one rank-one outlier, |m|^2 = sum_a (E g)^2 + v_a^2 (E g' z)^2
         const = float(nh * (wc @ raw.readout_mean**2 + s2 * (wc @ raw.radial_mean**2))) if dyson else 0.0
         scale = float(wc @ (raw.nu + raw.readout_linear**2) + s2 * (wc @ (raw.radial_total + raw.radial_linear**2)))
-        has_const = const > 1e-12 * nh * scale  # odd g: E g = E g' z = 0 up to rounding
+        has_const = const > ROUNDING_RTOL * nh * scale  # odd g: E g = E g' z = 0 up to rounding
         self.families = [
             EigenvalueFamily("bulk", n_bulk / P, zeros, s2 * k.delta, wc),
             EigenvalueFamily("radial", nh / P, zeros, s2 * k.radial, wc),
@@ -754,7 +755,7 @@ class AsymptoticLaw(SpectralLaw):
         ks = [int(o) for o in orders]
         h = hermite_coefficients(self.activation, c, ks) if ks else np.zeros((c.size, 0))
         coef = h**2 / special.factorial(np.array(ks, dtype=np.float64))[None, :] if ks else h
-        keep = np.max(coef, axis=0) > 1e-12 * float(np.max(k.delta)) if ks else np.zeros(0, bool)
+        keep = np.max(coef, axis=0) > ROUNDING_RTOL * float(np.max(k.delta)) if ks else np.zeros(0, bool)
         ks, coef = [o for o, kp in zip(ks, keep) if kp], coef[:, keep]
         rest = k.delta - coef.sum(1)
         rest = np.where(rest > 1e-10 * k.delta, rest, 0.0)  # g' a polynomial of degree <= max order: exactly 0
