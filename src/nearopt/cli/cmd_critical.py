@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import NearoptError, ResultFailure
 from ..landscape.certificate import SUPPORTED, certify, require_supported
-from ..landscape.critical import GTOL_MAX_FRACTION, check_gtol, committee_start, committee_teacher, find_critical_point, require_dense_memory
+from ..landscape.critical import GTOL_MAX_FRACTION, check_gtol, committee_start, committee_teacher, find_critical_point, require_classification_memory
 from ..model import io
 from ..model.problem import Problem
 from .cmd_spectrum import TRAINED_ALIASES, add_student_args, student_from_args
@@ -84,7 +84,7 @@ def run(args) -> int:
         io.check_output_path(args.save_point, suffix=".npz")
     problem = problem_from_args(args)
     check_gtol(args.gtol, problem)
-    require_dense_memory(problem)
+    require_classification_memory(problem)
     if args.certify:
         require_supported(problem.point.activation.name, "--certify")
     if args.certify and not problem.inputs.isotropic:

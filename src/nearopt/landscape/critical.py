@@ -63,7 +63,7 @@ __all__ = [
     "at_parameters", "check_gtol", "CLASSES", "classify", "committee_start", "committee_teacher", "CriticalPoint", "DENSE_ADVICE", "Descent",
     "distinct_points", "exact_hessian", "find_critical_point", "FLOOR_FACTOR", "GLOBAL_RTOL", "gradient_descent", "gradient_scale", "gradient_tolerance",
     "GTOL_MAX_FRACTION", "isotropy_multiplicities", "load_point", "loss_and_gradient", "newton_polish", "Progress", "relu_committee_global_spectrum",
-    "require_dense_memory", "require_teacher_power", "SavedPoint", "symmetry_multiplicities", "trained_parameters", "trust_region", "width_note"
+    "require_classification_memory", "require_teacher_power", "SavedPoint", "symmetry_multiplicities", "trained_parameters", "trust_region", "width_note"
 ]
 
 #: a critical point is a global minimum when ``L <= GLOBAL_RTOL * E[f_t^2]``
@@ -114,7 +114,7 @@ def check_gtol(gtol: float | None, problem: Problem) -> float | None:
 DENSE_ADVICE = "a narrower student (--student-width, --student) or a smaller teacher (--committee, --ni, --nh, --teacher)"
 
 
-def require_dense_memory(problem: Problem) -> None:
+def require_classification_memory(problem: Problem) -> None:
     """Refuse, before any descent, a point whose classification (the dense Hessian, its eigenvectors and a copy) cannot fit."""
     pr = as_problem(problem)
     P = pr.n_params
@@ -451,7 +451,7 @@ def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str = "gd", 
         raise NearoptError(f"descent must be 'gd', 'trust' or 'newton', got {descent!r}")
     require_teacher_power(pr.teacher)
     gtol = check_gtol(gtol, pr)
-    require_dense_memory(pr)
+    require_classification_memory(pr)
     if descent == "gd":
         d = gradient_descent(pr, lr=lr, max_steps=max_steps, gtol=descent_gtol, progress=progress)
     elif descent == "trust":
