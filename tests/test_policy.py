@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import nearopt as no
 from nearopt.curvature import rank_measurement as measurement
 from nearopt.errors import NearoptError
 from nearopt.policy import EIGENVALUE_SAFETY, MIN_GAP, NullSpace, RankPolicy, eigenvalue_rtol
@@ -83,3 +84,13 @@ def test_null_space_sources_are_a_closed_set():
 def test_the_ritz_threshold_is_what_a_matrix_free_run_resolves():
     assert RankPolicy().ritz_threshold(100) == RankPolicy().ritz_threshold(10**7) == 1e-9
     assert RankPolicy(rtol=1e-5).ritz_threshold(100) == pytest.approx(1e-10)
+
+
+def test_an_invertible_covariance_keeps_the_predicted_rank_on_every_route():
+    """``H = T H~ T`` with ``T`` invertible: the matrix-free smallest end takes no genuine eigenvalue for a zero mode."""
+    net = no.sample_teacher(3, 2, "erf", seed=0)
+    H = no.PopulationHessian(no.Problem(net, inputs=no.GaussianInputs(covariance=1e10 * np.eye(3))))
+    dense = H.spectrum("dense").eigenvalues
+    low = H.spectrum("lanczos", which="smallest", k=2)
+    assert low.null_space.n_zero == 0 and low.null_space.source == "predicted rank"
+    np.testing.assert_allclose(low.eigenvalues, dense[:2], rtol=1e-3)

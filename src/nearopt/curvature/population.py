@@ -186,13 +186,15 @@ class PopulationHessian(Composed):
         return None
 
     def known_rank(self) -> tuple[int, str] | None:
-        """``predict_rank`` at the teacher with both layers trained and isotropic inputs, when it is exact or observed.
+        """``predict_rank`` at the teacher with both layers trained, when it is exact or observed.
 
         An observed full rank counts: erf's and tanh's genuine eigenvalues reach ``1e-12 lambda_max``,
-        below what a threshold on computed eigenvalues can tell from zero.
+        below what a threshold on computed eigenvalues can tell from zero. Under ``x ~ N(0, Sigma)``
+        with ``Sigma`` of full rank the Hessian is ``T H~ T`` with ``T`` invertible (the whitened
+        problem's Hessian ``H~``, teacher ``W1 Sigma^(1/2)``), so its rank is the prediction's too.
         """
         pr = self.problem
-        if not (pr.at_teacher and pr.trained == "both" and pr.inputs.isotropic):
+        if not (pr.at_teacher and pr.trained == "both" and pr.inputs.rank == pr.n_inputs):
             return None
         net = self.net
         try:
