@@ -146,3 +146,22 @@ def test_second_layer_only_is_the_gram_of_the_units():
     G = 2 / np.pi * np.arcsin(C / np.sqrt(np.outer(1 + d, 1 + d)))  # E[g(w_a.x) g(w_c.x)]
     _close(s.expand(), scipy.linalg.eigvalsh(G), 1e-12)
     assert s.row_rank == 0 and s.complement_multiplicity == 0
+
+
+def test_the_bulk_holds_no_more_directions_than_its_dimension():
+    """A spiked law whose stored spike basis is orthonormal only to rounding: projecting it out of the rows
+    leaves rounding tails above the rank cut, yet the bulk eigenspace (dimension ``N_i - spikes``) holds at
+    most that many directions, so the structured spectrum still has ``P`` eigenvalues, those of the dense Hessian."""
+    rng = np.random.default_rng(8)  # a seed whose tails exceed the cut (found by search)
+    law = _law(rng, 7, "spiked")
+    W = rng.standard_normal((2, 7))
+    Q, rest = reduction(W, law)
+    bulk = next(e for e in law.eigenspaces() if e.basis is None)
+    assert Q.shape[1] <= 7 and sum(m for _, m in rest) == 7 - Q.shape[1]
+    assert bulk.multiplicity == 1
+    net = TwoLayerNet(W[:1], np.array([[1.3]]), "erf")
+    student = TwoLayerNet(W[1:], np.array([[0.7]]), "erf")
+    problem = Problem(net, student, law, "both")
+    s = structured_spectrum(problem, residual=False)
+    assert s.expand().size == problem.n_params
+    _close(s.expand(), scipy.linalg.eigvalsh(ref.problem_hessian(problem, gauss_newton=True)))

@@ -94,7 +94,9 @@ def reduction(Omega: np.ndarray, inputs: GaussianInputs, policy: RankPolicy = DE
     for e in spaces:
         A = Omega - (Omega @ Q_all) @ Q_all.T if e.basis is None else Omega @ e.basis  # the bulk: complement of every explicit eigenvector
         _, sv, Vt = scipy.linalg.svd(A, full_matrices=False)
-        r = policy.cut(sv, norm, Omega.shape)
+        # an m-dimensional eigenspace holds at most m of the rows' directions: the bulk's projection is
+        # computed as a complement, and a spike basis orthonormal only to rounding leaves tails above the cut
+        r = min(policy.cut(sv, norm, Omega.shape), e.multiplicity)
         bases.append(Vt[:r].T if e.basis is None else e.basis @ Vt[:r].T)
         rest.append((e.value, e.multiplicity - r))
     Q = np.hstack(bases) if bases else np.zeros((n_i, 0))
