@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nearopt as no
-from nearopt.dynamics import ode, predict, sgd_predict
+from nearopt.dynamics import ode, predict, sgd, sgd_predict
 from nearopt.errors import NearoptError
 from nearopt.policy import decide_rank
 
@@ -20,6 +20,7 @@ LEARNING_RATE_TAKERS = {
     "predict_mean_loss": lambda lr: predict.predict_mean_loss(np.array([1.0]), 1.0, lr, np.array([0, 1])),
     "stationary_factor": lambda lr: sgd_predict.stationary_factor(np.array([1.0]), np.array([1]), lr, 1),
     "committee_ode": lambda lr: ode.committee_ode(no.sample_teacher(2, 2, "erf", seed=0), lr),
+    "simulate_sgd": lambda lr: sgd.simulate_sgd(no.sample_teacher(2, 2, "erf", seed=0), lr=lr, batch=1, sigma0=0.1, runs=1, steps=1),
 }
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import sys
 
 import numpy as np
 
 from ..dynamics.sgd import SAMPLING, run_sgd
-from ..errors import NearoptError, ResultFailure
+from ..errors import NearoptError, ResultFailure, require_nonneg_finite
 from ..model.network import check_finite
 from ..model.problem import Problem
 from .common import (
@@ -70,8 +69,7 @@ def _check(args) -> None:
         raise NearoptError(f"--steps must be >= 1, got {args.steps}")
     if args.runs < 1:
         raise NearoptError(f"--runs must be >= 1, got {args.runs}")
-    if not (math.isfinite(args.noise) and args.noise >= 0):
-        raise NearoptError(f"--noise must be a finite number >= 0, got {args.noise}")
+    require_nonneg_finite(args.noise, "--noise")
     if args.samples is not None and args.batch > args.samples and args.sampling == "epochs":
         raise NearoptError(f"--batch {args.batch} exceeds the --samples {args.samples} of an epoch")
 

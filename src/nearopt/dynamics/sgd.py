@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..curvature.base import resolve_device
-from ..errors import NearoptError, require_positive_int
+from ..errors import NearoptError, require_nonneg_finite, require_positive_finite, require_positive_int
 from ..gaussian.expectations import kernel, output_power
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
@@ -176,13 +176,10 @@ class SGDSimulation:
 
 
 def _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples):
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise NearoptError(f"learning rate must be a finite number > 0, got {lr!r}")
+    lr = require_positive_finite(lr, "learning rate")
     batch = require_positive_int(batch, "batch size")
-    if not (math.isfinite(sigma0) and sigma0 > 0):
-        raise NearoptError(f"sigma0 must be a finite number > 0, got {sigma0!r}")
-    if not (math.isfinite(noise) and noise >= 0):
-        raise NearoptError(f"label noise sigma must be a finite number >= 0, got {noise!r}")
+    require_positive_finite(sigma0, "sigma0")
+    require_nonneg_finite(noise, "label noise sigma")
     runs = require_positive_int(runs, "number of runs")
     steps = require_positive_int(steps, "number of steps")
     if steps > MAX_STEPS:
@@ -197,7 +194,7 @@ def _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples):
         samples = require_positive_int(samples, "number of training samples")
         if sampling == "epochs" and batch > samples:
             raise NearoptError(f"batch size {batch} exceeds the {samples} training samples of an epoch")
-    return float(lr), batch, runs, steps, samples
+    return lr, batch, runs, steps, samples
 
 
 def _step_flops(problem, runs, batch) -> float:

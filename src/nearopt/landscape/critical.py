@@ -47,7 +47,7 @@ import numpy as np
 import scipy.optimize
 
 from ..curvature.population import PopulationHessian
-from ..errors import NearoptError, require_positive_int
+from ..errors import NearoptError, require_nonneg_finite, require_positive_int
 from ..gaussian.expectations import output_power
 from ..gaussian.objective import landscape_moments, population_gradient, population_loss
 from ..model import io
@@ -98,11 +98,7 @@ def check_gtol(gtol: float | None, problem: Problem) -> float | None:
     ``[0, GTOL_MAX_FRACTION * gradient_scale]``: a larger one would count a gradient of the loss's own scale as zero."""
     if gtol is None:
         return None
-    if isinstance(gtol, (bool, np.bool_, str, bytes, complex)):
-        raise NearoptError(f"gtol must be a finite number >= 0, got {gtol!r}")
-    g = float(gtol)
-    if not (math.isfinite(g) and g >= 0):
-        raise NearoptError(f"gtol must be a finite number >= 0, got {gtol!r}")
+    g = require_nonneg_finite(gtol, "gtol")
     bound = GTOL_MAX_FRACTION * gradient_scale(as_problem(problem))
     if not g <= bound:
         raise NearoptError(f"gtol (--gtol) {g:g} would count a gradient this large as zero: it must be at most {bound:.3g} "

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import NearoptError, require_positive_int
+from ..errors import NearoptError, require_positive_finite, require_positive_int
 from ..gaussian import kernels
 from ..gaussian.kernels import CLOSED_FORMS
 from ..gaussian.objective import population_gradient, population_loss
@@ -65,14 +65,11 @@ class DescentProtocol:
 
     def __post_init__(self) -> None:
         for key in ("lr", "gtol", "spurious_loss"):
-            value = getattr(self, key)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise NearoptError(f"{key} must be a finite number > 0, got {value!r}")
+            require_positive_finite(getattr(self, key), key)
         require_positive_int(self.max_steps, "max_steps")
         for key in ("init_scale", "second_scale"):
-            value = getattr(self, key)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise NearoptError(f"{key} must be a finite number > 0, got {value!r}")
+            if getattr(self, key) is not None:
+                require_positive_finite(getattr(self, key), key)
 
     def replace(self, **changes: Any) -> DescentProtocol:
         """A copy with some fields changed (``None`` values leave a field as it is)."""

@@ -39,7 +39,6 @@ The protocol of Safran & Shamir (2018) is :data:`SAFRAN_SHAMIR` (``docs/landscap
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ import torch
 
 from .. import __version__
 from ..curvature.base import resolve_device
-from ..errors import NearoptError, require_positive_int
+from ..errors import NearoptError, require_positive_finite, require_positive_int
 from ..gaussian.kernels import CLOSED_FORMS
 from ..model.network import TwoLayerNet
 from ..model.problem import TRAINED_BLOCKS
@@ -301,8 +300,8 @@ def survey_many(cases: list[Case], *, trained: str = "first", protocol: DescentP
         raise NearoptError("survey_many needs at least one case")
     if trained not in TRAINED_BLOCKS:
         raise NearoptError(f"trained must be one of {', '.join(TRAINED_BLOCKS)}, got {trained!r}")
-    if handover is not None and not (math.isfinite(handover) and handover > 0):
-        raise NearoptError(f"handover must be a finite number > 0, got {handover!r}")
+    if handover is not None:
+        require_positive_finite(handover, "handover")
     names = {c.teacher.activation.name for c in cases}
     if len(names) > 1:
         raise NearoptError(f"one batch takes one activation, got {', '.join(sorted(names))}")
