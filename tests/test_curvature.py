@@ -156,8 +156,9 @@ def test_problem_validation():
     t = no.sample_teacher(3, 2, "erf", seed=0)
     with pytest.raises(no.NearoptError):
         no.Problem(t, no.sample_teacher(4, 2, "erf"))
-    with pytest.raises(no.NearoptError):
-        no.Problem(t, no.sample_teacher(3, 2, "tanh"))
+    assert not no.Problem(t, no.sample_teacher(3, 2, "tanh")).is_plain  # a teacher of another activation: the general model
+    with pytest.raises(no.NearoptError, match="outputs"):
+        no.Problem(t, no.TwoLayerNet(t.W1, np.ones((2, 2)), "erf"))
     with pytest.raises(no.NearoptError):
         no.Problem(t, trained="none")
     pr = no.Problem(t)

@@ -180,17 +180,27 @@ def _npz(tmp_path, **arrays):
 def test_weights_load_as_float64_with_W2_as_a_row(tmp_path):
     W1 = np.arange(6, dtype=np.int32).reshape(3, 2)
     for W2 in (np.ones(3, dtype=np.float32), np.ones((1, 3))):
-        got1, got2 = io.load_weights(_npz(tmp_path, W1=W1, W2=W2))
+        got = io.load_weights(_npz(tmp_path, W1=W1, W2=W2))
+        got1, got2 = got["W1"], got["W2"]
         assert got1.dtype == got2.dtype == np.float64 and got2.shape == (1, 3)
         np.testing.assert_array_equal(got1, W1)
     point = _npz(tmp_path, W1=W1, W2=np.ones(3), loss=np.array(0.1), classification=np.array("saddle"))
-    assert io.load_weights(point)[0].shape == (3, 2)  # a saved critical point is a weight file too
+    assert io.load_weights(point)["W1"].shape == (3, 2)  # a saved critical point is a weight file too
+
+
+def test_weight_files_with_biases_and_outputs_load_in_parameter_order(tmp_path):
+    arrays = io.load_weights(_npz(tmp_path, W1=np.ones((3, 2)), b1=np.arange(3), W2=np.ones((2, 3)), b2=np.array([[1.0, 2.0]])))
+    assert list(arrays) == ["W1", "b1", "W2", "b2"] and arrays["b2"].shape == (2,) and arrays["W2"].shape == (2, 3)
+    assert all(a.dtype == np.float64 for a in arrays.values())
 
 
 @pytest.mark.parametrize("arrays, match", [
     (dict(W1=np.ones((2, 3))), "lacks array"),
-    (dict(W1=np.ones((2, 3)), W2=np.ones(2), b1=np.ones(2)), "b1 that nearopt does not model.*no biases"),
-    (dict(W1=np.ones((2, 3)), W2=np.ones(3)), r"W2 must have shape \(1, 2\) or \(2,\)"),
+    (dict(W1=np.ones((2, 3)), W2=np.ones(2), W3=np.ones(2)), "W3 that nearopt does not model"),
+    (dict(W1=np.ones((2, 3)), W2=np.ones(2), b1=np.ones(3)), "b1 must have 2 entries"),
+    (dict(W1=np.ones((2, 3)), W2=np.ones((2, 2)), b2=np.ones(3)), "b2 must have 2 entries"),
+    (dict(W1=np.ones((2, 3)), W2=np.ones(2), b1=np.array([1.0, np.nan])), "b1 contains NaN"),
+    (dict(W1=np.ones((2, 3)), W2=np.ones(3)), r"W2 must have shape \(M, 2\)"),
     (dict(W1=np.ones(3), W2=np.ones(3)), r"W1 must have shape \(N_h, N_i\)"),
     (dict(W1=np.ones((2, 3)) * 1j, W2=np.ones(2)), "real numeric"),
     (dict(W1=np.array([["a", "b"]]), W2=np.ones(1)), "real numeric"),

@@ -19,7 +19,7 @@ from ..landscape.certificate import SUPPORTED, certify, require_supported
 from ..landscape.critical import GTOL_MAX_FRACTION, check_gtol, committee_start, committee_teacher, find_critical_point, require_classification_memory
 from ..model import io
 from ..model.problem import Problem
-from .cmd_spectrum import TRAINED_ALIASES, add_student_args, student_from_args
+from .cmd_spectrum import add_student_args, student_from_args, trained_value
 from .common import add_network_args, emit_json, network_from_args, nonneg_float, positive_float, positive_int
 
 __all__ = ["COMMAND", "ORDER", "problem_from_args", "register", "run"]
@@ -69,7 +69,7 @@ def problem_from_args(args) -> Problem:
         teacher = committee_teacher(args.committee, args.ni, args.activation)
     else:
         teacher = network_from_args(args)
-    trained = TRAINED_ALIASES[args.trained] if args.trained is not None else ("first" if args.committee is not None else "both")
+    trained = trained_value(args.trained) if args.trained is not None else ("first" if args.committee is not None else "both")
     if args.committee is not None and not (args.student or args.split or args.dead):
         start = committee_start(teacher, args.student_width, seed=args.student_seed)
         return start.replace(trained=trained)

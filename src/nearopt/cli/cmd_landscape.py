@@ -110,7 +110,7 @@ def run(args) -> int:
     teacher = teacher_from_args(args)
     if args.certify:
         require_supported(teacher.activation.name, "--certify")
-    trained = TRAINED_ALIASES[args.trained] if args.trained is not None else ("first" if args.committee is not None else "both")
+    trained = {"W1": "first", "W2": "second"}.get(args.trained, TRAINED_ALIASES[args.trained]) if args.trained is not None else ("first" if args.committee is not None else "both")
     protocol = SAFRAN_SHAMIR.replace(lr=args.lr, gtol=args.gtol, max_steps=args.max_steps, spurious_loss=args.spurious_loss)
     if protocol != SAFRAN_SHAMIR:
         protocol = protocol.replace(name="custom")

@@ -35,7 +35,7 @@ from .common import (
 
 __all__ = [
     "add_student_args", "BATCH_ALTERNATIVES", "COMMAND", "compute", "ORDER", "POPULATION_METHODS", "register", "run", "student_from_args",
-    "student_width", "TRAINED_ALIASES"
+    "student_width", "TRAINED_ALIASES", "trained_value"
 ]
 
 COMMAND = "spectrum"
@@ -101,7 +101,12 @@ def register(sub) -> None:
 
 
 #: --trained / --train values -> Problem.trained
-TRAINED_ALIASES = {"both": "both", "all": "both", "first": "first", "W1": "first", "second": "second", "W2": "second"}
+TRAINED_ALIASES = {"both": "both", "all": "both", "first": "first", "W1": "W1", "second": "second", "W2": "W2"}
+
+
+def trained_value(text: str) -> str:
+    """``--trained``: an alias of :data:`TRAINED_ALIASES` or a comma list of blocks (``W1,b1``), checked by the problem."""
+    return TRAINED_ALIASES.get(text, text)
 
 
 def add_student_args(p) -> None:
@@ -113,9 +118,12 @@ def add_student_args(p) -> None:
     g.add_argument("--split", action="append", default=[], metavar="UNIT:r1,r2,...",
                    help="global-minimum manifold: split teacher unit UNIT into copies with outgoing ratios r (summing to 1); repeatable")
     g.add_argument("--dead", type=int, default=0, metavar="N", help="global-minimum manifold: add N units with zero outgoing weight (random incoming)")
+    g.add_argument("--teacher-activation", metavar="ACT",
+                   help="the teacher's activation when it differs from the student's (-a); needs a student point (--student or --student-width)")
     g.add_argument("--save-student", metavar="S.npz", help="write the student point used (W1, W2) to this .npz")
-    g.add_argument("--trained", "--train", dest="trained", default=None, choices=sorted(TRAINED_ALIASES),
-                   help="which layers train: both/all (default; a saved critical point's own blocks), first/W1 (committee machine: second layer fixed), second/W2")
+    g.add_argument("--trained", "--train", dest="trained", default=None, type=trained_value,
+                   help="which blocks train: both/all (default; a saved critical point's own blocks), first (W1 and b1: committee machine, "
+                        "second layer fixed), second (W2 and b2), or a comma list of blocks, e.g. W1,b1")
 
 
 def _same_net(a: TwoLayerNet, b: TwoLayerNet) -> bool:
@@ -135,10 +143,14 @@ def student_from_args(args, teacher: TwoLayerNet) -> TwoLayerNet | None:
     given = [o for o, on in (("--student", bool(args.student)), ("--student-width", args.student_width is not None), ("--split/--dead", bool(args.split) or args.dead)) if on]
     if len(given) > 1:
         raise NearoptError(f"choose one of {' / '.join(given)}")
+    act = get_activation(args.activation) if getattr(args, "teacher_activation", None) else teacher.activation
     if args.student:
-        return load_student(args.student, teacher)  # validated: W1 (K, N_i), W2 (1, K) or (K,), the teacher's N_i, a saved point's metadata
+        return load_student(args.student, teacher, act)  # validated: W1 (K, N_i), W2 (M, K), biases, the teacher's N_i
     if args.student_width is not None:
-        return random_student(teacher, args.student_width, seed=args.student_seed)
+        return random_student(teacher, args.student_width, seed=args.student_seed).with_activation(act)
+    if act != teacher.activation:
+        raise NearoptError(f"a {teacher.activation.name} teacher for a {act.name} student (--teacher-activation) needs a student point: "
+                           "--student S.npz or --student-width K")
     if not (args.split or args.dead):
         return None
     S = teacher
@@ -196,6 +208,8 @@ def compute(args) -> tuple[Spectrum, Spectrum | None]:
         net = saved.teacher
     else:
         net = network_from_args(args)
+    if getattr(args, "teacher_activation", None):
+        net = net.with_activation(args.teacher_activation)
     if args.trained is None:
         args.trained = saved.trained if saved is not None and saved.trained else "both"
     population = bool(getattr(args, "population", False))
@@ -218,9 +232,10 @@ def compute(args) -> tuple[Spectrum, Spectrum | None]:
         raise NearoptError("--compare-population compares a batch spectrum (--samples or --inputs) with the population one: every eigenvalue, no --which")
     X = inputs_from_args(args, net)
     law = input_law_from_args(args, net.n_inputs) if X is None else None
-    problem = Problem(net, student=student, inputs=law, trained=TRAINED_ALIASES[args.trained])  # type: ignore[arg-type]  # None: the defaults
+    problem = Problem(net, student=student, inputs=law, trained=trained_value(args.trained))  # type: ignore[arg-type]  # None: the defaults
     # under N(0, Sigma) the pre-activations have variances w^T Sigma w: check the whitened network W1 Sigma^{1/2}
-    check_finite(net if law is None else TwoLayerNet(law.matmul(net.W1, 0.5), net.W2, net.activation), X)
+    for n in {net, problem.point}:
+        check_finite(n if law is None else TwoLayerNet(law.matmul(n.W1, 0.5), n.W2, n.activation, n.b1, n.b2), X)
     if args.save_student:
         problem.point.save(args.save_student)
     compared: Spectrum | None = None  # the population spectrum of --compare-population

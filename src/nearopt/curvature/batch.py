@@ -32,7 +32,7 @@ import torch
 from torch import func
 
 from ..errors import NearoptError
-from ..model.network import TwoLayerNet, forward_torch
+from ..model.network import TwoLayerNet, network_output
 from ..model.problem import Problem, as_problem
 from ..resources import require_memory
 from ..spectra.spectrum import Spectrum
@@ -88,9 +88,18 @@ def _jacobian_block(net: TwoLayerNet, X: torch.Tensor, W1: torch.Tensor, v: torc
 
     ``df/dW1[a, :] = v_a g'(w_a . x) x`` and ``df/dv_a = g(w_a . x)``.
     """
+    if not net.is_plain:
+        return _general_jacobian_block(net, X)
     Z = X @ W1.T  # (n, N_h)
     dW1 = (net.activation.derivative(Z) * v)[:, :, None] * X[:, None, :]  # (n, N_h, N_i)
     return torch.cat([dW1.reshape(X.shape[0], -1), net.activation(Z)], dim=1)
+
+
+def _general_jacobian_block(net: TwoLayerNet, X: torch.Tensor) -> torch.Tensor:
+    """Rows ``grad_theta f_m(x_n)`` ``(n M, P)`` of a network with biases or ``M`` outputs (sample-major), by ``torch.func.jacrev``."""
+    theta = torch.as_tensor(net.parameters(), dtype=X.dtype, device=X.device)
+    J = func.vmap(func.jacrev(lambda th, x: network_output(net, th, x[None])[0]), in_dims=(None, 0))(theta, X)  # (n, M, P)
+    return J.reshape(-1, theta.shape[0])
 
 
 def _weights(net: TwoLayerNet, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +133,7 @@ def gauss_newton_tensor(net: TwoLayerNet, X, *, chunk_size: int | None = None, d
     n = 0
     for Jc in iter_jacobian_chunks(net, X, chunk_size=chunk_size, dtype=dtype, device=device):
         G = Jc.T @ Jc if G is None else G.addmm_(Jc.T, Jc)
-        n += Jc.shape[0]
+        n += Jc.shape[0] // net.n_outputs  # samples: a network with M outputs has M rows per input
     assert G is not None  # _as_tensor refuses an empty batch
     return G.div_(n)
 
@@ -181,11 +190,10 @@ def loss_hessian(
     require_memory(8 * P * P, f"the {P} x {P} autodiff Hessian", "the gauss-newton factor (jacobian-svd) at the optimum, or the matrix-free operator")
     theta = torch.as_tensor(student.parameters(), dtype=dtype, device=dev)
     theta_t = torch.as_tensor(teacher.parameters(), dtype=dtype, device=dev)
-    act, N = student.activation, Xt.shape[0]
-    n_h, n_ht = student.n_hidden, teacher.n_hidden
+    N, n_h = Xt.shape[0], student.n_hidden
 
     def chunk_loss(th: torch.Tensor, Xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
-        return 0.5 * ((forward_torch(th, Xc, act, n_h) - yc) ** 2).sum() / N
+        return 0.5 * ((network_output(student, th, Xc) - yc) ** 2).sum() / N
 
     hess = func.hessian(chunk_loss)
     # forward-over-reverse pushes P tangents through the chunk: ~P*n*N_h floats each.
@@ -193,7 +201,7 @@ def loss_hessian(
     H = torch.zeros(P, P, dtype=dtype, device=dev)
     with torch.no_grad():
         for Xc in _chunks(Xt, size):
-            yc = forward_torch(theta_t, Xc, teacher.activation, n_ht)
+            yc = network_output(teacher, theta_t, Xc)
             H += hess(theta, Xc, yc)
     return H.cpu().numpy()
 
@@ -214,6 +222,8 @@ def batch_hvp(net: TwoLayerNet, X, *, device="cpu"):
     """
     dev = resolve_device(device)
     Xt = _as_tensor(X, net, torch.float64, dev)
+    if not net.is_plain:
+        return _general_hvp(net, Xt)
     W, v = _weights(net, torch.float64, dev)
     Z = Xt @ W.T
     gZ, dZ = net.activation(Z), net.activation.derivative(Z) * v  # (N, N_h)
@@ -227,6 +237,25 @@ def batch_hvp(net: TwoLayerNet, X, *, device="cpu"):
         out_W = torch.einsum("kn,na,ni->kai", r, dZ, Xt) / N
         out = torch.cat([out_W.reshape(out_W.shape[0], -1), r @ gZ / N], dim=1).T
         return out[:, 0] if vec else out
+
+    return hvp
+
+
+def _general_hvp(net: TwoLayerNet, X: torch.Tensor):
+    """``V -> J^T J V / N`` for a network with biases or several outputs (``torch.func`` forward and reverse products)."""
+    theta = torch.as_tensor(net.parameters(), dtype=X.dtype, device=X.device)
+    N = X.shape[0]
+
+    def f(th: torch.Tensor) -> torch.Tensor:
+        return network_output(net, th, X)
+
+    _, pullback = func.vjp(f, theta)
+
+    def one(v: torch.Tensor) -> torch.Tensor:
+        return pullback(func.jvp(f, (theta,), (v,))[1])[0] / N
+
+    def hvp(V: torch.Tensor) -> torch.Tensor:
+        return one(V) if V.ndim == 1 else torch.stack([one(V[:, j]) for j in range(V.shape[1])], dim=1)
 
     return hvp
 
@@ -278,11 +307,11 @@ class FullBatchHessian(FullBatchGaussNewton):
         self.positive_semidefinite = problem.at_teacher
         st, te = problem.point, problem.teacher
         self._theta = torch.as_tensor(st.parameters(), dtype=torch.float64, device=self.device)
-        y = forward_torch(torch.as_tensor(te.parameters(), dtype=torch.float64, device=self.device), X, te.activation, te.n_hidden)
+        y = network_output(te, torch.as_tensor(te.parameters(), dtype=torch.float64, device=self.device), X)
         N = X.shape[0]
 
         def loss(th: torch.Tensor) -> torch.Tensor:
-            return 0.5 * ((forward_torch(th, X, st.activation, st.n_hidden) - y) ** 2).sum() / N
+            return 0.5 * ((network_output(st, th, X) - y) ** 2).sum() / N
 
         self.loss_fn = loss
         grad = func.grad(loss)

@@ -47,6 +47,7 @@ from .compose import Composed, compose, describe_point
 from .costs import route_costs
 from .product import PopulationProduct
 from .structured import StructuredSpectrum, structured_spectrum
+from .network import NetworkHessian
 from .student import LandscapeProduct, assemble_landscape
 
 __all__ = ["IsotropicPopulationHessian", "population_hessian", "POPULATION_METHODS", "population_spectrum", "PopulationHessian"]
@@ -123,6 +124,15 @@ class PopulationHessian(Composed):
         self.residual = bool(residual)
         self.order = order
         self.positive_semidefinite = self.problem.at_teacher or not self.residual
+        if not self.problem.is_plain and not self.residual:
+            raise NearoptError(f"the Gauss-Newton part alone (residual=False) covers the paper's networks only; this problem has "
+                               f"{', '.join(self.problem.features())}: ask for the Hessian (the residual term included)")
+
+    @property
+    def general(self) -> bool:
+        """Whether the problem leaves the paper's setting (biases, outputs, another teacher activation, bias blocks):
+        then :class:`~nearopt.curvature.network.NetworkHessian` answers, by the dense and matrix-free routes."""
+        return not self.problem.is_plain
 
     @property
     def net(self) -> TwoLayerNet:
@@ -142,7 +152,10 @@ class PopulationHessian(Composed):
 
     @cached_property
     def operator(self) -> Curvature:  # type: ignore[override]
-        """The product / dense / factor chain: the isotropic Hessian of the whitened problem, wrapped."""
+        """The product / dense / factor chain: the isotropic Hessian of the whitened problem, wrapped
+        (any problem outside the paper's setting: :class:`~nearopt.curvature.network.NetworkHessian`)."""
+        if self.general:
+            return NetworkHessian(self.problem, order=self.order, device=self.device)
         white, L = whiten(self.problem.replace(trained="both"))
         moments = self.moments
         if isinstance(moments, LandscapeMoments) and not self.inputs.isotropic:
@@ -151,12 +164,22 @@ class PopulationHessian(Composed):
         return compose(base, self.problem, None if self.inputs.isotropic else L)
 
     # ------------------------------------------------------------------ what only the population Hessian knows
+    def offers(self, route: str) -> bool:
+        if self.general and route in ("structured", "factor"):
+            return False
+        return super().offers(route)
+
     def structured(self) -> StructuredSpectrum:
+        if self.general:
+            raise NearoptError(f"the structured route covers the paper's networks; this problem has {', '.join(self.problem.features())} "
+                               "(use the dense or a matrix-free route)")
         return structured_spectrum(self.problem, self.moments, residual=self.residual)
 
     def structured_size(self) -> int:
         """``K (r' + 1)``: ``r'`` bounds the dimension of the reduced space (``Omega``'s rows under ``Sigma``)."""
         s = self.net
+        if self.general:
+            return self.n_params
         rows = s.n_hidden if self.problem.at_teacher else s.n_hidden + self.problem.teacher.n_hidden
         if self.problem.trained == "second":
             return s.n_hidden
@@ -172,7 +195,7 @@ class PopulationHessian(Composed):
         At the teacher, with isotropic inputs and both layers trained (``None`` otherwise:
         LOBPCG then runs unpreconditioned).
         """
-        if not (self.problem.at_teacher and self.inputs.isotropic and self.problem.trained == "both"):
+        if self.general or not (self.problem.at_teacher and self.inputs.isotropic and self.problem.trained == "both"):
             return None
         base = self.operator  # isotropic, both layers: the unwrapped base, whose product owns the preconditioner
         assert isinstance(base, IsotropicPopulationHessian) and isinstance(base.product, PopulationProduct)
@@ -181,7 +204,7 @@ class PopulationHessian(Composed):
 
     def null_vectors(self) -> np.ndarray | None:
         """ReLU at the teacher with both layers trained: the exact zero modes of positive rescaling (any input law)."""
-        if isinstance(self.net.activation, ReLU) and self.problem.at_teacher and self.problem.trained == "both":
+        if not self.general and isinstance(self.net.activation, ReLU) and self.problem.at_teacher and self.problem.trained == "both":
             return rescaling_modes(self.net)
         return None
 
@@ -194,7 +217,7 @@ class PopulationHessian(Composed):
         problem's Hessian ``H~``, teacher ``W1 Sigma^(1/2)``), so its rank is the prediction's too.
         """
         pr = self.problem
-        if not (pr.at_teacher and pr.trained == "both" and pr.inputs.rank == pr.n_inputs):
+        if self.general or not (pr.at_teacher and pr.trained == "both" and pr.inputs.rank == pr.n_inputs):
             return None
         net = self.net
         try:
@@ -217,6 +240,8 @@ class PopulationHessian(Composed):
         """Population loss ``1/2 E (f_student - f_teacher)^2`` at the point (0 at the teacher)."""
         if self.problem.at_teacher:
             return 0.0
+        if self.general:
+            return self.operator.objective.loss  # type: ignore[attr-defined]
         return population_loss(self.problem, self.moments)  # type: ignore[arg-type]
 
     @cached_property
@@ -224,13 +249,19 @@ class PopulationHessian(Composed):
         """Population gradient over the trained parameters ``(P,)`` (zero at the teacher)."""
         if self.problem.at_teacher:
             return np.zeros(self.n_params)
+        if self.general:
+            return self.operator.objective.gradient()  # type: ignore[attr-defined]
         return population_gradient(self.problem, self.moments)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         x = d["extra"]
         x.update(describe_point(self.problem))
-        x["expectations"] = self.moments.method
+        if self.general:
+            x.update(self.operator.objective.describe())  # type: ignore[attr-defined]
+            x["features"] = self.problem.features()
+        else:
+            x["expectations"] = self.moments.method
         x.update(loss=self.loss, gradient_norm=float(np.linalg.norm(self.gradient)))
         if not self.problem.at_teacher:
             x["residual_term"] = self.residual

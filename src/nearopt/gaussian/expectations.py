@@ -65,7 +65,7 @@ from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, get_acti
 from ..tolerances import ROUNDING_RTOL
 
 __all__ = [
-    "check_smooth", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "kernel", "normal_rule", "output_power", "pair_moments",
+    "check_smooth", "derivative_moments", "DerivativeMoments", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "kernel", "normal_rule", "output_power", "pair_moments",
     "product_expectation", "quadrature_moments", "QUADRATURE_ORDERS", "QUADRATURE_TOL", "SMOOTHNESS_TOL", "TorchFn"
 ]
 
@@ -521,6 +521,71 @@ def kernel(activation: str | Activation, c11, c12, c22, *, order: int | None = N
             "(too high a degree or too large weights); rescale the weights or lower the degree"
         )
     return gg.reshape(shape)
+
+
+# --------------------------------------------------------------------------- derivative moments with means
+def _derivative_block(f: Activation, h: Activation, na: int, nb: int, m1, m2, l11, l21, l22, coll, n: int) -> np.ndarray:
+    """``E[f^(a)(u) h^(b)(v)]`` ``(m, na nb)`` on ``n`` nodes per dimension, ``u = m1 + l11 y1``, ``v = m2 + l21 y1 + l22 y2``."""
+    x, w = normal_rule(n)
+    xt, wt = torch.as_tensor(x), torch.as_tensor(w)
+    out = np.empty((l11.size, na * nb))
+    step = max(1, _QUAD_BLOCK // (n * n * nb))
+    for start in range(0, l11.size, step):
+        sl = slice(start, start + step)
+        b1, b2, a11, a21, a22 = (torch.as_tensor(t[sl])[:, None] for t in (m1, m2, l11, l21, l22))
+        fu = torch.stack(f.derivatives(b1 + a11 * xt, na - 1), 1)  # (m, na, n)
+        c = torch.as_tensor(coll[sl])
+        v2 = (b2 + a21 * xt)[:, :, None] + a22[:, :, None] * xt  # (m, n, n)
+        hv = torch.stack(h.derivatives(v2, nb - 1), 1) @ wt  # (m, nb, n): the y2-sum
+        hv = torch.where(c[:, None, None], torch.stack(h.derivatives(b2 + a21 * xt, nb - 1), 1), hv)
+        out[sl] = torch.einsum("map,mbp,p->mab", fu, hv, wt).reshape(-1, na * nb).numpy()
+    return out
+
+
+@dataclass(frozen=True)
+class DerivativeMoments:
+    """``E[f^(a)(u) h^(b)(v)]`` for ``a < na``, ``b < nb``: ``values`` of shape ``S + (na, nb)``.
+
+    ``nodes`` is the finest quadrature level used and ``change`` the largest change between
+    the last two levels of an accepted pair (the accuracy reached; ``nan`` for a fixed order).
+    """
+
+    values: np.ndarray
+    nodes: int
+    change: float
+
+
+def derivative_moments(f: str | Activation, h: str | Activation, m1, m2, c11, c12, c22, *, orders: tuple[int, int] = (4, 4),
+                       order: int | None = None, tol: float = QUADRATURE_TOL) -> DerivativeMoments:
+    """``E[f^(a)(u) h^(b)(v)]``, ``a <= orders[0]``, ``b <= orders[1]``, for ``(u, v) ~ N((m1, m2), [[c11, c12], [c12, c22]])``.
+
+    The means are the biases of the units. The arrays broadcast to a shape ``S``. By Price's
+    theorem these are every derivative of the pair kernel ``E[f(u) h(v)]`` in its means and
+    covariances (``d/dm1 -> a + 1``, ``d/dc12 -> (a + 1, b + 1)``, ``d/dc11 -> 1/2 (a + 2)``), which
+    is what the population loss of any two-layer network needs
+    (:mod:`nearopt.gaussian.network_objective`). Checked tensor quadrature (Cholesky on
+    :func:`normal_rule`, collinear pairs on one dimension, refined per pair until two levels agree
+    to ``tol``: :func:`_converge_pairs`) unless an ``order`` is given; derivatives by
+    :meth:`~nearopt.model.activations.Activation.derivatives`, so both activations must be smooth.
+    """
+    f, h = get_activation(f), get_activation(h)
+    for act in (f, h):
+        if not act.is_smooth:
+            raise NearoptError(f"activation {act.name!r} has a kink: the derivative moments with means that networks with biases, "
+                               "several outputs or a teacher of another activation need exist here for smooth activations only; use the batch route")
+    shape = np.broadcast_shapes(*(np.shape(c) for c in (m1, m2, c11, c12, c22)))
+    m1, m2, c11, c12, c22 = (np.asarray(c, dtype=np.float64).ravel() for c in np.broadcast_arrays(m1, m2, c11, c12, c22))
+    l11 = np.sqrt(np.maximum(c11, 0.0))
+    l21 = np.divide(c12, l11, out=np.zeros_like(l11), where=l11 > 0)
+    l22sq = np.clip(c22 - l21**2, 0.0, None)
+    coll = l22sq <= COLLINEAR_TOL * np.maximum(c22, 1e-300)
+    l22 = np.where(coll, 0.0, np.sqrt(l22sq))
+    na, nb = orders[0] + 1, orders[1] + 1
+    if m1.size == 0:
+        return DerivativeMoments(np.zeros((*shape, na, nb)), 0, 0.0)
+    flat, used, change = _converge_pairs(
+        lambda idx, n: _derivative_block(f, h, na, nb, m1[idx], m2[idx], l11[idx], l21[idx], l22[idx], coll[idx], n), m1.size, order, tol)
+    return DerivativeMoments(flat.reshape(*shape, na, nb), used, change)
 
 
 def output_power(net, inputs=None, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> float:

@@ -387,19 +387,27 @@ def load_point(path: str | Path, activation: Activation) -> SavedPoint:
     The weights are validated by :func:`nearopt.model.io.load_weights`; a file that names an
     activation must name ``activation``.
     """
-    W1, W2 = io.load_weights(path, role="student")
+    arrays = io.load_weights(path, role="student")
+    W1 = arrays["W1"]
+    student = TwoLayerNet(W1, arrays["W2"], activation, arrays.get("b1"), arrays.get("b2"))
+    keys = ("teacher_W1", "teacher_b1", "teacher_W2", "teacher_b2", "teacher_activation", "trained", "activation")
     with np.load(path, allow_pickle=False) as data:
-        meta = {k: np.asarray(data[k]) for k in ("teacher_W1", "teacher_W2", "trained", "activation") if k in data.files}
+        meta = {k: np.asarray(data[k]) for k in keys if k in data.files}
     if "activation" in meta and str(meta["activation"]) != activation.name:
         raise NearoptError(f"student file {path} was saved for activation {str(meta['activation'])!r}, not {activation.name!r}")
     teacher = None
     if "teacher_W1" in meta and "teacher_W2" in meta:
         tW1, tW2 = (np.asarray(meta[k], dtype=np.float64) for k in ("teacher_W1", "teacher_W2"))
-        if tW1.ndim != 2 or tW1.shape[1] != W1.shape[1] or tW2.size != tW1.shape[0] or not (np.all(np.isfinite(tW1)) and np.all(np.isfinite(tW2))):
+        t_act = get_activation(str(meta["teacher_activation"])) if "teacher_activation" in meta else activation
+        if tW1.ndim != 2 or tW1.shape[1] != W1.shape[1] or tW2.size != tW1.shape[0] * student.n_outputs:
             raise NearoptError(f"student file {path}: its teacher_W1 {tW1.shape} / teacher_W2 {tW2.shape} do not form a teacher for N_i = {W1.shape[1]}")
-        teacher = TwoLayerNet(tW1, tW2.reshape(1, -1), activation)
+        biases = {k: np.asarray(meta[f"teacher_{k}"], dtype=np.float64) for k in ("b1", "b2") if f"teacher_{k}" in meta}
+        try:
+            teacher = TwoLayerNet(tW1, tW2.reshape(student.n_outputs, -1), t_act, biases.get("b1"), biases.get("b2"))
+        except NearoptError as exc:
+            raise NearoptError(f"student file {path}: its teacher is not valid: {exc}") from None
     trained = str(meta["trained"]) if "trained" in meta else None
-    return SavedPoint(TwoLayerNet(W1, W2, activation), teacher, trained)
+    return SavedPoint(student, teacher, trained)
 
 
 def classify(problem: Problem | TwoLayerNet, *, gtol: float | None = None) -> CriticalPoint:

@@ -61,7 +61,7 @@ from ..gaussian.expectations import output_power
 from ..gaussian.objective import population_loss
 from ..model import io
 from ..model.activations import Activation, ReLU
-from ..model.network import TwoLayerNet
+from ..model.network import TwoLayerNet, require_plain
 from ..model.problem import Problem
 from ..resources import dense_bytes, require_memory
 from ..spectra.grouping import first_match_groups
@@ -122,29 +122,35 @@ def require_student_memory(width: int, n_inputs: int, what: str) -> None:
 
 
 def random_student(teacher: TwoLayerNet, width: int, seed: int = 1) -> TwoLayerNet:
-    """A random student of ``width`` units for ``teacher``'s inputs and activation (seeded).
+    """A random student of ``width`` units for ``teacher``'s inputs, outputs, biases and activation (seeded).
 
-    ``W1 ~ N(0, 1/N_i)`` ``(K, N_i)`` and ``W2 ~ N(0, 1/K)`` ``(1, K)``, drawn in that
-    order from ``default_rng([seed, 0x57])`` (``nearopt spectrum --student-width K
-    --student-seed seed``). The memory is checked before anything is drawn.
+    ``W1 ~ N(0, 1/N_i)`` ``(K, N_i)`` and ``W2 ~ N(0, 1/K)`` ``(M, K)``, then (where the teacher
+    has them) ``b1 ~ N(0, 1/N_i)`` ``(K,)`` and ``b2 ~ N(0, 1/K)`` ``(M,)``, drawn in that order from
+    ``default_rng([seed, 0x57])`` (``nearopt spectrum --student-width K --student-seed seed``).
+    The memory is checked before anything is drawn.
     """
     K = require_positive_int(width, "student width")
     require_student_memory(K, teacher.n_inputs, "a random student")
     rng = np.random.default_rng([int(seed), 0x57])
     W1 = rng.standard_normal((K, teacher.n_inputs)) / np.sqrt(teacher.n_inputs)
-    return TwoLayerNet(W1, rng.standard_normal((1, K)) / np.sqrt(K), teacher.activation)
+    W2 = rng.standard_normal((teacher.n_outputs, K)) / np.sqrt(K)
+    b1 = None if teacher.b1 is None else rng.standard_normal(K) / np.sqrt(teacher.n_inputs)
+    b2 = None if teacher.b2 is None else rng.standard_normal(teacher.n_outputs) / np.sqrt(K)
+    return TwoLayerNet(W1, W2, teacher.activation, b1, b2)
 
 
-def load_student(path, teacher: TwoLayerNet) -> TwoLayerNet:
-    """The student of weight file ``path`` (``W1`` ``(K, N_i)``, ``W2`` ``(1, K)`` or ``(K,)``) with ``teacher``'s activation.
+def load_student(path, teacher: TwoLayerNet, activation: Activation | None = None) -> TwoLayerNet:
+    """The student of weight file ``path`` (``W1`` ``(K, N_i)``, ``W2`` ``(M, K)``, biases optional) with ``activation``
+    (default: the teacher's).
 
     Validated by :func:`nearopt.model.io.load_weights` (messages name a "student file");
     its ``N_i`` must be the teacher's.
     """
-    W1, W2 = io.load_weights(path, role="student")
+    arrays = io.load_weights(path, role="student")
+    W1 = arrays["W1"]
     if W1.shape[1] != teacher.n_inputs:
         raise NearoptError(f"student file {path} has N_i = {W1.shape[1]} (W1 {W1.shape}); the teacher has N_i = {teacher.n_inputs}")
-    return TwoLayerNet(W1, W2, teacher.activation)
+    return TwoLayerNet(W1, arrays["W2"], activation or teacher.activation, arrays.get("b1"), arrays.get("b2"))
 
 
 def add_dead_units(net: TwoLayerNet, n: int, *, incoming: np.ndarray | None = None, scale: float | None = None, seed: int = 0) -> TwoLayerNet:
@@ -154,6 +160,7 @@ def add_dead_units(net: TwoLayerNet, n: int, *, incoming: np.ndarray | None = No
     ``scale = 1/sqrt(N_i)`` (seeded). The function is unchanged. The memory of the
     wider student is checked before anything is drawn.
     """
+    require_plain(net, "adding dead units (--dead)")
     n = require_positive_int(n, "number of extra units")
     require_student_memory(net.n_hidden + n, net.n_inputs, f"a student with {n} dead units")
     if incoming is None:
@@ -197,6 +204,7 @@ def split_unit(net: TwoLayerNet, unit: int, ratios) -> TwoLayerNet:
     ``ratios`` must sum to 1 (any real values, :func:`split_ratios`); the first copy
     stays at ``unit``, the others are appended. The function is unchanged.
     """
+    require_plain(net, "splitting a unit (--split)")
     unit = _unit(net, unit)
     r = split_ratios(ratios)
     require_student_memory(net.n_hidden + r.size - 1, net.n_inputs, f"a student with unit {unit} split {r.size} ways")

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import NearoptError
 
 __all__ = [
-    "atomic_path", "check_output_path", "load_inputs", "load_real_array", "load_weights", "MODEL_SCOPE", "NON_FINITE_KEY", "POINT_METADATA_KEYS",
+    "atomic_path", "check_output_path", "load_inputs", "load_real_array", "load_weights", "MODEL_SCOPE", "REQUIRED_WEIGHT_KEYS", "NON_FINITE_KEY", "POINT_METADATA_KEYS",
     "read_json", "restore_non_finite", "saved_activation", "strict_jsonable", "to_json", "WEIGHT_KEYS", "write_json", "write_npz", "write_text"
 ]
 
@@ -226,16 +226,18 @@ def _check_finite(name: str, array: np.ndarray, source: str) -> None:
         raise NearoptError(f"{source}: {name} contains NaN or infinite values")
 
 
-#: arrays of a weight file: the two layers of ``f(x) = W2 g(W1 x)``
-WEIGHT_KEYS = ("W1", "W2")
+#: arrays of a weight file, in parameter order: the layers of ``f(x) = W2 g(W1 x + b1) + b2`` (biases optional)
+WEIGHT_KEYS = ("W1", "b1", "W2", "b2")
+#: the arrays every weight file holds
+REQUIRED_WEIGHT_KEYS = ("W1", "W2")
 #: what ``nearopt critical --save-point`` stores beside ``W1``, ``W2`` (a point file is also a student file)
-POINT_METADATA_KEYS = ("teacher_W1", "teacher_W2", "eigenvalues", "loss", "gradient_norm", "index", "zero_modes",
+POINT_METADATA_KEYS = ("teacher_W1", "teacher_b1", "teacher_W2", "teacher_b2", "teacher_activation", "eigenvalues", "loss", "gradient_norm", "index", "zero_modes",
                        "classification", "activation", "trained")
-MODEL_SCOPE = "nearopt models two layers f(x) = W2 g(W1 x) with one output and no biases"
+MODEL_SCOPE = "nearopt models two layers f(x) = W2 g(W1 x + b1) + b2 (biases optional, any number of outputs)"
 
 
 #: entries of a saved point that hold one text value, and the integer and real ones
-_TEXT_KEYS = ("activation", "trained", "classification")
+_TEXT_KEYS = ("activation", "teacher_activation", "trained", "classification")
 _INTEGER_KEYS = ("index", "zero_modes")
 _SCALAR_KEYS = ("loss", "gradient_norm")
 #: the parameter blocks a problem may train (``Problem.trained``), as a saved point names them
@@ -251,9 +253,9 @@ def _check_point_metadata(arrays: dict[str, np.ndarray], where: str) -> None:
         text = arrays.get(key)
         if text is not None and (text.ndim != 0 or text.dtype.kind != "U" or not str(text).strip()):
             raise NearoptError(f"{where}: entry {key!r} must be one text value, got {text.dtype} of shape {text.shape}")
-    if "trained" in arrays and str(arrays["trained"]) not in TRAINED_BLOCKS:
+    if "trained" in arrays and str(arrays["trained"]) not in TRAINED_BLOCKS and not set(str(arrays["trained"]).split(",")) <= set(WEIGHT_KEYS):
         raise NearoptError(f"{where}: entry 'trained' is {str(arrays['trained'])!r}; it must name the trained blocks: {', '.join(TRAINED_BLOCKS)}")
-    for key in (*_INTEGER_KEYS, *_SCALAR_KEYS, "eigenvalues", "teacher_W1", "teacher_W2"):
+    for key in (*_INTEGER_KEYS, *_SCALAR_KEYS, "eigenvalues", "teacher_W1", "teacher_b1", "teacher_W2", "teacher_b2"):
         a = arrays.get(key)
         if a is None:
             continue
@@ -286,44 +288,51 @@ def saved_activation(path: str | os.PathLike, role: str = "student") -> str | No
     return str(arrays["activation"]) if "activation" in arrays else None
 
 
-def load_weights(path: str | os.PathLike, role: str = "teacher") -> tuple[np.ndarray, np.ndarray]:
-    """Load and validate the weights of a network from an ``.npz`` file.
+def load_weights(path: str | os.PathLike, role: str = "teacher") -> dict[str, np.ndarray]:
+    """Load and validate the weights of a two-layer network from an ``.npz`` file.
 
-    Returns ``(W1, W2)`` as float64 arrays of shapes ``(N_h, N_i)`` and ``(1, N_h)``.
-    ``W2`` may be stored with shape ``(N_h,)`` or ``(1, N_h)``. Arrays other than
-    ``W1``, ``W2`` (and the metadata of a saved critical point,
-    :data:`POINT_METADATA_KEYS`) are refused: a bias ``b1`` or a third layer would
-    otherwise be dropped without a word; metadata of the wrong kind (a ``trained``
-    entry that names no block, an array where one value belongs) is refused too.
-    ``role`` names the file in messages
-    (``"teacher"``, ``"student"``).
+    Returns the float64 arrays ``W1`` ``(N_h, N_i)``, ``W2`` ``(M, N_h)`` and, when the file
+    holds them, the biases ``b1`` ``(N_h,)`` and ``b2`` ``(M,)`` (:data:`WEIGHT_KEYS`, the
+    parameter order of :meth:`nearopt.model.network.TwoLayerNet.parameters`). ``W2`` may be
+    stored with shape ``(N_h,)`` for one output. Arrays other than these (and the metadata of
+    a saved critical point, :data:`POINT_METADATA_KEYS`) are refused: a third layer would
+    otherwise be dropped without a word; metadata of the wrong kind (a ``trained`` entry that
+    names no block, an array where one value belongs) is refused too. ``role`` names the file
+    in messages (``"teacher"``, ``"student"``).
     """
     path = Path(path)
     what = f"{role} file"
     arrays = _read_npz(path, what)
-    missing = [k for k in WEIGHT_KEYS if k not in arrays]
+    missing = [k for k in REQUIRED_WEIGHT_KEYS if k not in arrays]
     if missing:
         raise NearoptError(f"{what} {path} lacks array(s) {', '.join(missing)} (has: {', '.join(arrays) or 'none'})")
     unknown = [k for k in arrays if k not in WEIGHT_KEYS and k not in POINT_METADATA_KEYS]
     if unknown:
         raise NearoptError(f"{what} {path} has array(s) {', '.join(unknown)} that nearopt does not model: {MODEL_SCOPE}; "
-                           f"give W1 (N_h, N_i) and W2 (1, N_h)")
+                           "give W1 (N_h, N_i), W2 (M, N_h) and optionally b1 (N_h,), b2 (M,)")
     _check_point_metadata(arrays, f"{what} {path}")
-    W1, W2 = arrays["W1"], arrays["W2"]
-    for name, arr in (("W1", W1), ("W2", W2)):
+    out = {k: arrays[k] for k in WEIGHT_KEYS if k in arrays}
+    for name, arr in out.items():
         if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
             raise NearoptError(f"{what} {path}: {name} must be a real numeric array, got dtype {arr.dtype}")
+    W1 = out["W1"]
     if W1.ndim != 2 or min(W1.shape) < 1:
         raise NearoptError(f"{what} {path}: W1 must have shape (N_h, N_i) with N_h, N_i >= 1, got {W1.shape}")
     n_h = W1.shape[0]
-    if W2.shape not in ((n_h,), (1, n_h)):
-        raise NearoptError(f"{what} {path}: W2 must have shape (1, {n_h}) or ({n_h},) to match W1 {W1.shape} "
-                           f"(one output: {MODEL_SCOPE}), got {W2.shape}")
-    W1 = W1.astype(np.float64)
-    W2 = W2.astype(np.float64).reshape(1, n_h)
-    _check_finite("W1", W1, f"{what} {path}")
-    _check_finite("W2", W2, f"{what} {path}")
-    return W1, W2
+    W2 = out["W2"]
+    if W2.shape == (n_h,):
+        W2 = W2.reshape(1, n_h)
+    if W2.ndim != 2 or W2.shape[1] != n_h or W2.shape[0] < 1:
+        raise NearoptError(f"{what} {path}: W2 must have shape (M, {n_h}) (M outputs) or ({n_h},) to match W1 {W1.shape}, got {out['W2'].shape}")
+    out["W2"] = W2
+    sizes = {"b1": n_h, "b2": W2.shape[0]}
+    for name in ("b1", "b2"):
+        if name in out and out[name].size != sizes[name]:
+            raise NearoptError(f"{what} {path}: {name} must have {sizes[name]} entries ({'N_h' if name == 'b1' else 'M'}), got shape {out[name].shape}")
+    out = {k: a.astype(np.float64).reshape(-1) if k in ("b1", "b2") else a.astype(np.float64) for k, a in out.items()}
+    for name, arr in out.items():
+        _check_finite(name, arr, f"{what} {path}")
+    return out
 
 
 def load_real_array(path: str | os.PathLike, what: str) -> np.ndarray:

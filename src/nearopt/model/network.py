@@ -1,11 +1,14 @@
-"""Two-layer teacher-student networks ``f(x) = W2 g(W1 x)`` and their inputs.
+"""Two-layer teacher-student networks ``f(x) = W2 g(W1 x + b1) + b2`` and their inputs.
 
 Parameter vector convention (used by every Hessian in the package)::
 
-    theta = concat(W1.ravel(), W2.ravel())      # shape (P,), P = N_h*N_i + N_h
+    theta = concat(W1.ravel(), b1, W2.ravel(), b2)      # shape (P,)
 
-so entries ``a*N_i : (a+1)*N_i`` are row ``w_a`` of ``W1`` and the last ``N_h``
-entries are the output weights ``v = W2.ravel()``.
+with ``W1`` ``(N_h, N_i)`` row-major, ``W2`` ``(M, N_h)`` row-major (``M`` outputs) and the
+biases ``b1`` ``(N_h,)``, ``b2`` ``(M,)`` present only when the network has them. For the
+network of the paper (no biases, one output) ``P = N_h N_i + N_h``: entries
+``a*N_i : (a+1)*N_i`` are row ``w_a`` of ``W1`` and the last ``N_h`` entries are the output
+weights ``v = W2.ravel()``. :meth:`TwoLayerNet.blocks` names the slices.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from . import io
 from .activations import Activation, get_activation
 
 __all__ = [
-    "check_finite", "forward_torch", "INPUT_DISTRIBUTIONS", "POPULATION_SIGMAS", "require_variances_representable", "sample_inputs", "sample_teacher",
+    "BLOCKS", "CAPABILITIES", "check_finite", "forward_torch", "network_output", "require_plain", "INPUT_DISTRIBUTIONS", "POPULATION_SIGMAS", "require_variances_representable", "sample_inputs", "sample_teacher",
     "TwoLayerNet"
 ]
 
@@ -39,32 +42,58 @@ def _rng(seed: int | None, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), stream])
 
 
+#: the parameter blocks of a two-layer network, in parameter order
+BLOCKS = ("W1", "b1", "W2", "b2")
+
+
 @dataclass(frozen=True, eq=False)
 class TwoLayerNet:
-    """A bias-free two-layer network with one output.
+    """A two-layer network ``f(x) = W2 g(W1 x + b1) + b2``; biases optional, ``M >= 1`` outputs.
 
     Attributes
     ----------
     W1 : ndarray, shape (N_h, N_i)
-    W2 : ndarray, shape (1, N_h)
+    W2 : ndarray, shape (M, N_h)
+        ``(N_h,)`` is taken as one output ``(1, N_h)``.
     activation : Activation
+    b1 : ndarray, shape (N_h,), optional
+        First-layer biases (``None``: the layer has none; a zero array is a trainable bias at 0).
+    b2 : ndarray, shape (M,), optional
+        Output biases.
+
+    The network of the paper has no biases and one output (:attr:`is_plain`); routes that
+    cover only that network say so with one message (:func:`require_plain`).
     """
 
     W1: np.ndarray
     W2: np.ndarray
     activation: Activation
+    b1: np.ndarray | None = None
+    b2: np.ndarray | None = None
 
     def __post_init__(self):
         W1 = real_array(self.W1, "W1", finite=False)  # complex weights are refused, not cut to their real part
         W2 = real_array(self.W2, "W2", finite=False)
         if W1.ndim != 2 or min(W1.shape) < 1:
             raise NearoptError(f"W1 must have shape (N_h, N_i), got {W1.shape}")
-        if W2.size != W1.shape[0]:
-            raise NearoptError(f"W2 must have N_h = {W1.shape[0]} entries, got shape {W2.shape}")
-        if not (np.all(np.isfinite(W1)) and np.all(np.isfinite(W2))):
+        n_h = W1.shape[0]
+        if W2.ndim <= 1 and W2.size == n_h:
+            W2 = W2.reshape(1, n_h)
+        if W2.ndim != 2 or W2.shape[1] != n_h or W2.shape[0] < 1:
+            raise NearoptError(f"W2 must have shape (M, {n_h}) for N_h = {n_h} hidden units, got shape {W2.shape}")
+        arrays = [W1, W2]
+        for name, size in (("b1", n_h), ("b2", W2.shape[0])):
+            b = getattr(self, name)
+            if b is not None:
+                b = real_array(b, name, finite=False).reshape(-1)
+                if b.size != size:
+                    raise NearoptError(f"{name} must have {size} entries, got {b.size}")
+                object.__setattr__(self, name, b)
+                arrays.append(b)
+        if not all(np.all(np.isfinite(x)) for x in arrays):
             raise NearoptError("network weights contain NaN or infinite values")
         object.__setattr__(self, "W1", W1)
-        object.__setattr__(self, "W2", W2.reshape(1, -1))
+        object.__setattr__(self, "W2", W2)
         object.__setattr__(self, "activation", get_activation(self.activation))
 
     # sizes -------------------------------------------------------------
@@ -79,42 +108,113 @@ class TwoLayerNet:
         return self.W1.shape[0]
 
     @property
+    def n_outputs(self) -> int:
+        """``M``."""
+        return self.W2.shape[0]
+
+    @property
     def n_params(self) -> int:
-        """``P = N_h N_i + N_h``."""
-        return self.W1.size + self.W2.size
+        """``P = N_h N_i + M N_h`` (``+ N_h`` with ``b1``, ``+ M`` with ``b2``)."""
+        return sum(stop - start for start, stop in self.blocks().values())
+
+    @property
+    def is_plain(self) -> bool:
+        """The network of the paper: no biases, one output."""
+        return self.b1 is None and self.b2 is None and self.n_outputs == 1
+
+    def features(self) -> list[str]:
+        """What the network has beyond the paper's ``W2 g(W1 x)``: ``"b1"``, ``"b2"``, ``"outputs"``."""
+        out = [name for name in ("b1", "b2") if getattr(self, name) is not None]
+        return out + (["outputs"] if self.n_outputs > 1 else [])
+
+    def blocks(self) -> dict[str, tuple[int, int]]:
+        """``{name: (start, stop)}`` of each parameter block present, in the order of :data:`BLOCKS`."""
+        sizes = {"W1": self.W1.size, "b1": None if self.b1 is None else self.n_hidden, "W2": self.W2.size,
+                 "b2": None if self.b2 is None else self.n_outputs}
+        out, start = {}, 0
+        for name in BLOCKS:
+            if sizes[name] is not None:
+                out[name] = (start, start + sizes[name])
+                start += sizes[name]
+        return out
 
     # parameters --------------------------------------------------------
     def parameters(self) -> np.ndarray:
         """``theta`` of shape ``(P,)`` (see module docstring for the order)."""
-        return np.concatenate([self.W1.ravel(), self.W2.ravel()])
+        parts = [self.W1.ravel(), self.b1, self.W2.ravel(), self.b2]
+        return np.concatenate([p for p in parts if p is not None])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The weight arrays present, by name (what :meth:`save` writes)."""
+        out = {"W1": self.W1, "b1": self.b1, "W2": self.W2, "b2": self.b2}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def unpack(self, theta):
+        """``(W1, b1, W2, b2)`` views of a parameter vector ``(P,)`` (numpy or torch); absent biases are ``None``."""
+        bl = self.blocks()
+        shapes = {"W1": self.W1.shape, "b1": (self.n_hidden,), "W2": self.W2.shape, "b2": (self.n_outputs,)}
+        return tuple(theta[bl[k][0]:bl[k][1]].reshape(shapes[k]) if k in bl else None for k in BLOCKS)
 
     def with_parameters(self, theta: np.ndarray) -> TwoLayerNet:
         """The same architecture with parameters ``theta`` of shape ``(P,)``."""
         theta = np.asarray(theta, dtype=np.float64).ravel()
         if theta.size != self.n_params:
             raise NearoptError(f"expected {self.n_params} parameters, got {theta.size}")
-        n1 = self.W1.size
-        return TwoLayerNet(theta[:n1].reshape(self.W1.shape), theta[n1:].reshape(1, -1), self.activation)
+        W1, b1, W2, b2 = self.unpack(theta)
+        return TwoLayerNet(W1, W2, self.activation, b1, b2)
 
     def with_activation(self, activation: str | Activation) -> TwoLayerNet:
-        return TwoLayerNet(self.W1, self.W2, get_activation(activation))
+        return TwoLayerNet(self.W1, self.W2, get_activation(activation), self.b1, self.b2)
 
     # evaluation --------------------------------------------------------
     def forward(self, X: np.ndarray) -> np.ndarray:
-        """``f(x_n)`` for inputs ``X`` of shape ``(N, N_i)``; returns ``(N,)``."""
+        """``f(x_n)`` for inputs ``X`` of shape ``(N, N_i)``: ``(N,)`` for one output, ``(N, M)`` for several."""
         Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
-        return forward_torch(torch.as_tensor(self.parameters()), Xt, self.activation, self.n_hidden).numpy()
+        out = network_output(self, torch.as_tensor(self.parameters()), Xt)
+        return out[:, 0].numpy() if self.n_outputs == 1 else out.numpy()
 
     # persistence -------------------------------------------------------
     def save(self, path) -> None:
-        """Write ``W1`` ``(N_h, N_i)`` and ``W2`` ``(1, N_h)`` to an ``.npz`` atomically."""
-        io.write_npz(path, W1=self.W1, W2=self.W2)
+        """Write ``W1`` ``(N_h, N_i)``, ``W2`` ``(M, N_h)`` (and ``b1``, ``b2`` when present) to an ``.npz`` atomically."""
+        io.write_npz(path, **self.arrays())
 
     @classmethod
-    def load(cls, path, activation: str | Activation) -> TwoLayerNet:
-        """Read weights written by :meth:`save` (or any ``.npz`` with ``W1``, ``W2``)."""
-        W1, W2 = io.load_weights(path)
-        return cls(W1, W2, get_activation(activation))
+    def load(cls, path, activation: str | Activation, role: str = "teacher") -> TwoLayerNet:
+        """Read weights written by :meth:`save` (any ``.npz`` with ``W1``, ``W2`` and optionally ``b1``, ``b2``)."""
+        arrays = io.load_weights(path, role=role)
+        return cls(arrays["W1"], arrays["W2"], get_activation(activation), arrays.get("b1"), arrays.get("b2"))
+
+
+def network_output(net: TwoLayerNet, theta: torch.Tensor, X: torch.Tensor, activation: Activation | None = None) -> torch.Tensor:
+    """``f(x_n)`` ``(N, M)`` of ``net``'s architecture at parameters ``theta`` ``(P,)``; differentiable in ``theta``.
+
+    ``activation`` overrides the network's (a student of another activation uses its own).
+    """
+    W1, b1, W2, b2 = net.unpack(theta)
+    z = X @ W1.T
+    if b1 is not None:
+        z = z + b1
+    out = (activation or net.activation)(z) @ W2.T
+    return out if b2 is None else out + b2
+
+
+CAPABILITIES = {
+    "population spectrum and rank": "biases, several outputs, a teacher of another activation (smooth activations)",
+    "batch spectrum": "biases, several outputs, a teacher of another activation",
+}
+
+
+def require_plain(net: TwoLayerNet, route: str) -> None:
+    """Refuse a network with biases or several outputs on a route that covers only ``W2 g(W1 x)`` with one output.
+
+    One message for every such route: what the network has, and which routes take it
+    (:data:`CAPABILITIES`, ``docs/architectures.md``).
+    """
+    if net.is_plain:
+        return
+    takes = "; ".join(f"{k}: {v}" for k, v in CAPABILITIES.items())
+    raise NearoptError(f"{route} covers f(x) = W2 g(W1 x) with one output and no biases; this network has {', '.join(net.features())} "
+                       f"(routes that take it -- {takes}; see docs/architectures.md)")
 
 
 def forward_torch(theta: torch.Tensor, X: torch.Tensor, activation: Activation, n_hidden: int) -> torch.Tensor:
@@ -125,7 +225,7 @@ def forward_torch(theta: torch.Tensor, X: torch.Tensor, activation: Activation, 
     n_inputs = X.shape[-1]
     W1 = theta[: n_hidden * n_inputs].reshape(n_hidden, n_inputs)
     v = theta[n_hidden * n_inputs :]
-    return activation(X @ W1.T) @ v
+    return activation(X @ W1.T) @ v  # the paper's network; network_output covers biases and outputs
 
 
 def sample_teacher(
@@ -212,10 +312,14 @@ def check_finite(net: TwoLayerNet, X: np.ndarray | None = None) -> None:
     W1 = torch.as_tensor(net.W1, dtype=torch.float64)
     if X is None:
         sd = float(W1.square().sum(1).max().sqrt())
+        shift = 0.0 if net.b1 is None else float(np.abs(net.b1).max())
         z = torch.linspace(-POPULATION_SIGMAS, POPULATION_SIGMAS, 201, dtype=torch.float64) * sd
+        z = torch.cat([z - shift, z + shift]) if shift else z
         what = f"Gaussian pre-activations (std up to {sd:.3g}, checked to {POPULATION_SIGMAS:g} std)"
     else:
         z = torch.as_tensor(X, dtype=torch.float64) @ W1.T  # (N, N_h)
+        if net.b1 is not None:
+            z = z + torch.as_tensor(net.b1)
         what = "the inputs"
     zmax = float(z.abs().max()) if z.numel() else 0.0
     cause = f"activation {net.activation.name} on {what}, |W1 x| up to {zmax:.3g}; use smaller inputs or weights, or another activation"

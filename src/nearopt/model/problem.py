@@ -31,7 +31,7 @@ from ..policy import RankPolicy
 from ..tolerances import EPS
 from . import io
 from .io import TRAINED_BLOCKS
-from .network import TwoLayerNet, sample_inputs
+from .network import BLOCKS, TwoLayerNet, sample_inputs
 
 __all__ = ["as_problem", "Eigenspace", "GaussianInputs", "InputLaw", "Problem", "PSD_RTOL", "SYMMETRY_RTOL", "TRAINED_BLOCKS", "whiten"]
 
@@ -304,14 +304,16 @@ class Problem:
     Attributes
     ----------
     teacher : TwoLayerNet
-        Labels ``y = f_teacher(x)``; ``W1`` ``(M, N_i)``, ``W2`` ``(1, M)``.
+        Labels ``y = f_teacher(x)``; ``W1`` ``(M_h, N_i)``, ``W2`` ``(M, M_h)``, biases optional.
     student : TwoLayerNet
-        The point ``theta`` where curvature is taken; ``W1`` ``(K, N_i)``; same
-        ``N_i`` and activation as the teacher. Defaults to the teacher.
+        The point ``theta`` where curvature is taken; ``W1`` ``(K, N_i)``; same ``N_i`` and
+        number of outputs ``M`` as the teacher; its own activation and biases. Defaults to
+        the teacher.
     inputs : GaussianInputs
         The input law (defaults to ``N(0, I_{N_i})``).
-    trained : {"both", "first", "second"}
-        Which blocks are parameters; the others stay fixed.
+    trained : str
+        Which blocks are parameters; the others stay fixed: ``both``, ``first`` (``W1`` and
+        ``b1``), ``second`` (``W2`` and ``b2``), or a comma list of blocks (``"W1,b1"``).
     """
 
     teacher: TwoLayerNet
@@ -329,13 +331,18 @@ class Problem:
             raise NearoptError(f"student must be a TwoLayerNet, got {type(student).__name__}")
         if student.n_inputs != self.teacher.n_inputs:
             raise NearoptError(f"student has N_i = {student.n_inputs}, teacher has N_i = {self.teacher.n_inputs}")
-        if student.activation != self.teacher.activation:
-            raise NearoptError(f"student activation {student.activation.name!r} differs from the teacher's {self.teacher.activation.name!r}")
+        if student.n_outputs != self.teacher.n_outputs:
+            raise NearoptError(f"student has M = {student.n_outputs} outputs, teacher has M = {self.teacher.n_outputs}")
         inputs = GaussianInputs(self.teacher.n_inputs) if self.inputs is None else self.inputs
         if inputs.n_inputs != self.teacher.n_inputs:
             raise NearoptError(f"the input law has dimension {inputs.n_inputs}, the networks N_i = {self.teacher.n_inputs}")
-        if self.trained not in TRAINED_BLOCKS:
-            raise NearoptError(f"trained must be one of {', '.join(TRAINED_BLOCKS)}, got {self.trained!r}")
+        blocks = _trained_blocks(self.trained, student)  # validates
+        for name in TRAINED_BLOCKS:  # one spelling per set of blocks: "W1" of a network without b1 is "first"
+            if _trained_blocks(name, student) == blocks:
+                object.__setattr__(self, "trained", name)
+                break
+        else:
+            object.__setattr__(self, "trained", ",".join(blocks))
         object.__setattr__(self, "student", student)
         object.__setattr__(self, "inputs", inputs)
 
@@ -356,19 +363,37 @@ class Problem:
 
     @property
     def at_teacher(self) -> bool:
-        """Whether the student *is* the teacher (same width and weights): the residual vanishes there."""
+        """Whether the student *is* the teacher (same architecture, activation and weights): the residual vanishes there."""
         s, t = self.point, self.teacher
-        return s is t or (s.W1.shape == t.W1.shape and np.array_equal(s.W1, t.W1) and np.array_equal(s.W2, t.W2))
+        if s is t:
+            return True
+        same = s.activation == t.activation and s.W1.shape == t.W1.shape and s.W2.shape == t.W2.shape
+        return same and all(_same_array(getattr(s, k), getattr(t, k)) for k in ("W1", "W2", "b1", "b2"))
+
+    @property
+    def is_plain(self) -> bool:
+        """The paper's setting: both networks ``W2 g(W1 x)`` with one output, one activation, a named trained set."""
+        return self.teacher.is_plain and self.point.is_plain and self.point.activation == self.teacher.activation and self.trained in TRAINED_BLOCKS
+
+    def features(self) -> list[str]:
+        """What the problem has beyond the paper's setting (empty when :attr:`is_plain`)."""
+        out = sorted(set(self.teacher.features()) | set(self.point.features()))
+        if self.point.activation != self.teacher.activation:
+            out.append(f"a {self.teacher.activation.name} teacher for a {self.point.activation.name} student")
+        if self.trained not in TRAINED_BLOCKS:
+            out.append(f"trained blocks {self.trained}")
+        return out
+
+    @property
+    def trained_blocks(self) -> tuple[str, ...]:
+        """The names of the trained parameter blocks of the student (``W1``, ``b1``, ``W2``, ``b2``)."""
+        return _trained_blocks(self.trained, self.point)
 
     @property
     def trained_indices(self) -> np.ndarray:
         """Indices ``(P,)`` of the trained entries in ``student.parameters()``."""
-        n1, n_all = self.point.W1.size, self.point.n_params
-        if self.trained == "first":
-            return np.arange(n1)
-        if self.trained == "second":
-            return np.arange(n1, n_all)
-        return np.arange(n_all)
+        bl = self.point.blocks()
+        return np.concatenate([np.arange(*bl[name]) for name in self.trained_blocks])
 
     @property
     def n_params(self) -> int:
@@ -380,6 +405,33 @@ class Problem:
         if "teacher" in changes and "student" not in changes and self.point is self.teacher:
             changes["student"] = None
         return dataclasses.replace(self, **changes)
+
+
+def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape and np.array_equal(a, b))
+
+
+def _trained_blocks(trained: str, net: TwoLayerNet) -> tuple[str, ...]:
+    """The blocks a ``trained`` value names for ``net``: ``both``, ``first`` (``W1``, ``b1``), ``second`` (``W2``, ``b2``)
+    or a comma list of block names (``"W1,b1"``, ``"W2"``), in parameter order."""
+    present = tuple(net.blocks())
+    if not isinstance(trained, str):
+        raise NearoptError(f"trained must be a text, one of {', '.join(TRAINED_BLOCKS)} or a comma list of {', '.join(BLOCKS)}; got {trained!r}")
+    if trained == "both":
+        return present
+    if trained == "first":
+        return tuple(b for b in present if b in ("W1", "b1"))
+    if trained == "second":
+        return tuple(b for b in present if b in ("W2", "b2"))
+    names = [t.strip() for t in trained.split(",")]
+    bad = [t for t in names if t not in BLOCKS]
+    if bad or not names or len(set(names)) != len(names):
+        raise NearoptError(f"trained must be one of {', '.join(TRAINED_BLOCKS)} or a comma list of distinct blocks from {', '.join(BLOCKS)}; "
+                           f"got {trained!r}")
+    missing = [t for t in names if t not in present]
+    if missing:
+        raise NearoptError(f"trained names block(s) {', '.join(missing)} that the network lacks (it has {', '.join(present)})")
+    return tuple(b for b in present if b in names)
 
 
 def whiten(problem: Problem) -> tuple[Problem, np.ndarray]:
@@ -402,7 +454,7 @@ def whiten(problem: Problem) -> tuple[Problem, np.ndarray]:
     t, s = problem.teacher, problem.point
 
     def turn(net: TwoLayerNet) -> TwoLayerNet:
-        return TwoLayerNet(net.W1 @ L, net.W2, net.activation)
+        return TwoLayerNet(net.W1 @ L, net.W2, net.activation, net.b1, net.b2)
 
     teacher = turn(t)
     student = teacher if s is t else turn(s)

@@ -1,0 +1,218 @@
+"""The exact population loss, gradient and Hessian of any two-layer teacher-student problem.
+
+Student ``f_s(x) = V g_s(W x + b) + c`` and teacher ``f_t(x) = U g_t(T x + d) + e`` with ``M``
+outputs (biases optional, each network its own width and activation), inputs ``x ~ N(0, Sigma)``.
+Stack every unit in ``Omega = [W; T]`` ``(J, N_i)`` with means ``mu = [b; d]`` ``(J,)`` and
+signed outgoing weights ``B = [V, -U]`` ``(M, J)``; ``delta = c - e`` ``(M,)``. The unit
+pre-activations are jointly Gaussian, ``u_i ~ N(mu_i, G_ii)``, with the Gram matrix
+``G = Omega Sigma Omega^T``, so the loss ``L = 1/2 sum_m E[(f_s,m - f_t,m)^2]`` (summed over
+the outputs; ``nn.MSELoss`` averages over them instead and has no ``1/2``) is::
+
+    L = 1/2 sum_ij A_ij Phi_ij + sum_i a_i psi_i + 1/2 |delta|^2,     A = B^T B,  a = B^T delta,
+    Phi_ij = E[g_i(u_i) g_j(u_j)] = F_ij(mu_i, mu_j, G_ii, G_jj, G_ij),   psi_i = E[g_i(u_i)].
+
+Price's theorem gives every derivative of ``F`` in its five arguments as a moment of the
+activations' derivatives: ``d/dmu_i`` raises the order on ``g_i`` by one, ``d/dG_ii`` by two
+(with a factor 1/2), ``d/dG_ij`` both by one (:func:`~nearopt.gaussian.expectations.derivative_moments`).
+So at the point ``theta_0`` the second-order Taylor polynomial of each ``Phi_ij`` and ``psi_i`` in
+its own arguments is known exactly, and the function
+
+    S(theta) = L with Phi_ij, psi_i replaced by those polynomials in (mu(theta), G(theta))
+
+has the same value, gradient and Hessian as ``L`` at ``theta_0`` (chain rule: both depend on
+the kernels only through their values, first and second derivatives there). ``S`` is cheap
+(no quadrature) and polynomial in ``theta``; its gradient, Hessian and Hessian-vector products
+come by automatic differentiation (``torch.func``), residual term included, at the teacher
+and at any student point, for any input covariance and any subset of trained blocks. The
+kernel moments are the one formula; nothing else is written by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from ..model.activations import Activation, Polynomial
+from ..model.network import TwoLayerNet
+from ..model.problem import Problem, as_problem
+from .expectations import QUADRATURE_TOL, derivative_moments
+from .objective import nonnegative_quadratic
+
+__all__ = ["NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
+
+#: derivative orders added by ``d/dmu_i, d/dmu_j, d/dG_ii, d/dG_jj, d/dG_ij`` (Price's theorem), and their factors
+PRICE_SHIFTS = ((1, 0), (0, 1), (2, 0), (0, 2), (1, 1))
+PRICE_FACTORS = (1.0, 1.0, 0.5, 0.5, 1.0)
+_ONE = Polynomial([1.0], name="one")
+
+
+def _taylor(M: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Value, gradient ``(..., 5)`` and Hessian ``(..., 5, 5)`` of a pair kernel from its moments ``M`` ``(..., na, nb)``.
+
+    Entries whose orders exceed the table stay 0 (arguments held fixed there: a teacher's).
+    """
+    na = M.shape[-2]
+    grad = np.zeros(M.shape[:-2] + (5,))
+    hess = np.zeros(M.shape[:-2] + (5, 5))
+    for k, ((a, b), fk) in enumerate(zip(PRICE_SHIFTS, PRICE_FACTORS)):
+        if a < na and b < nb:
+            grad[..., k] = fk * M[..., a, b]
+        for l_, ((c, d), fl) in enumerate(zip(PRICE_SHIFTS, PRICE_FACTORS)):
+            if a + c < na and b + d < nb:
+                hess[..., k, l_] = fk * fl * M[..., a + c, b + d]
+    return M[..., 0, 0], grad, hess
+
+
+@dataclass(frozen=True)
+class _Point:
+    """The units at ``theta_0``: means ``mu`` ``(J,)``, Gram ``G`` ``(J, J)``, and the Taylor data of every kernel."""
+
+    mu: np.ndarray
+    G: np.ndarray
+    phi: tuple[np.ndarray, np.ndarray, np.ndarray]  # (J, J), (J, J, 5), (J, J, 5, 5)
+    psi: tuple[np.ndarray, np.ndarray, np.ndarray]  # (J,), (J, 2), (J, 2, 2)
+    nodes: int
+    change: float
+
+
+class NetworkObjective:
+    """``L(theta)`` of a problem over its trained parameters: exact value, gradient, Hessian and products (module docstring).
+
+    Parameters
+    ----------
+    problem : Problem or TwoLayerNet
+        Any teacher and student (biases, outputs, activations), input law, trained blocks.
+    order, tol :
+        Quadrature of the kernel moments (:func:`~nearopt.gaussian.expectations.derivative_moments`).
+    """
+
+    def __init__(self, problem: Problem | TwoLayerNet, *, order: int | None = None, tol: float = QUADRATURE_TOL):
+        self.problem = as_problem(problem)
+        self.order, self.tol = order, tol
+        pr = self.problem
+        self.sigma = pr.inputs.matmul(np.eye(pr.n_inputs))  # (N_i, N_i)
+        self.theta_full = pr.point.parameters()
+        self.indices = pr.trained_indices
+        self.theta0 = self.theta_full[self.indices]
+
+    # ------------------------------------------------------------------ the point
+    def _units(self, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``Omega`` ``(J, N_i)``, ``mu`` ``(J,)``, ``B`` ``(M, J)``, ``delta`` ``(M,)`` at full student parameters ``(P_all,)``."""
+        s, t = self.problem.point, self.problem.teacher
+        W, b, V, c = s.unpack(full)
+        T, U = torch.as_tensor(t.W1), torch.as_tensor(t.W2)
+        zero_s, zero_t = full.new_zeros(s.n_hidden), full.new_zeros(t.n_hidden)
+        Omega = torch.cat([W, T])
+        mu = torch.cat([zero_s if b is None else b, zero_t if t.b1 is None else torch.as_tensor(t.b1)])
+        B = torch.cat([V, -U], 1)
+        delta = full.new_zeros(s.n_outputs)
+        if c is not None:
+            delta = delta + c
+        if t.b2 is not None:
+            delta = delta - torch.as_tensor(t.b2)
+        return Omega, mu, B, delta
+
+    @cached_property
+    def point(self) -> _Point:
+        """The kernels' Taylor data at the problem's point (quadrature: student pairs to 4th order, student-teacher to (4, 2))."""
+        s, t = self.problem.point, self.problem.teacher
+        K, J = s.n_hidden, s.n_hidden + t.n_hidden
+        Omega, mu, _, _ = (x.numpy() for x in self._units(torch.as_tensor(self.theta_full)))
+        G = Omega @ self.sigma @ Omega.T
+        G = 0.5 * (G + G.T)
+        d = np.diag(G)
+        M = np.zeros((J, J, 5, 5))
+        nodes, change = 0, 0.0
+
+        def fill(rows: slice, cols: slice, f: Activation, h: Activation, orders: tuple[int, int]) -> None:
+            nonlocal nodes, change
+            r = derivative_moments(f, h, mu[rows, None], mu[None, cols], d[rows, None], G[rows, cols], d[None, cols],
+                                   orders=orders, order=self.order, tol=self.tol)
+            M[rows, cols, : orders[0] + 1, : orders[1] + 1] = r.values
+            nodes, change = max(nodes, r.nodes), max(change, r.change if np.isfinite(r.change) else 0.0)
+
+        S, T_ = slice(0, K), slice(K, J)
+        fill(S, S, s.activation, s.activation, (4, 4))
+        fill(S, T_, s.activation, t.activation, (4, 2))
+        M[T_, S] = np.swapaxes(M[S, T_], 0, 1).swapaxes(-1, -2)  # E[g_t^(b) g_s^(a)]: the same moments, roles exchanged
+        fill(T_, T_, t.activation, t.activation, (0, 0))
+        phi = _taylor(M, 5)
+        single = np.zeros((J, 5, 1))
+        for rows, act, n in ((S, s.activation, 4), (T_, t.activation, 0)):
+            r = derivative_moments(act, _ONE, mu[rows], 0.0, d[rows], 0.0, 0.0, orders=(n, 0), order=self.order, tol=self.tol)
+            single[rows, : n + 1] = r.values
+            nodes, change = max(nodes, r.nodes), max(change, r.change if np.isfinite(r.change) else 0.0)
+        m = single[:, :, 0]  # E[g^(a)(u_i)]
+        psi = (m[:, 0], np.stack([m[:, 1], 0.5 * m[:, 2]], -1),
+               np.stack([np.stack([m[:, 2], 0.5 * m[:, 3]], -1), np.stack([0.5 * m[:, 3], 0.25 * m[:, 4]], -1)], -2))
+        return _Point(mu, G, phi, psi, nodes, change)
+
+    # ------------------------------------------------------------------ the surrogate
+    @cached_property
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        pt = self.point
+        out = {"mu": pt.mu, "G": pt.G, "sigma": self.sigma, "full": self.theta_full, "idx": self.indices}
+        out.update({f"phi{i}": x for i, x in enumerate(pt.phi)})
+        out.update({f"psi{i}": x for i, x in enumerate(pt.psi)})
+        return {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in out.items()}
+
+    def surrogate(self, theta: torch.Tensor) -> torch.Tensor:
+        """``S(theta)`` for trained parameters ``theta`` ``(P,)`` (torch, float64): equal to ``L`` to second order at the point."""
+        c = self._tensors
+        full = c["full"].index_put((c["idx"],), theta)
+        Omega, mu, B, delta = self._units(full)
+        G = Omega @ c["sigma"] @ Omega.T
+        dmu, dG = mu - c["mu"], G - c["G"]
+        dd = torch.diagonal(dG)
+        J = mu.shape[0]
+        Z = torch.stack([dmu[:, None].expand(J, J), dmu[None, :].expand(J, J), dd[:, None].expand(J, J), dd[None, :].expand(J, J), dG], -1)
+        Phi = c["phi0"] + (c["phi1"] * Z).sum(-1) + 0.5 * torch.einsum("ijk,ijkl,ijl->ij", Z, c["phi2"], Z)
+        z = torch.stack([dmu, dd], -1)  # (J, 2)
+        psi = c["psi0"] + (c["psi1"] * z).sum(-1) + 0.5 * torch.einsum("ik,ikl,il->i", z, c["psi2"], z)
+        A = B.T @ B
+        return 0.5 * (A * Phi).sum() + (B.T @ delta) @ psi + 0.5 * (delta @ delta)
+
+    # ------------------------------------------------------------------ what users ask for
+    @cached_property
+    def loss(self) -> float:
+        """``L`` at the point (exact up to the kernels' quadrature; rounding-level negatives are 0)."""
+        pt = self.point
+        _, _, B, delta = (x.numpy() for x in self._units(torch.as_tensor(self.theta_full)))
+        J = pt.mu.size
+        # L = 1/2 beta^T Phi~ beta with beta = [vec B; delta] over the units and the constant "unit" 1
+        Phi = np.zeros((J + 1, J + 1))
+        Phi[:J, :J], Phi[:J, J], Phi[J, :J], Phi[J, J] = pt.phi[0], pt.psi[0], pt.psi[0], 1.0
+        beta = np.concatenate([B, delta[:, None]], 1)  # (M, J + 1): each output's coefficients
+        return float(sum(nonnegative_quadratic(row, Phi) for row in beta))
+
+    def gradient(self) -> np.ndarray:
+        """``grad L`` ``(P,)`` over the trained parameters."""
+        self._tensors  # the point's moments, computed outside the transforms
+        g = torch.func.grad(self.surrogate)(torch.as_tensor(self.theta0))
+        return g.numpy()
+
+    def hessian(self) -> np.ndarray:
+        """``H`` ``(P, P)`` over the trained parameters (symmetrised)."""
+        self._tensors
+        H = torch.func.hessian(self.surrogate)(torch.as_tensor(self.theta0)).numpy()
+        return 0.5 * (H + H.T)
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        """``H V`` for ``V`` ``(P, k)`` (forward over reverse, one column at a time in a vmap)."""
+        self._tensors
+        theta = torch.as_tensor(self.theta0, device=V.device)
+        grad = torch.func.grad(self.surrogate)
+
+        def one(v: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(grad, (theta,), (v,))[1]
+
+        return torch.func.vmap(one, in_dims=1, out_dims=1)(V)
+
+    def describe(self) -> dict:
+        """How the kernels were integrated (for results' provenance)."""
+        pt = self.point
+        return {"expectations": "checked quadrature with means (Price's theorem)", "quadrature_nodes": pt.nodes,
+                "quadrature_change": pt.change, "quadrature_tol": self.tol}
