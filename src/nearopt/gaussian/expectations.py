@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 from ..errors import NearoptError
-from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, get_activation, pair_covariance
+from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, Polynomial, get_activation, pair_covariance
 from ..tolerances import ROUNDING_RTOL
 
 __all__ = [
@@ -75,6 +75,7 @@ __all__ = [
 QUADRATURE_ORDERS = (33, 49, 73, 109, 163, 245, 367, 551, 825, 1237, 1855, 2783)
 #: default agreement required between successive quadrature orders (absolute, on O(1) moments)
 QUADRATURE_TOL = 1e-12
+_ONE = Polynomial([1.0], name="one")  # h = 1: E[f(u)] as a pair moment
 #: quadrature nodes evaluated at once (memory: a few arrays of this many float64)
 _QUAD_BLOCK = 2_000_000
 
@@ -589,7 +590,7 @@ def derivative_moments(f: str | Activation, h: str | Activation, m1, m2, c11, c1
 
 
 def output_power(net, inputs=None, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> float:
-    """``E[|f(x)|^2]`` of a two-layer network ``f(x) = W2 g(W1 x)``, ``x ~ N(0, Sigma)``.
+    """``E[|f(x)|^2]`` of a two-layer network ``f(x) = W2 g(W1 x + b1) + b2``, ``x ~ N(0, Sigma)`` (biases optional).
 
     ``net`` has ``W1`` ``(N_h, N_i)``, ``W2`` ``(N_o, N_h)`` and an ``activation``; ``inputs`` a
     :class:`~nearopt.model.problem.GaussianInputs` (``None``: ``Sigma = I``). Equals
@@ -603,7 +604,16 @@ def output_power(net, inputs=None, *, order: int | None = None, tol: float = QUA
     d = np.diag(G)
     iu, ju = np.triu_indices(W1.shape[0])
     phi = np.zeros_like(G)
-    phi[iu, ju] = kernel(net.activation, d[iu], 0.5 * (G[iu, ju] + G[ju, iu]), d[ju], order=order, tol=tol)
+    b1, b2 = getattr(net, "b1", None), getattr(net, "b2", None)
+    c12 = 0.5 * (G[iu, ju] + G[ju, iu])
+    if b1 is None:
+        phi[iu, ju] = kernel(net.activation, d[iu], c12, d[ju], order=order, tol=tol)
+    else:  # non-centred pre-activations: the kernel with means
+        phi[iu, ju] = derivative_moments(net.activation, net.activation, b1[iu], b1[ju], d[iu], c12, d[ju], orders=(0, 0), order=order, tol=tol).values[:, 0, 0]
     phi[ju, iu] = phi[iu, ju]
     W2 = np.asarray(net.W2, dtype=np.float64).reshape(-1, W1.shape[0])
-    return float(np.einsum("oi,ij,oj->", W2, phi, W2))
+    power = float(np.einsum("oi,ij,oj->", W2, phi, W2))
+    if b2 is None:
+        return power
+    mean = derivative_moments(net.activation, _ONE, 0.0 if b1 is None else b1, 0.0, d, 0.0, 0.0, orders=(0, 0), order=order, tol=tol).values[:, 0, 0]
+    return power + float(2.0 * b2 @ (W2 @ mean) + b2 @ b2)

@@ -35,10 +35,10 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from ..model.activations import Activation, Polynomial
+from ..model.activations import Activation
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
-from .expectations import QUADRATURE_TOL, derivative_moments
+from .expectations import _ONE, QUADRATURE_TOL, derivative_moments
 from .objective import nonnegative_quadratic
 
 __all__ = ["NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
@@ -46,7 +46,6 @@ __all__ = ["NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
 #: derivative orders added by ``d/dmu_i, d/dmu_j, d/dG_ii, d/dG_jj, d/dG_ij`` (Price's theorem), and their factors
 PRICE_SHIFTS = ((1, 0), (0, 1), (2, 0), (0, 2), (1, 1))
 PRICE_FACTORS = (1.0, 1.0, 0.5, 0.5, 1.0)
-_ONE = Polynomial([1.0], name="one")
 
 
 def _taylor(M: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

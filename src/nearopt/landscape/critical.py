@@ -49,6 +49,7 @@ import scipy.optimize
 from ..curvature.population import PopulationHessian
 from ..errors import NearoptError, require_nonneg_finite, require_positive_int
 from ..gaussian.expectations import output_power
+from ..gaussian.network_objective import NetworkObjective
 from ..gaussian.objective import landscape_moments, population_gradient, population_loss
 from ..model import io
 from ..model.activations import Activation, get_activation
@@ -146,7 +147,10 @@ def at_parameters(problem: Problem, theta: np.ndarray) -> Problem:
 
 
 def loss_and_gradient(problem: Problem) -> tuple[float, np.ndarray]:
-    """Exact ``(L, grad L)`` at the problem's point (one set of pair moments)."""
+    """Exact ``(L, grad L)`` at the problem's point (one set of pair moments; any network: :class:`NetworkObjective`)."""
+    if not problem.is_plain:
+        obj = NetworkObjective(problem)
+        return obj.loss, obj.gradient()
     mo = landscape_moments(problem, residual=False)
     return population_loss(problem, mo), population_gradient(problem, mo)
 

@@ -22,6 +22,8 @@ Users add their own with :func:`register_activation`.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import contextlib
 import functools
 import importlib
@@ -356,6 +358,26 @@ def _horner(c: np.ndarray, z: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@lru_cache(maxsize=16)
+def _tanh_polynomials(order: int) -> tuple[np.ndarray, ...]:
+    """Power coefficients of ``p_k(t)`` with ``tanh^(k)(z) = p_k(tanh z)``, ``k = 0 .. order``."""
+    out = [np.array([0.0, 1.0])]
+    for _ in range(order):
+        d = _differentiate(out[-1])
+        out.append(np.polynomial.polynomial.polymul(d, [1.0, 0.0, -1.0]))
+    return tuple(out)
+
+
+@lru_cache(maxsize=16)
+def _gaussian_polynomials(order: int, a2: float) -> tuple[np.ndarray, ...]:
+    """``q_0 .. q_order`` with ``d^k/dz^k exp(-a2 z^2) = exp(-a2 z^2) q_k(z)`` (power coefficients)."""
+    out = [np.array([1.0])]
+    for _ in range(order):
+        q = out[-1]
+        out.append(np.polynomial.polynomial.polysub(_differentiate(q), np.polynomial.polynomial.polymul([0.0, 2.0 * a2], q)))
+    return tuple(out)
+
+
 def _differentiate(c: np.ndarray) -> np.ndarray:
     """Coefficients of the derivative of ``sum_k c_k z**k``."""
     return c[1:] * np.arange(1, c.size) if c.size > 1 else np.zeros(1)
@@ -401,11 +423,9 @@ class Erf(Activation):
         return (2.0 / (math.sqrt(math.pi) * self.scale)) * torch.exp(-((z / self.scale) ** 2))
 
     def derivatives(self, z, order=3):
-        if order > 3:
-            return super().derivatives(z, order)
-        a2 = 1.0 / self.scale**2
-        d1 = self.derivative(z)  # g'' = -2 a^2 z g',  g^(3) = (4 a^4 z^2 - 2 a^2) g'
-        return [self(z), d1, -2 * a2 * z * d1, (4 * a2 * a2 * z * z - 2 * a2) * d1][: order + 1]
+        """``g^(k+1) = g' q_k(z)`` with ``q_0 = 1``, ``q_(k+1) = q_k' - 2 a^2 z q_k`` (``g' ~ exp(-a^2 z^2)``): one exponential for all."""
+        d1 = self.derivative(z)
+        return [self(z)] + [d1 * _horner(q, z) for q in _gaussian_polynomials(order - 1, 1.0 / self.scale**2)]
 
     def closed_form_moments(self, c11, c12, c22) -> PairMoments:
         """``g = erf(a z)``: arcsine kernel; ``g'`` is Gaussian so ``g'g'``-moments are Gaussian integrals.
@@ -493,11 +513,9 @@ class Tanh(Activation):
         return 1.0 - torch.tanh(z) ** 2
 
     def derivatives(self, z, order=3):
-        if order > 3:
-            return super().derivatives(z, order)
+        """Every derivative is a polynomial in ``t = tanh z``: ``p_0 = t``, ``p_(k+1) = p_k'(t) (1 - t^2)``; one tanh for all."""
         t = torch.tanh(z)
-        s = 1.0 - t * t  # every derivative is a polynomial in t: one tanh for all four
-        return [t, s, -2.0 * t * s, -2.0 * s * (1.0 - 3.0 * t * t)][: order + 1]
+        return [_horner(c, t) for c in _tanh_polynomials(order)]
 
 
 class ReLU(Activation):
