@@ -6,7 +6,9 @@ For ``x ~ N(0, Sigma)`` and units ``omega_i`` with signed output weights ``beta_
 
 * ``erf`` (``g(z) = erf(z / sqrt 2)``): ``2/pi asin(c12 / sqrt((1 + c11)(1 + c22)))``;
 * ``linear`` (``g(z) = z``): ``c12``;
-* ``quadratic`` (``g(z) = z^2``): ``c11 c22 + 2 c12^2`` (Isserlis).
+* ``quadratic`` (``g(z) = z^2``): ``c11 c22 + 2 c12^2`` (Isserlis);
+* ``relu`` (arc-cosine kernel, Cho & Saul 2009): ``(sqrt(c11 c22 - c12^2) + c12 (pi - arccos(c12 / sqrt(c11 c22)))) / (2 pi)``,
+  a unit with itself ``c11 / 2`` (the angle is singular there: points with parallel units are not for this reference).
 
 Hessians come from torch autograd on these closed forms, over the parameters
 ``theta = concat(W1.ravel(), v)`` of the student, restricted to the trained blocks.
@@ -30,6 +32,8 @@ def kernel(name: str, c11: torch.Tensor, c12: torch.Tensor, c22: torch.Tensor) -
         return c12
     if name == "quadratic":
         return c11 * c22 + 2.0 * c12**2
+    if name == "relu":
+        return (torch.sqrt(c11 * c22 - c12**2) + c12 * (math.pi - torch.acos(c12 / torch.sqrt(c11 * c22)))) / (2.0 * math.pi)
     raise ValueError(name)
 
 
@@ -39,7 +43,11 @@ def loss(name: str, W1: torch.Tensor, v: torch.Tensor, T1: torch.Tensor, u: torc
     beta = torch.cat([v, -u])
     C = Om @ Sigma @ Om.T
     d = torch.diagonal(C)
-    K = kernel(name, d[:, None], C, d[None, :])
+    if name == "relu":  # a unit with itself: E[relu(a)^2] = c / 2, off the kernel's singular angle
+        eye = torch.eye(len(d), dtype=torch.bool)
+        K = torch.where(eye, torch.diag(d / 2.0), kernel(name, d[:, None], torch.where(eye, 0.0, C), d[None, :]))
+    else:
+        K = kernel(name, d[:, None], C, d[None, :])
     return 0.5 * beta @ K @ beta
 
 

@@ -24,6 +24,7 @@ from nearopt.dynamics import (
     sample_displacements,
     time_grid,
 )
+from nearopt.dynamics.train import float_floor
 from nearopt.errors import NearoptError
 
 
@@ -91,6 +92,18 @@ def test_population_closed_forms_match_large_batch():
         np.testing.assert_allclose(H_closed, H_exact, rtol=1e-12, atol=1e-13 * np.abs(H_exact).max())
         spec, _ = pop.eigensystem()
         np.testing.assert_allclose(spec.eigenvalues, no.population_spectrum(net, "dense").eigenvalues, rtol=1e-10, atol=1e-12)
+
+
+def test_float_floor_of_a_population_objective_takes_the_exact_output_power():
+    """Linear network, x ~ N(0, I): E[f*(x)^2] = |W2 W1|_F^2 exactly, not a sample mean."""
+    net = no.sample_teacher(4, 3, "linear", seed=7)
+    obj = make_objective(net)
+    assert obj.X is None
+    spec, _ = obj.eigensystem()
+    kappa = spec.condition_number if math.isfinite(spec.condition_number) else 1.0
+    power = float(np.sum((net.W2 @ net.W1) ** 2))
+    expected = 0.5 * (net.n_params * np.finfo(np.float64).eps) ** 2 * power * max(1.0, kappa)
+    assert float_floor(obj, spec) == pytest.approx(expected, rel=1e-12, abs=0.0)
 
 
 def test_quadratic_population_rank_and_kurtosis():

@@ -1,5 +1,7 @@
 """Two-dimensional Gaussian expectations: closed forms vs quadrature vs Monte Carlo."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -249,6 +251,45 @@ def test_gauss_hermite_cached_read_only_and_checked():
     for bad in (0, -3, 2.5, True, float("nan"), "7"):
         with pytest.raises(NearoptError, match="integer >= 1"):
             G.gauss_hermite(bad)
+
+
+def _abs_moment(k: int) -> float:
+    """``E|y|^k``, ``y ~ N(0, 1)``."""
+    return 2.0 ** (k / 2) * math.gamma((k + 1) / 2) / math.sqrt(math.pi)
+
+
+def test_split_normal_rule_accuracy():
+    """The asymptotic law's rule: a step at 0 exactly, |y|^k and a Gaussian bump to the stated relative accuracy."""
+    z, w = G.split_normal_rule()
+    assert z.size == 2 * G.HALF_NODES and not w.flags.writeable and np.all(w > 0)
+    assert np.sum(w) == pytest.approx(1.0, rel=1e-15, abs=0.0)
+    assert np.sum(w * (z > 0)) == 0.5
+    for k in range(21):
+        assert np.sum(w * np.abs(z) ** k) == pytest.approx(_abs_moment(k), rel=4e-14, abs=0.0), k
+    for c in (1e-3, 0.1, 0.5, 1.0):
+        assert np.sum(w * np.exp(-0.5 * c * z * z)) == pytest.approx((1.0 + c) ** -0.5, rel=2e-14, abs=0.0), c
+
+
+@pytest.mark.parametrize("c", [1.5, 10.0, 1e6, 1e12, 1e100])
+def test_graded_normal_rule_accuracy(c):
+    """A bump of width 1/sqrt(c), which the split rule misses at large c, and the moments of y."""
+    z, w = G.graded_normal_rule(math.sqrt(c))
+    assert np.sum(w * np.exp(-0.5 * c * z * z)) == pytest.approx((1.0 + c) ** -0.5, rel=2e-15, abs=0.0)
+    for k in range(21):
+        assert np.sum(w * np.abs(z) ** k) == pytest.approx(_abs_moment(k), rel=2e-15, abs=0.0), k
+    if c >= 1e6:
+        zs, ws = G.split_normal_rule()
+        assert abs(np.sum(ws * np.exp(-0.5 * c * zs * zs)) * math.sqrt(1.0 + c) - 1.0) > 0.1
+
+
+def test_variance_rules_pick_the_rule_per_variance():
+    Y, W = G.variance_rules([0.5, 1.0, 100.0])
+    z, w = G.split_normal_rule()
+    zg, wg = G.graded_normal_rule(10.0)
+    assert Y.shape == W.shape == (3, max(z.size, zg.size))
+    for i in range(2):
+        assert np.array_equal(Y[i, : z.size], z) and np.array_equal(W[i, : z.size], w) and not W[i, z.size :].any()
+    assert np.array_equal(Y[2, : zg.size], zg) and np.array_equal(W[2, : zg.size], wg)
 
 
 # --------------------------------------------------------------------------- the pair kernel and the output power

@@ -9,8 +9,10 @@ sign-flipped and teacher-aligned units (collinear pairs) besides the self pairs:
 * ReLU: the per-run numba engine (:mod:`nearopt.landscape._relu_jit`, general teacher and the committee
   basis shortcut) against the torch engine; erf: the formula bound to ``math`` (the compiled
   engine's binding) against the torch binding;
-* the Newton polish's Hessian product (forward-mode derivative of the batched gradient) against
-  the dense exact Hessian of :func:`nearopt.landscape.critical.exact_hessian`.
+* the Newton polish's Hessian products (forward-mode derivative of the batched gradient; for the
+  ReLU committee with ``v`` fixed the derivative worked out by hand) against the dense exact Hessian of
+  :func:`nearopt.landscape.critical.exact_hessian`, against each other, and against torch autograd's
+  Hessian of the textbook arc-cosine loss (``tests/_reference.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _reference as ref
 import numpy as np
 import pytest
 import torch
@@ -173,3 +176,23 @@ def test_relu_hessian_engine_equals_the_forward_mode_derivative():
     x = torch.as_tensor(np.random.default_rng(6).normal(size=th.shape))
     a, b = fast(x), ref(x)
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-13 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("trained", ["first", "both"])
+def test_polish_hessian_products_equal_the_autodiff_hessian_of_an_independent_loss(trained):
+    """The polish's products (by hand for ReLU with ``v`` fixed, forward mode otherwise), as dense matrices, against
+    torch autograd's Hessian of the textbook arc-cosine loss (``tests/_reference.py``) at generic points."""
+    from nearopt.landscape.polish import _Gradient, _ReluHessian
+
+    rng = np.random.default_rng(8)
+    T, u = rng.normal(size=(M, D)), rng.normal(size=M)
+    W, v = rng.normal(size=(R, K, D)), rng.normal(size=(R, K))
+    g = _Gradient("relu", *_t(T, u, W, v), trained)
+    th = g.theta(*_t(W, v))
+    hvp = g.hessian(th, torch.arange(R))
+    assert isinstance(hvp, _ReluHessian) == (trained == "first")
+    P = th.shape[1]
+    H = torch.stack([hvp(torch.eye(P, dtype=torch.float64)[i].expand(R, -1).contiguous()) for i in range(P)], -1).numpy()
+    for r in range(R):
+        H_ref = ref.hessian("relu", W[r], v[r], T, u, trained=trained)
+        np.testing.assert_allclose(H[r], H_ref, rtol=0, atol=1e-13 * np.abs(H_ref).max())

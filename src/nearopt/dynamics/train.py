@@ -26,7 +26,8 @@ from scipy import integrate
 from tqdm.auto import tqdm
 
 from ..errors import NearoptError, require_positive_finite, require_positive_int
-from ..model.network import TwoLayerNet, sample_inputs
+from ..gaussian.expectations import output_power
+from ..model.network import TwoLayerNet
 from ..spectra.spectrum import Spectrum
 from ..tolerances import EPS
 from .objective import Objective, make_objective
@@ -512,8 +513,10 @@ def float_floor(obj: Objective, spec: Spectrum) -> float:
 
 
 def _output_power(obj: Objective) -> float:
-    """``E[f*(x)**2]`` of the teacher on the objective's inputs (population: a 4096-input sample)."""
+    """``E[f*(x)**2]`` of ``theta*`` on the objective's inputs: the mean over its inputs ``X``, or for a population
+    objective (``X is None``) the exact value for ``x ~ N(0, I)`` (:func:`nearopt.gaussian.expectations.output_power`; the
+    quadratic closed form with input kurtosis takes it too: a rounding scale, not a loss)."""
     net = obj.point
     if obj.X is not None:
         return float(np.mean(net.forward(obj.X.numpy()) ** 2))
-    return float(np.mean(net.forward(sample_inputs(4096, net.n_inputs, seed=0)) ** 2))
+    return output_power(net)

@@ -46,7 +46,10 @@ up as a difference between levels and is caught by the same check.
 
 :func:`gauss_hermite` is the package's one Gauss–Hermite rule, for the integrals whose
 integrand is a polynomial (exact at ``2 deg + 1`` nodes) or for which a fixed rule with a
-stated accuracy is wanted; :func:`kernel` is ``E[g(u) g(v)]`` alone (the pair kernel of a
+stated accuracy is wanted. The one-dimensional ``E[f(sqrt(c) y)]`` of a unit at variance ``c``
+(the asymptotic law's constants) take fixed Gauss–Legendre rules split at 0, for ``f`` with a
+kink there (ReLU): :func:`split_normal_rule`, and :func:`graded_normal_rule` for wide units whose
+``f`` varies on the scale ``1 / sqrt(c)``, both picked per variance by :func:`variance_rules`; :func:`kernel` is ``E[g(u) g(v)]`` alone (the pair kernel of a
 population loss), and :func:`output_power` ``E[f(x)^2]`` of a network.
 """
 
@@ -65,8 +68,9 @@ from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, Polynomi
 from ..tolerances import ROUNDING_RTOL
 
 __all__ = [
-    "check_smooth", "derivative_moments", "DerivativeMoments", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "kernel", "normal_rule", "output_power", "pair_moments",
-    "product_expectation", "quadrature_moments", "QUADRATURE_ORDERS", "QUADRATURE_TOL", "SMOOTHNESS_TOL", "TorchFn"
+    "check_smooth", "derivative_moments", "DerivativeMoments", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "graded_normal_rule",
+    "HALF_NODES", "kernel", "normal_rule", "output_power", "pair_moments", "PANEL_NODES", "product_expectation", "QUAD_CUT", "quadrature_moments",
+    "QUADRATURE_ORDERS", "QUADRATURE_TOL", "SMOOTHNESS_TOL", "split_normal_rule", "TorchFn", "variance_rules"
 ]
 
 #: nodes per dimension tried in turn until two successive levels agree (ratio ~1.5: the
@@ -124,6 +128,70 @@ def normal_rule(order: int) -> tuple[np.ndarray, np.ndarray]:
     x = h * (np.arange(order) - (order - 1) / 2)
     w = h * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
     return x, w
+
+
+#: Gauss–Legendre nodes per half-line of :func:`split_normal_rule`
+HALF_NODES = 128
+#: the half-lines of :func:`split_normal_rule` and :func:`graded_normal_rule` end at ``|y| = QUAD_CUT`` (``phi(13) ~ 1e-37``)
+QUAD_CUT = 13.0
+#: Gauss–Legendre nodes per panel of :func:`graded_normal_rule`
+PANEL_NODES = 32
+
+
+@lru_cache(maxsize=4)
+def split_normal_rule(half_nodes: int = HALF_NODES, cut: float = QUAD_CUT) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights ``(2 half_nodes,)`` (summing to 1) for ``E[f(y)]``, ``y ~ N(0, 1)``, ``f`` with a kink or a jump at 0.
+
+    Gauss–Legendre on ``[-cut, 0]`` and ``[0, cut]`` with the Gaussian weight folded into the
+    weights (renormalised to sum 1): the split at 0 integrates ReLU's kink and the jump of its
+    ``g'`` exactly. Measured with the defaults (``tests/test_expectations.py::test_split_normal_rule_accuracy``):
+    ``E[1{y > 0}] = 1/2`` exactly, ``E|y|^k`` for ``k <= 20`` to ``4e-14`` relative (the weights'
+    normalisation, the same factor for every ``k``), ``E[exp(-c y^2 / 2)] = (1 + c)^(-1/2)`` for ``c <= 1`` to ``2e-14``.
+    A feature of width ``1 / std`` (``f(y) = g(std y)`` for saturating ``g``) is missed once ``std``
+    exceeds the node spacing near 0: :func:`graded_normal_rule` serves those. Cached; read-only arrays.
+    """
+    x, w = np.polynomial.legendre.leggauss(_check_order(half_nodes, least=1))
+    x, w = 0.5 * cut * (x + 1.0), 0.5 * cut * w * np.exp(-0.125 * cut**2 * (x + 1.0) ** 2)
+    z, wz = np.concatenate([-x[::-1], x]), np.concatenate([w[::-1], w])
+    wz = wz / wz.sum()
+    z.setflags(write=False)
+    wz.setflags(write=False)
+    return z, wz
+
+
+def graded_normal_rule(std: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights (summing to 1) for ``E[f(y)]``, ``y ~ N(0, 1)``, ``f`` that varies on the scale ``1 / std`` too (``std > 1``).
+
+    ``g(std y)`` changes on ``|y| ~ 1 / std`` (erf and tanh saturate there, ``g'`` is a spike of that
+    width): :func:`split_normal_rule` misses it once ``std`` exceeds its node spacing near 0 (``E g'``
+    of erf is off by 20 % at ``std^2 = 1e6`` and 0 beyond). Panels ``[2^(j-1), 2^j] / std`` in ``y``
+    (``[0, 1 / std]`` first), up to :data:`QUAD_CUT`, each with :data:`PANEL_NODES` Gauss–Legendre
+    nodes, resolve both scales: ``log2(QUAD_CUT std)`` panels per half-line. Measured
+    (``tests/test_expectations.py::test_graded_normal_rule_accuracy``): ``E[exp(-std^2 y^2 / 2)] = (1 + std^2)^(-1/2)``
+    and ``E|y|^k`` for ``k <= 20`` to ``2e-15`` relative for ``std^2`` from 1.5 to ``1e100``.
+    """
+    inner = [2.0**j / std for j in range(int(np.ceil(np.log2(QUAD_CUT * std))))]
+    edges = np.unique(np.clip(np.array([0.0, *inner, QUAD_CUT]), 0.0, QUAD_CUT))
+    x, w = np.polynomial.legendre.leggauss(PANEL_NODES)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    z = (0.5 * (hi - lo) * (x + 1.0) + lo).ravel()
+    wz = (0.5 * (hi - lo) * w).ravel() * np.exp(-0.5 * z * z)
+    z, wz = np.concatenate([-z[::-1], z]), np.concatenate([wz[::-1], wz])
+    return z, wz / wz.sum()
+
+
+def variance_rules(variance) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ``Y`` and weights ``W``, ``(len(c), n)`` each, for ``E[f(sqrt(c_i) y)]``, ``y ~ N(0, 1)``, at every variance ``c_i > 0``.
+
+    ``c <= 1``: :func:`split_normal_rule`; wider: :func:`graded_normal_rule` at ``std = sqrt(c)`` (rows
+    padded with zero weights to one length). The nodes are those of ``y``; scale them by ``sqrt(c_i)``.
+    """
+    rules = [split_normal_rule() if ci <= 1.0 else graded_normal_rule(float(np.sqrt(ci))) for ci in np.ravel(np.asarray(variance, dtype=np.float64))]
+    n = max(z.size for z, _ in rules)
+    Y, W = np.zeros((len(rules), n)), np.zeros((len(rules), n))
+    for i, (z, w) in enumerate(rules):
+        Y[i, : z.size], W[i, : w.size] = z, w
+    return Y, W
 
 
 # --------------------------------------------------------------------------- general engine

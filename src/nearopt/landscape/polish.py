@@ -82,9 +82,12 @@ class _ReluHessian:
     """``Delta -> H Delta`` ``(R, K d)``: the exact Hessian product of the ReLU closed form over ``W`` (``v`` fixed), at a point.
 
     The polish's engine for the ReLU committee: the differential of :func:`nearopt.gaussian.kernels.relu_terms`,
-    worked out once so that everything that depends on the point only is computed once (a product
-    costs about a tenth of the forward-mode derivative of the gradient, :meth:`_Gradient.forward_hessian`,
-    which ``tests/test_kernels.py`` holds it equal to). In the direction ``Delta`` (``dn_a = w^_a . Delta_a``,
+    worked out once so that everything that depends on the point only is computed once.
+    ``tests/test_kernels.py`` holds it equal to the forward-mode derivative of the gradient
+    (:meth:`_Gradient.forward_hessian`) and to torch autograd's Hessian of an independent loss. The
+    products derived by autodiff cost more (``benchmarks/bench_polish_hvp.py``: forward mode 9-19 times
+    per product, ``torch.func.linearize`` 2-3 times plus its tracing per Newton step), and with forward mode
+    a survey cell runs at 0.78-0.96 of the speed. In the direction ``Delta`` (``dn_a = w^_a . Delta_a``,
     ``dw^_a = (Delta_a - w^_a dn_a) / |w_a|``, ``dc_aj = dw^_a . omega^_j + w^_a . dw^_j``,
     ``dt = -dc / s``, ``ds = c dt``)::
 
@@ -195,8 +198,8 @@ def batched_newton_polish(teacher: TwoLayerNet, W0: np.ndarray, v0: np.ndarray, 
     """Newton on the gradient for ``R`` end points of one teacher at once, matrix-free (closed forms only).
 
     Each step solves ``H s = -g`` by :func:`batched_minres`, ``H`` applied as the forward-mode
-    derivative of the batched closed-form gradient (``torch.func.jvp``: an exact Hessian
-    product), so ``s -> -H^+ g`` also at saddles and on non-isolated minima; ``g^T H s = -|P g|^2 <= 0``
+    derivative of the batched closed-form gradient (an exact Hessian product; for ReLU with ``v`` fixed
+    that derivative worked out once, :class:`_ReluHessian`), so ``s -> -H^+ g`` also at saddles and on non-isolated minima; ``g^T H s = -|P g|^2 <= 0``
     makes ``s`` a descent direction of ``1/2 ||g||^2``. Safeguard as :func:`nearopt.landscape.critical.newton_polish`:
     of the step and its double (at a pair of parallel units the gradient grows like the angle squared
     and Newton only halves the angle) the better is taken when it lowers ``||g||``; else the step is

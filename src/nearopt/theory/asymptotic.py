@@ -47,21 +47,17 @@ from scipy import integrate, special, stats
 from scipy.interpolate import PchipInterpolator
 
 from ..errors import NearoptError, require_positive_int
+from ..gaussian.expectations import split_normal_rule, variance_rules
 from ..model.activations import Activation, get_activation
 from ..tolerances import ROUNDING_RTOL
 from .distributions import ChiSquareMPConvolution, SpectralLaw, TabulatedCDF, gamma_gauss_rule
 
 __all__ = [
     "asymptotic_law", "AsymptoticLaw", "C_NODES", "DYSON_C_NODES", "DYSON_DAMP", "DYSON_ETA", "DYSON_ORDERS", "DYSON_POINTS", "DYSON_STEPS", "DYSON_TOL",
-    "DysonBulk", "EigenvalueFamily", "GramDyson", "HALF_NODES", "hermite_coefficients", "Interlacing", "is_odd", "LINEAR_EPSREL", "ODD_TOL", "PAIR_GRID",
-    "PAIR_GRID_XI", "PAIR_KNOTS", "PANEL_NODES", "PPF_STEPS", "QUAD_CUT", "require_odd", "SwapPairs", "TABLE_POINTS", "unit_constants", "UnitConstants"
+    "DysonBulk", "EigenvalueFamily", "GramDyson", "hermite_coefficients", "Interlacing", "is_odd", "LINEAR_EPSREL", "ODD_TOL", "PAIR_GRID",
+    "PAIR_GRID_XI", "PAIR_KNOTS", "PPF_STEPS", "require_odd", "SwapPairs", "TABLE_POINTS", "unit_constants", "UnitConstants"
 ]
 
-#: Gauss–Legendre nodes per half-line of the 1-D Gaussian expectations (split at 0, so the kink of ReLU
-#: and the jump of its g' are integrated to rounding; smooth activations converge to ~1e-15)
-HALF_NODES = 128
-#: the half-lines are cut at ``|z| = QUAD_CUT`` (``phi(13) ~ 1e-37``)
-QUAD_CUT = 13.0
 #: Gauss nodes of the law of ``c = |w_a|^2 = sigma1^2 chi2_{N_i}`` (generalised Gauss–Laguerre: exact moments)
 C_NODES = 48
 #: ``|g(z) + g(-z)|`` above this (relative to ``max |g|``) on the quadrature nodes: not odd
@@ -90,53 +86,6 @@ DYSON_C_NODES = 12
 DYSON_STEPS = 4000
 DYSON_DAMP = 0.5
 DYSON_TOL = 1e-11
-
-
-def _split_rule(n: int, cut: float) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights (summing to 1) of ``E f(z)``, ``z ~ N(0, 1)``: Gauss–Legendre on ``[-cut, 0]`` and ``[0, cut]``."""
-    x, w = np.polynomial.legendre.leggauss(n)
-    x, w = 0.5 * cut * (x + 1.0), 0.5 * cut * w * np.exp(-0.125 * cut**2 * (x + 1.0) ** 2)
-    z, wz = np.concatenate([-x[::-1], x]), np.concatenate([w[::-1], w])
-    return z, wz / wz.sum()
-
-
-_Z, _W = _split_rule(HALF_NODES, QUAD_CUT)
-
-#: Gauss–Legendre nodes per panel of the graded rule of a wide unit (:func:`_rules`)
-PANEL_NODES = 32
-
-
-def _graded_rule(std: float) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights (summing to 1) of ``E f(z)``, ``z ~ N(0, 1)``, for ``f`` that varies on the scale ``1 / std`` too.
-
-    ``g(sqrt(c) z)`` changes on ``|z| ~ 1 / sqrt(c)`` (erf and tanh saturate there, ``g'`` is a spike of
-    that width): a fixed rule on ``[-QUAD_CUT, QUAD_CUT]`` misses it once ``sqrt(c)`` exceeds its node
-    spacing near 0 (``E g'`` of erf is off by 20 % at ``c = 1e6`` and 0 beyond). Panels ``[2^(j-1), 2^j] / std``
-    in ``z`` (``[0, 1 / std]`` first), up to ``QUAD_CUT``, each with :data:`PANEL_NODES` Gauss–Legendre
-    nodes, resolve both scales: ``log2(QUAD_CUT std)`` panels per half-line.
-    """
-    inner = [2.0**j / std for j in range(int(np.ceil(np.log2(QUAD_CUT * std))))]
-    edges = np.unique(np.clip(np.array([0.0, *inner, QUAD_CUT]), 0.0, QUAD_CUT))
-    x, w = np.polynomial.legendre.leggauss(PANEL_NODES)
-    lo, hi = edges[:-1, None], edges[1:, None]
-    z = (0.5 * (hi - lo) * (x + 1.0) + lo).ravel()
-    wz = (0.5 * (hi - lo) * w).ravel() * np.exp(-0.5 * z * z)
-    z, wz = np.concatenate([-z[::-1], z]), np.concatenate([wz[::-1], wz])
-    return z, wz / wz.sum()
-
-
-def _rules(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Quadrature nodes ``Z`` and weights ``W``, ``(len(c), n)`` each, of ``E f(sqrt(c_i) z)`` for every variance ``c_i``.
-
-    ``c <= 1``: the split rule ``_Z, _W``; wider units the graded rule of :func:`_graded_rule` (rows padded
-    with zero weights to one length).
-    """
-    rules = [(_Z, _W) if ci <= 1.0 else _graded_rule(float(np.sqrt(ci))) for ci in np.ravel(c)]
-    n = max(z.size for z, _ in rules)
-    Z, W = np.zeros((len(rules), n)), np.zeros((len(rules), n))
-    for i, (z, w) in enumerate(rules):
-        Z[i, : z.size], W[i, : w.size] = z, w
-    return Z, W
 
 
 @dataclass(frozen=True)
@@ -195,7 +144,8 @@ def _g_and_gprime(act: Activation, u: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def is_odd(activation: str | Activation) -> bool:
     """Whether ``g(-z) = -g(z)`` on the quadrature nodes (and three times them), to :data:`ODD_TOL`."""
     act = get_activation(activation)
-    z = np.concatenate([_Z, 3.0 * _Z])
+    z0, _ = split_normal_rule()
+    z = np.concatenate([z0, 3.0 * z0])
     g_pos, _ = _g_and_gprime(act, z)
     g_neg, _ = _g_and_gprime(act, -z)
     scale = max(1.0, float(np.max(np.abs(g_pos))))
@@ -215,7 +165,7 @@ def require_odd(activation: str | Activation) -> Activation:
 
 
 def unit_constants(activation: str | Activation, variance) -> UnitConstants:
-    """:class:`UnitConstants` at each variance ``c > 0`` (:func:`_rules`: exact to rounding at any ``c`` float64 holds).
+    """:class:`UnitConstants` at each variance ``c > 0`` (:func:`nearopt.gaussian.expectations.variance_rules`: exact to rounding at any ``c`` float64 holds).
 
     Constants float64 cannot hold (a polynomial at huge variance) are one :class:`NearoptError`.
     """
@@ -223,7 +173,7 @@ def unit_constants(activation: str | Activation, variance) -> UnitConstants:
     c = np.atleast_1d(np.asarray(variance, dtype=np.float64))
     if not np.all(np.isfinite(c) & (c > 0)):
         raise NearoptError("unit variances must be finite and > 0")
-    z, wz = _rules(c)
+    z, wz = variance_rules(c)
     g, gp = _g_and_gprime(act, np.sqrt(c)[:, None] * z)
 
     def E(f):
@@ -259,7 +209,7 @@ def hermite_coefficients(activation: str | Activation, variance, orders) -> np.n
     """
     act = get_activation(activation)
     c = np.atleast_1d(np.asarray(variance, dtype=np.float64))
-    z, wz = _rules(c)
+    z, wz = variance_rules(c)
     _, gp = _g_and_gprime(act, np.sqrt(c)[:, None] * z)
     ks = [int(k) for k in orders]
     if not ks:
@@ -780,7 +730,7 @@ class AsymptoticLaw(SpectralLaw):
     def _swap_pairs(self) -> SwapPairs | None:
         """:class:`SwapPairs` for the bulk of the ``min(N_i, N_h)`` reduced copies (``None`` when ``E g''' = 0``)."""
         c0 = self.sigma1**2 * self.n_inputs
-        z, wz = _rules(np.array([c0]))
+        z, wz = variance_rules(np.array([c0]))
         _, gp = _g_and_gprime(self.activation, np.sqrt(c0) * z)
         gamma = float(np.sum(gp * (z * z - 1.0) * wz)) ** 2
         delta = float(unit_constants(self.activation, c0).delta[0])
