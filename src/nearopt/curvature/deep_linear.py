@@ -23,6 +23,7 @@ where :func:`rank_conditions` hold. Every question goes through :func:`nearopt.s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -30,15 +31,17 @@ import numpy as np
 import torch
 from torch import func
 
+from ..errors import NearoptError
 from ..model.deep_linear import DeepLinearNet, DeepLinearProblem
+from ..policy import RankDecision, RankPolicy
 from ..resources import require_memory
 from ..spectra.torch_ops import SymmetricOperator
-from ..theory.rank_prediction import predict_deep_linear_rank
+from ..theory.rank_prediction import RankPrediction, predict_deep_linear_rank
 from .base import Curvature, resolve_device
 
 __all__ = [
-    "as_deep_problem", "deep_linear_factor", "deep_linear_gauss_newton", "deep_linear_gradient", "deep_linear_loss", "DeepLinearHessian", "end_to_end_torch",
-    "outer_products", "rank_conditions"
+    "as_deep_problem", "deep_linear_factor", "deep_linear_gauss_newton", "deep_linear_gradient", "deep_linear_loss", "deep_linear_rank",
+    "DeepLinearHessian", "DeepLinearRank", "end_to_end_torch", "outer_products", "rank_conditions"
 ]
 
 
@@ -86,7 +89,10 @@ def deep_linear_gradient(problem: DeepLinearProblem, net: DeepLinearNet | None =
 
 def deep_linear_factor(problem: DeepLinearProblem) -> np.ndarray:
     """A square root ``F`` ``(K N_i, P)`` of the Gauss-Newton matrix at the point: ``F^T F = E[J J^T]`` (module docstring)."""
-    net, S = problem.point, problem.inputs.sqrt_factor()
+    net = problem.point
+    rows = net.n_outputs * net.n_inputs
+    require_memory(8 * rows * net.n_params, f"the {rows} x {net.n_params} Gauss-Newton factor", "a request for one end (k eigenvalues)")
+    S = problem.inputs.sqrt_factor()
     B, C = outer_products(net)
     return np.hstack([np.kron(Bl, (Cl @ S).T) for Bl, Cl in zip(B, C, strict=True)])
 
@@ -226,3 +232,44 @@ class DeepLinearHessian(Curvature):
             extra["residual_term"] = self.residual
         return {"activation": "linear", "n_inputs": net.n_inputs, "n_hidden": net.widths[1] if net.depth > 1 else net.n_outputs, "samples": None,
                 "extra": extra}
+
+
+@dataclass(frozen=True)
+class DeepLinearRank:
+    """The rank of the Hessian at a global minimum: measured (one :class:`~nearopt.policy.RankPolicy`
+    on the singular values of the Gauss-Newton factor) against :func:`~nearopt.theory.rank_prediction.predict_deep_linear_rank`."""
+
+    widths: tuple[int, ...]
+    rank_sigma: int
+    measured: int
+    decision: RankDecision
+    prediction: RankPrediction
+    conditions: dict[str, Any]
+
+    @property
+    def agrees(self) -> bool:
+        """Whether the measured rank is the predicted one."""
+        return self.measured == self.prediction.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"widths": list(self.widths), "depth": len(self.widths) - 1, "n_outputs": self.widths[-1], "rank_sigma": self.rank_sigma,
+                "n_params": self.prediction.n_params, "measured": self.measured, "predicted": self.prediction.rank, "agrees": self.agrees,
+                "rank_decision": self.decision.to_dict(), "prediction": self.prediction.to_dict(), "rank_conditions": self.conditions}
+
+
+def deep_linear_rank(problem: DeepLinearProblem | DeepLinearNet, policy: RankPolicy | None = None) -> DeepLinearRank:
+    """Measured and predicted rank of the Hessian at the teacher (where it is the Gauss-Newton matrix).
+
+    The measurement never uses the prediction: it is the policy's cut of the singular
+    values of :func:`deep_linear_factor`.
+    """
+    problem = as_deep_problem(problem)
+    if not problem.at_teacher:
+        raise NearoptError("the rank formula q (r + K - q) is for the Hessian at a global minimum: give the teacher itself (no student)")
+    policy = RankPolicy() if policy is None else policy
+    F = deep_linear_factor(problem)
+    s = np.linalg.svd(F, compute_uv=False)
+    decision = policy.from_singular_values(s, problem.n_params, shape=(int(F.shape[0]), int(F.shape[1])))
+    cond = rank_conditions(problem)
+    widths = problem.point.widths
+    return DeepLinearRank(widths, cond["rank_sigma"], decision.rank, decision, predict_deep_linear_rank(widths, cond["rank_sigma"]), cond)
