@@ -6,6 +6,7 @@ import argparse
 
 import numpy as np
 
+from ..curvature.deep_linear import DeepLinearRank, deep_linear_rank
 from ..curvature.rank_measurement import (
     DEFAULT_OVERSAMPLE,
     MIN_GAP,
@@ -14,14 +15,13 @@ from ..curvature.rank_measurement import (
     rank_vs_samples,
     sweep_samples,
 )
-from ..curvature.deep_linear import DeepLinearRank, deep_linear_rank
 from ..errors import NearoptError, require_finite
 from ..model import io
 from ..model.activations import available_activations, get_activation
 from ..model.deep_linear import DeepLinearNet, DeepLinearProblem, deep_linear_depth
+from ..model.network import sample_teacher
 from ..model.problem import GaussianInputs
 from ..policy import RankPolicy
-from ..model.network import sample_teacher
 from ..resources import dense_bytes, require_memory
 from ..theory.rank_prediction import saturation_hidden
 from .common import emit_json, nonneg_int, numerics, positive_float, positive_int

@@ -2,7 +2,8 @@
 
 For ``f(x) = W_L ... W_1 x`` under ``x ~ N(0, Sigma)`` the population loss is the
 polynomial ``L(theta) = 1/2 tr((A - T) Sigma (A - T)^T) = 1/2 ||(A - T) S||_F^2``
-(``A = W_L ... W_1``, ``T`` the teacher's end-to-end map, ``S = Sigma^(1/2)``), so its
+(``A = W_L ... W_1``, ``T`` the teacher's end-to-end map, ``S`` ``(N_i, r)`` a square root
+``S S^T = Sigma`` of rank ``r``: :func:`sigma_root`), so its
 Hessian is exactly that of the closed form: ``torch.func`` in float64 (Hessian-vector
 products for the matrix-free routes, ``torch.func.hessian`` for the dense one) at any
 student point, residual term included.
@@ -11,7 +12,7 @@ The Gauss-Newton part ``E[J J^T]`` has a closed form. With ``B_l = W_L ... W_{l+
 ``(K, n_l)`` and ``C_l = W_{l-1} ... W_1`` ``(n_{l-1}, N_i)`` the end-to-end differential is
 ``dA = sum_l B_l dW_l C_l``; in row-major vectors ``vec(B X C) = (B kron C^T) vec(X)``, so
 
-* the square root (:func:`deep_linear_factor`): ``F_l = B_l kron (C_l S)^T`` ``(K N_i, n_l n_{l-1})``,
+* the square root (:func:`deep_linear_factor`): ``F_l = B_l kron (C_l S)^T`` ``(K r, n_l n_{l-1})``,
   ``F = [F_1 ... F_L]``, ``F^T F = E[J J^T]``;
 * block ``(l, m)`` (:func:`deep_linear_gauss_newton`): ``(B_l^T B_m) kron (C_l Sigma C_m^T)``.
 
@@ -33,6 +34,7 @@ from torch import func
 
 from ..errors import NearoptError
 from ..model.deep_linear import DeepLinearNet, DeepLinearProblem
+from ..model.problem import PSD_RTOL, GaussianInputs
 from ..policy import RankDecision, RankPolicy
 from ..resources import require_memory
 from ..spectra.torch_ops import SymmetricOperator
@@ -41,8 +43,21 @@ from .base import Curvature, resolve_device
 
 __all__ = [
     "as_deep_problem", "deep_linear_factor", "deep_linear_gauss_newton", "deep_linear_gradient", "deep_linear_loss", "deep_linear_rank",
-    "DeepLinearHessian", "DeepLinearRank", "end_to_end_torch", "outer_products", "rank_conditions"
+    "DeepLinearHessian", "DeepLinearRank", "end_to_end_torch", "outer_products", "rank_conditions", "sigma_root"
 ]
+
+
+def sigma_root(law: GaussianInputs) -> np.ndarray:
+    """A thin square root ``S`` ``(N_i, r)`` of ``Sigma``, ``S S^T = Sigma``, ``r = law.rank``.
+
+    Eigenvalues at or below the law's rank cut are dropped, not square-rooted: the root of a
+    rounding-level ``1e-17`` would be ``3e-9``, a direction no factor could tell from a real one.
+    """
+    if law.isotropic:
+        return np.eye(law.n_inputs)
+    lam, Q = np.linalg.eigh(law.covariance)
+    keep = lam > PSD_RTOL * lam[-1]
+    return Q[:, keep] * np.sqrt(lam[keep])
 
 
 def as_deep_problem(problem: DeepLinearProblem | DeepLinearNet) -> DeepLinearProblem:
@@ -88,11 +103,11 @@ def deep_linear_gradient(problem: DeepLinearProblem, net: DeepLinearNet | None =
 
 
 def deep_linear_factor(problem: DeepLinearProblem) -> np.ndarray:
-    """A square root ``F`` ``(K N_i, P)`` of the Gauss-Newton matrix at the point: ``F^T F = E[J J^T]`` (module docstring)."""
+    """A square root ``F`` ``(K r, P)`` of the Gauss-Newton matrix at the point: ``F^T F = E[J J^T]`` (module docstring)."""
     net = problem.point
-    rows = net.n_outputs * net.n_inputs
+    rows = net.n_outputs * problem.inputs.rank
     require_memory(8 * rows * net.n_params, f"the {rows} x {net.n_params} Gauss-Newton factor", "a request for one end (k eigenvalues)")
-    S = problem.inputs.sqrt_factor()
+    S = sigma_root(problem.inputs)
     B, C = outer_products(net)
     return np.hstack([np.kron(Bl, (Cl @ S).T) for Bl, Cl in zip(B, C, strict=True)])
 
@@ -106,11 +121,11 @@ def deep_linear_gauss_newton(problem: DeepLinearProblem) -> np.ndarray:
     CS = [law.matmul(Cl) for Cl in C]  # C_l Sigma (Sigma symmetric)
     ends = np.cumsum([0, *(W.size for W in net.weights)])
     G = np.empty((P, P))
-    for l in range(net.depth):
-        for m in range(l, net.depth):
-            block = np.kron(B[l].T @ B[m], CS[l] @ C[m].T)
-            G[ends[l]:ends[l + 1], ends[m]:ends[m + 1]] = block
-            G[ends[m]:ends[m + 1], ends[l]:ends[l + 1]] = block.T
+    for ell in range(net.depth):
+        for m in range(ell, net.depth):
+            block = np.kron(B[ell].T @ B[m], CS[ell] @ C[m].T)
+            G[ends[ell]:ends[ell + 1], ends[m]:ends[m + 1]] = block
+            G[ends[m]:ends[m + 1], ends[ell]:ends[ell + 1]] = block.T
     return G
 
 
@@ -125,7 +140,7 @@ def rank_conditions(problem: DeepLinearProblem) -> dict[str, Any]:
     m, r = min(net.widths), law.rank
     q = min(r, net.n_outputs, *net.widths[1:-1])
     rank_A = int(np.linalg.matrix_rank(A))
-    rank_AS = int(np.linalg.matrix_rank(law.matmul(A, 0.5)))
+    rank_AS = int(np.linalg.matrix_rank(A @ sigma_root(law)))
     return {"rank_A": rank_A, "min_width": m, "rank_A_sqrt_sigma": rank_AS, "q": q, "rank_sigma": r, "holds": rank_A == m and rank_AS == q}
 
 
@@ -157,17 +172,17 @@ class DeepLinearHessian(Curvature):
     # ------------------------------------------------------------------ the closed-form loss, differentiated
     @cached_property
     def _torch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(theta, T S, S)`` on the device: the point, the scaled target and ``Sigma^(1/2)``."""
-        S = self.deep.inputs.sqrt_factor()
-        as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=self.device)  # noqa: E731
+        """``(theta, T S, S)`` on the device: the point, the scaled target and ``S`` (:func:`sigma_root`)."""
+        S = sigma_root(self.deep.inputs)
+        as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=self.device)
         return as_t(self.deep.point.parameters()), as_t(self.deep.target @ S), as_t(S)
 
     def _scaled_output(self, theta: torch.Tensor) -> torch.Tensor:
-        """``A(theta) Sigma^(1/2)`` ``(K, N_i)``."""
+        """``A(theta) S`` ``(K, r)``."""
         return end_to_end_torch(theta, self.deep.point.shapes) @ self._torch[2]
 
     def _loss(self, theta: torch.Tensor) -> torch.Tensor:
-        """``1/2 ||(A - T) Sigma^(1/2)||_F^2`` (the difference taken before squaring)."""
+        """``1/2 ||(A - T) S||_F^2`` (the difference taken before squaring)."""
         return 0.5 * ((self._scaled_output(theta) - self._torch[1]) ** 2).sum()
 
     def torch_matmat(self, V: torch.Tensor) -> torch.Tensor:
@@ -175,7 +190,7 @@ class DeepLinearHessian(Curvature):
         theta = self._torch[0]
         if self.residual:
             grad = func.grad(self._loss)
-            one = lambda v: func.jvp(grad, (theta,), (v,))[1]  # noqa: E731
+            one = lambda v: func.jvp(grad, (theta,), (v,))[1]
         else:
             def one(v: torch.Tensor) -> torch.Tensor:
                 _, Jv = func.jvp(self._scaled_output, (theta,), (v,))

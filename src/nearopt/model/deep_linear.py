@@ -61,14 +61,14 @@ class DeepLinearNet:
         if not layers:
             raise NearoptError("a deep linear network needs at least one layer: weights (W1, ..., WL) with L >= 1")
         out = []
-        for l, W in enumerate(layers, start=1):
-            W = np.array(real_array(W, f"W{l}", finite=False), dtype=np.float64)
+        for ell, W in enumerate(layers, start=1):
+            W = np.array(real_array(W, f"W{ell}", finite=False), dtype=np.float64)
             if W.ndim != 2 or min(W.shape) < 1:
-                raise NearoptError(f"W{l} must be a 2-D array (n_{l}, n_{l - 1}) with both sides >= 1, got shape {W.shape}")
+                raise NearoptError(f"W{ell} must be a 2-D array (n_{ell}, n_{ell - 1}) with both sides >= 1, got shape {W.shape}")
             if not np.all(np.isfinite(W)):
-                raise NearoptError(f"W{l} contains NaN or infinite values")
+                raise NearoptError(f"W{ell} contains NaN or infinite values")
             if out and W.shape[1] != out[-1].shape[0]:
-                raise NearoptError(f"W{l} has {W.shape[1]} columns but W{l - 1} has {out[-1].shape[0]} rows: shapes must chain (W{l} is (n_{l}, n_{l - 1}))")
+                raise NearoptError(f"W{ell} has {W.shape[1]} columns but W{ell - 1} has {out[-1].shape[0]} rows: shapes must chain (W{ell} is (n_{ell}, n_{ell - 1}))")
             W.setflags(write=False)
             out.append(W)
         object.__setattr__(self, "weights", tuple(out))
@@ -137,7 +137,7 @@ class DeepLinearNet:
     # persistence -------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``W1 ... WL`` to an ``.npz`` atomically (:func:`nearopt.model.io.write_npz`)."""
-        return io.write_npz(path, **{f"W{l}": W for l, W in enumerate(self.weights, start=1)})
+        return io.write_npz(path, **{f"W{ell}": W for ell, W in enumerate(self.weights, start=1)})
 
     @classmethod
     def load(cls, path: str | os.PathLike, role: str = "teacher") -> DeepLinearNet:
@@ -146,7 +146,7 @@ class DeepLinearNet:
         arrays = io._read_npz(path, f"{role} file")
         depth = _layer_count(arrays, f"{role} file {path}")
         try:
-            return cls(tuple(arrays[f"W{l}"] for l in range(1, depth + 1)))
+            return cls(tuple(arrays[f"W{ell}"] for ell in range(1, depth + 1)))
         except NearoptError as exc:
             raise NearoptError(f"{role} file {path}: {exc}") from None
 
