@@ -124,7 +124,7 @@ def _check_memory(args) -> None:
 
 
 #: sweep options a --teacher file does not take (attribute, option, default)
-_SWEEP_ONLY = (("ni", "--ni", None), ("nh", "--nh", None), ("samples", "--samples", None), ("samples_sweep", "--samples-sweep", None),
+_SWEEP_ONLY: tuple[tuple[str, str, object], ...] = (("ni", "--ni", None), ("nh", "--nh", None), ("samples", "--samples", None), ("samples_sweep", "--samples-sweep", None),
                ("population", "--population", False), ("sigma1", "--sigma1", None), ("sigma2", "--sigma2", None))
 
 

@@ -247,7 +247,7 @@ def compute(args) -> tuple[Spectrum, Spectrum | None]:
 
 
 #: options of the two-layer problem that a deep linear teacher file does not take (attribute, option, default)
-DEEP_LINEAR_REFUSED = (("ni", "--ni", None), ("nh", "--nh", None), ("samples", "--samples", None), ("inputs", "--inputs", None),
+DEEP_LINEAR_REFUSED: tuple[tuple[str, str, object], ...] = (("ni", "--ni", None), ("nh", "--nh", None), ("samples", "--samples", None), ("inputs", "--inputs", None),
                        ("student_width", "--student-width", None), ("split", "--split", []), ("dead", "--dead", 0), ("order", "--order", None),
                        ("compare_population", "--compare-population", False))
 

@@ -37,7 +37,6 @@ from ..model.deep_linear import DeepLinearNet, DeepLinearProblem
 from ..model.problem import PSD_RTOL, GaussianInputs
 from ..policy import RankDecision, RankPolicy
 from ..resources import require_memory
-from ..spectra.torch_ops import SymmetricOperator
 from ..theory.rank_prediction import RankPrediction, predict_deep_linear_rank
 from .base import Curvature, resolve_device
 
@@ -167,7 +166,7 @@ class DeepLinearHessian(Curvature):
         self.residual = bool(residual)
         self.positive_semidefinite = self.deep.at_teacher or not self.residual
         P = self.deep.n_params
-        SymmetricOperator.__init__(self, dtype=np.float64, shape=(P, P))
+        super(Curvature, self).__init__(dtype=np.float64, shape=(P, P))  # SymmetricOperator's
 
     # ------------------------------------------------------------------ the closed-form loss, differentiated
     @cached_property
@@ -193,7 +192,7 @@ class DeepLinearHessian(Curvature):
             one = lambda v: func.jvp(grad, (theta,), (v,))[1]
         else:
             def one(v: torch.Tensor) -> torch.Tensor:
-                _, Jv = func.jvp(self._scaled_output, (theta,), (v,))
+                Jv = func.jvp(self._scaled_output, (theta,), (v,))[1]
                 return func.vjp(self._scaled_output, theta)[1](Jv)[0]
         return func.vmap(one, in_dims=1, out_dims=1)(V.to(device=self.device, dtype=torch.float64))
 

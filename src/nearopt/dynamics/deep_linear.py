@@ -88,7 +88,8 @@ def deep_linear_gd(net: DeepLinearNet, teacher: DeepLinearNet | None = None, inp
     delta_seed, sigma0 :
         ``delta_0 ~ N(0, sigma0^2 I_P)`` drawn with this seed.
     """
-    problem = DeepLinearProblem(net if teacher is None else teacher, student=net, inputs=inputs)
+    law = GaussianInputs(net.n_inputs) if inputs is None else inputs
+    problem = DeepLinearProblem(net if teacher is None else teacher, student=net, inputs=law)
     steps = require_positive_int(steps, "steps")
     sigma0 = require_nonneg_finite(sigma0, "sigma0")
     _check_minimum(problem)
