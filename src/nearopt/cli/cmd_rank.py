@@ -151,7 +151,7 @@ def deep_linear_table(result: DeepLinearRank) -> str:
              f"margin {d.margin:.2g}, {'clear' if d.clear else 'NOT clear'})",
              f"predicted      {result.prediction.label()}: {result.prediction.basis}",
              f"conditions     rank A = {c['rank_A']} (min width {c['min_width']}), rank A Sigma^(1/2) = {c['rank_A_sqrt_sigma']} (q = {c['q']}): "
-             + ("hold" if c["holds"] else "FAIL (non-generic weights: the formula does not apply)"),
+             + ("hold" if c["holds"] else "FAIL (non-generic weights: the formula is not guaranteed here)"),
              "ok: the measured rank is the prediction" if result.agrees else "MISMATCH"]
     return "\n".join(lines)
 
