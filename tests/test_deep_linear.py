@@ -384,3 +384,9 @@ def test_a_bad_deep_file_and_a_two_layer_file(tmp_path):
     assert code == 0 and data["curvature"] == "population Hessian" and data["P"] == 15 and data["rank"] == 4
     code, _, err = cli("rank", "-a", "linear", "--teacher", two)
     assert code == 2 and "two-layer file" in err
+    one = tmp_path / "one.npz"
+    np.savez(one, W1=np.random.default_rng(0).standard_normal((2, 3)))
+    code, out, _ = cli("spectrum", "--population", "-a", "linear", "--teacher", one, "--json")
+    assert code == 0 and json.loads(out)["rank"] == 6  # depth 1: H = I_K kron Sigma
+    code, _, err = cli("spectrum", "--population", "-a", "erf", "--teacher", one)
+    assert code == 2 and "lacks W2" in err and "-a linear" in err and len(err.strip().splitlines()) == 1

@@ -131,10 +131,11 @@ _SWEEP_ONLY: tuple[tuple[str, str, object], ...] = (("ni", "--ni", None), ("nh",
 def deep_rank(args) -> DeepLinearRank:
     """``--teacher`` a deep linear file: measured against predicted rank (:func:`~nearopt.curvature.deep_linear.deep_linear_rank`)."""
     depth = deep_linear_depth(args.teacher)
+    layers = "W1" if depth == 1 else f"W1 ... W{depth}"
     if depth is None:
         raise NearoptError(f"--teacher takes a deep linear weight file (W1 ... WL with L != 2) here; {args.teacher} is a two-layer file: sweep --ni/--nh instead")
     if get_activation(args.activation).name != "linear":
-        raise NearoptError(f"teacher file {args.teacher} holds a deep network (W1 ... W{depth}): deep networks are linear only here; use -a linear")
+        raise NearoptError(f"teacher file {args.teacher} holds a deep network ({layers}): deep networks are linear only here; use -a linear")
     given = [opt for name, opt, default in _SWEEP_ONLY if getattr(args, name, default) not in (None, default)]
     if given:
         raise NearoptError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply with --teacher (the exact population Hessian of the file's network)")

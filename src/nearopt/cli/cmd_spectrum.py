@@ -256,15 +256,18 @@ def deep_linear_spectrum(args) -> Spectrum:
     """The population Hessian spectrum of a deep linear teacher file ``W1 ... WL`` (and ``--student``, ``--input-cov``):
     :class:`~nearopt.curvature.deep_linear.DeepLinearHessian` answers the request."""
     depth = deep_linear_depth(args.teacher)
+    layers = "W1" if depth == 1 else f"W1 ... W{depth}"
     if get_activation(args.activation).name != "linear":
-        raise NearoptError(f"teacher file {args.teacher} holds a deep network (W1 ... W{depth}): deep networks are linear only here; use -a linear")
+        if depth == 1:
+            raise NearoptError(f"teacher file {args.teacher} lacks W2 of a two-layer network: it holds W1 only, a deep linear network of depth 1 (use -a linear)")
+        raise NearoptError(f"teacher file {args.teacher} holds a deep network ({layers}): deep networks are linear only here; use -a linear")
     given = [opt for name, opt, default in DEEP_LINEAR_REFUSED if getattr(args, name, default) not in (None, default)]
     if given:
-        raise NearoptError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to a deep linear teacher file ({args.teacher}: W1 ... W{depth}); it takes --population, --student, --input-cov")
+        raise NearoptError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to a deep linear teacher file ({args.teacher}: {layers}); it takes --population, --student, --input-cov")
     if args.trained not in (None, "both", "all"):
         raise NearoptError(f"--trained {args.trained}: a deep linear network trains all its layers here")
     if not getattr(args, "population", False):
-        raise NearoptError(f"a deep linear teacher file ({args.teacher}: W1 ... W{depth}) has the exact population Hessian only: add --population")
+        raise NearoptError(f"a deep linear teacher file ({args.teacher}: {layers}) has the exact population Hessian only: add --population")
     if args.method not in POPULATION_METHODS:
         raise NearoptError(f"--method {args.method} is not a population method; choose from {', '.join(POPULATION_METHODS)}")
     request = _request(args, True)
