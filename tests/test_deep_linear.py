@@ -107,6 +107,19 @@ def test_the_network_keeps_its_shapes_parameters_and_outputs():
         net.weights[0][0, 0] = 1.0  # read-only
 
 
+@settings(max_examples=20, deadline=None)
+@given(widths=st.lists(st.integers(1, 6), min_size=2, max_size=6), seed=st.integers(0, 2**16))
+def test_parameters_files_and_products_agree_for_any_widths(tmp_path_factory, widths, seed):
+    net = sample_deep_linear(widths, seed=seed)
+    assert net.widths == tuple(widths) and net.parameters().shape == (net.n_params,)
+    again = net.with_parameters(net.parameters())
+    back = DeepLinearNet.load(net.save(tmp_path_factory.mktemp("w") / "n.npz"))
+    for other in (again, back):
+        assert other.widths == net.widths and np.array_equal(other.parameters(), net.parameters())
+    X = np.random.default_rng(seed).standard_normal((3, widths[0]))
+    np.testing.assert_allclose(net.forward(X), X @ net.end_to_end().T, rtol=1e-12, atol=1e-14)
+
+
 def test_sampling_is_seeded_with_fan_in_variance():
     a, b = sample_deep_linear((400, 300, 2), seed=5), sample_deep_linear((400, 300, 2), seed=5)
     assert all(np.array_equal(x, y) for x, y in zip(a.weights, b.weights, strict=True))
@@ -344,8 +357,14 @@ def test_spectrum_json_round_trip(files):
     assert code == 0 and data["loss"] == pytest.approx(loss, rel=1e-12) and data["P"] == student.n_params
     np.testing.assert_allclose(data["eigenvalues"], np.linalg.eigvalsh(H), rtol=0, atol=1e-11 * np.abs(H).max())
     assert data["rank"] == RankPolicy().from_eigenvalues(np.linalg.eigvalsh(H)).rank
-    code, out, _ = cli("spectrum", "--population", "--teacher", paths["t"], "--input-cov", paths["cov"], "-a", "linear", "--json")
-    assert json.loads(out)["rank"] == predict_deep_linear_rank((5, 4, 3, 2), 3).rank == 2 * (3 + 2 - 2)
+    assert data["null_space"]["zero_source"] == "rank policy"  # off the minimum the formula is not used
+    code, out, _ = cli("spectrum", "--population", "--teacher", paths["t"], "--input-cov", paths["cov"], "-a", "linear", "--json",
+                       "--vectors", paths["t"].parent / "v.npz")
+    data = json.loads(out)
+    assert data["rank"] == predict_deep_linear_rank((5, 4, 3, 2), 3).rank == 2 * (3 + 2 - 2) and data["null_space"]["zero_source"] == "predicted rank"
+    with np.load(paths["t"].parent / "v.npz") as v:
+        H = reference(teacher, teacher.end_to_end(), Sigma)[2]
+        np.testing.assert_allclose(H @ v["eigenvectors"], v["eigenvectors"] * v["eigenvalues"], rtol=0, atol=1e-10 * np.abs(H).max())
 
 
 def test_rank_command_compares_the_formula_with_the_measurement(files):
