@@ -6,6 +6,7 @@ import argparse
 
 import numpy as np
 
+from ..curvature.deep_linear import DeepLinearRank, deep_linear_rank
 from ..curvature.rank_measurement import (
     DEFAULT_OVERSAMPLE,
     MIN_GAP,
@@ -17,12 +18,15 @@ from ..curvature.rank_measurement import (
 from ..errors import NearoptError, require_finite
 from ..model import io
 from ..model.activations import available_activations, get_activation
+from ..model.deep_linear import DeepLinearNet, DeepLinearProblem, deep_linear_depth
 from ..model.network import sample_teacher
+from ..model.problem import GaussianInputs
+from ..policy import RankPolicy
 from ..resources import dense_bytes, require_memory
 from ..theory.rank_prediction import saturation_hidden
 from .common import emit_json, nonneg_int, numerics, positive_float, positive_int
 
-__all__ = ["COMMAND", "compute", "int_list", "MAX_SWEEP_VALUES", "ORDER", "register", "run", "table"]
+__all__ = ["COMMAND", "compute", "deep_linear_table", "deep_rank", "int_list", "MAX_SWEEP_VALUES", "ORDER", "register", "run", "table"]
 
 COMMAND = "rank"
 ORDER = 30
@@ -74,8 +78,12 @@ def register(sub) -> None:
         required=True,
         help=f"activation: {', '.join(available_activations())} (monomial:P, polynomial:c0,c1,..., erf:unit for erf(z))",
     )
-    p.add_argument("--ni", type=int_list, required=True, help="input widths N_i: 5, 2,4,8 or 1:12[:step]")
-    p.add_argument("--nh", type=int_list, required=True, help="hidden widths N_h: 5, 2,4,8 or 1:12[:step]")
+    p.add_argument("--ni", type=int_list, default=None, help="input widths N_i: 5, 2,4,8 or 1:12[:step] (required unless --teacher)")
+    p.add_argument("--nh", type=int_list, default=None, help="hidden widths N_h: 5, 2,4,8 or 1:12[:step] (required unless --teacher)")
+    d = p.add_argument_group("deep linear networks (docs/deep_linear.md)")
+    d.add_argument("--teacher", metavar="T.npz", help="a deep linear weight file (W1 ... WL, L != 2, with -a linear): the rank of its exact population "
+                   "Hessian at the optimum, measured, against q (r + K - q)")
+    d.add_argument("--input-cov", metavar="S.npy", help="with --teacher: inputs x ~ N(0, S) (r = rank S)")
     p.add_argument("--teachers", type=positive_int, default=3, help="random teachers per (N_i, N_h) cell (default 3); teacher t has seed SEED+t")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the first teacher (default 0)")
     p.add_argument("--sigma1", type=positive_float, default=None, help="std of W1 entries (default 1/sqrt(N_i))")
@@ -115,8 +123,46 @@ def _check_memory(args) -> None:
         raise NearoptError(f"{args.teachers} teachers x {len(args.ni)} x {len(args.nh)} sizes is more than {MAX_SWEEP_VALUES * 10} cells; narrow the sweep")
 
 
+#: sweep options a --teacher file does not take (attribute, option, default)
+_SWEEP_ONLY: tuple[tuple[str, str, object], ...] = (("ni", "--ni", None), ("nh", "--nh", None), ("samples", "--samples", None), ("samples_sweep", "--samples-sweep", None),
+               ("population", "--population", False), ("sigma1", "--sigma1", None), ("sigma2", "--sigma2", None))
+
+
+def deep_rank(args) -> DeepLinearRank:
+    """``--teacher`` a deep linear file: measured against predicted rank (:func:`~nearopt.curvature.deep_linear.deep_linear_rank`)."""
+    depth = deep_linear_depth(args.teacher)
+    layers = "W1" if depth == 1 else f"W1 ... W{depth}"
+    if depth is None:
+        raise NearoptError(f"--teacher takes a deep linear weight file (W1 ... WL with L != 2) here; {args.teacher} is a two-layer file: sweep --ni/--nh instead")
+    if get_activation(args.activation).name != "linear":
+        raise NearoptError(f"teacher file {args.teacher} holds a deep network ({layers}): deep networks are linear only here; use -a linear")
+    given = [opt for name, opt, default in _SWEEP_ONLY if getattr(args, name, default) not in (None, default)]
+    if given:
+        raise NearoptError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply with --teacher (the exact population Hessian of the file's network)")
+    teacher = DeepLinearNet.load(args.teacher, "teacher")
+    law = GaussianInputs.load(args.input_cov, teacher.n_inputs) if args.input_cov else None
+    return deep_linear_rank(DeepLinearProblem(teacher, inputs=law), RankPolicy(rtol=args.rtol, min_gap=args.min_gap))  # type: ignore[arg-type]  # None: N(0, I)
+
+
+def deep_linear_table(result: DeepLinearRank) -> str:
+    """The human-readable comparison for a deep linear file."""
+    d, c = result.decision, result.conditions
+    lines = [f"deep linear network, widths {'-'.join(map(str, result.widths))} (L = {len(result.widths) - 1}, K = {result.widths[-1]}), rank Sigma = {result.rank_sigma}",
+             f"measured rank  {result.measured} of P = {result.prediction.n_params}  (singular values of the Gauss-Newton factor; gap {_fmt_gap(d.gap)}, "
+             f"margin {d.margin:.2g}, {'clear' if d.clear else 'NOT clear'})",
+             f"predicted      {result.prediction.label()}: {result.prediction.basis}",
+             f"conditions     rank A = {c['rank_A']} (min width {c['min_width']}), rank A Sigma^(1/2) = {c['rank_A_sqrt_sigma']} (q = {c['q']}): "
+             + ("hold" if c["holds"] else "FAIL (non-generic weights: the formula is not guaranteed here)"),
+             "ok: the measured rank is the prediction" if result.agrees else "MISMATCH"]
+    return "\n".join(lines)
+
+
 def compute(args) -> list[SweepRow]:
     act = get_activation(args.activation)
+    if args.input_cov:
+        raise NearoptError("--input-cov applies with --teacher (a deep linear file)")
+    if args.ni is None or args.nh is None:
+        raise NearoptError("give --ni and --nh (or --teacher with a deep linear file)")
     _check_memory(args)
     if args.samples_sweep is None:
         if args.population and args.samples is not None:
@@ -189,6 +235,17 @@ def table(rows: list[SweepRow]) -> str:
 
 
 def run(args) -> int:
+    if args.teacher:
+        result = deep_rank(args)
+        if args.json:
+            emit_json(result.to_dict(), args.out)
+            return 0
+        if args.out:
+            io.write_json(args.out, result.to_dict())
+        print(deep_linear_table(result))
+        return 0
+    if args.ni is None or args.nh is None:
+        raise NearoptError("give --ni and --nh (or --teacher with a deep linear file)")
     cause = f"activation {args.activation}, N_i in {args.ni[0]}..{args.ni[-1]}, N_h in {args.nh[0]}..{args.nh[-1]}"
     with numerics("the rank sweep", cause):
         rows = compute(args)

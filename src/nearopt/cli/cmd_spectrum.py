@@ -7,6 +7,7 @@ import sys
 import numpy as np
 
 from ..curvature import BATCH_METHODS, batch_spectrum
+from ..curvature.deep_linear import DeepLinearHessian
 from ..curvature.population import PopulationHessian
 from ..curvature.rank_measurement import compare_with_population
 from ..errors import NearoptError, require_finite
@@ -15,6 +16,7 @@ from ..landscape.critical import load_point
 from ..landscape.manifold import add_dead_units, load_student, random_student, split_unit
 from ..model import io
 from ..model.activations import get_activation
+from ..model.deep_linear import DeepLinearNet, DeepLinearProblem, deep_linear_depth
 from ..model.network import TwoLayerNet, check_finite
 from ..model.problem import GaussianInputs, Problem
 from ..policy import RankPolicy
@@ -34,8 +36,8 @@ from .common import (
 )
 
 __all__ = [
-    "add_student_args", "BATCH_ALTERNATIVES", "COMMAND", "compute", "ORDER", "POPULATION_METHODS", "register", "run", "student_from_args",
-    "student_width", "TRAINED_ALIASES", "trained_value"
+    "add_student_args", "BATCH_ALTERNATIVES", "COMMAND", "compute", "deep_linear_spectrum", "DEEP_LINEAR_REFUSED", "ORDER", "POPULATION_METHODS",
+    "register", "run", "student_from_args", "student_width", "TRAINED_ALIASES", "trained_value"
 ]
 
 COMMAND = "spectrum"
@@ -199,6 +201,8 @@ def _request(args, population: bool) -> SpectrumRequest:
 def compute(args) -> tuple[Spectrum, Spectrum | None]:
     """Problem, curvature and request from the options, answered by the library: the spectrum and, with
     --compare-population, the population spectrum it was compared with."""
+    if args.teacher and deep_linear_depth(args.teacher) is not None:
+        return deep_linear_spectrum(args), None
     saved = load_point(args.student, get_activation(args.activation)) if args.student else None
     if saved is not None and saved.teacher is not None:
         if args.ni is not None or args.nh is not None:
@@ -255,6 +259,50 @@ def compute(args) -> tuple[Spectrum, Spectrum | None]:
     if spec.exact and spec.eigenvalues.size and not spec.eigenvalues.any():
         raise NearoptError(f"the Hessian is zero to float64 precision ({cause}); weights this small underflow, use larger --sigma1/--sigma2")
     return spec, compared
+
+
+#: options of the two-layer problem that a deep linear teacher file does not take (attribute, option, default)
+DEEP_LINEAR_REFUSED: tuple[tuple[str, str, object], ...] = (("ni", "--ni", None), ("nh", "--nh", None), ("samples", "--samples", None), ("inputs", "--inputs", None),
+                       ("student_width", "--student-width", None), ("split", "--split", []), ("dead", "--dead", 0), ("order", "--order", None),
+                       ("compare_population", "--compare-population", False))
+
+
+def deep_linear_spectrum(args) -> Spectrum:
+    """The population Hessian spectrum of a deep linear teacher file ``W1 ... WL`` (and ``--student``, ``--input-cov``):
+    :class:`~nearopt.curvature.deep_linear.DeepLinearHessian` answers the request."""
+    depth = deep_linear_depth(args.teacher)
+    layers = "W1" if depth == 1 else f"W1 ... W{depth}"
+    if get_activation(args.activation).name != "linear":
+        if depth == 1:
+            raise NearoptError(f"teacher file {args.teacher} lacks W2 of a two-layer network: it holds W1 only, a deep linear network of depth 1 (use -a linear)")
+        raise NearoptError(f"teacher file {args.teacher} holds a deep network ({layers}): deep networks are linear only here; use -a linear")
+    given = [opt for name, opt, default in DEEP_LINEAR_REFUSED if getattr(args, name, default) not in (None, default)]
+    if given:
+        raise NearoptError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to a deep linear teacher file ({args.teacher}: {layers}); it takes --population, --student, --input-cov")
+    if args.trained not in (None, "both", "all"):
+        raise NearoptError(f"--trained {args.trained}: a deep linear network trains all its layers here")
+    if not getattr(args, "population", False):
+        raise NearoptError(f"a deep linear teacher file ({args.teacher}: {layers}) has the exact population Hessian only: add --population")
+    if args.method not in POPULATION_METHODS:
+        raise NearoptError(f"--method {args.method} is not a population method; choose from {', '.join(POPULATION_METHODS)}")
+    request = _request(args, True)
+    teacher = DeepLinearNet.load(args.teacher, "teacher")
+    student = DeepLinearNet.load(args.student, "student") if args.student else None
+    law = input_law_from_args(args, teacher.n_inputs)
+    problem = DeepLinearProblem(teacher, student, law)  # type: ignore[arg-type]  # None: the defaults
+    _check_memory(args, problem.n_params, True)
+    if args.vectors:
+        io.check_output_path(args.vectors, suffix=".npz")
+    if args.plot:
+        check_plot_path(args.plot)
+    if args.save_student:
+        problem.point.save(args.save_student)
+    cause = f"deep linear network, widths {'-'.join(map(str, problem.point.widths))}, population"
+    with numerics("the Hessian spectrum", cause):
+        spec = DeepLinearHessian(problem, device=args.device).spectrum(request)
+    require_finite(spec.eigenvalues, "Hessian eigenvalues", cause)
+    cov = f"N(0, Sigma) from {args.input_cov}" if args.input_cov else "N(0, I)"
+    return spec.replace(extra={**spec.extra, "inputs_source": f"population, x ~ {cov}"})
 
 
 def _inputs_source(args, X, law) -> str:

@@ -13,6 +13,7 @@ module                    holds
 ``structured``            the one structured reduction (every point, law, trained block)
 ``population``            :class:`PopulationHessian`, :func:`population_spectrum`
 ``costs``                 the cost model of ``auto``
+``deep_linear``           :class:`DeepLinearHessian`: deep linear networks ``W_L ... W_1 x``
 ========================  ==============================================================
 """
 
@@ -34,6 +35,7 @@ from .batch import (
     loss_hessian,
 )
 from .compose import Composed, Congruence, Restricted
+from .deep_linear import DeepLinearHessian, deep_linear_rank
 from .population import POPULATION_METHODS, PopulationHessian, population_hessian, population_spectrum
 from .product import PopulationProduct
 from .structured import StructuredSpectrum, structured_spectrum
@@ -48,6 +50,7 @@ __all__ = [
     "Composed",
     "Congruence",
     "Curvature",
+    "DeepLinearHessian",
     "LandscapeProduct",
     "PopulationHessian",
     "PopulationProduct",
@@ -57,6 +60,7 @@ __all__ = [
     "assemble_landscape",
     "batch_hvp",
     "batch_spectrum",
+    "deep_linear_rank",
     "functional_hessian",
     "gauss_newton",
     "gauss_newton_tensor",

@@ -10,6 +10,7 @@ Quick tour::
     res.late_time()             # fitted late-time slope vs -2 lr lambda_min
 """
 
+from .deep_linear import DeepLinearGD, deep_linear_gd
 from .objective import POPULATION_CLOSED_FORMS, ClosedFormHessian, Objective, forward_batched, make_objective
 from .ode import CommitteeODE, committee_ode, embedded_teacher, integrate_ode, ode_near_optimum
 from .predict import (
@@ -51,6 +52,7 @@ from .train import (
 
 __all__ = [
     "POPULATION_CLOSED_FORMS",
+    "DeepLinearGD",
     "DynamicsResult",
     "FixedSetModel",
     "Objective",
@@ -64,6 +66,7 @@ __all__ = [
     "ClosedFormHessian",
     "CommitteeODE",
     "committee_ode",
+    "deep_linear_gd",
     "embedded_teacher",
     "integrate_ode",
     "ode_near_optimum",

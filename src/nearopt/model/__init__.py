@@ -4,6 +4,7 @@
 module           holds
 ===============  ===========================================================================
 ``network``      :class:`TwoLayerNet` ``f(x) = W2 g(W1 x)``, teachers and inputs by seed
+``deep_linear``  :class:`DeepLinearNet` ``f(x) = W_L ... W_1 x``, its problems and weight files
 ``activations``  :class:`Activation` ``g`` with its derivatives and Gaussian pair moments
 ``problem``      :class:`Problem`: teacher, student point, trained blocks, :class:`GaussianInputs`
 ``io``           weight files, atomic writes, strict JSON

@@ -16,7 +16,10 @@ family the theory covers, and says whether it is exact or a bound:
   else the upper bound (bound);
 * ReLU: ``P − N_h`` for ``N_i ≥ 2`` (exact);
 * erf, tanh: ``P`` (observed, not a theorem);
-* other activations: ``P`` (bound).
+* other activations: ``P`` (bound);
+* deep linear networks ``f(x) = W_L ... W_1 x`` (:func:`predict_deep_linear_rank`):
+  ``q (r + K - q)`` with ``q = min(r, K, smallest hidden width)`` and ``r = rank Sigma``
+  (exact for generic weights; Singh, Bachmann & Hofmann 2021).
 
 Polynomial activations, exactly. Write ``f`` in the scaled monomial basis
 ``{(k!/α!) x^α}``: its coordinate at ``α`` (``|α| = k``) is
@@ -62,7 +65,7 @@ from ..model.activations import Activation, Erf, ReLU, Tanh, get_activation
 
 __all__ = [
     "DEFECTIVE_CASES", "generic_polynomial_rank", "KINDS", "linear_plus_quadratic_rank", "MODULAR_WORK_LIMIT", "MODULUS", "monomial_rank",
-    "polynomial_rank_bound", "polynomial_support", "predict_rank", "rank_mod", "RankPrediction", "saturation_hidden", "tangent_matrix_mod"
+    "polynomial_rank_bound", "polynomial_support", "predict_deep_linear_rank", "predict_rank", "rank_mod", "RankPrediction", "saturation_hidden", "tangent_matrix_mod"
 ]
 
 #: ``(p, N_i, N_h)`` where ``z^p`` networks lose one dimension (Alexander–Hirschowitz)
@@ -341,3 +344,47 @@ def saturation_hidden(activation: str | Activation, n_inputs: int, *, max_hidden
             return n_h - 1
         prev = r
     return None
+
+
+def predict_deep_linear_rank(widths, rank_sigma: int | None = None) -> RankPrediction:
+    """Rank of the Hessian of a deep linear network at a global minimum, for generic weights.
+
+    ``widths`` ``(n_0, ..., n_L)`` (``n_0 = N_i`` inputs, ``n_L = K`` outputs, ``L >= 1``);
+    ``rank_sigma`` ``r = rank Sigma`` of the input covariance (default ``N_i``). Returns
+    ``q (r + K - q)`` with ``q = min(r, K, n_1, ..., n_{L-1})`` (Singh, Bachmann & Hofmann 2021).
+
+    Why: at a minimum ``H = E[J J^T]``, whose rank is the dimension of the image of
+    ``d theta -> dA Sigma^(1/2)`` (``A = W_L ... W_1``). The products ``A`` are the
+    ``K x N_i`` matrices of rank ``<= m = min(n_0, ..., n_L)``; where ``rank A = m`` the
+    differential of ``theta -> A`` reaches the whole tangent space ``{U Y + Z V^T}``
+    (``U``, ``V`` the column and row spaces of ``A``), and restricted to the ``r``-dimensional
+    range of ``Sigma`` that space has dimension ``m r + K q - m q = q (r + K - q)``
+    (``q = m`` or ``q = r``). Conditions (generic weights and covariance): ``rank A = m``
+    and ``rank(A Sigma^(1/2)) = q``; at a point where either fails the rank is lower
+    (:func:`nearopt.curvature.deep_linear.rank_conditions` checks both).
+
+    Examples
+    --------
+    >>> predict_deep_linear_rank((6, 4, 3, 2)).rank     # q = 2: 2 (6 + 2 - 2)
+    12
+    >>> predict_deep_linear_rank((6, 4, 3, 2), 1).rank  # q = 1: 1 (1 + 2 - 1)
+    2
+    """
+    try:
+        sizes = tuple(require_positive_int(n, "a width") for n in widths)
+    except TypeError:
+        raise NearoptError(f"widths must be a sequence of positive integers (n_0, ..., n_L), got {widths!r}") from None
+    if len(sizes) < 2:
+        raise NearoptError(f"widths must list n_0, ..., n_L with L >= 1 (at least two numbers), got {list(sizes)}")
+    n_i, k = sizes[0], sizes[-1]
+    r = n_i if rank_sigma is None else require_positive_int(rank_sigma, "rank Sigma")
+    if r > n_i:
+        raise NearoptError(f"rank Sigma = {r} exceeds N_i = {n_i}")
+    q = min(r, k, *sizes[1:-1])
+    P = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    rank = q * (r + k - q)
+    basis = (f"deep linear, widths {'-'.join(map(str, sizes))}, rank Sigma = {r}: q (r + K - q) with q = min(r, K, hidden widths) = {q} "
+             "(Singh, Bachmann & Hofmann 2021; generic weights: rank A = min width, rank A Sigma^(1/2) = q)")
+    hidden = sizes[1] if len(sizes) > 2 else k
+    return RankPrediction(rank, "exact", rank, min(P, k * r), P, "linear", n_i, hidden, basis,
+                          notes=(f"depth L = {len(sizes) - 1}, K = {k} outputs", f"rank Sigma = {r}"))
