@@ -19,7 +19,7 @@ from ..landscape.certificate import SUPPORTED, certify, require_supported
 from ..landscape.critical import GTOL_MAX_FRACTION, check_gtol, committee_start, committee_teacher, find_critical_point, require_classification_memory
 from ..model import io
 from ..model.problem import Problem
-from .cmd_spectrum import add_student_args, student_from_args, trained_value
+from .cmd_spectrum import add_student_args, student_from_args, teacher_activation, trained_value
 from .common import add_network_args, emit_json, network_from_args, nonneg_float, positive_float, positive_int
 
 __all__ = ["COMMAND", "ORDER", "problem_from_args", "register", "run"]
@@ -44,8 +44,9 @@ def register(sub) -> None:
     add_student_args(p)
     p.set_defaults(trained=None)
     g = p.add_argument_group("search")
-    g.add_argument("--descent", choices=("gd", "trust", "newton"), default="gd",
-                   help="gd: gradient descent then Newton (default); trust: SciPy trust-exact then Newton; newton: Newton only (finds saddles too)")
+    g.add_argument("--descent", choices=("gd", "trust", "newton"), default=None,
+                   help="gd: gradient descent then Newton (default for W2 g(W1 x)); trust: SciPy trust-exact then Newton (default with biases, "
+                        "several outputs or --teacher-activation); newton: Newton only (finds saddles too)")
     g.add_argument("--lr", type=positive_float, help="gradient-descent step (default 1/lambda_max of the Hessian at the start)")
     g.add_argument("--max-steps", type=positive_int, default=20000, help="most descent steps (default 20000)")
     g.add_argument("--descent-gtol", type=positive_float, default=1e-6, help="gradient norm that ends the descent (default 1e-6)")
@@ -55,8 +56,9 @@ def register(sub) -> None:
     p.add_argument("--certify", action="store_true",
                    help="certify the end point as a strict local minimum (Newton-Kantorovich with a derived bound on the third "
                    f"derivatives; {', '.join(SUPPORTED)}): adds 'certificate' to the JSON")
-    p.add_argument("--save-point", metavar="P.npz", help="write the critical point (W1, W2, teacher, eigenvalues, classification) to this .npz")
+    p.add_argument("--save-point", metavar="P.npz", help="write the critical point (W1, b1, W2, b2 as the network has them, teacher, eigenvalues, classification) to this .npz")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON here")
+    p.add_argument("--json", action="store_true", help="print JSON (the command's only output format; accepted for scripts that say so)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (a line at most every 10 s in long descents)")
     p.set_defaults(func=run)
 
@@ -68,7 +70,7 @@ def problem_from_args(args) -> Problem:
             raise NearoptError("--committee builds the teacher: do not give --teacher or --nh")
         teacher = committee_teacher(args.committee, args.ni, args.activation)
     else:
-        teacher = network_from_args(args)
+        teacher = teacher_activation(args, network_from_args(args))
     trained = trained_value(args.trained) if args.trained is not None else ("first" if args.committee is not None else "both")
     if args.committee is not None and not (args.student or args.split or args.dead):
         start = committee_start(teacher, args.student_width, seed=args.student_seed)

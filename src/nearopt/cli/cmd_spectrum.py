@@ -37,7 +37,7 @@ from .common import (
 
 __all__ = [
     "add_student_args", "BATCH_ALTERNATIVES", "COMMAND", "compute", "deep_linear_spectrum", "DEEP_LINEAR_REFUSED", "ORDER", "POPULATION_METHODS",
-    "register", "run", "student_from_args", "student_width", "TRAINED_ALIASES", "trained_value"
+    "register", "run", "student_from_args", "student_width", "teacher_activation", "TRAINED_ALIASES", "trained_value"
 ]
 
 COMMAND = "spectrum"
@@ -132,6 +132,12 @@ def _same_net(a: TwoLayerNet, b: TwoLayerNet) -> bool:
     return a.W1.shape == b.W1.shape and bool(np.array_equal(a.W1, b.W1) and np.array_equal(a.W2, b.W2))
 
 
+def teacher_activation(args, teacher: TwoLayerNet) -> TwoLayerNet:
+    """The teacher with ``--teacher-activation`` when given (the student keeps ``-a``)."""
+    name = getattr(args, "teacher_activation", None)
+    return teacher.with_activation(name) if name else teacher
+
+
 def student_width(args, teacher: TwoLayerNet) -> int:
     """The student's width from the options alone (before anything is built or read)."""
     if args.student_width is not None:
@@ -145,7 +151,7 @@ def student_from_args(args, teacher: TwoLayerNet) -> TwoLayerNet | None:
     given = [o for o, on in (("--student", bool(args.student)), ("--student-width", args.student_width is not None), ("--split/--dead", bool(args.split) or args.dead)) if on]
     if len(given) > 1:
         raise NearoptError(f"choose one of {' / '.join(given)}")
-    act = get_activation(args.activation) if getattr(args, "teacher_activation", None) else teacher.activation
+    act = get_activation(args.activation) if args.activation else teacher.activation  # -a names the student's (the teacher may differ)
     if args.student:
         return load_student(args.student, teacher, act)  # validated: W1 (K, N_i), W2 (M, K), biases, the teacher's N_i
     if args.student_width is not None:
@@ -212,8 +218,7 @@ def compute(args) -> tuple[Spectrum, Spectrum | None]:
         net = saved.teacher
     else:
         net = network_from_args(args)
-    if getattr(args, "teacher_activation", None):
-        net = net.with_activation(args.teacher_activation)
+    net = teacher_activation(args, net)
     if args.trained is None:
         args.trained = saved.trained if saved is not None and saved.trained else "both"
     population = bool(getattr(args, "population", False))

@@ -45,9 +45,9 @@ from .assembly import assemble, is_linear, net_moments, rescaling_modes
 from .base import Curvature
 from .compose import Composed, compose, describe_point
 from .costs import route_costs
+from .network import NetworkHessian
 from .product import PopulationProduct
 from .structured import StructuredSpectrum, structured_spectrum
-from .network import NetworkHessian
 from .student import LandscapeProduct, assemble_landscape
 
 __all__ = ["IsotropicPopulationHessian", "population_hessian", "POPULATION_METHODS", "population_spectrum", "PopulationHessian"]

@@ -35,6 +35,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from ..errors import NearoptError
 from ..model.activations import Activation
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
@@ -86,11 +87,17 @@ class NetworkObjective:
         Any teacher and student (biases, outputs, activations), input law, trained blocks.
     order, tol :
         Quadrature of the kernel moments (:func:`~nearopt.gaussian.expectations.derivative_moments`).
+    degree : {1, 2}
+        The Taylor degree of the surrogate: 2 (default) for the Hessian; 1 integrates half the
+        derivative orders and gives the loss and the gradient only.
     """
 
-    def __init__(self, problem: Problem | TwoLayerNet, *, order: int | None = None, tol: float = QUADRATURE_TOL):
+    def __init__(self, problem: Problem | TwoLayerNet, *, order: int | None = None, tol: float = QUADRATURE_TOL, degree: int = 2):
         self.problem = as_problem(problem)
         self.order, self.tol = order, tol
+        if degree not in (1, 2):
+            raise NearoptError(f"degree must be 1 (loss and gradient) or 2 (and the Hessian), got {degree!r}")
+        self.degree = degree
         pr = self.problem
         self.sigma = pr.inputs.matmul(np.eye(pr.n_inputs))  # (N_i, N_i)
         self.theta_full = pr.point.parameters()
@@ -116,7 +123,7 @@ class NetworkObjective:
 
     @cached_property
     def point(self) -> _Point:
-        """The kernels' Taylor data at the problem's point (quadrature: student pairs to 4th order, student-teacher to (4, 2))."""
+        """The kernels' Taylor data at the problem's point (quadrature: student pairs to order ``2 degree``, student-teacher to ``(2 degree, degree)``)."""
         s, t = self.problem.point, self.problem.teacher
         K, J = s.n_hidden, s.n_hidden + t.n_hidden
         Omega, mu, _, _ = (x.numpy() for x in self._units(torch.as_tensor(self.theta_full)))
@@ -134,13 +141,14 @@ class NetworkObjective:
             nodes, change = max(nodes, r.nodes), max(change, r.change if np.isfinite(r.change) else 0.0)
 
         S, T_ = slice(0, K), slice(K, J)
-        fill(S, S, s.activation, s.activation, (4, 4))
-        fill(S, T_, s.activation, t.activation, (4, 2))
+        top = 2 * self.degree  # the highest derivative order on a student unit (a teacher unit: half)
+        fill(S, S, s.activation, s.activation, (top, top))
+        fill(S, T_, s.activation, t.activation, (top, self.degree))
         M[T_, S] = np.swapaxes(M[S, T_], 0, 1).swapaxes(-1, -2)  # E[g_t^(b) g_s^(a)]: the same moments, roles exchanged
         fill(T_, T_, t.activation, t.activation, (0, 0))
         phi = _taylor(M, 5)
         single = np.zeros((J, 5, 1))
-        for rows, act, n in ((S, s.activation, 4), (T_, t.activation, 0)):
+        for rows, act, n in ((S, s.activation, top), (T_, t.activation, 0)):
             r = derivative_moments(act, _ONE, mu[rows], 0.0, d[rows], 0.0, 0.0, orders=(n, 0), order=self.order, tol=self.tol)
             single[rows, : n + 1] = r.values
             nodes, change = max(nodes, r.nodes), max(change, r.change if np.isfinite(r.change) else 0.0)
@@ -157,6 +165,10 @@ class NetworkObjective:
         out.update({f"phi{i}": x for i, x in enumerate(pt.phi)})
         out.update({f"psi{i}": x for i, x in enumerate(pt.psi)})
         return {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in out.items()}
+
+    def _prepare(self) -> None:
+        """Compute the point's moments before any ``torch.func`` transform runs (the quadrature is not traced)."""
+        _ = self._tensors
 
     def surrogate(self, theta: torch.Tensor) -> torch.Tensor:
         """``S(theta)`` for trained parameters ``theta`` ``(P,)`` (torch, float64): equal to ``L`` to second order at the point."""
@@ -189,19 +201,23 @@ class NetworkObjective:
 
     def gradient(self) -> np.ndarray:
         """``grad L`` ``(P,)`` over the trained parameters."""
-        self._tensors  # the point's moments, computed outside the transforms
+        self._prepare()
         g = torch.func.grad(self.surrogate)(torch.as_tensor(self.theta0))
         return g.numpy()
 
     def hessian(self) -> np.ndarray:
         """``H`` ``(P, P)`` over the trained parameters (symmetrised)."""
-        self._tensors
+        if self.degree < 2:
+            raise NearoptError("this objective was built for the loss and gradient only (degree=1): build it with degree=2 for the Hessian")
+        self._prepare()
         H = torch.func.hessian(self.surrogate)(torch.as_tensor(self.theta0)).numpy()
         return 0.5 * (H + H.T)
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
         """``H V`` for ``V`` ``(P, k)`` (forward over reverse, one column at a time in a vmap)."""
-        self._tensors
+        if self.degree < 2:
+            raise NearoptError("this objective was built for the loss and gradient only (degree=1): build it with degree=2 for Hessian products")
+        self._prepare()
         theta = torch.as_tensor(self.theta0, device=V.device)
         grad = torch.func.grad(self.surrogate)
 

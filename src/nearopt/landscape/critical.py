@@ -149,7 +149,7 @@ def at_parameters(problem: Problem, theta: np.ndarray) -> Problem:
 def loss_and_gradient(problem: Problem) -> tuple[float, np.ndarray]:
     """Exact ``(L, grad L)`` at the problem's point (one set of pair moments; any network: :class:`NetworkObjective`)."""
     if not problem.is_plain:
-        obj = NetworkObjective(problem)
+        obj = NetworkObjective(problem, degree=1)
         return obj.loss, obj.gradient()
     mo = landscape_moments(problem, residual=False)
     return population_loss(problem, mo), population_gradient(problem, mo)
@@ -366,10 +366,14 @@ class CriticalPoint:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the point atomically to ``.npz``: ``W1`` ``(K, N_i)``, ``W2`` ``(1, K)`` (a student file for
-        ``nearopt spectrum --student``), the teacher (``teacher_W1``, ``teacher_W2``), ``eigenvalues`` and the scalars."""
+        """Write the point atomically to ``.npz``: the student's ``W1`` ``(K, N_i)``, ``W2`` ``(M, K)`` and biases (a student
+        file for ``nearopt spectrum --student``), the teacher (``teacher_W1``, ``teacher_W2``, its biases, its activation
+        when it differs), ``eigenvalues`` and the scalars."""
         s, t = self.student, self.problem.teacher
-        return io.write_npz(path, W1=s.W1, W2=s.W2, teacher_W1=t.W1, teacher_W2=t.W2, eigenvalues=self.eigenvalues,
+        extra = {f"teacher_{k}": v for k, v in t.arrays().items() if k in ("b1", "b2")}
+        if t.activation != s.activation:
+            extra["teacher_activation"] = np.asarray(t.activation.name)
+        return io.write_npz(path, **s.arrays(), teacher_W1=t.W1, teacher_W2=t.W2, **extra, eigenvalues=self.eigenvalues,
                             loss=np.asarray(self.loss), gradient_norm=np.asarray(self.gradient_norm), index=np.asarray(self.index),
                             zero_modes=np.asarray(self.zero_modes), classification=np.asarray(self.classification),
                             activation=np.asarray(s.activation.name), trained=np.asarray(self.problem.trained))
@@ -446,15 +450,19 @@ def _classify(pr: Problem, gtol: float | None) -> CriticalPoint:
     return CriticalPoint(pr, float(loss), float(rel), gnorm, gtol, lam, float(tau), neg, zero, pos, cls)
 
 
-def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str = "gd", lr: float | None = None, max_steps: int = 20000,
+def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str | None = None, lr: float | None = None, max_steps: int = 20000,
                         descent_gtol: float = 1e-6, gtol: float | None = None, newton_iter: int = 100, progress: bool = False) -> CriticalPoint:
     """Converge from the problem's point to a critical point and classify it.
 
     ``descent``: ``"gd"`` (:func:`gradient_descent`, then Newton), ``"trust"``
     (:func:`trust_region`, then Newton) or ``"newton"`` (Newton only: converges to the
-    nearest critical point of any index). ``progress``: stderr lines for the long phases.
+    nearest critical point of any index); ``None`` is ``"gd"`` for the paper's networks and
+    ``"trust"`` otherwise (biases, outputs, another teacher activation: each loss evaluation
+    integrates the kernels with means, so few steps matter). ``progress``: stderr lines for the long phases.
     """
     pr = as_problem(problem)
+    if descent is None:
+        descent = "gd" if pr.is_plain else "trust"
     if descent not in ("gd", "trust", "newton"):
         raise NearoptError(f"descent must be 'gd', 'trust' or 'newton', got {descent!r}")
     require_teacher_power(pr.teacher)

@@ -22,14 +22,13 @@ Users add their own with :func:`register_activation`.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import contextlib
 import functools
 import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -424,6 +423,8 @@ class Erf(Activation):
 
     def derivatives(self, z, order=3):
         """``g^(k+1) = g' q_k(z)`` with ``q_0 = 1``, ``q_(k+1) = q_k' - 2 a^2 z q_k`` (``g' ~ exp(-a^2 z^2)``): one exponential for all."""
+        if order < 1:
+            return [self(z)]
         d1 = self.derivative(z)
         return [self(z)] + [d1 * _horner(q, z) for q in _gaussian_polynomials(order - 1, 1.0 / self.scale**2)]
 
