@@ -143,7 +143,7 @@ class DeepLinearNet:
     def load(cls, path: str | os.PathLike, role: str = "teacher") -> DeepLinearNet:
         """Read a file with exactly ``W1 ... WL`` (consecutive, nothing else); one error line otherwise."""
         path = Path(path)
-        arrays = io._read_npz(path, f"{role} file")
+        arrays = io.read_arrays(path, f"{role} file")
         depth = _layer_count(arrays, f"{role} file {path}")
         try:
             return cls(tuple(arrays[f"W{ell}"] for ell in range(1, depth + 1)))
@@ -170,7 +170,7 @@ def deep_linear_depth(path: str | os.PathLike, role: str = "teacher") -> int | N
     a file with exactly ``W1, W2`` (or with other arrays and no ``W3``) is left to the
     two-layer loader. A missing or unreadable file raises one error line.
     """
-    arrays = io._read_npz(Path(path), f"{role} file")
+    arrays = io.read_arrays(Path(path), f"{role} file")
     numbered = [k for k in arrays if _LAYER_KEY.match(k)]
     if "W3" in arrays or (numbered and len(numbered) == len(arrays) and set(arrays) != set(TWO_LAYER_KEYS)):
         return _layer_count(arrays, f"{role} file {path}")
