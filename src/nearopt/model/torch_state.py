@@ -62,7 +62,7 @@ def read_torch_state(path: str | os.PathLike, what: str = "weight file") -> dict
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
+        if "weights only" in str(exc).lower() and _looks_like_torch(path):
             raise NearoptError(f"cannot read {what} {path}: it holds pickled objects (a whole module?) that nearopt does not unpickle; {_SAVE_HINT}") from None
         raise NearoptError(f"cannot read {what} {path}: not a PyTorch file (UnpicklingError)") from None
     except Exception as exc:  # torch raises many kinds (KeyError, RuntimeError, EOFError) on a foreign file
@@ -73,6 +73,13 @@ def read_torch_state(path: str | os.PathLike, what: str = "weight file") -> dict
     if other:
         raise NearoptError(f"{what} {path} is not a state dict of tensors (entries {', '.join(repr(k) for k in other[:4])} are not tensors: a checkpoint?); {_SAVE_HINT}")
     return {str(k): v for k, v in obj.items()}
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """Whether ``path`` is laid out as ``torch.save`` writes: a zip archive, or a pickle (the legacy format)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def _describe(obj: Any) -> str:
