@@ -9,9 +9,9 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from _cli import cli
 from torch import nn
 
-from _cli import cli
 from nearopt.errors import NearoptError
 from nearopt.model import io
 from nearopt.model.activations import CustomActivation
@@ -260,6 +260,21 @@ def test_the_command_line_reads_a_pt_teacher_as_its_npz(tmp_path):
         assert code == 0 and not err
         results.append(json.loads(out))
     assert results[0]["P"] == 4 * 5 + 5 + 5 * 2 + 2
+    assert results[0]["eigenvalues"] == results[1]["eigenvalues"] and results[0]["loss"] == results[1]["loss"]
+
+
+def test_the_command_line_reads_a_pt_student(tmp_path):
+    teacher = _module(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
+    student = _module(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2), seed=2)
+    for name, module in (("t", teacher), ("s", student)):
+        torch.save(module.state_dict(), tmp_path / f"{name}.pt")
+        from_torch(module).save(tmp_path / f"{name}.npz")
+    results = []
+    for ext in ("pt", "npz"):
+        code, out, err = cli("spectrum", "--population", "--teacher", tmp_path / f"t.{ext}", "--student", tmp_path / f"s.{ext}", "-a", "tanh", "--json")
+        assert code == 0 and not err
+        results.append(json.loads(out))
+    assert results[0]["P"] == 4 * 3 + 3 + 3 * 2 + 2 and results[0]["loss"] > 0
     assert results[0]["eigenvalues"] == results[1]["eigenvalues"] and results[0]["loss"] == results[1]["loss"]
 
 

@@ -8,7 +8,8 @@ no biases, ``K`` outputs, any depth ``L >= 1``. Parameter vector convention::
 The loss of a student against a teacher under inputs ``x ~ N(0, Sigma)`` is
 ``1/2 E|f_s(x) - f_t(x)|^2`` summed over the outputs,
 ``= 1/2 tr((A - T) Sigma (A - T)^T)`` with ``A = W_L ... W_1`` and ``T`` the teacher's
-end-to-end map (``docs/deep_linear.md``). Weight files hold ``W1 ... WL`` (``.npz``).
+end-to-end map (``docs/deep_linear.md``). Weight files hold ``W1 ... WL`` (``.npz``; a PyTorch
+state dict of bias-free Linear layers in a ``.pt``/``.pth`` reads as one, :mod:`nearopt.model.torch_state`).
 
 Example::
 
