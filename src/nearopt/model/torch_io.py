@@ -50,7 +50,7 @@ def _modelled() -> str:
 
 def _flatten(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """The leaf modules of a (possibly nested) ``nn.Sequential``, with their dotted names."""
-    out = []
+    out: list[tuple[str, nn.Module]] = []
     for name, child in module.named_children():
         if isinstance(child, nn.Sequential):
             out.extend((f"{name}.{sub}", leaf) for sub, leaf in _flatten(child))
