@@ -132,7 +132,8 @@ def add_network_args(p: argparse.ArgumentParser, activation_default: str | None 
     )
     p.set_defaults(activation_required=activation_default is None)
     add_teacher_size_args(p)
-    p.add_argument("--teacher", metavar="FILE.npz", help="teacher weights (W1 (N_h,N_i), W2 (1,N_h)) instead of --ni/--nh")
+    p.add_argument("--teacher", metavar="FILE.npz", help="teacher weights instead of --ni/--nh: an .npz with W1 (N_h,N_i), W2 (M,N_h) and optionally b1, b2, "
+                   "or a PyTorch state dict (.pt/.pth, torch.save(model.state_dict(), path))")
 
 
 def add_data_args(p: argparse.ArgumentParser, population: bool = True, population_help: str = "exact population Hessian (N -> infinity)") -> None:

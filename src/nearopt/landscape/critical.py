@@ -399,8 +399,8 @@ def load_point(path: str | Path, activation: Activation) -> SavedPoint:
     W1 = arrays["W1"]
     student = TwoLayerNet(W1, arrays["W2"], activation, arrays.get("b1"), arrays.get("b2"))
     keys = ("teacher_W1", "teacher_b1", "teacher_W2", "teacher_b2", "teacher_activation", "trained", "activation")
-    with np.load(path, allow_pickle=False) as data:
-        meta = {k: np.asarray(data[k]) for k in keys if k in data.files}
+    stored = io.read_arrays(path, "student file")
+    meta = {k: stored[k] for k in keys if k in stored}
     if "activation" in meta and str(meta["activation"]) != activation.name:
         raise NearoptError(f"student file {path} was saved for activation {str(meta['activation'])!r}, not {activation.name!r}")
     teacher = None

@@ -8,6 +8,8 @@ module           holds
 ``activations``  :class:`Activation` ``g`` with its derivatives and Gaussian pair moments
 ``problem``      :class:`Problem`: teacher, student point, trained blocks, :class:`GaussianInputs`
 ``io``           weight files, atomic writes, strict JSON
+``torch_state``  PyTorch state dicts and ``.pt``/``.pth`` files as weight arrays
+``torch_io``     networks from ``nn.Sequential`` modules, state dicts and PyTorch files
 ``datasets``     real inputs (bundled data sets) and their covariances
 ===============  ===========================================================================
 

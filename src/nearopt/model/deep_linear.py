@@ -8,7 +8,8 @@ no biases, ``K`` outputs, any depth ``L >= 1``. Parameter vector convention::
 The loss of a student against a teacher under inputs ``x ~ N(0, Sigma)`` is
 ``1/2 E|f_s(x) - f_t(x)|^2`` summed over the outputs,
 ``= 1/2 tr((A - T) Sigma (A - T)^T)`` with ``A = W_L ... W_1`` and ``T`` the teacher's
-end-to-end map (``docs/deep_linear.md``). Weight files hold ``W1 ... WL`` (``.npz``).
+end-to-end map (``docs/deep_linear.md``). Weight files hold ``W1 ... WL`` (``.npz``; a PyTorch
+state dict of bias-free Linear layers in a ``.pt``/``.pth`` reads as one, :mod:`nearopt.model.torch_state`).
 
 Example::
 
@@ -143,7 +144,7 @@ class DeepLinearNet:
     def load(cls, path: str | os.PathLike, role: str = "teacher") -> DeepLinearNet:
         """Read a file with exactly ``W1 ... WL`` (consecutive, nothing else); one error line otherwise."""
         path = Path(path)
-        arrays = io._read_npz(path, f"{role} file")
+        arrays = io.read_arrays(path, f"{role} file")
         depth = _layer_count(arrays, f"{role} file {path}")
         try:
             return cls(tuple(arrays[f"W{ell}"] for ell in range(1, depth + 1)))
@@ -170,7 +171,7 @@ def deep_linear_depth(path: str | os.PathLike, role: str = "teacher") -> int | N
     a file with exactly ``W1, W2`` (or with other arrays and no ``W3``) is left to the
     two-layer loader. A missing or unreadable file raises one error line.
     """
-    arrays = io._read_npz(Path(path), f"{role} file")
+    arrays = io.read_arrays(Path(path), f"{role} file")
     numbered = [k for k in arrays if _LAYER_KEY.match(k)]
     if "W3" in arrays or (numbered and len(numbered) == len(arrays) and set(arrays) != set(TWO_LAYER_KEYS)):
         return _layer_count(arrays, f"{role} file {path}")

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import NearoptError
+from .torch_state import TORCH_SUFFIXES, read_torch_weights
 
 __all__ = [
-    "atomic_path", "check_output_path", "load_inputs", "load_real_array", "load_weights", "MODEL_SCOPE", "REQUIRED_WEIGHT_KEYS", "NON_FINITE_KEY", "POINT_METADATA_KEYS",
+    "atomic_path", "check_output_path", "load_inputs", "load_real_array", "load_weights", "MODEL_SCOPE", "read_arrays", "REQUIRED_WEIGHT_KEYS", "NON_FINITE_KEY", "POINT_METADATA_KEYS",
     "read_json", "restore_non_finite", "saved_activation", "strict_jsonable", "to_json", "WEIGHT_KEYS", "write_json", "write_npz", "write_text"
 ]
 
@@ -277,19 +278,32 @@ def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
         raise NearoptError(f"cannot read {what} {path}: not a valid .npz ({exc.__class__.__name__})") from None
 
 
+def read_arrays(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    """The named arrays of a weight file: an ``.npz`` (no pickles), or a PyTorch ``.pt``/``.pth`` state dict.
+
+    A PyTorch file gives its Linear layers as ``W1, b1, W2, b2`` (two layers) or ``W1 ... WL``
+    (bias-free stacks), float64 (:func:`nearopt.model.torch_state.read_torch_weights`). ``what``
+    names the file in messages (``"teacher file"``); a missing or unreadable file is one line.
+    """
+    path = Path(path)
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        return read_torch_weights(path, what)
+    return _read_npz(path, what)
+
+
 def saved_activation(path: str | os.PathLike, role: str = "student") -> str | None:
     """The activation a weight file records (a point saved by ``nearopt critical --save-point``), or ``None``.
 
     The file's metadata is validated as by :func:`load_weights`.
     """
     path = Path(path)
-    arrays = _read_npz(path, f"{role} file")
+    arrays = read_arrays(path, f"{role} file")
     _check_point_metadata(arrays, f"{role} file {path}")
     return str(arrays["activation"]) if "activation" in arrays else None
 
 
 def load_weights(path: str | os.PathLike, role: str = "teacher") -> dict[str, np.ndarray]:
-    """Load and validate the weights of a two-layer network from an ``.npz`` file.
+    """Load and validate the weights of a two-layer network from an ``.npz`` or PyTorch ``.pt``/``.pth`` file (:func:`read_arrays`).
 
     Returns the float64 arrays ``W1`` ``(N_h, N_i)``, ``W2`` ``(M, N_h)`` and, when the file
     holds them, the biases ``b1`` ``(N_h,)`` and ``b2`` ``(M,)`` (:data:`WEIGHT_KEYS`, the
@@ -302,7 +316,7 @@ def load_weights(path: str | os.PathLike, role: str = "teacher") -> dict[str, np
     """
     path = Path(path)
     what = f"{role} file"
-    arrays = _read_npz(path, what)
+    arrays = read_arrays(path, what)
     missing = [k for k in REQUIRED_WEIGHT_KEYS if k not in arrays]
     if missing:
         raise NearoptError(f"{what} {path} lacks array(s) {', '.join(missing)} (has: {', '.join(arrays) or 'none'})")
