@@ -249,7 +249,7 @@ def _general_hvp(net: TwoLayerNet, X: torch.Tensor):
     def f(th: torch.Tensor) -> torch.Tensor:
         return network_output(net, th, X)
 
-    _, pullback = func.vjp(f, theta)
+    pullback = func.vjp(f, theta)[1]
 
     def one(v: torch.Tensor) -> torch.Tensor:
         return pullback(func.jvp(f, (theta,), (v,))[1])[0] / N

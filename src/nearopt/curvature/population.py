@@ -163,6 +163,11 @@ class PopulationHessian(Composed):
         base = IsotropicPopulationHessian(white, moments, residual=self.residual, device=self.device)
         return compose(base, self.problem, None if self.inputs.isotropic else L)
 
+    def _network(self) -> NetworkHessian:
+        op = self.operator
+        assert isinstance(op, NetworkHessian)
+        return op
+
     # ------------------------------------------------------------------ what only the population Hessian knows
     def offers(self, route: str) -> bool:
         if self.general and route in ("structured", "factor"):
@@ -241,7 +246,7 @@ class PopulationHessian(Composed):
         if self.problem.at_teacher:
             return 0.0
         if self.general:
-            return self.operator.objective.loss  # type: ignore[attr-defined]
+            return self._network().objective.loss
         return population_loss(self.problem, self.moments)  # type: ignore[arg-type]
 
     @cached_property
@@ -250,7 +255,7 @@ class PopulationHessian(Composed):
         if self.problem.at_teacher:
             return np.zeros(self.n_params)
         if self.general:
-            return self.operator.objective.gradient()  # type: ignore[attr-defined]
+            return self._network().objective.gradient()
         return population_gradient(self.problem, self.moments)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, Any]:
@@ -258,7 +263,7 @@ class PopulationHessian(Composed):
         x = d["extra"]
         x.update(describe_point(self.problem))
         if self.general:
-            x.update(self.operator.objective.describe())  # type: ignore[attr-defined]
+            x.update(self._network().objective.describe())
             x["features"] = self.problem.features()
         else:
             x["expectations"] = self.moments.method

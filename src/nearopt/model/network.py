@@ -129,11 +129,10 @@ class TwoLayerNet:
 
     def blocks(self) -> dict[str, tuple[int, int]]:
         """``{name: (start, stop)}`` of each parameter block present, in the order of :data:`BLOCKS`."""
-        sizes = {"W1": self.W1.size, "b1": None if self.b1 is None else self.n_hidden, "W2": self.W2.size,
-                 "b2": None if self.b2 is None else self.n_outputs}
+        sizes = {"W1": self.W1.size, "b1": 0 if self.b1 is None else self.n_hidden, "W2": self.W2.size, "b2": 0 if self.b2 is None else self.n_outputs}
         out, start = {}, 0
         for name in BLOCKS:
-            if sizes[name] is not None:
+            if sizes[name]:
                 out[name] = (start, start + sizes[name])
                 start += sizes[name]
         return out
