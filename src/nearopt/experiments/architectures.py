@@ -376,6 +376,10 @@ def _summary(ranks, spectra, batch, fits, best, config) -> str:
         small = ", ".join(f"{x:.3g}" for x in b["smallest"])
         lines.append(f"| {b['K']} | {b['P']} | {b['loss']:.4g} | {b['loss_relative']:.3g} | {b['gradient_norm']:.2g} | {b['classification']} | "
                      f"{b['index']} | {b['zero_modes']} | {small} | {b['converged_starts']}/{b['starts']} |")
+    lines += ["", "A tanh student never represents an erf teacher exactly, so its best loss is above 0 and a minimum is classed "
+              "'spurious' (the global level being 0). A 'not converged' end point stopped within the step limits with its gradient above "
+              "the rounding level, where the smallest eigenvalues lie near 0 (a nearly flat region): its index counts the negative "
+              "eigenvalues there, not those of a critical point."]
     lines += ["", "ReLU students are not covered: the exact population engine refuses an activation with a kink (its Hessian is not "
               "the second derivative of the Gaussian kernels there), and a batch estimate would not give a critical point of the population loss."]
     return "\n".join(lines)
@@ -401,9 +405,11 @@ def _spectra_findings(spectra: list[dict[str, Any]]) -> str:
 def _figure(ranks, spectra, best, config, out_dir: Path) -> Path:
     fig, axes = new_figure(1, 3, figsize=(13, 3.8), squeeze=False, gridspec_kw={"width_ratios": [1, 2.2, 1]})
     ax = axes[0][0]
-    for d in sorted({r["depth"] for r in ranks}):
+    depths = sorted({r["depth"] for r in ranks})
+    for j, d in enumerate(depths):  # depths side by side (a small offset), so that equal ranks do not hide each other
         rr = [r for r in ranks if r["depth"] == d]
-        ax.plot([r["predicted"] for r in rr], [r["measured"] for r in rr], "o", ms=4, mfc="none", label=f"L = {d}")
+        shift = 0.12 * (j - (len(depths) - 1) / 2)
+        ax.plot([r["predicted"] + shift for r in rr], [r["measured"] for r in rr], "o", ms=4, mfc="none", label=f"L = {d}")
     top = max(max(r["predicted"] for r in ranks), 1)
     ax.plot([0, top], [0, top], "k:", lw=0.8)
     ax.set_xlabel("q (r + K − q)")
@@ -424,8 +430,11 @@ def _figure(ranks, spectra, best, config, out_dir: Path) -> Path:
     ax.set_title(f"(b) spectra at the teacher, N_i = {config['n_inputs']}, N_h = {config['n_hidden']}", fontsize=9)
     ax = axes[0][2]
     K = [b["K"] for b in best]
-    ax.semilogy(K, [b["loss_relative"] for b in best], "o-", ms=4, label="best loss / E[f*²]")
-    ax.semilogy(K, [max(b["smallest_positive"], 1e-300) if math.isfinite(b["smallest_positive"]) else np.nan for b in best], "s--", ms=4,
+    ax.semilogy(K, [b["loss_relative"] for b in best], "-", color="C0", lw=0.8)
+    for b in best:  # filled: converged (gradient at rounding level); open: stopped before
+        ax.semilogy(b["K"], b["loss_relative"], "o", ms=5, color="C0", mfc="C0" if b["converged"] else "none")
+    ax.plot([], [], "o", color="C0", label="best loss / E[f*²] (open: not converged)")
+    ax.semilogy(K, [max(b["smallest_positive"], 1e-300) if math.isfinite(b["smallest_positive"]) else np.nan for b in best], "s--", ms=4, color="C1",
                 label=r"smallest positive $\lambda$")
     ax.set_xlabel("student width K (tanh)")
     ax.set_title(f"(c) erf teacher, k = {config['fit_width']}", fontsize=9)
