@@ -46,14 +46,28 @@ from ..figures.plotting import new_figure, save_figure
 from ..landscape.critical import CriticalPoint, find_critical_point
 from ..landscape.manifold import add_dead_units, random_student
 from ..model import io
+from ..model.activations import get_activation
 from ..model.deep_linear import DeepLinearProblem, sample_deep_linear
 from ..model.network import TwoLayerNet, sample_inputs, sample_teacher
 from ..model.problem import GaussianInputs, Problem
 from ..spectra.solver import NullSpaceWarning
 from ..theory.rank_prediction import predict_deep_linear_rank, predict_rank
 from .base import (
-    FLOAT64, SEED, Check, Experiment, ExperimentResult, Relation, Setting, activation_name, check_below, check_equal, check_not_applicable, count, counts, names,
-    register
+    FLOAT64,
+    SEED,
+    Check,
+    Experiment,
+    ExperimentResult,
+    Relation,
+    Setting,
+    activation_name,
+    check_below,
+    check_equal,
+    check_not_applicable,
+    count,
+    counts,
+    names,
+    register,
 )
 
 __all__ = ["BIASES", "cells", "covariance", "finalize", "FULL", "hidden_layers", "memory", "QUICK", "run_cell", "SETTINGS", "spectra_teacher"]
@@ -121,6 +135,7 @@ def cells(config: dict[str, Any]) -> list[dict[str, Any]]:
 def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     kind = cell["kind"]
+    out: dict[str, Any]
     with warnings.catch_warnings():  # an unclear rank cut is recorded in the rows ("clear"), not warned about per problem
         warnings.simplefilter("ignore", NullSpaceWarning)
         if kind == "ranks":
@@ -169,7 +184,7 @@ def _rank_rows(cell: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_rank_row("deep linear", widths, law.rank, spec, pred.rank))
         if depth == 2:  # the same architecture as a two-layer network, linear activation, by the general engine
             W1, W2 = teacher.weights
-            spec2 = PopulationHessian(Problem(TwoLayerNet(W1, W2, "linear"), inputs=law)).spectrum("dense")
+            spec2 = PopulationHessian(Problem(TwoLayerNet(W1, W2, get_activation("linear")), inputs=law)).spectrum("dense")
             rows.append(_rank_row("two-layer, linear activation", widths, law.rank, spec2, pred.rank))
     return rows
 
@@ -189,7 +204,7 @@ def spectra_teacher(n_inputs: int, n_hidden: int, activation: str, bias: str, M:
     W2 = rng.standard_normal((max(M, 3), n_hidden)) / math.sqrt(n_hidden)
     b1 = 0.5 * rng.standard_normal(n_hidden)
     b2 = rng.standard_normal(max(M, 3)) / math.sqrt(n_hidden)
-    return TwoLayerNet(W1, W2[:M], activation, b1 if bias != "none" else None, b2[:M] if bias == "b1+b2" else None)
+    return TwoLayerNet(W1, W2[:M], get_activation(activation), b1 if bias != "none" else None, b2[:M] if bias == "b1+b2" else None)
 
 
 def _spectrum_row(cell: dict[str, Any], bias: str, M: int) -> dict[str, Any]:
@@ -393,13 +408,18 @@ def _spectra_findings(spectra: list[dict[str, Any]]) -> str:
         Ms = sorted({M for _, M in rows})
         nulls = ", ".join(f"{b}/M={M}: {r['null']}" for (b, M), r in rows.items() if r["null"])
         rank_text = f"zero eigenvalues {nulls}" if nulls else "every configuration has full rank (no zero eigenvalue)"
-        lo = lambda b, M: rows[(b, M)]["smallest"][0] if rows[(b, M)]["smallest"] else float("nan")
         out.append(
             f"{act}: {rank_text}; "
-            f"λ⁺min from M = {Ms[0]} to M = {Ms[-1]} outputs (no biases) × {lo('none', Ms[-1]) / lo('none', Ms[0]):.3g}; "
-            f"b1 changes λ⁺min (M = {Ms[0]}) × {lo('b1', Ms[0]) / lo('none', Ms[0]):.3g}, b2 changes λmax × "
+            f"λ⁺min from M = {Ms[0]} to M = {Ms[-1]} outputs (no biases) × {_lowest(rows, 'none', Ms[-1]) / _lowest(rows, 'none', Ms[0]):.3g}; "
+            f"b1 changes λ⁺min (M = {Ms[0]}) × {_lowest(rows, 'b1', Ms[0]) / _lowest(rows, 'none', Ms[0]):.3g}, b2 changes λmax × "
             f"{rows[('b1+b2', Ms[0])]['largest'] / rows[('b1', Ms[0])]['largest']:.3g}.")
     return " ".join(out)
+
+
+def _lowest(rows: dict[tuple[str, int], dict[str, Any]], bias: str, M: int) -> float:
+    """The smallest nonzero eigenvalue of configuration ``(bias, M)`` (``nan`` without one)."""
+    small = rows[(bias, M)]["smallest"]
+    return small[0] if small else float("nan")
 
 
 def _figure(ranks, spectra, best, config, out_dir: Path) -> Path:
