@@ -50,7 +50,11 @@ def test_summary_states_the_measured_numbers(quick_run):
     text = run.result.summary
     for row in io.read_json(quick_run[1] / "architectures.json")["spectra"]:
         assert f"| {row['activation']} | {row['bias']} | {row['M']} | {row['P']} | {row['rank']} |" in text
-    assert "ReLU students are not covered" in text
+    assert "ReLU students: batch estimates, not population values" in text
+    relu = io.read_json(quick_run[1] / "architectures.json")["relu_batch"]
+    assert sorted(r["K"] for r in relu) == [1, 2, 3, 4]
+    for r in relu:  # the fresh-input loss is a mean of N squares: its standard error is far below it
+        assert 0 < r["test_se"] < 0.2 * r["test_loss"] and r["negative"] + r["near_zero"] <= r["P"]
 
 
 def _results(run):
@@ -96,6 +100,7 @@ def test_cells_put_the_fits_first_and_the_chain_only_when_asked():
     assert kinds[:4] == ["fit"] * 4 and "fit-chain" not in kinds
     assert [c["K"] for c in cq[:4]] == [quick["fit_width"] + 3 - i for i in range(4)]
     assert kinds.count("ranks") == len(quick["depths"]) and kinds.count("spectra") == 2 and kinds.count("batch") == 1
+    assert sorted(c["K"] for c in cq if c["kind"] == "relu-batch") == [quick["fit_width"] + i for i in range(4)]
     cf = cells(full)
     assert cf[0]["kind"] == "fit-chain" and sum(c["kind"] == "fit" for c in cf) == 4 * full["fit_seeds"]
     assert len({json.dumps(c, sort_keys=True) for c in cf}) == len(cf)
