@@ -102,10 +102,10 @@ QUICK: dict[str, Any] = {
     "fit_width": 1,
     "fit_seeds": 1,
     "fit_chain": False,
-    "fit_steps": 40,
-    "newton_iter": 15,
+    "fit_steps": 30,
+    "newton_iter": 10,
     "relu_samples": 4000,
-    "relu_steps": 300,
+    "relu_steps": 200,
 }
 FULL: dict[str, Any] = {
     **QUICK,
