@@ -80,7 +80,8 @@ __all__ = ["BIASES", "cells", "covariance", "finalize", "FULL", "hidden_layers",
 BIASES = ("none", "b1", "b1+b2")
 #: a Monte Carlo entry more than this many standard errors from the population value fails part (b)'s batch check
 Z_MAX = 6.0
-#: where an entry has no sampling variance (the b2 block is the identity), it must agree to this (absolute)
+#: where an entry has no sampling variance (the same for every input: the b2 block, the W2 and b2 entries of two different outputs),
+#: it must agree to this (absolute)
 EXACT_ATOL = 1e-12
 #: batch Hessian eigenvalues of a ReLU fit within this fraction of the largest are counted as zero (not as negative)
 RELU_ZERO = 1e-8
@@ -246,7 +247,7 @@ def _batch_check(cell: dict[str, Any]) -> dict[str, Any]:
     X = sample_inputs(cell["samples"], T.n_inputs, seed=cell["seed"])
     P, N = T.n_params, cell["samples"]
     s1, s2 = torch.zeros(P, P, dtype=torch.float64), torch.zeros(P, P, dtype=torch.float64)
-    for Jc in iter_jacobian_chunks(T, X, chunk_size=max(M, 1) * 2000):
+    for Jc in iter_jacobian_chunks(T, X, chunk_size=2000):  # 2000 inputs (M rows each) per chunk
         J = Jc.reshape(-1, M, P)
         G = torch.einsum("nmp,nmq->npq", J, J)
         s1 += G.sum(0)
@@ -387,7 +388,8 @@ def _spectra_checks(spectra: list[dict[str, Any]], batch: dict[str, Any]) -> lis
     out.append(check_below(f"population Hessian = batch Gauss-Newton of N = {batch['samples']} inputs ({batch['activation']}, b1+b2, "
                            f"M = {batch['M']}): largest |entry difference| in standard errors", batch["max_z"], Z_MAX,
                            f"{batch['entries']} entries; Frobenius error / its expectation {batch['frobenius_ratio']:.3g}"))
-    out.append(check_below("entries without sampling variance (the b2 block) equal to rounding", batch["exact_max_diff"], EXACT_ATOL))
+    out.append(check_below("entries without sampling variance (b2 block; W2, b2 across two outputs) equal to rounding", batch["exact_max_diff"],
+                           EXACT_ATOL, f"{batch['exact_entries']} entries"))
     return out
 
 
