@@ -187,7 +187,7 @@ def test_a_kink_with_biases_is_refused_with_one_line():
 
 def test_routes_for_the_papers_network_only_refuse_with_the_capability_message():
     t = _problem(("erf", "erf"), "b1,b2", "teacher", "isotropic").teacher
-    with pytest.raises(no.NearoptError, match="covers f\\(x\\) = W2 g\\(W1 x\\).*b1, b2.*routes that take it"):
+    with pytest.raises(no.NearoptError, match="covers f\\(x\\) = W2 g\\(W1 x\\).*b1, b2.*what takes it: the population spectrum"):
         no.model.network.require_plain(t, "this route")
 
 

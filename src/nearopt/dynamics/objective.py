@@ -33,7 +33,7 @@ from torch import func
 from ..curvature.base import Curvature
 from ..curvature.batch import BatchGaussNewton
 from ..errors import NearoptError
-from ..model.network import TwoLayerNet, sample_inputs
+from ..model.network import TwoLayerNet, require_plain, sample_inputs
 from ..spectra.spectrum import Spectrum
 
 __all__ = ["ClosedFormHessian", "forward_batched", "make_objective", "Objective", "POPULATION_CLOSED_FORMS", "POPULATION_SAMPLES", "split_parameters"]
@@ -217,6 +217,7 @@ def make_objective(
     ``kurtosis`` (excess kurtosis of i.i.d. unit-variance inputs) only enters the
     quadratic closed form; any other non-Gaussian population needs a batch ``X``.
     """
+    require_plain(net, "the dynamics near the optimum (gradient descent and flow)")
     if X is not None:
         Xt = torch.as_tensor(np.asarray(X, dtype=np.float64))
         if Xt.ndim != 2 or Xt.shape[1] != net.n_inputs or Xt.shape[0] < 1:

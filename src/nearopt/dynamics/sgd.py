@@ -33,7 +33,7 @@ from ..curvature.base import resolve_device
 from ..errors import NearoptError, require_nonneg_finite, require_positive_finite, require_positive_int
 from ..gaussian.expectations import kernel, output_power
 from ..model.network import TwoLayerNet
-from ..model.problem import Problem, as_problem
+from ..model.problem import Problem, as_problem, require_paper_setting
 from ..resources import dense_bytes, require_memory
 from ..threads import sized_threads
 from ..tolerances import EPS
@@ -259,6 +259,7 @@ def simulate_sgd(
     generator on the device. CPU and GPU runs differ in those draws, not in law.
     """
     pr = as_problem(problem)
+    require_paper_setting(pr, "SGD")
     lr, batch, runs, steps, samples = _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples)
     rec = record_steps(steps, points) if record is None else np.unique(np.asarray(record, dtype=np.int64))
     if rec.size == 0 or rec[0] < 0 or rec[-1] > steps:
@@ -479,6 +480,7 @@ def run_sgd(
     A learning rate at or beyond a critical one warns (the prediction diverges); the simulation still runs.
     """
     pr = as_problem(problem)
+    require_paper_setting(pr, "SGD")
     lr, batch, runs, steps, samples = _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples)
     dev = resolve_device(device)
     require_memory(sgd_memory(pr, runs, batch, points, samples, sampling), f"{runs} SGD runs with batch {batch}", "fewer runs or a smaller batch", device=dev)

@@ -58,7 +58,7 @@ from ..errors import NearoptError, require_positive_finite, require_positive_int
 from ..gaussian.expectations import gauss_hermite
 from ..gaussian.objective import population_loss
 from ..model.network import TwoLayerNet
-from ..model.problem import Problem, as_problem
+from ..model.problem import Problem, as_problem, require_paper_setting
 from ..policy import RankPolicy
 from ..resources import dense_bytes, require_memory
 from ..spectra.grouping import cluster_labels
@@ -436,6 +436,7 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
     Gaussian) instead of the rule. ``info["hessian"]`` is ``H``'s eigenvalues with multiplicities.
     """
     pr = as_problem(problem)
+    require_paper_setting(pr, "the SGD predictions")
     _require_minimum(pr)
     rj = reduced_jacobian(pr)
     auto, exact_rule = default_order(rj.activation)
@@ -605,6 +606,7 @@ class FixedSetModel:
 def fixed_set_model(problem: Problem | TwoLayerNet, X: np.ndarray, eps: np.ndarray) -> FixedSetModel:
     """:class:`FixedSetModel` of the training set ``X`` ``(N, N_i)`` with label noise ``eps`` ``(N,)`` (dense; ``P <= 2000``)."""
     pr = as_problem(problem)
+    require_paper_setting(pr, "the SGD predictions")
     if not pr.at_teacher:
         raise NearoptError("the fixed-training-set prediction is implemented at the teacher (student = teacher)")
     P = pr.n_params

@@ -109,16 +109,16 @@ class NetworkObjective:
         """``Omega`` ``(J, N_i)``, ``mu`` ``(J,)``, ``B`` ``(M, J)``, ``delta`` ``(M,)`` at full student parameters ``(P_all,)``."""
         s, t = self.problem.point, self.problem.teacher
         W, b, V, c = s.unpack(full)
-        T, U = torch.as_tensor(t.W1), torch.as_tensor(t.W2)
+        T, U = torch.as_tensor(np.array(t.W1)), torch.as_tensor(np.array(t.W2))
         zero_s, zero_t = full.new_zeros(s.n_hidden), full.new_zeros(t.n_hidden)
         Omega = torch.cat([W, T])
-        mu = torch.cat([zero_s if b is None else b, zero_t if t.b1 is None else torch.as_tensor(t.b1)])
+        mu = torch.cat([zero_s if b is None else b, zero_t if t.b1 is None else torch.as_tensor(np.array(t.b1))])
         B = torch.cat([V, -U], 1)
         delta = full.new_zeros(s.n_outputs)
         if c is not None:
             delta = delta + c
         if t.b2 is not None:
-            delta = delta - torch.as_tensor(t.b2)
+            delta = delta - torch.as_tensor(np.array(t.b2))
         return Omega, mu, B, delta
 
     @cached_property

@@ -54,7 +54,7 @@ import scipy.linalg
 
 from ..errors import NearoptError
 from ..model.network import TwoLayerNet
-from ..model.problem import Problem, as_problem
+from ..model.problem import Problem, as_problem, require_paper_setting
 from ..spectra.matrix import DenseMatrix
 from ..spectra.solver import solve
 from ..tolerances import EPS
@@ -206,6 +206,7 @@ def hessian_lipschitz_bound(problem: Problem | TwoLayerNet, rho: float) -> float
     dominate the rounding of this sum of positive terms.
     """
     pr = as_problem(problem)
+    require_paper_setting(pr, "the certificate")
     name = pr.point.activation.name
     require_supported(name, "hessian_lipschitz_bound")
     rho = float(rho)

@@ -56,7 +56,7 @@ from .. import __version__
 from ..curvature.base import resolve_device
 from ..errors import NearoptError, require_positive_finite, require_positive_int
 from ..gaussian.kernels import CLOSED_FORMS
-from ..model.network import TwoLayerNet
+from ..model.network import TwoLayerNet, require_plain
 from ..model.problem import TRAINED_BLOCKS
 from ..resources import dense_bytes, require_memory
 from .critical import CriticalPoint, committee_teacher, require_teacher_power
@@ -300,6 +300,8 @@ def survey_many(cases: list[Case], *, trained: str = "first", protocol: DescentP
     they run one after the other."""
     if not cases:
         raise NearoptError("survey_many needs at least one case")
+    for case in cases:
+        require_plain(case.teacher, "the landscape survey")
     if trained not in TRAINED_BLOCKS:
         raise NearoptError(f"trained must be one of {', '.join(TRAINED_BLOCKS)}, got {trained!r}")
     if handover is not None:

@@ -197,9 +197,12 @@ def network_output(net: TwoLayerNet, theta: torch.Tensor, X: torch.Tensor, activ
     return out if b2 is None else out + b2
 
 
+#: what each route takes beyond the paper's ``W2 g(W1 x)`` (one output, no biases, one activation)
 CAPABILITIES = {
-    "population spectrum and rank": "biases, several outputs, a teacher of another activation (smooth activations)",
-    "batch spectrum": "biases, several outputs, a teacher of another activation",
+    "the population spectrum": "biases, several outputs, a teacher of another activation, trained block lists; smooth activations",
+    "the batch spectrum": "biases, several outputs, a teacher of another activation, trained block lists; any activation",
+    "critical points": "biases, several outputs, a teacher of another activation; smooth activations",
+    "deep linear networks (spectrum, rank, GD)": "W_L ... W_1 x of any depth, widths and outputs",
 }
 
 
@@ -211,9 +214,9 @@ def require_plain(net: TwoLayerNet, route: str) -> None:
     """
     if net.is_plain:
         return
-    takes = "; ".join(f"{k}: {v}" for k, v in CAPABILITIES.items())
+    takes = ", ".join(CAPABILITIES)
     raise NearoptError(f"{route} covers f(x) = W2 g(W1 x) with one output and no biases; this network has {', '.join(net.features())} "
-                       f"(routes that take it -- {takes}; see docs/architectures.md)")
+                       f"(what takes it: {takes}; docs/architectures.md, 'What each route takes')")
 
 
 def forward_torch(theta: torch.Tensor, X: torch.Tensor, activation: Activation, n_hidden: int) -> torch.Tensor:

@@ -31,9 +31,12 @@ from ..policy import RankPolicy
 from ..tolerances import EPS
 from . import io
 from .io import TRAINED_BLOCKS
-from .network import BLOCKS, TwoLayerNet, sample_inputs
+from .network import BLOCKS, CAPABILITIES, TwoLayerNet, sample_inputs
 
-__all__ = ["as_problem", "Eigenspace", "GaussianInputs", "InputLaw", "Problem", "PSD_RTOL", "SYMMETRY_RTOL", "TRAINED_BLOCKS", "whiten"]
+__all__ = [
+    "as_problem", "Eigenspace", "GaussianInputs", "InputLaw", "Problem", "PSD_RTOL", "require_paper_setting", "SYMMETRY_RTOL", "TRAINED_BLOCKS",
+    "whiten"
+]
 
 
 
@@ -405,6 +408,18 @@ class Problem:
         if "teacher" in changes and "student" not in changes and self.point is self.teacher:
             changes["student"] = None
         return dataclasses.replace(self, **changes)
+
+
+def require_paper_setting(problem: Problem, route: str) -> None:
+    """Refuse a problem outside the paper's setting (:attr:`Problem.is_plain`) on a route that covers only it: one message.
+
+    What the problem has and the routes that take it (:data:`~nearopt.model.network.CAPABILITIES`).
+    """
+    if problem.is_plain:
+        return
+    takes = ", ".join(CAPABILITIES)
+    raise NearoptError(f"{route} covers f(x) = W2 g(W1 x) with one output, no biases and one activation; this problem has "
+                       f"{', '.join(problem.features())} (what takes it: {takes}; docs/architectures.md, 'What each route takes')")
 
 
 def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
