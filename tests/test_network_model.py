@@ -245,3 +245,26 @@ def test_cli_refusals_are_one_line(files, args, needle):
         base += ["-a", "tanh"]
     code, out, err = cli(*base, *args)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("trained", ["both", "W1,b1", "second"])
+@pytest.mark.parametrize("inputs", ["isotropic", "spiked", "covariance"])
+@pytest.mark.parametrize("point", POINTS)
+def test_the_structured_route_equals_the_dense_one(point, inputs, trained):
+    """Rows of dimension 9 > units 7: the complement block with its multiplicity, per eigenspace of Sigma."""
+    rng = np.random.default_rng(2)
+    n = 9
+
+    def net(K, act):
+        return no.TwoLayerNet(rng.standard_normal((K, n)) / 3, rng.standard_normal((2, K)) / 2, act, 0.4 * rng.standard_normal(K), 0.3 * rng.standard_normal(2))
+
+    t = net(3, "erf")
+    s = t if point == "teacher" else net(4, "tanh")
+    A = rng.standard_normal((n, n))
+    law = {"isotropic": GaussianInputs(n), "spiked": GaussianInputs.spiked(n, [1.5, -0.5], seed=1),
+           "covariance": GaussianInputs(covariance=A @ A.T / n + 0.3 * np.eye(n))}[inputs]
+    curv = PopulationHessian(Problem(t, s, law, trained))
+    dense = np.sort(curv.spectrum("dense").eigenvalues)
+    st = curv.spectrum("structured")
+    assert st.method == "structured" and st.eigenvalues.size == curv.n_params
+    np.testing.assert_allclose(np.sort(st.eigenvalues), dense, rtol=0, atol=1e-12 * np.abs(dense).max())

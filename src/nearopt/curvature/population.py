@@ -33,6 +33,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from ..errors import NearoptError
 from ..gaussian.expectations import PairMoments
+from ..gaussian.network_objective import NETWORK_EXPECTATIONS
 from ..gaussian.objective import LandscapeMoments, landscape_moments, population_gradient, population_loss
 from ..model.activations import ReLU
 from ..model.network import TwoLayerNet
@@ -45,7 +46,7 @@ from .assembly import assemble, is_linear, net_moments, rescaling_modes
 from .base import Curvature
 from .compose import Composed, compose, describe_point
 from .costs import route_costs
-from .network import NetworkHessian
+from .network import NetworkHessian, network_structured_spectrum
 from .product import PopulationProduct
 from .structured import StructuredSpectrum, structured_spectrum
 from .student import LandscapeProduct, assemble_landscape
@@ -170,21 +171,21 @@ class PopulationHessian(Composed):
 
     # ------------------------------------------------------------------ what only the population Hessian knows
     def offers(self, route: str) -> bool:
-        if self.general and route in ("structured", "factor"):
+        if self.general and route == "factor":
             return False
         return super().offers(route)
 
     def structured(self) -> StructuredSpectrum:
         if self.general:
-            raise NearoptError(f"the structured route covers the paper's networks; this problem has {', '.join(self.problem.features())} "
-                               "(use the dense or a matrix-free route)")
+            return network_structured_spectrum(self.problem, order=self.order)
         return structured_spectrum(self.problem, self.moments, residual=self.residual)
 
     def structured_size(self) -> int:
         """``K (r' + 1)``: ``r'`` bounds the dimension of the reduced space (``Omega``'s rows under ``Sigma``)."""
         s = self.net
-        if self.general:
-            return self.n_params
+        if self.general:  # the padded reduced problem: rows of every unit, one coordinate more
+            r = min(s.n_inputs, s.n_hidden + self.problem.teacher.n_hidden) + 1
+            return min(s.n_hidden * (r + 1) + s.n_outputs * (s.n_hidden + 1), self.n_params)
         rows = s.n_hidden if self.problem.at_teacher else s.n_hidden + self.problem.teacher.n_hidden
         if self.problem.trained == "second":
             return s.n_hidden
@@ -263,7 +264,13 @@ class PopulationHessian(Composed):
         x = d["extra"]
         x.update(describe_point(self.problem))
         if self.general:
-            x.update(self._network().objective.describe())
+            net = self._network()
+            computed = "objective" in net.__dict__ and "point" in net.objective.__dict__
+            # at the teacher nothing else needs the full problem's moments: the structured route integrates its own
+            if computed or not self.problem.at_teacher:
+                x.update(net.objective.describe())
+            else:
+                x["expectations"] = NETWORK_EXPECTATIONS
             x["features"] = self.problem.features()
         else:
             x["expectations"] = self.moments.method

@@ -40,7 +40,7 @@ from ..policy import DEFAULT_POLICY, RankPolicy
 from .assembly import assemble, net_moments
 from .student import assemble_landscape
 
-__all__ = ["reduction", "structured_spectrum", "StructuredSpectrum"]
+__all__ = ["merge_blocks", "reduction", "structured_spectrum", "StructuredSpectrum"]
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def reduction(Omega: np.ndarray, inputs: GaussianInputs, policy: RankPolicy = DE
     return Q, rest
 
 
-def _merge(blocks: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
+def merge_blocks(blocks: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalue arrays with one multiplicity each -> ascending ``values``, ``counts``."""
     blocks = [(b, m) for b, m in blocks if b.size and m > 0]
     if not blocks:
@@ -155,7 +155,7 @@ def structured_spectrum(problem: Problem | TwoLayerNet, moments: PairMoments | L
             return assemble(pm, W_r, v)
     if problem.trained == "second":
         reduced = scipy.linalg.eigvalsh(gg)
-        values, counts = _merge([(reduced, 1)])
+        values, counts = merge_blocks([(reduced, 1)])
         return StructuredSpectrum(values, counts, reduced, np.zeros(0), 0, 0)
     Q, rest = reduction(Omega, problem.inputs, policy)
     r = Q.shape[1]
@@ -171,7 +171,7 @@ def structured_spectrum(problem: Problem | TwoLayerNet, moments: PairMoments | L
     rest = [(lam, m) for lam, m in rest if m > 0]
     M = np.outer(v, v) * dd + np.diag(shift)
     mu = scipy.linalg.eigvalsh(M) if rest else np.zeros(0)
-    values, counts = _merge([(reduced, 1)] + [(lam * mu, m) for lam, m in rest])
+    values, counts = merge_blocks([(reduced, 1)] + [(lam * mu, m) for lam, m in rest])
     mult = sum(m for _, m in rest)
     scales = tuple((float(lam), int(m)) for lam, m in rest) if not problem.inputs.isotropic else ()
     extra: dict[str, Any] = {"reduced_rank": r, "complement_multiplicity": mult, "reduced_size": max(reduced.size, mu.size)}

@@ -42,7 +42,10 @@ from ..model.problem import Problem, as_problem
 from .expectations import _ONE, QUADRATURE_TOL, derivative_moments
 from .objective import nonnegative_quadratic
 
-__all__ = ["NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
+__all__ = ["NETWORK_EXPECTATIONS", "NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
+
+#: how the kernels of a general problem are integrated (results' provenance)
+NETWORK_EXPECTATIONS = "checked quadrature with means (Price's theorem)"
 
 #: derivative orders added by ``d/dmu_i, d/dmu_j, d/dG_ii, d/dG_jj, d/dG_ij`` (Price's theorem), and their factors
 PRICE_SHIFTS = ((1, 0), (0, 1), (2, 0), (0, 2), (1, 1))
@@ -99,7 +102,6 @@ class NetworkObjective:
             raise NearoptError(f"degree must be 1 (loss and gradient) or 2 (and the Hessian), got {degree!r}")
         self.degree = degree
         pr = self.problem
-        self.sigma = pr.inputs.matmul(np.eye(pr.n_inputs))  # (N_i, N_i)
         self.theta_full = pr.point.parameters()
         self.indices = pr.trained_indices
         self.theta0 = self.theta_full[self.indices]
@@ -127,7 +129,7 @@ class NetworkObjective:
         s, t = self.problem.point, self.problem.teacher
         K, J = s.n_hidden, s.n_hidden + t.n_hidden
         Omega, mu, _, _ = (x.numpy() for x in self._units(torch.as_tensor(self.theta_full)))
-        G = Omega @ self.sigma @ Omega.T
+        G = self.problem.inputs.matmul(Omega) @ Omega.T
         G = 0.5 * (G + G.T)
         d = np.diag(G)
         M = np.zeros((J, J, 5, 5))
@@ -161,7 +163,7 @@ class NetworkObjective:
     @cached_property
     def _tensors(self) -> dict[str, torch.Tensor]:
         pt = self.point
-        out = {"mu": pt.mu, "G": pt.G, "sigma": self.sigma, "full": self.theta_full, "idx": self.indices}
+        out = {"mu": pt.mu, "G": pt.G, "full": self.theta_full, "idx": self.indices}
         out.update({f"phi{i}": x for i, x in enumerate(pt.phi)})
         out.update({f"psi{i}": x for i, x in enumerate(pt.psi)})
         return {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in out.items()}
@@ -175,7 +177,7 @@ class NetworkObjective:
         c = self._tensors
         full = c["full"].index_put((c["idx"],), theta)
         Omega, mu, B, delta = self._units(full)
-        G = Omega @ c["sigma"] @ Omega.T
+        G = self.problem.inputs.torch_matmul(Omega) @ Omega.T
         dmu, dG = mu - c["mu"], G - c["G"]
         dd = torch.diagonal(dG)
         J = mu.shape[0]
@@ -229,5 +231,5 @@ class NetworkObjective:
     def describe(self) -> dict:
         """How the kernels were integrated (for results' provenance)."""
         pt = self.point
-        return {"expectations": "checked quadrature with means (Price's theorem)", "quadrature_nodes": pt.nodes,
+        return {"expectations": NETWORK_EXPECTATIONS, "quadrature_nodes": pt.nodes,
                 "quadrature_change": pt.change, "quadrature_tol": self.tol}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.linalg
+import torch
 
 from ..errors import NearoptError, require_positive_int
 from ..policy import RankPolicy
@@ -224,6 +225,15 @@ class GaussianInputs:
         Q = self._vectors
         b = self._bulk**power if self._bulk > 0 or power > 0 else 0.0
         return b * X + ((X @ Q) * (self._values**power - b)) @ Q.T
+
+    def torch_matmul(self, X):
+        """``X Sigma`` for a torch tensor ``X`` ``(..., N_i)`` (differentiable in ``X``; the structured form, no ``N_i x N_i`` matrix
+        unless the covariance is a general one)."""
+        if self._values.size == 0:
+            return X * self._bulk
+        Q = torch.as_tensor(np.array(self._vectors), dtype=X.dtype, device=X.device)
+        scale = torch.as_tensor(self._values - self._bulk, dtype=X.dtype, device=X.device)
+        return self._bulk * X + ((X @ Q) * scale) @ Q.T
 
     def sqrt_factor(self) -> np.ndarray:
         """``L = Sigma^{1/2}`` ``(N_i, N_i)``, symmetric, ``L L^T = Sigma`` (the identity when isotropic)."""
