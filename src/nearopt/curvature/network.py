@@ -29,9 +29,8 @@ from __future__ import annotations
 from functools import cached_property
 
 import numpy as np
-import torch
-
 import scipy.linalg
+import torch
 
 from ..gaussian.network_objective import NetworkObjective
 from ..model.network import TwoLayerNet
