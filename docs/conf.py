@@ -122,7 +122,7 @@ def _write_toplevel_table() -> None:
 
 
 #: the guides' order in the sidebar; any other docs/*.md guide follows alphabetically
-GUIDE_ORDER = ["population", "linear", "deep_linear", "rank", "dynamics", "sgd", "students", "landscape", "reproduce", "reliability"]
+GUIDE_ORDER = ["population", "linear", "deep_linear", "architectures", "rank", "dynamics", "sgd", "students", "landscape", "reproduce", "reliability"]
 
 
 def _write_guides_toctree() -> None:
