@@ -20,7 +20,10 @@ import nearopt as no
 from nearopt.curvature import Composed, Congruence, Curvature, Restricted
 from nearopt.curvature.batch import BatchCurvature
 from nearopt.curvature.compose import Wrapper
+from nearopt.curvature.deep_linear import DeepLinearHessian
+from nearopt.curvature.network import NetworkHessian
 from nearopt.dynamics.objective import POPULATION_CLOSED_FORMS, ClosedFormHessian, make_objective
+from nearopt.model.deep_linear import sample_deep_linear
 from nearopt.model.network import forward_torch
 from nearopt.spectra import decide_rank
 
@@ -66,12 +69,20 @@ def _closed_form(pr, X):
     return op if pr.trained == "both" else Restricted(op, pr)
 
 
-CURVATURES = {"batch-gauss-newton": _batch_gn, "batch-hessian": _batch_hessian, "population": _population, "closed-form": _closed_form}
+def _network(pr, X):
+    """The general engine (kernels with means, Price's theorem, torch.func) on the paper's networks: smooth activations."""
+    if not pr.activation.is_smooth:
+        pytest.skip(f"{pr.activation.name} has a kink: the general engine integrates derivatives")
+    return NetworkHessian(pr)
+
+
+CURVATURES = {"batch-gauss-newton": _batch_gn, "batch-hessian": _batch_hessian, "population": _population, "closed-form": _closed_form,
+              "network": _network}
 
 
 def _truth(kind: str, pr: no.Problem, X: np.ndarray) -> np.ndarray:
     idx = pr.trained_indices
-    if kind in ("population", "closed-form"):
+    if kind in ("population", "closed-form", "network"):
         return no.population_hessian(pr.teacher)[np.ix_(idx, idx)]
     return autodiff_hessian(pr.teacher, X, pr.point)[np.ix_(idx, idx)]
 
@@ -123,6 +134,8 @@ def test_every_curvature_subclass_is_held_against_a_ground_truth():
     for make in CURVATURES.values():
         for trained in TRAINED:
             covered |= _chain(make(_problem("quadratic", trained), X))
+    # deep linear networks: held against a reference written in tests/test_deep_linear.py
+    covered |= _chain(DeepLinearHessian(sample_deep_linear([4, 3, 2], seed=0)))
     sigma = no.GaussianInputs.spiked(4, [2.0], seed=0)
     covered |= _chain(no.PopulationHessian(no.Problem(no.sample_teacher(4, 3, "erf", seed=0), inputs=sigma)))
     assert Congruence in covered and Restricted in covered
