@@ -76,7 +76,7 @@ def test_save_and_load_round_trip(tmp_path):
 @pytest.mark.parametrize("W1, W2, match", [
     (np.ones(3), np.ones(1), r"W1 must have shape \(N_h, N_i\)"),
     (np.ones((0, 3)), np.ones(0), r"W1 must have shape"),
-    (np.ones((2, 3)), np.ones(3), "W2 must have N_h = 2 entries"),
+    (np.ones((2, 3)), np.ones(3), r"W2 must have shape \(M, 2\)"),
     (np.full((2, 3), np.nan), np.ones(2), "NaN or infinite"),
     (np.ones((2, 3)), np.array([1.0, np.inf]), "NaN or infinite"),
     (np.ones((2, 3)) * (1 + 0j), np.ones(2), "W1 must be real"),

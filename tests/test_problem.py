@@ -209,9 +209,10 @@ def test_bad_problems_are_refused():
         (dict(teacher="t"), "teacher must be a TwoLayerNet"),
         (dict(teacher=t, student=np.ones(3)), "student must be a TwoLayerNet"),
         (dict(teacher=t, student=_net(rng, 2, 4)), "student has N_i = 4, teacher has N_i = 3"),
-        (dict(teacher=t, student=_net(rng, 2, 3, "tanh")), "activation 'tanh' differs"),
+        (dict(teacher=t, student=TwoLayerNet(t.W1, np.ones((2, 2)), t.activation)), "student has M = 2 outputs, teacher has M = 1"),
         (dict(teacher=t, inputs=GaussianInputs(5)), "dimension 5, the networks N_i = 3"),
-        (dict(teacher=t, trained="third"), "trained must be one of both, first, second"),
+        (dict(teacher=t, trained="third"), "trained must be one of both, first, second or a comma list"),
+        (dict(teacher=t, trained="W1,b1"), "names block\\(s\\) b1 that the network lacks"),
     ]:
         with pytest.raises(NearoptError, match=match):
             Problem(**kwargs)

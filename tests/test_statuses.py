@@ -208,7 +208,7 @@ def _weights(path, **extra):
     return path
 
 
-@pytest.mark.parametrize("extra", [{"W4": np.ones((1, 1))}, {"bias": np.zeros(1)}])
+@pytest.mark.parametrize("extra", [{"bias": np.zeros(1)}, {"W2_extra": np.zeros(1)}])
 def test_weight_files_with_unmodelled_arrays_are_refused(tmp_path, extra):
     path = _weights(tmp_path / "t.npz", **extra)
     code, out, err = cli("spectrum", "-a", "erf", "--teacher", path, "--population")
@@ -279,7 +279,7 @@ def test_huge_students_are_refused_before_allocating(monkeypatch):
 def test_random_student_is_the_cli_student():
     """Same draws as ``--student-width K --student-seed S``, so the command can build its student with it."""
     teacher = sample_teacher(4, 3, "erf", seed=0)
-    args = argparse.Namespace(student=None, student_width=6, student_seed=5, split=[], dead=0)
+    args = argparse.Namespace(student=None, student_width=6, student_seed=5, split=[], dead=0, activation=None)
     expected = cmd_spectrum.student_from_args(args, teacher)
     S = manifold.random_student(teacher, 6, seed=5)
     assert np.array_equal(S.W1, expected.W1) and np.array_equal(S.W2, expected.W2) and S.activation is teacher.activation
@@ -400,5 +400,7 @@ def test_load_student_names_a_student_file_and_checks_its_width(tmp_path):
     np.savez(tmp_path / "w.npz", W1=np.ones((2, 4)), W2=np.ones(2))
     with pytest.raises(NearoptError, match="^student file .* has N_i = 4"):
         manifold.load_student(tmp_path / "w.npz", teacher)
-    with pytest.raises(NearoptError, match="^student file .* b1"):
-        manifold.load_student(_weights(tmp_path / "b.npz", b1=np.zeros(2)), teacher)
+    with pytest.raises(NearoptError, match="^student file .* b1 must have 2 entries"):
+        manifold.load_student(_weights(tmp_path / "b.npz", b1=np.zeros(3)), teacher)
+    biased = manifold.load_student(_weights(tmp_path / "c.npz", b1=np.zeros(2)), teacher)
+    assert biased.b1 is not None and not biased.is_plain

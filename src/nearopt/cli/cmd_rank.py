@@ -10,7 +10,9 @@ from ..curvature.deep_linear import DeepLinearRank, deep_linear_rank
 from ..curvature.rank_measurement import (
     DEFAULT_OVERSAMPLE,
     MIN_GAP,
+    NetworkRank,
     SweepRow,
+    network_rank,
     rank_sweep,
     rank_vs_samples,
     sweep_samples,
@@ -19,14 +21,15 @@ from ..errors import NearoptError, require_finite
 from ..model import io
 from ..model.activations import available_activations, get_activation
 from ..model.deep_linear import DeepLinearNet, DeepLinearProblem, deep_linear_depth
-from ..model.network import sample_teacher
-from ..model.problem import GaussianInputs
+from ..model.network import TwoLayerNet, sample_teacher
+from ..model.problem import GaussianInputs, Problem
 from ..policy import RankPolicy
 from ..resources import dense_bytes, require_memory
 from ..theory.rank_prediction import saturation_hidden
 from .common import emit_json, nonneg_int, numerics, positive_float, positive_int
 
-__all__ = ["COMMAND", "compute", "deep_linear_table", "deep_rank", "int_list", "MAX_SWEEP_VALUES", "ORDER", "register", "run", "table"]
+__all__ = ["COMMAND", "compute", "deep_linear_table", "deep_rank", "int_list", "MAX_SWEEP_VALUES", "ORDER", "register", "run", "table", "two_layer_rank",
+           "two_layer_table"]
 
 COMMAND = "rank"
 ORDER = 30
@@ -81,7 +84,7 @@ def register(sub) -> None:
     p.add_argument("--ni", type=int_list, default=None, help="input widths N_i: 5, 2,4,8 or 1:12[:step] (required unless --teacher)")
     p.add_argument("--nh", type=int_list, default=None, help="hidden widths N_h: 5, 2,4,8 or 1:12[:step] (required unless --teacher)")
     d = p.add_argument_group("deep linear networks (docs/deep_linear.md)")
-    d.add_argument("--teacher", metavar="T.npz", help="a deep linear weight file (W1 ... WL, L != 2, with -a linear): the rank of its exact population "
+    d.add_argument("--teacher", metavar="T.npz", help="a weight file: a deep linear one (W1 ... WL, L != 2, with -a linear) or a two-layer one (W1, W2, biases optional, -a ACT): the rank of its exact population "
                    "Hessian at the optimum, measured, against q (r + K - q)")
     d.add_argument("--input-cov", metavar="S.npy", help="with --teacher: inputs x ~ N(0, S) (r = rank S)")
     p.add_argument("--teachers", type=positive_int, default=3, help="random teachers per (N_i, N_h) cell (default 3); teacher t has seed SEED+t")
@@ -128,12 +131,33 @@ _SWEEP_ONLY: tuple[tuple[str, str, object], ...] = (("ni", "--ni", None), ("nh",
                ("population", "--population", False), ("sigma1", "--sigma1", None), ("sigma2", "--sigma2", None))
 
 
-def deep_rank(args) -> DeepLinearRank:
+def two_layer_rank(args) -> NetworkRank:
+    """``--teacher`` a two-layer file (biases and outputs optional): its population Hessian's rank against a known formula."""
+    given = [opt for name, opt, default in _SWEEP_ONLY if getattr(args, name, default) not in (None, default)]
+    if given:
+        raise NearoptError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply with --teacher (the exact population Hessian of the file's network)")
+    teacher = TwoLayerNet.load(args.teacher, get_activation(args.activation))
+    law = GaussianInputs.load(args.input_cov, teacher.n_inputs) if args.input_cov else None
+    return network_rank(Problem(teacher, inputs=law), RankPolicy(rtol=args.rtol, min_gap=args.min_gap))  # type: ignore[arg-type]  # None: N(0, I)
+
+
+def two_layer_table(result: NetworkRank) -> str:
+    """The human-readable comparison for a two-layer file."""
+    d = result.decision
+    what = ", ".join(result.features) or "the paper's network"
+    verdict = ("no prediction to compare" if result.agrees is None else "ok: the measured rank is the prediction" if result.agrees else "MISMATCH")
+    return "\n".join([f"two-layer network ({what})",
+                      f"measured rank  {result.measured} of P = {result.n_params}  (eigenvalues by the rank policy; gap {_fmt_gap(d.gap)}, "
+                      f"margin {d.margin:.2g}, {'clear' if d.clear else 'NOT clear'})",
+                      f"predicted      {'none' if result.predicted is None else result.predicted}: {result.basis}", verdict])
+
+
+def deep_rank(args) -> DeepLinearRank | NetworkRank:
     """``--teacher`` a deep linear file: measured against predicted rank (:func:`~nearopt.curvature.deep_linear.deep_linear_rank`)."""
     depth = deep_linear_depth(args.teacher)
     layers = "W1" if depth == 1 else f"W1 ... W{depth}"
     if depth is None:
-        raise NearoptError(f"--teacher takes a deep linear weight file (W1 ... WL with L != 2) here; {args.teacher} is a two-layer file: sweep --ni/--nh instead")
+        return two_layer_rank(args)
     if get_activation(args.activation).name != "linear":
         raise NearoptError(f"teacher file {args.teacher} holds a deep network ({layers}): deep networks are linear only here; use -a linear")
     given = [opt for name, opt, default in _SWEEP_ONLY if getattr(args, name, default) not in (None, default)]
@@ -242,7 +266,7 @@ def run(args) -> int:
             return 0
         if args.out:
             io.write_json(args.out, result.to_dict())
-        print(deep_linear_table(result))
+        print(deep_linear_table(result) if isinstance(result, DeepLinearRank) else two_layer_table(result))
         return 0
     if args.ni is None or args.nh is None:
         raise NearoptError("give --ni and --nh (or --teacher with a deep linear file)")

@@ -41,7 +41,7 @@ from .population import PopulationHessian, population_spectrum
 
 __all__ = [
     "compare_spectra", "compare_with_population", "DEFAULT_OVERSAMPLE", "default_samples", "measure_population_rank", "measure_rank",
-    "MIN_DEFAULT_SAMPLES", "null_space_hint", "rank_sweep", "rank_vs_samples", "RankMeasurement", "ROUTES", "sweep_samples", "SweepRow"
+    "MIN_DEFAULT_SAMPLES", "network_rank", "NetworkRank", "null_space_hint", "rank_sweep", "rank_vs_samples", "RankMeasurement", "ROUTES", "sweep_samples", "SweepRow"
 ]
 
 #: default batch size is this many times ``P`` (so ``N`` never caps the rank) ...
@@ -476,3 +476,46 @@ def compare_spectra(batch: Spectrum, population: Spectrum) -> dict[str, Any]:
         "population_largest": population.largest,
         "population_smallest_nonzero": population.smallest_nonzero,
     }
+
+
+@dataclass(frozen=True)
+class NetworkRank:
+    """The rank of the population Hessian of one two-layer network at the optimum: measured (the one
+    :class:`~nearopt.policy.RankPolicy` on every eigenvalue) against a prediction where one is known.
+
+    ``predicted`` is ``None`` with ``basis`` saying why when no formula covers the network (biases,
+    or several outputs of a non-linear network).
+    """
+
+    n_params: int
+    measured: int
+    decision: RankDecision
+    predicted: int | None
+    basis: str
+    features: tuple[str, ...]
+
+    @property
+    def agrees(self) -> bool | None:
+        return None if self.predicted is None else self.measured == self.predicted
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_params": self.n_params, "measured": self.measured, "predicted": self.predicted, "agrees": self.agrees, "basis": self.basis,
+                "features": list(self.features), "rank_decision": self.decision.to_dict()}
+
+
+def network_rank(problem: Problem, policy: RankPolicy | None = None) -> NetworkRank:
+    """:class:`NetworkRank` of the problem's point (every eigenvalue by the exact routes: structured when it offers)."""
+    curv = PopulationHessian(problem)
+    spec = curv.spectrum("auto", policy=policy or RankPolicy())
+    decision = spec.rank_decision
+    assert decision is not None  # every eigenvalue: the decision is made
+    known = curv.known_rank()
+    if known is not None:
+        predicted, basis = known
+    elif problem.is_plain:
+        pred = predict_rank(problem.activation, problem.n_inputs, problem.point.n_hidden)
+        predicted, basis = (pred.rank if pred.kind in ("exact", "observed") else None), f"predict_rank, {pred.kind}: {pred.basis}"
+    else:
+        predicted, basis = None, ("no rank formula is known for " + ", ".join(problem.features())
+                                  + " (a linear network with several outputs and no biases has q (r + M - q))")
+    return NetworkRank(curv.n_params, int(decision.rank), decision, predicted, basis, tuple(problem.features()))
