@@ -1,0 +1,118 @@
+"""The Gaussian pair terms of the ReLU and erf activations, each written once for every engine.
+
+For two units ``a``, ``b`` and ``x ~ N(0, I)`` (pre-activation covariance ``C = [[|a|^2, a.b], [a.b, |b|^2]]``)
+the pair kernel ``kappa(a, b) = E[g(a.x) g(b.x)]`` and its gradient in ``a``,
+``grad_a kappa(a, b) = A a + B b``, are:
+
+* ReLU (arc-cosine kernel), ``t`` the angle of the pair, ``Theta = pi - t``, ``S = sin t``
+  (:func:`relu_angles`, :func:`relu_pair`)::
+
+      kappa = (|a| |b| S + Theta a.b) / (2 pi),   A = |b| S / (2 pi |a|),   B = Theta / (2 pi)
+
+* ``erf(z / s)`` (arcsine kernel, ``k = 2 / s^2``, ``d_i = 1 + k C_ii``, ``rho = k a.b / sqrt(d_a d_b)``,
+  ``omega = 1 - rho^2``; :func:`erf_gap`, :func:`erf_pair`)::
+
+      kappa = (2/pi) atan2(rho, sqrt(omega)),   A = -(2k/pi) rho / (d_a sqrt(omega)),   B = (2k/pi) / (sqrt(d_a d_b omega))
+
+Each formula is plain Python over the names :data:`FREE_NAMES` (``arctan2``, ``sqrt``) and the constants
+of this module, bound here to NumPy: :meth:`nearopt.model.activations.ReLU.closed_form_moments` and
+:meth:`~nearopt.model.activations.Erf.closed_form_moments` evaluate them as they stand, and
+:func:`bind` gives the same code object other names (``nearopt.gaussian.kernels`` binds torch for the
+batched engine and ``math`` for the numba-compiled one). The inputs are the pair's cosine and
+correlation gap ``1 - cos^2`` (:func:`unit_gap` from a cosine, or ``correlation_gap`` of the
+activations module from the covariance entries), so every engine evaluates the numerically accurate
+form: angles by ``atan2`` of a sine and a cosine (``arccos`` and ``arcsin`` amplify the rounding of
+their argument by ``1 / sin t`` near ``+-1``), ``omega`` as a sum of non-negative terms (``1 - rho^2``
+loses ``log10(k |a|^2)`` digits for a unit with itself).
+
+The kernels are homogeneous: ``kappa(a, b) = |a| |b| kappa(a^, b^)``, ``A(a, b) = (|b| / |a|) A(a^, b^)``,
+``B(a, b) = B(a^, b^)`` for the ReLU (unit rows ``a^``), so an engine may take :func:`relu_pair` of unit
+rows (``na = nb = 1``, ``dot`` the cosine) and scale its sums over ``b`` by the norms.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..tolerances import EPS
+
+__all__ = [
+    "COLLINEAR_SNAP", "FREE_NAMES", "NUMPY", "PI", "GAP_SNAP", "TWO_PI", "bind", "erf_gap", "erf_pair", "relu_angles",
+    "relu_pair", "unit_gap",
+]
+
+PI = math.pi
+TWO_PI = 2.0 * math.pi
+#: ReLU: a cosine within this of +-1 is rounding of an exactly parallel pair (a few ulps)
+COLLINEAR_SNAP = 8 * EPS
+#: ... and so is a correlation gap ``1 - cos^2`` up to this (``1 - cos^2 ~ 2 (1 - |cos|)``)
+GAP_SNAP = 2 * COLLINEAR_SNAP
+#: the names a formula takes from its engine (:func:`bind`); here NumPy's
+FREE_NAMES = ("arctan2", "sqrt")
+NUMPY: dict[str, Any] = {"arctan2": np.arctan2, "sqrt": np.sqrt}
+arctan2, sqrt = NUMPY["arctan2"], NUMPY["sqrt"]
+
+
+def unit_gap(c: Any) -> Any:
+    """The correlation gap ``1 - c^2 >= +0`` of the cosine ``c`` in ``[-1, 1]`` of two unit rows, to a few ulps of itself.
+
+    ``1 - c`` is exact near ``c = 1``. A gap up to :data:`GAP_SNAP` is rounding of a parallel or antiparallel
+    pair of rows (their cosine a few ulps off ``+-1``): 0, as the covariance entries of such rows give.
+    """
+    g = (1.0 - c) * (1.0 + c)
+    return g * (g > GAP_SNAP)
+
+
+def relu_angles(cos: Any, gap: Any) -> tuple[Any, Any]:
+    """``(Theta, S) = (pi - t, sin t)`` of a pair with cosine ``cos`` and correlation gap ``gap = 1 - cos^2 = sin^2 t >= +0``.
+
+    ``Theta = atan2(S, -cos)``: no cancellation near ``t = pi`` (``pi - arccos`` loses digits there), and no
+    amplified rounding near ``t = 0`` or ``pi``. A gap up to :data:`GAP_SNAP` is rounding of a
+    parallel or antiparallel pair: ``S = 0`` and ``Theta`` exactly ``pi`` or ``0``.
+    """
+    S = sqrt(gap * (gap > GAP_SNAP))
+    return arctan2(S, -cos), S
+
+
+def relu_pair(theta: Any, S: Any, na: Any, nb: Any, dot: Any) -> tuple[Any, Any, Any]:
+    """ReLU ``(kappa, A, B)`` of a pair from :func:`relu_angles`: ``na = |a| > 0``, ``nb = |b|``, ``dot = a.b``."""
+    return (na * nb * S + theta * dot) / TWO_PI, nb * S / (TWO_PI * na), theta / TWO_PI
+
+
+def erf_gap(kca: Any, kcb: Any, gap: Any) -> Any:
+    """``omega = 1 - rho^2 = det(I + k C) / (d_a d_b)`` of ``erf(z / s)`` as a sum of non-negative terms (no cancellation).
+
+    ``kca = k |a|^2``, ``kcb = k |b|^2``, ``gap = 1 - cos^2`` of the pair. ``det(I + k C) = 1 + k C_aa + k C_bb +
+    k^2 det C``, so with ``x = k C_ii / d_i``: ``omega = 1 / (d_a d_b) + x_a / d_b + x_b / d_a + x_a x_b gap``,
+    each term to a few ulps, hence ``omega`` too (``>= 1 / (d_a d_b) > 0``; no overflow up to ``k C ~ 1e300``).
+    """
+    da, db = 1.0 + kca, 1.0 + kcb
+    xa, xb = kca / da, kcb / db
+    return (1.0 / da) * (1.0 / db) + xa / db + xb / da + xa * xb * gap
+
+
+def erf_pair(rho: Any, omega: Any, da: Any, root: Any, k: float) -> tuple[Any, Any, Any]:
+    """``erf(z / s)`` ``(kappa, A, B)`` of a pair: ``rho``, ``omega`` (:func:`erf_gap`), ``da = 1 + k |a|^2``, ``root = sqrt(d_a d_b)``, ``k = 2 / s^2``.
+
+    ``kappa = (2/pi) atan2(rho, sqrt(omega))`` is ``(2/pi) arcsin(rho)`` without the amplified rounding near ``|rho| = 1``.
+    """
+    so = sqrt(omega)
+    amp = 2.0 * k / PI
+    return (2.0 / PI) * arctan2(rho, so), -amp * rho / (da * so), amp / (root * so)
+
+
+#: the constants a formula reads besides its free names
+_CONSTANTS = {"PI": PI, "TWO_PI": TWO_PI, "GAP_SNAP": GAP_SNAP}
+
+
+def bind(f: Callable[..., Any], namespace: dict[str, Any]) -> Callable[..., Any]:
+    """The formula ``f`` (a function of this module) with its :data:`FREE_NAMES` taken from ``namespace``: the same code object."""
+    missing = set(FREE_NAMES) - set(namespace)
+    if missing:
+        raise KeyError(f"namespace lacks {sorted(missing)}")
+    return types.FunctionType(f.__code__, {**_CONSTANTS, **namespace}, f.__name__, f.__defaults__)
