@@ -174,11 +174,12 @@ def test_engine_pair_terms_equal_the_library_moments(act, scale):
 @pytest.mark.parametrize("name", ["unit_gap", "relu_angles", "relu_pair", "erf_gap", "erf_pair"])
 def test_each_formula_gives_the_same_values_in_every_binding(name):
     """NumPy (the library), torch (the batched engine), ``math`` and its numba compilation (the per-run engine), entry by entry."""
-    numba = pytest.importorskip("numba")
+    pytest.importorskip("numba")
+    from nearopt.landscape import _relu_jit
     rng = np.random.default_rng(8)
     n = 40
-    cos = np.concatenate([[1.0, -1.0, 0.0, 1.0 - 2e-16, -1.0 + 2e-16, 1.0 - 1e-10], rng.uniform(-1.0, 1.0, n - 6)])
-    gap = (1.0 - cos) * (1.0 + cos)
+    cos = np.concatenate([[1.0, -1.0, 0.0, 1.0 - 2e-16, -1.0 + 2e-16, 1.0 - 1e-10, -1.0 + 1e-10], rng.uniform(-1.0, 1.0, n - 7)])
+    gap = pair_terms.unit_gap(cos)  # (-cos, sqrt(gap)) on the unit circle: the scalar engine's polar_angle is acos
     norms = 10.0 ** rng.uniform(-150, 150, (2, n))
     kc = norms**2
     args = {"unit_gap": (cos,), "relu_angles": (cos, gap), "relu_pair": (cos + 2.0, gap, norms[0], norms[1], cos),
@@ -190,7 +191,7 @@ def test_each_formula_gives_the_same_values_in_every_binding(name):
     tens = tens if isinstance(tens, tuple) else (tens,)
     for y, t in zip(ref, tens):
         np.testing.assert_allclose(t.numpy(), y, rtol=5e-16, atol=0)  # an ulp: torch's and NumPy's atan2
-    for engine in (kernels.bind(f, kernels.SCALAR), numba.njit(kernels.bind(f, kernels.SCALAR))):
+    for engine in (kernels.bind(f, kernels.SCALAR), _relu_jit.numba.njit(kernels.bind(f, _relu_jit.SCALAR_COMPILED))):
         for i in range(n):
             out = engine(*(float(x[i]) if isinstance(x, np.ndarray) else x for x in args))
             out = out if isinstance(out, tuple) else (out,)

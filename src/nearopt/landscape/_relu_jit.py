@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from ..gaussian import kernels
 from ..model import pair_terms
 from ..tolerances import TINY
 
-__all__ = ["descend_run", "gradient", "KERNELS_DIGEST", "workspace"]
+__all__ = ["descend_run", "gradient", "KERNELS_DIGEST", "SCALAR_COMPILED", "workspace"]
 
 #: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape.descent.STATUSES``
 CONVERGED, UNCONVERGED, DIVERGED = 0, 1, 2
@@ -46,17 +47,22 @@ CONVERGED, UNCONVERGED, DIVERGED = 0, 1, 2
 #: the cache key's share of the formulas' modules (module docstring)
 KERNELS_DIGEST = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (kernels, pair_terms))).hexdigest()
 
-_unit_gap, _relu_angles, _relu_pair = (numba.njit(kernels.bind(f, kernels.SCALAR)) for f in (
+#: :data:`nearopt.gaussian.kernels.SCALAR` for numba: its Python functions compiled
+SCALAR_COMPILED = {name: numba.njit(inline="always")(f) if isinstance(f, types.FunctionType) else f for name, f in kernels.SCALAR.items()}
+_unit_gap, _relu_angles, _relu_pair = (numba.njit(inline="always")(kernels.bind(f, SCALAR_COMPILED)) for f in (
     pair_terms.unit_gap, pair_terms.relu_angles, pair_terms.relu_pair))
-_unit_gradient = numba.njit(kernels.unit_gradient)
+_unit_gradient = numba.njit(inline="always")(kernels.unit_gradient)
 
 
-@numba.njit
-def _pair(B, Kp, A, a, j):
-    """``B[a, j], Kp[a, j], A[a, j] <- B, kappa^, A^`` of the unit-row pair with cosine ``c = B[a, j]`` (clipped to ``[-1, 1]``)."""
+@numba.njit(inline="always")
+def _pair(B, Kp, A, a, j, want_kappa):
+    """``B[a, j], A[a, j] <- B, A^`` and, if ``want_kappa``, ``Kp[a, j] <- kappa^`` of the unit-row pair with cosine
+    ``c = B[a, j]`` (clipped to ``[-1, 1]``)."""
     c = min(1.0, max(-1.0, B[a, j]))
     theta, S = _relu_angles(c, _unit_gap(c))
-    Kp[a, j], A[a, j], B[a, j] = _relu_pair(theta, S, 1.0, 1.0, c)
+    kappa, A[a, j], B[a, j] = _relu_pair(theta, S, 1.0, 1.0, c)
+    if want_kappa:
+        Kp[a, j] = kappa
 
 
 def _keyed(make: Callable[[str], Callable]) -> Callable:
@@ -96,12 +102,14 @@ def _gradient(digest: str) -> Callable:
             np.dot(Wh, That.T, Bt)
         for a in range(K):
             Bs[a, a] = 1.0  # a unit with itself: c = 1 exactly
-            _pair(Bs, Ks, As, a, a)
+            _pair(Bs, Ks, As, a, a, want_v)
             for b in range(a + 1, K):
-                _pair(Bs, Ks, As, a, b)
-                Bs[b, a], Ks[b, a], As[b, a] = Bs[a, b], Ks[a, b], As[a, b]
+                _pair(Bs, Ks, As, a, b, want_v)
+                Bs[b, a], As[b, a] = Bs[a, b], As[a, b]
+                if want_v:
+                    Ks[b, a] = Ks[a, b]
             for j in range(M):
-                _pair(Bt, Kt, At, a, j)
+                _pair(Bt, Kt, At, a, j, want_v)
         np.dot(Bs, bw, P)
         if basis:
             for a in range(K):
@@ -111,12 +119,13 @@ def _gradient(digest: str) -> Callable:
             np.dot(Bt, bwT, Pt)
             P += Pt
         np.dot(As, bn, sA)
-        if want_v:
-            np.dot(Ks, bn, sK)
         for a in range(K):
             for j in range(M):
                 sA[a] += At[a, j] * bnT[j]
-                if want_v:
+        if want_v:
+            np.dot(Ks, bn, sK)
+            for a in range(K):
+                for j in range(M):
                     sK[a] += Kt[a, j] * bnT[j]
         for a in range(K):
             a_sum = sA[a] * (1.0 / max(nW[a], TINY))

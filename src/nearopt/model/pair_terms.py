@@ -14,7 +14,7 @@ the pair kernel ``kappa(a, b) = E[g(a.x) g(b.x)]`` and its gradient in ``a``,
 
       kappa = (2/pi) atan2(rho, sqrt(omega)),   A = -(2k/pi) rho / (d_a sqrt(omega)),   B = (2k/pi) / (sqrt(d_a d_b omega))
 
-Each formula is plain Python over the names :data:`FREE_NAMES` (``arctan2``, ``sqrt``) and the constants
+Each formula is plain Python over the names :data:`FREE_NAMES` (``arctan2``, ``polar_angle``, ``sqrt``) and the constants
 of this module, bound here to NumPy: :meth:`nearopt.model.activations.ReLU.closed_form_moments` and
 :meth:`~nearopt.model.activations.Erf.closed_form_moments` evaluate them as they stand, and
 :func:`bind` gives the same code object other names (``nearopt.gaussian.kernels`` binds torch for the
@@ -42,20 +42,24 @@ import numpy as np
 from ..tolerances import EPS
 
 __all__ = [
-    "COLLINEAR_SNAP", "FREE_NAMES", "NUMPY", "PI", "GAP_SNAP", "TWO_PI", "bind", "erf_gap", "erf_pair", "relu_angles",
+    "COLLINEAR_SNAP", "FREE_NAMES", "GAP_SNAP", "INV_TWO_PI", "NUMPY", "PI", "TWO_PI", "bind", "erf_gap", "erf_pair", "relu_angles",
     "relu_pair", "unit_gap",
 ]
 
 PI = math.pi
 TWO_PI = 2.0 * math.pi
+#: ``1 / (2 pi)``: the kernels multiply by it (a division per pair costs more than the rest of the pair's arithmetic)
+INV_TWO_PI = 0.5 / math.pi
 #: ReLU: a cosine within this of +-1 is rounding of an exactly parallel pair (a few ulps)
 COLLINEAR_SNAP = 8 * EPS
 #: ... and so is a correlation gap ``1 - cos^2`` up to this (``1 - cos^2 ~ 2 (1 - |cos|)``)
 GAP_SNAP = 2 * COLLINEAR_SNAP
-#: the names a formula takes from its engine (:func:`bind`); here NumPy's
-FREE_NAMES = ("arctan2", "sqrt")
-NUMPY: dict[str, Any] = {"arctan2": np.arctan2, "sqrt": np.sqrt}
-arctan2, sqrt = NUMPY["arctan2"], NUMPY["sqrt"]
+#: the names a formula takes from its engine (:func:`bind`); here NumPy's. ``polar_angle(y, x)`` is the angle in
+#: ``[0, pi]`` of a point ``(x, y)`` with ``y >= 0`` (``arctan2``; an engine whose points lie on the unit circle may
+#: bind ``arccos(x)``, exact at ``y = 0``)
+FREE_NAMES = ("arctan2", "polar_angle", "sqrt")
+NUMPY: dict[str, Any] = {"arctan2": np.arctan2, "polar_angle": np.arctan2, "sqrt": np.sqrt}
+arctan2, polar_angle, sqrt = NUMPY["arctan2"], NUMPY["polar_angle"], NUMPY["sqrt"]
 
 
 def unit_gap(c: Any) -> Any:
@@ -71,17 +75,18 @@ def unit_gap(c: Any) -> Any:
 def relu_angles(cos: Any, gap: Any) -> tuple[Any, Any]:
     """``(Theta, S) = (pi - t, sin t)`` of a pair with cosine ``cos`` and correlation gap ``gap = 1 - cos^2 = sin^2 t >= +0``.
 
-    ``Theta = atan2(S, -cos)``: no cancellation near ``t = pi`` (``pi - arccos`` loses digits there), and no
-    amplified rounding near ``t = 0`` or ``pi``. A gap up to :data:`GAP_SNAP` is rounding of a
-    parallel or antiparallel pair: ``S = 0`` and ``Theta`` exactly ``pi`` or ``0``.
+    ``Theta = polar_angle(S, -cos) = atan2(S, -cos)``: with ``S`` from an accurate gap (the covariance entries'
+    ``correlation_gap``) no amplified rounding near ``t = 0`` or ``pi`` (``arccos`` amplifies the rounding of
+    ``cos`` by ``1 / S``). A gap up to :data:`GAP_SNAP` is rounding of a parallel or antiparallel pair:
+    ``S = 0`` and ``Theta`` exactly ``pi`` or ``0``.
     """
     S = sqrt(gap * (gap > GAP_SNAP))
-    return arctan2(S, -cos), S
+    return polar_angle(S, -cos), S
 
 
 def relu_pair(theta: Any, S: Any, na: Any, nb: Any, dot: Any) -> tuple[Any, Any, Any]:
     """ReLU ``(kappa, A, B)`` of a pair from :func:`relu_angles`: ``na = |a| > 0``, ``nb = |b|``, ``dot = a.b``."""
-    return (na * nb * S + theta * dot) / TWO_PI, nb * S / (TWO_PI * na), theta / TWO_PI
+    return (na * nb * S + theta * dot) * INV_TWO_PI, nb * S / na * INV_TWO_PI, theta * INV_TWO_PI
 
 
 def erf_gap(kca: Any, kcb: Any, gap: Any) -> Any:
@@ -107,7 +112,7 @@ def erf_pair(rho: Any, omega: Any, da: Any, root: Any, k: float) -> tuple[Any, A
 
 
 #: the constants a formula reads besides its free names
-_CONSTANTS = {"PI": PI, "TWO_PI": TWO_PI, "GAP_SNAP": GAP_SNAP}
+_CONSTANTS = {"PI": PI, "INV_TWO_PI": INV_TWO_PI, "GAP_SNAP": GAP_SNAP}
 
 
 def bind(f: Callable[..., Any], namespace: dict[str, Any]) -> Callable[..., Any]:
