@@ -76,7 +76,7 @@ def unit_circle_angle(y: float, x: float) -> float:
     cosine ``c``), on the unit circle to rounding, where ``acos`` carries the same information as ``atan2`` (the
     rounding of ``c``) at about half the cost in the compiled pair loop.
     """
-    return math.acos(x) if y > 0.0 else (x < 0.0) * PI
+    return math.acos(x) if y > 0.0 else (PI if x < 0.0 else 0.0)
 
 
 #: the free names of the formulas (:data:`nearopt.model.pair_terms.FREE_NAMES`) per engine

@@ -55,14 +55,12 @@ _unit_gradient = numba.njit(inline="always")(kernels.unit_gradient)
 
 
 @numba.njit(inline="always")
-def _pair(B, Kp, A, a, j, want_kappa):
-    """``B[a, j], A[a, j] <- B, A^`` and, if ``want_kappa``, ``Kp[a, j] <- kappa^`` of the unit-row pair with cosine
-    ``c = B[a, j]`` (clipped to ``[-1, 1]``)."""
-    c = min(1.0, max(-1.0, B[a, j]))
+def _pair(B, A, a, j):
+    """``B[a, j], A[a, j] <- B, A^`` of the unit-row pair with cosine ``c = B[a, j]``. A cosine an ulp beyond
+    ``+-1`` needs no clipping: its gap is snapped to 0, where the angle is exactly ``0`` or ``pi``."""
+    c = B[a, j]
     theta, S = _relu_angles(c, _unit_gap(c))
-    kappa, A[a, j], B[a, j] = _relu_pair(theta, S, 1.0, 1.0, c)
-    if want_kappa:
-        Kp[a, j] = kappa
+    _, A[a, j], B[a, j] = _relu_pair(theta, S, 1.0, 1.0, c)
 
 
 def _keyed(make: Callable[[str], Callable]) -> Callable:
@@ -82,7 +80,7 @@ def _gradient(digest: str) -> Callable:
         """
         if len(digest) == 0:  # the digest keys the on-disk cache (_keyed); never empty
             raise ValueError("no digest")
-        Wh, bw, bn, nW, Bs, Ks, As, Bt, Kt, At, P, Pt, sA, sK = work
+        Wh, bw, bn, nW, Bs, As, Bt, At, P, Pt, sA = work
         K, d = W.shape
         M = That.shape[0]
         for a in range(K):
@@ -102,14 +100,12 @@ def _gradient(digest: str) -> Callable:
             np.dot(Wh, That.T, Bt)
         for a in range(K):
             Bs[a, a] = 1.0  # a unit with itself: c = 1 exactly
-            _pair(Bs, Ks, As, a, a, want_v)
+            _pair(Bs, As, a, a)
             for b in range(a + 1, K):
-                _pair(Bs, Ks, As, a, b, want_v)
+                _pair(Bs, As, a, b)
                 Bs[b, a], As[b, a] = Bs[a, b], As[a, b]
-                if want_v:
-                    Ks[b, a] = Ks[a, b]
             for j in range(M):
-                _pair(Bt, Kt, At, a, j, want_v)
+                _pair(Bt, At, a, j)
         np.dot(Bs, bw, P)
         if basis:
             for a in range(K):
@@ -122,17 +118,15 @@ def _gradient(digest: str) -> Callable:
         for a in range(K):
             for j in range(M):
                 sA[a] += At[a, j] * bnT[j]
-        if want_v:
-            np.dot(Ks, bn, sK)
-            for a in range(K):
-                for j in range(M):
-                    sK[a] += Kt[a, j] * bnT[j]
         for a in range(K):
             a_sum = sA[a] * (1.0 / max(nW[a], TINY))
+            dot = 0.0
             for i in range(d):
-                gW[a, i] = _unit_gradient(W[a, i], a_sum, P[a, i], v[a])
+                g = _unit_gradient(W[a, i], a_sum, P[a, i], 1.0)  # dL/dw_a / v_a
+                gW[a, i] = g * v[a]
+                dot += W[a, i] * g
             if want_v:
-                gv[a] = nW[a] * sK[a]
+                gv[a] = dot  # Euler: kappa is homogeneous of degree 1 in its first unit, sum_j beta_j kappa_aj = w_a . (dL/dw_a / v_a)
     return gradient
 
 
@@ -142,10 +136,9 @@ gradient = _keyed(_gradient)
 @numba.njit
 def workspace(K, M, d):
     """Work arrays of :func:`gradient`: ``W^``, ``bw`` ``(K, d)``, ``bn``, ``|w|`` ``(K,)``, the student pair terms
-    ``B``, ``kappa^``, ``A^`` ``(K, K)`` and the teacher ones ``(K, M)``, ``B bw`` and its teacher part ``(K, d)``,
-    ``A^ bn`` and ``kappa^ bn`` ``(K,)``."""
-    return (np.empty((K, d)), np.empty((K, d)), np.empty(K), np.empty(K), np.empty((K, K)), np.empty((K, K)), np.empty((K, K)),
-            np.empty((K, M)), np.empty((K, M)), np.empty((K, M)), np.empty((K, d)), np.empty((K, d)), np.empty(K), np.empty(K))
+    ``B``, ``A^`` ``(K, K)`` and the teacher ones ``(K, M)``, ``B bw`` and its teacher part ``(K, d)``, ``A^ bn`` ``(K,)``."""
+    return (np.empty((K, d)), np.empty((K, d)), np.empty(K), np.empty(K), np.empty((K, K)), np.empty((K, K)),
+            np.empty((K, M)), np.empty((K, M)), np.empty((K, d)), np.empty((K, d)), np.empty(K))
 
 
 def _descend_run(digest: str) -> Callable:

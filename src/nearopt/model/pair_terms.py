@@ -63,13 +63,12 @@ arctan2, polar_angle, sqrt = NUMPY["arctan2"], NUMPY["polar_angle"], NUMPY["sqrt
 
 
 def unit_gap(c: Any) -> Any:
-    """The correlation gap ``1 - c^2 >= +0`` of the cosine ``c`` in ``[-1, 1]`` of two unit rows, to a few ulps of itself.
+    """The correlation gap ``1 - c^2`` of the cosine ``c`` of two unit rows, to a few ulps of itself (``1 - c`` is exact near ``c = 1``).
 
-    ``1 - c`` is exact near ``c = 1``. A gap up to :data:`GAP_SNAP` is rounding of a parallel or antiparallel
-    pair of rows (their cosine a few ulps off ``+-1``): 0, as the covariance entries of such rows give.
+    ``>= +0`` for ``c`` in ``[-1, 1]``; the formulas take a gap up to :data:`GAP_SNAP` for 0 (rows parallel
+    to rounding, their cosine a few ulps off ``+-1``, or beyond it: a negative gap).
     """
-    g = (1.0 - c) * (1.0 + c)
-    return g * (g > GAP_SNAP)
+    return (1.0 - c) * (1.0 + c)
 
 
 def relu_angles(cos: Any, gap: Any) -> tuple[Any, Any]:
@@ -95,10 +94,12 @@ def erf_gap(kca: Any, kcb: Any, gap: Any) -> Any:
     ``kca = k |a|^2``, ``kcb = k |b|^2``, ``gap = 1 - cos^2`` of the pair. ``det(I + k C) = 1 + k C_aa + k C_bb +
     k^2 det C``, so with ``x = k C_ii / d_i``: ``omega = 1 / (d_a d_b) + x_a / d_b + x_b / d_a + x_a x_b gap``,
     each term to a few ulps, hence ``omega`` too (``>= 1 / (d_a d_b) > 0``; no overflow up to ``k C ~ 1e300``).
+    A gap up to :data:`GAP_SNAP` is rounding of a parallel or antiparallel pair: 0 (at ``k C ~ 1e150`` it would
+    otherwise set ``omega``, ``~ 1 / (k C)`` for a parallel pair).
     """
     da, db = 1.0 + kca, 1.0 + kcb
     xa, xb = kca / da, kcb / db
-    return (1.0 / da) * (1.0 / db) + xa / db + xb / da + xa * xb * gap
+    return (1.0 / da) * (1.0 / db) + xa / db + xb / da + xa * xb * (gap * (gap > GAP_SNAP))
 
 
 def erf_pair(rho: Any, omega: Any, da: Any, root: Any, k: float) -> tuple[Any, Any, Any]:
