@@ -414,7 +414,9 @@ class Erf(Activation):
             gg = (2/pi) atan2(rho, sqrt(omega))           dd = (2k/pi) / sqrt(det D)
             b0 = -(2k/pi) rho / (d1 sqrt(omega))         K = -dd k D^{-1} = -dd k adj(D) / det D
 
-        Numerically: every factor is a product or quotient of positive numbers computed
+        ``gg``, ``b0`` and ``dd`` are the pair terms ``(kappa, A, B)`` of :func:`nearopt.model.pair_terms.erf_pair`
+        with ``omega`` from :func:`~nearopt.model.pair_terms.erf_gap` (the code objects the batched engine of
+        ``nearopt.gaussian.kernels`` runs). Numerically: every factor is a product or quotient of positive numbers computed
         to a few ulps, ``omega`` included (:func:`~nearopt.model.pair_terms.erf_gap`), so each moment is accurate
         to a few ulps at every scale (no overflow up to ``c ~ 1e300``). The textbook
         forms lose digits as ``k c`` grows: ``det D = d1 d2 - k^2 c12^2`` and ``1 - rho^2``
@@ -498,7 +500,14 @@ class ReLU(Activation):
         return False
 
     def closed_form_moments(self, c11, c12, c22) -> PairMoments:
-        """Arc-cosine kernels; ``g'' = delta`` and ``g''' = delta'`` integrated exactly."""
+        """Arc-cosine kernels; ``g'' = delta`` and ``g''' = delta'`` integrated exactly.
+
+        ``gg``, ``b0`` and the step ``E[g'(u) g'(v)]`` are the pair terms ``(kappa, A, B)`` of
+        :mod:`nearopt.model.pair_terms` (:func:`~nearopt.model.pair_terms.relu_angles`,
+        :func:`~nearopt.model.pair_terms.relu_pair`, the code objects the batched and compiled engines of
+        ``nearopt.gaussian.kernels`` run), with the sine from ``det C`` (:func:`correlation_gap`) and the angle
+        by ``atan2``: a few ulps at every scale, parallel and sign-flipped units included.
+        """
         c11, c12, c22 = _broadcast(c11, c12, c22)
         s1, s2 = np.sqrt(c11), np.sqrt(c22)
         denom = s1 * s2

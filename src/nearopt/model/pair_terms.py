@@ -85,7 +85,8 @@ def relu_angles(cos: Any, gap: Any) -> tuple[Any, Any]:
 
 def relu_pair(theta: Any, S: Any, na: Any, nb: Any, dot: Any) -> tuple[Any, Any, Any]:
     """ReLU ``(kappa, A, B)`` of a pair from :func:`relu_angles`: ``na = |a| > 0``, ``nb = |b|``, ``dot = a.b``."""
-    return (na * nb * S + theta * dot) * INV_TWO_PI, nb * S / na * INV_TWO_PI, theta * INV_TWO_PI
+    # the norms' factors first: for unit rows (na = nb = 1, Python floats) each output is one or two tensor operations
+    return (S * (na * nb) + theta * dot) * INV_TWO_PI, S * (nb / na * INV_TWO_PI), theta * INV_TWO_PI
 
 
 def erf_gap(kca: Any, kcb: Any, gap: Any) -> Any:
