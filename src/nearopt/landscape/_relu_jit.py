@@ -45,7 +45,7 @@ __all__ = ["descend_run", "gradient", "KERNELS_DIGEST", "SCALAR_COMPILED", "work
 CONVERGED, UNCONVERGED, DIVERGED = 0, 1, 2
 
 #: the cache key's share of the formulas' modules (module docstring)
-KERNELS_DIGEST = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (kernels, pair_terms))).hexdigest()
+KERNELS_DIGEST = hashlib.sha256(b"".join(Path(str(m.__file__)).read_bytes() for m in (kernels, pair_terms))).hexdigest()
 
 #: :data:`nearopt.gaussian.kernels.SCALAR` for numba: its Python functions compiled
 SCALAR_COMPILED = {name: numba.njit(inline="always")(f) if isinstance(f, types.FunctionType) else f for name, f in kernels.SCALAR.items()}
