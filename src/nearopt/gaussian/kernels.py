@@ -26,7 +26,8 @@ matrix products (:func:`fold`):
 The formulas are bound (:func:`bind`) to :data:`TORCH` for the batched tensors of this module (CPU or
 GPU, differentiable in forward mode: the Newton polish's Hessian products are the derivative of
 :func:`relu_terms` / :func:`erf_terms`, or for the ReLU committee that derivative worked out once,
-``nearopt.landscape.polish._ReluHessian``, tested equal to it) and to :data:`SCALAR` (``math`` on floats)
+``nearopt.landscape.polish._ReluHessian``, tested equal to it) and to :data:`SCALAR` (``math`` on floats;
+``polar_angle`` as :func:`unit_circle_angle`, an ``acos``: the compiled engine's points lie on the unit circle)
 for the per-run descent compiled by numba (``nearopt.landscape._relu_jit``). Every engine runs the same
 code objects as the library; ``tests/test_kernels.py`` holds them equal for each activation.
 """
