@@ -104,15 +104,16 @@ def test_the_engines_run_the_library_code_objects():
     from nearopt.landscape import _relu_jit
     from nearopt.model import activations
 
-    for name in ("unit_gap", "relu_angles", "relu_pair", "erf_gap", "erf_pair"):
+    for name in ("unit_gap", "relu_angles", "relu_pair", "relu_kernel", "erf_gap", "erf_pair"):
         shared = getattr(pair_terms, name)
         assert getattr(kernels, name).__code__ is shared.__code__
         assert getattr(kernels, name).__globals__["sqrt"] is torch.sqrt
         assert kernels.bind(shared, kernels.SCALAR).__code__ is shared.__code__
-    for name in ("relu_angles", "relu_pair", "erf_gap", "erf_pair"):
+    for name in ("relu_angles", "relu_pair", "relu_kernel", "erf_gap", "erf_pair"):
         assert getattr(activations, name) is getattr(pair_terms, name)  # what ReLU / Erf.closed_form_moments call
     for jitted, shared in ((_relu_jit._relu_angles, pair_terms.relu_angles), (_relu_jit._relu_pair, pair_terms.relu_pair),
-                           (_relu_jit._unit_gap, pair_terms.unit_gap), (_relu_jit._unit_gradient, kernels.unit_gradient)):
+                           (_relu_jit._relu_kernel, pair_terms.relu_kernel), (_relu_jit._unit_gap, pair_terms.unit_gap),
+                           (_relu_jit._unit_gradient, kernels.unit_gradient)):
         assert jitted.py_func.__code__ is shared.__code__
 
 
@@ -142,8 +143,9 @@ def _engine_terms(act: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, .
     W, Om = _t(a[:, None, :], np.stack([a, b], 1))
     if act == "relu":
         n, inv = kernels.safe_norm(Om)
-        kappa, A, B = kernels._relu_pair_terms(Om[:, :1] * inv[:, :1, None], Om * inv[..., None])
-        kappa, A = kappa * n[:, :1, None] * n[:, None, :], A * n[:, None, :] * inv[:, :1, None]  # homogeneity
+        A, B = kernels._relu_pair_terms(Om[:, :1] * inv[:, :1, None], Om * inv[..., None])
+        A = A * n[:, None, :] * inv[:, :1, None]  # homogeneity
+        kappa = kernels.relu_kernel(A, B * torch.bmm(W, Om.transpose(1, 2)), (W * W).sum(-1, keepdim=True))
     else:
         kappa, A, B = kernels._erf_kernel(kernels._erf_c(act), W, Om)
     return tuple(x[:, 0, 1].numpy() for x in (kappa, A, B))
@@ -171,7 +173,7 @@ def test_engine_pair_terms_equal_the_library_moments(act, scale):
             assert np.all(x[2][[4, 5, 8]] == 0.5) and np.all(x[2][[6, 7]] == 0.0) and np.all(x[1][4:9] == 0.0)
 
 
-@pytest.mark.parametrize("name", ["unit_gap", "relu_angles", "relu_pair", "erf_gap", "erf_pair"])
+@pytest.mark.parametrize("name", ["unit_gap", "relu_angles", "relu_pair", "relu_kernel", "erf_gap", "erf_pair"])
 def test_each_formula_gives_the_same_values_in_every_binding(name):
     """NumPy (the library), torch (the batched engine), ``math`` and its numba compilation (the per-run engine), entry by entry."""
     pytest.importorskip("numba")
@@ -182,7 +184,7 @@ def test_each_formula_gives_the_same_values_in_every_binding(name):
     gap = pair_terms.unit_gap(cos)  # (-cos, sqrt(gap)) on the unit circle: the scalar engine's polar_angle is acos
     norms = 10.0 ** rng.uniform(-150, 150, (2, n))
     kc = norms**2
-    args = {"unit_gap": (cos,), "relu_angles": (cos, gap), "relu_pair": (cos + 2.0, gap, norms[0], norms[1], cos),
+    args = {"unit_gap": (cos,), "relu_angles": (cos, gap), "relu_pair": (cos + 2.0, gap, norms[0], norms[1]), "relu_kernel": (cos, gap, norms[0] ** 2),
             "erf_gap": (kc[0], kc[1], gap), "erf_pair": (cos, gap + 0.5, 1.0 + kc[0], np.sqrt(1.0 + kc[0]) * np.sqrt(1.0 + kc[1]), 2.0)}[name]
     f = getattr(pair_terms, name)
     ref = f(*args)

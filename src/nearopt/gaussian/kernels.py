@@ -9,26 +9,29 @@ population loss of a student ``(W, v)`` against a teacher ``(T, u)``: with ``Ome
     dL/dv_a  = sum_j beta_j kappa(w_a, omega_j)
     dL/dw_a  = v_a (w_a sum_j beta_j A_aj + sum_j beta_j B_aj omega_j)
 
-so each engine takes ``(kappa, A, B)`` of every pair from the one text of the activation's closed form
-(:func:`~nearopt.model.pair_terms.relu_angles` and :func:`~nearopt.model.pair_terms.relu_pair`,
+so each engine takes the terms of every pair from the one text of the activation's closed form
+(:func:`~nearopt.model.pair_terms.relu_angles`, :func:`~nearopt.model.pair_terms.relu_pair` and
+:func:`~nearopt.model.pair_terms.relu_kernel`,
 :func:`~nearopt.model.pair_terms.erf_gap` and :func:`~nearopt.model.pair_terms.erf_pair`, the code objects
 that :meth:`nearopt.model.activations.ReLU.closed_form_moments` and
 :meth:`~nearopt.model.activations.Erf.closed_form_moments` evaluate with NumPy) and folds them over ``j`` by
 matrix products (:func:`fold`):
 
-* ReLU: the pair terms of the unit rows (``na = nb = 1``, ``dot`` the cosine, correlation gap
-  :func:`~nearopt.model.pair_terms.unit_gap`), scaled by homogeneity: ``sum_j beta_j kappa_aj =
-  |w_a| sum_j (beta_j |omega_j|) kappa^_aj``, ``sum_j beta_j A_aj = sum_j (beta_j |omega_j|) A^_aj / |w_a|``.
-  A unit with itself has cosine 1 exactly (``Theta = pi``, ``S = 0``).
+* ReLU: ``(A, B)`` of the unit rows (``na = nb = 1``, correlation gap :func:`~nearopt.model.pair_terms.unit_gap`
+  of their cosine), scaled by homogeneity: ``sum_j beta_j A_aj = sum_j (beta_j |omega_j|) A^_aj / |w_a|``;
+  ``dL/dv_a = relu_kernel(sum_j beta_j A_aj, w_a . sum_j beta_j B_aj omega_j, |w_a|^2)``
+  (:func:`~nearopt.model.pair_terms.relu_kernel` is linear). A unit with itself has cosine 1 exactly
+  (``Theta = pi``, ``S = 0``).
 * ``erf(z / s)`` (``k = 2 / s^2``): ``rho = k a.b / sqrt(d_a d_b)`` and ``omega`` from the norms and the
   correlation gap of the unit rows. A unit with itself has gap 0 and ``rho = 1 - 1/d`` exactly.
 
 The formulas are bound (:func:`bind`) to :data:`TORCH` for the batched tensors of this module (CPU or
 GPU, differentiable in forward mode: the Newton polish's Hessian products are the derivative of
 :func:`relu_terms` / :func:`erf_terms`, or for the ReLU committee that derivative worked out once,
-``nearopt.landscape.polish._ReluHessian``, tested equal to it) and to :data:`SCALAR` (``math`` on floats;
-``polar_angle`` as :func:`unit_circle_angle`, an ``acos``: the compiled engine's points lie on the unit circle)
-for the per-run descent compiled by numba (``nearopt.landscape._relu_jit``). Every engine runs the same
+``nearopt.landscape.polish._ReluHessian``, tested equal to it) and to :data:`SCALAR` (``math`` on floats)
+for the per-run descent compiled by numba (``nearopt.landscape._relu_jit``). Both bind ``polar_angle`` to an
+``acos`` (:func:`unit_circle_angles`, :func:`unit_circle_angle`): the engines' points lie on the unit circle
+(the library, whose sine comes from the covariance entries, binds ``atan2``). Every engine runs the same
 code objects as the library; ``tests/test_kernels.py`` holds them equal for each activation.
 """
 
@@ -57,11 +60,13 @@ __all__ = [
     "gradient",
     "loss_gradient",
     "relu_angles",
+    "relu_kernel",
     "relu_pair",
     "relu_terms",
     "safe_norm",
     "teacher_power",
     "unit_circle_angle",
+    "unit_circle_angles",
     "unit_gap",
 ]
 
@@ -73,20 +78,26 @@ CLOSED_FORMS = ("relu", "erf", "erf:unit")
 def unit_circle_angle(y: float, x: float) -> float:
     """``atan2(y, x)`` of a point ``(x, y)``, ``y >= 0``, on the unit circle, on floats: ``acos(x)``, exactly ``0`` or ``pi`` at ``y = 0``.
 
-    The scalar engine's ``polar_angle``: its points are ``(-c, sqrt(unit_gap(c)))`` (:func:`relu_angles` of a unit-row
+    The engines' ``polar_angle``: their points are ``(-c, sqrt(unit_gap(c)))`` (:func:`relu_angles` of a unit-row
     cosine ``c``), on the unit circle to rounding, where ``acos`` carries the same information as ``atan2`` (the
-    rounding of ``c``) at about half the cost in the compiled pair loop.
+    rounding of ``c``) at about half the cost (a third in torch). At ``y = 0`` (a pair snapped parallel) ``x``
+    is a few ulps off ``+-1``: the angle is that of its sign.
     """
-    return math.acos(x) if y > 0.0 else (PI if x < 0.0 else 0.0)
+    return math.acos(x) if y > 0.0 else (PI if x < 0.0 else 0.0)  # selects: cheaper here than a copysign into acos
+
+
+def unit_circle_angles(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """:func:`unit_circle_angle` entrywise on tensors (``x`` in ``[-1, 1]``)."""
+    return torch.arccos(torch.where(y > 0.0, x, torch.sign(x)))
 
 
 #: the free names of the formulas (:data:`nearopt.model.pair_terms.FREE_NAMES`) per engine
-TORCH: dict[str, Any] = {"arctan2": torch.atan2, "polar_angle": torch.atan2, "sqrt": torch.sqrt}
+TORCH: dict[str, Any] = {"arctan2": torch.atan2, "polar_angle": unit_circle_angles, "sqrt": torch.sqrt}
 SCALAR: dict[str, Any] = {"arctan2": math.atan2, "polar_angle": unit_circle_angle, "sqrt": math.sqrt}
 
 #: the formulas of :mod:`nearopt.model.pair_terms` bound to torch (the same code objects)
-relu_angles, relu_pair, erf_gap, erf_pair, unit_gap = (bind(f, TORCH) for f in (
-    pair_terms.relu_angles, pair_terms.relu_pair, pair_terms.erf_gap, pair_terms.erf_pair, pair_terms.unit_gap))
+relu_angles, relu_pair, relu_kernel, erf_gap, erf_pair, unit_gap = (bind(f, TORCH) for f in (
+    pair_terms.relu_angles, pair_terms.relu_pair, pair_terms.relu_kernel, pair_terms.erf_gap, pair_terms.erf_pair, pair_terms.unit_gap))
 
 #: ``relu_angles`` at ``c = -1`` and ``c = 1`` (an antiparallel pair; a parallel pair or a unit with itself)
 (_THETA_ANTI, _S_ANTI), (_THETA_PAR, _S_PAR) = (bind(pair_terms.relu_angles, SCALAR)(c, 0.0) for c in (-1.0, 1.0))
@@ -117,8 +128,8 @@ def _has_tangent(*xs: torch.Tensor) -> bool:
     return any(forward_ad.unpack_dual(x).tangent is not None for x in xs)
 
 
-def _relu_pair_terms(Wh: torch.Tensor, Oh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(kappa, A, B)`` ``(R, K, J)`` of unit rows ``Wh`` ``(R, K, d)`` against unit rows ``Oh`` ``(R, J, d)`` (``Oh[:, :K] = Wh``).
+def _relu_pair_terms(Wh: torch.Tensor, Oh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, B)`` ``(R, K, J)`` of unit rows ``Wh`` ``(R, K, d)`` against unit rows ``Oh`` ``(R, J, d)`` (``Oh[:, :K] = Wh``).
 
     Self pairs take ``c = 1``. Under forward-mode differentiation pairs parallel to rounding
     (correlation gap at most :data:`~nearopt.model.pair_terms.GAP_SNAP`) take the angle terms at
@@ -130,8 +141,7 @@ def _relu_pair_terms(Wh: torch.Tensor, Oh: torch.Tensor) -> tuple[torch.Tensor, 
     if not _has_tangent(Wh, Oh):
         cos = torch.bmm(Wh, Oh.transpose(1, 2)).clamp_(-1.0, 1.0)
         cos[:, :, :K].diagonal(dim1=1, dim2=2).fill_(1.0)
-        theta, S = relu_angles(cos, unit_gap(cos))
-        return relu_pair(theta, S, 1.0, 1.0, cos)
+        return relu_pair(*relu_angles(cos, unit_gap(cos)), 1.0, 1.0)
     cos = torch.bmm(Wh, Oh.transpose(1, 2)).clamp(-1.0, 1.0)
     cos = torch.where(_self_pairs(R, K, Oh.shape[1], Wh.device), 1.0, cos)
     flat = unit_gap(cos) <= pair_terms.GAP_SNAP
@@ -143,7 +153,7 @@ def _relu_pair_terms(Wh: torch.Tensor, Oh: torch.Tensor) -> tuple[torch.Tensor, 
         return torch.where(pos, cos.new_tensor(par), cos.new_tensor(anti))
 
     theta, S = torch.where(flat, at_ends(_THETA_PAR, _THETA_ANTI), theta), torch.where(flat, at_ends(_S_PAR, _S_ANTI), S)
-    return relu_pair(theta, S, 1.0, 1.0, cos)
+    return relu_pair(theta, S, 1.0, 1.0)
 
 
 def fold(kappa: torch.Tensor, A: torch.Tensor, B: torch.Tensor, weight: torch.Tensor,
@@ -161,21 +171,23 @@ def relu_terms(W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tenso
 
     ``W`` ``(R, K, d)``, ``v`` ``(R, K)``; teachers ``T`` ``(R, M, d)``, ``u`` ``(R, M)`` (or expanded views);
     zero rows of either (padding) contribute nothing. Out of place, forward-mode differentiable.
-    The pair terms of the unit rows, scaled by homogeneity (module docstring).
+    The pair terms of the unit rows, scaled by homogeneity; ``dL/dv`` by :func:`relu_kernel` of the sums (module docstring).
     """
     K = W.shape[1]
     nW, inv = safe_norm(W)
     nT, invT = safe_norm(T)
     Wh = W * inv[..., None]
-    kappa, A, B = _relu_pair_terms(Wh, torch.cat([Wh, T * invT[..., None]], 1))
+    A, B = _relu_pair_terms(Wh, torch.cat([Wh, T * invT[..., None]], 1))
     bn = torch.cat([v * nW, -u * nT], 1)[..., None]  # (R, J, 1): beta_j |omega_j|
     bw = torch.cat([v[..., None] * W, -u[..., None] * T], 1)  # (R, J, d): beta_j omega_j
-    ks, a_sum, P = fold(kappa, A, B, bn, bw)
-    gW = unit_gradient(W, (a_sum * inv)[..., None], P, v[..., None])
-    kb = ks * nW  # (R, K): dL/dv
+    a_sum, P = torch.bmm(A, bn)[..., 0] * inv, torch.bmm(B, bw)  # sum_j beta_j A_aj, sum_j beta_j B_aj omega_j
+    gW = unit_gradient(W, a_sum[..., None], P, v[..., None])
+    n2 = nW * nW
+    kb = relu_kernel(a_sum, (W * P).sum(-1), n2)  # (R, K): dL/dv = sum_j beta_j kappa_aj
     if not want_loss:
         return gW, kb, None
-    kt = torch.bmm(kappa[:, :, K:], bn[:, K:])[..., 0] * nW  # the teacher pairs' part of kb: sum_{j >= K} beta_j kappa_aj
+    # the teacher pairs' part of kb: sum_{j >= K} beta_j kappa_aj
+    kt = relu_kernel(torch.bmm(A[:, :, K:], bn[:, K:])[..., 0] * inv, (W * torch.bmm(B[:, :, K:], bw[:, K:])).sum(-1), n2)
     return gW, kb, ((kb + kt) * v).sum(-1)
 
 

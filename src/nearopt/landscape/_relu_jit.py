@@ -1,15 +1,17 @@
 """Gradient descent of one ReLU student on the exact population loss, compiled by numba (``pip install nearopt[fast]``).
 
 The formulas are those of the ReLU's closed form (:func:`nearopt.model.pair_terms.unit_gap`,
-:func:`~nearopt.model.pair_terms.relu_angles`, :func:`~nearopt.model.pair_terms.relu_pair`) and the fold of
-:mod:`nearopt.gaussian.kernels` (:func:`~nearopt.gaussian.kernels.unit_gradient`), the same code objects
-compiled on floats (:data:`nearopt.gaussian.kernels.SCALAR`); this module only orders the sums. With unit
-rows ``w^_a`` of the student ``W`` ``(K, d)``, teacher unit rows ``t^_j`` ``(M, d)``, ``bn_j = beta_j |omega_j|``
-and ``bw_j = beta_j omega_j`` (``beta = [v; -u]``, ``omega = [w; t]``), the pair terms of unit rows scaled by
-homogeneity::
+:func:`~nearopt.model.pair_terms.relu_angles`, :func:`~nearopt.model.pair_terms.relu_pair`,
+:func:`~nearopt.model.pair_terms.relu_kernel`) and the fold of :mod:`nearopt.gaussian.kernels`
+(:func:`~nearopt.gaussian.kernels.unit_gradient`), the same code objects compiled on floats
+(:data:`SCALAR_COMPILED`: :data:`nearopt.gaussian.kernels.SCALAR` compiled); this module only orders the sums.
+With unit rows ``w^_a`` of the student ``W`` ``(K, d)``, teacher unit rows ``t^_j`` ``(M, d)``,
+``bn_j = beta_j |omega_j|`` and ``bw_j = beta_j omega_j`` (``beta = [v; -u]``, ``omega = [w; t]``), the pair
+terms of unit rows scaled by homogeneity::
 
-    c_aj = w^_a . omega^_j,   (kappa^, A^, B)_aj = relu_pair(*relu_angles(c_aj, unit_gap(c_aj)), 1, 1, c_aj)   (self pairs: c = 1)
-    dL/dw_a = unit_gradient(w_a, (A^ bn)_a / |w_a|, (B bw)_a, v_a),    dL/dv_a = |w_a| (kappa^ bn)_a
+    c_aj = w^_a . omega^_j,   (A^, B)_aj = relu_pair(*relu_angles(c_aj, unit_gap(c_aj)), 1, 1)   (self pairs: c = 1)
+    a_a = (A^ bn)_a / |w_a|,  P_a = (B bw)_a
+    dL/dw_a = unit_gradient(w_a, a_a, P_a, v_a),    dL/dv_a = relu_kernel(a_a, w_a . P_a, |w_a|^2)
 
 The unit-row terms are symmetric: each student-student pair is taken once. When the teacher's unit rows
 are the standard basis (``t^_j = e_j``, ``M = d``: the committee machines of Safran & Shamir), the
@@ -49,8 +51,8 @@ KERNELS_DIGEST = hashlib.sha256(b"".join(Path(str(m.__file__)).read_bytes() for 
 
 #: :data:`nearopt.gaussian.kernels.SCALAR` for numba: its Python functions compiled
 SCALAR_COMPILED = {name: numba.njit(inline="always")(f) if isinstance(f, types.FunctionType) else f for name, f in kernels.SCALAR.items()}
-_unit_gap, _relu_angles, _relu_pair = (numba.njit(inline="always")(kernels.bind(f, SCALAR_COMPILED)) for f in (
-    pair_terms.unit_gap, pair_terms.relu_angles, pair_terms.relu_pair))
+_unit_gap, _relu_angles, _relu_pair, _relu_kernel = (numba.njit(inline="always")(kernels.bind(f, SCALAR_COMPILED)) for f in (
+    pair_terms.unit_gap, pair_terms.relu_angles, pair_terms.relu_pair, pair_terms.relu_kernel))
 _unit_gradient = numba.njit(inline="always")(kernels.unit_gradient)
 
 
@@ -60,7 +62,7 @@ def _pair(B, A, a, j):
     ``+-1`` needs no clipping: its gap is snapped to 0, where the angle is exactly ``0`` or ``pi``."""
     c = B[a, j]
     theta, S = _relu_angles(c, _unit_gap(c))
-    _, A[a, j], B[a, j] = _relu_pair(theta, S, 1.0, 1.0, c)
+    A[a, j], B[a, j] = _relu_pair(theta, S, 1.0, 1.0)
 
 
 def _keyed(make: Callable[[str], Callable]) -> Callable:
@@ -120,13 +122,12 @@ def _gradient(digest: str) -> Callable:
                 sA[a] += At[a, j] * bnT[j]
         for a in range(K):
             a_sum = sA[a] * (1.0 / max(nW[a], TINY))
-            dot = 0.0
+            wp = 0.0
             for i in range(d):
-                g = _unit_gradient(W[a, i], a_sum, P[a, i], 1.0)  # dL/dw_a / v_a
-                gW[a, i] = g * v[a]
-                dot += W[a, i] * g
+                gW[a, i] = _unit_gradient(W[a, i], a_sum, P[a, i], v[a])
+                wp += W[a, i] * P[a, i]
             if want_v:
-                gv[a] = dot  # Euler: kappa is homogeneous of degree 1 in its first unit, sum_j beta_j kappa_aj = w_a . (dL/dw_a / v_a)
+                gv[a] = _relu_kernel(a_sum, wp, nW[a] * nW[a])
     return gradient
 
 

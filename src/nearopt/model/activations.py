@@ -34,7 +34,7 @@ import torch
 from numpy.polynomial import hermite_e
 
 from ..errors import NearoptError
-from .pair_terms import COLLINEAR_SNAP, erf_gap, erf_pair, relu_angles, relu_pair
+from .pair_terms import COLLINEAR_SNAP, erf_gap, erf_pair, relu_angles, relu_kernel, relu_pair
 
 __all__ = [
     "Activation", "activation_from_module", "available_activations", "check_activation", "COLLINEAR_SNAP", "COLLINEAR_TOL", "correlation_gap",
@@ -504,7 +504,7 @@ class ReLU(Activation):
 
         ``gg``, ``b0`` and the step ``E[g'(u) g'(v)]`` are the pair terms ``(kappa, A, B)`` of
         :mod:`nearopt.model.pair_terms` (:func:`~nearopt.model.pair_terms.relu_angles`,
-        :func:`~nearopt.model.pair_terms.relu_pair`, the code objects the batched and compiled engines of
+        :func:`~nearopt.model.pair_terms.relu_pair`, :func:`~nearopt.model.pair_terms.relu_kernel`, the code objects the batched and compiled engines of
         ``nearopt.gaussian.kernels`` run), with the sine from ``det C`` (:func:`correlation_gap`) and the angle
         by ``atan2``: a few ulps at every scale, parallel and sign-flipped units included.
         """
@@ -516,8 +516,9 @@ class ReLU(Activation):
         # sin from det C (correlation_gap), not from cos: 1 - cos^2 loses eps / sin^2 for nearly parallel
         # pairs; relu_angles takes the angle by atan2 and snaps parallel pairs to theta = 0 or pi exactly
         theta, sin = relu_angles(cos, correlation_gap(c11, c12, c22))  # Theta = pi - angle; dead pairs: 0 gap
-        gg, b0, step = relu_pair(theta, sin, np.where(live, s1, 1.0), s2, c12)  # b0 = E[delta(u) relu(v)]
+        b0, step = relu_pair(theta, sin, np.where(live, s1, 1.0), s2)  # b0 = E[delta(u) relu(v)]
         b0, step = np.where(live, b0, 0.0), np.where(live, step, 0.0)
+        gg = relu_kernel(b0, step * c12, c11)
         # For parallel units the delta terms cancel exactly (E[step(u) x x^T] = I/2): K = 0 there.
         ok = live & (sin**2 > COLLINEAR_TOL)
         sqrt_det = np.where(ok, denom * sin, 1.0)

@@ -5,9 +5,9 @@ the pair kernel ``kappa(a, b) = E[g(a.x) g(b.x)]`` and its gradient in ``a``,
 ``grad_a kappa(a, b) = A a + B b``, are:
 
 * ReLU (arc-cosine kernel), ``t`` the angle of the pair, ``Theta = pi - t``, ``S = sin t``
-  (:func:`relu_angles`, :func:`relu_pair`)::
+  (:func:`relu_angles`, :func:`relu_pair`, :func:`relu_kernel`)::
 
-      kappa = (|a| |b| S + Theta a.b) / (2 pi),   A = |b| S / (2 pi |a|),   B = Theta / (2 pi)
+      A = |b| S / (2 pi |a|),   B = Theta / (2 pi),   kappa = A |a|^2 + B a.b = (|a| |b| S + Theta a.b) / (2 pi)
 
 * ``erf(z / s)`` (arcsine kernel, ``k = 2 / s^2``, ``d_i = 1 + k C_ii``, ``rho = k a.b / sqrt(d_a d_b)``,
   ``omega = 1 - rho^2``; :func:`erf_gap`, :func:`erf_pair`)::
@@ -19,15 +19,17 @@ of this module, bound here to NumPy: :meth:`nearopt.model.activations.ReLU.close
 :meth:`~nearopt.model.activations.Erf.closed_form_moments` evaluate them as they stand, and
 :func:`bind` gives the same code object other names (``nearopt.gaussian.kernels`` binds torch for the
 batched engine and ``math`` for the numba-compiled one). The inputs are the pair's cosine and
-correlation gap ``1 - cos^2`` (:func:`unit_gap` from a cosine, or ``correlation_gap`` of the
-activations module from the covariance entries), so every engine evaluates the numerically accurate
-form: angles by ``atan2`` of a sine and a cosine (``arccos`` and ``arcsin`` amplify the rounding of
-their argument by ``1 / sin t`` near ``+-1``), ``omega`` as a sum of non-negative terms (``1 - rho^2``
-loses ``log10(k |a|^2)`` digits for a unit with itself).
+correlation gap ``1 - cos^2`` (``correlation_gap`` of the activations module from the covariance
+entries, or :func:`unit_gap` from the cosine of two unit rows), so every engine evaluates the
+numerically accurate form: ``omega`` as a sum of non-negative terms (``1 - rho^2`` loses
+``log10(k |a|^2)`` digits for a unit with itself), the erf kernel by ``atan2`` (``arcsin`` amplifies
+the rounding of ``rho`` by ``1 / sqrt(omega)``), and the ReLU angle by ``polar_angle`` of the sine and
+cosine: ``atan2`` for the library, whose sine comes from the covariance entries (``arccos`` would
+amplify the rounding of the cosine by ``1 / sin t``); the engines, whose sine is that of their cosine
+(points on the unit circle), bind an ``arccos`` of the cosine, exact at the snapped ends.
 
-The kernels are homogeneous: ``kappa(a, b) = |a| |b| kappa(a^, b^)``, ``A(a, b) = (|b| / |a|) A(a^, b^)``,
-``B(a, b) = B(a^, b^)`` for the ReLU (unit rows ``a^``), so an engine may take :func:`relu_pair` of unit
-rows (``na = nb = 1``, ``dot`` the cosine) and scale its sums over ``b`` by the norms.
+The ReLU terms are homogeneous: ``A(a, b) = (|b| / |a|) A(a^, b^)``, ``B(a, b) = B(a^, b^)`` (unit rows ``a^``),
+so an engine may take :func:`relu_pair` of unit rows (``na = nb = 1``) and scale its sums over ``b`` by the norms.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from ..tolerances import EPS
 
 __all__ = [
     "COLLINEAR_SNAP", "FREE_NAMES", "GAP_SNAP", "INV_TWO_PI", "NUMPY", "PI", "TWO_PI", "bind", "erf_gap", "erf_pair", "relu_angles",
-    "relu_pair", "unit_gap",
+    "relu_kernel", "relu_pair", "unit_gap",
 ]
 
 PI = math.pi
@@ -83,10 +85,19 @@ def relu_angles(cos: Any, gap: Any) -> tuple[Any, Any]:
     return polar_angle(S, -cos), S
 
 
-def relu_pair(theta: Any, S: Any, na: Any, nb: Any, dot: Any) -> tuple[Any, Any, Any]:
-    """ReLU ``(kappa, A, B)`` of a pair from :func:`relu_angles`: ``na = |a| > 0``, ``nb = |b|``, ``dot = a.b``."""
-    # the norms' factors first: for unit rows (na = nb = 1, Python floats) each output is one or two tensor operations
-    return (S * (na * nb) + theta * dot) * INV_TWO_PI, S * (nb / na * INV_TWO_PI), theta * INV_TWO_PI
+def relu_pair(theta: Any, S: Any, na: Any, nb: Any) -> tuple[Any, Any]:
+    """ReLU ``(A, B)`` of ``grad_a kappa(a, b) = A a + B b`` from :func:`relu_angles`: ``na = |a| > 0``, ``nb = |b|``."""
+    # the norms' factor first: for unit rows (na = nb = 1, Python floats) each output is one tensor operation
+    return S * (nb / na * INV_TWO_PI), theta * INV_TWO_PI
+
+
+def relu_kernel(A: Any, b_dot: Any, na2: Any) -> Any:
+    """ReLU ``kappa(a, b) = A |a|^2 + B a.b`` (Euler: ``kappa`` is homogeneous of degree 1 in ``a``): ``b_dot = B a.b``, ``na2 = |a|^2``.
+
+    Linear in ``(A, B a.b)``: a weighted sum over units ``b`` is the same formula of the weighted sums
+    (``A`` summed, ``B b`` summed and dotted with ``a``).
+    """
+    return A * na2 + b_dot
 
 
 def erf_gap(kca: Any, kcb: Any, gap: Any) -> Any:
