@@ -37,6 +37,8 @@ Records (2-core x86_64 CPU VM; per-size tables in ``docs/landscape.md``, section
 | 2026-12-02 | step cost, compiled per run-step against torch per student at 1000 / at 10 students: k, n = 20, 20 / 20, 21 | 1.6x / 3.6x; 2.2x / 4.2x | |
 | 2026-12-02 | full table run directly, compiled engine (--full-table, 2 workers, idle: load average 0.9 at the start) | 489 s = 8.1 min wall, 0 diverged, 6 unconverged | 15 min on 2 cores: met |
 | 2026-12-07 | cells 6,7 8,8 10,10 12,13 (--cells), the formulas of nearopt.gaussian.kernels against the code before them, alternating processes (load average 6-7) | 74.7 s / 65.6 s = 1.14x and 77.5 s / 64.1 s = 1.21x; same steps, spurious counts and families | >= 1.0: met |
+| 2026-12-07 | cells 6,7 8,8 10,10 (--cells), the ReLU and erf pair terms written once with the activations (nearopt.model.pair_terms) against commit 8788161, alternating processes (2-core x86_64 CPU VM, load average 4.9-5.0) | 18.3 s / 18.6 s = 0.98x and 20.2 s / 19.3 s = 1.05x (process CPU time 1.00x, 1.05x); same steps, spurious counts and families | >= 1.0: met on average (1.01x), within the noise of a run |
+| 2026-12-07 | torch step (--skip-loop --ks 6,12), same comparison and machine (load average 4.7-4.8): step of 10 students at k = n = 12 | 0.25 ms / 0.28 ms = 0.89x and 0.24 ms / 0.27 ms = 0.89x (at 1000 students the two runs' wall times scatter by 2x) | >= 1.0: not met |
 """
 
 from __future__ import annotations

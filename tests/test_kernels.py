@@ -30,7 +30,8 @@ import torch
 from nearopt.gaussian import kernels
 from nearopt.gaussian.objective import population_gradient, population_loss
 from nearopt.landscape.critical import committee_teacher, exact_hessian
-from nearopt.model.activations import get_activation
+from nearopt.model import pair_terms
+from nearopt.model.activations import correlation_gap, get_activation
 from nearopt.model.network import TwoLayerNet
 from nearopt.model.problem import Problem
 
@@ -101,18 +102,106 @@ def test_compiled_relu_gradient_equals_the_torch_engine():
             np.testing.assert_allclose(cv, gv[r].numpy(), rtol=0, atol=1e-14 * float(gv.abs().max()))
 
 
-@pytest.mark.parametrize("act", ["erf", "erf:unit"])
-def test_erf_pair_bound_to_math_equals_the_torch_binding(act):
-    c = 2.0 if act == "erf:unit" else 1.0
-    rng = np.random.default_rng(4)
-    rho, da, db = rng.uniform(-1.0, 1.0, 50), rng.uniform(1.0, 9.0, 50), rng.uniform(1.0, 9.0, 50)
-    rho[:3] = [1.0, -1.0, 1.0 - 1e-16]  # self pair at |w| -> inf, antiparallel, rounding
-    root = np.sqrt(da * db)
-    scalar = kernels.bind(kernels.erf_pair, kernels.SCALAR)
-    tensors = kernels.erf_pair(*_t(rho, da, root), c)
-    for i in range(50):
-        for x, y in zip(scalar(float(rho[i]), float(da[i]), float(root[i]), c), tensors):
-            assert x == pytest.approx(float(y[i]), rel=1e-15, abs=0)
+def test_the_engines_run_the_library_code_objects():
+    """One text per formula: the torch and numba bindings are the code objects the activations' closed forms evaluate."""
+    from nearopt.landscape import _relu_jit
+    from nearopt.model import activations
+
+    for name in ("unit_gap", "relu_angles", "relu_pair", "relu_kernel", "erf_gap", "erf_pair"):
+        shared = getattr(pair_terms, name)
+        assert getattr(kernels, name).__code__ is shared.__code__
+        assert getattr(kernels, name).__globals__["sqrt"] is torch.sqrt
+        assert kernels.bind(shared, kernels.SCALAR).__code__ is shared.__code__
+    for name in ("relu_angles", "relu_pair", "relu_kernel", "erf_gap", "erf_pair"):
+        assert getattr(activations, name) is getattr(pair_terms, name)  # what ReLU / Erf.closed_form_moments call
+    for jitted, shared in ((_relu_jit._relu_angles, pair_terms.relu_angles), (_relu_jit._relu_pair, pair_terms.relu_pair),
+                           (_relu_jit._relu_kernel, pair_terms.relu_kernel), (_relu_jit._unit_gap, pair_terms.unit_gap),
+                           (_relu_jit._unit_gradient, kernels.unit_gradient)):
+        assert jitted.py_func.__code__ is shared.__code__
+
+
+def _pairs(scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs ``(P, D)`` twice at norms ``~ scale``: random, parallel, doubled, antiparallel, sign-flipped and
+    quadrupled, a unit with itself, orthogonal, nearly parallel (angle ``1e-7``) and nearly antiparallel."""
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(12, D))
+    b = rng.normal(size=(12, D))
+    b[4], b[5], b[6], b[7], b[8] = a[4], 2.0 * a[5], -a[6], -4.0 * a[7], a[8]  # exactly collinear covariance entries
+    b[9] -= (a[9] @ b[9]) / (a[9] @ a[9]) * a[9]  # orthogonal to rounding
+    e = rng.normal(size=D)
+    e -= (e @ a[10]) / (a[10] @ a[10]) * a[10]
+    b[10] = a[10] + 1e-7 * np.linalg.norm(a[10]) / np.linalg.norm(e) * e
+    b[11] = -a[11] + 1e-7 * np.linalg.norm(a[11]) / np.linalg.norm(e) * e
+    return scale * a, scale * b
+
+
+def _library_terms(act: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(kappa, A, B)`` of each row pair from the activation's closed form (NumPy): ``gg``, ``b0`` and the step / ``dd``."""
+    m = get_activation(act).closed_form_moments((a * a).sum(1), (a * b).sum(1), (b * b).sum(1))
+    return m.gg, m.b[:, 0], m.b[:, 1]
+
+
+def _engine_terms(act: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The same from the batched torch engine: each pair a run with one student ``a`` against the row ``b``."""
+    W, Om = _t(a[:, None, :], np.stack([a, b], 1))
+    if act == "relu":
+        n, inv = kernels.safe_norm(Om)
+        A, B = kernels._relu_pair_terms(Om[:, :1] * inv[:, :1, None], Om * inv[..., None])
+        A = A * n[:, None, :] * inv[:, :1, None]  # homogeneity
+        kappa = kernels.relu_kernel(A, B * torch.bmm(W, Om.transpose(1, 2)), (W * W).sum(-1, keepdim=True))
+    else:
+        kappa, A, B = kernels._erf_kernel(kernels._erf_c(act), W, Om)
+    return tuple(x[:, 0, 1].numpy() for x in (kappa, A, B))
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("scale", [1e-50, 1e-3, 1.0, 1e3, 1e150])  # the ReLU's K ~ 1 / |a|^3 leaves float64 below 1e-100
+def test_engine_pair_terms_equal_the_library_moments(act, scale):
+    """Parallel, antiparallel, orthogonal and nearly collinear units at tiny to huge norms: the engine's ``(kappa, A, B)``
+    (unit rows and their correlation gap) equal the closed form's (covariance entries and ``correlation_gap``)."""
+    a, b = _pairs(scale)
+    # the engine starts from the cosine of rounded unit rows: its rounding (eps) is amplified by up to 1 / sin^2 t for the
+    # ReLU (in A, and in Theta near t = pi) and by 1 / omega for erf (the library's covariance entries are exact data)
+    c11, c12, c22 = (a * a).sum(1), (a * b).sum(1), (b * b).sum(1)
+    gap = correlation_gap(c11, c12, c22)
+    if act != "relu":
+        k = kernels._erf_c(act)
+        gap = pair_terms.erf_gap(k * c11, k * c22, gap)
+    cond = np.where(gap > 0, 8 * np.finfo(float).eps / np.where(gap > 0, gap, 1.0), 0.0)
+    for i, (lib, eng) in enumerate(zip(_library_terms(act, a, b), _engine_terms(act, a, b))):
+        assert np.all(np.isfinite(lib)) and np.all(np.isfinite(eng))
+        assert np.all(np.abs(eng - lib) <= (1e-13 + cond) * np.abs(lib) + 1e-15 * np.abs(lib).max()), (i, eng, lib)
+    if act == "relu":  # parallel to rounding: angle 0 or pi exactly, in both
+        for x in (_library_terms(act, a, b), _engine_terms(act, a, b)):
+            assert np.all(x[2][[4, 5, 8]] == 0.5) and np.all(x[2][[6, 7]] == 0.0) and np.all(x[1][4:9] == 0.0)
+
+
+@pytest.mark.parametrize("name", ["unit_gap", "relu_angles", "relu_pair", "relu_kernel", "erf_gap", "erf_pair"])
+def test_each_formula_gives_the_same_values_in_every_binding(name):
+    """NumPy (the library), torch (the batched engine), ``math`` and its numba compilation (the per-run engine), entry by entry."""
+    pytest.importorskip("numba")
+    from nearopt.landscape import _relu_jit
+    rng = np.random.default_rng(8)
+    n = 40
+    cos = np.concatenate([[1.0, -1.0, 0.0, 1.0 - 2e-16, -1.0 + 2e-16, 1.0 - 1e-10, -1.0 + 1e-10], rng.uniform(-1.0, 1.0, n - 7)])
+    gap = pair_terms.unit_gap(cos)  # (-cos, sqrt(gap)) on the unit circle: the scalar engine's polar_angle is acos
+    norms = 10.0 ** rng.uniform(-150, 150, (2, n))
+    kc = norms**2
+    args = {"unit_gap": (cos,), "relu_angles": (cos, gap), "relu_pair": (cos + 2.0, gap, norms[0], norms[1]), "relu_kernel": (cos, gap, norms[0] ** 2),
+            "erf_gap": (kc[0], kc[1], gap), "erf_pair": (cos, gap + 0.5, 1.0 + kc[0], np.sqrt(1.0 + kc[0]) * np.sqrt(1.0 + kc[1]), 2.0)}[name]
+    f = getattr(pair_terms, name)
+    ref = f(*args)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    tens = getattr(kernels, name)(*(torch.as_tensor(x) if isinstance(x, np.ndarray) else x for x in args))
+    tens = tens if isinstance(tens, tuple) else (tens,)
+    for y, t in zip(ref, tens):
+        np.testing.assert_allclose(t.numpy(), y, rtol=5e-16, atol=0)  # an ulp: torch's and NumPy's atan2
+    for engine in (kernels.bind(f, kernels.SCALAR), _relu_jit.numba.njit(kernels.bind(f, _relu_jit.SCALAR_COMPILED))):
+        for i in range(n):
+            out = engine(*(float(x[i]) if isinstance(x, np.ndarray) else x for x in args))
+            out = out if isinstance(out, tuple) else (out,)
+            for x, y in zip(out, ref):
+                assert x == pytest.approx(float(y[i]), rel=5e-16, abs=0)
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)

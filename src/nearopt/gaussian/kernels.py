@@ -1,53 +1,51 @@
-"""Closed-form Gaussian pair terms of the ReLU and erf students, written once for every engine.
+"""The batched and compiled engines of the ReLU and erf pair kernels: the formulas of :mod:`nearopt.model.pair_terms`, bound to torch and ``math``.
 
 For inputs ``x ~ N(0, I)`` and two units ``a``, ``b`` the pair kernel ``kappa(a, b) = E[g(a.x) g(b.x)]``
-and its gradient in ``a``, ``grad_1 kappa(a, b) = A a + B b``, give the population loss of a student
-``(W, v)`` against a teacher ``(T, u)``: with ``Omega = [W; T]`` (rows ``omega_j``) and ``beta = [v; -u]``::
+and its gradient in ``a``, ``grad_1 kappa(a, b) = A a + B b`` (:mod:`nearopt.model.pair_terms`), give the
+population loss of a student ``(W, v)`` against a teacher ``(T, u)``: with ``Omega = [W; T]`` (rows
+``omega_j``) and ``beta = [v; -u]``::
 
     L        = 1/2 sum_ij beta_i beta_j kappa(omega_i, omega_j)
     dL/dv_a  = sum_j beta_j kappa(w_a, omega_j)
-    dL/dw_a  = v_a sum_j beta_j (A_aj w_a + B_aj omega_j)
+    dL/dw_a  = v_a (w_a sum_j beta_j A_aj + sum_j beta_j B_aj omega_j)
 
-* ReLU (arc-cosine kernel), ``c`` the cosine of the pair, ``t = arccos c`` its angle,
-  ``Theta = pi - t``, ``S = sin t`` (:func:`relu_angles`)::
+so each engine takes the terms of every pair from the one text of the activation's closed form
+(:func:`~nearopt.model.pair_terms.relu_angles`, :func:`~nearopt.model.pair_terms.relu_pair` and
+:func:`~nearopt.model.pair_terms.relu_kernel`,
+:func:`~nearopt.model.pair_terms.erf_gap` and :func:`~nearopt.model.pair_terms.erf_pair`, the code objects
+that :meth:`nearopt.model.activations.ReLU.closed_form_moments` and
+:meth:`~nearopt.model.activations.Erf.closed_form_moments` evaluate with NumPy) and folds them over ``j`` by
+matrix products (:func:`fold`):
 
-      kappa = |a| |b| (S + Theta c) / (2 pi),   A = |b| S / (2 pi |a|),   B = Theta / (2 pi)
+* ReLU: ``(A, B)`` of the unit rows (``na = nb = 1``, correlation gap :func:`~nearopt.model.pair_terms.unit_gap`
+  of their cosine), scaled by homogeneity: ``sum_j beta_j A_aj = sum_j (beta_j |omega_j|) A^_aj / |w_a|``;
+  ``dL/dv_a = relu_kernel(sum_j beta_j A_aj, w_a . sum_j beta_j B_aj omega_j, |w_a|^2)``
+  (:func:`~nearopt.model.pair_terms.relu_kernel` is linear). A unit with itself has cosine 1 exactly
+  (``Theta = pi``, ``S = 0``).
+* ``erf(z / s)`` (``k = 2 / s^2``): ``rho = k a.b / sqrt(d_a d_b)`` and ``omega`` from the norms and the
+  correlation gap of the unit rows. A unit with itself has gap 0 and ``rho = 1 - 1/d`` exactly.
 
-  Folded over ``j`` with ``s1_a = sum_j S_aj beta_j |omega_j|`` and ``P_a = sum_j Theta_aj beta_j omega_j``
-  (two matrix products, no outer products)::
-
-      sum_j beta_j kappa(w_a, omega_j) = (|w_a| s1_a + w_a . P_a) / (2 pi)       (relu_sum)
-      dL/dw_a = (w_a s1_a / |w_a| + P_a) v_a / (2 pi)                           (relu_unit_gradient)
-
-  A unit with itself has ``c = 1`` exactly (``Theta = pi``, ``S = 0``).
-* ``erf(z / s)`` (arcsine kernel, ``c = 2 / s^2``, :func:`erf_pair`): ``rho = c a.b / sqrt(d_a d_b)``,
-  ``d = 1 + c |.|^2``, ``q = (pi/2) sqrt(1 - rho^2)``::
-
-      kappa = (2/pi) arcsin(rho),   A = -c rho / (d_a q),   B = c / (sqrt(d_a d_b) q)
-
-  A unit with itself has ``rho = c |w|^2 / d = 1 - 1/d`` exactly.
-
-The formulas (:func:`relu_angles`, :func:`relu_sum`, :func:`relu_unit_gradient`, :func:`erf_pair`) are
-plain Python over a few names (``arccos``, ``arcsin``, ``sqrt``, ``floor_at``) that each engine binds
-(:func:`bind`): :data:`TORCH` for the batched tensors of this module (CPU or GPU, differentiable in
-forward mode: the Newton polish's Hessian products are the derivative of :func:`relu_terms` /
-:func:`erf_terms`, or for the ReLU committee that derivative worked out once,
-``nearopt.landscape.polish._ReluHessian``, tested equal to it), :data:`SCALAR` (``math`` on floats) for the per-run descent compiled by numba
-(``nearopt.landscape._relu_jit``). Every engine runs the same code object; ``tests/test_kernels.py``
-holds them equal for each activation.
+The formulas are bound (:func:`bind`) to :data:`TORCH` for the batched tensors of this module (CPU or
+GPU, differentiable in forward mode: the Newton polish's Hessian products are the derivative of
+:func:`relu_terms` / :func:`erf_terms`, or for the ReLU committee that derivative worked out once,
+``nearopt.landscape.polish._ReluHessian``, tested equal to it) and to :data:`SCALAR` (``math`` on floats)
+for the per-run descent compiled by numba (``nearopt.landscape._relu_jit``). Both bind ``polar_angle`` to an
+``acos`` (:func:`unit_circle_angles`, :func:`unit_circle_angle`): the engines' points lie on the unit circle
+(the library, whose sine comes from the covariance entries, binds ``atan2``). Every engine runs the same
+code objects as the library; ``tests/test_kernels.py`` holds them equal for each activation.
 """
 
 from __future__ import annotations
 
 import math
-import types
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.autograd.forward_ad as forward_ad
 
 from ..errors import NearoptError
+from ..model import pair_terms
+from ..model.pair_terms import PI, TWO_PI, bind
 
 __all__ = [
     "CLOSED_FORMS",
@@ -55,68 +53,59 @@ __all__ = [
     "TORCH",
     "TWO_PI",
     "bind",
+    "erf_gap",
     "erf_pair",
     "erf_terms",
+    "fold",
     "gradient",
     "loss_gradient",
     "relu_angles",
-    "relu_sum",
+    "relu_kernel",
+    "relu_pair",
     "relu_terms",
-    "relu_unit_gradient",
     "safe_norm",
     "teacher_power",
+    "unit_circle_angle",
+    "unit_circle_angles",
+    "unit_gap",
 ]
 
 #: activations with a closed form here
 CLOSED_FORMS = ("relu", "erf", "erf:unit")
-PI = math.pi
-TWO_PI = 2.0 * math.pi
-#: ``1 - rho^2`` of the erf kernel is floored here (a unit with itself at ``|w| -> inf``)
-ERF_GAP_FLOOR = 1e-300
 
 
-# ----------------------------------------------------------------------------- the formulas (one text each)
-#: the free names of the formulas; here the torch functions, rebound per engine by :func:`bind`
-arccos, arcsin, sqrt, floor_at = torch.arccos, torch.arcsin, torch.sqrt, torch.clamp_min
 
+def unit_circle_angle(y: float, x: float) -> float:
+    """``atan2(y, x)`` of a point ``(x, y)``, ``y >= 0``, on the unit circle, on floats: ``acos(x)``, exactly ``0`` or ``pi`` at ``y = 0``.
 
-def relu_angles(c: Any) -> tuple[Any, Any]:
-    """``(Theta, S) = (pi - arccos c, sqrt(1 - c^2))`` of a cosine ``c`` in ``[-1, 1]`` (``2 pi B`` and ``sin t``).
-
-    ``1 - c^2 >= 0`` exactly for ``|c| <= 1`` (the rounded square of such a ``c`` is at most 1): no clamp.
+    The engines' ``polar_angle``: their points are ``(-c, sqrt(unit_gap(c)))`` (:func:`relu_angles` of a unit-row
+    cosine ``c``), on the unit circle to rounding, where ``acos`` carries the same information as ``atan2`` (the
+    rounding of ``c``) at about half the cost (a third in torch). At ``y = 0`` (a pair snapped parallel) ``x``
+    is a few ulps off ``+-1``: the angle is that of its sign.
     """
-    return PI - arccos(c), sqrt(1.0 - c * c)
+    return math.acos(x) if y > 0.0 else (PI if x < 0.0 else 0.0)  # selects: cheaper here than a copysign into acos
 
 
-def relu_sum(nw: Any, s1: Any, wp: Any) -> Any:
-    """``sum_j beta_j kappa(w, omega_j) = (|w| s1 + w . P) / (2 pi)`` (``dL/dv`` of a unit): ``nw = |w|``, ``wp = w . P``."""
-    return (s1 * nw + wp) / TWO_PI
+def unit_circle_angles(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """:func:`unit_circle_angle` entrywise on tensors (``x`` in ``[-1, 1]``)."""
+    return torch.arccos(torch.where(y > 0.0, x, torch.sign(x)))
 
 
-def relu_unit_gradient(w: Any, s1_over_norm: Any, p: Any, v: Any) -> Any:
-    """``dL/dw = (w s1 / |w| + P) v / (2 pi)``, entrywise: ``s1_over_norm = s1 / |w|``."""
-    return (w * s1_over_norm + p) * (v / TWO_PI)
+#: the free names of the formulas (:data:`nearopt.model.pair_terms.FREE_NAMES`) per engine
+TORCH: dict[str, Any] = {"arctan2": torch.atan2, "polar_angle": unit_circle_angles, "sqrt": torch.sqrt}
+SCALAR: dict[str, Any] = {"arctan2": math.atan2, "polar_angle": unit_circle_angle, "sqrt": math.sqrt}
 
-
-def erf_pair(rho: Any, da: Any, root: Any, c: float) -> tuple[Any, Any, Any]:
-    """``(kappa, A, B)`` of ``erf(z / s)`` for a pair with ``rho``, ``d_a = 1 + c |a|^2``, ``root = sqrt(d_a d_b)``, ``c = 2 / s^2``."""
-    q = (PI / 2.0) * sqrt(floor_at(1.0 - rho * rho, ERF_GAP_FLOOR))
-    return (2.0 / PI) * arcsin(rho), -c * rho / (da * q), c / (root * q)
-
-
-#: the names a formula may use besides its arguments, per engine
-TORCH: dict[str, Any] = {"arccos": torch.arccos, "arcsin": torch.arcsin, "sqrt": torch.sqrt, "floor_at": torch.clamp_min}
-SCALAR: dict[str, Any] = {"arccos": math.acos, "arcsin": math.asin, "sqrt": math.sqrt, "floor_at": max}
-_CONSTANTS = {"PI": PI, "TWO_PI": TWO_PI, "ERF_GAP_FLOOR": ERF_GAP_FLOOR}
-
-
-def bind(f: Callable[..., Any], namespace: dict[str, Any]) -> Callable[..., Any]:
-    """The formula ``f`` with its free names taken from ``namespace`` (:data:`TORCH`, :data:`SCALAR`): the same code object."""
-    return types.FunctionType(f.__code__, {**_CONSTANTS, **namespace}, f.__name__, f.__defaults__)
-
+#: the formulas of :mod:`nearopt.model.pair_terms` bound to torch (the same code objects)
+relu_angles, relu_pair, relu_kernel, erf_gap, erf_pair, unit_gap = (bind(f, TORCH) for f in (
+    pair_terms.relu_angles, pair_terms.relu_pair, pair_terms.relu_kernel, pair_terms.erf_gap, pair_terms.erf_pair, pair_terms.unit_gap))
 
 #: ``relu_angles`` at ``c = -1`` and ``c = 1`` (an antiparallel pair; a parallel pair or a unit with itself)
-(_THETA_ANTI, _S_ANTI), (_THETA_PAR, _S_PAR) = (bind(relu_angles, SCALAR)(c) for c in (-1.0, 1.0))
+(_THETA_ANTI, _S_ANTI), (_THETA_PAR, _S_PAR) = (bind(pair_terms.relu_angles, SCALAR)(c, 0.0) for c in (-1.0, 1.0))
+
+
+def unit_gradient(w: Any, a_sum: Any, p: Any, v: Any) -> Any:
+    """``dL/dw_a = v_a (w_a sum_j beta_j A_aj + sum_j beta_j B_aj omega_j)``, entrywise: ``a_sum``, ``p`` the two sums (any engine)."""
+    return (w * a_sum + p) * v
 
 
 # ----------------------------------------------------------------------------- the batched torch engine
@@ -135,29 +124,45 @@ def _self_pairs(R: int, K: int, J: int, device: torch.device) -> torch.Tensor:
     return eye
 
 
+def _has_tangent(*xs: torch.Tensor) -> bool:
+    return any(forward_ad.unpack_dual(x).tangent is not None for x in xs)
+
+
 def _relu_pair_terms(Wh: torch.Tensor, Oh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Theta``, ``S`` ``(R, K, J)`` of unit rows ``Wh`` ``(R, K, d)`` against unit rows ``Oh`` ``(R, J, d)`` (``Oh[:, :K] = Wh``).
+    """``(A, B)`` ``(R, K, J)`` of unit rows ``Wh`` ``(R, K, d)`` against unit rows ``Oh`` ``(R, J, d)`` (``Oh[:, :K] = Wh``).
 
     Self pairs take ``c = 1``. Under forward-mode differentiation pairs parallel to rounding
-    (``|c| = 1`` after clipping) take the formula's values at ``+-1`` through ``where``, so their
-    tangents stay finite (``arccos`` has an infinite derivative at ``+-1``): such pairs are held
-    at angle 0 or ``pi``. Without tangents the values are the same and the ``where`` passes are skipped.
+    (correlation gap at most :data:`~nearopt.model.pair_terms.GAP_SNAP`) take the angle terms at
+    ``c = +-1`` through ``where``, so their tangents stay finite (the angle has an infinite derivative
+    there): such pairs are held at angle 0 or ``pi``. Without tangents the values are the same and the
+    ``where`` passes are skipped.
     """
     R, K, _ = Wh.shape
-    if forward_ad.unpack_dual(Wh).tangent is None and forward_ad.unpack_dual(Oh).tangent is None:
+    if not _has_tangent(Wh, Oh):
         cos = torch.bmm(Wh, Oh.transpose(1, 2)).clamp_(-1.0, 1.0)
         cos[:, :, :K].diagonal(dim1=1, dim2=2).fill_(1.0)
-        return relu_angles(cos)
+        return relu_pair(*relu_angles(cos, unit_gap(cos)), 1.0, 1.0)
     cos = torch.bmm(Wh, Oh.transpose(1, 2)).clamp(-1.0, 1.0)
     cos = torch.where(_self_pairs(R, K, Oh.shape[1], Wh.device), 1.0, cos)
-    flat = cos.abs() >= 1.0
-    theta, S = relu_angles(torch.where(flat, 0.0, cos))
+    flat = unit_gap(cos) <= pair_terms.GAP_SNAP
+    inner = torch.where(flat, 0.0, cos)
+    theta, S = relu_angles(inner, unit_gap(inner))
     pos = cos > 0
 
     def at_ends(par: float, anti: float) -> torch.Tensor:  # float64 scalars (a where of two Python floats is float32)
         return torch.where(pos, cos.new_tensor(par), cos.new_tensor(anti))
 
-    return torch.where(flat, at_ends(_THETA_PAR, _THETA_ANTI), theta), torch.where(flat, at_ends(_S_PAR, _S_ANTI), S)
+    theta, S = torch.where(flat, at_ends(_THETA_PAR, _THETA_ANTI), theta), torch.where(flat, at_ends(_S_PAR, _S_ANTI), S)
+    return relu_pair(theta, S, 1.0, 1.0)
+
+
+def fold(kappa: torch.Tensor, A: torch.Tensor, B: torch.Tensor, weight: torch.Tensor,
+         rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pair terms ``(R, K, J)`` summed over ``j``: ``sum_j weight_j kappa_aj``, ``sum_j weight_j A_aj`` ``(R, K)``, ``sum_j B_aj rows_j`` ``(R, K, d)``.
+
+    ``weight`` ``(R, J, 1)``, ``rows`` ``(R, J, d)`` (``beta_j omega_j``, or their unit-row forms).
+    """
+    return torch.bmm(kappa, weight)[..., 0], torch.bmm(A, weight)[..., 0], torch.bmm(B, rows)
 
 
 def relu_terms(W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor, *,
@@ -166,21 +171,23 @@ def relu_terms(W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tenso
 
     ``W`` ``(R, K, d)``, ``v`` ``(R, K)``; teachers ``T`` ``(R, M, d)``, ``u`` ``(R, M)`` (or expanded views);
     zero rows of either (padding) contribute nothing. Out of place, forward-mode differentiable.
+    The pair terms of the unit rows, scaled by homogeneity; ``dL/dv`` by :func:`relu_kernel` of the sums (module docstring).
     """
     K = W.shape[1]
     nW, inv = safe_norm(W)
     nT, invT = safe_norm(T)
     Wh = W * inv[..., None]
-    theta, S = _relu_pair_terms(Wh, torch.cat([Wh, T * invT[..., None]], 1))
+    A, B = _relu_pair_terms(Wh, torch.cat([Wh, T * invT[..., None]], 1))
     bn = torch.cat([v * nW, -u * nT], 1)[..., None]  # (R, J, 1): beta_j |omega_j|
     bw = torch.cat([v[..., None] * W, -u[..., None] * T], 1)  # (R, J, d): beta_j omega_j
-    s1, P = torch.bmm(S, bn)[..., 0], torch.bmm(theta, bw)
-    gW = relu_unit_gradient(W, (s1 * inv)[..., None], P, v[..., None])
-    kb = relu_sum(nW, s1, (W * P).sum(-1))  # (R, K): dL/dv
+    a_sum, P = torch.bmm(A, bn)[..., 0] * inv, torch.bmm(B, bw)  # sum_j beta_j A_aj, sum_j beta_j B_aj omega_j
+    gW = unit_gradient(W, a_sum[..., None], P, v[..., None])
+    n2 = nW * nW
+    kb = relu_kernel(a_sum, (W * P).sum(-1), n2)  # (R, K): dL/dv = sum_j beta_j kappa_aj
     if not want_loss:
         return gW, kb, None
     # the teacher pairs' part of kb: sum_{j >= K} beta_j kappa_aj
-    kt = relu_sum(nW, torch.bmm(S[:, :, K:], bn[:, K:])[..., 0], (W * torch.bmm(theta[:, :, K:], bw[:, K:])).sum(-1))
+    kt = relu_kernel(torch.bmm(A[:, :, K:], bn[:, K:])[..., 0] * inv, (W * torch.bmm(B[:, :, K:], bw[:, K:])).sum(-1), n2)
     return gW, kb, ((kb + kt) * v).sum(-1)
 
 
@@ -189,14 +196,22 @@ def _erf_c(activation: str) -> float:
 
 
 def _erf_kernel(c: float, W: torch.Tensor, Om: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``kappa``, ``A``, ``B`` ``(R, K, J)`` of rows ``W`` ``(R, K, d)`` against ``Om`` ``(R, J, d)`` (``Om[:, :K] = W``)."""
+    """``kappa``, ``A``, ``B`` ``(R, K, J)`` of rows ``W`` ``(R, K, d)`` against ``Om`` ``(R, J, d)`` (``Om[:, :K] = W``).
+
+    ``omega`` from the rows' ``k |.|^2`` and the correlation gap of their cosine; self pairs take
+    cosine 1 and ``rho = 1 - 1/d_a`` (exact, and smooth under forward-mode differentiation).
+    """
     R, K, _ = W.shape
-    dn = 1.0 + c * (Om * Om).sum(-1)  # (R, J)
-    da = dn[:, :K, None]
-    root = torch.sqrt(da * dn[:, None, :])
-    rho = (c * torch.bmm(W, Om.transpose(1, 2)) / root).clamp(-1.0, 1.0)
-    rho = torch.where(_self_pairs(R, K, Om.shape[1], W.device), 1.0 - 1.0 / da, rho)  # c |w|^2 / (1 + c |w|^2), smooth
-    return erf_pair(rho, da, root, c)
+    _, inv = safe_norm(Om)  # (R, J)
+    kc = c * (Om * Om).sum(-1)  # (R, J): k |omega_j|^2
+    dn = 1.0 + kc
+    rd = torch.sqrt(dn)
+    da, root = dn[:, :K, None], rd[:, :K, None] * rd[:, None, :]  # sqrt(d_a) sqrt(d_b): no overflow
+    dots = torch.bmm(W, Om.transpose(1, 2))
+    self_pairs = _self_pairs(R, K, Om.shape[1], W.device)
+    cos = torch.where(self_pairs, 1.0, (dots * inv[:, :K, None] * inv[:, None, :]).clamp(-1.0, 1.0))
+    rho = torch.where(self_pairs, 1.0 - 1.0 / da, c * dots / root)  # c |w|^2 / (1 + c |w|^2), smooth
+    return erf_pair(rho, erf_gap(kc[:, :K, None], kc[:, None, :], unit_gap(cos)), da, root, c)
 
 
 def erf_terms(activation: str, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor, u: torch.Tensor, *,
@@ -206,8 +221,8 @@ def erf_terms(activation: str, W: torch.Tensor, v: torch.Tensor, T: torch.Tensor
     Om = torch.cat([W, T], 1)  # (R, J, d)
     beta = torch.cat([v, -u], 1)[..., None]  # (R, J, 1)
     kappa, A, B = _erf_kernel(_erf_c(activation), W, Om)
-    kb = torch.bmm(kappa, beta)[..., 0]  # (R, K): dL/dv
-    gW = (torch.bmm(A, beta) * W + torch.bmm(B, beta * Om)) * v[..., None]
+    kb, a_sum, P = fold(kappa, A, B, beta, beta * Om)  # kb (R, K): dL/dv
+    gW = unit_gradient(W, a_sum[..., None], P, v[..., None])
     if not want_loss:
         return gW, kb, None
     kt = torch.bmm(kappa[:, :, K:], beta[:, K:])[..., 0]

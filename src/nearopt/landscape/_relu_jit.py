@@ -1,59 +1,68 @@
 """Gradient descent of one ReLU student on the exact population loss, compiled by numba (``pip install nearopt[fast]``).
 
-The formulas are those of :mod:`nearopt.gaussian.kernels` (:func:`~nearopt.gaussian.kernels.relu_angles`,
-:func:`~nearopt.gaussian.kernels.relu_sum`, :func:`~nearopt.gaussian.kernels.relu_unit_gradient`), the same code
-objects compiled on floats (:data:`nearopt.gaussian.kernels.SCALAR`); this module only orders the sums.
+The formulas are those of the ReLU's closed form (:func:`nearopt.model.pair_terms.unit_gap`,
+:func:`~nearopt.model.pair_terms.relu_angles`, :func:`~nearopt.model.pair_terms.relu_pair`,
+:func:`~nearopt.model.pair_terms.relu_kernel`) and the fold of :mod:`nearopt.gaussian.kernels`
+(:func:`~nearopt.gaussian.kernels.unit_gradient`), the same code objects compiled on floats
+(:data:`SCALAR_COMPILED`: :data:`nearopt.gaussian.kernels.SCALAR` compiled); this module only orders the sums.
 With unit rows ``w^_a`` of the student ``W`` ``(K, d)``, teacher unit rows ``t^_j`` ``(M, d)``,
-``bn_j = beta_j |omega_j|`` and ``bw_j = beta_j omega_j`` (``beta = [v; -u]``, ``omega = [w; t]``)::
+``bn_j = beta_j |omega_j|`` and ``bw_j = beta_j omega_j`` (``beta = [v; -u]``, ``omega = [w; t]``), the pair
+terms of unit rows scaled by homogeneity::
 
-    c_aj = w^_a . omega^_j,   (Theta_aj, S_aj) = relu_angles(c_aj)   (self pairs: c = 1)
-    P = Theta bw   (K, d),    s1 = S bn   (K,)
-    dL/dw_a = relu_unit_gradient(w_a, s1_a / |w_a|, P_a, v_a),    dL/dv_a = relu_sum(|w_a|, s1_a, w_a . P_a)
+    c_aj = w^_a . omega^_j,   (A^, B)_aj = relu_pair(*relu_angles(c_aj, unit_gap(c_aj)), 1, 1)   (self pairs: c = 1)
+    a_a = (A^ bn)_a / |w_a|,  P_a = (B bw)_a
+    dL/dw_a = unit_gradient(w_a, a_a, P_a, v_a),    dL/dv_a = relu_kernel(a_a, w_a . P_a, |w_a|^2)
 
-Each student-student angle is taken once for its pair. When the teacher's unit rows are the
-standard basis (``t^_j = e_j``, ``M = d``: the committee machines of Safran & Shamir), the
-teacher cosines are the entries of ``W^`` and the teacher part of ``P`` is diagonal, so only the
+The unit-row terms are symmetric: each student-student pair is taken once. When the teacher's unit rows
+are the standard basis (``t^_j = e_j``, ``M = d``: the committee machines of Safran & Shamir), the
+teacher cosines are the entries of ``W^`` and the teacher part of ``B bw`` is diagonal, so only the
 student blocks take matrix products.
 
 One run's whole descent is one compiled call: a step costs its arithmetic, with no per-step
 dispatch (a batched torch step of a few runs is bound by the dispatch of its ~25 operations).
 The compiled code is cached on disk (numba's ``cache=True``). numba keys that cache on this file
 and on each function's own bytecode and closure, not on the functions it calls, so
-:func:`gradient` and :func:`descend_run` are made with a digest of :mod:`nearopt.gaussian.kernels` as a
-closure variable (:func:`_keyed`): a change of a formula compiles them afresh.
+:func:`gradient` and :func:`descend_run` are made with a digest of :mod:`nearopt.gaussian.kernels` and
+:mod:`nearopt.model.pair_terms` as a closure variable (:func:`_keyed`): a change of a formula compiles them afresh.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import types
 from collections.abc import Callable
 from pathlib import Path
 
 import numba
 import numpy as np
 
-#: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape.descent.STATUSES``
 from ..gaussian import kernels
+from ..model import pair_terms
 from ..tolerances import TINY
 
-__all__ = ["descend_run", "gradient", "KERNELS_DIGEST", "workspace"]
+__all__ = ["descend_run", "gradient", "KERNELS_DIGEST", "SCALAR_COMPILED", "workspace"]
 
 #: run outcomes of :func:`descend_run`, in the order of ``nearopt.landscape.descent.STATUSES``
 CONVERGED, UNCONVERGED, DIVERGED = 0, 1, 2
 
-#: the cache key's share of :mod:`nearopt.gaussian.kernels` (module docstring)
-KERNELS_DIGEST = hashlib.sha256(Path(kernels.__file__).read_bytes()).hexdigest()
+#: the cache key's share of the formulas' modules (module docstring)
+KERNELS_DIGEST = hashlib.sha256(b"".join(Path(str(m.__file__)).read_bytes() for m in (kernels, pair_terms))).hexdigest()
 
-_relu_angles = numba.njit(kernels.bind(kernels.relu_angles, kernels.SCALAR))
-_relu_sum = numba.njit(kernels.bind(kernels.relu_sum, kernels.SCALAR))
-_relu_unit_gradient = numba.njit(kernels.bind(kernels.relu_unit_gradient, kernels.SCALAR))
+#: :data:`nearopt.gaussian.kernels.SCALAR` for numba: its Python functions compiled
+SCALAR_COMPILED = {name: numba.njit(inline="always")(f) if isinstance(f, types.FunctionType) else f for name, f in kernels.SCALAR.items()}
+_unit_gap, _relu_angles, _relu_pair, _relu_kernel = (numba.njit(inline="always")(kernels.bind(f, SCALAR_COMPILED)) for f in (
+    pair_terms.unit_gap, pair_terms.relu_angles, pair_terms.relu_pair, pair_terms.relu_kernel))
+_unit_gradient = numba.njit(inline="always")(kernels.unit_gradient)
 
 
-@numba.njit
-def _angles(C, S, a, j):
-    """``C[a, j], S[a, j] <- relu_angles(c)`` for the cosine ``c = C[a, j]`` (clipped to ``[-1, 1]``)."""
-    C[a, j], S[a, j] = _relu_angles(min(1.0, max(-1.0, C[a, j])))
+@numba.njit(inline="always")
+def _pair(B, A, a, j):
+    """``B[a, j], A[a, j] <- B, A^`` of the unit-row pair with cosine ``c = B[a, j]``. A cosine an ulp beyond
+    ``+-1`` needs no clipping: its gap is snapped to 0, where the angle is exactly ``0`` or ``pi``."""
+    c = B[a, j]
+    theta, S = _relu_angles(c, _unit_gap(c))
+    A[a, j], B[a, j] = _relu_pair(theta, S, 1.0, 1.0)
 
 
 def _keyed(make: Callable[[str], Callable]) -> Callable:
@@ -73,7 +82,7 @@ def _gradient(digest: str) -> Callable:
         """
         if len(digest) == 0:  # the digest keys the on-disk cache (_keyed); never empty
             raise ValueError("no digest")
-        Wh, bw, bn, nW, Cs, Ss, Ct, St, P, Pt, s1 = work
+        Wh, bw, bn, nW, Bs, As, Bt, At, P, Pt, sA = work
         K, d = W.shape
         M = That.shape[0]
         for a in range(K):
@@ -86,41 +95,39 @@ def _gradient(digest: str) -> Callable:
                 Wh[a, i] = W[a, i] * inv
                 bw[a, i] = v[a] * W[a, i]
             bn[a] = v[a] * nW[a]
-        np.dot(Wh, Wh.T, Cs)
+        np.dot(Wh, Wh.T, Bs)  # cosines, overwritten by the pair terms
         if basis:
-            Ct[:, :] = Wh
+            Bt[:, :] = Wh
         else:
-            np.dot(Wh, That.T, Ct)
+            np.dot(Wh, That.T, Bt)
         for a in range(K):
-            Cs[a, a] = 1.0  # a unit with itself: c = 1 exactly
-            _angles(Cs, Ss, a, a)
+            Bs[a, a] = 1.0  # a unit with itself: c = 1 exactly
+            _pair(Bs, As, a, a)
             for b in range(a + 1, K):
-                _angles(Cs, Ss, a, b)
-                Cs[b, a] = Cs[a, b]
-                Ss[b, a] = Ss[a, b]
+                _pair(Bs, As, a, b)
+                Bs[b, a], As[b, a] = Bs[a, b], As[a, b]
             for j in range(M):
-                _angles(Ct, St, a, j)
-        np.dot(Cs, bw, P)
+                _pair(Bt, At, a, j)
+        np.dot(Bs, bw, P)
         if basis:
             for a in range(K):
                 for i in range(d):
-                    P[a, i] += Ct[a, i] * bwT[i, i]
+                    P[a, i] += Bt[a, i] * bwT[i, i]
         else:
-            np.dot(Ct, bwT, Pt)
+            np.dot(Bt, bwT, Pt)
             P += Pt
-        np.dot(Ss, bn, s1)
+        np.dot(As, bn, sA)
         for a in range(K):
             for j in range(M):
-                s1[a] += St[a, j] * bnT[j]
+                sA[a] += At[a, j] * bnT[j]
         for a in range(K):
-            s1_inv = s1[a] * (1.0 / max(nW[a], TINY))
+            a_sum = sA[a] * (1.0 / max(nW[a], TINY))
+            wp = 0.0
             for i in range(d):
-                gW[a, i] = _relu_unit_gradient(W[a, i], s1_inv, P[a, i], v[a])
+                gW[a, i] = _unit_gradient(W[a, i], a_sum, P[a, i], v[a])
+                wp += W[a, i] * P[a, i]
             if want_v:
-                dot = 0.0
-                for i in range(d):
-                    dot += W[a, i] * P[a, i]
-                gv[a] = _relu_sum(nW[a], s1[a], dot)
+                gv[a] = _relu_kernel(a_sum, wp, nW[a] * nW[a])
     return gradient
 
 
@@ -129,8 +136,8 @@ gradient = _keyed(_gradient)
 
 @numba.njit
 def workspace(K, M, d):
-    """Work arrays of :func:`gradient`: ``W^``, ``bw`` ``(K, d)``, ``bn``, ``|w|`` ``(K,)``, student and teacher
-    angle blocks ``(K, K)``, ``(K, M)`` twice, ``P`` and its teacher part ``(K, d)``, ``s1`` ``(K,)``."""
+    """Work arrays of :func:`gradient`: ``W^``, ``bw`` ``(K, d)``, ``bn``, ``|w|`` ``(K,)``, the student pair terms
+    ``B``, ``A^`` ``(K, K)`` and the teacher ones ``(K, M)``, ``B bw`` and its teacher part ``(K, d)``, ``A^ bn`` ``(K,)``."""
     return (np.empty((K, d)), np.empty((K, d)), np.empty(K), np.empty(K), np.empty((K, K)), np.empty((K, K)),
             np.empty((K, M)), np.empty((K, M)), np.empty((K, d)), np.empty((K, d)), np.empty(K))
 

@@ -18,6 +18,7 @@ from ..gaussian import kernels
 from ..gaussian.expectations import output_power
 from ..gaussian.kernels import CLOSED_FORMS
 from ..model.network import TwoLayerNet
+from ..model.pair_terms import GAP_SNAP
 from ..model.problem import Problem
 from ..spectra.grouping import close_losses, first_match_groups
 from .critical import EPS, FLOOR_FACTOR, GLOBAL_RTOL, CriticalPoint, classify, newton_polish
@@ -106,11 +107,11 @@ class _ReluHessian:
         self.Wh = W * self.inv[..., None]
         self.Om = torch.cat([self.Wh, (T * invT[..., None]).expand(R, -1, -1)], 1)  # (R, J, d) unit rows
         c = torch.bmm(self.Wh, self.Om.transpose(1, 2)).clamp(-1.0, 1.0)
-        flat = c.abs() >= 1.0
+        flat = kernels.unit_gap(c) <= GAP_SNAP  # parallel to rounding, as relu_angles takes them
         flat[:, :, :K] |= torch.eye(K, dtype=torch.bool, device=W.device)
         c = torch.where(flat, torch.where(c > 0, 1.0, -1.0), c)
         self.c = c
-        theta, sin = kernels.relu_angles(c)  # the point's pair terms: Theta = pi - t, S = sin t
+        theta, sin = kernels.relu_angles(c, kernels.unit_gap(c))  # the point's pair terms: Theta = pi - t, S = sin t
         self.theta_s = theta[:, :, :K]
         self.rs = torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, sin))
         self.sin_s = sin[:, :, :K]

@@ -35,7 +35,7 @@ import torch
 from numpy.polynomial import hermite_e
 
 from ..errors import NearoptError
-from ..tolerances import EPS
+from .pair_terms import COLLINEAR_SNAP, erf_gap, erf_pair, relu_angles, relu_kernel, relu_pair
 
 __all__ = [
     "Activation", "activation_from_module", "available_activations", "check_activation", "COLLINEAR_SNAP", "COLLINEAR_TOL", "correlation_gap",
@@ -47,8 +47,6 @@ TorchFn = Callable[[torch.Tensor], torch.Tensor]
 
 #: parallel pairs: ``1 - rho**2`` below this counts as collinear (ReLU's delta terms, quadrature's 1-D route)
 COLLINEAR_TOL = 1e-12
-#: ReLU closed form: a cosine within this of +-1 is rounding of an exactly parallel pair (a few ulps)
-COLLINEAR_SNAP = 8 * EPS
 
 
 @dataclass(frozen=True)
@@ -437,8 +435,10 @@ class Erf(Activation):
             gg = (2/pi) atan2(rho, sqrt(omega))           dd = (2k/pi) / sqrt(det D)
             b0 = -(2k/pi) rho / (d1 sqrt(omega))         K = -dd k D^{-1} = -dd k adj(D) / det D
 
-        Numerically: every factor is a product or quotient of positive numbers computed
-        to a few ulps, ``omega`` included (:func:`_erf_gap`), so each moment is accurate
+        ``gg``, ``b0`` and ``dd`` are the pair terms ``(kappa, A, B)`` of :func:`nearopt.model.pair_terms.erf_pair`
+        with ``omega`` from :func:`~nearopt.model.pair_terms.erf_gap` (the code objects the batched engine of
+        ``nearopt.gaussian.kernels`` runs). Numerically: every factor is a product or quotient of positive numbers computed
+        to a few ulps, ``omega`` included (:func:`~nearopt.model.pair_terms.erf_gap`), so each moment is accurate
         to a few ulps at every scale (no overflow up to ``c ~ 1e300``). The textbook
         forms lose digits as ``k c`` grows: ``det D = d1 d2 - k^2 c12^2`` and ``1 - rho^2``
         cancel (for ``a = c`` the exact value ``1 + 2 k c`` is the difference of two
@@ -457,11 +457,9 @@ class Erf(Activation):
         d1, d2 = 1.0 + k * c11, 1.0 + k * c22
         r12 = np.sqrt(d1) * np.sqrt(d2)  # sqrt(d1 d2) without overflow
         rho = k * c12 / r12
-        om = _erf_gap(k, c11, c12, c22, d1, d2)
+        om = erf_gap(k * c11, k * c22, correlation_gap(c11, c12, c22))
         so = np.sqrt(om)
-        gg = (2 / np.pi) * np.arctan2(rho, so)  # = (2/pi) arcsin(rho), well conditioned near |rho| = 1
-        dd = amp / (r12 * so)
-        b0 = -amp * rho / (d1 * so)  # 2 d gg / d c11
+        gg, b0, dd = erf_pair(rho, om, d1, r12, k)  # b0 = 2 d gg / d c11, dd = E[g'(u) g'(v)]
         K11, K22 = -dd * k / (d1 * om), -dd * k / (d2 * om)  # E[g'''(u) g'(v)] = -dd k d2 / det D
         K12 = dd * k * rho / (r12 * om)  # E[g''(u) g''(v)] = dd k^2 c12 / det D
         K = np.stack([np.stack([K11, K12], -1), np.stack([K12, K22], -1)], -2)
@@ -476,30 +474,16 @@ class Erf(Activation):
         ``d rho/d c11 = -k rho / (2 d1)`` and ``d^2 rho / d c11^2 = 3 k^2 rho / (4 d1^2)`` give
         ``(2/pi) k^2 rho / d1^2 (rho^2 omega^(-3/2) + 3 omega^(-1/2))``, ``omega = 1 - rho^2 > 0``
         always (``d1 d2 > k^2 c12^2``), collinear units included; ``omega`` from
-        :func:`_erf_gap` (``1 - rho**2`` itself would lose ``log10(k c)`` digits).
+        :func:`~nearopt.model.pair_terms.erf_gap` (``1 - rho**2`` itself would lose ``log10(k c)`` digits).
         """
         c11, c12, c22 = _broadcast(c11, c12, c22)
         k = 2.0 / self.scale**2
         d1, d2 = 1.0 + k * c11, 1.0 + k * c22
         rho = k * c12 / (np.sqrt(d1) * np.sqrt(d2))
-        om = _erf_gap(k, c11, c12, c22, d1, d2)
+        om = erf_gap(k * c11, k * c22, correlation_gap(c11, c12, c22))
         so = np.sqrt(om)
         q = d1 * so  # d1^2 om^(3/2) = q^2 so: no over- or underflow for c up to ~1e300
         return (2 / np.pi) * k**2 * rho / (q * q * so) * (rho**2 + 3.0 * om)
-
-
-def _erf_gap(k: float, c11, c12, c22, d1, d2) -> np.ndarray:
-    """``omega = 1 - rho^2 = det(I + k C) / (d1 d2)`` as a sum of non-negative terms (no cancellation).
-
-    ``det(I + k C) = 1 + k c11 + k c22 + k^2 det C``, so with ``x_i = k c_ii / d_i`` and the
-    correlation gap ``1 - r^2 = det C / (c11 c22)`` (:func:`correlation_gap`)::
-
-        omega = 1 / (d1 d2) + x1 / d2 + x2 / d1 + x1 x2 (1 - r^2)
-
-    each term to a few ulps, hence ``omega`` too (``>= 1 / (d1 d2) > 0``).
-    """
-    x1, x2 = k * c11 / d1, k * c22 / d2
-    return (1.0 / d1) * (1.0 / d2) + x1 / d2 + x2 / d1 + x1 * x2 * correlation_gap(c11, c12, c22)
 
 
 class Tanh(Activation):
@@ -535,29 +519,32 @@ class ReLU(Activation):
         return False
 
     def closed_form_moments(self, c11, c12, c22) -> PairMoments:
-        """Arc-cosine kernels; ``g'' = delta`` and ``g''' = delta'`` integrated exactly."""
+        """Arc-cosine kernels; ``g'' = delta`` and ``g''' = delta'`` integrated exactly.
+
+        ``gg``, ``b0`` and the step ``E[g'(u) g'(v)]`` are the pair terms ``(kappa, A, B)`` of
+        :mod:`nearopt.model.pair_terms` (:func:`~nearopt.model.pair_terms.relu_angles`,
+        :func:`~nearopt.model.pair_terms.relu_pair`, :func:`~nearopt.model.pair_terms.relu_kernel`, the code objects the batched and compiled engines of
+        ``nearopt.gaussian.kernels`` run), with the sine from ``det C`` (:func:`correlation_gap`) and the angle
+        by ``atan2``: a few ulps at every scale, parallel and sign-flipped units included.
+        """
         c11, c12, c22 = _broadcast(c11, c12, c22)
         s1, s2 = np.sqrt(c11), np.sqrt(c22)
         denom = s1 * s2
         live = denom > 0
         cos = np.clip(np.divide(c12, denom, out=np.ones_like(denom), where=live), -1.0, 1.0)
-        # parallel units whose cosine is off +-1 by the Gram matrix's rounding: a few ulps would
-        # give sin(theta) ~ 1e-8 (b0, gg); snap them to theta = 0 or pi exactly
-        snap = 1.0 - np.abs(cos) <= COLLINEAR_SNAP
-        cos = np.where(snap, np.sign(cos), cos)
-        # sin from det C (correlation_gap), not sqrt(1 - cos^2): that loses eps / sin^2 for nearly
-        # parallel pairs, and arccos amplifies the rounding of cos by 1 / sin; atan2 does not
-        sin = np.where(snap | ~live, 0.0, np.sqrt(correlation_gap(c11, c12, c22)))  # exactly 0 at theta = pi
-        theta = np.arctan2(sin, cos)
-        gg = denom / (2 * np.pi) * (sin + (np.pi - theta) * cos)
-        step = np.where(live, (np.pi - theta) / (2 * np.pi), 0.0)
-        b0 = np.divide(s2 * sin, 2 * np.pi * s1, out=np.zeros_like(s1), where=live)  # E[delta(u) relu(v)]
+        # sin from det C (correlation_gap), not from cos: 1 - cos^2 loses eps / sin^2 for nearly parallel
+        # pairs; relu_angles takes the angle by atan2 and snaps parallel pairs to theta = 0 or pi exactly
+        theta, sin = relu_angles(cos, correlation_gap(c11, c12, c22))  # Theta = pi - angle; dead pairs: 0 gap
+        b0, step = relu_pair(theta, sin, np.where(live, s1, 1.0), s2)  # b0 = E[delta(u) relu(v)]
+        b0, step = np.where(live, b0, 0.0), np.where(live, step, 0.0)
+        gg = relu_kernel(b0, step * c12, c11)
         # For parallel units the delta terms cancel exactly (E[step(u) x x^T] = I/2): K = 0 there.
         ok = live & (sin**2 > COLLINEAR_TOL)
         sqrt_det = np.where(ok, denom * sin, 1.0)
         K12 = np.where(ok, 1.0 / (2 * np.pi * sqrt_det), 0.0)  # E[delta(u) delta(v)]
-        K11 = np.where(ok, -c12 / (2 * np.pi * np.where(ok, c11, 1.0) * sqrt_det), 0.0)  # E[delta'(u) step(v)]
-        K22 = np.where(ok, -c12 / (2 * np.pi * np.where(ok, c22, 1.0) * sqrt_det), 0.0)
+        # E[delta'(u) step(v)]; c12 / c11 first: c11 sqrt_det over- or underflows at norms ~ 1e+-100
+        K11 = np.where(ok, -(c12 / np.where(ok, c11, 1.0)) / (2 * np.pi * sqrt_det), 0.0)
+        K22 = np.where(ok, -(c12 / np.where(ok, c22, 1.0)) / (2 * np.pi * sqrt_det), 0.0)
         K = np.stack([np.stack([K11, K12], -1), np.stack([K12, K22], -1)], -2)
         return PairMoments(gg, np.stack([b0, step], -1), step, K, "closed-form")
 
