@@ -268,3 +268,16 @@ def test_the_structured_route_equals_the_dense_one(point, inputs, trained):
     st = curv.spectrum("structured")
     assert st.method == "structured" and st.eigenvalues.size == curv.n_params
     np.testing.assert_allclose(np.sort(st.eigenvalues), dense, rtol=0, atol=1e-12 * np.abs(dense).max())
+
+
+def test_rank_of_a_two_layer_file_is_measured_and_a_formula_given_only_where_one_is_known(files):
+    tmp, t, _ = files
+    code, out, err = cli("rank", "--teacher", tmp / "T.npz", "-a", "erf", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["predicted"] is None and "no rank formula is known" in d["basis"] and d["measured"] == d["n_params"] == t.n_params
+    rng = np.random.default_rng(1)
+    no.TwoLayerNet(rng.standard_normal((3, 6)), rng.standard_normal((2, 3)), "linear").save(tmp / "L.npz")
+    code, out, err = cli("rank", "--teacher", tmp / "L.npz", "-a", "linear", "--json")
+    d = json.loads(out)
+    assert code == 0 and d["measured"] == d["predicted"] == 2 * (6 + 2 - 2) and d["agrees"]

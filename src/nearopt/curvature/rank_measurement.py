@@ -510,6 +510,7 @@ def network_rank(problem: Problem, policy: RankPolicy | None = None) -> NetworkR
     decision = spec.rank_decision
     assert decision is not None  # every eigenvalue: the decision is made
     known = curv.known_rank()
+    predicted: int | None
     if known is not None:
         predicted, basis = known
     elif problem.is_plain:
