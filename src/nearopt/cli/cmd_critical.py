@@ -1,7 +1,7 @@
 """``nearopt critical``: converge to a critical point of the exact population loss and classify it.
 
 Exit status 1 (after the JSON) when the search ends without a critical point
-(``"not converged"``). ``--gtol`` must be small against the gradient's own scale
+(``"not converged"``), or, with ``--avoid-trivial``, only at the trivial point ``f = 0``. ``--gtol`` must be small against the gradient's own scale
 (:data:`nearopt.landscape.critical.GTOL_MAX_FRACTION`): a larger one would call any point critical. A point
 accepted by a ``--gtol`` above the rounding-level default is classified with a
 warning and ``"classification_note"``: near a degenerate minimum the smallest
@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import NearoptError, ResultFailure
 from ..landscape.certificate import SUPPORTED, certify, require_supported
-from ..landscape.critical import GTOL_MAX_FRACTION, check_gtol, committee_start, committee_teacher, find_critical_point, require_classification_memory
+from ..landscape.critical import GTOL_MAX_FRACTION, RESTARTS, check_gtol, committee_start, committee_teacher, find_critical_point, require_classification_memory
 from ..model import io
 from ..model.problem import Problem
 from .cmd_spectrum import add_student_args, student_from_args, teacher_activation, trained_value
@@ -53,6 +53,11 @@ def register(sub) -> None:
     g.add_argument("--gtol", type=nonneg_float,
                    help="gradient norm counted as zero (default 1e3 (K+M) eps E[f_t^2]^1/2 max(1, |theta|); "
                    f"at most {GTOL_MAX_FRACTION:g} E[f_t^2]^1/2 max(1, |theta|) at the start)")
+    g.add_argument("--newton-iter", type=positive_int, default=100, metavar="N", help="most Newton iterations (default 100)")
+    g.add_argument("--avoid-trivial", action="store_true",
+                   help="when the search ends at the trivial critical point f = 0 (v = 0), search again from seeded perturbations of the start "
+                   "(seed --student-seed + i); fails when every restart ends there too")
+    g.add_argument("--restarts", type=positive_int, default=RESTARTS, metavar="R", help=f"most restarts of --avoid-trivial (default {RESTARTS})")
     p.add_argument("--certify", action="store_true",
                    help="certify the end point as a strict local minimum (Newton-Kantorovich with a derived bound on the third "
                    f"derivatives; {', '.join(SUPPORTED)}): adds 'certificate' to the JSON")
@@ -94,6 +99,7 @@ def run(args) -> int:
     if args.save_student:
         problem.point.save(args.save_student)
     cp = find_critical_point(problem, descent=args.descent, lr=args.lr, max_steps=args.max_steps, descent_gtol=args.descent_gtol, gtol=args.gtol,
+                             newton_iter=args.newton_iter, avoid_trivial=args.avoid_trivial, restarts=args.restarts, seed=args.student_seed,
                              progress=not args.quiet)
     if args.save_point:
         cp.save(args.save_point)
@@ -107,6 +113,8 @@ def run(args) -> int:
     if not cp.converged:
         raise ResultFailure(f"not converged: gradient norm {cp.gradient_norm:.3g} > tolerance {cp.gradient_tolerance:.3g} after "
                             f"{cp.descent_steps} descent steps and {max(len(cp.newton_history) - 1, 0)} Newton iterations; "
-                            "try more --max-steps or --descent trust")
+                            f"try more --max-steps, --newton-iter (now {args.newton_iter}) or --descent trust")
+    if args.avoid_trivial and cp.trivial:
+        raise ResultFailure(f"no non-trivial critical point: the search and all {cp.restarts} restarts (--restarts) ended at the trivial point f = 0")
     return 0
 

@@ -27,6 +27,12 @@ From a start ``theta_0`` (a student of any width, any trained blocks) we
    * ``local maximum``: every eigenvalue ``< -tau``;
    * ``not converged``: ``||g|| >`` the tolerance.
 
+   A critical point whose student output vanishes (``E[f^2] <= TRIVIAL_RTOL E[f_t^2]``: the
+   second layer ``v = 0``, or ``W1 = 0`` without biases for an activation with ``g(0) = 0``) is
+   the trivial critical point ``f = 0``: its class stays (usually ``saddle``) and
+   :attr:`CriticalPoint.trivial` says so. ``avoid_trivial`` restarts the search from seeded
+   perturbations of the start when it ends there (:func:`find_critical_point`).
+
 The gradient is a sum of ``O(K + M)`` pair terms of size ``~ E[f_t^2]^(1/2) ||theta||``, so
 its rounding floor is ``~ (K + M) eps`` times that; :func:`gradient_tolerance` asks for
 ``1e3`` times the floor (``2.6e-11`` for the ``k = 6`` committee machine of ``docs/students.md``
@@ -62,9 +68,10 @@ from ..tolerances import EPS
 
 __all__ = [
     "at_parameters", "check_gtol", "CLASSES", "classify", "committee_start", "committee_teacher", "CriticalPoint", "DENSE_ADVICE", "Descent",
-    "distinct_points", "exact_hessian", "find_critical_point", "FLOOR_FACTOR", "GLOBAL_RTOL", "gradient_descent", "gradient_scale", "gradient_tolerance",
-    "GTOL_MAX_FRACTION", "isotropy_multiplicities", "load_point", "loss_and_gradient", "newton_polish", "Progress", "relu_committee_global_spectrum",
-    "require_classification_memory", "require_teacher_power", "SavedPoint", "symmetry_multiplicities", "trained_parameters", "trust_region", "width_note"
+    "distinct_points", "exact_hessian", "find_critical_point", "FLOOR_FACTOR", "GLOBAL_RTOL", "gradient_descent", "gradient_scale",
+    "gradient_tolerance", "GTOL_MAX_FRACTION", "is_trivial", "isotropy_multiplicities", "load_point", "loss_and_gradient", "newton_polish",
+    "Progress", "relu_committee_global_spectrum", "require_classification_memory", "require_teacher_power", "RESTARTS", "SavedPoint",
+    "symmetry_multiplicities", "trained_parameters", "TRIVIAL_NOTE", "TRIVIAL_RTOL", "trust_region", "width_note"
 ]
 
 #: a critical point is a global minimum when ``L <= GLOBAL_RTOL * E[f_t^2]``
@@ -74,6 +81,13 @@ FLOOR_FACTOR = 1e3
 #: largest gtol, as a fraction of :func:`gradient_scale` at the start (the size of one pair term):
 #: a gradient norm above a thousandth of it says nothing about criticality
 GTOL_MAX_FRACTION = 1e-3
+#: the student's output is identically zero when ``E[f^2] <= TRIVIAL_RTOL E[f_t^2]`` (an output amplitude of ``1e-6`` relative):
+#: a power this small is rounding of weights that converged to ``v = 0`` or ``W1 = 0``, not a network
+TRIVIAL_RTOL = 1e-12
+#: the note a trivial critical point carries
+TRIVIAL_NOTE = "the trivial critical point f = 0 (v = 0)"
+#: default number of restarts of ``avoid_trivial``
+RESTARTS = 3
 CLASSES = ("global minimum", "spurious local minimum", "degenerate critical point", "saddle", "local maximum", "not converged")
 
 
@@ -126,6 +140,12 @@ def width_note(problem: Problem) -> str | None:
         return None
     return (f"the student (K = {K}) is narrower than the teacher (M = {M}): zero loss is out of reach unless the teacher's units are "
             "redundant, so a minimum above the global level (loss 0) may be the best at this width although it is classed spurious")
+
+
+def is_trivial(problem: Problem) -> bool:
+    """Whether the student's output is identically zero: ``E[f^2] <= TRIVIAL_RTOL E[f_t^2]`` (same inputs; scale-free)."""
+    pr = as_problem(problem)
+    return bool(output_power(pr.point, pr.inputs) <= TRIVIAL_RTOL * require_teacher_power(pr.teacher))
 
 
 def gradient_tolerance(problem: Problem) -> float:
@@ -311,6 +331,10 @@ class CriticalPoint:
     descent_steps: int = 0
     newton_history: list[float] = field(default_factory=list)
     descent: str = "none"
+    #: the student's output vanishes (:func:`is_trivial`): the trivial critical point ``f = 0``
+    trivial: bool = False
+    #: restarts made by ``avoid_trivial`` (``None``: not asked)
+    restarts: int | None = None
 
     @property
     def converged(self) -> bool:
@@ -323,8 +347,11 @@ class CriticalPoint:
     def notes(self) -> list[str]:
         """What the class rests on, where a reader could misread it: a ``gtol`` above the rounding-level
         tolerance (near a degenerate minimum the smallest eigenvalues are only right at the rounding level),
-        a student narrower than the teacher (:func:`width_note`)."""
+        a student narrower than the teacher (:func:`width_note`), the trivial point ``f = 0`` (:data:`TRIVIAL_NOTE`)."""
         out = []
+        if self.trivial and self.converged:
+            v_zero = not np.any(np.abs(self.student.W2) > math.sqrt(TRIVIAL_RTOL) * max(1.0, float(np.max(np.abs(self.problem.teacher.W2)))))
+            out.append(TRIVIAL_NOTE if v_zero else "the trivial critical point f = 0 (the student's output vanishes)")
         floor = gradient_tolerance(self.problem)
         if self.converged and self.gradient_norm > floor:
             out.append(f"accepted at gradient norm {self.gradient_norm:.3g} by gtol {self.gradient_tolerance:.3g}, above the "
@@ -346,6 +373,8 @@ class CriticalPoint:
             "gradient_norm": self.gradient_norm,
             "gradient_tolerance": self.gradient_tolerance,
             "converged": self.converged,
+            "trivial": self.trivial,
+            **({"restarts": self.restarts} if self.restarts is not None else {}),
             "index": self.index,
             "zero_modes": self.zero_modes,
             "positive": self.positive,
@@ -447,27 +476,55 @@ def _classify(pr: Problem, gtol: float | None) -> CriticalPoint:
         cls = "local maximum"
     else:
         cls = "saddle"
-    return CriticalPoint(pr, float(loss), float(rel), gnorm, gtol, lam, float(tau), neg, zero, pos, cls)
+    return CriticalPoint(pr, float(loss), float(rel), gnorm, gtol, lam, float(tau), neg, zero, pos, cls, trivial=is_trivial(pr))
 
 
 def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str | None = None, lr: float | None = None, max_steps: int = 20000,
-                        descent_gtol: float = 1e-6, gtol: float | None = None, newton_iter: int = 100, progress: bool = False) -> CriticalPoint:
+                        descent_gtol: float = 1e-6, gtol: float | None = None, newton_iter: int = 100, progress: bool = False,
+                        avoid_trivial: bool = False, restarts: int = RESTARTS, seed: int = 0) -> CriticalPoint:
     """Converge from the problem's point to a critical point and classify it.
 
     ``descent``: ``"gd"`` (:func:`gradient_descent`, then Newton), ``"trust"``
     (:func:`trust_region`, then Newton) or ``"newton"`` (Newton only: converges to the
     nearest critical point of any index); ``None`` is ``"gd"`` for the paper's networks and
     ``"trust"`` otherwise (biases, outputs, another teacher activation: each loss evaluation
-    integrates the kernels with means, so few steps matter). ``progress``: stderr lines for the long phases.
+    integrates the kernels with means, so few steps matter). ``newton_iter``: most Newton
+    iterations (:func:`newton_polish`). ``progress``: stderr lines for the long phases.
+
+    ``avoid_trivial``: when the search converges to the trivial point ``f = 0``
+    (:func:`is_trivial`), search again from the start plus a Gaussian perturbation seeded
+    ``seed + i`` (restart ``i = 1 .. restarts``) of entry scale ``max(rms(theta_0), 1/sqrt(N_i))``
+    (the default initial scale: a start near ``0`` is moved out of the trivial point's basin);
+    the point's :attr:`~CriticalPoint.restarts` counts the restarts made, and it stays
+    ``trivial`` when every restart ended there too.
     """
     pr = as_problem(problem)
     if descent is None:
         descent = "gd" if pr.is_plain else "trust"
     if descent not in ("gd", "trust", "newton"):
         raise NearoptError(f"descent must be 'gd', 'trust' or 'newton', got {descent!r}")
+    newton_iter = require_positive_int(newton_iter, "newton_iter")
+    restarts = require_positive_int(restarts, "restarts")
     require_teacher_power(pr.teacher)
     gtol = check_gtol(gtol, pr)
     require_classification_memory(pr)
+    cp = _search(pr, descent, lr, max_steps, descent_gtol, gtol, newton_iter, progress)
+    if not avoid_trivial:
+        return cp
+    made = 0
+    theta0 = trained_parameters(pr)
+    scale = max(float(np.sqrt(np.mean(theta0**2))) if theta0.size else 0.0, 1.0 / math.sqrt(pr.n_inputs))
+    while cp.converged and cp.trivial and made < restarts:
+        made += 1
+        xi = np.random.default_rng(int(seed) + made).standard_normal(theta0.shape)
+        cp = _search(at_parameters(pr, theta0 + scale * xi), descent, lr, max_steps, descent_gtol, gtol, newton_iter, progress)
+    cp.restarts = made
+    return cp
+
+
+def _search(pr: Problem, descent: str, lr: float | None, max_steps: int, descent_gtol: float, gtol: float | None, newton_iter: int,
+            progress: bool) -> CriticalPoint:
+    """One descent, Newton polish and classification from ``pr`` (arguments checked by :func:`find_critical_point`)."""
     if descent == "gd":
         d = gradient_descent(pr, lr=lr, max_steps=max_steps, gtol=descent_gtol, progress=progress)
     elif descent == "trust":
