@@ -10,7 +10,7 @@ from _cli import cli
 
 from nearopt.cli import main
 from nearopt.errors import NearoptError
-from nearopt.landscape.critical import TRIVIAL_NOTE, find_critical_point, is_trivial
+from nearopt.landscape.critical import TRIVIAL_NOTE, committee_start, committee_teacher, find_critical_point, is_trivial
 from nearopt.model.network import TwoLayerNet
 from nearopt.model.problem import Problem
 
@@ -89,3 +89,29 @@ def test_cli_avoid_trivial_reports_restarts_and_fails_honestly(tmp_path, capsys)
     d = json.loads(out)
     assert d["trivial"] is True and d["restarts"] == 3
     assert err.count("\n") == 1 and "trivial point f = 0" in err
+
+
+def test_target_index_finds_the_symmetric_saddle_of_the_erf_committee():
+    # K = M = 2 erf committee (second layer ones): the symmetric point, both units w = (a, a), is a saddle of index 1
+    start = committee_start(committee_teacher(2, 2, "erf"), seed=0)
+    cp = find_critical_point(start, target_index=1, max_steps=100)
+    assert cp.converged and cp.descent == "eigenvector following" and cp.target_index == 1
+    assert cp.classification == "saddle" and cp.index == 1 == int(np.sum(cp.eigenvalues < -cp.tolerance))
+    W = cp.student.W1
+    np.testing.assert_allclose(W, W[0, 0], atol=1e-4)  # the symmetric point (one flat direction within 1e-4)
+    assert cp.eigenvalues[0] == pytest.approx(-0.0657, abs=1e-3) and not any("target index" in n for n in cp.notes())
+    assert find_critical_point(start, target_index=0, max_steps=100).classification == "global minimum"
+
+
+def test_target_index_mismatch_is_reported():
+    # from this start the index-1 search ends at a degenerate point of index 0: said in the notes and by the CLI's exit status
+    cp = find_critical_point(committee_start(committee_teacher(2, 2, "erf"), seed=1), target_index=1, max_steps=300)
+    assert cp.converged and cp.index != 1 and f"ended at index {cp.index}, not the target index 1" in "; ".join(cp.notes())
+    code, out, err = cli("critical", "--committee", 2, "-a", "erf", "--index", 1, "--student-seed", 1, "--max-steps", 300, "--quiet")
+    assert code == 1 and json.loads(out)["target_index"] == 1 and err.strip().splitlines()[-1].startswith("nearopt critical: failed: the search ended at")
+
+
+@pytest.mark.parametrize("extra", [["--index", "-1"], ["--index", "5"], ["--index", "1", "--descent", "newton"]])
+def test_cli_index_is_validated_in_one_line(extra):
+    code, _, err = cli("critical", "--committee", 2, "-a", "erf", "--quiet", *extra)
+    assert code == 2 and err.count("\n") == 1 and "error" in err and "index" in err

@@ -1,7 +1,8 @@
 """``nearopt critical``: converge to a critical point of the exact population loss and classify it.
 
 Exit status 1 (after the JSON) when the search ends without a critical point
-(``"not converged"``), or, with ``--avoid-trivial``, only at the trivial point ``f = 0``. ``--gtol`` must be small against the gradient's own scale
+(``"not converged"``), with ``--index K`` at a point of another index, or, with
+``--avoid-trivial``, only at the trivial point ``f = 0``. ``--gtol`` must be small against the gradient's own scale
 (:data:`nearopt.landscape.critical.GTOL_MAX_FRACTION`): a larger one would call any point critical. A point
 accepted by a ``--gtol`` above the rounding-level default is classified with a
 warning and ``"classification_note"``: near a degenerate minimum the smallest
@@ -20,7 +21,7 @@ from ..landscape.critical import GTOL_MAX_FRACTION, RESTARTS, check_gtol, commit
 from ..model import io
 from ..model.problem import Problem
 from .cmd_spectrum import add_student_args, student_from_args, teacher_activation, trained_value
-from .common import add_network_args, emit_json, network_from_args, nonneg_float, positive_float, positive_int
+from .common import add_network_args, emit_json, network_from_args, nonneg_float, nonneg_int, positive_float, positive_int
 
 __all__ = ["COMMAND", "ORDER", "problem_from_args", "register", "run"]
 
@@ -53,6 +54,9 @@ def register(sub) -> None:
     g.add_argument("--gtol", type=nonneg_float,
                    help="gradient norm counted as zero (default 1e3 (K+M) eps E[f_t^2]^1/2 max(1, |theta|); "
                    f"at most {GTOL_MAX_FRACTION:g} E[f_t^2]^1/2 max(1, |theta|) at the start)")
+    g.add_argument("--index", type=nonneg_int, metavar="K",
+                   help="search for a critical point of index K (eigenvector following: ascend along the K lowest Hessian modes, descend "
+                   "along the others, at most --max-steps steps; then Newton); fails when the end point's index differs")
     g.add_argument("--newton-iter", type=positive_int, default=100, metavar="N", help="most Newton iterations (default 100)")
     g.add_argument("--avoid-trivial", action="store_true",
                    help="when the search ends at the trivial critical point f = 0 (v = 0), search again from seeded perturbations of the start "
@@ -100,6 +104,7 @@ def run(args) -> int:
         problem.point.save(args.save_student)
     cp = find_critical_point(problem, descent=args.descent, lr=args.lr, max_steps=args.max_steps, descent_gtol=args.descent_gtol, gtol=args.gtol,
                              newton_iter=args.newton_iter, avoid_trivial=args.avoid_trivial, restarts=args.restarts, seed=args.student_seed,
+                             target_index=args.index,
                              progress=not args.quiet)
     if args.save_point:
         cp.save(args.save_point)
@@ -114,6 +119,9 @@ def run(args) -> int:
         raise ResultFailure(f"not converged: gradient norm {cp.gradient_norm:.3g} > tolerance {cp.gradient_tolerance:.3g} after "
                             f"{cp.descent_steps} descent steps and {max(len(cp.newton_history) - 1, 0)} Newton iterations; "
                             f"try more --max-steps, --newton-iter (now {args.newton_iter}) or --descent trust")
+    if args.index is not None and cp.index != args.index:
+        raise ResultFailure(f"the search ended at a critical point of index {cp.index}, not the --index {args.index} asked; try another "
+                            "--student-seed or more --max-steps")
     if args.avoid_trivial and cp.trivial:
         raise ResultFailure(f"no non-trivial critical point: the search and all {cp.restarts} restarts (--restarts) ended at the trivial point f = 0")
     return 0

@@ -33,6 +33,9 @@ From a start ``theta_0`` (a student of any width, any trained blocks) we
    :attr:`CriticalPoint.trivial` says so. ``avoid_trivial`` restarts the search from seeded
    perturbations of the start when it ends there (:func:`find_critical_point`).
 
+A target index replaces step 1 by :func:`eigenvector_following` (ascend along the lowest
+Hessian modes, descend along the others); steps 2 and 3 are unchanged.
+
 The gradient is a sum of ``O(K + M)`` pair terms of size ``~ E[f_t^2]^(1/2) ||theta||``, so
 its rounding floor is ``~ (K + M) eps`` times that; :func:`gradient_tolerance` asks for
 ``1e3`` times the floor (``2.6e-11`` for the ``k = 6`` committee machine of ``docs/students.md``
@@ -64,11 +67,11 @@ from ..model.problem import Problem, as_problem
 from ..policy import RankPolicy
 from ..resources import dense_bytes, require_memory
 from ..spectra.solver import NullSpaceWarning
-from ..tolerances import EPS
+from ..tolerances import EPS, TINY
 
 __all__ = [
     "at_parameters", "check_gtol", "CLASSES", "classify", "committee_start", "committee_teacher", "CriticalPoint", "DENSE_ADVICE", "Descent",
-    "distinct_points", "exact_hessian", "find_critical_point", "FLOOR_FACTOR", "GLOBAL_RTOL", "gradient_descent", "gradient_scale",
+    "distinct_points", "eigenvector_following", "exact_hessian", "find_critical_point", "FLOOR_FACTOR", "GLOBAL_RTOL", "gradient_descent", "gradient_scale",
     "gradient_tolerance", "GTOL_MAX_FRACTION", "is_trivial", "isotropy_multiplicities", "load_point", "loss_and_gradient", "newton_polish",
     "Progress", "relu_committee_global_spectrum", "require_classification_memory", "require_teacher_power", "RESTARTS", "SavedPoint",
     "symmetry_multiplicities", "trained_parameters", "TRIVIAL_NOTE", "TRIVIAL_RTOL", "trust_region", "width_note"
@@ -307,6 +310,58 @@ def newton_polish(problem: Problem, *, gtol: float | None = None, max_iter: int 
     return pr, hist
 
 
+def eigenvector_following(problem: Problem, target_index: int, *, max_steps: int = 500, radius: float | None = None, gtol: float | None = None,
+                          progress: bool = False) -> Descent:
+    """Eigenvector following towards a critical point of index ``target_index`` (Cerjan & Miller 1981; Wales 1994).
+
+    At ``theta`` with Hessian eigenpairs ``(lambda_i, u_i)`` (ascending) and ``F_i = u_i . g``, the step is
+    ``h = sum_i s_i 2 F_i / (|lambda_i| + (lambda_i^2 + 4 F_i^2)^(1/2)) u_i`` with ``s_i = +1`` (ascend) for the
+    ``target_index`` lowest eigenvalues and ``-1`` (descend) for the others: Newton's ``-F_i / lambda_i`` where
+    ``lambda_i`` has the sign the target asks for and ``|lambda_i| >> |F_i|``, a step of length ``~ 1`` (then
+    cut) where ``lambda_i ~ 0``. ``||h||`` is capped by the trust radius ``radius`` (default ``0.1 max(1, ||theta_0||)``),
+    halved when a step raises ``||g||`` by more than half and doubled (up to its start) when it lowers it.
+    Stops when ``||g|| <= gtol`` (default :func:`gradient_tolerance` times ``FLOOR_FACTOR``: the Newton polish
+    goes on from there) or after ``max_steps`` steps. Returns the end point (``method="eigenvector following"``).
+    """
+    pr = as_problem(problem)
+    theta = trained_parameters(pr)
+    r_max = 0.1 * max(1.0, float(np.linalg.norm(theta))) if radius is None else float(radius)
+    r = r_max
+    gtol = FLOOR_FACTOR * gradient_tolerance(pr) if gtol is None else float(gtol)
+    loss, g = loss_and_gradient(pr)
+    out = Descent(pr, 0, [loss], [float(np.linalg.norm(g))], "eigenvector following")
+    report = Progress(progress, "eigenvector following")
+    sign = -np.ones(theta.size)
+    sign[:target_index] = 1.0
+    step = 0
+    while step < max_steps and out.gradient_norms[-1] > gtol:
+        with warnings.catch_warnings():  # the step's modes, not an answer
+            warnings.simplefilter("ignore", NullSpaceWarning)
+            spec, U = PopulationHessian(pr).eigh()
+        lam = spec.eigenvalues
+        F = U.T @ g
+        h = U @ (sign * 2.0 * F / (np.abs(lam) + np.sqrt(lam**2 + 4.0 * F**2) + TINY))
+        norm = float(np.linalg.norm(h))
+        if norm > r:
+            h *= r / norm
+        trial = at_parameters(pr, theta + h)
+        t_loss, t_g = loss_and_gradient(trial)
+        t_norm = float(np.linalg.norm(t_g))
+        if not np.isfinite(t_norm) or t_norm > 1.5 * out.gradient_norms[-1]:
+            r *= 0.5
+            if r < 1e-12 * r_max:
+                break
+            continue
+        r = min(2.0 * r, r_max) if t_norm < out.gradient_norms[-1] else r
+        theta, pr, loss, g = theta + h, trial, t_loss, t_g
+        step += 1
+        out.losses.append(float(loss))
+        out.gradient_norms.append(t_norm)
+        report(f"step {step}/{max_steps}, gradient norm {t_norm:.3g}")
+    out.problem, out.steps = pr, step
+    return out
+
+
 # ----------------------------------------------------------------------------- classification
 @dataclass
 class CriticalPoint:
@@ -335,6 +390,8 @@ class CriticalPoint:
     trivial: bool = False
     #: restarts made by ``avoid_trivial`` (``None``: not asked)
     restarts: int | None = None
+    #: the index asked of :func:`eigenvector_following` (``None``: not asked)
+    target_index: int | None = None
 
     @property
     def converged(self) -> bool:
@@ -349,6 +406,8 @@ class CriticalPoint:
         tolerance (near a degenerate minimum the smallest eigenvalues are only right at the rounding level),
         a student narrower than the teacher (:func:`width_note`), the trivial point ``f = 0`` (:data:`TRIVIAL_NOTE`)."""
         out = []
+        if self.target_index is not None and self.converged and self.index != self.target_index:
+            out.append(f"the search ended at index {self.index}, not the target index {self.target_index}")
         if self.trivial and self.converged:
             v_zero = not np.any(np.abs(self.student.W2) > math.sqrt(TRIVIAL_RTOL) * max(1.0, float(np.max(np.abs(self.problem.teacher.W2)))))
             out.append(TRIVIAL_NOTE if v_zero else "the trivial critical point f = 0 (the student's output vanishes)")
@@ -375,6 +434,7 @@ class CriticalPoint:
             "converged": self.converged,
             "trivial": self.trivial,
             **({"restarts": self.restarts} if self.restarts is not None else {}),
+            **({"target_index": self.target_index} if self.target_index is not None else {}),
             "index": self.index,
             "zero_modes": self.zero_modes,
             "positive": self.positive,
@@ -481,7 +541,7 @@ def _classify(pr: Problem, gtol: float | None) -> CriticalPoint:
 
 def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str | None = None, lr: float | None = None, max_steps: int = 20000,
                         descent_gtol: float = 1e-6, gtol: float | None = None, newton_iter: int = 100, progress: bool = False,
-                        avoid_trivial: bool = False, restarts: int = RESTARTS, seed: int = 0) -> CriticalPoint:
+                        avoid_trivial: bool = False, restarts: int = RESTARTS, seed: int = 0, target_index: int | None = None) -> CriticalPoint:
     """Converge from the problem's point to a critical point and classify it.
 
     ``descent``: ``"gd"`` (:func:`gradient_descent`, then Newton), ``"trust"``
@@ -497,18 +557,33 @@ def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str | None =
     (the default initial scale: a start near ``0`` is moved out of the trivial point's basin);
     the point's :attr:`~CriticalPoint.restarts` counts the restarts made, and it stays
     ``trivial`` when every restart ended there too.
+
+    ``target_index``: the descent phase is :func:`eigenvector_following` towards a critical
+    point of that index (at most ``max_steps`` steps; ``descent`` must be left out), then the
+    Newton polish and the classification as always; the point's ``index`` is what the
+    spectrum says, and :meth:`CriticalPoint.notes` says when it differs from the target.
     """
     pr = as_problem(problem)
+    descent_given = descent is not None
     if descent is None:
         descent = "gd" if pr.is_plain else "trust"
     if descent not in ("gd", "trust", "newton"):
         raise NearoptError(f"descent must be 'gd', 'trust' or 'newton', got {descent!r}")
+    if target_index is not None:
+        if descent_given:
+            raise NearoptError("a target index (--index) chooses its own descent, eigenvector following: leave descent (--descent) out")
+        if isinstance(target_index, bool) or not isinstance(target_index, (int, np.integer)) or target_index < 0:
+            raise NearoptError(f"target_index (--index) must be an integer >= 0, got {target_index!r}")
+        target_index = int(target_index)
+        if target_index > pr.n_params:
+            raise NearoptError(f"target_index (--index) {target_index} exceeds the number of trained parameters P = {pr.n_params}")
+        descent = "ef"
     newton_iter = require_positive_int(newton_iter, "newton_iter")
     restarts = require_positive_int(restarts, "restarts")
     require_teacher_power(pr.teacher)
     gtol = check_gtol(gtol, pr)
     require_classification_memory(pr)
-    cp = _search(pr, descent, lr, max_steps, descent_gtol, gtol, newton_iter, progress)
+    cp = _search(pr, descent, lr, max_steps, descent_gtol, gtol, newton_iter, progress, target_index)
     if not avoid_trivial:
         return cp
     made = 0
@@ -517,15 +592,17 @@ def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str | None =
     while cp.converged and cp.trivial and made < restarts:
         made += 1
         xi = np.random.default_rng(int(seed) + made).standard_normal(theta0.shape)
-        cp = _search(at_parameters(pr, theta0 + scale * xi), descent, lr, max_steps, descent_gtol, gtol, newton_iter, progress)
+        cp = _search(at_parameters(pr, theta0 + scale * xi), descent, lr, max_steps, descent_gtol, gtol, newton_iter, progress, target_index)
     cp.restarts = made
     return cp
 
 
 def _search(pr: Problem, descent: str, lr: float | None, max_steps: int, descent_gtol: float, gtol: float | None, newton_iter: int,
-            progress: bool) -> CriticalPoint:
+            progress: bool, target_index: int | None) -> CriticalPoint:
     """One descent, Newton polish and classification from ``pr`` (arguments checked by :func:`find_critical_point`)."""
-    if descent == "gd":
+    if target_index is not None:
+        d = eigenvector_following(pr, target_index, max_steps=max_steps, progress=progress)
+    elif descent == "gd":
         d = gradient_descent(pr, lr=lr, max_steps=max_steps, gtol=descent_gtol, progress=progress)
     elif descent == "trust":
         d = trust_region(pr, max_steps=max_steps, gtol=descent_gtol)
@@ -533,7 +610,7 @@ def _search(pr: Problem, descent: str, lr: float | None, max_steps: int, descent
         d = Descent(pr, 0, method="newton")
     end, hist = newton_polish(d.problem, gtol=gtol, max_iter=newton_iter, progress=progress)
     cp = _classify(end, gtol)  # gtol was checked against the start's scale
-    cp.descent_steps, cp.newton_history, cp.descent = d.steps, hist, d.method
+    cp.descent_steps, cp.newton_history, cp.descent, cp.target_index = d.steps, hist, d.method, target_index
     return cp
 
 
