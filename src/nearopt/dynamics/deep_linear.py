@@ -33,7 +33,7 @@ MINIMUM_RTOL = 1e-20
 
 @dataclass(frozen=True)
 class DeepLinearGD:
-    """What :func:`deep_linear_gd` measured and predicted at steps ``0 ... steps``.
+    """What :func:`deep_linear_gd` measured and predicted at steps ``0`` to ``steps``.
 
     ``loss``, ``predicted`` ``(T,)``; ``eigenvalues`` ``(P,)`` of the Hessian at ``theta*``
     (ascending, rounding negatives set to 0); ``delta0`` ``(P,)`` the start's displacement.

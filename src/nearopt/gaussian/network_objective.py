@@ -42,7 +42,7 @@ from ..model.problem import Problem, as_problem
 from .expectations import _ONE, QUADRATURE_TOL, derivative_moments
 from .objective import nonnegative_quadratic
 
-__all__ = ["NETWORK_EXPECTATIONS", "NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
+__all__ = ["KernelPoint", "NETWORK_EXPECTATIONS", "NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
 
 #: how the kernels of a general problem are integrated (results' provenance)
 NETWORK_EXPECTATIONS = "checked quadrature with means (Price's theorem)"
@@ -70,7 +70,7 @@ def _taylor(M: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
-class _Point:
+class KernelPoint:
     """The units at ``theta_0``: means ``mu`` ``(J,)``, Gram ``G`` ``(J, J)``, and the Taylor data of every kernel."""
 
     mu: np.ndarray
@@ -124,7 +124,7 @@ class NetworkObjective:
         return Omega, mu, B, delta
 
     @cached_property
-    def point(self) -> _Point:
+    def point(self) -> KernelPoint:
         """The kernels' Taylor data at the problem's point (quadrature: student pairs to order ``2 degree``, student-teacher to ``(2 degree, degree)``)."""
         s, t = self.problem.point, self.problem.teacher
         K, J = s.n_hidden, s.n_hidden + t.n_hidden
@@ -157,7 +157,7 @@ class NetworkObjective:
         m = single[:, :, 0]  # E[g^(a)(u_i)]
         psi = (m[:, 0], np.stack([m[:, 1], 0.5 * m[:, 2]], -1),
                np.stack([np.stack([m[:, 2], 0.5 * m[:, 3]], -1), np.stack([0.5 * m[:, 3], 0.25 * m[:, 4]], -1)], -2))
-        return _Point(mu, G, phi, psi, nodes, change)
+        return KernelPoint(mu, G, phi, psi, nodes, change)
 
     # ------------------------------------------------------------------ the surrogate
     @cached_property

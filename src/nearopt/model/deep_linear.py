@@ -1,4 +1,4 @@
-"""Deep linear networks ``f(x) = W_L ... W_1 x`` and their teacher-student problems.
+"""Deep linear networks ``f(x) = W_L ⋯ W_1 x`` and their teacher-student problems.
 
 Widths ``n_0 = N_i, n_1, ..., n_L = K``: layer ``l`` is ``W_l`` of shape ``(n_l, n_{l-1})``,
 no biases, ``K`` outputs, any depth ``L >= 1``. Parameter vector convention::
@@ -43,7 +43,7 @@ _DEEP_STREAM = 0xDE
 
 @dataclass(frozen=True, eq=False)
 class DeepLinearNet:
-    """A bias-free deep linear network ``f(x) = W_L ... W_1 x``.
+    """A bias-free deep linear network ``f(x) = W_L ⋯ W_1 x``.
 
     Attributes
     ----------

@@ -167,7 +167,7 @@ def from_torch(module_or_state_dict: nn.Module | Mapping[str, Any], activation: 
     module_or_state_dict : nn.Sequential, nn.Linear or mapping of names to tensors
         ``nn.Sequential(nn.Linear(N_i, N_h), ACT, nn.Linear(N_h, M))`` (biases optional, ``ACT``
         optional) gives a :class:`~nearopt.model.network.TwoLayerNet` with ``W1`` ``(N_h, N_i)``,
-        ``W2`` ``(M, N_h)`` and the biases it has; ``ACT`` is recognised from
+        ``W2`` ``(M, N_h)`` and the biases it has; ``ACT`` is recognised from the table
         :data:`MODULE_ACTIVATIONS` (``nn.Tanh`` -> tanh, ``nn.ReLU`` -> relu, ``nn.Identity`` or
         none -> linear). A stack of bias-free Linear layers with nothing between them (one, or
         three and more) gives a :class:`~nearopt.model.deep_linear.DeepLinearNet`. A state dict
