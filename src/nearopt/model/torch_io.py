@@ -167,9 +167,9 @@ def from_torch(module_or_state_dict: nn.Module | Mapping[str, Any], activation: 
     module_or_state_dict : nn.Sequential, nn.Linear or mapping of names to tensors
         ``nn.Sequential(nn.Linear(N_i, N_h), ACT, nn.Linear(N_h, M))`` (biases optional, ``ACT``
         optional) gives a :class:`~nearopt.model.network.TwoLayerNet` with ``W1`` ``(N_h, N_i)``,
-        ``W2`` ``(M, N_h)`` and the biases it has; ``ACT`` is recognised from the table
-        :data:`MODULE_ACTIVATIONS` (``nn.Tanh`` -> tanh, ``nn.ReLU`` -> relu, ``nn.Identity`` or
-        none -> linear). A stack of bias-free Linear layers with nothing between them (one, or
+        ``W2`` ``(M, N_h)`` and the biases it has; ``ACT`` is recognised by the table of
+        modules, ``MODULE_ACTIVATIONS`` (``nn.Tanh`` -> tanh, ``nn.ReLU`` -> relu, ``nn.Identity``
+        or none -> linear). A stack of bias-free Linear layers with nothing between them (one, or
         three and more) gives a :class:`~nearopt.model.deep_linear.DeepLinearNet`. A state dict
         (``model.state_dict()``) is split into layers by the order and shapes of its entries
         (:func:`nearopt.model.torch_state.state_layers`). Weights become float64.
@@ -179,10 +179,13 @@ def from_torch(module_or_state_dict: nn.Module | Mapping[str, Any], activation: 
         (compared on ``[-4, 4]`` to ``1e-6`` relative): the way to load an erf network, whose
         activation is a custom module. A deep linear network takes none (or ``"linear"``).
 
-    Everything else is one :class:`NearoptError` line: an activation nearopt does not model
-    (``nn.GELU``, ``nn.Sigmoid``, a custom module without ``activation=``), dropout or
-    normalisation layers, activations or biases in a stack of more than two layers, shapes
-    that do not chain, NaN or infinite weights.
+    Raises
+    ------
+    NearoptError
+        One line for anything else: an activation nearopt does not model (``nn.GELU``,
+        ``nn.Sigmoid``, a custom module without ``activation=``), dropout or normalisation
+        layers, activations or biases in a stack of more than two layers, shapes that do not
+        chain, NaN or infinite weights.
     """
     if isinstance(module_or_state_dict, nn.Module):
         return _from_module(module_or_state_dict, activation)
