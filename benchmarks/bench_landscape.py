@@ -39,6 +39,7 @@ Records (2-core x86_64 CPU VM; per-size tables in ``docs/landscape.md``, section
 | 2026-12-07 | cells 6,7 8,8 10,10 12,13 (--cells), the formulas of nearopt.gaussian.kernels against the code before them, alternating processes (load average 6-7) | 74.7 s / 65.6 s = 1.14x and 77.5 s / 64.1 s = 1.21x; same steps, spurious counts and families | >= 1.0: met |
 | 2026-12-07 | cells 6,7 8,8 10,10 (--cells), the ReLU and erf pair terms written once with the activations (nearopt.model.pair_terms) against commit 8788161, alternating processes (2-core x86_64 CPU VM, load average 4.9-5.0) | 18.3 s / 18.6 s = 0.98x and 20.2 s / 19.3 s = 1.05x (process CPU time 1.00x, 1.05x); same steps, spurious counts and families | >= 1.0: met on average (1.01x), within the noise of a run |
 | 2026-12-07 | torch step (--skip-loop --ks 6,12), same comparison and machine (load average 4.7-4.8): step of 10 students at k = n = 12 | 0.25 ms / 0.28 ms = 0.89x and 0.24 ms / 0.27 ms = 0.89x (at 1000 students the two runs' wall times scatter by 2x) | >= 1.0: not met |
+| 2026-12-07 | full table run directly (--full-table, 2 workers), the code at the start of the day (8788161) against the unified pair terms, one after the other (load average 1.0-2.5) | 473 s / 470 s = 1.01x; spurious counts identical in all 30 cells (10 583 in total); families differ by one in 3 cells (9,10; 11,12; 16,17) | >= 1.0: met |
 """
 
 from __future__ import annotations
