@@ -131,11 +131,16 @@ _SWEEP_ONLY: tuple[tuple[str, str, object], ...] = (("ni", "--ni", None), ("nh",
                ("population", "--population", False), ("sigma1", "--sigma1", None), ("sigma2", "--sigma2", None))
 
 
-def two_layer_rank(args) -> NetworkRank:
-    """``--teacher`` a two-layer file (biases and outputs optional): its population Hessian's rank against a known formula."""
+def _refuse_sweep_options(args) -> None:
+    """One line for sweep options given with ``--teacher`` (which takes the file's own network)."""
     given = [opt for name, opt, default in _SWEEP_ONLY if getattr(args, name, default) not in (None, default)]
     if given:
         raise NearoptError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply with --teacher (the exact population Hessian of the file's network)")
+
+
+def two_layer_rank(args) -> NetworkRank:
+    """``--teacher`` a two-layer file (biases and outputs optional): its population Hessian's rank against a known formula."""
+    _refuse_sweep_options(args)
     teacher = TwoLayerNet.load(args.teacher, get_activation(args.activation))
     law = GaussianInputs.load(args.input_cov, teacher.n_inputs) if args.input_cov else None
     return network_rank(Problem(teacher, inputs=law), RankPolicy(rtol=args.rtol, min_gap=args.min_gap))  # type: ignore[arg-type]  # None: N(0, I)
@@ -160,9 +165,7 @@ def deep_rank(args) -> DeepLinearRank | NetworkRank:
         return two_layer_rank(args)
     if get_activation(args.activation).name != "linear":
         raise NearoptError(f"teacher file {args.teacher} holds a deep network ({layers}): deep networks are linear only here; use -a linear")
-    given = [opt for name, opt, default in _SWEEP_ONLY if getattr(args, name, default) not in (None, default)]
-    if given:
-        raise NearoptError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply with --teacher (the exact population Hessian of the file's network)")
+    _refuse_sweep_options(args)
     teacher = DeepLinearNet.load(args.teacher, "teacher")
     law = GaussianInputs.load(args.input_cov, teacher.n_inputs) if args.input_cov else None
     return deep_linear_rank(DeepLinearProblem(teacher, inputs=law), RankPolicy(rtol=args.rtol, min_gap=args.min_gap))  # type: ignore[arg-type]  # None: N(0, I)

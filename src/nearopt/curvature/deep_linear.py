@@ -40,7 +40,7 @@ from ..resources import require_memory
 from ..theory.rank_prediction import RankPrediction, predict_deep_linear_rank
 from .base import Curvature, resolve_device
 
-__all__ = [
+__all__ = ["formula_rank",
     "as_deep_problem", "deep_linear_factor", "deep_linear_gauss_newton", "deep_linear_gradient", "deep_linear_loss", "deep_linear_rank",
     "DeepLinearHessian", "DeepLinearRank", "end_to_end_torch", "outer_products", "rank_conditions", "sigma_root"
 ]
@@ -126,6 +126,15 @@ def deep_linear_gauss_newton(problem: DeepLinearProblem) -> np.ndarray:
             G[ends[ell]:ends[ell + 1], ends[m]:ends[m + 1]] = block
             G[ends[m]:ends[m + 1], ends[ell]:ends[ell + 1]] = block.T
     return G
+
+
+def formula_rank(problem: DeepLinearProblem) -> tuple[int, str] | None:
+    """``(q (r + K - q), basis)`` of the point's Gauss-Newton matrix where :func:`rank_conditions` hold, else ``None``."""
+    cond = rank_conditions(problem)
+    if not cond["holds"]:
+        return None
+    pred = predict_deep_linear_rank(problem.point.widths, cond["rank_sigma"])
+    return pred.rank, f"predict_deep_linear_rank, {pred.kind}: {pred.basis}"
 
 
 def rank_conditions(problem: DeepLinearProblem) -> dict[str, Any]:
@@ -216,13 +225,7 @@ class DeepLinearHessian(Curvature):
 
     def known_rank(self) -> tuple[int, str] | None:
         """``q (r + K - q)`` where ``H`` is the Gauss-Newton matrix and :func:`rank_conditions` hold, else ``None``."""
-        if not self.has_factor():
-            return None
-        cond = rank_conditions(self.deep)
-        if not cond["holds"]:
-            return None
-        pred = predict_deep_linear_rank(self.deep.point.widths, cond["rank_sigma"])
-        return pred.rank, f"predict_deep_linear_rank, {pred.kind}: {pred.basis}"
+        return formula_rank(self.deep) if self.has_factor() else None
 
     # ------------------------------------------------------------------ what a spectrum of it says
     @cached_property

@@ -42,12 +42,12 @@ from ..model.problem import GaussianInputs, Problem, as_problem, whiten
 from ..resources import require_memory
 from ..spectra.spectrum import Spectrum
 from ..spectra.torch_ops import TorchOperator
-from ..theory.rank_prediction import predict_deep_linear_rank, predict_rank
+from ..theory.rank_prediction import predict_rank
 from .assembly import assemble, is_linear, net_moments, rescaling_modes
 from .base import Curvature
 from .compose import Composed, compose, describe_point
 from .costs import route_costs
-from .deep_linear import rank_conditions
+from .deep_linear import formula_rank
 from .network import NetworkHessian, network_structured_spectrum
 from .product import PopulationProduct
 from .structured import StructuredSpectrum, structured_spectrum
@@ -240,16 +240,11 @@ class PopulationHessian(Composed):
 
     def _linear_outputs_rank(self) -> tuple[int, str] | None:
         """A linear network with ``M`` outputs and no biases is the deep linear network ``W2 W1`` of depth 2:
-        ``q (r + M - q)`` at the teacher where :func:`~nearopt.curvature.deep_linear.rank_conditions` hold."""
+        ``q (r + M - q)`` at the teacher where the formula's conditions hold (:func:`~nearopt.curvature.deep_linear.formula_rank`)."""
         pr, net = self.problem, self.net
         if not (pr.at_teacher and pr.trained == "both" and is_linear(net.activation) and net.b1 is None and net.b2 is None):
             return None
-        deep = DeepLinearProblem(DeepLinearNet((net.W1, net.W2)), inputs=pr.inputs)
-        cond = rank_conditions(deep)
-        if not cond["holds"]:
-            return None
-        pred = predict_deep_linear_rank(deep.point.widths, cond["rank_sigma"])
-        return pred.rank, f"predict_deep_linear_rank, {pred.kind}: {pred.basis}"
+        return formula_rank(DeepLinearProblem(DeepLinearNet((net.W1, net.W2)), inputs=pr.inputs))
 
     def route_costs(self, k: int, which: str) -> dict[str, float]:
         s = self.net

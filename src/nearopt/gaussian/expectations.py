@@ -70,7 +70,7 @@ from ..tolerances import ROUNDING_RTOL
 __all__ = [
     "check_smooth", "derivative_moments", "DerivativeMoments", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "graded_normal_rule",
     "HALF_NODES", "kernel", "normal_rule", "output_power", "pair_moments", "PANEL_NODES", "product_expectation", "QUAD_CUT", "quadrature_moments",
-    "QUADRATURE_ORDERS", "QUADRATURE_TOL", "SMOOTHNESS_TOL", "split_normal_rule", "TorchFn", "variance_rules"
+    "QUADRATURE_ORDERS", "QUADRATURE_TOL", "SMOOTHNESS_TOL", "split_normal_rule", "TorchFn", "unit_moments", "variance_rules"
 ]
 
 #: nodes per dimension tried in turn until two successive levels agree (ratio ~1.5: the
@@ -79,7 +79,7 @@ __all__ = [
 QUADRATURE_ORDERS = (33, 49, 73, 109, 163, 245, 367, 551, 825, 1237, 1855, 2783)
 #: default agreement required between successive quadrature orders (absolute, on O(1) moments)
 QUADRATURE_TOL = 1e-12
-_ONE = Polynomial([1.0], name="one")  # h = 1: E[f(u)] as a pair moment
+_ONE = Polynomial([1.0], name="one")  # h = 1: E[f(u)] as a pair moment (:func:`unit_moments`)
 #: quadrature nodes evaluated at once (memory: a few arrays of this many float64)
 _QUAD_BLOCK = 2_000_000
 
@@ -657,6 +657,15 @@ def derivative_moments(f: str | Activation, h: str | Activation, m1, m2, c11, c1
     return DerivativeMoments(flat.reshape(*shape, na, nb), used, change)
 
 
+def unit_moments(f: str | Activation, mean, variance, *, orders: int = 4, order: int | None = None, tol: float = QUADRATURE_TOL) -> DerivativeMoments:
+    """``E[f^(a)(u)]``, ``a <= orders``, for ``u ~ N(mean, variance)``: ``values`` of shape ``S + (orders + 1,)``.
+
+    The pair moments of :func:`derivative_moments` against the constant 1 (one quadrature module).
+    """
+    r = derivative_moments(f, _ONE, mean, 0.0, variance, 0.0, 0.0, orders=(orders, 0), order=order, tol=tol)
+    return DerivativeMoments(r.values[..., 0], r.nodes, r.change)
+
+
 def output_power(net, inputs=None, *, order: int | None = None, tol: float = QUADRATURE_TOL) -> float:
     """``E[|f(x)|^2]`` of a two-layer network ``f(x) = W2 g(W1 x + b1) + b2``, ``x ~ N(0, Sigma)`` (biases optional).
 
@@ -683,5 +692,5 @@ def output_power(net, inputs=None, *, order: int | None = None, tol: float = QUA
     power = float(np.einsum("oi,ij,oj->", W2, phi, W2))
     if b2 is None:
         return power
-    mean = derivative_moments(net.activation, _ONE, 0.0 if b1 is None else b1, 0.0, d, 0.0, 0.0, orders=(0, 0), order=order, tol=tol).values[:, 0, 0]
+    mean = unit_moments(net.activation, 0.0 if b1 is None else b1, d, orders=0, order=order, tol=tol).values[:, 0]
     return power + float(2.0 * b2 @ (W2 @ mean) + b2 @ b2)

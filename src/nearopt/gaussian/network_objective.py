@@ -39,7 +39,7 @@ from ..errors import NearoptError
 from ..model.activations import Activation
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
-from .expectations import _ONE, QUADRATURE_TOL, derivative_moments
+from .expectations import QUADRATURE_TOL, DerivativeMoments, derivative_moments, unit_moments
 from .objective import nonnegative_quadratic
 
 __all__ = ["KernelPoint", "NETWORK_EXPECTATIONS", "NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
@@ -133,14 +133,13 @@ class NetworkObjective:
         G = 0.5 * (G + G.T)
         d = np.diag(G)
         M = np.zeros((J, J, 5, 5))
-        nodes, change = 0, 0.0
+        runs: list[DerivativeMoments] = []  # every quadrature, for the accuracy reached
 
         def fill(rows: slice, cols: slice, f: Activation, h: Activation, orders: tuple[int, int]) -> None:
-            nonlocal nodes, change
             r = derivative_moments(f, h, mu[rows, None], mu[None, cols], d[rows, None], G[rows, cols], d[None, cols],
                                    orders=orders, order=self.order, tol=self.tol)
             M[rows, cols, : orders[0] + 1, : orders[1] + 1] = r.values
-            nodes, change = max(nodes, r.nodes), max(change, r.change if np.isfinite(r.change) else 0.0)
+            runs.append(r)
 
         S, T_ = slice(0, K), slice(K, J)
         top = 2 * self.degree  # the highest derivative order on a student unit (a teacher unit: half)
@@ -149,15 +148,15 @@ class NetworkObjective:
         M[T_, S] = np.swapaxes(M[S, T_], 0, 1).swapaxes(-1, -2)  # E[g_t^(b) g_s^(a)]: the same moments, roles exchanged
         fill(T_, T_, t.activation, t.activation, (0, 0))
         phi = _taylor(M, 5)
-        single = np.zeros((J, 5, 1))
+        m = np.zeros((J, 5))  # E[g^(a)(u_i)]
         for rows, act, n in ((S, s.activation, top), (T_, t.activation, 0)):
-            r = derivative_moments(act, _ONE, mu[rows], 0.0, d[rows], 0.0, 0.0, orders=(n, 0), order=self.order, tol=self.tol)
-            single[rows, : n + 1] = r.values
-            nodes, change = max(nodes, r.nodes), max(change, r.change if np.isfinite(r.change) else 0.0)
-        m = single[:, :, 0]  # E[g^(a)(u_i)]
+            r = unit_moments(act, mu[rows], d[rows], orders=n, order=self.order, tol=self.tol)
+            m[rows, : n + 1] = r.values
+            runs.append(r)
         psi = (m[:, 0], np.stack([m[:, 1], 0.5 * m[:, 2]], -1),
                np.stack([np.stack([m[:, 2], 0.5 * m[:, 3]], -1), np.stack([0.5 * m[:, 3], 0.25 * m[:, 4]], -1)], -2))
-        return KernelPoint(mu, G, phi, psi, nodes, change)
+        change = max((r.change for r in runs if np.isfinite(r.change)), default=0.0)
+        return KernelPoint(mu, G, phi, psi, max(r.nodes for r in runs), change)
 
     # ------------------------------------------------------------------ the surrogate
     @cached_property

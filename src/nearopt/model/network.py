@@ -23,7 +23,7 @@ from . import io
 from .activations import Activation, get_activation
 
 __all__ = [
-    "BLOCKS", "CAPABILITIES", "check_finite", "forward_torch", "network_output", "require_plain", "INPUT_DISTRIBUTIONS", "POPULATION_SIGMAS", "require_variances_representable", "sample_inputs", "sample_teacher",
+    "BLOCKS", "CAPABILITIES", "capability_error", "check_finite", "forward_torch", "network_output", "require_plain", "INPUT_DISTRIBUTIONS", "POPULATION_SIGMAS", "require_variances_representable", "sample_inputs", "sample_teacher",
     "TwoLayerNet"
 ]
 
@@ -214,9 +214,13 @@ def require_plain(net: TwoLayerNet, route: str) -> None:
     """
     if net.is_plain:
         return
-    takes = ", ".join(CAPABILITIES)
-    raise NearoptError(f"{route} covers f(x) = W2 g(W1 x) with one output and no biases; this network has {', '.join(net.features())} "
-                       f"(what takes it: {takes}; docs/architectures.md, 'What each route takes')")
+    raise capability_error(route, "with one output and no biases", "network", net.features())
+
+
+def capability_error(route: str, covers: str, what: str, features: list[str]) -> NearoptError:
+    """The one refusal of a route that covers only the paper's network: what it covers, what ``what`` has, and what takes it."""
+    return NearoptError(f"{route} covers f(x) = W2 g(W1 x) {covers}; this {what} has {', '.join(features)} "
+                        f"(what takes it: {', '.join(CAPABILITIES)}; docs/architectures.md, 'What each route takes')")
 
 
 def forward_torch(theta: torch.Tensor, X: torch.Tensor, activation: Activation, n_hidden: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ from ..policy import RankPolicy
 from ..tolerances import EPS
 from . import io
 from .io import TRAINED_BLOCKS
-from .network import BLOCKS, CAPABILITIES, TwoLayerNet, sample_inputs
+from .network import BLOCKS, TwoLayerNet, capability_error, sample_inputs
 
 __all__ = [
     "as_problem", "Eigenspace", "GaussianInputs", "InputLaw", "Problem", "PSD_RTOL", "require_paper_setting", "SYMMETRY_RTOL", "TRAINED_BLOCKS",
@@ -423,13 +423,11 @@ class Problem:
 def require_paper_setting(problem: Problem, route: str) -> None:
     """Refuse a problem outside the paper's setting (:attr:`Problem.is_plain`) on a route that covers only it: one message.
 
-    What the problem has and the routes that take it (:data:`~nearopt.model.network.CAPABILITIES`).
+    What the problem has and the routes that take it (:func:`~nearopt.model.network.capability_error`).
     """
     if problem.is_plain:
         return
-    takes = ", ".join(CAPABILITIES)
-    raise NearoptError(f"{route} covers f(x) = W2 g(W1 x) with one output, no biases and one activation; this problem has "
-                       f"{', '.join(problem.features())} (what takes it: {takes}; docs/architectures.md, 'What each route takes')")
+    raise capability_error(route, "with one output, no biases and one activation", "problem", problem.features())
 
 
 def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
