@@ -12,7 +12,7 @@ Quick tour::
 
 from .deep_linear import DeepLinearGD, deep_linear_gd
 from .objective import POPULATION_CLOSED_FORMS, ClosedFormHessian, Objective, forward_batched, make_objective
-from .ode import CommitteeODE, committee_ode, embedded_teacher, integrate_ode, ode_near_optimum
+from .ode import ODE_TRAINED, CommitteeODE, ODETrajectory, committee_ode, embedded_teacher, integrate_ode, ode_near_optimum, order_parameters
 from .predict import (
     check_step_size,
     fit_log_slope,
@@ -65,6 +65,9 @@ __all__ = [
     "auto_lr",
     "ClosedFormHessian",
     "CommitteeODE",
+    "ODE_TRAINED",
+    "ODETrajectory",
+    "order_parameters",
     "committee_ode",
     "deep_linear_gd",
     "embedded_teacher",

@@ -2,7 +2,8 @@
 
 Student ``f(x) = sum_a v_a g(w_a . x)``, teacher ``f*(x) = sum_m u_m g(t_m . x)``, ``g(z) = erf(z / sqrt 2)``,
 inputs ``x ~ N(0, I_N)``, labels ``y = f*(x) + sigma xi``, online SGD with step ``eta = eta~ / N`` on both
-layers. As ``N -> infinity`` at fixed ``alpha = t / N`` the overlaps ``Q_ab = w_a . w_b``,
+layers (``trained="both"``) or on the first only (``trained="first"``: the soft committee machine of
+the classic papers, ``v`` held fixed). As ``N -> infinity`` at fixed ``alpha = t / N`` the overlaps ``Q_ab = w_a . w_b``,
 ``R_am = w_a . t_m`` and the second layer ``v`` follow (``lambda = W x``, ``nu = T x`` jointly Gaussian
 with covariance ``[[Q, R], [R^T, T]]``, ``r = f - y``)::
 
@@ -27,7 +28,23 @@ from ..errors import NearoptError, require_positive_finite
 from ..model.activations import Erf
 from ..model.network import TwoLayerNet
 
-__all__ = ["committee_ode", "CommitteeODE", "embedded_teacher", "i2", "i3", "i4", "integrate_ode", "j2", "ode_near_optimum"]
+__all__ = [
+    "committee_ode",
+    "CommitteeODE",
+    "embedded_teacher",
+    "i2",
+    "i3",
+    "i4",
+    "integrate_ode",
+    "j2",
+    "ode_near_optimum",
+    "ODE_TRAINED",
+    "ODETrajectory",
+    "order_parameters",
+]
+
+#: the blocks the ODEs can train: both layers, or the first only (the soft committee machine)
+ODE_TRAINED = ("both", "first")
 
 
 def i2(c11, c12, c22):
@@ -63,6 +80,7 @@ class CommitteeODE:
     u: np.ndarray
     lr: float
     noise: float = 0.0
+    trained: str = "both"
 
     def _overlaps(self, Q: np.ndarray, R: np.ndarray) -> np.ndarray:
         return np.block([[Q, R], [R.T, self.T]])  # covariance of (lambda, nu), (K+M, K+M)
@@ -93,22 +111,66 @@ class CommitteeODE:
         dR = -eta * v[:, None] * first[:, K:]
         fq = v[:, None] * first[:, :K]
         dQ = -eta * (fq + fq.T) + eta**2 * np.outer(v, v) * second
-        dv = -eta * grad_v
+        dv = -eta * grad_v if self.trained == "both" else np.zeros_like(v)
         return dQ, dR, dv
 
 
-def committee_ode(teacher: TwoLayerNet, lr: float, noise: float = 0.0) -> CommitteeODE:
-    """The ODEs for ``teacher`` (erf, ``g = erf(z / sqrt 2)``) at ``eta~ = lr`` (the SGD step is ``lr / N_i``)."""
+def committee_ode(teacher: TwoLayerNet, lr: float, noise: float = 0.0, *, trained: str = "both") -> CommitteeODE:
+    """The ODEs for ``teacher`` (erf, ``g = erf(z / sqrt 2)``) at ``eta~ = lr`` (the SGD step is ``lr / N_i``).
+
+    ``trained`` is ``"both"`` (both layers) or ``"first"`` (the soft committee machine: ``v`` fixed).
+    """
+    if trained not in ODE_TRAINED:
+        raise NearoptError(f"the order-parameter ODEs train {' or '.join(ODE_TRAINED)}, got trained={trained!r}")
     act = teacher.activation
     if not (isinstance(act, Erf) and not act.unit):
         raise NearoptError(f"the committee-machine ODEs are implemented for erf (erf(z/sqrt 2)), got {act.name}")
+    if teacher.W2.shape[0] != 1 or not teacher.is_plain:
+        raise NearoptError("the order-parameter ODEs take a committee machine: one output, no biases")
     lr = require_positive_finite(lr, "learning rate")
+    noise = float(noise)
+    if not np.isfinite(noise) or noise < 0:
+        raise NearoptError(f"the label noise must be finite and >= 0, got {noise}")
     T = teacher.W1 @ teacher.W1.T
-    return CommitteeODE(0.5 * (T + T.T), teacher.W2.ravel().astype(np.float64), float(lr), float(noise))
+    return CommitteeODE(0.5 * (T + T.T), teacher.W2.ravel().astype(np.float64), float(lr), noise, trained)
 
 
-def integrate_ode(ode: CommitteeODE, Q0: np.ndarray, R0: np.ndarray, v0: np.ndarray, alphas, *, rtol: float = 1e-10, atol: float = 1e-14) -> np.ndarray:
-    """Generalisation error ``(A,)`` at times ``alphas`` (ascending, from 0) from ``(Q0, R0, v0)`` (RK45 / DOP853)."""
+@dataclass(frozen=True)
+class ODETrajectory:
+    """An integrated trajectory of the order parameters at ``alpha`` ``(A,)``.
+
+    ``eps`` ``(A,)`` the generalisation error, ``Q`` ``(A, K, K)``, ``R`` ``(A, K, M)``, ``v`` ``(A, K)``;
+    ``alpha_target`` the first ``alpha`` at which ``eps`` reached ``target`` (``None`` if it did
+    not within the horizon, or no target was asked for).
+    """
+
+    alpha: np.ndarray
+    eps: np.ndarray
+    Q: np.ndarray
+    R: np.ndarray
+    v: np.ndarray
+    target: float | None = None
+    alpha_target: float | None = None
+
+
+def order_parameters(student: TwoLayerNet, teacher: TwoLayerNet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``Q = W W^T`` ``(K, K)``, ``R = W T^T`` ``(K, M)`` and ``v`` ``(K,)`` of a committee student, in the weights' own scale."""
+    if student.W1.shape[1] != teacher.W1.shape[1]:
+        raise NearoptError(f"student and teacher must have the same input dimension, got {student.W1.shape[1]} and {teacher.W1.shape[1]}")
+    if student.W2.shape[0] != 1 or not student.is_plain:
+        raise NearoptError("the order-parameter ODEs take a committee machine: one output, no biases")
+    W, T = student.W1.astype(np.float64), teacher.W1.astype(np.float64)
+    Q = W @ W.T
+    return 0.5 * (Q + Q.T), W @ T.T, student.W2.ravel().astype(np.float64)
+
+
+def integrate_ode(ode: CommitteeODE, Q0: np.ndarray, R0: np.ndarray, v0: np.ndarray, alphas, *, target: float | None = None,
+                  rtol: float = 1e-10, atol: float = 1e-14) -> ODETrajectory:
+    """The trajectory at times ``alphas`` (ascending, from 0) from ``(Q0, R0, v0)`` (DOP853).
+
+    With ``target``, also the first ``alpha`` where the error falls to ``target`` (an event of the
+    integrator, located to its tolerance).
+    """
     K, M = R0.shape
     iu = np.triu_indices(K)
 
@@ -126,10 +188,31 @@ def integrate_ode(ode: CommitteeODE, Q0: np.ndarray, R0: np.ndarray, v0: np.ndar
         return pack(*ode.rhs(*unpack(y)))
 
     al = np.asarray(alphas, dtype=np.float64)
-    sol = integrate.solve_ivp(f, (0.0, float(al[-1])), pack(Q0, R0, v0), t_eval=al, method="DOP853", rtol=rtol, atol=atol)
+    if al.ndim != 1 or al.size == 0 or not np.all(np.isfinite(al)) or al[0] < 0 or np.any(np.diff(al) < 0):
+        raise NearoptError("the ODE's alphas must be a non-empty ascending list of finite values >= 0")
+    events = None
+    if target is not None:
+        def reach(_alpha, y):
+            return ode.error(*unpack(y)) - target
+
+        reach.direction = -1  # type: ignore[attr-defined]
+        events = [reach]
+    sol = integrate.solve_ivp(f, (0.0, float(al[-1])), pack(Q0, R0, v0), t_eval=al, method="DOP853", rtol=rtol, atol=atol, events=events)
     if not sol.success:
         raise NearoptError(f"the order-parameter ODEs failed to integrate: {sol.message}")
-    return np.array([ode.error(*unpack(y)) for y in sol.y.T])
+    parts = [unpack(y) for y in sol.y.T]
+    hit = None
+    if target is not None:
+        hit = float(sol.t_events[0][0]) if sol.t_events[0].size else (0.0 if ode.error(Q0, R0, v0) <= target else None)
+    return ODETrajectory(
+        alpha=al.copy(),
+        eps=np.array([ode.error(*p) for p in parts]),
+        Q=np.array([p[0] for p in parts]),
+        R=np.array([p[1] for p in parts]),
+        v=np.array([p[2] for p in parts]),
+        target=None if target is None else float(target),
+        alpha_target=hit,
+    )
 
 
 def embedded_teacher(base: TwoLayerNet, n_inputs: int) -> TwoLayerNet:
@@ -146,4 +229,4 @@ def ode_near_optimum(teacher: TwoLayerNet, *, lr: float, c: float, alphas, noise
     """The ODE's error from the ``N -> infinity`` limit of ``delta_0 ~ N(0, (c / N) I)``: ``Q = T + c I``, ``R = T``, ``v = u``."""
     ode = committee_ode(teacher, lr, noise)
     K = ode.T.shape[0]
-    return integrate_ode(ode, ode.T + c * np.eye(K), ode.T.copy(), ode.u.copy(), alphas)
+    return integrate_ode(ode, ode.T + c * np.eye(K), ode.T.copy(), ode.u.copy(), alphas).eps
