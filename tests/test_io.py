@@ -196,7 +196,8 @@ def test_weight_files_with_biases_and_outputs_load_in_parameter_order(tmp_path):
 
 @pytest.mark.parametrize("arrays, match", [
     (dict(W1=np.ones((2, 3))), "lacks array"),
-    (dict(W1=np.ones((2, 3)), W2=np.ones(2), W3=np.ones(2)), "W3 that nearopt does not model"),
+    (dict(W1=np.ones((2, 3)), W2=np.ones(2), W3=np.ones(2)), r"holds a deep linear network \(W1, W2, W3\): this command takes two-layer"),
+    (dict(W1=np.ones((2, 3)), W2=np.ones(2), extra=np.ones(2)), "extra that nearopt does not model"),
     (dict(W1=np.ones((2, 3)), W2=np.ones(2), b1=np.ones(3)), "b1 must have 2 entries"),
     (dict(W1=np.ones((2, 3)), W2=np.ones((2, 2)), b2=np.ones(3)), "b2 must have 2 entries"),
     (dict(W1=np.ones((2, 3)), W2=np.ones(2), b1=np.array([1.0, np.nan])), "b1 contains NaN"),

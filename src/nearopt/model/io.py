@@ -321,6 +321,10 @@ def load_weights(path: str | os.PathLike, role: str = "teacher") -> dict[str, np
     if missing:
         raise NearoptError(f"{what} {path} lacks array(s) {', '.join(missing)} (has: {', '.join(arrays) or 'none'})")
     unknown = [k for k in arrays if k not in WEIGHT_KEYS and k not in POINT_METADATA_KEYS]
+    if unknown and all(k[:1] == "W" and k[1:].isdigit() for k in unknown):
+        raise NearoptError(f"{what} {path} holds a deep linear network ({', '.join(sorted(arrays))}): this command takes two-layer "
+                           f"networks; deep linear networks are answered by `nearopt spectrum` and `nearopt rank` and, for GD, "
+                           f"by nearopt.dynamics.deep_linear_gd (docs/deep_linear.md)")
     if unknown:
         raise NearoptError(f"{what} {path} has array(s) {', '.join(unknown)} that nearopt does not model: {MODEL_SCOPE}; "
                            "give W1 (N_h, N_i), W2 (M, N_h) and optionally b1 (N_h,), b2 (M,)")
