@@ -108,6 +108,11 @@ class TrackSpec:
             return track
         return cls(k=track)
 
+    def require(self, n_params: int) -> None:
+        """Refuse ``k >= P`` (one line), before any work."""
+        if self.k >= n_params:
+            raise NearoptError(f"the tracked k = {self.k} must be smaller than the number of trained parameters P = {n_params}")
+
     def select(self, n: int) -> np.ndarray:
         """Indices ``(T,)`` of the tracked points among ``n`` recorded ones: ``0, every, 2 every, ...`` and ``n - 1``."""
         if n < 1:
@@ -243,8 +248,7 @@ def _check(problem: Problem, points: Sequence[TwoLayerNet], spec: TrackSpec) -> 
         if not isinstance(net, TwoLayerNet):
             raise NearoptError(f"tracked points must be TwoLayerNet students, got {type(net).__name__}")
     P = problem.replace(student=points[0]).n_params
-    if spec.k >= P:
-        raise NearoptError(f"the tracked k = {spec.k} must be smaller than the number of trained parameters P = {P}")
+    spec.require(P)
     return P
 
 
