@@ -92,7 +92,7 @@ def test_teacher_overlap_is_one_in_the_teacher_span_and_zero_outside():
     assert np.isnan(teacher_overlap(inside, pr.replace(trained="second"))).all()
 
 
-def _path(P_inputs=40, K=4, n=4, seed=0, act="erf"):
+def _path(P_inputs=40, K=4, n=3, seed=0, act="erf"):
     teacher = sample_teacher(P_inputs, K, act, seed=seed)
     rng = np.random.default_rng(seed + 1)
     d = rng.standard_normal(teacher.n_params) / np.sqrt(P_inputs)
