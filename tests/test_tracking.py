@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 
+import _reference as ref
 import numpy as np
 import pytest
 import torch
+from _cli import cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _reference as ref
-from _cli import cli
 from nearopt.curvature.tracking import CurvatureTrack, TrackSpec, teacher_overlap, track_curvature
 from nearopt.dynamics import committee_ode, integrate_ode, order_parameters, run_dynamics
 from nearopt.dynamics.ode_weights import track_ode, weights_from_order_parameters

@@ -260,7 +260,9 @@ def _route(curv: PopulationHessian, spec: TrackSpec) -> str:
 
 def _start(prev: np.ndarray | None, m: int, P: int, rng: np.random.Generator) -> np.ndarray:
     """``(P, m)`` start block: the previous Ritz vectors (warm), filled up with Gaussian columns."""
-    have = 0 if prev is None else min(prev.shape[1], m)
+    if prev is None:
+        return rng.standard_normal((P, m))
+    have = min(prev.shape[1], m)
     cols = [prev[:, :have]] if have else []
     return np.hstack(cols + [rng.standard_normal((P, m - have))])
 
@@ -322,7 +324,7 @@ def _lanczos_point(curv: PopulationHessian, k: int, prev: dict[str, np.ndarray],
     return full, small, theta[idx.size :], vecs, residual, products
 
 
-def track_curvature(problem: Problem | TwoLayerNet, points: Sequence[TwoLayerNet], *, steps: Sequence[float] | None = None,
+def track_curvature(problem: Problem | TwoLayerNet, points: Sequence[TwoLayerNet], *, steps: Sequence[float] | np.ndarray | None = None,
                     spec: TrackSpec | int | None = None, clock: str = "step") -> CurvatureTrack:
     """The curvature at each of ``points`` (module docstring).
 

@@ -306,7 +306,7 @@ def simulate_sgd(
     info = {"sampling": sampling, "samples": samples, "lr": lr, "batch": batch, "noise": noise, "sigma0": sigma0,
             "seed": seed, "device": str(dev), "trained": pr.trained, "dtype": "float64"}
     at = [i for i, net in tracked.items() if net is not None]
-    curvature = None if spec is None or not at else track_curvature(pr, [tracked[i] for i in at], steps=rec[at], spec=spec)  # type: ignore[misc]
+    curvature = None if spec is None or not at else track_curvature(pr, [net for net in tracked.values() if net is not None], steps=rec[at], spec=spec)
     return SGDSimulation(rec, loss, diverged, seconds, sim.population.floor, info, curvature)
 
 
