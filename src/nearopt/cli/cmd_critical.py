@@ -65,6 +65,9 @@ def register(sub) -> None:
     p.add_argument("--certify", action="store_true",
                    help="certify the end point as a strict local minimum (Newton-Kantorovich with a derived bound on the third "
                    f"derivatives; {', '.join(SUPPORTED)}): adds 'certificate' to the JSON")
+    p.add_argument("--track", type=positive_int, metavar="K", default=None,
+                   help="the curvature at the start and at the end point: the K largest and K smallest eigenvalues, inertia, loss and the "
+                   "eigenvectors' overlap with the teacher's rows; adds 'curvature' to the JSON")
     p.add_argument("--save-point", metavar="P.npz", help="write the critical point (W1, b1, W2, b2 as the network has them, teacher, eigenvalues, classification) to this .npz")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON here")
     p.add_argument("--json", action="store_true", help="print JSON (the command's only output format; accepted for scripts that say so)")
@@ -104,7 +107,7 @@ def run(args) -> int:
         problem.point.save(args.save_student)
     cp = find_critical_point(problem, descent=args.descent, lr=args.lr, max_steps=args.max_steps, descent_gtol=args.descent_gtol, gtol=args.gtol,
                              newton_iter=args.newton_iter, avoid_trivial=args.avoid_trivial, restarts=args.restarts, seed=args.student_seed,
-                             target_index=args.index,
+                             target_index=args.index, track=args.track,
                              progress=not args.quiet)
     if args.save_point:
         cp.save(args.save_point)

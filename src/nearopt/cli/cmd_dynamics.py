@@ -60,6 +60,7 @@ def register(sub) -> None:
     p.add_argument("--draws", type=positive_int, default=8, help="number K of initial displacements (default 8)")
     p.add_argument("--draw-seed", type=nonneg_int, default=0, help="seed of the displacements delta_0 (default 0)")
     p.add_argument("--points", type=positive_int, default=40, help="log-spaced record times (default 40)")
+    p.add_argument("--track", type=positive_int, metavar="K", default=None, help="the curvature along the run: at each recorded time the K largest and K smallest eigenvalues of the exact population Hessian, its inertia, the loss and the eigenvectors' overlap with the teacher's rows (draw 0); adds 'curvature' to the JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar (shown by default on a terminal)")
     p.add_argument("--json", action="store_true", help="print the measured and predicted curves and the slope fit as JSON")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON result to this file (atomically)")
@@ -99,6 +100,7 @@ def _run(args, net, X):
         method=args.integrator,
         rtol=args.rtol,
         progress=not args.quiet and sys.stderr.isatty(),
+        track=args.track,
     )
 
 
@@ -134,6 +136,8 @@ def table(res) -> str:
     if d["stalled_draws"]:
         at = ", ".join(f"draw {x['draw']} at t={x['time']:.4g}" for x in d["stalled_draws"])
         lines.append(f"integrator stalled near the rounding level ({at}); later points of those draws are left out")
+    if res.curvature is not None:
+        lines.append(res.curvature.table())
     return "\n".join(lines)
 
 

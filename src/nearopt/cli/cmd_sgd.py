@@ -56,6 +56,7 @@ def register(sub) -> None:
     p.add_argument("--points", type=positive_int, default=30, help="log-spaced record steps (default 30)")
     p.add_argument("--no-exact", action="store_true", help="skip the exact linearised prediction (quadrature in the row space of W1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--track", type=positive_int, metavar="K", default=None, help="the curvature along the run: at each recorded step the K largest and K smallest eigenvalues of the exact population Hessian, its inertia, the loss and the eigenvectors' overlap with the teacher's rows (run 0); adds 'curvature' to the JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar (shown by default on a terminal)")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON result to this file (atomically)")
@@ -86,7 +87,7 @@ def compute(args):
             problem, lr=args.lr, batch=args.batch, steps=args.steps, sigma0=args.sigma0, noise=args.noise,
             runs=args.runs, seed=args.run_seed, sampling="online" if args.samples is None else args.sampling,
             samples=args.samples, points=args.points, device=args.device, exact=not args.no_exact and "auto",
-            progress=not args.quiet and sys.stderr.isatty(),
+            progress=not args.quiet and sys.stderr.isatty(), track=args.track,
         )
 
 
@@ -121,6 +122,8 @@ def table(res) -> str:
     lines.append(f"late-time rate per step: exact {_fmt(d['late_rate'])}, spectral {_fmt(d['late_rate_spectral'])}, GD {_fmt(d['late_rate_gd'])}")
     lines.append(f"throughput {d['throughput_run_steps_per_s']:.3g} run-steps/s; diverged runs {d['diverged_runs']}")
     lines.extend(f"note: {w}" for w in d["warnings"])
+    if res.simulation.curvature is not None:
+        lines.append(res.simulation.curvature.table())
     return "\n".join(lines)
 
 

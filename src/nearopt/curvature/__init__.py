@@ -14,6 +14,7 @@ module                    holds
 ``population``            :class:`PopulationHessian`, :func:`population_spectrum`
 ``costs``                 the cost model of ``auto``
 ``deep_linear``           :class:`DeepLinearHessian`: deep linear networks ``W_L ... W_1 x``
+``tracking``              :func:`track_curvature`: the Hessian along a trajectory (:class:`CurvatureTrack`)
 ========================  ==============================================================
 """
 
@@ -40,6 +41,7 @@ from .population import POPULATION_METHODS, PopulationHessian, population_hessia
 from .product import PopulationProduct
 from .structured import StructuredSpectrum, structured_spectrum
 from .student import LandscapeProduct, assemble_landscape
+from .tracking import CurvatureTrack, TrackSpec, track_curvature
 
 __all__ = [
     "BATCH_METHODS",
@@ -50,11 +52,13 @@ __all__ = [
     "Composed",
     "Congruence",
     "Curvature",
+    "CurvatureTrack",
     "DeepLinearHessian",
     "LandscapeProduct",
     "PopulationHessian",
     "PopulationProduct",
     "Restricted",
+    "TrackSpec",
     "StructuredSpectrum",
     "assemble",
     "assemble_landscape",
@@ -74,4 +78,5 @@ __all__ = [
     "rescaling_modes",
     "resolve_device",
     "structured_spectrum",
+    "track_curvature",
 ]

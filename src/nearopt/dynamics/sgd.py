@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..curvature.base import resolve_device
+from ..curvature.tracking import CurvatureTrack, TrackSpec, track_curvature
 from ..errors import NearoptError, require_nonneg_finite, require_positive_finite, require_positive_int
 from ..gaussian.expectations import kernel, output_power
 from ..model.network import TwoLayerNet
@@ -140,6 +141,8 @@ class SGDSimulation:
     seconds: float
     floor: float
     info: dict[str, Any] = field(default_factory=dict)
+    #: the population Hessian along run 0 at the recorded steps (``track=``), else ``None``
+    curvature: CurvatureTrack | None = None
 
     @property
     def runs(self) -> int:
@@ -233,6 +236,7 @@ def simulate_sgd(
     record: np.ndarray | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    track: TrackSpec | int | None = None,
 ) -> SGDSimulation:
     """``runs`` independent SGD runs from ``theta* + delta_0`` (module docstring).
 
@@ -250,6 +254,9 @@ def simulate_sgd(
         Fresh inputs each step, or a fixed set of ``samples`` inputs.
     record : array of int, optional
         Steps to record (default :func:`record_steps` of ``steps`` and ``points``).
+    track : TrackSpec or int, optional
+        The curvature (exact population Hessian, :func:`~nearopt.curvature.tracking.track_curvature`)
+        along **run 0** at the recorded steps ``track.every`` selects, until it diverges (an integer is ``k``).
 
     Notes
     -----
@@ -261,6 +268,9 @@ def simulate_sgd(
     pr = as_problem(problem)
     require_paper_setting(pr, "SGD")
     lr, batch, runs, steps, samples = _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples)
+    spec = TrackSpec.coerce(track)
+    if spec is not None:
+        spec.require(pr.n_params)
     rec = record_steps(steps, points) if record is None else np.unique(np.asarray(record, dtype=np.int64))
     if rec.size == 0 or rec[0] < 0 or rec[-1] > steps:
         raise NearoptError(f"record steps must lie in [0, {steps}]")
@@ -271,6 +281,7 @@ def simulate_sgd(
     loss = np.full((runs, rec.size), np.nan)
     diverged = np.zeros(runs, dtype=bool)
     t, limit = 0, None
+    tracked: dict[int, TwoLayerNet | None] = {} if spec is None else dict.fromkeys(spec.select(rec.size).tolist())
     bar = tqdm(total=int(rec[-1]), disable=not progress, desc="SGD", unit="step")
     start = time.perf_counter()
     for i, target in enumerate(rec):
@@ -288,11 +299,15 @@ def simulate_sgd(
                 blk[torch.as_tensor(bad, device=dev)] = 0.0
         L[diverged] = np.inf
         loss[:, i] = L
+        if spec is not None and i in tracked and not diverged[0]:
+            tracked[i] = pr.point.with_parameters(pr.point.parameters() + torch.cat([delta[0][0].ravel(), delta[1][0]]).cpu().numpy())
     seconds = time.perf_counter() - start
     bar.close()
     info = {"sampling": sampling, "samples": samples, "lr": lr, "batch": batch, "noise": noise, "sigma0": sigma0,
             "seed": seed, "device": str(dev), "trained": pr.trained, "dtype": "float64"}
-    return SGDSimulation(rec, loss, diverged, seconds, sim.population.floor, info)
+    at = [i for i, net in tracked.items() if net is not None]
+    curvature = None if spec is None or not at else track_curvature(pr, [net for net in tracked.values() if net is not None], steps=rec[at], spec=spec)
+    return SGDSimulation(rec, loss, diverged, seconds, sim.population.floor, info, curvature)
 
 
 class _Simulator:
@@ -431,6 +446,8 @@ class SGDResult:
             "exact_method": None if "exact" not in self.models else self.models["exact"].info,
             "timings": self.timings, "throughput_run_steps_per_s": sim.throughput, "warnings": self.warnings,
         }
+        if sim.curvature is not None:
+            d["curvature"] = sim.curvature.to_dict()
         return d
 
     def gd_rate(self) -> float | None:
@@ -468,6 +485,7 @@ def run_sgd(
     spectral: bool = True,
     models: dict[str, SecondMomentModel] | None = None,
     progress: bool = False,
+    track: TrackSpec | int | None = None,
 ) -> SGDResult:
     """Simulate SGD (:func:`simulate_sgd`) and predict it: exact linearised and spectral (online inputs).
 
@@ -478,6 +496,7 @@ def run_sgd(
     linearised recursion over that set (:class:`~nearopt.dynamics.sgd_predict.FixedSetModel`, dense,
     at the teacher), epochs only the simulation.
     A learning rate at or beyond a critical one warns (the prediction diverges); the simulation still runs.
+    ``track``: the curvature along run 0 (:func:`simulate_sgd`), in ``to_dict()["curvature"]``.
     """
     pr = as_problem(problem)
     require_paper_setting(pr, "SGD")
@@ -535,7 +554,7 @@ def run_sgd(
             warnings.warn(msg, stacklevel=2)
     timings["predict_s"] = time.perf_counter() - t0
     sim = simulate_sgd(pr, lr=lr, batch=batch, steps=steps, sigma0=sigma0, noise=noise, runs=runs, seed=seed,
-                       sampling=sampling, samples=samples, record=rec, device=dev, progress=progress)
+                       sampling=sampling, samples=samples, record=rec, device=dev, progress=progress, track=track)
     timings["simulate_s"] = sim.seconds
     if sim.diverged.any():
         notes.append(f"{int(sim.diverged.sum())} of {sim.runs} runs diverged")

@@ -16,6 +16,7 @@ does not accumulate into the trajectory.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +26,11 @@ import torch
 from scipy import integrate
 from tqdm.auto import tqdm
 
+from ..curvature.tracking import CurvatureTrack, TrackSpec, track_curvature
 from ..errors import NearoptError, require_positive_finite, require_positive_int
 from ..gaussian.expectations import output_power
 from ..model.network import TwoLayerNet
+from ..model.problem import Problem
 from ..spectra.spectrum import Spectrum
 from ..tolerances import EPS
 from .objective import Objective, make_objective
@@ -35,7 +38,7 @@ from .predict import check_step_size, fit_log_slope, late_time_rate, predict_dra
 
 __all__ = [
     "auto_horizon", "auto_lr", "DynamicsResult", "float_floor", "FLOOR_MARGIN", "flow_atol", "LATE_SHARE", "MAX_FLOW_JACOBIANS", "MAX_FLOW_STEPS",
-    "MAX_GD_STEPS", "run_dynamics", "sample_displacements", "time_grid", "train_flow", "train_gd", "Trajectory"
+    "MAX_GD_STEPS", "run_dynamics", "sample_displacements", "time_grid", "track_trajectory", "train_flow", "train_gd", "Trajectory"
 ]
 
 #: largest number of GD steps :func:`run_dynamics` accepts before pointing to ``flow=True``
@@ -95,7 +98,8 @@ class Trajectory:
     """What a training run recorded at ``times`` ``(T,)`` for ``K`` draws.
 
     ``loss`` ``(K, T)``; ``distance`` ``(K, T)`` = ``||theta_t - theta*||``;
-    ``modes`` ``(K, T, P)`` = ``U^T delta_t`` in the Hessian eigenbasis at ``theta*``.
+    ``modes`` ``(K, T, P)`` = ``U^T delta_t`` in the Hessian eigenbasis at ``theta*``;
+    ``curvature`` the population Hessian along draw 0 when tracking was asked for (:func:`track_trajectory`).
     """
 
     times: np.ndarray
@@ -105,6 +109,24 @@ class Trajectory:
     diverged: bool = False
     #: flow only: ``{"draw", "time", "reason"}`` where the integrator stalled; later points of that draw are ``nan``
     stalled: list[dict[str, Any]] = field(default_factory=list)
+    curvature: CurvatureTrack | None = None
+
+
+def track_trajectory(obj: Objective, traj: Trajectory, U: np.ndarray, track: TrackSpec | int | None, clock: str = "step") -> CurvatureTrack | None:
+    """The curvature along draw 0 of ``traj`` (``None`` without ``track``): the exact population Hessian at
+    ``theta* + U modes[0, t]`` for the recorded times ``track.every`` selects (finite ones: a diverged or stalled
+    draw stops there), against the objective's teacher (``theta*`` itself unless the objective has another),
+    whatever loss the run trained on (a batch loss too: the curvature is the population's)."""
+    spec = TrackSpec.coerce(track)
+    if spec is None:
+        return None
+    idx = [int(i) for i in spec.select(traj.times.size) if np.all(np.isfinite(traj.modes[0, i]))]
+    if not idx:
+        raise NearoptError("draw 0 recorded no finite point to track the curvature at")
+    theta = obj.point.parameters()
+    points = [obj.point.with_parameters(theta + U @ traj.modes[0, i]) for i in idx]
+    teacher = getattr(obj, "teacher", None) or obj.point
+    return track_curvature(Problem(teacher, student=points[0]), points, steps=traj.times[idx], spec=spec, clock=clock)
 
 
 def _record(obj: Objective, delta: torch.Tensor, U: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,12 +134,17 @@ def _record(obj: Objective, delta: torch.Tensor, U: torch.Tensor) -> tuple[np.nd
         return obj.loss_at(delta).numpy(), torch.linalg.vector_norm(delta, dim=-1).numpy(), (delta @ U).numpy()
 
 
-def train_gd(obj: Objective, delta0: np.ndarray, lr: float, times: np.ndarray, U: np.ndarray, progress: bool = False) -> Trajectory:
+def train_gd(obj: Objective, delta0: np.ndarray, lr: float, times: np.ndarray, U: np.ndarray, progress: bool = False,
+             track: TrackSpec | int | None = None) -> Trajectory:
     """Full-batch GD ``delta <- delta - lr grad L(theta* + delta)`` for draws ``delta0`` ``(K, P)``.
 
     ``times`` are integer step counts ``(T,)`` (ascending). Stops early, marking
     ``diverged``, if the loss becomes non-finite or exceeds ``1e6`` times its start.
+    ``track``: the curvature along draw 0 at the recorded steps (:func:`track_trajectory`).
     """
+    spec = TrackSpec.coerce(track)
+    if spec is not None:
+        spec.require(delta0.shape[1])
     steps = np.asarray(times, dtype=np.int64)
     if np.any(np.diff(steps) < 0) or steps[0] < 0:
         raise NearoptError("GD record times must be ascending non-negative step counts")
@@ -136,9 +163,11 @@ def train_gd(obj: Objective, delta0: np.ndarray, lr: float, times: np.ndarray, U
         limit = 1e6 * loss[:, 0].max() if limit is None else limit
         if not np.all(np.isfinite(loss[:, i])) or loss[:, i].max() > limit:
             bar.close()
-            return Trajectory(steps.astype(float), loss, dist, modes, diverged=True)
+            traj = Trajectory(steps.astype(float), loss, dist, modes, diverged=True)
+            return dataclasses.replace(traj, curvature=track_trajectory(obj, traj, U, spec))
     bar.close()
-    return Trajectory(steps.astype(float), loss, dist, modes)
+    traj = Trajectory(steps.astype(float), loss, dist, modes)
+    return dataclasses.replace(traj, curvature=track_trajectory(obj, traj, U, spec))
 
 
 def flow_atol(obj: Objective) -> float:
@@ -157,6 +186,7 @@ def train_flow(
     rtol: float = 1e-9,
     atol: float | None = None,
     progress: bool = False,
+    track: TrackSpec | int | None = None,
 ) -> Trajectory:
     """Gradient flow ``d delta/dt = -lr grad L`` for each draw of ``delta0`` ``(K, P)``.
 
@@ -166,7 +196,11 @@ def train_flow(
     of the gradient allows makes the implicit solver's Newton iterations fail and its
     steps collapse. Modes below ``atol`` are uncontrolled but carry a loss under
     ``1/2 tr(H) atol**2`` (added to the floor by :func:`run_dynamics`).
+    ``track``: the curvature along draw 0 at the recorded times (:func:`track_trajectory`).
     """
+    spec = TrackSpec.coerce(track)
+    if spec is not None:
+        spec.require(delta0.shape[1])
     if method not in ("BDF", "Radau", "LSODA"):
         raise NearoptError(f"unknown stiff integrator {method!r}; choose BDF, Radau or LSODA")
     Ut = torch.as_tensor(U)
@@ -190,7 +224,8 @@ def train_flow(
             stalled.append({"draw": k, "time": stop[0], "reason": stop[1]})
         done = np.all(np.isfinite(Y), axis=1)
         loss[k, done], dist[k, done], modes[k, done] = _record(obj, torch.as_tensor(Y[done]) @ Ut.T, Ut)
-    return Trajectory(t_eval, loss, dist, modes, stalled=stalled)
+    traj = Trajectory(t_eval, loss, dist, modes, stalled=stalled)
+    return dataclasses.replace(traj, curvature=track_trajectory(obj, traj, U, spec, clock="time"))
 
 
 def _integrate(rhs, jac, y0: np.ndarray, t_eval: np.ndarray, method: str, rtol: float, atol: float) -> tuple[np.ndarray, tuple[float, str] | None]:
@@ -255,6 +290,8 @@ class DynamicsResult:
     diverged: bool
     objective_kind: str
     info: dict[str, Any] = field(default_factory=dict)
+    #: the population Hessian along draw 0 (``track=``), else ``None``
+    curvature: CurvatureTrack | None = None
 
     @property
     def eigenvalues(self) -> np.ndarray:
@@ -372,6 +409,8 @@ class DynamicsResult:
             "slowest_nonzero_mode": int(self.eigenvalues.size - spec.rank.rank),
             "late_time": self.late_time(),
         }
+        if self.curvature is not None:
+            d["curvature"] = self.curvature.to_dict()
         if arrays:
             d.update(
                 times=self.times,
@@ -432,6 +471,7 @@ def run_dynamics(
     objective: Objective | None = None,
     eigensystem: tuple[Spectrum, np.ndarray] | None = None,
     progress: bool = False,
+    track: TrackSpec | int | None = None,
 ) -> DynamicsResult:
     """Train students from ``theta* + delta_0`` and predict the curves from the Hessian at ``theta*``.
 
@@ -453,7 +493,13 @@ def run_dynamics(
         Number ``K`` of independent ``delta_0``.
     flow : bool
         Gradient flow by a stiff integrator instead of GD.
+    track : TrackSpec or int, optional
+        The curvature (exact population Hessian) along draw 0 at the recorded times
+        (:func:`track_trajectory`; an integer is ``k``): :attr:`DynamicsResult.curvature`.
     """
+    spec_track = TrackSpec.coerce(track)
+    if spec_track is not None:
+        spec_track.require(net.n_params)
     obj = objective if objective is not None else make_objective(net, X)
     spec, U = eigensystem if eigensystem is not None else obj.eigensystem()
     lam = spec.eigenvalues
@@ -478,9 +524,9 @@ def run_dynamics(
         )
     times = time_grid(horizon, points, integer=not flow)
     traj = (
-        train_flow(obj, delta0, lr, times, U, method=method, rtol=rtol, progress=progress)
+        train_flow(obj, delta0, lr, times, U, method=method, rtol=rtol, progress=progress, track=spec_track)
         if flow
-        else train_gd(obj, delta0, lr, times, U, progress=progress)
+        else train_gd(obj, delta0, lr, times, U, progress=progress, track=spec_track)
     )
     c0 = delta0 @ U  # (K, P)
     return DynamicsResult(
@@ -498,6 +544,7 @@ def run_dynamics(
         diverged=traj.diverged,
         objective_kind=obj.kind,
         info={"c0": c0, "modes": traj.modes, "method": method, "rtol": rtol, "seed": seed, "layer_scales": layer_scales, "stalled": traj.stalled},
+        curvature=traj.curvature,
     )
 
 

@@ -56,6 +56,7 @@ import numpy as np
 import scipy.optimize
 
 from ..curvature.population import PopulationHessian
+from ..curvature.tracking import CurvatureTrack, TrackSpec, track_curvature
 from ..errors import NearoptError, require_nonneg_finite, require_positive_int
 from ..gaussian.expectations import output_power
 from ..gaussian.network_objective import NetworkObjective
@@ -392,6 +393,8 @@ class CriticalPoint:
     restarts: int | None = None
     #: the index asked of :func:`eigenvector_following` (``None``: not asked)
     target_index: int | None = None
+    #: the curvature at the start and at this point (``track=`` of :func:`find_critical_point`), else ``None``
+    curvature: CurvatureTrack | None = None
 
     @property
     def converged(self) -> bool:
@@ -452,6 +455,7 @@ class CriticalPoint:
             "descent_steps": self.descent_steps,
             "newton_iterations": max(len(self.newton_history) - 1, 0),
             "newton_gradient_norms": list(self.newton_history),
+            **({"curvature": self.curvature.to_dict()} if self.curvature is not None else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -541,7 +545,8 @@ def _classify(pr: Problem, gtol: float | None) -> CriticalPoint:
 
 def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str | None = None, lr: float | None = None, max_steps: int = 20000,
                         descent_gtol: float = 1e-6, gtol: float | None = None, newton_iter: int = 100, progress: bool = False,
-                        avoid_trivial: bool = False, restarts: int = RESTARTS, seed: int = 0, target_index: int | None = None) -> CriticalPoint:
+                        avoid_trivial: bool = False, restarts: int = RESTARTS, seed: int = 0, target_index: int | None = None,
+                        track: TrackSpec | int | None = None) -> CriticalPoint:
     """Converge from the problem's point to a critical point and classify it.
 
     ``descent``: ``"gd"`` (:func:`gradient_descent`, then Newton), ``"trust"``
@@ -562,8 +567,16 @@ def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str | None =
     point of that index (at most ``max_steps`` steps; ``descent`` must be left out), then the
     Newton polish and the classification as always; the point's ``index`` is what the
     spectrum says, and :meth:`CriticalPoint.notes` says when it differs from the target.
+
+    ``track`` (a :class:`~nearopt.curvature.tracking.TrackSpec` or ``k``): the curvature
+    (:func:`~nearopt.curvature.tracking.track_curvature`) at the start and at the end point
+    (the descent records no iterates), clock ``iterate``: ``0`` and the descent steps plus
+    Newton iterations of the search that ended there; :attr:`CriticalPoint.curvature`.
     """
     pr = as_problem(problem)
+    spec = TrackSpec.coerce(track)
+    if spec is not None:
+        spec.require(pr.n_params)
     descent_given = descent is not None
     if descent is None:
         descent = "gd" if pr.is_plain else "trust"
@@ -585,7 +598,7 @@ def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str | None =
     require_classification_memory(pr)
     cp = _search(pr, descent, lr, max_steps, descent_gtol, gtol, newton_iter, progress, target_index)
     if not avoid_trivial:
-        return cp
+        return _tracked(pr, cp, spec)
     made = 0
     theta0 = trained_parameters(pr)
     scale = max(float(np.sqrt(np.mean(theta0**2))) if theta0.size else 0.0, 1.0 / math.sqrt(pr.n_inputs))
@@ -594,6 +607,14 @@ def find_critical_point(problem: Problem | TwoLayerNet, *, descent: str | None =
         xi = np.random.default_rng(int(seed) + made).standard_normal(theta0.shape)
         cp = _search(at_parameters(pr, theta0 + scale * xi), descent, lr, max_steps, descent_gtol, gtol, newton_iter, progress, target_index)
     cp.restarts = made
+    return _tracked(pr, cp, spec)
+
+
+def _tracked(start: Problem, cp: CriticalPoint, spec: TrackSpec | None) -> CriticalPoint:
+    """``cp`` with the curvature at ``start`` and at its point (``spec``), or unchanged."""
+    if spec is not None:
+        iterates = cp.descent_steps + max(len(cp.newton_history) - 1, 0)
+        cp.curvature = track_curvature(start, [start.point, cp.student], steps=[0, iterates], spec=spec, clock="iterate")
     return cp
 
 
