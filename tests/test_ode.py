@@ -1,13 +1,16 @@
-"""The order-parameter ODEs: trajectories, the soft committee machine, the time to a target error."""
+"""The order-parameter ODEs: trajectories, the soft committee machine, the time to a target error, any activation."""
 
 import numpy as np
-from scipy import integrate, special
 import pytest
+import torch
+from scipy import integrate, special
 
 import nearopt as no
 from nearopt.dynamics.ode import committee_ode, integrate_ode, order_parameters
+from nearopt.dynamics.sgd import simulate_sgd
 from nearopt.errors import NearoptError
 from nearopt.gaussian.objective import population_loss
+from nearopt.model.activations import CustomActivation
 
 
 def _start(K=2, M=2, seed=0):
@@ -149,3 +152,47 @@ def test_erf_trajectories_match_an_independent_integration(K, trained, noise, pl
     assert np.ptp(ours[on]) < 0.1 * ours[on].mean() and ours[-1] < 0.5 * ours[on].mean()  # a plateau, then the escape
     np.testing.assert_allclose(ours[on], ref[on], rtol=1e-6)
     np.testing.assert_allclose(ours[out], ref[out], rtol=1e-3)
+
+
+@pytest.mark.parametrize("trained", ["both", "first"])
+def test_relu_trajectories_match_online_sgd_at_large_n(trained):
+    """ReLU K = M = 2 at eta~ = 1: the ODE against the mean of 40 online-SGD runs at N = 1000 (step eta~ / N),
+    within 4 standard errors plus the O(1/N) finite-size bias."""
+    N, alpha, eta = 1000, 3.0, 1.0
+    rng = np.random.default_rng(0)
+    W = np.linalg.qr(rng.standard_normal((N, 2)))[0].T  # orthonormal teacher rows: T = I
+    teacher = no.TwoLayerNet(W, np.ones((1, 2)), "relu")
+    student = no.TwoLayerNet(0.5 * rng.standard_normal((2, N)) / np.sqrt(N), np.array([[0.7, 0.4]]), "relu")
+    traj = integrate_ode(committee_ode(teacher, eta, trained=trained), *order_parameters(student, teacher), np.linspace(0.0, alpha, 4), rtol=1e-8, atol=1e-11)
+    sim = simulate_sgd(no.Problem(teacher, student=student, trained=trained), lr=eta / N, sigma0=1e-12, runs=40, steps=int(alpha * N),
+                       record=np.arange(0, int(alpha * N) + 1, N), seed=3)
+    assert traj.eps[-1] < 0.8 * traj.eps[0]
+    np.testing.assert_array_less(np.abs(sim.mean - traj.eps), 4 * sim.sem + 5 * traj.eps / N + 1e-12)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("kink", "kink"),
+    ("biases", "committee machine"),
+    ("outputs", "committee machine"),
+    ("not a net", "TwoLayerNet"),
+])
+def test_unsupported_networks_are_refused(case, match):
+    teacher, _ = _start()
+    if case == "kink":
+        kink = CustomActivation("kinked", lambda z: torch.abs(z), smooth=False)
+        teacher = no.TwoLayerNet(teacher.W1, teacher.W2, kink)
+    elif case == "biases":
+        teacher = no.TwoLayerNet(teacher.W1, teacher.W2, teacher.activation, b1=np.ones(2))
+    elif case == "outputs":
+        teacher = no.TwoLayerNet(teacher.W1, np.ones((2, 2)), teacher.activation)
+    else:
+        teacher = teacher.W1
+    with pytest.raises(NearoptError, match=match):
+        committee_ode(teacher, 0.5)
+
+
+def test_a_student_of_another_activation_is_refused():
+    teacher, student = _start()
+    other = no.TwoLayerNet(student.W1, student.W2, "tanh")
+    with pytest.raises(NearoptError, match="one activation"):
+        order_parameters(other, teacher)

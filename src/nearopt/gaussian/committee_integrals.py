@@ -19,18 +19,18 @@ ODE's error is the population loss of :mod:`nearopt.gaussian.objective` to round
   ``k = 2 / s^2``, times ``k`` (``g(z) = g0(sqrt(k) z)``);
 * polynomials (``linear``: ``I4 = c34``): Gauss–Hermite on the ``4``-dimensional factor, ``2p`` nodes a
   dimension (exact for the integrand's degree ``4p - 2``: rounding only);
-* ReLU: no elementary closed form (``d I4 / d c34`` is a four-dimensional orthant probability). By
+* ReLU (``docs/theory.md`` §14): no elementary closed form (``d I4 / d c34`` is a four-dimensional orthant probability). By
   homogeneity ``I4(C) = sqrt(c33 c44) I4(corr C)``; factor ``u = L y`` (lower triangular, ``y ~ N(0, I_4)``)
-  and condition in turn: ``theta(u1)``, ``theta(u2)`` and ``theta(u3)`` become lower limits of the ``y1``,
-  ``y2``, ``y3`` integrals and ``E[relu(u4) | y1, y2, y3] = mu Phi(mu / s) + s phi(mu / s)`` is closed. Each
-  one-dimensional integral over ``(b, inf)`` is mapped to ``(0, 1)`` by the normal quantile
+  and condition in turn: ``theta(u1)`` and ``theta(u2)`` become lower limits of the ``y1`` and ``y2``
+  integrals, and ``E[relu(u3) relu(u4) | y1, y2]`` is closed (:func:`_relu_pair_given`: Owen's ``T`` for the
+  bivariate normal probability). Each one-dimensional integral over ``(b, inf)`` is mapped to ``(0, 1)`` by the normal quantile
   (``y = -Phi^{-1}(q s)``, ``q = Phi(-b)``: the weight becomes 1) and integrated by the tanh-sinh rule,
   which converges exponentially despite the logarithmic growth at ``s -> 0``. Exactly collinear fields
   (a unit with itself, a student unit equal to a teacher unit) have a zero pivot: their ``theta`` is an
   indicator on the earlier variables, exact where it is constant there (duplicates), which is the case
   in the ODEs. The step is halved until two levels agree to ``tol`` (:data:`RELU_TOL`, ``1e-7``); the
-  accepted finer level is then accurate to about ``1e-10`` (measured against a step of ``1/32``:
-  :data:`RELU_STEPS`), ``43^3`` nodes, about 10 ms a covariance;
+  accepted finer level is then accurate to about ``1e-13`` (measured against a step of ``1/32``:
+  :data:`RELU_STEPS`), ``43^2`` nodes, about 2 ms a covariance;
 * any other smooth activation: the tensor trapezoid rule of
   :func:`~nearopt.gaussian.expectations.normal_rule` on the factor ``u = L y``, refined until two
   levels agree to ``tol`` (:data:`SMOOTH_I4_TOL`, ``1e-7`` relative); ``n^4`` evaluations a covariance
