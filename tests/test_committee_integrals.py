@@ -182,3 +182,26 @@ def test_bad_inputs_are_refused():
         fourth_integral(kink, np.eye(4))
     with pytest.raises(NearoptError, match="kink"):
         i2(1.0, 0.2, 1.0, kink)
+
+
+@pytest.mark.parametrize("gap, pair", [(g, p) for g in (1e-2, 1e-4) for p in ((0, 2), (1, 3), (2, 3))]
+                         + [(0.3, (0, 1)), (0.1, (0, 1)), (-0.3, (0, 1)), (-0.1, (0, 1))])
+def test_relu_fourth_integral_of_nearly_collinear_fields(gap, pair):
+    """A field near another (a student unit close to a teacher unit; two student units within 45 degrees of parallel or
+    antiparallel, ``gap < 0``, which the library integrates in polar coordinates) against the nested reduction."""
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((4, 6))
+    A[pair[1]] = np.sign(gap) * A[pair[0]] + abs(gap) * rng.standard_normal(6)
+    C = A @ A.T / 6
+    assert float(fourth_integral("relu", C).values) == pytest.approx(_relu_i4_nested(C, h=1 / 24), abs=1e-10)
+
+
+def test_relu_fourth_integral_of_nearly_parallel_theta_fields_matches_monte_carlo():
+    """u2 within 1e-4 of u1 (the Cartesian reduction's sharp bound; the library's polar one)."""
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((4, 6))
+    A[1] = A[0] + 1e-4 * rng.standard_normal(6)
+    C = A @ A.T / 6
+    got = float(fourth_integral("relu", C).values)
+    mean, err = _mc(C, lambda u: (u[:, 0] > 0) * (u[:, 1] > 0) * np.maximum(u[:, 2], 0) * np.maximum(u[:, 3], 0), n=2_000_000)
+    assert abs(got - mean) < 5 * err

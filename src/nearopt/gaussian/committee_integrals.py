@@ -64,7 +64,7 @@ __all__ = [
 PIVOT_TOL = 64 * EPS
 #: tanh-sinh steps of ReLU's ``I4``, halved in turn until two agree (nodes a dimension: 21, 43, 85); measured on
 #: random covariances against step 1/32: errors 4e-8, 2e-14 and 4e-17 (the change between two levels bounds the coarser one's error)
-RELU_STEPS = (1 / 3, 1 / 6, 1 / 12)
+RELU_STEPS = (1 / 3, 1 / 6, 1 / 12, 1 / 24)
 #: agreement between two levels of ReLU's ``I4`` (absolute, on the unit-variance integral, which is at most 1/2)
 RELU_TOL = 1e-7
 #: tanh-sinh abscissae run over ``|t| <= 3.5``: the fractions ``s`` reach ``e^(-pi sinh 3.5) ~ 3e-23`` of either end
@@ -181,7 +181,9 @@ def _factor(C: np.ndarray) -> np.ndarray:
 
 def _polynomial_i4(act: Activation, C: np.ndarray) -> np.ndarray:
     """Exact ``I4`` of a polynomial ``g`` of degree ``p``: Gauss–Hermite with ``2p`` nodes a dimension on ``u = L y``."""
-    p = act.polynomial_coefficients.size - 1
+    coefficients = act.polynomial_coefficients
+    assert coefficients is not None  # the caller's dispatch
+    p = coefficients.size - 1
     x, w = gauss_hermite(max(1, 2 * p))
     Y = np.stack(np.meshgrid(x, x, x, x, indexing="ij"), -1).reshape(-1, 4)  # (n^4, 4)
     W = np.einsum("i,j,k,l->ijkl", w, w, w, w).ravel()
@@ -273,39 +275,76 @@ def _relu_collinear(p: np.ndarray, a: np.ndarray, m: np.ndarray, c: np.ndarray) 
     return p * m * m0 + (p * c + a * m) * m1 + a * c * m2
 
 
-def _relu_level(L: np.ndarray, h: float) -> np.ndarray:
-    """ReLU's ``I4`` at unit variances (``(m,)``) from the factor ``L`` ``(m, 4, 4)``, tanh-sinh step ``h`` (module docstring).
-
-    ``y1 > 0`` and ``y2`` above its bound by the quantile map; ``E[relu(u3) relu(u4) | y1, y2]`` closed (:func:`_relu_pair_given`).
-    """
-    s, w = _tanh_sinh(h)
+def _relu_cartesian(L: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """ReLU's ``I4`` at unit variances ``(m,)``: ``y1 > 0`` and ``y2`` above its bound by the normal quantile (fractions ``s``, weights ``w``)."""
     y1 = -special.ndtri(0.5 * s)  # (n,): u1 = y1 > 0, mass 1/2
     q2, y2 = _truncated(L[:, 1, 0, None] * y1, L[:, 1, 1, None], s)  # (m, n), (m, n, n)
-    def lin(i):  # the part of u_i from (y1, y2), (m, n, n)
-        return (L[:, i, 0, None] * y1)[:, :, None] + L[:, i, 1, None, None] * y2
+    y1 = np.broadcast_to(y1[None, :, None], y2.shape)
+    return 0.5 * ((_relu_given(L, y1, y2) @ w) * q2) @ w
 
-    e = _relu_pair_given(lin(2), L[:, 2, 2, None, None], lin(3), L[:, 3, 2, None, None], L[:, 3, 3, None, None])
-    return 0.5 * ((e @ w) * q2) @ w
+
+def _relu_polar(L: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """ReLU's ``I4`` at unit variances ``(m,)`` with ``(y1, y2)`` in polar coordinates.
+
+    ``u1, u2 > 0`` is the wedge ``phi in (psi - pi/2, pi/2)``, ``psi = atan2(L22, L21)``, and the radius the
+    Rayleigh quantile ``r = sqrt(-2 log s)`` (the weight ``r exp(-r^2 / 2) dr`` becomes ``ds``): no sharp
+    feature where ``u1`` and ``u2`` are nearly parallel or antiparallel (there the Cartesian bound of ``y2``
+    jumps across ``y1 = 0``).
+    """
+    r = np.sqrt(-2.0 * np.log(s))  # (n,)
+    psi = np.arctan2(L[:, 1, 1], L[:, 1, 0])  # (m,) in [0, pi]
+    width = np.pi - psi
+    phi = (psi - 0.5 * np.pi)[:, None] + width[:, None] * s  # (m, n)
+    y1, y2 = np.cos(phi)[:, :, None] * r, np.sin(phi)[:, :, None] * r  # (m, n_phi, n_r)
+    return width / (2 * np.pi) * ((_relu_given(L, y1, y2) @ w) @ w)
+
+
+def _relu_given(L: np.ndarray, y1: np.ndarray, y2: np.ndarray) -> np.ndarray:
+    """``E[relu(u3) relu(u4) | y1, y2]`` ``(m, n, n)`` (:func:`_relu_pair_given`) at nodes ``y1``, ``y2`` ``(m, n, n)``."""
+
+    def lin(i):  # the part of u_i from (y1, y2)
+        return L[:, i, 0, None, None] * y1 + L[:, i, 1, None, None] * y2
+
+    return _relu_pair_given(lin(2), L[:, 2, 2, None, None], lin(3), L[:, 3, 2, None, None], L[:, 3, 3, None, None])
+
+
+def _relu_level(L: np.ndarray, h: float) -> np.ndarray:
+    """ReLU's ``I4`` at unit variances ``(m,)`` from the factor ``L`` ``(m, 4, 4)``, tanh-sinh step ``h``: polar where
+    ``u1`` and ``u2`` are within 45 degrees of parallel or antiparallel but not collinear (``0 < L22 < |L21|``), Cartesian elsewhere."""
+    s, w = _tanh_sinh(h)
+    polar = (L[:, 1, 1] > 0) & (L[:, 1, 1] < np.abs(L[:, 1, 0]))  # exact duplicates (L22 = 0) stay Cartesian: an exact indicator
+    out = np.empty(L.shape[0])
+    if polar.any():
+        out[polar] = _relu_polar(L[polar], s, w)
+    if (~polar).any():
+        out[~polar] = _relu_cartesian(L[~polar], s, w)
+    return out
 
 
 def _relu_i4(C: np.ndarray, tol: float) -> FourthIntegral:
-    """ReLU's ``I4`` ``(m,)``: ``sqrt(c33 c44) I4(corr C)`` by nested tanh-sinh, step halved until two levels agree to ``tol``."""
+    """ReLU's ``I4`` ``(m,)``: ``sqrt(c33 c44) I4(corr C)``, the step halved for each covariance until two levels agree to ``tol``."""
     d = np.sqrt(np.clip(np.diagonal(C, axis1=1, axis2=2), 0.0, None))  # (m, 4)
-    live = np.all(d > 0, axis=1)  # theta(0) = relu(0) = 0: a dead field gives 0
+    live = np.flatnonzero(np.all(d > 0, axis=1))  # theta(0) = relu(0) = 0: a dead field gives 0
     out = np.zeros(C.shape[0])
-    if not live.any():
+    if not live.size:
         return FourthIntegral(out, "tanh-sinh")
     dl = d[live]
     L = _factor(C[live] / (dl[:, :, None] * dl[:, None, :]))
+    open_ = np.arange(live.size)
     prev = _relu_level(L, RELU_STEPS[0])
-    change = np.inf
+    used, worst, change = 0, 0.0, np.inf
     for h in RELU_STEPS[1:]:
-        cur = _relu_level(L, h)
-        change = float(np.abs(cur - prev).max())
-        prev = cur
-        if change <= tol:
-            out[live] = dl[:, 2] * dl[:, 3] * cur
-            return FourthIntegral(out, "tanh-sinh", int(2 * round(_TANH_SINH_RANGE / h) + 1), change)
+        cur = _relu_level(L[open_], h)
+        diff = np.abs(cur - prev)
+        ok = diff <= tol
+        done = open_[ok]
+        out[live[done]] = dl[done, 2] * dl[done, 3] * cur[ok]
+        if ok.any():
+            used, worst = max(used, int(2 * round(_TANH_SINH_RANGE / h) + 1)), max(worst, float(diff[ok].max()))
+        change = float(diff.max())
+        open_, prev = open_[~ok], cur[~ok]
+        if not open_.size:
+            return FourthIntegral(out, "tanh-sinh", used, worst)
     raise NearoptError(f"ReLU's I4 did not converge: two tanh-sinh levels differ by {change:.2g} > {tol:g} "
                        "(fields collinear with a combination of others, to rounding)")
 
