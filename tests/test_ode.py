@@ -90,13 +90,17 @@ def _gauss_hermite_rhs(T, u, lr, noise, trained, n_max=28):
     The rule lives in the eigenbasis of the fields' covariance, ``ceil(n_max sqrt(lambda_i / 2))`` nodes (3 to ``n_max``)
     along eigenvalue ``lambda_i`` (erf varies on the scale 1), so nearly degenerate directions cost few nodes; no closed form is used.
     """
+    rules = {}
 
     def rule(lam):
-        xs, ws = zip(*(np.polynomial.hermite_e.hermegauss(min(n_max, max(3, int(np.ceil(n_max * np.sqrt(x / 2)))))) for x in lam))
-        Y = np.stack(np.meshgrid(*xs, indexing="ij"), -1).reshape(-1, lam.size)
-        W = np.prod(np.stack(np.meshgrid(*ws, indexing="ij"), -1).reshape(-1, lam.size), 1) / (2 * np.pi) ** (lam.size / 2)
-        keep = W > 1e-16 * W.max()
-        return Y[keep], W[keep]
+        ns = tuple(min(n_max, max(3, int(np.ceil(n_max * np.sqrt(x / 2))))) for x in lam)
+        if ns not in rules:
+            xs, ws = zip(*(np.polynomial.hermite_e.hermegauss(n) for n in ns))
+            Y = np.stack(np.meshgrid(*xs, indexing="ij"), -1).reshape(-1, lam.size)
+            W = np.prod(np.stack(np.meshgrid(*ws, indexing="ij"), -1).reshape(-1, lam.size), 1) / (2 * np.pi) ** (lam.size / 2)
+            keep = W > 1e-16 * W.max()
+            rules[ns] = Y[keep], W[keep]
+        return rules[ns]
 
     def rhs(Q, R, v):
         K = Q.shape[0]
@@ -106,8 +110,8 @@ def _gauss_hermite_rhs(T, u, lr, noise, trained, n_max=28):
         F = Y @ (V * np.sqrt(lam)).T  # (nodes, K + M): the fields lambda, nu
         g, dg = special.erf(F / np.sqrt(2)), np.sqrt(2 / np.pi) * np.exp(-F * F / 2)
         r0 = g[:, :K] @ v - g[:, K:] @ u
-        first = np.einsum("q,qa,qj->aj", W * r0, dg[:, :K], F)
-        second = np.einsum("q,qa,qb->ab", W * (r0**2 + noise**2), dg[:, :K], dg[:, :K])
+        first = (dg[:, :K] * (W * r0)[:, None]).T @ F
+        second = (dg[:, :K] * (W * (r0**2 + noise**2))[:, None]).T @ dg[:, :K]
         fq = v[:, None] * first[:, :K]
         dQ = -lr * (fq + fq.T) + lr**2 * np.outer(v, v) * second
         dv = -lr * (W * r0) @ g[:, :K] if trained == "both" else np.zeros_like(v)

@@ -72,6 +72,7 @@ RELU_STEPS = (1 / 3, 1 / 6, 1 / 12, 1 / 24)
 RELU_TOL = 1e-7
 #: tanh-sinh abscissae run over ``|t| <= 3.5``: the fractions ``s`` reach ``e^(-pi sinh 3.5) ~ 3e-23`` of either end
 _TANH_SINH_RANGE = 3.5
+#: the quantile map's smallest tail mass (a node where the truncated mass underflows; its weight is 0 there)
 _SMALLEST = float(np.finfo(np.float64).tiny)
 #: nodes a dimension of the smooth activations' tensor rule, in turn
 SMOOTH_I4_ORDERS = (17, 25, 33, 49, 73)
