@@ -21,7 +21,7 @@ ODE's error is the population loss of :mod:`nearopt.gaussian.objective` to round
   dimension (exact for the integrand's degree ``4p - 2``: rounding only);
 * ReLU (``docs/theory.md`` §14): no elementary closed form (``d I4 / d c34`` is a four-dimensional orthant
   probability). By homogeneity ``I4(C) = sqrt(c33 c44) I4(corr C)``; factor ``u = L y`` (lower triangular,
-  ``y ~ N(0, I_4)``); ``E[relu(u3) relu(u4) | y1, y2]`` is closed (:func:`_relu_pair_given`: Owen's ``T`` for
+  ``y ~ N(0, I_4)``); ``E[relu(u3) relu(u4) | y1, y2]`` is closed (``_relu_pair_given``: Owen's ``T`` for
   the bivariate normal probability) and ``theta(u1) theta(u2)`` restricts ``(y1, y2)`` to a wedge. The wedge
   is integrated in Cartesian coordinates (``y1 > 0``, ``y2`` above its bound, each half-line mapped to
   ``(0, 1)`` by the normal quantile ``y = -Phi^{-1}(q s)``, ``q = Phi(-b)``: the weight becomes 1) or, where
@@ -126,8 +126,11 @@ def i4(c11, c12, c22, c13, c14, c23, c24, c33, c34, c44, activation: str | Activ
 
 @dataclass(frozen=True)
 class FourthIntegral:
-    """``I4`` ``values`` (shape ``S``), the ``method`` (``closed-form``, ``gauss-hermite``, ``tanh-sinh``, ``trapezoid``),
-    the finest ``nodes`` a dimension and the largest ``change`` between the last two levels (0 where exact)."""
+    """The values of ``I4`` and how they were obtained.
+
+    ``values`` (shape ``S``), the ``method`` (``closed-form``, ``gauss-hermite``, ``tanh-sinh``, ``trapezoid``),
+    the finest ``nodes`` a dimension and the largest ``change`` between the last two levels (0 where exact).
+    """
 
     values: np.ndarray
     method: str
