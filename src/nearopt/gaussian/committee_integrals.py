@@ -190,14 +190,7 @@ def _polynomial_i4(act: Activation, C: np.ndarray) -> np.ndarray:
     """Exact ``I4`` of a polynomial ``g`` of degree ``p``: Gauss–Hermite with ``2p`` nodes a dimension on ``u = L y``."""
     coefficients = act.polynomial_coefficients
     assert coefficients is not None  # the caller's dispatch
-    p = coefficients.size - 1
-    x, w = gauss_hermite(max(1, 2 * p))
-    Y = np.stack(np.meshgrid(x, x, x, x, indexing="ij"), -1).reshape(-1, 4)  # (n^4, 4)
-    W = np.einsum("i,j,k,l->ijkl", w, w, w, w).ravel()
-    U = torch.as_tensor(np.einsum("mij,qj->mqi", _factor(C), Y))  # (m, n^4, 4)
-    d1 = act.derivative(U[..., :2])
-    g = act(U[..., 2:])
-    return ((d1[..., 0] * d1[..., 1] * g[..., 0] * g[..., 1]).numpy() * W).sum(-1)
+    return _tensor_level(act, _factor(C), *gauss_hermite(max(1, 2 * (coefficients.size - 1))))
 
 
 def _tanh_sinh(h: float) -> tuple[np.ndarray, np.ndarray]:
@@ -356,20 +349,24 @@ def _relu_i4(C: np.ndarray, tol: float) -> FourthIntegral:
                        "(fields collinear with a combination of others, to rounding)")
 
 
-def _smooth_level(act: Activation, L: np.ndarray, n: int) -> np.ndarray:
-    """``I4`` ``(m,)`` on ``n`` trapezoid nodes a dimension of ``u = L y`` (nested sums, innermost ``y4``)."""
-    x, w = normal_rule(n)
-    xt, wt = torch.as_tensor(x), torch.as_tensor(w)
-    out = np.empty(L.shape[0])
+#: nodes of a four-dimensional tensor rule evaluated at once (memory: a few arrays of this many float64)
+_TENSOR_BLOCK = 2_000_000
+
+
+def _tensor_level(act: Activation, L: np.ndarray, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``I4`` ``(m,)`` on the tensor rule ``(x, w)`` of ``u = L y`` (nested sums, innermost ``y4``; ``y1`` in blocks)."""
+    xt, wt = torch.tensor(x), torch.tensor(w)  # copies: the Gauss–Hermite arrays are read-only
+    n = xt.numel()
+    step = max(1, _TENSOR_BLOCK // n**3)
+    out = np.zeros(L.shape[0])
     for i, Li in enumerate(torch.as_tensor(L)):
-        u1 = Li[0, 0] * xt
-        u2 = Li[1, 0] * xt[:, None] + Li[1, 1] * xt
-        u3 = Li[2, 0] * xt[:, None, None] + Li[2, 1] * xt[None, :, None] + Li[2, 2] * xt
-        u4 = (Li[3, 0] * xt[:, None, None] + Li[3, 1] * xt[None, :, None] + Li[3, 2] * xt)[..., None] + Li[3, 3] * xt
-        inner = act(u4) @ wt  # (n, n, n)
-        e3 = (act(u3) * inner) @ wt  # (n, n)
-        e2 = (act.derivative(u2) * e3) @ wt  # (n,)
-        out[i] = float((act.derivative(u1) * e2) @ wt)
+        for start in range(0, n, step):
+            y1, w1 = xt[start : start + step, None, None], wt[start : start + step]
+            u2 = Li[1, 0] * y1[:, :, 0] + Li[1, 1] * xt  # (b, n)
+            u3 = Li[2, 0] * y1 + Li[2, 1] * xt[:, None] + Li[2, 2] * xt  # (b, n, n)
+            u4 = (Li[3, 0] * y1 + Li[3, 1] * xt[:, None] + Li[3, 2] * xt)[..., None] + Li[3, 3] * xt  # (b, n, n, n)
+            e3 = (act(u3) * (act(u4) @ wt)) @ wt  # (b, n)
+            out[i] += float((w1 * act.derivative(Li[0, 0] * y1[:, 0, 0]) * ((act.derivative(u2) * e3) @ wt)).sum())
     return out
 
 
@@ -377,10 +374,10 @@ def _smooth_i4(act: Activation, C: np.ndarray, tol: float) -> FourthIntegral:
     """``I4`` ``(m,)`` of a smooth ``g`` by the tensor trapezoid rule, each covariance refined until two levels agree to ``tol * max(1, |I4|)``."""
     L = _factor(C)
     open_ = np.arange(C.shape[0])
-    prev = _smooth_level(act, L, SMOOTH_I4_ORDERS[0])
+    prev = _tensor_level(act, L, *normal_rule(SMOOTH_I4_ORDERS[0]))
     out, used, worst, change = np.zeros(C.shape[0]), SMOOTH_I4_ORDERS[0], 0.0, np.inf
     for n in SMOOTH_I4_ORDERS[1:]:
-        cur = _smooth_level(act, L[open_], n)
+        cur = _tensor_level(act, L[open_], *normal_rule(n))
         diff = np.abs(cur - prev)
         ok = (diff <= tol * np.maximum(1.0, np.abs(cur))) & np.isfinite(cur)
         out[open_[ok]] = cur[ok]
