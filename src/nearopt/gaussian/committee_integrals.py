@@ -37,7 +37,7 @@ ODE's error is the population loss of :mod:`nearopt.gaussian.objective` to round
 * any other smooth activation: the tensor trapezoid rule of
   :func:`~nearopt.gaussian.expectations.normal_rule` on the factor ``u = L y``, refined until two
   levels agree to ``tol`` (:data:`SMOOTH_I4_TOL`, ``1e-7`` relative); ``n^4`` evaluations a covariance
-  (:data:`SMOOTH_I4_ORDERS`: 33 nodes for tanh at unit variances, about 20 ms; seconds an ODE step).
+  (:data:`SMOOTH_I4_ORDERS`: 33 to 49 nodes for tanh at unit variances, up to 0.1 s a covariance; a second or more a right-hand side).
 
 Arrays broadcast to a common shape ``S``; :func:`fourth_integral` takes the ``(4, 4)`` covariances
 stacked, ``S + (4, 4)``.
