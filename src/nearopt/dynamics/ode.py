@@ -1,6 +1,7 @@
-"""Order-parameter ODEs of online SGD for erf soft committee machines (Saad & Solla 1995; Goldt et al. 2019).
+"""Order-parameter ODEs of online SGD for committee machines of any activation (Saad & Solla 1995; Goldt et al. 2019).
 
-Student ``f(x) = sum_a v_a g(w_a . x)``, teacher ``f*(x) = sum_m u_m g(t_m . x)``, ``g(z) = erf(z / sqrt 2)``,
+Student ``f(x) = sum_a v_a g(w_a . x)`` (``K`` units), teacher ``f*(x) = sum_m u_m g(t_m . x)`` (``M`` units),
+one activation ``g`` with its own scaling (nearopt's ``erf`` is ``erf(z / sqrt 2)``),
 inputs ``x ~ N(0, I_N)``, labels ``y = f*(x) + sigma xi``, online SGD with step ``eta = eta~ / N`` on both
 layers (``trained="both"``) or on the first only (``trained="first"``: the soft committee machine of
 the classic papers, ``v`` held fixed). As ``N -> infinity`` at fixed ``alpha = t / N`` the overlaps ``Q_ab = w_a . w_b``,
@@ -12,20 +13,27 @@ with covariance ``[[Q, R], [R^T, T]]``, ``r = f - y``)::
                       + eta~^2 v_a v_b E[g'(lambda_a) g'(lambda_b) r^2]
     dv_a  / d alpha = -eta~ E[g(lambda_a) r]
 
-with ``E[g' g' r^2]`` including ``sigma^2 E[g' g']``. The Gaussian integrals of ``erf(z / sqrt 2)``
-are closed forms (:func:`i2`, :func:`i3`, :func:`i4`, :func:`j2`; Saad & Solla 1995); the
-generalisation error is ``eps = 1/2 E[r0^2]`` (``r0`` without the noise): the excess population loss.
+with ``E[g' g' r^2]`` including ``sigma^2 E[g' g']``. The expectations are sums of the Gaussian
+integrals ``I2``, ``I3``, ``I4``, ``J2`` of :mod:`nearopt.gaussian.committee_integrals` (re-exported here:
+:func:`i2`, :func:`i3`, :func:`i4`, :func:`j2`; closed forms for erf, ReLU's ``I2``, ``I3``, ``J2`` and
+polynomials, checked rules otherwise): ``sum_k beta_k I3(a, j, k)`` is two matrix products of the pair
+moments, ``sum_kl beta_k beta_l I4(a, b, k, l)`` is :meth:`CommitteeODE.fourth`. The generalisation error
+``eps = 1/2 E[r0^2]`` (``r0`` without the noise) is the excess population loss, from the same pair
+moments as :func:`nearopt.gaussian.objective.population_loss`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import integrate
 
 from ..errors import NearoptError, require_positive_finite
-from ..model.activations import Erf
+from ..gaussian.committee_integrals import fourth_integral, i2, i3, i4, j2
+from ..gaussian.expectations import pair_moments
+from ..gaussian.objective import nonnegative_quadratic
+from ..model.activations import Activation, Erf, ReLU
 from ..model.network import TwoLayerNet
 
 __all__ = [
@@ -47,66 +55,54 @@ __all__ = [
 ODE_TRAINED = ("both", "first")
 
 
-def i2(c11, c12, c22):
-    """``E[g(u) g(v)] = (2/pi) arcsin(c12 / sqrt((1 + c11)(1 + c22)))``."""
-    return (2 / np.pi) * np.arcsin(c12 / np.sqrt((1 + c11) * (1 + c22)))
-
-
-def j2(c11, c12, c22):
-    """``E[g'(u) g'(v)] = (2/pi) ((1 + c11)(1 + c22) - c12^2)^(-1/2)``."""
-    return (2 / np.pi) / np.sqrt((1 + c11) * (1 + c22) - c12**2)
-
-
-def i3(c11, c12, c13, c23, c33):
-    """``E[g'(u) v g(w)] = (2/pi) (c23 (1 + c11) - c12 c13) / ((1 + c11) sqrt((1 + c11)(1 + c33) - c13^2))``."""
-    lam3 = (1 + c11) * (1 + c33) - c13**2
-    return (2 / np.pi) * (c23 * (1 + c11) - c12 * c13) / ((1 + c11) * np.sqrt(lam3))
-
-
-def i4(c11, c12, c22, c13, c14, c23, c24, c33, c34, c44):
-    """``E[g'(u1) g'(u2) g(u3) g(u4)] = (4/pi^2) Lambda4^(-1/2) arcsin(Lambda0 / sqrt(Lambda1 Lambda2))`` (Saad & Solla)."""
-    lam4 = (1 + c11) * (1 + c22) - c12**2
-    lam0 = lam4 * c34 - c23 * c24 * (1 + c11) - c13 * c14 * (1 + c22) + c12 * c13 * c24 + c12 * c14 * c23
-    lam1 = lam4 * (1 + c33) - c23**2 * (1 + c11) - c13**2 * (1 + c22) + 2 * c12 * c13 * c23
-    lam2 = lam4 * (1 + c44) - c24**2 * (1 + c11) - c14**2 * (1 + c22) + 2 * c12 * c14 * c24
-    return (4 / np.pi**2) / np.sqrt(lam4) * np.arcsin(np.clip(lam0 / np.sqrt(lam1 * lam2), -1.0, 1.0))
-
-
 @dataclass(frozen=True)
 class CommitteeODE:
-    """The ODEs for a student of ``K`` units learning a teacher with overlaps ``T`` ``(M, M)`` and second layer ``u`` ``(M,)``."""
+    """The ODEs for a student of ``K`` units learning a teacher with overlaps ``T`` ``(M, M)`` and second layer ``u`` ``(M,)``.
+
+    ``activation`` is the networks' own ``g`` (default erf, ``erf(z / sqrt 2)``), with its own scaling.
+    """
 
     T: np.ndarray
     u: np.ndarray
     lr: float
     noise: float = 0.0
     trained: str = "both"
+    activation: Activation = field(default_factory=Erf)
 
     def _overlaps(self, Q: np.ndarray, R: np.ndarray) -> np.ndarray:
         return np.block([[Q, R], [R.T, self.T]])  # covariance of (lambda, nu), (K+M, K+M)
 
     def error(self, Q: np.ndarray, R: np.ndarray, v: np.ndarray) -> float:
-        """Generalisation error ``1/2 E[(f - f*)^2] = 1/2 beta^T I2 beta``, ``beta = (v, -u)``."""
+        """Generalisation error ``1/2 E[(f - f*)^2] = 1/2 beta^T I2 beta``, ``beta = (v, -u)``: the population loss."""
+        moments = pair_moments(self.activation, self._overlaps(Q, R))
+        return nonnegative_quadratic(np.concatenate([v, -self.u]), moments.gg)
+
+    def fourth(self, Q: np.ndarray, R: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``E[g'(lambda_a) g'(lambda_b) r0^2] = sum_kl beta_k beta_l I4(a, b, k, l)`` ``(K, K)`` (the pairs ``a <= b``, ``k <= l`` once)."""
+        K = Q.shape[0]
         Om = self._overlaps(Q, R)
-        d = np.diag(Om)
         beta = np.concatenate([v, -self.u])
-        return float(0.5 * beta @ i2(d[:, None], Om, d[None, :]) @ beta)
+        ia, ib = np.triu_indices(K)
+        ik, il = np.triu_indices(Om.shape[0])
+        idx = np.broadcast_arrays(ia[:, None], ib[:, None], ik[None, :], il[None, :])  # (pairs ab, pairs kl) each
+        C = np.stack([np.stack([Om[i, j] for j in idx], -1) for i in idx], -2)  # (P, S, 4, 4)
+        I4 = fourth_integral(self.activation, C).values
+        weight = np.where(ik == il, 1.0, 2.0) * beta[ik] * beta[il]
+        out = np.zeros((K, K))
+        out[ia, ib] = I4 @ weight
+        out[ib, ia] = out[ia, ib]
+        return out
 
     def rhs(self, Q: np.ndarray, R: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(dQ, dR, dv) / d alpha``."""
         K = Q.shape[0]
         Om = self._overlaps(Q, R)
-        d = np.diag(Om)
+        m = pair_moments(self.activation, Om)  # every pair of the K+M fields: I2 = gg, J2 = dd, E[g''(u) g(w)] = b[..., 0]
         beta = np.concatenate([v, -self.u])
-        a = np.arange(K)
-        # I3[a, j, k] = E[g'(lambda_a) phi_j g(phi_k)]
-        I3 = i3(d[a, None, None], Om[a, :, None], Om[a, None, :], Om[None, :, :], d[None, None, :])
-        first = I3 @ beta  # (K, K+M): E[g'(lambda_a) r0 phi_j]
-        aa, bb = a[:, None, None, None], a[None, :, None, None]
-        kk, ll = np.arange(Om.shape[0])[None, None, :, None], np.arange(Om.shape[0])[None, None, None, :]
-        I4 = i4(Om[aa, aa], Om[aa, bb], Om[bb, bb], Om[aa, kk], Om[aa, ll], Om[bb, kk], Om[bb, ll], Om[kk, kk], Om[kk, ll], Om[ll, ll])
-        second = np.einsum("abkl,k,l->ab", I4, beta, beta) + self.noise**2 * j2(d[:K, None], Q, d[None, :K])
-        grad_v = i2(d[:K, None], Om[:K], d[None, :]) @ beta  # E[g(lambda_a) r0]
+        # sum_k beta_k I3(a, j, k) = E[g'(lambda_a) r0 phi_j] = Om[a, j] E[g''(lambda_a) r0] + sum_k dd[a, k] beta_k Om[k, j]
+        first = (m.b[:K, :, 0] @ beta)[:, None] * Om[:K] + (m.dd[:K] * beta) @ Om  # (K, K+M)
+        second = self.fourth(Q, R, v) + self.noise**2 * m.dd[:K, :K]
+        grad_v = m.gg[:K] @ beta  # E[g(lambda_a) r0]
         eta = self.lr
         dR = -eta * v[:, None] * first[:, K:]
         fq = v[:, None] * first[:, :K]
@@ -116,23 +112,27 @@ class CommitteeODE:
 
 
 def committee_ode(teacher: TwoLayerNet, lr: float, noise: float = 0.0, *, trained: str = "both") -> CommitteeODE:
-    """The ODEs for ``teacher`` (erf, ``g = erf(z / sqrt 2)``) at ``eta~ = lr`` (the SGD step is ``lr / N_i``).
+    """The ODEs for ``teacher`` (its activation, which the student shares) at ``eta~ = lr`` (the SGD step is ``lr / N_i``).
 
     ``trained`` is ``"both"`` (both layers) or ``"first"`` (the soft committee machine: ``v`` fixed).
+    Activations: erf at any scale, ReLU, polynomials (``linear``) and any smooth one
+    (:mod:`nearopt.gaussian.committee_integrals`).
     """
     if trained not in ODE_TRAINED:
         raise NearoptError(f"the order-parameter ODEs train {' or '.join(ODE_TRAINED)}, got trained={trained!r}")
+    if not isinstance(teacher, TwoLayerNet):
+        raise NearoptError(f"the order-parameter ODEs take a teacher TwoLayerNet, got {type(teacher).__name__}")
     act = teacher.activation
-    if not (isinstance(act, Erf) and not act.unit):
-        raise NearoptError(f"the committee-machine ODEs are implemented for erf (erf(z/sqrt 2)), got {act.name}")
+    if not (isinstance(act, (Erf, ReLU)) or act.is_polynomial or act.is_smooth):
+        raise NearoptError(f"the order-parameter ODEs need erf, ReLU, a polynomial or a smooth activation, got {act.name!r} (a kink without a closed form)")
     if teacher.W2.shape[0] != 1 or not teacher.is_plain:
         raise NearoptError("the order-parameter ODEs take a committee machine: one output, no biases")
     lr = require_positive_finite(lr, "learning rate")
     noise = float(noise)
     if not np.isfinite(noise) or noise < 0:
         raise NearoptError(f"the label noise must be finite and >= 0, got {noise}")
-    T = teacher.W1 @ teacher.W1.T
-    return CommitteeODE(0.5 * (T + T.T), teacher.W2.ravel().astype(np.float64), float(lr), noise, trained)
+    T = teacher.W1.astype(np.float64) @ teacher.W1.T.astype(np.float64)
+    return CommitteeODE(0.5 * (T + T.T), teacher.W2.ravel().astype(np.float64), float(lr), noise, trained, act)
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,8 @@ def order_parameters(student: TwoLayerNet, teacher: TwoLayerNet) -> tuple[np.nda
         raise NearoptError(f"student and teacher must have the same input dimension, got {student.W1.shape[1]} and {teacher.W1.shape[1]}")
     if student.W2.shape[0] != 1 or not student.is_plain:
         raise NearoptError("the order-parameter ODEs take a committee machine: one output, no biases")
+    if student.activation != teacher.activation:
+        raise NearoptError(f"the order-parameter ODEs need one activation: the student has {student.activation.name!r}, the teacher {teacher.activation.name!r}")
     W, T = student.W1.astype(np.float64), teacher.W1.astype(np.float64)
     Q = W @ W.T
     return 0.5 * (Q + Q.T), W @ T.T, student.W2.ravel().astype(np.float64)
