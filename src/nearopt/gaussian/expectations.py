@@ -64,11 +64,12 @@ import numpy as np
 import torch
 
 from ..errors import NearoptError
-from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, Polynomial, get_activation, pair_covariance
+from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, Polynomial, ReLU, correlation_gap, get_activation, pair_covariance
 from ..tolerances import ROUNDING_RTOL
+from .relu_moments import collinear_low_pair, ramp_derivatives, relu_pair_values
 
 __all__ = [
-    "check_smooth", "derivative_moments", "DerivativeMoments", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "graded_normal_rule",
+    "check_smooth", "degenerate_relu_error", "derivative_moments", "DerivativeMoments", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "graded_normal_rule",
     "HALF_NODES", "kernel", "normal_rule", "output_power", "pair_moments", "PANEL_NODES", "product_expectation", "QUAD_CUT", "quadrature_moments",
     "QUADRATURE_ORDERS", "QUADRATURE_TOL", "SMOOTHNESS_TOL", "split_normal_rule", "TorchFn", "unit_moments", "variance_rules"
 ]
@@ -632,36 +633,106 @@ def derivative_moments(f: str | Activation, h: str | Activation, m1, m2, c11, c1
     theorem these are every derivative of the pair kernel ``E[f(u) h(v)]`` in its means and
     covariances (``d/dm1 -> a + 1``, ``d/dc12 -> (a + 1, b + 1)``, ``d/dc11 -> 1/2 (a + 2)``), which
     is what the population loss of any two-layer network needs
-    (:mod:`nearopt.gaussian.network_objective`). Checked tensor quadrature (Cholesky on
+    (:mod:`nearopt.gaussian.network_objective`). Smooth pairs: checked tensor quadrature (Cholesky on
     :func:`normal_rule`, collinear pairs on one dimension, refined per pair until two levels agree
     to ``tol``: :func:`_converge_pairs`) unless an ``order`` is given; derivatives by
-    :meth:`~nearopt.model.activations.Activation.derivatives`, so both activations must be smooth.
+    :meth:`~nearopt.model.activations.Activation.derivatives`. ReLU (``g' = step``, ``g'' = delta``, ...):
+    :func:`_relu_moments` (closed forms, a one-dimensional checked quadrature against a smooth partner).
+    Another kinked activation raises :class:`NearoptError`.
     """
     f, h = get_activation(f), get_activation(h)
     for act in (f, h):
-        if not act.is_smooth:
+        if not act.is_smooth and not isinstance(act, ReLU):
             raise NearoptError(f"activation {act.name!r} has a kink: the derivative moments with means that networks with biases, "
-                               "several outputs or a teacher of another activation need exist here for smooth activations only; use the batch route")
+                               "several outputs or a teacher of another activation need exist here for smooth activations and ReLU only; "
+                               "use the batch route")
     shape = np.broadcast_shapes(*(np.shape(c) for c in (m1, m2, c11, c12, c22)))
     m1, m2, c11, c12, c22 = (np.asarray(c, dtype=np.float64).ravel() for c in np.broadcast_arrays(m1, m2, c11, c12, c22))
+    na, nb = orders[0] + 1, orders[1] + 1
+    if m1.size == 0:
+        return DerivativeMoments(np.zeros((*shape, na, nb)), 0, 0.0)
+    if isinstance(h, ReLU) and not isinstance(f, ReLU):  # the ReLU unit first
+        r = _relu_moments(h, f, nb, na, m2, m1, c22, c12, c11, order, tol)
+        return DerivativeMoments(np.swapaxes(r.values, -1, -2).reshape(*shape, na, nb), r.nodes, r.change)
+    if isinstance(f, ReLU):
+        r = _relu_moments(f, h, na, nb, m1, m2, c11, c12, c22, order, tol)
+        return DerivativeMoments(r.values.reshape(*shape, na, nb), r.nodes, r.change)
     l11 = np.sqrt(np.maximum(c11, 0.0))
     l21 = np.divide(c12, l11, out=np.zeros_like(l11), where=l11 > 0)
     l22sq = np.clip(c22 - l21**2, 0.0, None)
     coll = l22sq <= COLLINEAR_TOL * np.maximum(c22, 1e-300)
     l22 = np.where(coll, 0.0, np.sqrt(l22sq))
-    na, nb = orders[0] + 1, orders[1] + 1
-    if m1.size == 0:
-        return DerivativeMoments(np.zeros((*shape, na, nb)), 0, 0.0)
     flat, used, change = _converge_pairs(
         lambda idx, n: _derivative_block(f, h, na, nb, m1[idx], m2[idx], l11[idx], l21[idx], l22[idx], coll[idx], n), m1.size, order, tol)
     return DerivativeMoments(flat.reshape(*shape, na, nb), used, change)
 
 
+def degenerate_relu_error(what: str) -> NearoptError:
+    """The one refusal of the exact ReLU moments: a delta on a unit whose partner is collinear with it (``det C = 0``)."""
+    return NearoptError(
+        f"the exact population moments of ReLU with biases, several outputs or a teacher of another activation do not cover {what}: "
+        "a ReLU unit whose pre-activation is an exact affine function of another unit's (a student at a ReLU teacher, duplicated or "
+        "parallel units, a zero row) has delta moments that diverge there; use the batch route (spectrum without --population, "
+        "BatchHessian), or, for f(x) = W2 relu(W1 x) with one output, the paper's population engine"
+    )
+
+
+def _relu_smooth_block(h: Activation, na: int, nb: int, m1, m2, s2, kappa, su, n: int) -> np.ndarray:
+    """``E[relu^(a)(u) h^(b)(v)]`` ``(m, na nb)`` on ``n`` nodes: ``E_v[h^(b)(v) R^(a)(E[u | v]; s_u)]``, ``v = m2 + s2 y``.
+
+    Conditioned on the smooth unit ``v`` the ReLU unit is ``N(m1 + kappa s2 y, s_u^2)``, whose moments of every
+    order are the smoothed ramp's derivatives (:func:`~nearopt.gaussian.relu_moments.ramp_derivatives`): the
+    integrand in ``y`` is analytic, so :func:`normal_rule` converges geometrically.
+    """
+    x, w = normal_rule(n)
+    y = s2[:, None] * x
+    hv = torch.stack(h.derivatives(torch.as_tensor(m2[:, None] + y), nb - 1), 1).numpy()  # (m, nb, n)
+    R = ramp_derivatives(m1[:, None] + kappa[:, None] * y, su[:, None], na - 1)  # (m, n, na)
+    return np.einsum("mbp,mpa,p->mab", hv, R, w).reshape(-1, na * nb)
+
+
+def _relu_moments(f: Activation, h: Activation, na: int, nb: int, m1, m2, c11, c12, c22, order: int | None, tol: float) -> DerivativeMoments:
+    """``E[relu^(a)(u) h^(b)(v)]`` ``(m, na, nb)`` for flat pairs, ``f`` ReLU (:mod:`nearopt.gaussian.relu_moments`).
+
+    ``h`` ReLU: closed forms (exact; ``nodes = 0``). ``h`` smooth: the one-dimensional checked quadrature of
+    :func:`_relu_smooth_block`. Collinear pairs take only ramps and steps (``a, b <= 1``), and a ReLU unit of
+    zero variance none of its deltas: otherwise :func:`degenerate_relu_error`.
+    """
+    gap = correlation_gap(c11, c12, c22)
+    coll = gap <= COLLINEAR_TOL
+    if isinstance(h, ReLU):
+        out = np.zeros((m1.size, na, nb))
+        two = ~coll
+        if two.any():
+            out[two] = relu_pair_values(m1[two], m2[two], c11[two], c12[two], c22[two], gap[two], na, nb)
+        if coll.any():
+            if na > 2 or nb > 2:
+                raise degenerate_relu_error(f"derivative orders ({na - 1}, {nb - 1}) of collinear pairs")
+            s2 = np.copysign(np.sqrt(c22[coll]), c12[coll])
+            out[coll] = collinear_low_pair(m1[coll], m2[coll], np.sqrt(c11[coll]), s2)[..., :na, :nb]
+        return DerivativeMoments(out, 0, 0.0)
+    live = c22 > 0  # a constant smooth unit (variance 0) leaves u its own law
+    kappa = np.divide(c12, c22, out=np.zeros_like(c12), where=live)
+    su = np.sqrt(np.where(live, c11 * gap, c11))
+    if np.any(su == 0):
+        raise degenerate_relu_error("a ReLU unit collinear with a smooth one, or of zero variance")
+    flat, used, change = _converge_pairs(
+        lambda idx, n: _relu_smooth_block(h, na, nb, m1[idx], m2[idx], np.sqrt(c22[idx]), kappa[idx], su[idx], n), m1.size, order, tol)
+    return DerivativeMoments(flat.reshape(-1, na, nb), used, change)
+
+
 def unit_moments(f: str | Activation, mean, variance, *, orders: int = 4, order: int | None = None, tol: float = QUADRATURE_TOL) -> DerivativeMoments:
     """``E[f^(a)(u)]``, ``a <= orders``, for ``u ~ N(mean, variance)``: ``values`` of shape ``S + (orders + 1,)``.
 
-    The pair moments of :func:`derivative_moments` against the constant 1 (one quadrature module).
+    The pair moments of :func:`derivative_moments` against the constant 1 (one quadrature module); ReLU's in
+    closed form (:func:`~nearopt.gaussian.relu_moments.ramp_derivatives`).
     """
+    f = get_activation(f)
+    if isinstance(f, ReLU):  # closed form: the smoothed ramp's derivatives
+        mean, variance = np.broadcast_arrays(np.asarray(mean, dtype=np.float64), np.asarray(variance, dtype=np.float64))
+        if np.any(variance <= 0):
+            raise degenerate_relu_error("a ReLU unit of zero variance (a zero row of W1)")
+        return DerivativeMoments(ramp_derivatives(mean, np.sqrt(variance), orders), 0, 0.0)
     r = derivative_moments(f, _ONE, mean, 0.0, variance, 0.0, 0.0, orders=(orders, 0), order=order, tol=tol)
     return DerivativeMoments(r.values[..., 0], r.nodes, r.change)
 

@@ -45,7 +45,7 @@ from .objective import nonnegative_quadratic
 __all__ = ["KernelPoint", "NETWORK_EXPECTATIONS", "NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
 
 #: how the kernels of a general problem are integrated (results' provenance)
-NETWORK_EXPECTATIONS = "checked quadrature with means (Price's theorem)"
+NETWORK_EXPECTATIONS = "checked quadrature with means (Price's theorem); ReLU in closed form"
 
 #: derivative orders added by ``d/dmu_i, d/dmu_j, d/dG_ii, d/dG_jj, d/dG_ij`` (Price's theorem), and their factors
 PRICE_SHIFTS = ((1, 0), (0, 1), (2, 0), (0, 2), (1, 1))
@@ -67,6 +67,24 @@ def _taylor(M: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
             if a + c < na and b + d < nb:
                 hess[..., k, l_] = fk * fl * M[..., a + c, b + d]
     return M[..., 0, 0], grad, hess
+
+
+def _self_pairs(phi: tuple[np.ndarray, np.ndarray, np.ndarray], mu: np.ndarray, var: np.ndarray, m: np.ndarray) -> None:
+    """Write the self pairs ``Phi_ii = E[relu(u_i)^2] = F(mu_i, G_ii)`` of a ReLU student into ``phi`` (in place).
+
+    The pair moments of a unit with itself diverge (``E[delta(u)^2]``), but ``F`` is a smooth function of two
+    arguments. Price's theorem on ``q = relu^2`` (``q' = 2 relu``, ``q'' = 2 step``, ``q''' = 2 delta``,
+    ``q'''' = 2 delta'``) gives ``F_mu = 2 R0``, ``F_G = R1``, ``F_mu,mu = 2 R1``, ``F_mu,G = R2``, ``F_G,G = R3 / 2`` with
+    ``R_k = E[relu^(k)(u_i)]`` (``m`` ``(K, 5)``), and ``F = mu R0 + G R1``. On the diagonal the surrogate's
+    arguments are ``Z = (dmu, dmu, dG_ii, dG_ii, dG_ii)``, so placing ``F``'s data in slots 0 and 2 gives its Taylor polynomial.
+    """
+    i = np.arange(mu.size)
+    val, grad, hess = phi
+    val[i, i] = mu * m[:, 0] + var * m[:, 1]
+    grad[i, i] = 0.0
+    grad[i, i, 0], grad[i, i, 2] = 2.0 * m[:, 0], m[:, 1]
+    hess[i, i] = 0.0
+    hess[i, i, 0, 0], hess[i, i, 0, 2], hess[i, i, 2, 0], hess[i, i, 2, 2] = 2.0 * m[:, 1], m[:, 2], m[:, 2], 0.5 * m[:, 3]
 
 
 @dataclass(frozen=True)
@@ -135,18 +153,20 @@ class NetworkObjective:
         M = np.zeros((J, J, 5, 5))
         runs: list[DerivativeMoments] = []  # every quadrature, for the accuracy reached
 
-        def fill(rows: slice, cols: slice, f: Activation, h: Activation, orders: tuple[int, int]) -> None:
-            r = derivative_moments(f, h, mu[rows, None], mu[None, cols], d[rows, None], G[rows, cols], d[None, cols],
-                                   orders=orders, order=self.order, tol=self.tol)
+        def fill(rows: np.ndarray, cols: np.ndarray, f: Activation, h: Activation, orders: tuple[int, int]) -> None:
+            r = derivative_moments(f, h, mu[rows], mu[cols], d[rows], G[rows, cols], d[cols], orders=orders, order=self.order, tol=self.tol)
             M[rows, cols, : orders[0] + 1, : orders[1] + 1] = r.values
             runs.append(r)
 
         S, T_ = slice(0, K), slice(K, J)
         top = 2 * self.degree  # the highest derivative order on a student unit (a teacher unit: half)
-        fill(S, S, s.activation, s.activation, (top, top))
-        fill(S, T_, s.activation, t.activation, (top, self.degree))
+        si, sj = np.nonzero(np.ones((K, K), dtype=bool) if s.activation.is_smooth else ~np.eye(K, dtype=bool))
+        fill(si, sj, s.activation, s.activation, (top, top))  # a kinked student's self pairs: _self_pairs below
+        ti, tj = (x.ravel() for x in np.meshgrid(np.arange(K), np.arange(K, J), indexing="ij"))
+        fill(ti, tj, s.activation, t.activation, (top, self.degree))
         M[T_, S] = np.swapaxes(M[S, T_], 0, 1).swapaxes(-1, -2)  # E[g_t^(b) g_s^(a)]: the same moments, roles exchanged
-        fill(T_, T_, t.activation, t.activation, (0, 0))
+        ti, tj = (x.ravel() for x in np.meshgrid(np.arange(K, J), np.arange(K, J), indexing="ij"))
+        fill(ti, tj, t.activation, t.activation, (0, 0))
         phi = _taylor(M, 5)
         m = np.zeros((J, 5))  # E[g^(a)(u_i)]
         for rows, act, n in ((S, s.activation, top), (T_, t.activation, 0)):
@@ -155,6 +175,8 @@ class NetworkObjective:
             runs.append(r)
         psi = (m[:, 0], np.stack([m[:, 1], 0.5 * m[:, 2]], -1),
                np.stack([np.stack([m[:, 2], 0.5 * m[:, 3]], -1), np.stack([0.5 * m[:, 3], 0.25 * m[:, 4]], -1)], -2))
+        if not s.activation.is_smooth:
+            _self_pairs(phi, mu[S], d[S], m[S])
         change = max((r.change for r in runs if np.isfinite(r.change)), default=0.0)
         return KernelPoint(mu, G, phi, psi, max(r.nodes for r in runs), change)
 
