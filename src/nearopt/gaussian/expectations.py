@@ -66,7 +66,7 @@ import torch
 from ..errors import NearoptError
 from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, Polynomial, ReLU, correlation_gap, get_activation, pair_covariance
 from ..tolerances import ROUNDING_RTOL
-from .relu_moments import collinear_low_pair, ramp_derivatives, relu_pair_values
+from .relu_moments import coincident, collinear_pair_values, ramp_derivatives, relu_pair_values
 
 __all__ = [
     "check_smooth", "degenerate_relu_error", "derivative_moments", "DerivativeMoments", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "graded_normal_rule",
@@ -668,12 +668,11 @@ def derivative_moments(f: str | Activation, h: str | Activation, m1, m2, c11, c1
 
 
 def degenerate_relu_error(what: str) -> NearoptError:
-    """The one refusal of the exact ReLU moments: a delta on a unit whose partner is collinear with it (``det C = 0``)."""
+    """The one refusal of the exact ReLU moments: a delta moment that diverges (units sharing their kink, zero variance, a smooth partner collinear with the ReLU unit)."""
     return NearoptError(
-        f"the exact population moments of ReLU with biases, several outputs or a teacher of another activation do not cover {what}: "
-        "a ReLU unit whose pre-activation is an exact affine function of another unit's (a student at a ReLU teacher, duplicated or "
-        "parallel units, a zero row) has delta moments that diverge there; use the batch route (spectrum without --population, "
-        "BatchHessian), or, for f(x) = W2 relu(W1 x) with one output, the paper's population engine"
+        f"the exact population moments of ReLU do not cover {what}: their delta moments diverge or are undefined "
+        "(the population Hessian of a network takes units that share their kink through its own route); "
+        "use the batch route (spectrum without --population, BatchHessian) for this pair"
     )
 
 
@@ -694,9 +693,10 @@ def _relu_smooth_block(h: Activation, na: int, nb: int, m1, m2, s2, kappa, su, n
 def _relu_moments(f: Activation, h: Activation, na: int, nb: int, m1, m2, c11, c12, c22, order: int | None, tol: float) -> DerivativeMoments:
     """``E[relu^(a)(u) h^(b)(v)]`` ``(m, na, nb)`` for flat pairs, ``f`` ReLU (:mod:`nearopt.gaussian.relu_moments`).
 
-    ``h`` ReLU: closed forms (exact; ``nodes = 0``). ``h`` smooth: the one-dimensional checked quadrature of
-    :func:`_relu_smooth_block`. Collinear pairs take only ramps and steps (``a, b <= 1``), and a ReLU unit of
-    zero variance none of its deltas: otherwise :func:`degenerate_relu_error`.
+    ``h`` ReLU: closed forms (exact; ``nodes = 0``), collinear pairs included where their kinks differ. ``h`` smooth:
+    the one-dimensional checked quadrature of :func:`_relu_smooth_block`. Units that share their kink
+    (:func:`~nearopt.gaussian.relu_moments.coincident`) or have zero variance take only ramps and steps
+    (``a, b <= 1``), and a ReLU unit collinear with a smooth one none: otherwise :func:`degenerate_relu_error`.
     """
     gap = correlation_gap(c11, c12, c22)
     coll = gap <= COLLINEAR_TOL
@@ -706,10 +706,10 @@ def _relu_moments(f: Activation, h: Activation, na: int, nb: int, m1, m2, c11, c
         if two.any():
             out[two] = relu_pair_values(m1[two], m2[two], c11[two], c12[two], c22[two], gap[two], na, nb)
         if coll.any():
-            if na > 2 or nb > 2:
-                raise degenerate_relu_error(f"derivative orders ({na - 1}, {nb - 1}) of collinear pairs")
-            s2 = np.copysign(np.sqrt(c22[coll]), c12[coll])
-            out[coll] = collinear_low_pair(m1[coll], m2[coll], np.sqrt(c11[coll]), s2)[..., :na, :nb]
+            deltas = na > 2 or nb > 2
+            if deltas and (np.any(coincident(m1, m2, c11, c12, c22, gap)) or np.any((c11[coll] == 0) | (c22[coll] == 0))):
+                raise degenerate_relu_error(f"derivative orders ({na - 1}, {nb - 1}) of units that share their kink, or of zero variance")
+            out[coll] = collinear_pair_values(m1[coll], m2[coll], c11[coll], c12[coll], c22[coll], na, nb)
         return DerivativeMoments(out, 0, 0.0)
     live = c22 > 0  # a constant smooth unit (variance 0) leaves u its own law
     kappa = np.divide(c12, c22, out=np.zeros_like(c12), where=live)

@@ -36,11 +36,12 @@ import numpy as np
 import torch
 
 from ..errors import NearoptError
-from ..model.activations import Activation
+from ..model.activations import Activation, ReLU, correlation_gap
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
 from .expectations import QUADRATURE_TOL, DerivativeMoments, derivative_moments, unit_moments
 from .objective import nonnegative_quadratic
+from .relu_moments import coincident
 
 __all__ = ["KernelPoint", "NETWORK_EXPECTATIONS", "NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
 
@@ -69,22 +70,32 @@ def _taylor(M: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return M[..., 0, 0], grad, hess
 
 
-def _self_pairs(phi: tuple[np.ndarray, np.ndarray, np.ndarray], mu: np.ndarray, var: np.ndarray, m: np.ndarray) -> None:
-    """Write the self pairs ``Phi_ii = E[relu(u_i)^2] = F(mu_i, G_ii)`` of a ReLU student into ``phi`` (in place).
+def _coincident_pairs(phi: tuple[np.ndarray, np.ndarray, np.ndarray], i: np.ndarray, j: np.ndarray, c: np.ndarray, mu: np.ndarray,
+                      var: np.ndarray, R: np.ndarray) -> None:
+    """Write the Taylor data of ReLU pairs that share their kink, ``u_j = c u_i``, at ``(i, j)`` and ``(j, i)`` of ``phi`` (in place).
 
-    The pair moments of a unit with itself diverge (``E[delta(u)^2]``), but ``F`` is a smooth function of two
-    arguments. Price's theorem on ``q = relu^2`` (``q' = 2 relu``, ``q'' = 2 step``, ``q''' = 2 delta``,
-    ``q'''' = 2 delta'``) gives ``F_mu = 2 R0``, ``F_G = R1``, ``F_mu,mu = 2 R1``, ``F_mu,G = R2``, ``F_G,G = R3 / 2`` with
-    ``R_k = E[relu^(k)(u_i)]`` (``m`` ``(K, 5)``), and ``F = mu R0 + G R1``. On the diagonal the surrogate's
-    arguments are ``Z = (dmu, dmu, dG_ii, dG_ii, dG_ii)``, so placing ``F``'s data in slots 0 and 2 gives its Taylor polynomial.
+    ``i``, ``j``, ``c`` ``(n,)``; ``mu``, ``var`` ``(n,)`` and ``R`` ``(n, 4)`` (``R_k = E[relu^(k)(u_i)]``) of unit ``i``.
+    Their delta moments diverge, but ``Phi_ij`` is twice differentiable in the weights ``p = (w, b)`` there: with
+    ``x~ = (x, 1)``, ``d2/dp_i2 = E[delta(u_i) relu(u_j) x~ x~^T] = 0`` (``relu(u_j) = 0`` on ``u_i = 0``), likewise in ``p_j``, and
+    ``d2/dp_i dp_j = E[step(u_i) step(u_j) x~ x~^T]``, which for ``c > 0`` is ``E[step(u_i) x~ x~^T] = R1 (Sigma (+) 1) + R2 (..) + R3 (..)``
+    by Stein's lemma. The chain rule through ``z = (mu_i, mu_j, G_ii, G_jj, G_ij)`` gives exactly that Hessian from
+    the first derivatives ``(c R0, R0, 0, 0, R1)`` and the second derivatives ``F_mu_i,mu_j = R1``, ``F_mu_i,G_jj = R2 / (2c)``,
+    ``F_G_ii,mu_j = R2 / 2``, ``F_G_ii,G_jj = R3 / (4c)`` (all others 0); the value is ``c E[relu(u_i)^2] = c (mu R0 + G_ii R1)``.
+    ``c < 0`` (opposite sides of one kink): ``relu(u_i) relu(u_j) = 0`` and everything is 0. A unit with itself
+    (``c = 1``) is the same data: the Taylor polynomial of ``E[relu(u)^2]`` in ``(mu, G)``.
     """
-    i = np.arange(mu.size)
     val, grad, hess = phi
-    val[i, i] = mu * m[:, 0] + var * m[:, 1]
-    grad[i, i] = 0.0
-    grad[i, i, 0], grad[i, i, 2] = 2.0 * m[:, 0], m[:, 1]
-    hess[i, i] = 0.0
-    hess[i, i, 0, 0], hess[i, i, 0, 2], hess[i, i, 2, 0], hess[i, i, 2, 2] = 2.0 * m[:, 1], m[:, 2], m[:, 2], 0.5 * m[:, 3]
+    pos = c > 0
+    cs = np.where(pos, c, 1.0)
+    g = np.zeros((c.size, 5))
+    g[:, 0], g[:, 1], g[:, 4] = c * R[:, 0], R[:, 0], R[:, 1]
+    h = np.zeros((c.size, 5, 5))
+    for (k, l_), value in (((0, 1), R[:, 1]), ((0, 3), R[:, 2] / (2 * cs)), ((2, 1), 0.5 * R[:, 2]), ((2, 3), R[:, 3] / (4 * cs))):
+        h[:, k, l_] = h[:, l_, k] = value
+    v, g, h = np.where(pos, c * (mu * R[:, 0] + var * R[:, 1]), 0.0), g * pos[:, None], h * pos[:, None, None]
+    swap = [1, 0, 3, 2, 4]  # (j, i): the pair's arguments with the roles exchanged
+    val[i, j], grad[i, j], hess[i, j] = v, g, h
+    val[j, i], grad[j, i], hess[j, i] = v, g[:, swap], h[:, swap][:, :, swap]
 
 
 @dataclass(frozen=True)
@@ -160,10 +171,11 @@ class NetworkObjective:
 
         S, T_ = slice(0, K), slice(K, J)
         top = 2 * self.degree  # the highest derivative order on a student unit (a teacher unit: half)
-        si, sj = np.nonzero(np.ones((K, K), dtype=bool) if s.activation.is_smooth else ~np.eye(K, dtype=bool))
-        fill(si, sj, s.activation, s.activation, (top, top))  # a kinked student's self pairs: _self_pairs below
-        ti, tj = (x.ravel() for x in np.meshgrid(np.arange(K), np.arange(K, J), indexing="ij"))
-        fill(ti, tj, s.activation, t.activation, (top, self.degree))
+        shared = self._shared_kinks(mu, G, d)  # ReLU pairs whose delta moments diverge: _coincident_pairs below
+        si, sj = np.nonzero(~shared[S, S])
+        fill(si, sj, s.activation, s.activation, (top, top))
+        ti, tj = np.nonzero(~shared[S, T_])
+        fill(ti, tj + K, s.activation, t.activation, (top, self.degree))
         M[T_, S] = np.swapaxes(M[S, T_], 0, 1).swapaxes(-1, -2)  # E[g_t^(b) g_s^(a)]: the same moments, roles exchanged
         ti, tj = (x.ravel() for x in np.meshgrid(np.arange(K, J), np.arange(K, J), indexing="ij"))
         fill(ti, tj, t.activation, t.activation, (0, 0))
@@ -175,10 +187,26 @@ class NetworkObjective:
             runs.append(r)
         psi = (m[:, 0], np.stack([m[:, 1], 0.5 * m[:, 2]], -1),
                np.stack([np.stack([m[:, 2], 0.5 * m[:, 3]], -1), np.stack([0.5 * m[:, 3], 0.25 * m[:, 4]], -1)], -2))
-        if not s.activation.is_smooth:
-            _self_pairs(phi, mu[S], d[S], m[S])
+        ci, cj = np.nonzero(shared)
+        if ci.size:
+            _coincident_pairs(phi, ci, cj, G[ci, cj] / d[ci], mu[ci], d[ci], m[ci, :4])
         change = max((r.change for r in runs if np.isfinite(r.change)), default=0.0)
         return KernelPoint(mu, G, phi, psi, max(r.nodes for r in runs), change)
+
+    def _shared_kinks(self, mu: np.ndarray, G: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """``(J, J)`` mask of the student's ReLU pairs (with itself, another student unit or a ReLU teacher unit) that share their kink.
+
+        Only the student rows ``(K, J)`` are marked: a teacher pair enters with its value only (finite).
+        """
+        s, t = self.problem.point, self.problem.teacher
+        K, J = s.n_hidden, mu.size
+        out = np.zeros((J, J), dtype=bool)
+        if not isinstance(s.activation, ReLU):
+            return out
+        cols = J if isinstance(t.activation, ReLU) else K
+        c11, c12, c22 = d[:K, None] * np.ones((1, cols)), G[:K, :cols], d[None, :cols] * np.ones((K, 1))
+        out[:K, :cols] = coincident(mu[:K, None], mu[None, :cols], c11, c12, c22, correlation_gap(c11, c12, c22))
+        return out
 
     # ------------------------------------------------------------------ the surrogate
     @cached_property

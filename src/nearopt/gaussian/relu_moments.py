@@ -17,8 +17,11 @@ A pair ``(u, v) ~ N((m1, m2), C)`` with ``det C > 0``:
   (:func:`orthant`) and the truncated first and second moments of Tallis (1961) (:func:`low_pair`).
 
 Collinear pairs (``det C = 0``, zero variances included) are one-dimensional: the ramps and steps (``a, b <= 1``)
-are truncated moments of one standard normal on an interval (:func:`collinear_low_pair`); a delta there
-is finite only where the other unit's kink lies elsewhere and is not taken (``derivative_moments`` refuses it).
+are truncated moments of one standard normal on an interval (:func:`collinear_low_pair`); a delta on ``u``
+sees ``v = beta0 + k u`` exactly, so ``rho^(j) = g^(b+j)(beta0)`` (a ramp, a step or 0 where ``beta0 != 0``:
+:func:`collinear_pair_values`). Where the kinks coincide (``beta0 = 0``: :func:`coincident`, e.g. a student unit
+at its teacher unit, or a unit with itself) the delta moments diverge; the population Hessian there is taken
+from the kernel's Taylor data in weight space instead (:mod:`nearopt.gaussian.network_objective`).
 At zero means the pair values are the arc-cosine pair terms of :mod:`nearopt.model.pair_terms`
 (``tests/test_relu_moments.py`` holds them equal).
 """
@@ -30,7 +33,14 @@ import math
 import numpy as np
 import scipy.special
 
-__all__ = ["collinear_low_pair", "delta_moments", "low_pair", "orthant", "ramp_derivatives", "relu_pair_values"]
+from ..model.activations import COLLINEAR_TOL
+
+__all__ = ["coincident", "collinear_low_pair", "collinear_pair_values", "delta_moments", "KINK_TOL", "low_pair", "orthant",
+           "ramp_derivatives", "relu_pair_values"]
+
+#: collinear units whose kinks are this close (relative to the pre-activations' scale) share their kink: ``sqrt(COLLINEAR_TOL)``,
+#: the relative distance of rows that :data:`~nearopt.model.activations.COLLINEAR_TOL` counts as parallel
+KINK_TOL = math.sqrt(COLLINEAR_TOL)
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -173,4 +183,44 @@ def relu_pair_values(m1, m2, c11, c12, c22, gap, na: int, nb: int) -> np.ndarray
         ramp = ramp_derivatives(m1 - k * m2, np.sqrt(c11 * gap), min(na, 2) + nb - 3)
         for a in range(min(na, 2)):
             out[..., a, 2:] = delta_moments(m2, s2, k, ramp[..., a : a + nb - 2])
+    return out
+
+
+def coincident(m1, m2, c11, c12, c22, gap) -> np.ndarray:
+    """Pairs whose units are one affine function up to a factor, ``v = (c12 / c11) u`` (collinear, kinks within :data:`KINK_TOL`)."""
+    live = c11 > 0
+    k = np.divide(c12, c11, out=np.zeros_like(c12), where=live)
+    beta0 = m2 - k * m1
+    return live & (gap <= COLLINEAR_TOL) & (np.abs(beta0) <= KINK_TOL * (np.abs(m2) + np.abs(k * m1) + np.sqrt(c22)))
+
+
+def _point_ramp(beta0, n: int) -> np.ndarray:
+    """``relu^(j)(beta0)``, ``j = 0 .. n``: ``(relu, step, 0, ...)`` at ``beta0 != 0`` (``S + (n + 1,)``)."""
+    out = np.zeros(np.shape(beta0) + (n + 1,))
+    out[..., 0] = np.maximum(beta0, 0.0)
+    if n >= 1:
+        out[..., 1] = beta0 > 0
+    return out
+
+
+def collinear_pair_values(m1, m2, c11, c12, c22, na: int, nb: int) -> np.ndarray:
+    """``E[g^(a)(u) g^(b)(v)]`` of ReLU for collinear pairs whose kinks differ (not :func:`coincident`): ``S + (na, nb)``.
+
+    ``a, b <= 1``: :func:`collinear_low_pair`; a delta on ``u`` (``c11 > 0``): :func:`delta_moments` with ``rho^(j)``
+    the point values of :func:`_point_ramp` at ``beta0 = m2 - (c12 / c11) m1``; on ``v`` the same, roles exchanged.
+    """
+    s1, s2 = np.sqrt(c11), np.sqrt(c22)
+    out = np.zeros(np.shape(m1) + (na, nb))
+    lo = collinear_low_pair(m1, m2, s1, np.copysign(s2, c12))
+    out[..., : min(na, 2), : min(nb, 2)] = lo[..., : min(na, 2), : min(nb, 2)]
+    if na > 2:
+        k = c12 / c11
+        point = _point_ramp(m2 - k * m1, nb + na - 3)
+        for b in range(nb):
+            out[..., 2:, b] = delta_moments(m1, s1, k, point[..., b : b + na - 2])
+    if nb > 2:
+        k = c12 / c22
+        point = _point_ramp(m1 - k * m2, min(na, 2) + nb - 3)
+        for a in range(min(na, 2)):
+            out[..., a, 2:] = delta_moments(m2, s2, k, point[..., a : a + nb - 2])
     return out
