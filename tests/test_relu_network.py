@@ -146,8 +146,11 @@ def _forward(net: no.TwoLayerNet, theta: torch.Tensor, X: torch.Tensor) -> torch
 
 @functools.cache
 def _reference(case: str, point: str = "random", n: int = 16) -> tuple[float, np.ndarray, np.ndarray]:
+    return _reference_of(_problem(case, point), n)
+
+
+def _reference_of(pr: Problem, n: int = 16) -> tuple[float, np.ndarray, np.ndarray]:
     """Loss, gradient and Hessian of ``1/2 E|f_s - f_t|^2``: the region rule plus the kink-line terms."""
-    pr = _problem(case, point)
     a, b = _lines(pr)
     L = _chol(pr)
     Z, w = _region_rule(a, b, n)
@@ -226,11 +229,22 @@ def test_at_the_teacher_the_papers_network_equals_the_papers_engine():
     np.testing.assert_allclose(H, no.population_hessian(t), rtol=0, atol=1e-14 * np.abs(H).max())
 
 
-def test_what_stays_refused_is_one_line():
-    """A ReLU unit collinear with a smooth one (here: a student row parallel to an erf teacher row) and a zero row."""
+def test_a_zero_row_is_refused_in_one_line():
+    """A ReLU unit of zero variance has ``delta(b)`` moments: undefined at ``b = 0``; the batch route is named."""
     t = no.TwoLayerNet(np.array([[1.0, 0.5]]), np.ones((1, 1)), "erf", b1=np.array([0.2]))
-    s = no.TwoLayerNet(np.array([[2.0, 1.0], [0.3, -1.0]]), np.ones((1, 2)), "relu", b1=np.array([0.1, 0.0]))
-    for student in (s, no.TwoLayerNet(np.array([[0.0, 0.0], [0.3, -1.0]]), np.ones((1, 2)), "relu", b1=np.array([0.1, 0.0]))):
-        with pytest.raises(no.NearoptError, match="do not cover.*batch route") as info:
-            NetworkObjective(Problem(t, student, GaussianInputs(2))).hessian()
-        assert "\n" not in str(info.value)
+    s = no.TwoLayerNet(np.array([[0.0, 0.0], [0.3, -1.0]]), np.ones((1, 2)), "relu", b1=np.array([0.1, 0.0]))
+    with pytest.raises(no.NearoptError, match="do not cover.*batch route") as info:
+        NetworkObjective(Problem(t, s, GaussianInputs(2))).hessian()
+    assert "\n" not in str(info.value)
+
+
+def test_a_relu_student_parallel_to_its_erf_teacher_matches_the_reference():
+    """The optimum of a ReLU student of a one-unit erf teacher has its row parallel to the teacher's: collinear pairs."""
+    t = no.TwoLayerNet(np.array([[1.0, 0.5]]), np.ones((1, 1)), "erf", b1=np.array([0.2]), b2=np.array([0.1]))
+    s = no.TwoLayerNet(np.array([[2.0, 1.0], [0.3, -1.0]]), np.array([[0.7, -0.4]]), "relu", b1=np.array([0.1, -0.3]), b2=np.array([0.2]))
+    pr = Problem(t, s, GaussianInputs(2))
+    L_ref, g_ref, H_ref = _reference_of(pr)
+    obj = NetworkObjective(pr)
+    assert obj.loss == pytest.approx(L_ref, rel=RTOL)
+    np.testing.assert_allclose(obj.gradient(), g_ref, rtol=0, atol=RTOL * np.abs(g_ref).max())
+    np.testing.assert_allclose(obj.hessian(), H_ref, rtol=0, atol=RTOL * np.abs(H_ref).max())

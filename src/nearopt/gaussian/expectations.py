@@ -66,12 +66,12 @@ import torch
 from ..errors import NearoptError
 from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, Polynomial, ReLU, correlation_gap, get_activation, pair_covariance
 from ..tolerances import ROUNDING_RTOL
-from .relu_moments import coincident, collinear_pair_values, ramp_derivatives, relu_pair_values
+from .relu_moments import coincident, collinear_pair_values, delta_moments, ramp_derivatives, relu_pair_values
 
 __all__ = [
     "check_smooth", "degenerate_relu_error", "derivative_moments", "DerivativeMoments", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "graded_normal_rule",
     "HALF_NODES", "kernel", "normal_rule", "output_power", "pair_moments", "PANEL_NODES", "product_expectation", "QUAD_CUT", "quadrature_moments",
-    "QUADRATURE_ORDERS", "QUADRATURE_TOL", "SMOOTHNESS_TOL", "split_normal_rule", "TorchFn", "unit_moments", "variance_rules"
+    "QUADRATURE_ORDERS", "QUADRATURE_TOL", "RELU_PANELS", "SMOOTHNESS_TOL", "split_normal_rule", "TorchFn", "unit_moments", "variance_rules"
 ]
 
 #: nodes per dimension tried in turn until two successive levels agree (ratio ~1.5: the
@@ -668,7 +668,7 @@ def derivative_moments(f: str | Activation, h: str | Activation, m1, m2, c11, c1
 
 
 def degenerate_relu_error(what: str) -> NearoptError:
-    """The one refusal of the exact ReLU moments: a delta moment that diverges (units sharing their kink, zero variance, a smooth partner collinear with the ReLU unit)."""
+    """The one refusal of the exact ReLU moments: a delta moment that diverges or is undefined (units sharing their kink, a unit of zero variance)."""
     return NearoptError(
         f"the exact population moments of ReLU do not cover {what}: their delta moments diverge or are undefined "
         "(the population Hessian of a network takes units that share their kink through its own route); "
@@ -676,27 +676,55 @@ def degenerate_relu_error(what: str) -> NearoptError:
     )
 
 
-def _relu_smooth_block(h: Activation, na: int, nb: int, m1, m2, s2, kappa, su, n: int) -> np.ndarray:
-    """``E[relu^(a)(u) h^(b)(v)]`` ``(m, na nb)`` on ``n`` nodes: ``E_v[h^(b)(v) R^(a)(E[u | v]; s_u)]``, ``v = m2 + s2 y``.
+#: Gauss–Legendre panels of the half-line ``y > y0`` (up to :data:`QUAD_CUT`) of :func:`_relu_smooth_block`
+RELU_PANELS = 26
 
-    Conditioned on the smooth unit ``v`` the ReLU unit is ``N(m1 + kappa s2 y, s_u^2)``, whose moments of every
-    order are the smoothed ramp's derivatives (:func:`~nearopt.gaussian.relu_moments.ramp_derivatives`): the
-    integrand in ``y`` is analytic, so :func:`normal_rule` converges geometrically.
+
+def _relu_smooth_block(h: Activation, na: int, nb: int, m1, m2, s1, k, sv, n: int) -> np.ndarray:
+    """``E[relu^(a)(u) h^(b)(v)]`` ``(m, na nb)`` at level ``n``, conditioned on the ReLU unit ``u = m1 + s1 y``.
+
+    Given ``u``, ``v = m2 + k (u - m1) + sv z`` (``k = c12 / c11``, ``sv^2 = c22 (1 - r^2)``, ``sv = 0`` for a collinear pair).
+    A delta on ``u`` (``a >= 2``): :func:`~nearopt.gaussian.relu_moments.delta_moments` with
+    ``rho^(j) = E[h^(b+j)(m2 - k m1 + sv z)]`` (:func:`normal_rule` in ``z``). A ramp or a step (``a <= 1``): ``y`` on the
+    half-line ``y > -m1 / s1`` where the unit is on (:data:`RELU_PANELS` Gauss–Legendre panels of ``ceil(n / 6)`` nodes up to
+    :data:`QUAD_CUT`), ``z`` on :func:`normal_rule`: both integrands analytic, so the levels converge geometrically,
+    for nearly collinear and collinear pairs too (the ``z``-dependence then fades).
     """
     x, w = normal_rule(n)
-    y = s2[:, None] * x
-    hv = torch.stack(h.derivatives(torch.as_tensor(m2[:, None] + y), nb - 1), 1).numpy()  # (m, nb, n)
-    R = ramp_derivatives(m1[:, None] + kappa[:, None] * y, su[:, None], na - 1)  # (m, n, na)
-    return np.einsum("mbp,mpa,p->mab", hv, R, w).reshape(-1, na * nb)
+    out = np.zeros((m1.size, na, nb))
+    if na > 2:
+        V = torch.as_tensor((m2 - k * m1)[:, None] + sv[:, None] * x)
+        rho = torch.stack(h.derivatives(V, nb + na - 4), 1).numpy() @ w  # (m, orders)
+        for b in range(nb):
+            out[:, 2:, b] = delta_moments(m1, s1, k, rho[:, b : b + na - 2])
+    t, wt = np.polynomial.legendre.leggauss(max(4, math.ceil(n / 6)))
+    y0 = np.clip(-m1 / s1, -QUAD_CUT, QUAD_CUT)
+    width = (QUAD_CUT - y0) / RELU_PANELS  # (m,)
+    left = y0[:, None] + width[:, None] * np.arange(RELU_PANELS)  # (m, panels)
+    Y = (left[:, :, None] + 0.5 * width[:, None, None] * (t + 1.0)).reshape(m1.size, -1)  # (m, Ny)
+    WY = (0.5 * width[:, None, None] * wt * np.ones((1, RELU_PANELS, 1))).reshape(m1.size, -1) * np.exp(-0.5 * Y * Y) / math.sqrt(2 * math.pi)
+    xt, wz = torch.as_tensor(x), torch.as_tensor(w)
+    step = max(1, _QUAD_BLOCK // (Y.shape[1] * n * nb))
+    for start in range(0, m1.size, step):
+        sl = slice(start, start + step)
+        vy = torch.as_tensor(m2[sl, None] + (k * s1)[sl, None] * Y[sl])  # (m', Ny)
+        v = vy[:, :, None] + torch.as_tensor(sv[sl])[:, None, None] * xt  # (m', Ny, n)
+        Hv = (torch.stack(h.derivatives(v, nb - 1), 1) @ wz).numpy()  # (m', nb, Ny): the z-sum
+        u = m1[sl, None] + s1[sl, None] * Y[sl]
+        out[sl, 0, :] = np.einsum("my,mby->mb", WY[sl] * u, Hv)
+        if na > 1:
+            out[sl, 1, :] = np.einsum("my,mby->mb", WY[sl], Hv)
+    return out.reshape(-1, na * nb)
 
 
 def _relu_moments(f: Activation, h: Activation, na: int, nb: int, m1, m2, c11, c12, c22, order: int | None, tol: float) -> DerivativeMoments:
     """``E[relu^(a)(u) h^(b)(v)]`` ``(m, na, nb)`` for flat pairs, ``f`` ReLU (:mod:`nearopt.gaussian.relu_moments`).
 
     ``h`` ReLU: closed forms (exact; ``nodes = 0``), collinear pairs included where their kinks differ. ``h`` smooth:
-    the one-dimensional checked quadrature of :func:`_relu_smooth_block`. Units that share their kink
-    (:func:`~nearopt.gaussian.relu_moments.coincident`) or have zero variance take only ramps and steps
-    (``a, b <= 1``), and a ReLU unit collinear with a smooth one none: otherwise :func:`degenerate_relu_error`.
+    the checked quadrature of :func:`_relu_smooth_block`, conditioned on the ReLU unit (collinear pairs included).
+    Units that share their kink (:func:`~nearopt.gaussian.relu_moments.coincident`) or have zero variance take only
+    ramps and steps (``a, b <= 1``), and a ReLU unit of zero variance against a smooth one nothing: otherwise
+    :func:`degenerate_relu_error`.
     """
     gap = correlation_gap(c11, c12, c22)
     coll = gap <= COLLINEAR_TOL
@@ -711,13 +739,12 @@ def _relu_moments(f: Activation, h: Activation, na: int, nb: int, m1, m2, c11, c
                 raise degenerate_relu_error(f"derivative orders ({na - 1}, {nb - 1}) of units that share their kink, or of zero variance")
             out[coll] = collinear_pair_values(m1[coll], m2[coll], c11[coll], c12[coll], c22[coll], na, nb)
         return DerivativeMoments(out, 0, 0.0)
-    live = c22 > 0  # a constant smooth unit (variance 0) leaves u its own law
-    kappa = np.divide(c12, c22, out=np.zeros_like(c12), where=live)
-    su = np.sqrt(np.where(live, c11 * gap, c11))
-    if np.any(su == 0):
-        raise degenerate_relu_error("a ReLU unit collinear with a smooth one, or of zero variance")
+    if np.any(c11 <= 0):
+        raise degenerate_relu_error("a ReLU unit of zero variance (a zero row of W1)")
+    s1, k = np.sqrt(c11), c12 / c11
+    sv = np.sqrt(np.maximum(c22, 0.0) * gap)
     flat, used, change = _converge_pairs(
-        lambda idx, n: _relu_smooth_block(h, na, nb, m1[idx], m2[idx], np.sqrt(c22[idx]), kappa[idx], su[idx], n), m1.size, order, tol)
+        lambda idx, n: _relu_smooth_block(h, na, nb, m1[idx], m2[idx], s1[idx], k[idx], sv[idx], n), m1.size, order, tol)
     return DerivativeMoments(flat.reshape(-1, na, nb), used, change)
 
 
