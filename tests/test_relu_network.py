@@ -16,11 +16,13 @@ Two resolutions of the reference (16 and 24 nodes per piece) agree to ``3e-13`` 
 from __future__ import annotations
 
 import functools
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from _cli import cli
 
 import nearopt as no
 from nearopt.curvature.population import PopulationHessian
@@ -248,3 +250,16 @@ def test_a_relu_student_parallel_to_its_erf_teacher_matches_the_reference():
     assert obj.loss == pytest.approx(L_ref, rel=RTOL)
     np.testing.assert_allclose(obj.gradient(), g_ref, rtol=0, atol=RTOL * np.abs(g_ref).max())
     np.testing.assert_allclose(obj.hessian(), H_ref, rtol=0, atol=RTOL * np.abs(H_ref).max())
+
+
+def test_the_command_line_answers_a_relu_student_of_an_erf_teacher_as_the_api(tmp_path):
+    pr = _problem("erf-teacher-b1b2-M2-iso")
+    pr.teacher.save(tmp_path / "T.npz")
+    pr.point.save(tmp_path / "S.npz")
+    code, out, err = cli("spectrum", "--population", "--teacher", tmp_path / "T.npz", "-a", "relu", "--teacher-activation", "erf",
+                         "--student", tmp_path / "S.npz", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    ev = np.linalg.eigvalsh(NetworkObjective(pr).hessian())
+    np.testing.assert_allclose(np.sort(d["eigenvalues"]), ev, rtol=0, atol=1e-12 * np.abs(ev).max())
+    assert d["loss"] == pytest.approx(NetworkObjective(pr).loss, rel=1e-12)
