@@ -263,3 +263,23 @@ def test_the_command_line_answers_a_relu_student_of_an_erf_teacher_as_the_api(tm
     ev = np.linalg.eigvalsh(NetworkObjective(pr).hessian())
     np.testing.assert_allclose(np.sort(d["eigenvalues"]), ev, rtol=0, atol=1e-12 * np.abs(ev).max())
     assert d["loss"] == pytest.approx(NetworkObjective(pr).loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("point", ["random", "teacher"])
+def test_the_structured_route_equals_the_dense_one_for_relu(point):
+    """Rows of dimension 9 > units: the complement block with its multiplicity (ReLU teacher and student, b1, b2, 2 outputs, a covariance)."""
+    rng = np.random.default_rng(4)
+    n = 9
+
+    def net(K):
+        return no.TwoLayerNet(rng.standard_normal((K, n)) / 3, rng.standard_normal((2, K)) / 2, "relu", 0.4 * rng.standard_normal(K),
+                              0.3 * rng.standard_normal(2))
+
+    t = net(3)
+    s = t if point == "teacher" else net(4)
+    A = rng.standard_normal((n, n))
+    curv = PopulationHessian(Problem(t, s, GaussianInputs(covariance=A @ A.T / n + 0.3 * np.eye(n))))
+    dense = np.sort(curv.spectrum("dense").eigenvalues)
+    st = curv.spectrum("structured")
+    assert st.eigenvalues.size == curv.n_params
+    np.testing.assert_allclose(np.sort(st.eigenvalues), dense, rtol=0, atol=1e-12 * np.abs(dense).max())
