@@ -25,6 +25,12 @@ the kernels only through their values, first and second derivatives there). ``S`
 come by automatic differentiation (``torch.func``), residual term included, at the teacher
 and at any student point, for any input covariance and any subset of trained blocks. The
 kernel moments are the one formula; nothing else is written by hand.
+
+ReLU's moments are exact (:mod:`nearopt.gaussian.relu_moments`). A ReLU pair that shares its kink
+(``u_j = c u_i``: a unit with itself, a student unit at its teacher unit, a unit split in two) has
+diverging delta moments, but ``L`` is twice differentiable in the weights there; such a pair takes
+Taylor data that give that Hessian through the same chain rule (:func:`_coincident_pairs`,
+``docs/theory.md`` §13).
 """
 
 from __future__ import annotations
@@ -77,8 +83,8 @@ def _coincident_pairs(phi: tuple[np.ndarray, np.ndarray, np.ndarray], i: np.ndar
     ``i``, ``j``, ``c`` ``(n,)``; ``mu``, ``var`` ``(n,)`` and ``R`` ``(n, 4)`` (``R_k = E[relu^(k)(u_i)]``) of unit ``i``.
     Their delta moments diverge, but ``Phi_ij`` is twice differentiable in the weights ``p = (w, b)`` there: with
     ``x~ = (x, 1)``, ``d2/dp_i2 = E[delta(u_i) relu(u_j) x~ x~^T] = 0`` (``relu(u_j) = 0`` on ``u_i = 0``), likewise in ``p_j``, and
-    ``d2/dp_i dp_j = E[step(u_i) step(u_j) x~ x~^T]``, which for ``c > 0`` is ``E[step(u_i) x~ x~^T] = R1 (Sigma (+) 1) + R2 (..) + R3 (..)``
-    by Stein's lemma. The chain rule through ``z = (mu_i, mu_j, G_ii, G_jj, G_ij)`` gives exactly that Hessian from
+    ``d2/dp_i dp_j = E[step(u_i) step(u_j) x~ x~^T]``, which for ``c > 0`` is ``E[step(u_i) x~ x~^T] = R1 (Sigma (+) 1) + R2 (Sigma w_i e^T + e w_i^T Sigma) + R3 Sigma w_i w_i^T Sigma``
+    (``e`` the bias coordinate) by Stein's lemma. The chain rule through ``z = (mu_i, mu_j, G_ii, G_jj, G_ij)`` gives exactly that Hessian from
     the first derivatives ``(c R0, R0, 0, 0, R1)`` and the second derivatives ``F_mu_i,mu_j = R1``, ``F_mu_i,G_jj = R2 / (2c)``,
     ``F_G_ii,mu_j = R2 / 2``, ``F_G_ii,G_jj = R3 / (4c)`` (all others 0); the value is ``c E[relu(u_i)^2] = c (mu R0 + G_ii R1)``.
     ``c < 0`` (opposite sides of one kink): ``relu(u_i) relu(u_j) = 0`` and everything is 0. A unit with itself
