@@ -66,7 +66,7 @@ import torch
 from ..errors import NearoptError
 from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, Polynomial, ReLU, correlation_gap, get_activation, pair_covariance
 from ..tolerances import ROUNDING_RTOL
-from .relu_moments import coincident, collinear_pair_values, delta_moments, ramp_derivatives, relu_pair_values
+from .relu_moments import SHARED_GAP, coincident, collinear_pair_values, delta_moments, ramp_derivatives, relu_pair_values
 
 __all__ = [
     "check_smooth", "degenerate_relu_error", "derivative_moments", "DerivativeMoments", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "graded_normal_rule",
@@ -727,7 +727,7 @@ def _relu_moments(f: Activation, h: Activation, na: int, nb: int, m1, m2, c11, c
     :func:`degenerate_relu_error`.
     """
     gap = correlation_gap(c11, c12, c22)
-    coll = gap <= COLLINEAR_TOL
+    coll = gap <= SHARED_GAP
     if isinstance(h, ReLU):
         out = np.zeros((m1.size, na, nb))
         two = ~coll

@@ -33,14 +33,15 @@ import math
 import numpy as np
 import scipy.special
 
-from ..model.activations import COLLINEAR_TOL
-
 __all__ = ["coincident", "collinear_low_pair", "collinear_pair_values", "delta_moments", "KINK_TOL", "low_pair", "orthant",
-           "ramp_derivatives", "relu_pair_values"]
+           "ramp_derivatives", "relu_pair_values", "SHARED_GAP"]
 
-#: collinear units whose kinks are this close (relative to the pre-activations' scale) share their kink: ``sqrt(COLLINEAR_TOL)``,
-#: the relative distance of rows that :data:`~nearopt.model.activations.COLLINEAR_TOL` counts as parallel
-KINK_TOL = math.sqrt(COLLINEAR_TOL)
+#: units this close (relative to their scale) are taken as one affine function up to a factor. About ``sqrt(eps)``: the
+#: general formulas lose ``eps / distance`` to cancellation near a shared kink, the shared-kink data are off by
+#: ``O(distance)`` (measured against the kink-exact reference in ``tests/test_relu_network.py``: both ``<= 1e-8``)
+KINK_TOL = 1e-8
+#: ... and pairs with a correlation gap ``1 - r^2`` up to this (``KINK_TOL**2``) are collinear (one-dimensional formulas)
+SHARED_GAP = KINK_TOL**2
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -191,7 +192,7 @@ def coincident(m1, m2, c11, c12, c22, gap) -> np.ndarray:
     live = c11 > 0
     k = np.divide(c12, c11, out=np.zeros_like(c12), where=live)
     beta0 = m2 - k * m1
-    return live & (gap <= COLLINEAR_TOL) & (np.abs(beta0) <= KINK_TOL * (np.abs(m2) + np.abs(k * m1) + np.sqrt(c22)))
+    return live & (gap <= SHARED_GAP) & (np.abs(beta0) <= KINK_TOL * (np.abs(m2) + np.abs(k * m1) + np.sqrt(c22)))
 
 
 def _point_ramp(beta0, n: int) -> np.ndarray:
