@@ -47,7 +47,7 @@ from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
 from .expectations import QUADRATURE_TOL, DerivativeMoments, derivative_moments, unit_moments
 from .objective import nonnegative_quadratic
-from .relu_moments import coincident
+from .relu_moments import coincident, collinear_pair_values
 
 __all__ = ["KernelPoint", "NETWORK_EXPECTATIONS", "NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
 
@@ -76,16 +76,18 @@ def _taylor(M: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return M[..., 0, 0], grad, hess
 
 
-def _coincident_pairs(phi: tuple[np.ndarray, np.ndarray, np.ndarray], i: np.ndarray, j: np.ndarray, c: np.ndarray, mu: np.ndarray,
-                      var: np.ndarray, R: np.ndarray) -> None:
+def _coincident_pairs(phi: tuple[np.ndarray, np.ndarray, np.ndarray], i: np.ndarray, j: np.ndarray, c: np.ndarray, first: np.ndarray,
+                      R: np.ndarray) -> None:
     """Write the Taylor data of ReLU pairs that share their kink, ``u_j = c u_i``, at ``(i, j)`` and ``(j, i)`` of ``phi`` (in place).
 
-    ``i``, ``j``, ``c`` ``(n,)``; ``mu``, ``var`` ``(n,)`` and ``R`` ``(n, 4)`` (``R_k = E[relu^(k)(u_i)]``) of unit ``i``.
+    ``i``, ``j``, ``c`` ``(n,)``; ``first`` ``(n, 3, 3)``: the pairs' moments ``a, b <= 2`` taken as exactly collinear
+    (:func:`~nearopt.gaussian.relu_moments.collinear_pair_values`: the value and first derivatives, exact at a shared kink and
+    off by the square of the distance from one); ``R`` ``(n, 4)`` (``R_k = E[relu^(k)(u_i)]``) of unit ``i``.
     Their delta moments diverge, but ``Phi_ij`` is twice differentiable in the weights ``p = (w, b)`` there: with
     ``x~ = (x, 1)``, ``d2/dp_i2 = E[delta(u_i) relu(u_j) x~ x~^T] = 0`` (``relu(u_j) = 0`` on ``u_i = 0``), likewise in ``p_j``, and
     ``d2/dp_i dp_j = E[step(u_i) step(u_j) x~ x~^T]``, which for ``c > 0`` is ``E[step(u_i) x~ x~^T] = R1 (Sigma (+) 1) + R2 (Sigma w_i e^T + e w_i^T Sigma) + R3 Sigma w_i w_i^T Sigma``
     (``e`` the bias coordinate) by Stein's lemma. The chain rule through ``z = (mu_i, mu_j, G_ii, G_jj, G_ij)`` gives exactly that Hessian from
-    the first derivatives ``(c R0, R0, 0, 0, R1)`` and the second derivatives ``F_mu_i,mu_j = R1``, ``F_mu_i,G_jj = R2 / (2c)``,
+    the first derivatives (at a shared kink ``(c R0, R0, 0, 0, R1)``) and the second derivatives ``F_mu_i,mu_j = R1``, ``F_mu_i,G_jj = R2 / (2c)``,
     ``F_G_ii,mu_j = R2 / 2``, ``F_G_ii,G_jj = R3 / (4c)`` (all others 0); the value is ``c E[relu(u_i)^2] = c (mu R0 + G_ii R1)``.
     ``c < 0`` (opposite sides of one kink): ``relu(u_i) relu(u_j) = 0`` and everything is 0. A unit with itself
     (``c = 1``) is the same data: the Taylor polynomial of ``E[relu(u)^2]`` in ``(mu, G)``.
@@ -93,12 +95,11 @@ def _coincident_pairs(phi: tuple[np.ndarray, np.ndarray, np.ndarray], i: np.ndar
     val, grad, hess = phi
     pos = c > 0
     cs = np.where(pos, c, 1.0)
-    g = np.zeros((c.size, 5))
-    g[:, 0], g[:, 1], g[:, 4] = c * R[:, 0], R[:, 0], R[:, 1]
+    v, g, _ = _taylor(first, 3)  # value and first derivatives (the Hessian slots need orders 3 and 4: below)
     h = np.zeros((c.size, 5, 5))
     for (k, l_), value in (((0, 1), R[:, 1]), ((0, 3), R[:, 2] / (2 * cs)), ((2, 1), 0.5 * R[:, 2]), ((2, 3), R[:, 3] / (4 * cs))):
         h[:, k, l_] = h[:, l_, k] = value
-    v, g, h = np.where(pos, c * (mu * R[:, 0] + var * R[:, 1]), 0.0), g * pos[:, None], h * pos[:, None, None]
+    h = h * pos[:, None, None]
     swap = [1, 0, 3, 2, 4]  # (j, i): the pair's arguments with the roles exchanged
     val[i, j], grad[i, j], hess[i, j] = v, g, h
     val[j, i], grad[j, i], hess[j, i] = v, g[:, swap], h[:, swap][:, :, swap]
@@ -195,7 +196,8 @@ class NetworkObjective:
                np.stack([np.stack([m[:, 2], 0.5 * m[:, 3]], -1), np.stack([0.5 * m[:, 3], 0.25 * m[:, 4]], -1)], -2))
         ci, cj = np.nonzero(shared)
         if ci.size:
-            _coincident_pairs(phi, ci, cj, G[ci, cj] / d[ci], mu[ci], d[ci], m[ci, :4])
+            first = collinear_pair_values(mu[ci], mu[cj], d[ci], G[ci, cj], d[cj], 3, 3)
+            _coincident_pairs(phi, ci, cj, G[ci, cj] / d[ci], first, m[ci, :4])
         change = max((r.change for r in runs if np.isfinite(r.change)), default=0.0)
         return KernelPoint(mu, G, phi, psi, max(r.nodes for r in runs), change)
 

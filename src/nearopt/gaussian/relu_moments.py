@@ -36,12 +36,13 @@ import scipy.special
 __all__ = ["coincident", "collinear_low_pair", "collinear_pair_values", "delta_moments", "KINK_TOL", "low_pair", "orthant",
            "ramp_derivatives", "relu_pair_values", "SHARED_GAP"]
 
-#: units this close (relative to their scale) are taken as one affine function up to a factor. About ``sqrt(eps)``: the
-#: general formulas lose ``eps / distance`` to cancellation near a shared kink, the shared-kink data are off by
-#: ``O(distance)`` (measured against the kink-exact reference in ``tests/test_relu_network.py``: both ``<= 1e-8``)
-KINK_TOL = 1e-8
-#: ... and pairs with a correlation gap ``1 - r^2`` up to this (``KINK_TOL**2``) are collinear (one-dimensional formulas)
-SHARED_GAP = KINK_TOL**2
+#: pairs with a correlation gap ``1 - r^2`` up to this are collinear (one-dimensional formulas): rows parallel to about
+#: ``sqrt(eps)``, where the general formulas lose ``eps / sqrt(gap)`` to cancellation and the collinear ones are off by
+#: ``O(sqrt(gap))`` (measured against the kink-exact reference in ``tests/test_relu_network.py``: both ``<= 1e-8``)
+SHARED_GAP = 1e-16
+#: collinear units whose kinks are this close (relative to their scale) share their kink: far above the conditional std
+#: ``sqrt(SHARED_GAP)`` of a collinear pair, so that a collinear pair with separate kinks has them ``>= 100`` such stds apart
+KINK_TOL = 1e-6
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -89,39 +90,45 @@ def delta_moments(m1, s1, k, rho: np.ndarray) -> np.ndarray:
     return out
 
 
-def orthant(h, k, r, gap):
+def orthant(h, k, r, gap, dh=None, dk=None):
     """``Phi2(h, k; r) = P(X < h, Y < k)`` for standard normals of correlation ``r``, ``gap = 1 - r^2 > 0``, by Owen's ``T``.
 
-    ``Phi2 = (Phi(h) + Phi(k)) / 2 - T(h, a_h) - T(k, a_k) - beta`` with ``a_h = (k - r h) / (h sqrt(gap))`` (``T(0, a) =
-    atan(a) / (2 pi)``, ``T(0, +-inf) = +-1/4``), ``beta = 1/2`` where ``h k < 0`` or ``h k = 0 < -(h + k)``; at
-    ``h = k = 0`` the limit differs by direction, so ``1/4 + asin(r) / (2 pi)`` is taken there directly.
+    ``Phi2 = (Phi(h) + Phi(k)) / 2 - T(h, dh / h) - T(k, dk / k) - beta`` with ``dh = (k - r h) / sqrt(gap)``,
+    ``dk = (h - r k) / sqrt(gap)`` (pass them when they are known without cancellation: :func:`low_pair`;
+    ``T(0, a) = atan(a) / (2 pi)``, ``T(0, +-inf) = +-1/4``), ``beta = 1/2`` where ``h k < 0`` or ``h k = 0 < -(h + k)``;
+    at ``h = k = 0`` the limit differs by direction, so ``1/4 + asin(r) / (2 pi)`` is taken there directly.
     """
     h, k, r, gap = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (h, k, r, gap)))
     sq = np.sqrt(gap)
+    dh = (k - r * h) / sq if dh is None else dh
+    dk = (h - r * k) / sq if dk is None else dk
     with np.errstate(divide="ignore", invalid="ignore"):
-        ah = np.where(h != 0, (k - r * h) / (h * sq), np.copysign(np.inf, k - r * h))
-        ak = np.where(k != 0, (h - r * k) / (k * sq), np.copysign(np.inf, h - r * k))
+        ah = np.where(h != 0, dh / h, np.copysign(np.inf, dh))
+        ak = np.where(k != 0, dk / k, np.copysign(np.inf, dk))
     beta = np.where((h * k < 0) | ((h * k == 0) & (h + k < 0)), 0.5, 0.0)
     val = 0.5 * (_Phi(h) + _Phi(k)) - scipy.special.owens_t(h, ah) - scipy.special.owens_t(k, ak) - beta
     centre = 0.25 + np.arctan2(r, sq) / (2.0 * math.pi)
     return np.where((h == 0) & (k == 0), centre, val)
 
 
-def low_pair(m1, m2, s1, s2, r, gap) -> np.ndarray:
+def low_pair(m1, m2, c11, c12, c22, gap) -> np.ndarray:
     """``E[g^(a)(u) g^(b)(v)]`` for ``a, b <= 1`` (ramp, step) of a non-collinear pair: shape ``S + (2, 2)``.
 
     ``u = m1 + s1 X``, ``v = m2 + s2 Y``, ``corr(X, Y) = r``, ``gap = 1 - r^2 > 0``; with ``A = m1 / s1``,
-    ``B = m2 / s2``, ``L = Phi2(A, B; r)``, ``qa = phi(A) Phi((B - r A) / sqrt(gap))``, ``qb = phi(B) Phi((A - r B) / sqrt(gap))``
-    (Tallis 1961): ``E[X 1] = qa + r qb``, ``E[Y 1] = qb + r qa``, ``E[X Y 1] = r L - r (A qa + B qb) + sqrt(gap) phi(0) phi(q)``
-    with ``q^2 = (A^2 - 2 r A B + B^2) / gap``, ``1 = 1{u > 0, v > 0}``.
+    ``B = m2 / s2``, ``L = Phi2(A, B; r)``, ``da = (B - r A) / sqrt(gap)``, ``db = (A - r B) / sqrt(gap)``,
+    ``qa = phi(A) Phi(da)``, ``qb = phi(B) Phi(db)`` (Tallis 1961): ``E[X 1] = qa + r qb``, ``E[Y 1] = qb + r qa``,
+    ``E[X Y 1] = r L - r (A qa + B qb) + sqrt(gap) phi(0) phi(q)`` with ``q^2 = (A^2 - 2 r A B + B^2) / gap = db^2 + B^2``,
+    ``1 = 1{u > 0, v > 0}``. ``da = (m2 - (c12 / c11) m1) / (s2 sqrt(gap))`` (and ``db`` alike): the kinks' distance over the
+    conditional std, formed without the cancellation of ``B - r A`` near a shared kink.
     """
-    A, B = m1 / s1, m2 / s2
+    s1, s2 = np.sqrt(c11), np.sqrt(c22)
+    A, B, r = m1 / s1, m2 / s2, c12 / (s1 * s2)
     sq = np.sqrt(gap)
-    L = orthant(A, B, r, gap)
-    qa, qb = _phi(A) * _Phi((B - r * A) / sq), _phi(B) * _Phi((A - r * B) / sq)
+    da, db = (m2 - (c12 / c11) * m1) / (s2 * sq), (m1 - (c12 / c22) * m2) / (s1 * sq)
+    L = orthant(A, B, r, gap, da, db)
+    qa, qb = _phi(A) * _Phi(da), _phi(B) * _Phi(db)
     ex, ey = qa + r * qb, qb + r * qa
-    q2 = np.where(gap > 0, (A * A - 2 * r * A * B + B * B) / gap, 0.0)
-    exy = r * L - r * (A * qa + B * qb) + sq * _INV_SQRT_2PI * _phi(np.sqrt(np.maximum(q2, 0.0)))
+    exy = r * L - r * (A * qa + B * qb) + sq * _INV_SQRT_2PI * _phi(np.sqrt(db * db + B * B))
     rr = m1 * m2 * L + m1 * s2 * ey + m2 * s1 * ex + s1 * s2 * exy
     rs, sr = m1 * L + s1 * ex, m2 * L + s2 * ey
     return np.stack([np.stack([rr, rs], -1), np.stack([sr, L], -1)], -2)
@@ -172,7 +179,7 @@ def relu_pair_values(m1, m2, c11, c12, c22, gap, na: int, nb: int) -> np.ndarray
     """
     s1, s2 = np.sqrt(c11), np.sqrt(c22)
     out = np.zeros(np.shape(m1) + (na, nb))
-    lo = low_pair(m1, m2, s1, s2, c12 / (s1 * s2), gap)
+    lo = low_pair(m1, m2, c11, c12, c22, gap)
     out[..., : min(na, 2), : min(nb, 2)] = lo[..., : min(na, 2), : min(nb, 2)]
     if na > 2:  # condition on u: rho^(j)(beta) = R^(b + j)(beta; s_v), beta(0) = m2 - k m1
         k = c12 / c11
