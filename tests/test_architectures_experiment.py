@@ -7,12 +7,19 @@ import json
 
 import numpy as np
 import pytest
+import scipy.special
 
 from nearopt.errors import NearoptError
 from nearopt.experiments.architectures import BIASES, cells, covariance, finalize, hidden_layers, spectra_teacher
 from nearopt.experiments.base import get_experiment
 from nearopt.model import io
+from nearopt.model.network import sample_teacher
 from nearopt.pipeline import run_experiment
+
+
+def erf_activation(z: np.ndarray) -> np.ndarray:
+    """The library's "erf": ``erf(z / sqrt 2)``."""
+    return scipy.special.erf(z / np.sqrt(2.0))
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +57,24 @@ def test_summary_states_the_measured_numbers(quick_run):
     text = run.result.summary
     for row in io.read_json(quick_run[1] / "architectures.json")["spectra"]:
         assert f"| {row['activation']} | {row['bias']} | {row['M']} | {row['P']} | {row['rank']} |" in text
-    assert "ReLU students: batch estimates, not population values" in text
-    relu = io.read_json(quick_run[1] / "architectures.json")["relu_batch"]
+    assert "ReLU students of the same erf teacher** (exact population loss and Hessian" in text
+    relu = io.read_json(quick_run[1] / "architectures.json")["relu_best"]
     assert sorted(r["K"] for r in relu) == [1, 2, 3, 4]
-    for r in relu:  # the fresh-input loss is a mean of N squares: its standard error is far below it
-        assert 0 < r["test_se"] < 0.2 * r["test_loss"] and r["negative"] + r["near_zero"] <= r["P"]
+    for r in relu:
+        assert f"| {r['K']} | {r['P']} | {r['loss']:.4g} |" in text
+
+
+def test_the_exact_relu_losses_agree_with_a_monte_carlo_estimate(quick_run):
+    """The best ReLU student's population loss against the mean of ``1/2 |f_s - f*|^2`` over 400 000 fresh inputs (4 se)."""
+    run, folder = quick_run
+    teacher = sample_teacher(run.config["fit_inputs"], run.config["fit_width"], "erf", seed=run.config["seed"])
+    X = np.random.default_rng(12).standard_normal((400_000, teacher.n_inputs))
+    y = teacher.W2 @ erf_activation(X @ teacher.W1.T).T
+    for r in io.read_json(folder / "architectures.json")["relu_best"]:
+        W1, W2 = np.asarray(r["W1"]), np.asarray(r["W2"])
+        sq = 0.5 * ((W2 @ np.maximum(X @ W1.T, 0.0).T - y) ** 2).sum(0)
+        se = sq.std(ddof=1) / np.sqrt(sq.size)
+        assert abs(sq.mean() - r["loss"]) < 4 * se, (r["K"], sq.mean(), r["loss"], se)
 
 
 def _results(run):
@@ -100,7 +120,7 @@ def test_cells_put_the_fits_first_and_the_chain_only_when_asked():
     assert kinds[:4] == ["fit"] * 4 and "fit-chain" not in kinds
     assert [c["K"] for c in cq[:4]] == [quick["fit_width"] + 3 - i for i in range(4)]
     assert kinds.count("ranks") == len(quick["depths"]) and kinds.count("spectra") == 2 and kinds.count("batch") == 1
-    assert sorted(c["K"] for c in cq if c["kind"] == "relu-batch") == [quick["fit_width"] + i for i in range(4)]
+    assert sorted(c["K"] for c in cq if c["kind"] == "relu-fit") == [quick["fit_width"] + i for i in range(4) for _ in range(quick["fit_seeds"])]
     cf = cells(full)
     assert cf[0]["kind"] == "fit-chain" and sum(c["kind"] == "fit" for c in cf) == 4 * full["fit_seeds"]
     assert len({json.dumps(c, sort_keys=True) for c in cf}) == len(cf)

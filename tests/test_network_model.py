@@ -178,13 +178,6 @@ def test_the_batch_routes_take_biases_and_outputs():
     np.testing.assert_allclose(np.linalg.eigvalsh(H), np.sort(no.batch_spectrum(t, X).eigenvalues), atol=1e-12)
 
 
-def test_a_kink_with_biases_is_refused_with_one_line():
-    t = no.TwoLayerNet(np.eye(2, 3), np.ones((1, 2)), "relu", b1=np.zeros(2))
-    with pytest.raises(no.NearoptError, match="kink") as info:
-        PopulationHessian(t).spectrum()
-    assert "\n" not in str(info.value)
-
-
 def test_routes_for_the_papers_network_only_refuse_with_the_capability_message():
     t = _problem(("erf", "erf"), "b1,b2", "teacher", "isotropic").teacher
     with pytest.raises(no.NearoptError, match="covers f\\(x\\) = W2 g\\(W1 x\\).*b1, b2.*what takes it: the population spectrum"):
@@ -236,7 +229,6 @@ def test_cli_critical_contract_writes_the_students_biases(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (("--teacher-activation", "erf"), "needs a student point"),
     (("--trained", "b3"), "comma list of distinct blocks"),
-    (("-a", "relu"), "kink"),
 ])
 def test_cli_refusals_are_one_line(files, args, needle):
     tmp, _, _ = files

@@ -23,9 +23,8 @@ Three parts, each measured on the exact population Hessian (``docs/reproduce.md`
   loss, then Newton) from random starts, and, for each width above ``k``, from the best point of the
   width below with one dead unit added (outgoing weight 0: the same function, so the loss cannot
   rise); the lowest-loss end point per width, its loss, gradient norm, index and smallest
-  eigenvalues. ReLU students: the population engine refuses a kink, so they are fitted to a batch of
-  ``N`` inputs (L-BFGS) and reported as batch estimates: the loss on ``N`` fresh inputs with its
-  standard error, the spectrum of the batch Hessian.
+  eigenvalues. ReLU students of the same widths the same way from the same random starts (the exact
+  ReLU moments with means: closed forms, and a checked quadrature against the erf unit).
 """
 
 from __future__ import annotations
@@ -39,20 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.optimize
 import torch
 
-from ..curvature.batch import BatchHessian, iter_jacobian_chunks
+from ..curvature.batch import iter_jacobian_chunks
 from ..curvature.deep_linear import DeepLinearHessian
 from ..curvature.population import PopulationHessian
 from ..figures.plotting import new_figure, save_figure
-from ..gaussian.expectations import output_power
 from ..landscape.critical import CriticalPoint, find_critical_point
 from ..landscape.manifold import add_dead_units, random_student
 from ..model import io
 from ..model.activations import get_activation
 from ..model.deep_linear import DeepLinearProblem, sample_deep_linear
-from ..model.network import TwoLayerNet, network_output, sample_inputs, sample_teacher
+from ..model.network import TwoLayerNet, sample_inputs, sample_teacher
 from ..model.problem import GaussianInputs, Problem
 from ..spectra.solver import NullSpaceWarning
 from ..theory.rank_prediction import predict_deep_linear_rank, predict_rank
@@ -83,8 +80,6 @@ Z_MAX = 6.0
 #: where an entry has no sampling variance (the same for every input: the b2 block, the W2 and b2 entries of two different outputs),
 #: it must agree to this (absolute)
 EXACT_ATOL = 1e-12
-#: batch Hessian eigenvalues of a ReLU fit within this fraction of the largest are counted as zero (not as negative)
-RELU_ZERO = 1e-8
 #: the few smallest nonzero eigenvalues reported per configuration
 N_SMALLEST = 3
 
@@ -105,8 +100,6 @@ QUICK: dict[str, Any] = {
     "fit_chain": False,
     "fit_steps": 30,
     "newton_iter": 10,
-    "relu_samples": 4000,
-    "relu_steps": 200,
 }
 FULL: dict[str, Any] = {
     **QUICK,
@@ -122,8 +115,6 @@ FULL: dict[str, Any] = {
     "fit_chain": True,
     "fit_steps": 150,
     "newton_iter": 40,
-    "relu_samples": 20000,
-    "relu_steps": 2000,
 }
 
 
@@ -135,9 +126,7 @@ def cells(config: dict[str, Any]) -> list[dict[str, Any]]:
     out = [dict(kind="fit-chain", **fit)] if config["fit_chain"] else []
     widths = range(config["fit_width"] + 3, config["fit_width"] - 1, -1)
     out += [dict(kind="fit", K=K, start=s, **fit) for K in widths for s in range(config["fit_seeds"])]
-    relu = dict(n_inputs=config["fit_inputs"], width=config["fit_width"], samples=config["relu_samples"], steps=config["relu_steps"],
-                starts=config["fit_seeds"], seed=seed)
-    out += [dict(kind="relu-batch", K=K, **relu) for K in widths]
+    out += [dict(kind="relu-fit", K=K, start=s, **fit) for K in widths for s in range(config["fit_seeds"])]
     out += [dict(kind="ranks", depth=d, n_inputs=config["linear_inputs"], patterns=config["hidden_patterns"], outputs=config["outputs"],
                 rank_sigmas=config["rank_sigmas"], seed=seed) for d in config["depths"]]
     teacher = {k: config[k] for k in ("n_inputs", "n_hidden", "outputs")}
@@ -160,8 +149,8 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
             out = _batch_check(cell)
         elif kind == "fit":
             out = _fit_from_random(cell)
-        elif kind == "relu-batch":
-            out = _relu_batch_fit(cell)
+        elif kind == "relu-fit":
+            out = _fit_from_random(cell, "relu")
         else:
             out = _fit_chain(cell)
     out["seconds"] = time.perf_counter() - t0
@@ -281,9 +270,9 @@ def _fit(teacher: TwoLayerNet, student: TwoLayerNet, cell: dict[str, Any]) -> Cr
     return find_critical_point(Problem(teacher, student=student), max_steps=cell["steps"], newton_iter=cell["newton_iter"])
 
 
-def _fit_from_random(cell: dict[str, Any]) -> dict[str, Any]:
+def _fit_from_random(cell: dict[str, Any], activation: str = "tanh") -> dict[str, Any]:
     T = _fit_teacher(cell)
-    S = random_student(T, cell["K"], seed=cell["seed"] + 1 + cell["start"]).with_activation("tanh")
+    S = random_student(T, cell["K"], seed=cell["seed"] + 1 + cell["start"]).with_activation(activation)
     return {"rows": [_fit_row(_fit(T, S, cell), f"random {cell['start']}")]}
 
 
@@ -300,46 +289,6 @@ def _fit_chain(cell: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def _relu_batch_fit(cell: dict[str, Any]) -> dict[str, Any]:
-    """A ReLU student of width ``K`` fitted to a batch (a batch estimate: the population engine refuses the kink).
-
-    L-BFGS on ``1/(2N) sum_n |f_s(x_n) - f_t(x_n)|^2`` over ``N`` training inputs from each of ``starts`` random
-    starts; the lowest training loss is kept. Reported there: the training loss and gradient norm, the loss on
-    ``N`` fresh inputs with its standard error (the estimate of the population loss) and the spectrum of the
-    batch Hessian (:class:`~nearopt.curvature.batch.BatchHessian`, dense).
-    """
-    T = _fit_teacher(cell)
-    N = cell["samples"]
-    X = torch.as_tensor(sample_inputs(N, T.n_inputs, seed=cell["seed"]))
-    X_test = torch.as_tensor(sample_inputs(N, T.n_inputs, seed=cell["seed"] + 1))
-    target = lambda Z: network_output(T, torch.as_tensor(T.parameters()), Z)
-    y = target(X)
-    best: tuple[float, TwoLayerNet] | None = None
-    for start in range(cell["starts"]):
-        S0 = random_student(T, cell["K"], seed=cell["seed"] + 1 + start).with_activation("relu")
-
-        def loss_grad(th: np.ndarray, S0: TwoLayerNet = S0) -> tuple[float, np.ndarray]:
-            t = torch.as_tensor(th).requires_grad_(True)
-            L = 0.5 * ((network_output(S0, t, X) - y) ** 2).sum() / N
-            (g,) = torch.autograd.grad(L, t)
-            return float(L.detach()), g.numpy()
-
-        res = scipy.optimize.minimize(loss_grad, S0.parameters(), jac=True, method="L-BFGS-B",
-                                      options={"maxiter": cell["steps"], "gtol": 1e-12, "ftol": 0.0})
-        if best is None or res.fun < best[0]:
-            best = (float(res.fun), S0.with_parameters(res.x))
-    assert best is not None
-    S = best[1]
-    grad = loss_grad(S.parameters(), S)[1]
-    r2 = ((network_output(S, torch.as_tensor(S.parameters()), X_test) - target(X_test)) ** 2).sum(1).numpy()
-    lam = BatchHessian(Problem(T, student=S), X).spectrum("dense").eigenvalues
-    cut = RELU_ZERO * abs(lam[-1])  # counts that rounding (the rescaling zero modes reach 1e-12) does not flip
-    return {"rows": [{"K": cell["K"], "P": S.n_params, "samples": N, "train_loss": best[0], "gradient_norm": float(np.linalg.norm(grad)),
-                      "test_loss": float(0.5 * r2.mean()), "test_se": float(0.5 * r2.std(ddof=1) / math.sqrt(N)), "teacher_power": output_power(T),
-                      "negative": int((lam < -cut).sum()), "near_zero": int((np.abs(lam) <= cut).sum()),
-                      "smallest": [float(x) for x in lam[:N_SMALLEST]], "largest": float(lam[-1])}]}
-
-
 # ----------------------------------------------------------------------------- finalize
 def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: list[dict[str, Any]], out_dir: Path) -> ExperimentResult:
     out_dir = Path(out_dir)
@@ -348,13 +297,13 @@ def finalize(config: dict[str, Any], cell_list: list[dict[str, Any]], results: l
     spectra = [row for _, r in by("spectra") for row in r["rows"]]
     batch = by("batch")[0][1]
     fits = [row for _, r in by("fit") + by("fit-chain") for row in r["rows"]]
-    relu = [row for _, r in by("relu-batch") for row in r["rows"]]
-    best = _best_per_width(fits)
-    checks = _rank_checks(ranks) + _spectra_checks(spectra, batch) + _fit_checks(fits, best, config)
-    figures = [_figure(ranks, spectra, best, relu, config, out_dir)]
+    relu = [row for _, r in by("relu-fit") for row in r["rows"]]
+    best, relu_best = _best_per_width(fits), _best_per_width(relu)
+    checks = _rank_checks(ranks) + _spectra_checks(spectra, batch) + _fit_checks(fits, best, config) + _relu_checks(relu, relu_best)
+    figures = [_figure(ranks, spectra, best, relu_best, config, out_dir)]
     data = [io.write_json(out_dir / "architectures.json", {"definition": __doc__, "ranks": ranks, "spectra": spectra, "batch": batch,
-                                                           "fit": fits, "fit_best": best, "relu_batch": relu})]
-    summary = _summary(ranks, spectra, batch, fits, best, config) + "\n\n" + _relu_summary(relu, config)
+                                                           "fit": fits, "fit_best": best, "relu_fit": relu, "relu_best": relu_best})]
+    summary = _summary(ranks, spectra, batch, fits, best, config) + "\n\n" + _relu_summary(relu_best, config)
     return ExperimentResult("architectures", checks, figures, data, summary, dict(config))
 
 
@@ -456,22 +405,28 @@ def _summary(ranks, spectra, batch, fits, best, config) -> str:
     return "\n".join(lines)
 
 
-def _relu_summary(relu: list[dict[str, Any]], config: dict[str, Any]) -> str:
-    """Part (c) for ReLU students: batch estimates, labelled as such."""
-    lines = [f"**(c) ReLU students: batch estimates, not population values.** The exact population engine refuses a kink, so ReLU students "
-             f"are fitted by L-BFGS (at most {config['relu_steps']} steps, {config['fit_seeds']} random start(s), the lowest training loss "
-             f"kept) to N = {config['relu_samples']} inputs; the loss on N fresh inputs (± its standard error) estimates the population "
-             f"loss, and the spectrum is that of the batch Hessian (eigenvalues within {RELU_ZERO:g} λmax counted as zero: the rescaling "
-             "symmetry of each unit gives zero modes).", "",
-             "| K | P | training loss | fresh-input loss ± se | its L / E[f*²] | gradient norm | negative | near zero | smallest eigenvalues | largest |",
+def _relu_checks(relu: list[dict[str, Any]], best: list[dict[str, Any]]) -> list[Check]:
+    k_best = best[0]
+    wrong = [f for f in relu if "minimum" in f["classification"] and f["index"] != 0]
+    return [
+        check_below(f"the best ReLU student of the teacher's width (K = {k_best['K']}) is a critical point of the exact population loss: "
+                    "gradient norm at rounding level", k_best["gradient_norm"], k_best["gradient_tolerance"]),
+        check_equal("every ReLU end point called a minimum has index 0", 0, len(wrong)),
+    ]
+
+
+def _relu_summary(best: list[dict[str, Any]], config: dict[str, Any]) -> str:
+    """Part (c) for ReLU students: the same table as for tanh, from the exact population route."""
+    lines = [f"**(c) ReLU students of the same erf teacher** (exact population loss and Hessian; {config['fit_seeds']} random start(s) per "
+             "width, the same step limits); the lowest-loss end point per width:", "",
+             "| K | P | loss | L / E[f*²] | gradient norm | class | index | zero | smallest eigenvalues | starts converged |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(relu, key=lambda r: r["K"]):
-        small = ", ".join(f"{x:.3g}" for x in r["smallest"])
-        lines.append(f"| {r['K']} | {r['P']} | {r['train_loss']:.4g} | {r['test_loss']:.4g} ± {r['test_se']:.2g} | "
-                     f"{r['test_loss'] / r['teacher_power']:.3g} | {r['gradient_norm']:.2g} | "
-                     f"{r['negative']} | {r['near_zero']} | {small} | {r['largest']:.3g} |")
+    for b in best:
+        small = ", ".join(f"{x:.3g}" for x in b["smallest"])
+        lines.append(f"| {b['K']} | {b['P']} | {b['loss']:.4g} | {b['loss_relative']:.3g} | {b['gradient_norm']:.2g} | {b['classification']} | "
+                     f"{b['index']} | {b['zero_modes']} | {small} | {b['converged_starts']}/{b['starts']} |")
     lines += ["", "Without biases a ReLU student is positively homogeneous (f(cx) = c f(x) for c > 0) and cannot follow the erf teacher's "
-              "saturation, so its loss stays far above the tanh students'."]
+              "saturation, so its loss stays far above the tanh students'; each unit's rescaling (w, v) -> (c w, v / c) is a zero mode."]
     return "\n".join(lines)
 
 
@@ -498,6 +453,7 @@ def _lowest(rows: dict[tuple[str, int], dict[str, Any]], bias: str, M: int) -> f
 
 
 def _figure(ranks, spectra, best, relu, config, out_dir: Path) -> Path:
+    """(a) measured against predicted ranks, (b) every eigenvalue per configuration, (c) the best losses per width (``relu``: ReLU's best rows)."""
     fig, axes = new_figure(1, 3, figsize=(13, 3.8), squeeze=False, gridspec_kw={"width_ratios": [1, 2.2, 1]})
     ax = axes[0][0]
     depths = sorted({r["depth"] for r in ranks})
@@ -531,12 +487,12 @@ def _figure(ranks, spectra, best, relu, config, out_dir: Path) -> Path:
     ax.plot([], [], "o", color="C0", label="best loss / E[f*²] (open: not converged)")
     ax.semilogy(K, [max(b["smallest_positive"], 1e-300) if math.isfinite(b["smallest_positive"]) else np.nan for b in best], "s--", ms=4, color="C1",
                 label=r"smallest positive $\lambda$")
-    if relu:
-        rr = sorted(relu, key=lambda r: r["K"])
-        ax.errorbar([r["K"] for r in rr], [r["test_loss"] / r["teacher_power"] for r in rr], [2 * r["test_se"] / r["teacher_power"] for r in rr],
-                    fmt="^:", ms=4, color="C2", label="ReLU, batch estimate (± 2 se)")
+    ax.semilogy([b["K"] for b in relu], [b["loss_relative"] for b in relu], ":", color="C2", lw=0.8)
+    for b in relu:
+        ax.semilogy(b["K"], b["loss_relative"], "^", ms=5, color="C2", mfc="C2" if b["converged"] else "none")
+    ax.plot([], [], "^", color="C2", label="ReLU students, best loss / E[f*²]")
     ax.set_xlabel("student width K")
-    ax.set_title(f"(c) erf teacher, k = {config['fit_width']}: tanh (exact) and ReLU students", fontsize=9)
+    ax.set_title(f"(c) erf teacher, k = {config['fit_width']}: tanh and ReLU students", fontsize=9)
     ax.legend(fontsize=6)
     return save_figure(fig, out_dir / "architectures")[0]
 
@@ -559,8 +515,6 @@ SETTINGS = (
     Setting("fit_chain", bool),
     count("fit_steps", 100_000),
     count("newton_iter", 1000),
-    count("relu_samples", 10**7, low=10),
-    count("relu_steps", 10**6),
 )
 RELATIONS = (Relation("max(rank_sigmas) <= linear_inputs", lambda c: max(c["rank_sigmas"]) <= c["linear_inputs"]),)
 
@@ -576,7 +530,7 @@ register(
     Experiment(
         name="architectures",
         description="ranks of deep linear and multi-output networks against q (r + K - q); erf and tanh spectra with biases and outputs; "
-                    "tanh students of an erf teacher",
+                    "tanh and ReLU students of an erf teacher",
         quick=QUICK,
         full=FULL,
         cells=cells,

@@ -64,13 +64,14 @@ import numpy as np
 import torch
 
 from ..errors import NearoptError
-from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, Polynomial, get_activation, pair_covariance
+from ..model.activations import COLLINEAR_TOL, Activation, PairMoments, Polynomial, ReLU, correlation_gap, get_activation, pair_covariance
 from ..tolerances import ROUNDING_RTOL
+from .relu_moments import SHARED_GAP, coincident, collinear_pair_values, delta_moments, ramp_derivatives, relu_pair_values
 
 __all__ = [
-    "check_smooth", "derivative_moments", "DerivativeMoments", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "graded_normal_rule",
+    "check_smooth", "degenerate_relu_error", "derivative_moments", "DerivativeMoments", "gauss_hermite", "gaussian_expectations", "GaussianExpectation", "graded_normal_rule",
     "HALF_NODES", "kernel", "normal_rule", "output_power", "pair_moments", "PANEL_NODES", "product_expectation", "QUAD_CUT", "quadrature_moments",
-    "QUADRATURE_ORDERS", "QUADRATURE_TOL", "SMOOTHNESS_TOL", "split_normal_rule", "TorchFn", "unit_moments", "variance_rules"
+    "QUADRATURE_ORDERS", "QUADRATURE_TOL", "RELU_PANELS", "SMOOTHNESS_TOL", "split_normal_rule", "TorchFn", "unit_moments", "variance_rules"
 ]
 
 #: nodes per dimension tried in turn until two successive levels agree (ratio ~1.5: the
@@ -632,36 +633,133 @@ def derivative_moments(f: str | Activation, h: str | Activation, m1, m2, c11, c1
     theorem these are every derivative of the pair kernel ``E[f(u) h(v)]`` in its means and
     covariances (``d/dm1 -> a + 1``, ``d/dc12 -> (a + 1, b + 1)``, ``d/dc11 -> 1/2 (a + 2)``), which
     is what the population loss of any two-layer network needs
-    (:mod:`nearopt.gaussian.network_objective`). Checked tensor quadrature (Cholesky on
+    (:mod:`nearopt.gaussian.network_objective`). Smooth pairs: checked tensor quadrature (Cholesky on
     :func:`normal_rule`, collinear pairs on one dimension, refined per pair until two levels agree
     to ``tol``: :func:`_converge_pairs`) unless an ``order`` is given; derivatives by
-    :meth:`~nearopt.model.activations.Activation.derivatives`, so both activations must be smooth.
+    :meth:`~nearopt.model.activations.Activation.derivatives`. ReLU (``g' = step``, ``g'' = delta``, ...):
+    :func:`_relu_moments` (closed forms, a one-dimensional checked quadrature against a smooth partner).
+    Another kinked activation raises :class:`NearoptError`.
     """
     f, h = get_activation(f), get_activation(h)
     for act in (f, h):
-        if not act.is_smooth:
+        if not act.is_smooth and not isinstance(act, ReLU):
             raise NearoptError(f"activation {act.name!r} has a kink: the derivative moments with means that networks with biases, "
-                               "several outputs or a teacher of another activation need exist here for smooth activations only; use the batch route")
+                               "several outputs or a teacher of another activation need exist here for smooth activations and ReLU only; "
+                               "use the batch route")
     shape = np.broadcast_shapes(*(np.shape(c) for c in (m1, m2, c11, c12, c22)))
     m1, m2, c11, c12, c22 = (np.asarray(c, dtype=np.float64).ravel() for c in np.broadcast_arrays(m1, m2, c11, c12, c22))
+    na, nb = orders[0] + 1, orders[1] + 1
+    if m1.size == 0:
+        return DerivativeMoments(np.zeros((*shape, na, nb)), 0, 0.0)
+    if isinstance(h, ReLU) and not isinstance(f, ReLU):  # the ReLU unit first
+        r = _relu_moments(h, f, nb, na, m2, m1, c22, c12, c11, order, tol)
+        return DerivativeMoments(np.swapaxes(r.values, -1, -2).reshape(*shape, na, nb), r.nodes, r.change)
+    if isinstance(f, ReLU):
+        r = _relu_moments(f, h, na, nb, m1, m2, c11, c12, c22, order, tol)
+        return DerivativeMoments(r.values.reshape(*shape, na, nb), r.nodes, r.change)
     l11 = np.sqrt(np.maximum(c11, 0.0))
     l21 = np.divide(c12, l11, out=np.zeros_like(l11), where=l11 > 0)
     l22sq = np.clip(c22 - l21**2, 0.0, None)
     coll = l22sq <= COLLINEAR_TOL * np.maximum(c22, 1e-300)
     l22 = np.where(coll, 0.0, np.sqrt(l22sq))
-    na, nb = orders[0] + 1, orders[1] + 1
-    if m1.size == 0:
-        return DerivativeMoments(np.zeros((*shape, na, nb)), 0, 0.0)
     flat, used, change = _converge_pairs(
         lambda idx, n: _derivative_block(f, h, na, nb, m1[idx], m2[idx], l11[idx], l21[idx], l22[idx], coll[idx], n), m1.size, order, tol)
     return DerivativeMoments(flat.reshape(*shape, na, nb), used, change)
 
 
+def degenerate_relu_error(what: str) -> NearoptError:
+    """The one refusal of the exact ReLU moments: a delta moment that diverges or is undefined (units sharing their kink, a unit of zero variance)."""
+    return NearoptError(
+        f"the exact population moments of ReLU do not cover {what}: their delta moments diverge or are undefined "
+        "(the population Hessian of a network takes units that share their kink through its own route); "
+        "use the batch route (spectrum without --population, BatchHessian) for this pair"
+    )
+
+
+#: Gauss–Legendre panels of the half-line ``y > y0`` (up to :data:`QUAD_CUT`) of :func:`_relu_smooth_block`
+RELU_PANELS = 26
+
+
+def _relu_smooth_block(h: Activation, na: int, nb: int, m1, m2, s1, k, sv, n: int) -> np.ndarray:
+    """``E[relu^(a)(u) h^(b)(v)]`` ``(m, na nb)`` at level ``n``, conditioned on the ReLU unit ``u = m1 + s1 y``.
+
+    Given ``u``, ``v = m2 + k (u - m1) + sv z`` (``k = c12 / c11``, ``sv^2 = c22 (1 - r^2)``, ``sv = 0`` for a collinear pair).
+    A delta on ``u`` (``a >= 2``): :func:`~nearopt.gaussian.relu_moments.delta_moments` with
+    ``rho^(j) = E[h^(b+j)(m2 - k m1 + sv z)]`` (:func:`normal_rule` in ``z``). A ramp or a step (``a <= 1``): ``y`` on the
+    half-line ``y > -m1 / s1`` where the unit is on (:data:`RELU_PANELS` Gauss–Legendre panels of ``ceil(n / 6)`` nodes up to
+    :data:`QUAD_CUT`), ``z`` on :func:`normal_rule`: both integrands analytic, so the levels converge geometrically,
+    for nearly collinear and collinear pairs too (the ``z``-dependence then fades).
+    """
+    x, w = normal_rule(n)
+    out = np.zeros((m1.size, na, nb))
+    if na > 2:
+        V = torch.as_tensor((m2 - k * m1)[:, None] + sv[:, None] * x)
+        rho = torch.stack(h.derivatives(V, nb + na - 4), 1).numpy() @ w  # (m, orders)
+        for b in range(nb):
+            out[:, 2:, b] = delta_moments(m1, s1, k, rho[:, b : b + na - 2])
+    t, wt = np.polynomial.legendre.leggauss(max(4, math.ceil(n / 6)))
+    y0 = np.clip(-m1 / s1, -QUAD_CUT, QUAD_CUT)
+    width = (QUAD_CUT - y0) / RELU_PANELS  # (m,)
+    left = y0[:, None] + width[:, None] * np.arange(RELU_PANELS)  # (m, panels)
+    Y = (left[:, :, None] + 0.5 * width[:, None, None] * (t + 1.0)).reshape(m1.size, -1)  # (m, Ny)
+    WY = (0.5 * width[:, None, None] * wt * np.ones((1, RELU_PANELS, 1))).reshape(m1.size, -1) * np.exp(-0.5 * Y * Y) / math.sqrt(2 * math.pi)
+    xt, wz = torch.as_tensor(x), torch.as_tensor(w)
+    step = max(1, _QUAD_BLOCK // (Y.shape[1] * n * nb))
+    for start in range(0, m1.size, step):
+        sl = slice(start, start + step)
+        vy = torch.as_tensor(m2[sl, None] + (k * s1)[sl, None] * Y[sl])  # (m', Ny)
+        v = vy[:, :, None] + torch.as_tensor(sv[sl])[:, None, None] * xt  # (m', Ny, n)
+        Hv = (torch.stack(h.derivatives(v, nb - 1), 1) @ wz).numpy()  # (m', nb, Ny): the z-sum
+        u = m1[sl, None] + s1[sl, None] * Y[sl]
+        out[sl, 0, :] = np.einsum("my,mby->mb", WY[sl] * u, Hv)
+        if na > 1:
+            out[sl, 1, :] = np.einsum("my,mby->mb", WY[sl], Hv)
+    return out.reshape(-1, na * nb)
+
+
+def _relu_moments(f: Activation, h: Activation, na: int, nb: int, m1, m2, c11, c12, c22, order: int | None, tol: float) -> DerivativeMoments:
+    """``E[relu^(a)(u) h^(b)(v)]`` ``(m, na, nb)`` for flat pairs, ``f`` ReLU (:mod:`nearopt.gaussian.relu_moments`).
+
+    ``h`` ReLU: closed forms (exact; ``nodes = 0``), collinear pairs included where their kinks differ. ``h`` smooth:
+    the checked quadrature of :func:`_relu_smooth_block`, conditioned on the ReLU unit (collinear pairs included).
+    Units that share their kink (:func:`~nearopt.gaussian.relu_moments.coincident`) or have zero variance take only
+    ramps and steps (``a, b <= 1``), and a ReLU unit of zero variance against a smooth one nothing: otherwise
+    :func:`degenerate_relu_error`.
+    """
+    gap = correlation_gap(c11, c12, c22)
+    coll = gap <= SHARED_GAP
+    if isinstance(h, ReLU):
+        out = np.zeros((m1.size, na, nb))
+        two = ~coll
+        if two.any():
+            out[two] = relu_pair_values(m1[two], m2[two], c11[two], c12[two], c22[two], gap[two], na, nb)
+        if coll.any():
+            deltas = na > 2 or nb > 2
+            if deltas and (np.any(coincident(m1, m2, c11, c12, c22, gap)) or np.any((c11[coll] == 0) | (c22[coll] == 0))):
+                raise degenerate_relu_error(f"derivative orders ({na - 1}, {nb - 1}) of units that share their kink, or of zero variance")
+            out[coll] = collinear_pair_values(m1[coll], m2[coll], c11[coll], c12[coll], c22[coll], na, nb)
+        return DerivativeMoments(out, 0, 0.0)
+    if np.any(c11 <= 0):
+        raise degenerate_relu_error("a ReLU unit of zero variance (a zero row of W1)")
+    s1, k = np.sqrt(c11), c12 / c11
+    sv = np.sqrt(np.maximum(c22, 0.0) * gap)
+    flat, used, change = _converge_pairs(
+        lambda idx, n: _relu_smooth_block(h, na, nb, m1[idx], m2[idx], s1[idx], k[idx], sv[idx], n), m1.size, order, tol)
+    return DerivativeMoments(flat.reshape(-1, na, nb), used, change)
+
+
 def unit_moments(f: str | Activation, mean, variance, *, orders: int = 4, order: int | None = None, tol: float = QUADRATURE_TOL) -> DerivativeMoments:
     """``E[f^(a)(u)]``, ``a <= orders``, for ``u ~ N(mean, variance)``: ``values`` of shape ``S + (orders + 1,)``.
 
-    The pair moments of :func:`derivative_moments` against the constant 1 (one quadrature module).
+    The pair moments of :func:`derivative_moments` against the constant 1 (one quadrature module); ReLU's in
+    closed form (:func:`~nearopt.gaussian.relu_moments.ramp_derivatives`).
     """
+    f = get_activation(f)
+    if isinstance(f, ReLU):  # closed form: the smoothed ramp's derivatives
+        mean, variance = np.broadcast_arrays(np.asarray(mean, dtype=np.float64), np.asarray(variance, dtype=np.float64))
+        if np.any(variance <= 0):
+            raise degenerate_relu_error("a ReLU unit of zero variance (a zero row of W1)")
+        return DerivativeMoments(ramp_derivatives(mean, np.sqrt(variance), orders), 0, 0.0)
     r = derivative_moments(f, _ONE, mean, 0.0, variance, 0.0, 0.0, orders=(orders, 0), order=order, tol=tol)
     return DerivativeMoments(r.values[..., 0], r.nodes, r.change)
 

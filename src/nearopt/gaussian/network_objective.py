@@ -25,6 +25,12 @@ the kernels only through their values, first and second derivatives there). ``S`
 come by automatic differentiation (``torch.func``), residual term included, at the teacher
 and at any student point, for any input covariance and any subset of trained blocks. The
 kernel moments are the one formula; nothing else is written by hand.
+
+ReLU's moments are exact (:mod:`nearopt.gaussian.relu_moments`). A ReLU pair that shares its kink
+(``u_j = c u_i``: a unit with itself, a student unit at its teacher unit, a unit split in two) has
+diverging delta moments, but ``L`` is twice differentiable in the weights there; such a pair takes
+Taylor data that give that Hessian through the same chain rule (:func:`_coincident_pairs`,
+``docs/theory.md`` §13).
 """
 
 from __future__ import annotations
@@ -36,16 +42,17 @@ import numpy as np
 import torch
 
 from ..errors import NearoptError
-from ..model.activations import Activation
+from ..model.activations import Activation, ReLU, correlation_gap
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem, as_problem
 from .expectations import QUADRATURE_TOL, DerivativeMoments, derivative_moments, unit_moments
 from .objective import nonnegative_quadratic
+from .relu_moments import coincident, collinear_pair_values
 
 __all__ = ["KernelPoint", "NETWORK_EXPECTATIONS", "NetworkObjective", "PRICE_FACTORS", "PRICE_SHIFTS"]
 
 #: how the kernels of a general problem are integrated (results' provenance)
-NETWORK_EXPECTATIONS = "checked quadrature with means (Price's theorem)"
+NETWORK_EXPECTATIONS = "checked quadrature with means (Price's theorem); ReLU in closed form"
 
 #: derivative orders added by ``d/dmu_i, d/dmu_j, d/dG_ii, d/dG_jj, d/dG_ij`` (Price's theorem), and their factors
 PRICE_SHIFTS = ((1, 0), (0, 1), (2, 0), (0, 2), (1, 1))
@@ -67,6 +74,35 @@ def _taylor(M: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
             if a + c < na and b + d < nb:
                 hess[..., k, l_] = fk * fl * M[..., a + c, b + d]
     return M[..., 0, 0], grad, hess
+
+
+def _coincident_pairs(phi: tuple[np.ndarray, np.ndarray, np.ndarray], i: np.ndarray, j: np.ndarray, c: np.ndarray, first: np.ndarray,
+                      R: np.ndarray) -> None:
+    """Write the Taylor data of ReLU pairs that share their kink, ``u_j = c u_i``, at ``(i, j)`` and ``(j, i)`` of ``phi`` (in place).
+
+    ``i``, ``j``, ``c`` ``(n,)``; ``first`` ``(n, 3, 3)``: the pairs' moments ``a, b <= 2`` taken as exactly collinear
+    (:func:`~nearopt.gaussian.relu_moments.collinear_pair_values`: the value and first derivatives, exact at a shared kink and
+    off by the square of the distance from one); ``R`` ``(n, 4)`` (``R_k = E[relu^(k)(u_i)]``) of unit ``i``.
+    Their delta moments diverge, but ``Phi_ij`` is twice differentiable in the weights ``p = (w, b)`` there: with
+    ``x~ = (x, 1)``, ``d2/dp_i2 = E[delta(u_i) relu(u_j) x~ x~^T] = 0`` (``relu(u_j) = 0`` on ``u_i = 0``), likewise in ``p_j``, and
+    ``d2/dp_i dp_j = E[step(u_i) step(u_j) x~ x~^T]``, which for ``c > 0`` is ``E[step(u_i) x~ x~^T] = R1 (Sigma (+) 1) + R2 (Sigma w_i e^T + e w_i^T Sigma) + R3 Sigma w_i w_i^T Sigma``
+    (``e`` the bias coordinate) by Stein's lemma. The chain rule through ``z = (mu_i, mu_j, G_ii, G_jj, G_ij)`` gives exactly that Hessian from
+    the first derivatives (at a shared kink ``(c R0, R0, 0, 0, R1)``) and the second derivatives ``F_mu_i,mu_j = R1``, ``F_mu_i,G_jj = R2 / (2c)``,
+    ``F_G_ii,mu_j = R2 / 2``, ``F_G_ii,G_jj = R3 / (4c)`` (all others 0); the value is ``c E[relu(u_i)^2] = c (mu R0 + G_ii R1)``.
+    ``c < 0`` (opposite sides of one kink): ``relu(u_i) relu(u_j) = 0`` and everything is 0. A unit with itself
+    (``c = 1``) is the same data: the Taylor polynomial of ``E[relu(u)^2]`` in ``(mu, G)``.
+    """
+    val, grad, hess = phi
+    pos = c > 0
+    cs = np.where(pos, c, 1.0)
+    v, g, _ = _taylor(first, 3)  # value and first derivatives (the Hessian slots need orders 3 and 4: below)
+    h = np.zeros((c.size, 5, 5))
+    for (k, l_), value in (((0, 1), R[:, 1]), ((0, 3), R[:, 2] / (2 * cs)), ((2, 1), 0.5 * R[:, 2]), ((2, 3), R[:, 3] / (4 * cs))):
+        h[:, k, l_] = h[:, l_, k] = value
+    h = h * pos[:, None, None]
+    swap = [1, 0, 3, 2, 4]  # (j, i): the pair's arguments with the roles exchanged
+    val[i, j], grad[i, j], hess[i, j] = v, g, h
+    val[j, i], grad[j, i], hess[j, i] = v, g[:, swap], h[:, swap][:, :, swap]
 
 
 @dataclass(frozen=True)
@@ -135,18 +171,21 @@ class NetworkObjective:
         M = np.zeros((J, J, 5, 5))
         runs: list[DerivativeMoments] = []  # every quadrature, for the accuracy reached
 
-        def fill(rows: slice, cols: slice, f: Activation, h: Activation, orders: tuple[int, int]) -> None:
-            r = derivative_moments(f, h, mu[rows, None], mu[None, cols], d[rows, None], G[rows, cols], d[None, cols],
-                                   orders=orders, order=self.order, tol=self.tol)
+        def fill(rows: np.ndarray, cols: np.ndarray, f: Activation, h: Activation, orders: tuple[int, int]) -> None:
+            r = derivative_moments(f, h, mu[rows], mu[cols], d[rows], G[rows, cols], d[cols], orders=orders, order=self.order, tol=self.tol)
             M[rows, cols, : orders[0] + 1, : orders[1] + 1] = r.values
             runs.append(r)
 
         S, T_ = slice(0, K), slice(K, J)
         top = 2 * self.degree  # the highest derivative order on a student unit (a teacher unit: half)
-        fill(S, S, s.activation, s.activation, (top, top))
-        fill(S, T_, s.activation, t.activation, (top, self.degree))
+        shared = self._shared_kinks(mu, G, d)  # ReLU pairs whose delta moments diverge: _coincident_pairs below
+        si, sj = np.nonzero(~shared[S, S])
+        fill(si, sj, s.activation, s.activation, (top, top))
+        ti, tj = np.nonzero(~shared[S, T_])
+        fill(ti, tj + K, s.activation, t.activation, (top, self.degree))
         M[T_, S] = np.swapaxes(M[S, T_], 0, 1).swapaxes(-1, -2)  # E[g_t^(b) g_s^(a)]: the same moments, roles exchanged
-        fill(T_, T_, t.activation, t.activation, (0, 0))
+        ti, tj = (x.ravel() for x in np.meshgrid(np.arange(K, J), np.arange(K, J), indexing="ij"))
+        fill(ti, tj, t.activation, t.activation, (0, 0))
         phi = _taylor(M, 5)
         m = np.zeros((J, 5))  # E[g^(a)(u_i)]
         for rows, act, n in ((S, s.activation, top), (T_, t.activation, 0)):
@@ -155,8 +194,27 @@ class NetworkObjective:
             runs.append(r)
         psi = (m[:, 0], np.stack([m[:, 1], 0.5 * m[:, 2]], -1),
                np.stack([np.stack([m[:, 2], 0.5 * m[:, 3]], -1), np.stack([0.5 * m[:, 3], 0.25 * m[:, 4]], -1)], -2))
+        ci, cj = np.nonzero(shared)
+        if ci.size:
+            first = collinear_pair_values(mu[ci], mu[cj], d[ci], G[ci, cj], d[cj], 3, 3)
+            _coincident_pairs(phi, ci, cj, G[ci, cj] / d[ci], first, m[ci, :4])
         change = max((r.change for r in runs if np.isfinite(r.change)), default=0.0)
         return KernelPoint(mu, G, phi, psi, max(r.nodes for r in runs), change)
+
+    def _shared_kinks(self, mu: np.ndarray, G: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """``(J, J)`` mask of the student's ReLU pairs (with itself, another student unit or a ReLU teacher unit) that share their kink.
+
+        Only the student rows ``(K, J)`` are marked: a teacher pair enters with its value only (finite).
+        """
+        s, t = self.problem.point, self.problem.teacher
+        K, J = s.n_hidden, mu.size
+        out = np.zeros((J, J), dtype=bool)
+        if not isinstance(s.activation, ReLU):
+            return out
+        cols = J if isinstance(t.activation, ReLU) else K
+        c11, c12, c22 = d[:K, None] * np.ones((1, cols)), G[:K, :cols], d[None, :cols] * np.ones((K, 1))
+        out[:K, :cols] = coincident(mu[:K, None], mu[None, :cols], c11, c12, c22, correlation_gap(c11, c12, c22))
+        return out
 
     # ------------------------------------------------------------------ the surrogate
     @cached_property

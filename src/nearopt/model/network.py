@@ -199,9 +199,9 @@ def network_output(net: TwoLayerNet, theta: torch.Tensor, X: torch.Tensor, activ
 
 #: what each route takes beyond the paper's ``W2 g(W1 x)`` (one output, no biases, one activation)
 CAPABILITIES = {
-    "the population spectrum": "biases, several outputs, a teacher of another activation, trained block lists; smooth activations",
+    "the population spectrum": "biases, several outputs, a teacher of another activation, trained block lists; smooth activations and ReLU",
     "the batch spectrum": "biases, several outputs, a teacher of another activation, trained block lists; any activation",
-    "critical points": "biases, several outputs, a teacher of another activation; smooth activations",
+    "critical points": "biases, several outputs, a teacher of another activation; smooth activations and ReLU",
     "deep linear networks (spectrum, rank, GD)": "W_L ... W_1 x of any depth, widths and outputs",
 }
 
