@@ -153,16 +153,24 @@ class SecondMomentModel:
 
         ``s_t = V mu^t V^T s_0 sigma0^2 + V (1 - mu^t)/(1 - mu) V^T b`` with ``T = V diag(mu) V^T``.
         """
-        t = np.asarray(steps, dtype=np.float64)
+        return self.curve_function(lr, batch, sigma0=sigma0, noise=noise)(steps)
+
+    def curve_function(self, lr: float, batch: int, *, sigma0: float, noise: float = 0.0):
+        """:meth:`curve` as a function of the steps alone, with ``T``'s ``eigh`` done once (for searches over ``t``)."""
         mu, V = scipy.linalg.eigh(self.operator(lr, batch))
         hv, sv = self.h @ V, self.s0 @ V
         b = (lr * lr * noise * noise / batch) * hv  # V^T b (b is along h)
-        with np.errstate(over="ignore", invalid="ignore"):
-            pw = np.sign(mu)[None, :] ** t[:, None] * np.abs(mu)[None, :] ** t[:, None]  # (T, D)
-            gap = 1.0 - mu
-            geo = np.where(np.abs(gap) > 1e-13, (1.0 - pw) / np.where(gap == 0, 1.0, gap), t[:, None])
-            out = 0.5 * (pw * (hv * sv * sigma0**2)[None, :] + geo * (hv * b)[None, :]).sum(1)
-        return np.where(np.isfinite(out), out, np.inf)
+
+        def at(steps) -> np.ndarray:
+            t = np.asarray(steps, dtype=np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):
+                pw = np.sign(mu)[None, :] ** t[:, None] * np.abs(mu)[None, :] ** t[:, None]  # (T, D)
+                gap = 1.0 - mu
+                geo = np.where(np.abs(gap) > 1e-13, (1.0 - pw) / np.where(gap == 0, 1.0, gap), t[:, None])
+                out = 0.5 * (pw * (hv * sv * sigma0**2)[None, :] + geo * (hv * b)[None, :]).sum(1)
+            return np.where(np.isfinite(out), out, np.inf)
+
+        return at
 
     def stationary_loss(self, lr: float, batch: int, noise: float) -> float:
         """``lim E[L_t] = 1/2 h^T (I - T)^{-1} b`` (``0`` without noise; ``inf`` at or beyond the critical rate)."""

@@ -17,6 +17,7 @@ does not accumulate into the trajectory.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +33,10 @@ from ..spectra.spectrum import Spectrum
 from ..tolerances import EPS
 from .objective import Objective, make_objective
 from .predict import check_step_size, fit_log_slope, late_time_rate, predict_draw_loss, predict_mean_loss
+from .regime import START_ERROR_LIMIT, first_step_below, measured_crossing, start_error, start_verdict, target_block
 
 __all__ = [
-    "auto_horizon", "auto_lr", "DynamicsResult", "float_floor", "FLOOR_MARGIN", "flow_atol", "LATE_SHARE", "MAX_FLOW_JACOBIANS", "MAX_FLOW_STEPS",
+    "auto_horizon", "auto_lr", "DynamicsResult", "dynamics_regime", "dynamics_target", "float_floor", "FLOOR_MARGIN", "flow_atol", "LATE_SHARE", "MAX_FLOW_JACOBIANS", "MAX_FLOW_STEPS",
     "MAX_GD_STEPS", "run_dynamics", "sample_displacements", "time_grid", "train_flow", "train_gd", "Trajectory"
 ]
 
@@ -255,6 +257,10 @@ class DynamicsResult:
     diverged: bool
     objective_kind: str
     info: dict[str, Any] = field(default_factory=dict)
+    #: where the quadratic prediction applies (:func:`dynamics_regime`), its warnings, the time to a target (:func:`dynamics_target`)
+    regime: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    target: dict[str, Any] | None = None
 
     @property
     def eigenvalues(self) -> np.ndarray:
@@ -371,6 +377,9 @@ class DynamicsResult:
             "slowest_remaining_mode": self.slowest_remaining(),
             "slowest_nonzero_mode": int(self.eigenvalues.size - spec.rank.rank),
             "late_time": self.late_time(),
+            "regime": self.regime,
+            "warnings": self.warnings,
+            "target": self.target,
         }
         if arrays:
             d.update(
@@ -432,6 +441,7 @@ def run_dynamics(
     objective: Objective | None = None,
     eigensystem: tuple[Spectrum, np.ndarray] | None = None,
     progress: bool = False,
+    target: float | None = None,
 ) -> DynamicsResult:
     """Train students from ``theta* + delta_0`` and predict the curves from the Hessian at ``theta*``.
 
@@ -453,7 +463,14 @@ def run_dynamics(
         Number ``K`` of independent ``delta_0``.
     flow : bool
         Gradient flow by a stiff integrator instead of GD.
+    target : float, optional
+        A loss ``eps``: ``result.target`` gets the predicted and measured times to reach it (:func:`dynamics_target`).
+
+    ``result.regime`` and ``result.warnings`` say whether the start lies in the quadratic regime
+    (:func:`dynamics_regime`); each warning is also issued by :func:`warnings.warn`.
     """
+    if target is not None:
+        require_positive_finite(target, "target loss")
     obj = objective if objective is not None else make_objective(net, X)
     spec, U = eigensystem if eigensystem is not None else obj.eigensystem()
     lam = spec.eigenvalues
@@ -483,7 +500,7 @@ def run_dynamics(
         else train_gd(obj, delta0, lr, times, U, progress=progress)
     )
     c0 = delta0 @ U  # (K, P)
-    return DynamicsResult(
+    res = DynamicsResult(
         spectrum=spec,
         flow=flow,
         lr=lr,
@@ -497,8 +514,47 @@ def run_dynamics(
         floor=floor,
         diverged=traj.diverged,
         objective_kind=obj.kind,
-        info={"c0": c0, "modes": traj.modes, "method": method, "rtol": rtol, "seed": seed, "layer_scales": layer_scales, "stalled": traj.stalled},
+        info={"c0": c0, "modes": traj.modes, "method": method, "rtol": rtol, "seed": seed, "layer_scales": layer_scales, "stalled": traj.stalled,
+              "mode_variance": mode_var},
     )
+    res.regime, res.warnings = dynamics_regime(res)
+    for msg in res.warnings:
+        warnings.warn(msg, stacklevel=2)
+    if target is not None:
+        res.target = dynamics_target(res, target)
+    return res
+
+
+def dynamics_regime(res: DynamicsResult) -> tuple[dict[str, Any], list[str]]:
+    """Whether the start of ``res`` lies in the quadratic regime, and the warnings where it does not.
+
+    ``{"start_error", "start_error_limit", "quadratic", "critical_lr", "lr_over_critical"}``: the start
+    error of :func:`~nearopt.dynamics.regime.start_error` (the trained loss at ``theta* + delta_0``
+    against ``1/2 delta_0^T H delta_0``, per draw, from the recorded ``t = 0``), and for GD ``eta``
+    against ``2 / lambda_max`` (larger rates are refused before training; flow has no critical rate).
+    """
+    err = start_error(res.loss[:, 0], res.predicted_draw[:, 0], floor=res.floor) if res.times.size and res.times[0] == 0 else float("nan")
+    crit = math.inf if res.flow else 2.0 / res.spectrum.largest
+    regime = {"start_error": err, "start_error_limit": START_ERROR_LIMIT, "quadratic": not err > START_ERROR_LIMIT,
+              "critical_lr": crit, "lr_over_critical": 0.0 if res.flow else res.lr / crit}
+    return regime, start_verdict(err, res.sigma0)
+
+
+def dynamics_target(res: DynamicsResult, eps: float) -> dict[str, Any]:
+    """Time to a mean loss ``eps``: predicted (first GD step, or flow time, where ``<L_t>`` of the ensemble formula,
+    and of the same draws' predictions, is ``<= eps``, searched beyond the horizon too) and measured (first
+    recorded time where the mean over draws is ``<= eps``; the crossing lies after ``previous_record``)."""
+    eps = require_positive_finite(eps, "target loss")
+    lam, var, c0 = res.eigenvalues, res.info["mode_variance"], res.info["c0"]
+    horizon = float(res.times[-1])
+    predicted = {
+        "ensemble": first_step_below(lambda t: predict_mean_loss(lam, var, res.lr, t, res.flow), eps, horizon, integer=not res.flow, width=lam.size),
+        "same_draws": first_step_below(lambda t: predict_draw_loss(lam, c0, res.lr, t, res.flow).mean(0), eps, horizon, integer=not res.flow,
+                                       width=lam.size * c0.shape[0]),
+    }
+    unit = "flow times" if res.flow else "GD steps"
+    return target_block(eps, predicted, measured_crossing(res.times, res.mean_loss, eps),
+                        f"recorded {unit}: the first crossing of the measured mean lies in (previous_record, step]")
 
 
 def float_floor(obj: Objective, spec: Spectrum) -> float:
