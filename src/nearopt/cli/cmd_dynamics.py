@@ -136,7 +136,7 @@ def table(res) -> str:
     else:
         lines.append("late-time regime not reached before the horizon or the float floor; try more --steps (or --flow)")
     if d["target"] is not None:
-        lines.append(describe_target(d["target"], "t"))
+        lines.append(describe_target(d["target"], "t" if res.flow else "step"))
     if d["stalled_draws"]:
         at = ", ".join(f"draw {x['draw']} at t={x['time']:.4g}" for x in d["stalled_draws"])
         lines.append(f"integrator stalled near the rounding level ({at}); later points of those draws are left out")

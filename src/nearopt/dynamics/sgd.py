@@ -38,7 +38,7 @@ from ..model.problem import Problem, as_problem, require_paper_setting
 from ..resources import dense_bytes, require_memory
 from ..threads import sized_threads
 from ..tolerances import EPS
-from .regime import SPECTRAL_RATIO_RANGE, START_ERROR_LIMIT, first_step_below, lr_verdict, measured_crossing, start_error, start_verdict, target_block
+from .regime import SGD_START_LIMIT, SPECTRAL_RATIO_RANGE, first_step_below, lr_verdict, measured_crossing, start_error, start_verdict, target_block
 from .sgd_predict import SecondMomentModel, exact_model, fixed_set_model, predictions, problem_spectrum, spectrum_model, training_set
 
 __all__ = [
@@ -591,18 +591,18 @@ def sgd_regime(problem: Problem, models: dict[str, SecondMomentModel], predicted
 
     ``{"start_error", "start_error_limit", "quadratic", "critical_lr", "critical_lr_source", "lr_over_critical",
     "near_critical", "critical_lr_exact", "critical_lr_spectral", "spectral_is_exact", "critical_lr_note"}``:
-    the start error (:func:`sgd_start_error`) against :data:`~nearopt.dynamics.regime.START_ERROR_LIMIT`;
+    the start error (:func:`sgd_start_error`) against :data:`~nearopt.dynamics.regime.SGD_START_LIMIT`;
     ``lr`` against the exact critical rate where the exact recursion was built, else the spectral one;
     whether the spectral rate is exact (linear networks: ``J`` is Gaussian) and, where it is not, what is known.
     """
     err = sgd_start_error(problem, sigma0, seed)
-    notes = start_verdict(err, sigma0)
+    notes = start_verdict(err, sigma0, SGD_START_LIMIT)
     ex, sp = predicted.get("exact"), predicted.get("spectral")
     c_ex = None if ex is None else ex.get("critical_lr")
     c_sp = None if sp is None else sp.get("critical_lr")
     coeffs = problem.activation.polynomial_coefficients
     linear = coeffs is not None and len(coeffs) <= 2
-    regime: dict[str, Any] = {"start_error": err, "start_error_limit": START_ERROR_LIMIT, "quadratic": not err > START_ERROR_LIMIT,
+    regime: dict[str, Any] = {"start_error": err, "start_error_limit": SGD_START_LIMIT, "quadratic": not err > SGD_START_LIMIT,
                               "critical_lr_exact": c_ex, "critical_lr_spectral": c_sp, "spectral_is_exact": linear, "critical_lr_note": None}
     source, crit = ("exact", c_ex) if c_ex is not None else ("spectral", c_sp) if c_sp is not None else (None, None)
     if crit is not None:
