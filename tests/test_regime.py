@@ -6,15 +6,15 @@ import warnings
 
 import numpy as np
 import pytest
+from _cli import cli
 
 import nearopt as no
-from _cli import cli
-from nearopt.dynamics import predict_mean_loss, run_dynamics, run_sgd, spectrum_model, problem_spectrum
+from nearopt.curvature.population import population_hessian
+from nearopt.dynamics import predict_mean_loss, problem_spectrum, run_dynamics, run_sgd, spectrum_model
 from nearopt.dynamics import regime as rg
 from nearopt.dynamics.sgd import sgd_start_error
 from nearopt.errors import NearoptError
 from nearopt.gaussian.objective import population_loss
-from nearopt.curvature.population import population_hessian
 from nearopt.model.network import TwoLayerNet
 from nearopt.model.problem import Problem
 
@@ -90,12 +90,11 @@ def test_lr_above_and_near_the_critical_rate():
     above = _quiet_sgd(net, lr=1.2 * crit, steps=5, sigma0=1e-3, runs=4, points=3)
     assert above.regime["lr_over_critical"] == pytest.approx(1.2, rel=1e-6)
     assert any("beyond the" in w for w in above.warnings)
-    with pytest.warns(UserWarning, match="of the exact critical rate"):
-        near = run_sgd(net, lr=0.95 * crit, steps=5, sigma0=1e-3, runs=4, points=3)
-    assert near.regime["near_critical"] and near.regime["critical_lr_source"] == "exact"
-    assert near.regime["spectral_is_exact"] and near.regime["critical_lr_note"] is None
-    below = _quiet_sgd(net, lr=0.5 * crit, steps=5, sigma0=1e-3, runs=4, points=3)
-    assert not below.regime["near_critical"] and not below.warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # below the critical rate, in the quadratic regime: no warning at all
+        below = run_sgd(net, lr=0.95 * crit, steps=5, sigma0=1e-3, runs=4, points=3)
+    assert below.regime["lr_over_critical"] == pytest.approx(0.95, rel=1e-6) and below.regime["critical_lr_source"] == "exact"
+    assert below.regime["spectral_is_exact"] and below.regime["critical_lr_note"] is None and not below.warnings
 
 
 def test_relu_spectral_critical_rate_flagged():
@@ -108,6 +107,10 @@ def test_relu_spectral_critical_rate_flagged():
     r = res.regime
     assert not r["spectral_is_exact"] and r["critical_lr_exact"] is None and r["critical_lr_source"] == "spectral"
     assert "not exact for relu" in r["critical_lr_note"] and "not built" in r["critical_lr_note"]
+    # refused for its cost: the reason is stated
+    big = no.sample_teacher(20, 6, "relu", seed=0)
+    far = _quiet_sgd(big, lr=0.01, steps=2, sigma0=1e-3, runs=2, points=2)
+    assert "not affordable here (the exact SGD recursion is out of reach" in far.regime["critical_lr_note"]
     ex = _quiet_sgd(net, lr=0.3 * sp, steps=5, sigma0=1e-3, runs=4, points=3)
     assert ex.regime["critical_lr_exact"] == pytest.approx(ex.exact["critical_lr"])
     assert f"{ex.exact['critical_lr']:.6g}" in ex.regime["critical_lr_note"]
@@ -198,7 +201,7 @@ def test_cli_json_keys_and_one_line_warning(tmp_path):
                          "--sigma0", "0.2", "--target", "1e-4", "--no-exact", "--json")
     assert code == 0, err
     d = json.loads(out)
-    assert {"start_error", "start_error_limit", "quadratic", "critical_lr", "lr_over_critical", "near_critical",
+    assert {"start_error", "start_error_limit", "quadratic", "critical_lr", "lr_over_critical", "critical_lr_source",
             "critical_lr_exact", "critical_lr_spectral", "spectral_is_exact", "critical_lr_note"} <= set(d["regime"])
     assert set(d["target"]) == {"eps", "predicted", "measured", "resolution"}
     assert set(d["target"]["measured"]) == {"step", "previous_record", "reached"}

@@ -30,7 +30,7 @@ import scipy.optimize
 from ..errors import NearoptError, require_positive_finite
 
 __all__ = [
-    "CRITICAL_SHARE", "describe_target", "first_step_below", "GD_START_LIMIT", "lr_verdict", "measured_crossing", "SCAN_BUDGET", "SGD_START_LIMIT", "SPECTRAL_RATIO_RANGE", "start_error",
+    "describe_target", "first_step_below", "GD_START_LIMIT", "lr_verdict", "measured_crossing", "SCAN_BUDGET", "SGD_START_LIMIT", "SPECTRAL_RATIO_RANGE", "start_error",
     "START_FLOOR_MARGIN", "start_verdict", "target_block"
 ]
 
@@ -40,10 +40,8 @@ GD_START_LIMIT = 3e-3
 SGD_START_LIMIT = 3e-2
 #: start draws whose quadratic model is within this factor of the loss's rounding floor are left out
 START_FLOOR_MARGIN = 1e4
-#: a learning rate above this share of the critical one is flagged near-critical
-CRITICAL_SHARE = 0.9
 #: measured ``eta_c(exact) / eta_c(spectral)`` at ``B = 1`` (docs/sgd.md): the spectral rate's error by activation
-SPECTRAL_RATIO_RANGE = {"relu": (0.51, 0.73), "quadratic": (0.26, 0.38), "erf": (0.80, 1.45), "tanh": (0.80, 1.45)}
+SPECTRAL_RATIO_RANGE = {"relu": (0.51, 0.73), "quadratic": (0.26, 0.38), "erf": (0.80, 1.45)}
 #: most curve evaluations (points x coordinates) an exact integer scan of one bracket may cost
 SCAN_BUDGET = 5e7
 
@@ -73,14 +71,10 @@ def start_verdict(error: float, sigma0: float, limit: float, option: str = "--si
             f"predictions do not apply; use a smaller {option}"]
 
 
-def lr_verdict(lr: float, critical: float, what: str) -> tuple[dict[str, Any], list[str]]:
-    """``{"critical_lr", "lr_over_critical", "near_critical"}`` of ``lr`` against ``critical`` and its warnings."""
+def lr_verdict(lr: float, critical: float) -> dict[str, Any]:
+    """``{"critical_lr", "lr_over_critical"}``: ``lr`` against ``critical`` (``0`` where there is none: ``inf``)."""
     ratio = lr / critical if critical > 0 and math.isfinite(critical) else 0.0
-    notes = []
-    if CRITICAL_SHARE <= ratio < 1.0:
-        notes.append(f"learning rate {lr:.6g} is {ratio:.3g} of the {what} critical rate {critical:.6g}: near it the mean loss "
-                     "is carried by rare runs and the linearised prediction is fragile")
-    return {"critical_lr": critical, "lr_over_critical": ratio, "near_critical": bool(ratio >= CRITICAL_SHARE)}, notes
+    return {"critical_lr": critical, "lr_over_critical": ratio}
 
 
 def measured_crossing(times, curve, eps: float) -> dict[str, Any]:

@@ -501,6 +501,7 @@ def run_sgd(
     require_memory(sgd_memory(pr, runs, batch, points, samples, sampling), f"{runs} SGD runs with batch {batch}", "fewer runs or a smaller batch", device=dev)
     timings: dict[str, float] = {}
     notes: list[str] = []
+    exact_reason: str | None = None
     given = dict(models or {})
     models = {}
     if sampling == "online" and given:
@@ -520,6 +521,7 @@ def run_sgd(
             except NearoptError as exc:
                 if exact is True:
                     raise
+                exact_reason = str(exc)
                 notes.append(f"no exact prediction: {exc}")
         timings["exact_model_s"] = time.perf_counter() - t0
     rec = record_steps(steps, points)
@@ -555,7 +557,7 @@ def run_sgd(
     if sim.diverged.any():
         notes.append(f"{int(sim.diverged.sum())} of {sim.runs} runs diverged")
     t0 = time.perf_counter()
-    regime, extra = sgd_regime(pr, models, out, lr=lr, batch=batch, sigma0=sigma0, seed=seed)
+    regime, extra = sgd_regime(pr, models, out, lr=lr, batch=batch, sigma0=sigma0, seed=seed, exact_reason=exact_reason)
     for msg in extra:
         notes.append(msg)
         warnings.warn(msg, stacklevel=2)
@@ -586,14 +588,15 @@ def sgd_start_error(problem: Problem | TwoLayerNet, sigma0: float, seed: int = 0
 
 
 def sgd_regime(problem: Problem, models: dict[str, SecondMomentModel], predicted: dict[str, dict[str, Any]], *, lr: float, batch: int,
-               sigma0: float, seed: int = 0) -> tuple[dict[str, Any], list[str]]:
+               sigma0: float, seed: int = 0, exact_reason: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """Where the linearised SGD predictions apply, and the warnings (one line each) where they do not.
 
     ``{"start_error", "start_error_limit", "quadratic", "critical_lr", "critical_lr_source", "lr_over_critical",
-    "near_critical", "critical_lr_exact", "critical_lr_spectral", "spectral_is_exact", "critical_lr_note"}``:
+    "critical_lr_exact", "critical_lr_spectral", "spectral_is_exact", "critical_lr_note"}``:
     the start error (:func:`sgd_start_error`) against :data:`~nearopt.dynamics.regime.SGD_START_LIMIT`;
     ``lr`` against the exact critical rate where the exact recursion was built, else the spectral one;
-    whether the spectral rate is exact (linear networks: ``J`` is Gaussian) and, where it is not, what is known.
+    whether the spectral rate is exact (linear networks: ``J`` is Gaussian) and, where it is not, what is known
+    (``exact_reason``: why the exact recursion could not be built, e.g. its cost).
     """
     err = sgd_start_error(problem, sigma0, seed)
     notes = start_verdict(err, sigma0, SGD_START_LIMIT)
@@ -606,16 +609,14 @@ def sgd_regime(problem: Problem, models: dict[str, SecondMomentModel], predicted
                               "critical_lr_exact": c_ex, "critical_lr_spectral": c_sp, "spectral_is_exact": linear, "critical_lr_note": None}
     source, crit = ("exact", c_ex) if c_ex is not None else ("spectral", c_sp) if c_sp is not None else (None, None)
     if crit is not None:
-        block, extra = lr_verdict(lr, crit, source)
-        regime.update(block, critical_lr_source=source)
-        notes += extra
+        regime.update(lr_verdict(lr, crit), critical_lr_source=source)  # at or beyond it: run_sgd's warning
     if c_sp is not None and not linear:
         name = problem.activation.name
         if c_ex is not None:
             regime["critical_lr_note"] = (f"the spectral critical rate {c_sp:.6g} is not exact for {name}: the exact one is {c_ex:.6g} "
                                           f"({c_ex / c_sp:.3g} of it)")
         else:
-            why = "not built" if "exact" not in models else "not available"
+            why = f"not affordable here ({exact_reason})" if exact_reason else "not built here"
             lo_hi = SPECTRAL_RATIO_RANGE.get(name)
             known = f"; measured exact/spectral ratios for {name} at B = 1: {lo_hi[0]:g}-{lo_hi[1]:g}" if lo_hi else ""
             regime["critical_lr_note"] = (f"the spectral critical rate {c_sp:.6g} is not exact for {name} (the Jacobian is not Gaussian) "

@@ -33,7 +33,7 @@ from ..spectra.spectrum import Spectrum
 from ..tolerances import EPS
 from .objective import Objective, make_objective
 from .predict import check_step_size, fit_log_slope, late_time_rate, predict_draw_loss, predict_mean_loss
-from .regime import GD_START_LIMIT, first_step_below, measured_crossing, start_error, start_verdict, target_block
+from .regime import GD_START_LIMIT, first_step_below, lr_verdict, measured_crossing, start_error, start_verdict, target_block
 
 __all__ = [
     "auto_horizon", "auto_lr", "DynamicsResult", "dynamics_regime", "dynamics_target", "float_floor", "FLOOR_MARGIN", "flow_atol", "LATE_SHARE", "MAX_FLOW_JACOBIANS", "MAX_FLOW_STEPS",
@@ -535,8 +535,7 @@ def dynamics_regime(res: DynamicsResult) -> tuple[dict[str, Any], list[str]]:
     """
     err = start_error(res.loss[:, 0], res.predicted_draw[:, 0], floor=res.floor) if res.times.size and res.times[0] == 0 else float("nan")
     crit = math.inf if res.flow else 2.0 / res.spectrum.largest
-    regime = {"start_error": err, "start_error_limit": GD_START_LIMIT, "quadratic": not err > GD_START_LIMIT,
-              "critical_lr": crit, "lr_over_critical": 0.0 if res.flow else res.lr / crit}
+    regime = {"start_error": err, "start_error_limit": GD_START_LIMIT, "quadratic": not err > GD_START_LIMIT, **lr_verdict(res.lr, crit)}
     return regime, start_verdict(err, res.sigma0, GD_START_LIMIT)
 
 
