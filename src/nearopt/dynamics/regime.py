@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import scipy.optimize
 
-from ..errors import NearoptError, require_positive_finite
+from ..errors import require_positive_finite
 
 __all__ = [
     "describe_target", "first_step_below", "GD_START_LIMIT", "lr_verdict", "measured_crossing", "SCAN_BUDGET", "SGD_START_LIMIT", "SPECTRAL_RATIO_RANGE", "start_error",
@@ -144,12 +144,9 @@ def _scan(curve, eps: float, a: int, b: int, width: int) -> int:
     return b
 
 
-def target_block(eps: float | None, predicted: dict[str, dict[str, Any]], measured: dict[str, Any], resolution: str) -> dict[str, Any] | None:
+def target_block(eps: float, predicted: dict[str, dict[str, Any]], measured: dict[str, Any], resolution: str) -> dict[str, Any]:
     """The ``target`` entry of a result: ``eps``, the predicted first steps by model, the measured one and its resolution."""
-    if eps is None:
-        return None
-    if not (eps > 0 and math.isfinite(eps)):
-        raise NearoptError(f"the target loss must be a finite number > 0, got {eps}")
+    eps = require_positive_finite(eps, "target loss")
     return {"eps": float(eps), "predicted": predicted, "measured": measured, "resolution": resolution}
 
 
