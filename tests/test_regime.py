@@ -188,6 +188,21 @@ def test_first_step_below_scan_and_bisection_agree(monkeypatch):
     assert not rg.first_step_below(lambda t: np.ones(len(t)), 0.5, 10.0, limit=1e3)["reached"]
 
 
+def test_fixed_training_set_regime_and_target():
+    """A fixed training set: no critical rate (keys present, null), the start error still measured, the target read from its curve."""
+    net = no.sample_teacher(3, 2, "erf", seed=0)
+    res = _quiet_sgd(net, lr=0.2, steps=200, sigma0=0.01, runs=16, points=10, sampling="replacement", samples=20, target=1e-5)
+    r = res.regime
+    assert r["critical_lr"] is None and r["lr_over_critical"] is None and r["critical_lr_source"] is None
+    assert 0 < r["start_error"] < rg.SGD_START_LIMIT
+    p = res.target["predicted"]["exact"]
+    assert p["method"] == "records"
+    curve, steps = res.exact["curve"], res.simulation.steps
+    assert p["reached"] and p["previous_record"] < p["step"]
+    k = int(np.flatnonzero(steps == p["step"])[0])
+    assert curve[k] <= 1e-5 and np.all(curve[:k] > 1e-5)
+
+
 def test_bad_target_refused_before_work():
     net = no.sample_teacher(3, 2, "erf", seed=0)
     with pytest.raises(NearoptError, match="target loss"):

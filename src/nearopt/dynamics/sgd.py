@@ -606,7 +606,8 @@ def sgd_regime(problem: Problem, models: dict[str, SecondMomentModel], predicted
     coeffs = problem.activation.polynomial_coefficients
     linear = coeffs is not None and len(coeffs) <= 2
     regime: dict[str, Any] = {"start_error": err, "start_error_limit": SGD_START_LIMIT, "quadratic": not err > SGD_START_LIMIT,
-                              "critical_lr_exact": c_ex, "critical_lr_spectral": c_sp, "spectral_is_exact": linear, "critical_lr_note": None}
+                              "critical_lr_exact": c_ex, "critical_lr_spectral": c_sp, "spectral_is_exact": linear, "critical_lr_note": None,
+                              "critical_lr": None, "lr_over_critical": None, "critical_lr_source": None}
     source, crit = ("exact", c_ex) if c_ex is not None else ("spectral", c_sp) if c_sp is not None else (None, None)
     if crit is not None:
         regime.update(lr_verdict(lr, crit), critical_lr_source=source)  # at or beyond it: run_sgd's warning
