@@ -64,10 +64,11 @@ from ..resources import dense_bytes, require_memory
 from ..spectra.grouping import cluster_labels
 from ..spectra.spectrum import Spectrum
 from ..tolerances import EPS, ROUNDING_RTOL
+from .sgd_units import axis_order, unit_fourth_moments, unit_second_moments, unit_work
 
 __all__ = [
     "check_order", "default_order", "exact_model", "fixed_set_model", "FixedSetModel", "gaussian_m4", "hermite_rule", "MAX_COORDINATES",
-    "MAX_QUADRATURE_WORK", "MINIMUM_RTOL", "predictions", "problem_spectrum", "QUADRATURE_ORDER", "RANGE_RTOL", "reduced_jacobian", "ReducedJacobian",
+    "MAX_QUADRATURE_WORK", "MINIMUM_RTOL", "predictions", "problem_spectrum", "QUADRATURE_ORDER", "RANGE_RTOL", "reduced_jacobian", "ReducedJacobian", "ROUTES",
     "SecondMomentModel", "spectral_critical_lr", "spectral_model", "spectral_stationary_loss", "spectrum_model", "SQRT2", "stationary_factor",
     "training_set"
 ]
@@ -81,6 +82,8 @@ QUADRATURE_ORDER = 48
 MAX_QUADRATURE_WORK = 1.5e11
 #: the exact route refuses recursions with more coordinates than this (one eigh of D x D per rate)
 MAX_COORDINATES = 4000
+#: the routes to the exact moments (:func:`exact_model`)
+ROUTES = ("auto", "tensor", "units")
 #: a point is a global minimum when its population loss is below this times E[f*^2]
 MINIMUM_RTOL = ROUNDING_RTOL
 
@@ -434,7 +437,7 @@ def _require_minimum(problem: Problem) -> None:
 
 
 def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, check: bool = True,
-                closed_form: bool = True, chunk: int = 8192, rtol: float = RANGE_RTOL) -> SecondMomentModel:
+                closed_form: bool = True, chunk: int = 8192, rtol: float = RANGE_RTOL, route: str = "auto") -> SecondMomentModel:
     """The exact linearised recursion: true fourth moments of ``J`` (module docstring).
 
     ``order``: Gauss-Hermite nodes per axis (default: exact for polynomials, else
@@ -442,27 +445,34 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
     non-exact rule at :func:`check_order` and reports ``info["quadrature_error"]`` (max relative
     change of ``M4`` and ``H``); ``closed_form``: for linear activations use ``M4 = 2HSH + tr(HS)H`` (``J`` is
     Gaussian) instead of the rule. ``info["hessian"]`` is ``H``'s eigenvalues with multiplicities.
+    ``route``: ``"tensor"`` (one rule in the ``r`` dimensions of the row space), ``"units"`` (rules over
+    the span of at most four units, :mod:`~nearopt.dynamics.sgd_units`: polynomial in ``N_h``) or
+    ``"auto"`` (the cheaper at the default order); ``info["route"]`` says which ran.
     """
     pr = as_problem(problem)
     require_paper_setting(pr, "the SGD predictions")
     _require_minimum(pr)
+    if route not in ROUTES:
+        raise NearoptError(f"unknown exact-moment route {route!r}; choose {', '.join(ROUTES)}")
     rj = reduced_jacobian(pr)
     auto, exact_rule = default_order(rj.activation)
-    n = auto if order is None else require_positive_int(order, "quadrature order")
+    if order is not None:
+        require_positive_int(order, "quadrature order")
     if rj.size_a == 0:
         raise NearoptError("no trained parameters")
     # refuse before any quadrature: the coordinates are at most those of the full reduced blocks
     bound = rj.size_a * (rj.size_a + 1) // 2 + rj.size_c * (rj.size_c + 1) // 2
     checked = check and not exact_rule
-    if order is None and not exact_rule:
-        n = _affordable_order(rj.rank, bound + rj.size_a, checked)
+    route, n, work = _plan(rj, route, order, auto, exact_rule, checked, bound)
     n2 = check_order(n)
-    work = _work(n, rj.rank, bound + rj.size_a) + (_work(n2, rj.rank, bound + rj.size_a) if checked else 0.0)
     if bound > MAX_COORDINATES or work > MAX_QUADRATURE_WORK:
         raise NearoptError(
             f"the exact SGD recursion is out of reach here (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}: up to {bound} coordinates, "
-            f"a {n}^{rj.rank}-node rule, {work:.2g} operations); use a smaller N_h (rank W1 <= 4 for erf) or the spectral prediction")
-    HA, M = _second_moments(rj, n, chunk)
+            f"{_describe_rule(route, n, rj.rank)}, {work:.2g} operations); use a smaller N_h or the spectral prediction")
+    if route == "units":
+        F = rj.Wr.shape[0] * (rj.rank + 1)
+        require_memory(dense_bytes((F**4 + F**2 * rj.size_c**2 + F**3 * rj.size_a,), np.float64), "the exact SGD moments by units", "the spectral prediction")
+    HA, M = _moments2(route, rj, n, chunk)
     (lamA, UA), (lamC, UC) = _ranges((HA, M), rtol)
     D = lamA.size * (lamA.size + 1) // 2 + lamC.size * (lamC.size + 1) // 2
     if D > MAX_COORDINATES:
@@ -470,22 +480,69 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
     require_memory(dense_bytes(D, np.float64, 4), f"the exact SGD recursion ({D} x {D})", "the spectral prediction")
     li, lj, h, s0 = _coordinates(lamA, lamC, rj.m)
     linear = rj.activation.polynomial_coefficients is not None and len(rj.activation.polynomial_coefficients) <= 2
-    info: dict[str, Any] = {"row_rank": rj.rank, "complement_multiplicity": rj.m, "coordinates": D}
+    info: dict[str, Any] = {"row_rank": rj.rank, "complement_multiplicity": rj.m, "coordinates": D, "route": route}
     if linear and closed_form:
         m4 = gaussian_m4(li, lj, h)
         info.update(method="closed-form (J is Gaussian for a linear network)", quadrature_error=0.0)
     else:
-        m4 = _fourth_moments(rj, UA, UC, n, chunk)
+        m4 = _moments4(route, rj, UA, UC, n, chunk)
         info.update(method="gauss-hermite (exact for this polynomial)" if exact_rule else "gauss-hermite", order=n, quadrature_error=0.0)
         if checked:
-            HA2, M2 = _second_moments(rj, n2, chunk)
-            m4b = _fourth_moments(rj, UA, UC, n2, chunk)
+            HA2, M2 = _moments2(route, rj, n2, chunk)
+            m4b = _moments4(route, rj, UA, UC, n2, chunk)
             err_h = max(_rel(HA, HA2), _rel(M, M2))
             info.update(quadrature_error=max(_rel(m4, m4b), err_h), check_order=n2)
             m4 = m4b  # keep the finer rule: the change from the coarser one bounds its error
     eig, cnt = _merge_spectrum(lamA, lamC, rj.m)
     model = SecondMomentModel("exact", li, lj, h, s0, m4, eig, cnt, info)
     return model
+
+
+def _plan(rj: ReducedJacobian, route: str, order: int | None, auto: int, exact_rule: bool, checked: bool, bound: int) -> tuple[str, int, float]:
+    """The route (``auto``: the cheaper at the default order), its nodes per axis (lowered to fit the budget
+    unless given) and its work with the check rule."""
+    width = bound + rj.size_a
+
+    def work(r: str, n: int) -> float:
+        one = _unit_route_work(rj, n) if r == "units" else _work(n, rj.rank, width)
+        return one + ((_unit_route_work(rj, check_order(n)) if r == "units" else _work(check_order(n), rj.rank, width)) if checked else 0.0)
+
+    start = auto if order is None else order
+    if route == "auto":
+        route = "tensor" if work("tensor", start) <= work("units", start) else "units"
+    n = start
+    if order is None and not exact_rule:
+        n = next((k for k in range(QUADRATURE_ORDER, 15, -4) if work(route, k) <= MAX_QUADRATURE_WORK), 16)
+    return route, n, work(route, n)
+
+
+def _unit_route_work(rj: ReducedJacobian, n: int) -> float:
+    K = rj.Wr.shape[0]
+    return unit_work(K, rj.rank, n, rj.size_a, rj.size_c) + _unit_pairs_work(K, rj.rank, n)
+
+
+def _unit_pairs_work(K: int, r: int, n: int) -> float:
+    return K * (K + 1) / 2 * float(axis_order(n, min(2, r))) ** min(2, r) * 9
+
+
+def _describe_rule(route: str, n: int, r: int) -> str:
+    if route == "units":
+        return f"rules of up to {n}^{min(4, r)} nodes over up to four units"
+    return f"a {n}^{r}-node rule"
+
+
+def _moments2(route: str, rj: ReducedJacobian, order: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """``H_A`` and ``E[c c^T]`` by the tensor rule or by pairs of units."""
+    if route == "units":
+        return unit_second_moments(rj.activation, rj.Wr, rj.v, rj.first, rj.second, rj.size_c > 0, order)
+    return _second_moments(rj, order, chunk)
+
+
+def _moments4(route: str, rj: ReducedJacobian, UA: np.ndarray, UC: np.ndarray, order: int, chunk: int) -> np.ndarray:
+    """``M4`` by the tensor rule or by multisets of at most four units."""
+    if route == "units":
+        return unit_fourth_moments(rj.activation, rj.Wr, rj.v, rj.first, rj.second, rj.m, UA, UC, order)
+    return _fourth_moments(rj, UA, UC, order, chunk)
 
 
 def _work(order: int, dim: int, width: int) -> float:
@@ -496,14 +553,6 @@ def _work(order: int, dim: int, width: int) -> float:
 def check_order(order: int) -> int:
     """The finer rule checking ``order`` nodes per axis: ``order + ceil(order / 3)`` (48 -> 64)."""
     return order + -(-order // 3)
-
-
-def _affordable_order(dim: int, width: int, check: bool) -> int:
-    """The finest default rule (down to 16 nodes per axis) whose cost, with its check, fits :data:`MAX_QUADRATURE_WORK`."""
-    for n in range(QUADRATURE_ORDER, 15, -4):
-        if _work(n, dim, width) + (_work(check_order(n), dim, width) if check else 0.0) <= MAX_QUADRATURE_WORK:
-            return n
-    return 16
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
