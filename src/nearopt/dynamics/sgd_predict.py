@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 import scipy.optimize
+import scipy.sparse.linalg
 import torch
 
 from ..curvature.batch import jacobian
@@ -68,7 +69,7 @@ from .sgd_units import axis_order, unit_fourth_moments, unit_second_moments, uni
 
 __all__ = [
     "check_order", "default_order", "exact_model", "fixed_set_model", "FixedSetModel", "gaussian_m4", "hermite_rule", "MAX_COORDINATES",
-    "MAX_QUADRATURE_WORK", "MINIMUM_RTOL", "predictions", "problem_spectrum", "QUADRATURE_ORDER", "RANGE_RTOL", "reduced_jacobian", "ReducedJacobian", "ROUTES",
+    "MAX_QUADRATURE_WORK", "MINIMUM_RTOL", "predictions", "problem_spectrum", "QUADRATURE_ORDER", "RADIUS_LANCZOS_SIZE", "RANGE_RTOL", "reduced_jacobian", "ReducedJacobian", "ROUTES",
     "SecondMomentModel", "spectral_critical_lr", "spectral_model", "spectral_stationary_loss", "spectrum_model", "SQRT2", "stationary_factor",
     "training_set"
 ]
@@ -82,6 +83,8 @@ QUADRATURE_ORDER = 48
 MAX_QUADRATURE_WORK = 1.5e11
 #: the exact route refuses recursions with more coordinates than this (one eigh of D x D per rate)
 MAX_COORDINATES = 4000
+#: above this many coordinates the spectral radius of ``T`` comes from its two extreme eigenvalues by Lanczos
+RADIUS_LANCZOS_SIZE = 600
 #: the routes to the exact moments (:func:`exact_model`)
 ROUTES = ("auto", "tensor", "units")
 #: a point is a global minimum when its population loss is below this times E[f*^2]
@@ -145,10 +148,20 @@ class SecondMomentModel:
         return T
 
     def spectral_radius(self, lr: float, batch: int) -> float:
-        """``max |eig T(eta, B)|``: the recursion converges iff it is ``< 1``."""
-        # every eigenvalue: T is small (one row per distinct eigenvalue of H), and LAPACK's evr
-        # driver behind subset_by_index fails on the repeated eigenvalues such spectra have
-        w = scipy.linalg.eigvalsh(self.operator(lr, batch))
+        """``max |eig T(eta, B)|``: the recursion converges iff it is ``< 1``.
+
+        Every eigenvalue up to :data:`RADIUS_LANCZOS_SIZE` coordinates; above, the two extreme ones by
+        Lanczos (ARPACK, to rounding), falling back to every eigenvalue if it does not converge.
+        """
+        T = self.operator(lr, batch)
+        if T.shape[0] > RADIUS_LANCZOS_SIZE:
+            try:
+                ends = [scipy.sparse.linalg.eigsh(T, k=1, which=w, tol=0.0, return_eigenvectors=False)[0] for w in ("LA", "SA")]
+                return float(max(abs(ends[0]), abs(ends[1])))
+            except scipy.sparse.linalg.ArpackNoConvergence:
+                pass
+        # every eigenvalue: LAPACK's evr driver behind subset_by_index fails on the repeated eigenvalues T can have
+        w = scipy.linalg.eigvalsh(T)
         return float(max(abs(w[0]), abs(w[-1])))
 
     def curve(self, lr: float, batch: int, steps, *, sigma0: float, noise: float = 0.0) -> np.ndarray:
@@ -499,20 +512,22 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
 
 
 def _plan(rj: ReducedJacobian, route: str, order: int | None, auto: int, exact_rule: bool, checked: bool, bound: int) -> tuple[str, int, float]:
-    """The route (``auto``: the cheaper at the default order), its nodes per axis (lowered to fit the budget
-    unless given) and its work with the check rule."""
+    """The route (``auto``: the one reaching the finer rule within :data:`MAX_QUADRATURE_WORK`, then the cheaper),
+    its nodes per axis (lowered to fit the budget unless given) and its work with the check rule."""
     width = bound + rj.size_a
 
     def work(r: str, n: int) -> float:
         one = _unit_route_work(rj, n) if r == "units" else _work(n, rj.rank, width)
         return one + ((_unit_route_work(rj, check_order(n)) if r == "units" else _work(check_order(n), rj.rank, width)) if checked else 0.0)
 
-    start = auto if order is None else order
-    if route == "auto":
-        route = "tensor" if work("tensor", start) <= work("units", start) else "units"
-    n = start
-    if order is None and not exact_rule:
-        n = next((k for k in range(QUADRATURE_ORDER, 15, -4) if work(route, k) <= MAX_QUADRATURE_WORK), 16)
+    def fit(r: str) -> int:
+        if order is not None or exact_rule:
+            return auto if order is None else order
+        return next((k for k in range(QUADRATURE_ORDER, 15, -4) if work(r, k) <= MAX_QUADRATURE_WORK), 16)
+
+    if route == "auto":  # the finer rule within the budget, then the cheaper
+        route = min(ROUTES[1:], key=lambda r: (-fit(r) if work(r, fit(r)) <= MAX_QUADRATURE_WORK else 0, work(r, fit(r))))
+    n = fit(route)
     return route, n, work(route, n)
 
 
