@@ -50,7 +50,6 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 import scipy.optimize
-import scipy.sparse.linalg
 import torch
 
 from ..curvature.batch import jacobian
@@ -69,7 +68,7 @@ from .sgd_units import axis_order, unit_fourth_moments, unit_second_moments, uni
 
 __all__ = [
     "check_order", "default_order", "exact_model", "fixed_set_model", "FixedSetModel", "gaussian_m4", "hermite_rule", "MAX_COORDINATES",
-    "MAX_QUADRATURE_WORK", "MINIMUM_RTOL", "predictions", "problem_spectrum", "QUADRATURE_ORDER", "RADIUS_LANCZOS_SIZE", "RANGE_RTOL", "reduced_jacobian", "ReducedJacobian", "ROUTES",
+    "MAX_QUADRATURE_WORK", "MINIMUM_RTOL", "predictions", "problem_spectrum", "QUADRATURE_ORDER", "RANGE_RTOL", "reduced_jacobian", "ReducedJacobian", "ROUTES",
     "SecondMomentModel", "spectral_critical_lr", "spectral_model", "spectral_stationary_loss", "spectrum_model", "SQRT2", "stationary_factor",
     "training_set"
 ]
@@ -83,8 +82,6 @@ QUADRATURE_ORDER = 48
 MAX_QUADRATURE_WORK = 1.5e11
 #: the exact route refuses recursions with more coordinates than this (one eigh of D x D per rate)
 MAX_COORDINATES = 4000
-#: above this many coordinates the spectral radius of ``T`` comes from its two extreme eigenvalues by Lanczos
-RADIUS_LANCZOS_SIZE = 600
 #: the routes to the exact moments (:func:`exact_model`)
 ROUTES = ("auto", "tensor", "units")
 #: a point is a global minimum when its population loss is below this times E[f*^2]
@@ -148,20 +145,10 @@ class SecondMomentModel:
         return T
 
     def spectral_radius(self, lr: float, batch: int) -> float:
-        """``max |eig T(eta, B)|``: the recursion converges iff it is ``< 1``.
-
-        Every eigenvalue up to :data:`RADIUS_LANCZOS_SIZE` coordinates; above, the two extreme ones by
-        Lanczos (ARPACK, to rounding), falling back to every eigenvalue if it does not converge.
-        """
-        T = self.operator(lr, batch)
-        if T.shape[0] > RADIUS_LANCZOS_SIZE:
-            try:
-                ends = [scipy.sparse.linalg.eigsh(T, k=1, which=w, tol=0.0, return_eigenvectors=False)[0] for w in ("LA", "SA")]
-                return float(max(abs(ends[0]), abs(ends[1])))
-            except scipy.sparse.linalg.ArpackNoConvergence:
-                pass
-        # every eigenvalue: LAPACK's evr driver behind subset_by_index fails on the repeated eigenvalues T can have
-        w = scipy.linalg.eigvalsh(T)
+        """``max |eig T(eta, B)|``: the recursion converges iff it is ``< 1``."""
+        # every eigenvalue: T is small (one row per distinct eigenvalue of H), and LAPACK's evr
+        # driver behind subset_by_index fails on the repeated eigenvalues such spectra have
+        w = scipy.linalg.eigvalsh(self.operator(lr, batch))
         return float(max(abs(w[0]), abs(w[-1])))
 
     def curve(self, lr: float, batch: int, steps, *, sigma0: float, noise: float = 0.0) -> np.ndarray:
