@@ -32,8 +32,10 @@ Two models of ``M4`` share that machinery (:class:`SecondMomentModel`):
       M4_AA = E_y[(a + m b) J_A J_A^T],   M4_C = E_y[(a + (m + 2) b) c c^T],
       a = J_A^T S_AA J_A,   b = c^T C c,
 
-  taken by tensor Gauss-Hermite quadrature in ``r`` dimensions: exact for polynomial
-  activations (``2 deg + 1`` nodes per axis), checked against a finer rule otherwise.
+  taken by tensor Gauss-Hermite quadrature in ``r`` dimensions (exact for polynomial
+  activations with ``2 deg + 1`` nodes per axis, checked against a finer rule otherwise), or by
+  rules over the span of at most four units (:mod:`~nearopt.dynamics.sgd_units`, polynomial in
+  ``N_h``; ``exact_model(route=...)``).
 
 Coordinates: the eigenbasis of ``H`` restricted to its range (null directions keep
 ``S`` constant and carry no loss), symmetric matrices as ``vech`` with off-diagonal entries
