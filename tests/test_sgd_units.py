@@ -81,3 +81,13 @@ def test_layout_and_work():
     # polynomial in N_h: C(N_h + 3, 4) multisets, not 24^10 nodes
     assert unit_work(10, 10, 24, 0, 0) < 1e12 < 24.0**10
 
+
+
+@pytest.mark.parametrize("act, batch", [("erf", 1), ("erf", 8), ("relu", 1), ("quadratic", 2), ("erf", 1000)])
+def test_pencil_critical_rate_equals_the_radius_bisection(act, batch):
+    """One symmetric eigenproblem gives the critical rate the radius bisection finds (the +1 crossing comes first)."""
+    model = sp.exact_model(no.sample_teacher(3, 2, act, seed=1), route="tensor", order=24 if act != "quadratic" else None, check=False)
+    radius = model.critical_lr(batch, method="radius")
+    pencil = model.critical_lr(batch, method="pencil")
+    assert pencil == pytest.approx(radius, rel=1e-9)
+    assert model.spectral_radius(pencil * (1 - 1e-6), batch) < 1.0 <= model.spectral_radius(pencil * (1 + 1e-6), batch)

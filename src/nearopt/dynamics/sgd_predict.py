@@ -69,7 +69,7 @@ from ..tolerances import EPS, ROUNDING_RTOL
 from .sgd_units import axis_order, unit_fourth_moments, unit_second_moments, unit_work
 
 __all__ = [
-    "check_order", "default_order", "exact_model", "fixed_set_model", "FixedSetModel", "gaussian_m4", "hermite_rule", "MAX_COORDINATES",
+    "check_order", "default_order", "exact_model", "fixed_set_model", "FixedSetModel", "gaussian_m4", "hermite_rule", "MAX_COORDINATES", "MAX_EXACT_COORDINATES", "PENCIL_SIZE",
     "MAX_QUADRATURE_WORK", "MINIMUM_RTOL", "predictions", "problem_spectrum", "QUADRATURE_ORDER", "RANGE_RTOL", "reduced_jacobian", "ReducedJacobian", "ROUTES",
     "SecondMomentModel", "spectral_critical_lr", "spectral_model", "spectral_stationary_loss", "spectrum_model", "SQRT2", "stationary_factor",
     "training_set"
@@ -82,8 +82,12 @@ RANGE_RTOL = ROUNDING_RTOL
 QUADRATURE_ORDER = 48
 #: the exact route refuses rules costing more than this many multiply-adds (nodes x D^2)
 MAX_QUADRATURE_WORK = 1.5e11
-#: the exact route refuses recursions with more coordinates than this (one eigh of D x D per rate)
+#: the spectral recursion groups (and refuses) beyond this many distinct eigenvalues
 MAX_COORDINATES = 4000
+#: exact models above this many coordinates take their critical rate from one eigenproblem (:meth:`SecondMomentModel.pencil_lr`)
+PENCIL_SIZE = 1000
+#: the exact route refuses recursions with more coordinates than this (one eigh of D x D per rate: 19 s at 5105)
+MAX_EXACT_COORDINATES = 6400
 #: the routes to the exact moments (:func:`exact_model`)
 ROUTES = ("auto", "tensor", "units")
 #: a point is a global minimum when its population loss is below this times E[f*^2]
@@ -192,24 +196,49 @@ class SecondMomentModel:
 
         ``method="radius"``: bisection on the spectral radius after a geometric scan, bracketed by
         ``(0, 2 / lambda_max]`` (``<u u^T, T(u u^T)> >= (1 - eta lambda)^2`` by Cauchy-Schwarz on
-        ``M4``, so the radius is at least 1 at GD's limit). ``"auto"`` uses it for the exact model and
-        the closed form :func:`spectral_critical_lr` (``A(eta) = 1``, ``O(n)`` per evaluation) for the
+        ``M4``, so the radius is at least 1 at GD's limit). ``method="pencil"``: one symmetric
+        eigenproblem (:meth:`pencil_lr`), exact where the ``+1`` crossing comes first, which holds when
+        it lies below ``1 / lambda_max`` (else the radius bisection below it). ``"auto"`` uses the
+        pencil for exact models above :data:`PENCIL_SIZE` coordinates, the radius below, and the
+        closed form :func:`spectral_critical_lr` (``A(eta) = 1``, ``O(n)`` per evaluation) for the
         spectral one.
         """
         batch = require_positive_int(batch, "batch size")
-        if method not in ("auto", "radius"):
-            raise NearoptError(f"unknown critical-rate method {method!r}; choose auto or radius")
+        if method not in ("auto", "radius", "pencil"):
+            raise NearoptError(f"unknown critical-rate method {method!r}; choose auto, radius or pencil")
         if self.size == 0:
             return math.inf
         if method == "auto" and self.kind == "spectral":
             return spectral_critical_lr(self.eigenvalues, self.counts, batch)
         top = 2.0 / self.lambda_max
+        if method == "pencil" or (method == "auto" and self.size > PENCIL_SIZE):
+            eta = self.pencil_lr(batch)
+            if eta * self.lambda_max < 1.0:
+                return eta
+            top = min(top, eta)
         grid = top * np.geomspace(1e-9, 1.0, 91)
         radius = [self.spectral_radius(e, batch) - 1.0 for e in grid]
-        k = next(i for i, r in enumerate(radius) if r >= 0.0)
+        k = next((i for i, r in enumerate(radius) if r >= 0.0), None)
+        if k is None:  # the pencil's crossing, where the radius is 1 up to rounding
+            return float(top)
         if k == 0:
             return float(grid[0])
         return float(scipy.optimize.brentq(lambda e: self.spectral_radius(e, batch) - 1.0, grid[k - 1], grid[k], xtol=1e-14 * float(grid[k]), rtol=rtol))
+
+    def pencil_lr(self, batch: int) -> float:
+        """Smallest ``eta > 0`` where an eigenvalue of ``T(eta, B)`` equals ``+1``.
+
+        ``T = I - eta A + eta^2 C`` with ``A = diag(l_i + l_j) > 0`` and ``C = (1 - 1/B) diag(l_i l_j) + M4 / B``
+        (positive semi-definite), so ``T x = x`` iff ``C x = A x / eta``: ``eta = 1 / lambda_max(A^-1/2 C A^-1/2)``.
+        No eigenvalue reaches ``-1`` before ``1 / lambda_max`` (``T + I >= 2 I - eta A > 0`` there).
+        """
+        batch = require_positive_int(batch, "batch size")
+        a = self.li + self.lj
+        C = self.m4 / batch
+        C[np.diag_indices_from(C)] += (1.0 - 1.0 / batch) * self.li * self.lj
+        r = 1.0 / np.sqrt(a)
+        top = float(scipy.linalg.eigvalsh(r[:, None] * C * r[None, :])[-1])
+        return 1.0 / top if top > 0 else math.inf
 
     def late_rate(self, lr: float, batch: int) -> float:
         """Late-time decay rate of ``E[L_t]`` per step without noise: ``-log(max mu)`` (GD: ``-2 log|1 - eta lambda_min|``)."""
@@ -467,18 +496,21 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
     checked = check and not exact_rule
     route, n, work = _plan(rj, route, order, auto, exact_rule, checked, bound)
     n2 = check_order(n)
-    if bound > MAX_COORDINATES or work > MAX_QUADRATURE_WORK:
+    if bound > MAX_EXACT_COORDINATES or work > MAX_QUADRATURE_WORK:
+        unchecked = checked and bound <= MAX_EXACT_COORDINATES and _plan(rj, route, order, auto, exact_rule, False, bound)[2] <= MAX_QUADRATURE_WORK
+        hint = "; without the check rule it fits (exact_model(..., check=False))" if unchecked else ""
         raise NearoptError(
             f"the exact SGD recursion is out of reach here (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}: up to {bound} coordinates, "
-            f"{_describe_rule(route, n, rj.rank)}, {work:.2g} operations); use a smaller N_h or the spectral prediction")
+            f"{_describe_rule(route, n, rj.rank)}, {work:.2g} operations{hint}); use a smaller N_h or the spectral prediction")
     if route == "units":
         F = rj.Wr.shape[0] * (rj.rank + 1)
         require_memory(dense_bytes((F**4 + F**2 * rj.size_c**2 + F**3 * rj.size_a,), np.float64), "the exact SGD moments by units", "the spectral prediction")
     HA, M = _moments2(route, rj, n, chunk)
     (lamA, UA), (lamC, UC) = _ranges((HA, M), rtol)
     D = lamA.size * (lamA.size + 1) // 2 + lamC.size * (lamC.size + 1) // 2
-    if D > MAX_COORDINATES:
-        raise NearoptError(f"the exact SGD recursion has {D} coordinates (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}); at most {MAX_COORDINATES}: use the spectral prediction")
+    if D > MAX_EXACT_COORDINATES:
+        raise NearoptError(f"the exact SGD recursion has {D} coordinates (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}); "
+                           f"at most {MAX_EXACT_COORDINATES}: use the spectral prediction")
     require_memory(dense_bytes(D, np.float64, 4), f"the exact SGD recursion ({D} x {D})", "the spectral prediction")
     li, lj, h, s0 = _coordinates(lamA, lamC, rj.m)
     linear = rj.activation.polynomial_coefficients is not None and len(rj.activation.polynomial_coefficients) <= 2
