@@ -41,7 +41,7 @@ SGD_START_LIMIT = 3e-2
 #: start draws whose quadratic model is within this factor of the loss's rounding floor are left out
 START_FLOOR_MARGIN = 1e4
 #: measured ``eta_c(exact) / eta_c(spectral)`` at ``B = 1`` (docs/sgd.md): the spectral rate's error by activation
-SPECTRAL_RATIO_RANGE = {"relu": (0.51, 0.77), "quadratic": (0.26, 0.38), "erf": (0.80, 1.45)}
+SPECTRAL_RATIO_RANGE = {"relu": (0.51, 0.79), "quadratic": (0.26, 0.38), "erf": (0.80, 1.45)}
 #: most curve evaluations (points x coordinates) an exact integer scan of one bracket may cost
 SCAN_BUDGET = 5e7
 

@@ -520,7 +520,9 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
         info.update(method="closed-form (J is Gaussian for a linear network)", quadrature_error=0.0)
     else:
         m4 = _moments4(route, rj, UA, UC, n, chunk)
-        info.update(method="gauss-hermite (exact for this polynomial)" if exact_rule else "gauss-hermite", order=n, quadrature_error=0.0)
+        # an unchecked rule for a non-polynomial activation has no error estimate
+        info.update(method="gauss-hermite (exact for this polynomial)" if exact_rule else "gauss-hermite", order=n,
+                    quadrature_error=0.0 if exact_rule else None)
         if checked:
             HA2, M2 = _moments2(route, rj, n2, chunk)
             m4b = _moments4(route, rj, UA, UC, n2, chunk)
