@@ -12,6 +12,7 @@ import nearopt as no
 from nearopt.curvature.population import population_hessian
 from nearopt.dynamics import predict_mean_loss, problem_spectrum, run_dynamics, run_sgd, spectrum_model
 from nearopt.dynamics import regime as rg
+from nearopt.dynamics import sgd as sgd_module
 from nearopt.dynamics.sgd import sgd_start_error
 from nearopt.errors import NearoptError
 from nearopt.gaussian.objective import population_loss
@@ -232,3 +233,12 @@ def test_cli_json_keys_and_one_line_warning(tmp_path):
     d = json.loads(out)
     assert not d["regime"]["quadratic"] and d["warnings"] and set(d["target"]["predicted"]) == {"ensemble", "same_draws"}
     assert err.count("nearopt: warning: outside the quadratic regime") == 1
+
+
+def test_unmeasured_start_error_is_said_not_fatal(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise NearoptError("no population Hessian here")
+
+    monkeypatch.setattr(sgd_module, "sgd_start_error", refuse)
+    res = _quiet_sgd(no.sample_teacher(3, 2, "erf", seed=0), lr=0.1, steps=5, runs=2, points=2, exact=False)
+    assert math.isnan(res.regime["start_error"]) and any("not measured here: no population Hessian" in w for w in res.warnings)
