@@ -109,7 +109,7 @@ def test_relu_spectral_critical_rate_flagged():
     assert not r["spectral_is_exact"] and r["critical_lr_exact"] is None and r["critical_lr_source"] == "spectral"
     assert "not exact for relu" in r["critical_lr_note"] and "not built" in r["critical_lr_note"]
     # refused for its cost: the reason is stated
-    big = no.sample_teacher(20, 10, "relu", seed=0)
+    big = no.sample_teacher(20, 12, "relu", seed=0)
     far = _quiet_sgd(big, lr=0.01, steps=2, sigma0=1e-3, runs=2, points=2)
     assert "not affordable here (the exact SGD recursion is out of reach" in far.regime["critical_lr_note"]
     ex = _quiet_sgd(net, lr=0.3 * sp, steps=5, sigma0=1e-3, runs=4, points=3)

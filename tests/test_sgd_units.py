@@ -91,3 +91,17 @@ def test_pencil_critical_rate_equals_the_radius_bisection(act, batch):
     pencil = model.critical_lr(batch, method="pencil")
     assert pencil == pytest.approx(radius, rel=1e-9)
     assert model.spectral_radius(pencil * (1 - 1e-6), batch) < 1.0 <= model.spectral_radius(pencil * (1 + 1e-6), batch)
+
+
+def test_check_auto_builds_the_rule_alone_when_its_check_is_over_the_budget(monkeypatch):
+    net = no.sample_teacher(3, 2, "erf", seed=0)
+    monkeypatch.setattr(sp, "MAX_QUADRATURE_WORK", 3e5)  # the 16-node rule fits, not with its 22-node check
+    with pytest.raises(NearoptError, match="without the check rule it fits"):
+        sp.exact_model(net, route="tensor")
+    model = sp.exact_model(net, route="tensor", check="auto")
+    assert model.info["order"] == 16 and model.info["quadrature_error"] is None and "over the budget" in model.info["check_skipped"]
+    monkeypatch.setattr(sp, "MAX_QUADRATURE_WORK", 1.5e11)
+    full = sp.exact_model(net, route="tensor", check="auto")
+    assert "check_skipped" not in full.info and full.info["quadrature_error"] < 1e-5
+    with pytest.raises(NearoptError, match="check must be"):
+        sp.exact_model(net, check="sometimes")

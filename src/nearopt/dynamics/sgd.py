@@ -517,7 +517,9 @@ def run_sgd(
         t0 = time.perf_counter()
         if exact:
             try:
-                models["exact"] = exact_model(pr)
+                models["exact"] = exact_model(pr, check="auto")
+                if "check_skipped" in models["exact"].info:
+                    notes.append(f"exact prediction: {models['exact'].info['check_skipped']}")
             except NearoptError as exc:
                 if exact is True:
                     raise

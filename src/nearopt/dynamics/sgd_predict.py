@@ -467,14 +467,15 @@ def _require_minimum(problem: Problem) -> None:
         raise NearoptError(f"the student is not at a global minimum (population loss {loss:.3g}): the linearised SGD prediction needs a zero residual")
 
 
-def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, check: bool = True,
+def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, check: bool | str = True,
                 closed_form: bool = True, chunk: int = 8192, rtol: float = RANGE_RTOL, route: str = "auto") -> SecondMomentModel:
     """The exact linearised recursion: true fourth moments of ``J`` (module docstring).
 
     ``order``: Gauss-Hermite nodes per axis (default: exact for polynomials, else
     :data:`QUADRATURE_ORDER`, lowered to fit :data:`MAX_QUADRATURE_WORK`); ``check`` repeats a
     non-exact rule at :func:`check_order` and reports ``info["quadrature_error"]`` (max relative
-    change of ``M4`` and ``H``); ``closed_form``: for linear activations use ``M4 = 2HSH + tr(HS)H`` (``J`` is
+    change of ``M4`` and ``H``; ``None`` unchecked); ``check="auto"`` checks where the check fits the
+    budget and otherwise builds the rule alone, saying so in ``info["check_skipped"]``; ``closed_form``: for linear activations use ``M4 = 2HSH + tr(HS)H`` (``J`` is
     Gaussian) instead of the rule. ``info["hessian"]`` is ``H``'s eigenvalues with multiplicities.
     ``route``: ``"tensor"`` (one rule in the ``r`` dimensions of the row space), ``"units"`` (rules over
     the span of at most four units, :mod:`~nearopt.dynamics.sgd_units`: polynomial in ``N_h``) or
@@ -493,12 +494,20 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
         raise NearoptError("no trained parameters")
     # refuse before any quadrature: the coordinates are at most those of the full reduced blocks
     bound = rj.size_a * (rj.size_a + 1) // 2 + rj.size_c * (rj.size_c + 1) // 2
-    checked = check and not exact_rule
-    route, n, work = _plan(rj, route, order, auto, exact_rule, checked, bound)
+    if check not in (True, False, "auto"):
+        raise NearoptError(f"check must be True, False or 'auto', got {check!r}")
+    checked = bool(check) and not exact_rule
+    asked = route
+    route, n, work = _plan(rj, asked, order, auto, exact_rule, checked, bound)
+    skipped = False
+    if check == "auto" and checked and work > MAX_QUADRATURE_WORK and bound <= MAX_EXACT_COORDINATES:
+        plan = _plan(rj, asked, order, auto, exact_rule, False, bound)
+        if plan[2] <= MAX_QUADRATURE_WORK:  # the rule fits, its check does not: build it unchecked, and say so
+            (route, n, work), checked, skipped = plan, False, True
     n2 = check_order(n)
     if bound > MAX_EXACT_COORDINATES or work > MAX_QUADRATURE_WORK:
-        unchecked = checked and bound <= MAX_EXACT_COORDINATES and _plan(rj, route, order, auto, exact_rule, False, bound)[2] <= MAX_QUADRATURE_WORK
-        hint = "; without the check rule it fits (exact_model(..., check=False))" if unchecked else ""
+        unchecked = checked and bound <= MAX_EXACT_COORDINATES and _plan(rj, asked, order, auto, exact_rule, False, bound)[2] <= MAX_QUADRATURE_WORK
+        hint = "; without the check rule it fits (exact_model(..., check=False or 'auto'))" if unchecked else ""
         raise NearoptError(
             f"the exact SGD recursion is out of reach here (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}: up to {bound} coordinates, "
             f"{_describe_rule(route, n, rj.rank)}, {work:.2g} operations{hint}); use a smaller N_h or the spectral prediction")
@@ -515,6 +524,8 @@ def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, che
     li, lj, h, s0 = _coordinates(lamA, lamC, rj.m)
     linear = rj.activation.polynomial_coefficients is not None and len(rj.activation.polynomial_coefficients) <= 2
     info: dict[str, Any] = {"row_rank": rj.rank, "complement_multiplicity": rj.m, "coordinates": D, "route": route}
+    if skipped:
+        info["check_skipped"] = f"the check rule ({check_order(n)} nodes per axis) is over the budget: no quadrature error estimate"
     if linear and closed_form:
         m4 = gaussian_m4(li, lj, h)
         info.update(method="closed-form (J is Gaussian for a linear network)", quadrature_error=0.0)
