@@ -224,7 +224,7 @@ def test_exact_refuses_what_it_cannot_do():
     with pytest.raises(NearoptError, match="global minimum"):
         exact_model(Problem(net, student=far))
     with pytest.raises(NearoptError, match="spectral prediction"):  # refused from the sizes, before any quadrature
-        exact_model(no.sample_teacher(6, 5, "erf", seed=0))
+        exact_model(no.sample_teacher(20, 10, "erf", seed=0))
 
 
 def test_record_steps():

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 from ..dynamics import make_objective, run_dynamics
+from ..dynamics.regime import describe_target
 from ..errors import NearoptError, ResultFailure, require_finite
 from ..model.network import check_finite
 from ..resources import dense_bytes, require_memory
@@ -61,6 +62,8 @@ def register(sub) -> None:
     p.add_argument("--draw-seed", type=nonneg_int, default=0, help="seed of the displacements delta_0 (default 0)")
     p.add_argument("--points", type=positive_int, default=40, help="log-spaced record times (default 40)")
     p.add_argument("--track", type=positive_int, metavar="K", default=None, help="the curvature along the run: at each recorded time the K largest and K smallest eigenvalues of the exact population Hessian, its inertia, the loss and the eigenvectors' overlap with the teacher's rows (draw 0); adds 'curvature' to the JSON")
+    p.add_argument("--target", type=positive_float, default=None, metavar="EPS",
+                   help="report the time (GD steps or flow time) to reach a mean loss EPS: predicted and measured")
     p.add_argument("--quiet", action="store_true", help="no progress bar (shown by default on a terminal)")
     p.add_argument("--json", action="store_true", help="print the measured and predicted curves and the slope fit as JSON")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON result to this file (atomically)")
@@ -101,6 +104,7 @@ def _run(args, net, X):
         rtol=args.rtol,
         progress=not args.quiet and sys.stderr.isatty(),
         track=args.track,
+        target=args.target,
     )
 
 
@@ -133,6 +137,8 @@ def table(res) -> str:
                      f"exact {'flow' if res.flow else 'GD'} rate {-lt['rate_exact']:.6g} (rel. err {lt['rel_error_vs_exact']:.2e})")
     else:
         lines.append("late-time regime not reached before the horizon or the float floor; try more --steps (or --flow)")
+    if d["target"] is not None:
+        lines.append(describe_target(d["target"], "t" if res.flow else "step"))
     if d["stalled_draws"]:
         at = ", ".join(f"draw {x['draw']} at t={x['time']:.4g}" for x in d["stalled_draws"])
         lines.append(f"integrator stalled near the rounding level ({at}); later points of those draws are left out")

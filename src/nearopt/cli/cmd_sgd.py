@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 
+from ..dynamics.regime import describe_target
 from ..dynamics.sgd import SAMPLING, run_sgd
 from ..errors import NearoptError, ResultFailure, require_nonneg_finite
 from ..model.network import check_finite
@@ -54,6 +55,8 @@ def register(sub) -> None:
                    help="how batches visit the --samples training set: replacement (default) or epochs (without replacement)")
     p.add_argument("--trained", choices=TRAINED, default="both", help="which layers train (default both)")
     p.add_argument("--points", type=positive_int, default=30, help="log-spaced record steps (default 30)")
+    p.add_argument("--target", type=positive_float, default=None, metavar="EPS",
+                   help="report the steps to reach a mean excess loss EPS: predicted by each recursion, measured from the runs")
     p.add_argument("--no-exact", action="store_true", help="skip the exact linearised prediction (quadrature in the row space of W1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--track", type=positive_int, metavar="K", default=None, help="the curvature along the run: at each recorded step the K largest and K smallest eigenvalues of the exact population Hessian, its inertia, the loss and the eigenvectors' overlap with the teacher's rows (run 0); adds 'curvature' to the JSON")
@@ -87,7 +90,7 @@ def compute(args):
             problem, lr=args.lr, batch=args.batch, steps=args.steps, sigma0=args.sigma0, noise=args.noise,
             runs=args.runs, seed=args.run_seed, sampling="online" if args.samples is None else args.sampling,
             samples=args.samples, points=args.points, device=args.device, exact=not args.no_exact and "auto",
-            progress=not args.quiet and sys.stderr.isatty(), track=args.track,
+            progress=not args.quiet and sys.stderr.isatty(), track=args.track, target=args.target,
         )
 
 
@@ -121,6 +124,8 @@ def table(res) -> str:
     lines.append(f"stationary excess loss: exact {_fmt(d['stationary_loss'])}, spectral {_fmt(d['stationary_loss_spectral'])}")
     lines.append(f"late-time rate per step: exact {_fmt(d['late_rate'])}, spectral {_fmt(d['late_rate_spectral'])}, GD {_fmt(d['late_rate_gd'])}")
     lines.append(f"throughput {d['throughput_run_steps_per_s']:.3g} run-steps/s; diverged runs {d['diverged_runs']}")
+    if d["target"] is not None:
+        lines.append(describe_target(d["target"], "step"))
     lines.extend(f"note: {w}" for w in d["warnings"])
     if res.simulation.curvature is not None:
         lines.append(res.simulation.curvature.table())

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..curvature.base import resolve_device
 from ..curvature.tracking import CurvatureTrack, TrackSpec, track_curvature
+from ..curvature.population import PopulationHessian
 from ..errors import NearoptError, require_nonneg_finite, require_positive_finite, require_positive_int
 from ..gaussian.expectations import kernel, output_power
 from ..model.network import TwoLayerNet
@@ -38,11 +39,12 @@ from ..model.problem import Problem, as_problem, require_paper_setting
 from ..resources import dense_bytes, require_memory
 from ..threads import sized_threads
 from ..tolerances import EPS
+from .regime import SGD_START_LIMIT, SPECTRAL_RATIO_RANGE, first_step_below, lr_verdict, measured_crossing, start_error, start_verdict, target_block
 from .sgd_predict import SecondMomentModel, exact_model, fixed_set_model, predictions, problem_spectrum, spectrum_model, training_set
 
 __all__ = [
-    "DIVERGENCE_FACTOR", "MAX_STEPS", "pair_kernel", "PopulationLoss", "record_steps", "run_sgd", "SAMPLING", "sgd_memory", "SGDResult", "SGDSimulation",
-    "simulate_sgd", "TAIL_SHARE"
+    "DIVERGENCE_FACTOR", "MAX_STEPS", "pair_kernel", "PopulationLoss", "record_steps", "REGIME_DRAWS", "run_sgd", "SAMPLING", "sgd_memory", "SGDResult",
+    "SGDSimulation", "simulate_sgd", "sgd_regime", "sgd_start_error", "sgd_target", "TAIL_SHARE"
 ]
 
 #: a run has diverged once its loss exceeds this times the mean initial loss (or is not finite)
@@ -52,6 +54,8 @@ MAX_STEPS = 10**9
 #: the mean over runs is flagged unreliable where one run carries more than this share of it
 TAIL_SHARE = 0.25
 SAMPLING = ("online", "replacement", "epochs")
+#: the start error of the regime check is measured on the first this many runs' ``delta_0``
+REGIME_DRAWS = 16
 
 
 def record_steps(steps: int, points: int = 40) -> np.ndarray:
@@ -411,6 +415,9 @@ class SGDResult:
     models: dict[str, SecondMomentModel]
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    #: where the predictions apply (:func:`sgd_regime`) and the time to a target loss (:func:`sgd_target`)
+    regime: dict[str, Any] = field(default_factory=dict)
+    target: dict[str, Any] | None = None
 
     def failure(self) -> str | None:
         """Why the simulation measured nothing (every run diverged: the mean loss is ``inf`` at the end), else ``None``."""
@@ -445,6 +452,7 @@ class SGDResult:
             "late_rate_gd": self.gd_rate(),
             "exact_method": None if "exact" not in self.models else self.models["exact"].info,
             "timings": self.timings, "throughput_run_steps_per_s": sim.throughput, "warnings": self.warnings,
+            "regime": self.regime, "target": self.target,
         }
         if sim.curvature is not None:
             d["curvature"] = sim.curvature.to_dict()
@@ -486,6 +494,7 @@ def run_sgd(
     models: dict[str, SecondMomentModel] | None = None,
     progress: bool = False,
     track: TrackSpec | int | None = None,
+    target: float | None = None,
 ) -> SGDResult:
     """Simulate SGD (:func:`simulate_sgd`) and predict it: exact linearised and spectral (online inputs).
 
@@ -497,14 +506,21 @@ def run_sgd(
     at the teacher), epochs only the simulation.
     A learning rate at or beyond a critical one warns (the prediction diverges); the simulation still runs.
     ``track``: the curvature along run 0 (:func:`simulate_sgd`), in ``to_dict()["curvature"]``.
+    ``result.regime`` says where the predictions apply (:func:`sgd_regime`: a start displacement beyond
+    the quadratic regime, a near-critical rate, a spectral-only critical rate of a non-linear network
+    warn too); ``target = eps`` adds ``result.target``, the steps to reach a mean loss ``eps``
+    (:func:`sgd_target`).
     """
     pr = as_problem(problem)
     require_paper_setting(pr, "SGD")
     lr, batch, runs, steps, samples = _check_args(lr, batch, sigma0, noise, runs, steps, sampling, samples)
+    if target is not None:
+        require_positive_finite(target, "target loss")
     dev = resolve_device(device)
     require_memory(sgd_memory(pr, runs, batch, points, samples, sampling), f"{runs} SGD runs with batch {batch}", "fewer runs or a smaller batch", device=dev)
     timings: dict[str, float] = {}
     notes: list[str] = []
+    exact_reason: str | None = None
     given = dict(models or {})
     models = {}
     if sampling == "online" and given:
@@ -520,10 +536,13 @@ def run_sgd(
         t0 = time.perf_counter()
         if exact:
             try:
-                models["exact"] = exact_model(pr)
+                models["exact"] = exact_model(pr, check="auto")
+                if "check_skipped" in models["exact"].info:
+                    notes.append(f"exact prediction: {models['exact'].info['check_skipped']}")
             except NearoptError as exc:
                 if exact is True:
                     raise
+                exact_reason = str(exc)
                 notes.append(f"no exact prediction: {exc}")
         timings["exact_model_s"] = time.perf_counter() - t0
     rec = record_steps(steps, points)
@@ -558,4 +577,97 @@ def run_sgd(
     timings["simulate_s"] = sim.seconds
     if sim.diverged.any():
         notes.append(f"{int(sim.diverged.sum())} of {sim.runs} runs diverged")
-    return SGDResult(pr, sim, out.get("exact"), out.get("spectral"), models, timings, notes)
+    t0 = time.perf_counter()
+    regime, extra = sgd_regime(pr, models, out, lr=lr, batch=batch, sigma0=sigma0, seed=seed, exact_reason=exact_reason)
+    for msg in extra:
+        notes.append(msg)
+        warnings.warn(msg, stacklevel=2)
+    timings["regime_s"] = time.perf_counter() - t0
+    result = SGDResult(pr, sim, out.get("exact"), out.get("spectral"), models, timings, notes, regime)
+    if target is not None:
+        result.target = sgd_target(result, target)
+    return result
+
+
+# --------------------------------------------------------------------------- where the predictions apply
+def sgd_start_error(problem: Problem | TwoLayerNet, sigma0: float, seed: int = 0, draws: int = REGIME_DRAWS) -> float:
+    """:func:`~nearopt.dynamics.regime.start_error` of the population loss at the first ``draws`` starts of :func:`simulate_sgd`.
+
+    The same ``delta_0`` as runs ``0 .. draws - 1`` of a simulation with this ``seed``; ``L`` is the exact
+    population loss (:class:`PopulationLoss`), ``Q = 1/2 delta^T H delta`` with the population Hessian.
+    Draws whose ``Q`` lies within ``1e4`` times the loss's rounding floor are left out (``nan`` if all are).
+    """
+    pr = as_problem(problem)
+    cpu = torch.device("cpu")
+    sim = _Simulator(pr, 1.0, 1, 0.0, require_positive_int(draws, "number of draws"), seed, "online", None, cpu)
+    dW, dv = sim.initial(sigma0)
+    L = sim.loss((dW, dv)).numpy()
+    delta = torch.cat([dW.reshape(draws, -1), dv], 1)[:, torch.as_tensor(pr.trained_indices)]  # (draws, P)
+    HV = PopulationHessian(pr).torch_matmat(delta.T.contiguous())
+    Q = 0.5 * (delta.T * HV).sum(0).numpy()
+    return start_error(L, Q, floor=sim.population.floor)
+
+
+def sgd_regime(problem: Problem, models: dict[str, SecondMomentModel], predicted: dict[str, dict[str, Any]], *, lr: float, batch: int,
+               sigma0: float, seed: int = 0, exact_reason: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Where the linearised SGD predictions apply, and the warnings (one line each) where they do not.
+
+    ``{"start_error", "start_error_limit", "quadratic", "critical_lr", "critical_lr_source", "lr_over_critical",
+    "critical_lr_exact", "critical_lr_spectral", "spectral_is_exact", "critical_lr_note"}``:
+    the start error (:func:`sgd_start_error`) against :data:`~nearopt.dynamics.regime.SGD_START_LIMIT`;
+    ``lr`` against the exact critical rate where the exact recursion was built, else the spectral one;
+    whether the spectral rate is exact (linear networks: ``J`` is Gaussian) and, where it is not, what is known
+    (``exact_reason``: why the exact recursion could not be built, e.g. its cost).
+    """
+    try:
+        err = sgd_start_error(problem, sigma0, seed)
+        notes = start_verdict(err, sigma0, SGD_START_LIMIT)
+    except NearoptError as exc:  # e.g. no population Hessian for this problem: the run stands, unchecked
+        err, notes = float("nan"), [f"the start displacement's regime is not measured here: {exc}"]
+    ex, sp = predicted.get("exact"), predicted.get("spectral")
+    c_ex = None if ex is None else ex.get("critical_lr")
+    c_sp = None if sp is None else sp.get("critical_lr")
+    coeffs = problem.activation.polynomial_coefficients
+    linear = coeffs is not None and len(coeffs) <= 2
+    regime: dict[str, Any] = {"start_error": err, "start_error_limit": SGD_START_LIMIT, "quadratic": not err > SGD_START_LIMIT,
+                              "critical_lr_exact": c_ex, "critical_lr_spectral": c_sp, "spectral_is_exact": linear, "critical_lr_note": None,
+                              "critical_lr": None, "lr_over_critical": None, "critical_lr_source": None}
+    source, crit = ("exact", c_ex) if c_ex is not None else ("spectral", c_sp) if c_sp is not None else (None, None)
+    if crit is not None:
+        regime.update(lr_verdict(lr, crit), critical_lr_source=source)  # at or beyond it: run_sgd's warning
+    if c_sp is not None and not linear:
+        name = problem.activation.name
+        if c_ex is not None:
+            regime["critical_lr_note"] = (f"the spectral critical rate {c_sp:.6g} is not exact for {name}: the exact one is {c_ex:.6g} "
+                                          f"({c_ex / c_sp:.3g} of it)")
+        else:
+            why = f"not affordable here ({exact_reason})" if exact_reason else "not built here"
+            lo_hi = SPECTRAL_RATIO_RANGE.get(name)
+            known = f"; measured exact/spectral ratios for {name} at B = 1: {lo_hi[0]:g}-{lo_hi[1]:g}" if lo_hi else ""
+            regime["critical_lr_note"] = (f"the spectral critical rate {c_sp:.6g} is not exact for {name} (the Jacobian is not Gaussian) "
+                                          f"and the exact one is {why} here{known}")
+            if lo_hi is not None and lr >= lo_hi[0] * c_sp:
+                notes.append(f"learning rate {lr:.6g} is {lr / c_sp:.3g} of the spectral critical rate, which is not exact for {name}: "
+                             f"its exact critical rate can be as low as {lo_hi[0]:g} of the spectral one (measured, B = 1), "
+                             "and the exact one is not computed here")
+    return regime, notes
+
+
+def sgd_target(result: SGDResult, eps: float) -> dict[str, Any]:
+    """Steps to a mean excess loss ``eps``: predicted by each model, measured from the simulation.
+
+    Predicted (online): the first integer step where the recursion's ``E[L_t] <= eps``
+    (:func:`~nearopt.dynamics.regime.first_step_below`, searched up to :data:`MAX_STEPS`, beyond the
+    simulated horizon too); a fixed training set: the first recorded step of its curve. Measured: the
+    first recorded step where the mean over runs is ``<= eps``; the crossing lies after ``previous_record``.
+    """
+    eps = require_positive_finite(eps, "target loss")
+    sim, info = result.simulation, result.simulation.info
+    predicted: dict[str, dict[str, Any]] = {}
+    for name, model in result.models.items():
+        f = model.curve_function(info["lr"], info["batch"], sigma0=info["sigma0"], noise=info["noise"])
+        predicted[name] = first_step_below(f, eps, float(sim.steps[-1]), width=model.size, limit=float(MAX_STEPS))
+    if result.exact is not None and "exact" not in result.models:  # the fixed-set recursion: its recorded curve only
+        predicted["exact"] = dict(measured_crossing(sim.steps, result.exact["curve"], eps), method="records")
+    return target_block(eps, predicted, measured_crossing(sim.steps, sim.mean, eps),
+                        "recorded steps: the first crossing of the measured mean lies in (previous_record, step]")

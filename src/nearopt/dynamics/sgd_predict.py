@@ -32,8 +32,10 @@ Two models of ``M4`` share that machinery (:class:`SecondMomentModel`):
       M4_AA = E_y[(a + m b) J_A J_A^T],   M4_C = E_y[(a + (m + 2) b) c c^T],
       a = J_A^T S_AA J_A,   b = c^T C c,
 
-  taken by tensor Gauss-Hermite quadrature in ``r`` dimensions: exact for polynomial
-  activations (``2 deg + 1`` nodes per axis), checked against a finer rule otherwise.
+  taken by tensor Gauss-Hermite quadrature in ``r`` dimensions (exact for polynomial
+  activations with ``2 deg + 1`` nodes per axis, checked against a finer rule otherwise), or by
+  rules over the span of at most four units (:mod:`~nearopt.dynamics.sgd_units`, polynomial in
+  ``N_h``; ``exact_model(route=...)``).
 
 Coordinates: the eigenbasis of ``H`` restricted to its range (null directions keep
 ``S`` constant and carry no loss), symmetric matrices as ``vech`` with off-diagonal entries
@@ -64,10 +66,11 @@ from ..resources import dense_bytes, require_memory
 from ..spectra.grouping import cluster_labels
 from ..spectra.spectrum import Spectrum
 from ..tolerances import EPS, ROUNDING_RTOL
+from .sgd_units import axis_order, unit_fourth_moments, unit_second_moments, unit_work
 
 __all__ = [
-    "check_order", "default_order", "exact_model", "fixed_set_model", "FixedSetModel", "gaussian_m4", "hermite_rule", "MAX_COORDINATES",
-    "MAX_QUADRATURE_WORK", "MINIMUM_RTOL", "predictions", "problem_spectrum", "QUADRATURE_ORDER", "RANGE_RTOL", "reduced_jacobian", "ReducedJacobian",
+    "check_order", "default_order", "exact_model", "fixed_set_model", "FixedSetModel", "gaussian_m4", "hermite_rule", "MAX_COORDINATES", "MAX_EXACT_COORDINATES", "PENCIL_SIZE",
+    "MAX_QUADRATURE_WORK", "MINIMUM_RTOL", "predictions", "problem_spectrum", "QUADRATURE_ORDER", "RANGE_RTOL", "reduced_jacobian", "ReducedJacobian", "ROUTES",
     "SecondMomentModel", "spectral_critical_lr", "spectral_model", "spectral_stationary_loss", "spectrum_model", "SQRT2", "stationary_factor",
     "training_set"
 ]
@@ -79,8 +82,14 @@ RANGE_RTOL = ROUNDING_RTOL
 QUADRATURE_ORDER = 48
 #: the exact route refuses rules costing more than this many multiply-adds (nodes x D^2)
 MAX_QUADRATURE_WORK = 1.5e11
-#: the exact route refuses recursions with more coordinates than this (one eigh of D x D per rate)
+#: the spectral recursion groups (and refuses) beyond this many distinct eigenvalues
 MAX_COORDINATES = 4000
+#: exact models above this many coordinates take their critical rate from one eigenproblem (:meth:`SecondMomentModel.pencil_lr`)
+PENCIL_SIZE = 1000
+#: the exact route refuses recursions with more coordinates than this (one eigh of D x D per rate: 19 s at 5105)
+MAX_EXACT_COORDINATES = 6400
+#: the routes to the exact moments (:func:`exact_model`)
+ROUTES = ("auto", "tensor", "units")
 #: a point is a global minimum when its population loss is below this times E[f*^2]
 MINIMUM_RTOL = ROUNDING_RTOL
 
@@ -153,16 +162,24 @@ class SecondMomentModel:
 
         ``s_t = V mu^t V^T s_0 sigma0^2 + V (1 - mu^t)/(1 - mu) V^T b`` with ``T = V diag(mu) V^T``.
         """
-        t = np.asarray(steps, dtype=np.float64)
+        return self.curve_function(lr, batch, sigma0=sigma0, noise=noise)(steps)
+
+    def curve_function(self, lr: float, batch: int, *, sigma0: float, noise: float = 0.0):
+        """:meth:`curve` as a function of the steps alone, with ``T``'s ``eigh`` done once (for searches over ``t``)."""
         mu, V = scipy.linalg.eigh(self.operator(lr, batch))
         hv, sv = self.h @ V, self.s0 @ V
         b = (lr * lr * noise * noise / batch) * hv  # V^T b (b is along h)
-        with np.errstate(over="ignore", invalid="ignore"):
-            pw = np.sign(mu)[None, :] ** t[:, None] * np.abs(mu)[None, :] ** t[:, None]  # (T, D)
-            gap = 1.0 - mu
-            geo = np.where(np.abs(gap) > 1e-13, (1.0 - pw) / np.where(gap == 0, 1.0, gap), t[:, None])
-            out = 0.5 * (pw * (hv * sv * sigma0**2)[None, :] + geo * (hv * b)[None, :]).sum(1)
-        return np.where(np.isfinite(out), out, np.inf)
+
+        def at(steps) -> np.ndarray:
+            t = np.asarray(steps, dtype=np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):
+                pw = np.sign(mu)[None, :] ** t[:, None] * np.abs(mu)[None, :] ** t[:, None]  # (T, D)
+                gap = 1.0 - mu
+                geo = np.where(np.abs(gap) > 1e-13, (1.0 - pw) / np.where(gap == 0, 1.0, gap), t[:, None])
+                out = 0.5 * (pw * (hv * sv * sigma0**2)[None, :] + geo * (hv * b)[None, :]).sum(1)
+            return np.where(np.isfinite(out), out, np.inf)
+
+        return at
 
     def stationary_loss(self, lr: float, batch: int, noise: float) -> float:
         """``lim E[L_t] = 1/2 h^T (I - T)^{-1} b`` (``0`` without noise; ``inf`` at or beyond the critical rate)."""
@@ -179,24 +196,49 @@ class SecondMomentModel:
 
         ``method="radius"``: bisection on the spectral radius after a geometric scan, bracketed by
         ``(0, 2 / lambda_max]`` (``<u u^T, T(u u^T)> >= (1 - eta lambda)^2`` by Cauchy-Schwarz on
-        ``M4``, so the radius is at least 1 at GD's limit). ``"auto"`` uses it for the exact model and
-        the closed form :func:`spectral_critical_lr` (``A(eta) = 1``, ``O(n)`` per evaluation) for the
+        ``M4``, so the radius is at least 1 at GD's limit). ``method="pencil"``: one symmetric
+        eigenproblem (:meth:`pencil_lr`), exact where the ``+1`` crossing comes first, which holds when
+        it lies below ``1 / lambda_max`` (else the radius bisection below it). ``"auto"`` uses the
+        pencil for exact models above :data:`PENCIL_SIZE` coordinates, the radius below, and the
+        closed form :func:`spectral_critical_lr` (``A(eta) = 1``, ``O(n)`` per evaluation) for the
         spectral one.
         """
         batch = require_positive_int(batch, "batch size")
-        if method not in ("auto", "radius"):
-            raise NearoptError(f"unknown critical-rate method {method!r}; choose auto or radius")
+        if method not in ("auto", "radius", "pencil"):
+            raise NearoptError(f"unknown critical-rate method {method!r}; choose auto, radius or pencil")
         if self.size == 0:
             return math.inf
         if method == "auto" and self.kind == "spectral":
             return spectral_critical_lr(self.eigenvalues, self.counts, batch)
         top = 2.0 / self.lambda_max
+        if method == "pencil" or (method == "auto" and self.size > PENCIL_SIZE):
+            eta = self.pencil_lr(batch)
+            if eta * self.lambda_max < 1.0:
+                return eta
+            top = min(top, eta)
         grid = top * np.geomspace(1e-9, 1.0, 91)
         radius = [self.spectral_radius(e, batch) - 1.0 for e in grid]
-        k = next(i for i, r in enumerate(radius) if r >= 0.0)
+        k = next((i for i, r in enumerate(radius) if r >= 0.0), None)
+        if k is None:  # the pencil's crossing, where the radius is 1 up to rounding
+            return float(top)
         if k == 0:
             return float(grid[0])
         return float(scipy.optimize.brentq(lambda e: self.spectral_radius(e, batch) - 1.0, grid[k - 1], grid[k], xtol=1e-14 * float(grid[k]), rtol=rtol))
+
+    def pencil_lr(self, batch: int) -> float:
+        """Smallest ``eta > 0`` where an eigenvalue of ``T(eta, B)`` equals ``+1``.
+
+        ``T = I - eta A + eta^2 C`` with ``A = diag(l_i + l_j) > 0`` and ``C = (1 - 1/B) diag(l_i l_j) + M4 / B``
+        (positive semi-definite), so ``T x = x`` iff ``C x = A x / eta``: ``eta = 1 / lambda_max(A^-1/2 C A^-1/2)``.
+        No eigenvalue reaches ``-1`` before ``1 / lambda_max`` (``T + I >= 2 I - eta A > 0`` there).
+        """
+        batch = require_positive_int(batch, "batch size")
+        a = self.li + self.lj
+        C = self.m4 / batch
+        C[np.diag_indices_from(C)] += (1.0 - 1.0 / batch) * self.li * self.lj
+        r = 1.0 / np.sqrt(a)
+        top = float(scipy.linalg.eigvalsh(r[:, None] * C * r[None, :])[-1])
+        return 1.0 / top if top > 0 else math.inf
 
     def late_rate(self, lr: float, batch: int) -> float:
         """Late-time decay rate of ``E[L_t]`` per step without noise: ``-log(max mu)`` (GD: ``-2 log|1 - eta lambda_min|``)."""
@@ -425,59 +467,131 @@ def _require_minimum(problem: Problem) -> None:
         raise NearoptError(f"the student is not at a global minimum (population loss {loss:.3g}): the linearised SGD prediction needs a zero residual")
 
 
-def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, check: bool = True,
-                closed_form: bool = True, chunk: int = 8192, rtol: float = RANGE_RTOL) -> SecondMomentModel:
+def exact_model(problem: Problem | TwoLayerNet, *, order: int | None = None, check: bool | str = True,
+                closed_form: bool = True, chunk: int = 8192, rtol: float = RANGE_RTOL, route: str = "auto") -> SecondMomentModel:
     """The exact linearised recursion: true fourth moments of ``J`` (module docstring).
 
     ``order``: Gauss-Hermite nodes per axis (default: exact for polynomials, else
     :data:`QUADRATURE_ORDER`, lowered to fit :data:`MAX_QUADRATURE_WORK`); ``check`` repeats a
     non-exact rule at :func:`check_order` and reports ``info["quadrature_error"]`` (max relative
-    change of ``M4`` and ``H``); ``closed_form``: for linear activations use ``M4 = 2HSH + tr(HS)H`` (``J`` is
+    change of ``M4`` and ``H``; ``None`` unchecked); ``check="auto"`` checks where the check fits the
+    budget and otherwise builds the rule alone, saying so in ``info["check_skipped"]``; ``closed_form``: for linear activations use ``M4 = 2HSH + tr(HS)H`` (``J`` is
     Gaussian) instead of the rule. ``info["hessian"]`` is ``H``'s eigenvalues with multiplicities.
+    ``route``: ``"tensor"`` (one rule in the ``r`` dimensions of the row space), ``"units"`` (rules over
+    the span of at most four units, :mod:`~nearopt.dynamics.sgd_units`: polynomial in ``N_h``) or
+    ``"auto"`` (the cheaper at the default order); ``info["route"]`` says which ran.
     """
     pr = as_problem(problem)
     require_paper_setting(pr, "the SGD predictions")
     _require_minimum(pr)
+    if route not in ROUTES:
+        raise NearoptError(f"unknown exact-moment route {route!r}; choose {', '.join(ROUTES)}")
     rj = reduced_jacobian(pr)
     auto, exact_rule = default_order(rj.activation)
-    n = auto if order is None else require_positive_int(order, "quadrature order")
+    if order is not None:
+        require_positive_int(order, "quadrature order")
     if rj.size_a == 0:
         raise NearoptError("no trained parameters")
     # refuse before any quadrature: the coordinates are at most those of the full reduced blocks
     bound = rj.size_a * (rj.size_a + 1) // 2 + rj.size_c * (rj.size_c + 1) // 2
-    checked = check and not exact_rule
-    if order is None and not exact_rule:
-        n = _affordable_order(rj.rank, bound + rj.size_a, checked)
+    if check not in (True, False, "auto"):
+        raise NearoptError(f"check must be True, False or 'auto', got {check!r}")
+    checked = bool(check) and not exact_rule
+    asked = route
+    route, n, work = _plan(rj, asked, order, auto, exact_rule, checked, bound)
+    skipped = False
+    if check == "auto" and checked and work > MAX_QUADRATURE_WORK and bound <= MAX_EXACT_COORDINATES:
+        plan = _plan(rj, asked, order, auto, exact_rule, False, bound)
+        if plan[2] <= MAX_QUADRATURE_WORK:  # the rule fits, its check does not: build it unchecked, and say so
+            (route, n, work), checked, skipped = plan, False, True
     n2 = check_order(n)
-    work = _work(n, rj.rank, bound + rj.size_a) + (_work(n2, rj.rank, bound + rj.size_a) if checked else 0.0)
-    if bound > MAX_COORDINATES or work > MAX_QUADRATURE_WORK:
+    if bound > MAX_EXACT_COORDINATES or work > MAX_QUADRATURE_WORK:
+        unchecked = checked and bound <= MAX_EXACT_COORDINATES and _plan(rj, asked, order, auto, exact_rule, False, bound)[2] <= MAX_QUADRATURE_WORK
+        hint = "; without the check rule it fits (exact_model(..., check=False or 'auto'))" if unchecked else ""
         raise NearoptError(
             f"the exact SGD recursion is out of reach here (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}: up to {bound} coordinates, "
-            f"a {n}^{rj.rank}-node rule, {work:.2g} operations); use a smaller N_h (rank W1 <= 4 for erf) or the spectral prediction")
-    HA, M = _second_moments(rj, n, chunk)
+            f"{_describe_rule(route, n, rj.rank)}, {work:.2g} operations{hint}); use a smaller N_h or the spectral prediction")
+    if route == "units":
+        F = rj.Wr.shape[0] * (rj.rank + 1)
+        require_memory(dense_bytes((F**4 + F**2 * rj.size_c**2 + F**3 * rj.size_a,), np.float64), "the exact SGD moments by units", "the spectral prediction")
+    HA, M = _moments2(route, rj, n, chunk)
     (lamA, UA), (lamC, UC) = _ranges((HA, M), rtol)
     D = lamA.size * (lamA.size + 1) // 2 + lamC.size * (lamC.size + 1) // 2
-    if D > MAX_COORDINATES:
-        raise NearoptError(f"the exact SGD recursion has {D} coordinates (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}); at most {MAX_COORDINATES}: use the spectral prediction")
+    if D > MAX_EXACT_COORDINATES:
+        raise NearoptError(f"the exact SGD recursion has {D} coordinates (N_h = {pr.point.n_hidden}, rank W1 = {rj.rank}); "
+                           f"at most {MAX_EXACT_COORDINATES}: use the spectral prediction")
     require_memory(dense_bytes(D, np.float64, 4), f"the exact SGD recursion ({D} x {D})", "the spectral prediction")
     li, lj, h, s0 = _coordinates(lamA, lamC, rj.m)
     linear = rj.activation.polynomial_coefficients is not None and len(rj.activation.polynomial_coefficients) <= 2
-    info: dict[str, Any] = {"row_rank": rj.rank, "complement_multiplicity": rj.m, "coordinates": D}
+    info: dict[str, Any] = {"row_rank": rj.rank, "complement_multiplicity": rj.m, "coordinates": D, "route": route}
+    if skipped:
+        info["check_skipped"] = f"the check rule ({check_order(n)} nodes per axis) is over the budget: no quadrature error estimate"
     if linear and closed_form:
         m4 = gaussian_m4(li, lj, h)
         info.update(method="closed-form (J is Gaussian for a linear network)", quadrature_error=0.0)
     else:
-        m4 = _fourth_moments(rj, UA, UC, n, chunk)
-        info.update(method="gauss-hermite (exact for this polynomial)" if exact_rule else "gauss-hermite", order=n, quadrature_error=0.0)
+        m4 = _moments4(route, rj, UA, UC, n, chunk)
+        # an unchecked rule for a non-polynomial activation has no error estimate
+        info.update(method="gauss-hermite (exact for this polynomial)" if exact_rule else "gauss-hermite", order=n,
+                    quadrature_error=0.0 if exact_rule else None)
         if checked:
-            HA2, M2 = _second_moments(rj, n2, chunk)
-            m4b = _fourth_moments(rj, UA, UC, n2, chunk)
+            HA2, M2 = _moments2(route, rj, n2, chunk)
+            m4b = _moments4(route, rj, UA, UC, n2, chunk)
             err_h = max(_rel(HA, HA2), _rel(M, M2))
             info.update(quadrature_error=max(_rel(m4, m4b), err_h), check_order=n2)
             m4 = m4b  # keep the finer rule: the change from the coarser one bounds its error
     eig, cnt = _merge_spectrum(lamA, lamC, rj.m)
     model = SecondMomentModel("exact", li, lj, h, s0, m4, eig, cnt, info)
     return model
+
+
+def _plan(rj: ReducedJacobian, route: str, order: int | None, auto: int, exact_rule: bool, checked: bool, bound: int) -> tuple[str, int, float]:
+    """The route (``auto``: the one reaching the finer rule within :data:`MAX_QUADRATURE_WORK`, then the cheaper),
+    its nodes per axis (lowered to fit the budget unless given) and its work with the check rule."""
+    width = bound + rj.size_a
+
+    def work(r: str, n: int) -> float:
+        one = _unit_route_work(rj, n) if r == "units" else _work(n, rj.rank, width)
+        return one + ((_unit_route_work(rj, check_order(n)) if r == "units" else _work(check_order(n), rj.rank, width)) if checked else 0.0)
+
+    def fit(r: str) -> int:
+        if order is not None or exact_rule:
+            return auto if order is None else order
+        return next((k for k in range(QUADRATURE_ORDER, 15, -4) if work(r, k) <= MAX_QUADRATURE_WORK), 16)
+
+    if route == "auto":  # the finer rule within the budget, then the cheaper
+        route = min(ROUTES[1:], key=lambda r: (-fit(r) if work(r, fit(r)) <= MAX_QUADRATURE_WORK else 0, work(r, fit(r))))
+    n = fit(route)
+    return route, n, work(route, n)
+
+
+def _unit_route_work(rj: ReducedJacobian, n: int) -> float:
+    K = rj.Wr.shape[0]
+    return unit_work(K, rj.rank, n, rj.size_a, rj.size_c) + _unit_pairs_work(K, rj.rank, n)
+
+
+def _unit_pairs_work(K: int, r: int, n: int) -> float:
+    return K * (K + 1) / 2 * float(axis_order(n, min(2, r))) ** min(2, r) * 9
+
+
+def _describe_rule(route: str, n: int, r: int) -> str:
+    if route == "units":
+        return f"rules of up to {n}^{min(4, r)} nodes over up to four units"
+    return f"a {n}^{r}-node rule"
+
+
+def _moments2(route: str, rj: ReducedJacobian, order: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """``H_A`` and ``E[c c^T]`` by the tensor rule or by pairs of units."""
+    if route == "units":
+        return unit_second_moments(rj.activation, rj.Wr, rj.v, rj.first, rj.second, rj.size_c > 0, order)
+    return _second_moments(rj, order, chunk)
+
+
+def _moments4(route: str, rj: ReducedJacobian, UA: np.ndarray, UC: np.ndarray, order: int, chunk: int) -> np.ndarray:
+    """``M4`` by the tensor rule or by multisets of at most four units."""
+    if route == "units":
+        return unit_fourth_moments(rj.activation, rj.Wr, rj.v, rj.first, rj.second, rj.m, UA, UC, order)
+    return _fourth_moments(rj, UA, UC, order, chunk)
 
 
 def _work(order: int, dim: int, width: int) -> float:
@@ -488,14 +602,6 @@ def _work(order: int, dim: int, width: int) -> float:
 def check_order(order: int) -> int:
     """The finer rule checking ``order`` nodes per axis: ``order + ceil(order / 3)`` (48 -> 64)."""
     return order + -(-order // 3)
-
-
-def _affordable_order(dim: int, width: int, check: bool) -> int:
-    """The finest default rule (down to 16 nodes per axis) whose cost, with its check, fits :data:`MAX_QUADRATURE_WORK`."""
-    for n in range(QUADRATURE_ORDER, 15, -4):
-        if _work(n, dim, width) + (_work(check_order(n), dim, width) if check else 0.0) <= MAX_QUADRATURE_WORK:
-            return n
-    return 16
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +36,10 @@ from ..spectra.spectrum import Spectrum
 from ..tolerances import EPS
 from .objective import Objective, make_objective
 from .predict import check_step_size, fit_log_slope, late_time_rate, predict_draw_loss, predict_mean_loss
+from .regime import GD_START_LIMIT, first_step_below, lr_verdict, measured_crossing, start_error, start_verdict, target_block
 
 __all__ = [
-    "auto_horizon", "auto_lr", "DynamicsResult", "float_floor", "FLOOR_MARGIN", "flow_atol", "LATE_SHARE", "MAX_FLOW_JACOBIANS", "MAX_FLOW_STEPS",
+    "auto_horizon", "auto_lr", "DynamicsResult", "dynamics_regime", "dynamics_target", "float_floor", "FLOOR_MARGIN", "flow_atol", "LATE_SHARE", "MAX_FLOW_JACOBIANS", "MAX_FLOW_STEPS",
     "MAX_GD_STEPS", "run_dynamics", "sample_displacements", "time_grid", "track_trajectory", "train_flow", "train_gd", "Trajectory"
 ]
 
@@ -292,6 +294,10 @@ class DynamicsResult:
     info: dict[str, Any] = field(default_factory=dict)
     #: the population Hessian along draw 0 (``track=``), else ``None``
     curvature: CurvatureTrack | None = None
+    #: where the quadratic prediction applies (:func:`dynamics_regime`), its warnings, the time to a target (:func:`dynamics_target`)
+    regime: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    target: dict[str, Any] | None = None
 
     @property
     def eigenvalues(self) -> np.ndarray:
@@ -408,6 +414,9 @@ class DynamicsResult:
             "slowest_remaining_mode": self.slowest_remaining(),
             "slowest_nonzero_mode": int(self.eigenvalues.size - spec.rank.rank),
             "late_time": self.late_time(),
+            "regime": self.regime,
+            "warnings": self.warnings,
+            "target": self.target,
         }
         if self.curvature is not None:
             d["curvature"] = self.curvature.to_dict()
@@ -472,6 +481,7 @@ def run_dynamics(
     eigensystem: tuple[Spectrum, np.ndarray] | None = None,
     progress: bool = False,
     track: TrackSpec | int | None = None,
+    target: float | None = None,
 ) -> DynamicsResult:
     """Train students from ``theta* + delta_0`` and predict the curves from the Hessian at ``theta*``.
 
@@ -496,10 +506,17 @@ def run_dynamics(
     track : TrackSpec or int, optional
         The curvature (exact population Hessian) along draw 0 at the recorded times
         (:func:`track_trajectory`; an integer is ``k``): :attr:`DynamicsResult.curvature`.
+    target : float, optional
+        A loss ``eps``: ``result.target`` gets the predicted and measured times to reach it (:func:`dynamics_target`).
+
+    ``result.regime`` and ``result.warnings`` say whether the start lies in the quadratic regime
+    (:func:`dynamics_regime`); each warning is also issued by :func:`warnings.warn`.
     """
     spec_track = TrackSpec.coerce(track)
     if spec_track is not None:
         spec_track.require(net.n_params)
+    if target is not None:
+        require_positive_finite(target, "target loss")
     obj = objective if objective is not None else make_objective(net, X)
     spec, U = eigensystem if eigensystem is not None else obj.eigensystem()
     lam = spec.eigenvalues
@@ -529,7 +546,7 @@ def run_dynamics(
         else train_gd(obj, delta0, lr, times, U, progress=progress, track=spec_track)
     )
     c0 = delta0 @ U  # (K, P)
-    return DynamicsResult(
+    res = DynamicsResult(
         spectrum=spec,
         flow=flow,
         lr=lr,
@@ -543,9 +560,47 @@ def run_dynamics(
         floor=floor,
         diverged=traj.diverged,
         objective_kind=obj.kind,
-        info={"c0": c0, "modes": traj.modes, "method": method, "rtol": rtol, "seed": seed, "layer_scales": layer_scales, "stalled": traj.stalled},
+        info={"c0": c0, "modes": traj.modes, "method": method, "rtol": rtol, "seed": seed, "layer_scales": layer_scales, "stalled": traj.stalled,
+              "mode_variance": mode_var},
         curvature=traj.curvature,
     )
+    res.regime, res.warnings = dynamics_regime(res)
+    for msg in res.warnings:
+        warnings.warn(msg, stacklevel=2)
+    if target is not None:
+        res.target = dynamics_target(res, target)
+    return res
+
+
+def dynamics_regime(res: DynamicsResult) -> tuple[dict[str, Any], list[str]]:
+    """Whether the start of ``res`` lies in the quadratic regime, and the warnings where it does not.
+
+    ``{"start_error", "start_error_limit", "quadratic", "critical_lr", "lr_over_critical"}``: the start
+    error of :func:`~nearopt.dynamics.regime.start_error` (the trained loss at ``theta* + delta_0``
+    against ``1/2 delta_0^T H delta_0``, per draw, from the recorded ``t = 0``), and for GD ``eta``
+    against ``2 / lambda_max`` (larger rates are refused before training; flow has no critical rate).
+    """
+    err = start_error(res.loss[:, 0], res.predicted_draw[:, 0], floor=res.floor) if res.times.size and res.times[0] == 0 else float("nan")
+    crit = math.inf if res.flow else 2.0 / res.spectrum.largest
+    regime = {"start_error": err, "start_error_limit": GD_START_LIMIT, "quadratic": not err > GD_START_LIMIT, **lr_verdict(res.lr, crit)}
+    return regime, start_verdict(err, res.sigma0, GD_START_LIMIT)
+
+
+def dynamics_target(res: DynamicsResult, eps: float) -> dict[str, Any]:
+    """Time to a mean loss ``eps``: predicted (first GD step, or flow time, where ``<L_t>`` of the ensemble formula,
+    and of the same draws' predictions, is ``<= eps``, searched beyond the horizon too) and measured (first
+    recorded time where the mean over draws is ``<= eps``; the crossing lies after ``previous_record``)."""
+    eps = require_positive_finite(eps, "target loss")
+    lam, var, c0 = res.eigenvalues, res.info["mode_variance"], res.info["c0"]
+    horizon = float(res.times[-1])
+    predicted = {
+        "ensemble": first_step_below(lambda t: predict_mean_loss(lam, var, res.lr, t, res.flow), eps, horizon, integer=not res.flow, width=lam.size),
+        "same_draws": first_step_below(lambda t: predict_draw_loss(lam, c0, res.lr, t, res.flow).mean(0), eps, horizon, integer=not res.flow,
+                                       width=lam.size * c0.shape[0]),
+    }
+    unit = "flow times" if res.flow else "GD steps"
+    return target_block(eps, predicted, measured_crossing(res.times, res.mean_loss, eps),
+                        f"recorded {unit}: the first crossing of the measured mean lies in (previous_record, step]")
 
 
 def float_floor(obj: Objective, spec: Spectrum) -> float:
