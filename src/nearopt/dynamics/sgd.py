@@ -30,8 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..curvature.base import resolve_device
-from ..curvature.tracking import CurvatureTrack, TrackSpec, track_curvature
 from ..curvature.population import PopulationHessian
+from ..curvature.tracking import CurvatureTrack, TrackSpec, track_curvature
 from ..errors import NearoptError, require_nonneg_finite, require_positive_finite, require_positive_int
 from ..gaussian.expectations import kernel, output_power
 from ..model.network import TwoLayerNet
