@@ -21,6 +21,7 @@ The relation between the unstable rate and the Hessian is derived in ``docs/theo
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ from ..curvature.population import PopulationHessian
 from ..errors import NearoptError
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem
+from ..spectra.solver import NullSpaceWarning
 from .ode import CommitteeODE, ODETrajectory, integrate_ode
 
 __all__ = [
@@ -325,7 +327,9 @@ def weights_from_order_parameters(teacher: TwoLayerNet, Q, R, v, *, extra: int =
 
 def _hessian_at(teacher: TwoLayerNet, Q, R, v, trained: str, extra: int):
     student, teach = weights_from_order_parameters(teacher, Q, R, v, extra=extra)
-    spec, U = PopulationHessian(Problem(teach, student=student, trained=trained)).eigh()
+    with warnings.catch_warnings():  # eigenvalues and vectors are wanted, not a rank: its null space needs no warning
+        warnings.simplefilter("ignore", NullSpaceWarning)
+        spec, U = PopulationHessian(Problem(teach, student=student, trained=trained)).eigh()
     return spec.eigenvalues, U, student, teach
 
 
