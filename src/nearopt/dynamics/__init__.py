@@ -15,6 +15,7 @@ from .objective import POPULATION_CLOSED_FORMS, ClosedFormHessian, Objective, fo
 from .ode import ODE_TRAINED, CommitteeODE, ODETrajectory, committee_ode, embedded_teacher, integrate_ode, ode_near_optimum, order_parameters
 from .plateau import (
     Plateau,
+    ODERun,
     RateExpansion,
     escape_time,
     find_plateau,
@@ -23,6 +24,7 @@ from .plateau import (
     lowest_curvature,
     predict_escape,
     rate_expansion,
+    run_ode,
     weights_from_order_parameters,
 )
 from .predict import (
@@ -64,6 +66,7 @@ from .train import (
 
 __all__ = [
     "Plateau",
+    "ODERun",
     "RateExpansion",
     "escape_time",
     "find_plateau",
@@ -72,6 +75,7 @@ __all__ = [
     "lowest_curvature",
     "predict_escape",
     "rate_expansion",
+    "run_ode",
     "weights_from_order_parameters",
     "POPULATION_CLOSED_FORMS",
     "DeepLinearGD",

@@ -31,7 +31,7 @@ from ..errors import NearoptError
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem
 from ..spectra.solver import NullSpaceWarning
-from .ode import CommitteeODE, ODETrajectory, integrate_ode
+from .ode import CommitteeODE, ODETrajectory, committee_ode, integrate_ode, order_parameters
 
 __all__ = [
     "escape_time",
@@ -39,10 +39,12 @@ __all__ = [
     "fixed_point",
     "linearise",
     "lowest_curvature",
+    "ODERun",
     "Plateau",
     "predict_escape",
     "rate_expansion",
     "RateExpansion",
+    "run_ode",
     "weights_from_order_parameters",
 ]
 
@@ -424,3 +426,50 @@ def rate_expansion(ode: CommitteeODE, teacher: TwoLayerNet, Q, R, v, lrs) -> Rat
     lam0 = lowest_curvature(teacher, *f.unpack(x0), trained=trained, extra=1)[0]
     rate, lam_min, lam_u, resid, eps = (np.array(c) for c in zip(*rows))
     return RateExpansion(lrs, rate, lam_min, lam_u, resid, eps, lam0, float(ode.error(*f.unpack(x0))))
+
+
+# ----------------------------------------------------------------------------- a run from weights
+@dataclass(frozen=True)
+class ODERun:
+    """The ODEs integrated from a student's weights: ``trajectory`` and the ``plateau`` it passes (``None`` if none)."""
+
+    activation: str
+    lr: float
+    trained: str
+    noise: float
+    n_inputs: int
+    trajectory: ODETrajectory
+    plateau: Plateau | None
+
+    def to_dict(self) -> dict:
+        """``alpha``, ``eps``, ``Q``, ``R``, ``v`` (one entry per recorded alpha), ``plateau`` (``eps``, ``unstable_rate``, ...) or ``None``."""
+        t = self.trajectory
+        out = {"activation": self.activation, "lr": self.lr, "trained": self.trained, "noise": self.noise, "N_i": self.n_inputs,
+               "K": int(t.Q.shape[1]), "M": int(t.R.shape[2]),
+               "alpha": t.alpha, "eps": t.eps, "Q": t.Q, "R": t.R, "v": t.v,
+               "plateau": None if self.plateau is None else self.plateau.to_dict()}
+        if t.target is not None:
+            out["target"] = t.target
+            out["alpha_target"] = t.alpha_target
+        return out
+
+
+def run_ode(teacher: TwoLayerNet, student: TwoLayerNet, *, lr: float, alpha: float, points: int = 200, trained: str = "both", noise: float = 0.0,
+            target: float | None = None) -> ODERun:
+    """The ODEs from ``student``'s weights (``x ~ N(0, I)``, SGD step ``lr / N_i``) at ``points`` alphas evenly in ``[0, alpha]``, and the plateau.
+
+    ``Q = W1 W1^T``, ``R = W1 T^T`` in the weights' own scale; ``target``: also the first alpha where the
+    error reaches it (``alpha_target``).
+    """
+    if not np.isfinite(alpha) or alpha <= 0:
+        raise NearoptError(f"the horizon alpha must be finite and > 0, got {alpha}")
+    if int(points) < 2:
+        raise NearoptError(f"the number of recorded points must be >= 2, got {points}")
+    if target is not None and not (np.isfinite(target) and target > 0):
+        raise NearoptError(f"the target error must be finite and > 0, got {target}")
+    if student.activation.name != teacher.activation.name:
+        raise NearoptError(f"the ODEs take student and teacher of one activation, got {student.activation.name} and {teacher.activation.name}")
+    ode = committee_ode(teacher, lr, noise, trained=trained)
+    Q0, R0, v0 = order_parameters(student, teacher)
+    traj = integrate_ode(ode, Q0, R0, v0, np.linspace(0.0, float(alpha), int(points)), target=target)
+    return ODERun(teacher.activation.name, float(lr), trained, float(noise), int(teacher.n_inputs), traj, find_plateau(ode, traj))
