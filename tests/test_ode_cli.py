@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from _cli import cli
 
 import nearopt as no
 from nearopt.dynamics.plateau import run_ode
-
-from _cli import cli
 
 BREAK = np.array([[1.0, -1.0], [-1.0, 1.0]])
 

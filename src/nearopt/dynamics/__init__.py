@@ -14,8 +14,8 @@ from .deep_linear import DeepLinearGD, deep_linear_gd
 from .objective import POPULATION_CLOSED_FORMS, ClosedFormHessian, Objective, forward_batched, make_objective
 from .ode import ODE_TRAINED, CommitteeODE, ODETrajectory, committee_ode, embedded_teacher, integrate_ode, ode_near_optimum, order_parameters
 from .plateau import (
-    Plateau,
     ODERun,
+    Plateau,
     RateExpansion,
     escape_time,
     find_plateau,
