@@ -139,3 +139,13 @@ def test_linearise_orders_eigenvalues(soft):
     assert lam.shape == (7,) and U.shape == (7, 7)
     assert np.all(np.diff(lam.real) <= 0)
     np.testing.assert_allclose(lam, p.jacobian_eigenvalues)
+
+
+def test_a_saddle_in_the_teacher_span_rounds_to_weights():
+    """At the eta~ -> 0 saddle ``Q = R T^{-1} R^T``: Newton's drift of 1e-9 below it is rounding, 1e-3 is not."""
+    teacher = _teacher()
+    R = np.full((2, 2), 0.4)
+    w, _ = weights_from_order_parameters(teacher, R @ R.T - 1e-9 * np.eye(2), R, np.ones(2))
+    np.testing.assert_allclose(w.W1[:, 2:], 0.0, atol=1e-12)
+    with pytest.raises(NearoptError, match="positive semi-definite"):
+        weights_from_order_parameters(teacher, R @ R.T - 1e-3 * np.eye(2), R, np.ones(2))

@@ -291,10 +291,14 @@ def predict_escape(rate: float, s, *, s_ref: float, alpha_ref: float) -> np.ndar
 
 
 # ----------------------------------------------------------------------------- weights and the Hessian
-def _psd_sqrt(G: np.ndarray, what: str) -> np.ndarray:
+#: ``Q - R T^{-1} R^T`` may dip below zero by this much relative to ``max Q_aa`` (rounding, Newton's drift along a
+#: null direction at a saddle whose students lie in the teacher span) and is then taken as zero
+PSD_TOL = 1e-7
+
+
+def _psd_sqrt(G: np.ndarray, scale: float, what: str) -> np.ndarray:
     lam, U = np.linalg.eigh(0.5 * (G + G.T))
-    floor = -1e-9 * max(1.0, float(np.abs(lam).max(initial=0.0)))
-    if lam.min(initial=0.0) < floor:
+    if lam.min(initial=0.0) < -PSD_TOL * max(1.0, scale):
         raise NearoptError(f"{what} is not positive semi-definite (eigenvalue {lam.min():.3g}): no weights have these order parameters")
     return (U * np.sqrt(np.clip(lam, 0.0, None))) @ U.T
 
@@ -316,7 +320,7 @@ def weights_from_order_parameters(teacher: TwoLayerNet, Q, R, v, *, extra: int =
     T = Tw @ Tw.T
     L = np.linalg.cholesky(0.5 * (T + T.T))
     A = np.linalg.solve(T, R.T).T  # R T^{-1}, (K, M)
-    B = _psd_sqrt(Q - A @ R.T, "Q - R T^{-1} R^T")
+    B = _psd_sqrt(Q - A @ R.T, float(np.abs(np.diag(Q)).max(initial=0.0)), "Q - R T^{-1} R^T")
     n = M + K + int(extra)
     T_new = np.zeros((M, n))
     T_new[:, :M] = L
