@@ -58,7 +58,7 @@ def test_text_output_names_the_plateau_and_no_plateau_near_the_teacher(files, tm
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("-a", "relu"), "erf"),
+    (("-a", "nosuch"), "unknown activation"),
     (("--points", 1), "--points"),
     (("--student", "Sb.npz"), "no biases"),
     (("--student", "S5.npz"), "N_i"),
