@@ -169,7 +169,8 @@ class Plateau:
     ``alpha_start``, ``alpha_end``: where the trajectory's error lies within ``band`` (relative) of the
     fixed point's ``eps``; ``Q`` ``(K, K)``, ``R`` ``(K, M)``, ``v`` ``(K,)``: the fixed point;
     ``unstable_rate``: the largest real part of the ODEs' Jacobian eigenvalues there, per unit alpha
-    (the order parameters' deviation grows like ``exp(rate alpha)``, the error's like ``exp(2 rate alpha)``);
+    (the order parameters' deviation grows like ``exp(rate alpha)``; at a symmetric plateau, where the error is
+    stationary along the unstable direction, the error's like ``exp(2 rate alpha)``);
     ``unstable_direction``: its eigenvector as ``(dQ, dR, dv)`` (unit norm in packed coordinates);
     ``jacobian_eigenvalues``: all of them, descending real part.
     """
