@@ -207,9 +207,12 @@ def _ode_checks(K: int, lr: float, r: dict[str, Any]) -> list[Check]:
                               limit, LIMIT_RTOL))
     lam = np.array(r["lambda_min"])
     cross = _zero_crossing(np.array(r["hessian_alpha"]), lam)
-    off = abs(cross / r["alpha_escape_ref"] - 1) if math.isfinite(cross) else float("inf")
-    checks.append(check_below(f"{tag}: the Hessian's smallest eigenvalue (negative on the plateau: {lam[0]:.3g}) crosses zero at the escape "
-                              f"(alpha {cross:.4g} against {r['alpha_escape_ref']:.4g}, rel)", off, ESCAPE_RTOL))
+    a_tenth = _crossing(np.array(r["alpha"]), np.array(r["eps"]), p["eps"] / 10)
+    checks.append(Check(f"{tag}: the Hessian's smallest eigenvalue, negative on the plateau ({lam[0]:.3g}), crosses zero during the escape "
+                        f"(after the plateau's end {p['alpha_end']:.4g}, before the error falls to a tenth of the plateau's at {a_tenth:.4g})",
+                        f"in [{p['alpha_end']:.4g}, {a_tenth:.4g}]", cross, "-",
+                        bool(lam[0] < 0 and math.isfinite(cross) and p["alpha_end"] <= cross <= a_tenth),
+                        f"escape (error at half the plateau's) at {r['alpha_escape_ref']:.4g}"))
     return checks
 
 
