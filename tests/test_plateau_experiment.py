@@ -65,6 +65,10 @@ def test_checks_fail_on_wrong_numbers(quick_run, tmp_path):
     bad[sgd]["escape_runs"] = [1.3 * a for a in bad[sgd]["escape_runs"]]
     assert any("escape time at N_i" in n for n in _failed(cells, bad, tmp_path, config))
 
+    bad = copy.deepcopy(results)
+    bad[sgd]["escape_runs"][0] = float("nan")  # a run that never escaped is not averaged away
+    assert any("escape time at N_i" in n for n in _failed(cells, bad, tmp_path, config))
+
 
 def test_settings_refuse_a_start_no_weights_can_have():
     exp = get_experiment("plateau")
