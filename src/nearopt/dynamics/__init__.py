@@ -13,6 +13,20 @@ Quick tour::
 from .deep_linear import DeepLinearGD, deep_linear_gd
 from .objective import POPULATION_CLOSED_FORMS, ClosedFormHessian, Objective, forward_batched, make_objective
 from .ode import ODE_TRAINED, CommitteeODE, ODETrajectory, committee_ode, embedded_teacher, integrate_ode, ode_near_optimum, order_parameters
+from .plateau import (
+    ODERun,
+    Plateau,
+    RateExpansion,
+    escape_time,
+    find_plateau,
+    fixed_point,
+    linearise,
+    lowest_curvature,
+    predict_escape,
+    rate_expansion,
+    run_ode,
+    weights_from_order_parameters,
+)
 from .predict import (
     check_step_size,
     fit_log_slope,
@@ -51,6 +65,18 @@ from .train import (
 )
 
 __all__ = [
+    "Plateau",
+    "ODERun",
+    "RateExpansion",
+    "escape_time",
+    "find_plateau",
+    "fixed_point",
+    "linearise",
+    "lowest_curvature",
+    "predict_escape",
+    "rate_expansion",
+    "run_ode",
+    "weights_from_order_parameters",
     "POPULATION_CLOSED_FORMS",
     "DeepLinearGD",
     "DynamicsResult",
