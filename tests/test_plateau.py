@@ -12,9 +12,9 @@ from nearopt.dynamics.plateau import (
     fixed_point,
     linearise,
     lowest_curvature,
+    minimal_weights,
     predict_escape,
     rate_expansion,
-    weights_from_order_parameters,
 )
 from nearopt.errors import NearoptError
 
@@ -95,19 +95,19 @@ def test_weights_reproduce_the_order_parameters():
     rng = np.random.default_rng(0)
     student = no.TwoLayerNet(rng.standard_normal((3, 5)), rng.standard_normal((1, 3)), teacher.activation)
     Q, R, v = order_parameters(student, teacher)
-    w, t = weights_from_order_parameters(teacher, Q, R, v, extra=1)
+    w, t = minimal_weights(teacher, Q, R, v, extra=1)
     assert w.n_inputs == 2 + 3 + 1
     Q2, R2, v2 = order_parameters(w, t)
     np.testing.assert_allclose(Q2, Q, atol=1e-12)
     np.testing.assert_allclose(R2, R, atol=1e-12)
     np.testing.assert_allclose(t.W1 @ t.W1.T, teacher.W1 @ teacher.W1.T, atol=1e-12)
     np.testing.assert_array_equal(v2, v)
-    with pytest.raises(NearoptError, match="positive semi-definite"):
-        weights_from_order_parameters(teacher, Q - 10 * np.eye(3), R, v)
+    with pytest.raises(NearoptError, match="not those of real weights"):
+        minimal_weights(teacher, Q - 10 * np.eye(3), R, v)
 
 
 def test_unstable_rate_is_the_learning_rate_times_the_hessians_negative_curvature(soft):
-    """docs/theory.md §14: rate = eta~ |lambda| at the eta~ fixed point's weights; rate / eta~ -> |lambda_min| of the saddle."""
+    """docs/theory.md §15: rate = eta~ |lambda| at the eta~ fixed point's weights; rate / eta~ -> |lambda_min| of the saddle."""
     ode, _, p = soft
     ex = rate_expansion(ode, _teacher(), p.Q, p.R, p.v, [0.5, 0.1, 0.01])
     np.testing.assert_allclose(ex.rate, -ex.lr * ex.lambda_unstable, rtol=1e-8)
@@ -145,7 +145,7 @@ def test_a_saddle_in_the_teacher_span_rounds_to_weights():
     """At the eta~ -> 0 saddle ``Q = R T^{-1} R^T``: Newton's drift of 1e-9 below it is rounding, 1e-3 is not."""
     teacher = _teacher()
     R = np.full((2, 2), 0.4)
-    w, _ = weights_from_order_parameters(teacher, R @ R.T - 1e-9 * np.eye(2), R, np.ones(2))
+    w, _ = minimal_weights(teacher, R @ R.T - 1e-9 * np.eye(2), R, np.ones(2))
     np.testing.assert_allclose(w.W1[:, 2:], 0.0, atol=1e-12)
-    with pytest.raises(NearoptError, match="positive semi-definite"):
-        weights_from_order_parameters(teacher, R @ R.T - 1e-3 * np.eye(2), R, np.ones(2))
+    with pytest.raises(NearoptError, match="not those of real weights"):
+        minimal_weights(teacher, R @ R.T - 1e-3 * np.eye(2), R, np.ones(2))

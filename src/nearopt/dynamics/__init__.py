@@ -13,6 +13,7 @@ Quick tour::
 from .deep_linear import DeepLinearGD, deep_linear_gd
 from .objective import POPULATION_CLOSED_FORMS, ClosedFormHessian, Objective, forward_batched, make_objective
 from .ode import ODE_TRAINED, CommitteeODE, ODETrajectory, committee_ode, embedded_teacher, integrate_ode, ode_near_optimum, order_parameters
+from .ode_weights import track_ode, weights_from_order_parameters
 from .plateau import (
     ODERun,
     Plateau,
@@ -22,10 +23,10 @@ from .plateau import (
     fixed_point,
     linearise,
     lowest_curvature,
+    minimal_weights,
     predict_escape,
     rate_expansion,
     run_ode,
-    weights_from_order_parameters,
 )
 from .predict import (
     check_step_size,
@@ -73,6 +74,8 @@ __all__ = [
     "fixed_point",
     "linearise",
     "lowest_curvature",
+    "minimal_weights",
+    "track_ode",
     "predict_escape",
     "rate_expansion",
     "run_ode",

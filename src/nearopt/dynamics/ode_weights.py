@@ -36,7 +36,7 @@ def _teacher_rank(T: np.ndarray) -> int:
     return DEFAULT_POLICY.cut(s, float(s[0]) if s.size else 0.0, T.shape)
 
 
-def weights_from_order_parameters(Q: np.ndarray, R: np.ndarray, v: np.ndarray, teacher: TwoLayerNet) -> TwoLayerNet:
+def weights_from_order_parameters(Q: np.ndarray, R: np.ndarray, v: np.ndarray, teacher: TwoLayerNet, *, psd_rtol: float = PSD_RTOL) -> TwoLayerNet:
     """A student ``W2 g(W1 x)`` with ``W1 W1^T = Q``, ``W1 T^T = R`` and ``W2 = v`` (module docstring).
 
     Parameters
@@ -49,6 +49,9 @@ def weights_from_order_parameters(Q: np.ndarray, R: np.ndarray, v: np.ndarray, t
         Second layer.
     teacher : TwoLayerNet
         ``T = W1*`` ``(M, N_i)`` of full row rank, ``N_i >= K + M``; the student takes its activation.
+    psd_rtol : float
+        Eigenvalues of ``Q - R (T T^T)^{-1} R^T`` down to ``-psd_rtol max eig Q`` count as rounding
+        (taken as 0); lower ones are refused.
     """
     Q, R, v = (np.asarray(x, dtype=np.float64) for x in (Q, R, v))
     T = np.asarray(teacher.W1, dtype=np.float64)
@@ -66,7 +69,7 @@ def weights_from_order_parameters(Q: np.ndarray, R: np.ndarray, v: np.ndarray, t
     C = Q - A @ R.T
     C = 0.5 * (C + C.T)
     c, V = np.linalg.eigh(C)
-    floor = RankPolicy.psd_floor(np.linalg.eigvalsh(0.5 * (Q + Q.T)), PSD_RTOL)
+    floor = RankPolicy.psd_floor(np.linalg.eigvalsh(0.5 * (Q + Q.T)), psd_rtol)
     if c[0] < floor:
         raise NearoptError(f"the order parameters are not those of real weights: Q - R (T T^T)^-1 R^T has eigenvalue {c[0]:.3g} < 0 "
                            f"(rounding allows {floor:.3g})")

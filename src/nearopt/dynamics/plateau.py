@@ -11,7 +11,7 @@ and leaves it along the fixed point's unstable direction. This module
 * predicts the escape time from the initial symmetry breaking ``s``:
   ``alpha_escape(s) = alpha_escape(s_ref) + ln(s_ref / s) / rate`` (:func:`predict_escape`, the
   constant from one reference run, :func:`escape_time`);
-* rebuilds weights from ``(Q, R, v)`` (:func:`weights_from_order_parameters`) and takes the population
+* rebuilds weights from ``(Q, R, v)`` (:func:`minimal_weights`) and takes the population
   Hessian there (:func:`lowest_curvature`), and splits the ODEs' unstable rate into its gradient-flow
   part ``eta~ |lambda_min|`` and the learning-rate correction (:func:`rate_expansion`).
 
@@ -32,6 +32,7 @@ from ..model.network import TwoLayerNet
 from ..model.problem import Problem
 from ..spectra.solver import NullSpaceWarning
 from .ode import CommitteeODE, ODETrajectory, committee_ode, integrate_ode, order_parameters
+from .ode_weights import weights_from_order_parameters
 
 __all__ = [
     "escape_time",
@@ -45,7 +46,7 @@ __all__ = [
     "rate_expansion",
     "RateExpansion",
     "run_ode",
-    "weights_from_order_parameters",
+    "minimal_weights",
 ]
 
 #: Newton stops when the packed right-hand side is below this times the learning rate (1 + lr)
@@ -292,48 +293,31 @@ def predict_escape(rate: float, s, *, s_ref: float, alpha_ref: float) -> np.ndar
 
 
 # ----------------------------------------------------------------------------- weights and the Hessian
-#: ``Q - R T^{-1} R^T`` may dip below zero by this much relative to ``max Q_aa`` (rounding, Newton's drift along a
+#: ``Q - R T^{-1} R^T`` may dip below zero by this much relative to ``max eig Q`` (rounding, Newton's drift along a
 #: null direction at a saddle whose students lie in the teacher span) and is then taken as zero
 PSD_TOL = 1e-7
 
 
-def _psd_sqrt(G: np.ndarray, scale: float, what: str) -> np.ndarray:
-    lam, U = np.linalg.eigh(0.5 * (G + G.T))
-    if lam.min(initial=0.0) < -PSD_TOL * max(1.0, scale):
-        raise NearoptError(f"{what} is not positive semi-definite (eigenvalue {lam.min():.3g}): no weights have these order parameters")
-    return (U * np.sqrt(np.clip(lam, 0.0, None))) @ U.T
+def minimal_weights(teacher: TwoLayerNet, Q, R, v, *, extra: int = 0) -> tuple[TwoLayerNet, TwoLayerNet]:
+    """A student and teacher in the fewest inputs, ``N_i = M + K + extra``, with overlaps ``Q`` ``(K, K)``, ``R`` ``(K, M)`` and the teacher's ``T``.
 
-
-def weights_from_order_parameters(teacher: TwoLayerNet, Q, R, v, *, extra: int = 0) -> tuple[TwoLayerNet, TwoLayerNet]:
-    """A student and teacher in ``N_i = M + K + extra`` with overlaps ``Q`` ``(K, K)``, ``R`` ``(K, M)``, the teacher's ``T``.
-
-    The teacher's rows become ``L^T`` (``T = L L^T``, Cholesky) on the first ``M`` coordinates; the student
-    ``W = R T^{-1} T_w + B`` with ``B`` on the next ``K`` coordinates, ``B B^T = Q - R T^{-1} R^T``
-    (its symmetric square root). ``extra`` more coordinates, orthogonal to both, carry the directions that
-    move no overlap at first order (``docs/theory.md`` §2.5). Second layers: ``v`` and the teacher's.
+    The teacher's rows become ``L^T`` (``T = L L^T``, Cholesky) on the first ``M`` coordinates, and the
+    student is :func:`~nearopt.dynamics.ode_weights.weights_from_order_parameters` against it (its
+    components outside the teacher span on the next ``K`` coordinates). ``extra`` more coordinates,
+    orthogonal to both, carry the directions that move no overlap at first order (``docs/theory.md``
+    §2.5). Second layers: ``v`` and the teacher's.
     """
     Tw = np.asarray(teacher.W1, dtype=np.float64)
-    M = Tw.shape[0]
-    Q, R, v = (np.asarray(a, dtype=np.float64) for a in (Q, R, v))
-    K = Q.shape[0]
-    if R.shape != (K, M) or v.shape != (K,):
-        raise NearoptError(f"order parameters do not fit a teacher of {M} units: Q {Q.shape}, R {R.shape}, v {v.shape}")
+    M, K = Tw.shape[0], np.shape(Q)[0]
     T = Tw @ Tw.T
-    L = np.linalg.cholesky(0.5 * (T + T.T))
-    A = np.linalg.solve(T, R.T).T  # R T^{-1}, (K, M)
-    B = _psd_sqrt(Q - A @ R.T, float(np.abs(np.diag(Q)).max(initial=0.0)), "Q - R T^{-1} R^T")
-    n = M + K + int(extra)
-    T_new = np.zeros((M, n))
-    T_new[:, :M] = L
-    W = np.zeros((K, n))
-    W[:, :M] = A @ L
-    W[:, M : M + K] = B
-    act = teacher.activation
-    return TwoLayerNet(W, v.reshape(1, K), act), TwoLayerNet(T_new, teacher.W2.astype(np.float64), act)
+    T_min = np.zeros((M, M + K + int(extra)))
+    T_min[:, :M] = np.linalg.cholesky(0.5 * (T + T.T))
+    teach = TwoLayerNet(T_min, teacher.W2.astype(np.float64), teacher.activation)
+    return weights_from_order_parameters(Q, R, v, teach, psd_rtol=PSD_TOL), teach
 
 
 def _hessian_at(teacher: TwoLayerNet, Q, R, v, trained: str, extra: int):
-    student, teach = weights_from_order_parameters(teacher, Q, R, v, extra=extra)
+    student, teach = minimal_weights(teacher, Q, R, v, extra=extra)
     with warnings.catch_warnings():  # eigenvalues and vectors are wanted, not a rank: its null space needs no warning
         warnings.simplefilter("ignore", NullSpaceWarning)
         spec, U = PopulationHessian(Problem(teach, student=student, trained=trained)).eigh()
@@ -406,7 +390,7 @@ def rate_expansion(ode: CommitteeODE, teacher: TwoLayerNet, Q, R, v, lrs) -> Rat
     ``ode.lr``. The fixed points are followed by Newton from ``ode.lr`` down through ``lrs`` (the branch the
     trajectory visits: at ``eta~ > 0`` another branch, with the students' components outside the teacher
     span equal, has more unstable directions), then to ``eta~ -> 0`` (Newton on the gradient-flow part).
-    The Hessian is over the trained blocks at the weights of each point (:func:`weights_from_order_parameters`,
+    The Hessian is over the trained blocks at the weights of each point (:func:`minimal_weights`,
     one spare coordinate for the directions that move no overlap). Derivation: ``docs/theory.md`` §15.
     """
     lrs = np.sort(np.asarray(lrs, dtype=np.float64))[::-1]
