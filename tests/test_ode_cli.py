@@ -74,3 +74,23 @@ def test_bad_inputs_give_one_error_line_and_status_2(files, extra, message):
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "error:" in lines[0] and message in lines[0]
+
+
+def test_track_follows_the_hessian_through_the_escape_and_equals_the_api(files):
+    """--track K: the curvature at weights rebuilt from (Q, R, v); on the plateau the Hessian has a negative
+    eigenvalue, near the teacher at the end none: lambda_min crosses zero at the escape."""
+    code, out, err = cli(*_args(files, "--trained", "first", "--alpha", 400, "--points", 21, "--track", 2, "--json"))
+    assert code == 0, err
+    d = json.loads(out)
+    curv = d["curvature"]
+    teacher = no.TwoLayerNet(np.eye(2, 6), np.ones((1, 2)), no.get_activation("erf"))
+    student = no.TwoLayerNet.load(files / "S.npz", no.get_activation("erf"))
+    api = run_ode(teacher, student, lr=0.5, alpha=400.0, points=21, trained="first", track=2)
+    np.testing.assert_allclose(np.array(curv["smallest"]), api.curvature.smallest, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(np.array(curv["loss"]), api.trajectory.eps, rtol=1e-9, atol=1e-15)  # the Hessian's point is the ODE's
+    lam_min = np.array(curv["smallest"])[:, 0]
+    alpha = np.array(d["alpha"])
+    on = (alpha > d["plateau"]["alpha_start"]) & (alpha < d["plateau"]["alpha_end"])
+    assert np.all(lam_min[on] < 0) and lam_min[-1] > 0
+    code, _, err = cli(*_args(files, "--trained", "first", "--alpha", 10, "--track", 12))
+    assert code == 2 and err.count("\n") == 1 and "k" in err

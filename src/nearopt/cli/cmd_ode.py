@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=positive_float, required=True, help="horizon alpha = steps / N_i")
     p.add_argument("--points", type=positive_int, default=200, help="recorded alphas, evenly spaced from 0 (default 200, >= 2)")
     p.add_argument("--target", type=positive_float, default=None, metavar="EPS", help="also the first alpha where the error reaches EPS")
+    p.add_argument("--track", type=positive_int, metavar="K", default=None, help="the curvature along the trajectory: at each recorded alpha the K largest and "
+                   "K smallest eigenvalues of the exact population Hessian at weights with those Q, R, v (in the teacher's inputs), its inertia, "
+                   "the loss and the eigenvectors' overlap with the teacher's rows; adds 'curvature' to the JSON")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON result to this file (atomically)")
     p.set_defaults(func=run)
@@ -55,7 +58,8 @@ def compute(args) -> ODERun:
         raise NearoptError(f"--points must be >= 2, got {args.points}")
     teacher, student = _networks(args)
     with numerics("the order-parameter ODEs", f"activation {teacher.activation.name}, K={student.n_hidden}, M={teacher.n_hidden}, eta~={args.lr:g}"):
-        return run_ode(teacher, student, lr=args.lr, alpha=args.alpha, points=args.points, trained=args.trained, noise=args.noise, target=args.target)
+        return run_ode(teacher, student, lr=args.lr, alpha=args.alpha, points=args.points, trained=args.trained, noise=args.noise, target=args.target,
+                       track=args.track)
 
 
 def table(res: ODERun) -> str:
@@ -73,6 +77,8 @@ def table(res: ODERun) -> str:
     if "target" in d:
         hit = d["alpha_target"]
         lines.append(f"eps reaches {d['target']:g} at alpha " + ("-" if hit is None else f"{hit:.6g}") + ("" if hit is not None else " (not within the horizon)"))
+    if res.curvature is not None:
+        lines.append(res.curvature.table())
     return "\n".join(lines)
 
 

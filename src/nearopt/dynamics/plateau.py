@@ -27,12 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..curvature.population import PopulationHessian
+from ..curvature.tracking import CurvatureTrack, TrackSpec
 from ..errors import NearoptError
 from ..model.network import TwoLayerNet
 from ..model.problem import Problem
 from ..spectra.solver import NullSpaceWarning
 from .ode import CommitteeODE, ODETrajectory, committee_ode, integrate_ode, order_parameters
-from .ode_weights import weights_from_order_parameters
+from .ode_weights import track_ode, weights_from_order_parameters
 
 __all__ = [
     "escape_time",
@@ -430,6 +431,8 @@ class ODERun:
     n_inputs: int
     trajectory: ODETrajectory
     plateau: Plateau | None
+    #: the population Hessian along the trajectory (``track=``: :func:`~nearopt.dynamics.ode_weights.track_ode`), else ``None``
+    curvature: CurvatureTrack | None = None
 
     def to_dict(self) -> dict:
         """``alpha``, ``eps``, ``Q``, ``R``, ``v`` (one entry per recorded alpha), ``plateau`` (``eps``, ``unstable_rate``, ...) or ``None``."""
@@ -441,16 +444,20 @@ class ODERun:
         if t.target is not None:
             out["target"] = t.target
             out["alpha_target"] = t.alpha_target
+        if self.curvature is not None:
+            out["curvature"] = self.curvature.to_dict()
         return out
 
 
 def run_ode(teacher: TwoLayerNet, student: TwoLayerNet, *, lr: float, alpha: float, points: int = 200, trained: str = "both", noise: float = 0.0,
-            target: float | None = None) -> ODERun:
+            target: float | None = None, track: TrackSpec | int | None = None) -> ODERun:
     """The ODEs from ``student``'s weights (``x ~ N(0, I)``, SGD step ``lr / N_i``) at ``points`` alphas evenly in ``[0, alpha]``, and the plateau.
 
     ``Q = W1 W1^T``, ``R = W1 T^T`` in the weights' own scale; ``target``: also the first alpha where the
-    error reaches it (``alpha_target``).
+    error reaches it (``alpha_target``). ``track``: the curvature at the recorded alphas (an integer is ``k``),
+    on weights rebuilt from ``(Q, R, v)`` in the teacher's inputs (:func:`~nearopt.dynamics.ode_weights.track_ode`).
     """
+    spec = TrackSpec.coerce(track)
     if not np.isfinite(alpha) or alpha <= 0:
         raise NearoptError(f"the horizon alpha must be finite and > 0, got {alpha}")
     if int(points) < 2:
@@ -461,5 +468,8 @@ def run_ode(teacher: TwoLayerNet, student: TwoLayerNet, *, lr: float, alpha: flo
         raise NearoptError(f"the ODEs take student and teacher of one activation, got {student.activation.name} and {teacher.activation.name}")
     ode = committee_ode(teacher, lr, noise, trained=trained)
     Q0, R0, v0 = order_parameters(student, teacher)
+    if spec is not None:
+        spec.require(student.n_params if trained == "both" else student.W1.size)
     traj = integrate_ode(ode, Q0, R0, v0, np.linspace(0.0, float(alpha), int(points)), target=target)
-    return ODERun(teacher.activation.name, float(lr), trained, float(noise), int(teacher.n_inputs), traj, find_plateau(ode, traj))
+    curvature = None if spec is None else track_ode(traj, teacher, track=spec, trained=trained)
+    return ODERun(teacher.activation.name, float(lr), trained, float(noise), int(teacher.n_inputs), traj, find_plateau(ode, traj), curvature)
