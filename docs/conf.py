@@ -70,6 +70,10 @@ napoleon_use_rtype = False
 # text. References into the package itself are checked instead (_resolve_reference below):
 # `nearopt.X` must resolve, so a renamed or moved module breaks the build.
 nitpicky = False
+# The Python domain splits type strings into words and looks each up by suffix, so a
+# dimension in "shape (k,)" meets every attribute named k (SpectrumRequest.k, TrackSpec.k):
+# such an ambiguity is a word in a type string, not a reference, and links nowhere useful.
+suppress_warnings = ["ref.python"]
 
 
 

@@ -509,8 +509,12 @@ def run_dynamics(
     target : float, optional
         A loss ``eps``: ``result.target`` gets the predicted and measured times to reach it (:func:`dynamics_target`).
 
-    ``result.regime`` and ``result.warnings`` say whether the start lies in the quadratic regime
-    (:func:`dynamics_regime`); each warning is also issued by :func:`warnings.warn`.
+    Returns
+    -------
+    DynamicsResult
+        The measured and predicted curves; ``result.regime`` and ``result.warnings`` say whether the
+        start lies in the quadratic regime (:func:`dynamics_regime`), each warning also issued by
+        :func:`warnings.warn`.
     """
     spec_track = TrackSpec.coerce(track)
     if spec_track is not None:

@@ -40,11 +40,11 @@ __all__ = ["cells", "ESCAPE_RTOL", "finalize", "FULL", "memory", "QUICK", "RATE_
 
 #: the escape-time prediction holds within this (relative) over the breaking sweep
 ESCAPE_RTOL = 0.1
-#: the unstable rate equals eta~ |lambda| of the Hessian's unstable direction to this (relative)
+#: the unstable rate equals ``eta~ |lambda|`` of the Hessian's unstable direction to this (relative)
 RATE_RTOL = 1e-6
 #: at the largest N_i, SGD's escape time and plateau error lie within this of the ODE's (relative)
 SGD_RTOL = 0.1
-#: rate / eta~ at the smallest learning rate of the expansion lies within this of |lambda_min| at the saddle (relative)
+#: rate / eta~ at the smallest learning rate of the expansion lies within this of ``|lambda_min|`` at the saddle (relative)
 LIMIT_RTOL = 0.01
 #: the learning rates of the expansion, as fractions of each cell's eta~
 EXPANSION = (1.0, 0.1, 0.01)
