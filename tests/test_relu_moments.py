@@ -43,7 +43,7 @@ def _region_expectation(fu, fv, pair, u_on=True, v_on=True):
 
 @pytest.mark.parametrize("h, k, r", [(0.3, -0.2, 0.4), (0.0, 0.5, -0.7), (0.0, 0.0, 0.3), (-1.0, -2.0, 0.9), (2.0, 0.0, -0.2), (-0.5, 0.0, 0.99)])
 def test_orthant_equals_scipys_bivariate_normal_cdf(h, k, r):
-    ref = multivariate_normal([0, 0], [[1, r], [r, 1]], abseps=1e-13, releps=1e-13).cdf([h, k])
+    ref = multivariate_normal.cdf([h, k], mean=[0, 0], cov=[[1, r], [r, 1]], abseps=1e-13, releps=1e-13)
     assert orthant(h, k, r, 1 - r * r) == pytest.approx(ref, abs=1e-12)
 
 

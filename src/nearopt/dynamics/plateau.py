@@ -52,6 +52,8 @@ __all__ = [
 
 #: Newton stops when the packed right-hand side is below this times the learning rate (1 + lr)
 NEWTON_TOL = 1e-12
+#: a Newton stalled at its rounding floor is converged when ``|F|`` lies within this factor of the tolerance
+ROUNDING_SLACK = 10.0
 #: relative central-difference step of the Jacobian (error ~ step^2 ~ 1e-12 relative)
 FD_STEP = 1e-6
 
@@ -115,9 +117,14 @@ def _field(ode: CommitteeODE, Q, R, v) -> _Field:
 
 
 def _newton(field, jacobian, x0: np.ndarray, tol: float, max_iter: int) -> np.ndarray:
-    """Newton with backtracking on ``|F|`` (least-squares steps: a zero mode does not stop it)."""
+    """Newton with backtracking on ``|F|`` (least-squares steps: a zero mode does not stop it).
+
+    Converged at ``|F| <= tol``; where no step lowers ``|F|`` any more (the field's rounding floor,
+    which moves with the summation order of the NumPy in use) also at ``|F| <= ROUNDING_SLACK tol``.
+    """
     x = x0.copy()
     F = field(x)
+    stalled = False
     for _ in range(max_iter):
         if np.linalg.norm(F) <= tol:
             return x
@@ -130,9 +137,10 @@ def _newton(field, jacobian, x0: np.ndarray, tol: float, max_iter: int) -> np.nd
                 break
             t *= 0.5
         else:
+            stalled = True
             break
         x, F = trial, F_trial
-    if np.linalg.norm(F) <= tol:
+    if np.linalg.norm(F) <= (ROUNDING_SLACK * tol if stalled else tol):
         return x
     raise NearoptError(f"Newton on the ODEs' right-hand side did not converge: |F| = {np.linalg.norm(F):.3g} > {tol:.3g}")
 
